@@ -1,0 +1,104 @@
+/*
+ * postbox.h - the public interface of libpostbox.
+ *
+ * libpostbox is a Harmony federation postbox (protocol.sync.v1.PostboxService): it hands
+ * events to other homeservers reliably, keeps a durable per-peer queue when a peer does
+ * not answer, and receives events from peers. This header is what a program (postboxd,
+ * postboxctl, or a homeserver that links the library) needs: the error contract, the
+ * logger, the event type, the configuration and the server's lifecycle.
+ *
+ * Error contract (modelled on libuv's): every fallible function returns a pb_err and
+ * fills its out-parameters only on PB_OK. Peer and network failures are ordinary values;
+ * out of memory aborts the process (pb_xmalloc and friends), it is never returned.
+ */
+#ifndef POSTBOX_H
+#define POSTBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PB_VERSION "0.1.0"
+
+/* ---- errors ------------------------------------------------------------------------ */
+
+typedef enum pb_err {
+    PB_OK = 0,
+    PB_ERR_INVAL,     /* invalid argument or input (bad server ID, bad JSON, ...) */
+    PB_ERR_DECODE,    /* bytes do not decode as the expected protobuf message */
+    PB_ERR_TOO_BIG,   /* input over a size limit */
+    PB_ERR_NOT_FOUND, /* no such record */
+    PB_ERR_EXISTS,    /* record exists already */
+    PB_ERR_IO,        /* local file or socket I/O failed */
+    PB_ERR_STORE,     /* the store failed (disk full, I/O error, busy); retryable */
+    PB_ERR_CORRUPT,   /* the store or a local file is broken: fatal */
+    PB_ERR_CRYPTO,    /* signing/verification machinery failed, or a bad signature */
+    PB_ERR_AUTH,      /* authentication refused */
+    PB_ERR_NET,       /* could not connect, connection reset, DNS */
+    PB_ERR_TIMEOUT,   /* a network operation timed out */
+    PB_ERR_TLS,       /* TLS handshake or certificate verification failed */
+    PB_ERR_PEER,      /* the peer answered an hRPC error (see the client's answer) */
+    PB_ERR_PROTO,     /* the peer answered something that is not valid hRPC */
+    PB_ERR_CONFIG,    /* configuration invalid */
+    PB_ERR_BUSY,      /* a resource is in use (lock held, peer busy) */
+    PB_ERR_SHUTDOWN,  /* the component is shutting down */
+    PB_ERR_INTERNAL,  /* a bug or an unexpected library failure */
+    PB_ERR__COUNT
+} pb_err;
+
+/* Static string naming the error; never NULL, never to be freed. */
+const char *pb_strerror(pb_err err);
+
+/* ---- logging ----------------------------------------------------------------------- */
+
+typedef enum pb_log_level {
+    PB_LOG_DEBUG = 0,
+    PB_LOG_INFO = 1,
+    PB_LOG_WARN = 2,
+    PB_LOG_ERROR = 3,
+} pb_log_level;
+
+/* Sets the lowest level that is written (default PB_LOG_INFO). Thread-safe. */
+void pb_log_set_level(pb_log_level level);
+/* Parses "debug", "info", "warn", "error". */
+pb_err pb_log_level_parse(const char *s, pb_log_level *out);
+const char *pb_log_level_name(pb_log_level level);
+
+/* ---- events ------------------------------------------------------------------------ */
+
+typedef enum pb_event_kind {
+    PB_EV_NONE = 0,
+    PB_EV_USER_REMOVED_FROM_GUILD = 1,
+    PB_EV_USER_ADDED_TO_GUILD = 2,
+    PB_EV_USER_INVITED = 3,
+    PB_EV_USER_REJECTED_INVITE = 4,
+} pb_event_kind;
+
+/*
+ * One protocol.sync.v1.Event. Fields that the kind does not use are 0 / NULL.
+ * invite_id (UserInvited, UserRejectedInvite) is a NUL-terminated UTF-8 string owned by
+ * the event: pb_event_clear() frees it.
+ */
+typedef struct pb_event {
+    pb_event_kind kind;
+    uint64_t user_id;
+    uint64_t guild_id;   /* removed/added/rejected */
+    uint64_t inviter_id; /* invited */
+    char *invite_id;     /* invited/rejected; never NULL for those kinds */
+} pb_event;
+
+void pb_event_clear(pb_event *ev);
+/* Deep copy; dst is overwritten (not cleared first). */
+void pb_event_copy(pb_event *dst, const pb_event *src);
+bool pb_event_equal(const pb_event *a, const pb_event *b);
+/* lowerCamelCase name of the oneof case ("userAddedToGuild"), or NULL for PB_EV_NONE. */
+const char *pb_event_kind_name(pb_event_kind kind);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* POSTBOX_H */

@@ -1,0 +1,75 @@
+/*
+ * harness - the test helpers every postbox test links (tests/ only, never the library).
+ *
+ * Assertions count and report failures without stopping the test, so one run shows
+ * every broken case; pbt_finish() prints "N passed, N failed" and gives the exit code.
+ * Also: hex and temp-directory helpers, the shared vectors, and (for integration tests)
+ * starting and stopping real postboxd processes on 127.0.0.1.
+ */
+#ifndef PB_TEST_HARNESS_H
+#define PB_TEST_HARNESS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "postbox.h"
+
+extern int pbt_passed, pbt_failed;
+
+void pbt_check(bool ok, const char *file, int line, const char *expr, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+#define CHECK(cond) pbt_check(!!(cond), __FILE__, __LINE__, #cond, NULL)
+#define CHECKF(cond, ...) pbt_check(!!(cond), __FILE__, __LINE__, #cond, __VA_ARGS__)
+#define CHECK_OK(expr)                                                                           \
+    do {                                                                                         \
+        pb_err e__ = (expr);                                                                     \
+        pbt_check(e__ == PB_OK, __FILE__, __LINE__, #expr, "got %s", pb_strerror(e__));        \
+    } while (0)
+#define CHECK_ERR(expr, want)                                                                    \
+    do {                                                                                         \
+        pb_err e__ = (expr);                                                                     \
+        pbt_check(e__ == (want), __FILE__, __LINE__, #expr, "got %s, want %s", pb_strerror(e__), \
+                  pb_strerror(want));                                                            \
+    } while (0)
+#define CHECK_INT(a, b)                                                                          \
+    do {                                                                                         \
+        long long a__ = (long long)(a), b__ = (long long)(b);                                    \
+        pbt_check(a__ == b__, __FILE__, __LINE__, #a " == " #b, "%lld != %lld", a__, b__);       \
+    } while (0)
+#define CHECK_STR(a, b)                                                                          \
+    do {                                                                                         \
+        const char *a__ = (a), *b__ = (b);                                                       \
+        pbt_check(a__ && b__ && strcmp(a__, b__) == 0, __FILE__, __LINE__, #a " == " #b,         \
+                  "\"%s\" != \"%s\"", a__ ? a__ : "(null)", b__ ? b__ : "(null)");               \
+    } while (0)
+#define CHECK_MEM(a, alen, b, blen)                                                              \
+    pbt_check((alen) == (blen) && ((alen) == 0 || memcmp((a), (b), (alen)) == 0), __FILE__,      \
+              __LINE__, #a " == " #b, "lengths %zu, %zu", (size_t)(alen), (size_t)(blen))
+
+/* Prints the summary line "N passed, N failed" and returns the process exit code. */
+int pbt_finish(void);
+
+/* Decodes lower-case hex; returns a buffer the caller frees (never NULL; *len may be 0). */
+uint8_t *pbt_hex(const char *hex, size_t *len);
+/* Hex-encodes into a new string the caller frees. */
+char *pbt_tohex(const uint8_t *p, size_t n);
+
+/* The shared vectors file, parsed (a new reference the caller json_decref's); aborts the
+ * test when the file cannot be read. */
+json_t *pbt_vectors(void);
+
+/* A new empty directory under $TMPDIR (or /tmp); caller frees the path. */
+char *pbt_tmpdir(const char *tag);
+/* rm -rf of a test directory. */
+void pbt_rmrf(const char *path);
+
+/* Monotonic milliseconds. */
+int64_t pbt_now_ms(void);
+
+#endif
