@@ -98,6 +98,65 @@ bool pb_event_equal(const pb_event *a, const pb_event *b);
 /* lowerCamelCase name of the oneof case ("userAddedToGuild"), or NULL for PB_EV_NONE. */
 const char *pb_event_kind_name(pb_event_kind kind);
 
+/* ---- configuration ------------------------------------------------------------------ */
+
+/* The settings of a postbox server (see config.c for the table: names, defaults, help).
+ * Strings returned through `why` explain a refusal and are the caller's to free. */
+typedef struct pb_config pb_config;
+
+pb_config *pb_config_new(void); /* defaults; caller frees with pb_config_free */
+void pb_config_free(pb_config *c);
+pb_err pb_config_set(pb_config *c, const char *name, const char *value, char **why);
+/* Reads `name = value` lines (# comments). */
+pb_err pb_config_load_file(pb_config *c, const char *path, char **why);
+/* Consumes leading `--name value` / `--name=value` settings from argv; *used tells how
+ * many argv entries were taken (stops at the first argument that is not a setting). */
+pb_err pb_config_parse_args(pb_config *c, int argc, char **argv, int *used, char **why);
+/* Derives dependent settings and validates everything; required before use. */
+pb_err pb_config_finish(pb_config *c, char **why);
+/* "name = value" lines of the effective settings; caller frees. */
+char *pb_config_dump(const pb_config *c);
+/* One line per setting with its help and default; caller frees. */
+char *pb_config_help(void);
+const char *pb_config_get_server_id(const pb_config *c);
+/* The effective value of a setting as text (a new string the caller frees), or NULL for an
+ * unknown name or an unset string setting. */
+char *pb_config_get(const pb_config *c, const char *name);
+
+/* ---- the server ---------------------------------------------------------------------- */
+
+/* A running postbox: store, keys, federation listener and admin listener. */
+typedef struct pb_daemon pb_daemon;
+
+/* Opens everything the (finished) config names and starts serving. On PB_OK the caller
+ * owns *out and stops it with pb_daemon_close. cfg is copied as needed. */
+pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out);
+/* Stops accepting, finishes in-flight requests, closes the store. NULL is a no-op. */
+void pb_daemon_close(pb_daemon *d);
+/* The federation listener's bound port. */
+uint16_t pb_daemon_port(const pb_daemon *d);
+
+/* ---- admin API client (what postboxctl and scripts use) -------------------------------- */
+
+typedef struct pb_adminc pb_adminc;
+
+/* listen: the admin listener ("127.0.0.1:2290", "[::1]:2290", "unix:/path"); token may be
+ * NULL. Caller frees with pb_adminc_free. */
+pb_err pb_adminc_new(const char *listen, const char *token, pb_adminc **out);
+void pb_adminc_free(pb_adminc *a);
+/*
+ * One admin call. body_json may be NULL (no body). On PB_OK (an HTTP answer arrived, any
+ * status) *status is set and *answer is the answer body text (caller frees; may be empty).
+ * PB_ERR_NET / PB_ERR_TIMEOUT when the admin listener cannot be reached; *answer then
+ * holds the reason.
+ */
+pb_err pb_adminc_call(pb_adminc *a, const char *method, const char *path, const char *body_json,
+                      long timeout_ms, long *status, char **answer);
+
+/* Creates a key file at path (mode 0600) unless one exists; writes the public key's hex
+ * into pubhex[65]. *created says whether a new key was made. */
+pb_err pb_keygen(const char *path, char pubhex[65], bool *created);
+
 #ifdef __cplusplus
 }
 #endif

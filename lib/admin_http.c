@@ -1,0 +1,307 @@
+/*
+ * admin_http - JSON-over-HTTP listener for the admin API (see admin_http.h).
+ *
+ * Same request life cycle as hrpc_server.c: refusals that need no body are answered on
+ * the first call so the body is never read; otherwise the body is buffered up to
+ * max_body and parsed once, then the route's handler runs.
+ */
+#include "admin_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "hrpc_server.h"
+#include "log.h"
+#include "mem.h"
+
+struct aroute {
+    char *method;
+    char *pattern;
+    pb_admin_fn fn;
+    void *ctx;
+};
+
+struct pb_admin_http {
+    char *listen;
+    char *token;
+    size_t max_body;
+    unsigned threads;
+    struct aroute *routes;
+    size_t nroutes;
+    struct MHD_Daemon *mhd;
+    int unix_fd;
+    char *unix_path;
+};
+
+struct areq {
+    pb_buf body;
+    bool too_big;
+};
+
+const char *pb_admin_req_arg(const pb_admin_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    resp->status = status;
+    if (resp->body) json_decref(resp->body);
+    resp->body = json_pack("{s:s}", "error", msg);
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    if (body) json_decref(body);
+    size_t len = text ? strlen(text) : 0;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, text ? (void *)text : (void *)"",
+                                        text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    if (text) MHD_add_response_header(resp, "Content-Type", "application/json");
+    enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *msg)
+{
+    return send_json(conn, status, json_pack("{s:s}", "error", msg));
+}
+
+/* Matches path against pattern segment by segment; `*` captures one segment. */
+static bool match(const char *pattern, const char *path, pb_admin_req *req)
+{
+    req->nsegs = 0;
+    static __thread char caps[8][256];
+    while (*pattern && *path) {
+        if (*pattern != '/' || *path != '/') return false;
+        pattern++;
+        path++;
+        const char *pe = strchrnul(pattern, '/'), *se = strchrnul(path, '/');
+        if (pe - pattern == 1 && *pattern == '*') {
+            size_t n = (size_t)(se - path);
+            if (n == 0 || n >= sizeof caps[0] || req->nsegs >= 8) return false;
+            memcpy(caps[req->nsegs], path, n);
+            caps[req->nsegs][n] = '\0';
+            req->segs[req->nsegs] = caps[req->nsegs];
+            req->nsegs++;
+        } else if (pe - pattern != se - path || memcmp(pattern, path, (size_t)(pe - pattern))) {
+            return false;
+        }
+        pattern = pe;
+        path = se;
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+static bool token_ok(const pb_admin_http *a, struct MHD_Connection *conn)
+{
+    if (!a->token) return true;
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    h += 7;
+    size_t n = strlen(h), m = strlen(a->token);
+    return n == m && sodium_memcmp(h, a->token, n) == 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    pb_admin_http *a = cls;
+    struct areq *r = *con_cls;
+    if (!r) {
+        r = pb_xcalloc(1, sizeof *r);
+        *con_cls = r;
+        if (!token_ok(a, conn)) return send_error(conn, 401, "missing or wrong bearer token");
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > a->max_body)
+            return send_error(conn, 413, "body over the size limit");
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!r->too_big && r->body.len + *upload_data_size <= a->max_body) {
+            pb_buf_append(&r->body, upload_data, *upload_data_size);
+        } else {
+            r->too_big = true;
+            pb_buf_free(&r->body);
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->too_big) return send_error(conn, 413, "body over the size limit");
+
+    pb_admin_req req = {.method = method, .path = url, .conn = conn};
+    const struct aroute *route = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < a->nroutes; i++) {
+        if (!match(a->routes[i].pattern, url, &req)) continue;
+        path_known = true;
+        if (strcmp(a->routes[i].method, method) == 0) {
+            route = &a->routes[i];
+            break;
+        }
+    }
+    if (!route) {
+        if (path_known) return send_error(conn, 405, "method not allowed on this path");
+        return send_error(conn, 404, "no such endpoint");
+    }
+    json_t *body = NULL;
+    if (r->body.len > 0) {
+        json_error_t jerr;
+        body = json_loadb((const char *)r->body.data, r->body.len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!body) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "malformed JSON: %s (at byte %d)", jerr.text, jerr.position);
+            return send_error(conn, 400, msg);
+        }
+    }
+    req.body = body;
+    pb_admin_resp resp = {.status = 200};
+    route->fn(route->ctx, &req, &resp);
+    if (body) json_decref(body);
+    return send_json(conn, resp.status, resp.body);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct areq *r = *con_cls;
+    if (!r) return;
+    pb_buf_free(&r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
+{
+    pb_admin_http *a = pb_xcalloc(1, sizeof *a);
+    a->listen = pb_xstrdup(opts->listen ? opts->listen : "127.0.0.1:2290");
+    a->token = opts->token && *opts->token ? pb_xstrdup(opts->token) : NULL;
+    a->max_body = opts->max_body ? opts->max_body : 1024 * 1024;
+    a->threads = opts->threads ? opts->threads : 2;
+    a->unix_fd = -1;
+    return a;
+}
+
+void pb_admin_http_route(pb_admin_http *a, const char *method, const char *pattern, pb_admin_fn fn,
+                         void *ctx)
+{
+    a->routes = pb_xrealloc(a->routes, (a->nroutes + 1) * sizeof *a->routes);
+    a->routes[a->nroutes++] = (struct aroute){pb_xstrdup(method), pb_xstrdup(pattern), fn, ctx};
+}
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)ss;
+        return (ntohl(a4->sin_addr.s_addr) >> 24) == 127;
+    }
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+    return IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr);
+}
+
+static pb_err open_unix(pb_admin_http *a, const char *path)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sun.sun_path) return PB_ERR_CONFIG;
+    strcpy(sun.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return PB_ERR_IO;
+    unlink(path); /* a stale socket from an earlier run */
+    mode_t old = umask(0077);
+    int rc = bind(fd, (struct sockaddr *)&sun, sizeof sun);
+    umask(old);
+    if (rc != 0 || listen(fd, 64) != 0) {
+        PB_ERROR(NULL, "cannot listen on unix:%s: %s", path, strerror(errno));
+        close(fd);
+        return PB_ERR_IO;
+    }
+    a->unix_fd = fd;
+    a->unix_path = pb_xstrdup(path);
+    return PB_OK;
+}
+
+pb_err pb_admin_http_start(pb_admin_http *a)
+{
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ITC;
+    struct sockaddr_storage ss;
+    unsigned sslen = 0;
+    pb_err err;
+    if (strncmp(a->listen, "unix:", 5) == 0) {
+        if ((err = open_unix(a, a->listen + 5)) != PB_OK) return err;
+    } else {
+        if (pb_hrpc_parse_listen(a->listen, &ss, &sslen) != PB_OK || !is_loopback(&ss)) {
+            PB_ERROR(NULL, "admin_listen %s: want a loopback IP:PORT or unix:/path", a->listen);
+            return PB_ERR_CONFIG;
+        }
+        if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    }
+    if (a->unix_fd >= 0) {
+        a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_LISTEN_SOCKET,
+                                  a->unix_fd, MHD_OPTION_THREAD_POOL_SIZE, a->threads,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED,
+                                  on_completed, a, MHD_OPTION_END);
+    } else {
+        a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR,
+                                  (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, a->threads,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED,
+                                  on_completed, a, MHD_OPTION_END);
+    }
+    if (!a->mhd) {
+        PB_ERROR(NULL, "cannot start admin listener on %s: %s", a->listen, strerror(errno));
+        return PB_ERR_IO;
+    }
+    PB_INFO(NULL, "admin listener on %s", a->listen);
+    return PB_OK;
+}
+
+void pb_admin_http_stop(pb_admin_http *a)
+{
+    if (!a || !a->mhd) return;
+    MHD_stop_daemon(a->mhd);
+    a->mhd = NULL;
+    if (a->unix_fd >= 0) {
+        close(a->unix_fd);
+        a->unix_fd = -1;
+        unlink(a->unix_path);
+    }
+}
+
+void pb_admin_http_free(pb_admin_http *a)
+{
+    if (!a) return;
+    pb_admin_http_stop(a);
+    for (size_t i = 0; i < a->nroutes; i++) {
+        free(a->routes[i].method);
+        free(a->routes[i].pattern);
+    }
+    free(a->routes);
+    free(a->listen);
+    if (a->token) sodium_memzero(a->token, strlen(a->token));
+    free(a->token);
+    free(a->unix_path);
+    free(a);
+}

@@ -1,0 +1,62 @@
+/*
+ * admin_http - the admin API's HTTP/JSON listener on libmicrohttpd: loopback TCP or a Unix
+ * socket, never the federation port. Routes match a method and a path pattern where `*`
+ * matches one path segment (e.g. "/v1/peers/STAR/retry"); handlers get the parsed JSON body
+ * and fill a JSON answer. An optional bearer token is compared in constant time.
+ *
+ * Untrusted input: the HTTP request. Bodies are bounded (max_body, refused with 413 from
+ * Content-Length or while reading), parsed by jansson; refusals answer
+ * {"error": "clear message"}.
+ */
+#ifndef PB_ADMIN_HTTP_H
+#define PB_ADMIN_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "postbox.h"
+
+typedef struct pb_admin_http pb_admin_http;
+
+typedef struct pb_admin_req {
+    const char *method;
+    const char *path;
+    const char *segs[8]; /* values matched by `*` in the route, in order */
+    size_t nsegs;
+    json_t *body; /* parsed body or NULL when empty; borrowed */
+    void *conn;   /* internal */
+} pb_admin_req;
+
+/* A query-string argument, or NULL. The string is owned by the request. */
+const char *pb_admin_req_arg(const pb_admin_req *req, const char *name);
+
+typedef struct pb_admin_resp {
+    int status;   /* default 200 */
+    json_t *body; /* reference stolen by the server; NULL = empty body */
+} pb_admin_resp;
+
+/* Sets {"error": message} with status. */
+void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+typedef void (*pb_admin_fn)(void *ctx, const pb_admin_req *req, pb_admin_resp *resp);
+
+typedef struct pb_admin_http_opts {
+    const char *listen; /* "127.0.0.1:2290", "[::1]:2290" or "unix:/path" */
+    const char *token;  /* bearer token, NULL = none required */
+    size_t max_body;    /* default 1 MiB */
+    unsigned threads;   /* default 2 */
+} pb_admin_http_opts;
+
+/* Creates the listener (not started). Strings are copied. Caller frees. */
+pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts);
+void pb_admin_http_route(pb_admin_http *a, const char *method, const char *pattern, pb_admin_fn fn,
+                         void *ctx);
+/* Binds and serves. PB_ERR_CONFIG for a non-loopback or malformed address, PB_ERR_IO when
+ * it cannot bind. */
+pb_err pb_admin_http_start(pb_admin_http *a);
+void pb_admin_http_stop(pb_admin_http *a);
+void pb_admin_http_free(pb_admin_http *a); /* NULL is a no-op */
+
+#endif

@@ -1,0 +1,283 @@
+/*
+ * daemon - a running postbox server: the composition root of the library. Opens, in
+ * order, the data directory, this server's key pair, the store, the peer client and key
+ * source, then the federation listener (hRPC) and the admin listener (JSON); closes them
+ * in reverse. postboxd is a thin shell around pb_daemon_open/close.
+ *
+ * Identity: the store remembers the server ID it was created for (meta "server_id") and
+ * the public key (meta "public_key"); starting with a different server ID or key file
+ * than the store's is refused rather than silently mixing identities.
+ *
+ * Untrusted input: hRPC requests (through hrpc_server, auth and wire) and admin requests
+ * (through admin_http); this file only routes them.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "admin_http.h"
+#include "config.h"
+#include "hrpc_client.h"
+#include "hrpc_server.h"
+#include "keys.h"
+#include "log.h"
+#include "mem.h"
+#include "peerkeys.h"
+#include "store.h"
+#include "wire.h"
+
+#define PATH_KEY "/protocol.auth.v1.AuthService/Key"
+#define PATH_PULL "/protocol.sync.v1.PostboxService/Pull"
+#define PATH_PUSH "/protocol.sync.v1.PostboxService/Push"
+#define PATH_NOTIFY "/protocol.sync.v1.PostboxService/NotifyNewId"
+
+struct pb_daemon {
+    char server_id[PB_SERVER_ID_MAX];
+    pb_keys *keys;
+    pb_store *store;
+    pb_client *client;
+    pb_peerkeys *peerkeys;
+    pb_auth_policy policy;
+    char **allow, **deny;
+    size_t nallow, ndeny;
+    pb_hrpc_server *fed;
+    pb_admin_http *admin;
+};
+
+/* ---- federation handlers ------------------------------------------------------------- */
+
+static void h_key(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+{
+    pb_daemon *d = ctx;
+    if (pb_wire_empty_decode(req->body, req->body_len) != PB_OK) {
+        pb_hrpc_reply_error(rep, 400, "hrpc.http.bad-unary-request", "body is not a KeyRequest");
+        return;
+    }
+    pb_wire_key_resp_encode(pb_keys_public(d->keys), &rep->body);
+}
+
+static void h_postbox(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+{
+    pb_hrpc_reply_error(rep, 501, "hrpc.not-implemented", "%s: delivery engine not present",
+                        req->path);
+}
+
+/* ---- admin handlers ------------------------------------------------------------------- */
+
+static void a_healthz(void *ctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_daemon *d = ctx;
+    pb_err err = pb_store_ping(d->store);
+    if (err != PB_OK) {
+        pb_admin_resp_error(resp, 503, "store: %s", pb_strerror(err));
+        return;
+    }
+    resp->body = json_pack("{s:b}", "ok", 1);
+}
+
+static void a_key(void *ctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_daemon *d = ctx;
+    char hex[65];
+    pb_keys_hex(pb_keys_public(d->keys), hex);
+    resp->body = json_pack("{s:s,s:s}", "server_id", d->server_id, "public_key", hex);
+}
+
+/* ---- life cycle ------------------------------------------------------------------------ */
+
+pb_err pb_keygen(const char *path, char pubhex[65], bool *created)
+{
+    pb_keys *k = NULL;
+    pb_err err = pb_keys_load_or_create(path, &k, created);
+    if (err != PB_OK) goto out;
+    pb_keys_hex(pb_keys_public(k), pubhex);
+out:
+    pb_keys_free(k);
+    return err;
+}
+
+static pb_err ensure_dir(const char *path)
+{
+    if (mkdir(path, 0700) == 0) return PB_OK;
+    if (errno != EEXIST) {
+        PB_ERROR(NULL, "cannot create data directory %s: %s", path, strerror(errno));
+        return PB_ERR_IO;
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        PB_ERROR(NULL, "data directory %s is not a directory", path);
+        return PB_ERR_CONFIG;
+    }
+    return PB_OK;
+}
+
+/* Records or checks the identity the store belongs to. */
+static pb_err check_identity(pb_daemon *d)
+{
+    char hex[65];
+    pb_keys_hex(pb_keys_public(d->keys), hex);
+    char *stored = NULL;
+    pb_err err = pb_store_meta_get(d->store, "server_id", &stored);
+    if (err == PB_ERR_NOT_FOUND) {
+        err = pb_store_meta_set(d->store, "server_id", d->server_id);
+        if (err == PB_OK) err = pb_store_meta_set(d->store, "public_key", hex);
+        goto out;
+    }
+    if (err != PB_OK) goto out;
+    if (strcmp(stored, d->server_id) != 0) {
+        PB_ERROR(NULL, "the store belongs to server %s, but server_id is %s", stored, d->server_id);
+        err = PB_ERR_CONFIG;
+        goto out;
+    }
+    free(stored);
+    stored = NULL;
+    err = pb_store_meta_get(d->store, "public_key", &stored);
+    if (err == PB_OK && strcmp(stored, hex) != 0) {
+        PB_ERROR(NULL, "the key file's public key %s differs from the store's %s", hex, stored);
+        err = PB_ERR_CONFIG;
+    } else if (err == PB_ERR_NOT_FOUND) {
+        err = pb_store_meta_set(d->store, "public_key", hex);
+    }
+out:
+    free(stored);
+    return err;
+}
+
+static pb_err read_token_file(const char *path, char **out)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        PB_ERROR(NULL, "cannot read admin_token_file %s: %s", path, strerror(errno));
+        return PB_ERR_CONFIG;
+    }
+    char line[512];
+    pb_err err = PB_ERR_CONFIG;
+    if (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (strlen(line) >= 16) {
+            *out = pb_xstrdup(line);
+            err = PB_OK;
+        }
+    }
+    if (err != PB_OK) PB_ERROR(NULL, "admin_token_file %s: want one line of 16+ characters", path);
+    fclose(f);
+    return err;
+}
+
+pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
+{
+    pb_err err;
+    char *admin_token = NULL;
+    if (!cfg->finished) return PB_ERR_CONFIG;
+    pb_daemon *d = pb_xcalloc(1, sizeof *d);
+    snprintf(d->server_id, sizeof d->server_id, "%s", cfg->server_id);
+    pb_log_level lv;
+    if (pb_log_level_parse(cfg->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+
+    if ((err = ensure_dir(cfg->data_dir)) != PB_OK) goto fail;
+    bool created = false;
+    if ((err = pb_keys_load_or_create(cfg->key_file, &d->keys, &created)) != PB_OK) {
+        PB_ERROR(NULL, "key file %s: %s", cfg->key_file, pb_strerror(err));
+        goto fail;
+    }
+    if (created) PB_INFO(NULL, "generated a new key pair in %s", cfg->key_file);
+
+    pb_store_opts so;
+    pb_store_opts_default(&so);
+    pb_store_sync_parse(cfg->sync, &so.sync);
+    if ((err = pb_store_open(cfg->store, &so, &d->store)) != PB_OK) {
+        PB_ERROR(NULL, "cannot open store %s: %s", cfg->store, pb_strerror(err));
+        goto fail;
+    }
+    if ((err = check_identity(d)) != PB_OK) goto fail;
+
+    pb_client_opts co = {
+        .plain_http = strcmp(cfg->peer_scheme, "http") == 0,
+        .ca_file = cfg->ca_file,
+        .connect_timeout_ms = (long)cfg->peer_connect_timeout_ms,
+        .timeout_ms = (long)cfg->peer_timeout_ms,
+    };
+    if ((err = pb_client_new(&co, &d->client)) != PB_OK) goto fail;
+    d->peerkeys = pb_peerkeys_new(d->store, d->client, (int)cfg->key_refetch_interval);
+
+    d->nallow = cfg->nallow;
+    d->ndeny = cfg->ndeny;
+    d->allow = pb_xcalloc(d->nallow + 1, sizeof *d->allow);
+    d->deny = pb_xcalloc(d->ndeny + 1, sizeof *d->deny);
+    for (size_t i = 0; i < d->nallow; i++)
+        d->allow[i] = pb_xstrdup(cfg->allow_list[i]);
+    for (size_t i = 0; i < d->ndeny; i++)
+        d->deny[i] = pb_xstrdup(cfg->deny_list[i]);
+    d->policy = (pb_auth_policy){
+        .window_s = (int64_t)cfg->auth_window,
+        .allow = (const char *const *)d->allow,
+        .nallow = d->nallow,
+        .deny = (const char *const *)d->deny,
+        .ndeny = d->ndeny,
+        .key_retry_after_s = (uint32_t)cfg->key_refetch_interval,
+    };
+    pb_hrpc_auth auth = {.policy = &d->policy, .key_fn = pb_peerkeys_get, .key_ctx = d->peerkeys};
+    pb_hrpc_server_opts ho = {
+        .listen = cfg->listen,
+        .max_body = cfg->max_body,
+        .max_connections = (unsigned)cfg->max_connections,
+        .conn_timeout_s = (unsigned)cfg->conn_timeout,
+        .threads = (unsigned)cfg->threads,
+        .max_inflight = (unsigned)cfg->max_inflight,
+        .tls_cert_file = cfg->tls_cert,
+        .tls_key_file = cfg->tls_key,
+    };
+    pb_hrpc_server_new(&ho, &auth, &d->fed);
+    pb_hrpc_server_route(d->fed, PATH_KEY, false, h_key, d);
+    pb_hrpc_server_route(d->fed, PATH_PULL, true, h_postbox, d);
+    pb_hrpc_server_route(d->fed, PATH_PUSH, true, h_postbox, d);
+    pb_hrpc_server_route(d->fed, PATH_NOTIFY, true, h_postbox, d);
+
+    if (cfg->admin_token_file && (err = read_token_file(cfg->admin_token_file, &admin_token)))
+        goto fail;
+    pb_admin_http_opts ao = {.listen = cfg->admin_listen, .token = admin_token};
+    d->admin = pb_admin_http_new(&ao);
+    pb_admin_http_route(d->admin, "GET", "/healthz", a_healthz, d);
+    pb_admin_http_route(d->admin, "GET", "/v1/key", a_key, d);
+
+    if ((err = pb_hrpc_server_start(d->fed)) != PB_OK) goto fail;
+    if ((err = pb_admin_http_start(d->admin)) != PB_OK) goto fail;
+    char hex[65];
+    pb_keys_hex(pb_keys_public(d->keys), hex);
+    PB_INFO(NULL, "postbox %s serving as %s, public key %s", PB_VERSION, d->server_id, hex);
+    free(admin_token);
+    *out = d;
+    return PB_OK;
+fail:
+    free(admin_token);
+    pb_daemon_close(d);
+    return err;
+}
+
+uint16_t pb_daemon_port(const pb_daemon *d)
+{
+    return pb_hrpc_server_port(d->fed);
+}
+
+void pb_daemon_close(pb_daemon *d)
+{
+    if (!d) return;
+    /* Listeners first (finishing in-flight requests), then what they used. */
+    pb_admin_http_free(d->admin);
+    pb_hrpc_server_free(d->fed);
+    pb_peerkeys_free(d->peerkeys);
+    pb_client_free(d->client);
+    pb_store_close(d->store);
+    pb_keys_free(d->keys);
+    for (size_t i = 0; i < d->nallow; i++)
+        free(d->allow[i]);
+    for (size_t i = 0; i < d->ndeny; i++)
+        free(d->deny[i]);
+    free(d->allow);
+    free(d->deny);
+    free(d);
+}
