@@ -46,10 +46,10 @@ const char *pb_auth_verdict_identifier(pb_auth_verdict v);
 const char *pb_auth_verdict_message(pb_auth_verdict v);
 
 typedef struct pb_auth_policy {
-    int64_t window_s;          /* |now - time| allowed; <= 0 means the default 60 */
-    const char *const *allow;  /* if nallow > 0, only these normalised IDs are allowed */
+    int64_t window_s;         /* |now - time| allowed; <= 0 means the default 60 */
+    const char *const *allow; /* if nallow > 0, only these normalised IDs are allowed */
     size_t nallow;
-    const char *const *deny;   /* these normalised IDs are refused */
+    const char *const *deny; /* these normalised IDs are refused */
     size_t ndeny;
     uint32_t key_retry_after_s; /* RetryInfo for PB_AUTH_KEY_UNAVAILABLE (default 30) */
 } pb_auth_policy;
@@ -64,7 +64,8 @@ typedef pb_err (*pb_auth_key_fn)(void *ctx, const char *server_id, bool refresh,
                                  uint8_t key[PB_PUBKEY_LEN], bool *fresh);
 
 /* Makes an Authorization header value (standard base64 with padding) for a token naming
- * server_id at time `now`, signed by k. Returns a string the caller frees. */
+ * server_id at time `now`, signed by k. Returns a string the caller frees; NULL only when
+ * k or server_id is NULL. server_id is sent as given (not validated here). */
 char *pb_auth_header_make(const pb_keys *k, const char *server_id, uint64_t now);
 
 /* Decodes a header value to the serialized Token bytes (variants accepted). On PB_OK,

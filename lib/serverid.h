@@ -25,7 +25,8 @@ pb_err pb_serverid_normalize(const char *in, char out[PB_SERVER_ID_MAX]);
 pb_err pb_serverid_normalize_n(const char *in, size_t n, char out[PB_SERVER_ID_MAX]);
 /* True when `id` is valid and already normalised. */
 bool pb_serverid_is_normal(const char *id);
-/* Splits a valid ID: host without brackets into host[PB_SERVER_ID_MAX], and the port. */
+/* Splits a valid ID: host without brackets, lower case, into host[PB_SERVER_ID_MAX], and
+ * the port. PB_ERR_INVAL (nothing written) when the ID is invalid. */
 pb_err pb_serverid_split(const char *id, char host[PB_SERVER_ID_MAX], uint16_t *port);
 
 #endif
