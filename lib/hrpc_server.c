@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "mem.h"
 #include "wire.h"
@@ -241,7 +242,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
     pb_hrpc_reply rep = {0};
     rep.status = 200;
-    r->route->fn(r->route->ctx, &hreq, &rep);
+    if (pb_fault("hrpc.internal"))
+        pb_hrpc_reply_error(&rep, 500, ID_INTERNAL, "injected fault");
+    else
+        r->route->fn(r->route->ctx, &hreq, &rep);
     if (rep.status >= 500)
         PB_WARN(hreq.peer, "%s answered %d %s: %s", url, rep.status,
                 rep.identifier ? rep.identifier : "", rep.message ? rep.message : "");
@@ -374,12 +378,12 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         {MHD_OPTION_END, 0, NULL},
     };
     s->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->opts.threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)s->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)s->opts.conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)s->opts.threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->opts.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->opts.conn_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!s->mhd) {
         PB_ERROR(NULL, "cannot listen on %s: %s", s->opts.listen, strerror(errno));
         return PB_ERR_IO;

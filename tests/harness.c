@@ -3,11 +3,19 @@
  */
 #include "harness.h"
 
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <errno.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <time.h>
+#include <strings.h>
 #include <unistd.h>
 
 int pbt_passed, pbt_failed;
@@ -66,7 +74,8 @@ char *pbt_tohex(const uint8_t *p, size_t n)
 {
     char *s = malloc(2 * n + 1);
     if (!s) abort();
-    for (size_t i = 0; i < n; i++) sprintf(s + 2 * i, "%02x", p[i]);
+    for (size_t i = 0; i < n; i++)
+        sprintf(s + 2 * i, "%02x", p[i]);
     s[2 * n] = '\0';
     return s;
 }
@@ -114,4 +123,233 @@ int64_t pbt_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- integration helpers ----------------------------------------------------------------- */
+
+uint16_t pbt_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        perror("pbt_free_port");
+        exit(2);
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra)
+{
+    pbt_daemon *d = calloc(1, sizeof *d);
+    if (!d) abort();
+    d->dir = pbt_tmpdir(tag);
+    d->port = pbt_free_port();
+    do {
+        d->admin_port = pbt_free_port();
+    } while (d->admin_port == d->port);
+    snprintf(d->server_id, sizeof d->server_id, "127.0.0.1:%u", d->port);
+    snprintf(d->admin, sizeof d->admin, "127.0.0.1:%u", d->admin_port);
+    if (asprintf(&d->log_path, "%s/postboxd.log", d->dir) < 0) abort();
+    for (int i = 0; extra && extra[i] && d->nargs < 31; i++)
+        d->args[d->nargs++] = strdup(extra[i]);
+    return d;
+}
+
+static bool healthz(const pbt_daemon *d)
+{
+    pbt_http h;
+    pbt_http_do("http", d->admin_port, "GET", "/healthz", NULL, NULL, 0, NULL, &h);
+    bool ok = h.status == 200;
+    pbt_http_clear(&h);
+    return ok;
+}
+
+void pbt_daemon_dump_log(const pbt_daemon *d)
+{
+    FILE *f = fopen(d->log_path, "r");
+    if (!f) return;
+    char line[2048];
+    fprintf(stderr, "---- %s (%s) ----\n", d->log_path, d->server_id);
+    long n = 0;
+    while (fgets(line, sizeof line, f))
+        n++;
+    rewind(f);
+    long skip = n > 60 ? n - 60 : 0;
+    for (long i = 0; fgets(line, sizeof line, f); i++)
+        if (i >= skip) fputs(line, stderr);
+    fclose(f);
+}
+
+bool pbt_daemon_start(pbt_daemon *d)
+{
+    char listen[64], datadir[512];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", d->port);
+    snprintf(datadir, sizeof datadir, "%s", d->dir);
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = PB_POSTBOXD;
+    argv[n++] = "--data-dir";
+    argv[n++] = datadir;
+    argv[n++] = "--listen";
+    argv[n++] = listen;
+    argv[n++] = "--admin-listen";
+    argv[n++] = d->admin;
+    argv[n++] = "--peer-scheme";
+    argv[n++] = "http";
+    argv[n++] = "--log-level";
+    argv[n++] = "debug";
+    for (int i = 0; i < d->nargs; i++)
+        argv[n++] = d->args[i];
+    argv[n] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) abort();
+    if (pid == 0) {
+        int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execv(PB_POSTBOXD, (char *const *)argv);
+        _exit(127);
+    }
+    d->pid = pid;
+    int64_t deadline = pbt_now_ms() + 20000;
+    while (pbt_now_ms() < deadline) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            d->pid = 0;
+            fprintf(stderr, "postboxd %s exited during start-up\n", d->server_id);
+            pbt_daemon_dump_log(d);
+            return false;
+        }
+        if (healthz(d)) return true;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "postboxd %s did not become healthy in 20 s\n", d->server_id);
+    pbt_daemon_dump_log(d);
+    return false;
+}
+
+int pbt_daemon_stop(pbt_daemon *d)
+{
+    if (!d->pid) return -1;
+    kill(d->pid, SIGTERM);
+    int64_t deadline = pbt_now_ms() + 20000;
+    int st = 0;
+    while (pbt_now_ms() < deadline) {
+        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+            d->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    pbt_daemon_kill(d);
+    return -1;
+}
+
+void pbt_daemon_kill(pbt_daemon *d)
+{
+    if (!d->pid) return;
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, NULL, 0);
+    d->pid = 0;
+}
+
+void pbt_daemon_free(pbt_daemon *d)
+{
+    if (!d) return;
+    pbt_daemon_stop(d);
+    if (!getenv("PBT_KEEP")) pbt_rmrf(d->dir);
+    free(d->dir);
+    free(d->log_path);
+    for (int i = 0; i < d->nargs; i++)
+        free(d->args[i]);
+    free(d);
+}
+
+struct hdrs {
+    char **ctype, **ver;
+};
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    struct hdrs *h = ud;
+    size_t len = size * n;
+    char line[512];
+    if (len >= sizeof line) return len;
+    memcpy(line, p, len);
+    line[len] = '\0';
+    line[strcspn(line, "\r\n")] = '\0';
+    char **dst = NULL;
+    if (!strncasecmp(line, "Content-Type:", 13))
+        dst = h->ctype;
+    else if (!strncasecmp(line, "Hrpc-Version:", 13))
+        dst = h->ver;
+    if (dst) {
+        const char *v = line + 13;
+        while (*v == ' ')
+            v++;
+        free(*dst);
+        *dst = strdup(v);
+    }
+    return len;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    pbt_http *h = ud;
+    h->body = realloc(h->body, h->body_len + size * n + 1);
+    memcpy(h->body + h->body_len, p, size * n);
+    h->body_len += size * n;
+    h->body[h->body_len] = 0;
+    return size * n;
+}
+
+void pbt_http_do(const char *scheme, uint16_t port, const char *method, const char *path,
+                 const char *const *headers, const void *body, size_t body_len, const char *ca_file,
+                 pbt_http *out)
+{
+    memset(out, 0, sizeof *out);
+    CURL *c = curl_easy_init();
+    char url[512];
+    snprintf(url, sizeof url, "%s://127.0.0.1:%u%s", scheme, port, path);
+    struct curl_slist *sl = curl_slist_append(NULL, "Expect:");
+    for (int i = 0; headers && headers[i]; i++)
+        sl = curl_slist_append(sl, headers[i]);
+    struct hdrs hh = {&out->ctype, &out->hrpc_version};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, sl);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hh);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+    if (ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
+    } else if (!strcmp(method, "POST")) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+    }
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+    curl_slist_free_all(sl);
+    curl_easy_cleanup(c);
+}
+
+void pbt_http_clear(pbt_http *h)
+{
+    free(h->body);
+    free(h->ctype);
+    free(h->hrpc_version);
+    memset(h, 0, sizeof *h);
 }

@@ -26,30 +26,30 @@ void pbt_check(bool ok, const char *file, int line, const char *expr, const char
 
 #define CHECK(cond) pbt_check(!!(cond), __FILE__, __LINE__, #cond, NULL)
 #define CHECKF(cond, ...) pbt_check(!!(cond), __FILE__, __LINE__, #cond, __VA_ARGS__)
-#define CHECK_OK(expr)                                                                           \
-    do {                                                                                         \
-        pb_err e__ = (expr);                                                                     \
-        pbt_check(e__ == PB_OK, __FILE__, __LINE__, #expr, "got %s", pb_strerror(e__));        \
+#define CHECK_OK(expr)                                                                             \
+    do {                                                                                           \
+        pb_err e__ = (expr);                                                                       \
+        pbt_check(e__ == PB_OK, __FILE__, __LINE__, #expr, "got %s", pb_strerror(e__));            \
     } while (0)
-#define CHECK_ERR(expr, want)                                                                    \
-    do {                                                                                         \
-        pb_err e__ = (expr);                                                                     \
-        pbt_check(e__ == (want), __FILE__, __LINE__, #expr, "got %s, want %s", pb_strerror(e__), \
-                  pb_strerror(want));                                                            \
+#define CHECK_ERR(expr, want)                                                                      \
+    do {                                                                                           \
+        pb_err e__ = (expr);                                                                       \
+        pbt_check(e__ == (want), __FILE__, __LINE__, #expr, "got %s, want %s", pb_strerror(e__),   \
+                  pb_strerror(want));                                                              \
     } while (0)
-#define CHECK_INT(a, b)                                                                          \
-    do {                                                                                         \
-        long long a__ = (long long)(a), b__ = (long long)(b);                                    \
-        pbt_check(a__ == b__, __FILE__, __LINE__, #a " == " #b, "%lld != %lld", a__, b__);       \
+#define CHECK_INT(a, b)                                                                            \
+    do {                                                                                           \
+        long long a__ = (long long)(a), b__ = (long long)(b);                                      \
+        pbt_check(a__ == b__, __FILE__, __LINE__, #a " == " #b, "%lld != %lld", a__, b__);         \
     } while (0)
-#define CHECK_STR(a, b)                                                                          \
-    do {                                                                                         \
-        const char *a__ = (a), *b__ = (b);                                                       \
-        pbt_check(a__ && b__ && strcmp(a__, b__) == 0, __FILE__, __LINE__, #a " == " #b,         \
-                  "\"%s\" != \"%s\"", a__ ? a__ : "(null)", b__ ? b__ : "(null)");               \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *a__ = (a), *b__ = (b);                                                         \
+        pbt_check(a__ &&b__ &&strcmp(a__, b__) == 0, __FILE__, __LINE__, #a " == " #b,             \
+                  "\"%s\" != \"%s\"", a__ ? a__ : "(null)", b__ ? b__ : "(null)");                 \
     } while (0)
-#define CHECK_MEM(a, alen, b, blen)                                                              \
-    pbt_check((alen) == (blen) && ((alen) == 0 || memcmp((a), (b), (alen)) == 0), __FILE__,      \
+#define CHECK_MEM(a, alen, b, blen)                                                                \
+    pbt_check((alen) == (blen) && ((alen) == 0 || memcmp((a), (b), (alen)) == 0), __FILE__,        \
               __LINE__, #a " == " #b, "lengths %zu, %zu", (size_t)(alen), (size_t)(blen))
 
 /* Prints the summary line "N passed, N failed" and returns the process exit code. */
@@ -71,5 +71,53 @@ void pbt_rmrf(const char *path);
 
 /* Monotonic milliseconds. */
 int64_t pbt_now_ms(void);
+
+/* ---- integration: real postboxd processes on 127.0.0.1 ---------------------------------- */
+
+/* A port that was free a moment ago (bind to port 0, read it, close). */
+uint16_t pbt_free_port(void);
+
+typedef struct pbt_daemon {
+    pid_t pid;          /* 0 when not running */
+    char *dir;          /* data directory (owned; removed by pbt_daemon_free) */
+    char server_id[64]; /* "127.0.0.1:PORT" */
+    uint16_t port;      /* federation */
+    uint16_t admin_port;
+    char admin[64]; /* "127.0.0.1:PORT" */
+    char *log_path; /* the daemon's stderr */
+    char *args[32]; /* extra settings, owned */
+    int nargs;
+} pbt_daemon;
+
+/* Creates a daemon description with a fresh data directory and free ports; extra is a
+ * NULL-terminated list of further postboxd arguments (may be NULL). Does not start it. */
+pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
+/* Starts (or restarts) the process and waits until its admin /healthz answers 200
+ * (bounded: 20 s). Returns false, with the log printed, when it did not come up. */
+bool pbt_daemon_start(pbt_daemon *d);
+/* SIGTERM and wait (bounded: 20 s, then SIGKILL); returns the exit status or -1. */
+int pbt_daemon_stop(pbt_daemon *d);
+/* SIGKILL and reap. */
+void pbt_daemon_kill(pbt_daemon *d);
+/* Stops if running, removes the data directory, frees. */
+void pbt_daemon_free(pbt_daemon *d);
+/* Prints the last lines of the daemon's log to stderr (for failures). */
+void pbt_daemon_dump_log(const pbt_daemon *d);
+
+/* A raw HTTP exchange with libcurl against 127.0.0.1:port. headers is a NULL-terminated list
+ * of "Name: value" lines (may be NULL). On return *status is the HTTP status (0 when the
+ * request failed), *body the answer (caller frees, may be NULL), *ctype / *hrpc_version the
+ * answer's Content-Type and Hrpc-Version headers (caller frees, NULL when absent). */
+typedef struct pbt_http {
+    long status;
+    uint8_t *body;
+    size_t body_len;
+    char *ctype;
+    char *hrpc_version;
+} pbt_http;
+void pbt_http_do(const char *scheme, uint16_t port, const char *method, const char *path,
+                 const char *const *headers, const void *body, size_t body_len, const char *ca_file,
+                 pbt_http *out);
+void pbt_http_clear(pbt_http *h);
 
 #endif

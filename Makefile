@@ -1,0 +1,35 @@
+# postbox - the two commands a new user needs, and a few more.
+#
+#   make run    install what is missing, build, run postboxd on loopback (SQLite store)
+#   make test   install what is missing, build with -Werror, run every test (CTest)
+#
+# Everything else is CMake underneath: the build directory is build/.
+
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+DATA ?= $(CURDIR)/data
+RUN_ARGS ?=
+
+.PHONY: all build run test clean
+
+all: build
+
+build:
+	@scripts/bootstrap build
+	@cmake -S . -B $(BUILD) -DPB_WERROR=ON >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# Loopback defaults: federation on 127.0.0.1:2289 (plain HTTP; peers reached over http),
+# admin API on 127.0.0.1:2290, data in ./data.
+run: build
+	$(BUILD)/postboxd --data-dir $(DATA) --listen 127.0.0.1:2289 --admin-listen 127.0.0.1:2290 \
+		--peer-scheme http $(RUN_ARGS)
+
+test:
+	@scripts/bootstrap test
+	@cmake -S . -B $(BUILD) -DPB_WERROR=ON >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+	cd $(BUILD) && ctest --output-on-failure --timeout 900
+
+clean:
+	rm -rf $(BUILD)
