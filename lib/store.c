@@ -1,0 +1,224 @@
+/*
+ * store - the public pb_store_* API (see store.h): option helpers, spec parsing and
+ * dispatch to a backend's ops table (store_impl.h).
+ *
+ * Design: a pb_store is just {ops, backend handle}. This file checks arguments and
+ * normalises options so every backend sees the same validated calls; it holds no SQL and
+ * no state of its own. Backends are chosen by the spec's prefix ("sqlite:"; a plain path
+ * is SQLite too).
+ *
+ * Untrusted input: the spec and options come from the operator's configuration; they are
+ * validated here and refused with PB_ERR_CONFIG and a log line.
+ */
+#include "store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "mem.h"
+#include "store_impl.h"
+
+struct pb_store {
+    const pb_store_ops *ops;
+    void *impl;
+};
+
+void pb_store_opts_default(pb_store_opts *o)
+{
+    o->sync = PB_SYNC_FULL;
+    o->busy_timeout_ms = PB_STORE_BUSY_TIMEOUT_DEFAULT;
+    o->max_batch = PB_STORE_MAX_BATCH_DEFAULT;
+}
+
+pb_err pb_store_sync_parse(const char *s, pb_store_sync *out)
+{
+    if (!s || !out) return PB_ERR_INVAL;
+    if (strcmp(s, "off") == 0) {
+        *out = PB_SYNC_OFF;
+    } else if (strcmp(s, "normal") == 0) {
+        *out = PB_SYNC_NORMAL;
+    } else if (strcmp(s, "full") == 0) {
+        *out = PB_SYNC_FULL;
+    } else {
+        return PB_ERR_INVAL;
+    }
+    return PB_OK;
+}
+
+const char *pb_store_sync_name(pb_store_sync s)
+{
+    switch (s) {
+    case PB_SYNC_OFF:
+        return "off";
+    case PB_SYNC_NORMAL:
+        return "normal";
+    case PB_SYNC_DEFAULT:
+    case PB_SYNC_FULL:
+        return "full";
+    }
+    return "unknown";
+}
+
+/* Fills *out from opts (NULL = defaults), replacing zero fields by their defaults. */
+static pb_err opts_normalise(const pb_store_opts *opts, pb_store_opts *out)
+{
+    pb_store_opts o;
+    pb_store_opts_default(&o);
+    if (!opts) {
+        *out = o;
+        return PB_OK;
+    }
+    if (opts->sync != PB_SYNC_DEFAULT) {
+        if (opts->sync != PB_SYNC_OFF && opts->sync != PB_SYNC_NORMAL &&
+            opts->sync != PB_SYNC_FULL) {
+            PB_ERROR(NULL, "store: invalid sync level %d", (int)opts->sync);
+            return PB_ERR_CONFIG;
+        }
+        o.sync = opts->sync;
+    }
+    if (opts->busy_timeout_ms < 0) {
+        PB_ERROR(NULL, "store: busy_timeout_ms must not be negative (%d)", opts->busy_timeout_ms);
+        return PB_ERR_CONFIG;
+    }
+    if (opts->busy_timeout_ms > 0) o.busy_timeout_ms = opts->busy_timeout_ms;
+    if (opts->max_batch < 0 || opts->max_batch > PB_STORE_MAX_BATCH_LIMIT) {
+        PB_ERROR(NULL, "store: max_batch must be 1..%d (%d)", PB_STORE_MAX_BATCH_LIMIT,
+                 opts->max_batch);
+        return PB_ERR_CONFIG;
+    }
+    if (opts->max_batch > 0) o.max_batch = opts->max_batch;
+    *out = o;
+    return PB_OK;
+}
+
+pb_err pb_store_open(const char *spec, const pb_store_opts *opts, pb_store **out)
+{
+    if (!spec || !out) return PB_ERR_INVAL;
+    pb_store_opts o;
+    pb_err err = opts_normalise(opts, &o);
+    if (err != PB_OK) return err;
+
+    const pb_store_ops *ops = &pb_store_sqlite_ops;
+    const char *location = spec;
+    if (strncmp(spec, "sqlite:", 7) == 0) {
+        location = spec + 7;
+    } else if (strncmp(spec, "postgres:", 9) == 0 || strncmp(spec, "postgresql:", 11) == 0) {
+        PB_ERROR(NULL, "store: PostgreSQL is not supported by this build");
+        return PB_ERR_CONFIG;
+    }
+    if (location[0] == '\0') {
+        PB_ERROR(NULL, "store: empty database path in \"%s\"", spec);
+        return PB_ERR_CONFIG;
+    }
+
+    void *impl = NULL;
+    err = ops->open(location, &o, &impl);
+    if (err != PB_OK) return err;
+    pb_store *s = pb_xcalloc(1, sizeof *s);
+    s->ops = ops;
+    s->impl = impl;
+    *out = s;
+    return PB_OK;
+}
+
+void pb_store_close(pb_store *s)
+{
+    if (!s) return;
+    s->ops->close(s->impl);
+    free(s);
+}
+
+pb_err pb_store_ping(pb_store *s)
+{
+    if (!s) return PB_ERR_INVAL;
+    return s->ops->ping(s->impl);
+}
+
+pb_err pb_store_schema_version(pb_store *s, int *version)
+{
+    if (!s || !version) return PB_ERR_INVAL;
+    return s->ops->schema_version(s->impl, version);
+}
+
+pb_err pb_store_integrity_check(pb_store *s)
+{
+    if (!s) return PB_ERR_INVAL;
+    return s->ops->integrity_check(s->impl);
+}
+
+void pb_store_stats_get(pb_store *s, pb_store_stats *out)
+{
+    if (!out) return;
+    memset(out, 0, sizeof *out);
+    if (s) s->ops->stats_get(s->impl, out);
+}
+
+pb_err pb_store_meta_get(pb_store *s, const char *key, char **val)
+{
+    if (!s || !key || !*key || !val) return PB_ERR_INVAL;
+    return s->ops->meta_get(s->impl, key, val);
+}
+
+pb_err pb_store_meta_set(pb_store *s, const char *key, const char *val)
+{
+    if (!s || !key || !*key || !val) return PB_ERR_INVAL;
+    return s->ops->meta_set(s->impl, key, val);
+}
+
+pb_err pb_store_peer_touch(pb_store *s, const char *server_id, int64_t contact_at)
+{
+    if (!s || !server_id || !*server_id || contact_at < 0) return PB_ERR_INVAL;
+    return s->ops->peer_touch(s->impl, server_id, contact_at);
+}
+
+pb_err pb_store_peer_key_get(pb_store *s, const char *server_id, uint8_t key[PB_PUBKEY_LEN])
+{
+    if (!s || !server_id || !*server_id || !key) return PB_ERR_INVAL;
+    return s->ops->peer_key_get(s->impl, server_id, key);
+}
+
+pb_err pb_store_peer_key_set(pb_store *s, const char *server_id, const uint8_t key[PB_PUBKEY_LEN],
+                             int64_t fetched_at)
+{
+    if (!s || !server_id || !*server_id || !key || fetched_at < 0) return PB_ERR_INVAL;
+    return s->ops->peer_key_set(s->impl, server_id, key, fetched_at);
+}
+
+pb_err pb_store_peer_list(pb_store *s, pb_peer_info **peers, size_t *count)
+{
+    if (!s || !peers || !count) return PB_ERR_INVAL;
+    return s->ops->peer_list(s->impl, peers, count);
+}
+
+void pb_peer_info_free_array(pb_peer_info *peers, size_t count)
+{
+    if (!peers) return;
+    for (size_t i = 0; i < count; i++)
+        free(peers[i].server_id);
+    free(peers);
+}
+
+#ifdef PB_FAULTS
+void pb_store_fault_set(pb_store *s, pb_err err)
+{
+    if (s && s->ops->fault_set) s->ops->fault_set(s->impl, err);
+}
+
+void pb_store_fault_hold(pb_store *s, bool hold)
+{
+    if (s && s->ops->fault_hold) s->ops->fault_hold(s->impl, hold);
+}
+
+size_t pb_store_fault_queued(pb_store *s)
+{
+    return s && s->ops->fault_queued ? s->ops->fault_queued(s->impl) : 0;
+}
+
+pb_err pb_store_fault_bad_write(pb_store *s, const char *key)
+{
+    if (!s || !key || !*key) return PB_ERR_INVAL;
+    if (!s->ops->fault_bad_write) return PB_ERR_INTERNAL;
+    return s->ops->fault_bad_write(s->impl, key);
+}
+#endif

@@ -1,0 +1,54 @@
+/*
+ * store_impl - the contract between store.c (the public pb_store_* API) and a storage
+ * backend (store_sqlite.c now, a PostgreSQL one later). Library-internal; callers of the
+ * store never include it.
+ *
+ * A backend is one const pb_store_ops table. store.c parses the spec, picks the table,
+ * validates arguments and normalises options, then calls through the table with the
+ * backend's own handle (an opaque void *). Every op may assume its arguments were checked
+ * by store.c (non-NULL, strings NUL-terminated, opts fully defaulted). All SQL lives in the
+ * backend. Write ops must honour the durability contract of store.h (return PB_OK only
+ * after commit) and should group-commit concurrent callers.
+ *
+ * Adding a store operation: declare it in store.h, add a member here, implement it in
+ * every backend, and add the thin dispatch function to store.c.
+ */
+#ifndef PB_STORE_IMPL_H
+#define PB_STORE_IMPL_H
+
+#include "store.h"
+
+typedef struct pb_store_ops {
+    const char *name; /* "sqlite", "postgres" */
+
+    /* location: the spec with the backend prefix removed. On PB_OK *impl is the backend's
+     * handle, owned by the caller (freed with close). */
+    pb_err (*open)(const char *location, const pb_store_opts *opts, void **impl);
+    /* Drains queued writes, stops worker threads, releases everything. */
+    void (*close)(void *impl);
+
+    pb_err (*ping)(void *impl);
+    pb_err (*schema_version)(void *impl, int *version);
+    pb_err (*integrity_check)(void *impl);
+    void (*stats_get)(void *impl, pb_store_stats *out);
+
+    pb_err (*meta_get)(void *impl, const char *key, char **val);
+    pb_err (*meta_set)(void *impl, const char *key, const char *val);
+
+    pb_err (*peer_touch)(void *impl, const char *server_id, int64_t contact_at);
+    pb_err (*peer_key_get)(void *impl, const char *server_id, uint8_t key[PB_PUBKEY_LEN]);
+    pb_err (*peer_key_set)(void *impl, const char *server_id, const uint8_t key[PB_PUBKEY_LEN],
+                           int64_t fetched_at);
+    pb_err (*peer_list)(void *impl, pb_peer_info **peers, size_t *count);
+
+    /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and
+     * store.c then makes them no-ops (pb_store_fault_bad_write returns PB_ERR_INTERNAL). */
+    void (*fault_set)(void *impl, pb_err err);
+    void (*fault_hold)(void *impl, bool hold);
+    size_t (*fault_queued)(void *impl);
+    pb_err (*fault_bad_write)(void *impl, const char *key);
+} pb_store_ops;
+
+extern const pb_store_ops pb_store_sqlite_ops;
+
+#endif
