@@ -12,7 +12,8 @@ void pb_buf_reserve(pb_buf *b, size_t extra)
 {
     if (b->cap - b->len >= extra) return;
     size_t cap = b->cap ? b->cap : 64;
-    while (cap - b->len < extra) cap *= 2;
+    while (cap - b->len < extra)
+        cap *= 2;
     b->data = pb_xrealloc(b->data, cap);
     b->cap = cap;
 }

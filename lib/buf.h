@@ -14,7 +14,10 @@ typedef struct pb_buf {
     size_t cap;
 } pb_buf;
 
-#define PB_BUF_INIT {NULL, 0, 0}
+#define PB_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 void pb_buf_reserve(pb_buf *b, size_t extra);
 void pb_buf_append(pb_buf *b, const void *p, size_t n);

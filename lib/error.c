@@ -62,10 +62,15 @@ bool pb_event_equal(const pb_event *a, const pb_event *b)
 const char *pb_event_kind_name(pb_event_kind kind)
 {
     switch (kind) {
-    case PB_EV_USER_REMOVED_FROM_GUILD: return "userRemovedFromGuild";
-    case PB_EV_USER_ADDED_TO_GUILD: return "userAddedToGuild";
-    case PB_EV_USER_INVITED: return "userInvited";
-    case PB_EV_USER_REJECTED_INVITE: return "userRejectedInvite";
-    default: return NULL;
+    case PB_EV_USER_REMOVED_FROM_GUILD:
+        return "userRemovedFromGuild";
+    case PB_EV_USER_ADDED_TO_GUILD:
+        return "userAddedToGuild";
+    case PB_EV_USER_INVITED:
+        return "userInvited";
+    case PB_EV_USER_REJECTED_INVITE:
+        return "userRejectedInvite";
+    default:
+        return NULL;
     }
 }
