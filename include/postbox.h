@@ -133,6 +133,16 @@ typedef struct pb_daemon pb_daemon;
 pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out);
 /* Stops accepting, finishes in-flight requests, closes the store. NULL is a no-op. */
 void pb_daemon_close(pb_daemon *d);
+/*
+ * The admin API in-process, for a homeserver that links the library: the same endpoints,
+ * JSON bodies and answers as over HTTP (see README), without a socket. args is a
+ * NULL-terminated list of query argument name, value pairs (may be NULL); body may be NULL.
+ * *status is the HTTP status the call would have had; *answer the JSON text (caller frees;
+ * NULL when empty). Example: pb_daemon_call(d, "POST", "/v1/outbox", NULL,
+ * "{\"to\":\"b.example:443\",\"event\":{...}}", &status, &answer).
+ */
+pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path,
+                      const char *const *args, const char *body, int *status, char **answer);
 /* The federation listener's bound port. */
 uint16_t pb_daemon_port(const pb_daemon *d);
 

@@ -52,7 +52,20 @@ struct areq {
 
 const char *pb_admin_req_arg(const pb_admin_req *req, const char *name)
 {
-    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+    return req->arg ? req->arg(req->arg_ctx, name) : NULL;
+}
+
+static const char *mhd_arg(void *ctx, const char *name)
+{
+    return MHD_lookup_connection_value(ctx, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *list_arg(void *ctx, const char *name)
+{
+    const char *const *args = ctx;
+    for (size_t i = 0; args && args[i] && args[i + 1]; i += 2)
+        if (strcmp(args[i], name) == 0) return args[i + 1];
+    return NULL;
 }
 
 void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
@@ -126,6 +139,60 @@ static bool token_ok(const pb_admin_http *a, struct MHD_Connection *conn)
     return n == m && sodium_memcmp(h, a->token, n) == 0;
 }
 
+static json_t *error_json(int *status, int code, const char *msg)
+{
+    *status = code;
+    return json_pack("{s:s}", "error", msg);
+}
+
+/* Routes one request; returns the answer (new reference or NULL) and sets *status. */
+static json_t *route_request(pb_admin_http *a, const char *method, const char *url,
+                             const char *(*arg)(void *, const char *), void *arg_ctx,
+                             const char *body_text, size_t body_len, int *status)
+{
+    pb_admin_req req = {.method = method, .path = url, .arg = arg, .arg_ctx = arg_ctx};
+    const struct aroute *route = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < a->nroutes; i++) {
+        if (!match(a->routes[i].pattern, url, &req)) continue;
+        path_known = true;
+        if (strcmp(a->routes[i].method, method) == 0) {
+            route = &a->routes[i];
+            break;
+        }
+    }
+    if (!route) {
+        if (path_known) return error_json(status, 405, "method not allowed on this path");
+        return error_json(status, 404, "no such endpoint");
+    }
+    if (!match(route->pattern, url, &req)) return error_json(status, 500, "routing error");
+    json_t *body = NULL;
+    if (body_len > 0) {
+        json_error_t jerr;
+        body = json_loadb(body_text, body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!body) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "malformed JSON: %s (at byte %d)", jerr.text, jerr.position);
+            return error_json(status, 400, msg);
+        }
+    }
+    req.body = body;
+    pb_admin_resp resp = {.status = 200};
+    route->fn(route->ctx, &req, &resp);
+    if (body) json_decref(body);
+    *status = resp.status;
+    return resp.body;
+}
+
+void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
+                            const char *const *args, const char *body, size_t body_len,
+                            int *status, char **answer)
+{
+    json_t *j = route_request(a, method, path, list_arg, (void *)args, body, body_len, status);
+    *answer = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (j) json_decref(j);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -153,36 +220,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (r->too_big) return send_error(conn, 413, "body over the size limit");
 
-    pb_admin_req req = {.method = method, .path = url, .conn = conn};
-    const struct aroute *route = NULL;
-    bool path_known = false;
-    for (size_t i = 0; i < a->nroutes; i++) {
-        if (!match(a->routes[i].pattern, url, &req)) continue;
-        path_known = true;
-        if (strcmp(a->routes[i].method, method) == 0) {
-            route = &a->routes[i];
-            break;
-        }
-    }
-    if (!route) {
-        if (path_known) return send_error(conn, 405, "method not allowed on this path");
-        return send_error(conn, 404, "no such endpoint");
-    }
-    json_t *body = NULL;
-    if (r->body.len > 0) {
-        json_error_t jerr;
-        body = json_loadb((const char *)r->body.data, r->body.len, JSON_REJECT_DUPLICATES, &jerr);
-        if (!body) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "malformed JSON: %s (at byte %d)", jerr.text, jerr.position);
-            return send_error(conn, 400, msg);
-        }
-    }
-    req.body = body;
-    pb_admin_resp resp = {.status = 200};
-    route->fn(route->ctx, &req, &resp);
-    if (body) json_decref(body);
-    return send_json(conn, resp.status, resp.body);
+    int status = 0;
+    json_t *answer = route_request(a, method, url, mhd_arg, conn, (const char *)r->body.data,
+                                   r->body.len, &status);
+    return send_json(conn, status, answer);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -201,7 +242,7 @@ pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
     a->listen = pb_xstrdup(opts->listen ? opts->listen : "127.0.0.1:2290");
     a->token = opts->token && *opts->token ? pb_xstrdup(opts->token) : NULL;
     a->max_body = opts->max_body ? opts->max_body : 1024 * 1024;
-    a->threads = opts->threads ? opts->threads : 2;
+    a->threads = opts->threads ? opts->threads : 16;
     a->unix_fd = -1;
     return a;
 }

@@ -25,7 +25,9 @@ typedef struct pb_admin_req {
     const char *segs[8]; /* values matched by `*` in the route, in order */
     size_t nsegs;
     json_t *body; /* parsed body or NULL when empty; borrowed */
-    void *conn;   /* internal */
+    /* query-string lookup (libmicrohttpd's, or an in-process caller's list) */
+    const char *(*arg)(void *arg_ctx, const char *name);
+    void *arg_ctx;
 } pb_admin_req;
 
 /* A query-string argument, or NULL. The string is owned by the request. */
@@ -46,8 +48,18 @@ typedef struct pb_admin_http_opts {
     const char *listen; /* "127.0.0.1:2290", "[::1]:2290" or "unix:/path" */
     const char *token;  /* bearer token, NULL = none required */
     size_t max_body;    /* default 1 MiB */
-    unsigned threads;   /* default 2 */
+    unsigned threads;   /* default 16 (an inbox long-poll holds one) */
 } pb_admin_http_opts;
+
+/*
+ * Runs one request through the routes without HTTP (the in-process form of the API, and
+ * what the listener itself uses). args is a NULL-terminated list of name, value pairs
+ * (may be NULL). On return *status is set and *answer is the JSON answer text (caller
+ * frees; NULL for an empty answer).
+ */
+void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
+                            const char *const *args, const char *body, size_t body_len,
+                            int *status, char **answer);
 
 /* Creates the listener (not started). Strings are copied. Caller frees. */
 pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts);

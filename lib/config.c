@@ -59,6 +59,16 @@ static const struct setting settings[] = {
     U(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
     U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),
+    U(workers, 4, 1, 256, "delivery worker threads"),
+    U(push_retries, 5, 0, 100, "Push retries before a peer's events are queued"),
+    U(retry_base_ms, 100, 1, 60000, "first short retry delay (doubles each retry), ms"),
+    U(backoff_min, 5, 1, 86400, "first drain attempt delay for a queued peer, seconds"),
+    U(backoff_max, 900, 1, 86400, "longest drain attempt delay for a queued peer, seconds"),
+    U(pull_interval, 60, 1, 86400, "pull a sender this many seconds after its last Push"),
+    U(pull_batch, 1000, 1, 100000, "most events in one Pull answer"),
+    U(pull_max_bytes, 1048576, 1024, 16777216, "byte cap of one Pull answer"),
+    U(push_wait_ms, 10000, 0, 600000, "a Push waits this long for a Pull in progress, ms"),
+    U(rename_wait_ms, 10000, 0, 600000, "rename waits this long for peers' answers, ms"),
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -287,6 +297,10 @@ pb_err pb_config_finish(pb_config *c, char **why)
     }
     if (!c->tls_cert != !c->tls_key) {
         *why = pb_xstrdup("tls_cert and tls_key go together");
+        return PB_ERR_CONFIG;
+    }
+    if (c->backoff_max < c->backoff_min) {
+        *why = pb_xstrdup("backoff_max must be at least backoff_min");
         return PB_ERR_CONFIG;
     }
     if (strcmp(c->listen, c->admin_listen) == 0) {

@@ -45,6 +45,16 @@ struct pb_config {
     uint64_t max_inflight;
     uint64_t peer_connect_timeout_ms;
     uint64_t peer_timeout_ms;
+    uint64_t workers;
+    uint64_t push_retries;
+    uint64_t retry_base_ms;
+    uint64_t backoff_min;
+    uint64_t backoff_max;
+    uint64_t pull_interval;
+    uint64_t pull_batch;
+    uint64_t pull_max_bytes;
+    uint64_t push_wait_ms;
+    uint64_t rename_wait_ms;
     /* derived by pb_config_finish */
     char **allow_list;
     size_t nallow;

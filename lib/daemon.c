@@ -19,7 +19,9 @@
 #include <time.h>
 
 #include "admin_http.h"
+#include "adminapi.h"
 #include "config.h"
+#include "delivery.h"
 #include "hrpc_client.h"
 #include "hrpc_server.h"
 #include "keys.h"
@@ -43,6 +45,8 @@ struct pb_daemon {
     pb_auth_policy policy;
     char **allow, **deny;
     size_t nallow, ndeny;
+    pb_delivery *delivery;
+    pb_adminapi_ctx api;
     pb_hrpc_server *fed;
     pb_admin_http *admin;
 };
@@ -57,33 +61,6 @@ static void h_key(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
         return;
     }
     pb_wire_key_resp_encode(pb_keys_public(d->keys), &rep->body);
-}
-
-static void h_postbox(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
-{
-    pb_hrpc_reply_error(rep, 501, "hrpc.not-implemented", "%s: delivery engine not present",
-                        req->path);
-}
-
-/* ---- admin handlers ------------------------------------------------------------------- */
-
-static void a_healthz(void *ctx, const pb_admin_req *req, pb_admin_resp *resp)
-{
-    pb_daemon *d = ctx;
-    pb_err err = pb_store_ping(d->store);
-    if (err != PB_OK) {
-        pb_admin_resp_error(resp, 503, "store: %s", pb_strerror(err));
-        return;
-    }
-    resp->body = json_pack("{s:b}", "ok", 1);
-}
-
-static void a_key(void *ctx, const pb_admin_req *req, pb_admin_resp *resp)
-{
-    pb_daemon *d = ctx;
-    char hex[65];
-    pb_keys_hex(pb_keys_public(d->keys), hex);
-    resp->body = json_pack("{s:s,s:s}", "server_id", d->server_id, "public_key", hex);
 }
 
 /* ---- life cycle ------------------------------------------------------------------------ */
@@ -114,35 +91,53 @@ static pb_err ensure_dir(const char *path)
     return PB_OK;
 }
 
-/* Records or checks the identity the store belongs to. */
-static pb_err check_identity(pb_daemon *d)
+/*
+ * Records or checks the identity the store belongs to. The store's server_id is the truth
+ * once set; `configured_server_id` remembers what the configuration said, so that after
+ * `postboxctl rename` the daemon keeps its new ID while the file still names the old one.
+ * A configuration naming a third ID is refused.
+ */
+static pb_err check_identity(pb_daemon *d, const char *cfg_id)
 {
     char hex[65];
     pb_keys_hex(pb_keys_public(d->keys), hex);
-    char *stored = NULL;
+    char *stored = NULL, *configured = NULL, *pub = NULL;
     pb_err err = pb_store_meta_get(d->store, "server_id", &stored);
     if (err == PB_ERR_NOT_FOUND) {
-        err = pb_store_meta_set(d->store, "server_id", d->server_id);
+        err = pb_store_meta_set(d->store, "server_id", cfg_id);
+        if (err == PB_OK) err = pb_store_meta_set(d->store, "configured_server_id", cfg_id);
         if (err == PB_OK) err = pb_store_meta_set(d->store, "public_key", hex);
         goto out;
     }
     if (err != PB_OK) goto out;
-    if (strcmp(stored, d->server_id) != 0) {
-        PB_ERROR(NULL, "the store belongs to server %s, but server_id is %s", stored, d->server_id);
+    err = pb_store_meta_get(d->store, "configured_server_id", &configured);
+    if (err == PB_ERR_NOT_FOUND) configured = pb_xstrdup(stored);
+    else if (err != PB_OK) goto out;
+    err = PB_OK;
+    if (strcmp(stored, cfg_id) == 0) {
+        if (strcmp(configured, cfg_id) != 0)
+            err = pb_store_meta_set(d->store, "configured_server_id", cfg_id);
+    } else if (strcmp(configured, cfg_id) == 0) {
+        PB_INFO(NULL, "this server was renamed to %s; server_id in the configuration still says "
+                      "%s (update it when convenient)", stored, cfg_id);
+    } else {
+        PB_ERROR(NULL, "the store belongs to server %s, but server_id is %s (to change the ID, "
+                       "use postboxctl rename)", stored, cfg_id);
         err = PB_ERR_CONFIG;
-        goto out;
     }
-    free(stored);
-    stored = NULL;
-    err = pb_store_meta_get(d->store, "public_key", &stored);
-    if (err == PB_OK && strcmp(stored, hex) != 0) {
-        PB_ERROR(NULL, "the key file's public key %s differs from the store's %s", hex, stored);
+    if (err != PB_OK) goto out;
+    snprintf(d->server_id, sizeof d->server_id, "%s", stored);
+    err = pb_store_meta_get(d->store, "public_key", &pub);
+    if (err == PB_OK && strcmp(pub, hex) != 0) {
+        PB_ERROR(NULL, "the key file's public key %s differs from the store's %s", hex, pub);
         err = PB_ERR_CONFIG;
     } else if (err == PB_ERR_NOT_FOUND) {
         err = pb_store_meta_set(d->store, "public_key", hex);
     }
 out:
     free(stored);
+    free(configured);
+    free(pub);
     return err;
 }
 
@@ -193,7 +188,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         PB_ERROR(NULL, "cannot open store %s: %s", cfg->store, pb_strerror(err));
         goto fail;
     }
-    if ((err = check_identity(d)) != PB_OK) goto fail;
+    if ((err = check_identity(d, cfg->server_id)) != PB_OK) goto fail;
 
     pb_client_opts co = {
         .plain_http = strcmp(cfg->peer_scheme, "http") == 0,
@@ -220,7 +215,32 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .ndeny = d->ndeny,
         .key_retry_after_s = (uint32_t)cfg->key_refetch_interval,
     };
-    pb_hrpc_auth auth = {.policy = &d->policy, .key_fn = pb_peerkeys_get, .key_ctx = d->peerkeys};
+    pb_delivery_opts dopts = {
+        .server_id = d->server_id,
+        .keys = d->keys,
+        .store = d->store,
+        .client = d->client,
+        .peerkeys = d->peerkeys,
+        .policy = &d->policy,
+        .workers = (unsigned)cfg->workers,
+        .push_retries = (unsigned)cfg->push_retries,
+        .retry_base_ms = (unsigned)cfg->retry_base_ms,
+        .backoff_min_s = (unsigned)cfg->backoff_min,
+        .backoff_max_s = (unsigned)cfg->backoff_max,
+        .pull_interval_s = (unsigned)cfg->pull_interval,
+        .pull_batch = (unsigned)cfg->pull_batch,
+        .pull_max_bytes = (size_t)cfg->pull_max_bytes,
+        .push_wait_ms = (unsigned)cfg->push_wait_ms,
+    };
+    if ((err = pb_delivery_new(&dopts, &d->delivery)) != PB_OK) {
+        PB_ERROR(NULL, "cannot load delivery state: %s", pb_strerror(err));
+        goto fail;
+    }
+    pb_hrpc_auth auth = {.policy = &d->policy,
+                         .key_fn = pb_peerkeys_get,
+                         .key_ctx = d->peerkeys,
+                         .on_authenticated = pb_delivery_on_contact,
+                         .cb_ctx = d->delivery};
     pb_hrpc_server_opts ho = {
         .listen = cfg->listen,
         .max_body = cfg->max_body,
@@ -233,17 +253,23 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     };
     pb_hrpc_server_new(&ho, &auth, &d->fed);
     pb_hrpc_server_route(d->fed, PATH_KEY, false, h_key, d);
-    pb_hrpc_server_route(d->fed, PATH_PULL, true, h_postbox, d);
-    pb_hrpc_server_route(d->fed, PATH_PUSH, true, h_postbox, d);
-    pb_hrpc_server_route(d->fed, PATH_NOTIFY, true, h_postbox, d);
+    pb_hrpc_server_route(d->fed, PATH_PULL, true, pb_delivery_on_pull, d->delivery);
+    pb_hrpc_server_route(d->fed, PATH_PUSH, true, pb_delivery_on_push, d->delivery);
+    /* NotifyNewId checks its token itself: with the key held for the old ID only. */
+    pb_hrpc_server_route(d->fed, PATH_NOTIFY, false, pb_delivery_on_notify, d->delivery);
 
     if (cfg->admin_token_file && (err = read_token_file(cfg->admin_token_file, &admin_token)))
         goto fail;
     pb_admin_http_opts ao = {.listen = cfg->admin_listen, .token = admin_token};
     d->admin = pb_admin_http_new(&ao);
-    pb_admin_http_route(d->admin, "GET", "/healthz", a_healthz, d);
-    pb_admin_http_route(d->admin, "GET", "/v1/key", a_key, d);
+    d->api = (pb_adminapi_ctx){.delivery = d->delivery,
+                               .store = d->store,
+                               .keys = d->keys,
+                               .rename_wait_ms = (int)cfg->rename_wait_ms};
+    pb_adminapi_register(d->admin, &d->api);
 
+    /* The engine first: its start-up Pulls are scheduled before any Push is accepted. */
+    if ((err = pb_delivery_start(d->delivery)) != PB_OK) goto fail;
     if ((err = pb_hrpc_server_start(d->fed)) != PB_OK) goto fail;
     if ((err = pb_admin_http_start(d->admin)) != PB_OK) goto fail;
     char hex[65];
@@ -258,6 +284,14 @@ fail:
     return err;
 }
 
+pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path,
+                      const char *const *args, const char *body, int *status, char **answer)
+{
+    pb_admin_http_dispatch(d->admin, method, path, args, body, body ? strlen(body) : 0, status,
+                           answer);
+    return PB_OK;
+}
+
 uint16_t pb_daemon_port(const pb_daemon *d)
 {
     return pb_hrpc_server_port(d->fed);
@@ -266,9 +300,14 @@ uint16_t pb_daemon_port(const pb_daemon *d)
 void pb_daemon_close(pb_daemon *d)
 {
     if (!d) return;
-    /* Listeners first (finishing in-flight requests), then what they used. */
+    /* Listeners first (finishing in-flight requests), then the engine, then what they used. */
+    PB_INFO(NULL, "shutting down");
+    pb_admin_http_stop(d->admin);
+    pb_hrpc_server_stop(d->fed);
+    pb_delivery_stop(d->delivery);
     pb_admin_http_free(d->admin);
     pb_hrpc_server_free(d->fed);
+    pb_delivery_free(d->delivery);
     pb_peerkeys_free(d->peerkeys);
     pb_client_free(d->client);
     pb_store_close(d->store);

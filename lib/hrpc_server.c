@@ -62,6 +62,8 @@ struct req {
     pb_buf body;
     bool too_big;
     bool counted; /* holds an inflight slot */
+    void (*on_done)(void *ctx, bool sent_ok);
+    void *on_done_ctx;
 };
 
 void pb_hrpc_reply_error(pb_hrpc_reply *rep, int status, const char *identifier, const char *fmt,
@@ -217,6 +219,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                           s->opts.max_body);
 
     pb_hrpc_request hreq = {.path = url, .body = r->body.data, .body_len = r->body.len};
+    hreq.authorization =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     pb_auth_result ares;
     if (r->route->with_auth) {
         const char *authz =
@@ -249,6 +253,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (rep.status >= 500)
         PB_WARN(hreq.peer, "%s answered %d %s: %s", url, rep.status,
                 rep.identifier ? rep.identifier : "", rep.message ? rep.message : "");
+    r->on_done = rep.on_done;
+    r->on_done_ctx = rep.on_done_ctx;
     enum MHD_Result res = send_reply(conn, &rep);
     reply_clear(&rep);
     return res;
@@ -260,6 +266,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pb_hrpc_server *s = cls;
     struct req *r = *con_cls;
     if (!r) return;
+    if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (r->counted) atomic_fetch_sub(&s->inflight, 1);
     pb_buf_free(&r->body);
     free(r);

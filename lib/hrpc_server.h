@@ -47,6 +47,8 @@ typedef struct pb_hrpc_request {
     const uint8_t *body;
     size_t body_len;
     const char *peer; /* authenticated, normalised server ID; NULL on routes without auth */
+    const char *authorization; /* the raw Authorization header or NULL (routes that
+                                  authenticate themselves, e.g. NotifyNewId) */
 } pb_hrpc_request;
 
 /* What a handler fills. status 200 with `body` the response message, or an error status
@@ -57,6 +59,11 @@ typedef struct pb_hrpc_reply {
     const char *identifier; /* static string */
     char *message;          /* owned by the reply (freed by the server); may be NULL */
     uint32_t retry_after;
+    /* Called once the exchange is over, with sent_ok true when the whole answer was
+     * written to the connection (e.g. to forget events a foreign peer pulled). May be
+     * NULL. Runs on a server thread. */
+    void (*on_done)(void *ctx, bool sent_ok);
+    void *on_done_ctx;
 } pb_hrpc_reply;
 
 /* Sets an error reply (message is copied). */

@@ -253,6 +253,21 @@ int pbt_daemon_stop(pbt_daemon *d)
     return -1;
 }
 
+bool pbt_daemon_wait_exit(pbt_daemon *d, int timeout_ms)
+{
+    if (!d->pid) return true;
+    int64_t deadline = pbt_now_ms() + timeout_ms;
+    while (pbt_now_ms() < deadline) {
+        if (waitpid(d->pid, NULL, WNOHANG) == d->pid) {
+            d->pid = 0;
+            return true;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
 void pbt_daemon_kill(pbt_daemon *d)
 {
     if (!d->pid) return;
@@ -352,4 +367,32 @@ void pbt_http_clear(pbt_http *h)
     free(h->ctype);
     free(h->hrpc_version);
     memset(h, 0, sizeof *h);
+}
+
+json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, json_t *body,
+                  long *status)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    if (body) json_decref(body);
+    const char *hdrs[] = {"Content-Type: application/json", NULL};
+    pbt_http h;
+    pbt_http_do("http", d->admin_port, method, path, hdrs, text, text ? strlen(text) : 0, NULL,
+                &h);
+    free(text);
+    *status = h.status;
+    json_t *j = NULL;
+    if (h.body_len) j = json_loadb((const char *)h.body, h.body_len, 0, NULL);
+    pbt_http_clear(&h);
+    return j;
+}
+
+bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms)
+{
+    int64_t deadline = pbt_now_ms() + timeout_ms;
+    for (;;) {
+        if (cond(ctx)) return true;
+        if (pbt_now_ms() >= deadline) return false;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
 }

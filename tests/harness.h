@@ -97,6 +97,8 @@ pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
 bool pbt_daemon_start(pbt_daemon *d);
 /* SIGTERM and wait (bounded: 20 s, then SIGKILL); returns the exit status or -1. */
 int pbt_daemon_stop(pbt_daemon *d);
+/* Waits (bounded) for the process to exit by itself; true when it did (and is reaped). */
+bool pbt_daemon_wait_exit(pbt_daemon *d, int timeout_ms);
 /* SIGKILL and reap. */
 void pbt_daemon_kill(pbt_daemon *d);
 /* Stops if running, removes the data directory, frees. */
@@ -119,5 +121,14 @@ void pbt_http_do(const char *scheme, uint16_t port, const char *method, const ch
                  const char *const *headers, const void *body, size_t body_len, const char *ca_file,
                  pbt_http *out);
 void pbt_http_clear(pbt_http *h);
+
+/* An admin API call on d's admin listener. body (stolen; may be NULL) is sent as JSON.
+ * Returns the parsed answer (new reference; NULL when empty or not JSON) and sets
+ * *status (0 when the daemon could not be reached). */
+json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, json_t *body,
+                  long *status);
+/* Polls `cond(ctx)` every 20 ms until it is true or timeout_ms passes; returns its last
+ * value. */
+bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms);
 
 #endif
