@@ -12,6 +12,7 @@
  */
 #include "store.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -197,6 +198,191 @@ void pb_peer_info_free_array(pb_peer_info *peers, size_t count)
     for (size_t i = 0; i < count; i++)
         free(peers[i].server_id);
     free(peers);
+}
+
+/* ---- delivery engine state -------------------------------------------------------------- */
+
+static bool id_ok(const char *s)
+{
+    return s && *s;
+}
+
+void pb_peer_state_clear(pb_peer_state *st)
+{
+    if (!st) return;
+    free(st->server_id);
+    free(st->last_error);
+    memset(st, 0, sizeof *st);
+}
+
+void pb_peer_state_free_array(pb_peer_state *sts, size_t count)
+{
+    if (!sts) return;
+    for (size_t i = 0; i < count; i++)
+        pb_peer_state_clear(&sts[i]);
+    free(sts);
+}
+
+pb_err pb_store_peer_state_get(pb_store *s, const char *server_id, pb_peer_state *out)
+{
+    if (!s || !id_ok(server_id) || !out) return PB_ERR_INVAL;
+    return s->ops->peer_state_get(s->impl, server_id, out);
+}
+
+pb_err pb_store_peer_state_list(pb_store *s, pb_peer_state **out, size_t *count)
+{
+    if (!s || !out || !count) return PB_ERR_INVAL;
+    return s->ops->peer_state_list(s->impl, out, count);
+}
+
+pb_err pb_store_peer_state_set(pb_store *s, const char *server_id, pb_peer_mode mode,
+                               uint32_t attempts, int64_t next_attempt_at, const char *last_error,
+                               uint64_t parked_seq)
+{
+    if (!s || !id_ok(server_id) || (int)mode < PB_MODE_PUSH || mode > PB_MODE_PARKED)
+        return PB_ERR_INVAL;
+    return s->ops->peer_state_set(s->impl, server_id, mode, attempts, next_attempt_at, last_error,
+                                  parked_seq);
+}
+
+pb_err pb_store_outbox_append(pb_store *s, const char *peer, const pb_event *evs, size_t n,
+                              int64_t now, uint64_t *last_seq)
+{
+    if (!s || !id_ok(peer) || !evs || n == 0) return PB_ERR_INVAL;
+    return s->ops->outbox_append(s->impl, peer, evs, n, now, last_seq);
+}
+
+void pb_outbox_items_free(pb_outbox_item *items, size_t n)
+{
+    if (!items) return;
+    for (size_t i = 0; i < n; i++)
+        pb_event_clear(&items[i].ev);
+    free(items);
+}
+
+pb_err pb_store_outbox_read(pb_store *s, const char *peer, uint64_t from_seq, size_t max_items,
+                            size_t max_bytes, pb_outbox_item **items, size_t *n)
+{
+    if (!s || !id_ok(peer) || max_items == 0 || !items || !n) return PB_ERR_INVAL;
+    return s->ops->outbox_read(s->impl, peer, from_seq, max_items, max_bytes, items, n);
+}
+
+pb_err pb_store_outbox_ack(pb_store *s, const char *peer, uint64_t upto)
+{
+    if (!s || !id_ok(peer)) return PB_ERR_INVAL;
+    return s->ops->outbox_ack(s->impl, peer, upto);
+}
+
+pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq)
+{
+    if (!s || !id_ok(peer)) return PB_ERR_INVAL;
+    return s->ops->outbox_remove(s->impl, peer, seq);
+}
+
+pb_err pb_store_receive(pb_store *s, const char *from, const pb_event *evs, const uint64_t *seqs,
+                        size_t n, int64_t now, pb_recv_result *res)
+{
+    if (!s || !id_ok(from) || (n > 0 && !evs) || now < 0) return PB_ERR_INVAL;
+    return s->ops->receive(s->impl, from, evs, seqs, n, now, res);
+}
+
+void pb_inbox_items_free(pb_inbox_item *items, size_t n)
+{
+    if (!items) return;
+    for (size_t i = 0; i < n; i++) {
+        free(items[i].from);
+        free(items[i].old_id);
+        free(items[i].new_id);
+        pb_event_clear(&items[i].ev);
+    }
+    free(items);
+}
+
+pb_err pb_store_inbox_read(pb_store *s, uint64_t after, size_t limit, pb_inbox_item **items,
+                           size_t *n)
+{
+    if (!s || limit == 0 || !items || !n) return PB_ERR_INVAL;
+    return s->ops->inbox_read(s->impl, after, limit, items, n);
+}
+
+pb_err pb_store_inbox_last_seq(pb_store *s, uint64_t *seq)
+{
+    if (!s || !seq) return PB_ERR_INVAL;
+    return s->ops->inbox_last_seq(s->impl, seq);
+}
+
+void pb_guild_entries_free(pb_guild_entry *e, size_t n)
+{
+    if (!e) return;
+    for (size_t i = 0; i < n; i++)
+        free(e[i].server_id);
+    free(e);
+}
+
+pb_err pb_store_guilds(pb_store *s, uint64_t user_id, pb_guild_entry **out, size_t *n)
+{
+    if (!s || !out || !n) return PB_ERR_INVAL;
+    return s->ops->guilds(s->impl, user_id, out, n);
+}
+
+void pb_invite_entries_free(pb_invite_entry *e, size_t n)
+{
+    if (!e) return;
+    for (size_t i = 0; i < n; i++) {
+        free(e[i].invite_id);
+        free(e[i].server_id);
+    }
+    free(e);
+}
+
+pb_err pb_store_invites(pb_store *s, uint64_t user_id, pb_invite_entry **out, size_t *n)
+{
+    if (!s || !out || !n) return PB_ERR_INVAL;
+    return s->ops->invites(s->impl, user_id, out, n);
+}
+
+pb_err pb_store_peer_rename(pb_store *s, const char *old_id, const char *new_id,
+                            const uint8_t new_key[PB_PUBKEY_LEN], int64_t now)
+{
+    if (!s || !id_ok(old_id) || !id_ok(new_id) || !new_key || now < 0) return PB_ERR_INVAL;
+    return s->ops->peer_rename(s->impl, old_id, new_id, new_key, now);
+}
+
+pb_err pb_store_self_rename(pb_store *s, const char *old_id, const char *new_id, int64_t now)
+{
+    if (!s || !id_ok(old_id) || !id_ok(new_id)) return PB_ERR_INVAL;
+    return s->ops->self_rename(s->impl, old_id, new_id, now);
+}
+
+void pb_rename_outs_free(pb_rename_out *r, size_t n)
+{
+    if (!r) return;
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].peer);
+        free(r[i].old_id);
+        free(r[i].new_id);
+        free(r[i].last_error);
+    }
+    free(r);
+}
+
+pb_err pb_store_rename_out_list(pb_store *s, pb_rename_out **out, size_t *n)
+{
+    if (!s || !out || !n) return PB_ERR_INVAL;
+    return s->ops->rename_out_list(s->impl, out, n);
+}
+
+pb_err pb_store_rename_out_done(pb_store *s, const char *peer, const char *new_id)
+{
+    if (!s || !id_ok(peer) || !id_ok(new_id)) return PB_ERR_INVAL;
+    return s->ops->rename_out_done(s->impl, peer, new_id);
+}
+
+pb_err pb_store_rename_out_failed(pb_store *s, const char *peer, uint32_t attempts,
+                                  int64_t next_attempt_at, const char *error)
+{
+    if (!s || !id_ok(peer)) return PB_ERR_INVAL;
+    return s->ops->rename_out_failed(s->impl, peer, attempts, next_attempt_at, error);
 }
 
 #ifdef PB_FAULTS

@@ -13,10 +13,11 @@
  * locked): the caller answers 503 and may retry later; nothing of the failed call was
  * written. PB_ERR_CORRUPT is broken local state: fatal.
  *
- * What it holds now: meta (this server's identity and key metadata), peers (every
- * server this one federated with) and their public keys. The delivery engine adds the
- * per-peer outbox queue, the inbox and per-peer delivery state behind the same pattern:
- * append, read in order from a cursor, delete/ack up to a sequence, per-peer state.
+ * What it holds: meta (this server's identity and key metadata), peers (every server
+ * this one federated with) with their public keys and per-peer delivery state, the
+ * per-peer outbox queue, the inbox, local users' guild lists and pending invites, and
+ * pending renames of this server. Queues follow one pattern: append, read in order from
+ * a cursor, delete/ack up to a sequence.
  *
  * Untrusted input: none directly; callers validate server IDs before they get here.
  */
@@ -117,7 +118,194 @@ pb_err pb_store_peer_key_set(pb_store *s, const char *server_id, const uint8_t k
 pb_err pb_store_peer_list(pb_store *s, pb_peer_info **peers, size_t *count);
 void pb_peer_info_free_array(pb_peer_info *peers, size_t count);
 
+/* ==== delivery engine state ==============================================================
+ * Times below are Unix milliseconds unless named _s or said to be seconds. uint64 IDs
+ * (users, guilds, inviters) and received sequence numbers are stored bit-for-bit (SQLite
+ * INTEGER is signed: cast through int64_t). Outbox and inbox sequence numbers are
+ * assigned here from 1 and stay below 2^63. Every write below is one transaction.
+ */
+
+/* ---- per-peer delivery state (this server as sender S, the peer as receiver R) -------- */
+
+typedef enum pb_peer_mode {
+    PB_MODE_PUSH = 0,   /* events are pushed as they come */
+    PB_MODE_QUEUED = 1, /* Push failed 1+5 times: events wait in the queue for R's Pull or
+                           S's backoff drain; no new Push until the queue is empty */
+    PB_MODE_PARKED = 2, /* R refused an event for good: delivery paused for the operator */
+} pb_peer_mode;
+
+typedef struct pb_peer_state {
+    char *server_id; /* owned */
+    pb_peer_mode mode;
+    uint32_t attempts;        /* failed drain attempts since queued (backoff exponent) */
+    int64_t next_attempt_at;  /* next drain attempt (queued), 0 = none */
+    char *last_error;         /* owned, NULL when none */
+    uint64_t parked_seq;      /* the refused event (PARKED), else 0 */
+    uint64_t queued;          /* events in this peer's outbox */
+    int64_t oldest_queued_at; /* created_at of the oldest outbox event, 0 when empty */
+    uint64_t next_seq;        /* sequence number the next appended event gets (from 1) */
+    uint64_t recv_seq;        /* highest sequence applied from this peer as sender, 0 = none */
+    int64_t last_contact;     /* last authenticated contact (seconds, as in pb_peer_info) */
+} pb_peer_state;
+
+void pb_peer_state_clear(pb_peer_state *st);
+void pb_peer_state_free_array(pb_peer_state *sts, size_t count);
+/* On PB_OK *out is the caller's (pb_peer_state_clear). PB_ERR_NOT_FOUND when the peer is
+ * unknown. */
+pb_err pb_store_peer_state_get(pb_store *s, const char *server_id, pb_peer_state *out);
+/* Every known peer (ordered by server_id), with queue statistics. *out is the caller's
+ * (pb_peer_state_free_array). */
+pb_err pb_store_peer_state_list(pb_store *s, pb_peer_state **out, size_t *count);
+/* Sets the sender-side delivery fields (mode, attempts, next_attempt_at, last_error (NULL
+ * clears), parked_seq), creating the peer row if needed. PB_ERR_INVAL for a mode out of
+ * range. */
+pb_err pb_store_peer_state_set(pb_store *s, const char *server_id, pb_peer_mode mode,
+                               uint32_t attempts, int64_t next_attempt_at, const char *last_error,
+                               uint64_t parked_seq);
+
+/* ---- outbox: the per-peer queue of events to deliver -------------------------------------- */
+
+/* Appends n (>= 1) events for peer in one transaction, creating the peer row if needed;
+ * they get consecutive sequence numbers from the peer's next_seq (never reused, even after
+ * an ack). *last_seq (may be NULL) receives the last one assigned. Each event is stored as
+ * pb_wire_event_encode bytes: one the encoder refuses (PB_ERR_INVAL) fails the call with
+ * nothing written. Cost O(n), independent of the queue's length. */
+pb_err pb_store_outbox_append(pb_store *s, const char *peer, const pb_event *evs, size_t n,
+                              int64_t now, uint64_t *last_seq);
+
+typedef struct pb_outbox_item {
+    uint64_t seq;
+    int64_t created_at;
+    size_t size; /* encoded Event bytes */
+    pb_event ev; /* owned */
+} pb_outbox_item;
+void pb_outbox_items_free(pb_outbox_item *items, size_t n);
+
+/* Reads the peer's events with seq >= from_seq in order: at most max_items (>= 1, else
+ * PB_ERR_INVAL), and stopping before the encoded sizes would pass max_bytes (but at least
+ * one item when any exists). *items (caller frees with pb_outbox_items_free) is NULL when
+ * none. A stored event that does not decode is PB_ERR_CORRUPT. */
+pb_err pb_store_outbox_read(pb_store *s, const char *peer, uint64_t from_seq, size_t max_items,
+                            size_t max_bytes, pb_outbox_item **items, size_t *n);
+/* Deletes the peer's events with seq <= upto (an acknowledgement); PB_OK also when there
+ * were none. */
+pb_err pb_store_outbox_ack(pb_store *s, const char *peer, uint64_t upto);
+/* Deletes one event; PB_ERR_NOT_FOUND when it is not there. */
+pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq);
+
+/* ---- receiving (this server as R) ------------------------------------------------------------ */
+
+typedef struct pb_recv_result {
+    size_t applied;    /* events applied and appended to the inbox */
+    size_t duplicates; /* events skipped: sequence number <= the sender's recv_seq */
+} pb_recv_result;
+
+/*
+ * Receives n events from sender `from` in one transaction, in order. With seqs (a peer of
+ * this project), an event whose seqs[i] <= the sender's recv_seq is a duplicate and
+ * skipped; otherwise it is applied and recv_seq becomes seqs[i]. Without seqs (a foreign
+ * peer) every event is applied. Applying (PROTOCOL.md section 5, idempotent):
+ *   UserAddedToGuild      guild list of user_id gets {guild_id, from} (if absent)
+ *   UserRemovedFromGuild  that entry is removed
+ *   UserInvited           pending invites of user_id get {invite_id, from, inviter_id}
+ *   UserRejectedInvite    no state change
+ * and every applied event is appended to the inbox. Creates the peer row if needed and sets
+ * last_contact (seconds) to now/1000 (also when every event was a duplicate, or n is 0).
+ * Nothing is written on failure; an event the wire encoder refuses fails the whole call
+ * (PB_ERR_INVAL). A pending invite received again takes the new inviter_id. *res (may be
+ * NULL) is filled on PB_OK.
+ */
+pb_err pb_store_receive(pb_store *s, const char *from, const pb_event *evs, const uint64_t *seqs,
+                        size_t n, int64_t now, pb_recv_result *res);
+
+/* ---- inbox: what the homeserver reads -------------------------------------------------------- */
+
+typedef struct pb_inbox_item {
+    uint64_t seq; /* inbox cursor, from 1, increasing */
+    char *from;   /* sender server ID at the time (owned) */
+    int64_t received_at;
+    bool is_rename; /* a peer renamed itself: old_id -> new_id; ev is empty */
+    pb_event ev;    /* owned */
+    char *old_id;   /* owned, rename only */
+    char *new_id;   /* owned, rename only */
+} pb_inbox_item;
+void pb_inbox_items_free(pb_inbox_item *items, size_t n);
+
+/* Items with seq > after, in order, at most limit (>= 1, else PB_ERR_INVAL). *items (caller
+ * frees with pb_inbox_items_free) is NULL when none. PB_ERR_CORRUPT for an undecodable
+ * stored event. */
+pb_err pb_store_inbox_read(pb_store *s, uint64_t after, size_t limit, pb_inbox_item **items,
+                           size_t *n);
+/* Highest inbox seq, 0 when empty. */
+pb_err pb_store_inbox_last_seq(pb_store *s, uint64_t *seq);
+
+/* ---- local users' federated state ----------------------------------------------------------- */
+
+typedef struct pb_guild_entry {
+    uint64_t guild_id;
+    char *server_id; /* owned */
+} pb_guild_entry;
+void pb_guild_entries_free(pb_guild_entry *e, size_t n);
+/* The user's guild list, ordered by server_id (bytewise) then guild_id (as uint64). *out is
+ * the caller's (pb_guild_entries_free); NULL when empty. */
+pb_err pb_store_guilds(pb_store *s, uint64_t user_id, pb_guild_entry **out, size_t *n);
+
+typedef struct pb_invite_entry {
+    char *invite_id; /* owned */
+    char *server_id; /* owned */
+    uint64_t inviter_id;
+} pb_invite_entry;
+void pb_invite_entries_free(pb_invite_entry *e, size_t n);
+/* The user's pending invites, ordered by server_id then invite_id (bytewise). *out is the
+ * caller's (pb_invite_entries_free); NULL when empty. */
+pb_err pb_store_invites(pb_store *s, uint64_t user_id, pb_invite_entry **out, size_t *n);
+
+/* ---- renames ----------------------------------------------------------------------------------
+ */
+
+/*
+ * A peer renamed itself OLD -> NEW (NotifyNewId accepted): in one transaction re-labels
+ * everything held for OLD as NEW: the peer row with its key (set to new_key) and
+ * delivery/sequence state, its outbox events, guild list entries and pending invites, and
+ * pending renames_out rows; then appends a rename item (from NEW) to the inbox. The key's
+ * key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are kept.
+ * PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer
+ * (also when NEW equals OLD); nothing changes then.
+ */
+pb_err pb_store_peer_rename(pb_store *s, const char *old_id, const char *new_id,
+                            const uint8_t new_key[PB_PUBKEY_LEN], int64_t now);
+
+/*
+ * This server renames itself OLD -> NEW: in one transaction sets meta "server_id" to NEW
+ * and records, for every known peer, that it must be told (renames_out). A peer that has
+ * a pending rename from an earlier change keeps its old_id (the ID it still knows us by)
+ * and gets the new new_id. Every touched row restarts: attempts 0, next_attempt_at now,
+ * no last_error. A row whose old_id equals the new new_id (renamed back) is dropped:
+ * that peer has nothing to learn.
+ */
+pb_err pb_store_self_rename(pb_store *s, const char *old_id, const char *new_id, int64_t now);
+
+typedef struct pb_rename_out {
+    char *peer;   /* owned */
+    char *old_id; /* owned: the ID this peer knows us by */
+    char *new_id; /* owned */
+    uint32_t attempts;
+    int64_t next_attempt_at;
+    char *last_error; /* owned or NULL */
+} pb_rename_out;
+void pb_rename_outs_free(pb_rename_out *r, size_t n);
+/* Every pending rename, ordered by peer. *out is the caller's (pb_rename_outs_free); NULL
+ * when none. */
+pb_err pb_store_rename_out_list(pb_store *s, pb_rename_out **out, size_t *n);
+/* The peer confirmed: deletes its row if its new_id is still new_id (PB_OK either way). */
+pb_err pb_store_rename_out_done(pb_store *s, const char *peer, const char *new_id);
+/* Records a failed attempt (error may be NULL); PB_ERR_NOT_FOUND when the peer has no
+ * pending rename. */
+pb_err pb_store_rename_out_failed(pb_store *s, const char *peer, uint32_t attempts,
+                                  int64_t next_attempt_at, const char *error);
+
 /* ---- test-only fault points (PB_FAULTS builds) ----------------------------------------- */
+
 #ifdef PB_FAULTS
 /* From now on every write call fails with err (e.g. PB_ERR_STORE for a full disk)
  * without touching the database, until called again with PB_OK. Reads are unaffected. */

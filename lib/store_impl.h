@@ -41,6 +41,35 @@ typedef struct pb_store_ops {
                            int64_t fetched_at);
     pb_err (*peer_list)(void *impl, pb_peer_info **peers, size_t *count);
 
+    /* delivery engine state (store.h "delivery engine state"); store.c has checked the
+     * arguments: strings non-empty, evs non-NULL with n >= 1 for append, mode in range,
+     * max_items / limit >= 1. */
+    pb_err (*peer_state_get)(void *impl, const char *server_id, pb_peer_state *out);
+    pb_err (*peer_state_list)(void *impl, pb_peer_state **out, size_t *count);
+    pb_err (*peer_state_set)(void *impl, const char *server_id, pb_peer_mode mode,
+                             uint32_t attempts, int64_t next_attempt_at, const char *last_error,
+                             uint64_t parked_seq);
+    pb_err (*outbox_append)(void *impl, const char *peer, const pb_event *evs, size_t n,
+                            int64_t now, uint64_t *last_seq);
+    pb_err (*outbox_read)(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
+                          size_t max_bytes, pb_outbox_item **items, size_t *n);
+    pb_err (*outbox_ack)(void *impl, const char *peer, uint64_t upto);
+    pb_err (*outbox_remove)(void *impl, const char *peer, uint64_t seq);
+    pb_err (*receive)(void *impl, const char *from, const pb_event *evs, const uint64_t *seqs,
+                      size_t n, int64_t now, pb_recv_result *res);
+    pb_err (*inbox_read)(void *impl, uint64_t after, size_t limit, pb_inbox_item **items,
+                         size_t *n);
+    pb_err (*inbox_last_seq)(void *impl, uint64_t *seq);
+    pb_err (*guilds)(void *impl, uint64_t user_id, pb_guild_entry **out, size_t *n);
+    pb_err (*invites)(void *impl, uint64_t user_id, pb_invite_entry **out, size_t *n);
+    pb_err (*peer_rename)(void *impl, const char *old_id, const char *new_id,
+                          const uint8_t new_key[PB_PUBKEY_LEN], int64_t now);
+    pb_err (*self_rename)(void *impl, const char *old_id, const char *new_id, int64_t now);
+    pb_err (*rename_out_list)(void *impl, pb_rename_out **out, size_t *n);
+    pb_err (*rename_out_done)(void *impl, const char *peer, const char *new_id);
+    pb_err (*rename_out_failed)(void *impl, const char *peer, uint32_t attempts,
+                                int64_t next_attempt_at, const char *error);
+
     /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and
      * store.c then makes them no-ops (pb_store_fault_bad_write returns PB_ERR_INTERNAL). */
     void (*fault_set)(void *impl, pb_err err);

@@ -18,8 +18,29 @@
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, reset after use).
  *
- * Untrusted input: none directly (callers validate server IDs). Stored values read back
- * are checked (a key blob of the wrong length is PB_ERR_CORRUPT).
+ * Schema (version 2; migration 1 created meta and peers):
+ *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s),
+ *    mode, attempts, next_attempt_at, last_error, parked_seq, next_seq DEFAULT 1,
+ *    recv_seq DEFAULT 0): one row per peer, as receiver R of our outbox (delivery fields,
+ *    next_seq = the seq the next appended event gets, so an append never counts the
+ *    queue) and as sender S to us (recv_seq = highest seq applied from it).
+ *  - outbox(peer, seq, event, created_at) PK (peer, seq) WITHOUT ROWID: the queue is
+ *    stored clustered by peer, so read/ack/count are range scans of one peer's keys.
+ *  - inbox(seq INTEGER PK AUTOINCREMENT, from_id, event, old_id, new_id, received_at):
+ *    AUTOINCREMENT so a cursor value is never reused; an event row or (event NULL) a
+ *    rename row, enforced by a CHECK.
+ *  - guilds(user_id, server_id, guild_id) and invites(user_id, server_id, invite_id,
+ *    inviter_id), PKs starting with user_id (WITHOUT ROWID), plus an index on server_id
+ *    for a peer's rename.
+ *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error).
+ *  No foreign keys: a rename re-labels every table explicitly in one job.
+ *  Events are stored as pb_wire_event_encode bytes (encoded on the caller's thread before
+ *  the job is queued); a stored event that does not decode is PB_ERR_CORRUPT. uint64
+ *  values are stored as their int64 bit pattern; uint64 ordering is done in SQL.
+ *
+ * Untrusted input: none directly (callers validate server IDs; events were decoded by the
+ * wire module). Stored values read back are checked (a key blob of the wrong length, an
+ * undecodable event or a bad mode is PB_ERR_CORRUPT).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,9 +54,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "log.h"
 #include "mem.h"
 #include "store_impl.h"
+#include "wire.h"
 
 #define READ_POOL_MAX 8
 
@@ -55,6 +78,55 @@ static const char *const migrations[] = {
     "  last_contact INTEGER NOT NULL DEFAULT 0,"
     "  pubkey BLOB NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
     "  key_fetched_at INTEGER NOT NULL DEFAULT 0"
+    ");",
+    /* 2: delivery engine state: per-peer delivery/sequence columns, outbox, inbox, local
+     * users' guild lists and pending invites, pending renames of this server */
+    "ALTER TABLE peers ADD COLUMN mode INTEGER NOT NULL DEFAULT 0 CHECK (mode BETWEEN 0 AND 2);"
+    "ALTER TABLE peers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE peers ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE peers ADD COLUMN last_error TEXT NULL;"
+    "ALTER TABLE peers ADD COLUMN parked_seq INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE peers ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 1 CHECK (next_seq >= 1);"
+    "ALTER TABLE peers ADD COLUMN recv_seq INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE outbox ("
+    "  peer TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL CHECK (seq >= 1),"
+    "  event BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (peer, seq)"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE inbox ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  from_id TEXT NOT NULL,"
+    "  event BLOB NULL,"
+    "  old_id TEXT NULL,"
+    "  new_id TEXT NULL,"
+    "  received_at INTEGER NOT NULL,"
+    "  CHECK ((event IS NOT NULL AND old_id IS NULL AND new_id IS NULL) OR"
+    "         (event IS NULL AND old_id IS NOT NULL AND new_id IS NOT NULL))"
+    ");"
+    "CREATE TABLE guilds ("
+    "  user_id INTEGER NOT NULL,"
+    "  server_id TEXT NOT NULL,"
+    "  guild_id INTEGER NOT NULL,"
+    "  PRIMARY KEY (user_id, server_id, guild_id)"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX guilds_by_server ON guilds(server_id);"
+    "CREATE TABLE invites ("
+    "  user_id INTEGER NOT NULL,"
+    "  server_id TEXT NOT NULL,"
+    "  invite_id TEXT NOT NULL,"
+    "  inviter_id INTEGER NOT NULL,"
+    "  PRIMARY KEY (user_id, server_id, invite_id)"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX invites_by_server ON invites(server_id);"
+    "CREATE TABLE renames_out ("
+    "  peer TEXT PRIMARY KEY,"
+    "  old_id TEXT NOT NULL,"
+    "  new_id TEXT NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_attempt_at INTEGER NOT NULL DEFAULT 0,"
+    "  last_error TEXT NULL"
     ");",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -77,8 +149,47 @@ enum stmt_id {
     ST_PEER_KEY_GET,
     ST_PEER_KEY_SET,
     ST_PEER_LIST,
+    ST_PEER_ENSURE,
+    ST_PEER_EXISTS,
+    ST_PEER_SEQS,
+    ST_PEER_NEXT_SEQ_SET,
+    ST_PEER_RECV_SEQ_SET,
+    ST_PEER_STATE_SET,
+    ST_PEER_STATE_GET,
+    ST_PEER_STATE_LIST,
+    ST_OUTBOX_INSERT,
+    ST_OUTBOX_READ,
+    ST_OUTBOX_ACK,
+    ST_OUTBOX_REMOVE,
+    ST_INBOX_INSERT,
+    ST_INBOX_READ,
+    ST_INBOX_LAST,
+    ST_GUILD_ADD,
+    ST_GUILD_REMOVE,
+    ST_GUILD_LIST,
+    ST_INVITE_ADD,
+    ST_INVITE_LIST,
+    ST_RENAME_PEER,
+    ST_RENAME_OUTBOX,
+    ST_RENAME_GUILDS,
+    ST_RENAME_INVITES,
+    ST_RENAME_RENAMES_OUT,
+    ST_SELF_RENAME_UPSERT,
+    ST_SELF_RENAME_DROP,
+    ST_RENAME_OUT_LIST,
+    ST_RENAME_OUT_DONE,
+    ST_RENAME_OUT_FAILED,
     ST__COUNT
 };
+
+/* The peer's delivery state with its queue statistics, each bounded to its (peer, seq)
+ * primary key range. */
+#define PEER_STATE_SELECT                                                                          \
+    "SELECT p.server_id, p.mode, p.attempts, p.next_attempt_at, p.last_error, p.parked_seq,"       \
+    " p.next_seq, p.recv_seq, p.last_contact,"                                                     \
+    " (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id),"                                 \
+    " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1)"       \
+    " FROM peers p"
 
 static const char *const stmt_sql[ST__COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -102,6 +213,60 @@ static const char *const stmt_sql[ST__COUNT] = {
                         " pubkey = excluded.pubkey, key_fetched_at = excluded.key_fetched_at",
     [ST_PEER_LIST] = "SELECT server_id, first_seen, last_contact, pubkey, key_fetched_at"
                      " FROM peers ORDER BY server_id",
+    [ST_PEER_ENSURE] = "INSERT INTO peers(server_id, first_seen) VALUES (?1, ?2)"
+                       " ON CONFLICT(server_id) DO NOTHING",
+    [ST_PEER_EXISTS] = "SELECT 1 FROM peers WHERE server_id = ?1",
+    [ST_PEER_SEQS] = "SELECT next_seq, recv_seq FROM peers WHERE server_id = ?1",
+    [ST_PEER_NEXT_SEQ_SET] = "UPDATE peers SET next_seq = ?2 WHERE server_id = ?1",
+    [ST_PEER_RECV_SEQ_SET] = "UPDATE peers SET recv_seq = ?2 WHERE server_id = ?1",
+    [ST_PEER_STATE_SET] =
+        "INSERT INTO peers(server_id, first_seen, mode, attempts, next_attempt_at, last_error,"
+        " parked_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(server_id) DO UPDATE SET"
+        " mode = excluded.mode, attempts = excluded.attempts,"
+        " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
+        " parked_seq = excluded.parked_seq",
+    [ST_PEER_STATE_GET] = PEER_STATE_SELECT " WHERE p.server_id = ?1",
+    [ST_PEER_STATE_LIST] = PEER_STATE_SELECT " ORDER BY p.server_id",
+    [ST_OUTBOX_INSERT] = "INSERT INTO outbox(peer, seq, event, created_at) VALUES (?1, ?2, ?3, ?4)",
+    [ST_OUTBOX_READ] = "SELECT seq, created_at, event FROM outbox"
+                       " WHERE peer = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+    [ST_OUTBOX_ACK] = "DELETE FROM outbox WHERE peer = ?1 AND seq <= ?2",
+    [ST_OUTBOX_REMOVE] = "DELETE FROM outbox WHERE peer = ?1 AND seq = ?2",
+    [ST_INBOX_INSERT] = "INSERT INTO inbox(from_id, event, old_id, new_id, received_at)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_INBOX_READ] = "SELECT seq, from_id, event, old_id, new_id, received_at FROM inbox"
+                      " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    [ST_INBOX_LAST] = "SELECT max(seq) FROM inbox",
+    [ST_GUILD_ADD] = "INSERT INTO guilds(user_id, server_id, guild_id) VALUES (?1, ?2, ?3)"
+                     " ON CONFLICT DO NOTHING",
+    [ST_GUILD_REMOVE] =
+        "DELETE FROM guilds WHERE user_id = ?1 AND server_id = ?2 AND guild_id = ?3",
+    /* guild_id < 0 sorts the IDs >= 2^63 (stored negative) after the others: uint64 order */
+    [ST_GUILD_LIST] = "SELECT guild_id, server_id FROM guilds WHERE user_id = ?1"
+                      " ORDER BY server_id, guild_id < 0, guild_id",
+    [ST_INVITE_ADD] = "INSERT INTO invites(user_id, server_id, invite_id, inviter_id)"
+                      " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(user_id, server_id, invite_id)"
+                      " DO UPDATE SET inviter_id = excluded.inviter_id",
+    [ST_INVITE_LIST] = "SELECT invite_id, server_id, inviter_id FROM invites WHERE user_id = ?1"
+                       " ORDER BY server_id, invite_id",
+    [ST_RENAME_PEER] = "UPDATE peers SET server_id = ?2, pubkey = ?3, key_fetched_at = ?4"
+                       " WHERE server_id = ?1",
+    [ST_RENAME_OUTBOX] = "UPDATE outbox SET peer = ?2 WHERE peer = ?1",
+    [ST_RENAME_GUILDS] = "UPDATE OR REPLACE guilds SET server_id = ?2 WHERE server_id = ?1",
+    [ST_RENAME_INVITES] = "UPDATE OR REPLACE invites SET server_id = ?2 WHERE server_id = ?1",
+    [ST_RENAME_RENAMES_OUT] = "UPDATE renames_out SET peer = ?2 WHERE peer = ?1",
+    /* WHERE true: lets SQLite parse the ON CONFLICT of an INSERT ... SELECT */
+    [ST_SELF_RENAME_UPSERT] =
+        "INSERT INTO renames_out(peer, old_id, new_id, attempts, next_attempt_at, last_error)"
+        " SELECT server_id, ?1, ?2, 0, ?3, NULL FROM peers WHERE true"
+        " ON CONFLICT(peer) DO UPDATE SET new_id = excluded.new_id, attempts = 0,"
+        " next_attempt_at = excluded.next_attempt_at, last_error = NULL",
+    [ST_SELF_RENAME_DROP] = "DELETE FROM renames_out WHERE old_id = new_id",
+    [ST_RENAME_OUT_LIST] = "SELECT peer, old_id, new_id, attempts, next_attempt_at, last_error"
+                           " FROM renames_out ORDER BY peer",
+    [ST_RENAME_OUT_DONE] = "DELETE FROM renames_out WHERE peer = ?1 AND new_id = ?2",
+    [ST_RENAME_OUT_FAILED] = "UPDATE renames_out SET attempts = ?2, next_attempt_at = ?3,"
+                             " last_error = ?4 WHERE peer = ?1",
 };
 
 typedef struct conn {
@@ -920,6 +1085,771 @@ out:
     return PB_OK;
 }
 
+/* ---- statement helpers for the delivery state ------------------------------------------- */
+
+/* One bound parameter: an integer, a text (NULL binds SQL NULL) or a blob. */
+typedef struct arg {
+    char type; /* 'i', 't', 'b' */
+    int64_t i;
+    const void *p;
+    int n;
+} arg;
+
+#define A_INT(v) ((arg){'i', (int64_t)(v), NULL, 0})
+#define A_TEXT(s) ((arg){'t', 0, (s), -1})
+#define A_BLOB(ptr, len) ((arg){'b', 0, (ptr), (int)(len)})
+#define NARGS(...) ((int)(sizeof((const arg[]){__VA_ARGS__}) / sizeof(arg)))
+/* Runs a cached statement that returns no rows with the given parameters. */
+#define EXEC(c, id, changes, ...)                                                                  \
+    exec_args((c), (id), (const arg[]){__VA_ARGS__}, NARGS(__VA_ARGS__), (changes))
+
+static int bind_args(sqlite3_stmt *st, const arg *a, int n)
+{
+    int rc = SQLITE_OK;
+    for (int k = 0; k < n && rc == SQLITE_OK; k++) {
+        switch (a[k].type) {
+        case 'i':
+            rc = sqlite3_bind_int64(st, k + 1, a[k].i);
+            break;
+        case 't':
+            rc = a[k].p ? sqlite3_bind_text(st, k + 1, a[k].p, -1, SQLITE_STATIC)
+                        : sqlite3_bind_null(st, k + 1);
+            break;
+        default:
+            rc = sqlite3_bind_blob(st, k + 1, a[k].p ? a[k].p : "", a[k].n, SQLITE_STATIC);
+            break;
+        }
+    }
+    return rc;
+}
+
+/* Gets a cached statement and binds its parameters; on PB_OK the caller steps it and
+ * finishes with stmt_done. */
+static pb_err stmt_bind(conn *c, enum stmt_id id, const arg *a, int n, sqlite3_stmt **out)
+{
+    sqlite3_stmt *st = NULL;
+    pb_err err = stmt_get(c, id, &st);
+    if (err != PB_OK) return err;
+    int rc = bind_args(st, a, n);
+    if (rc != SQLITE_OK) {
+        err = fail(c->db, rc, stmt_sql[id]);
+        stmt_done(st);
+        return err;
+    }
+    *out = st;
+    return PB_OK;
+}
+
+/* Runs statement id (no result rows); *changes (may be NULL) gets the rows it changed. */
+static pb_err exec_args(conn *c, enum stmt_id id, const arg *a, int n, int *changes)
+{
+    sqlite3_stmt *st = NULL;
+    pb_err err = stmt_bind(c, id, a, n, &st);
+    if (err != PB_OK) return err;
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) {
+        err = fail(c->db, rc, stmt_sql[id]);
+    } else if (changes) {
+        *changes = sqlite3_changes(c->db);
+    }
+    stmt_done(st);
+    return err;
+}
+
+/* Clamps a uint64 (a cursor or a count) to what an SQLite INTEGER compares correctly. */
+static int64_t clamp64(uint64_t v)
+{
+    return v > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v;
+}
+
+/* A column's text copied into a new string; NULL for SQL NULL. */
+static char *col_strdup(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    return t ? pb_xstrndup((const char *)t, (size_t)sqlite3_column_bytes(st, col)) : NULL;
+}
+
+/* Decodes a stored Event blob; anything that does not decode is PB_ERR_CORRUPT. */
+static pb_err col_event(sqlite3_stmt *st, int col, const char *what, pb_event *ev)
+{
+    const uint8_t *p = sqlite3_column_blob(st, col);
+    int n = sqlite3_column_bytes(st, col);
+    if (sqlite3_column_type(st, col) != SQLITE_BLOB || n <= 0 ||
+        pb_wire_event_decode(p, (size_t)n, ev) != PB_OK) {
+        PB_ERROR(NULL, "store: a stored %s event does not decode (database corrupt)", what);
+        return PB_ERR_CORRUPT;
+    }
+    return PB_OK;
+}
+
+/* Events encoded before they are handed to the writer (so the writer thread only runs
+ * SQL): one buffer, event i at bytes [off[i], off[i + 1]). */
+typedef struct encoded {
+    pb_buf buf;
+    size_t *off;
+} encoded;
+
+static pb_err encode_events(const pb_event *evs, size_t n, encoded *e)
+{
+    e->buf = (pb_buf)PB_BUF_INIT;
+    e->off = pb_xcalloc(n + 1, sizeof *e->off);
+    for (size_t i = 0; i < n; i++) {
+        pb_err err = pb_wire_event_encode(&evs[i], &e->buf);
+        if (err != PB_OK) return err;
+        e->off[i + 1] = e->buf.len;
+        if (e->off[i + 1] - e->off[i] > PB_WIRE_MAX_MESSAGE) return PB_ERR_TOO_BIG;
+    }
+    return PB_OK;
+}
+
+static void encoded_free(encoded *e)
+{
+    pb_buf_free(&e->buf);
+    free(e->off);
+}
+
+#define ENC_ARG(e, i) A_BLOB((e)->buf.data + (e)->off[i], (e)->off[(i) + 1] - (e)->off[i])
+
+/* ---- per-peer delivery state ------------------------------------------------------------ */
+
+/* Fills *p from a PEER_STATE_SELECT row. */
+static pb_err peer_state_row(sqlite3_stmt *st, pb_peer_state *p)
+{
+    memset(p, 0, sizeof *p);
+    p->server_id = col_strdup(st, 0);
+    int64_t mode = sqlite3_column_int64(st, 1);
+    if (!p->server_id || mode < PB_MODE_PUSH || mode > PB_MODE_PARKED) {
+        PB_ERROR(p->server_id, "store: bad peer row (mode %lld)", (long long)mode);
+        return PB_ERR_CORRUPT;
+    }
+    p->mode = (pb_peer_mode)mode;
+    p->attempts = (uint32_t)sqlite3_column_int64(st, 2);
+    p->next_attempt_at = sqlite3_column_int64(st, 3);
+    p->last_error = col_strdup(st, 4);
+    p->parked_seq = (uint64_t)sqlite3_column_int64(st, 5);
+    p->next_seq = (uint64_t)sqlite3_column_int64(st, 6);
+    p->recv_seq = (uint64_t)sqlite3_column_int64(st, 7);
+    p->last_contact = sqlite3_column_int64(st, 8);
+    p->queued = (uint64_t)sqlite3_column_int64(st, 9);
+    p->oldest_queued_at = sqlite3_column_int64(st, 10); /* NULL (empty queue) reads as 0 */
+    return PB_OK;
+}
+
+static pb_err sq_peer_state_get(void *impl, const char *server_id, pb_peer_state *out)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_peer_state p = {0};
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, ST_PEER_STATE_GET, (const arg[]){A_TEXT(server_id)}, 1, &st);
+    if (err != PB_OK) goto out;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        err = peer_state_row(st, &p);
+    } else if (rc == SQLITE_DONE) {
+        err = PB_ERR_NOT_FOUND;
+    } else {
+        err = fail(c->db, rc, "peer state get");
+    }
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_peer_state_clear(&p);
+        return err;
+    }
+    *out = p;
+    return PB_OK;
+}
+
+static pb_err sq_peer_state_list(void *impl, pb_peer_state **out, size_t *count)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_peer_state *arr = NULL;
+    size_t n = 0, cap = 0;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_get(c, ST_PEER_STATE_LIST, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * sizeof *arr);
+        }
+        err = peer_state_row(st, &arr[n++]);
+        if (err != PB_OK) break;
+    }
+    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "peer state list");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_peer_state_free_array(arr, n);
+        return err;
+    }
+    *out = arr;
+    *count = n;
+    return PB_OK;
+}
+
+struct peer_state_ctx {
+    const char *server_id;
+    pb_peer_mode mode;
+    uint32_t attempts;
+    int64_t next_attempt_at;
+    const char *last_error;
+    uint64_t parked_seq;
+};
+
+static pb_err peer_state_set_job(conn *c, void *ctx)
+{
+    struct peer_state_ctx *p = ctx;
+    return EXEC(c, ST_PEER_STATE_SET, NULL, A_TEXT(p->server_id), A_INT(time(NULL)), A_INT(p->mode),
+                A_INT(p->attempts), A_INT(p->next_attempt_at), A_TEXT(p->last_error),
+                A_INT(p->parked_seq));
+}
+
+static pb_err sq_peer_state_set(void *impl, const char *server_id, pb_peer_mode mode,
+                                uint32_t attempts, int64_t next_attempt_at, const char *last_error,
+                                uint64_t parked_seq)
+{
+    struct peer_state_ctx p = {server_id, mode, attempts, next_attempt_at, last_error, parked_seq};
+    return job_run(impl, peer_state_set_job, &p);
+}
+
+/* Reads the peer's (next_seq, recv_seq); the row must exist. */
+static pb_err peer_seqs(conn *c, const char *peer, uint64_t *next_seq, uint64_t *recv_seq)
+{
+    sqlite3_stmt *st = NULL;
+    pb_err err = stmt_bind(c, ST_PEER_SEQS, (const arg[]){A_TEXT(peer)}, 1, &st);
+    if (err != PB_OK) return err;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        int64_t next = sqlite3_column_int64(st, 0);
+        if (next < 1) {
+            PB_ERROR(peer, "store: bad next_seq %lld", (long long)next);
+            err = PB_ERR_CORRUPT;
+        }
+        *next_seq = (uint64_t)next;
+        *recv_seq = (uint64_t)sqlite3_column_int64(st, 1);
+    } else {
+        err = rc == SQLITE_DONE ? PB_ERR_INTERNAL : fail(c->db, rc, "peer seqs");
+    }
+    stmt_done(st);
+    return err;
+}
+
+/* ---- outbox ----------------------------------------------------------------------------- */
+
+struct outbox_append_ctx {
+    const char *peer;
+    const encoded *enc;
+    size_t n;
+    int64_t now;
+    uint64_t last_seq; /* out */
+};
+
+/* O(n): the peer row keeps next_seq, so appending never looks at the queue. */
+static pb_err outbox_append_job(conn *c, void *ctx)
+{
+    struct outbox_append_ctx *a = ctx;
+    uint64_t next = 0, recv = 0;
+    pb_err err = EXEC(c, ST_PEER_ENSURE, NULL, A_TEXT(a->peer), A_INT(a->now / 1000));
+    if (err == PB_OK) err = peer_seqs(c, a->peer, &next, &recv);
+    if (err != PB_OK) return err;
+    if (next > (uint64_t)INT64_MAX - a->n) return PB_ERR_INTERNAL; /* never in practice */
+    for (size_t i = 0; i < a->n; i++) {
+        err = EXEC(c, ST_OUTBOX_INSERT, NULL, A_TEXT(a->peer), A_INT(next + i), ENC_ARG(a->enc, i),
+                   A_INT(a->now));
+        if (err != PB_OK) return err;
+    }
+    err = EXEC(c, ST_PEER_NEXT_SEQ_SET, NULL, A_TEXT(a->peer), A_INT(next + a->n));
+    if (err == PB_OK) a->last_seq = next + a->n - 1;
+    return err;
+}
+
+static pb_err sq_outbox_append(void *impl, const char *peer, const pb_event *evs, size_t n,
+                               int64_t now, uint64_t *last_seq)
+{
+    encoded enc;
+    pb_err err = encode_events(evs, n, &enc);
+    if (err == PB_OK) {
+        struct outbox_append_ctx a = {peer, &enc, n, now, 0};
+        err = job_run(impl, outbox_append_job, &a);
+        if (err == PB_OK && last_seq) *last_seq = a.last_seq;
+    }
+    encoded_free(&enc);
+    return err;
+}
+
+static pb_err sq_outbox_read(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
+                             size_t max_bytes, pb_outbox_item **items, size_t *count)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_outbox_item *arr = NULL;
+    size_t n = 0, cap = 0, bytes = 0;
+    pb_err err = PB_OK;
+    if (from_seq > (uint64_t)INT64_MAX) goto done; /* no stored seq is that large */
+    err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err =
+        stmt_bind(c, ST_OUTBOX_READ,
+                  (const arg[]){A_TEXT(peer), A_INT(from_seq), A_INT(clamp64(max_items))}, 3, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t size = (size_t)sqlite3_column_bytes(st, 2);
+        /* the first item always; later ones while the total stays within max_bytes */
+        if (n > 0 && (bytes > max_bytes || size > max_bytes - bytes)) break;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * sizeof *arr);
+        }
+        pb_outbox_item *it = &arr[n];
+        memset(it, 0, sizeof *it);
+        err = col_event(st, 2, "outbox", &it->ev);
+        if (err != PB_OK) break;
+        n++;
+        it->seq = (uint64_t)sqlite3_column_int64(st, 0);
+        it->created_at = sqlite3_column_int64(st, 1);
+        it->size = size;
+        bytes += size;
+    }
+    if (err == PB_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) err = fail(c->db, rc, "outbox read");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_outbox_items_free(arr, n);
+        return err;
+    }
+done:
+    if (n == 0) {
+        free(arr);
+        arr = NULL;
+    }
+    *items = arr;
+    *count = n;
+    return PB_OK;
+}
+
+struct outbox_del_ctx {
+    const char *peer;
+    uint64_t seq;
+};
+
+static pb_err outbox_ack_job(conn *c, void *ctx)
+{
+    struct outbox_del_ctx *d = ctx;
+    return EXEC(c, ST_OUTBOX_ACK, NULL, A_TEXT(d->peer), A_INT(clamp64(d->seq)));
+}
+
+static pb_err sq_outbox_ack(void *impl, const char *peer, uint64_t upto)
+{
+    struct outbox_del_ctx d = {peer, upto};
+    return job_run(impl, outbox_ack_job, &d);
+}
+
+static pb_err outbox_remove_job(conn *c, void *ctx)
+{
+    struct outbox_del_ctx *d = ctx;
+    int changes = 0;
+    if (d->seq > (uint64_t)INT64_MAX) return PB_ERR_NOT_FOUND;
+    pb_err err = EXEC(c, ST_OUTBOX_REMOVE, &changes, A_TEXT(d->peer), A_INT(d->seq));
+    if (err == PB_OK && changes == 0) err = PB_ERR_NOT_FOUND;
+    return err;
+}
+
+static pb_err sq_outbox_remove(void *impl, const char *peer, uint64_t seq)
+{
+    struct outbox_del_ctx d = {peer, seq};
+    return job_run(impl, outbox_remove_job, &d);
+}
+
+/* ---- receiving -------------------------------------------------------------------------- */
+
+struct receive_ctx {
+    const char *from;
+    const pb_event *evs;
+    const encoded *enc;
+    const uint64_t *seqs;
+    size_t n;
+    int64_t now;
+    pb_recv_result res; /* out */
+};
+
+/* Applies one event to the local users' state (PROTOCOL.md section 5; idempotent). */
+static pb_err apply_event(conn *c, const char *from, const pb_event *ev)
+{
+    switch (ev->kind) {
+    case PB_EV_USER_ADDED_TO_GUILD:
+        return EXEC(c, ST_GUILD_ADD, NULL, A_INT(ev->user_id), A_TEXT(from), A_INT(ev->guild_id));
+    case PB_EV_USER_REMOVED_FROM_GUILD:
+        return EXEC(c, ST_GUILD_REMOVE, NULL, A_INT(ev->user_id), A_TEXT(from),
+                    A_INT(ev->guild_id));
+    case PB_EV_USER_INVITED:
+        return EXEC(c, ST_INVITE_ADD, NULL, A_INT(ev->user_id), A_TEXT(from), A_TEXT(ev->invite_id),
+                    A_INT(ev->inviter_id));
+    case PB_EV_USER_REJECTED_INVITE:
+        return PB_OK; /* the homeserver learns it from the inbox; no state here */
+    case PB_EV_NONE:
+        break;
+    }
+    return PB_ERR_INVAL; /* encode_events refused it already */
+}
+
+static pb_err receive_job(conn *c, void *ctx)
+{
+    struct receive_ctx *r = ctx;
+    int64_t now_s = r->now / 1000;
+    uint64_t next = 0, recv = 0;
+    pb_recv_result res = {0, 0};
+    pb_err err = EXEC(c, ST_PEER_TOUCH, NULL, A_TEXT(r->from), A_INT(now_s), A_INT(now_s));
+    if (err == PB_OK) err = peer_seqs(c, r->from, &next, &recv);
+    if (err != PB_OK) return err;
+    uint64_t recv0 = recv;
+    for (size_t i = 0; i < r->n; i++) {
+        if (r->seqs && r->seqs[i] <= recv) {
+            res.duplicates++;
+            continue;
+        }
+        err = apply_event(c, r->from, &r->evs[i]);
+        if (err == PB_OK)
+            err = EXEC(c, ST_INBOX_INSERT, NULL, A_TEXT(r->from), ENC_ARG(r->enc, i), A_TEXT(NULL),
+                       A_TEXT(NULL), A_INT(r->now));
+        if (err != PB_OK) return err;
+        res.applied++;
+        if (r->seqs) recv = r->seqs[i];
+    }
+    if (recv != recv0) err = EXEC(c, ST_PEER_RECV_SEQ_SET, NULL, A_TEXT(r->from), A_INT(recv));
+    if (err == PB_OK) r->res = res;
+    return err;
+}
+
+static pb_err sq_receive(void *impl, const char *from, const pb_event *evs, const uint64_t *seqs,
+                         size_t n, int64_t now, pb_recv_result *res)
+{
+    encoded enc;
+    pb_err err = encode_events(evs, n, &enc);
+    if (err == PB_OK) {
+        struct receive_ctx r = {from, evs, &enc, seqs, n, now, {0, 0}};
+        err = job_run(impl, receive_job, &r);
+        if (err == PB_OK && res) *res = r.res;
+    }
+    encoded_free(&enc);
+    return err;
+}
+
+/* ---- inbox ------------------------------------------------------------------------------ */
+
+static pb_err sq_inbox_read(void *impl, uint64_t after, size_t limit, pb_inbox_item **items,
+                            size_t *count)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_inbox_item *arr = NULL;
+    size_t n = 0, cap = 0;
+    pb_err err = PB_OK;
+    if (after >= (uint64_t)INT64_MAX) goto done; /* no stored seq is larger */
+    err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, ST_INBOX_READ, (const arg[]){A_INT(after), A_INT(clamp64(limit))}, 2, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * sizeof *arr);
+        }
+        pb_inbox_item *it = &arr[n++];
+        memset(it, 0, sizeof *it);
+        it->seq = (uint64_t)sqlite3_column_int64(st, 0);
+        it->from = col_strdup(st, 1);
+        it->received_at = sqlite3_column_int64(st, 5);
+        if (sqlite3_column_type(st, 2) == SQLITE_NULL) {
+            it->is_rename = true;
+            it->old_id = col_strdup(st, 3);
+            it->new_id = col_strdup(st, 4);
+            if (!it->old_id || !it->new_id) err = PB_ERR_CORRUPT;
+        } else {
+            err = col_event(st, 2, "inbox", &it->ev);
+        }
+        if (!it->from) err = PB_ERR_CORRUPT;
+        if (err != PB_OK) {
+            PB_ERROR(NULL, "store: bad inbox row %llu", (unsigned long long)it->seq);
+            break;
+        }
+    }
+    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "inbox read");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_inbox_items_free(arr, n);
+        return err;
+    }
+done:
+    *items = arr;
+    *count = n;
+    return PB_OK;
+}
+
+static pb_err sq_inbox_last_seq(void *impl, uint64_t *seq)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_get(c, ST_INBOX_LAST, &st);
+    if (err != PB_OK) goto out;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *seq = (uint64_t)sqlite3_column_int64(st, 0); /* NULL (empty) reads as 0 */
+    } else {
+        err = fail(c->db, rc, "inbox last seq");
+    }
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    return err;
+}
+
+/* ---- local users' federated state ------------------------------------------------------- */
+
+static pb_err sq_guilds(void *impl, uint64_t user_id, pb_guild_entry **out, size_t *count)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_guild_entry *arr = NULL;
+    size_t n = 0, cap = 0;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, ST_GUILD_LIST, (const arg[]){A_INT(user_id)}, 1, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * sizeof *arr);
+        }
+        pb_guild_entry *e = &arr[n++];
+        e->guild_id = (uint64_t)sqlite3_column_int64(st, 0);
+        e->server_id = col_strdup(st, 1);
+        if (!e->server_id) {
+            err = PB_ERR_CORRUPT;
+            break;
+        }
+    }
+    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "guild list");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_guild_entries_free(arr, n);
+        return err;
+    }
+    *out = arr;
+    *count = n;
+    return PB_OK;
+}
+
+static pb_err sq_invites(void *impl, uint64_t user_id, pb_invite_entry **out, size_t *count)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_invite_entry *arr = NULL;
+    size_t n = 0, cap = 0;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, ST_INVITE_LIST, (const arg[]){A_INT(user_id)}, 1, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * sizeof *arr);
+        }
+        pb_invite_entry *e = &arr[n++];
+        e->invite_id = col_strdup(st, 0);
+        e->server_id = col_strdup(st, 1);
+        e->inviter_id = (uint64_t)sqlite3_column_int64(st, 2);
+        if (!e->invite_id || !e->server_id) {
+            err = PB_ERR_CORRUPT;
+            break;
+        }
+    }
+    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "invite list");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_invite_entries_free(arr, n);
+        return err;
+    }
+    *out = arr;
+    *count = n;
+    return PB_OK;
+}
+
+/* ---- renames ---------------------------------------------------------------------------- */
+
+/* PB_OK when server_id has a peers row, PB_ERR_NOT_FOUND when not. */
+static pb_err peer_exists(conn *c, const char *server_id)
+{
+    sqlite3_stmt *st = NULL;
+    pb_err err = stmt_bind(c, ST_PEER_EXISTS, (const arg[]){A_TEXT(server_id)}, 1, &st);
+    if (err != PB_OK) return err;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        err = PB_ERR_NOT_FOUND;
+    } else if (rc != SQLITE_ROW) {
+        err = fail(c->db, rc, "peer exists");
+    }
+    stmt_done(st);
+    return err;
+}
+
+struct rename_ctx {
+    const char *old_id, *new_id;
+    const uint8_t *key;
+    int64_t now;
+};
+
+static pb_err peer_rename_job(conn *c, void *ctx)
+{
+    struct rename_ctx *r = ctx;
+    pb_err err = peer_exists(c, r->old_id);
+    if (err != PB_OK) return err;
+    err = peer_exists(c, r->new_id);
+    if (err == PB_OK) return PB_ERR_EXISTS;
+    if (err != PB_ERR_NOT_FOUND) return err;
+    err = EXEC(c, ST_RENAME_PEER, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id),
+               A_BLOB(r->key, PB_PUBKEY_LEN), A_INT(r->now / 1000));
+    if (err == PB_OK) err = EXEC(c, ST_RENAME_OUTBOX, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
+    if (err == PB_OK) err = EXEC(c, ST_RENAME_GUILDS, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
+    if (err == PB_OK) err = EXEC(c, ST_RENAME_INVITES, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
+    if (err == PB_OK)
+        err = EXEC(c, ST_RENAME_RENAMES_OUT, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
+    if (err == PB_OK)
+        err = EXEC(c, ST_INBOX_INSERT, NULL, A_TEXT(r->new_id), A_TEXT(NULL), A_TEXT(r->old_id),
+                   A_TEXT(r->new_id), A_INT(r->now));
+    return err;
+}
+
+static pb_err sq_peer_rename(void *impl, const char *old_id, const char *new_id,
+                             const uint8_t new_key[PB_PUBKEY_LEN], int64_t now)
+{
+    struct rename_ctx r = {old_id, new_id, new_key, now};
+    return job_run(impl, peer_rename_job, &r);
+}
+
+static pb_err self_rename_job(conn *c, void *ctx)
+{
+    struct rename_ctx *r = ctx;
+    pb_err err = EXEC(c, ST_META_SET, NULL, A_TEXT("server_id"), A_TEXT(r->new_id));
+    if (err == PB_OK)
+        err = EXEC(c, ST_SELF_RENAME_UPSERT, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id),
+                   A_INT(r->now));
+    /* renamed back to the ID a peer still knows: nothing to tell it */
+    if (err == PB_OK) err = stmt_exec(c, ST_SELF_RENAME_DROP);
+    return err;
+}
+
+static pb_err sq_self_rename(void *impl, const char *old_id, const char *new_id, int64_t now)
+{
+    struct rename_ctx r = {old_id, new_id, NULL, now};
+    return job_run(impl, self_rename_job, &r);
+}
+
+static pb_err sq_rename_out_list(void *impl, pb_rename_out **out, size_t *count)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_rename_out *arr = NULL;
+    size_t n = 0, cap = 0;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_get(c, ST_RENAME_OUT_LIST, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * sizeof *arr);
+        }
+        pb_rename_out *r = &arr[n++];
+        r->peer = col_strdup(st, 0);
+        r->old_id = col_strdup(st, 1);
+        r->new_id = col_strdup(st, 2);
+        r->attempts = (uint32_t)sqlite3_column_int64(st, 3);
+        r->next_attempt_at = sqlite3_column_int64(st, 4);
+        r->last_error = col_strdup(st, 5);
+        if (!r->peer || !r->old_id || !r->new_id) {
+            err = PB_ERR_CORRUPT;
+            break;
+        }
+    }
+    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "rename_out list");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_rename_outs_free(arr, n);
+        return err;
+    }
+    *out = arr;
+    *count = n;
+    return PB_OK;
+}
+
+struct rename_out_ctx {
+    const char *peer, *new_id, *error;
+    uint32_t attempts;
+    int64_t next_attempt_at;
+};
+
+static pb_err rename_out_done_job(conn *c, void *ctx)
+{
+    struct rename_out_ctx *r = ctx;
+    return EXEC(c, ST_RENAME_OUT_DONE, NULL, A_TEXT(r->peer), A_TEXT(r->new_id));
+}
+
+static pb_err sq_rename_out_done(void *impl, const char *peer, const char *new_id)
+{
+    struct rename_out_ctx r = {.peer = peer, .new_id = new_id};
+    return job_run(impl, rename_out_done_job, &r);
+}
+
+static pb_err rename_out_failed_job(conn *c, void *ctx)
+{
+    struct rename_out_ctx *r = ctx;
+    int changes = 0;
+    pb_err err = EXEC(c, ST_RENAME_OUT_FAILED, &changes, A_TEXT(r->peer), A_INT(r->attempts),
+                      A_INT(r->next_attempt_at), A_TEXT(r->error));
+    if (err == PB_OK && changes == 0) err = PB_ERR_NOT_FOUND;
+    return err;
+}
+
+static pb_err sq_rename_out_failed(void *impl, const char *peer, uint32_t attempts,
+                                   int64_t next_attempt_at, const char *error)
+{
+    struct rename_out_ctx r = {
+        .peer = peer, .error = error, .attempts = attempts, .next_attempt_at = next_attempt_at};
+    return job_run(impl, rename_out_failed_job, &r);
+}
+
 /* ---- test-only fault points ------------------------------------------------------------- */
 
 #ifdef PB_FAULTS
@@ -985,6 +1915,23 @@ const pb_store_ops pb_store_sqlite_ops = {
     .peer_key_get = sq_peer_key_get,
     .peer_key_set = sq_peer_key_set,
     .peer_list = sq_peer_list,
+    .peer_state_get = sq_peer_state_get,
+    .peer_state_list = sq_peer_state_list,
+    .peer_state_set = sq_peer_state_set,
+    .outbox_append = sq_outbox_append,
+    .outbox_read = sq_outbox_read,
+    .outbox_ack = sq_outbox_ack,
+    .outbox_remove = sq_outbox_remove,
+    .receive = sq_receive,
+    .inbox_read = sq_inbox_read,
+    .inbox_last_seq = sq_inbox_last_seq,
+    .guilds = sq_guilds,
+    .invites = sq_invites,
+    .peer_rename = sq_peer_rename,
+    .self_rename = sq_self_rename,
+    .rename_out_list = sq_rename_out_list,
+    .rename_out_done = sq_rename_out_done,
+    .rename_out_failed = sq_rename_out_failed,
 #ifdef PB_FAULTS
     .fault_set = sq_fault_set,
     .fault_hold = sq_fault_hold,

@@ -3,6 +3,9 @@
  * option and spec errors, meta and peers, group commit under concurrent writers, one
  * failing write in a batch, fault injection, close draining queued writes, and crash
  * safety (a writer process SIGKILLed mid-stream loses no write it reported committed).
+ * Delivery engine state: outbox append/read/ack/remove, per-peer state, receive with and
+ * without sequence numbers (dedupe, apply rules, atomicity), inbox, guild lists and
+ * invites, peer and self renames, migration from schema version 1, and concurrent appends.
  */
 #include <errno.h>
 #include <poll.h>
@@ -15,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "harness.h"
 #include "store.h"
 
@@ -420,6 +424,886 @@ out:
 }
 #endif
 
+/* ---- delivery engine state -------------------------------------------------------------- */
+
+static pb_event ev_added(uint64_t user, uint64_t guild)
+{
+    return (pb_event){.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = user, .guild_id = guild};
+}
+
+static pb_event ev_removed(uint64_t user, uint64_t guild)
+{
+    return (pb_event){.kind = PB_EV_USER_REMOVED_FROM_GUILD, .user_id = user, .guild_id = guild};
+}
+
+static pb_event ev_invited(uint64_t user, uint64_t inviter, const char *invite)
+{
+    return (pb_event){.kind = PB_EV_USER_INVITED,
+                      .user_id = user,
+                      .inviter_id = inviter,
+                      .invite_id = (char *)invite};
+}
+
+static pb_event ev_rejected(uint64_t user, uint64_t guild, const char *invite)
+{
+    return (pb_event){.kind = PB_EV_USER_REJECTED_INVITE,
+                      .user_id = user,
+                      .guild_id = guild,
+                      .invite_id = (char *)invite};
+}
+
+/* Opens a fresh store for one test. */
+static pb_store *open_fresh(const char *name)
+{
+    char *p = db_path(name);
+    pb_store *s = NULL;
+    CHECK_OK(pb_store_open(p, NULL, &s));
+    free(p);
+    return s;
+}
+
+static uint64_t next_seq_of(pb_store *s, const char *peer)
+{
+    pb_peer_state st;
+    if (pb_store_peer_state_get(s, peer, &st) != PB_OK) return 0;
+    uint64_t v = st.next_seq;
+    pb_peer_state_clear(&st);
+    return v;
+}
+
+static uint64_t inbox_last(pb_store *s)
+{
+    uint64_t v = 0;
+    CHECK_OK(pb_store_inbox_last_seq(s, &v));
+    return v;
+}
+
+static size_t outbox_count(pb_store *s, const char *peer)
+{
+    pb_outbox_item *it = NULL;
+    size_t n = 0;
+    if (pb_store_outbox_read(s, peer, 1, 1000000, SIZE_MAX, &it, &n) != PB_OK) return (size_t)-1;
+    pb_outbox_items_free(it, n);
+    return n;
+}
+
+static void test_outbox(void)
+{
+    pb_store *s = open_fresh("outbox.db");
+    if (!s) return;
+    const char *p1 = "p1.example:443", *p2 = "p2.example:443";
+    pb_event e[4] = {ev_added(1, 10), ev_invited(2, 3, "inv-1"), ev_removed(4, 5),
+                     ev_rejected(6, 7, "inv-2")};
+    uint64_t last = 0;
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 3, 1000, &last));
+    CHECK_INT(last, 3);
+    CHECK_OK(pb_store_outbox_append(s, p2, e + 1, 2, 1100, &last));
+    CHECK_INT(last, 2); /* per-peer numbering */
+    CHECK_OK(pb_store_outbox_append(s, p1, e + 3, 1, 1200, &last));
+    CHECK_INT(last, 4);
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, 1300, NULL));
+    CHECK_INT(next_seq_of(s, p2), 4);
+
+    /* refused appends write nothing */
+    CHECK_ERR(pb_store_outbox_append(s, p1, e, 0, 1, &last), PB_ERR_INVAL);
+    pb_event bad[2] = {ev_added(1, 1), {.kind = PB_EV_NONE}};
+    CHECK_ERR(pb_store_outbox_append(s, p1, bad, 2, 1, &last), PB_ERR_INVAL);
+    pb_event noinv = ev_invited(1, 2, NULL);
+    CHECK_ERR(pb_store_outbox_append(s, p1, &noinv, 1, 1, &last), PB_ERR_INVAL);
+    CHECK_INT(next_seq_of(s, p1), 5);
+    CHECK_INT(outbox_count(s, p1), 4);
+
+    pb_outbox_item *it = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 100, SIZE_MAX, &it, &n));
+    CHECK_INT(n, 4);
+    size_t sizes[4] = {0};
+    if (n == 4) {
+        const pb_event *want[4] = {&e[0], &e[1], &e[2], &e[3]};
+        const int64_t at[4] = {1000, 1000, 1000, 1200};
+        for (size_t i = 0; i < 4; i++) {
+            CHECK_INT(it[i].seq, i + 1);
+            CHECK_INT(it[i].created_at, at[i]);
+            CHECK(pb_event_equal(&it[i].ev, want[i]));
+            CHECK(it[i].size > 0);
+            sizes[i] = it[i].size;
+        }
+    }
+    pb_outbox_items_free(it, n);
+
+    /* from a cursor */
+    CHECK_OK(pb_store_outbox_read(s, p1, 3, 100, SIZE_MAX, &it, &n));
+    CHECK(n == 2 && it[0].seq == 3 && it[1].seq == 4);
+    pb_outbox_items_free(it, n);
+    /* max_items */
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 2, SIZE_MAX, &it, &n));
+    CHECK(n == 2 && it[0].seq == 1 && it[1].seq == 2);
+    pb_outbox_items_free(it, n);
+    /* max_bytes: exactly two fit; one byte less: one; zero: still one */
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 100, sizes[0] + sizes[1], &it, &n));
+    CHECK_INT(n, 2);
+    pb_outbox_items_free(it, n);
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 100, sizes[0] + sizes[1] - 1, &it, &n));
+    CHECK_INT(n, 1);
+    pb_outbox_items_free(it, n);
+    CHECK_OK(pb_store_outbox_read(s, p1, 2, 100, 0, &it, &n));
+    CHECK(n == 1 && it[0].seq == 2);
+    pb_outbox_items_free(it, n);
+    /* nothing there */
+    it = (pb_outbox_item *)&n;
+    CHECK_OK(pb_store_outbox_read(s, p1, 5, 100, SIZE_MAX, &it, &n));
+    CHECK(n == 0 && it == NULL);
+    CHECK_OK(pb_store_outbox_read(s, "nobody.example:443", 1, 100, SIZE_MAX, &it, &n));
+    CHECK(n == 0 && it == NULL);
+    CHECK_OK(pb_store_outbox_read(s, p1, UINT64_MAX, 100, SIZE_MAX, &it, &n));
+    CHECK(n == 0 && it == NULL);
+    CHECK_ERR(pb_store_outbox_read(s, p1, 1, 0, SIZE_MAX, &it, &n), PB_ERR_INVAL);
+
+    /* ack up to a seq; only that peer */
+    CHECK_OK(pb_store_outbox_ack(s, p1, 2));
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 100, SIZE_MAX, &it, &n));
+    CHECK(n == 2 && it[0].seq == 3 && it[1].seq == 4);
+    pb_outbox_items_free(it, n);
+    CHECK_INT(outbox_count(s, p2), 3);
+    CHECK_OK(pb_store_outbox_ack(s, p1, 2)); /* again: no-op */
+
+    /* remove one */
+    CHECK_OK(pb_store_outbox_remove(s, p1, 3));
+    CHECK_ERR(pb_store_outbox_remove(s, p1, 3), PB_ERR_NOT_FOUND);
+    CHECK_ERR(pb_store_outbox_remove(s, p2, 99), PB_ERR_NOT_FOUND);
+    CHECK_ERR(pb_store_outbox_remove(s, p2, UINT64_MAX), PB_ERR_NOT_FOUND);
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 100, SIZE_MAX, &it, &n));
+    CHECK(n == 1 && it[0].seq == 4);
+    pb_outbox_items_free(it, n);
+
+    /* sequence numbers are never reused */
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 1, 1400, &last));
+    CHECK_INT(last, 5);
+    CHECK_OK(pb_store_outbox_ack(s, p1, UINT64_MAX));
+    CHECK_INT(outbox_count(s, p1), 0);
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 1, 1500, &last));
+    CHECK_INT(last, 6);
+    CHECK_INT(outbox_count(s, p2), 3);
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+
+    /* a stored event that does not decode is corruption, not an empty read */
+    char *path = db_path("outbox.db");
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db,
+                       "INSERT INTO outbox(peer, seq, event, created_at)"
+                       " VALUES ('p1.example:443', 7, x'ffff', 1)",
+                       NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    s = NULL;
+    CHECK_OK(pb_store_open(path, NULL, &s));
+    free(path);
+    if (!s) return;
+    it = (pb_outbox_item *)&n;
+    CHECK_ERR(pb_store_outbox_read(s, p1, 1, 100, SIZE_MAX, &it, &n), PB_ERR_CORRUPT);
+    CHECK(it == (pb_outbox_item *)&n);                              /* out-params untouched */
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 1, SIZE_MAX, &it, &n)); /* seq 6 is fine */
+    CHECK(n == 1 && it[0].seq == 6);
+    pb_outbox_items_free(it, n);
+    pb_store_close(s);
+}
+
+static void test_peer_state(void)
+{
+    pb_store *s = open_fresh("state.db");
+    if (!s) return;
+    const char *a = "a.example:443", *b = "b.example:443";
+    pb_peer_state st = {.server_id = (char *)"untouched"};
+    CHECK_ERR(pb_store_peer_state_get(s, a, &st), PB_ERR_NOT_FOUND);
+    CHECK_STR(st.server_id, "untouched");
+
+    CHECK_OK(pb_store_peer_state_set(s, b, PB_MODE_QUEUED, 3, 12345, "timeout", 0));
+    CHECK_OK(pb_store_peer_state_get(s, b, &st));
+    CHECK_STR(st.server_id, b);
+    CHECK_INT(st.mode, PB_MODE_QUEUED);
+    CHECK_INT(st.attempts, 3);
+    CHECK_INT(st.next_attempt_at, 12345);
+    CHECK_STR(st.last_error, "timeout");
+    CHECK_INT(st.parked_seq, 0);
+    CHECK_INT(st.queued, 0);
+    CHECK_INT(st.oldest_queued_at, 0);
+    CHECK_INT(st.next_seq, 1);
+    CHECK_INT(st.recv_seq, 0);
+    pb_peer_state_clear(&st);
+
+    pb_event e[2] = {ev_added(1, 2), ev_removed(1, 2)};
+    CHECK_OK(pb_store_outbox_append(s, b, e, 2, 1000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, b, e, 1, 2000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, a, e, 1, 3000, NULL));
+    CHECK_OK(pb_store_peer_state_set(s, b, PB_MODE_PARKED, 0, 0, NULL, 3));
+    CHECK_OK(pb_store_outbox_ack(s, b, 1));
+    CHECK_OK(pb_store_peer_touch(s, b, 77));
+    CHECK_OK(pb_store_peer_state_get(s, b, &st));
+    CHECK_INT(st.mode, PB_MODE_PARKED);
+    CHECK(st.last_error == NULL);
+    CHECK_INT(st.parked_seq, 3);
+    CHECK_INT(st.queued, 2);
+    CHECK_INT(st.oldest_queued_at, 1000); /* seq 2 */
+    CHECK_INT(st.next_seq, 4);
+    CHECK_INT(st.last_contact, 77);
+    pb_peer_state_clear(&st);
+    CHECK_OK(pb_store_outbox_ack(s, b, 2));
+    CHECK_OK(pb_store_peer_state_get(s, b, &st));
+    CHECK_INT(st.queued, 1);
+    CHECK_INT(st.oldest_queued_at, 2000);
+    pb_peer_state_clear(&st);
+
+    CHECK_ERR(pb_store_peer_state_set(s, a, (pb_peer_mode)7, 0, 0, NULL, 0), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_peer_state_set(s, "", PB_MODE_PUSH, 0, 0, NULL, 0), PB_ERR_INVAL);
+
+    pb_peer_state *list = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_peer_state_list(s, &list, &n));
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        CHECK_STR(list[0].server_id, a);
+        CHECK_INT(list[0].mode, PB_MODE_PUSH);
+        CHECK_INT(list[0].queued, 1);
+        CHECK_INT(list[0].oldest_queued_at, 3000);
+        CHECK_INT(list[0].next_seq, 2);
+        CHECK_STR(list[1].server_id, b);
+        CHECK_INT(list[1].mode, PB_MODE_PARKED);
+        CHECK_INT(list[1].queued, 1);
+        CHECK_INT(list[1].parked_seq, 3);
+    }
+    pb_peer_state_free_array(list, n);
+    pb_peer_state_clear(NULL);
+    pb_peer_state_free_array(NULL, 0);
+    pb_store_close(s);
+}
+
+/* Checks the user's guild list is exactly want (n pairs of guild_id, server_id). */
+static void check_guilds(pb_store *s, uint64_t user, size_t n, const uint64_t *gids,
+                         const char *const *servers, int line)
+{
+    pb_guild_entry *g = NULL;
+    size_t got = 0;
+    pb_err err = pb_store_guilds(s, user, &g, &got);
+    bool ok = err == PB_OK && got == n;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = g[i].guild_id == gids[i] && strcmp(g[i].server_id, servers[i]) == 0;
+    CHECKF(ok, "guild list of user %llu (line %d): err %s, %zu entries", (unsigned long long)user,
+           line, pb_strerror(err), got);
+    pb_guild_entries_free(g, got);
+}
+#define CHECK_GUILDS(s, user, n, gids, servers) check_guilds(s, user, n, gids, servers, __LINE__)
+
+static void test_receive(void)
+{
+    pb_store *s = open_fresh("receive.db");
+    if (!s) return;
+    const char *s1 = "s1.example:443", *s2 = "s2.example:443", *fo = "foreign.example:443";
+    const char *uni = "inv-\xc3\xbc-\xe2\x82\xac-\xf0\x9f\x8e\x89"; /* ü € 🎉 */
+    pb_recv_result r = {99, 99};
+
+    pb_event b1[2] = {ev_added(1, 10), ev_invited(1, UINT64_MAX, uni)};
+    uint64_t q1[2] = {1, 2};
+    CHECK_OK(pb_store_receive(s, s1, b1, q1, 2, 5000, &r));
+    CHECK_INT(r.applied, 2);
+    CHECK_INT(r.duplicates, 0);
+    pb_peer_state st;
+    CHECK_OK(pb_store_peer_state_get(s, s1, &st)); /* the sender's row was created */
+    CHECK_INT(st.recv_seq, 2);
+    CHECK_INT(st.last_contact, 5);
+    CHECK_INT(st.next_seq, 1);
+    pb_peer_state_clear(&st);
+    CHECK_INT(inbox_last(s), 2);
+    CHECK_GUILDS(s, 1, 1, ((uint64_t[]){10}), ((const char *[]){s1}));
+    pb_invite_entry *inv = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_invites(s, 1, &inv, &n));
+    CHECK_INT(n, 1);
+    if (n == 1) {
+        CHECK_STR(inv[0].invite_id, uni);
+        CHECK_STR(inv[0].server_id, s1);
+        CHECK(inv[0].inviter_id == UINT64_MAX);
+    }
+    pb_invite_entries_free(inv, n);
+
+    /* the same batch again, then an older seq: duplicates, nothing applied */
+    CHECK_OK(pb_store_receive(s, s1, b1, q1, 2, 6000, &r));
+    CHECK_INT(r.applied, 0);
+    CHECK_INT(r.duplicates, 2);
+    pb_event old = ev_added(1, 11);
+    uint64_t q_old = 1;
+    CHECK_OK(pb_store_receive(s, s1, &old, &q_old, 1, 6000, &r));
+    CHECK(r.applied == 0 && r.duplicates == 1);
+    CHECK_INT(inbox_last(s), 2);
+    CHECK_GUILDS(s, 1, 1, ((uint64_t[]){10}), ((const char *[]){s1}));
+    CHECK_OK(pb_store_peer_state_get(s, s1, &st));
+    CHECK_INT(st.recv_seq, 2);
+    CHECK_INT(st.last_contact, 6); /* contact is recorded even for duplicates */
+    pb_peer_state_clear(&st);
+
+    /* add twice -> one entry; uint64 ids; uint64 ordering; a second sender */
+    pb_event b2[4] = {ev_added(1, 10), ev_added(1, 5), ev_added(1, 1ull << 63), ev_added(1, 20)};
+    uint64_t q2[4] = {3, 4, 5, 6};
+    CHECK_OK(pb_store_receive(s, s1, b2, q2, 4, 7000, &r));
+    CHECK(r.applied == 4 && r.duplicates == 0);
+    pb_event b3[2] = {ev_added(1, 1), ev_added(UINT64_MAX, UINT64_MAX)};
+    uint64_t q3[2] = {1, 2};
+    CHECK_OK(pb_store_receive(s, s2, b3, q3, 2, 7000, &r));
+    CHECK_INT(r.applied, 2);
+    CHECK_GUILDS(s, 1, 5, ((uint64_t[]){5, 10, 20, 1ull << 63, 1}),
+                 ((const char *[]){s1, s1, s1, s1, s2}));
+    CHECK_GUILDS(s, UINT64_MAX, 1, ((uint64_t[]){UINT64_MAX}), ((const char *[]){s2}));
+
+    /* remove; reject changes no state; gaps and an out-of-order seq within a batch */
+    pb_event b4[3] = {ev_removed(1, 10), ev_rejected(1, 10, "nope"), ev_removed(1, 5)};
+    uint64_t q4[3] = {10, 9, 11};
+    CHECK_OK(pb_store_receive(s, s1, b4, q4, 3, 8000, &r));
+    CHECK(r.applied == 2 && r.duplicates == 1);
+    CHECK_GUILDS(s, 1, 3, ((uint64_t[]){20, 1ull << 63, 1}), ((const char *[]){s1, s1, s2}));
+    pb_event rej = ev_rejected(1, 20, "nope");
+    uint64_t q5 = 12;
+    CHECK_OK(pb_store_receive(s, s1, &rej, &q5, 1, 8000, &r));
+    CHECK(r.applied == 1 && r.duplicates == 0);
+    CHECK_GUILDS(s, 1, 3, ((uint64_t[]){20, 1ull << 63, 1}), ((const char *[]){s1, s1, s2}));
+    CHECK_OK(pb_store_invites(s, 1, &inv, &n));
+    CHECK_INT(n, 1); /* unchanged */
+    pb_invite_entries_free(inv, n);
+    CHECK_OK(pb_store_peer_state_get(s, s1, &st));
+    CHECK_INT(st.recv_seq, 12);
+    pb_peer_state_clear(&st);
+
+    /* invites ordered by server_id then invite_id; a repeat keeps one entry */
+    pb_event b6[3] = {ev_invited(1, 4, "b"), ev_invited(1, 4, "a"), ev_invited(1, 4, "a")};
+    CHECK_OK(pb_store_receive(s, s2, b6, NULL, 3, 9000, &r));
+    CHECK(r.applied == 3 && r.duplicates == 0);
+    CHECK_OK(pb_store_invites(s, 1, &inv, &n));
+    CHECK_INT(n, 3);
+    if (n == 3) {
+        CHECK(strcmp(inv[0].invite_id, uni) == 0 && strcmp(inv[0].server_id, s1) == 0);
+        CHECK(strcmp(inv[1].invite_id, "a") == 0 && strcmp(inv[1].server_id, s2) == 0);
+        CHECK(strcmp(inv[2].invite_id, "b") == 0 && strcmp(inv[2].server_id, s2) == 0);
+        CHECK_INT(inv[1].inviter_id, 4);
+    }
+    pb_invite_entries_free(inv, n);
+
+    /* without seqs (a foreign peer): applied every time, state idempotent, inbox gets both */
+    uint64_t before = inbox_last(s);
+    pb_event f = ev_added(2, 30);
+    CHECK_OK(pb_store_receive(s, fo, &f, NULL, 1, 9500, &r));
+    CHECK(r.applied == 1 && r.duplicates == 0);
+    CHECK_OK(pb_store_receive(s, fo, &f, NULL, 1, 9600, &r));
+    CHECK(r.applied == 1 && r.duplicates == 0);
+    CHECK_INT(inbox_last(s), before + 2);
+    CHECK_GUILDS(s, 2, 1, ((uint64_t[]){30}), ((const char *[]){fo}));
+    CHECK_OK(pb_store_peer_state_get(s, fo, &st));
+    CHECK_INT(st.recv_seq, 0);
+    pb_peer_state_clear(&st);
+    CHECK_OK(pb_store_receive(s, fo, NULL, NULL, 0, 9700, &r)); /* nothing: contact only */
+    CHECK(r.applied == 0 && r.duplicates == 0);
+
+    /* an event the wire refuses fails the whole batch */
+    before = inbox_last(s);
+    pb_event badb[2] = {ev_added(3, 3), ev_invited(3, 3, NULL)};
+    CHECK_ERR(pb_store_receive(s, s2, badb, NULL, 2, 9800, &r), PB_ERR_INVAL);
+    CHECK_INT(inbox_last(s), before);
+    CHECK_GUILDS(s, 3, 0, NULL, NULL);
+
+#ifdef PB_FAULTS
+    /* atomicity: a failing receive writes nothing (no inbox, state, recv_seq, contact) */
+    pb_event fb[3] = {ev_added(4, 40), ev_invited(4, 1, "x"), ev_removed(1, 20)};
+    uint64_t fq[3] = {13, 14, 15};
+    pb_store_fault_set(s, PB_ERR_STORE);
+    r = (pb_recv_result){99, 99};
+    CHECK_ERR(pb_store_receive(s, s1, fb, fq, 3, 99000, &r), PB_ERR_STORE);
+    CHECK(r.applied == 99 && r.duplicates == 99);
+    CHECK_ERR(pb_store_receive(s, "new.example:443", fb, NULL, 1, 99000, &r), PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    CHECK_INT(inbox_last(s), before);
+    CHECK_GUILDS(s, 4, 0, NULL, NULL);
+    CHECK_GUILDS(s, 1, 3, ((uint64_t[]){20, 1ull << 63, 1}), ((const char *[]){s1, s1, s2}));
+    CHECK_OK(pb_store_invites(s, 4, &inv, &n));
+    CHECK_INT(n, 0);
+    pb_invite_entries_free(inv, n);
+    CHECK_OK(pb_store_peer_state_get(s, s1, &st));
+    CHECK_INT(st.recv_seq, 12);
+    CHECK_INT(st.last_contact, 8);
+    pb_peer_state_clear(&st);
+    CHECK_ERR(pb_store_peer_state_get(s, "new.example:443", &st), PB_ERR_NOT_FOUND);
+    /* and the same batch succeeds afterwards */
+    CHECK_OK(pb_store_receive(s, s1, fb, fq, 3, 99000, &r));
+    CHECK(r.applied == 3 && r.duplicates == 0);
+    CHECK_GUILDS(s, 4, 1, ((uint64_t[]){40}), ((const char *[]){s1}));
+#endif
+
+    /* the inbox: every applied event once, in order */
+    pb_inbox_item *in = NULL;
+    size_t ni = 0;
+    CHECK_OK(pb_store_inbox_read(s, 0, 1000, &in, &ni));
+    CHECK_INT(ni, inbox_last(s));
+    bool seq_ok = true;
+    for (size_t i = 0; i < ni; i++)
+        seq_ok = seq_ok && in[i].seq == i + 1 && !in[i].is_rename && in[i].ev.kind != PB_EV_NONE;
+    CHECK(seq_ok);
+    if (ni >= 2) {
+        CHECK_STR(in[0].from, s1);
+        CHECK(pb_event_equal(&in[0].ev, &b1[0]));
+        CHECK(pb_event_equal(&in[1].ev, &b1[1]));
+        CHECK_INT(in[1].received_at, 5000);
+        CHECK(in[1].old_id == NULL && in[1].new_id == NULL);
+    }
+    if (ni >= 9) { /* b2 gave seqs 3..6, b3 7..8, then b4's first removal */
+        CHECK(pb_event_equal(&in[2].ev, &b2[0]));
+        CHECK_STR(in[6].from, s2);
+        CHECK(pb_event_equal(&in[8].ev, &b4[0]));
+    }
+    pb_inbox_items_free(in, ni);
+    CHECK_OK(pb_store_inbox_read(s, 3, 2, &in, &ni));
+    CHECK(ni == 2 && in[0].seq == 4 && in[1].seq == 5);
+    if (ni == 2) CHECK(pb_event_equal(&in[0].ev, &b2[1]));
+    pb_inbox_items_free(in, ni);
+    in = (pb_inbox_item *)&ni;
+    CHECK_OK(pb_store_inbox_read(s, inbox_last(s), 10, &in, &ni));
+    CHECK(ni == 0 && in == NULL);
+    CHECK_OK(pb_store_inbox_read(s, UINT64_MAX, 10, &in, &ni));
+    CHECK(ni == 0 && in == NULL);
+    CHECK_ERR(pb_store_inbox_read(s, 0, 0, &in, &ni), PB_ERR_INVAL);
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+
+    /* an empty inbox */
+    s = open_fresh("inbox-empty.db");
+    if (!s) return;
+    CHECK_INT(inbox_last(s), 0);
+    CHECK_OK(pb_store_inbox_read(s, 0, 10, &in, &ni));
+    CHECK(ni == 0 && in == NULL);
+    pb_store_close(s);
+}
+
+/* Everything held for a peer, for before/after comparisons. */
+static char *snapshot(pb_store *s)
+{
+    pb_buf b = PB_BUF_INIT;
+    pb_peer_state *ps = NULL;
+    size_t n = 0;
+    char line[512];
+    if (pb_store_peer_state_list(s, &ps, &n) == PB_OK) {
+        for (size_t i = 0; i < n; i++) {
+            uint8_t k[PB_PUBKEY_LEN] = {0};
+            pb_err ke = pb_store_peer_key_get(s, ps[i].server_id, k);
+            snprintf(line, sizeof line,
+                     "peer %s m%d a%u n%lld e%s p%llu q%llu o%lld s%llu r%llu k%d%u\n",
+                     ps[i].server_id, ps[i].mode, ps[i].attempts, (long long)ps[i].next_attempt_at,
+                     ps[i].last_error ? ps[i].last_error : "-",
+                     (unsigned long long)ps[i].parked_seq, (unsigned long long)ps[i].queued,
+                     (long long)ps[i].oldest_queued_at, (unsigned long long)ps[i].next_seq,
+                     (unsigned long long)ps[i].recv_seq, ke, k[0]);
+            pb_buf_append_str(&b, line);
+            pb_outbox_item *it = NULL;
+            size_t m = 0;
+            if (pb_store_outbox_read(s, ps[i].server_id, 1, 1000, SIZE_MAX, &it, &m) == PB_OK) {
+                for (size_t j = 0; j < m; j++) {
+                    snprintf(line, sizeof line, " out %llu %d\n", (unsigned long long)it[j].seq,
+                             it[j].ev.kind);
+                    pb_buf_append_str(&b, line);
+                }
+                pb_outbox_items_free(it, m);
+            }
+        }
+        pb_peer_state_free_array(ps, n);
+    }
+    for (uint64_t u = 1; u <= 3; u++) {
+        pb_guild_entry *g = NULL;
+        if (pb_store_guilds(s, u, &g, &n) == PB_OK) {
+            for (size_t i = 0; i < n; i++) {
+                snprintf(line, sizeof line, "guild %llu %llu %s\n", (unsigned long long)u,
+                         (unsigned long long)g[i].guild_id, g[i].server_id);
+                pb_buf_append_str(&b, line);
+            }
+            pb_guild_entries_free(g, n);
+        }
+        pb_invite_entry *iv = NULL;
+        if (pb_store_invites(s, u, &iv, &n) == PB_OK) {
+            for (size_t i = 0; i < n; i++) {
+                snprintf(line, sizeof line, "invite %llu %s %s\n", (unsigned long long)u,
+                         iv[i].invite_id, iv[i].server_id);
+                pb_buf_append_str(&b, line);
+            }
+            pb_invite_entries_free(iv, n);
+        }
+    }
+    pb_rename_out *ro = NULL;
+    if (pb_store_rename_out_list(s, &ro, &n) == PB_OK) {
+        for (size_t i = 0; i < n; i++) {
+            snprintf(line, sizeof line, "rename_out %s %s %s\n", ro[i].peer, ro[i].old_id,
+                     ro[i].new_id);
+            pb_buf_append_str(&b, line);
+        }
+        pb_rename_outs_free(ro, n);
+    }
+    snprintf(line, sizeof line, "inbox %llu\n", (unsigned long long)inbox_last(s));
+    pb_buf_append_str(&b, line);
+    pb_buf_append(&b, "", 1);
+    return (char *)b.data;
+}
+
+static void test_peer_rename(void)
+{
+    pb_store *s = open_fresh("rename.db");
+    if (!s) return;
+    const char *old = "old.example:443", *nw = "new.example:443", *other = "other.example:443";
+    uint8_t k1[PB_PUBKEY_LEN], k2[PB_PUBKEY_LEN], k3[PB_PUBKEY_LEN], got[PB_PUBKEY_LEN];
+    fill_key(k1, 1);
+    fill_key(k2, 2);
+    fill_key(k3, 3);
+    CHECK_OK(pb_store_peer_key_set(s, old, k1, 100));
+    CHECK_OK(pb_store_peer_key_set(s, other, k3, 100));
+    pb_event out[2] = {ev_added(7, 70), ev_removed(7, 70)};
+    CHECK_OK(pb_store_outbox_append(s, old, out, 2, 1000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, other, out, 1, 1000, NULL));
+    CHECK_OK(pb_store_peer_state_set(s, old, PB_MODE_QUEUED, 2, 5555, "refused", 0));
+    pb_event in[3] = {ev_added(1, 100), ev_invited(1, 9, "i1"), ev_added(2, 200)};
+    uint64_t q[3] = {1, 2, 3};
+    pb_recv_result r;
+    CHECK_OK(pb_store_receive(s, old, in, q, 3, 2000, &r));
+    pb_event oin = ev_added(1, 300);
+    CHECK_OK(pb_store_receive(s, other, &oin, NULL, 1, 2000, &r));
+    CHECK_OK(pb_store_self_rename(s, "me.example:443", "me2.example:443", 3000));
+    uint64_t last0 = inbox_last(s);
+
+    CHECK_OK(pb_store_peer_rename(s, old, nw, k2, 9000000));
+    pb_peer_state st;
+    CHECK_ERR(pb_store_peer_state_get(s, old, &st), PB_ERR_NOT_FOUND);
+    CHECK_ERR(pb_store_peer_key_get(s, old, got), PB_ERR_NOT_FOUND);
+    CHECK_OK(pb_store_peer_key_get(s, nw, got));
+    CHECK_MEM(got, sizeof got, k2, sizeof k2);
+    CHECK_OK(pb_store_peer_state_get(s, nw, &st));
+    CHECK_INT(st.mode, PB_MODE_QUEUED);
+    CHECK_INT(st.attempts, 2);
+    CHECK_INT(st.next_attempt_at, 5555);
+    CHECK_STR(st.last_error, "refused");
+    CHECK_INT(st.queued, 2);
+    CHECK_INT(st.next_seq, 3);
+    CHECK_INT(st.recv_seq, 3);
+    pb_peer_state_clear(&st);
+    pb_peer_info *pl = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_peer_list(s, &pl, &n));
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        CHECK_STR(pl[0].server_id, nw);
+        CHECK_INT(pl[0].key_fetched_at, 9000);
+        CHECK_STR(pl[1].server_id, other);
+    }
+    pb_peer_info_free_array(pl, n);
+    CHECK_INT(outbox_count(s, old), 0);
+    CHECK_INT(outbox_count(s, nw), 2);
+    CHECK_INT(outbox_count(s, other), 1);
+    CHECK_GUILDS(s, 1, 2, ((uint64_t[]){100, 300}), ((const char *[]){nw, other}));
+    CHECK_GUILDS(s, 2, 1, ((uint64_t[]){200}), ((const char *[]){nw}));
+    pb_invite_entry *inv = NULL;
+    CHECK_OK(pb_store_invites(s, 1, &inv, &n));
+    CHECK(n == 1 && strcmp(inv[0].server_id, nw) == 0 && strcmp(inv[0].invite_id, "i1") == 0);
+    pb_invite_entries_free(inv, n);
+    pb_rename_out *ro = NULL;
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        CHECK_STR(ro[0].peer, nw);
+        CHECK_STR(ro[0].old_id, "me.example:443");
+        CHECK_STR(ro[0].new_id, "me2.example:443");
+        CHECK_STR(ro[1].peer, other);
+    }
+    pb_rename_outs_free(ro, n);
+    CHECK_INT(inbox_last(s), last0 + 1);
+    pb_inbox_item *it = NULL;
+    CHECK_OK(pb_store_inbox_read(s, last0, 10, &it, &n));
+    CHECK_INT(n, 1);
+    if (n == 1) {
+        CHECK(it[0].is_rename);
+        CHECK_STR(it[0].from, nw);
+        CHECK_STR(it[0].old_id, old);
+        CHECK_STR(it[0].new_id, nw);
+        CHECK_INT(it[0].received_at, 9000000);
+        CHECK_INT(it[0].ev.kind, PB_EV_NONE);
+    }
+    pb_inbox_items_free(it, n);
+    /* the sequence state moved with it: seq 3 again is a duplicate */
+    uint64_t q3 = 3;
+    CHECK_OK(pb_store_receive(s, nw, &in[2], &q3, 1, 9100000, &r));
+    CHECK(r.applied == 0 && r.duplicates == 1);
+    uint64_t last = 0;
+    CHECK_OK(pb_store_outbox_append(s, nw, out, 1, 9100000, &last));
+    CHECK_INT(last, 3);
+
+    /* refusals change nothing */
+    char *before = snapshot(s);
+    CHECK_ERR(pb_store_peer_rename(s, "nobody.example:443", "x.example:443", k1, 1),
+              PB_ERR_NOT_FOUND);
+    CHECK_ERR(pb_store_peer_rename(s, old, "x.example:443", k1, 1), PB_ERR_NOT_FOUND);
+    CHECK_ERR(pb_store_peer_rename(s, nw, other, k1, 1), PB_ERR_EXISTS);
+    CHECK_ERR(pb_store_peer_rename(s, nw, nw, k1, 1), PB_ERR_EXISTS);
+    CHECK_ERR(pb_store_peer_rename(s, nw, "", k1, 1), PB_ERR_INVAL);
+    char *after = snapshot(s);
+    CHECK_STR(after, before);
+    free(before);
+    free(after);
+#ifdef PB_FAULTS
+    before = snapshot(s);
+    pb_store_fault_set(s, PB_ERR_STORE);
+    CHECK_ERR(pb_store_peer_rename(s, nw, "x.example:443", k1, 1), PB_ERR_STORE);
+    CHECK_ERR(pb_store_self_rename(s, "me2.example:443", "me3.example:443", 1), PB_ERR_STORE);
+    CHECK_ERR(pb_store_outbox_append(s, nw, out, 2, 1, NULL), PB_ERR_STORE);
+    CHECK_ERR(pb_store_outbox_ack(s, nw, 10), PB_ERR_STORE);
+    CHECK_ERR(pb_store_outbox_remove(s, nw, 1), PB_ERR_STORE);
+    CHECK_ERR(pb_store_peer_state_set(s, nw, PB_MODE_PUSH, 0, 0, NULL, 0), PB_ERR_STORE);
+    CHECK_ERR(pb_store_rename_out_done(s, nw, "me2.example:443"), PB_ERR_STORE);
+    CHECK_ERR(pb_store_rename_out_failed(s, nw, 1, 1, "x"), PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    after = snapshot(s);
+    CHECK_STR(after, before);
+    CHECK(meta_is(s, "server_id", "me2.example:443"));
+    free(before);
+    free(after);
+#endif
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+}
+
+static void test_self_rename(void)
+{
+    pb_store *s = open_fresh("self.db");
+    if (!s) return;
+    const char *p1 = "p1.example:443", *p2 = "p2.example:443", *p3 = "p3.example:443";
+    pb_rename_out *ro = NULL;
+    size_t n = 99;
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK_INT(n, 0);
+    pb_rename_outs_free(ro, n);
+    CHECK_OK(pb_store_peer_touch(s, p2, 0));
+    CHECK_OK(pb_store_peer_touch(s, p1, 0));
+
+    CHECK_OK(pb_store_self_rename(s, "a.example:443", "b.example:443", 100));
+    CHECK(meta_is(s, "server_id", "b.example:443"));
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        CHECK_STR(ro[0].peer, p1);
+        CHECK_STR(ro[1].peer, p2);
+        for (size_t i = 0; i < 2; i++) {
+            CHECK_STR(ro[i].old_id, "a.example:443");
+            CHECK_STR(ro[i].new_id, "b.example:443");
+            CHECK_INT(ro[i].attempts, 0);
+            CHECK_INT(ro[i].next_attempt_at, 100);
+            CHECK(ro[i].last_error == NULL);
+        }
+    }
+    pb_rename_outs_free(ro, n);
+
+    CHECK_OK(pb_store_rename_out_failed(s, p1, 3, 500, "refused"));
+    CHECK_ERR(pb_store_rename_out_failed(s, p3, 1, 1, "x"), PB_ERR_NOT_FOUND);
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    if (n >= 1) {
+        CHECK_INT(ro[0].attempts, 3);
+        CHECK_INT(ro[0].next_attempt_at, 500);
+        CHECK_STR(ro[0].last_error, "refused");
+    }
+    pb_rename_outs_free(ro, n);
+
+    /* a second rename before the peers heard of the first: they still know us as a */
+    CHECK_OK(pb_store_self_rename(s, "b.example:443", "c.example:443", 200));
+    CHECK(meta_is(s, "server_id", "c.example:443"));
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK_INT(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        CHECK_STR(ro[i].old_id, "a.example:443");
+        CHECK_STR(ro[i].new_id, "c.example:443");
+        CHECK_INT(ro[i].attempts, 0);
+        CHECK_INT(ro[i].next_attempt_at, 200);
+        CHECK(ro[i].last_error == NULL);
+    }
+    pb_rename_outs_free(ro, n);
+
+    /* done only for the current new_id */
+    CHECK_OK(pb_store_rename_out_done(s, p1, "b.example:443"));
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK_INT(n, 2);
+    pb_rename_outs_free(ro, n);
+    CHECK_OK(pb_store_rename_out_done(s, p1, "c.example:443"));
+    CHECK_OK(pb_store_rename_out_done(s, p3, "c.example:443")); /* none: fine */
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK(n == 1 && strcmp(ro[0].peer, p2) == 0);
+    pb_rename_outs_free(ro, n);
+
+    /* renaming back to the ID a peer still knows: nothing left to tell it */
+    CHECK_OK(pb_store_peer_touch(s, p3, 0));
+    CHECK_OK(pb_store_self_rename(s, "c.example:443", "a.example:443", 300));
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        CHECK_STR(ro[0].peer, p1); /* p1 knew us as c */
+        CHECK_STR(ro[0].old_id, "c.example:443");
+        CHECK_STR(ro[0].new_id, "a.example:443");
+        CHECK_STR(ro[1].peer, p3);
+        CHECK_STR(ro[1].old_id, "c.example:443");
+    }
+    pb_rename_outs_free(ro, n);
+    pb_store_close(s);
+}
+
+/* A database created by the first release (schema version 1) opens, migrates to the
+ * current version in place and keeps its data. */
+static void test_migrate_from_v1(void)
+{
+    char *p = db_path("v1.db");
+    uint8_t k[PB_PUBKEY_LEN], got[PB_PUBKEY_LEN];
+    fill_key(k, 42);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(p, &db) == SQLITE_OK);
+    sqlite3_stmt *ins = NULL;
+    /* schema version 1 as released */
+    const char *v1 =
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " version INTEGER NOT NULL);"
+        "INSERT INTO schema_version VALUES (1, 1);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE peers (server_id TEXT PRIMARY KEY, first_seen INTEGER NOT NULL,"
+        " last_contact INTEGER NOT NULL DEFAULT 0,"
+        " pubkey BLOB NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
+        " key_fetched_at INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO meta VALUES ('server_id', 'v1.example:443');"
+        "INSERT INTO peers(server_id, first_seen, last_contact) VALUES ('b.example:443', 5, 6);";
+    CHECK(sqlite3_exec(db, v1, NULL, NULL, NULL) == SQLITE_OK);
+    CHECK(sqlite3_prepare_v2(db,
+                             "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at)"
+                             " VALUES ('a.example:443', 1, ?1, 2)",
+                             -1, &ins, NULL) == SQLITE_OK);
+    CHECK(sqlite3_bind_blob(ins, 1, k, sizeof k, SQLITE_STATIC) == SQLITE_OK);
+    CHECK(sqlite3_step(ins) == SQLITE_DONE);
+    sqlite3_finalize(ins);
+    sqlite3_close(db);
+
+    pb_store *s = NULL;
+    CHECK_OK(pb_store_open(p, NULL, &s));
+    if (!s) goto out;
+    int v = 0;
+    CHECK_OK(pb_store_schema_version(s, &v));
+    CHECK_INT(v, 2);
+    CHECK(meta_is(s, "server_id", "v1.example:443"));
+    CHECK_OK(pb_store_peer_key_get(s, "a.example:443", got));
+    CHECK_MEM(got, sizeof got, k, sizeof k);
+    pb_peer_state *ps = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_peer_state_list(s, &ps, &n));
+    CHECK_INT(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        CHECK_INT(ps[i].mode, PB_MODE_PUSH);
+        CHECK_INT(ps[i].next_seq, 1);
+        CHECK_INT(ps[i].recv_seq, 0);
+        CHECK_INT(ps[i].queued, 0);
+        CHECK(ps[i].last_error == NULL);
+    }
+    if (n == 2) CHECK_INT(ps[1].last_contact, 6);
+    pb_peer_state_free_array(ps, n);
+    pb_event e = ev_added(1, 2);
+    uint64_t last = 0;
+    CHECK_OK(pb_store_outbox_append(s, "a.example:443", &e, 1, 10, &last));
+    CHECK_INT(last, 1);
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+
+    /* reopening does not migrate again */
+    s = NULL;
+    CHECK_OK(pb_store_open(p, NULL, &s));
+    if (!s) goto out;
+    CHECK_OK(pb_store_schema_version(s, &v));
+    CHECK_INT(v, 2);
+    CHECK_INT(outbox_count(s, "a.example:443"), 1);
+    pb_store_close(s);
+out:
+    free(p);
+}
+
+/* 8 threads append concurrently to 4 peers: every peer's seqs are 1..N with no gap or
+ * duplicate, and each thread's events keep their order. */
+#define OB_THREADS 8
+#define OB_PEERS 4
+#define OB_APPENDS 40
+
+struct ob_arg {
+    pb_store *s;
+    int id;
+    int failures;
+    uint64_t per_peer[OB_PEERS]; /* events this thread appended to each peer */
+};
+
+static const char *ob_peer(int i)
+{
+    static const char *const names[OB_PEERS] = {"c0.example:443", "c1.example:443",
+                                                "c2.example:443", "c3.example:443"};
+    return names[i];
+}
+
+static void *ob_thread(void *p)
+{
+    struct ob_arg *a = p;
+    uint64_t counter = 0;
+    for (int i = 0; i < OB_APPENDS; i++) {
+        int peer = (i + a->id) % OB_PEERS;
+        size_t n = 1 + (size_t)(i % 3);
+        pb_event evs[3];
+        for (size_t k = 0; k < n; k++)
+            evs[k] = ev_added((uint64_t)a->id, ++counter); /* guild_id: this thread's order */
+        if (pb_store_outbox_append(a->s, ob_peer(peer), evs, n, 1, NULL) != PB_OK) {
+            a->failures++;
+            continue;
+        }
+        a->per_peer[peer] += n;
+    }
+    return NULL;
+}
+
+static void test_outbox_concurrent(void)
+{
+    pb_store *s = open_fresh("outbox-mt.db");
+    if (!s) return;
+    pthread_t th[OB_THREADS];
+    struct ob_arg args[OB_THREADS];
+    for (int i = 0; i < OB_THREADS; i++) {
+        args[i] = (struct ob_arg){.s = s, .id = i};
+        CHECK(pthread_create(&th[i], NULL, ob_thread, &args[i]) == 0);
+    }
+    for (int i = 0; i < OB_THREADS; i++)
+        pthread_join(th[i], NULL);
+    for (int p = 0; p < OB_PEERS; p++) {
+        uint64_t want = 0;
+        for (int t = 0; t < OB_THREADS; t++)
+            want += args[t].per_peer[p];
+        pb_outbox_item *it = NULL;
+        size_t n = 0;
+        CHECK_OK(pb_store_outbox_read(s, ob_peer(p), 1, 100000, SIZE_MAX, &it, &n));
+        CHECK_INT(n, want);
+        bool consecutive = true, ordered = true;
+        uint64_t last_of[OB_THREADS] = {0};
+        for (size_t i = 0; i < n; i++) {
+            consecutive = consecutive && it[i].seq == i + 1;
+            uint64_t t = it[i].ev.user_id;
+            if (t >= OB_THREADS || it[i].ev.guild_id <= last_of[t]) {
+                ordered = false;
+                continue;
+            }
+            last_of[t] = it[i].ev.guild_id;
+        }
+        CHECKF(consecutive, "peer %d: seqs not 1..%zu", p, n);
+        CHECKF(ordered, "peer %d: a thread's events out of order", p);
+        pb_outbox_items_free(it, n);
+        CHECK_INT(next_seq_of(s, ob_peer(p)), want + 1);
+    }
+    for (int i = 0; i < OB_THREADS; i++)
+        CHECK_INT(args[i].failures, 0);
+    pb_store_close(s);
+}
+
 /* ---- crash safety ----------------------------------------------------------------------- */
 
 #define CRASH_THREADS 4
@@ -570,6 +1454,13 @@ int main(void)
 #ifdef PB_FAULTS
     test_close_drains();
 #endif
+    test_outbox();
+    test_peer_state();
+    test_receive();
+    test_peer_rename();
+    test_self_rename();
+    test_migrate_from_v1();
+    test_outbox_concurrent();
     test_sigkill();
 
     pbt_rmrf(tmp);
