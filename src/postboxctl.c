@@ -3,31 +3,54 @@
  * Commands talk to a running postboxd's admin listener (found from -c FILE, --admin ADDR,
  * or the default 127.0.0.1:2290), except `keygen` and `version`, which work offline.
  * Output is a table for people, or the API's JSON with --json; failures exit non-zero
- * with the error on stderr.
+ * with the error on stderr (usage errors exit 2).
+ *
+ * Design: main() parses the global options and dispatches through a command table
+ * {name, args, min/max arguments, handler, help}; every handler makes its admin calls
+ * through call()/call_quiet(), which own the error reporting. Path segments given by the
+ * user (peer and user IDs) are URL-escaped with libcurl.
+ *
+ * Untrusted input: the daemon's answers (JSON checked field by field; strings from peers,
+ * such as invite IDs and errors, are printed with control characters replaced), command
+ * line arguments and events read from stdin (parsed with jansson, validated by the daemon).
  */
+#include <curl/curl.h>
+#include <inttypes.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "postbox.h"
+
+#define FOLLOW_WAIT_S 30
+#define FOLLOW_TIMEOUT_MS ((FOLLOW_WAIT_S + 15) * 1000L)
 
 struct ctl {
     pb_config *cfg;
     const char *admin;
     char *token;
     bool json;
+    pb_adminc *client; /* created on first use */
 };
 
-static void usage(FILE *f)
+typedef int (*cmd_fn)(struct ctl *c, int argc, char **argv);
+
+struct command {
+    const char *name;
+    const char *args; /* synopsis of the arguments */
+    int min, max;     /* argument counts; max -1: unlimited */
+    cmd_fn fn;
+    const char *help;
+};
+
+/* A usage error: "postboxctl: MSG ARG", then exit code 2. */
+static int bad_usage(const char *msg, const char *arg)
 {
-    fprintf(f, "usage: postboxctl [-c FILE] [--admin ADDR] [--token-file F] [--json] COMMAND\n"
-               "commands:\n"
-               "  keygen [--key-file PATH]   create this server's key file if missing, print the "
-               "public key\n"
-               "  key                        print this server's ID and public key\n"
-               "  health                     check the daemon's store and listeners\n"
-               "  version                    print the version\n");
+    fprintf(stderr, "postboxctl: %s%s (see postboxctl --help)\n", msg, arg);
+    return 2;
 }
 
 static char *read_token(const char *path)
@@ -42,36 +65,70 @@ static char *read_token(const char *path)
     return strdup(line);
 }
 
-/* Runs one admin call; prints errors; returns the parsed answer (caller decrefs) or NULL. */
-static json_t *call(struct ctl *c, const char *method, const char *path, const char *body)
+/*
+ * Runs one admin call. Returns the parsed answer of a 2xx (caller decrefs), or NULL with
+ * *why set to a message (caller frees) and *status the HTTP status, 0 when postboxd could
+ * not be reached or the answer is not JSON. body may be NULL.
+ */
+static json_t *call_quiet(struct ctl *c, const char *method, const char *path, const json_t *body,
+                          long timeout_ms, long *status, char **why)
 {
-    pb_adminc *a = NULL;
-    char *answer = NULL;
-    long status = 0;
+    char *answer = NULL, *text = NULL;
     json_t *j = NULL;
-    if (pb_adminc_new(c->admin, c->token, &a) != PB_OK) {
-        fprintf(stderr, "postboxctl: cannot create client\n");
+    *status = 0;
+    *why = NULL;
+    if (!c->client && pb_adminc_new(c->admin, c->token, &c->client) != PB_OK) {
+        *why = strdup("cannot create the admin client");
         return NULL;
     }
-    pb_err err = pb_adminc_call(a, method, path, body, 0, &status, &answer);
+    if (body) text = json_dumps(body, JSON_COMPACT);
+    pb_err err = pb_adminc_call(c->client, method, path, text, timeout_ms, status, &answer);
+    free(text);
     if (err != PB_OK) {
-        fprintf(stderr, "postboxctl: cannot reach postboxd at %s: %s\n", c->admin, answer);
+        *status = 0;
+        if (asprintf(why, "cannot reach postboxd at %s: %s", c->admin, answer) < 0) abort();
         goto out;
     }
     json_error_t jerr;
     j = answer[0] ? json_loads(answer, 0, &jerr) : json_object();
-    if (status < 200 || status > 299) {
+    if (*status < 200 || *status > 299) {
         const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
-        fprintf(stderr, "postboxctl: %s %s: %ld %s\n", method, path, status, msg ? msg : answer);
+        if (asprintf(why, "%s %s: %ld %s", method, path, *status, msg ? msg : answer) < 0) abort();
         json_decref(j);
         j = NULL;
         goto out;
     }
-    if (!j) fprintf(stderr, "postboxctl: answer is not JSON: %s\n", answer);
+    if (!j || !json_is_object(j)) {
+        if (asprintf(why, "%s %s: answer is not a JSON object: %.200s", method, path, answer) < 0)
+            abort();
+        json_decref(j);
+        j = NULL;
+        *status = 0;
+    }
 out:
     free(answer);
-    pb_adminc_free(a);
     return j;
+}
+
+/* call_quiet with the default timeout that prints the failure to stderr. */
+static json_t *call(struct ctl *c, const char *method, const char *path, const json_t *body)
+{
+    long status;
+    char *why = NULL;
+    json_t *j = call_quiet(c, method, path, body, 0, &status, &why);
+    if (!j) fprintf(stderr, "postboxctl: %s\n", why);
+    free(why);
+    return j;
+}
+
+/* "/v1/<a>/<escaped id>/<b>" for a user-given path segment; caller frees. */
+static char *seg_path(const char *a, const char *id, const char *b)
+{
+    char *esc = curl_easy_escape(NULL, id, 0), *p = NULL;
+    if (!esc) abort();
+    if (asprintf(&p, "/v1/%s/%s/%s", a, esc, b) < 0) abort();
+    curl_free(esc);
+    return p;
 }
 
 static int print_json(json_t *j)
@@ -82,13 +139,111 @@ static int print_json(json_t *j)
     return 0;
 }
 
+/* Writes s with control characters (terminal escapes from a peer) replaced by '?'. */
+static void put_safe(const char *s, FILE *f)
+{
+    for (; *s; s++)
+        fputc(((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s, f);
+}
+
+/* A JSON value as display text: strings as-is, integers in decimal, null as "-". */
+static const char *text_of(const json_t *v, char *buf, size_t len)
+{
+    if (json_is_string(v)) return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return buf;
+    }
+    if (json_is_true(v)) return "true";
+    if (json_is_false(v)) return "false";
+    return "-";
+}
+
+/* ---- tables ------------------------------------------------------------------------ */
+
+#define TABLE_MAX_COLS 8
+
+struct table {
+    size_t ncols, nrows;
+    char **cells; /* nrows * ncols, row-major, owned */
+};
+
+static void table_row(struct table *t, const char *const *row)
+{
+    t->cells = realloc(t->cells, (t->nrows + 1) * t->ncols * sizeof *t->cells);
+    if (!t->cells) abort();
+    for (size_t i = 0; i < t->ncols; i++) {
+        char *s = strdup(row[i] ? row[i] : "-");
+        if (!s) abort();
+        t->cells[t->nrows * t->ncols + i] = s;
+    }
+    t->nrows++;
+}
+
+/* Prints the table (the first row is the header) with two spaces between columns, and
+ * frees its cells. */
+static void table_print(struct table *t)
+{
+    size_t w[TABLE_MAX_COLS] = {0};
+    for (size_t r = 0; r < t->nrows; r++)
+        for (size_t i = 0; i < t->ncols; i++) {
+            size_t n = strlen(t->cells[r * t->ncols + i]);
+            if (n > w[i]) w[i] = n;
+        }
+    for (size_t r = 0; r < t->nrows; r++) {
+        for (size_t i = 0; i < t->ncols; i++) {
+            const char *s = t->cells[r * t->ncols + i];
+            put_safe(s, stdout);
+            if (i + 1 < t->ncols) printf("%*s", (int)(w[i] - strlen(s) + 2), "");
+            free(t->cells[r * t->ncols + i]);
+        }
+        putchar('\n');
+    }
+    free(t->cells);
+    t->cells = NULL;
+    t->nrows = 0;
+}
+
+/* A duration in seconds for people: 42s, 5m03s, 2h07m, 3d04h. */
+static const char *duration(const json_t *v, char *buf, size_t len)
+{
+    if (!json_is_integer(v)) return "-";
+    json_int_t s = json_integer_value(v);
+    if (s < 0) s = 0;
+    if (s < 60)
+        snprintf(buf, len, "%llds", (long long)s);
+    else if (s < 3600)
+        snprintf(buf, len, "%lldm%02llds", (long long)s / 60, (long long)s % 60);
+    else if (s < 86400)
+        snprintf(buf, len, "%lldh%02lldm", (long long)s / 3600, (long long)s % 3600 / 60);
+    else
+        snprintf(buf, len, "%lldd%02lldh", (long long)s / 86400, (long long)s % 86400 / 3600);
+    return buf;
+}
+
+/* ---- offline commands -------------------------------------------------------------- */
+
+static int cmd_version(struct ctl *c, int argc, char **argv)
+{
+    if (c->json) {
+        json_t *j = json_pack("{s:s}", "version", PB_VERSION);
+        print_json(j);
+        json_decref(j);
+    } else {
+        printf("postboxctl %s\n", PB_VERSION);
+    }
+    return 0;
+}
+
 static int cmd_keygen(struct ctl *c, int argc, char **argv)
 {
-    char *path = pb_config_get(c->cfg, "key_file");
-    if (argc >= 2 && !strcmp(argv[0], "--key-file")) {
-        free(path);
+    char *path = NULL;
+    if (argc == 2 && !strcmp(argv[0], "--key-file"))
         path = strdup(argv[1]);
-    }
+    else if (argc != 0)
+        return bad_usage("keygen takes only [--key-file PATH]", "");
+    else
+        path = pb_config_get(c->cfg, "key_file");
     if (!path) {
         char *dir = pb_config_get(c->cfg, "data_dir");
         if (asprintf(&path, "%s/key", dir) < 0) abort();
@@ -114,22 +269,25 @@ static int cmd_keygen(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
-static int cmd_key(struct ctl *c)
+/* ---- admin commands ---------------------------------------------------------------- */
+
+static int cmd_key(struct ctl *c, int argc, char **argv)
 {
     json_t *j = call(c, "GET", "/v1/key", NULL);
     if (!j) return 1;
     if (c->json) {
         print_json(j);
     } else {
+        char b1[32], b2[32];
         printf("server_id:  %s\npublic_key: %s\n",
-               json_string_value(json_object_get(j, "server_id")),
-               json_string_value(json_object_get(j, "public_key")));
+               text_of(json_object_get(j, "server_id"), b1, sizeof b1),
+               text_of(json_object_get(j, "public_key"), b2, sizeof b2));
     }
     json_decref(j);
     return 0;
 }
 
-static int cmd_health(struct ctl *c)
+static int cmd_health(struct ctl *c, int argc, char **argv)
 {
     json_t *j = call(c, "GET", "/healthz", NULL);
     if (!j) return 1;
@@ -139,6 +297,379 @@ static int cmd_health(struct ctl *c)
         puts("ok");
     json_decref(j);
     return 0;
+}
+
+static int cmd_send(struct ctl *c, int argc, char **argv)
+{
+    json_t *body = json_pack("{s:s}", "to", argv[0]), *evs = NULL;
+    json_error_t jerr;
+    int rc = 2;
+    if (!body) {
+        rc = bad_usage("TO is not valid UTF-8: ", argv[0]);
+        goto out;
+    }
+    if (argc == 2 && !strcmp(argv[1], "-")) {
+        evs = json_loadf(stdin, 0, &jerr);
+        if (!evs) {
+            fprintf(stderr, "postboxctl: stdin is not JSON: %s (line %d)\n", jerr.text, jerr.line);
+            goto out;
+        }
+        json_object_set(body, json_is_array(evs) ? "events" : "event", evs);
+    } else if (argc == 2) {
+        if (!(evs = json_loads(argv[1], 0, &jerr))) {
+            fprintf(stderr, "postboxctl: the event is not JSON: %s\n", jerr.text);
+            goto out;
+        }
+        json_object_set(body, "event", evs);
+    } else {
+        evs = json_array();
+        for (int i = 1; i < argc; i++) {
+            json_t *e = json_loads(argv[i], 0, &jerr);
+            if (!e) {
+                fprintf(stderr, "postboxctl: event %d is not JSON: %s\n", i, jerr.text);
+                goto out;
+            }
+            json_array_append_new(evs, e);
+        }
+        json_object_set(body, "events", evs);
+    }
+    json_t *j = call(c, "POST", "/v1/outbox", body);
+    rc = 1;
+    if (!j) goto out;
+    if (c->json) {
+        print_json(j);
+    } else {
+        char b[32];
+        printf("accepted %s\n", text_of(json_object_get(j, "accepted"), b, sizeof b));
+    }
+    json_decref(j);
+    rc = 0;
+out:
+    json_decref(evs);
+    json_decref(body);
+    return rc;
+}
+
+/* One inbox item for people: SEQ  FROM  KIND  name=value ... */
+static void print_item(const json_t *it)
+{
+    char b[32];
+    const json_t *ev = json_object_get(it, "event");
+    printf("%s  ", text_of(json_object_get(it, "seq"), b, sizeof b));
+    put_safe(text_of(json_object_get(it, "from"), b, sizeof b), stdout);
+    const char *kind;
+    json_t *fields;
+    if (!json_is_object(ev) || json_object_size(ev) != 1) {
+        puts("  ?");
+        return;
+    }
+    void *iter = json_object_iter((json_t *)ev);
+    kind = json_object_iter_key(iter);
+    fields = json_object_iter_value(iter);
+    printf("  ");
+    put_safe(kind, stdout);
+    if (!strcmp(kind, "serverRenamed")) {
+        printf("  ");
+        put_safe(text_of(json_object_get(fields, "oldServerId"), b, sizeof b), stdout);
+        printf(" -> ");
+        put_safe(text_of(json_object_get(fields, "newServerId"), b, sizeof b), stdout);
+    } else if (json_is_object(fields)) {
+        const char *key;
+        json_t *v;
+        const char *sep = "  ";
+        json_object_foreach(fields, key, v)
+        {
+            printf("%s", sep);
+            put_safe(key, stdout);
+            putchar('=');
+            put_safe(text_of(v, b, sizeof b), stdout);
+            sep = " ";
+        }
+    }
+    putchar('\n');
+}
+
+/* Prints the items of one inbox answer; *next is the answer's next (unchanged if absent). */
+static void print_inbox(const json_t *j, bool follow, bool as_json, json_int_t *next)
+{
+    const json_t *evs = json_object_get(j, "events"), *it;
+    size_t i;
+    if (json_is_integer(json_object_get(j, "next")))
+        *next = json_integer_value(json_object_get(j, "next"));
+    if (as_json && !follow) {
+        print_json((json_t *)j);
+        return;
+    }
+    json_array_foreach(evs, i, it)
+    {
+        if (as_json) {
+            char *s = json_dumps(it, JSON_COMPACT | JSON_SORT_KEYS);
+            puts(s);
+            free(s);
+        } else {
+            print_item(it);
+        }
+    }
+    fflush(stdout);
+}
+
+static void on_sigint(int sig)
+{
+    _exit(0); /* output is flushed after every item, so nothing is lost */
+}
+
+/* Parses a whole number option value; false (after a message) when it is not one. */
+static bool num_opt(const char *name, const char *s, unsigned long long *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-' || *s == '+') goto bad;
+    *out = strtoull(s, &end, 10);
+    if (*end == '\0') return true;
+bad:
+    fprintf(stderr, "postboxctl: %s wants a whole number, got \"%s\" (see postboxctl --help)\n",
+            name, s ? s : "");
+    return false;
+}
+
+static int cmd_inbox(struct ctl *c, int argc, char **argv)
+{
+    unsigned long long after = 0, limit = 100, wait = 0;
+    bool follow = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--follow"))
+            follow = true;
+        else if (!strcmp(argv[i], "--after") && i + 1 < argc) {
+            if (!num_opt("--after", argv[++i], &after)) return 2;
+        } else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
+            if (!num_opt("--limit", argv[++i], &limit)) return 2;
+        } else if (!strcmp(argv[i], "--wait") && i + 1 < argc) {
+            if (!num_opt("--wait", argv[++i], &wait)) return 2;
+        } else {
+            return bad_usage("inbox: unknown or incomplete option ", argv[i]);
+        }
+    }
+    if (follow) {
+        signal(SIGINT, on_sigint);
+        wait = FOLLOW_WAIT_S;
+    }
+    json_int_t next = (json_int_t)after;
+    bool failing = false;
+    for (;;) {
+        char path[160], *why = NULL;
+        long status;
+        snprintf(path, sizeof path, "/v1/inbox?after=%llu&limit=%llu&wait=%llu",
+                 (unsigned long long)next, limit, wait);
+        json_t *j = call_quiet(c, "GET", path, NULL, follow ? FOLLOW_TIMEOUT_MS : 0, &status, &why);
+        if (!j) {
+            bool transient = status == 0 || status >= 500;
+            if (!follow || !transient || !failing) fprintf(stderr, "postboxctl: %s\n", why);
+            free(why);
+            if (!follow || !transient) return 1;
+            if (!failing) fprintf(stderr, "postboxctl: retrying every second\n");
+            failing = true;
+            sleep(1);
+            continue;
+        }
+        if (failing) fprintf(stderr, "postboxctl: reconnected\n");
+        failing = false;
+        print_inbox(j, follow, c->json, &next);
+        json_decref(j);
+        if (!follow) return 0;
+    }
+}
+
+static int cmd_peers(struct ctl *c, int argc, char **argv)
+{
+    json_t *j = call(c, "GET", "/v1/peers", NULL);
+    if (!j) return 1;
+    if (c->json) {
+        print_json(j);
+        json_decref(j);
+        return 0;
+    }
+    struct table t = {.ncols = 6};
+    table_row(&t, (const char *const[]){"SERVER_ID", "MODE", "QUEUED", "OLDEST_AGE", "NEXT_ATTEMPT",
+                                        "LAST_ERROR"});
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(j, "peers"), i, p)
+    {
+        char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32], b7[32], *last = NULL;
+        const char *err = text_of(json_object_get(p, "last_error"), b1, sizeof b1);
+        const char *rerr = json_string_value(json_object_get(p, "rename_error"));
+        const json_t *pseq = json_object_get(p, "parked_seq");
+        char parked[64] = "", rename[600] = "";
+        if (json_is_integer(pseq))
+            snprintf(parked, sizeof parked, " (parked at seq %s)", text_of(pseq, b6, sizeof b6));
+        if (json_is_true(json_object_get(p, "rename_pending")))
+            snprintf(rename, sizeof rename, " (rename pending%s%.500s)", rerr ? ": " : "",
+                     rerr ? rerr : "");
+        if (asprintf(&last, "%s%s%s", err, parked, rename) < 0) abort();
+        table_row(&t, (const char *const[]){
+                          text_of(json_object_get(p, "server_id"), b2, sizeof b2),
+                          text_of(json_object_get(p, "mode"), b3, sizeof b3),
+                          text_of(json_object_get(p, "queued"), b4, sizeof b4),
+                          duration(json_object_get(p, "oldest_queued_age_s"), b5, sizeof b5),
+                          duration(json_object_get(p, "next_attempt_in_s"), b7, sizeof b7), last});
+        free(last);
+    }
+    table_print(&t);
+    json_decref(j);
+    return 0;
+}
+
+static int parked_cmd(struct ctl *c, const char *peer, const char *verb, const char *done)
+{
+    char *path = seg_path("peers", peer, verb);
+    json_t *j = call(c, "POST", path, NULL);
+    free(path);
+    if (!j) return 1;
+    if (c->json) {
+        print_json(j);
+    } else {
+        char b[32];
+        put_safe(text_of(json_object_get(j, "server_id"), b, sizeof b), stdout);
+        printf(": %sback to %s mode\n", done, text_of(json_object_get(j, "mode"), b, sizeof b));
+    }
+    json_decref(j);
+    return 0;
+}
+
+static int cmd_retry(struct ctl *c, int argc, char **argv)
+{
+    return parked_cmd(c, argv[0], "retry", "");
+}
+
+static int cmd_drop_parked(struct ctl *c, int argc, char **argv)
+{
+    return parked_cmd(c, argv[0], "drop-parked", "parked event dropped, ");
+}
+
+/* GET /v1/users/USER/<what>, printed as a table of the array `key`'s fields `fields`. */
+static int user_table(struct ctl *c, const char *user, const char *what, const char *key,
+                      const char *const *heads, const char *const *fields, size_t n)
+{
+    char *path = seg_path("users", user, what);
+    json_t *j = call(c, "GET", path, NULL);
+    free(path);
+    if (!j) return 1;
+    if (c->json) {
+        print_json(j);
+        json_decref(j);
+        return 0;
+    }
+    struct table t = {.ncols = n};
+    table_row(&t, heads);
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(j, key), i, e)
+    {
+        char b[TABLE_MAX_COLS][32];
+        const char *row[TABLE_MAX_COLS];
+        for (size_t k = 0; k < n; k++)
+            row[k] = text_of(json_object_get(e, fields[k]), b[k], 32);
+        table_row(&t, row);
+    }
+    table_print(&t);
+    json_decref(j);
+    return 0;
+}
+
+static int cmd_guilds(struct ctl *c, int argc, char **argv)
+{
+    return user_table(c, argv[0], "guilds", "guilds",
+                      (const char *const[]){"GUILD_ID", "SERVER_ID"},
+                      (const char *const[]){"guildId", "serverId"}, 2);
+}
+
+static int cmd_invites(struct ctl *c, int argc, char **argv)
+{
+    return user_table(c, argv[0], "invites", "pendingInvites",
+                      (const char *const[]){"INVITE_ID", "SERVER_ID", "INVITER_ID"},
+                      (const char *const[]){"inviteId", "serverId", "inviterId"}, 3);
+}
+
+static int cmd_rename(struct ctl *c, int argc, char **argv)
+{
+    json_t *body = json_pack("{s:s}", "new_server_id", argv[0]);
+    if (!body) return bad_usage("NEW_ID is not valid UTF-8: ", argv[0]);
+    json_t *j = call(c, "POST", "/v1/rename", body);
+    json_decref(body);
+    if (!j) return 1;
+    size_t i, failed = 0, total = 0;
+    json_t *p;
+    if (c->json)
+        print_json(j);
+    else {
+        char b[32];
+        printf("renamed to ");
+        put_safe(text_of(json_object_get(j, "server_id"), b, sizeof b), stdout);
+        putchar('\n');
+    }
+    json_array_foreach(json_object_get(j, "peers"), i, p)
+    {
+        char b[32];
+        bool ok = json_is_true(json_object_get(p, "ok"));
+        total++;
+        failed += !ok;
+        if (c->json) continue;
+        printf("  ");
+        put_safe(text_of(json_object_get(p, "server_id"), b, sizeof b), stdout);
+        if (ok) {
+            puts(" ok");
+        } else {
+            printf(" failed: ");
+            put_safe(text_of(json_object_get(p, "error"), b, sizeof b), stdout);
+            puts(" (will retry)");
+        }
+    }
+    fflush(stdout);
+    if (failed)
+        fprintf(stderr,
+                "postboxctl: warning: %zu of %zu peers not told yet; postboxd keeps retrying "
+                "them (see `postboxctl peers`)\n",
+                failed, total);
+    json_decref(j);
+    return 0;
+}
+
+static const struct command commands[] = {
+    {"keygen", "[--key-file PATH]", 0, 2, cmd_keygen,
+     "create this server's key file if missing, print the public key"},
+    {"key", "", 0, 0, cmd_key, "print this server's ID and public key"},
+    {"health", "", 0, 0, cmd_health, "check the daemon's store and listeners"},
+    {"version", "", 0, 0, cmd_version, "print the version"},
+    {"send", "TO EVENT_JSON [EVENT_JSON ...] | TO -", 2, -1, cmd_send,
+     "queue events for server TO (- reads a JSON event or array from stdin)"},
+    {"inbox", "[--after SEQ] [--limit N] [--wait S] [--follow]", 0, 7, cmd_inbox,
+     "print received events after SEQ; --follow keeps printing new ones"},
+    {"peers", "", 0, 0, cmd_peers, "list peers: mode, queued events, next attempt, last error"},
+    {"retry", "PEER", 1, 1, cmd_retry, "retry a parked peer's parked event"},
+    {"drop-parked", "PEER", 1, 1, cmd_drop_parked, "drop a parked peer's parked event"},
+    {"guilds", "USER_ID", 1, 1, cmd_guilds, "list a local user's guilds on other servers"},
+    {"invites", "USER_ID", 1, 1, cmd_invites, "list a local user's pending invites"},
+    {"rename", "NEW_ID", 1, 1, cmd_rename, "change this server's ID and tell every peer"},
+};
+static const size_t ncommands = sizeof commands / sizeof commands[0];
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: postboxctl [OPTIONS] COMMAND [ARGS]\n"
+               "options:\n"
+               "  -c FILE          read the admin address and token file from postboxd's config\n"
+               "  --admin ADDR     admin listener: IP:PORT, [IPv6]:PORT or unix:/path\n"
+               "  --token-file F   file holding the admin API bearer token\n"
+               "  --json           print the API's JSON answer instead of a table\n"
+               "commands:\n");
+    for (size_t i = 0; i < ncommands; i++) {
+        char syn[128];
+        snprintf(syn, sizeof syn, "%s%s%s", commands[i].name, commands[i].args[0] ? " " : "",
+                 commands[i].args);
+        if (strlen(syn) > 30)
+            fprintf(f, "  %s\n  %-30s %s\n", syn, "", commands[i].help);
+        else
+            fprintf(f, "  %-30s %s\n", syn, commands[i].help);
+    }
 }
 
 int main(int argc, char **argv)
@@ -181,25 +712,25 @@ int main(int argc, char **argv)
         usage(stderr);
         goto out;
     }
-    const char *cmd = argv[i++];
-    if (!strcmp(cmd, "version")) {
-        printf("postboxctl %s\n", PB_VERSION);
-        rc = 0;
-    } else if (!strcmp(cmd, "keygen")) {
-        rc = cmd_keygen(&c, argc - i, argv + i);
-    } else if (!strcmp(cmd, "key")) {
-        rc = cmd_key(&c);
-    } else if (!strcmp(cmd, "health")) {
-        rc = cmd_health(&c);
-    } else {
-        fprintf(stderr, "postboxctl: unknown command %s\n", cmd);
+    const char *name = argv[i++];
+    const struct command *cmd = NULL;
+    for (size_t k = 0; k < ncommands && !cmd; k++)
+        if (!strcmp(commands[k].name, name)) cmd = &commands[k];
+    int nargs = argc - i;
+    if (!cmd) {
+        fprintf(stderr, "postboxctl: unknown command %s\n", name);
         usage(stderr);
+    } else if (nargs < cmd->min || (cmd->max >= 0 && nargs > cmd->max)) {
+        fprintf(stderr, "postboxctl: usage: postboxctl %s %s\n", cmd->name, cmd->args);
+    } else {
+        rc = cmd->fn(&c, nargs, argv + i);
     }
 out:
     free(why);
     free(admin);
     free(token_file);
     free(c.token);
+    pb_adminc_free(c.client);
     pb_config_free(c.cfg);
     return rc;
 }
