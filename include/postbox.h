@@ -141,8 +141,8 @@ void pb_daemon_close(pb_daemon *d);
  * NULL when empty). Example: pb_daemon_call(d, "POST", "/v1/outbox", NULL,
  * "{\"to\":\"b.example:443\",\"event\":{...}}", &status, &answer).
  */
-pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path,
-                      const char *const *args, const char *body, int *status, char **answer);
+pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path, const char *const *args,
+                      const char *body, int *status, char **answer);
 /* The federation listener's bound port. */
 uint16_t pb_daemon_port(const pb_daemon *d);
 

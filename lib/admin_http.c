@@ -185,8 +185,8 @@ static json_t *route_request(pb_admin_http *a, const char *method, const char *u
 }
 
 void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
-                            const char *const *args, const char *body, size_t body_len,
-                            int *status, char **answer)
+                            const char *const *args, const char *body, size_t body_len, int *status,
+                            char **answer)
 {
     json_t *j = route_request(a, method, path, list_arg, (void *)args, body, body_len, status);
     *answer = j ? json_dumps(j, JSON_COMPACT) : NULL;

@@ -58,8 +58,8 @@ typedef struct pb_admin_http_opts {
  * frees; NULL for an empty answer).
  */
 void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
-                            const char *const *args, const char *body, size_t body_len,
-                            int *status, char **answer);
+                            const char *const *args, const char *body, size_t body_len, int *status,
+                            char **answer);
 
 /* Creates the listener (not started). Strings are copied. Caller frees. */
 pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts);

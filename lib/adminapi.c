@@ -16,9 +16,12 @@
 static const char *mode_name(pb_peer_mode m)
 {
     switch (m) {
-    case PB_MODE_QUEUED: return "queued";
-    case PB_MODE_PARKED: return "parked";
-    default: return "push";
+    case PB_MODE_QUEUED:
+        return "queued";
+    case PB_MODE_PARKED:
+        return "parked";
+    default:
+        return "push";
     }
 }
 
@@ -77,8 +80,10 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     for (; n < want; n++) {
         json_t *e = one ? one : json_array_get(many, n);
         if (pb_eventjson_parse(e, &evs[n], &why) != PB_OK) {
-            if (one) pb_admin_resp_error(resp, 400, "%s", why);
-            else pb_admin_resp_error(resp, 400, "events[%zu]: %s", n, why);
+            if (one)
+                pb_admin_resp_error(resp, 400, "%s", why);
+            else
+                pb_admin_resp_error(resp, 400, "events[%zu]: %s", n, why);
             goto out;
         }
     }
@@ -94,7 +99,8 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     resp->status = 202;
     resp->body = json_pack("{s:I}", "accepted", (json_int_t)n);
 out:
-    for (size_t i = 0; i < n; i++) pb_event_clear(&evs[i]);
+    for (size_t i = 0; i < n; i++)
+        pb_event_clear(&evs[i]);
     free(evs);
     free(why);
 }
@@ -199,8 +205,7 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     resp->body = json_pack("{s:o}", "peers", arr);
 }
 
-static void parked(pb_adminapi_ctx *ctx, const pb_admin_req *req, pb_admin_resp *resp,
-                   bool drop)
+static void parked(pb_adminapi_ctx *ctx, const pb_admin_req *req, pb_admin_resp *resp, bool drop)
 {
     char id[PB_SERVER_ID_MAX];
     if (!server_id_of(req->segs[0], id)) {
@@ -209,10 +214,14 @@ static void parked(pb_adminapi_ctx *ctx, const pb_admin_req *req, pb_admin_resp 
     }
     pb_err err = drop ? pb_delivery_drop_parked(ctx->delivery, id)
                       : pb_delivery_retry_parked(ctx->delivery, id);
-    if (err == PB_ERR_NOT_FOUND) pb_admin_resp_error(resp, 404, "unknown peer %s", id);
-    else if (err == PB_ERR_INVAL) pb_admin_resp_error(resp, 409, "peer %s is not parked", id);
-    else if (err != PB_OK) store_error(resp, err);
-    else resp->body = json_pack("{s:s,s:s}", "server_id", id, "mode", "push");
+    if (err == PB_ERR_NOT_FOUND)
+        pb_admin_resp_error(resp, 404, "unknown peer %s", id);
+    else if (err == PB_ERR_INVAL)
+        pb_admin_resp_error(resp, 409, "peer %s is not parked", id);
+    else if (err != PB_OK)
+        store_error(resp, err);
+    else
+        resp->body = json_pack("{s:s,s:s}", "server_id", id, "mode", "push");
 }
 
 static void h_retry(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
@@ -228,8 +237,7 @@ static void h_drop(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
 static bool user_of(const pb_admin_req *req, pb_admin_resp *resp, uint64_t *user)
 {
     if (pb_eventjson_parse_u64_str(req->segs[0], user) != PB_OK) {
-        pb_admin_resp_error(resp, 400, "user ID must be a decimal uint64, got %.40s",
-                            req->segs[0]);
+        pb_admin_resp_error(resp, 400, "user ID must be a decimal uint64, got %.40s", req->segs[0]);
         return false;
     }
     return true;
@@ -269,9 +277,9 @@ static void h_invites(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, json_pack("{s:s,s:s,s:o}", "inviteId", e[i].invite_id,
-                                             "serverId", e[i].server_id, "inviterId",
-                                             u64_json(e[i].inviter_id)));
+        json_array_append_new(arr,
+                              json_pack("{s:s,s:s,s:o}", "inviteId", e[i].invite_id, "serverId",
+                                        e[i].server_id, "inviterId", u64_json(e[i].inviter_id)));
     pb_invite_entries_free(e, n);
     resp->body = json_pack("{s:o}", "pendingInvites", arr);
 }
@@ -300,8 +308,8 @@ static void h_rename(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, json_pack("{s:s,s:b,s:o}", "server_id", r[i].peer, "ok",
-                                             r[i].ok, "error",
+        json_array_append_new(arr, json_pack("{s:s,s:b,s:o}", "server_id", r[i].peer, "ok", r[i].ok,
+                                             "error",
                                              r[i].error ? json_string(r[i].error) : json_null()));
     pb_rename_reports_free(r, n);
     resp->body = json_pack("{s:s,s:o}", "server_id", id, "peers", arr);

@@ -24,7 +24,7 @@ typedef struct pb_adminapi_ctx {
     int rename_wait_ms;    /* how long POST /v1/rename waits for peers' answers */
 } pb_adminapi_ctx;
 
-#define PB_ADMIN_MAX_EVENTS 10000   /* events in one POST /v1/outbox */
+#define PB_ADMIN_MAX_EVENTS 10000 /* events in one POST /v1/outbox */
 #define PB_ADMIN_MAX_INBOX_LIMIT 1000
 #define PB_ADMIN_MAX_WAIT_S 60
 

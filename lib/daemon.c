@@ -111,18 +111,24 @@ static pb_err check_identity(pb_daemon *d, const char *cfg_id)
     }
     if (err != PB_OK) goto out;
     err = pb_store_meta_get(d->store, "configured_server_id", &configured);
-    if (err == PB_ERR_NOT_FOUND) configured = pb_xstrdup(stored);
-    else if (err != PB_OK) goto out;
+    if (err == PB_ERR_NOT_FOUND)
+        configured = pb_xstrdup(stored);
+    else if (err != PB_OK)
+        goto out;
     err = PB_OK;
     if (strcmp(stored, cfg_id) == 0) {
         if (strcmp(configured, cfg_id) != 0)
             err = pb_store_meta_set(d->store, "configured_server_id", cfg_id);
     } else if (strcmp(configured, cfg_id) == 0) {
-        PB_INFO(NULL, "this server was renamed to %s; server_id in the configuration still says "
-                      "%s (update it when convenient)", stored, cfg_id);
+        PB_INFO(NULL,
+                "this server was renamed to %s; server_id in the configuration still says "
+                "%s (update it when convenient)",
+                stored, cfg_id);
     } else {
-        PB_ERROR(NULL, "the store belongs to server %s, but server_id is %s (to change the ID, "
-                       "use postboxctl rename)", stored, cfg_id);
+        PB_ERROR(NULL,
+                 "the store belongs to server %s, but server_id is %s (to change the ID, "
+                 "use postboxctl rename)",
+                 stored, cfg_id);
         err = PB_ERR_CONFIG;
     }
     if (err != PB_OK) goto out;
@@ -284,8 +290,8 @@ fail:
     return err;
 }
 
-pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path,
-                      const char *const *args, const char *body, int *status, char **answer)
+pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path, const char *const *args,
+                      const char *body, int *status, char **answer)
 {
     pb_admin_http_dispatch(d->admin, method, path, args, body, body ? strlen(body) : 0, status,
                            answer);

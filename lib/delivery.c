@@ -86,20 +86,21 @@ static int64_t now_ms(void)
 static int64_t jitter(int64_t lo, int64_t hi)
 {
     if (hi <= lo) return lo;
-    return lo + (int64_t)randombytes_uniform((uint32_t)((hi - lo + 1) > 0x7fffffff
-                                                             ? 0x7fffffff
-                                                             : (hi - lo + 1)));
+    return lo + (int64_t)randombytes_uniform(
+                    (uint32_t)((hi - lo + 1) > 0x7fffffff ? 0x7fffffff : (hi - lo + 1)));
 }
 
-/* Jittered exponential backoff for a queued peer's drain probes: between half and all of
- * min * 2^attempts, capped at max. */
+/* Jittered exponential backoff for a queued peer's drain probes: v = min * 2^attempts,
+ * then a uniform delay in [v, 1.5 v], never below min nor above max. */
 static int64_t backoff_ms(const pb_delivery *d, uint32_t attempts)
 {
     int64_t max = (int64_t)d->o.backoff_max_s * 1000;
     int64_t v = (int64_t)d->o.backoff_min_s * 1000;
-    for (uint32_t i = 0; i < attempts && v < max; i++) v *= 2;
+    for (uint32_t i = 0; i < attempts && v < max; i++)
+        v *= 2;
     if (v > max) v = max;
-    return jitter(v / 2, v);
+    int64_t hi = v + v / 2;
+    return jitter(v, hi < max ? hi : max);
 }
 
 static void abs_deadline(struct timespec *ts, int64_t wall_ms)
@@ -155,8 +156,8 @@ static void release(pb_delivery *d, struct peer *p)
 static void persist_state(pb_delivery *d, const char *peer, pb_peer_mode mode, uint32_t attempts,
                           int64_t next_attempt, const char *err, uint64_t parked_seq)
 {
-    pb_err e = pb_store_peer_state_set(d->o.store, peer, mode, attempts, next_attempt, err,
-                                       parked_seq);
+    pb_err e =
+        pb_store_peer_state_set(d->o.store, peer, mode, attempts, next_attempt, err, parked_seq);
     if (e != PB_OK) PB_ERROR(peer, "cannot record delivery state: %s", pb_strerror(e));
 }
 
@@ -211,7 +212,8 @@ static enum push_result push_one(pb_delivery *d, struct peer *p, const char *pee
             int64_t base = (int64_t)d->o.retry_base_ms << (i - 1);
             int64_t until = now_ms() + jitter(base / 2, base);
             pthread_mutex_lock(&d->mu);
-            while (!d->stopping && now_ms() < until) wait_until(d, &d->work_cv, until);
+            while (!d->stopping && now_ms() < until)
+                wait_until(d, &d->work_cv, until);
             bool stop = d->stopping;
             pthread_mutex_unlock(&d->mu);
             if (stop) {
@@ -262,8 +264,8 @@ static void task_push(pb_delivery *d, struct peer *p)
 
         pb_outbox_item *items = NULL;
         size_t n = 0;
-        pb_err err = pb_store_outbox_read(d->o.store, peer, cursor, PUSH_BATCH, SIZE_MAX, &items,
-                                          &n);
+        pb_err err =
+            pb_store_outbox_read(d->o.store, peer, cursor, PUSH_BATCH, SIZE_MAX, &items, &n);
         if (err != PB_OK) {
             PB_ERROR(peer, "cannot read the outbox: %s", pb_strerror(err));
             pthread_mutex_lock(&d->mu);
@@ -288,6 +290,14 @@ static void task_push(pb_delivery *d, struct peer *p)
             return;
         }
         for (size_t i = 0; i < n; i++) {
+            /* The peer may have acknowledged it by Pull meanwhile: nothing to push. */
+            pthread_mutex_lock(&d->mu);
+            bool acked = items[i].seq <= p->acked_upto;
+            pthread_mutex_unlock(&d->mu);
+            if (acked) {
+                cursor = items[i].seq + 1;
+                continue;
+            }
             char errtxt[512] = "";
             enum push_result r = push_one(d, p, peer, &items[i], mode, errtxt, sizeof errtxt);
             if (r == PUSH_STOPPED) {
@@ -295,7 +305,7 @@ static void task_push(pb_delivery *d, struct peer *p)
                 return;
             }
             if (r == PUSH_OK) {
-                if (pb_fault("delivery.crash-before-forget")) abort();
+                pb_fault_crash("delivery.crash-before-forget");
                 err = pb_store_outbox_ack(d->o.store, peer, items[i].seq);
                 if (err != PB_OK) PB_ERROR(peer, "cannot forget event: %s", pb_strerror(err));
                 cursor = items[i].seq + 1;
@@ -391,7 +401,8 @@ static void task_pull(pb_delivery *d, struct peer *p)
         }
         pb_recv_result rr = {0};
         if (n > 0) err = pb_store_receive(d->o.store, peer, evs, seqs, n, now_ms(), &rr);
-        for (size_t i = 0; i < n; i++) pb_event_clear(&evs[i]);
+        for (size_t i = 0; i < n; i++)
+            pb_event_clear(&evs[i]);
         free(evs);
         free(seqs);
         if (n == 0) break;
@@ -469,18 +480,25 @@ static enum task pick(pb_delivery *d, struct peer **out, int64_t *wake)
         if (p->owned) continue;
         enum task t = T_NONE;
         if (p->rename_pending) {
-            if (p->rename_at <= now) t = T_RENAME;
-            else if (p->rename_at < *wake) *wake = p->rename_at;
+            if (p->rename_at <= now)
+                t = T_RENAME;
+            else if (p->rename_at < *wake)
+                *wake = p->rename_at;
         }
         if (t == T_NONE && p->pull_at) {
-            if (p->pull_at <= now) t = T_PULL;
-            else if (p->pull_at < *wake) *wake = p->pull_at;
+            if (p->pull_at <= now)
+                t = T_PULL;
+            else if (p->pull_at < *wake)
+                *wake = p->pull_at;
         }
-        if (t == T_NONE && p->has_work && !p->rename_pending) {
-            if (p->mode == PB_MODE_PUSH) t = T_PUSH;
+        if (t == T_NONE && p->has_work) {
+            if (p->mode == PB_MODE_PUSH)
+                t = T_PUSH;
             else if (p->mode == PB_MODE_QUEUED) {
-                if (p->next_attempt <= now) t = T_PUSH;
-                else if (p->next_attempt < *wake) *wake = p->next_attempt;
+                if (p->next_attempt <= now)
+                    t = T_PUSH;
+                else if (p->next_attempt < *wake)
+                    *wake = p->next_attempt;
             }
         }
         if (t != T_NONE) {
@@ -511,10 +529,17 @@ static void *worker(void *arg)
         }
         pthread_mutex_unlock(&d->mu);
         switch (t) {
-        case T_PUSH: task_push(d, p); break;
-        case T_PULL: task_pull(d, p); break;
-        case T_RENAME: task_rename(d, p); break;
-        default: break;
+        case T_PUSH:
+            task_push(d, p);
+            break;
+        case T_PULL:
+            task_pull(d, p);
+            break;
+        case T_RENAME:
+            task_rename(d, p);
+            break;
+        default:
+            break;
         }
         release(d, p);
         pthread_mutex_lock(&d->mu);
@@ -611,7 +636,8 @@ void pb_delivery_stop(pb_delivery *d)
     pthread_cond_broadcast(&d->state_cv);
     pthread_cond_broadcast(&d->inbox_cv);
     pthread_mutex_unlock(&d->mu);
-    for (unsigned i = 0; i < d->nthreads; i++) pthread_join(d->threads[i], NULL);
+    for (unsigned i = 0; i < d->nthreads; i++)
+        pthread_join(d->threads[i], NULL);
     d->nthreads = 0;
 }
 
@@ -619,7 +645,8 @@ void pb_delivery_free(pb_delivery *d)
 {
     if (!d) return;
     pb_delivery_stop(d);
-    for (size_t i = 0; i < d->npeers; i++) free(d->peers[i]);
+    for (size_t i = 0; i < d->npeers; i++)
+        free(d->peers[i]);
     free(d->peers);
     free(d->threads);
     pthread_cond_destroy(&d->work_cv);
@@ -694,7 +721,8 @@ void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
     struct peer *p = peer_get(d, req->peer);
     int64_t until = now_ms() + d->o.push_wait_ms;
     bool waited = p->pulling;
-    while (p->pulling && !d->stopping && now_ms() < until) wait_until(d, &d->state_cv, until);
+    while (p->pulling && !d->stopping && now_ms() < until)
+        wait_until(d, &d->state_cv, until);
     bool busy = p->pulling;
     p->pull_at = now_ms() + (int64_t)d->o.pull_interval_s * 1000;
     pthread_mutex_unlock(&d->mu);
@@ -703,15 +731,16 @@ void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
         rep->retry_after = 1;
         goto out;
     }
-    if (waited) PB_INFO(req->peer, "push of %llu processed after our Pull from this peer",
-                        (unsigned long long)seq);
+    if (waited)
+        PB_INFO(req->peer, "push of %llu processed after our Pull from this peer",
+                (unsigned long long)seq);
     pb_recv_result rr = {0};
     err = pb_store_receive(d->o.store, req->peer, &ev, seq ? &seq : NULL, 1, now_ms(), &rr);
     if (err != PB_OK) {
         store_failure(rep, err, "Push");
         goto out;
     }
-    if (pb_fault("delivery.crash-after-commit")) abort();
+    pb_fault_crash("delivery.crash-after-commit");
     if (rr.applied) inbox_bump(d);
     if (rr.duplicates)
         PB_DEBUG(req->peer, "duplicate push of %llu acknowledged", (unsigned long long)seq);
@@ -883,8 +912,7 @@ void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply 
     }
     if (sodium_memcmp(old_key, new_key, 32) != 0) {
         PB_WARN(ar.server_id, "rename to %s refused: the key served there differs", new_id);
-        pb_hrpc_reply_error(rep, 403, "h.bad-new-id", "the key served at %s is not yours",
-                            new_id);
+        pb_hrpc_reply_error(rep, 403, "h.bad-new-id", "the key served at %s is not yours", new_id);
         goto out;
     }
     err = pb_store_peer_rename(d->o.store, ar.server_id, new_id, new_key, now_ms());
@@ -1048,8 +1076,8 @@ pb_err pb_delivery_rename(pb_delivery *d, const char *new_id, int wait_ms,
         out[i].peer = pb_xstrdup(rs[i].peer);
         out[i].ok = p && !p->rename_pending;
         if (!out[i].ok)
-            out[i].error = pb_xstrdup(p && p->rename_err[0] ? p->rename_err
-                                                            : "not answered yet; retrying");
+            out[i].error =
+                pb_xstrdup(p && p->rename_err[0] ? p->rename_err : "not answered yet; retrying");
     }
     pthread_mutex_unlock(&d->mu);
     free(before);

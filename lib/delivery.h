@@ -98,7 +98,7 @@ int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer);
 void pb_delivery_inbox_wait(pb_delivery *d, uint64_t after, int timeout_ms);
 
 typedef struct pb_rename_report {
-    char *peer;  /* owned */
+    char *peer; /* owned */
     bool ok;
     char *error; /* owned or NULL */
 } pb_rename_report;

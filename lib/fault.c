@@ -5,6 +5,8 @@
 #include "fault.h"
 
 #ifdef PB_FAULTS
+#include "log.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +30,13 @@ bool pb_fault(const char *name)
         if (starts && ends) return true;
     }
     return false;
+}
+
+void pb_fault_crash(const char *name)
+{
+    if (!pb_fault(name)) return;
+    PB_ERROR(NULL, "fault point %s: crashing", name);
+    abort();
 }
 #else
 typedef int pb_fault_unused;

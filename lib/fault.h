@@ -11,11 +11,17 @@
 
 #ifdef PB_FAULTS
 bool pb_fault(const char *name);
+/* When `name` is active: logs "fault point NAME: crashing" and aborts the process. */
+void pb_fault_crash(const char *name);
 #else
 static inline bool pb_fault(const char *name)
 {
     (void)name;
     return false;
+}
+static inline void pb_fault_crash(const char *name)
+{
+    (void)name;
 }
 #endif
 

@@ -376,8 +376,7 @@ json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, jso
     if (body) json_decref(body);
     const char *hdrs[] = {"Content-Type: application/json", NULL};
     pbt_http h;
-    pbt_http_do("http", d->admin_port, method, path, hdrs, text, text ? strlen(text) : 0, NULL,
-                &h);
+    pbt_http_do("http", d->admin_port, method, path, hdrs, text, text ? strlen(text) : 0, NULL, &h);
     free(text);
     *status = h.status;
     json_t *j = NULL;

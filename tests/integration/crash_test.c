@@ -24,8 +24,10 @@ static json_t *gen_event(unsigned i)
     snprintf(u, sizeof u, "%u", i % 97);
     snprintf(g, sizeof g, "%u", i);
     switch (i % 4) {
-    case 0: return json_pack("{s:{s:s,s:s}}", "userAddedToGuild", "userId", u, "guildId", g);
-    case 1: return json_pack("{s:{s:s,s:s}}", "userRemovedFromGuild", "userId", u, "guildId", g);
+    case 0:
+        return json_pack("{s:{s:s,s:s}}", "userAddedToGuild", "userId", u, "guildId", g);
+    case 1:
+        return json_pack("{s:{s:s,s:s}}", "userRemovedFromGuild", "userId", u, "guildId", g);
     case 2:
         return json_pack("{s:{s:s,s:s,s:s}}", "userInvited", "userId", u, "inviterId", g,
                          "inviteId", inv);
@@ -38,10 +40,11 @@ static json_t *gen_event(unsigned i)
 static bool submit(const pbt_daemon *a, const char *to, unsigned from, unsigned n)
 {
     json_t *evs = json_array();
-    for (unsigned i = from; i < from + n; i++) json_array_append_new(evs, gen_event(i));
+    for (unsigned i = from; i < from + n; i++)
+        json_array_append_new(evs, gen_event(i));
     long st;
-    json_t *r = pbt_admin(a, "POST", "/v1/outbox", json_pack("{s:s,s:o}", "to", to, "events", evs),
-                          &st);
+    json_t *r =
+        pbt_admin(a, "POST", "/v1/outbox", json_pack("{s:s,s:o}", "to", to, "events", evs), &st);
     json_decref(r);
     return st == 202;
 }
@@ -73,8 +76,10 @@ static long verify(const pbt_daemon *b, const char *from, unsigned n, bool final
                 /* not the next expected one: a duplicate of an earlier one, or out of order */
                 if (next > 0) {
                     json_t *prev = gen_event(next - 1);
-                    if (json_equal(prev, json_object_get(it, "event"))) dups++;
-                    else wrong++;
+                    if (json_equal(prev, json_object_get(it, "event")))
+                        dups++;
+                    else
+                        wrong++;
                     json_decref(prev);
                 } else {
                     wrong++;
@@ -111,12 +116,29 @@ static bool all_arrived(void *vctx)
     return got < 0 || got >= (long)c->n;
 }
 
-static void restart(pbt_daemon *d, const char *faults)
+static void restart(pbt_daemon *d)
 {
-    if (faults) setenv("PB_FAULTS", faults, 1);
-    bool ok = pbt_daemon_start(d);
-    if (faults) unsetenv("PB_FAULTS");
-    CHECKF(ok, "%s restarts", d->server_id);
+    CHECKF(pbt_daemon_start(d), "%s restarts", d->server_id);
+}
+
+/* Restarts d with a fault point that makes it abort at its first hit (it may even hit
+ * it before it is seen healthy), waits for that crash, then restarts it normally. */
+static void crash_at(pbt_daemon *d, const char *fault)
+{
+    setenv("PB_FAULTS", fault, 1);
+    pbt_daemon_start(d);
+    unsetenv("PB_FAULTS");
+    CHECKF(pbt_daemon_wait_exit(d, 60000), "%s: crashed at %s", d->server_id, fault);
+    char needle[128];
+    snprintf(needle, sizeof needle, "fault point %s: crashing", fault);
+    FILE *f = fopen(d->log_path, "r");
+    char line[2048];
+    bool seen = false;
+    while (f && fgets(line, sizeof line, f))
+        seen = seen || strstr(line, needle) != NULL;
+    if (f) fclose(f);
+    CHECKF(seen, "%s: the crash happened at %s", d->server_id, fault);
+    restart(d);
 }
 
 int main(int argc, char **argv)
@@ -128,8 +150,17 @@ int main(int argc, char **argv)
             seed, seed);
     srand(seed);
 
-    const char *ax[] = {"--push-retries", "2", "--retry-base-ms", "20", "--backoff-min", "1",
-                        "--backoff-max", "2", "--peer-timeout-ms", "3000", NULL};
+    const char *ax[] = {"--push-retries",
+                        "2",
+                        "--retry-base-ms",
+                        "20",
+                        "--backoff-min",
+                        "1",
+                        "--backoff-max",
+                        "2",
+                        "--peer-timeout-ms",
+                        "3000",
+                        NULL};
     pbt_daemon *a = pbt_daemon_new("crashA", ax);
     pbt_daemon *b = pbt_daemon_new("crashB", NULL);
     if (!pbt_daemon_start(a) || !pbt_daemon_start(b)) {
@@ -165,12 +196,10 @@ int main(int argc, char **argv)
             const char *fault = NULL;
             if (killed == 1) fault = "delivery.crash-before-forget";
             if (killed == 2) fault = "delivery.crash-after-commit";
-            restart(victim, fault);
-            if (fault) {
-                CHECKF(pbt_daemon_wait_exit(victim, 60000), "%s crashed at its fault point",
-                       fault);
-                restart(victim, NULL);
-            }
+            if (fault)
+                crash_at(victim, fault);
+            else
+                restart(victim);
         }
     }
     struct done_ctx dc = {b, a->server_id, n};

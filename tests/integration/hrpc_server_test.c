@@ -318,8 +318,8 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
     pbt_http_clear(&h);
     free(t);
 
-    /* B's own token, through the project's client: authentication passes, the handler
-     * runs (the delivery engine is not in this build yet: it answers not-implemented). */
+    /* B's own token, through the project's client: authentication passes and the Push
+     * handler accepts the event. */
     pb_client *cl = NULL;
     pb_client_opts co = {.plain_http = true};
     CHECK_OK(pb_client_new(&co, &cl));
