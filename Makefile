@@ -26,10 +26,7 @@ run: build
 		--peer-scheme http $(RUN_ARGS)
 
 test:
-	@scripts/bootstrap test
-	@cmake -S . -B $(BUILD) -DPB_WERROR=ON >/dev/null
-	@cmake --build $(BUILD) -j $(JOBS)
-	cd $(BUILD) && ctest --output-on-failure --timeout 900
+	@scripts/test-all
 
 clean:
 	rm -rf $(BUILD)
