@@ -10,7 +10,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 DATA ?= $(CURDIR)/data
 RUN_ARGS ?=
 
-.PHONY: all build run test clean
+.PHONY: all build run test clean bench fuzz memcheck crash-full
 
 all: build
 
@@ -28,5 +28,15 @@ run: build
 test:
 	@scripts/test-all
 
+# Longer runs, outside `make test`:
+bench:       ## benchmarks against the loopback ceilings; writes bench/results/latest.md
+	@scripts/bench
+fuzz:        ## every fuzzer for a longer time (FUZZ_SECONDS, default 600 each)
+	@scripts/fuzz-long
+memcheck:    ## the integration tests under valgrind memcheck
+	@scripts/memcheck
+crash-full:  ## the full crash suite: 100,000 events, 50+ kills, network faults
+	@scripts/crash-full
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-fuzz build-bench build-memcheck
