@@ -10,6 +10,8 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 DATA ?= $(CURDIR)/data
 RUN_ARGS ?=
 
+MAKEFLAGS += --no-print-directory
+
 .PHONY: all build run test clean bench fuzz memcheck crash-full
 
 all: build
@@ -21,7 +23,10 @@ build:
 
 # Loopback defaults: federation on 127.0.0.1:2289 (plain HTTP; peers reached over http),
 # admin API on 127.0.0.1:2290, data in ./data.
-run: build
+run:
+	@scripts/bootstrap build
+	@cmake -S . -B $(BUILD) -DPB_WERROR=ON >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target postboxd postboxctl
 	$(BUILD)/postboxd --data-dir $(DATA) --listen 127.0.0.1:2289 --admin-listen 127.0.0.1:2290 \
 		--peer-scheme http $(RUN_ARGS)
 

@@ -185,7 +185,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         PB_ERROR(NULL, "key file %s: %s", cfg->key_file, pb_strerror(err));
         goto fail;
     }
-    if (created) PB_INFO(NULL, "generated a new key pair in %s", cfg->key_file);
+    (void)created; /* keys.c logs the creation */
 
     pb_store_opts so;
     pb_store_opts_default(&so);
