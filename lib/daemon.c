@@ -310,6 +310,7 @@ void pb_daemon_close(pb_daemon *d)
     PB_INFO(NULL, "shutting down");
     pb_admin_http_stop(d->admin);
     pb_hrpc_server_stop(d->fed);
+    if (d->client) pb_client_shutdown(d->client);
     pb_delivery_stop(d->delivery);
     pb_admin_http_free(d->admin);
     pb_hrpc_server_free(d->fed);

@@ -232,6 +232,11 @@ static enum push_result push_one(pb_delivery *d, struct peer *p, const char *pee
             res = PUSH_OK;
             goto out;
         }
+        if (err == PB_ERR_SHUTDOWN) {
+            pb_client_answer_clear(&ans);
+            res = PUSH_STOPPED;
+            goto out;
+        }
         describe(err, &ans, errtxt, errlen);
         bool perm = permanent(err, &ans);
         pb_client_answer_clear(&ans);
@@ -440,6 +445,7 @@ static void task_rename(pb_delivery *d, struct peer *p)
     char why[256] = "";
     if (err != PB_OK) describe(err, &ans, why, sizeof why);
     pb_client_answer_clear(&ans);
+    if (err == PB_ERR_SHUTDOWN) return;
 
     if (err == PB_OK) {
         pb_err e = pb_store_rename_out_done(d->o.store, peer, nid);

@@ -19,6 +19,7 @@
 
 #include <curl/curl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -52,6 +53,8 @@ struct pb_client {
     long timeout_ms;
     size_t max_response;
     size_t max_peers;
+
+    atomic_bool shutting_down; /* pb_client_shutdown: in-flight calls abort */
 
     pthread_mutex_t mu; /* guards everything below */
     struct peer *peers;
@@ -223,6 +226,19 @@ static bool has_ctl(const char *s, bool no_space)
     return false;
 }
 
+/* Aborts a transfer once the client is shutting down. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    const pb_client *c = ud;
+    return atomic_load(&c->shutting_down) ? 1 : 0;
+}
+
+void pb_client_shutdown(pb_client *c)
+{
+    atomic_store(&c->shutting_down, true);
+}
+
 static pb_err map_curl(CURLcode cc)
 {
     switch (cc) {
@@ -354,6 +370,9 @@ pb_err pb_client_call(pb_client *c, const char *server_id, const char *path,
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_response);
     SET(CURLOPT_WRITEFUNCTION, on_data);
     SET(CURLOPT_WRITEDATA, &sink);
+    SET(CURLOPT_NOPROGRESS, 0L);
+    SET(CURLOPT_XFERINFOFUNCTION, on_progress);
+    SET(CURLOPT_XFERINFODATA, c);
     SET(CURLOPT_SSL_VERIFYPEER, 1L);
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
     SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
@@ -375,6 +394,9 @@ pb_err pb_client_call(pb_client *c, const char *server_id, const char *path,
     } else if (sink.too_big || cc == CURLE_FILESIZE_EXCEEDED) {
         ans->message = pb_xasprintf("answer too large (over %zu bytes)", c->max_response);
         rc = PB_ERR_PROTO;
+    } else if (cc == CURLE_ABORTED_BY_CALLBACK) {
+        ans->message = pb_xstrdup("call aborted: shutting down");
+        rc = PB_ERR_SHUTDOWN;
     } else if (cc != CURLE_OK) {
         ans->message = pb_xstrdup(errbuf[0] ? errbuf : curl_easy_strerror(cc));
         rc = map_curl(cc);

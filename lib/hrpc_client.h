@@ -39,6 +39,9 @@ typedef struct pb_client_opts {
  */
 pb_err pb_client_new(const pb_client_opts *opts, pb_client **out);
 void pb_client_free(pb_client *c); /* NULL is a no-op */
+/* Makes every call in flight, and every later call, fail at once with PB_ERR_SHUTDOWN
+ * (used when the daemon stops, so that no worker waits out a peer timeout). */
+void pb_client_shutdown(pb_client *c);
 
 typedef struct pb_client_answer {
     long status;   /* HTTP status, 0 when no answer arrived */
