@@ -196,9 +196,10 @@ enum push_result { PUSH_OK, PUSH_EXHAUSTED, PUSH_PARK, PUSH_STOPPED };
 
 /* Pushes one event, retrying per mode. err receives the last failure's description. */
 static enum push_result push_one(pb_delivery *d, struct peer *p, const char *peer,
-                                 const pb_outbox_item *it, pb_peer_mode mode, char *errtxt,
-                                 size_t errlen)
+                                 const pb_outbox_item *it, pb_peer_mode mode, bool *lazy,
+                                 char *errtxt, size_t errlen)
 {
+    *lazy = false;
     pb_buf body = PB_BUF_INIT;
     enum push_result res = PUSH_EXHAUSTED;
     if (pb_wire_push_encode(&it->ev, it->seq, &body) != PB_OK) {
@@ -228,6 +229,9 @@ static enum push_result push_one(pb_delivery *d, struct peer *p, const char *pee
         pb_client_answer ans;
         pb_err err = call_peer(d, peer, as, PATH_PUSH, &body, &ans);
         if (err == PB_OK) {
+            uint64_t seq_ack = 0;
+            if (pb_wire_push_resp_decode(ans.body, ans.body_len, &seq_ack) == PB_OK)
+                *lazy = seq_ack >= it->seq;
             pb_client_answer_clear(&ans);
             res = PUSH_OK;
             goto out;
@@ -252,12 +256,28 @@ out:
     return res;
 }
 
-/* Delivers the outbox head of p in order until it is empty, the peer fails, or we stop. */
+/* Forgets delivered events up to `upto` (no-op for 0). */
+static void forget(pb_delivery *d, const char *peer, uint64_t upto)
+{
+    if (!upto) return;
+    pb_err err = pb_store_outbox_ack(d->o.store, peer, upto);
+    if (err != PB_OK) PB_ERROR(peer, "cannot forget delivered events: %s", pb_strerror(err));
+}
+
+/*
+ * Delivers the outbox head of p in order until it is empty, the peer fails, or we stop.
+ * When the receiver confirms it dedupes (PushResponse.postbox_seq_ack), delivered events
+ * are forgotten once per batch instead of once per event: a crash in between replays at
+ * most a batch, which the receiver recognises. A foreign receiver's events are forgotten
+ * one by one, right after each 200.
+ */
 static void task_push(pb_delivery *d, struct peer *p)
 {
-    char peer[PB_SERVER_ID_MAX];
-    uint64_t cursor = 1;
+    char peer[PB_SERVER_ID_MAX] = "";
+    uint64_t cursor = 1, lazy_upto = 0;
     for (;;) {
+        forget(d, peer, lazy_upto);
+        lazy_upto = 0;
         pthread_mutex_lock(&d->mu);
         snprintf(peer, sizeof peer, "%s", p->id);
         uint64_t gen = p->gen;
@@ -304,15 +324,23 @@ static void task_push(pb_delivery *d, struct peer *p)
                 continue;
             }
             char errtxt[512] = "";
-            enum push_result r = push_one(d, p, peer, &items[i], mode, errtxt, sizeof errtxt);
+            bool lazy = false;
+            enum push_result r =
+                push_one(d, p, peer, &items[i], mode, &lazy, errtxt, sizeof errtxt);
             if (r == PUSH_STOPPED) {
+                forget(d, peer, lazy_upto);
                 pb_outbox_items_free(items, n);
                 return;
             }
             if (r == PUSH_OK) {
                 pb_fault_crash("delivery.crash-before-forget");
-                err = pb_store_outbox_ack(d->o.store, peer, items[i].seq);
-                if (err != PB_OK) PB_ERROR(peer, "cannot forget event: %s", pb_strerror(err));
+                if (lazy) {
+                    lazy_upto = items[i].seq;
+                } else {
+                    forget(d, peer, lazy_upto);
+                    lazy_upto = 0;
+                    forget(d, peer, items[i].seq);
+                }
                 cursor = items[i].seq + 1;
                 if (mode == PB_MODE_QUEUED) {
                     /* The peer answers again: drain the rest as in push mode. */
@@ -326,6 +354,8 @@ static void task_push(pb_delivery *d, struct peer *p)
                 }
                 continue;
             }
+            forget(d, peer, lazy_upto);
+            lazy_upto = 0;
             if (r == PUSH_PARK) {
                 pthread_mutex_lock(&d->mu);
                 p->mode = PB_MODE_PARKED;
@@ -750,7 +780,8 @@ void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
     if (rr.applied) inbox_bump(d);
     if (rr.duplicates)
         PB_DEBUG(req->peer, "duplicate push of %llu acknowledged", (unsigned long long)seq);
-    /* PushResponse is empty: rep->body stays empty. */
+    /* A sender of this project learns that we hold its events up to seq. */
+    pb_wire_push_resp_encode(seq, &rep->body);
 out:
     pb_event_clear(&ev);
 }

@@ -468,8 +468,28 @@ pb_err pb_wire_empty_decode(const uint8_t *p, size_t n)
     /* Every empty message has the same (empty) descriptor shape; unknown fields are
      * skipped as proto3 says, malformed bytes are refused. */
     ProtobufCMessage *raw = NULL;
+    pb_err err = unpack(&protocol__auth__v1__key_request__descriptor, p, n, &raw);
+    if (err) return err;
+    unpacked_free(raw);
+    return PB_OK;
+}
+
+/* ---- PushResponse ------------------------------------------------------------------------ */
+
+pb_err pb_wire_push_resp_encode(uint64_t seq_ack, pb_buf *out)
+{
+    Protocol__Sync__V1__PushResponse m = PROTOCOL__SYNC__V1__PUSH_RESPONSE__INIT;
+    m.postbox_seq_ack = seq_ack;
+    pack_append(&m.base, out);
+    return PB_OK;
+}
+
+pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack)
+{
+    ProtobufCMessage *raw = NULL;
     pb_err err = unpack(&protocol__sync__v1__push_response__descriptor, p, n, &raw);
     if (err) return err;
+    *seq_ack = ((Protocol__Sync__V1__PushResponse *)raw)->postbox_seq_ack;
     unpacked_free(raw);
     return PB_OK;
 }

@@ -60,8 +60,12 @@ void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, pb_buf *o
 pb_err pb_wire_notify_encode(const char *new_id, pb_buf *out);
 pb_err pb_wire_notify_decode(const uint8_t *p, size_t n, char **new_id);
 
-/* Empty messages (PullRequest from a foreign peer, PushResponse, NotifyNewIdResponse,
- * KeyRequest): decoding checks the bytes parse as the named message. */
+/* PushResponse { postbox_seq_ack (0 = absent: a foreign receiver) } */
+pb_err pb_wire_push_resp_encode(uint64_t seq_ack, pb_buf *out);
+pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack);
+
+/* Empty messages (NotifyNewIdResponse, KeyRequest): decoding checks that the bytes parse
+ * as a message without known fields (unknown fields are skipped, as proto3 says). */
 pb_err pb_wire_empty_decode(const uint8_t *p, size_t n);
 
 /* KeyResponse { key } ; decode refuses a key that is not exactly 32 bytes. */

@@ -745,9 +745,33 @@ static void test_truncation(void)
     free(p);
 }
 
+/* PushResponse: empty (foreign receiver) or with the sequence acknowledgement. */
+static void test_push_response(void)
+{
+    pb_buf b = PB_BUF_INIT;
+    uint64_t ack = 7;
+    CHECK_OK(pb_wire_push_resp_encode(0, &b));
+    CHECK_INT(b.len, 0); /* a foreign sender sees exactly the empty PushResponse */
+    CHECK_OK(pb_wire_push_resp_decode(b.data, b.len, &ack));
+    CHECK_INT(ack, 0);
+    const uint64_t vals[] = {1, 4242, UINT64_MAX};
+    for (size_t i = 0; i < 3; i++) {
+        pb_buf_reset(&b);
+        CHECK_OK(pb_wire_push_resp_encode(vals[i], &b));
+        CHECK(b.len >= 4 && memcmp(b.data, "\x88\xe5\x08", 3) == 0);
+        CHECK_OK(pb_wire_push_resp_decode(b.data, b.len, &ack));
+        CHECK(ack == vals[i]);
+        /* it is still an empty message for a decoder that does not know the field */
+        CHECK_OK(pb_wire_empty_decode(b.data, b.len));
+    }
+    CHECK_ERR(pb_wire_push_resp_decode((const uint8_t *)"\x88\xe5", 2, &ack), PB_ERR_DECODE);
+    pb_buf_free(&b);
+}
+
 int main(void)
 {
     V = pbt_vectors();
+    test_push_response();
     test_events();
     test_encode_refusals();
     test_messages();
