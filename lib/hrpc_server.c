@@ -7,6 +7,26 @@
  * answer. Otherwise the body is copied into a per-request buffer that may never exceed
  * max_body, then authentication and the handler run on the final call.
  *
+ * Slow clients and the connection limit: libmicrohttpd's own timeout only measures
+ * inactivity, so a client sending one byte per second would hold a connection (and an
+ * in-flight slot) forever. Each connection therefore gets a record (libmicrohttpd's socket
+ * context, created by the connection notification) carrying a request deadline: the
+ * request must be read completely within conn_timeout_s of the connection's start or of
+ * the previous answer. A sweeper thread shuts down the socket of a connection past its
+ * deadline (libmicrohttpd then reads EOF and closes it); body data arriving late is also
+ * refused in on_request. The deadline is disarmed while a complete request is handled and
+ * answered. The same records count open connections: past max_connections a new
+ * connection is shut down at once (the client sees EOF or a reset) instead of waiting in
+ * the listen backlog, which is what libmicrohttpd does when its own limit is reached; its
+ * limit is set a little higher as a hard bound. A socket is shut down only under the lock
+ * that the close notification takes, and libmicrohttpd closes a socket only after that
+ * notification, so a shutdown never hits a reused descriptor.
+ * Limits (libmicrohttpd 0.9.75 offers no hook for more): a connection cut or refused this
+ * way gets no HTTP answer (no 408 or 503; a response can be queued only once the headers
+ * are in); the deadline counts from the connection's start or last answer, as the first
+ * byte of a request is not visible; it is checked every SWEEP_MS; it does not cover the
+ * answer (a client reading slowly is bounded by the idle timeout only).
+ *
  * Untrusted input: the whole HTTP request. Sizes are checked before anything is buffered;
  * the Authorization header is passed to auth.c, which bounds it again.
  */
@@ -16,12 +36,14 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,6 +58,11 @@
 #define ID_EXHAUSTED "hrpc.resource-exhausted"
 #define ID_UNAVAILABLE "hrpc.unavailable"
 #define ID_INTERNAL "hrpc.internal-server-error"
+
+/* File descriptors kept free for everything else (store, peer connections, admin). */
+#define FD_RESERVE 64
+/* How often the sweeper looks for connections past their request deadline. */
+#define SWEEP_MS 200
 
 struct route {
     char *path;
@@ -54,6 +81,25 @@ struct pb_hrpc_server {
     char *tls_cert, *tls_key; /* file contents */
     atomic_uint inflight;
     atomic_bool stopping;
+    /* open connections (see the file comment) */
+    pthread_mutex_t conns_mu;
+    pthread_cond_t sweep_cv;
+    struct conn *conns;
+    unsigned nconns;         /* counted (not refused) connections */
+    unsigned max_conns;      /* effective limit (max_connections, clamped by RLIMIT_NOFILE) */
+    uint64_t ncut, nrefused; /* totals, for logs */
+    int64_t refused_logged_ms;
+    bool sweeper_started, sweeper_stop;
+    pthread_t sweeper;
+};
+
+/* One open connection: libmicrohttpd's socket context. Fields under conns_mu. */
+struct conn {
+    struct conn *prev, *next;
+    int fd;
+    int64_t deadline_ms; /* monotonic; 0 while a complete request is handled and answered */
+    bool counted;        /* holds a place under max_conns */
+    bool cut;            /* socket shut down (deadline passed or over the limit) */
 };
 
 /* Per-request state, libmicrohttpd's con_cls. */
@@ -98,8 +144,16 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, pb_hrpc_reply *re
     } else {
         pb_buf details = PB_BUF_INIT;
         if (rep->retry_after > 0) pb_wire_retry_info_encode(rep->retry_after, &details);
-        pb_wire_error_encode(rep->identifier ? rep->identifier : ID_INTERNAL,
-                             rep->message ? rep->message : "", details.data, details.len, &out);
+        const char *ident = rep->identifier ? rep->identifier : ID_INTERNAL;
+        if (pb_wire_error_encode(ident, rep->message ? rep->message : "", details.data, details.len,
+                                 &out) != PB_OK) {
+            /* The message echoes input that is not UTF-8 (or was cut inside a
+             * character): replace the non-ASCII bytes rather than send no Error. */
+            for (char *p = rep->message; p && *p; p++)
+                if ((unsigned char)*p >= 0x80) *p = '?';
+            pb_wire_error_encode(ident, rep->message ? rep->message : "", details.data, details.len,
+                                 &out);
+        }
         pb_buf_free(&details);
     }
     size_t len = 0;
@@ -163,6 +217,129 @@ static bool parse_size(const char *s, uint64_t *out)
     return true;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct conn *conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Arms (the next request must be read within conn_timeout_s) or disarms the deadline. */
+static void conn_set_deadline(pb_hrpc_server *s, struct MHD_Connection *conn, bool arm)
+{
+    struct conn *c = conn_of(conn);
+    if (!c) return;
+    pthread_mutex_lock(&s->conns_mu);
+    c->deadline_ms = arm ? mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000 : 0;
+    pthread_mutex_unlock(&s->conns_mu);
+}
+
+static bool conn_past_deadline(pb_hrpc_server *s, struct MHD_Connection *conn)
+{
+    struct conn *c = conn_of(conn);
+    if (!c) return false;
+    pthread_mutex_lock(&s->conns_mu);
+    bool late = c->cut || (c->deadline_ms && mono_ms() >= c->deadline_ms);
+    pthread_mutex_unlock(&s->conns_mu);
+    return late;
+}
+
+/* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    pb_hrpc_server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct conn *c = pb_xcalloc(1, sizeof *c);
+        c->fd = ci ? (int)ci->connect_fd : -1;
+        bool log_refusal = false;
+        uint64_t refused = 0;
+        pthread_mutex_lock(&s->conns_mu);
+        if (s->nconns >= s->max_conns) {
+            c->cut = true;
+            if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+            refused = ++s->nrefused;
+            int64_t now = mono_ms();
+            if (s->refused_logged_ms == 0 || now - s->refused_logged_ms >= 10000) {
+                s->refused_logged_ms = now;
+                log_refusal = true;
+            }
+        } else {
+            c->counted = true;
+            s->nconns++;
+            c->deadline_ms = mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000;
+        }
+        c->next = s->conns;
+        if (s->conns) s->conns->prev = c;
+        s->conns = c;
+        pthread_mutex_unlock(&s->conns_mu);
+        *socket_context = c;
+        if (log_refusal)
+            PB_WARN(NULL,
+                    "connection limit of %u reached: new connections are closed (%llu so far)",
+                    s->max_conns, (unsigned long long)refused);
+        return;
+    }
+    struct conn *c = *socket_context;
+    if (!c) return;
+    pthread_mutex_lock(&s->conns_mu);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (c->counted) s->nconns--;
+    pthread_mutex_unlock(&s->conns_mu);
+    free(c);
+    *socket_context = NULL;
+}
+
+/* Shuts down every connection whose request was not read in time, until stopped. */
+static void *sweeper_main(void *arg)
+{
+    pb_hrpc_server *s = arg;
+    pthread_mutex_lock(&s->conns_mu);
+    while (!s->sweeper_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += SWEEP_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->sweep_cv, &s->conns_mu, &until);
+        int64_t now = mono_ms();
+        unsigned cut = 0;
+        for (struct conn *c = s->conns; c; c = c->next) {
+            if (c->cut || !c->deadline_ms || now < c->deadline_ms) continue;
+            c->cut = true;
+            if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+            cut++;
+        }
+        s->ncut += cut;
+        if (cut) {
+            uint64_t total = s->ncut;
+            pthread_mutex_unlock(&s->conns_mu);
+            PB_INFO(NULL,
+                    "closed %u connection(s) whose request was not complete within %u s "
+                    "(%llu so far)",
+                    cut, s->opts.conn_timeout_s, (unsigned long long)total);
+            pthread_mutex_lock(&s->conns_mu);
+        }
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+    return NULL;
+}
+
 /* First call of a request: everything that can be refused from the headers. */
 static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn, const char *url,
                                   const char *method, struct req *r)
@@ -205,6 +382,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return on_headers(s, conn, url, method, r);
     }
     if (*upload_data_size > 0) {
+        /* A body still arriving after the deadline: close without an answer. */
+        if (conn_past_deadline(s, conn)) return MHD_NO;
         if (!r->too_big && r->body.len + *upload_data_size <= s->opts.max_body) {
             pb_buf_append(&r->body, upload_data, *upload_data_size);
         } else {
@@ -214,6 +393,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    /* The request is complete: no deadline while it is handled and answered. */
+    conn_set_deadline(s, conn, false);
     if (r->too_big)
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body over the limit of %zu bytes",
                           s->opts.max_body);
@@ -264,6 +445,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     pb_hrpc_server *s = cls;
+    /* The next request on this connection has conn_timeout_s to arrive completely. */
+    conn_set_deadline(s, conn, true);
     struct req *r = *con_cls;
     if (!r) return;
     if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
@@ -341,6 +524,12 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.conn_timeout_s) s->opts.conn_timeout_s = 15;
     if (!s->opts.threads) s->opts.threads = 4;
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
+    pthread_mutex_init(&s->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->sweep_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (auth) {
         s->auth = *auth;
         s->has_auth = true;
@@ -384,17 +573,45 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         {MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert},
         {MHD_OPTION_END, 0, NULL},
     };
+    /* Our limit closes connections past max_connections; libmicrohttpd's, a little higher,
+     * is the hard bound (it splits it between its threads and, once there, stops
+     * accepting). Both must fit in the descriptors this process may open. */
+    unsigned limit = s->opts.max_connections;
+    unsigned margin = 16 + limit / 16;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (rlim_t)limit + margin + FD_RESERVE > rl.rlim_cur) {
+        unsigned fit = rl.rlim_cur > (rlim_t)(FD_RESERVE + 32 + 4)
+                           ? (unsigned)((rl.rlim_cur - FD_RESERVE - 16) * 16 / 17)
+                           : 4;
+        PB_WARN(NULL,
+                "max_connections %u does not fit in the open-file limit of %llu: using %u "
+                "(raise ulimit -n)",
+                limit, (unsigned long long)rl.rlim_cur, fit);
+        limit = fit;
+        margin = 16 + limit / 16;
+    }
+    s->max_conns = limit;
     s->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)s->opts.threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->opts.max_connections,
+        (unsigned)s->opts.threads, MHD_OPTION_CONNECTION_LIMIT, limit + margin,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->opts.conn_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768, MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!s->mhd) {
         PB_ERROR(NULL, "cannot listen on %s: %s", s->opts.listen, strerror(errno));
         return PB_ERR_IO;
     }
+    s->sweeper_stop = false;
+    if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
+        PB_ERROR(NULL, "cannot start the connection sweeper thread");
+        MHD_stop_daemon(s->mhd);
+        s->mhd = NULL;
+        return PB_ERR_INTERNAL;
+    }
+    s->sweeper_started = true;
     PB_INFO(NULL, "federation listener on %s (%s), port %u", s->opts.listen, tls ? "https" : "http",
             pb_hrpc_server_port(s));
     return PB_OK;
@@ -420,6 +637,14 @@ void pb_hrpc_server_stop(pb_hrpc_server *s)
     MHD_stop_daemon(s->mhd);
     if (fd != MHD_INVALID_SOCKET) close(fd);
     s->mhd = NULL;
+    if (s->sweeper_started) {
+        pthread_mutex_lock(&s->conns_mu);
+        s->sweeper_stop = true;
+        pthread_cond_signal(&s->sweep_cv);
+        pthread_mutex_unlock(&s->conns_mu);
+        pthread_join(s->sweeper, NULL);
+        s->sweeper_started = false;
+    }
 }
 
 void pb_hrpc_server_free(pb_hrpc_server *s)
@@ -437,5 +662,7 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
         free(s->tls_key);
     }
     free(s->tls_cert);
+    pthread_cond_destroy(&s->sweep_cv);
+    pthread_mutex_destroy(&s->conns_mu);
     free(s);
 }

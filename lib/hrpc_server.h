@@ -11,8 +11,13 @@
  * need it, token authentication (auth.h) with its own statuses. Every answer carries
  * Content-Type: application/hrpc and Hrpc-Version: 1; failures carry an hrpc.v1.Error.
  *
+ * Slow or too many clients: a request must arrive completely within conn_timeout_s
+ * (a client trickling its headers or body is cut then, not kept alive by each byte);
+ * past max_connections a new connection is closed at once rather than left waiting.
+ *
  * Threads: libmicrohttpd's internal polling thread pool (opts.threads); handlers run on
- * those threads and may block (store commits, key fetches).
+ * those threads and may block (store commits, key fetches); one sweeper thread enforces
+ * the request deadline.
  *
  * Untrusted input: the HTTP request (method, path, headers, body). libmicrohttpd parses
  * HTTP and bounds header size (connection memory limit); this module bounds the body
@@ -34,8 +39,11 @@ typedef struct pb_hrpc_server pb_hrpc_server;
 typedef struct pb_hrpc_server_opts {
     const char *listen;        /* "127.0.0.1:2289", "[::1]:2289", "0.0.0.0:2289"; port 0 = any */
     size_t max_body;           /* default 64 KiB */
-    unsigned max_connections;  /* default 1024 */
-    unsigned conn_timeout_s;   /* idle connection cut after this; default 15 */
+    unsigned max_connections;  /* default 1024; past it new connections are closed at once
+                                  (clamped to what RLIMIT_NOFILE allows, with a warning) */
+    unsigned conn_timeout_s;   /* default 15: an idle connection is cut after this, and so is
+                                  one whose request (headers and body) is not complete this
+                                  long after the connection opened or the last answer */
     unsigned threads;          /* default 4 */
     unsigned max_inflight;     /* requests being read or handled at once; default 256 */
     const char *tls_cert_file; /* both set: HTTPS */

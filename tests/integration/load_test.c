@@ -1,0 +1,563 @@
+/*
+ * load_test - a real postboxd under connection load (issue 4, part 7).
+ *
+ *   load   1,000 idle TCP connections (re-opened whenever the server cuts one), 64 clients
+ *          pushing signed Pushes concurrently, each with its own identity (an in-test key
+ *          server per identity on 127.0.0.1, so the daemon fetches 64 keys), and clients
+ *          trickling their headers or their body at one byte per second, all at once
+ *          against one daemon with --conn-timeout 3. Checked: the daemon really holds the
+ *          idle connections (its descriptor count), every push is answered 200 and lands
+ *          in the inbox exactly once, each trickler is cut between 2.5 s and 8 s after it
+ *          connected (without the request deadline it would be kept alive by every byte)
+ *          and never answered, the peak RSS (VmHWM) stays under RSS_BOUND_MIB, and the
+ *          daemon stops cleanly afterwards.
+ *   limit  --max-connections 16, all held by keep-alive connections that were served:
+ *          every further connection is closed by the server within 2 s (EOF or reset, no
+ *          answer, no hang); the daemon stays healthy and serves again once a place frees.
+ *
+ * Figures (RSS, descriptors, pushes, time, reconnections, cut times) go to stderr.
+ * Bounded: PUSHES per client, every wait has a deadline.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "harness.h"
+#include "hrpc_client.h"
+#include "keys.h"
+#include "wire.h"
+
+#define PUSH "/protocol.sync.v1.PostboxService/Push"
+#define KEY "/protocol.auth.v1.AuthService/Key"
+
+#define NIDLE 1000
+#define NCLIENTS 64
+#define PUSHES 250           /* per client */
+#define PUSH_PHASE_MS 180000 /* the whole push phase must end within this */
+#define CONN_TIMEOUT_S 3
+#define RSS_BOUND_MIB 64
+#define NTRICKLE 4 /* half trickle headers, half the body */
+#define LIMIT 16
+
+/* ---- in-test identities: a key pair and a tiny hRPC server answering Key --------------- */
+
+struct ident {
+    pb_keys *keys;
+    struct MHD_Daemon *mhd;
+    char server_id[64];
+};
+
+static enum MHD_Result ident_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                     const char *method, const char *version, const char *upload,
+                                     size_t *upload_size, void **con_cls)
+{
+    struct ident *id = cls;
+    if (!*con_cls) {
+        *con_cls = id; /* headers only: wait for the (empty) body */
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    pb_buf body = PB_BUF_INIT;
+    unsigned status = 200;
+    if (!strcmp(url, KEY) && !strcmp(method, "POST")) {
+        pb_wire_key_resp_encode(pb_keys_public(id->keys), &body);
+    } else {
+        status = 503;
+        pb_wire_error_encode("hrpc.unavailable", "test identity: only Key is served", NULL, 0,
+                             &body);
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        body.len, body.data ? body.data : (void *)"", MHD_RESPMEM_MUST_COPY);
+    pb_buf_free(&body);
+    MHD_add_response_header(r, "Content-Type", "application/hrpc");
+    MHD_add_response_header(r, "Hrpc-Version", "1");
+    enum MHD_Result res = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return res;
+}
+
+static bool ident_start(struct ident *id)
+{
+    memset(id, 0, sizeof *id);
+    if (pb_keys_generate(&id->keys) != PB_OK) return false;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    id->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL,
+                               ident_request, id, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                               MHD_OPTION_END);
+    if (!id->mhd) return false;
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(id->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    snprintf(id->server_id, sizeof id->server_id, "127.0.0.1:%u", i ? i->port : 0);
+    return i && i->port;
+}
+
+static void ident_stop(struct ident *id)
+{
+    if (id->mhd) MHD_stop_daemon(id->mhd);
+    pb_keys_free(id->keys);
+    memset(id, 0, sizeof *id);
+}
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+static int connect_port(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A /proc/PID/status field in KiB (VmRSS, VmHWM), or -1. */
+static long proc_kib(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long v = -1;
+    size_t n = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, n) && line[n] == ':') v = strtol(line + n + 1, NULL, 10);
+    if (f) fclose(f);
+    return v;
+}
+
+static int proc_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+static bool raise_nofile(rlim_t want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return false;
+    if (rl.rlim_cur >= want) return true;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) rl.rlim_max = want; /* root only */
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        getrlimit(RLIMIT_NOFILE, &rl);
+        fprintf(stderr, "cannot raise RLIMIT_NOFILE to %llu (hard limit %llu)\n",
+                (unsigned long long)want, (unsigned long long)rl.rlim_max);
+        return false;
+    }
+    return true;
+}
+
+/* ---- idle connections --------------------------------------------------------------------- */
+
+struct idle_pool {
+    uint16_t port;
+    int fds[NIDLE];
+    int64_t opened[NIDLE];
+    atomic_bool stop;
+    unsigned reconnects, connect_failures, unexpected_data;
+    int64_t min_life_ms, max_life_ms;
+};
+
+static void idle_open(struct idle_pool *p, int i)
+{
+    p->fds[i] = connect_port(p->port);
+    p->opened[i] = pbt_now_ms();
+    if (p->fds[i] < 0) p->connect_failures++;
+}
+
+/* Keeps NIDLE connections open, sending nothing; re-opens each one the server closes. */
+static void *idle_main(void *arg)
+{
+    struct idle_pool *p = arg;
+    static struct pollfd pfd[NIDLE];
+    while (!atomic_load(&p->stop)) {
+        for (int i = 0; i < NIDLE; i++) {
+            if (p->fds[i] < 0) idle_open(p, i);
+            pfd[i] = (struct pollfd){.fd = p->fds[i], .events = POLLIN};
+        }
+        if (poll(pfd, NIDLE, 100) <= 0) continue;
+        for (int i = 0; i < NIDLE; i++) {
+            if (pfd[i].fd < 0 || !pfd[i].revents) continue;
+            char b[256];
+            ssize_t n = read(p->fds[i], b, sizeof b);
+            if (n > 0) p->unexpected_data++;
+            int64_t life = pbt_now_ms() - p->opened[i];
+            if (!p->min_life_ms || life < p->min_life_ms) p->min_life_ms = life;
+            if (life > p->max_life_ms) p->max_life_ms = life;
+            close(p->fds[i]);
+            p->fds[i] = -1;
+            p->reconnects++;
+        }
+    }
+    return NULL;
+}
+
+/* ---- pushing clients ---------------------------------------------------------------------- */
+
+struct pusher {
+    struct ident *id;
+    const char *target;
+    int index;
+    int64_t deadline;
+    unsigned ok, failed;
+    long last_status;
+    char last_error[160];
+    int64_t max_latency_ms;
+    atomic_bool done;
+};
+
+static void *pusher_main(void *arg)
+{
+    struct pusher *p = arg;
+    pb_client *cl = NULL;
+    pb_client_opts co = {.plain_http = true, .timeout_ms = 60000};
+    if (pb_client_new(&co, &cl) != PB_OK) return NULL;
+    for (unsigned i = 0; i < PUSHES && pbt_now_ms() < p->deadline; i++) {
+        pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD,
+                       .user_id = 1000000ull * (unsigned)(p->index + 1) + i,
+                       .guild_id = (uint64_t)p->index + 1};
+        pb_buf body = PB_BUF_INIT;
+        pb_wire_push_encode(&ev, i + 1, &body);
+        char *authz = pb_auth_header_make(p->id->keys, p->id->server_id, (uint64_t)time(NULL));
+        pb_client_answer ans;
+        int64_t t0 = pbt_now_ms();
+        pb_err err = pb_client_call(cl, p->target, PUSH, authz, body.data, body.len, &ans);
+        int64_t dt = pbt_now_ms() - t0;
+        if (dt > p->max_latency_ms) p->max_latency_ms = dt;
+        if (err == PB_OK && ans.status == 200) {
+            p->ok++;
+        } else {
+            p->failed++;
+            p->last_status = ans.status;
+            snprintf(p->last_error, sizeof p->last_error, "%s %s %s", pb_strerror(err),
+                     ans.identifier ? ans.identifier : "", ans.message ? ans.message : "");
+        }
+        pb_client_answer_clear(&ans);
+        free(authz);
+        pb_buf_free(&body);
+    }
+    pb_client_free(cl);
+    atomic_store(&p->done, true);
+    return NULL;
+}
+
+/* ---- one byte per second ------------------------------------------------------------------ */
+
+struct trickler {
+    uint16_t port;
+    bool body; /* complete headers, then the body byte by byte; else the headers */
+    bool cut, answered;
+    double cut_s;
+};
+
+static void *trickler_main(void *arg)
+{
+    struct trickler *t = arg;
+    int fd = connect_port(t->port);
+    if (fd < 0) return NULL;
+    int64_t t0 = pbt_now_ms();
+    const char *head = "POST " PUSH " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       "Content-Type: application/hrpc\r\nContent-Length: 1000\r\n\r\n";
+    const char *slow = head; /* header trickler: these very bytes, one at a time */
+    if (t->body) {
+        if (send(fd, head, strlen(head), MSG_NOSIGNAL) != (ssize_t)strlen(head)) goto cut;
+        slow = "\x0a\x0f\x12\x0d\x08\x01\x10\x01zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
+    }
+    /* at most 40 bytes, one per second: far longer than the 3 s deadline */
+    for (int i = 0; i < 40 && slow[i]; i++) {
+        if (send(fd, slow + i, 1, MSG_NOSIGNAL) != 1) goto cut;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) == 1) {
+            char b[256];
+            ssize_t n = read(fd, b, sizeof b);
+            if (n > 0) {
+                t->answered = true;
+                fprintf(stderr, "trickler (%s) answered: %.40s\n", t->body ? "body" : "headers", b);
+            }
+            goto cut;
+        }
+    }
+    close(fd);
+    return NULL;
+cut:
+    t->cut = true;
+    t->cut_s = (double)(pbt_now_ms() - t0) / 1000.0;
+    close(fd);
+    return NULL;
+}
+
+/* ---- scenarios ---------------------------------------------------------------------------- */
+
+static bool inbox_holds(const pbt_daemon *d, unsigned n)
+{
+    char path[96];
+    long st1, st2;
+    snprintf(path, sizeof path, "/v1/inbox?after=%u&limit=5", n - 1);
+    json_t *a = pbt_admin(d, "GET", path, NULL, &st1);
+    snprintf(path, sizeof path, "/v1/inbox?after=%u&limit=5", n);
+    json_t *b = pbt_admin(d, "GET", path, NULL, &st2);
+    bool ok = st1 == 200 && st2 == 200 && json_array_size(json_object_get(a, "events")) == 1 &&
+              json_array_size(json_object_get(b, "events")) == 0;
+    json_decref(a);
+    json_decref(b);
+    return ok;
+}
+
+static bool log_has(const pbt_daemon *d, const char *needle)
+{
+    FILE *f = fopen(d->log_path, "r");
+    char line[4096];
+    bool found = false;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, needle)) found = true;
+    if (f) fclose(f);
+    return found;
+}
+
+static void test_load(void)
+{
+    static struct ident ids[NCLIENTS];
+    for (int i = 0; i < NCLIENTS; i++)
+        CHECKF(ident_start(&ids[i]), "identity %d serves its key", i);
+    char conn_timeout[16];
+    snprintf(conn_timeout, sizeof conn_timeout, "%d", CONN_TIMEOUT_S);
+    const char *extra[] = {
+        "--conn-timeout", conn_timeout, "--max-connections", "1400", "--log-level", "info", NULL};
+    pbt_daemon *d = pbt_daemon_new("load", extra);
+    if (!pbt_daemon_start(d)) {
+        CHECK(!"load daemon starts");
+        goto out_ids;
+    }
+    long rss_start = proc_kib(d->pid, "VmRSS");
+
+    /* the idle connections first, held (and re-opened) for the whole phase */
+    static struct idle_pool pool;
+    memset(&pool, 0, sizeof pool);
+    pool.port = d->port;
+    for (int i = 0; i < NIDLE; i++)
+        idle_open(&pool, i);
+    pthread_t idle_thr;
+    pthread_create(&idle_thr, NULL, idle_main, &pool);
+
+    int64_t t0 = pbt_now_ms();
+    static struct pusher ps[NCLIENTS];
+    pthread_t pthr[NCLIENTS], tthr[NTRICKLE];
+    struct trickler tr[NTRICKLE];
+    for (int i = 0; i < NCLIENTS; i++) {
+        memset(&ps[i], 0, sizeof ps[i]);
+        ps[i].id = &ids[i];
+        ps[i].target = d->server_id;
+        ps[i].index = i;
+        ps[i].deadline = t0 + PUSH_PHASE_MS;
+        pthread_create(&pthr[i], NULL, pusher_main, &ps[i]);
+    }
+    for (int i = 0; i < NTRICKLE; i++) {
+        tr[i] = (struct trickler){.port = d->port, .body = i % 2 == 1};
+        pthread_create(&tthr[i], NULL, trickler_main, &tr[i]);
+    }
+
+    /* sample the daemon while the clients run: RSS and descriptors */
+    long rss_max = 0;
+    int fds_max = 0;
+    for (int64_t end = t0 + PUSH_PHASE_MS + 10000; pbt_now_ms() < end;) {
+        int done = 0;
+        for (int i = 0; i < NCLIENTS; i++)
+            done += atomic_load(&ps[i].done);
+        if (done == NCLIENTS) break;
+        long r = proc_kib(d->pid, "VmRSS");
+        int f = proc_fds(d->pid);
+        if (r > rss_max) rss_max = r;
+        if (f > fds_max) fds_max = f;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < NCLIENTS; i++)
+        pthread_join(pthr[i], NULL);
+    int64_t push_ms = pbt_now_ms() - t0;
+    for (int i = 0; i < NTRICKLE; i++)
+        pthread_join(tthr[i], NULL);
+    long r = proc_kib(d->pid, "VmRSS");
+    if (r > rss_max) rss_max = r;
+    int f = proc_fds(d->pid);
+    if (f > fds_max) fds_max = f;
+    atomic_store(&pool.stop, true);
+    pthread_join(idle_thr, NULL);
+    long hwm = proc_kib(d->pid, "VmHWM");
+
+    unsigned ok = 0, failed = 0;
+    int64_t max_lat = 0;
+    for (int i = 0; i < NCLIENTS; i++) {
+        ok += ps[i].ok;
+        failed += ps[i].failed;
+        if (ps[i].max_latency_ms > max_lat) max_lat = ps[i].max_latency_ms;
+        CHECKF(ps[i].ok == PUSHES, "client %d: %u of %d pushes answered 200 (last: %ld %s)", i,
+               ps[i].ok, PUSHES, ps[i].last_status, ps[i].last_error);
+    }
+    fprintf(stderr,
+            "load: %u pushes ok, %u failed, by %d clients in %.1f s (%.0f/s, slowest %lld ms) "
+            "beside %d idle connections\n",
+            ok, failed, NCLIENTS, (double)push_ms / 1000.0,
+            push_ms ? ok * 1000.0 / (double)push_ms : 0.0, (long long)max_lat, NIDLE);
+    fprintf(stderr,
+            "load: idle connections cut and re-opened %u times (lifetime %lld..%lld ms), %u "
+            "connect failures, %u unexpected answers\n",
+            pool.reconnects, (long long)pool.min_life_ms, (long long)pool.max_life_ms,
+            pool.connect_failures, pool.unexpected_data);
+    fprintf(stderr,
+            "load: daemon RSS %ld KiB at start, %ld KiB max sampled, VmHWM %ld KiB; "
+            "%d descriptors max\n",
+            rss_start, rss_max, hwm, fds_max);
+    for (int i = 0; i < NTRICKLE; i++)
+        fprintf(stderr, "load: trickler %d (%s) %s after %.1f s\n", i,
+                tr[i].body ? "body" : "headers", tr[i].cut ? "cut" : "NOT cut", tr[i].cut_s);
+
+    CHECKF(fds_max >= NIDLE, "the daemon held the idle connections: %d descriptors", fds_max);
+    CHECKF(pool.unexpected_data == 0, "idle connections got no data");
+    /* idle connections are cut by the timeout, not earlier */
+    CHECKF(pool.reconnects == 0 || pool.min_life_ms >= (CONN_TIMEOUT_S * 1000) - 500,
+           "idle connection cut after %lld ms", (long long)pool.min_life_ms);
+    CHECKF(inbox_holds(d, NCLIENTS * PUSHES), "the inbox holds exactly %d events",
+           NCLIENTS * PUSHES);
+    for (int i = 0; i < NTRICKLE; i++) {
+        CHECKF(tr[i].cut && !tr[i].answered, "trickler %d (%s) cut without an answer", i,
+               tr[i].body ? "body" : "headers");
+        CHECKF(tr[i].cut_s >= CONN_TIMEOUT_S - 0.5 && tr[i].cut_s <= CONN_TIMEOUT_S + 5.0,
+               "trickler %d cut after %.1f s, want %d s + slack", i, tr[i].cut_s, CONN_TIMEOUT_S);
+    }
+    CHECK(log_has(d, "whose request was not complete within"));
+    CHECKF(hwm > 0 && hwm < RSS_BOUND_MIB * 1024, "peak RSS %ld KiB under %d MiB", hwm,
+           RSS_BOUND_MIB);
+    long st;
+    json_t *h = pbt_admin(d, "GET", "/healthz", NULL, &st);
+    json_decref(h);
+    CHECKF(st == 200, "healthy after the load: %ld", st);
+    for (int i = 0; i < NIDLE; i++)
+        if (pool.fds[i] >= 0) close(pool.fds[i]);
+    CHECK_INT(pbt_daemon_stop(d), 0);
+    if (pbt_failed) pbt_daemon_dump_log(d);
+    pbt_daemon_free(d);
+out_ids:
+    for (int i = 0; i < NCLIENTS; i++)
+        ident_stop(&ids[i]);
+}
+
+static const char KEY_REQ[] = "POST " KEY " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              "Content-Type: application/hrpc\r\nContent-Length: 0\r\n\r\n";
+
+/* Sends a Key request on fd and waits up to timeout_ms: 1 = an HTTP answer began,
+ * 0 = closed (EOF or reset) without one, -1 = nothing (hang). *ms = time to the outcome. */
+static int key_request(int fd, int timeout_ms, int64_t *ms)
+{
+    int64_t t0 = pbt_now_ms();
+    int res = 0;
+    if (send(fd, KEY_REQ, sizeof KEY_REQ - 1, MSG_NOSIGNAL) == (ssize_t)sizeof KEY_REQ - 1) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, timeout_ms) != 1) {
+            res = -1;
+        } else {
+            char b[512];
+            ssize_t n = read(fd, b, sizeof b - 1);
+            res = n >= 12 && !strncmp(b, "HTTP/1.1 200", 12) ? 1 : 0;
+        }
+    }
+    *ms = pbt_now_ms() - t0;
+    return res;
+}
+
+struct served_wait {
+    uint16_t port;
+};
+
+static bool served_again(void *vctx)
+{
+    struct served_wait *w = vctx;
+    int fd = connect_port(w->port);
+    int64_t ms;
+    bool ok = fd >= 0 && key_request(fd, 2000, &ms) == 1;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+static void test_limit(void)
+{
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", LIMIT);
+    const char *extra[] = {"--max-connections", lim, "--conn-timeout", "60", NULL};
+    pbt_daemon *d = pbt_daemon_new("limit", extra);
+    if (!pbt_daemon_start(d)) {
+        CHECK(!"limit daemon starts");
+        pbt_daemon_free(d);
+        return;
+    }
+    /* LIMIT keep-alive connections, each served once: all accepted and counted */
+    int hold[LIMIT];
+    int64_t ms;
+    for (int i = 0; i < LIMIT; i++) {
+        hold[i] = connect_port(d->port);
+        CHECKF(hold[i] >= 0 && key_request(hold[i], 5000, &ms) == 1, "holder %d served", i);
+    }
+    /* every further connection is closed at once: no answer, no hang */
+    for (int i = 0; i < 5; i++) {
+        int fd = connect_port(d->port);
+        int res = fd >= 0 ? key_request(fd, 5000, &ms) : 0; /* refused connect is clean too */
+        fprintf(stderr, "limit: connection %d over the limit: %s after %lld ms\n", i,
+                res == 0  ? "closed"
+                : res > 0 ? "SERVED"
+                          : "HUNG",
+                (long long)ms);
+        CHECKF(res == 0 && ms < 2000, "connection over the limit closed at once (%d, %lld ms)", res,
+               (long long)ms);
+        if (fd >= 0) close(fd);
+    }
+    CHECK(log_has(d, "connection limit of 16 reached"));
+    long st;
+    json_t *h = pbt_admin(d, "GET", "/healthz", NULL, &st);
+    json_decref(h);
+    CHECKF(st == 200, "healthy at the limit: %ld", st);
+    /* a place frees: served again */
+    close(hold[0]);
+    struct served_wait w = {d->port};
+    CHECKF(pbt_wait_for(served_again, &w, 10000), "served again once a connection closed");
+    for (int i = 1; i < LIMIT; i++)
+        if (hold[i] >= 0) close(hold[i]);
+    CHECK_INT(pbt_daemon_stop(d), 0);
+    if (pbt_failed) pbt_daemon_dump_log(d);
+    pbt_daemon_free(d);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    /* the test and the daemon (which inherits the limit) each need > NIDLE descriptors */
+    if (!raise_nofile(4096)) {
+        CHECK(!"RLIMIT_NOFILE can be raised to 4096");
+        return pbt_finish();
+    }
+    const char *only = getenv("PBT_ONLY");
+    if (!only || !strcmp(only, "load")) test_load();
+    if (!only || !strcmp(only, "limit")) test_limit();
+    return pbt_finish();
+}
