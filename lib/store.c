@@ -4,8 +4,8 @@
  *
  * Design: a pb_store is just {ops, backend handle}. This file checks arguments and
  * normalises options so every backend sees the same validated calls; it holds no SQL and
- * no state of its own. Backends are chosen by the spec's prefix ("sqlite:"; a plain path
- * is SQLite too).
+ * no state of its own. Backends are chosen by the spec's prefix ("sqlite:" or a plain path:
+ * SQLite; "postgres://" or "postgresql://": PostgreSQL, which gets the whole URI).
  *
  * Untrusted input: the spec and options come from the operator's configuration; they are
  * validated here and refused with PB_ERR_CONFIG and a log line.
@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "log.h"
 #include "mem.h"
 #include "store_impl.h"
@@ -104,8 +105,10 @@ pb_err pb_store_open(const char *spec, const pb_store_opts *opts, pb_store **out
     const char *location = spec;
     if (strncmp(spec, "sqlite:", 7) == 0) {
         location = spec + 7;
+    } else if (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0) {
+        ops = &pb_store_pg_ops;
     } else if (strncmp(spec, "postgres:", 9) == 0 || strncmp(spec, "postgresql:", 11) == 0) {
-        PB_ERROR(NULL, "store: PostgreSQL is not supported by this build");
+        PB_ERROR(NULL, "store: a PostgreSQL store is a URI: postgresql://[user@]host[:port]/db");
         return PB_ERR_CONFIG;
     }
     if (location[0] == '\0') {
@@ -121,6 +124,44 @@ pb_err pb_store_open(const char *spec, const pb_store_opts *opts, pb_store **out
     s->impl = impl;
     *out = s;
     return PB_OK;
+}
+
+char *pb_store_spec_redact(const char *spec)
+{
+    if (!spec) return pb_xstrdup("");
+    if (strncmp(spec, "postgres://", 11) != 0 && strncmp(spec, "postgresql://", 13) != 0)
+        return pb_xstrdup(spec);
+    pb_buf out = PB_BUF_INIT;
+    const char *auth = strstr(spec, "://") + 3;
+    size_t alen = strcspn(auth, "/?");
+    const char *at = NULL; /* the last '@' of the authority ends the user info */
+    for (const char *q = auth; q < auth + alen; q++)
+        if (*q == '@') at = q;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon) {
+        pb_buf_append(&out, spec, (size_t)(colon + 1 - spec));
+        pb_buf_append_str(&out, "***");
+        pb_buf_append_str(&out, at); /* "@host..." and the rest, handled below */
+    } else {
+        pb_buf_append_str(&out, spec);
+    }
+    pb_buf_append(&out, "", 1);
+    /* password=... in the query string */
+    char *r = (char *)pb_buf_steal(&out, NULL);
+    char *q = strchr(r, '?');
+    while (q) {
+        char *param = q + 1;
+        if (strncmp(param, "password=", 9) == 0) {
+            size_t vlen = strcspn(param + 9, "&");
+            char *fixed = pb_xasprintf("%.*s***%s", (int)(param + 9 - r), r, param + 9 + vlen);
+            size_t off = (size_t)(param - r);
+            free(r);
+            r = fixed;
+            param = r + off;
+        }
+        q = strchr(param, '&');
+    }
+    return r;
 }
 
 void pb_store_close(pb_store *s)
@@ -153,6 +194,11 @@ void pb_store_stats_get(pb_store *s, pb_store_stats *out)
     if (!out) return;
     memset(out, 0, sizeof *out);
     if (s) s->ops->stats_get(s->impl, out);
+}
+
+const char *pb_store_backend(pb_store *s)
+{
+    return s ? s->ops->name : "none";
 }
 
 pb_err pb_store_meta_get(pb_store *s, const char *key, char **val)
@@ -383,6 +429,35 @@ pb_err pb_store_rename_out_failed(pb_store *s, const char *peer, uint32_t attemp
 {
     if (!s || !id_ok(peer)) return PB_ERR_INVAL;
     return s->ops->rename_out_failed(s->impl, peer, attempts, next_attempt_at, error);
+}
+
+pb_err pb_store_lease_acquire(pb_store *s, const char *peer, const char *node_id, int64_t now_ms,
+                              int64_t ttl_ms, bool *held)
+{
+    if (!s || !id_ok(peer) || !id_ok(node_id) || now_ms < 0 || ttl_ms <= 0 || !held ||
+        now_ms > INT64_MAX - ttl_ms)
+        return PB_ERR_INVAL;
+    return s->ops->lease_acquire(s->impl, peer, node_id, now_ms, ttl_ms, held);
+}
+
+pb_err pb_store_lease_release(pb_store *s, const char *peer, const char *node_id)
+{
+    if (!s || !id_ok(peer) || !id_ok(node_id)) return PB_ERR_INVAL;
+    return s->ops->lease_release(s->impl, peer, node_id);
+}
+
+pb_err pb_store_outbox_peers(pb_store *s, char ***peers, size_t *n)
+{
+    if (!s || !peers || !n) return PB_ERR_INVAL;
+    return s->ops->outbox_peers(s->impl, peers, n);
+}
+
+void pb_store_strings_free(char **v, size_t n)
+{
+    if (!v) return;
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
 }
 
 #ifdef PB_FAULTS

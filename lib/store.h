@@ -1,13 +1,16 @@
 /*
  * store - postbox's durable state behind one narrow interface. Two backends implement it
- * (store_sqlite.c now, a PostgreSQL one later) through the ops table in store_impl.h;
- * callers never see SQL or which backend runs.
+ * through the ops table in store_impl.h: SQLite (store_sqlite.c; one node) and PostgreSQL
+ * (store_pg.c; several nodes of one server may share it). Callers never see SQL or which
+ * backend runs.
  *
  * Durability contract: a write function returns PB_OK only after its transaction is
  * committed with the configured synchronous level (FULL by default: on disk). Writes are
- * group-committed: concurrent callers are batched into one transaction by a single
- * writer, each caller waiting for the commit that contains its change; one caller's
- * failure (a constraint) does not fail the others in its batch.
+ * group-committed: on SQLite concurrent callers are batched into one transaction by a
+ * single writer, each caller waiting for the commit that contains its change, and one
+ * caller's failure (a constraint) does not fail the others in its batch; on PostgreSQL
+ * every write call is its own transaction and the server batches concurrent commits into
+ * one WAL flush.
  *
  * Errors: PB_ERR_STORE is a store that cannot take the write now (disk full, I/O error,
  * locked): the caller answers 503 and may retry later; nothing of the failed call was
@@ -41,9 +44,12 @@ typedef enum pb_store_sync {
 } pb_store_sync;
 
 typedef struct pb_store_opts {
-    pb_store_sync sync;  /* SQLite PRAGMA synchronous; FULL by default */
-    int busy_timeout_ms; /* lock wait before PB_ERR_STORE; default 5000 (0 = default) */
-    int max_batch;       /* most writes in one group commit; default 256 (0 = default) */
+    pb_store_sync sync;  /* SQLite PRAGMA synchronous / PostgreSQL synchronous_commit
+                            (full: on, normal: local, off: off); FULL by default */
+    int busy_timeout_ms; /* lock wait before PB_ERR_STORE (PostgreSQL: lock_timeout);
+                            default 5000 (0 = default) */
+    int max_batch;       /* SQLite: most writes in one group commit; default 256 (0 =
+                            default); PostgreSQL: unused */
 } pb_store_opts;
 
 #define PB_STORE_BUSY_TIMEOUT_DEFAULT 5000
@@ -61,12 +67,20 @@ const char *pb_store_sync_name(pb_store_sync s);
  * Opens (creating and migrating as needed) the store named by spec:
  *   "sqlite:/path/to/postbox.db" or a plain path: SQLite. The parent directory must
  *   exist; a new database file is created with mode 0600.
+ *   "postgres://..." or "postgresql://..." (a libpq connection URI): PostgreSQL. The
+ *   database must exist; the tables are created in it (in the connection's schema). Nodes
+ *   opening it at the same time migrate it once.
  * opts may be NULL (defaults). On PB_OK *out is owned by the caller: pb_store_close.
  * Errors: PB_ERR_CONFIG for a bad spec or options, a missing directory, or a database
  * whose schema is newer than this build knows (logged); PB_ERR_CORRUPT for a file that
- * is not a database; PB_ERR_IO / PB_ERR_STORE when it cannot be opened or migrated.
+ * is not a database; PB_ERR_IO / PB_ERR_STORE when it cannot be opened or migrated (a
+ * PostgreSQL server that cannot be reached).
  */
 pb_err pb_store_open(const char *spec, const pb_store_opts *opts, pb_store **out);
+/* The spec as it may be logged or shown: a PostgreSQL URI's password (user:PASSWORD@ and
+ * a password= parameter) replaced by "***"; other specs unchanged. The result is a new
+ * string the caller frees. */
+char *pb_store_spec_redact(const char *spec);
 /* Commits the writes already queued (their callers get their results), stops the
  * writer, closes. No call may start once close has begun. NULL is a no-op. */
 void pb_store_close(pb_store *s);
@@ -87,6 +101,9 @@ typedef struct pb_store_stats {
     uint64_t writes;
 } pb_store_stats;
 void pb_store_stats_get(pb_store *s, pb_store_stats *out);
+
+/* The backend's name: "sqlite" or "postgres" (a static string). */
+const char *pb_store_backend(pb_store *s);
 
 /* ---- meta: small key/value facts about this server ------------------------------------ */
 
@@ -267,7 +284,8 @@ pb_err pb_store_invites(pb_store *s, uint64_t user_id, pb_invite_entry **out, si
  * A peer renamed itself OLD -> NEW (NotifyNewId accepted): in one transaction re-labels
  * everything held for OLD as NEW: the peer row with its key (set to new_key) and
  * delivery/sequence state, its outbox events, guild list entries and pending invites, and
- * pending renames_out rows; then appends a rename item (from NEW) to the inbox. The key's
+ * pending renames_out rows and its outbound lease; then appends a rename item (from NEW)
+ * to the inbox. The key's
  * key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are kept.
  * PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer
  * (also when NEW equals OLD); nothing changes then.
@@ -304,20 +322,47 @@ pb_err pb_store_rename_out_done(pb_store *s, const char *peer, const char *new_i
 pb_err pb_store_rename_out_failed(pb_store *s, const char *peer, uint32_t attempts,
                                   int64_t next_attempt_at, const char *error);
 
+/* ---- outbound ownership: several nodes of one server ---------------------------------------
+ *
+ * Exactly one node at a time delivers a peer's outbox: the one holding the peer's lease,
+ * a row (peer, holder, expires_at). Nodes identify themselves with a node_id unique among
+ * the nodes sharing the store. Expiry is judged with the callers' wall clocks (Unix ms),
+ * so the nodes' clocks must agree to well within the lease time. With one node (SQLite)
+ * the lease is always free or its own.
+ */
+
+/* Takes or renews the lease on peer for node_id, atomically (one statement): when there
+ * is none, it has expired (expires_at <= now_ms) or node_id holds it already, it becomes
+ * node_id's with expires_at = now_ms + ttl_ms and *held is true; otherwise nothing changes
+ * and *held is false. PB_ERR_INVAL for empty strings, now_ms < 0, ttl_ms <= 0 or an
+ * overflowing now_ms + ttl_ms. A write: committed before it returns. */
+pb_err pb_store_lease_acquire(pb_store *s, const char *peer, const char *node_id, int64_t now_ms,
+                              int64_t ttl_ms, bool *held);
+/* Gives the lease on peer up if node_id holds it (PB_OK also when it does not), so
+ * another node may take it at once. */
+pb_err pb_store_lease_release(pb_store *s, const char *peer, const char *node_id);
+/* The peers that have at least one outbox event, ordered by server_id (bytewise), so a
+ * node finds work appended by other nodes. Cost: one primary-key probe per such peer
+ * (a loose index scan), never a scan of the queue. *peers (caller frees with
+ * pb_store_strings_free) is NULL when none. */
+pb_err pb_store_outbox_peers(pb_store *s, char ***peers, size_t *n);
+void pb_store_strings_free(char **v, size_t n);
+
 /* ---- test-only fault points (PB_FAULTS builds) ----------------------------------------- */
 
 #ifdef PB_FAULTS
 /* From now on every write call fails with err (e.g. PB_ERR_STORE for a full disk)
  * without touching the database, until called again with PB_OK. Reads are unaffected. */
 void pb_store_fault_set(pb_store *s, pb_err err);
-/* hold=true: the writer takes no queued write until called with false (or the store is
- * closed), so a test can gather a known set of writes into one group commit. */
+/* hold=true: no queued write starts until called with false (or the store is closed),
+ * so a test can gather a known set of writes into one group commit (SQLite) or start
+ * them at once (PostgreSQL). */
 void pb_store_fault_hold(pb_store *s, bool hold);
-/* Number of write calls queued and not yet taken by the writer. */
+/* Number of write calls queued and not yet started (held). */
 size_t pb_store_fault_queued(pb_store *s);
 /* A write call that sets meta key to "partial" and then violates a constraint in the
- * same job: returns the constraint's error (PB_ERR_INVAL) and must leave nothing behind,
- * while the other writes of its batch commit. */
+ * same transaction or job: returns the constraint's error (PB_ERR_INVAL) and must leave
+ * nothing behind, while the other writes (of its batch) commit. */
 pb_err pb_store_fault_bad_write(pb_store *s, const char *key);
 #endif
 

@@ -1,6 +1,6 @@
 /*
  * store_impl - the contract between store.c (the public pb_store_* API) and a storage
- * backend (store_sqlite.c now, a PostgreSQL one later). Library-internal; callers of the
+ * backend (store_sqlite.c, store_pg.c). Library-internal; callers of the
  * store never include it.
  *
  * A backend is one const pb_store_ops table. store.c parses the spec, picks the table,
@@ -69,6 +69,11 @@ typedef struct pb_store_ops {
     pb_err (*rename_out_done)(void *impl, const char *peer, const char *new_id);
     pb_err (*rename_out_failed)(void *impl, const char *peer, uint32_t attempts,
                                 int64_t next_attempt_at, const char *error);
+    /* store.c has checked: strings non-empty, now_ms >= 0, ttl_ms > 0, no overflow */
+    pb_err (*lease_acquire)(void *impl, const char *peer, const char *node_id, int64_t now_ms,
+                            int64_t ttl_ms, bool *held);
+    pb_err (*lease_release)(void *impl, const char *peer, const char *node_id);
+    pb_err (*outbox_peers)(void *impl, char ***peers, size_t *n);
 
     /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and
      * store.c then makes them no-ops (pb_store_fault_bad_write returns PB_ERR_INTERNAL). */
@@ -79,5 +84,6 @@ typedef struct pb_store_ops {
 } pb_store_ops;
 
 extern const pb_store_ops pb_store_sqlite_ops;
+extern const pb_store_ops pb_store_pg_ops;
 
 #endif

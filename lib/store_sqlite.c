@@ -18,7 +18,7 @@
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, reset after use).
  *
- * Schema (version 2; migration 1 created meta and peers):
+ * Schema (version 3; migration 1 created meta and peers, 3 added leases):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s),
  *    mode, attempts, next_attempt_at, last_error, parked_seq, next_seq DEFAULT 1,
  *    recv_seq DEFAULT 0): one row per peer, as receiver R of our outbox (delivery fields,
@@ -33,6 +33,10 @@
  *    inviter_id), PKs starting with user_id (WITHOUT ROWID), plus an index on server_id
  *    for a peer's rename.
  *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error).
+ *  - leases(peer PK, holder, expires_at (ms)) WITHOUT ROWID: which node delivers to the
+ *    peer (store.h "outbound ownership"); one upsert takes or renews a lease.
+ *  pb_store_outbox_peers is a loose index scan of outbox's primary key (a recursive query
+ *  that seeks to the next peer after each one found), never a scan of the queue.
  *  No foreign keys: a rename re-labels every table explicitly in one job.
  *  Events are stored as pb_wire_event_encode bytes (encoded on the caller's thread before
  *  the job is queued); a stored event that does not decode is PB_ERR_CORRUPT. uint64
@@ -128,6 +132,12 @@ static const char *const migrations[] = {
     "  next_attempt_at INTEGER NOT NULL DEFAULT 0,"
     "  last_error TEXT NULL"
     ");",
+    /* 3: outbound ownership among several nodes (store.h "outbound ownership") */
+    "CREATE TABLE leases ("
+    "  peer TEXT PRIMARY KEY,"
+    "  holder TEXT NOT NULL,"
+    "  expires_at INTEGER NOT NULL"
+    ") WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -179,6 +189,10 @@ enum stmt_id {
     ST_RENAME_OUT_LIST,
     ST_RENAME_OUT_DONE,
     ST_RENAME_OUT_FAILED,
+    ST_RENAME_LEASES,
+    ST_LEASE_ACQUIRE,
+    ST_LEASE_RELEASE,
+    ST_OUTBOX_PEERS,
     ST__COUNT
 };
 
@@ -267,6 +281,20 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_RENAME_OUT_DONE] = "DELETE FROM renames_out WHERE peer = ?1 AND new_id = ?2",
     [ST_RENAME_OUT_FAILED] = "UPDATE renames_out SET attempts = ?2, next_attempt_at = ?3,"
                              " last_error = ?4 WHERE peer = ?1",
+    [ST_RENAME_LEASES] = "UPDATE OR REPLACE leases SET peer = ?2 WHERE peer = ?1",
+    /* changes() is 1 when the row was inserted or updated, 0 when the WHERE kept it */
+    [ST_LEASE_ACQUIRE] = "INSERT INTO leases(peer, holder, expires_at) VALUES (?1, ?2, ?3 + ?4)"
+                         " ON CONFLICT(peer) DO UPDATE SET holder = excluded.holder,"
+                         " expires_at = excluded.expires_at"
+                         " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?3",
+    [ST_LEASE_RELEASE] = "DELETE FROM leases WHERE peer = ?1 AND holder = ?2",
+    /* loose index scan: each step seeks the first key of the next peer */
+    [ST_OUTBOX_PEERS] = "WITH RECURSIVE t(peer) AS ("
+                        " SELECT (SELECT peer FROM outbox ORDER BY peer LIMIT 1)"
+                        " UNION ALL"
+                        " SELECT (SELECT o.peer FROM outbox o WHERE o.peer > t.peer"
+                        " ORDER BY o.peer LIMIT 1) FROM t WHERE t.peer IS NOT NULL)"
+                        " SELECT peer FROM t WHERE peer IS NOT NULL",
 };
 
 typedef struct conn {
@@ -815,10 +843,7 @@ out:
 
 /* ---- status ----------------------------------------------------------------------------- */
 
-static pb_err noop_job(conn *c, void *ctx)
-{
-    return PB_OK;
-}
+static pb_err sq_meta_set(void *impl, const char *key, const char *val);
 
 static pb_err sq_ping(void *impl)
 {
@@ -835,7 +860,13 @@ static pb_err sq_ping(void *impl)
     }
     reader_put(b, c);
     if (err != PB_OK) return err;
-    return job_run(b, noop_job, NULL);
+    /* A real write (and fsync): an empty transaction would not notice a full disk. */
+    /* The value changes on every call (SQLite skips writing an unchanged row). */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char now[48];
+    snprintf(now, sizeof now, "%lld.%09ld", (long long)ts.tv_sec, ts.tv_nsec);
+    return sq_meta_set(impl, "health_checked_at", now);
 }
 
 static pb_err sq_schema_version(void *impl, int *version)
@@ -1741,6 +1772,7 @@ static pb_err peer_rename_job(conn *c, void *ctx)
     if (err == PB_OK) err = EXEC(c, ST_RENAME_INVITES, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
     if (err == PB_OK)
         err = EXEC(c, ST_RENAME_RENAMES_OUT, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
+    if (err == PB_OK) err = EXEC(c, ST_RENAME_LEASES, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
     if (err == PB_OK)
         err = EXEC(c, ST_INBOX_INSERT, NULL, A_TEXT(r->new_id), A_TEXT(NULL), A_TEXT(r->old_id),
                    A_TEXT(r->new_id), A_INT(r->now));
@@ -1850,6 +1882,82 @@ static pb_err sq_rename_out_failed(void *impl, const char *peer, uint32_t attemp
     return job_run(impl, rename_out_failed_job, &r);
 }
 
+/* ---- outbound ownership ----------------------------------------------------------------- */
+
+struct lease_ctx {
+    const char *peer, *node_id;
+    int64_t now_ms, ttl_ms;
+    bool held; /* out */
+};
+
+static pb_err lease_acquire_job(conn *c, void *ctx)
+{
+    struct lease_ctx *l = ctx;
+    int changes = 0;
+    pb_err err = EXEC(c, ST_LEASE_ACQUIRE, &changes, A_TEXT(l->peer), A_TEXT(l->node_id),
+                      A_INT(l->now_ms), A_INT(l->ttl_ms));
+    if (err == PB_OK) l->held = changes > 0;
+    return err;
+}
+
+static pb_err sq_lease_acquire(void *impl, const char *peer, const char *node_id, int64_t now_ms,
+                               int64_t ttl_ms, bool *held)
+{
+    struct lease_ctx l = {peer, node_id, now_ms, ttl_ms, false};
+    pb_err err = job_run(impl, lease_acquire_job, &l);
+    if (err == PB_OK) *held = l.held;
+    return err;
+}
+
+static pb_err lease_release_job(conn *c, void *ctx)
+{
+    struct lease_ctx *l = ctx;
+    return EXEC(c, ST_LEASE_RELEASE, NULL, A_TEXT(l->peer), A_TEXT(l->node_id));
+}
+
+static pb_err sq_lease_release(void *impl, const char *peer, const char *node_id)
+{
+    struct lease_ctx l = {peer, node_id, 0, 0, false};
+    return job_run(impl, lease_release_job, &l);
+}
+
+static pb_err sq_outbox_peers(void *impl, char ***out, size_t *count)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    char **arr = NULL;
+    size_t n = 0, cap = 0;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_get(c, ST_OUTBOX_PEERS, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * sizeof *arr);
+        }
+        arr[n] = col_strdup(st, 0);
+        if (!arr[n]) {
+            err = PB_ERR_CORRUPT;
+            break;
+        }
+        n++;
+    }
+    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "outbox peers");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        pb_store_strings_free(arr, n);
+        return err;
+    }
+    *out = arr;
+    *count = n;
+    return PB_OK;
+}
+
 /* ---- test-only fault points ------------------------------------------------------------- */
 
 #ifdef PB_FAULTS
@@ -1932,6 +2040,9 @@ const pb_store_ops pb_store_sqlite_ops = {
     .rename_out_list = sq_rename_out_list,
     .rename_out_done = sq_rename_out_done,
     .rename_out_failed = sq_rename_out_failed,
+    .lease_acquire = sq_lease_acquire,
+    .lease_release = sq_lease_release,
+    .outbox_peers = sq_outbox_peers,
 #ifdef PB_FAULTS
     .fault_set = sq_fault_set,
     .fault_hold = sq_fault_hold,

@@ -5,7 +5,9 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <ctype.h>
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -141,6 +143,150 @@ uint16_t pbt_free_port(void)
     return ntohs(a.sin_port);
 }
 
+/* ---- PostgreSQL --------------------------------------------------------------------------- */
+
+const char *pbt_pg_url(void)
+{
+    const char *u = getenv("PB_TEST_PG_URL");
+    if (u && *u) return u;
+    fprintf(stderr, "PB_TEST_PG_URL is not set: the PostgreSQL tests need a server. Start a "
+                    "throw-away one with  eval \"$(scripts/pg-start)\"  (scripts/pg-stop "
+                    "\"$PB_TEST_PG_DIR\" stops it); make test does this itself.\n");
+    return NULL;
+}
+
+/* The server URL with its database replaced by name (caller frees). */
+static char *pg_url_with_db(const char *url, const char *name)
+{
+    const char *auth = strstr(url, "://");
+    if (!auth) return NULL;
+    auth += 3;
+    size_t end = strcspn(auth, "/?"); /* end of user:password@host:port */
+    const char *rest = auth + end;
+    const char *query = strchr(rest, '?');
+    char *out = NULL;
+    if (asprintf(&out, "%.*s/%s%s", (int)(rest - url), url, name, query ? query : "") < 0) abort();
+    return out;
+}
+
+static void pg_quiet(void *ud, const char *msg)
+{
+    (void)ud;
+    (void)msg; /* "database ... does not exist, skipping" and the like */
+}
+
+/* Runs one statement on the database of PB_TEST_PG_URL; false (message printed) on error. */
+static bool pg_admin_exec(const char *sql)
+{
+    const char *url = pbt_pg_url();
+    if (!url) return false;
+    PGconn *c = PQconnectdb(url);
+    bool ok = false;
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "cannot connect to PB_TEST_PG_URL: %s", PQerrorMessage(c));
+    } else {
+        PQsetNoticeProcessor(c, pg_quiet, NULL);
+        PGresult *r = PQexec(c, sql);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) fprintf(stderr, "%s: %s", sql, PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    PQfinish(c);
+    return ok;
+}
+
+static bool pg_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 63) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(islower((unsigned char)name[i]) || isdigit((unsigned char)name[i]) || name[i] == '_'))
+            return false;
+    return true;
+}
+
+char *pbt_pg_create_db(const char *name)
+{
+    if (!pg_name_ok(name)) {
+        fprintf(stderr, "pbt_pg_create_db: bad database name \"%s\"\n", name);
+        return NULL;
+    }
+    const char *url = pbt_pg_url();
+    if (!url) return NULL;
+    char sql[160];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
+    if (!pg_admin_exec(sql)) return NULL;
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+    if (!pg_admin_exec(sql)) return NULL;
+    char *out = pg_url_with_db(url, name);
+    if (!out) fprintf(stderr, "PB_TEST_PG_URL is not a postgresql:// URL\n");
+    return out;
+}
+
+void pbt_pg_drop_db(const char *name)
+{
+    if (!name || !pg_name_ok(name)) return;
+    char sql[160];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
+    pg_admin_exec(sql);
+}
+
+/* The daemons made and not yet freed, so a test that must give up (its store cannot be
+ * made) leaves no process behind. */
+static pbt_daemon *g_live[64];
+
+static void live_add(pbt_daemon *d)
+{
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++) {
+        if (!g_live[i]) {
+            g_live[i] = d;
+            return;
+        }
+    }
+}
+
+static void live_remove(pbt_daemon *d)
+{
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++)
+        if (g_live[i] == d) g_live[i] = NULL;
+}
+
+static void give_up(void)
+{
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++) {
+        if (!g_live[i]) continue;
+        pbt_daemon_kill(g_live[i]);
+        pbt_rmrf(g_live[i]->dir);
+        pbt_pg_drop_db(g_live[i]->pg_db);
+    }
+    exit(2);
+}
+
+/* PBT_STORE=postgres: a database named after the data directory, passed as --store. */
+static void daemon_use_postgres(pbt_daemon *d)
+{
+    const char *base = strrchr(d->dir, '/');
+    base = base ? base + 1 : d->dir;
+    char name[64];
+    int n = snprintf(name, sizeof name, "pbt_%s", base);
+    if (n < 0 || (size_t)n >= sizeof name) n = (int)sizeof name - 1;
+    for (int i = 0; i < n; i++)
+        name[i] = isalnum((unsigned char)name[i]) ? (char)tolower((unsigned char)name[i]) : '_';
+    char *url = pbt_pg_create_db(name);
+    if (!url) {
+        fprintf(stderr, "PBT_STORE=postgres: cannot create database %s for %s\n", name, d->dir);
+        give_up();
+    }
+    d->pg_db = strdup(name);
+    if (d->nargs <= 30) {
+        d->args[d->nargs++] = strdup("--store");
+        d->args[d->nargs++] = url;
+    } else {
+        fprintf(stderr, "PBT_STORE=postgres: too many daemon arguments\n");
+        give_up();
+    }
+}
+
 pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra)
 {
     pbt_daemon *d = calloc(1, sizeof *d);
@@ -155,6 +301,14 @@ pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra)
     if (asprintf(&d->log_path, "%s/postboxd.log", d->dir) < 0) abort();
     for (int i = 0; extra && extra[i] && d->nargs < 31; i++)
         d->args[d->nargs++] = strdup(extra[i]);
+    live_add(d);
+    const char *store = getenv("PBT_STORE");
+    if (store && strcmp(store, "postgres") == 0) {
+        daemon_use_postgres(d);
+    } else if (store && *store && strcmp(store, "sqlite") != 0) {
+        fprintf(stderr, "PBT_STORE=%s: want sqlite or postgres\n", store);
+        give_up();
+    }
     return d;
 }
 
@@ -279,8 +433,13 @@ void pbt_daemon_kill(pbt_daemon *d)
 void pbt_daemon_free(pbt_daemon *d)
 {
     if (!d) return;
+    live_remove(d);
     pbt_daemon_stop(d);
-    if (!getenv("PBT_KEEP")) pbt_rmrf(d->dir);
+    if (!getenv("PBT_KEEP")) {
+        pbt_rmrf(d->dir);
+        pbt_pg_drop_db(d->pg_db);
+    }
+    free(d->pg_db);
     free(d->dir);
     free(d->log_path);
     for (int i = 0; i < d->nargs; i++)

@@ -3,8 +3,14 @@
  *
  * Assertions count and report failures without stopping the test, so one run shows
  * every broken case; pbt_finish() prints "N passed, N failed" and gives the exit code.
- * Also: hex and temp-directory helpers, the shared vectors, and (for integration tests)
- * starting and stopping real postboxd processes on 127.0.0.1.
+ * Also: hex and temp-directory helpers, the shared vectors, (for integration tests)
+ * starting and stopping real postboxd processes on 127.0.0.1, and throw-away PostgreSQL
+ * databases on the server named by PB_TEST_PG_URL (scripts/pg-start).
+ *
+ * Store selection: with PBT_STORE=postgres in the environment every daemon made by
+ * pbt_daemon_new gets a fresh PostgreSQL database of its own (--store postgresql://...),
+ * dropped by pbt_daemon_free; unset (or PBT_STORE=sqlite) it uses SQLite in its data
+ * directory.
  */
 #ifndef PB_TEST_HARNESS_H
 #define PB_TEST_HARNESS_H
@@ -87,10 +93,13 @@ typedef struct pbt_daemon {
     char *log_path; /* the daemon's stderr */
     char *args[32]; /* extra settings, owned */
     int nargs;
+    char *pg_db; /* PBT_STORE=postgres: its database (owned; dropped by pbt_daemon_free) */
 } pbt_daemon;
 
 /* Creates a daemon description with a fresh data directory and free ports; extra is a
- * NULL-terminated list of further postboxd arguments (may be NULL). Does not start it. */
+ * NULL-terminated list of further postboxd arguments (may be NULL). Does not start it.
+ * With PBT_STORE=postgres it also creates the daemon's database (exits the test with a
+ * message when that fails, e.g. PB_TEST_PG_URL unset). */
 pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
 /* Starts (or restarts) the process and waits until its admin /healthz answers 200
  * (bounded: 20 s). Returns false, with the log printed, when it did not come up. */
@@ -101,7 +110,7 @@ int pbt_daemon_stop(pbt_daemon *d);
 bool pbt_daemon_wait_exit(pbt_daemon *d, int timeout_ms);
 /* SIGKILL and reap. */
 void pbt_daemon_kill(pbt_daemon *d);
-/* Stops if running, removes the data directory, frees. */
+/* Stops if running, removes the data directory (and drops its PostgreSQL database), frees. */
 void pbt_daemon_free(pbt_daemon *d);
 /* Prints the last lines of the daemon's log to stderr (for failures). */
 void pbt_daemon_dump_log(const pbt_daemon *d);
@@ -130,5 +139,17 @@ json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, jso
 /* Polls `cond(ctx)` every 20 ms until it is true or timeout_ms passes; returns its last
  * value. */
 bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms);
+
+/* ---- PostgreSQL: throw-away databases ---------------------------------------------------- */
+
+/* $PB_TEST_PG_URL (postgresql://user:password@127.0.0.1:port/db), or NULL after printing
+ * how to get one (scripts/pg-start). */
+const char *pbt_pg_url(void);
+/* Creates database `name` ([a-z0-9_], at most 63 bytes; an old one of that name is dropped
+ * first) on that server and returns its URI (caller frees); NULL, with a message on
+ * stderr, when it cannot. */
+char *pbt_pg_create_db(const char *name);
+/* Drops database `name` (terminating its sessions); nothing when it does not exist. */
+void pbt_pg_drop_db(const char *name);
 
 #endif
