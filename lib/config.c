@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "log.h"
@@ -40,7 +41,9 @@ static const struct setting settings[] = {
     S(admin_listen, "127.0.0.1:2290", "admin API listener, loopback IP:PORT or unix:/path"),
     S(admin_token_file, NULL, "file holding the admin API bearer token (optional)"),
     S(data_dir, "/var/lib/postbox", "directory for the key and the SQLite store"),
-    S(store, NULL, "store: sqlite:/path (default sqlite:DATA_DIR/postbox.db)"),
+    S(store, NULL,
+      "store: sqlite:/path (default sqlite:DATA_DIR/postbox.db), or "
+      "postgresql://user:password@host/db shared by several nodes"),
     S(sync, "full", "SQLite synchronous level: full, normal or off"),
     S(key_file, NULL, "Ed25519 key file (default DATA_DIR/key)"),
     S(tls_cert, NULL, "TLS certificate (PEM) for the federation listener"),
@@ -50,11 +53,16 @@ static const struct setting settings[] = {
     S(allow, NULL, "only these server IDs may call (comma-separated; empty: everyone)"),
     S(deny, NULL, "these server IDs may not call (comma-separated)"),
     S(log_level, "info", "debug, info, warn or error"),
+    S(node_id, NULL,
+      "this node's unique name when several nodes share a PostgreSQL store "
+      "(default: host name and listen port)"),
     U(auth_window, 60, 1, 86400, "seconds a token's time may differ from ours"),
     U(key_refetch_interval, 30, 1, 86400, "least seconds between key fetches for one peer"),
     U(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),
-    U(max_connections, 1024, 4, 1000000, "most open federation connections"),
-    U(conn_timeout, 15, 1, 3600, "seconds an idle connection is kept"),
+    U(max_connections, 1024, 4, 1000000,
+      "most open federation connections (more are closed at once)"),
+    U(conn_timeout, 15, 1, 3600,
+      "seconds an idle connection is kept, and the longest a request may take to arrive"),
     U(threads, 4, 1, 256, "federation listener threads"),
     U(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
@@ -69,6 +77,9 @@ static const struct setting settings[] = {
     U(pull_max_bytes, 1048576, 1024, 16777216, "byte cap of one Pull answer"),
     U(push_wait_ms, 10000, 0, 600000, "a Push waits this long for a Pull in progress, ms"),
     U(rename_wait_ms, 10000, 0, 600000, "rename waits this long for peers' answers, ms"),
+    U(lease_ttl, 10, 2, 3600,
+      "several nodes: a dead node's peers are taken over after this "
+      "many seconds"),
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -280,6 +291,19 @@ pb_err pb_config_finish(pb_config *c, char **why)
         return PB_ERR_CONFIG;
     }
     if (!c->store) c->store = pb_xasprintf("sqlite:%s/postbox.db", c->data_dir);
+    bool shared = !strncmp(c->store, "postgres://", 11) || !strncmp(c->store, "postgresql://", 13);
+    if (shared && !c->node_id) {
+        char host[256] = "node";
+        gethostname(host, sizeof host - 1);
+        c->node_id = pb_xasprintf("%s/%s", host, c->listen);
+    }
+    if (!shared) {
+        free(c->node_id);
+        c->node_id = NULL;
+    } else if (c->peer_timeout_ms > c->lease_ttl * 1000 / 2) {
+        /* a Push must end well within the lease, or another node could push concurrently */
+        c->peer_timeout_ms = c->lease_ttl * 1000 / 2;
+    }
     if (!c->key_file) c->key_file = pb_xasprintf("%s/key", c->data_dir);
     pb_store_sync sy;
     if (pb_store_sync_parse(c->sync, &sy) != PB_OK) {
@@ -327,7 +351,10 @@ char *pb_config_dump(const pb_config *c)
         char *line;
         if (st->kind == K_STR) {
             const char *v = *str_field((pb_config *)c, st);
-            line = pb_xasprintf("%s = %s\n", st->name, v ? v : "");
+            /* the store URI may hold a password: never print it */
+            char *shown = v && !strcmp(st->name, "store") ? pb_store_spec_redact(v) : NULL;
+            line = pb_xasprintf("%s = %s\n", st->name, shown ? shown : v ? v : "");
+            free(shown);
         } else {
             line = pb_xasprintf("%s = %llu\n", st->name,
                                 (unsigned long long)*uint_field((pb_config *)c, st));

@@ -36,6 +36,7 @@ struct pb_config {
     char *allow;       /* comma/space separated server IDs */
     char *deny;
     char *log_level;
+    char *node_id; /* several nodes on one shared store */
     uint64_t auth_window;
     uint64_t key_refetch_interval;
     uint64_t max_body;
@@ -55,6 +56,7 @@ struct pb_config {
     uint64_t pull_max_bytes;
     uint64_t push_wait_ms;
     uint64_t rename_wait_ms;
+    uint64_t lease_ttl;
     /* derived by pb_config_finish */
     char **allow_list;
     size_t nallow;

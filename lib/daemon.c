@@ -22,6 +22,7 @@
 #include "adminapi.h"
 #include "config.h"
 #include "delivery.h"
+#include "faultvfs.h"
 #include "hrpc_client.h"
 #include "hrpc_server.h"
 #include "keys.h"
@@ -178,6 +179,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     snprintf(d->server_id, sizeof d->server_id, "%s", cfg->server_id);
     pb_log_level lv;
     if (pb_log_level_parse(cfg->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+    if ((err = pb_faultvfs_install()) != PB_OK) goto fail; /* test builds only */
 
     if ((err = ensure_dir(cfg->data_dir)) != PB_OK) goto fail;
     bool created = false;
@@ -191,7 +193,9 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     pb_store_opts_default(&so);
     pb_store_sync_parse(cfg->sync, &so.sync);
     if ((err = pb_store_open(cfg->store, &so, &d->store)) != PB_OK) {
-        PB_ERROR(NULL, "cannot open store %s: %s", cfg->store, pb_strerror(err));
+        char *shown = pb_store_spec_redact(cfg->store);
+        PB_ERROR(NULL, "cannot open store %s: %s", shown, pb_strerror(err));
+        free(shown);
         goto fail;
     }
     if ((err = check_identity(d, cfg->server_id)) != PB_OK) goto fail;
@@ -237,6 +241,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .pull_batch = (unsigned)cfg->pull_batch,
         .pull_max_bytes = (size_t)cfg->pull_max_bytes,
         .push_wait_ms = (unsigned)cfg->push_wait_ms,
+        .node_id = cfg->node_id,
+        .lease_ttl_ms = (unsigned)(cfg->lease_ttl * 1000),
     };
     if ((err = pb_delivery_new(&dopts, &d->delivery)) != PB_OK) {
         PB_ERROR(NULL, "cannot load delivery state: %s", pb_strerror(err));
@@ -274,9 +280,10 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
                                .rename_wait_ms = (int)cfg->rename_wait_ms};
     pb_adminapi_register(d->admin, &d->api);
 
-    /* The engine first: its start-up Pulls are scheduled before any Push is accepted. */
-    if ((err = pb_delivery_start(d->delivery)) != PB_OK) goto fail;
+    /* The listener first (start-up Pulls make peers fetch our key from it); Pushes that
+     * arrive before the workers run wait for the start-up Pull of their sender. */
     if ((err = pb_hrpc_server_start(d->fed)) != PB_OK) goto fail;
+    if ((err = pb_delivery_start(d->delivery)) != PB_OK) goto fail;
     if ((err = pb_admin_http_start(d->admin)) != PB_OK) goto fail;
     char hex[65];
     pb_keys_hex(pb_keys_public(d->keys), hex);

@@ -56,6 +56,8 @@ struct peer {
     int64_t rename_at;
     uint64_t rename_tries; /* attempts made, for waiters */
     char rename_err[256];
+    /* several nodes */
+    int64_t lease_wait_until; /* another node holds the lease: do not ask before this */
 };
 
 struct pb_delivery {
@@ -70,6 +72,8 @@ struct pb_delivery {
     size_t rr; /* round-robin start for fairness */
     pthread_t *threads;
     unsigned nthreads;
+    pthread_t scanner;
+    bool has_scanner;
     bool stopping;
 };
 
@@ -256,6 +260,50 @@ out:
     return res;
 }
 
+/* ---- leases (several nodes) ---------------------------------------------------------------- */
+
+/* Takes or renews this node's lease on peer; true when held (always with one node). */
+static bool lease_take(pb_delivery *d, struct peer *p, const char *peer)
+{
+    if (!d->o.node_id) return true;
+    bool held = false;
+    pb_err err =
+        pb_store_lease_acquire(d->o.store, peer, d->o.node_id, now_ms(), d->o.lease_ttl_ms, &held);
+    if (err != PB_OK) PB_WARN(peer, "cannot take the delivery lease: %s", pb_strerror(err));
+    if (!held) {
+        pthread_mutex_lock(&d->mu);
+        p->lease_wait_until = now_ms() + d->o.scan_interval_ms;
+        pthread_mutex_unlock(&d->mu);
+    }
+    return err == PB_OK && held;
+}
+
+static void lease_give(pb_delivery *d, const char *peer)
+{
+    if (!d->o.node_id) return;
+    pb_err err = pb_store_lease_release(d->o.store, peer, d->o.node_id);
+    if (err != PB_OK) PB_WARN(peer, "cannot release the delivery lease: %s", pb_strerror(err));
+}
+
+/* With the lease just taken: the shared store's delivery state wins over ours (another
+ * node may have queued, drained or parked the peer). False when nothing is due now. */
+static bool lease_sync_state(pb_delivery *d, struct peer *p, const char *peer)
+{
+    if (!d->o.node_id) return true;
+    pb_peer_state st;
+    if (pb_store_peer_state_get(d->o.store, peer, &st) != PB_OK) return true;
+    pthread_mutex_lock(&d->mu);
+    p->mode = st.mode;
+    p->attempts = st.attempts;
+    p->next_attempt = st.next_attempt_at;
+    bool due = st.queued > 0 && (st.mode == PB_MODE_PUSH ||
+                                 (st.mode == PB_MODE_QUEUED && st.next_attempt_at <= now_ms()));
+    if (st.queued == 0) p->has_work = false;
+    pthread_mutex_unlock(&d->mu);
+    pb_peer_state_clear(&st);
+    return due;
+}
+
 /* Forgets delivered events up to `upto` (no-op for 0). */
 static void forget(pb_delivery *d, const char *peer, uint64_t upto)
 {
@@ -271,13 +319,34 @@ static void forget(pb_delivery *d, const char *peer, uint64_t upto)
  * most a batch, which the receiver recognises. A foreign receiver's events are forgotten
  * one by one, right after each 200.
  */
+static void push_loop(pb_delivery *d, struct peer *p, const char *leased);
+
 static void task_push(pb_delivery *d, struct peer *p)
+{
+    char peer[PB_SERVER_ID_MAX];
+    pthread_mutex_lock(&d->mu);
+    snprintf(peer, sizeof peer, "%s", p->id);
+    pthread_mutex_unlock(&d->mu);
+    if (!lease_take(d, p, peer)) return;
+    if (lease_sync_state(d, p, peer)) push_loop(d, p, peer);
+    lease_give(d, peer);
+}
+
+static void push_loop(pb_delivery *d, struct peer *p, const char *leased)
 {
     char peer[PB_SERVER_ID_MAX] = "";
     uint64_t cursor = 1, lazy_upto = 0;
+    int64_t lease_renewed = now_ms();
     for (;;) {
         forget(d, peer, lazy_upto);
         lazy_upto = 0;
+        if (d->o.node_id && now_ms() - lease_renewed > (int64_t)d->o.lease_ttl_ms / 3) {
+            if (!lease_take(d, p, leased)) {
+                PB_WARN(leased, "lost the delivery lease to another node");
+                return;
+            }
+            lease_renewed = now_ms();
+        }
         pthread_mutex_lock(&d->mu);
         snprintf(peer, sizeof peer, "%s", p->id);
         uint64_t gen = p->gen;
@@ -448,7 +517,7 @@ static void task_pull(pb_delivery *d, struct peer *p)
         total += rr.applied;
         if (rr.applied) inbox_bump(d);
     }
-    if (total) PB_INFO(peer, "pulled %zu events", total);
+    PB_INFO(peer, "pull finished: %zu new events", total);
     pthread_mutex_lock(&d->mu);
     p->pulling = false;
     pthread_cond_broadcast(&d->state_cv);
@@ -584,6 +653,42 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* ---- several nodes: the scanner ------------------------------------------------------------ */
+
+/* Every scan_interval_ms: peers with queued events (submitted through any node) get work,
+ * and a rename of this server made through another node is taken up. */
+static void *scanner(void *arg)
+{
+    pb_delivery *d = arg;
+    pthread_mutex_lock(&d->mu);
+    while (!d->stopping) {
+        pthread_mutex_unlock(&d->mu);
+        char **peers = NULL, *self = NULL;
+        size_t n = 0;
+        pb_err err = pb_store_outbox_peers(d->o.store, &peers, &n);
+        if (err != PB_OK) PB_WARN(NULL, "scanner: %s", pb_strerror(err));
+        if (pb_store_meta_get(d->o.store, "server_id", &self) != PB_OK) self = NULL;
+        pthread_mutex_lock(&d->mu);
+        for (size_t i = 0; i < n; i++) {
+            struct peer *p = peer_get(d, peers[i]);
+            if (!p->owned) {
+                p->has_work = true;
+                p->gen++;
+            }
+        }
+        if (self && strcmp(self, d->self) != 0) {
+            PB_INFO(NULL, "this server was renamed to %s (by another node)", self);
+            snprintf(d->self, sizeof d->self, "%s", self);
+        }
+        if (n) pthread_cond_broadcast(&d->work_cv);
+        free(self);
+        pb_store_strings_free(peers, n);
+        wait_until(d, &d->work_cv, now_ms() + d->o.scan_interval_ms);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
 /* ---- life cycle ---------------------------------------------------------------------------- */
 
 pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
@@ -599,6 +704,9 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     if (!d->o.pull_batch) d->o.pull_batch = 1000;
     if (!d->o.pull_max_bytes) d->o.pull_max_bytes = 1024 * 1024;
     if (!d->o.push_wait_ms) d->o.push_wait_ms = 10000;
+    if (!d->o.lease_ttl_ms) d->o.lease_ttl_ms = 10000;
+    if (!d->o.scan_interval_ms) d->o.scan_interval_ms = 1000;
+    d->o.node_id = opts->node_id ? pb_xstrdup(opts->node_id) : NULL;
     snprintf(d->self, sizeof d->self, "%s", opts->server_id);
     pthread_mutex_init(&d->mu, NULL);
     pthread_condattr_t ca;
@@ -634,6 +742,12 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
         if (rs[i].last_error) snprintf(p->rename_err, sizeof p->rename_err, "%s", rs[i].last_error);
     }
     pb_rename_outs_free(rs, n);
+    /* Every known peer is pulled at start-up; Pushes from it wait for that first Pull,
+     * from the moment the listener accepts them. */
+    for (size_t i = 0; i < d->npeers; i++) {
+        d->peers[i]->pulling = true;
+        d->peers[i]->pull_at = now_ms();
+    }
     *out = d;
     return PB_OK;
 fail:
@@ -643,13 +757,6 @@ fail:
 
 pb_err pb_delivery_start(pb_delivery *d)
 {
-    pthread_mutex_lock(&d->mu);
-    int64_t now = now_ms();
-    for (size_t i = 0; i < d->npeers; i++) {
-        d->peers[i]->pulling = true; /* Pushes from it wait for this first Pull */
-        d->peers[i]->pull_at = now;
-    }
-    pthread_mutex_unlock(&d->mu);
     d->threads = pb_xcalloc(d->o.workers, sizeof *d->threads);
     for (unsigned i = 0; i < d->o.workers; i++) {
         if (pthread_create(&d->threads[i], NULL, worker, d) != 0) {
@@ -659,7 +766,16 @@ pb_err pb_delivery_start(pb_delivery *d)
         }
         d->nthreads++;
     }
-    PB_INFO(NULL, "delivery engine: %u workers, %zu known peers", d->nthreads, d->npeers);
+    if (d->o.node_id) {
+        if (pthread_create(&d->scanner, NULL, scanner, d) != 0) {
+            PB_ERROR(NULL, "cannot start the scanner");
+            pb_delivery_stop(d);
+            return PB_ERR_INTERNAL;
+        }
+        d->has_scanner = true;
+    }
+    PB_INFO(NULL, "delivery engine: %u workers, %zu known peers%s%s", d->nthreads, d->npeers,
+            d->o.node_id ? ", node " : "", d->o.node_id ? d->o.node_id : "");
     return PB_OK;
 }
 
@@ -685,6 +801,7 @@ void pb_delivery_free(pb_delivery *d)
         free(d->peers[i]);
     free(d->peers);
     free(d->threads);
+    free((char *)d->o.node_id);
     pthread_cond_destroy(&d->work_cv);
     pthread_cond_destroy(&d->state_cv);
     pthread_cond_destroy(&d->inbox_cv);
@@ -802,6 +919,7 @@ static void foreign_pull_done(void *ctx, bool sent_ok)
         pb_err err = pb_store_outbox_ack(fp->d->o.store, fp->peer, fp->last_seq);
         if (err != PB_OK) PB_ERROR(fp->peer, "cannot forget pulled events: %s", pb_strerror(err));
     }
+    lease_give(fp->d, fp->peer);
     pthread_mutex_lock(&fp->d->mu);
     fp->p->has_work = true; /* the worker finds out whether anything is left */
     fp->p->gen++;
@@ -833,6 +951,10 @@ void pb_delivery_on_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
         p->owned = claimed = true;
     }
     pthread_mutex_unlock(&d->mu);
+    if (claimed && !lease_take(d, p, req->peer)) {
+        release(d, p); /* another node delivers this peer: its queue is not ours to answer */
+        return;
+    }
     if (mode == PB_MODE_PARKED && !claimed) return; /* paused for the operator */
     if (pb_fault("delivery.slow-pull-answer")) {
         struct timespec ts = {2, 0};
@@ -854,7 +976,10 @@ void pb_delivery_on_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
     err = pb_store_outbox_read(d->o.store, req->peer, next_seq ? next_seq : 1, d->o.pull_batch,
                                d->o.pull_max_bytes, &items, &n);
     if (err != PB_OK) {
-        if (claimed) release(d, p);
+        if (claimed) {
+            lease_give(d, req->peer);
+            release(d, p);
+        }
         store_failure(rep, err, "Pull");
         return;
     }

@@ -23,7 +23,9 @@
  * Threads: `workers` threads share one table of peers (one mutex); a worker takes a peer
  * that has due work (push, drain probe, pull, rename notice), owns it while it works, and
  * releases it. hRPC handlers run on the listener's threads and only touch the table
- * under the mutex.
+ * under the mutex. With several nodes (node_id set), owning a peer for sending also
+ * needs its lease in the shared store, and a scanner thread polls the store for work
+ * submitted through other nodes.
  *
  * Untrusted input: Push/Pull/NotifyNewId bodies from peers (decoded by wire, bounded by
  * the listener), Pull answers from peers (bounded by the client), admin submissions (the
@@ -62,12 +64,20 @@ typedef struct pb_delivery_opts {
     unsigned pull_batch;          /* most events in one Pull answer, default 1000 */
     size_t pull_max_bytes;        /* byte cap of one Pull answer, default 1 MiB */
     unsigned push_wait_ms;        /* a Push waits this long for a Pull in progress, 10000 */
+    /* Several nodes sharing one store (PostgreSQL): this node's unique ID. Then a peer is
+     * delivered only by the node holding its lease (pb_store_lease_*), a scanner thread
+     * finds work and renames made by other nodes, and the other nodes take a dead node's
+     * peers over once its leases expire. NULL: the only node (no leases). */
+    const char *node_id;
+    unsigned lease_ttl_ms;     /* default 10000 */
+    unsigned scan_interval_ms; /* default 1000 */
 } pb_delivery_opts;
 
-/* Loads peer state from the store. Caller frees with pb_delivery_free. */
+/* Loads peer state from the store and schedules the start-up Pull of every known peer
+ * (Pushes from a peer wait for it). Caller frees with pb_delivery_free. */
 pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out);
-/* Schedules the start-up Pull of every known peer (Pushes from a peer wait for it) and
- * starts the workers. Call before the listener accepts requests. */
+/* Starts the workers. Call once the federation listener serves our Key endpoint, so that
+ * peers asked for their queues at start-up can fetch our key. */
 pb_err pb_delivery_start(pb_delivery *d);
 /* Stops the workers (an in-flight call finishes or times out). Idempotent. */
 void pb_delivery_stop(pb_delivery *d);

@@ -19,7 +19,8 @@
 
 struct attempt {
     char server_id[PB_SERVER_ID_MAX];
-    int64_t at; /* monotonic seconds of the last fetch attempt */
+    int64_t at;     /* monotonic seconds of the last fetch attempt */
+    bool in_flight; /* a fetch is running now */
 };
 
 struct pb_peerkeys {
@@ -70,6 +71,7 @@ static bool claim_fetch(pb_peerkeys *pk, const char *server_id)
                 ok = false;
             } else {
                 pk->attempts[i].at = now;
+                pk->attempts[i].in_flight = true;
             }
             goto out;
         }
@@ -84,9 +86,34 @@ static bool claim_fetch(pb_peerkeys *pk, const char *server_id)
     }
     snprintf(slot->server_id, sizeof slot->server_id, "%s", server_id);
     slot->at = now;
+    slot->in_flight = true;
 out:
     pthread_mutex_unlock(&pk->mu);
     return ok;
+}
+
+static struct attempt *find_attempt(pb_peerkeys *pk, const char *server_id)
+{
+    for (size_t i = 0; i < pk->nattempts; i++)
+        if (strcmp(pk->attempts[i].server_id, server_id) == 0) return &pk->attempts[i];
+    return NULL;
+}
+
+static bool fetch_in_flight(pb_peerkeys *pk, const char *server_id)
+{
+    pthread_mutex_lock(&pk->mu);
+    struct attempt *a = find_attempt(pk, server_id);
+    bool r = a && a->in_flight;
+    pthread_mutex_unlock(&pk->mu);
+    return r;
+}
+
+static void fetch_done(pb_peerkeys *pk, const char *server_id)
+{
+    pthread_mutex_lock(&pk->mu);
+    struct attempt *a = find_attempt(pk, server_id);
+    if (a) a->in_flight = false;
+    pthread_mutex_unlock(&pk->mu);
 }
 
 pb_err pb_peerkeys_fetch_remote(pb_peerkeys *pk, const char *server_id, uint8_t key[32])
@@ -103,16 +130,24 @@ pb_err pb_peerkeys_fetch_remote(pb_peerkeys *pk, const char *server_id, uint8_t 
 static pb_err fetch_and_store(pb_peerkeys *pk, const char *server_id, uint8_t key[32])
 {
     if (!claim_fetch(pk, server_id)) {
+        /* Another request fetched (or is fetching) it just now: it may be stored already. */
+        for (int i = 0; i < 50; i++) {
+            if (pb_store_peer_key_get(pk->store, server_id, key) == PB_OK) return PB_OK;
+            if (!fetch_in_flight(pk, server_id)) break;
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
         PB_DEBUG(server_id, "key fetch skipped: last attempt under %d s ago", pk->min_refetch_s);
         return PB_ERR_BUSY;
     }
     pb_err err = pb_peerkeys_fetch_remote(pk, server_id, key);
-    if (err != PB_OK) return err;
-    err = pb_store_peer_key_set(pk->store, server_id, key, (int64_t)time(NULL));
-    if (err != PB_OK) {
-        PB_WARN(server_id, "cannot store fetched key: %s", pb_strerror(err));
-        return err;
+    if (err == PB_OK) {
+        /* A store failure does not make the fetched key wrong: use it, keep it next time. */
+        pb_err serr = pb_store_peer_key_set(pk->store, server_id, key, (int64_t)time(NULL));
+        if (serr != PB_OK) PB_WARN(server_id, "cannot store fetched key: %s", pb_strerror(serr));
     }
+    fetch_done(pk, server_id);
+    if (err != PB_OK) return err;
     char hex[65];
     pb_keys_hex(key, hex);
     PB_INFO(server_id, "learnt public key %s", hex);

@@ -248,15 +248,33 @@ static bool peer_in_mode(void *vctx)
     return ok;
 }
 
-static bool log_has(const pbt_daemon *d, const char *needle)
+/* Lines of d's log (all its runs) holding every one of the two needles (b may be NULL). */
+static int log_count(const pbt_daemon *d, const char *a, const char *b)
 {
     FILE *f = fopen(d->log_path, "r");
     char line[4096];
-    bool found = false;
+    int n = 0;
     while (f && fgets(line, sizeof line, f))
-        if (strstr(line, needle)) found = true;
+        if (strstr(line, a) && (!b || strstr(line, b))) n++;
     if (f) fclose(f);
-    return found;
+    return n;
+}
+
+static bool log_has(const pbt_daemon *d, const char *needle)
+{
+    return log_count(d, needle, NULL) > 0;
+}
+
+struct count_lines {
+    const pbt_daemon *d;
+    const char *a, *b;
+    int more_than;
+};
+
+static bool log_grew(void *vctx)
+{
+    struct count_lines *c = vctx;
+    return log_count(c->d, c->a, c->b) > c->more_than;
 }
 
 struct log_wait {
@@ -433,11 +451,17 @@ static void test_rename(void)
     expect_delivered(b, a->server_id, to_b, 30000, "A->B before the rename");
     expect_delivered(c, a->server_id, to_c, 30000, "A->C before the rename");
 
-    /* A refuses Pushes for a while: B's events for A wait in B's queue */
+    /* A refuses Pushes for a while: B's events for A wait in B's queue. A's start-up Pull
+     * of B must be over first, or it would fetch them. */
+    char peer_b[80];
+    snprintf(peer_b, sizeof peer_b, "peer=%s ", b->server_id);
+    struct count_lines cl = {a, peer_b, "pull finished", 0};
     CHECK_INT(pbt_daemon_stop(a), 0);
+    cl.more_than = log_count(a, peer_b, "pull finished");
     setenv("PB_FAULTS", "delivery.unavailable-push", 1);
     CHECK(pbt_daemon_start(a));
     unsetenv("PB_FAULTS");
+    CHECKF(pbt_wait_for(log_grew, &cl, 30000), "A's start-up Pull of B finished");
     json_t *b_to_a = json_array();
     submit_range(b, a->server_id, 100, 105, b_to_a);
     struct mode_wait mw = {b, a->server_id, "queued"};
