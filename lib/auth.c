@@ -17,6 +17,8 @@
 #include "auth.h"
 
 #include <sodium.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -171,6 +173,126 @@ static bool list_has(const char *const *list, size_t n, const char *id)
     return false;
 }
 
+/* ---- verified-token cache ---------------------------------------------------------------- */
+
+#define CACHE_TOKEN_MAX 512
+
+struct cache_slot {
+    char server_id[PB_SERVER_ID_MAX];
+    uint8_t token[CACHE_TOKEN_MAX];
+    size_t token_len;
+    uint8_t key[PB_PUBKEY_LEN];
+};
+
+struct pb_auth_cache {
+    pthread_mutex_t mu;
+    struct cache_slot slots[PB_AUTH_CACHE_SLOTS];
+};
+
+pb_auth_cache *pb_auth_cache_new(void)
+{
+    pb_auth_cache *c = pb_xcalloc(1, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void pb_auth_cache_free(pb_auth_cache *c)
+{
+    if (!c) return;
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static size_t slot_of(const char *server_id)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = server_id; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return (size_t)(h % PB_AUTH_CACHE_SLOTS);
+}
+
+static bool cache_hit(pb_auth_cache *c, const char *server_id, const uint8_t *tok, size_t len,
+                      const uint8_t key[PB_PUBKEY_LEN])
+{
+    if (len > CACHE_TOKEN_MAX) return false;
+    pthread_mutex_lock(&c->mu);
+    const struct cache_slot *s = &c->slots[slot_of(server_id)];
+    bool hit = strcmp(s->server_id, server_id) == 0 && s->token_len == len &&
+               memcmp(s->token, tok, len) == 0 && memcmp(s->key, key, PB_PUBKEY_LEN) == 0;
+    pthread_mutex_unlock(&c->mu);
+    return hit;
+}
+
+static void cache_put(pb_auth_cache *c, const char *server_id, const uint8_t *tok, size_t len,
+                      const uint8_t key[PB_PUBKEY_LEN])
+{
+    if (len > CACHE_TOKEN_MAX) return;
+    pthread_mutex_lock(&c->mu);
+    struct cache_slot *s = &c->slots[slot_of(server_id)];
+    snprintf(s->server_id, sizeof s->server_id, "%s", server_id);
+    memcpy(s->token, tok, len);
+    s->token_len = len;
+    memcpy(s->key, key, PB_PUBKEY_LEN);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- signer-side header cache --------------------------------------------------------------- */
+
+#define SIGNER_SLOTS 4
+
+struct pb_auth_signer {
+    const pb_keys *keys;
+    pthread_mutex_t mu;
+    struct {
+        char server_id[PB_SERVER_ID_MAX];
+        uint64_t sec;
+        char *header;
+    } slots[SIGNER_SLOTS];
+    unsigned next;
+};
+
+pb_auth_signer *pb_auth_signer_new(const pb_keys *k)
+{
+    pb_auth_signer *s = pb_xcalloc(1, sizeof *s);
+    s->keys = k;
+    pthread_mutex_init(&s->mu, NULL);
+    return s;
+}
+
+void pb_auth_signer_free(pb_auth_signer *s)
+{
+    if (!s) return;
+    for (unsigned i = 0; i < SIGNER_SLOTS; i++)
+        free(s->slots[i].header);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, uint64_t now)
+{
+    char *out = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (unsigned i = 0; i < SIGNER_SLOTS; i++) {
+        if (s->slots[i].header && s->slots[i].sec == now &&
+            strcmp(s->slots[i].server_id, server_id) == 0) {
+            out = pb_xstrdup(s->slots[i].header);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (out) return out;
+    char *h = pb_auth_header_make(s->keys, server_id, now);
+    if (!h) return NULL;
+    pthread_mutex_lock(&s->mu);
+    unsigned i = s->next++ % SIGNER_SLOTS;
+    free(s->slots[i].header);
+    snprintf(s->slots[i].server_id, sizeof s->slots[i].server_id, "%s", server_id);
+    s->slots[i].sec = now;
+    s->slots[i].header = pb_xstrdup(h);
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
 void pb_auth_check(const char *header, uint64_t now, const pb_auth_policy *pol,
                    pb_auth_key_fn key_fn, void *key_ctx, pb_auth_result *res)
 {
@@ -211,12 +333,17 @@ void pb_auth_check(const char *header, uint64_t now, const pb_auth_policy *pol,
     if (!key_fn || key_fn(key_ctx, res->server_id, false, key, &fresh) != PB_OK) goto out;
 
     res->verdict = PB_AUTH_BAD_SIGNATURE;
+    if (pol && pol->cache && cache_hit(pol->cache, res->server_id, raw, rawlen, key)) {
+        res->verdict = PB_AUTH_OK;
+        goto out;
+    }
     if (!pb_keys_verify(key, tok.data, tok.data_len, tok.sig)) {
         /* The peer may have rotated its key: fetch it once more, unless we just did. */
         bool refreshed = false;
         if (fresh || key_fn(key_ctx, res->server_id, true, key, &refreshed) != PB_OK) goto out;
         if (!pb_keys_verify(key, tok.data, tok.data_len, tok.sig)) goto out;
     }
+    if (pol && pol->cache) cache_put(pol->cache, res->server_id, raw, rawlen, key);
     res->verdict = PB_AUTH_OK;
 out:
     free(raw);

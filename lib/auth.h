@@ -45,6 +45,18 @@ const char *pb_auth_verdict_identifier(pb_auth_verdict v);
 /* Short human text for the hRPC Error's human_message. */
 const char *pb_auth_verdict_message(pb_auth_verdict v);
 
+/*
+ * A cache of verified tokens: a sender signs one token per second and reuses it (see
+ * pb_auth_header_cached), so the receiver verifies each distinct token once. An entry
+ * holds the exact token bytes and the key they verified with; a hit needs both to be equal
+ * again (the time window and the lists are still checked every time). Thread-safe,
+ * bounded (one entry per sender, PB_AUTH_CACHE_SLOTS slots).
+ */
+typedef struct pb_auth_cache pb_auth_cache;
+#define PB_AUTH_CACHE_SLOTS 1024
+pb_auth_cache *pb_auth_cache_new(void);    /* caller frees with pb_auth_cache_free */
+void pb_auth_cache_free(pb_auth_cache *c); /* NULL is a no-op */
+
 typedef struct pb_auth_policy {
     int64_t window_s;         /* |now - time| allowed; <= 0 means the default 60 */
     const char *const *allow; /* if nallow > 0, only these normalised IDs are allowed */
@@ -52,6 +64,7 @@ typedef struct pb_auth_policy {
     const char *const *deny; /* these normalised IDs are refused */
     size_t ndeny;
     uint32_t key_retry_after_s; /* RetryInfo for PB_AUTH_KEY_UNAVAILABLE (default 30) */
+    pb_auth_cache *cache;       /* verified tokens; NULL: verify every time */
 } pb_auth_policy;
 
 /*
@@ -67,6 +80,15 @@ typedef pb_err (*pb_auth_key_fn)(void *ctx, const char *server_id, bool refresh,
  * server_id at time `now`, signed by k. Returns a string the caller frees; NULL only when
  * k or server_id is NULL. server_id is sent as given (not validated here). */
 char *pb_auth_header_make(const pb_keys *k, const char *server_id, uint64_t now);
+
+/*
+ * Signer-side cache of pb_auth_header_make: one header per (server_id, second), reused
+ * for every request in that second. Returns a string the caller frees. Thread-safe.
+ */
+typedef struct pb_auth_signer pb_auth_signer;
+pb_auth_signer *pb_auth_signer_new(const pb_keys *k); /* k borrowed; caller frees */
+void pb_auth_signer_free(pb_auth_signer *s);          /* NULL is a no-op */
+char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, uint64_t now);
 
 /* Decodes a header value to the serialized Token bytes (variants accepted). On PB_OK,
  * *out (caller frees) holds *len bytes. */

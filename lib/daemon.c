@@ -44,6 +44,7 @@ struct pb_daemon {
     pb_client *client;
     pb_peerkeys *peerkeys;
     pb_auth_policy policy;
+    pb_auth_cache *auth_cache;
     char **allow, **deny;
     size_t nallow, ndeny;
     pb_delivery *delivery;
@@ -224,6 +225,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .deny = (const char *const *)d->deny,
         .ndeny = d->ndeny,
         .key_retry_after_s = (uint32_t)cfg->key_refetch_interval,
+        .cache = d->auth_cache = pb_auth_cache_new(),
     };
     pb_delivery_opts dopts = {
         .server_id = d->server_id,
@@ -326,6 +328,7 @@ void pb_daemon_close(pb_daemon *d)
     pb_client_free(d->client);
     pb_store_close(d->store);
     pb_keys_free(d->keys);
+    pb_auth_cache_free(d->auth_cache);
     for (size_t i = 0; i < d->nallow; i++)
         free(d->allow[i]);
     for (size_t i = 0; i < d->ndeny; i++)

@@ -62,11 +62,14 @@ struct peer {
 
 struct pb_delivery {
     pb_delivery_opts o;
+    pb_auth_signer *signer; /* one signed token per second and identity */
     char self[PB_SERVER_ID_MAX];
     pthread_mutex_t mu;
     pthread_cond_t work_cv;  /* workers: new work or a timer */
     pthread_cond_t state_cv; /* handlers and admin: a pull or a rename attempt finished */
     pthread_cond_t inbox_cv; /* inbox long-polls */
+    uint64_t inbox_gen;      /* bumped under mu whenever the inbox grows */
+    uint64_t scanned_inbox;  /* several nodes: the inbox's last seq at the last scan */
     struct peer **peers;
     size_t npeers;
     size_t rr; /* round-robin start for fairness */
@@ -171,7 +174,7 @@ static void persist_state(pb_delivery *d, const char *peer, pb_peer_mode mode, u
 static pb_err call_peer(pb_delivery *d, const char *peer, const char *as_id, const char *path,
                         const pb_buf *body, pb_client_answer *ans)
 {
-    char *authz = pb_auth_header_make(d->o.keys, as_id, (uint64_t)time(NULL));
+    char *authz = pb_auth_header_cached(d->signer, as_id, (uint64_t)time(NULL));
     pb_err err = pb_client_call(d->o.client, peer, path, authz, body->data, body->len, ans);
     free(authz);
     return err;
@@ -462,6 +465,7 @@ static void push_loop(pb_delivery *d, struct peer *p, const char *leased)
 static void inbox_bump(pb_delivery *d)
 {
     pthread_mutex_lock(&d->mu);
+    d->inbox_gen++;
     pthread_cond_broadcast(&d->inbox_cv);
     pthread_mutex_unlock(&d->mu);
 }
@@ -668,7 +672,14 @@ static void *scanner(void *arg)
         pb_err err = pb_store_outbox_peers(d->o.store, &peers, &n);
         if (err != PB_OK) PB_WARN(NULL, "scanner: %s", pb_strerror(err));
         if (pb_store_meta_get(d->o.store, "server_id", &self) != PB_OK) self = NULL;
+        uint64_t inbox_last = 0;
+        pb_store_inbox_last_seq(d->o.store, &inbox_last);
         pthread_mutex_lock(&d->mu);
+        if (inbox_last != d->scanned_inbox) { /* events received by other nodes */
+            d->scanned_inbox = inbox_last;
+            d->inbox_gen++;
+            pthread_cond_broadcast(&d->inbox_cv);
+        }
         for (size_t i = 0; i < n; i++) {
             struct peer *p = peer_get(d, peers[i]);
             if (!p->owned) {
@@ -708,6 +719,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     if (!d->o.scan_interval_ms) d->o.scan_interval_ms = 1000;
     d->o.node_id = opts->node_id ? pb_xstrdup(opts->node_id) : NULL;
     snprintf(d->self, sizeof d->self, "%s", opts->server_id);
+    d->signer = pb_auth_signer_new(opts->keys);
     pthread_mutex_init(&d->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -801,6 +813,7 @@ void pb_delivery_free(pb_delivery *d)
         free(d->peers[i]);
     free(d->peers);
     free(d->threads);
+    pb_auth_signer_free(d->signer);
     free((char *)d->o.node_id);
     pthread_cond_destroy(&d->work_cv);
     pthread_cond_destroy(&d->state_cv);
@@ -1093,6 +1106,7 @@ void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply 
     pthread_mutex_lock(&d->mu);
     struct peer *p = peer_find(d, ar.server_id);
     if (p) snprintf(p->id, sizeof p->id, "%s", new_id);
+    d->inbox_gen++;
     pthread_cond_broadcast(&d->inbox_cv);
     pthread_mutex_unlock(&d->mu);
     PB_INFO(ar.server_id, "peer renamed itself to %s: everything re-labelled", new_id);
@@ -1174,10 +1188,16 @@ void pb_delivery_inbox_wait(pb_delivery *d, uint64_t after, int timeout_ms)
 {
     int64_t until = now_ms() + timeout_ms;
     for (;;) {
+        /* Read the generation before looking at the store: a bump after this read wakes
+         * the wait below, so no arrival between the check and the wait is missed. */
+        pthread_mutex_lock(&d->mu);
+        uint64_t gen = d->inbox_gen;
+        pthread_mutex_unlock(&d->mu);
         uint64_t last = 0;
         if (pb_store_inbox_last_seq(d->o.store, &last) != PB_OK || last > after) return;
         pthread_mutex_lock(&d->mu);
-        if (!d->stopping && now_ms() < until) wait_until(d, &d->inbox_cv, until);
+        while (d->inbox_gen == gen && !d->stopping && now_ms() < until)
+            wait_until(d, &d->inbox_cv, until);
         bool done = d->stopping || now_ms() >= until;
         pthread_mutex_unlock(&d->mu);
         if (done) return;

@@ -589,6 +589,61 @@ static void test_verdict_table(void)
     }
 }
 
+/* The verified-token cache never accepts what verification would refuse, and the signer
+ * cache gives one header per identity and second. */
+static void test_caches(void)
+{
+    pb_auth_cache *cache = pb_auth_cache_new();
+    pb_auth_policy pol = {.cache = cache};
+    pb_auth_result res;
+    char *good = pb_auth_header_make(key_a, ALPHA, t0);
+
+    /* same token twice: verified, then a cache hit */
+    struct fake f = {.stored = pub_a};
+    pb_auth_check(good, t0, &pol, fake_key, &f, &res);
+    CHECK_INT(res.verdict, PB_AUTH_OK);
+    pb_auth_check(good, t0, &pol, fake_key, &f, &res);
+    CHECK_INT(res.verdict, PB_AUTH_OK);
+    CHECK_INT(f.gets, 2); /* the key is looked up every time */
+
+    /* the time window still applies to a cached token */
+    pb_auth_check(good, t0 + 3600, &pol, fake_key, &f, &res);
+    CHECK_INT(res.verdict, PB_AUTH_BAD_TIME);
+
+    /* the key changed (rotation, rename): the cached entry does not count */
+    struct fake g = {.stored = pub_b, .refreshed = pub_b};
+    pb_auth_check(good, t0, &pol, fake_key, &g, &res);
+    CHECK_INT(res.verdict, PB_AUTH_BAD_SIGNATURE);
+
+    /* a token naming A but signed by B is not the cached token */
+    char *forged = pb_auth_header_make(key_b, ALPHA, t0);
+    struct fake h = {.stored = pub_a};
+    pb_auth_check(forged, t0, &pol, fake_key, &h, &res);
+    CHECK_INT(res.verdict, PB_AUTH_BAD_SIGNATURE);
+    free(forged);
+    free(good);
+    pb_auth_cache_free(cache);
+    pb_auth_cache_free(NULL);
+
+    pb_auth_signer *sg = pb_auth_signer_new(key_a);
+    char *h1 = pb_auth_header_cached(sg, ALPHA, t0);
+    char *h2 = pb_auth_header_cached(sg, ALPHA, t0);
+    char *h3 = pb_auth_header_cached(sg, ALPHA, t0 + 1);
+    char *h4 = pb_auth_header_cached(sg, BETA, t0);
+    char *direct = pb_auth_header_make(key_a, ALPHA, t0);
+    CHECK_STR(h1, h2);
+    CHECK_STR(h1, direct);
+    CHECK(strcmp(h1, h3) != 0);
+    CHECK(strcmp(h1, h4) != 0);
+    free(h1);
+    free(h2);
+    free(h3);
+    free(h4);
+    free(direct);
+    pb_auth_signer_free(sg);
+    pb_auth_signer_free(NULL);
+}
+
 int main(void)
 {
     vec = pbt_vectors();
@@ -616,6 +671,7 @@ int main(void)
     test_order();
     test_refresh();
     test_verdict_table();
+    test_caches();
 
     pb_keys_free(key_a);
     pb_keys_free(key_b);
