@@ -39,7 +39,9 @@ static bool server_id_of(const char *s, char out[PB_SERVER_ID_MAX])
     return s && pb_serverid_normalize(s, out) == PB_OK;
 }
 
-/* POST /v1/outbox {"to": ID, "event": EVENT} | {"to": ID, "events": [EVENT, ...]} */
+/* POST /v1/outbox {"to": ID, "event": EVENT} | {"to": ID, "events": [EVENT, ...]}, each
+ * with an optional "submission_id": a repeat answers {"accepted": N, "duplicate": true}
+ * and queues nothing; the ID reused for another "to" or number of events is a 409. */
 static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
 {
     pb_adminapi_ctx *ctx = vctx;
@@ -55,13 +57,24 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     json_t *v;
     json_object_foreach(b, key, v)
     {
-        if (strcmp(key, "to") && strcmp(key, "event") && strcmp(key, "events")) {
+        if (strcmp(key, "to") && strcmp(key, "event") && strcmp(key, "events") &&
+            strcmp(key, "submission_id")) {
             pb_admin_resp_error(resp, 400, "unknown field \"%.64s\"", key);
             goto out;
         }
     }
     if (!server_id_of(json_string_value(json_object_get(b, "to")), to)) {
         pb_admin_resp_error(resp, 400, "\"to\" must be a valid server ID (domain:port)");
+        goto out;
+    }
+    json_t *sid_json = json_object_get(b, "submission_id");
+    const char *sid = json_string_value(sid_json);
+    if (sid_json && (!sid || strlen(sid) != json_string_length(sid_json) ||
+                     !pb_store_submission_id_valid(sid))) {
+        pb_admin_resp_error(resp, 400,
+                            "\"submission_id\" must be a string of 1 to %d printable ASCII "
+                            "characters",
+                            PB_SUBMISSION_ID_MAX);
         goto out;
     }
     json_t *one = json_object_get(b, "event"), *many = json_object_get(b, "events");
@@ -87,9 +100,17 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
             goto out;
         }
     }
-    pb_err err = pb_delivery_submit(ctx->delivery, to, evs, n);
+    bool dup = false;
+    pb_err err = pb_delivery_submit(ctx->delivery, to, evs, n, sid, &dup);
     if (err == PB_ERR_INVAL) {
         pb_admin_resp_error(resp, 400, "cannot send to this server itself (%s)", to);
+        goto out;
+    }
+    if (err == PB_ERR_EXISTS) {
+        pb_admin_resp_error(resp, 409,
+                            "submission_id \"%s\" was used for a different submission (another "
+                            "\"to\" or number of events)",
+                            sid);
         goto out;
     }
     if (err != PB_OK) {
@@ -97,7 +118,10 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         goto out;
     }
     resp->status = 202;
-    resp->body = json_pack("{s:I}", "accepted", (json_int_t)n);
+    if (sid)
+        resp->body = json_pack("{s:I,s:b}", "accepted", (json_int_t)n, "duplicate", dup);
+    else
+        resp->body = json_pack("{s:I}", "accepted", (json_int_t)n);
 out:
     for (size_t i = 0; i < n; i++)
         pb_event_clear(&evs[i]);

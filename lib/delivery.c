@@ -1116,13 +1116,18 @@ out:
 
 /* ---- operations ------------------------------------------------------------------------------ */
 
-pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n)
+pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
+                          const char *submission_id, bool *duplicate)
 {
     char self[PB_SERVER_ID_MAX];
     pb_delivery_server_id(d, self);
     if (strcmp(to, self) == 0) return PB_ERR_INVAL;
-    pb_err err = pb_store_outbox_append(d->o.store, to, evs, n, now_ms(), NULL);
+    bool dup = false;
+    pb_err err =
+        pb_store_outbox_submit(d->o.store, to, evs, n, now_ms(), submission_id, NULL, &dup);
     if (err != PB_OK) return err;
+    if (duplicate) *duplicate = dup;
+    if (dup) return PB_OK; /* queued before: the worker knows */
     pthread_mutex_lock(&d->mu);
     struct peer *p = peer_get(d, to);
     p->has_work = true;

@@ -95,9 +95,13 @@ void pb_delivery_on_contact(void *ctx, const char *peer);
 
 /* ---- operations (the admin API's) ------------------------------------------------------ */
 
-/* Stores events for `to` durably, then wakes its worker. PB_ERR_INVAL when `to` is this
- * server. */
-pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n);
+/* Stores events for `to` durably, then wakes its worker. submission_id (may be NULL) is
+ * the client's idempotency key (pb_store_outbox_submit): a repeat of an earlier submission
+ * stores nothing and sets *duplicate (may be NULL). PB_ERR_INVAL when `to` is this server
+ * or the ID is invalid; PB_ERR_EXISTS when the ID was used for another peer or another
+ * number of events. */
+pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
+                          const char *submission_id, bool *duplicate);
 /* Parked peer: retry the parked event (retry) or drop it (drop). PB_ERR_NOT_FOUND for an
  * unknown peer, PB_ERR_INVAL when the peer is not parked. */
 pb_err pb_delivery_retry_parked(pb_delivery *d, const char *peer);

@@ -294,8 +294,32 @@ pb_err pb_store_peer_state_set(pb_store *s, const char *server_id, pb_peer_mode 
 pb_err pb_store_outbox_append(pb_store *s, const char *peer, const pb_event *evs, size_t n,
                               int64_t now, uint64_t *last_seq)
 {
+    return pb_store_outbox_submit(s, peer, evs, n, now, NULL, last_seq, NULL);
+}
+
+bool pb_store_submission_id_valid(const char *id)
+{
+    if (!id || !id[0]) return false;
+    size_t i = 0;
+    for (; id[i]; i++)
+        if (i >= PB_SUBMISSION_ID_MAX || (unsigned char)id[i] < 0x20 || (unsigned char)id[i] > 0x7e)
+            return false;
+    return true;
+}
+
+pb_err pb_store_outbox_submit(pb_store *s, const char *peer, const pb_event *evs, size_t n,
+                              int64_t now, const char *submission_id, uint64_t *last_seq,
+                              bool *duplicate)
+{
     if (!s || !id_ok(peer) || !evs || n == 0) return PB_ERR_INVAL;
-    return s->ops->outbox_append(s->impl, peer, evs, n, now, last_seq);
+    if (submission_id && !pb_store_submission_id_valid(submission_id)) return PB_ERR_INVAL;
+    uint64_t last = 0;
+    bool dup = false;
+    pb_err err = s->ops->outbox_append(s->impl, peer, evs, n, now, submission_id, &last, &dup);
+    if (err != PB_OK) return err;
+    if (last_seq) *last_seq = last;
+    if (duplicate) *duplicate = dup;
+    return PB_OK;
 }
 
 void pb_outbox_items_free(pb_outbox_item *items, size_t n)

@@ -18,8 +18,9 @@
  *
  * What it holds: meta (this server's identity and key metadata), peers (every server
  * this one federated with) with their public keys and per-peer delivery state, the
- * per-peer outbox queue, the inbox, local users' guild lists and pending invites, and
- * pending renames of this server. Queues follow one pattern: append, read in order from
+ * per-peer outbox queue with the client-chosen submission IDs that made it idempotent,
+ * the inbox, local users' guild lists and pending invites, and pending renames of this
+ * server. Queues follow one pattern: append, read in order from
  * a cursor, delete/ack up to a sequence.
  *
  * Untrusted input: none directly; callers validate server IDs before they get here.
@@ -189,6 +190,38 @@ pb_err pb_store_peer_state_set(pb_store *s, const char *server_id, pb_peer_mode 
  * nothing written. Cost O(n), independent of the queue's length. */
 pb_err pb_store_outbox_append(pb_store *s, const char *peer, const pb_event *evs, size_t n,
                               int64_t now, uint64_t *last_seq);
+
+/* Submission IDs: 1..PB_SUBMISSION_ID_MAX printable ASCII characters (0x20..0x7e), chosen
+ * by the client (the homeserver) so that a submission it retries is queued once. */
+#define PB_SUBMISSION_ID_MAX 128
+/* A recorded submission ID is kept at least this long (ms) after its append. */
+#define PB_STORE_SUBMISSION_KEEP_MS (24LL * 60 * 60 * 1000)
+/* Most expired submission records one recording append deletes (bounded work). */
+#define PB_STORE_SUBMISSION_PRUNE_MAX 100
+
+/* True when id (may be NULL: false) is a valid submission ID. */
+bool pb_store_submission_id_valid(const char *id);
+
+/*
+ * pb_store_outbox_append with an idempotency key. submission_id NULL: exactly
+ * pb_store_outbox_append (*duplicate false). Otherwise, in one transaction:
+ *   - an ID not recorded: the events are appended and the ID is recorded with (peer,
+ *     first seq, n, now); *duplicate false;
+ *   - an ID recorded with the same peer and the same n: nothing is appended, *duplicate is
+ *     true and *last_seq the last seq the first submission got (those events may have been
+ *     delivered and deleted since);
+ *   - an ID recorded with another peer or another n: PB_ERR_EXISTS, nothing changes.
+ * Only peer and n are compared, not the events. Concurrent calls with one ID (several
+ * nodes included) append once. A recording append also deletes up to
+ * PB_STORE_SUBMISSION_PRUNE_MAX records (oldest first) whose time is older than
+ * now - PB_STORE_SUBMISSION_KEEP_MS, so an ID is remembered at least that long (by the
+ * callers' clocks) and then forgotten at some later append. A peer rename does not
+ * re-label records: a retry names the peer as its first attempt did. PB_ERR_INVAL for an
+ * invalid ID (and as pb_store_outbox_append). last_seq and duplicate may be NULL.
+ */
+pb_err pb_store_outbox_submit(pb_store *s, const char *peer, const pb_event *evs, size_t n,
+                              int64_t now, const char *submission_id, uint64_t *last_seq,
+                              bool *duplicate);
 
 typedef struct pb_outbox_item {
     uint64_t seq;

@@ -49,8 +49,11 @@ typedef struct pb_store_ops {
     pb_err (*peer_state_set)(void *impl, const char *server_id, pb_peer_mode mode,
                              uint32_t attempts, int64_t next_attempt_at, const char *last_error,
                              uint64_t parked_seq);
+    /* submission_id NULL or valid (store.h pb_store_outbox_submit); *duplicate and
+     * *last_seq are set on PB_OK (both non-NULL) */
     pb_err (*outbox_append)(void *impl, const char *peer, const pb_event *evs, size_t n,
-                            int64_t now, uint64_t *last_seq);
+                            int64_t now, const char *submission_id, uint64_t *last_seq,
+                            bool *duplicate);
     pb_err (*outbox_read)(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
                           size_t max_bytes, pb_outbox_item **items, size_t *n);
     pb_err (*outbox_ack)(void *impl, const char *peer, uint64_t upto);
@@ -82,6 +85,13 @@ typedef struct pb_store_ops {
     size_t (*fault_queued)(void *impl);
     pb_err (*fault_bad_write)(void *impl, const char *key);
 } pb_store_ops;
+
+/* Submission records created before this time (ms) may be pruned by an append at now. */
+static inline int64_t pb_store_submission_cutoff(int64_t now)
+{
+    return now > INT64_MIN + PB_STORE_SUBMISSION_KEEP_MS ? now - PB_STORE_SUBMISSION_KEEP_MS
+                                                         : INT64_MIN;
+}
 
 extern const pb_store_ops pb_store_sqlite_ops;
 extern const pb_store_ops pb_store_pg_ops;

@@ -39,12 +39,18 @@
  *    . the outbox is never read under lock: a peer's queue has one reader, the node
  *      holding its lease (one INSERT ... ON CONFLICT DO UPDATE ... WHERE holder = node OR
  *      expired). pb_store_outbox_peers is a loose index scan of outbox's primary key.
+ *    . an append with a submission ID is one transaction: INSERT ... ON CONFLICT DO
+ *      NOTHING RETURNING claims the ID (a concurrent claimer of the same ID, on any node,
+ *      waits for the owner's commit and then finds its record), then one statement
+ *      appends, records the first seq and prunes expired IDs (FOR UPDATE SKIP LOCKED, so
+ *      appends never wait on each other's pruning).
  *    . migrations run in one transaction under pg_advisory_xact_lock, so nodes that start
  *      together migrate once.
  *
- * Schema (version 3, the same logical schema and versions as store_sqlite.c): meta, peers
+ * Schema (version 4, the same logical schema and versions as store_sqlite.c): meta, peers
  * (with delivery and sequence columns), outbox PK (peer, seq), inbox PK seq plus the
- * inbox_seq counter row, guilds, invites, renames_out, leases, and schema_version. Text
+ * inbox_seq counter row, guilds, invites, renames_out, leases, submissions (id PK, peer,
+ * first_seq, count, created_at, indexed by created_at), and schema_version. Text
  * keys are COLLATE "C" (bytewise order, as SQLite's); times and IDs are bigint; uint64
  * values are stored as their int64 bit pattern (uint64 order done in SQL); events are
  * bytea holding pb_wire_event_encode bytes.
@@ -157,6 +163,16 @@ static const char *const migrations[] = {
     "  holder text NOT NULL,"
     "  expires_at bigint NOT NULL"
     ");",
+    /* 4: client-chosen submission IDs (store.h pb_store_outbox_submit); first_seq is 0
+     * only inside the transaction that claims the ID */
+    "CREATE TABLE submissions ("
+    "  id text COLLATE \"C\" PRIMARY KEY,"
+    "  peer text COLLATE \"C\" NOT NULL,"
+    "  first_seq bigint NOT NULL CHECK (first_seq >= 0),"
+    "  count bigint NOT NULL CHECK (count >= 1),"
+    "  created_at bigint NOT NULL"
+    ");"
+    "CREATE INDEX submissions_by_age ON submissions(created_at);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -168,6 +184,7 @@ enum stmt_id {
     ST_SCHEMA_VERSION,
     ST_CHECK_OUTBOX,
     ST_CHECK_INBOX,
+    ST_CHECK_SUBMISSIONS,
     ST_META_GET,
     ST_META_SET,
     ST_PEER_TOUCH,
@@ -181,6 +198,9 @@ enum stmt_id {
     ST_PEER_STATE_GET,
     ST_PEER_STATE_LIST,
     ST_OUTBOX_APPEND,
+    ST_SUBMISSION_CLAIM,
+    ST_SUBMISSION_GET,
+    ST_OUTBOX_SUBMIT,
     ST_OUTBOX_READ,
     ST_OUTBOX_ACK,
     ST_OUTBOX_REMOVE,
@@ -232,6 +252,8 @@ static const char *const stmt_sql[ST__COUNT] = {
     /* 1 when the counter row is missing or behind the inbox */
     [ST_CHECK_INBOX] = "SELECT CASE WHEN (SELECT last FROM inbox_seq WHERE id = 1)"
                        " >= coalesce((SELECT max(seq) FROM inbox), 0) THEN 0 ELSE 1 END::bigint",
+    /* a committed claim whose append never set first_seq */
+    [ST_CHECK_SUBMISSIONS] = "SELECT count(*) FROM submissions WHERE first_seq < 1",
     [ST_META_GET] = "SELECT value FROM meta WHERE key = $1",
     [ST_META_SET] = "INSERT INTO meta(key, value) VALUES ($1, $2)"
                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -266,6 +288,29 @@ static const char *const stmt_sql[ST__COUNT] = {
         " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
         " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq)"
         " SELECT max(seq) FROM ins",
+    /* Records the submission ID unless it exists: a row back means this transaction owns
+     * it. A concurrent claimer of the same ID (any node) waits here until the owner's
+     * transaction ends, then finds the row (committed) or takes the ID (rolled back). */
+    [ST_SUBMISSION_CLAIM] = "INSERT INTO submissions(id, peer, first_seq, count, created_at)"
+                            " VALUES ($1, $2, 0, $3, $4) ON CONFLICT(id) DO NOTHING RETURNING 1",
+    [ST_SUBMISSION_GET] = "SELECT peer, first_seq, count FROM submissions WHERE id = $1",
+    /* ST_OUTBOX_APPEND, then the claimed record ($6) gets its first seq, and at most $8
+     * records older than $7 are deleted (oldest first; rows another transaction holds are
+     * skipped, so concurrent appends never wait on each other here). Answers the last seq
+     * and the number of records updated (1). */
+    [ST_OUTBOX_SUBMIT] =
+        "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq) VALUES ($1, $2, 1 + $3)"
+        " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3"
+        " RETURNING next_seq),"
+        " ins AS (INSERT INTO outbox(peer, seq, event, created_at)"
+        " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
+        " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq),"
+        " rec AS (UPDATE submissions SET first_seq = s.next_seq - $3 FROM s"
+        " WHERE submissions.id = $6 RETURNING 1),"
+        " old AS (DELETE FROM submissions WHERE id IN (SELECT id FROM submissions"
+        " WHERE created_at < $7 AND id <> $6 ORDER BY created_at LIMIT $8"
+        " FOR UPDATE SKIP LOCKED))"
+        " SELECT (SELECT max(seq) FROM ins), (SELECT count(*) FROM rec)",
     [ST_OUTBOX_READ] = "SELECT seq, created_at, event FROM outbox"
                        " WHERE peer = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
     [ST_OUTBOX_ACK] = "DELETE FROM outbox WHERE peer = $1 AND seq <= $2",
@@ -1126,6 +1171,8 @@ static pb_err pg_integrity_check(void *impl)
         err = check_zero(impl, ST_CHECK_OUTBOX, "outbox events without a peer or past next_seq");
     if (err == PB_OK)
         err = check_zero(impl, ST_CHECK_INBOX, "inbox seq counter missing or behind the inbox");
+    if (err == PB_OK)
+        err = check_zero(impl, ST_CHECK_SUBMISSIONS, "submission records without a first seq");
     return err;
 }
 
@@ -1361,7 +1408,9 @@ struct outbox_append_ctx {
     const pb_buf *events; /* bytea[] */
     size_t n;
     int64_t now;
-    uint64_t last_seq; /* out */
+    const char *submission_id; /* NULL: none */
+    uint64_t last_seq;         /* out */
+    bool duplicate;            /* out */
 };
 
 /* O(n): the peer row keeps next_seq; its row lock orders appends from every node. */
@@ -1380,17 +1429,79 @@ static pb_err outbox_append_job(pgc *c, void *ctx)
     return PB_OK;
 }
 
+/* The submission ID is recorded by another transaction (committed): PB_OK with
+ * a->duplicate and a->last_seq set when it is this very submission again, PB_ERR_EXISTS
+ * when it was used for another peer or number of events. */
+static pb_err submission_check(pgc *c, struct outbox_append_ctx *a)
+{
+    PGresult *r = NULL;
+    pb_err err = RUN(c, ST_SUBMISSION_GET, &r, NULL, A_TEXT(a->submission_id));
+    if (err != PB_OK) return err;
+    if (PQntuples(r) != 1) { /* pruned between the claim and here: the caller may retry */
+        PQclear(r);
+        PB_WARN(NULL, "store: submission record vanished while checked; retry");
+        return PB_ERR_STORE;
+    }
+    bool bad = PQgetisnull(r, 0, 0);
+    int64_t first = col_i64(r, 0, 1, &bad), count = col_i64(r, 0, 2, &bad);
+    if (bad || first < 1 || count < 1 || first > INT64_MAX - count) {
+        err = PB_ERR_CORRUPT;
+        PB_ERROR(NULL, "store: bad submissions row");
+    } else if (strcmp(PQgetvalue(r, 0, 0), a->peer) != 0 || (uint64_t)count != a->n) {
+        err = PB_ERR_EXISTS;
+    } else {
+        a->duplicate = true;
+        a->last_seq = (uint64_t)(first + count - 1);
+    }
+    PQclear(r);
+    return err;
+}
+
+/* With a submission ID: claim it (waiting for a concurrent claimer to finish), then either
+ * answer from the existing record or append, record the first seq and prune, all in one
+ * transaction. Lock order: the submission ID, then the peer row. */
+static pb_err outbox_submit_job(pgc *c, void *ctx)
+{
+    struct outbox_append_ctx *a = ctx;
+    PGresult *r = NULL;
+    a->duplicate = false;
+    pb_err err = RUN(c, ST_SUBMISSION_CLAIM, &r, NULL, A_TEXT(a->submission_id), A_TEXT(a->peer),
+                     A_INT((int64_t)a->n), A_INT(a->now));
+    if (err != PB_OK) return err;
+    bool claimed = PQntuples(r) == 1;
+    PQclear(r);
+    if (!claimed) return submission_check(c, a);
+    err = RUN(c, ST_OUTBOX_SUBMIT, &r, NULL, A_TEXT(a->peer), A_INT(a->now / 1000),
+              A_INT((int64_t)a->n), A_ARRAY(a->events), A_INT(a->now), A_TEXT(a->submission_id),
+              A_INT(pb_store_submission_cutoff(a->now)), A_INT(PB_STORE_SUBMISSION_PRUNE_MAX));
+    if (err != PB_OK) return err;
+    bool bad = PQntuples(r) != 1 || PQgetisnull(r, 0, 0);
+    int64_t last = bad ? 0 : col_i64(r, 0, 0, &bad);
+    int64_t recorded = bad ? 0 : col_i64(r, 0, 1, &bad);
+    PQclear(r);
+    if (bad || last < (int64_t)a->n || recorded != 1) return PB_ERR_INTERNAL; /* rolled back */
+    a->last_seq = (uint64_t)last;
+    return PB_OK;
+}
+
 static pb_err pg_outbox_append(void *impl, const char *peer, const pb_event *evs, size_t n,
-                               int64_t now, uint64_t *last_seq)
+                               int64_t now, const char *submission_id, uint64_t *last_seq,
+                               bool *duplicate)
 {
     encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
         pb_buf arr;
         bytea_array(&enc, NULL, n, &arr);
-        struct outbox_append_ctx a = {peer, &arr, n, now, 0};
-        err = stmt_run(impl, outbox_append_job, &a);
-        if (err == PB_OK && last_seq) *last_seq = a.last_seq;
+        struct outbox_append_ctx a = {peer, &arr, n, now, submission_id, 0, false};
+        if (submission_id)
+            err = tx_run(impl, outbox_submit_job, &a);
+        else
+            err = stmt_run(impl, outbox_append_job, &a);
+        if (err == PB_OK) {
+            *last_seq = a.last_seq;
+            *duplicate = a.duplicate;
+        }
         pb_buf_free(&arr);
     }
     encoded_free(&enc);

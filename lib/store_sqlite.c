@@ -18,7 +18,7 @@
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, reset after use).
  *
- * Schema (version 3; migration 1 created meta and peers, 3 added leases):
+ * Schema (version 4; migration 1 created meta and peers, 3 added leases, 4 submissions):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s),
  *    mode, attempts, next_attempt_at, last_error, parked_seq, next_seq DEFAULT 1,
  *    recv_seq DEFAULT 0): one row per peer, as receiver R of our outbox (delivery fields,
@@ -35,6 +35,10 @@
  *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error).
  *  - leases(peer PK, holder, expires_at (ms)) WITHOUT ROWID: which node delivers to the
  *    peer (store.h "outbound ownership"); one upsert takes or renews a lease.
+ *  - submissions(id PK, peer, first_seq, count, created_at (ms)) WITHOUT ROWID, indexed by
+ *    created_at: client-chosen submission IDs (store.h pb_store_outbox_submit), recorded
+ *    in the append's job; the same job prunes at most PB_STORE_SUBMISSION_PRUNE_MAX expired
+ *    rows through the index. A peer rename leaves them alone.
  *  pb_store_outbox_peers is a loose index scan of outbox's primary key (a recursive query
  *  that seeks to the next peer after each one found), never a scan of the queue.
  *  No foreign keys: a rename re-labels every table explicitly in one job.
@@ -138,6 +142,15 @@ static const char *const migrations[] = {
     "  holder TEXT NOT NULL,"
     "  expires_at INTEGER NOT NULL"
     ") WITHOUT ROWID;",
+    /* 4: client-chosen submission IDs (store.h pb_store_outbox_submit) */
+    "CREATE TABLE submissions ("
+    "  id TEXT PRIMARY KEY,"
+    "  peer TEXT NOT NULL,"
+    "  first_seq INTEGER NOT NULL CHECK (first_seq >= 1),"
+    "  count INTEGER NOT NULL CHECK (count >= 1),"
+    "  created_at INTEGER NOT NULL"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX submissions_by_age ON submissions(created_at);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -193,6 +206,9 @@ enum stmt_id {
     ST_LEASE_ACQUIRE,
     ST_LEASE_RELEASE,
     ST_OUTBOX_PEERS,
+    ST_SUBMISSION_GET,
+    ST_SUBMISSION_INSERT,
+    ST_SUBMISSION_PRUNE,
     ST__COUNT
 };
 
@@ -295,6 +311,12 @@ static const char *const stmt_sql[ST__COUNT] = {
                         " SELECT (SELECT o.peer FROM outbox o WHERE o.peer > t.peer"
                         " ORDER BY o.peer LIMIT 1) FROM t WHERE t.peer IS NOT NULL)"
                         " SELECT peer FROM t WHERE peer IS NOT NULL",
+    [ST_SUBMISSION_GET] = "SELECT peer, first_seq, count FROM submissions WHERE id = ?1",
+    [ST_SUBMISSION_INSERT] = "INSERT INTO submissions(id, peer, first_seq, count, created_at)"
+                             " VALUES (?1, ?2, ?3, ?4, ?5)",
+    /* bounded: the oldest ?2 expired records, found through submissions_by_age */
+    [ST_SUBMISSION_PRUNE] = "DELETE FROM submissions WHERE id IN (SELECT id FROM submissions"
+                            " WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
 };
 
 typedef struct conn {
@@ -481,6 +503,14 @@ static pb_err conn_open(sq *b, bool readonly, conn **out)
         rc = sqlite3_exec(c->db, sync, NULL, NULL, NULL);
         if (rc != SQLITE_OK) {
             err = fail(c->db, rc, sync);
+            goto out;
+        }
+        /* The writer's page cache: 16 MiB instead of 2, so that applying a large Pull to
+         * scattered keys (invites, guild lists) does not re-read and re-write the same
+         * pages for every batch. Readers keep the default. */
+        rc = sqlite3_exec(c->db, "PRAGMA cache_size=-16384", NULL, NULL, NULL);
+        if (rc != SQLITE_OK) {
+            err = fail(c->db, rc, "PRAGMA cache_size");
             goto out;
         }
     }
@@ -1382,15 +1412,52 @@ struct outbox_append_ctx {
     const encoded *enc;
     size_t n;
     int64_t now;
-    uint64_t last_seq; /* out */
+    const char *submission_id; /* NULL: none */
+    uint64_t last_seq;         /* out */
+    bool duplicate;            /* out */
 };
 
-/* O(n): the peer row keeps next_seq, so appending never looks at the queue. */
+/* The submission ID's record, if any: PB_ERR_NOT_FOUND when there is none; PB_OK with
+ * a->duplicate and a->last_seq set when it is this very submission again; PB_ERR_EXISTS
+ * when it was used for another peer or number of events. */
+static pb_err submission_check(conn *c, struct outbox_append_ctx *a)
+{
+    sqlite3_stmt *st = NULL;
+    pb_err err = stmt_bind(c, ST_SUBMISSION_GET, (const arg[]){A_TEXT(a->submission_id)}, 1, &st);
+    if (err != PB_OK) return err;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *peer = sqlite3_column_text(st, 0);
+        int64_t first = sqlite3_column_int64(st, 1), count = sqlite3_column_int64(st, 2);
+        if (!peer || first < 1 || count < 1 || first > INT64_MAX - count) {
+            PB_ERROR(NULL, "store: bad submissions row");
+            err = PB_ERR_CORRUPT;
+        } else if (strcmp((const char *)peer, a->peer) != 0 || (uint64_t)count != a->n) {
+            err = PB_ERR_EXISTS;
+        } else {
+            a->duplicate = true;
+            a->last_seq = (uint64_t)(first + count - 1);
+        }
+    } else {
+        err = rc == SQLITE_DONE ? PB_ERR_NOT_FOUND : fail(c->db, rc, "submission get");
+    }
+    stmt_done(st);
+    return err;
+}
+
+/* O(n): the peer row keeps next_seq, so appending never looks at the queue. With a
+ * submission ID: one primary-key probe first (the writer is the only one, so nothing can
+ * record the ID between the probe and the insert), then the record and a bounded prune. */
 static pb_err outbox_append_job(conn *c, void *ctx)
 {
     struct outbox_append_ctx *a = ctx;
     uint64_t next = 0, recv = 0;
-    pb_err err = EXEC(c, ST_PEER_ENSURE, NULL, A_TEXT(a->peer), A_INT(a->now / 1000));
+    pb_err err;
+    if (a->submission_id) {
+        err = submission_check(c, a);
+        if (err != PB_ERR_NOT_FOUND) return err; /* a duplicate, a conflict or a failure */
+    }
+    err = EXEC(c, ST_PEER_ENSURE, NULL, A_TEXT(a->peer), A_INT(a->now / 1000));
     if (err == PB_OK) err = peer_seqs(c, a->peer, &next, &recv);
     if (err != PB_OK) return err;
     if (next > (uint64_t)INT64_MAX - a->n) return PB_ERR_INTERNAL; /* never in practice */
@@ -1400,19 +1467,30 @@ static pb_err outbox_append_job(conn *c, void *ctx)
         if (err != PB_OK) return err;
     }
     err = EXEC(c, ST_PEER_NEXT_SEQ_SET, NULL, A_TEXT(a->peer), A_INT(next + a->n));
+    if (err == PB_OK && a->submission_id) {
+        err = EXEC(c, ST_SUBMISSION_INSERT, NULL, A_TEXT(a->submission_id), A_TEXT(a->peer),
+                   A_INT(next), A_INT(a->n), A_INT(a->now));
+        if (err == PB_OK)
+            err = EXEC(c, ST_SUBMISSION_PRUNE, NULL, A_INT(pb_store_submission_cutoff(a->now)),
+                       A_INT(PB_STORE_SUBMISSION_PRUNE_MAX));
+    }
     if (err == PB_OK) a->last_seq = next + a->n - 1;
     return err;
 }
 
 static pb_err sq_outbox_append(void *impl, const char *peer, const pb_event *evs, size_t n,
-                               int64_t now, uint64_t *last_seq)
+                               int64_t now, const char *submission_id, uint64_t *last_seq,
+                               bool *duplicate)
 {
     encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
-        struct outbox_append_ctx a = {peer, &enc, n, now, 0};
+        struct outbox_append_ctx a = {peer, &enc, n, now, submission_id, 0, false};
         err = job_run(impl, outbox_append_job, &a);
-        if (err == PB_OK && last_seq) *last_seq = a.last_seq;
+        if (err == PB_OK) {
+            *last_seq = a.last_seq;
+            *duplicate = a.duplicate;
+        }
     }
     encoded_free(&enc);
     return err;

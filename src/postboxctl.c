@@ -301,11 +301,22 @@ static int cmd_health(struct ctl *c, int argc, char **argv)
 
 static int cmd_send(struct ctl *c, int argc, char **argv)
 {
+    const char *id = NULL;
+    if (argc >= 1 && !strcmp(argv[0], "--id")) {
+        if (argc < 4) return bad_usage("usage: send [--id SUBMISSION_ID] TO EVENT_JSON ...", "");
+        id = argv[1];
+        argc -= 2;
+        argv += 2;
+    }
     json_t *body = json_pack("{s:s}", "to", argv[0]), *evs = NULL;
     json_error_t jerr;
     int rc = 2;
     if (!body) {
         rc = bad_usage("TO is not valid UTF-8: ", argv[0]);
+        goto out;
+    }
+    if (id && json_object_set_new(body, "submission_id", json_string(id)) != 0) {
+        rc = bad_usage("SUBMISSION_ID is not valid UTF-8: ", id);
         goto out;
     }
     if (argc == 2 && !strcmp(argv[1], "-")) {
@@ -340,7 +351,10 @@ static int cmd_send(struct ctl *c, int argc, char **argv)
         print_json(j);
     } else {
         char b[32];
-        printf("accepted %s\n", text_of(json_object_get(j, "accepted"), b, sizeof b));
+        printf("accepted %s%s\n", text_of(json_object_get(j, "accepted"), b, sizeof b),
+               json_is_true(json_object_get(j, "duplicate"))
+                   ? " (duplicate: this submission ID was queued before; nothing new queued)"
+                   : "");
     }
     json_decref(j);
     rc = 0;
@@ -639,8 +653,9 @@ static const struct command commands[] = {
     {"key", "", 0, 0, cmd_key, "print this server's ID and public key"},
     {"health", "", 0, 0, cmd_health, "check the daemon's store and listeners"},
     {"version", "", 0, 0, cmd_version, "print the version"},
-    {"send", "TO EVENT_JSON [EVENT_JSON ...] | TO -", 2, -1, cmd_send,
-     "queue events for server TO (- reads a JSON event or array from stdin)"},
+    {"send", "[--id SUBMISSION_ID] TO EVENT_JSON [EVENT_JSON ...] | TO -", 2, -1, cmd_send,
+     "queue events for server TO (- reads a JSON event or array from stdin); a repeat with "
+     "the same --id queues nothing"},
     {"inbox", "[--after SEQ] [--limit N] [--wait S] [--follow]", 0, 7, cmd_inbox,
      "print received events after SEQ; --follow keeps printing new ones"},
     {"peers", "", 0, 0, cmd_peers, "list peers: mode, queued events, next attempt, last error"},

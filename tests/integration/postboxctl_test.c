@@ -1,11 +1,11 @@
 /*
  * postboxctl_test - the admin CLI against one real postboxd: send (one event, several,
- * stdin), refusals (invalid server ID, sending to itself), peers showing a dead peer
- * queued with its count, retry/drop-parked on a peer that is not parked (409) or unknown
- * (404, through an escaped IPv6 path segment), empty guild and invite tables, an empty
- * inbox and its JSON shape, rename, --help, usage errors (exit 2), an unreachable daemon,
- * and `inbox --follow` retrying a failing admin listener with one error per streak and
- * ending with exit 0 on SIGINT. Delivery between two daemons is tested elsewhere.
+ * stdin, a repeated `send --id` queued once and a conflicting reuse refused), refusals (invalid
+ * server ID, sending to itself), peers showing a dead peer queued with its count, retry/drop-parked
+ * on a peer that is not parked (409) or unknown (404, through an escaped IPv6 path segment), empty
+ * guild and invite tables, an empty inbox and its JSON shape, rename, --help, usage errors (exit
+ * 2), an unreachable daemon, and `inbox --follow` retrying a failing admin listener with one error
+ * per streak and ending with exit 0 on SIGINT. Delivery between two daemons is tested elsewhere.
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -118,6 +118,27 @@ static int test_send(const pbt_daemon *d, const char *dead)
     CHECKF(j && json_integer_value(json_object_get(j, "accepted")) == 1, "--json send: %s", out);
     total += rc == 0 ? 1 : 0;
     json_decref(j);
+    free(out);
+
+    /* --id: the repeat is accepted and queues nothing (test_peers counts the queue), the
+     * ID reused for two events is refused, --id without events is a usage error */
+    for (int i = 0; i < 2; i++) {
+        rc = run(&out, "%s --admin %s send --id ctl-1 %s %s 2>&1", PB_POSTBOXCTL, d->admin, dead,
+                 EV1);
+        CHECK_INT(rc, 0);
+        CHECK_STR(out, i == 0 ? "accepted 1\n"
+                              : "accepted 1 (duplicate: this submission ID was queued before; "
+                                "nothing new queued)\n");
+        total += rc == 0 && i == 0 ? 1 : 0;
+        free(out);
+    }
+    rc = run(&out, "%s --admin %s send --id ctl-1 %s %s %s 2>&1", PB_POSTBOXCTL, d->admin, dead,
+             EV1, EV2);
+    CHECK(rc != 0);
+    CHECKF(strstr(out, "409") && strstr(out, "ctl-1"), "ID reused for 2 events: %s", out);
+    free(out);
+    rc = run(&out, "%s --admin %s send --id ctl-2 %s 2>&1", PB_POSTBOXCTL, d->admin, dead);
+    CHECKF(rc == 2, "send --id without events is a usage error: %d %s", rc, out);
     free(out);
 
     rc = run(&out, "%s --admin %s send no-port.example %s 2>&1", PB_POSTBOXCTL, d->admin, EV1);

@@ -11,7 +11,11 @@
  * writer process SIGKILLed mid-stream loses no write it reported committed). Delivery
  * engine state: outbox append/read/ack/remove, per-peer state, receive with and without
  * sequence numbers (dedupe, apply rules, atomicity), inbox, guild lists and invites, peer
- * and self renames, migration from schema version 1. Several nodes (two handles on one
+ * and self renames, migration from schema version 1. Submission IDs: first append,
+ * duplicate, conflicting reuse (another peer or count), retention and bounded pruning
+ * (with old times given as `now`), atomicity (an append failing inside its transaction or
+ * refused by a fault records nothing), and one ID submitted at once through two handles
+ * appended once. Several nodes (two handles on one
  * store): concurrent appends keep per-peer seqs gapless and ordered, a batch received by
  * two nodes at once is applied once, an inbox reader following the cursor never skips a
  * row, leases (take, renew, expiry, release, rename, races) and the outbox peer list.
@@ -36,7 +40,7 @@
 #include "harness.h"
 #include "store.h"
 
-#define SCHEMA_CURRENT 3
+#define SCHEMA_CURRENT 4
 
 static bool g_pg;       /* the backend under test: PostgreSQL, else SQLite */
 static char *tmp;       /* the temporary directory (SQLite files) */
@@ -1559,6 +1563,247 @@ static void test_outbox_concurrent(void)
     pb_store_close(s2);
 }
 
+/* ---- submission IDs (pb_store_outbox_submit) ---------------------------------------------- */
+
+/* One submission: the result, whether it was a duplicate and the last seq it reported. */
+struct sub_res {
+    pb_err err;
+    bool dup;
+    uint64_t last;
+};
+
+static struct sub_res submit(pb_store *s, const char *peer, const pb_event *e, size_t n,
+                             int64_t now, const char *id)
+{
+    struct sub_res r = {PB_ERR_INTERNAL, true, 12345};
+    r.err = pb_store_outbox_submit(s, peer, e, n, now, id, &r.last, &r.dup);
+    return r;
+}
+
+/* Submission records behind the store's back: how many match the SQL condition. */
+static long long sub_rows(const char *spec, const char *where)
+{
+    char sql[256];
+    long long v = -1;
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM submissions WHERE %s", where);
+    if (!raw_int(spec, sql, &v)) return -1;
+    return v;
+}
+
+static void test_submission_ids(void)
+{
+    char big[PB_SUBMISSION_ID_MAX + 2];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    CHECK(!pb_store_submission_id_valid(big)); /* 129 */
+    big[PB_SUBMISSION_ID_MAX] = '\0';
+    CHECK(pb_store_submission_id_valid(big)); /* 128 */
+    CHECK(pb_store_submission_id_valid("a"));
+    CHECK(pb_store_submission_id_valid(" !~\"\\"));
+    CHECK(!pb_store_submission_id_valid(NULL));
+    CHECK(!pb_store_submission_id_valid(""));
+    CHECK(!pb_store_submission_id_valid("a\tb"));
+    CHECK(!pb_store_submission_id_valid("a\x7f"));
+    CHECK(!pb_store_submission_id_valid("caf\xc3\xa9"));
+
+    char *spec = NULL;
+    pb_store *s = open_fresh("submit", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
+    const char *p1 = "p1.example:443", *p2 = "p2.example:443";
+    pb_event e[3] = {ev_added(1, 10), ev_invited(2, 3, "inv-1"), ev_removed(4, 5)};
+    const int64_t t0 = 1000000;
+
+    /* an invalid ID is refused and writes nothing */
+    CHECK_ERR(submit(s, p1, e, 1, t0, "").err, PB_ERR_INVAL);
+    CHECK_ERR(submit(s, p1, e, 1, t0, "tab\there").err, PB_ERR_INVAL);
+    CHECK_ERR(submit(s, p1, e, 1, t0, "x\x01").err, PB_ERR_INVAL);
+    big[PB_SUBMISSION_ID_MAX] = 'x'; /* 129 again */
+    CHECK_ERR(submit(s, p1, e, 1, t0, big).err, PB_ERR_INVAL);
+    CHECK_INT(next_seq_of(s, p1), 0); /* no peer row */
+
+    /* first time: appended and recorded; a repeat appends nothing and reports the seqs
+     * the first one got */
+    struct sub_res r = submit(s, p1, e, 2, t0, "s-1");
+    CHECK_OK(r.err);
+    CHECK(!r.dup);
+    CHECK_INT(r.last, 2);
+    r = submit(s, p1, e, 2, t0 + 5, "s-1");
+    CHECK_OK(r.err);
+    CHECK(r.dup);
+    CHECK_INT(r.last, 2);
+    CHECK_OK(pb_store_outbox_submit(s, p1, e, 2, t0 + 6, "s-1", NULL, NULL));
+    CHECK_INT(outbox_count(s, p1), 2);
+    CHECK_INT(next_seq_of(s, p1), 3);
+    CHECK_INT(sub_rows(spec, "id = 's-1' AND peer = 'p1.example:443' AND first_seq = 1"
+                             " AND count = 2 AND created_at = 1000000"),
+              1);
+
+    /* the ID reused for another peer or another number of events: refused, nothing
+     * changes (p2 does not even get a peer row) */
+    CHECK_ERR(submit(s, p2, e, 2, t0, "s-1").err, PB_ERR_EXISTS);
+    CHECK_ERR(submit(s, p1, e, 3, t0, "s-1").err, PB_ERR_EXISTS);
+    CHECK_ERR(submit(s, p1, e, 1, t0, "s-1").err, PB_ERR_EXISTS);
+    pb_peer_state st;
+    CHECK_ERR(pb_store_peer_state_get(s, p2, &st), PB_ERR_NOT_FOUND);
+    CHECK_INT(next_seq_of(s, p1), 3);
+
+    /* without an ID, or with another ID, the same events are appended again */
+    uint64_t last = 0;
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 1, t0, &last));
+    CHECK_INT(last, 3);
+    r = submit(s, p1, e, 1, t0, NULL);
+    CHECK(r.err == PB_OK && !r.dup && r.last == 4);
+    r = submit(s, p1, e, 2, t0, "s-2");
+    CHECK(r.err == PB_OK && !r.dup && r.last == 6);
+    r = submit(s, p2, e, 3, t0, "S-1"); /* IDs are case-sensitive */
+    CHECK(r.err == PB_OK && !r.dup && r.last == 3);
+
+    /* remembered after the events were delivered (acked) and after a reopen */
+    CHECK_OK(pb_store_outbox_ack(s, p1, UINT64_MAX));
+    r = submit(s, p1, e, 2, t0 + 7, "s-1");
+    CHECK(r.err == PB_OK && r.dup && r.last == 2);
+    pb_store_close(s);
+    s = NULL;
+    CHECK_OK(pb_store_open(spec, NULL, &s));
+    if (!s) goto out;
+    r = submit(s, p1, e, 2, t0 + 8, "s-2");
+    CHECK(r.err == PB_OK && r.dup && r.last == 6);
+    CHECK_INT(outbox_count(s, p1), 0);
+
+    /* retention: exactly 24 h old is still remembered; older records go with the next
+     * recording append, and the ID is then new again */
+    const int64_t keep = PB_STORE_SUBMISSION_KEEP_MS;
+    r = submit(s, p2, e, 1, t0 + keep, "s-keep"); /* cutoff t0: s-1, s-2, S-1 stay */
+    CHECK(r.err == PB_OK && !r.dup);
+    CHECK_INT(sub_rows(spec, "created_at = 1000000"), 3);
+    r = submit(s, p1, e, 2, t0 + keep, "s-1");
+    CHECK(r.err == PB_OK && r.dup && r.last == 2);
+    r = submit(s, p2, e, 1, t0 + keep + 1, "s-prune"); /* cutoff t0 + 1 */
+    CHECK(r.err == PB_OK && !r.dup);
+    CHECK_INT(sub_rows(spec, "created_at = 1000000"), 0);
+    CHECK_INT(sub_rows(spec, "1 = 1"), 2);         /* s-keep, s-prune */
+    r = submit(s, p1, e, 1, t0 + keep + 2, "s-1"); /* forgotten: a new submission */
+    CHECK(r.err == PB_OK && !r.dup && r.last == 7);
+    /* a plain append prunes nothing */
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 1, t0 + 10 * keep, NULL));
+    CHECK_INT(sub_rows(spec, "1 = 1"), 3);
+
+    /* bounded work: one recording append deletes at most PRUNE_MAX expired records */
+    CHECK(raw_exec(spec, g_pg ? "INSERT INTO submissions(id, peer, first_seq, count, created_at)"
+                                " SELECT 'bulk-' || i, 'p9.example:443', i, 1, i"
+                                " FROM generate_series(1, 250) AS i"
+                              : "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                                " WHERE i < 250) INSERT INTO submissions(id, peer, first_seq,"
+                                " count, created_at) SELECT 'bulk-' || i, 'p9.example:443', i,"
+                                " 1, i FROM n"));
+    CHECK_OK(submit(s, p2, e, 1, t0 + 3 * keep, "s-b1").err);
+    CHECK_INT(sub_rows(spec, "id LIKE 'bulk-%'"), 250 - PB_STORE_SUBMISSION_PRUNE_MAX);
+    /* oldest first */
+    CHECK_INT(sub_rows(spec, "id LIKE 'bulk-%' AND created_at <= 100"), 0);
+    CHECK_OK(submit(s, p2, e, 1, t0 + 3 * keep, "s-b2").err);
+    CHECK_INT(sub_rows(spec, "id LIKE 'bulk-%'"), 250 - 2 * PB_STORE_SUBMISSION_PRUNE_MAX);
+    /* the rest of the bulk and the older s-* records go with the third */
+    CHECK_OK(submit(s, p2, e, 1, t0 + 3 * keep, "s-b3").err);
+    CHECK_INT(sub_rows(spec, "1 = 1"), 3); /* s-b1, s-b2, s-b3 */
+
+    /* atomicity: an append that fails after the ID was checked records nothing. A row
+     * planted at p1's next seq makes the insert fail inside the transaction. */
+    uint64_t next = next_seq_of(s, p1);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO outbox(peer, seq, event, created_at) VALUES ('p1.example:443', %llu, %s,"
+             " 1)",
+             (unsigned long long)next + 1, g_pg ? "decode('0801', 'hex')" : "x'0801'");
+    CHECK(raw_exec(spec, sql));
+    CHECK(submit(s, p1, e, 2, t0 + 3 * keep, "s-atom").err != PB_OK);
+    CHECK_INT(sub_rows(spec, "id = 's-atom'"), 0);
+    CHECK_INT(next_seq_of(s, p1), next);
+    snprintf(sql, sizeof sql, "DELETE FROM outbox WHERE peer = 'p1.example:443' AND seq = %llu",
+             (unsigned long long)next + 1);
+    CHECK(raw_exec(spec, sql));
+    r = submit(s, p1, e, 2, t0 + 3 * keep, "s-atom");
+    CHECK(r.err == PB_OK && !r.dup && r.last == next + 1);
+#ifdef PB_FAULTS
+    /* a write refused by the store (disk full) records nothing either */
+    pb_store_fault_set(s, PB_ERR_STORE);
+    CHECK_ERR(submit(s, p1, e, 1, t0 + 3 * keep, "s-fault").err, PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    CHECK_INT(sub_rows(spec, "id = 's-fault'"), 0);
+    r = submit(s, p1, e, 1, t0 + 3 * keep, "s-fault");
+    CHECK(r.err == PB_OK && !r.dup && r.last == next + 2);
+#endif
+    CHECK_OK(pb_store_integrity_check(s));
+out:
+    pb_store_close(s);
+    free(spec);
+}
+
+#ifdef PB_FAULTS
+/* Two nodes (two handles), 8 threads submitting one ID at once, held so that they start
+ * together (SQLite: in one batch per handle; PostgreSQL: concurrent transactions): the
+ * events are appended once, one caller gets duplicate false, the rest true. */
+#define SUB_THREADS 8
+
+struct sub_arg {
+    pb_store *s;
+    struct sub_res r;
+};
+
+static void *sub_thread(void *p)
+{
+    struct sub_arg *a = p;
+    pb_event e[3] = {ev_added(1, 1), ev_added(1, 2), ev_added(1, 3)};
+    a->r = submit(a->s, "race.example:443", e, 3, 5000, "one-id");
+    return NULL;
+}
+
+static void test_submission_race(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("submit_mt", &spec), *s2 = NULL;
+    if (s) CHECK_OK(pb_store_open(spec, NULL, &s2));
+    free(spec);
+    if (!s || !s2) {
+        pb_store_close(s);
+        pb_store_close(s2);
+        return;
+    }
+    pthread_t th[SUB_THREADS];
+    struct sub_arg args[SUB_THREADS];
+    pb_store_fault_hold(s, true);
+    pb_store_fault_hold(s2, true);
+    for (int i = 0; i < SUB_THREADS; i++) {
+        args[i] = (struct sub_arg){.s = i % 2 ? s2 : s};
+        CHECK(pthread_create(&th[i], NULL, sub_thread, &args[i]) == 0);
+    }
+    CHECK(wait_queued(s, SUB_THREADS / 2));
+    CHECK(wait_queued(s2, SUB_THREADS / 2));
+    pb_store_fault_hold(s, false);
+    pb_store_fault_hold(s2, false);
+    int fresh = 0, dups = 0;
+    for (int i = 0; i < SUB_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_OK(args[i].r.err);
+        CHECK_INT(args[i].r.last, 3);
+        if (args[i].r.err != PB_OK) continue;
+        if (args[i].r.dup)
+            dups++;
+        else
+            fresh++;
+    }
+    CHECK_INT(fresh, 1);
+    CHECK_INT(dups, SUB_THREADS - 1);
+    CHECK_INT(outbox_count(s, "race.example:443"), 3);
+    CHECK_INT(next_seq_of(s, "race.example:443"), 4);
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+    pb_store_close(s2);
+}
+#endif
+
 /* ---- several nodes: leases, the outbox peer list, receiving and the inbox ---------------- */
 
 static bool lease(pb_store *s, const char *peer, const char *node, int64_t now, int64_t ttl)
@@ -2091,6 +2336,10 @@ int main(int argc, char **argv)
     test_self_rename();
     test_migrate_from_v1();
     test_outbox_concurrent();
+    test_submission_ids();
+#ifdef PB_FAULTS
+    test_submission_race();
+#endif
     test_leases();
     test_outbox_peers();
     test_two_nodes_receive();
