@@ -404,12 +404,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     pb_auth_result ares;
     if (r->route->with_auth) {
-        const char *authz =
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         if (!s->has_auth)
             return send_error(conn, 500, ID_INTERNAL, 0, "authentication not configured");
-        pb_auth_check(authz, (uint64_t)time(NULL), s->auth.policy, s->auth.key_fn, s->auth.key_ctx,
-                      &ares);
+        pb_auth_check(hreq.authorization, (uint64_t)time(NULL), s->auth.policy, s->auth.key_fn,
+                      s->auth.key_ctx, &ares);
         if (ares.verdict != PB_AUTH_OK) {
             PB_INFO(ares.server_id[0] ? ares.server_id : NULL, "%s refused: %s (%s)", url,
                     pb_auth_verdict_message(ares.verdict),
