@@ -1273,51 +1273,102 @@ static pb_err pg_peer_key_get(void *impl, const char *server_id, uint8_t key[PB_
     return err;
 }
 
-static pb_err pg_peer_list(void *impl, pb_peer_info **peers, size_t *count)
+/* ---- list readers ----------------------------------------------------------------------- */
+
+/* A row callback's answer that ends the read before the current row (never an error). */
+#define ROW_STOP PB_ERR__COUNT
+
+/* How a list reader turns its statement's result rows into an array. */
+typedef struct rows_spec {
+    enum stmt_id id;
+    size_t size; /* of one element */
+    /* Fills the zeroed element from row i: PB_OK, PB_ERR_CORRUPT for a bad row (the
+     * element still counts, for free_arr), or ROW_STOP. */
+    pb_err (*row)(const PGresult *r, int i, void *elem, void *ctx);
+    void (*free_arr)(void *arr, size_t n); /* frees n elements and the array */
+} rows_spec;
+
+/* Runs s->id with parameters a[0..na) as a read and collects its rows. On PB_OK *out (NULL
+ * when empty) is the caller's, to free as s->free_arr does. */
+static pb_err read_rows(pgs *b, const rows_spec *s, const arg *a, int na, void *ctx, void **out,
+                        size_t *count)
 {
     PGresult *r = NULL;
-    pb_err err = read_query(impl, ST_PEER_LIST, NULL, 0, &r);
+    pb_err err = read_query(b, s->id, a, na, &r);
     if (err != PB_OK) return err;
     size_t rows = (size_t)PQntuples(r), n = 0;
-    pb_peer_info *arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    bool bad = false;
+    unsigned char *arr = rows ? pb_xcalloc(rows, s->size) : NULL;
     for (; n < rows; n++) {
-        int i = (int)n;
-        pb_peer_info *p = &arr[n];
-        p->server_id = col_str(r, i, 0);
-        p->first_seen = col_i64(r, i, 1, &bad);
-        p->last_contact = col_i64(r, i, 2, &bad);
-        if (!PQgetisnull(r, i, 3)) {
-            if (PQgetlength(r, i, 3) != PB_PUBKEY_LEN) {
-                PB_ERROR(p->server_id, "store: stored key has %d bytes", PQgetlength(r, i, 3));
-                bad = true;
-            } else {
-                memcpy(p->key, PQgetvalue(r, i, 3), PB_PUBKEY_LEN);
-                p->has_key = true;
-                p->key_fetched_at = col_i64(r, i, 4, &bad);
-            }
+        err = s->row(r, (int)n, arr + n * s->size, ctx);
+        if (err == ROW_STOP) {
+            err = PB_OK;
+            break;
         }
-        if (!p->server_id || bad) {
+        if (err != PB_OK) {
             n++;
-            err = PB_ERR_CORRUPT;
             break;
         }
     }
     PQclear(r);
     if (err != PB_OK) {
-        pb_peer_info_free_array(arr, n);
+        s->free_arr(arr, n);
         return err;
     }
-    *peers = arr;
+    if (n == 0) {
+        free(arr);
+        arr = NULL;
+    }
+    *out = arr;
     *count = n;
     return PB_OK;
 }
 
+/* ---- peer list -------------------------------------------------------------------------- */
+
+static pb_err peer_info_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_peer_info *p = elem;
+    bool bad = false;
+    p->server_id = col_str(r, i, 0);
+    p->first_seen = col_i64(r, i, 1, &bad);
+    p->last_contact = col_i64(r, i, 2, &bad);
+    if (!PQgetisnull(r, i, 3)) {
+        if (PQgetlength(r, i, 3) != PB_PUBKEY_LEN) {
+            PB_ERROR(p->server_id, "store: stored key has %d bytes", PQgetlength(r, i, 3));
+            bad = true;
+        } else {
+            memcpy(p->key, PQgetvalue(r, i, 3), PB_PUBKEY_LEN);
+            p->has_key = true;
+            p->key_fetched_at = col_i64(r, i, 4, &bad);
+        }
+    }
+    return p->server_id && !bad ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void peer_infos_free(void *arr, size_t n)
+{
+    pb_peer_info_free_array(arr, n);
+}
+
+static const rows_spec peer_rows = {ST_PEER_LIST, sizeof(pb_peer_info), peer_info_row,
+                                    peer_infos_free};
+
+static pb_err pg_peer_list(void *impl, pb_peer_info **peers, size_t *count)
+{
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &peer_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *peers = arr;
+    return err;
+}
+
 /* ---- per-peer delivery state ------------------------------------------------------------ */
 
-/* Fills *p from row i of a PEER_STATE_SELECT result. */
-static pb_err peer_state_row(const PGresult *r, int i, pb_peer_state *p)
+/* Fills *elem (a pb_peer_state) from row i of a PEER_STATE_SELECT result; ctx is unused. */
+static pb_err peer_state_row(const PGresult *r, int i, void *elem, void *ctx)
 {
+    (void)ctx;
+    pb_peer_state *p = elem;
     bool bad = false;
     memset(p, 0, sizeof *p);
     p->server_id = col_str(r, i, 0);
@@ -1345,7 +1396,7 @@ static pb_err pg_peer_state_get(void *impl, const char *server_id, pb_peer_state
     pb_peer_state p = {0};
     pb_err err = READ(impl, ST_PEER_STATE_GET, &r, A_TEXT(server_id));
     if (err != PB_OK) return err;
-    err = PQntuples(r) == 0 ? PB_ERR_NOT_FOUND : peer_state_row(r, 0, &p);
+    err = PQntuples(r) == 0 ? PB_ERR_NOT_FOUND : peer_state_row(r, 0, &p, NULL);
     PQclear(r);
     if (err != PB_OK) {
         pb_peer_state_clear(&p);
@@ -1355,25 +1406,20 @@ static pb_err pg_peer_state_get(void *impl, const char *server_id, pb_peer_state
     return PB_OK;
 }
 
+static void peer_states_free(void *arr, size_t n)
+{
+    pb_peer_state_free_array(arr, n);
+}
+
+static const rows_spec peer_state_rows = {ST_PEER_STATE_LIST, sizeof(pb_peer_state), peer_state_row,
+                                          peer_states_free};
+
 static pb_err pg_peer_state_list(void *impl, pb_peer_state **out, size_t *count)
 {
-    PGresult *r = NULL;
-    pb_err err = read_query(impl, ST_PEER_STATE_LIST, NULL, 0, &r);
-    if (err != PB_OK) return err;
-    size_t rows = (size_t)PQntuples(r), n = 0;
-    pb_peer_state *arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    while (n < rows && err == PB_OK) {
-        err = peer_state_row(r, (int)n, &arr[n]);
-        n++;
-    }
-    PQclear(r);
-    if (err != PB_OK) {
-        pb_peer_state_free_array(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &peer_state_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 struct peer_state_ctx {
@@ -1508,6 +1554,35 @@ static pb_err pg_outbox_append(void *impl, const char *peer, const pb_event *evs
     return err;
 }
 
+struct outbox_rows {
+    size_t max_bytes, bytes;
+};
+
+static pb_err outbox_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    struct outbox_rows *o = ctx;
+    pb_outbox_item *it = elem;
+    bool bad = false;
+    size_t size = (size_t)PQgetlength(r, i, 2);
+    /* the first item always; later ones while the total stays within max_bytes */
+    if (i > 0 && (o->bytes > o->max_bytes || size > o->max_bytes - o->bytes)) return ROW_STOP;
+    pb_err err = col_event(r, i, 2, "outbox", &it->ev);
+    if (err != PB_OK) return err;
+    it->seq = (uint64_t)col_i64(r, i, 0, &bad);
+    it->created_at = col_i64(r, i, 1, &bad);
+    it->size = size;
+    o->bytes += size;
+    return bad ? PB_ERR_CORRUPT : PB_OK;
+}
+
+static void outbox_items_free(void *arr, size_t n)
+{
+    pb_outbox_items_free(arr, n);
+}
+
+static const rows_spec outbox_rows_spec = {ST_OUTBOX_READ, sizeof(pb_outbox_item), outbox_row,
+                                           outbox_items_free};
+
 static pb_err pg_outbox_read(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
                              size_t max_bytes, pb_outbox_item **items, size_t *count)
 {
@@ -1516,43 +1591,13 @@ static pb_err pg_outbox_read(void *impl, const char *peer, uint64_t from_seq, si
         *count = 0;
         return PB_OK;
     }
-    PGresult *r = NULL;
-    pb_err err =
-        READ(impl, ST_OUTBOX_READ, &r, A_TEXT(peer), A_INT(from_seq), A_INT(clamp64(max_items)));
-    if (err != PB_OK) return err;
-    size_t rows = (size_t)PQntuples(r), n = 0, bytes = 0;
-    pb_outbox_item *arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    bool bad = false;
-    for (; n < rows; n++) {
-        int i = (int)n;
-        size_t size = (size_t)PQgetlength(r, i, 2);
-        /* the first item always; later ones while the total stays within max_bytes */
-        if (n > 0 && (bytes > max_bytes || size > max_bytes - bytes)) break;
-        pb_outbox_item *it = &arr[n];
-        err = col_event(r, i, 2, "outbox", &it->ev);
-        if (err != PB_OK) break;
-        it->seq = (uint64_t)col_i64(r, i, 0, &bad);
-        it->created_at = col_i64(r, i, 1, &bad);
-        it->size = size;
-        bytes += size;
-        if (bad) {
-            n++;
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    PQclear(r);
-    if (err != PB_OK) {
-        pb_outbox_items_free(arr, n);
-        return err;
-    }
-    if (n == 0) {
-        free(arr);
-        arr = NULL;
-    }
-    *items = arr;
-    *count = n;
-    return PB_OK;
+    struct outbox_rows o = {max_bytes, 0};
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &outbox_rows_spec,
+                           (const arg[]){A_TEXT(peer), A_INT(from_seq), A_INT(clamp64(max_items))},
+                           3, &o, &arr, count);
+    if (err == PB_OK) *items = arr;
+    return err;
 }
 
 struct outbox_del_ctx {
@@ -1588,28 +1633,28 @@ static pb_err pg_outbox_remove(void *impl, const char *peer, uint64_t seq)
     return stmt_run(impl, outbox_remove_job, &d);
 }
 
+static pb_err outbox_peer_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    char **peer = elem;
+    *peer = col_str(r, i, 0);
+    return *peer ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void strings_free(void *arr, size_t n)
+{
+    pb_store_strings_free(arr, n);
+}
+
+static const rows_spec outbox_peer_rows = {ST_OUTBOX_PEERS, sizeof(char *), outbox_peer_row,
+                                           strings_free};
+
 static pb_err pg_outbox_peers(void *impl, char ***out, size_t *count)
 {
-    PGresult *r = NULL;
-    pb_err err = read_query(impl, ST_OUTBOX_PEERS, NULL, 0, &r);
-    if (err != PB_OK) return err;
-    size_t rows = (size_t)PQntuples(r), n = 0;
-    char **arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    for (; n < rows; n++) {
-        arr[n] = col_str(r, (int)n, 0);
-        if (!arr[n]) {
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    PQclear(r);
-    if (err != PB_OK) {
-        pb_store_strings_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &outbox_peer_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 /* ---- receiving -------------------------------------------------------------------------- */
@@ -1733,6 +1778,36 @@ static pb_err pg_receive(void *impl, const char *from, const pb_event *evs, cons
 
 /* ---- inbox ------------------------------------------------------------------------------ */
 
+static pb_err inbox_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_inbox_item *it = elem;
+    pb_err err = PB_OK;
+    bool bad = false;
+    it->seq = (uint64_t)col_i64(r, i, 0, &bad);
+    it->from = col_str(r, i, 1);
+    it->received_at = col_i64(r, i, 5, &bad);
+    if (PQgetisnull(r, i, 2)) {
+        it->is_rename = true;
+        it->old_id = col_str(r, i, 3);
+        it->new_id = col_str(r, i, 4);
+        if (!it->old_id || !it->new_id) err = PB_ERR_CORRUPT;
+    } else {
+        err = col_event(r, i, 2, "inbox", &it->ev);
+    }
+    if (!it->from || bad) err = PB_ERR_CORRUPT;
+    if (err != PB_OK) PB_ERROR(NULL, "store: bad inbox row %llu", (unsigned long long)it->seq);
+    return err;
+}
+
+static void inbox_items_free(void *arr, size_t n)
+{
+    pb_inbox_items_free(arr, n);
+}
+
+static const rows_spec inbox_rows = {ST_INBOX_READ, sizeof(pb_inbox_item), inbox_row,
+                                     inbox_items_free};
+
 static pb_err pg_inbox_read(void *impl, uint64_t after, size_t limit, pb_inbox_item **items,
                             size_t *count)
 {
@@ -1741,37 +1816,11 @@ static pb_err pg_inbox_read(void *impl, uint64_t after, size_t limit, pb_inbox_i
         *count = 0;
         return PB_OK;
     }
-    PGresult *r = NULL;
-    pb_err err = READ(impl, ST_INBOX_READ, &r, A_INT(after), A_INT(clamp64(limit)));
-    if (err != PB_OK) return err;
-    size_t rows = (size_t)PQntuples(r), n = 0;
-    pb_inbox_item *arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    for (; n < rows && err == PB_OK; n++) {
-        int i = (int)n;
-        bool bad = false;
-        pb_inbox_item *it = &arr[n];
-        it->seq = (uint64_t)col_i64(r, i, 0, &bad);
-        it->from = col_str(r, i, 1);
-        it->received_at = col_i64(r, i, 5, &bad);
-        if (PQgetisnull(r, i, 2)) {
-            it->is_rename = true;
-            it->old_id = col_str(r, i, 3);
-            it->new_id = col_str(r, i, 4);
-            if (!it->old_id || !it->new_id) err = PB_ERR_CORRUPT;
-        } else {
-            err = col_event(r, i, 2, "inbox", &it->ev);
-        }
-        if (!it->from || bad) err = PB_ERR_CORRUPT;
-        if (err != PB_OK) PB_ERROR(NULL, "store: bad inbox row %llu", (unsigned long long)it->seq);
-    }
-    PQclear(r);
-    if (err != PB_OK) {
-        pb_inbox_items_free(arr, n);
-        return err;
-    }
-    *items = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &inbox_rows, (const arg[]){A_INT(after), A_INT(clamp64(limit))}, 2,
+                           NULL, &arr, count);
+    if (err == PB_OK) *items = arr;
+    return err;
 }
 
 static pb_err pg_inbox_last_seq(void *impl, uint64_t *seq)
@@ -1789,59 +1838,56 @@ static pb_err pg_inbox_last_seq(void *impl, uint64_t *seq)
 
 /* ---- local users' federated state ------------------------------------------------------- */
 
+static pb_err guild_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_guild_entry *e = elem;
+    bool bad = false;
+    e->guild_id = (uint64_t)col_i64(r, i, 0, &bad);
+    e->server_id = col_str(r, i, 1);
+    return e->server_id && !bad ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void guilds_free(void *arr, size_t n)
+{
+    pb_guild_entries_free(arr, n);
+}
+
+static const rows_spec guild_rows = {ST_GUILD_LIST, sizeof(pb_guild_entry), guild_row, guilds_free};
+
 static pb_err pg_guilds(void *impl, uint64_t user_id, pb_guild_entry **out, size_t *count)
 {
-    PGresult *r = NULL;
-    pb_err err = READ(impl, ST_GUILD_LIST, &r, A_INT(user_id));
-    if (err != PB_OK) return err;
-    size_t rows = (size_t)PQntuples(r), n = 0;
-    pb_guild_entry *arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    bool bad = false;
-    for (; n < rows; n++) {
-        arr[n].guild_id = (uint64_t)col_i64(r, (int)n, 0, &bad);
-        arr[n].server_id = col_str(r, (int)n, 1);
-        if (!arr[n].server_id || bad) {
-            n++;
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    PQclear(r);
-    if (err != PB_OK) {
-        pb_guild_entries_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &guild_rows, (const arg[]){A_INT(user_id)}, 1, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
+
+static pb_err invite_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_invite_entry *e = elem;
+    bool bad = false;
+    e->invite_id = col_str(r, i, 0);
+    e->server_id = col_str(r, i, 1);
+    e->inviter_id = (uint64_t)col_i64(r, i, 2, &bad);
+    return e->invite_id && e->server_id && !bad ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void invites_free(void *arr, size_t n)
+{
+    pb_invite_entries_free(arr, n);
+}
+
+static const rows_spec invite_rows = {ST_INVITE_LIST, sizeof(pb_invite_entry), invite_row,
+                                      invites_free};
 
 static pb_err pg_invites(void *impl, uint64_t user_id, pb_invite_entry **out, size_t *count)
 {
-    PGresult *r = NULL;
-    pb_err err = READ(impl, ST_INVITE_LIST, &r, A_INT(user_id));
-    if (err != PB_OK) return err;
-    size_t rows = (size_t)PQntuples(r), n = 0;
-    pb_invite_entry *arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    bool bad = false;
-    for (; n < rows; n++) {
-        arr[n].invite_id = col_str(r, (int)n, 0);
-        arr[n].server_id = col_str(r, (int)n, 1);
-        arr[n].inviter_id = (uint64_t)col_i64(r, (int)n, 2, &bad);
-        if (!arr[n].invite_id || !arr[n].server_id || bad) {
-            n++;
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    PQclear(r);
-    if (err != PB_OK) {
-        pb_invite_entries_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &invite_rows, (const arg[]){A_INT(user_id)}, 1, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 /* ---- renames ---------------------------------------------------------------------------- */
@@ -1914,37 +1960,34 @@ static pb_err pg_self_rename(void *impl, const char *old_id, const char *new_id,
     return tx_run(impl, self_rename_job, &r);
 }
 
+static pb_err rename_out_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_rename_out *o = elem;
+    bool bad = false;
+    o->peer = col_str(r, i, 0);
+    o->old_id = col_str(r, i, 1);
+    o->new_id = col_str(r, i, 2);
+    o->attempts = (uint32_t)col_i64(r, i, 3, &bad);
+    o->next_attempt_at = col_i64(r, i, 4, &bad);
+    o->last_error = col_str(r, i, 5);
+    return o->peer && o->old_id && o->new_id && !bad ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void rename_outs_free(void *arr, size_t n)
+{
+    pb_rename_outs_free(arr, n);
+}
+
+static const rows_spec rename_out_rows = {ST_RENAME_OUT_LIST, sizeof(pb_rename_out), rename_out_row,
+                                          rename_outs_free};
+
 static pb_err pg_rename_out_list(void *impl, pb_rename_out **out, size_t *count)
 {
-    PGresult *r = NULL;
-    pb_err err = read_query(impl, ST_RENAME_OUT_LIST, NULL, 0, &r);
-    if (err != PB_OK) return err;
-    size_t rows = (size_t)PQntuples(r), n = 0;
-    pb_rename_out *arr = rows ? pb_xcalloc(rows, sizeof *arr) : NULL;
-    bool bad = false;
-    for (; n < rows; n++) {
-        int i = (int)n;
-        pb_rename_out *o = &arr[n];
-        o->peer = col_str(r, i, 0);
-        o->old_id = col_str(r, i, 1);
-        o->new_id = col_str(r, i, 2);
-        o->attempts = (uint32_t)col_i64(r, i, 3, &bad);
-        o->next_attempt_at = col_i64(r, i, 4, &bad);
-        o->last_error = col_str(r, i, 5);
-        if (!o->peer || !o->old_id || !o->new_id || bad) {
-            n++;
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    PQclear(r);
-    if (err != PB_OK) {
-        pb_rename_outs_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &rename_out_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 struct rename_out_ctx {

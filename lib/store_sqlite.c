@@ -1093,59 +1093,6 @@ out:
     return err;
 }
 
-static pb_err sq_peer_list(void *impl, pb_peer_info **peers, size_t *count)
-{
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    pb_peer_info *arr = NULL;
-    size_t n = 0, cap = 0;
-    pb_err err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err = stmt_get(c, ST_PEER_LIST, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const unsigned char *id = sqlite3_column_text(st, 0);
-        if (!id) {
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        pb_peer_info *p = &arr[n];
-        memset(p, 0, sizeof *p);
-        p->server_id = pb_xstrdup((const char *)id);
-        n++;
-        p->first_seen = sqlite3_column_int64(st, 1);
-        p->last_contact = sqlite3_column_int64(st, 2);
-        if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
-            if (sqlite3_column_bytes(st, 3) != PB_PUBKEY_LEN) {
-                PB_ERROR(p->server_id, "store: stored key has %d bytes",
-                         sqlite3_column_bytes(st, 3));
-                err = PB_ERR_CORRUPT;
-                break;
-            }
-            memcpy(p->key, sqlite3_column_blob(st, 3), PB_PUBKEY_LEN);
-            p->has_key = true;
-            p->key_fetched_at = sqlite3_column_int64(st, 4);
-        }
-    }
-    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "peer list");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_peer_info_free_array(arr, n);
-        return err;
-    }
-    *peers = arr;
-    *count = n;
-    return PB_OK;
-}
-
 /* ---- statement helpers for the delivery state ------------------------------------------- */
 
 /* One bound parameter: an integer, a text (NULL binds SQL NULL) or a blob. */
@@ -1271,11 +1218,115 @@ static void encoded_free(encoded *e)
 
 #define ENC_ARG(e, i) A_BLOB((e)->buf.data + (e)->off[i], (e)->off[(i) + 1] - (e)->off[i])
 
+/* ---- list readers ----------------------------------------------------------------------- */
+
+/* A row callback's answer that ends the read before the current row (never an error). */
+#define ROW_STOP PB_ERR__COUNT
+
+/* How a list reader turns its statement's rows into an array. */
+typedef struct rows_spec {
+    enum stmt_id id;
+    const char *what; /* names the read in the error log */
+    size_t size;      /* of one element */
+    /* Fills the zeroed element from the current row: PB_OK, PB_ERR_CORRUPT for a bad row
+     * (the element still counts, for free_arr), or ROW_STOP. */
+    pb_err (*row)(sqlite3_stmt *st, void *elem, void *ctx);
+    void (*free_arr)(void *arr, size_t n); /* frees n elements and the array */
+} rows_spec;
+
+/* Runs s->id with parameters a[0..na) on a reader connection and collects its rows. On
+ * PB_OK *out (NULL when empty) is the caller's, to free as s->free_arr does. */
+static pb_err read_rows(sq *b, const rows_spec *s, const arg *a, int na, void *ctx, void **out,
+                        size_t *count)
+{
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    unsigned char *arr = NULL;
+    size_t n = 0, cap = 0;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, s->id, a, na, &st);
+    if (err != PB_OK) goto out;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            arr = pb_xrealloc(arr, cap * s->size);
+        }
+        void *elem = arr + n * s->size;
+        memset(elem, 0, s->size);
+        err = s->row(st, elem, ctx);
+        if (err == ROW_STOP) {
+            err = PB_OK;
+            break;
+        }
+        n++;
+        if (err != PB_OK) break;
+    }
+    /* rc is SQLITE_ROW here only when a row callback stopped the read */
+    if (err == PB_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) err = fail(c->db, rc, s->what);
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    if (err != PB_OK) {
+        s->free_arr(arr, n);
+        return err;
+    }
+    if (n == 0) {
+        free(arr);
+        arr = NULL;
+    }
+    *out = arr;
+    *count = n;
+    return PB_OK;
+}
+
+/* ---- peer list -------------------------------------------------------------------------- */
+
+static pb_err peer_info_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_peer_info *p = elem;
+    const unsigned char *id = sqlite3_column_text(st, 0);
+    if (!id) return PB_ERR_CORRUPT;
+    p->server_id = pb_xstrdup((const char *)id);
+    p->first_seen = sqlite3_column_int64(st, 1);
+    p->last_contact = sqlite3_column_int64(st, 2);
+    if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+        if (sqlite3_column_bytes(st, 3) != PB_PUBKEY_LEN) {
+            PB_ERROR(p->server_id, "store: stored key has %d bytes", sqlite3_column_bytes(st, 3));
+            return PB_ERR_CORRUPT;
+        }
+        memcpy(p->key, sqlite3_column_blob(st, 3), PB_PUBKEY_LEN);
+        p->has_key = true;
+        p->key_fetched_at = sqlite3_column_int64(st, 4);
+    }
+    return PB_OK;
+}
+
+static void peer_infos_free(void *arr, size_t n)
+{
+    pb_peer_info_free_array(arr, n);
+}
+
+static const rows_spec peer_rows = {ST_PEER_LIST, "peer list", sizeof(pb_peer_info), peer_info_row,
+                                    peer_infos_free};
+
+static pb_err sq_peer_list(void *impl, pb_peer_info **peers, size_t *count)
+{
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &peer_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *peers = arr;
+    return err;
+}
+
 /* ---- per-peer delivery state ------------------------------------------------------------ */
 
-/* Fills *p from a PEER_STATE_SELECT row. */
-static pb_err peer_state_row(sqlite3_stmt *st, pb_peer_state *p)
+/* Fills *elem (a pb_peer_state) from a PEER_STATE_SELECT row; ctx is unused. */
+static pb_err peer_state_row(sqlite3_stmt *st, void *elem, void *ctx)
 {
+    (void)ctx;
+    pb_peer_state *p = elem;
     memset(p, 0, sizeof *p);
     p->server_id = col_strdup(st, 0);
     int64_t mode = sqlite3_column_int64(st, 1);
@@ -1308,7 +1359,7 @@ static pb_err sq_peer_state_get(void *impl, const char *server_id, pb_peer_state
     if (err != PB_OK) goto out;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-        err = peer_state_row(st, &p);
+        err = peer_state_row(st, &p, NULL);
     } else if (rc == SQLITE_DONE) {
         err = PB_ERR_NOT_FOUND;
     } else {
@@ -1325,37 +1376,20 @@ out:
     return PB_OK;
 }
 
+static void peer_states_free(void *arr, size_t n)
+{
+    pb_peer_state_free_array(arr, n);
+}
+
+static const rows_spec peer_state_rows = {ST_PEER_STATE_LIST, "peer state list",
+                                          sizeof(pb_peer_state), peer_state_row, peer_states_free};
+
 static pb_err sq_peer_state_list(void *impl, pb_peer_state **out, size_t *count)
 {
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    pb_peer_state *arr = NULL;
-    size_t n = 0, cap = 0;
-    pb_err err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err = stmt_get(c, ST_PEER_STATE_LIST, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        err = peer_state_row(st, &arr[n++]);
-        if (err != PB_OK) break;
-    }
-    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "peer state list");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_peer_state_free_array(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &peer_state_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 struct peer_state_ctx {
@@ -1496,57 +1530,51 @@ static pb_err sq_outbox_append(void *impl, const char *peer, const pb_event *evs
     return err;
 }
 
+struct outbox_rows {
+    size_t max_bytes, bytes, taken;
+};
+
+static pb_err outbox_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    struct outbox_rows *o = ctx;
+    pb_outbox_item *it = elem;
+    size_t size = (size_t)sqlite3_column_bytes(st, 2);
+    /* the first item always; later ones while the total stays within max_bytes */
+    if (o->taken > 0 && (o->bytes > o->max_bytes || size > o->max_bytes - o->bytes))
+        return ROW_STOP;
+    pb_err err = col_event(st, 2, "outbox", &it->ev);
+    if (err != PB_OK) return err;
+    it->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    it->created_at = sqlite3_column_int64(st, 1);
+    it->size = size;
+    o->bytes += size;
+    o->taken++;
+    return PB_OK;
+}
+
+static void outbox_items_free(void *arr, size_t n)
+{
+    pb_outbox_items_free(arr, n);
+}
+
+static const rows_spec outbox_rows_spec = {ST_OUTBOX_READ, "outbox read", sizeof(pb_outbox_item),
+                                           outbox_row, outbox_items_free};
+
 static pb_err sq_outbox_read(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
                              size_t max_bytes, pb_outbox_item **items, size_t *count)
 {
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    pb_outbox_item *arr = NULL;
-    size_t n = 0, cap = 0, bytes = 0;
-    pb_err err = PB_OK;
-    if (from_seq > (uint64_t)INT64_MAX) goto done; /* no stored seq is that large */
-    err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err =
-        stmt_bind(c, ST_OUTBOX_READ,
-                  (const arg[]){A_TEXT(peer), A_INT(from_seq), A_INT(clamp64(max_items))}, 3, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        size_t size = (size_t)sqlite3_column_bytes(st, 2);
-        /* the first item always; later ones while the total stays within max_bytes */
-        if (n > 0 && (bytes > max_bytes || size > max_bytes - bytes)) break;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        pb_outbox_item *it = &arr[n];
-        memset(it, 0, sizeof *it);
-        err = col_event(st, 2, "outbox", &it->ev);
-        if (err != PB_OK) break;
-        n++;
-        it->seq = (uint64_t)sqlite3_column_int64(st, 0);
-        it->created_at = sqlite3_column_int64(st, 1);
-        it->size = size;
-        bytes += size;
+    if (from_seq > (uint64_t)INT64_MAX) { /* no stored seq is that large */
+        *items = NULL;
+        *count = 0;
+        return PB_OK;
     }
-    if (err == PB_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) err = fail(c->db, rc, "outbox read");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_outbox_items_free(arr, n);
-        return err;
-    }
-done:
-    if (n == 0) {
-        free(arr);
-        arr = NULL;
-    }
-    *items = arr;
-    *count = n;
-    return PB_OK;
+    struct outbox_rows o = {max_bytes, 0, 0};
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &outbox_rows_spec,
+                           (const arg[]){A_TEXT(peer), A_INT(from_seq), A_INT(clamp64(max_items))},
+                           3, &o, &arr, count);
+    if (err == PB_OK) *items = arr;
+    return err;
 }
 
 struct outbox_del_ctx {
@@ -1658,57 +1686,48 @@ static pb_err sq_receive(void *impl, const char *from, const pb_event *evs, cons
 
 /* ---- inbox ------------------------------------------------------------------------------ */
 
+static pb_err inbox_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_inbox_item *it = elem;
+    pb_err err = PB_OK;
+    it->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    it->from = col_strdup(st, 1);
+    it->received_at = sqlite3_column_int64(st, 5);
+    if (sqlite3_column_type(st, 2) == SQLITE_NULL) {
+        it->is_rename = true;
+        it->old_id = col_strdup(st, 3);
+        it->new_id = col_strdup(st, 4);
+        if (!it->old_id || !it->new_id) err = PB_ERR_CORRUPT;
+    } else {
+        err = col_event(st, 2, "inbox", &it->ev);
+    }
+    if (!it->from) err = PB_ERR_CORRUPT;
+    if (err != PB_OK) PB_ERROR(NULL, "store: bad inbox row %llu", (unsigned long long)it->seq);
+    return err;
+}
+
+static void inbox_items_free(void *arr, size_t n)
+{
+    pb_inbox_items_free(arr, n);
+}
+
+static const rows_spec inbox_rows = {ST_INBOX_READ, "inbox read", sizeof(pb_inbox_item), inbox_row,
+                                     inbox_items_free};
+
 static pb_err sq_inbox_read(void *impl, uint64_t after, size_t limit, pb_inbox_item **items,
                             size_t *count)
 {
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    pb_inbox_item *arr = NULL;
-    size_t n = 0, cap = 0;
-    pb_err err = PB_OK;
-    if (after >= (uint64_t)INT64_MAX) goto done; /* no stored seq is larger */
-    err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err = stmt_bind(c, ST_INBOX_READ, (const arg[]){A_INT(after), A_INT(clamp64(limit))}, 2, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        pb_inbox_item *it = &arr[n++];
-        memset(it, 0, sizeof *it);
-        it->seq = (uint64_t)sqlite3_column_int64(st, 0);
-        it->from = col_strdup(st, 1);
-        it->received_at = sqlite3_column_int64(st, 5);
-        if (sqlite3_column_type(st, 2) == SQLITE_NULL) {
-            it->is_rename = true;
-            it->old_id = col_strdup(st, 3);
-            it->new_id = col_strdup(st, 4);
-            if (!it->old_id || !it->new_id) err = PB_ERR_CORRUPT;
-        } else {
-            err = col_event(st, 2, "inbox", &it->ev);
-        }
-        if (!it->from) err = PB_ERR_CORRUPT;
-        if (err != PB_OK) {
-            PB_ERROR(NULL, "store: bad inbox row %llu", (unsigned long long)it->seq);
-            break;
-        }
+    if (after >= (uint64_t)INT64_MAX) { /* no stored seq is larger */
+        *items = NULL;
+        *count = 0;
+        return PB_OK;
     }
-    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "inbox read");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_inbox_items_free(arr, n);
-        return err;
-    }
-done:
-    *items = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &inbox_rows, (const arg[]){A_INT(after), A_INT(clamp64(limit))}, 2,
+                           NULL, &arr, count);
+    if (err == PB_OK) *items = arr;
+    return err;
 }
 
 static pb_err sq_inbox_last_seq(void *impl, uint64_t *seq)
@@ -1734,81 +1753,55 @@ out:
 
 /* ---- local users' federated state ------------------------------------------------------- */
 
+static pb_err guild_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_guild_entry *e = elem;
+    e->guild_id = (uint64_t)sqlite3_column_int64(st, 0);
+    e->server_id = col_strdup(st, 1);
+    return e->server_id ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void guilds_free(void *arr, size_t n)
+{
+    pb_guild_entries_free(arr, n);
+}
+
+static const rows_spec guild_rows = {ST_GUILD_LIST, "guild list", sizeof(pb_guild_entry), guild_row,
+                                     guilds_free};
+
 static pb_err sq_guilds(void *impl, uint64_t user_id, pb_guild_entry **out, size_t *count)
 {
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    pb_guild_entry *arr = NULL;
-    size_t n = 0, cap = 0;
-    pb_err err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err = stmt_bind(c, ST_GUILD_LIST, (const arg[]){A_INT(user_id)}, 1, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        pb_guild_entry *e = &arr[n++];
-        e->guild_id = (uint64_t)sqlite3_column_int64(st, 0);
-        e->server_id = col_strdup(st, 1);
-        if (!e->server_id) {
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "guild list");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_guild_entries_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &guild_rows, (const arg[]){A_INT(user_id)}, 1, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
+
+static pb_err invite_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_invite_entry *e = elem;
+    e->invite_id = col_strdup(st, 0);
+    e->server_id = col_strdup(st, 1);
+    e->inviter_id = (uint64_t)sqlite3_column_int64(st, 2);
+    return e->invite_id && e->server_id ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void invites_free(void *arr, size_t n)
+{
+    pb_invite_entries_free(arr, n);
+}
+
+static const rows_spec invite_rows = {ST_INVITE_LIST, "invite list", sizeof(pb_invite_entry),
+                                      invite_row, invites_free};
 
 static pb_err sq_invites(void *impl, uint64_t user_id, pb_invite_entry **out, size_t *count)
 {
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    pb_invite_entry *arr = NULL;
-    size_t n = 0, cap = 0;
-    pb_err err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err = stmt_bind(c, ST_INVITE_LIST, (const arg[]){A_INT(user_id)}, 1, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        pb_invite_entry *e = &arr[n++];
-        e->invite_id = col_strdup(st, 0);
-        e->server_id = col_strdup(st, 1);
-        e->inviter_id = (uint64_t)sqlite3_column_int64(st, 2);
-        if (!e->invite_id || !e->server_id) {
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "invite list");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_invite_entries_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &invite_rows, (const arg[]){A_INT(user_id)}, 1, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 /* ---- renames ---------------------------------------------------------------------------- */
@@ -1882,46 +1875,33 @@ static pb_err sq_self_rename(void *impl, const char *old_id, const char *new_id,
     return job_run(impl, self_rename_job, &r);
 }
 
+static pb_err rename_out_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_rename_out *r = elem;
+    r->peer = col_strdup(st, 0);
+    r->old_id = col_strdup(st, 1);
+    r->new_id = col_strdup(st, 2);
+    r->attempts = (uint32_t)sqlite3_column_int64(st, 3);
+    r->next_attempt_at = sqlite3_column_int64(st, 4);
+    r->last_error = col_strdup(st, 5);
+    return r->peer && r->old_id && r->new_id ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void rename_outs_free(void *arr, size_t n)
+{
+    pb_rename_outs_free(arr, n);
+}
+
+static const rows_spec rename_out_rows = {ST_RENAME_OUT_LIST, "rename_out list",
+                                          sizeof(pb_rename_out), rename_out_row, rename_outs_free};
+
 static pb_err sq_rename_out_list(void *impl, pb_rename_out **out, size_t *count)
 {
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    pb_rename_out *arr = NULL;
-    size_t n = 0, cap = 0;
-    pb_err err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err = stmt_get(c, ST_RENAME_OUT_LIST, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        pb_rename_out *r = &arr[n++];
-        r->peer = col_strdup(st, 0);
-        r->old_id = col_strdup(st, 1);
-        r->new_id = col_strdup(st, 2);
-        r->attempts = (uint32_t)sqlite3_column_int64(st, 3);
-        r->next_attempt_at = sqlite3_column_int64(st, 4);
-        r->last_error = col_strdup(st, 5);
-        if (!r->peer || !r->old_id || !r->new_id) {
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-    }
-    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "rename_out list");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_rename_outs_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &rename_out_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 struct rename_out_ctx {
@@ -1999,41 +1979,28 @@ static pb_err sq_lease_release(void *impl, const char *peer, const char *node_id
     return job_run(impl, lease_release_job, &l);
 }
 
+static pb_err outbox_peer_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    char **peer = elem;
+    *peer = col_strdup(st, 0);
+    return *peer ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void strings_free(void *arr, size_t n)
+{
+    pb_store_strings_free(arr, n);
+}
+
+static const rows_spec outbox_peer_rows = {ST_OUTBOX_PEERS, "outbox peers", sizeof(char *),
+                                           outbox_peer_row, strings_free};
+
 static pb_err sq_outbox_peers(void *impl, char ***out, size_t *count)
 {
-    sq *b = impl;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    char **arr = NULL;
-    size_t n = 0, cap = 0;
-    pb_err err = reader_get(b, &c);
-    if (err != PB_OK) return err;
-    err = stmt_get(c, ST_OUTBOX_PEERS, &st);
-    if (err != PB_OK) goto out;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            arr = pb_xrealloc(arr, cap * sizeof *arr);
-        }
-        arr[n] = col_strdup(st, 0);
-        if (!arr[n]) {
-            err = PB_ERR_CORRUPT;
-            break;
-        }
-        n++;
-    }
-    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "outbox peers");
-    stmt_done(st);
-out:
-    reader_put(b, c);
-    if (err != PB_OK) {
-        pb_store_strings_free(arr, n);
-        return err;
-    }
-    *out = arr;
-    *count = n;
-    return PB_OK;
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &outbox_peer_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
 }
 
 /* ---- test-only fault points ------------------------------------------------------------- */
