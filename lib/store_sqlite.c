@@ -452,7 +452,13 @@ static pb_err pragma_text(sqlite3 *db, const char *sql, char *buf, size_t size)
         err = fail(db, rc, sql);
         goto out;
     }
-    rc = sqlite3_step(st);
+    /* Switching the journal mode can answer SQLITE_BUSY without calling the busy handler
+     * (another connection opening the same new file): retry for a bounded while. */
+    for (int tries = 0; (rc = sqlite3_step(st)) == SQLITE_BUSY && tries < 100; tries++) {
+        sqlite3_reset(st);
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     if (rc != SQLITE_ROW) {
         err = rc == SQLITE_DONE ? PB_ERR_INTERNAL : fail(db, rc, sql);
         goto out;
