@@ -68,6 +68,20 @@ static const char *list_arg(void *ctx, const char *name)
     return NULL;
 }
 
+/* {"error": msg}. A message that echoes input may not be UTF-8 (or may be cut inside a
+ * character), which JSON cannot carry: its non-ASCII bytes are then replaced by '?'
+ * rather than answering without a body. */
+static json_t *error_object(const char *msg)
+{
+    json_t *j = json_pack("{s:s}", "error", msg);
+    if (j) return j;
+    char safe[512];
+    snprintf(safe, sizeof safe, "%s", msg);
+    for (char *p = safe; *p; p++)
+        if ((unsigned char)*p >= 0x80) *p = '?';
+    return json_pack("{s:s}", "error", safe);
+}
+
 void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
 {
     char msg[512];
@@ -77,7 +91,7 @@ void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
     va_end(ap);
     resp->status = status;
     if (resp->body) json_decref(resp->body);
-    resp->body = json_pack("{s:s}", "error", msg);
+    resp->body = error_object(msg);
 }
 
 static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body)
@@ -142,7 +156,7 @@ static bool token_ok(const pb_admin_http *a, struct MHD_Connection *conn)
 static json_t *error_json(int *status, int code, const char *msg)
 {
     *status = code;
-    return json_pack("{s:s}", "error", msg);
+    return error_object(msg);
 }
 
 /* Routes one request; returns the answer (new reference or NULL) and sets *status. */
