@@ -3,7 +3,10 @@
  *
  * It starts real postboxd processes on 127.0.0.1 with temporary data directories, drives
  * them only through the admin API, and measures the scenarios of docs/PERFORMANCE.md:
- * one pair (synchronous FULL and NORMAL), 16 -> 1, 1 -> 16, pull drain, latency, memory.
+ * one pair (synchronous FULL and NORMAL), 16 -> 1, 1 -> 16, pull drain, latency, memory;
+ * and one pair FULL and 16 -> 1 again with every daemon on PostgreSQL (pair_full_pg,
+ * fanin_pg: a fresh database per daemon on the server of PB_TEST_PG_URL, through the
+ * harness's PBT_STORE=postgres; scripts/bench starts a throw-away server when none is set).
  * In the same run it measures the ceilings the results are compared with: a plain HTTP
  * server answering 200 to a ~100-byte POST over 1 and 16 keep-alive connections
  * (pbbench_httpnull, libmicrohttpd; and Debian's nginx with `return 200` when available),
@@ -107,7 +110,8 @@ static void usage(void)
             "  BENCH_USERS=N          events are spread over N receiving users (default 1000)\n"
             "  BENCH_PUSH_BYTES=N     size of one PushRequest body (default 100)\n"
             "  BENCH_SCENARIOS=list   any of ceilings,pair_full,pair_normal,fanin,fanout,drain,\n"
-            "                         latency,memory (default all)\n"
+            "                         latency,memory,pair_full_pg,fanin_pg (default all; the\n"
+            "                         _pg ones need PB_TEST_PG_URL, see scripts/pg-start)\n"
             "  BENCH_OUT=FILE         Markdown result (default bench/results/latest.md)\n"
             "  BENCH_NGINX=PATH       nginx binary for the HTTP ceiling (default: nginx in PATH;\n"
             "                         none: libmicrohttpd only)\n"
@@ -235,6 +239,7 @@ static struct {
     metric sqlite_full, sqlite_normal; /* rows/s, batches of 1000 */
     /* scenarios */
     metric pair_full, pair_normal, fanin, fanout, drain; /* events/s */
+    metric pair_full_pg, fanin_pg;                       /* events/s, PostgreSQL store */
     metric lat_p50, lat_p99, lat_max;                    /* us */
     int lat_stalls; /* samples that took the whole long-poll wait */
     metric rss_sender[MAX_SIZES], rss_sender_now[MAX_SIZES], rss_receiver[MAX_SIZES]; /* KiB */
@@ -340,10 +345,28 @@ typedef struct bd {
     pbt_daemon *d;
     hc adm;
     char tag[16];
+    bool pg; /* its store is a fresh PostgreSQL database (PBT_STORE=postgres) */
 } bd;
 
-/* A daemon description: fresh data dir and ports, log level info, plus extra settings. */
-static bd *bd_new(const char *tag, const char *const *extra)
+/* pbt_daemon_new with PBT_STORE set to postgres (pg) or sqlite for this one call, the
+ * caller's environment restored afterwards. */
+static pbt_daemon *daemon_new(const char *tag, const char *const *args, bool pg)
+{
+    const char *cur = getenv("PBT_STORE");
+    char *saved = cur ? strdup(cur) : NULL;
+    setenv("PBT_STORE", pg ? "postgres" : "sqlite", 1);
+    pbt_daemon *d = pbt_daemon_new(tag, args);
+    if (saved)
+        setenv("PBT_STORE", saved, 1);
+    else
+        unsetenv("PBT_STORE");
+    free(saved);
+    return d;
+}
+
+/* A daemon description: fresh data dir and ports, log level info, plus extra settings;
+ * on PostgreSQL (a fresh database of its own) when pg. */
+static bd *bd_new_store(const char *tag, const char *const *extra, bool pg)
 {
     const char *args[32];
     int n = 0;
@@ -356,10 +379,16 @@ static bd *bd_new(const char *tag, const char *const *extra)
     if (!b) abort();
     char t[40];
     snprintf(t, sizeof t, "bench-%s", tag);
-    b->d = pbt_daemon_new(t, args);
+    b->d = daemon_new(t, args, pg);
+    b->pg = pg;
     snprintf(b->tag, sizeof b->tag, "%s", tag);
     hc_init(&b->adm, b->d->admin_port);
     return b;
+}
+
+static bd *bd_new(const char *tag, const char *const *extra)
+{
+    return bd_new_store(tag, extra, false);
 }
 
 /* Forks and execs postboxd (under O.wrap when set); does not wait for it. */
@@ -446,7 +475,19 @@ static void bd_renew(bd *b)
     pbt_daemon *old = b->d;
     char t[40];
     snprintf(t, sizeof t, "bench-%s", b->tag);
-    b->d = pbt_daemon_new(t, (const char *const *)old->args);
+    /* old's arguments without the --store the harness added for its database (dropped
+     * with it): the new daemon gets a fresh database of its own. */
+    const char *args[33];
+    int n = 0;
+    for (int i = 0; i < old->nargs; i++) {
+        if (old->pg_db && !strcmp(old->args[i], "--store") && i + 1 < old->nargs) {
+            i++;
+            continue;
+        }
+        args[n++] = old->args[i];
+    }
+    args[n] = NULL;
+    b->d = daemon_new(t, args, b->pg);
     pbt_daemon_free(old);
     hc_free(&b->adm);
     hc_init(&b->adm, b->d->admin_port);
@@ -834,11 +875,14 @@ static bool warm_up(bd *from, bd *to, unsigned stream, long expect)
     return true;
 }
 
-/* 1. one pair, sequential: A -> B, events submitted in batches of 1000. */
-static void scenario_pair(const char *sync, metric *m, int run)
+/* 1. one pair, sequential: A -> B, events submitted in batches of 1000; both daemons on
+ * PostgreSQL when pg. */
+static void scenario_pair(const char *sync, metric *m, int run, bool pg)
 {
     const char *extra[] = {"--sync", sync, NULL};
-    bd *a = bd_new("pairA", extra), *b = bd_new("pairB", extra);
+    const char *store = pg ? " PG" : "";
+    bd *a = bd_new_store(pg ? "pgpairA" : "pairA", extra, pg);
+    bd *b = bd_new_store(pg ? "pgpairB" : "pairB", extra, pg);
     bd *both[] = {a, b};
     long n = O.pair_events;
     bool measured = false;
@@ -851,11 +895,13 @@ static void scenario_pair(const char *sync, metric *m, int run)
     long got = done ? n : inbox_count(&b->adm) - 1;
     if (!done) m->timed_out = true;
     m_add(m, (double)got / dt);
-    printf("  run %d one pair %-6s: %ld events in %.2f s = %.0f events/s (submit took %.2f s)%s\n",
-           run, sync, got, dt, (double)got / dt, t_sub, done ? "" : " TIMED OUT");
+    printf("  run %d one pair %-6s%s: %ld events in %.2f s = %.0f events/s (submit took %.2f "
+           "s)%s\n",
+           run, sync, store, got, dt, (double)got / dt, t_sub, done ? "" : " TIMED OUT");
     measured = true;
 out:
-    if (!measured) note("one pair %s, run %d: failed before measuring (see stderr)", sync, run);
+    if (!measured)
+        note("one pair %s%s, run %d: failed before measuring (see stderr)", sync, store, run);
     bd_free(a);
     bd_free(b);
 }
@@ -875,16 +921,18 @@ static void *sub_thread(void *arg)
     return NULL;
 }
 
-/* 2. 16 -> 1: 16 senders push to one receiver at once (synchronous FULL). */
-static void scenario_fanin(int run)
+/* 2. 16 -> 1: 16 senders push to one receiver at once (synchronous FULL); every daemon
+ * on PostgreSQL when pg. */
+static void scenario_fanin(metric *m, int run, bool pg)
 {
-    bd *r = bd_new("fanR", NULL), *s[FAN] = {0};
+    const char *store = pg ? " PG" : "";
+    bd *r = bd_new_store(pg ? "pgfanR" : "fanR", NULL, pg), *s[FAN] = {0};
     bd *all[FAN + 1];
     all[0] = r;
     for (int i = 0; i < FAN; i++) {
         char tag[16];
-        snprintf(tag, sizeof tag, "fanS%d", i);
-        s[i] = all[i + 1] = bd_new(tag, NULL);
+        snprintf(tag, sizeof tag, "%sfanS%d", pg ? "pg" : "", i);
+        s[i] = all[i + 1] = bd_new_store(tag, NULL, pg);
     }
     long per = O.fan_events / FAN, n = per * FAN;
     pthread_t th[FAN];
@@ -907,13 +955,13 @@ static void scenario_fanin(int run)
     bool done = wait_inbox(&r->adm, FAN + n, deadline_from_now());
     double dt = now_s() - t0;
     long got = done ? n : inbox_count(&r->adm) - FAN;
-    if (!done) R.fanin.timed_out = true;
-    m_add(&R.fanin, (double)got / dt);
-    printf("  run %d 16 -> 1      : %ld events in %.2f s = %.0f events/s%s\n", run, got, dt,
+    if (!done) m->timed_out = true;
+    m_add(m, (double)got / dt);
+    printf("  run %d 16 -> 1%-6s: %ld events in %.2f s = %.0f events/s%s\n", run, store, got, dt,
            (double)got / dt, done ? "" : " TIMED OUT");
     measured = true;
 out:
-    if (!measured) note("16 -> 1, run %d: failed before measuring (see stderr)", run);
+    if (!measured) note("16 -> 1%s, run %d: failed before measuring (see stderr)", store, run);
     for (int i = 0; i <= FAN; i++)
         bd_free(all[i]);
 }
@@ -1128,7 +1176,7 @@ static void row(const char *name, const metric *res, double rscale, const char *
         snprintf(r, sizeof r, "%.3f", ratio);
     else
         snprintf(r, sizeof r, "-");
-    printf("%-26s %-36s %-30s %-7s %-10s %s\n", name, a, c, r, target ? target : "", verdict);
+    printf("%-30s %-36s %-34s %-7s %-10s %s\n", name, a, c, r, target ? target : "", verdict);
     fprintf(g_md, "| %s | %s | %s | %s | %s | %s |\n", name, a, c, r, target ? target : "",
             verdict);
 }
@@ -1197,7 +1245,7 @@ static void report(double elapsed, size_t push_len, const char *load_before)
     ceiling_row("SQLite insert 100 B rows, batch 1000, NORMAL", &R.sqlite_normal, 1, "rows/s");
 
     printf("\n==== results (ratio = median result / median ceiling) ====\n");
-    printf("%-26s %-36s %-30s %-7s %-10s %s\n", "scenario", "result", "ceiling", "ratio", "target",
+    printf("%-30s %-36s %-34s %-7s %-10s %s\n", "scenario", "result", "ceiling", "ratio", "target",
            "");
     fprintf(g_md, "\n## Results\n\nratio = median result / median ceiling, both from this run."
                   "\n\n| scenario | result: median [min..max] | ceiling | ratio | target | |\n"
@@ -1206,10 +1254,14 @@ static void report(double elapsed, size_t push_len, const char *load_before)
     double fmin = h1 < fs ? h1 : fs;
     snprintf(cn, sizeof cn, "min(HTTP1 %s, fdatasync)", hname);
     row("1. one pair, FULL", &R.pair_full, 1, "ev/s", cn, fmin, ">= 0.5", 0.5, false);
+    if (want("pair_full_pg"))
+        row("1. one pair, FULL, PostgreSQL", &R.pair_full_pg, 1, "ev/s", cn, fmin, NULL, 0, false);
     snprintf(cn, sizeof cn, "HTTP1 %s", hname);
     row("1. one pair, NORMAL", &R.pair_normal, 1, "ev/s", cn, h1, ">= 0.4", 0.4, false);
     snprintf(cn, sizeof cn, "HTTP16 %s", hname);
     row("2. 16 -> 1, FULL", &R.fanin, 1, "ev/s", cn, h16, ">= 0.25", 0.25, false);
+    if (want("fanin_pg"))
+        row("2. 16 -> 1, FULL, PostgreSQL", &R.fanin_pg, 1, "ev/s", cn, h16, NULL, 0, false);
     row("3. 1 -> 16, FULL", &R.fanout, 1, "ev/s", cn, h16, NULL, 0, false);
     row("4. pull drain", &R.drain, 1, "ev/s", "SQLite insert FULL", sq, ">= 0.3", 0.3, false);
     snprintf(cn, sizeof cn, "HTTP1 p99 %s", hname);
@@ -1282,6 +1334,11 @@ int main(int argc, char **argv)
     }
     printf("pbbench: %d runs%s; PushRequest body %zu bytes; nginx: %s\n", O.runs,
            O.quick ? " (BENCH_QUICK)" : "", push_len, O.nginx ? O.nginx : "not found");
+    const char *pg_url = getenv("PB_TEST_PG_URL");
+    bool pg = pg_url && *pg_url;
+    if (!pg && (want("pair_full_pg") || want("fanin_pg")))
+        note("pair_full_pg and fanin_pg skipped: PB_TEST_PG_URL is unset (scripts/bench starts "
+             "a throw-away server with scripts/pg-start)");
     double t0 = now_s();
     long drain_idx = -1;
     for (int i = 0; i < O.nrss; i++)
@@ -1290,9 +1347,11 @@ int main(int argc, char **argv)
         printf("---- run %d of %d (%.0f s so far)\n", run, O.runs, now_s() - t0);
         fflush(stdout);
         if (want("ceilings")) run_ceilings();
-        if (want("pair_full")) scenario_pair("full", &R.pair_full, run);
-        if (want("pair_normal")) scenario_pair("normal", &R.pair_normal, run);
-        if (want("fanin")) scenario_fanin(run);
+        if (want("pair_full")) scenario_pair("full", &R.pair_full, run, false);
+        if (pg && want("pair_full_pg")) scenario_pair("full", &R.pair_full_pg, run, true);
+        if (want("pair_normal")) scenario_pair("normal", &R.pair_normal, run, false);
+        if (want("fanin")) scenario_fanin(&R.fanin, run, false);
+        if (pg && want("fanin_pg")) scenario_fanin(&R.fanin_pg, run, true);
         if (want("fanout")) scenario_fanout(run);
         if (want("latency")) scenario_latency(run);
         struct drain_result dr;
