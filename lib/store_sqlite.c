@@ -511,14 +511,6 @@ static pb_err conn_open(sq *b, bool readonly, conn **out)
             err = fail(c->db, rc, sync);
             goto out;
         }
-        /* The writer's page cache: 16 MiB instead of 2, so that applying a large Pull to
-         * scattered keys (invites, guild lists) does not re-read and re-write the same
-         * pages for every batch. Readers keep the default. */
-        rc = sqlite3_exec(c->db, "PRAGMA cache_size=-16384", NULL, NULL, NULL);
-        if (rc != SQLITE_OK) {
-            err = fail(c->db, rc, "PRAGMA cache_size");
-            goto out;
-        }
     }
     rc = sqlite3_exec(c->db, "PRAGMA foreign_keys=ON", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
