@@ -63,7 +63,7 @@ static const struct setting settings[] = {
       "most open federation connections (more are closed at once)"),
     U(conn_timeout, 15, 1, 3600,
       "seconds an idle connection is kept, and the longest a request may take to arrive"),
-    U(threads, 4, 1, 256, "federation listener threads"),
+    U(threads, 16, 1, 256, "federation listener threads"),
     U(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
     U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),
