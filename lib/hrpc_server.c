@@ -520,7 +520,7 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.max_body) s->opts.max_body = 64 * 1024;
     if (!s->opts.max_connections) s->opts.max_connections = 1024;
     if (!s->opts.conn_timeout_s) s->opts.conn_timeout_s = 15;
-    if (!s->opts.threads) s->opts.threads = 4;
+    if (!s->opts.threads) s->opts.threads = 16;
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_condattr_t ca;

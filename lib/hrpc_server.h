@@ -44,7 +44,7 @@ typedef struct pb_hrpc_server_opts {
     unsigned conn_timeout_s;   /* default 15: an idle connection is cut after this, and so is
                                   one whose request (headers and body) is not complete this
                                   long after the connection opened or the last answer */
-    unsigned threads;          /* default 4 */
+    unsigned threads;          /* default 16 */
     unsigned max_inflight;     /* requests being read or handled at once; default 256 */
     const char *tls_cert_file; /* both set: HTTPS */
     const char *tls_key_file;
