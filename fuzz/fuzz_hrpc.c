@@ -268,7 +268,19 @@ static bool exchange(const pb_buf *req, pb_buf *ans)
     FUZZ_ASSERT(fd >= 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    FUZZ_ASSERT(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    /* Out of ephemeral ports (TIME_WAIT sockets of other runs on this machine): wait. */
+    int rc = -1;
+    for (int tries = 0; tries < 250; tries++) {
+        rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+        if (rc == 0 || errno != EADDRNOTAVAIL) break;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (rc != 0) {
+        char why[128];
+        snprintf(why, sizeof why, "connect to the server: %s", strerror(errno));
+        fuzz_fail(__FILE__, __LINE__, why);
+    }
     bool ok = true;
     for (size_t off = 0; off < req->len;) {
         ssize_t w = send(fd, req->data + off, req->len - off, MSG_NOSIGNAL);
@@ -295,6 +307,10 @@ static bool exchange(const pb_buf *req, pb_buf *ans)
         pb_buf_append(ans, buf, (size_t)n);
         if (answer_complete(ans)) break;
     }
+    /* Close with a reset, not a FIN: a connection per input would otherwise leave
+     * hundreds of thousands of TIME_WAIT sockets and run out of ephemeral ports. */
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     close(fd);
     return ok;
 }
