@@ -85,9 +85,9 @@ char *pbt_tohex(const uint8_t *p, size_t n)
 json_t *pbt_vectors(void)
 {
     json_error_t err;
-    json_t *v = json_load_file(PB_SHARED_DIR "/vectors/postbox-vectors.json", 0, &err);
+    json_t *v = json_load_file(PB_VECTORS_FILE, 0, &err);
     if (!v) {
-        fprintf(stderr, "cannot read %s: %s\n", PB_SHARED_DIR "/vectors/postbox-vectors.json",
+        fprintf(stderr, "cannot read %s: %s\n", PB_VECTORS_FILE,
                 err.text);
         exit(2);
     }
