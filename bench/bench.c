@@ -38,10 +38,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "buf.h"
+#include "util/buf.h"
 #include "harness.h"
 #include "micro.h"
-#include "wire.h"
+#include "wire/wire.h"
 
 #define MAX_RUNS 9
 #define MAX_SIZES 6

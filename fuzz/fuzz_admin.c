@@ -24,11 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "admin_http.h"
-#include "adminapi.h"
-#include "eventjson.h"
+#include "net/admin_http.h"
+#include "admin/adminapi.h"
+#include "wire/eventjson.h"
 #include "fuzz_util.h"
-#include "mem.h"
+#include "util/mem.h"
 
 #define MAX_ARGS 16
 #define RESET_EVERY 20000

@@ -18,9 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "eventjson.h"
+#include "wire/eventjson.h"
 #include "fuzz_util.h"
-#include "wire.h"
+#include "wire/wire.h"
 
 static void check_u64(const uint8_t *data, size_t size, const json_t *j)
 {

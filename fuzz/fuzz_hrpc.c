@@ -47,12 +47,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth.h"
-#include "buf.h"
+#include "crypto/auth.h"
+#include "util/buf.h"
 #include "fuzz_util.h"
-#include "hrpc_server.h"
-#include "mem.h"
-#include "wire.h"
+#include "net/hrpc_server.h"
+#include "util/mem.h"
+#include "wire/wire.h"
 
 #define PATH_KEY "/protocol.auth.v1.AuthService/Key"
 #define PATH_PULL "/protocol.sync.v1.PostboxService/Pull"

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "wire.h"
+#include "wire/wire.h"
 
 static void check_retry(const uint8_t *data, size_t size)
 {

@@ -12,8 +12,8 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "serverid.h"
-#include "wire.h"
+#include "util/serverid.h"
+#include "wire/wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

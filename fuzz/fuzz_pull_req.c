@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "wire.h"
+#include "wire/wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

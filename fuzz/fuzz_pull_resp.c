@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "wire.h"
+#include "wire/wire.h"
 
 static void free_events(pb_event *evs, uint64_t *seqs, size_t n)
 {

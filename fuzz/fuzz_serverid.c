@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "serverid.h"
+#include "util/serverid.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

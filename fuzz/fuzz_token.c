@@ -24,11 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
+#include "crypto/auth.h"
 #include "fuzz_util.h"
-#include "mem.h"
-#include "serverid.h"
-#include "wire.h"
+#include "util/mem.h"
+#include "util/serverid.h"
+#include "wire/wire.h"
 
 #define NOW 1764150010u
 #define ID_A "alpha.example.org:2289"

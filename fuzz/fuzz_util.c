@@ -18,8 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "mem.h"
+#include "util/log.h"
+#include "util/mem.h"
 
 void fuzz_fail(const char *file, int line, const char *what)
 {

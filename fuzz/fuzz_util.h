@@ -19,13 +19,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "auth.h"
-#include "delivery.h"
-#include "hrpc_client.h"
-#include "keys.h"
-#include "peerkeys.h"
+#include "crypto/auth.h"
+#include "delivery/delivery.h"
+#include "net/hrpc_client.h"
+#include "crypto/keys.h"
+#include "net/peerkeys.h"
 #include "postbox.h"
-#include "store.h"
+#include "store/store.h"
 
 /* Aborts with the failed condition: libFuzzer keeps the input as a crash artifact. */
 #define FUZZ_ASSERT(cond)                                                                          \

@@ -19,9 +19,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "buf.h"
-#include "mem.h"
-#include "wire.h"
+#include "util/buf.h"
+#include "util/mem.h"
+#include "wire/wire.h"
 
 static const char *outdir;
 static json_t *V;

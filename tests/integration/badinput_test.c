@@ -54,10 +54,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth.h"
+#include "crypto/auth.h"
 #include "harness.h"
-#include "keys.h"
-#include "wire.h"
+#include "crypto/keys.h"
+#include "wire/wire.h"
 
 #define PUSH "/protocol.sync.v1.PostboxService/Push"
 #define PULL "/protocol.sync.v1.PostboxService/Pull"

@@ -20,11 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth.h"
+#include "crypto/auth.h"
 #include "harness.h"
-#include "hrpc_client.h"
-#include "keys.h"
-#include "wire.h"
+#include "net/hrpc_client.h"
+#include "crypto/keys.h"
+#include "wire/wire.h"
 
 #define U64MAX "18446744073709551615"
 

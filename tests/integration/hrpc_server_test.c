@@ -16,12 +16,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth.h"
+#include "crypto/auth.h"
 #include "harness.h"
-#include "hrpc_client.h"
-#include "keys.h"
-#include "store.h"
-#include "wire.h"
+#include "net/hrpc_client.h"
+#include "crypto/keys.h"
+#include "store/store.h"
+#include "wire/wire.h"
 
 #define PUSH "/protocol.sync.v1.PostboxService/Push"
 #define PULL "/protocol.sync.v1.PostboxService/Pull"

@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "keys.h"
-#include "store.h"
+#include "crypto/keys.h"
+#include "store/store.h"
 
 /* Runs a shell command, captures stdout+stderr into *out (caller frees); returns the exit
  * status. */

@@ -25,11 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "auth.h"
-#include "buf.h"
+#include "crypto/auth.h"
+#include "util/buf.h"
 #include "harness.h"
-#include "keys.h"
-#include "wire.h"
+#include "crypto/keys.h"
+#include "wire/wire.h"
 
 /* The stream A sends B: event i of all phases (user 1..4 in turn, guild i). */
 static json_t *gen_event(unsigned i)

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "auth.h"
+#include "crypto/auth.h"
 #include "harness.h"
-#include "hrpc_client.h"
-#include "keys.h"
-#include "wire.h"
+#include "net/hrpc_client.h"
+#include "crypto/keys.h"
+#include "wire/wire.h"
 
 static bool make_certs(const char *dir)
 {

@@ -59,8 +59,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "buf.h"
-#include "wire.h"
+#include "util/buf.h"
+#include "wire/wire.h"
 
 #define HEAD_MAX (64 * 1024)
 #define BODY_MAX ((size_t)64 * 1024 * 1024)

@@ -10,10 +10,10 @@
 #include <sodium.h>
 #include <stdlib.h>
 
-#include "auth.h"
-#include "buf.h"
-#include "mem.h"
-#include "wire.h"
+#include "crypto/auth.h"
+#include "util/buf.h"
+#include "util/mem.h"
+#include "wire/wire.h"
 
 #define ALPHA "alpha.example.org:2289"
 #define BETA "beta.example.net:443"

@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
-#include "eventjson.h"
+#include "util/buf.h"
+#include "wire/eventjson.h"
 #include "harness.h"
-#include "mem.h"
-#include "wire.h"
+#include "util/mem.h"
+#include "wire/wire.h"
 
 static json_t *load(const char *text)
 {

@@ -21,11 +21,11 @@
 #include <unistd.h>
 
 #include "auth.pb-c.h"
-#include "buf.h"
+#include "util/buf.h"
 #include "harness.h"
 #include "hrpc.pb-c.h"
-#include "hrpc_client.h"
-#include "log.h"
+#include "net/hrpc_client.h"
+#include "util/log.h"
 
 #define KEY_PATH "/protocol.auth.v1.AuthService/Key"
 #define SERVER_MAX_BODY (4 * 1024 * 1024)

@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "keys.h"
-#include "mem.h"
+#include "crypto/keys.h"
+#include "util/mem.h"
 
 static json_t *vec;
 

@@ -7,8 +7,8 @@
 
 #include <stdlib.h>
 
-#include "mem.h"
-#include "serverid.h"
+#include "util/mem.h"
+#include "util/serverid.h"
 
 struct vec {
     const char *in;

@@ -36,9 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "buf.h"
+#include "util/buf.h"
 #include "harness.h"
-#include "store.h"
+#include "store/store.h"
 
 #define SCHEMA_CURRENT 4
 

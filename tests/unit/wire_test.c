@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
+#include "util/buf.h"
 #include "harness.h"
-#include "wire.h"
+#include "wire/wire.h"
 
 static json_t *V;
 

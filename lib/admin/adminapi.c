@@ -1,0 +1,374 @@
+/*
+ * adminapi - admin API endpoints (see adminapi.h). Each handler validates its whole input
+ * first, then makes one call into the delivery engine or the store.
+ */
+#include "admin/adminapi.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "wire/eventjson.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/serverid.h"
+
+static const char *mode_name(pb_peer_mode m)
+{
+    switch (m) {
+    case PB_MODE_QUEUED:
+        return "queued";
+    case PB_MODE_PARKED:
+        return "parked";
+    default:
+        return "push";
+    }
+}
+
+static void store_error(pb_admin_resp *resp, pb_err err)
+{
+    if (err == PB_ERR_STORE)
+        pb_admin_resp_error(resp, 503, "store unavailable, try again: %s", pb_strerror(err));
+    else
+        pb_admin_resp_error(resp, 500, "%s", pb_strerror(err));
+}
+
+/* A normalised server ID from a JSON value or a path segment; NULL-safe. */
+static bool server_id_of(const char *s, char out[PB_SERVER_ID_MAX])
+{
+    return s && pb_serverid_normalize(s, out) == PB_OK;
+}
+
+/* POST /v1/outbox {"to": ID, "event": EVENT} | {"to": ID, "events": [EVENT, ...]}, each
+ * with an optional "submission_id": a repeat answers {"accepted": N, "duplicate": true}
+ * and queues nothing; the ID reused for another "to" or number of events is a 409. */
+static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    pb_event *evs = NULL;
+    size_t n = 0;
+    char to[PB_SERVER_ID_MAX], *why = NULL;
+    json_t *b = req->body;
+    if (!json_is_object(b)) {
+        pb_admin_resp_error(resp, 400, "body must be a JSON object {\"to\": ID, \"event\": ...}");
+        goto out;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(b, key, v)
+    {
+        if (strcmp(key, "to") && strcmp(key, "event") && strcmp(key, "events") &&
+            strcmp(key, "submission_id")) {
+            pb_admin_resp_error(resp, 400, "unknown field \"%.64s\"", key);
+            goto out;
+        }
+    }
+    if (!server_id_of(json_string_value(json_object_get(b, "to")), to)) {
+        pb_admin_resp_error(resp, 400, "\"to\" must be a valid server ID (domain:port)");
+        goto out;
+    }
+    json_t *sid_json = json_object_get(b, "submission_id");
+    const char *sid = json_string_value(sid_json);
+    if (sid_json && (!sid || strlen(sid) != json_string_length(sid_json) ||
+                     !pb_store_submission_id_valid(sid))) {
+        pb_admin_resp_error(resp, 400,
+                            "\"submission_id\" must be a string of 1 to %d printable ASCII "
+                            "characters",
+                            PB_SUBMISSION_ID_MAX);
+        goto out;
+    }
+    json_t *one = json_object_get(b, "event"), *many = json_object_get(b, "events");
+    if (!!one == !!many) {
+        pb_admin_resp_error(resp, 400, "give exactly one of \"event\" and \"events\"");
+        goto out;
+    }
+    if (many && (!json_is_array(many) || json_array_size(many) == 0 ||
+                 json_array_size(many) > PB_ADMIN_MAX_EVENTS)) {
+        pb_admin_resp_error(resp, 400, "\"events\" must be an array of 1 to %d events",
+                            PB_ADMIN_MAX_EVENTS);
+        goto out;
+    }
+    size_t want = one ? 1 : json_array_size(many);
+    evs = pb_xcalloc(want, sizeof *evs);
+    for (; n < want; n++) {
+        json_t *e = one ? one : json_array_get(many, n);
+        if (pb_eventjson_parse(e, &evs[n], &why) != PB_OK) {
+            if (one)
+                pb_admin_resp_error(resp, 400, "%s", why);
+            else
+                pb_admin_resp_error(resp, 400, "events[%zu]: %s", n, why);
+            goto out;
+        }
+    }
+    bool dup = false;
+    pb_err err = pb_delivery_submit(ctx->delivery, to, evs, n, sid, &dup);
+    if (err == PB_ERR_INVAL) {
+        pb_admin_resp_error(resp, 400, "cannot send to this server itself (%s)", to);
+        goto out;
+    }
+    if (err == PB_ERR_EXISTS) {
+        pb_admin_resp_error(resp, 409,
+                            "submission_id \"%s\" was used for a different submission (another "
+                            "\"to\" or number of events)",
+                            sid);
+        goto out;
+    }
+    if (err != PB_OK) {
+        store_error(resp, err);
+        goto out;
+    }
+    resp->status = 202;
+    if (sid)
+        resp->body = json_pack("{s:I,s:b}", "accepted", (json_int_t)n, "duplicate", dup);
+    else
+        resp->body = json_pack("{s:I}", "accepted", (json_int_t)n);
+out:
+    for (size_t i = 0; i < n; i++)
+        pb_event_clear(&evs[i]);
+    free(evs);
+    free(why);
+}
+
+/* A query argument as uint64 (absent: dflt). */
+static bool arg_u64(const pb_admin_req *req, const char *name, uint64_t dflt, uint64_t *out)
+{
+    const char *s = pb_admin_req_arg(req, name);
+    if (!s) {
+        *out = dflt;
+        return true;
+    }
+    return pb_eventjson_parse_u64_str(s, out) == PB_OK;
+}
+
+static json_t *u64_json(uint64_t v)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)v);
+    return json_string(buf);
+}
+
+/* GET /v1/inbox?after=SEQ&limit=N&wait=SECONDS */
+static void h_inbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    uint64_t after, limit, wait;
+    if (!arg_u64(req, "after", 0, &after) || !arg_u64(req, "limit", 100, &limit) ||
+        !arg_u64(req, "wait", 0, &wait) || limit == 0 || limit > PB_ADMIN_MAX_INBOX_LIMIT ||
+        wait > PB_ADMIN_MAX_WAIT_S) {
+        pb_admin_resp_error(resp, 400,
+                            "after, limit (1..%d) and wait (0..%d) must be whole numbers",
+                            PB_ADMIN_MAX_INBOX_LIMIT, PB_ADMIN_MAX_WAIT_S);
+        return;
+    }
+    if (wait) pb_delivery_inbox_wait(ctx->delivery, after, (int)wait * 1000);
+    pb_inbox_item *items = NULL;
+    size_t n = 0;
+    pb_err err = pb_store_inbox_read(ctx->store, after, (size_t)limit, &items, &n);
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    json_t *arr = json_array();
+    uint64_t next = after;
+    for (size_t i = 0; i < n; i++) {
+        json_t *ev, *o = json_object();
+        json_object_set_new(o, "seq", json_integer((json_int_t)items[i].seq));
+        json_object_set_new(o, "from", json_string(items[i].from));
+        if (items[i].is_rename) {
+            ev = json_pack("{s:{s:s,s:s}}", "serverRenamed", "oldServerId", items[i].old_id,
+                           "newServerId", items[i].new_id);
+        } else {
+            ev = pb_eventjson_format(&items[i].ev);
+            json_t *notice = pb_eventjson_notice(&items[i].ev, items[i].from);
+            if (notice) json_object_set_new(o, "notice", notice);
+        }
+        json_object_set_new(o, "event", ev ? ev : json_null());
+        json_array_append_new(arr, o);
+        next = items[i].seq;
+    }
+    pb_inbox_items_free(items, n);
+    resp->body = json_pack("{s:o,s:I}", "events", arr, "next", (json_int_t)next);
+}
+
+/* GET /v1/peers */
+static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    pb_peer_state *sts = NULL;
+    size_t n = 0;
+    pb_err err = pb_store_peer_state_list(ctx->store, &sts, &n);
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    int64_t now_s = (int64_t)time(NULL);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const pb_peer_state *st = &sts[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "server_id", json_string(st->server_id));
+        json_object_set_new(o, "mode", json_string(mode_name(st->mode)));
+        json_object_set_new(o, "queued", json_integer((json_int_t)st->queued));
+        json_object_set_new(o, "oldest_queued_age_s",
+                            st->queued && st->oldest_queued_at
+                                ? json_integer(now_s - st->oldest_queued_at / 1000)
+                                : json_null());
+        json_object_set_new(o, "last_error",
+                            st->last_error ? json_string(st->last_error) : json_null());
+        int64_t na = pb_delivery_next_attempt_in_s(ctx->delivery, st->server_id);
+        json_object_set_new(o, "next_attempt_in_s", na >= 0 ? json_integer(na) : json_null());
+        if (st->mode == PB_MODE_PARKED)
+            json_object_set_new(o, "parked_seq", json_integer((json_int_t)st->parked_seq));
+        char rerr[256];
+        bool pending = pb_delivery_rename_pending(ctx->delivery, st->server_id, rerr, sizeof rerr);
+        json_object_set_new(o, "rename_pending", json_boolean(pending));
+        if (pending && rerr[0]) json_object_set_new(o, "rename_error", json_string(rerr));
+        json_array_append_new(arr, o);
+    }
+    pb_peer_state_free_array(sts, n);
+    resp->body = json_pack("{s:o}", "peers", arr);
+}
+
+static void parked(pb_adminapi_ctx *ctx, const pb_admin_req *req, pb_admin_resp *resp, bool drop)
+{
+    char id[PB_SERVER_ID_MAX];
+    if (!server_id_of(req->segs[0], id)) {
+        pb_admin_resp_error(resp, 400, "not a valid server ID: %.100s", req->segs[0]);
+        return;
+    }
+    pb_err err = drop ? pb_delivery_drop_parked(ctx->delivery, id)
+                      : pb_delivery_retry_parked(ctx->delivery, id);
+    if (err == PB_ERR_NOT_FOUND)
+        pb_admin_resp_error(resp, 404, "unknown peer %s", id);
+    else if (err == PB_ERR_INVAL)
+        pb_admin_resp_error(resp, 409, "peer %s is not parked", id);
+    else if (err != PB_OK)
+        store_error(resp, err);
+    else
+        resp->body = json_pack("{s:s,s:s}", "server_id", id, "mode", "push");
+}
+
+static void h_retry(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    parked(vctx, req, resp, false);
+}
+
+static void h_drop(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    parked(vctx, req, resp, true);
+}
+
+static bool user_of(const pb_admin_req *req, pb_admin_resp *resp, uint64_t *user)
+{
+    if (pb_eventjson_parse_u64_str(req->segs[0], user) != PB_OK) {
+        pb_admin_resp_error(resp, 400, "user ID must be a decimal uint64, got %.40s", req->segs[0]);
+        return false;
+    }
+    return true;
+}
+
+static void h_guilds(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    uint64_t user;
+    if (!user_of(req, resp, &user)) return;
+    pb_guild_entry *e = NULL;
+    size_t n = 0;
+    pb_err err = pb_store_guilds(ctx->store, user, &e, &n);
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_pack("{s:o,s:s}", "guildId", u64_json(e[i].guild_id),
+                                             "serverId", e[i].server_id));
+    pb_guild_entries_free(e, n);
+    resp->body = json_pack("{s:o}", "guilds", arr);
+}
+
+static void h_invites(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    uint64_t user;
+    if (!user_of(req, resp, &user)) return;
+    pb_invite_entry *e = NULL;
+    size_t n = 0;
+    pb_err err = pb_store_invites(ctx->store, user, &e, &n);
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr,
+                              json_pack("{s:s,s:s,s:o}", "inviteId", e[i].invite_id, "serverId",
+                                        e[i].server_id, "inviterId", u64_json(e[i].inviter_id)));
+    pb_invite_entries_free(e, n);
+    resp->body = json_pack("{s:o}", "pendingInvites", arr);
+}
+
+/* POST /v1/rename {"new_server_id": ID} */
+static void h_rename(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    char id[PB_SERVER_ID_MAX];
+    if (!json_is_object(req->body) || json_object_size(req->body) != 1 ||
+        !server_id_of(json_string_value(json_object_get(req->body, "new_server_id")), id)) {
+        pb_admin_resp_error(resp, 400,
+                            "body must be {\"new_server_id\": ID} with a valid server ID");
+        return;
+    }
+    pb_rename_report *r = NULL;
+    size_t n = 0;
+    pb_err err = pb_delivery_rename(ctx->delivery, id, ctx->rename_wait_ms, &r, &n);
+    if (err == PB_ERR_INVAL) {
+        pb_admin_resp_error(resp, 400, "%s is already this server's ID", id);
+        return;
+    }
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_pack("{s:s,s:b,s:o}", "server_id", r[i].peer, "ok", r[i].ok,
+                                             "error",
+                                             r[i].error ? json_string(r[i].error) : json_null()));
+    pb_rename_reports_free(r, n);
+    resp->body = json_pack("{s:s,s:o}", "server_id", id, "peers", arr);
+}
+
+static void h_key(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    char hex[65], id[PB_SERVER_ID_MAX];
+    pb_keys_hex(pb_keys_public(ctx->keys), hex);
+    pb_delivery_server_id(ctx->delivery, id);
+    resp->body = json_pack("{s:s,s:s}", "server_id", id, "public_key", hex);
+}
+
+static void h_healthz(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    pb_err err = pb_store_ping(ctx->store);
+    if (err != PB_OK) {
+        pb_admin_resp_error(resp, 503, "store: %s", pb_strerror(err));
+        return;
+    }
+    resp->body = json_pack("{s:b}", "ok", 1);
+}
+
+void pb_adminapi_register(pb_admin_http *a, pb_adminapi_ctx *ctx)
+{
+    pb_admin_http_route(a, "GET", "/healthz", h_healthz, ctx);
+    pb_admin_http_route(a, "GET", "/v1/key", h_key, ctx);
+    pb_admin_http_route(a, "POST", "/v1/outbox", h_outbox, ctx);
+    pb_admin_http_route(a, "GET", "/v1/inbox", h_inbox, ctx);
+    pb_admin_http_route(a, "GET", "/v1/peers", h_peers, ctx);
+    pb_admin_http_route(a, "POST", "/v1/peers/*/retry", h_retry, ctx);
+    pb_admin_http_route(a, "POST", "/v1/peers/*/drop-parked", h_drop, ctx);
+    pb_admin_http_route(a, "GET", "/v1/users/*/guilds", h_guilds, ctx);
+    pb_admin_http_route(a, "GET", "/v1/users/*/invites", h_invites, ctx);
+    pb_admin_http_route(a, "POST", "/v1/rename", h_rename, ctx);
+}

@@ -1,0 +1,361 @@
+/*
+ * auth - Harmony token authentication (PROTOCOL.md section 3): making Authorization
+ * header values and checking them.
+ *
+ * Design: pb_auth_check runs the protocol's checks in its order and stops at the first
+ * failure, recording one verdict; the verdict table maps each to an HTTP status and an
+ * hRPC identifier. Keys come from the caller's pb_auth_key_fn: a signature that fails
+ * with a key that was not fetched just now gets exactly one refresh (the key source
+ * rate-limits those). Protobuf goes through wire.c, base64 through libsodium, Ed25519
+ * through keys.c.
+ *
+ * Untrusted input: the Authorization header value. Its length is checked against
+ * PB_AUTH_MAX_HEADER before anything is decoded; base64 must decode completely (no
+ * trailing garbage) in one of the four accepted variants; the Token and AuthData inside
+ * are decoded by wire.c, and the server_id is validated by serverid.c.
+ */
+#include "crypto/auth.h"
+
+#include <sodium.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "util/buf.h"
+#include "util/mem.h"
+#include "wire/wire.h"
+
+int pb_auth_verdict_status(pb_auth_verdict v)
+{
+    switch (v) {
+    case PB_AUTH_OK:
+        return 200;
+    case PB_AUTH_NOT_ALLOWED:
+        return 403;
+    case PB_AUTH_KEY_UNAVAILABLE:
+        return 503;
+    case PB_AUTH_BAD_AUTH:
+    case PB_AUTH_BAD_TOKEN:
+    case PB_AUTH_BAD_SIG_LEN:
+    case PB_AUTH_BAD_DATA:
+    case PB_AUTH_BAD_TIME:
+    case PB_AUTH_BAD_SIGNATURE:
+        return 401;
+    }
+    return 401;
+}
+
+const char *pb_auth_verdict_identifier(pb_auth_verdict v)
+{
+    switch (v) {
+    case PB_AUTH_OK:
+        return "";
+    case PB_AUTH_BAD_AUTH:
+        return "h.bad-auth";
+    case PB_AUTH_BAD_TOKEN:
+        return "h.bad-token";
+    case PB_AUTH_BAD_SIG_LEN:
+    case PB_AUTH_BAD_SIGNATURE:
+        return "h.bad-token-signature";
+    case PB_AUTH_BAD_DATA:
+        return "h.bad-token-data";
+    case PB_AUTH_BAD_TIME:
+        return "h.bad-time";
+    case PB_AUTH_NOT_ALLOWED:
+        return "h.host-not-allowed";
+    case PB_AUTH_KEY_UNAVAILABLE:
+        return "hrpc.unavailable";
+    }
+    return "h.bad-auth";
+}
+
+const char *pb_auth_verdict_message(pb_auth_verdict v)
+{
+    switch (v) {
+    case PB_AUTH_OK:
+        return "ok";
+    case PB_AUTH_BAD_AUTH:
+        return "missing or malformed Authorization header (base64 Token expected)";
+    case PB_AUTH_BAD_TOKEN:
+        return "the token does not decode";
+    case PB_AUTH_BAD_SIG_LEN:
+        return "the token signature is not 64 bytes";
+    case PB_AUTH_BAD_DATA:
+        return "the token data does not decode or names an invalid server ID";
+    case PB_AUTH_BAD_TIME:
+        return "the token time is outside the accepted window";
+    case PB_AUTH_NOT_ALLOWED:
+        return "this server does not federate with the sender";
+    case PB_AUTH_KEY_UNAVAILABLE:
+        return "the sender's public key cannot be obtained now";
+    case PB_AUTH_BAD_SIGNATURE:
+        return "the token signature does not verify";
+    }
+    return "authentication failed";
+}
+
+char *pb_auth_header_make(const pb_keys *k, const char *server_id, uint64_t now)
+{
+    if (!k || !server_id) return NULL;
+    pb_buf data = PB_BUF_INIT, token = PB_BUF_INIT;
+    char *out = NULL;
+    uint8_t sig[PB_SIG_LEN];
+
+    if (pb_wire_authdata_encode(server_id, now, &data) != PB_OK) goto out;
+    pb_keys_sign(k, data.data, data.len, sig);
+    if (pb_wire_token_encode(sig, sizeof sig, data.data, data.len, &token) != PB_OK) goto out;
+    size_t cap = sodium_base64_ENCODED_LEN(token.len, sodium_base64_VARIANT_ORIGINAL);
+    out = pb_xmalloc(cap);
+    sodium_bin2base64(out, cap, token.data, token.len, sodium_base64_VARIANT_ORIGINAL);
+out:
+    pb_buf_free(&data);
+    pb_buf_free(&token);
+    return out;
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+pb_err pb_auth_header_decode(const char *header, uint8_t **out, size_t *len)
+{
+    static const int variants[] = {
+        sodium_base64_VARIANT_ORIGINAL,
+        sodium_base64_VARIANT_ORIGINAL_NO_PADDING,
+        sodium_base64_VARIANT_URLSAFE,
+        sodium_base64_VARIANT_URLSAFE_NO_PADDING,
+    };
+    if (!header || !out || !len) return PB_ERR_INVAL;
+    size_t n = strnlen(header, PB_AUTH_MAX_HEADER + 1);
+    if (n > PB_AUTH_MAX_HEADER) return PB_ERR_TOO_BIG;
+
+    const char *p = header, *end = header + n;
+    while (p < end && is_ows(*p))
+        p++;
+    while (end > p && is_ows(end[-1]))
+        end--;
+    if (end - p > 6 && strncasecmp(p, "bearer", 6) == 0 && is_ows(p[6])) {
+        p += 6;
+        while (p < end && is_ows(*p))
+            p++;
+    }
+    size_t b64len = (size_t)(end - p);
+    if (b64len == 0) return PB_ERR_INVAL;
+
+    uint8_t bin[PB_AUTH_MAX_HEADER / 4 * 3 + 3];
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
+        size_t binlen = 0;
+        const char *stop = NULL;
+        if (sodium_base642bin(bin, sizeof bin, p, b64len, NULL, &binlen, &stop, variants[i]) == 0 &&
+            stop == end) {
+            if (binlen == 0) return PB_ERR_INVAL;
+            *out = pb_xmalloc(binlen);
+            memcpy(*out, bin, binlen);
+            *len = binlen;
+            return PB_OK;
+        }
+    }
+    return PB_ERR_INVAL;
+}
+
+/* True when the normalised `id` equals one of the list's entries (normalised too, so an
+ * entry written in another case still matches; an invalid entry matches nothing). */
+static bool list_has(const char *const *list, size_t n, const char *id)
+{
+    char norm[PB_SERVER_ID_MAX];
+    for (size_t i = 0; i < n; i++) {
+        if (list[i] && pb_serverid_normalize(list[i], norm) == PB_OK && strcmp(norm, id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* ---- verified-token cache ---------------------------------------------------------------- */
+
+#define CACHE_TOKEN_MAX 512
+
+struct cache_slot {
+    char server_id[PB_SERVER_ID_MAX];
+    uint8_t token[CACHE_TOKEN_MAX];
+    size_t token_len;
+    uint8_t key[PB_PUBKEY_LEN];
+};
+
+struct pb_auth_cache {
+    pthread_mutex_t mu;
+    struct cache_slot slots[PB_AUTH_CACHE_SLOTS];
+};
+
+pb_auth_cache *pb_auth_cache_new(void)
+{
+    pb_auth_cache *c = pb_xcalloc(1, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void pb_auth_cache_free(pb_auth_cache *c)
+{
+    if (!c) return;
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static size_t slot_of(const char *server_id)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = server_id; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return (size_t)(h % PB_AUTH_CACHE_SLOTS);
+}
+
+static bool cache_hit(pb_auth_cache *c, const char *server_id, const uint8_t *tok, size_t len,
+                      const uint8_t key[PB_PUBKEY_LEN])
+{
+    if (len > CACHE_TOKEN_MAX) return false;
+    pthread_mutex_lock(&c->mu);
+    const struct cache_slot *s = &c->slots[slot_of(server_id)];
+    bool hit = strcmp(s->server_id, server_id) == 0 && s->token_len == len &&
+               memcmp(s->token, tok, len) == 0 && memcmp(s->key, key, PB_PUBKEY_LEN) == 0;
+    pthread_mutex_unlock(&c->mu);
+    return hit;
+}
+
+static void cache_put(pb_auth_cache *c, const char *server_id, const uint8_t *tok, size_t len,
+                      const uint8_t key[PB_PUBKEY_LEN])
+{
+    if (len > CACHE_TOKEN_MAX) return;
+    pthread_mutex_lock(&c->mu);
+    struct cache_slot *s = &c->slots[slot_of(server_id)];
+    snprintf(s->server_id, sizeof s->server_id, "%s", server_id);
+    memcpy(s->token, tok, len);
+    s->token_len = len;
+    memcpy(s->key, key, PB_PUBKEY_LEN);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- signer-side header cache --------------------------------------------------------------- */
+
+#define SIGNER_SLOTS 4
+
+struct pb_auth_signer {
+    const pb_keys *keys;
+    pthread_mutex_t mu;
+    struct {
+        char server_id[PB_SERVER_ID_MAX];
+        uint64_t sec;
+        char *header;
+    } slots[SIGNER_SLOTS];
+    unsigned next;
+};
+
+pb_auth_signer *pb_auth_signer_new(const pb_keys *k)
+{
+    pb_auth_signer *s = pb_xcalloc(1, sizeof *s);
+    s->keys = k;
+    pthread_mutex_init(&s->mu, NULL);
+    return s;
+}
+
+void pb_auth_signer_free(pb_auth_signer *s)
+{
+    if (!s) return;
+    for (unsigned i = 0; i < SIGNER_SLOTS; i++)
+        free(s->slots[i].header);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, uint64_t now)
+{
+    char *out = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (unsigned i = 0; i < SIGNER_SLOTS; i++) {
+        if (s->slots[i].header && s->slots[i].sec == now &&
+            strcmp(s->slots[i].server_id, server_id) == 0) {
+            out = pb_xstrdup(s->slots[i].header);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (out) return out;
+    char *h = pb_auth_header_make(s->keys, server_id, now);
+    if (!h) return NULL;
+    pthread_mutex_lock(&s->mu);
+    unsigned i = s->next++ % SIGNER_SLOTS;
+    free(s->slots[i].header);
+    snprintf(s->slots[i].server_id, sizeof s->slots[i].server_id, "%s", server_id);
+    s->slots[i].sec = now;
+    s->slots[i].header = pb_xstrdup(h);
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+void pb_auth_check(const char *header, uint64_t now, const pb_auth_policy *pol,
+                   pb_auth_key_fn key_fn, void *key_ctx, pb_auth_result *res)
+{
+    uint8_t *raw = NULL;
+    size_t rawlen = 0;
+    pb_token tok = {0};
+    char *claimed = NULL;
+    uint64_t t = 0;
+    uint8_t key[PB_PUBKEY_LEN];
+    bool fresh = false;
+
+    memset(res, 0, sizeof *res);
+    res->verdict = PB_AUTH_BAD_AUTH;
+    if (!header || pb_auth_header_decode(header, &raw, &rawlen) != PB_OK) goto out;
+
+    res->verdict = PB_AUTH_BAD_TOKEN;
+    if (pb_wire_token_decode(raw, rawlen, &tok) != PB_OK) goto out;
+
+    res->verdict = PB_AUTH_BAD_SIG_LEN;
+    if (tok.sig_len != PB_SIG_LEN) goto out;
+
+    res->verdict = PB_AUTH_BAD_DATA;
+    if (pb_wire_authdata_decode(tok.data, tok.data_len, &claimed, &t) != PB_OK) goto out;
+    if (pb_serverid_normalize(claimed, res->server_id) != PB_OK) goto out;
+    res->time = t;
+
+    res->verdict = PB_AUTH_BAD_TIME;
+    uint64_t window =
+        (pol && pol->window_s > 0) ? (uint64_t)pol->window_s : (uint64_t)PB_AUTH_DEFAULT_WINDOW_S;
+    uint64_t skew = now >= t ? now - t : t - now; /* no overflow either way */
+    if (skew > window) goto out;
+
+    res->verdict = PB_AUTH_NOT_ALLOWED;
+    if (pol && list_has(pol->deny, pol->ndeny, res->server_id)) goto out;
+    if (pol && pol->nallow > 0 && !list_has(pol->allow, pol->nallow, res->server_id)) goto out;
+
+    res->verdict = PB_AUTH_KEY_UNAVAILABLE;
+    if (!key_fn || key_fn(key_ctx, res->server_id, false, key, &fresh) != PB_OK) goto out;
+
+    res->verdict = PB_AUTH_BAD_SIGNATURE;
+    if (pol && pol->cache && cache_hit(pol->cache, res->server_id, raw, rawlen, key)) {
+        res->verdict = PB_AUTH_OK;
+        goto out;
+    }
+    if (!pb_keys_verify(key, tok.data, tok.data_len, tok.sig)) {
+        /* The peer may have rotated its key: fetch it once more, unless we just did. */
+        bool refreshed = false;
+        if (fresh || key_fn(key_ctx, res->server_id, true, key, &refreshed) != PB_OK) goto out;
+        if (!pb_keys_verify(key, tok.data, tok.data_len, tok.sig)) goto out;
+    }
+    if (pol && pol->cache) cache_put(pol->cache, res->server_id, raw, rawlen, key);
+    res->verdict = PB_AUTH_OK;
+out:
+    free(raw);
+    free(claimed);
+    pb_token_clear(&tok);
+}
+
+bool pb_auth_token_verify(const uint8_t *token, size_t len, const uint8_t key[PB_PUBKEY_LEN])
+{
+    pb_token tok = {0};
+    if (!token || !key || pb_wire_token_decode(token, len, &tok) != PB_OK) return false;
+    bool ok = tok.sig_len == PB_SIG_LEN && pb_keys_verify(key, tok.data, tok.data_len, tok.sig);
+    pb_token_clear(&tok);
+    return ok;
+}

@@ -1,0 +1,399 @@
+/*
+ * config - the settings table and its parsers (see config.h).
+ */
+#include "daemon/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/buf.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+enum kind { K_STR, K_UINT };
+
+struct setting {
+    const char *name;
+    enum kind kind;
+    size_t off;
+    const char *def; /* textual default; NULL = unset */
+    uint64_t min, max;
+    const char *help;
+};
+
+#define S(name, def, help)                                                                         \
+    {                                                                                              \
+#name, K_STR, offsetof(pb_config, name), def, 0, 0, help                                   \
+    }
+#define U(name, def, min, max, help)                                                               \
+    {                                                                                              \
+#name, K_UINT, offsetof(pb_config, name), #def, min, max, help                             \
+    }
+
+static const struct setting settings[] = {
+    S(server_id, NULL, "this server's ID, domain:port (default: the listen address)"),
+    S(listen, "127.0.0.1:2289", "federation listener, IP:PORT or [IPv6]:PORT"),
+    S(admin_listen, "127.0.0.1:2290", "admin API listener, loopback IP:PORT or unix:/path"),
+    S(admin_token_file, NULL, "file holding the admin API bearer token (optional)"),
+    S(data_dir, "/var/lib/postbox", "directory for the key and the SQLite store"),
+    S(store, NULL,
+      "store: sqlite:/path (default sqlite:DATA_DIR/postbox.db), or "
+      "postgresql://user:password@host/db shared by several nodes"),
+    S(sync, "full", "SQLite synchronous level: full, normal or off"),
+    S(key_file, NULL, "Ed25519 key file (default DATA_DIR/key)"),
+    S(tls_cert, NULL, "TLS certificate (PEM) for the federation listener"),
+    S(tls_key, NULL, "TLS private key (PEM) for the federation listener"),
+    S(ca_file, NULL, "CA bundle to verify peers (default: the system's)"),
+    S(peer_scheme, "https", "scheme used to reach peers: https, or http (loopback, TLS proxy)"),
+    S(allow, NULL, "only these server IDs may call (comma-separated; empty: everyone)"),
+    S(deny, NULL, "these server IDs may not call (comma-separated)"),
+    S(log_level, "info", "debug, info, warn or error"),
+    S(node_id, NULL,
+      "this node's unique name when several nodes share a PostgreSQL store "
+      "(default: host name and listen port)"),
+    U(auth_window, 60, 1, 86400, "seconds a token's time may differ from ours"),
+    U(key_refetch_interval, 30, 1, 86400, "least seconds between key fetches for one peer"),
+    U(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),
+    U(max_connections, 1024, 4, 1000000,
+      "most open federation connections (more are closed at once)"),
+    U(conn_timeout, 15, 1, 3600,
+      "seconds an idle connection is kept, and the longest a request may take to arrive"),
+    U(threads, 16, 1, 256, "federation listener threads"),
+    U(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
+    U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
+    U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),
+    U(workers, 4, 1, 256, "delivery worker threads"),
+    U(push_retries, 5, 0, 100, "Push retries before a peer's events are queued"),
+    U(retry_base_ms, 100, 1, 60000, "first short retry delay (doubles each retry), ms"),
+    U(backoff_min, 5, 1, 86400, "first drain attempt delay for a queued peer, seconds"),
+    U(backoff_max, 900, 1, 86400, "longest drain attempt delay for a queued peer, seconds"),
+    U(pull_interval, 60, 1, 86400, "pull a sender this many seconds after its last Push"),
+    U(pull_batch, 1000, 1, 100000, "most events in one Pull answer"),
+    U(pull_max_bytes, 1048576, 1024, 16777216, "byte cap of one Pull answer"),
+    U(push_wait_ms, 10000, 0, 600000, "a Push waits this long for a Pull in progress, ms"),
+    U(rename_wait_ms, 10000, 0, 600000, "rename waits this long for peers' answers, ms"),
+    U(lease_ttl, 10, 2, 3600,
+      "several nodes: a dead node's peers are taken over after this "
+      "many seconds"),
+};
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static const struct setting *find_setting(const char *name, size_t n)
+{
+    char norm[64];
+    if (n >= sizeof norm) return NULL;
+    for (size_t i = 0; i < n; i++)
+        norm[i] = name[i] == '-' ? '_' : name[i];
+    norm[n] = '\0';
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (strcmp(settings[i].name, norm) == 0) return &settings[i];
+    return NULL;
+}
+
+static char **str_field(pb_config *c, const struct setting *st)
+{
+    return (char **)((char *)c + st->off);
+}
+
+static uint64_t *uint_field(pb_config *c, const struct setting *st)
+{
+    return (uint64_t *)((char *)c + st->off);
+}
+
+static pb_err set_value(pb_config *c, const struct setting *st, const char *value, char **why)
+{
+    if (st->kind == K_STR) {
+        char **f = str_field(c, st);
+        free(*f);
+        *f = *value ? pb_xstrdup(value) : NULL;
+        return PB_OK;
+    }
+    char *end = NULL;
+    errno = 0;
+    if (!isdigit((unsigned char)value[0])) goto bad;
+    unsigned long long v = strtoull(value, &end, 10);
+    if (errno || *end || v < st->min || v > st->max) goto bad;
+    *uint_field(c, st) = v;
+    return PB_OK;
+bad:
+    *why = pb_xasprintf("%s: want a whole number from %llu to %llu, got \"%s\"", st->name,
+                        (unsigned long long)st->min, (unsigned long long)st->max, value);
+    return PB_ERR_CONFIG;
+}
+
+pb_config *pb_config_new(void)
+{
+    pb_config *c = pb_xcalloc(1, sizeof *c);
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        char *why = NULL;
+        if (settings[i].def && set_value(c, &settings[i], settings[i].def, &why) != PB_OK)
+            abort(); /* a default that does not parse is a bug */
+    }
+    return c;
+}
+
+static void free_list(char **l, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(l[i]);
+    free(l);
+}
+
+void pb_config_free(pb_config *c)
+{
+    if (!c) return;
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (settings[i].kind == K_STR) free(*str_field(c, &settings[i]));
+    free_list(c->allow_list, c->nallow);
+    free_list(c->deny_list, c->ndeny);
+    free(c);
+}
+
+pb_err pb_config_set(pb_config *c, const char *name, const char *value, char **why)
+{
+    *why = NULL;
+    const struct setting *st = find_setting(name, strlen(name));
+    if (!st) {
+        *why = pb_xasprintf("unknown setting \"%s\"", name);
+        return PB_ERR_CONFIG;
+    }
+    c->finished = false;
+    return set_value(c, st, value, why);
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+pb_err pb_config_load_file(pb_config *c, const char *path, char **why)
+{
+    *why = NULL;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        *why = pb_xasprintf("cannot open %s: %s", path, strerror(errno));
+        return PB_ERR_CONFIG;
+    }
+    pb_err err = PB_OK;
+    char line[4096];
+    int lineno = 0;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            *why = pb_xasprintf("%s:%d: line too long", path, lineno);
+            err = PB_ERR_CONFIG;
+            goto out;
+        }
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *s = trim(line);
+        if (!*s) continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            *why = pb_xasprintf("%s:%d: expected name = value", path, lineno);
+            err = PB_ERR_CONFIG;
+            goto out;
+        }
+        *eq = '\0';
+        char *name = trim(s), *value = trim(eq + 1);
+        char *inner = NULL;
+        err = pb_config_set(c, name, value, &inner);
+        if (err != PB_OK) {
+            *why = pb_xasprintf("%s:%d: %s", path, lineno, inner);
+            free(inner);
+            goto out;
+        }
+    }
+out:
+    fclose(f);
+    return err;
+}
+
+pb_err pb_config_parse_args(pb_config *c, int argc, char **argv, int *used, char **why)
+{
+    *why = NULL;
+    int i = 0;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') break;
+        const char *name = a + 2, *eq = strchr(name, '='), *value;
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct setting *st = find_setting(name, nlen);
+        if (!st) break; /* not a setting: the program's own flag */
+        if (eq) {
+            value = eq + 1;
+        } else {
+            if (i + 1 >= argc) {
+                *why = pb_xasprintf("--%.*s needs a value", (int)nlen, name);
+                return PB_ERR_CONFIG;
+            }
+            value = argv[++i];
+        }
+        char *inner = NULL;
+        if (set_value(c, st, value, &inner) != PB_OK) {
+            *why = pb_xasprintf("--%s", inner);
+            free(inner);
+            return PB_ERR_CONFIG;
+        }
+        c->finished = false;
+    }
+    *used = i;
+    return PB_OK;
+}
+
+/* Splits a comma/space-separated list of server IDs, normalising each. */
+static pb_err parse_id_list(const char *s, const char *what, char ***out, size_t *n, char **why)
+{
+    *out = NULL;
+    *n = 0;
+    if (!s) return PB_OK;
+    char *copy = pb_xstrdup(s), *save = NULL;
+    pb_err err = PB_OK;
+    for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+        char id[PB_SERVER_ID_MAX];
+        if (pb_serverid_normalize(tok, id) != PB_OK) {
+            *why = pb_xasprintf("%s: \"%s\" is not a valid server ID (domain:port)", what, tok);
+            err = PB_ERR_CONFIG;
+            goto out;
+        }
+        *out = pb_xrealloc(*out, (*n + 1) * sizeof **out);
+        (*out)[(*n)++] = pb_xstrdup(id);
+    }
+out:
+    free(copy);
+    return err;
+}
+
+pb_err pb_config_finish(pb_config *c, char **why)
+{
+    *why = NULL;
+    if (!c->server_id) c->server_id = pb_xstrdup(c->listen);
+    char id[PB_SERVER_ID_MAX];
+    if (pb_serverid_normalize(c->server_id, id) != PB_OK) {
+        *why =
+            pb_xasprintf("server_id: \"%s\" is not a valid server ID (domain:port)", c->server_id);
+        return PB_ERR_CONFIG;
+    }
+    free(c->server_id);
+    c->server_id = pb_xstrdup(id);
+    if (!c->data_dir) {
+        *why = pb_xstrdup("data_dir must be set");
+        return PB_ERR_CONFIG;
+    }
+    if (!c->store) c->store = pb_xasprintf("sqlite:%s/postbox.db", c->data_dir);
+    bool shared = !strncmp(c->store, "postgres://", 11) || !strncmp(c->store, "postgresql://", 13);
+    if (shared && !c->node_id) {
+        char host[256] = "node";
+        gethostname(host, sizeof host - 1);
+        c->node_id = pb_xasprintf("%s/%s", host, c->listen);
+    }
+    if (!shared) {
+        free(c->node_id);
+        c->node_id = NULL;
+    } else if (c->peer_timeout_ms > c->lease_ttl * 1000 / 2) {
+        /* a Push must end well within the lease, or another node could push concurrently */
+        c->peer_timeout_ms = c->lease_ttl * 1000 / 2;
+    }
+    if (!c->key_file) c->key_file = pb_xasprintf("%s/key", c->data_dir);
+    pb_store_sync sy;
+    if (pb_store_sync_parse(c->sync, &sy) != PB_OK) {
+        *why = pb_xasprintf("sync: want full, normal or off, got \"%s\"", c->sync);
+        return PB_ERR_CONFIG;
+    }
+    pb_log_level lv;
+    if (pb_log_level_parse(c->log_level, &lv) != PB_OK) {
+        *why = pb_xasprintf("log_level: want debug, info, warn or error, got \"%s\"", c->log_level);
+        return PB_ERR_CONFIG;
+    }
+    if (strcmp(c->peer_scheme, "https") != 0 && strcmp(c->peer_scheme, "http") != 0) {
+        *why = pb_xasprintf("peer_scheme: want https or http, got \"%s\"", c->peer_scheme);
+        return PB_ERR_CONFIG;
+    }
+    if (!c->tls_cert != !c->tls_key) {
+        *why = pb_xstrdup("tls_cert and tls_key go together");
+        return PB_ERR_CONFIG;
+    }
+    if (c->backoff_max < c->backoff_min) {
+        *why = pb_xstrdup("backoff_max must be at least backoff_min");
+        return PB_ERR_CONFIG;
+    }
+    if (strcmp(c->listen, c->admin_listen) == 0) {
+        *why = pb_xstrdup("admin_listen must differ from listen: the admin API is never "
+                          "served on the federation port");
+        return PB_ERR_CONFIG;
+    }
+    free_list(c->allow_list, c->nallow);
+    free_list(c->deny_list, c->ndeny);
+    c->allow_list = c->deny_list = NULL;
+    c->nallow = c->ndeny = 0;
+    pb_err err = parse_id_list(c->allow, "allow", &c->allow_list, &c->nallow, why);
+    if (err == PB_OK) err = parse_id_list(c->deny, "deny", &c->deny_list, &c->ndeny, why);
+    if (err != PB_OK) return err;
+    c->finished = true;
+    return PB_OK;
+}
+
+char *pb_config_dump(const pb_config *c)
+{
+    pb_buf b = PB_BUF_INIT;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *st = &settings[i];
+        char *line;
+        if (st->kind == K_STR) {
+            const char *v = *str_field((pb_config *)c, st);
+            /* the store URI may hold a password: never print it */
+            char *shown = v && !strcmp(st->name, "store") ? pb_store_spec_redact(v) : NULL;
+            line = pb_xasprintf("%s = %s\n", st->name, shown ? shown : v ? v : "");
+            free(shown);
+        } else {
+            line = pb_xasprintf("%s = %llu\n", st->name,
+                                (unsigned long long)*uint_field((pb_config *)c, st));
+        }
+        pb_buf_append_str(&b, line);
+        free(line);
+    }
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
+}
+
+char *pb_config_help(void)
+{
+    pb_buf b = PB_BUF_INIT;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        char *line = pb_xasprintf(
+            "  --%-24s %s%s%s%s\n", settings[i].name, settings[i].help, settings[i].def ? " [" : "",
+            settings[i].def ? settings[i].def : "", settings[i].def ? "]" : "");
+        for (char *p = line + 4; *p && *p != ' '; p++)
+            if (*p == '_') *p = '-';
+        pb_buf_append_str(&b, line);
+        free(line);
+    }
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
+}
+
+const char *pb_config_get_server_id(const pb_config *c)
+{
+    return c->server_id;
+}
+
+char *pb_config_get(const pb_config *c, const char *name)
+{
+    const struct setting *st = find_setting(name, strlen(name));
+    if (!st) return NULL;
+    if (st->kind == K_STR) {
+        const char *v = *str_field((pb_config *)c, st);
+        return v ? pb_xstrdup(v) : NULL;
+    }
+    return pb_xasprintf("%llu", (unsigned long long)*uint_field((pb_config *)c, st));
+}

@@ -1,0 +1,68 @@
+/*
+ * config - postboxd's configuration: one table of settings with types, defaults and
+ * checks, filled from a file (`name = value` lines, # comments) and then from flags
+ * (`--name value` or `--name=value`, `-` and `_` interchangeable), flags winning.
+ * pb_config_finish() derives what depends on other settings (store from data_dir, ...)
+ * and validates the whole; only then is a config used.
+ *
+ * Untrusted input: the configuration file and the command line (operator input, but
+ * checked: unknown names, bad numbers and invalid server IDs are refused with the line
+ * number or flag that caused them).
+ */
+#ifndef PB_CONFIG_H
+#define PB_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "postbox.h"
+#include "util/serverid.h"
+#include "store/store.h"
+
+struct pb_config {
+    char *server_id;    /* normalised */
+    char *listen;       /* federation listener */
+    char *admin_listen; /* "127.0.0.1:2290" or "unix:/path" */
+    char *admin_token_file;
+    char *data_dir;
+    char *store; /* "sqlite:/path" */
+    char *sync;  /* off|normal|full */
+    char *key_file;
+    char *tls_cert;
+    char *tls_key;
+    char *ca_file;
+    char *peer_scheme; /* https|http */
+    char *allow;       /* comma/space separated server IDs */
+    char *deny;
+    char *log_level;
+    char *node_id; /* several nodes on one shared store */
+    uint64_t auth_window;
+    uint64_t key_refetch_interval;
+    uint64_t max_body;
+    uint64_t max_connections;
+    uint64_t conn_timeout;
+    uint64_t threads;
+    uint64_t max_inflight;
+    uint64_t peer_connect_timeout_ms;
+    uint64_t peer_timeout_ms;
+    uint64_t workers;
+    uint64_t push_retries;
+    uint64_t retry_base_ms;
+    uint64_t backoff_min;
+    uint64_t backoff_max;
+    uint64_t pull_interval;
+    uint64_t pull_batch;
+    uint64_t pull_max_bytes;
+    uint64_t push_wait_ms;
+    uint64_t rename_wait_ms;
+    uint64_t lease_ttl;
+    /* derived by pb_config_finish */
+    char **allow_list;
+    size_t nallow;
+    char **deny_list;
+    size_t ndeny;
+    bool finished;
+};
+
+#endif

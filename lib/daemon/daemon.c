@@ -1,0 +1,339 @@
+/*
+ * daemon - a running postbox server: the composition root of the library. Opens, in
+ * order, the data directory, this server's key pair, the store, the peer client and key
+ * source, then the federation listener (hRPC) and the admin listener (JSON); closes them
+ * in reverse. postboxd is a thin shell around pb_daemon_open/close.
+ *
+ * Identity: the store remembers the server ID it was created for (meta "server_id") and
+ * the public key (meta "public_key"); starting with a different server ID or key file
+ * than the store's is refused rather than silently mixing identities.
+ *
+ * Untrusted input: hRPC requests (through hrpc_server, auth and wire) and admin requests
+ * (through admin_http); this file only routes them.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "net/admin_http.h"
+#include "admin/adminapi.h"
+#include "daemon/config.h"
+#include "delivery/delivery.h"
+#include "store/faultvfs.h"
+#include "net/hrpc_client.h"
+#include "net/hrpc_server.h"
+#include "crypto/keys.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "net/peerkeys.h"
+#include "store/store.h"
+#include "wire/wire.h"
+
+#define PATH_KEY "/protocol.auth.v1.AuthService/Key"
+#define PATH_PULL "/protocol.sync.v1.PostboxService/Pull"
+#define PATH_PUSH "/protocol.sync.v1.PostboxService/Push"
+#define PATH_NOTIFY "/protocol.sync.v1.PostboxService/NotifyNewId"
+
+struct pb_daemon {
+    char server_id[PB_SERVER_ID_MAX];
+    pb_keys *keys;
+    pb_store *store;
+    pb_client *client;
+    pb_peerkeys *peerkeys;
+    pb_auth_policy policy;
+    pb_auth_cache *auth_cache;
+    char **allow, **deny;
+    size_t nallow, ndeny;
+    pb_delivery *delivery;
+    pb_adminapi_ctx api;
+    pb_hrpc_server *fed;
+    pb_admin_http *admin;
+};
+
+/* ---- federation handlers ------------------------------------------------------------- */
+
+static void h_key(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+{
+    pb_daemon *d = ctx;
+    if (pb_wire_empty_decode(req->body, req->body_len) != PB_OK) {
+        pb_hrpc_reply_error(rep, 400, "hrpc.http.bad-unary-request", "body is not a KeyRequest");
+        return;
+    }
+    pb_wire_key_resp_encode(pb_keys_public(d->keys), &rep->body);
+}
+
+/* ---- life cycle ------------------------------------------------------------------------ */
+
+pb_err pb_keygen(const char *path, char pubhex[65], bool *created)
+{
+    pb_keys *k = NULL;
+    pb_err err = pb_keys_load_or_create(path, &k, created);
+    if (err != PB_OK) goto out;
+    pb_keys_hex(pb_keys_public(k), pubhex);
+out:
+    pb_keys_free(k);
+    return err;
+}
+
+static pb_err ensure_dir(const char *path)
+{
+    if (mkdir(path, 0700) == 0) return PB_OK;
+    if (errno != EEXIST) {
+        PB_ERROR(NULL, "cannot create data directory %s: %s", path, strerror(errno));
+        return PB_ERR_IO;
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        PB_ERROR(NULL, "data directory %s is not a directory", path);
+        return PB_ERR_CONFIG;
+    }
+    return PB_OK;
+}
+
+/*
+ * Records or checks the identity the store belongs to. The store's server_id is the truth
+ * once set; `configured_server_id` remembers what the configuration said, so that after
+ * `postboxctl rename` the daemon keeps its new ID while the file still names the old one.
+ * A configuration naming a third ID is refused.
+ */
+static pb_err check_identity(pb_daemon *d, const char *cfg_id)
+{
+    char hex[65];
+    pb_keys_hex(pb_keys_public(d->keys), hex);
+    char *stored = NULL, *configured = NULL, *pub = NULL;
+    pb_err err = pb_store_meta_get(d->store, "server_id", &stored);
+    if (err == PB_ERR_NOT_FOUND) {
+        err = pb_store_meta_set(d->store, "server_id", cfg_id);
+        if (err == PB_OK) err = pb_store_meta_set(d->store, "configured_server_id", cfg_id);
+        if (err == PB_OK) err = pb_store_meta_set(d->store, "public_key", hex);
+        goto out;
+    }
+    if (err != PB_OK) goto out;
+    err = pb_store_meta_get(d->store, "configured_server_id", &configured);
+    if (err == PB_ERR_NOT_FOUND)
+        configured = pb_xstrdup(stored);
+    else if (err != PB_OK)
+        goto out;
+    err = PB_OK;
+    if (strcmp(stored, cfg_id) == 0) {
+        if (strcmp(configured, cfg_id) != 0)
+            err = pb_store_meta_set(d->store, "configured_server_id", cfg_id);
+    } else if (strcmp(configured, cfg_id) == 0) {
+        PB_INFO(NULL,
+                "this server was renamed to %s; server_id in the configuration still says "
+                "%s (update it when convenient)",
+                stored, cfg_id);
+    } else {
+        PB_ERROR(NULL,
+                 "the store belongs to server %s, but server_id is %s (to change the ID, "
+                 "use postboxctl rename)",
+                 stored, cfg_id);
+        err = PB_ERR_CONFIG;
+    }
+    if (err != PB_OK) goto out;
+    snprintf(d->server_id, sizeof d->server_id, "%s", stored);
+    err = pb_store_meta_get(d->store, "public_key", &pub);
+    if (err == PB_OK && strcmp(pub, hex) != 0) {
+        PB_ERROR(NULL, "the key file's public key %s differs from the store's %s", hex, pub);
+        err = PB_ERR_CONFIG;
+    } else if (err == PB_ERR_NOT_FOUND) {
+        err = pb_store_meta_set(d->store, "public_key", hex);
+    }
+out:
+    free(stored);
+    free(configured);
+    free(pub);
+    return err;
+}
+
+static pb_err read_token_file(const char *path, char **out)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        PB_ERROR(NULL, "cannot read admin_token_file %s: %s", path, strerror(errno));
+        return PB_ERR_CONFIG;
+    }
+    char line[512];
+    pb_err err = PB_ERR_CONFIG;
+    if (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (strlen(line) >= 16) {
+            *out = pb_xstrdup(line);
+            err = PB_OK;
+        }
+    }
+    if (err != PB_OK) PB_ERROR(NULL, "admin_token_file %s: want one line of 16+ characters", path);
+    fclose(f);
+    return err;
+}
+
+pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
+{
+    pb_err err;
+    char *admin_token = NULL;
+    if (!cfg->finished) return PB_ERR_CONFIG;
+    pb_daemon *d = pb_xcalloc(1, sizeof *d);
+    snprintf(d->server_id, sizeof d->server_id, "%s", cfg->server_id);
+    pb_log_level lv;
+    if (pb_log_level_parse(cfg->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+    if ((err = pb_faultvfs_install()) != PB_OK) goto fail; /* test builds only */
+
+    if ((err = ensure_dir(cfg->data_dir)) != PB_OK) goto fail;
+    bool created = false;
+    if ((err = pb_keys_load_or_create(cfg->key_file, &d->keys, &created)) != PB_OK) {
+        PB_ERROR(NULL, "key file %s: %s", cfg->key_file, pb_strerror(err));
+        goto fail;
+    }
+    (void)created; /* keys.c logs the creation */
+
+    pb_store_opts so;
+    pb_store_opts_default(&so);
+    pb_store_sync_parse(cfg->sync, &so.sync);
+    if ((err = pb_store_open(cfg->store, &so, &d->store)) != PB_OK) {
+        char *shown = pb_store_spec_redact(cfg->store);
+        PB_ERROR(NULL, "cannot open store %s: %s", shown, pb_strerror(err));
+        free(shown);
+        goto fail;
+    }
+    if ((err = check_identity(d, cfg->server_id)) != PB_OK) goto fail;
+
+    pb_client_opts co = {
+        .plain_http = strcmp(cfg->peer_scheme, "http") == 0,
+        .ca_file = cfg->ca_file,
+        .connect_timeout_ms = (long)cfg->peer_connect_timeout_ms,
+        .timeout_ms = (long)cfg->peer_timeout_ms,
+    };
+    if ((err = pb_client_new(&co, &d->client)) != PB_OK) goto fail;
+    d->peerkeys = pb_peerkeys_new(d->store, d->client, (int)cfg->key_refetch_interval);
+
+    d->nallow = cfg->nallow;
+    d->ndeny = cfg->ndeny;
+    d->allow = pb_xcalloc(d->nallow + 1, sizeof *d->allow);
+    d->deny = pb_xcalloc(d->ndeny + 1, sizeof *d->deny);
+    for (size_t i = 0; i < d->nallow; i++)
+        d->allow[i] = pb_xstrdup(cfg->allow_list[i]);
+    for (size_t i = 0; i < d->ndeny; i++)
+        d->deny[i] = pb_xstrdup(cfg->deny_list[i]);
+    d->policy = (pb_auth_policy){
+        .window_s = (int64_t)cfg->auth_window,
+        .allow = (const char *const *)d->allow,
+        .nallow = d->nallow,
+        .deny = (const char *const *)d->deny,
+        .ndeny = d->ndeny,
+        .key_retry_after_s = (uint32_t)cfg->key_refetch_interval,
+        .cache = d->auth_cache = pb_auth_cache_new(),
+    };
+    pb_delivery_opts dopts = {
+        .server_id = d->server_id,
+        .keys = d->keys,
+        .store = d->store,
+        .client = d->client,
+        .peerkeys = d->peerkeys,
+        .policy = &d->policy,
+        .workers = (unsigned)cfg->workers,
+        .push_retries = (unsigned)cfg->push_retries,
+        .retry_base_ms = (unsigned)cfg->retry_base_ms,
+        .backoff_min_s = (unsigned)cfg->backoff_min,
+        .backoff_max_s = (unsigned)cfg->backoff_max,
+        .pull_interval_s = (unsigned)cfg->pull_interval,
+        .pull_batch = (unsigned)cfg->pull_batch,
+        .pull_max_bytes = (size_t)cfg->pull_max_bytes,
+        .push_wait_ms = (unsigned)cfg->push_wait_ms,
+        .node_id = cfg->node_id,
+        .lease_ttl_ms = (unsigned)(cfg->lease_ttl * 1000),
+    };
+    if ((err = pb_delivery_new(&dopts, &d->delivery)) != PB_OK) {
+        PB_ERROR(NULL, "cannot load delivery state: %s", pb_strerror(err));
+        goto fail;
+    }
+    pb_hrpc_auth auth = {.policy = &d->policy,
+                         .key_fn = pb_peerkeys_get,
+                         .key_ctx = d->peerkeys,
+                         .on_authenticated = pb_delivery_on_contact,
+                         .cb_ctx = d->delivery};
+    pb_hrpc_server_opts ho = {
+        .listen = cfg->listen,
+        .max_body = cfg->max_body,
+        .max_connections = (unsigned)cfg->max_connections,
+        .conn_timeout_s = (unsigned)cfg->conn_timeout,
+        .threads = (unsigned)cfg->threads,
+        .max_inflight = (unsigned)cfg->max_inflight,
+        .tls_cert_file = cfg->tls_cert,
+        .tls_key_file = cfg->tls_key,
+    };
+    pb_hrpc_server_new(&ho, &auth, &d->fed);
+    pb_hrpc_server_route(d->fed, PATH_KEY, false, h_key, d);
+    pb_hrpc_server_route(d->fed, PATH_PULL, true, pb_delivery_on_pull, d->delivery);
+    pb_hrpc_server_route(d->fed, PATH_PUSH, true, pb_delivery_on_push, d->delivery);
+    /* NotifyNewId checks its token itself: with the key held for the old ID only. */
+    pb_hrpc_server_route(d->fed, PATH_NOTIFY, false, pb_delivery_on_notify, d->delivery);
+
+    if (cfg->admin_token_file && (err = read_token_file(cfg->admin_token_file, &admin_token)))
+        goto fail;
+    pb_admin_http_opts ao = {.listen = cfg->admin_listen, .token = admin_token};
+    d->admin = pb_admin_http_new(&ao);
+    d->api = (pb_adminapi_ctx){.delivery = d->delivery,
+                               .store = d->store,
+                               .keys = d->keys,
+                               .rename_wait_ms = (int)cfg->rename_wait_ms};
+    pb_adminapi_register(d->admin, &d->api);
+
+    /* The listener first (start-up Pulls make peers fetch our key from it); Pushes that
+     * arrive before the workers run wait for the start-up Pull of their sender. */
+    if ((err = pb_hrpc_server_start(d->fed)) != PB_OK) goto fail;
+    if ((err = pb_delivery_start(d->delivery)) != PB_OK) goto fail;
+    if ((err = pb_admin_http_start(d->admin)) != PB_OK) goto fail;
+    char hex[65];
+    pb_keys_hex(pb_keys_public(d->keys), hex);
+    PB_INFO(NULL, "postbox %s serving as %s, public key %s", PB_VERSION, d->server_id, hex);
+    free(admin_token);
+    *out = d;
+    return PB_OK;
+fail:
+    free(admin_token);
+    pb_daemon_close(d);
+    return err;
+}
+
+pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path, const char *const *args,
+                      const char *body, int *status, char **answer)
+{
+    pb_admin_http_dispatch(d->admin, method, path, args, body, body ? strlen(body) : 0, status,
+                           answer);
+    return PB_OK;
+}
+
+uint16_t pb_daemon_port(const pb_daemon *d)
+{
+    return pb_hrpc_server_port(d->fed);
+}
+
+void pb_daemon_close(pb_daemon *d)
+{
+    if (!d) return;
+    /* Listeners first (finishing in-flight requests), then the engine, then what they used. */
+    PB_INFO(NULL, "shutting down");
+    pb_admin_http_stop(d->admin);
+    pb_hrpc_server_stop(d->fed);
+    if (d->client) pb_client_shutdown(d->client);
+    pb_delivery_stop(d->delivery);
+    pb_admin_http_free(d->admin);
+    pb_hrpc_server_free(d->fed);
+    pb_delivery_free(d->delivery);
+    pb_peerkeys_free(d->peerkeys);
+    pb_client_free(d->client);
+    pb_store_close(d->store);
+    pb_keys_free(d->keys);
+    pb_auth_cache_free(d->auth_cache);
+    for (size_t i = 0; i < d->nallow; i++)
+        free(d->allow[i]);
+    for (size_t i = 0; i < d->ndeny; i++)
+        free(d->deny[i]);
+    free(d->allow);
+    free(d->deny);
+    free(d);
+}

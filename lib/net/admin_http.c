@@ -1,0 +1,362 @@
+/*
+ * admin_http - JSON-over-HTTP listener for the admin API (see admin_http.h).
+ *
+ * Same request life cycle as hrpc_server.c: refusals that need no body are answered on
+ * the first call so the body is never read; otherwise the body is buffered up to
+ * max_body and parsed once, then the route's handler runs.
+ */
+#include "net/admin_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "util/buf.h"
+#include "net/hrpc_server.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+struct aroute {
+    char *method;
+    char *pattern;
+    pb_admin_fn fn;
+    void *ctx;
+};
+
+struct pb_admin_http {
+    char *listen;
+    char *token;
+    size_t max_body;
+    unsigned threads;
+    struct aroute *routes;
+    size_t nroutes;
+    struct MHD_Daemon *mhd;
+    int unix_fd;
+    char *unix_path;
+};
+
+struct areq {
+    pb_buf body;
+    bool too_big;
+};
+
+const char *pb_admin_req_arg(const pb_admin_req *req, const char *name)
+{
+    return req->arg ? req->arg(req->arg_ctx, name) : NULL;
+}
+
+static const char *mhd_arg(void *ctx, const char *name)
+{
+    return MHD_lookup_connection_value(ctx, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *list_arg(void *ctx, const char *name)
+{
+    const char *const *args = ctx;
+    for (size_t i = 0; args && args[i] && args[i + 1]; i += 2)
+        if (strcmp(args[i], name) == 0) return args[i + 1];
+    return NULL;
+}
+
+/* {"error": msg}. A message that echoes input may not be UTF-8 (or may be cut inside a
+ * character), which JSON cannot carry: its non-ASCII bytes are then replaced by '?'
+ * rather than answering without a body. */
+static json_t *error_object(const char *msg)
+{
+    json_t *j = json_pack("{s:s}", "error", msg);
+    if (j) return j;
+    char safe[512];
+    snprintf(safe, sizeof safe, "%s", msg);
+    for (char *p = safe; *p; p++)
+        if ((unsigned char)*p >= 0x80) *p = '?';
+    return json_pack("{s:s}", "error", safe);
+}
+
+void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    resp->status = status;
+    if (resp->body) json_decref(resp->body);
+    resp->body = error_object(msg);
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    if (body) json_decref(body);
+    size_t len = text ? strlen(text) : 0;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, text ? (void *)text : (void *)"",
+                                        text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    if (text) MHD_add_response_header(resp, "Content-Type", "application/json");
+    enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *msg)
+{
+    return send_json(conn, status, json_pack("{s:s}", "error", msg));
+}
+
+/* Matches path against pattern segment by segment; `*` captures one segment. */
+static bool match(const char *pattern, const char *path, pb_admin_req *req)
+{
+    req->nsegs = 0;
+    static __thread char caps[8][256];
+    while (*pattern && *path) {
+        if (*pattern != '/' || *path != '/') return false;
+        pattern++;
+        path++;
+        const char *pe = strchrnul(pattern, '/'), *se = strchrnul(path, '/');
+        if (pe - pattern == 1 && *pattern == '*') {
+            size_t n = (size_t)(se - path);
+            if (n == 0 || n >= sizeof caps[0] || req->nsegs >= 8) return false;
+            memcpy(caps[req->nsegs], path, n);
+            caps[req->nsegs][n] = '\0';
+            req->segs[req->nsegs] = caps[req->nsegs];
+            req->nsegs++;
+        } else if (pe - pattern != se - path || memcmp(pattern, path, (size_t)(pe - pattern))) {
+            return false;
+        }
+        pattern = pe;
+        path = se;
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+static bool token_ok(const pb_admin_http *a, struct MHD_Connection *conn)
+{
+    if (!a->token) return true;
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
+    h += 7;
+    size_t n = strlen(h), m = strlen(a->token);
+    return n == m && sodium_memcmp(h, a->token, n) == 0;
+}
+
+static json_t *error_json(int *status, int code, const char *msg)
+{
+    *status = code;
+    return error_object(msg);
+}
+
+/* Routes one request; returns the answer (new reference or NULL) and sets *status. */
+static json_t *route_request(pb_admin_http *a, const char *method, const char *url,
+                             const char *(*arg)(void *, const char *), void *arg_ctx,
+                             const char *body_text, size_t body_len, int *status)
+{
+    pb_admin_req req = {.method = method, .path = url, .arg = arg, .arg_ctx = arg_ctx};
+    const struct aroute *route = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < a->nroutes; i++) {
+        if (!match(a->routes[i].pattern, url, &req)) continue;
+        path_known = true;
+        if (strcmp(a->routes[i].method, method) == 0) {
+            route = &a->routes[i];
+            break;
+        }
+    }
+    if (!route) {
+        if (path_known) return error_json(status, 405, "method not allowed on this path");
+        return error_json(status, 404, "no such endpoint");
+    }
+    if (!match(route->pattern, url, &req)) return error_json(status, 500, "routing error");
+    json_t *body = NULL;
+    if (body_len > 0) {
+        json_error_t jerr;
+        body = json_loadb(body_text, body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!body) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "malformed JSON: %s (at byte %d)", jerr.text, jerr.position);
+            return error_json(status, 400, msg);
+        }
+    }
+    req.body = body;
+    pb_admin_resp resp = {.status = 200};
+    route->fn(route->ctx, &req, &resp);
+    if (body) json_decref(body);
+    *status = resp.status;
+    return resp.body;
+}
+
+void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
+                            const char *const *args, const char *body, size_t body_len, int *status,
+                            char **answer)
+{
+    json_t *j = route_request(a, method, path, list_arg, (void *)args, body, body_len, status);
+    *answer = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (j) json_decref(j);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    pb_admin_http *a = cls;
+    struct areq *r = *con_cls;
+    if (!r) {
+        r = pb_xcalloc(1, sizeof *r);
+        *con_cls = r;
+        if (!token_ok(a, conn)) return send_error(conn, 401, "missing or wrong bearer token");
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > a->max_body)
+            return send_error(conn, 413, "body over the size limit");
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!r->too_big && r->body.len + *upload_data_size <= a->max_body) {
+            pb_buf_append(&r->body, upload_data, *upload_data_size);
+        } else {
+            r->too_big = true;
+            pb_buf_free(&r->body);
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->too_big) return send_error(conn, 413, "body over the size limit");
+
+    int status = 0;
+    json_t *answer = route_request(a, method, url, mhd_arg, conn, (const char *)r->body.data,
+                                   r->body.len, &status);
+    return send_json(conn, status, answer);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct areq *r = *con_cls;
+    if (!r) return;
+    pb_buf_free(&r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
+{
+    pb_admin_http *a = pb_xcalloc(1, sizeof *a);
+    a->listen = pb_xstrdup(opts->listen ? opts->listen : "127.0.0.1:2290");
+    a->token = opts->token && *opts->token ? pb_xstrdup(opts->token) : NULL;
+    a->max_body = opts->max_body ? opts->max_body : 1024 * 1024;
+    a->threads = opts->threads ? opts->threads : 16;
+    a->unix_fd = -1;
+    return a;
+}
+
+void pb_admin_http_route(pb_admin_http *a, const char *method, const char *pattern, pb_admin_fn fn,
+                         void *ctx)
+{
+    a->routes = pb_xrealloc(a->routes, (a->nroutes + 1) * sizeof *a->routes);
+    a->routes[a->nroutes++] = (struct aroute){pb_xstrdup(method), pb_xstrdup(pattern), fn, ctx};
+}
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)ss;
+        return (ntohl(a4->sin_addr.s_addr) >> 24) == 127;
+    }
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+    return IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr);
+}
+
+static pb_err open_unix(pb_admin_http *a, const char *path)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sun.sun_path) return PB_ERR_CONFIG;
+    strcpy(sun.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return PB_ERR_IO;
+    unlink(path); /* a stale socket from an earlier run */
+    mode_t old = umask(0077);
+    int rc = bind(fd, (struct sockaddr *)&sun, sizeof sun);
+    umask(old);
+    if (rc != 0 || listen(fd, 64) != 0) {
+        PB_ERROR(NULL, "cannot listen on unix:%s: %s", path, strerror(errno));
+        close(fd);
+        return PB_ERR_IO;
+    }
+    a->unix_fd = fd;
+    a->unix_path = pb_xstrdup(path);
+    return PB_OK;
+}
+
+pb_err pb_admin_http_start(pb_admin_http *a)
+{
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ITC;
+    struct sockaddr_storage ss;
+    unsigned sslen = 0;
+    pb_err err;
+    if (strncmp(a->listen, "unix:", 5) == 0) {
+        if ((err = open_unix(a, a->listen + 5)) != PB_OK) return err;
+    } else {
+        if (pb_hrpc_parse_listen(a->listen, &ss, &sslen) != PB_OK || !is_loopback(&ss)) {
+            PB_ERROR(NULL, "admin_listen %s: want a loopback IP:PORT or unix:/path", a->listen);
+            return PB_ERR_CONFIG;
+        }
+        if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    }
+    if (a->unix_fd >= 0) {
+        a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_LISTEN_SOCKET,
+                                  a->unix_fd, MHD_OPTION_THREAD_POOL_SIZE, a->threads,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED,
+                                  on_completed, a, MHD_OPTION_END);
+    } else {
+        a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR,
+                                  (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, a->threads,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED,
+                                  on_completed, a, MHD_OPTION_END);
+    }
+    if (!a->mhd) {
+        PB_ERROR(NULL, "cannot start admin listener on %s: %s", a->listen, strerror(errno));
+        return PB_ERR_IO;
+    }
+    PB_INFO(NULL, "admin listener on %s", a->listen);
+    return PB_OK;
+}
+
+void pb_admin_http_stop(pb_admin_http *a)
+{
+    if (!a || !a->mhd) return;
+    MHD_stop_daemon(a->mhd);
+    a->mhd = NULL;
+    if (a->unix_fd >= 0) {
+        close(a->unix_fd);
+        a->unix_fd = -1;
+        unlink(a->unix_path);
+    }
+}
+
+void pb_admin_http_free(pb_admin_http *a)
+{
+    if (!a) return;
+    pb_admin_http_stop(a);
+    for (size_t i = 0; i < a->nroutes; i++) {
+        free(a->routes[i].method);
+        free(a->routes[i].pattern);
+    }
+    free(a->routes);
+    free(a->listen);
+    if (a->token) sodium_memzero(a->token, strlen(a->token));
+    free(a->token);
+    free(a->unix_path);
+    free(a);
+}

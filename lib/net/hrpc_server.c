@@ -1,0 +1,666 @@
+/*
+ * hrpc_server - unary hRPC server on libmicrohttpd (see hrpc_server.h).
+ *
+ * Design: libmicrohttpd calls on_request first with the headers only; every refusal that
+ * does not need the body (path, method, headers, declared length, overload) is queued
+ * right then, so libmicrohttpd never reads that body and closes the connection after the
+ * answer. Otherwise the body is copied into a per-request buffer that may never exceed
+ * max_body, then authentication and the handler run on the final call.
+ *
+ * Slow clients and the connection limit: libmicrohttpd's own timeout only measures
+ * inactivity, so a client sending one byte per second would hold a connection (and an
+ * in-flight slot) forever. Each connection therefore gets a record (libmicrohttpd's socket
+ * context, created by the connection notification) carrying a request deadline: the
+ * request must be read completely within conn_timeout_s of the connection's start or of
+ * the previous answer. A sweeper thread shuts down the socket of a connection past its
+ * deadline (libmicrohttpd then reads EOF and closes it); body data arriving late is also
+ * refused in on_request. The deadline is disarmed while a complete request is handled and
+ * answered. The same records count open connections: past max_connections a new
+ * connection is shut down at once (the client sees EOF or a reset) instead of waiting in
+ * the listen backlog, which is what libmicrohttpd does when its own limit is reached; its
+ * limit is set a little higher as a hard bound. A socket is shut down only under the lock
+ * that the close notification takes, and libmicrohttpd closes a socket only after that
+ * notification, so a shutdown never hits a reused descriptor.
+ * Limits (libmicrohttpd 0.9.75 offers no hook for more): a connection cut or refused this
+ * way gets no HTTP answer (no 408 or 503; a response can be queued only once the headers
+ * are in); the deadline counts from the connection's start or last answer, as the first
+ * byte of a request is not visible; it is checked every SWEEP_MS; it does not cover the
+ * answer (a client reading slowly is bounded by the idle timeout only).
+ *
+ * Untrusted input: the whole HTTP request. Sizes are checked before anything is buffered;
+ * the Authorization header is passed to auth.c, which bounds it again.
+ */
+#include "net/hrpc_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/fault.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "wire/wire.h"
+
+#define ID_BAD_REQUEST "hrpc.http.bad-unary-request"
+#define ID_NOT_FOUND "hrpc.not-found"
+#define ID_EXHAUSTED "hrpc.resource-exhausted"
+#define ID_UNAVAILABLE "hrpc.unavailable"
+#define ID_INTERNAL "hrpc.internal-server-error"
+
+/* File descriptors kept free for everything else (store, peer connections, admin). */
+#define FD_RESERVE 64
+/* How often the sweeper looks for connections past their request deadline. */
+#define SWEEP_MS 200
+
+struct route {
+    char *path;
+    bool with_auth;
+    pb_hrpc_handler_fn fn;
+    void *ctx;
+};
+
+struct pb_hrpc_server {
+    pb_hrpc_server_opts opts; /* strings owned */
+    pb_hrpc_auth auth;
+    bool has_auth;
+    struct route *routes;
+    size_t nroutes;
+    struct MHD_Daemon *mhd;
+    char *tls_cert, *tls_key; /* file contents */
+    atomic_uint inflight;
+    atomic_bool stopping;
+    /* open connections (see the file comment) */
+    pthread_mutex_t conns_mu;
+    pthread_cond_t sweep_cv;
+    struct conn *conns;
+    unsigned nconns;         /* counted (not refused) connections */
+    unsigned max_conns;      /* effective limit (max_connections, clamped by RLIMIT_NOFILE) */
+    uint64_t ncut, nrefused; /* totals, for logs */
+    int64_t refused_logged_ms;
+    bool sweeper_started, sweeper_stop;
+    pthread_t sweeper;
+};
+
+/* One open connection: libmicrohttpd's socket context. Fields under conns_mu. */
+struct conn {
+    struct conn *prev, *next;
+    int fd;
+    int64_t deadline_ms; /* monotonic; 0 while a complete request is handled and answered */
+    bool counted;        /* holds a place under max_conns */
+    bool cut;            /* socket shut down (deadline passed or over the limit) */
+};
+
+/* Per-request state, libmicrohttpd's con_cls. */
+struct req {
+    const struct route *route;
+    pb_buf body;
+    bool too_big;
+    bool counted; /* holds an inflight slot */
+    void (*on_done)(void *ctx, bool sent_ok);
+    void *on_done_ctx;
+};
+
+void pb_hrpc_reply_error(pb_hrpc_reply *rep, int status, const char *identifier, const char *fmt,
+                         ...)
+{
+    rep->status = status;
+    rep->identifier = identifier;
+    free(rep->message);
+    rep->message = NULL;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        if (vasprintf(&rep->message, fmt, ap) < 0) abort();
+        va_end(ap);
+    }
+}
+
+static void reply_clear(pb_hrpc_reply *rep)
+{
+    pb_buf_free(&rep->body);
+    free(rep->message);
+    memset(rep, 0, sizeof *rep);
+}
+
+/* Queues `rep` on the connection, building the hrpc.v1.Error body for failures. */
+static enum MHD_Result send_reply(struct MHD_Connection *conn, pb_hrpc_reply *rep)
+{
+    pb_buf out = PB_BUF_INIT;
+    if (rep->status >= 200 && rep->status < 300) {
+        out = rep->body;
+        rep->body = (pb_buf)PB_BUF_INIT;
+    } else {
+        pb_buf details = PB_BUF_INIT;
+        if (rep->retry_after > 0) pb_wire_retry_info_encode(rep->retry_after, &details);
+        const char *ident = rep->identifier ? rep->identifier : ID_INTERNAL;
+        if (pb_wire_error_encode(ident, rep->message ? rep->message : "", details.data, details.len,
+                                 &out) != PB_OK) {
+            /* The message echoes input that is not UTF-8 (or was cut inside a
+             * character): replace the non-ASCII bytes rather than send no Error. */
+            for (char *p = rep->message; p && *p; p++)
+                if ((unsigned char)*p >= 0x80) *p = '?';
+            pb_wire_error_encode(ident, rep->message ? rep->message : "", details.data, details.len,
+                                 &out);
+        }
+        pb_buf_free(&details);
+    }
+    size_t len = 0;
+    uint8_t *data = pb_buf_steal(&out, &len);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, data ? data : (void *)"", data ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(data);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/hrpc");
+    MHD_add_response_header(resp, "Hrpc-Version", "1");
+    enum MHD_Result r = MHD_queue_response(conn, (unsigned)rep->status, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *identifier,
+                                  uint32_t retry_after, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *identifier,
+                                  uint32_t retry_after, const char *fmt, ...)
+{
+    pb_hrpc_reply rep = {0};
+    rep.status = status;
+    rep.identifier = identifier;
+    rep.retry_after = retry_after;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&rep.message, fmt, ap) < 0) abort();
+    va_end(ap);
+    enum MHD_Result r = send_reply(conn, &rep);
+    reply_clear(&rep);
+    return r;
+}
+
+static const struct route *find_route(const pb_hrpc_server *s, const char *path)
+{
+    for (size_t i = 0; i < s->nroutes; i++)
+        if (strcmp(s->routes[i].path, path) == 0) return &s->routes[i];
+    return NULL;
+}
+
+/* Content-Type must be exactly application/hrpc, case-insensitively, no parameters. */
+static bool content_type_ok(const char *ct)
+{
+    return ct && strcasecmp(ct, "application/hrpc") == 0;
+}
+
+static bool parse_size(const char *s, uint64_t *out)
+{
+    if (!s || !*s) return false;
+    uint64_t v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return false;
+        if (v > (UINT64_MAX - 9) / 10) return false;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    *out = v;
+    return true;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct conn *conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Arms (the next request must be read within conn_timeout_s) or disarms the deadline. */
+static void conn_set_deadline(pb_hrpc_server *s, struct MHD_Connection *conn, bool arm)
+{
+    struct conn *c = conn_of(conn);
+    if (!c) return;
+    pthread_mutex_lock(&s->conns_mu);
+    c->deadline_ms = arm ? mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000 : 0;
+    pthread_mutex_unlock(&s->conns_mu);
+}
+
+static bool conn_past_deadline(pb_hrpc_server *s, struct MHD_Connection *conn)
+{
+    struct conn *c = conn_of(conn);
+    if (!c) return false;
+    pthread_mutex_lock(&s->conns_mu);
+    bool late = c->cut || (c->deadline_ms && mono_ms() >= c->deadline_ms);
+    pthread_mutex_unlock(&s->conns_mu);
+    return late;
+}
+
+/* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    pb_hrpc_server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct conn *c = pb_xcalloc(1, sizeof *c);
+        c->fd = ci ? (int)ci->connect_fd : -1;
+        bool log_refusal = false;
+        uint64_t refused = 0;
+        pthread_mutex_lock(&s->conns_mu);
+        if (s->nconns >= s->max_conns) {
+            c->cut = true;
+            if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+            refused = ++s->nrefused;
+            int64_t now = mono_ms();
+            if (s->refused_logged_ms == 0 || now - s->refused_logged_ms >= 10000) {
+                s->refused_logged_ms = now;
+                log_refusal = true;
+            }
+        } else {
+            c->counted = true;
+            s->nconns++;
+            c->deadline_ms = mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000;
+        }
+        c->next = s->conns;
+        if (s->conns) s->conns->prev = c;
+        s->conns = c;
+        pthread_mutex_unlock(&s->conns_mu);
+        *socket_context = c;
+        if (log_refusal)
+            PB_WARN(NULL,
+                    "connection limit of %u reached: new connections are closed (%llu so far)",
+                    s->max_conns, (unsigned long long)refused);
+        return;
+    }
+    struct conn *c = *socket_context;
+    if (!c) return;
+    pthread_mutex_lock(&s->conns_mu);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (c->counted) s->nconns--;
+    pthread_mutex_unlock(&s->conns_mu);
+    free(c);
+    *socket_context = NULL;
+}
+
+/* Shuts down every connection whose request was not read in time, until stopped. */
+static void *sweeper_main(void *arg)
+{
+    pb_hrpc_server *s = arg;
+    pthread_mutex_lock(&s->conns_mu);
+    while (!s->sweeper_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += SWEEP_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->sweep_cv, &s->conns_mu, &until);
+        int64_t now = mono_ms();
+        unsigned cut = 0;
+        for (struct conn *c = s->conns; c; c = c->next) {
+            if (c->cut || !c->deadline_ms || now < c->deadline_ms) continue;
+            c->cut = true;
+            if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+            cut++;
+        }
+        s->ncut += cut;
+        if (cut) {
+            uint64_t total = s->ncut;
+            pthread_mutex_unlock(&s->conns_mu);
+            PB_INFO(NULL,
+                    "closed %u connection(s) whose request was not complete within %u s "
+                    "(%llu so far)",
+                    cut, s->opts.conn_timeout_s, (unsigned long long)total);
+            pthread_mutex_lock(&s->conns_mu);
+        }
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+    return NULL;
+}
+
+/* First call of a request: everything that can be refused from the headers. */
+static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn, const char *url,
+                                  const char *method, struct req *r)
+{
+    r->route = find_route(s, url);
+    if (!r->route) return send_error(conn, 404, ID_NOT_FOUND, 0, "no such method: %.200s", url);
+    if (strcmp(method, "POST") != 0)
+        return send_error(conn, 405, ID_BAD_REQUEST, 0, "method %.16s not allowed: use POST",
+                          method);
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    if (!content_type_ok(ct))
+        return send_error(conn, 400, ID_BAD_REQUEST, 0,
+                          "Content-Type must be application/hrpc, got %.100s", ct ? ct : "none");
+    const char *ver = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Hrpc-Version");
+    if (ver && strcmp(ver, "1") != 0)
+        return send_error(conn, 400, ID_BAD_REQUEST, 0, "unsupported Hrpc-Version %.20s", ver);
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    uint64_t declared = 0;
+    if (cl && parse_size(cl, &declared) && declared > s->opts.max_body)
+        return send_error(conn, 413, ID_EXHAUSTED, 0, "body of %llu bytes over the limit of %zu",
+                          (unsigned long long)declared, s->opts.max_body);
+    if (atomic_load(&s->stopping))
+        return send_error(conn, 503, ID_UNAVAILABLE, 5, "server is shutting down");
+    unsigned n = atomic_fetch_add(&s->inflight, 1);
+    r->counted = true;
+    if (n >= s->opts.max_inflight)
+        return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests in flight", n);
+    return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    pb_hrpc_server *s = cls;
+    struct req *r = *con_cls;
+    if (!r) {
+        r = pb_xcalloc(1, sizeof *r);
+        *con_cls = r;
+        return on_headers(s, conn, url, method, r);
+    }
+    if (*upload_data_size > 0) {
+        /* A body still arriving after the deadline: close without an answer. */
+        if (conn_past_deadline(s, conn)) return MHD_NO;
+        if (!r->too_big && r->body.len + *upload_data_size <= s->opts.max_body) {
+            pb_buf_append(&r->body, upload_data, *upload_data_size);
+        } else {
+            r->too_big = true;
+            pb_buf_free(&r->body);
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    /* The request is complete: no deadline while it is handled and answered. */
+    conn_set_deadline(s, conn, false);
+    if (r->too_big)
+        return send_error(conn, 413, ID_EXHAUSTED, 0, "body over the limit of %zu bytes",
+                          s->opts.max_body);
+
+    pb_hrpc_request hreq = {.path = url, .body = r->body.data, .body_len = r->body.len};
+    hreq.authorization =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    pb_auth_result ares;
+    if (r->route->with_auth) {
+        if (!s->has_auth)
+            return send_error(conn, 500, ID_INTERNAL, 0, "authentication not configured");
+        pb_auth_check(hreq.authorization, (uint64_t)time(NULL), s->auth.policy, s->auth.key_fn,
+                      s->auth.key_ctx, &ares);
+        if (ares.verdict != PB_AUTH_OK) {
+            PB_INFO(ares.server_id[0] ? ares.server_id : NULL, "%s refused: %s (%s)", url,
+                    pb_auth_verdict_message(ares.verdict),
+                    pb_auth_verdict_identifier(ares.verdict));
+            uint32_t ra = 0;
+            if (ares.verdict == PB_AUTH_KEY_UNAVAILABLE)
+                ra = s->auth.policy->key_retry_after_s ? s->auth.policy->key_retry_after_s : 30;
+            return send_error(conn, (unsigned)pb_auth_verdict_status(ares.verdict),
+                              pb_auth_verdict_identifier(ares.verdict), ra, "%s",
+                              pb_auth_verdict_message(ares.verdict));
+        }
+        hreq.peer = ares.server_id;
+        if (s->auth.on_authenticated) s->auth.on_authenticated(s->auth.cb_ctx, ares.server_id);
+    }
+
+    pb_hrpc_reply rep = {0};
+    rep.status = 200;
+    if (pb_fault("hrpc.internal"))
+        pb_hrpc_reply_error(&rep, 500, ID_INTERNAL, "injected fault");
+    else
+        r->route->fn(r->route->ctx, &hreq, &rep);
+    if (rep.status >= 500)
+        PB_WARN(hreq.peer, "%s answered %d %s: %s", url, rep.status,
+                rep.identifier ? rep.identifier : "", rep.message ? rep.message : "");
+    r->on_done = rep.on_done;
+    r->on_done_ctx = rep.on_done_ctx;
+    enum MHD_Result res = send_reply(conn, &rep);
+    reply_clear(&rep);
+    return res;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    pb_hrpc_server *s = cls;
+    /* The next request on this connection has conn_timeout_s to arrive completely. */
+    conn_set_deadline(s, conn, true);
+    struct req *r = *con_cls;
+    if (!r) return;
+    if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    if (r->counted) atomic_fetch_sub(&s->inflight, 1);
+    pb_buf_free(&r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    PB_DEBUG(NULL, "http: %s", msg);
+}
+
+pb_err pb_hrpc_parse_listen(const char *listen, struct sockaddr_storage *ss, unsigned *len)
+{
+    char host[128];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen) return PB_ERR_CONFIG;
+    size_t hl = (size_t)(colon - listen);
+    if (hl >= sizeof host) return PB_ERR_CONFIG;
+    memcpy(host, listen, hl);
+    host[hl] = '\0';
+    uint64_t port;
+    if (!parse_size(colon + 1, &port) || port > 65535) return PB_ERR_CONFIG;
+    memset(ss, 0, sizeof *ss);
+    if (host[0] == '[') {
+        if (hl < 3 || host[hl - 1] != ']') return PB_ERR_CONFIG;
+        host[hl - 1] = '\0';
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+        if (inet_pton(AF_INET6, host + 1, &a6->sin6_addr) != 1) return PB_ERR_CONFIG;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+        return PB_OK;
+    }
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &a4->sin_addr) != 1) return PB_ERR_CONFIG;
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    *len = sizeof *a4;
+    return PB_OK;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    pb_buf b = PB_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (1u << 20))
+        pb_buf_append(&b, chunk, n);
+    fclose(f);
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
+}
+
+pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *auth,
+                          pb_hrpc_server **out)
+{
+    pb_hrpc_server *s = pb_xcalloc(1, sizeof *s);
+    s->opts = *opts;
+    s->opts.listen = pb_xstrdup(opts->listen ? opts->listen : "127.0.0.1:2289");
+    s->opts.tls_cert_file = opts->tls_cert_file ? pb_xstrdup(opts->tls_cert_file) : NULL;
+    s->opts.tls_key_file = opts->tls_key_file ? pb_xstrdup(opts->tls_key_file) : NULL;
+    if (!s->opts.max_body) s->opts.max_body = 64 * 1024;
+    if (!s->opts.max_connections) s->opts.max_connections = 1024;
+    if (!s->opts.conn_timeout_s) s->opts.conn_timeout_s = 15;
+    if (!s->opts.threads) s->opts.threads = 16;
+    if (!s->opts.max_inflight) s->opts.max_inflight = 256;
+    pthread_mutex_init(&s->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->sweep_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (auth) {
+        s->auth = *auth;
+        s->has_auth = true;
+    }
+    *out = s;
+    return PB_OK;
+}
+
+void pb_hrpc_server_route(pb_hrpc_server *s, const char *path, bool with_auth,
+                          pb_hrpc_handler_fn fn, void *ctx)
+{
+    s->routes = pb_xrealloc(s->routes, (s->nroutes + 1) * sizeof *s->routes);
+    s->routes[s->nroutes++] =
+        (struct route){.path = pb_xstrdup(path), .with_auth = with_auth, .fn = fn, .ctx = ctx};
+}
+
+pb_err pb_hrpc_server_start(pb_hrpc_server *s)
+{
+    struct sockaddr_storage ss;
+    unsigned sslen;
+    if (pb_hrpc_parse_listen(s->opts.listen, &ss, &sslen) != PB_OK) {
+        PB_ERROR(NULL, "invalid listen address %s (want IP:PORT or [IPv6]:PORT)", s->opts.listen);
+        return PB_ERR_CONFIG;
+    }
+    unsigned flags =
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    bool tls = s->opts.tls_cert_file && s->opts.tls_key_file;
+    if (tls) {
+        s->tls_cert = read_file(s->opts.tls_cert_file);
+        s->tls_key = read_file(s->opts.tls_key_file);
+        if (!s->tls_cert || !s->tls_key) {
+            PB_ERROR(NULL, "cannot read TLS certificate %s or key %s", s->opts.tls_cert_file,
+                     s->opts.tls_key_file);
+            return PB_ERR_CONFIG;
+        }
+        flags |= MHD_USE_TLS;
+    }
+    struct MHD_OptionItem tls_opts[] = {
+        {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, s->tls_key},
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    /* Our limit closes connections past max_connections; libmicrohttpd's, a little higher,
+     * is the hard bound (it splits it between its threads and, once there, stops
+     * accepting). Both must fit in the descriptors this process may open. */
+    unsigned limit = s->opts.max_connections;
+    unsigned margin = 16 + limit / 16;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (rlim_t)limit + margin + FD_RESERVE > rl.rlim_cur) {
+        unsigned fit = rl.rlim_cur > (rlim_t)(FD_RESERVE + 32 + 4)
+                           ? (unsigned)((rl.rlim_cur - FD_RESERVE - 16) * 16 / 17)
+                           : 4;
+        PB_WARN(NULL,
+                "max_connections %u does not fit in the open-file limit of %llu: using %u "
+                "(raise ulimit -n)",
+                limit, (unsigned long long)rl.rlim_cur, fit);
+        limit = fit;
+        margin = 16 + limit / 16;
+    }
+    s->max_conns = limit;
+    s->mhd = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)s->opts.threads, MHD_OPTION_CONNECTION_LIMIT, limit + margin,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->opts.conn_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_LISTEN_BACKLOG_SIZE, 256u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
+    if (!s->mhd) {
+        PB_ERROR(NULL, "cannot listen on %s: %s", s->opts.listen, strerror(errno));
+        return PB_ERR_IO;
+    }
+    s->sweeper_stop = false;
+    if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
+        PB_ERROR(NULL, "cannot start the connection sweeper thread");
+        MHD_stop_daemon(s->mhd);
+        s->mhd = NULL;
+        return PB_ERR_INTERNAL;
+    }
+    s->sweeper_started = true;
+    PB_INFO(NULL, "federation listener on %s (%s), port %u", s->opts.listen, tls ? "https" : "http",
+            pb_hrpc_server_port(s));
+    return PB_OK;
+}
+
+uint16_t pb_hrpc_server_port(const pb_hrpc_server *s)
+{
+    if (!s->mhd) return 0;
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    return i ? i->port : 0;
+}
+
+void pb_hrpc_server_stop(pb_hrpc_server *s)
+{
+    if (!s || !s->mhd) return;
+    atomic_store(&s->stopping, true);
+    /* Stop accepting, then let in-flight requests finish (bounded: 10 s). */
+    MHD_socket fd = MHD_quiesce_daemon(s->mhd);
+    for (int i = 0; i < 1000 && atomic_load(&s->inflight) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    MHD_stop_daemon(s->mhd);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
+    s->mhd = NULL;
+    if (s->sweeper_started) {
+        pthread_mutex_lock(&s->conns_mu);
+        s->sweeper_stop = true;
+        pthread_cond_signal(&s->sweep_cv);
+        pthread_mutex_unlock(&s->conns_mu);
+        pthread_join(s->sweeper, NULL);
+        s->sweeper_started = false;
+    }
+}
+
+void pb_hrpc_server_free(pb_hrpc_server *s)
+{
+    if (!s) return;
+    pb_hrpc_server_stop(s);
+    for (size_t i = 0; i < s->nroutes; i++)
+        free(s->routes[i].path);
+    free(s->routes);
+    free((char *)s->opts.listen);
+    free((char *)s->opts.tls_cert_file);
+    free((char *)s->opts.tls_key_file);
+    if (s->tls_key) {
+        memset(s->tls_key, 0, strlen(s->tls_key));
+        free(s->tls_key);
+    }
+    free(s->tls_cert);
+    pthread_cond_destroy(&s->sweep_cv);
+    pthread_mutex_destroy(&s->conns_mu);
+    free(s);
+}

@@ -1,0 +1,114 @@
+/*
+ * hrpc_server - unary hRPC over HTTP/1.1 on libmicrohttpd (PROTOCOL.md section 1).
+ *
+ * Routes `POST /<package>.<Service>/<Method>` to registered handlers. Before a handler
+ * runs, the server has already answered every transport refusal itself: unknown path
+ * 404 hrpc.not-found, method other than POST 405, Content-Type other than
+ * application/hrpc (or Hrpc-Version other than 1) 400 hrpc.http.bad-unary-request, a
+ * body over max_body 413 hrpc.resource-exhausted (refused from Content-Length before
+ * any byte is read, or as soon as a chunked body passes the limit, discarding the rest),
+ * too many requests in flight 503 hrpc.unavailable with RetryInfo, and, for routes that
+ * need it, token authentication (auth.h) with its own statuses. Every answer carries
+ * Content-Type: application/hrpc and Hrpc-Version: 1; failures carry an hrpc.v1.Error.
+ *
+ * Slow or too many clients: a request must arrive completely within conn_timeout_s
+ * (a client trickling its headers or body is cut then, not kept alive by each byte);
+ * past max_connections a new connection is closed at once rather than left waiting.
+ *
+ * Threads: libmicrohttpd's internal polling thread pool (opts.threads); handlers run on
+ * those threads and may block (store commits, key fetches); one sweeper thread enforces
+ * the request deadline.
+ *
+ * Untrusted input: the HTTP request (method, path, headers, body). libmicrohttpd parses
+ * HTTP and bounds header size (connection memory limit); this module bounds the body
+ * before buffering it; handlers decode the body with the wire module.
+ */
+#ifndef PB_HRPC_SERVER_H
+#define PB_HRPC_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "crypto/auth.h"
+#include "util/buf.h"
+#include "postbox.h"
+
+typedef struct pb_hrpc_server pb_hrpc_server;
+
+typedef struct pb_hrpc_server_opts {
+    const char *listen;        /* "127.0.0.1:2289", "[::1]:2289", "0.0.0.0:2289"; port 0 = any */
+    size_t max_body;           /* default 64 KiB */
+    unsigned max_connections;  /* default 1024; past it new connections are closed at once
+                                  (clamped to what RLIMIT_NOFILE allows, with a warning) */
+    unsigned conn_timeout_s;   /* default 15: an idle connection is cut after this, and so is
+                                  one whose request (headers and body) is not complete this
+                                  long after the connection opened or the last answer */
+    unsigned threads;          /* default 16 */
+    unsigned max_inflight;     /* requests being read or handled at once; default 256 */
+    const char *tls_cert_file; /* both set: HTTPS */
+    const char *tls_key_file;
+} pb_hrpc_server_opts;
+
+typedef struct pb_hrpc_request {
+    const char *path;
+    const uint8_t *body;
+    size_t body_len;
+    const char *peer; /* authenticated, normalised server ID; NULL on routes without auth */
+    const char *authorization; /* the raw Authorization header or NULL (routes that
+                                  authenticate themselves, e.g. NotifyNewId) */
+} pb_hrpc_request;
+
+/* What a handler fills. status 200 with `body` the response message, or an error status
+ * with identifier/message (and retry_after > 0 to attach RetryInfo). */
+typedef struct pb_hrpc_reply {
+    int status;
+    pb_buf body;
+    const char *identifier; /* static string */
+    char *message;          /* owned by the reply (freed by the server); may be NULL */
+    uint32_t retry_after;
+    /* Called once the exchange is over, with sent_ok true when the whole answer was
+     * written to the connection (e.g. to forget events a foreign peer pulled). May be
+     * NULL. Runs on a server thread. */
+    void (*on_done)(void *ctx, bool sent_ok);
+    void *on_done_ctx;
+} pb_hrpc_reply;
+
+/* Sets an error reply (message is copied). */
+void pb_hrpc_reply_error(pb_hrpc_reply *rep, int status, const char *identifier, const char *fmt,
+                         ...) __attribute__((format(printf, 4, 5)));
+
+typedef void (*pb_hrpc_handler_fn)(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep);
+
+/* Authentication for routes registered with auth: the policy and the key source. The
+ * server keeps pointers: they must outlive it. */
+typedef struct pb_hrpc_auth {
+    const pb_auth_policy *policy;
+    pb_auth_key_fn key_fn;
+    void *key_ctx;
+    /* Called after a successful authentication (e.g. to record contact); may be NULL. */
+    void (*on_authenticated)(void *ctx, const char *peer);
+    void *cb_ctx;
+} pb_hrpc_auth;
+
+/* Creates a server (not listening yet). opts strings are copied. Caller frees with
+ * pb_hrpc_server_free. auth may be NULL when no route needs it. */
+pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *auth,
+                          pb_hrpc_server **out);
+/* Registers a handler for an exact path; with_auth: the token is checked first. */
+void pb_hrpc_server_route(pb_hrpc_server *s, const char *path, bool with_auth,
+                          pb_hrpc_handler_fn fn, void *ctx);
+/* Binds and starts serving. PB_ERR_IO when the address cannot be bound, PB_ERR_CONFIG
+ * for a bad address or unreadable TLS files. */
+pb_err pb_hrpc_server_start(pb_hrpc_server *s);
+/* The bound port (after start). */
+uint16_t pb_hrpc_server_port(const pb_hrpc_server *s);
+/* Stops accepting, lets in-flight requests finish, stops threads. Idempotent. */
+void pb_hrpc_server_stop(pb_hrpc_server *s);
+void pb_hrpc_server_free(pb_hrpc_server *s); /* stops first; NULL is a no-op */
+
+/* Parses "host:port", "[v6]:port" into a socket address (numeric hosts only). */
+struct sockaddr_storage;
+pb_err pb_hrpc_parse_listen(const char *listen, struct sockaddr_storage *ss, unsigned *len);
+
+#endif

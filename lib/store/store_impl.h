@@ -1,0 +1,99 @@
+/*
+ * store_impl - the contract between store.c (the public pb_store_* API) and a storage
+ * backend (store_sqlite.c, store_pg.c). Library-internal; callers of the
+ * store never include it.
+ *
+ * A backend is one const pb_store_ops table. store.c parses the spec, picks the table,
+ * validates arguments and normalises options, then calls through the table with the
+ * backend's own handle (an opaque void *). Every op may assume its arguments were checked
+ * by store.c (non-NULL, strings NUL-terminated, opts fully defaulted). All SQL lives in the
+ * backend. Write ops must honour the durability contract of store.h (return PB_OK only
+ * after commit) and should group-commit concurrent callers.
+ *
+ * Adding a store operation: declare it in store.h, add a member here, implement it in
+ * every backend, and add the thin dispatch function to store.c.
+ */
+#ifndef PB_STORE_IMPL_H
+#define PB_STORE_IMPL_H
+
+#include "store/store.h"
+
+typedef struct pb_store_ops {
+    const char *name; /* "sqlite", "postgres" */
+
+    /* location: the spec with the backend prefix removed. On PB_OK *impl is the backend's
+     * handle, owned by the caller (freed with close). */
+    pb_err (*open)(const char *location, const pb_store_opts *opts, void **impl);
+    /* Drains queued writes, stops worker threads, releases everything. */
+    void (*close)(void *impl);
+
+    pb_err (*ping)(void *impl);
+    pb_err (*schema_version)(void *impl, int *version);
+    pb_err (*integrity_check)(void *impl);
+    void (*stats_get)(void *impl, pb_store_stats *out);
+
+    pb_err (*meta_get)(void *impl, const char *key, char **val);
+    pb_err (*meta_set)(void *impl, const char *key, const char *val);
+
+    pb_err (*peer_touch)(void *impl, const char *server_id, int64_t contact_at);
+    pb_err (*peer_key_get)(void *impl, const char *server_id, uint8_t key[PB_PUBKEY_LEN]);
+    pb_err (*peer_key_set)(void *impl, const char *server_id, const uint8_t key[PB_PUBKEY_LEN],
+                           int64_t fetched_at);
+    pb_err (*peer_list)(void *impl, pb_peer_info **peers, size_t *count);
+
+    /* delivery engine state (store.h "delivery engine state"); store.c has checked the
+     * arguments: strings non-empty, evs non-NULL with n >= 1 for append, mode in range,
+     * max_items / limit >= 1. */
+    pb_err (*peer_state_get)(void *impl, const char *server_id, pb_peer_state *out);
+    pb_err (*peer_state_list)(void *impl, pb_peer_state **out, size_t *count);
+    pb_err (*peer_state_set)(void *impl, const char *server_id, pb_peer_mode mode,
+                             uint32_t attempts, int64_t next_attempt_at, const char *last_error,
+                             uint64_t parked_seq);
+    /* submission_id NULL or valid (store.h pb_store_outbox_submit); *duplicate and
+     * *last_seq are set on PB_OK (both non-NULL) */
+    pb_err (*outbox_append)(void *impl, const char *peer, const pb_event *evs, size_t n,
+                            int64_t now, const char *submission_id, uint64_t *last_seq,
+                            bool *duplicate);
+    pb_err (*outbox_read)(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
+                          size_t max_bytes, pb_outbox_item **items, size_t *n);
+    pb_err (*outbox_ack)(void *impl, const char *peer, uint64_t upto);
+    pb_err (*outbox_remove)(void *impl, const char *peer, uint64_t seq);
+    pb_err (*receive)(void *impl, const char *from, const pb_event *evs, const uint64_t *seqs,
+                      size_t n, int64_t now, pb_recv_result *res);
+    pb_err (*inbox_read)(void *impl, uint64_t after, size_t limit, pb_inbox_item **items,
+                         size_t *n);
+    pb_err (*inbox_last_seq)(void *impl, uint64_t *seq);
+    pb_err (*guilds)(void *impl, uint64_t user_id, pb_guild_entry **out, size_t *n);
+    pb_err (*invites)(void *impl, uint64_t user_id, pb_invite_entry **out, size_t *n);
+    pb_err (*peer_rename)(void *impl, const char *old_id, const char *new_id,
+                          const uint8_t new_key[PB_PUBKEY_LEN], int64_t now);
+    pb_err (*self_rename)(void *impl, const char *old_id, const char *new_id, int64_t now);
+    pb_err (*rename_out_list)(void *impl, pb_rename_out **out, size_t *n);
+    pb_err (*rename_out_done)(void *impl, const char *peer, const char *new_id);
+    pb_err (*rename_out_failed)(void *impl, const char *peer, uint32_t attempts,
+                                int64_t next_attempt_at, const char *error);
+    /* store.c has checked: strings non-empty, now_ms >= 0, ttl_ms > 0, no overflow */
+    pb_err (*lease_acquire)(void *impl, const char *peer, const char *node_id, int64_t now_ms,
+                            int64_t ttl_ms, bool *held);
+    pb_err (*lease_release)(void *impl, const char *peer, const char *node_id);
+    pb_err (*outbox_peers)(void *impl, char ***peers, size_t *n);
+
+    /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and
+     * store.c then makes them no-ops (pb_store_fault_bad_write returns PB_ERR_INTERNAL). */
+    void (*fault_set)(void *impl, pb_err err);
+    void (*fault_hold)(void *impl, bool hold);
+    size_t (*fault_queued)(void *impl);
+    pb_err (*fault_bad_write)(void *impl, const char *key);
+} pb_store_ops;
+
+/* Submission records created before this time (ms) may be pruned by an append at now. */
+static inline int64_t pb_store_submission_cutoff(int64_t now)
+{
+    return now > INT64_MIN + PB_STORE_SUBMISSION_KEEP_MS ? now - PB_STORE_SUBMISSION_KEEP_MS
+                                                         : INT64_MIN;
+}
+
+extern const pb_store_ops pb_store_sqlite_ops;
+extern const pb_store_ops pb_store_pg_ops;
+
+#endif

@@ -1,0 +1,104 @@
+/*
+ * wire - encoding and decoding of every protobuf message postbox speaks, over the C code
+ * that protoc-c generates from proto/ at build time. protobuf-c structs never leave
+ * wire.c: callers see the project's own types (pb_event, pb_token, ...).
+ *
+ * Untrusted input: every *_decode function takes bytes from the network. Each refuses
+ * input over PB_WIRE_MAX_MESSAGE (or a smaller caller limit) before protobuf-c allocates,
+ * refuses what protobuf-c refuses, and refuses semantically empty messages (an Event with
+ * no kind set). On error nothing is allocated in the out-parameters.
+ *
+ * Encoders write into a pb_buf (appending); the output is byte-for-byte what protobufjs
+ * produces for the same message (shared/vectors).
+ */
+#ifndef PB_WIRE_H
+#define PB_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+#include "postbox.h"
+
+/* No message postbox decodes may be larger than this, whatever the caller's limit. */
+#define PB_WIRE_MAX_MESSAGE (16u * 1024u * 1024u)
+
+/* Event */
+pb_err pb_wire_event_encode(const pb_event *ev, pb_buf *out);
+/* On PB_OK *ev is filled and owned by the caller (pb_event_clear). */
+pb_err pb_wire_event_decode(const uint8_t *p, size_t n, pb_event *ev);
+
+/* PushRequest { event, postbox_seq (0 = absent) } */
+pb_err pb_wire_push_encode(const pb_event *ev, uint64_t seq, pb_buf *out);
+pb_err pb_wire_push_decode(const uint8_t *p, size_t n, pb_event *ev, uint64_t *seq);
+
+/* PullRequest { postbox_next_seq (0 = absent) } */
+pb_err pb_wire_pull_req_encode(uint64_t next_seq, pb_buf *out);
+pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, uint64_t *next_seq);
+
+/*
+ * PullResponse { repeated event_queue; repeated postbox_seqs }. seqs may be NULL when
+ * encoding (foreign puller: no extension). Decoding: *evs and *seqs are arrays of *count
+ * the caller frees (each event with pb_event_clear, then free() both arrays). *seqs is
+ * NULL when the answer carried no sequence numbers; when it carries them, their count
+ * must equal the event count or the answer is refused (PB_ERR_DECODE).
+ */
+pb_err pb_wire_pull_resp_encode(const pb_event *evs, const uint64_t *seqs, size_t count,
+                                pb_buf *out);
+pb_err pb_wire_pull_resp_decode(const uint8_t *p, size_t n, pb_event **evs, uint64_t **seqs,
+                                size_t *count);
+/*
+ * Streaming form of the PullResponse encoder: a PullResponse is the concatenation of
+ * its fields, so an answer can be built one event at a time from the store.
+ * Append one event_queue entry; then, once, the packed seqs (skipped when count is 0).
+ */
+pb_err pb_wire_pull_resp_append_event(const pb_event *ev, pb_buf *out);
+void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, pb_buf *out);
+
+/* NotifyNewIdRequest { new_server_id }. *new_id is a string the caller frees. */
+pb_err pb_wire_notify_encode(const char *new_id, pb_buf *out);
+pb_err pb_wire_notify_decode(const uint8_t *p, size_t n, char **new_id);
+
+/* PushResponse { postbox_seq_ack (0 = absent: a foreign receiver) } */
+pb_err pb_wire_push_resp_encode(uint64_t seq_ack, pb_buf *out);
+pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack);
+
+/* Empty messages (NotifyNewIdResponse, KeyRequest): decoding checks that the bytes parse
+ * as a message without known fields (unknown fields are skipped, as proto3 says). */
+pb_err pb_wire_empty_decode(const uint8_t *p, size_t n);
+
+/* KeyResponse { key } ; decode refuses a key that is not exactly 32 bytes. */
+pb_err pb_wire_key_resp_encode(const uint8_t key[32], pb_buf *out);
+pb_err pb_wire_key_resp_decode(const uint8_t *p, size_t n, uint8_t key[32]);
+
+/* Token { sig, data }. Decoded sig and data are copies the caller owns (pb_token_clear).
+ * Decode accepts any sig length; checking that it is 64 bytes is the auth module's job. */
+typedef struct pb_token {
+    uint8_t *sig;
+    size_t sig_len;
+    uint8_t *data;
+    size_t data_len;
+} pb_token;
+void pb_token_clear(pb_token *t);
+pb_err pb_wire_token_encode(const uint8_t *sig, size_t sig_len, const uint8_t *data,
+                            size_t data_len, pb_buf *out);
+pb_err pb_wire_token_decode(const uint8_t *p, size_t n, pb_token *t);
+
+/* AuthData { server_id, time }. *server_id is a string the caller frees; it is returned as
+ * sent (validating it is the caller's job). */
+pb_err pb_wire_authdata_encode(const char *server_id, uint64_t time, pb_buf *out);
+pb_err pb_wire_authdata_decode(const uint8_t *p, size_t n, char **server_id, uint64_t *time);
+
+/* hrpc.v1.Error { identifier, human_message, details }. Decoded strings are the caller's
+ * to free; *details may be NULL (len 0). */
+pb_err pb_wire_error_encode(const char *identifier, const char *human_message,
+                            const uint8_t *details, size_t details_len, pb_buf *out);
+pb_err pb_wire_error_decode(const uint8_t *p, size_t n, char **identifier, char **human_message,
+                            uint8_t **details, size_t *details_len);
+
+/* hrpc.v1.RetryInfo { retry_after } (seconds) */
+pb_err pb_wire_retry_info_encode(uint32_t retry_after, pb_buf *out);
+pb_err pb_wire_retry_info_decode(const uint8_t *p, size_t n, uint32_t *retry_after);
+
+#endif
