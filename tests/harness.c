@@ -344,7 +344,11 @@ bool pbt_daemon_start(pbt_daemon *d)
     snprintf(datadir, sizeof datadir, "%s", d->dir);
     const char *argv[64];
     int n = 0;
-    argv[n++] = PB_POSTBOXD;
+    /* Fault points exist only in the test build of the daemon (never in postboxd). */
+    const char *prog = (getenv("PB_FAULTS") || getenv("PB_FAULT_VFS_DIR")) ? PB_POSTBOXD_FAULTS
+                                                                           : PB_POSTBOXD;
+    if (d->prog) prog = d->prog;
+    argv[n++] = prog;
     argv[n++] = "--data-dir";
     argv[n++] = datadir;
     argv[n++] = "--listen";
@@ -367,7 +371,7 @@ bool pbt_daemon_start(pbt_daemon *d)
             dup2(fd, 2);
             dup2(fd, 1);
         }
-        execv(PB_POSTBOXD, (char *const *)argv);
+        execv(prog, (char *const *)argv);
         _exit(127);
     }
     d->pid = pid;

@@ -94,6 +94,7 @@ typedef struct pbt_daemon {
     char *args[32]; /* extra settings, owned */
     int nargs;
     char *pg_db; /* PBT_STORE=postgres: its database (owned; dropped by pbt_daemon_free) */
+    const char *prog; /* program to run instead of the default choice (may be NULL) */
 } pbt_daemon;
 
 /* Creates a daemon description with a fresh data directory and free ports; extra is a
@@ -101,7 +102,8 @@ typedef struct pbt_daemon {
  * With PBT_STORE=postgres it also creates the daemon's database (exits the test with a
  * message when that fails, e.g. PB_TEST_PG_URL unset). */
 pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
-/* Starts (or restarts) the process and waits until its admin /healthz answers 200
+/* Starts (or restarts) the process (postboxd, or postboxd-faults when PB_FAULTS or
+ * PB_FAULT_VFS_DIR is set in the environment) and waits until its admin /healthz answers 200
  * (bounded: 20 s). Returns false, with the log printed, when it did not come up. */
 bool pbt_daemon_start(pbt_daemon *d);
 /* SIGTERM and wait (bounded: 20 s, then SIGKILL); returns the exit status or -1. */

@@ -247,6 +247,17 @@ static void test_internal_fault(void)
     expect(&h, 500, "hrpc.internal-server-error", "internal fault");
     pbt_http_clear(&h);
     pbt_daemon_free(d);
+
+    /* The shipped daemon has no fault points: the same variable changes nothing. */
+    setenv("PB_FAULTS", "hrpc.internal", 1);
+    d = pbt_daemon_new("nofault", NULL);
+    d->prog = PB_POSTBOXD;
+    CHECK(pbt_daemon_start(d));
+    unsetenv("PB_FAULTS");
+    post(d, KEY, NULL, NULL, 0, &h);
+    CHECKF(h.status == 200, "postboxd (not the test build) answered %ld", h.status);
+    pbt_http_clear(&h);
+    pbt_daemon_free(d);
 }
 
 /* Every auth failure of section 3 against Push, in order; then a good token. */
