@@ -584,7 +584,7 @@ static size_t choose_pad(void)
         pb_event ev = {
             .kind = PB_EV_USER_INVITED, .user_id = 500, .inviter_id = 8, .invite_id = id};
         pb_buf b = PB_BUF_INIT;
-        pb_wire_push_encode(&ev, 5000, &b);
+        pb_wire_push_encode(&ev, &(uint64_t){5000}, 1, 0, &b);
         len = b.len;
         pb_buf_free(&b);
         if ((int)len >= O.push_bytes) break;

@@ -212,7 +212,7 @@ static void request_bytes(const struct request *r, pb_buf *out)
     }
     if (r->sign_as) {
         char *tok = pb_auth_header_make(env.peer_keys, r->sign_as[0] ? r->sign_as : FUZZ_PEER_ID,
-                                        (uint64_t)time(NULL));
+                                        NULL, (uint64_t)time(NULL));
         if (tok) {
             s = pb_xasprintf("Authorization: %s\r\n", tok);
             pb_buf_append_str(out, s);
@@ -392,13 +392,14 @@ static void check_answer(const struct request *r, const pb_buf *ans)
             free(msg);
             free(det);
         } else if (strcmp(r->path, PATH_PUSH) == 0) {
-            uint64_t ack = 0;
-            FUZZ_ASSERT(pb_wire_push_resp_decode(body, body_len, &ack) == PB_OK);
+            uint64_t ack = 0, epoch = 0;
+            FUZZ_ASSERT(pb_wire_push_resp_decode(body, body_len, &ack, &epoch) == PB_OK);
         } else if (strcmp(r->path, PATH_PULL) == 0) {
             pb_event *evs = NULL;
             uint64_t *seqs = NULL;
             size_t n = 0;
-            FUZZ_ASSERT(pb_wire_pull_resp_decode(body, body_len, &evs, &seqs, &n) == PB_OK);
+            uint64_t epoch = 0;
+            FUZZ_ASSERT(pb_wire_pull_resp_decode(body, body_len, &evs, &seqs, &n, &epoch) == PB_OK);
             for (size_t i = 0; i < n; i++)
                 pb_event_clear(&evs[i]);
             free(evs);
@@ -418,7 +419,7 @@ static void wait_startup_pull(void)
 {
     pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 1};
     pb_buf body = PB_BUF_INIT;
-    pb_wire_push_encode(&ev, 0, &body);
+    pb_wire_push_encode(&ev, NULL, 1, 0, &body);
     struct request r = {.method = pb_xstrdup("POST"),
                         .path = pb_xstrdup(PATH_PUSH),
                         .headers = {pb_xstrdup("Content-Type: application/hrpc")},

@@ -17,20 +17,21 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     bool empty_ok = pb_wire_empty_decode(data, size) == PB_OK;
-    uint64_t next;
-    memset(&next, FUZZ_SENTINEL, sizeof next);
-    if (pb_wire_pull_req_decode(data, size, &next) != PB_OK) {
-        FUZZ_ASSERT(fuzz_untouched(&next, sizeof next));
+    pb_pull_req r;
+    memset(&r, FUZZ_SENTINEL, sizeof r);
+    if (pb_wire_pull_req_decode(data, size, &r) != PB_OK) {
+        FUZZ_ASSERT(fuzz_untouched(&r, sizeof r));
         return 0;
     }
     /* Whatever parses as a PullRequest parses as an empty message (unknown fields). */
     FUZZ_ASSERT(empty_ok);
     pb_buf b = PB_BUF_INIT;
-    uint64_t next2 = 1;
-    FUZZ_ASSERT(pb_wire_pull_req_encode(next, &b) == PB_OK);
-    FUZZ_ASSERT(pb_wire_pull_req_decode(b.data, b.len, &next2) == PB_OK);
-    FUZZ_ASSERT(next == next2);
-    FUZZ_ASSERT((next == 0) == (b.len == 0));
+    pb_pull_req r2 = {1, 1, 1, 1};
+    FUZZ_ASSERT(pb_wire_pull_req_encode(&r, &b) == PB_OK);
+    FUZZ_ASSERT(pb_wire_pull_req_decode(b.data, b.len, &r2) == PB_OK);
+    FUZZ_ASSERT(memcmp(&r, &r2, sizeof r) == 0);
+    FUZZ_ASSERT((r.next_seq == 0 && r.epoch == 0 && r.max_bytes == 0 && r.max_events == 0) ==
+                (b.len == 0));
     pb_buf_free(&b);
     return 0;
 }

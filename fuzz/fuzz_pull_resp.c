@@ -4,8 +4,9 @@
  *
  * Invariants checked: a refused input leaves the out-parameters untouched; an accepted
  * one has seqs NULL or one per event, re-encodes with pb_wire_pull_resp_encode to bytes
- * that decode to the same events and numbers, and the streaming encoder (one event at a
- * time, then the seqs) produces exactly the same bytes as the one-shot encoder.
+ * that decode to the same events, numbers and epoch, and the streaming encoder (one event
+ * at a time, then the seqs and epoch) produces exactly the same bytes as the one-shot
+ * encoder.
  *
  * Untrusted input: the fuzz input, as a Pull answer body.
  */
@@ -28,12 +29,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pb_event *evs;
     uint64_t *seqs;
     size_t n;
+    uint64_t epoch;
+    memset(&epoch, FUZZ_SENTINEL, sizeof epoch);
     memset(&evs, FUZZ_SENTINEL, sizeof evs);
     memset(&seqs, FUZZ_SENTINEL, sizeof seqs);
     memset(&n, FUZZ_SENTINEL, sizeof n);
-    if (pb_wire_pull_resp_decode(data, size, &evs, &seqs, &n) != PB_OK) {
+    if (pb_wire_pull_resp_decode(data, size, &evs, &seqs, &n, &epoch) != PB_OK) {
         FUZZ_ASSERT(fuzz_untouched(&evs, sizeof evs) && fuzz_untouched(&seqs, sizeof seqs) &&
-                    fuzz_untouched(&n, sizeof n));
+                    fuzz_untouched(&n, sizeof n) && fuzz_untouched(&epoch, sizeof epoch));
         return 0;
     }
     FUZZ_ASSERT((n == 0) == (evs == NULL));
@@ -42,18 +45,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(evs[i].kind != PB_EV_NONE);
 
     pb_buf one = PB_BUF_INIT, stream = PB_BUF_INIT;
-    FUZZ_ASSERT(pb_wire_pull_resp_encode(evs, seqs, n, &one) == PB_OK);
+    FUZZ_ASSERT(pb_wire_pull_resp_encode(evs, seqs, n, epoch, &one) == PB_OK);
     for (size_t i = 0; i < n; i++)
         FUZZ_ASSERT(pb_wire_pull_resp_append_event(&evs[i], &stream) == PB_OK);
-    if (seqs) pb_wire_pull_resp_append_seqs(seqs, n, &stream);
+    pb_wire_pull_resp_append_seqs(seqs, seqs ? n : 0, epoch, &stream);
     FUZZ_ASSERT(one.len == stream.len &&
                 (one.len == 0 || memcmp(one.data, stream.data, one.len) == 0));
 
     pb_event *evs2 = NULL;
     uint64_t *seqs2 = NULL;
     size_t n2 = 0;
-    FUZZ_ASSERT(pb_wire_pull_resp_decode(one.data, one.len, &evs2, &seqs2, &n2) == PB_OK);
-    FUZZ_ASSERT(n2 == n && (seqs2 == NULL) == (seqs == NULL));
+    uint64_t epoch2 = 0;
+    FUZZ_ASSERT(pb_wire_pull_resp_decode(one.data, one.len, &evs2, &seqs2, &n2, &epoch2) == PB_OK);
+    FUZZ_ASSERT(n2 == n && (seqs2 == NULL) == (seqs == NULL) && epoch2 == epoch);
     for (size_t i = 0; i < n; i++) {
         FUZZ_ASSERT(pb_event_equal(&evs[i], &evs2[i]));
         if (seqs) FUZZ_ASSERT(seqs[i] == seqs2[i]);

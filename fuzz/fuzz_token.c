@@ -97,14 +97,14 @@ static void check_authdata(const uint8_t *p, size_t n)
     uint64_t t, t2 = 0;
     memset(&id, FUZZ_SENTINEL, sizeof id);
     memset(&t, FUZZ_SENTINEL, sizeof t);
-    if (pb_wire_authdata_decode(p, n, &id, &t) != PB_OK) {
+    if (pb_wire_authdata_decode(p, n, &id, &t, NULL) != PB_OK) {
         FUZZ_ASSERT(fuzz_untouched(&id, sizeof id) && fuzz_untouched(&t, sizeof t));
         return;
     }
     pb_buf b = PB_BUF_INIT;
     char *id2 = NULL;
-    FUZZ_ASSERT(pb_wire_authdata_encode(id, t, &b) == PB_OK);
-    FUZZ_ASSERT(pb_wire_authdata_decode(b.data, b.len, &id2, &t2) == PB_OK);
+    FUZZ_ASSERT(pb_wire_authdata_encode(id, t, NULL, &b) == PB_OK);
+    FUZZ_ASSERT(pb_wire_authdata_decode(b.data, b.len, &id2, &t2, NULL) == PB_OK);
     FUZZ_ASSERT(strcmp(id, id2) == 0 && t == t2);
     free(id);
     free(id2);

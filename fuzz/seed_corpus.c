@@ -143,40 +143,44 @@ static void wire_seeds(void)
         put_hex("push", label, path);
         free(label);
         free(path);
-        pb_wire_push_encode(&evs[i], UINT64_C(1) << (7 * i), &b);
+        uint64_t one_seq = UINT64_C(1) << (7 * i);
+        pb_wire_push_encode(&evs[i], &one_seq, 1, 0x5eed + i, &b);
         label = pb_xasprintf("push-seq-%s", EVENT_NAMES[i]);
         put_buf("push", label, &b);
         free(label);
     }
+    /* a batched Push of every event, numbered 1..n, epoch set */
+    pb_wire_push_encode(evs, seqs, NEVENTS, 0x5eed, &b);
+    put_buf("push", "push-batch-all", &b);
     put_hex("push", "invalid-truncated-varint", "invalid.push_request_truncated_varint_hex");
     put_hex("push", "invalid-wrong-wire-type", "invalid.push_request_wrong_wire_type_hex");
     put_hex("push", "invalid-length-overrun", "invalid.push_request_length_overrun_hex");
     put_hex("push", "invalid-empty-oneof", "invalid.event_empty_oneof_hex");
 
     put_hex("pull_req", "foreign-empty", "messages.pull_request_hex");
-    pb_wire_pull_req_encode(1, &b);
+    pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1}, &b);
     put_buf("pull_req", "next-1", &b);
-    pb_wire_pull_req_encode(UINT64_MAX, &b);
-    put_buf("pull_req", "next-max", &b);
+    pb_wire_pull_req_encode(&(pb_pull_req){UINT64_MAX, 0x5eed, 1u << 20, 1000}, &b);
+    put_buf("pull_req", "next-max-epoch-limits", &b);
 
     put("push_resp", "foreign-empty", "", 0);
-    pb_wire_push_resp_encode(1, &b);
+    pb_wire_push_resp_encode(1, 0, &b);
     put_buf("push_resp", "ack-1", &b);
-    pb_wire_push_resp_encode(UINT64_MAX, &b);
+    pb_wire_push_resp_encode(UINT64_MAX, 0, &b);
     put_buf("push_resp", "ack-max", &b);
 
     put_hex("pull_resp", "empty", "messages.pull_response_empty_hex");
     put_hex("pull_resp", "three", "messages.pull_response_three.hex");
-    pb_wire_pull_resp_encode(evs, seqs, NEVENTS, &b);
+    pb_wire_pull_resp_encode(evs, seqs, NEVENTS, 0x5eed, &b);
     put_buf("pull_resp", "all-with-seqs", &b);
-    pb_wire_pull_resp_encode(evs, seqs, 1, &b);
+    pb_wire_pull_resp_encode(evs, seqs, 1, 0, &b);
     put_buf("pull_resp", "one-with-seq", &b);
 
     put_hex("notify", "vector", "messages.notify_new_id_request.hex");
     static const char *ids[] = {"[::1]:443", "127.0.0.1:2289", "UPPER.Example.ORG:1",
                                 "xn--bcher-kva.example:65535"};
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
-        pb_wire_notify_encode(ids[i], &b);
+        pb_wire_notify_encode(ids[i], NULL, 0, &b);
         char *label = pb_xasprintf("id-%zu", i);
         put_buf("notify", label, &b);
         free(label);
@@ -334,7 +338,8 @@ static void hrpc_seeds(void)
     for (size_t i = 0; i < NEVENTS; i++) {
         pb_event ev;
         event_at(EVENT_NAMES[i], &ev);
-        pb_wire_push_encode(&ev, i + 1, &body);
+        uint64_t one_seq = i + 1;
+        pb_wire_push_encode(&ev, &one_seq, 1, 0x5eed, &body);
         pb_event_clear(&ev);
         char *head =
             pb_xasprintf("POST /protocol.sync.v1.PostboxService/Push\n%sX-Fuzz-Sign:\n", ct);
@@ -360,19 +365,19 @@ static void hrpc_seeds(void)
         }
         pb_buf_reset(&body);
     }
-    pb_wire_pull_req_encode(1, &body);
+    pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1, .epoch = 0x5eed}, &body);
     char *head = pb_xasprintf("POST /protocol.sync.v1.PostboxService/Pull\n%sX-Fuzz-Sign:\n", ct);
     put_hrpc("pull-signed-next-1", head, body.data, body.len);
     put_hrpc("pull-signed-foreign", head, "", 0);
     free(head);
     pb_buf_reset(&body);
-    pb_wire_pull_req_encode(3, &body);
+    pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 3, .epoch = 0x5eed}, &body);
     head = pb_xasprintf("POST /protocol.sync.v1.PostboxService/Pull\n%sX-Fuzz-Sign:\n", ct);
     put_hrpc("pull-signed-ack-2", head, body.data, body.len);
     free(head);
     pb_buf_reset(&body);
 
-    pb_wire_notify_encode("gamma.example.com:443", &body);
+    pb_wire_notify_encode("gamma.example.com:443", NULL, 0, &body);
     head = pb_xasprintf("POST /protocol.sync.v1.PostboxService/NotifyNewId\n%sX-Fuzz-Sign:\n", ct);
     put_hrpc("notify-signed", head, body.data, body.len);
     free(head);

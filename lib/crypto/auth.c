@@ -40,6 +40,7 @@ int pb_auth_verdict_status(pb_auth_verdict v)
     case PB_AUTH_BAD_TOKEN:
     case PB_AUTH_BAD_SIG_LEN:
     case PB_AUTH_BAD_DATA:
+    case PB_AUTH_BAD_AUDIENCE:
     case PB_AUTH_BAD_TIME:
     case PB_AUTH_BAD_SIGNATURE:
         return 401;
@@ -61,6 +62,8 @@ const char *pb_auth_verdict_identifier(pb_auth_verdict v)
         return "h.bad-token-signature";
     case PB_AUTH_BAD_DATA:
         return "h.bad-token-data";
+    case PB_AUTH_BAD_AUDIENCE:
+        return "h.bad-token-audience";
     case PB_AUTH_BAD_TIME:
         return "h.bad-time";
     case PB_AUTH_NOT_ALLOWED:
@@ -84,6 +87,8 @@ const char *pb_auth_verdict_message(pb_auth_verdict v)
         return "the token signature is not 64 bytes";
     case PB_AUTH_BAD_DATA:
         return "the token data does not decode or names an invalid server ID";
+    case PB_AUTH_BAD_AUDIENCE:
+        return "the token is bound to another server (audience)";
     case PB_AUTH_BAD_TIME:
         return "the token time is outside the accepted window";
     case PB_AUTH_NOT_ALLOWED:
@@ -96,21 +101,31 @@ const char *pb_auth_verdict_message(pb_auth_verdict v)
     return "authentication failed";
 }
 
-char *pb_auth_header_make(const pb_keys *k, const char *server_id, uint64_t now)
+pb_err pb_auth_token_make(const pb_keys *k, const char *server_id, const char *audience,
+                          uint64_t now, pb_buf *out)
 {
-    if (!k || !server_id) return NULL;
-    pb_buf data = PB_BUF_INIT, token = PB_BUF_INIT;
-    char *out = NULL;
+    if (!k || !server_id) return PB_ERR_INVAL;
+    pb_buf data = PB_BUF_INIT;
     uint8_t sig[PB_SIG_LEN];
-
-    if (pb_wire_authdata_encode(server_id, now, &data) != PB_OK) goto out;
+    pb_err err = pb_wire_authdata_encode(server_id, now, audience, &data);
+    if (err != PB_OK) goto out;
     pb_keys_sign(k, data.data, data.len, sig);
-    if (pb_wire_token_encode(sig, sizeof sig, data.data, data.len, &token) != PB_OK) goto out;
+    err = pb_wire_token_encode(sig, sizeof sig, data.data, data.len, out);
+out:
+    pb_buf_free(&data);
+    return err;
+}
+
+char *pb_auth_header_make(const pb_keys *k, const char *server_id, const char *audience,
+                          uint64_t now)
+{
+    pb_buf token = PB_BUF_INIT;
+    char *out = NULL;
+    if (pb_auth_token_make(k, server_id, audience, now, &token) != PB_OK) goto out;
     size_t cap = sodium_base64_ENCODED_LEN(token.len, sodium_base64_VARIANT_ORIGINAL);
     out = pb_xmalloc(cap);
     sodium_bin2base64(out, cap, token.data, token.len, sodium_base64_VARIANT_ORIGINAL);
 out:
-    pb_buf_free(&data);
     pb_buf_free(&token);
     return out;
 }
@@ -238,17 +253,21 @@ static void cache_put(pb_auth_cache *c, const char *server_id, const uint8_t *to
 
 /* ---- signer-side header cache --------------------------------------------------------------- */
 
-#define SIGNER_SLOTS 4
+/* One slot per hash of (server_id, audience): a sender talking to N peers in one second
+ * signs N tokens; a collision only costs a signature. */
+#define SIGNER_SLOTS 1024
+
+struct signer_slot {
+    char server_id[PB_SERVER_ID_MAX];
+    char audience[PB_SERVER_ID_MAX];
+    uint64_t sec;
+    char *header;
+};
 
 struct pb_auth_signer {
     const pb_keys *keys;
     pthread_mutex_t mu;
-    struct {
-        char server_id[PB_SERVER_ID_MAX];
-        uint64_t sec;
-        char *header;
-    } slots[SIGNER_SLOTS];
-    unsigned next;
+    struct signer_slot slots[SIGNER_SLOTS];
 };
 
 pb_auth_signer *pb_auth_signer_new(const pb_keys *k)
@@ -268,87 +287,152 @@ void pb_auth_signer_free(pb_auth_signer *s)
     free(s);
 }
 
-char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, uint64_t now)
+static uint64_t fnv1a(uint64_t h, const char *p)
 {
+    for (; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return h;
+}
+
+char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, const char *audience,
+                            uint64_t now)
+{
+    const char *aud = audience ? audience : "";
+    size_t i = (size_t)(fnv1a(fnv1a(1469598103934665603ull, server_id), aud) % SIGNER_SLOTS);
     char *out = NULL;
     pthread_mutex_lock(&s->mu);
-    for (unsigned i = 0; i < SIGNER_SLOTS; i++) {
-        if (s->slots[i].header && s->slots[i].sec == now &&
-            strcmp(s->slots[i].server_id, server_id) == 0) {
-            out = pb_xstrdup(s->slots[i].header);
-            break;
-        }
-    }
+    struct signer_slot *sl = &s->slots[i];
+    if (sl->header && sl->sec == now && strcmp(sl->server_id, server_id) == 0 &&
+        strcmp(sl->audience, aud) == 0)
+        out = pb_xstrdup(sl->header);
     pthread_mutex_unlock(&s->mu);
     if (out) return out;
-    char *h = pb_auth_header_make(s->keys, server_id, now);
+    char *h = pb_auth_header_make(s->keys, server_id, audience, now);
     if (!h) return NULL;
     pthread_mutex_lock(&s->mu);
-    unsigned i = s->next++ % SIGNER_SLOTS;
-    free(s->slots[i].header);
-    snprintf(s->slots[i].server_id, sizeof s->slots[i].server_id, "%s", server_id);
-    s->slots[i].sec = now;
-    s->slots[i].header = pb_xstrdup(h);
+    free(sl->header);
+    snprintf(sl->server_id, sizeof sl->server_id, "%s", server_id);
+    snprintf(sl->audience, sizeof sl->audience, "%s", aud);
+    sl->sec = now;
+    sl->header = pb_xstrdup(h);
     pthread_mutex_unlock(&s->mu);
     return h;
+}
+
+/* ---- the checks ------------------------------------------------------------------------------ */
+
+void pb_auth_claims_clear(pb_auth_claims *c)
+{
+    if (!c) return;
+    free(c->raw);
+    pb_token_clear(&c->tok);
+    memset(c, 0, sizeof *c);
+}
+
+static uint64_t window_of(const pb_auth_policy *pol)
+{
+    return (pol && pol->window_s > 0) ? (uint64_t)pol->window_s
+                                      : (uint64_t)PB_AUTH_DEFAULT_WINDOW_S;
+}
+
+static bool within_window(uint64_t now, uint64_t t, const pb_auth_policy *pol)
+{
+    uint64_t skew = now >= t ? now - t : t - now; /* no overflow either way */
+    return skew <= window_of(pol);
+}
+
+/* Decodes the AuthData of tok into c (server_id, audience normalised). BAD_DATA when it
+ * does not decode or names an invalid server ID; BAD_AUDIENCE for an audience that is
+ * not one of ours (an invalid one included). */
+static pb_auth_verdict decode_claims(const pb_token *tok, const pb_auth_policy *pol,
+                                     pb_auth_claims *c)
+{
+    char *claimed = NULL, *aud = NULL;
+    uint64_t t = 0;
+    pb_auth_verdict v = PB_AUTH_BAD_DATA;
+    if (pb_wire_authdata_decode(tok->data, tok->data_len, &claimed, &t, &aud) != PB_OK) goto out;
+    if (pb_serverid_normalize(claimed, c->server_id) != PB_OK) goto out;
+    c->time = t;
+    v = PB_AUTH_BAD_AUDIENCE;
+    if (aud) {
+        if (pb_serverid_normalize(aud, c->audience) != PB_OK) goto out;
+        if (!pol || !pol->is_self || !pol->is_self(pol->self_ctx, c->audience)) goto out;
+        c->bound = true;
+    }
+    v = PB_AUTH_OK;
+out:
+    free(claimed);
+    free(aud);
+    return v;
+}
+
+pb_auth_verdict pb_auth_precheck(const char *header, uint64_t now, const pb_auth_policy *pol,
+                                 pb_auth_claims *c)
+{
+    memset(c, 0, sizeof *c);
+    if (!header || pb_auth_header_decode(header, &c->raw, &c->rawlen) != PB_OK)
+        return PB_AUTH_BAD_AUTH;
+    if (pb_wire_token_decode(c->raw, c->rawlen, &c->tok) != PB_OK) return PB_AUTH_BAD_TOKEN;
+    if (c->tok.sig_len != PB_SIG_LEN) return PB_AUTH_BAD_SIG_LEN;
+    pb_auth_verdict v = decode_claims(&c->tok, pol, c);
+    if (v != PB_AUTH_OK) return v;
+    if (!within_window(now, c->time, pol)) return PB_AUTH_BAD_TIME;
+    if (pol && list_has(pol->deny, pol->ndeny, c->server_id)) return PB_AUTH_NOT_ALLOWED;
+    if (pol && pol->nallow > 0 && !list_has(pol->allow, pol->nallow, c->server_id))
+        return PB_AUTH_NOT_ALLOWED;
+    return PB_AUTH_OK;
+}
+
+bool pb_auth_claims_verify(const pb_auth_policy *pol, const pb_auth_claims *c,
+                           const uint8_t key[PB_PUBKEY_LEN])
+{
+    if (!c->raw || c->tok.sig_len != PB_SIG_LEN) return false;
+    if (pol && pol->cache && cache_hit(pol->cache, c->server_id, c->raw, c->rawlen, key))
+        return true;
+    if (!pb_keys_verify(key, c->tok.data, c->tok.data_len, c->tok.sig)) return false;
+    if (pol && pol->cache) cache_put(pol->cache, c->server_id, c->raw, c->rawlen, key);
+    return true;
 }
 
 void pb_auth_check(const char *header, uint64_t now, const pb_auth_policy *pol,
                    pb_auth_key_fn key_fn, void *key_ctx, pb_auth_result *res)
 {
-    uint8_t *raw = NULL;
-    size_t rawlen = 0;
-    pb_token tok = {0};
-    char *claimed = NULL;
-    uint64_t t = 0;
+    pb_auth_claims c;
     uint8_t key[PB_PUBKEY_LEN];
     bool fresh = false;
-
     memset(res, 0, sizeof *res);
-    res->verdict = PB_AUTH_BAD_AUTH;
-    if (!header || pb_auth_header_decode(header, &raw, &rawlen) != PB_OK) goto out;
-
-    res->verdict = PB_AUTH_BAD_TOKEN;
-    if (pb_wire_token_decode(raw, rawlen, &tok) != PB_OK) goto out;
-
-    res->verdict = PB_AUTH_BAD_SIG_LEN;
-    if (tok.sig_len != PB_SIG_LEN) goto out;
-
-    res->verdict = PB_AUTH_BAD_DATA;
-    if (pb_wire_authdata_decode(tok.data, tok.data_len, &claimed, &t) != PB_OK) goto out;
-    if (pb_serverid_normalize(claimed, res->server_id) != PB_OK) goto out;
-    res->time = t;
-
-    res->verdict = PB_AUTH_BAD_TIME;
-    uint64_t window =
-        (pol && pol->window_s > 0) ? (uint64_t)pol->window_s : (uint64_t)PB_AUTH_DEFAULT_WINDOW_S;
-    uint64_t skew = now >= t ? now - t : t - now; /* no overflow either way */
-    if (skew > window) goto out;
-
-    res->verdict = PB_AUTH_NOT_ALLOWED;
-    if (pol && list_has(pol->deny, pol->ndeny, res->server_id)) goto out;
-    if (pol && pol->nallow > 0 && !list_has(pol->allow, pol->nallow, res->server_id)) goto out;
-
+    res->verdict = pb_auth_precheck(header, now, pol, &c);
+    snprintf(res->server_id, sizeof res->server_id, "%s", c.server_id);
+    res->time = c.time;
+    res->bound = c.bound;
+    if (res->verdict != PB_AUTH_OK) goto out;
     res->verdict = PB_AUTH_KEY_UNAVAILABLE;
-    if (!key_fn || key_fn(key_ctx, res->server_id, false, key, &fresh) != PB_OK) goto out;
-
+    if (!key_fn || key_fn(key_ctx, c.server_id, false, key, &fresh) != PB_OK) goto out;
     res->verdict = PB_AUTH_BAD_SIGNATURE;
-    if (pol && pol->cache && cache_hit(pol->cache, res->server_id, raw, rawlen, key)) {
-        res->verdict = PB_AUTH_OK;
-        goto out;
-    }
-    if (!pb_keys_verify(key, tok.data, tok.data_len, tok.sig)) {
+    if (!pb_auth_claims_verify(pol, &c, key)) {
         /* The peer may have rotated its key: fetch it once more, unless we just did. */
         bool refreshed = false;
-        if (fresh || key_fn(key_ctx, res->server_id, true, key, &refreshed) != PB_OK) goto out;
-        if (!pb_keys_verify(key, tok.data, tok.data_len, tok.sig)) goto out;
+        if (fresh || key_fn(key_ctx, c.server_id, true, key, &refreshed) != PB_OK) goto out;
+        if (!pb_auth_claims_verify(pol, &c, key)) goto out;
     }
-    if (pol && pol->cache) cache_put(pol->cache, res->server_id, raw, rawlen, key);
     res->verdict = PB_AUTH_OK;
 out:
-    free(raw);
-    free(claimed);
-    pb_token_clear(&tok);
+    pb_auth_claims_clear(&c);
+}
+
+bool pb_auth_proof_check(const uint8_t *token, size_t len, const char *new_id,
+                         const uint8_t key[PB_PUBKEY_LEN], uint64_t now, const pb_auth_policy *pol)
+{
+    pb_auth_claims c = {0};
+    bool ok = false;
+    if (!token || !new_id || pb_wire_token_decode(token, len, &c.tok) != PB_OK) goto out;
+    if (c.tok.sig_len != PB_SIG_LEN) goto out;
+    if (decode_claims(&c.tok, pol, &c) != PB_AUTH_OK || !c.bound) goto out;
+    if (strcmp(c.server_id, new_id) != 0 || !within_window(now, c.time, pol)) goto out;
+    ok = pb_keys_verify(key, c.tok.data, c.tok.data_len, c.tok.sig);
+out:
+    pb_auth_claims_clear(&c);
+    return ok;
 }
 
 bool pb_auth_token_verify(const uint8_t *token, size_t len, const uint8_t key[PB_PUBKEY_LEN])

@@ -250,6 +250,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         PB_ERROR(NULL, "cannot load delivery state: %s", pb_strerror(err));
         goto fail;
     }
+    d->policy.is_self = pb_delivery_is_self;
+    d->policy.self_ctx = d->delivery;
     pb_hrpc_auth auth = {.policy = &d->policy,
                          .key_fn = pb_peerkeys_get,
                          .key_ctx = d->peerkeys,

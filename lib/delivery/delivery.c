@@ -174,7 +174,7 @@ static void persist_state(pb_delivery *d, const char *peer, pb_peer_mode mode, u
 static pb_err call_peer(pb_delivery *d, const char *peer, const char *as_id, const char *path,
                         const pb_buf *body, pb_client_answer *ans)
 {
-    char *authz = pb_auth_header_cached(d->signer, as_id, (uint64_t)time(NULL));
+    char *authz = pb_auth_header_cached(d->signer, as_id, peer, (uint64_t)time(NULL));
     pb_err err = pb_client_call(d->o.client, peer, path, authz, body->data, body->len, ans);
     free(authz);
     return err;
@@ -209,7 +209,7 @@ static enum push_result push_one(pb_delivery *d, struct peer *p, const char *pee
     *lazy = false;
     pb_buf body = PB_BUF_INIT;
     enum push_result res = PUSH_EXHAUSTED;
-    if (pb_wire_push_encode(&it->ev, it->seq, &body) != PB_OK) {
+    if (pb_wire_push_encode(&it->ev, &it->seq, 1, 0, &body) != PB_OK) {
         snprintf(errtxt, errlen, "event %llu cannot be encoded", (unsigned long long)it->seq);
         res = PUSH_PARK;
         goto out;
@@ -236,8 +236,8 @@ static enum push_result push_one(pb_delivery *d, struct peer *p, const char *pee
         pb_client_answer ans;
         pb_err err = call_peer(d, peer, as, PATH_PUSH, &body, &ans);
         if (err == PB_OK) {
-            uint64_t seq_ack = 0;
-            if (pb_wire_push_resp_decode(ans.body, ans.body_len, &seq_ack) == PB_OK)
+            uint64_t seq_ack = 0, ack_epoch = 0;
+            if (pb_wire_push_resp_decode(ans.body, ans.body_len, &seq_ack, &ack_epoch) == PB_OK)
                 *lazy = seq_ack >= it->seq;
             pb_client_answer_clear(&ans);
             res = PUSH_OK;
@@ -487,7 +487,7 @@ static void task_pull(pb_delivery *d, struct peer *p)
             pb_peer_state_clear(&st);
         }
         pb_buf req = PB_BUF_INIT;
-        pb_wire_pull_req_encode(recv_seq + 1, &req);
+        pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = recv_seq + 1}, &req);
         pb_client_answer ans;
         pb_err err = call_peer(d, peer, as, PATH_PULL, &req, &ans);
         pb_buf_free(&req);
@@ -501,7 +501,8 @@ static void task_pull(pb_delivery *d, struct peer *p)
         pb_event *evs = NULL;
         uint64_t *seqs = NULL;
         size_t n = 0;
-        err = pb_wire_pull_resp_decode(ans.body, ans.body_len, &evs, &seqs, &n);
+        uint64_t epoch = 0;
+        err = pb_wire_pull_resp_decode(ans.body, ans.body_len, &evs, &seqs, &n, &epoch);
         pb_client_answer_clear(&ans);
         if (err != PB_OK) {
             PB_WARN(peer, "pull answer does not decode: %s", pb_strerror(err));
@@ -541,7 +542,7 @@ static void task_rename(pb_delivery *d, struct peer *p)
     pthread_mutex_unlock(&d->mu);
 
     pb_buf body = PB_BUF_INIT;
-    pb_wire_notify_encode(nid, &body);
+    pb_wire_notify_encode(nid, NULL, 0, &body);
     pb_client_answer ans;
     pb_err err = call_peer(d, peer, old, PATH_NOTIFY, &body, &ans);
     pb_buf_free(&body);
@@ -867,7 +868,14 @@ void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
     pb_delivery *d = ctx;
     pb_event ev = {0};
     uint64_t seq = 0;
-    pb_err err = pb_wire_push_decode(req->body, req->body_len, &ev, &seq);
+    pb_push_req pr = {0};
+    pb_err err = pb_wire_push_decode(req->body, req->body_len, 1, &pr);
+    if (err == PB_OK) {
+        ev = pr.evs[0];
+        memset(&pr.evs[0], 0, sizeof ev);
+        seq = pr.seqs ? pr.seqs[0] : 0;
+        pb_push_req_clear(&pr);
+    }
     if (err != PB_OK) {
         pb_hrpc_reply_error(rep, 400, ID_BAD, "body is not a valid PushRequest: %s",
                             pb_strerror(err));
@@ -911,7 +919,7 @@ void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
     if (rr.duplicates)
         PB_DEBUG(req->peer, "duplicate push of %llu acknowledged", (unsigned long long)seq);
     /* A sender of this project learns that we hold its events up to seq. */
-    pb_wire_push_resp_encode(seq, &rep->body);
+    pb_wire_push_resp_encode(seq, 0, &rep->body);
 out:
     pb_event_clear(&ev);
 }
@@ -944,8 +952,9 @@ static void foreign_pull_done(void *ctx, bool sent_ok)
 void pb_delivery_on_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
 {
     pb_delivery *d = ctx;
-    uint64_t next_seq = 0;
-    pb_err err = pb_wire_pull_req_decode(req->body, req->body_len, &next_seq);
+    pb_pull_req preq = {0};
+    pb_err err = pb_wire_pull_req_decode(req->body, req->body_len, &preq);
+    uint64_t next_seq = preq.next_seq;
     if (err != PB_OK) {
         pb_hrpc_reply_error(rep, 400, ID_BAD, "body is not a valid PullRequest");
         return;
@@ -1001,7 +1010,7 @@ void pb_delivery_on_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
         pb_wire_pull_resp_append_event(&items[i].ev, &rep->body);
         if (seqs) seqs[i] = items[i].seq;
     }
-    if (seqs) pb_wire_pull_resp_append_seqs(seqs, n, &rep->body);
+    if (seqs) pb_wire_pull_resp_append_seqs(seqs, n, 0, &rep->body);
     if (claimed) {
         struct foreign_pull *fp = pb_xcalloc(1, sizeof *fp);
         fp->d = d;
@@ -1043,7 +1052,9 @@ void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply 
     pb_auth_result ar;
     /* The token names the old ID and must verify with the key we hold for it. */
     pb_auth_check(req->authorization, (uint64_t)time(NULL), d->o.policy, stored_key_only, d, &ar);
-    if (pb_wire_notify_decode(req->body, req->body_len, &raw) != PB_OK ||
+    uint8_t *proof = NULL;
+    size_t proof_len = 0;
+    if (pb_wire_notify_decode(req->body, req->body_len, &raw, &proof, &proof_len) != PB_OK ||
         pb_serverid_normalize(raw, new_id) != PB_OK) {
         if (ar.verdict == PB_AUTH_OK || ar.verdict == PB_AUTH_KEY_UNAVAILABLE) {
             pb_hrpc_reply_error(rep, 400, ID_BAD, "new_server_id is not a valid server ID");
@@ -1111,6 +1122,7 @@ void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply 
     pthread_mutex_unlock(&d->mu);
     PB_INFO(ar.server_id, "peer renamed itself to %s: everything re-labelled", new_id);
 out:
+    free(proof);
     free(raw);
 }
 
@@ -1272,6 +1284,17 @@ pb_err pb_delivery_rename(pb_delivery *d, const char *new_id, int wait_ms,
     *reports = out;
     *nreports = n;
     return PB_OK;
+}
+
+bool pb_delivery_is_self(void *ctx, const char *id)
+{
+    pb_delivery *d = ctx;
+    pthread_mutex_lock(&d->mu);
+    bool self = strcmp(id, d->self) == 0;
+    for (size_t i = 0; !self && i < d->npeers; i++)
+        self = d->peers[i]->rename_pending && strcmp(d->peers[i]->rename_old, id) == 0;
+    pthread_mutex_unlock(&d->mu);
+    return self;
 }
 
 bool pb_delivery_rename_pending(pb_delivery *d, const char *peer, char *err, size_t errlen)

@@ -122,6 +122,9 @@ void pb_rename_reports_free(pb_rename_report *r, size_t n);
  * Peers not told yet are retried durably with backoff. */
 pb_err pb_delivery_rename(pb_delivery *d, const char *new_id, int wait_ms,
                           pb_rename_report **reports, size_t *n);
+/* pb_auth_policy.is_self over a pb_delivery (ctx): our current ID, or a former one that a
+ * peer has not yet confirmed learning the rename of. */
+bool pb_delivery_is_self(void *ctx, const char *id);
 /* Pending rename notice towards peer: true and its last error (copied into err, may be
  * empty) when one is pending. */
 bool pb_delivery_rename_pending(pb_delivery *d, const char *peer, char *err, size_t errlen);

@@ -300,50 +300,119 @@ pb_err pb_wire_event_decode(const uint8_t *p, size_t n, pb_event *ev)
 
 /* ---- PushRequest ------------------------------------------------------------------------ */
 
-pb_err pb_wire_push_encode(const pb_event *ev, uint64_t seq, pb_buf *out)
+void pb_push_req_clear(pb_push_req *r)
 {
-    ev_pb e;
-    pb_err err = event_to_pb(ev, &e);
-    if (err) return err;
-    Protocol__Sync__V1__PushRequest m = PROTOCOL__SYNC__V1__PUSH_REQUEST__INIT;
-    m.event = &e.ev;
-    m.postbox_seq = seq;
-    pack_append(&m.base, out);
-    return PB_OK;
+    if (!r) return;
+    for (size_t i = 0; r->evs && i < r->n; i++)
+        pb_event_clear(&r->evs[i]);
+    free(r->evs);
+    free(r->seqs);
+    memset(r, 0, sizeof *r);
 }
 
-pb_err pb_wire_push_decode(const uint8_t *p, size_t n, pb_event *ev, uint64_t *seq)
+static bool seqs_increasing(const uint64_t *seqs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (seqs[i] == 0 || (i > 0 && seqs[i] <= seqs[i - 1])) return false;
+    return true;
+}
+
+pb_err pb_wire_push_encode(const pb_event *evs, const uint64_t *seqs, size_t n, uint64_t epoch,
+                           pb_buf *out)
+{
+    if (!evs || n == 0 || (!seqs && n > 1) || (seqs && !seqs_increasing(seqs, n)))
+        return PB_ERR_INVAL;
+    pb_err err = PB_OK;
+    ev_pb *es = pb_xcalloc(n, sizeof *es);
+    Protocol__Sync__V1__Event **more = n > 1 ? pb_xcalloc(n - 1, sizeof *more) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        err = event_to_pb(&evs[i], &es[i]);
+        if (err) goto out;
+        if (i > 0) more[i - 1] = &es[i].ev;
+    }
+    Protocol__Sync__V1__PushRequest m = PROTOCOL__SYNC__V1__PUSH_REQUEST__INIT;
+    m.event = &es[0].ev;
+    if (seqs) {
+        m.postbox_seq = seqs[0];
+        m.postbox_epoch = epoch;
+        m.n_postbox_more = n - 1;
+        m.postbox_more = more;
+        m.n_postbox_more_seqs = n - 1;
+        m.postbox_more_seqs = (uint64_t *)seqs + 1; /* not written by pack */
+    }
+    pack_append(&m.base, out);
+out:
+    free(more);
+    free(es);
+    return err;
+}
+
+pb_err pb_wire_push_decode(const uint8_t *p, size_t n, size_t max_events, pb_push_req *out)
 {
     ProtobufCMessage *raw = NULL;
+    pb_push_req r = {0};
     pb_err err = unpack(&protocol__sync__v1__push_request__descriptor, p, n, &raw);
     if (err) return err;
     Protocol__Sync__V1__PushRequest *m = (Protocol__Sync__V1__PushRequest *)raw;
-    pb_event e;
-    err = event_from_pb(m->event, &e); /* a missing event is refused there */
-    if (err) goto out;
-    *ev = e;
-    *seq = m->postbox_seq;
+    size_t cnt = 1 + m->n_postbox_more;
+    if (cnt > max_events) {
+        err = PB_ERR_TOO_BIG;
+        goto out;
+    }
+    if (m->n_postbox_more_seqs != m->n_postbox_more ||
+        (m->postbox_seq == 0 && m->n_postbox_more > 0)) {
+        err = PB_ERR_DECODE;
+        goto out;
+    }
+    r.evs = pb_xcalloc(cnt, sizeof *r.evs);
+    for (; r.n < cnt; r.n++) {
+        const Protocol__Sync__V1__Event *e = r.n == 0 ? m->event : m->postbox_more[r.n - 1];
+        err = event_from_pb(e, &r.evs[r.n]); /* a missing event is refused there */
+        if (err) goto out;
+    }
+    if (m->postbox_seq) {
+        r.seqs = pb_xmalloc(cnt * sizeof *r.seqs);
+        r.seqs[0] = m->postbox_seq;
+        if (cnt > 1) memcpy(r.seqs + 1, m->postbox_more_seqs, (cnt - 1) * sizeof *r.seqs);
+        if (!seqs_increasing(r.seqs, cnt)) {
+            err = PB_ERR_DECODE;
+            goto out;
+        }
+        r.epoch = m->postbox_epoch;
+    }
+    *out = r;
+    memset(&r, 0, sizeof r);
 out:
+    pb_push_req_clear(&r);
     unpacked_free(raw);
     return err;
 }
 
 /* ---- PullRequest ------------------------------------------------------------------------ */
 
-pb_err pb_wire_pull_req_encode(uint64_t next_seq, pb_buf *out)
+pb_err pb_wire_pull_req_encode(const pb_pull_req *r, pb_buf *out)
 {
     Protocol__Sync__V1__PullRequest m = PROTOCOL__SYNC__V1__PULL_REQUEST__INIT;
-    m.postbox_next_seq = next_seq;
+    if (r) {
+        m.postbox_next_seq = r->next_seq;
+        m.postbox_epoch = r->epoch;
+        m.postbox_max_bytes = r->max_bytes;
+        m.postbox_max_events = r->max_events;
+    }
     pack_append(&m.base, out);
     return PB_OK;
 }
 
-pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, uint64_t *next_seq)
+pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, pb_pull_req *out)
 {
     ProtobufCMessage *raw = NULL;
     pb_err err = unpack(&protocol__sync__v1__pull_request__descriptor, p, n, &raw);
     if (err) return err;
-    *next_seq = ((Protocol__Sync__V1__PullRequest *)raw)->postbox_next_seq;
+    const Protocol__Sync__V1__PullRequest *m = (const Protocol__Sync__V1__PullRequest *)raw;
+    out->next_seq = m->postbox_next_seq;
+    out->epoch = m->postbox_epoch;
+    out->max_bytes = m->postbox_max_bytes;
+    out->max_events = m->postbox_max_events;
     unpacked_free(raw);
     return PB_OK;
 }
@@ -351,7 +420,7 @@ pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, uint64_t *next_seq)
 /* ---- PullResponse ----------------------------------------------------------------------- */
 
 pb_err pb_wire_pull_resp_encode(const pb_event *evs, const uint64_t *seqs, size_t count,
-                                pb_buf *out)
+                                uint64_t epoch, pb_buf *out)
 {
     pb_err err = PB_OK;
     Protocol__Sync__V1__PullResponse m = PROTOCOL__SYNC__V1__PULL_RESPONSE__INIT;
@@ -368,6 +437,7 @@ pb_err pb_wire_pull_resp_encode(const pb_event *evs, const uint64_t *seqs, size_
         m.n_postbox_seqs = count;
         m.postbox_seqs = (uint64_t *)seqs; /* not written by pack */
     }
+    m.postbox_epoch = epoch;
     pack_append(&m.base, out);
 out:
     free(ptrs);
@@ -389,17 +459,19 @@ pb_err pb_wire_pull_resp_append_event(const pb_event *ev, pb_buf *out)
     return PB_OK;
 }
 
-void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, pb_buf *out)
+void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, uint64_t epoch, pb_buf *out)
 {
-    if (!seqs || count == 0) return;
     Protocol__Sync__V1__PullResponse m = PROTOCOL__SYNC__V1__PULL_RESPONSE__INIT;
-    m.n_postbox_seqs = count;
-    m.postbox_seqs = (uint64_t *)seqs; /* not written by pack */
+    if (seqs && count) {
+        m.n_postbox_seqs = count;
+        m.postbox_seqs = (uint64_t *)seqs; /* not written by pack */
+    }
+    m.postbox_epoch = epoch;
     pack_append(&m.base, out);
 }
 
 pb_err pb_wire_pull_resp_decode(const uint8_t *p, size_t n, pb_event **evs, uint64_t **seqs,
-                                size_t *count)
+                                size_t *count, uint64_t *epoch)
 {
     ProtobufCMessage *raw = NULL;
     pb_event *es = NULL;
@@ -425,6 +497,7 @@ pb_err pb_wire_pull_resp_decode(const uint8_t *p, size_t n, pb_event **evs, uint
     *evs = es;
     *seqs = ss;
     *count = cnt;
+    *epoch = m->postbox_epoch;
     es = NULL;
 out:
     if (es) {
@@ -438,26 +511,35 @@ out:
 
 /* ---- NotifyNewIdRequest, empty messages ------------------------------------------------- */
 
-pb_err pb_wire_notify_encode(const char *new_id, pb_buf *out)
+pb_err pb_wire_notify_encode(const char *new_id, const uint8_t *proof, size_t proof_len,
+                             pb_buf *out)
 {
-    if (!enc_str_ok(new_id)) return PB_ERR_INVAL;
+    if (!enc_str_ok(new_id) || (!proof && proof_len)) return PB_ERR_INVAL;
     Protocol__Sync__V1__NotifyNewIdRequest m = PROTOCOL__SYNC__V1__NOTIFY_NEW_ID_REQUEST__INIT;
     m.new_server_id = (char *)new_id; /* not written by pack */
+    m.new_id_token.data = (uint8_t *)proof;
+    m.new_id_token.len = proof_len;
     pack_append(&m.base, out);
     return PB_OK;
 }
 
-pb_err pb_wire_notify_decode(const uint8_t *p, size_t n, char **new_id)
+static uint8_t *dup_bytes(const ProtobufCBinaryData *b);
+
+pb_err pb_wire_notify_decode(const uint8_t *p, size_t n, char **new_id, uint8_t **proof,
+                             size_t *proof_len)
 {
     ProtobufCMessage *raw = NULL;
     pb_err err = unpack(&protocol__sync__v1__notify_new_id_request__descriptor, p, n, &raw);
     if (err) return err;
-    const char *s = ((Protocol__Sync__V1__NotifyNewIdRequest *)raw)->new_server_id;
-    if (!dec_str_ok(s)) {
+    const Protocol__Sync__V1__NotifyNewIdRequest *m =
+        (const Protocol__Sync__V1__NotifyNewIdRequest *)raw;
+    if (!dec_str_ok(m->new_server_id)) {
         err = PB_ERR_DECODE;
         goto out;
     }
-    *new_id = pb_xstrdup(s);
+    *new_id = pb_xstrdup(m->new_server_id);
+    *proof = dup_bytes(&m->new_id_token);
+    *proof_len = m->new_id_token.len;
 out:
     unpacked_free(raw);
     return err;
@@ -476,20 +558,22 @@ pb_err pb_wire_empty_decode(const uint8_t *p, size_t n)
 
 /* ---- PushResponse ------------------------------------------------------------------------ */
 
-pb_err pb_wire_push_resp_encode(uint64_t seq_ack, pb_buf *out)
+pb_err pb_wire_push_resp_encode(uint64_t seq_ack, uint64_t epoch, pb_buf *out)
 {
     Protocol__Sync__V1__PushResponse m = PROTOCOL__SYNC__V1__PUSH_RESPONSE__INIT;
     m.postbox_seq_ack = seq_ack;
+    m.postbox_epoch = seq_ack ? epoch : 0;
     pack_append(&m.base, out);
     return PB_OK;
 }
 
-pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack)
+pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack, uint64_t *epoch)
 {
     ProtobufCMessage *raw = NULL;
     pb_err err = unpack(&protocol__sync__v1__push_response__descriptor, p, n, &raw);
     if (err) return err;
     *seq_ack = ((Protocol__Sync__V1__PushResponse *)raw)->postbox_seq_ack;
+    *epoch = ((Protocol__Sync__V1__PushResponse *)raw)->postbox_epoch;
     unpacked_free(raw);
     return PB_OK;
 }
@@ -566,28 +650,32 @@ pb_err pb_wire_token_decode(const uint8_t *p, size_t n, pb_token *t)
     return PB_OK;
 }
 
-pb_err pb_wire_authdata_encode(const char *server_id, uint64_t time, pb_buf *out)
+pb_err pb_wire_authdata_encode(const char *server_id, uint64_t time, const char *audience,
+                               pb_buf *out)
 {
-    if (!enc_str_ok(server_id)) return PB_ERR_INVAL;
+    if (!enc_str_ok(server_id) || (audience && !enc_str_ok(audience))) return PB_ERR_INVAL;
     Protocol__Sync__V1__AuthData m = PROTOCOL__SYNC__V1__AUTH_DATA__INIT;
     m.server_id = (char *)server_id; /* not written by pack */
     m.time = time;
+    if (audience) m.audience = (char *)audience;
     pack_append(&m.base, out);
     return PB_OK;
 }
 
-pb_err pb_wire_authdata_decode(const uint8_t *p, size_t n, char **server_id, uint64_t *time)
+pb_err pb_wire_authdata_decode(const uint8_t *p, size_t n, char **server_id, uint64_t *time,
+                               char **audience)
 {
     ProtobufCMessage *raw = NULL;
     pb_err err = unpack(&protocol__sync__v1__auth_data__descriptor, p, n, &raw);
     if (err) return err;
     Protocol__Sync__V1__AuthData *m = (Protocol__Sync__V1__AuthData *)raw;
-    if (!dec_str_ok(m->server_id)) {
+    if (!dec_str_ok(m->server_id) || !dec_str_ok(m->audience)) {
         err = PB_ERR_DECODE;
         goto out;
     }
     *server_id = pb_xstrdup(m->server_id);
     *time = m->time;
+    if (audience) *audience = m->audience[0] ? pb_xstrdup(m->audience) : NULL;
 out:
     unpacked_free(raw);
     return err;

@@ -29,40 +29,71 @@ pb_err pb_wire_event_encode(const pb_event *ev, pb_buf *out);
 /* On PB_OK *ev is filled and owned by the caller (pb_event_clear). */
 pb_err pb_wire_event_decode(const uint8_t *p, size_t n, pb_event *ev);
 
-/* PushRequest { event, postbox_seq (0 = absent) } */
-pb_err pb_wire_push_encode(const pb_event *ev, uint64_t seq, pb_buf *out);
-pb_err pb_wire_push_decode(const uint8_t *p, size_t n, pb_event *ev, uint64_t *seq);
+/*
+ * PushRequest { event, postbox_seq, postbox_epoch, postbox_more, postbox_more_seqs }.
+ * Encoding: n >= 1 events; seqs NULL (a foreign sender: no extension fields, n must be 1)
+ * or n sequence numbers, each above the previous (batched Push: events 2..n travel in
+ * postbox_more). epoch 0 is not sent.
+ * Decoding: *out is filled and owned by the caller (pb_push_req_clear). seqs is NULL when
+ * the request carries no postbox_seq; then it must carry no further events. More than
+ * max_events events is PB_ERR_TOO_BIG; sequence numbers that are not strictly increasing,
+ * or a count of postbox_more_seqs unequal to postbox_more's, are PB_ERR_DECODE.
+ */
+typedef struct pb_push_req {
+    pb_event *evs;  /* n events (owned) */
+    uint64_t *seqs; /* n sequence numbers (owned), or NULL */
+    size_t n;       /* >= 1 */
+    uint64_t epoch; /* 0 when absent */
+} pb_push_req;
+void pb_push_req_clear(pb_push_req *r);
+pb_err pb_wire_push_encode(const pb_event *evs, const uint64_t *seqs, size_t n, uint64_t epoch,
+                           pb_buf *out);
+pb_err pb_wire_push_decode(const uint8_t *p, size_t n, size_t max_events, pb_push_req *out);
 
-/* PullRequest { postbox_next_seq (0 = absent) } */
-pb_err pb_wire_pull_req_encode(uint64_t next_seq, pb_buf *out);
-pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, uint64_t *next_seq);
+/* PullRequest { postbox_next_seq, postbox_epoch, postbox_max_bytes, postbox_max_events };
+ * every field 0 = absent (a foreign puller sends none). */
+typedef struct pb_pull_req {
+    uint64_t next_seq;
+    uint64_t epoch;
+    uint64_t max_bytes;
+    uint64_t max_events;
+} pb_pull_req;
+pb_err pb_wire_pull_req_encode(const pb_pull_req *r, pb_buf *out);
+pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, pb_pull_req *out);
 
 /*
- * PullResponse { repeated event_queue; repeated postbox_seqs }. seqs may be NULL when
- * encoding (foreign puller: no extension). Decoding: *evs and *seqs are arrays of *count
- * the caller frees (each event with pb_event_clear, then free() both arrays). *seqs is
- * NULL when the answer carried no sequence numbers; when it carries them, their count
- * must equal the event count or the answer is refused (PB_ERR_DECODE).
+ * PullResponse { repeated event_queue; repeated postbox_seqs; postbox_epoch }. seqs may be
+ * NULL when encoding (foreign puller: pass epoch 0 too, for no extension); epoch 0 is not
+ * sent. Decoding: *evs
+ * and *seqs are arrays of *count the caller frees (each event with pb_event_clear, then
+ * free() both arrays). *seqs is NULL when the answer carried no sequence numbers; when it
+ * carries them, their count must equal the event count or the answer is refused
+ * (PB_ERR_DECODE). *epoch is 0 when absent.
  */
 pb_err pb_wire_pull_resp_encode(const pb_event *evs, const uint64_t *seqs, size_t count,
-                                pb_buf *out);
+                                uint64_t epoch, pb_buf *out);
 pb_err pb_wire_pull_resp_decode(const uint8_t *p, size_t n, pb_event **evs, uint64_t **seqs,
-                                size_t *count);
+                                size_t *count, uint64_t *epoch);
 /*
  * Streaming form of the PullResponse encoder: a PullResponse is the concatenation of
  * its fields, so an answer can be built one event at a time from the store.
- * Append one event_queue entry; then, once, the packed seqs (skipped when count is 0).
+ * Append one event_queue entry; then, once, the packed seqs and the epoch (seqs skipped
+ * when count is 0, epoch when 0).
  */
 pb_err pb_wire_pull_resp_append_event(const pb_event *ev, pb_buf *out);
-void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, pb_buf *out);
+void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, uint64_t epoch, pb_buf *out);
 
-/* NotifyNewIdRequest { new_server_id }. *new_id is a string the caller frees. */
-pb_err pb_wire_notify_encode(const char *new_id, pb_buf *out);
-pb_err pb_wire_notify_decode(const uint8_t *p, size_t n, char **new_id);
+/* NotifyNewIdRequest { new_server_id, new_id_token }. proof (the serialized Token proving
+ * possession of the new ID, PROTOCOL.md 7.2) may be NULL / 0. Decoding: *new_id and
+ * *proof are the caller's to free; *proof is NULL (len 0) when absent. */
+pb_err pb_wire_notify_encode(const char *new_id, const uint8_t *proof, size_t proof_len,
+                             pb_buf *out);
+pb_err pb_wire_notify_decode(const uint8_t *p, size_t n, char **new_id, uint8_t **proof,
+                             size_t *proof_len);
 
-/* PushResponse { postbox_seq_ack (0 = absent: a foreign receiver) } */
-pb_err pb_wire_push_resp_encode(uint64_t seq_ack, pb_buf *out);
-pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack);
+/* PushResponse { postbox_seq_ack, postbox_epoch } (0 = absent: a foreign receiver) */
+pb_err pb_wire_push_resp_encode(uint64_t seq_ack, uint64_t epoch, pb_buf *out);
+pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack, uint64_t *epoch);
 
 /* Empty messages (NotifyNewIdResponse, KeyRequest): decoding checks that the bytes parse
  * as a message without known fields (unknown fields are skipped, as proto3 says). */
@@ -85,10 +116,13 @@ pb_err pb_wire_token_encode(const uint8_t *sig, size_t sig_len, const uint8_t *d
                             size_t data_len, pb_buf *out);
 pb_err pb_wire_token_decode(const uint8_t *p, size_t n, pb_token *t);
 
-/* AuthData { server_id, time }. *server_id is a string the caller frees; it is returned as
- * sent (validating it is the caller's job). */
-pb_err pb_wire_authdata_encode(const char *server_id, uint64_t time, pb_buf *out);
-pb_err pb_wire_authdata_decode(const uint8_t *p, size_t n, char **server_id, uint64_t *time);
+/* AuthData { server_id, time, audience }. audience NULL or "" is not sent. Decoding:
+ * *server_id is a string the caller frees, returned as sent (validating it is the caller's
+ * job); *audience likewise, or NULL when absent. */
+pb_err pb_wire_authdata_encode(const char *server_id, uint64_t time, const char *audience,
+                               pb_buf *out);
+pb_err pb_wire_authdata_decode(const uint8_t *p, size_t n, char **server_id, uint64_t *time,
+                               char **audience);
 
 /* hrpc.v1.Error { identifier, human_message, details }. Decoded strings are the caller's
  * to free; *details may be NULL (len 0). */

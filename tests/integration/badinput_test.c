@@ -473,7 +473,7 @@ static char *b64(const uint8_t *p, size_t n)
 static char *token(const pb_keys *k, const char *id, uint64_t t, size_t siglen, bool flip)
 {
     pb_buf ad = PB_BUF_INIT, tok = PB_BUF_INIT;
-    pb_wire_authdata_encode(id, t, &ad);
+    pb_wire_authdata_encode(id, t, NULL, &ad);
     uint8_t sig[64];
     pb_keys_sign(k, ad.data, ad.len, sig);
     if (flip) sig[3] ^= 0x01;
@@ -568,14 +568,14 @@ static uint8_t *row_body(const struct ctx *x, const struct row *w, size_t *len)
         break;
     case BD_PUSH: {
         pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 5, .guild_id = 4242};
-        pb_wire_push_encode(&ev, 1000000, &b);
+        pb_wire_push_encode(&ev, &(uint64_t){1000000}, 1, 0, &b);
         break;
     }
     case BD_PULL:
-        pb_wire_pull_req_encode(1, &b);
+        pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1}, &b);
         break;
     case BD_NOTIFY:
-        pb_wire_notify_encode("127.0.0.1:1", &b);
+        pb_wire_notify_encode("127.0.0.1:1", NULL, 0, &b);
         break;
     case BD_VECTOR: {
         uint8_t *p = vector_bytes(x, w->body_text, len);
@@ -655,7 +655,7 @@ static void expect_hrpc(const pbt_http *h, const struct row *w)
         pb_event *evs = NULL;
         uint64_t *seqs = NULL;
         size_t n = 1;
-        CHECKF(pb_wire_pull_resp_decode(h->body, h->body_len, &evs, &seqs, &n) == PB_OK && n == 0,
+        CHECKF(pb_wire_pull_resp_decode(h->body, h->body_len, &evs, &seqs, &n, &(uint64_t){0}) == PB_OK && n == 0,
                "%s: an empty PullResponse", w->what);
         for (size_t i = 0; i < n; i++)
             pb_event_clear(&evs[i]);

@@ -379,7 +379,7 @@ static pb_err raw_call(const pbt_daemon *d, const pb_keys *k, const char *as, co
     pb_client *cl = NULL;
     pb_client_opts co = {.plain_http = true};
     pb_client_new(&co, &cl);
-    char *t = pb_auth_header_make(k, as, (uint64_t)time(NULL));
+    char *t = pb_auth_header_make(k, as, NULL, (uint64_t)time(NULL));
     pb_err err = pb_client_call(cl, d->server_id, path, t, body->data, body->len, ans);
     free(t);
     pb_client_free(cl);
@@ -389,7 +389,7 @@ static pb_err raw_call(const pbt_daemon *d, const pb_keys *k, const char *as, co
 static size_t pull_count(const pbt_daemon *a, const pb_keys *k, const char *as, long *status)
 {
     pb_buf req = PB_BUF_INIT;
-    pb_wire_pull_req_encode(1, &req); /* next_seq 1: acknowledges nothing, deletes nothing */
+    pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1}, &req); /* next_seq 1: acknowledges nothing, deletes nothing */
     pb_client_answer ans;
     pb_err err = raw_call(a, k, as, "/protocol.sync.v1.PostboxService/Pull", &req, &ans);
     pb_buf_free(&req);
@@ -398,7 +398,7 @@ static size_t pull_count(const pbt_daemon *a, const pb_keys *k, const char *as, 
     if (err == PB_OK) {
         pb_event *evs = NULL;
         uint64_t *seqs = NULL;
-        if (pb_wire_pull_resp_decode(ans.body, ans.body_len, &evs, &seqs, &n) == PB_OK) {
+        if (pb_wire_pull_resp_decode(ans.body, ans.body_len, &evs, &seqs, &n, &(uint64_t){0}) == PB_OK) {
             for (size_t i = 0; i < n; i++)
                 pb_event_clear(&evs[i]);
             free(evs);
@@ -472,7 +472,7 @@ static void test_rename(void)
     pb_keys *ka = keys_of(a), *kx = NULL;
     pb_keys_generate(&kx);
     pb_buf body = PB_BUF_INIT;
-    pb_wire_notify_encode(c->server_id, &body); /* C serves another key */
+    pb_wire_notify_encode(c->server_id, NULL, 0, &body); /* C serves another key */
     pb_client_answer ans;
     raw_call(b, ka, a->server_id, "/protocol.sync.v1.PostboxService/NotifyNewId", &body, &ans);
     CHECKF(ans.status == 403, "rename to an ID serving another key: %ld", ans.status);

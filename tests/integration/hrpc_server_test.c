@@ -270,7 +270,7 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
     uint64_t now = (uint64_t)time(NULL);
     pb_buf push = PB_BUF_INIT;
     pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 2};
-    pb_wire_push_encode(&ev, 0, &push);
+    pb_wire_push_encode(&ev, NULL, 1, 0, &push);
 
     post(a, PUSH, NULL, push.data, push.len, &h);
     expect(&h, 401, "h.bad-auth", "no Authorization");
@@ -283,7 +283,7 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
     pbt_http_clear(&h);
 
     pb_buf ad = PB_BUF_INIT;
-    pb_wire_authdata_encode(b->server_id, now, &ad);
+    pb_wire_authdata_encode(b->server_id, now, NULL, &ad);
     char *t = raw_token(kb, ad.data, ad.len, 63);
     post(a, PUSH, t, push.data, push.len, &h);
     expect(&h, 401, "h.bad-token-signature", "63-byte signature");
@@ -291,7 +291,7 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
     free(t);
 
     pb_buf bad = PB_BUF_INIT;
-    pb_wire_authdata_encode("not a server id", now, &bad);
+    pb_wire_authdata_encode("not a server id", now, NULL, &bad);
     t = raw_token(kb, bad.data, bad.len, 64);
     post(a, PUSH, t, push.data, push.len, &h);
     expect(&h, 401, "h.bad-token-data", "invalid server_id");
@@ -300,14 +300,14 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
     pb_buf_free(&bad);
 
     for (int sign = -1; sign <= 1; sign += 2) {
-        t = pb_auth_header_make(kb, b->server_id, now + (uint64_t)(sign * 120));
+        t = pb_auth_header_make(kb, b->server_id, NULL, now + (uint64_t)(sign * 120));
         post(a, PUSH, t, push.data, push.len, &h);
         expect(&h, 401, "h.bad-time", sign < 0 ? "token from the past" : "token from the future");
         pbt_http_clear(&h);
         free(t);
     }
 
-    t = pb_auth_header_make(kb, "denied.example.org:443", now);
+    t = pb_auth_header_make(kb, "denied.example.org:443", NULL, now);
     post(a, PUSH, t, push.data, push.len, &h);
     expect(&h, 403, "h.host-not-allowed", "denied server");
     pbt_http_clear(&h);
@@ -315,7 +315,7 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
 
     char nobody[64];
     snprintf(nobody, sizeof nobody, "127.0.0.1:%u", pbt_free_port());
-    t = pb_auth_header_make(kc, nobody, now);
+    t = pb_auth_header_make(kc, nobody, NULL, now);
     post(a, PUSH, t, push.data, push.len, &h);
     expect(&h, 503, "hrpc.unavailable", "key cannot be had");
     CHECKF(retry_after_of(&h) > 0, "key-unavailable 503 carries RetryInfo");
@@ -323,7 +323,7 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
     free(t);
 
     /* a token naming B but signed by C's key */
-    t = pb_auth_header_make(kc, b->server_id, now);
+    t = pb_auth_header_make(kc, b->server_id, NULL, now);
     post(a, PUSH, t, push.data, push.len, &h);
     expect(&h, 401, "h.bad-token-signature", "token for B signed by C");
     pbt_http_clear(&h);
@@ -335,7 +335,7 @@ static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
     pb_client_opts co = {.plain_http = true};
     CHECK_OK(pb_client_new(&co, &cl));
     pb_client_answer ans;
-    t = pb_auth_header_make(kb, b->server_id, now);
+    t = pb_auth_header_make(kb, b->server_id, NULL, now);
     pb_err err = pb_client_call(cl, a->server_id, PUSH, t, push.data, push.len, &ans);
     CHECKF(ans.status != 401 && ans.status != 403 && ans.status != 503,
            "B's valid token was refused: %ld %s", ans.status, ans.identifier ? ans.identifier : "");

@@ -252,8 +252,8 @@ static void *pusher_main(void *arg)
                        .user_id = 1000000ull * (unsigned)(p->index + 1) + i,
                        .guild_id = (uint64_t)p->index + 1};
         pb_buf body = PB_BUF_INIT;
-        pb_wire_push_encode(&ev, i + 1, &body);
-        char *authz = pb_auth_header_make(p->id->keys, p->id->server_id, (uint64_t)time(NULL));
+        pb_wire_push_encode(&ev, &(uint64_t){i + 1}, 1, 0, &body);
+        char *authz = pb_auth_header_make(p->id->keys, p->id->server_id, NULL, (uint64_t)time(NULL));
         pb_client_answer ans;
         int64_t t0 = pbt_now_ms();
         pb_err err = pb_client_call(cl, p->target, PUSH, authz, body.data, body.len, &ans);

@@ -237,8 +237,8 @@ int main(void)
     for (int i = 0; i < NODES; i++) {
         if (dead[i]) continue;
         pb_buf req = PB_BUF_INIT;
-        pb_wire_pull_req_encode(1, &req);
-        char *t = pb_auth_header_make(kb, b->server_id, (uint64_t)time(NULL));
+        pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1}, &req);
+        char *t = pb_auth_header_make(kb, b->server_id, NULL, (uint64_t)time(NULL));
         pb_client_answer ans;
         pb_err err = pb_client_call(cl, n[i]->server_id, "/protocol.sync.v1.PostboxService/Pull", t,
                                     req.data, req.len, &ans);

@@ -145,7 +145,7 @@ static void expect(const pbt_http *h, long status, const char *identifier, const
 static void call(const pbt_daemon *d, const char *path, const pb_keys *k, const char *as,
                  int64_t skew, const void *body, size_t len, pbt_http *h)
 {
-    char *tok = k ? pb_auth_header_make(k, as, (uint64_t)((int64_t)time(NULL) + skew)) : NULL;
+    char *tok = k ? pb_auth_header_make(k, as, NULL, (uint64_t)((int64_t)time(NULL) + skew)) : NULL;
     char hdr[2048];
     const char *hdrs[] = {"Content-Type: application/hrpc", "Hrpc-Version: 1", NULL, NULL};
     if (tok) {
@@ -160,7 +160,7 @@ static long push_as(const pbt_daemon *d, const pb_keys *k, const char *as, const
                     uint64_t seq)
 {
     pb_buf b = PB_BUF_INIT;
-    pb_wire_push_encode(ev, seq, &b);
+    pb_wire_push_encode(ev, &(uint64_t){seq}, 1, 0, &b);
     pbt_http h;
     call(d, PUSH, k, as, 0, b.data, b.len, &h);
     long st = h.status;
@@ -403,14 +403,14 @@ static long pull(const pbt_daemon *s, const pb_keys *k, const char *as, uint64_t
                  pb_event **evs, uint64_t **seqs, size_t *n)
 {
     pb_buf body = PB_BUF_INIT;
-    if (next_seq) pb_wire_pull_req_encode(next_seq, &body);
+    if (next_seq) pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = next_seq}, &body);
     pbt_http h;
     call(s, PULL, k, as, 0, body.data, body.len, &h);
     *evs = NULL;
     *seqs = NULL;
     *n = 0;
     long st = h.status;
-    if (st == 200 && pb_wire_pull_resp_decode(h.body, h.body_len, evs, seqs, n) != PB_OK) st = -1;
+    if (st == 200 && pb_wire_pull_resp_decode(h.body, h.body_len, evs, seqs, n, &(uint64_t){0}) != PB_OK) st = -1;
     pbt_http_clear(&h);
     pb_buf_free(&body);
     return st;
@@ -611,7 +611,7 @@ static void notify(const pbt_daemon *r, const pb_keys *k, const char *as, int64_
                    const char *new_id, pbt_http *h)
 {
     pb_buf body = PB_BUF_INIT;
-    pb_wire_notify_encode(new_id, &body);
+    pb_wire_notify_encode(new_id, NULL, 0, &body);
     call(r, NOTIFY, k, as, skew, body.data, body.len, h);
     pb_buf_free(&body);
 }

@@ -186,13 +186,13 @@ static void raw_push_refused(const pbt_daemon *a, const pbt_daemon *b, const cha
     pb_keys *k = NULL;
     CHECK_OK(pb_keys_load(path, &k));
     if (!k) return;
-    char *tok = pb_auth_header_make(k, a->server_id, (uint64_t)time(NULL));
+    char *tok = pb_auth_header_make(k, a->server_id, NULL, (uint64_t)time(NULL));
     char authz[1024];
     snprintf(authz, sizeof authz, "Authorization: %s", tok);
     const char *hdrs[] = {"Content-Type: application/hrpc", "Hrpc-Version: 1", authz, NULL};
     pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 999, .guild_id = 999};
     pb_buf body = PB_BUF_INIT;
-    CHECK_OK(pb_wire_push_encode(&ev, 0, &body));
+    CHECK_OK(pb_wire_push_encode(&ev, NULL, 1, 0, &body));
     pbt_http h;
     pbt_http_do("http", b->port, "POST", "/protocol.sync.v1.PostboxService/Push", hdrs, body.data,
                 body.len, NULL, &h);

@@ -84,10 +84,10 @@ int main(void)
     snprintf(path, sizeof path, "%s/key", b->dir);
     pb_keys *kb = NULL;
     CHECK_OK(pb_keys_load(path, &kb));
-    char *t = pb_auth_header_make(kb, b->server_id, (uint64_t)time(NULL));
+    char *t = pb_auth_header_make(kb, b->server_id, NULL, (uint64_t)time(NULL));
     pb_buf push = PB_BUF_INIT;
     pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 7, .guild_id = 9};
-    pb_wire_push_encode(&ev, 0, &push);
+    pb_wire_push_encode(&ev, NULL, 1, 0, &push);
     pb_client_call(cl, a->server_id, "/protocol.sync.v1.PostboxService/Push", t, push.data,
                    push.len, &ans);
     CHECKF(ans.status != 0 && ans.status != 401 && ans.status != 403 && ans.status != 503,

@@ -163,7 +163,7 @@ static void test_vectors(void)
         json_t *tj =
             json_object_get(json_array_get(json_object_get(vec, "tokens"), (size_t)i), "time");
         uint64_t t = (uint64_t)json_integer_value(tj);
-        char *h = pb_auth_header_make(k, tok_str(i, "server_id"), t);
+        char *h = pb_auth_header_make(k, tok_str(i, "server_id"), NULL, t);
         CHECK_STR(h, tok_str(i, "authorization_base64"));
 
         /* decodes to the vector's token bytes */
@@ -322,7 +322,7 @@ static void test_bad_data(void)
 {
     const char *bad_ids[] = {"not an id", "a:0", "alpha.example.org", "", "[::1]", "a_b:1"};
     for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
-        char *h = pb_auth_header_make(key_a, bad_ids[i], t0);
+        char *h = pb_auth_header_make(key_a, bad_ids[i], NULL, t0);
         CHECK(h != NULL);
         pb_auth_result res;
         CHECKF(check_a(h, t0, NULL, &res) == PB_AUTH_BAD_DATA, "id \"%s\"", bad_ids[i]);
@@ -338,7 +338,7 @@ static void test_bad_data(void)
     free(h);
 
     /* a name in upper case is accepted and reported (and looked up) normalised */
-    h = pb_auth_header_make(key_a, "ALPHA.Example.ORG:2289", t0);
+    h = pb_auth_header_make(key_a, "ALPHA.Example.ORG:2289", NULL, t0);
     struct fake f = {.stored = pub_a};
     pb_auth_result res;
     pb_auth_check(h, t0, NULL, fake_key, &f, &res);
@@ -349,7 +349,7 @@ static void test_bad_data(void)
 
     /* a Token whose sig is empty or 65 bytes: BAD_SIG_LEN */
     pb_buf data = PB_BUF_INIT;
-    CHECK_OK(pb_wire_authdata_encode(ALPHA, t0, &data));
+    CHECK_OK(pb_wire_authdata_encode(ALPHA, t0, NULL, &data));
     uint8_t sig65[65] = {0};
     h = raw_token_header(sig65, 65, data.data, data.len);
     CHECK_VERDICT(check_a(h, t0, NULL, NULL), PB_AUTH_BAD_SIG_LEN);
@@ -362,7 +362,7 @@ static void test_bad_data(void)
 
 static void test_time(void)
 {
-    char *h = pb_auth_header_make(key_a, ALPHA, t0);
+    char *h = pb_auth_header_make(key_a, ALPHA, NULL, t0);
     pb_auth_result res;
 
     CHECK_VERDICT(check_a(h, t0 + 60, NULL, NULL), PB_AUTH_OK);
@@ -391,7 +391,7 @@ static void test_time(void)
     free(h);
 
     /* token times at the ends of uint64: no wrap-around into the window */
-    h = pb_auth_header_make(key_a, ALPHA, UINT64_MAX);
+    h = pb_auth_header_make(key_a, ALPHA, NULL, UINT64_MAX);
     CHECK_VERDICT(check_a(h, t0, NULL, NULL), PB_AUTH_BAD_TIME);
     CHECK_VERDICT(check_a(h, 10, NULL, NULL), PB_AUTH_BAD_TIME);
     CHECK_VERDICT(check_a(h, 0, NULL, NULL), PB_AUTH_BAD_TIME);
@@ -401,7 +401,7 @@ static void test_time(void)
     pol.window_s = INT64_MAX;
     CHECK_VERDICT(check_a(h, 0, &pol, NULL), PB_AUTH_BAD_TIME); /* UINT64_MAX > INT64_MAX */
     free(h);
-    h = pb_auth_header_make(key_a, ALPHA, 0);
+    h = pb_auth_header_make(key_a, ALPHA, NULL, 0);
     CHECK_VERDICT(check_a(h, t0, NULL, NULL), PB_AUTH_BAD_TIME);
     CHECK_VERDICT(check_a(h, UINT64_MAX, NULL, NULL), PB_AUTH_BAD_TIME);
     CHECK_VERDICT(check_a(h, 60, NULL, NULL), PB_AUTH_OK);
@@ -412,7 +412,7 @@ static void test_time(void)
 
 static void test_lists(void)
 {
-    char *h = pb_auth_header_make(key_a, ALPHA, t0);
+    char *h = pb_auth_header_make(key_a, ALPHA, NULL, t0);
     const char *only_beta[] = {BETA};
     const char *only_alpha[] = {"ALPHA.example.org:2289"}; /* matched normalised */
     const char *both[] = {"bad id", BETA, ALPHA};
@@ -447,7 +447,7 @@ static void test_lists(void)
 
 static void test_key_unavailable(void)
 {
-    char *h = pb_auth_header_make(key_a, ALPHA, t0);
+    char *h = pb_auth_header_make(key_a, ALPHA, NULL, t0);
     struct fake f = {.stored = NULL, .get_err = PB_ERR_TIMEOUT, .refreshed = pub_a};
     pb_auth_result res;
     pb_auth_check(h, t0, NULL, fake_key, &f, &res);
@@ -472,7 +472,7 @@ static void test_order(void)
     pb_auth_result res;
 
     /* bad time from a denied host: BAD_TIME (time is checked first) */
-    char *h = pb_auth_header_make(key_a, ALPHA, t0);
+    char *h = pb_auth_header_make(key_a, ALPHA, NULL, t0);
     struct fake f = {.stored = pub_a};
     pb_auth_check(h, t0 + 1000, &deny, fake_key, &f, &res);
     CHECK_VERDICT(res.verdict, PB_AUTH_BAD_TIME);
@@ -486,7 +486,7 @@ static void test_order(void)
     free(h);
 
     /* an invalid server_id and a bad time: BAD_DATA */
-    h = pb_auth_header_make(key_a, "bad_id:1", 1);
+    h = pb_auth_header_make(key_a, "bad_id:1", NULL, 1);
     CHECK_VERDICT(check_a(h, t0, &deny, NULL), PB_AUTH_BAD_DATA);
     free(h);
 
@@ -509,7 +509,7 @@ static void test_order(void)
 
 static void test_refresh(void)
 {
-    char *h = pb_auth_header_make(key_a, ALPHA, t0);
+    char *h = pb_auth_header_make(key_a, ALPHA, NULL, t0);
     pb_auth_result res;
 
     /* right key stored: no refresh */
@@ -549,14 +549,14 @@ static void test_refresh(void)
 
     /* replay under another server's ID: A signs a token claiming to be B. The check looks
      * up B's key for B's ID, so the valid signature by A does not verify. */
-    h = pb_auth_header_make(key_a, BETA, t0);
+    h = pb_auth_header_make(key_a, BETA, NULL, t0);
     int calls = 0;
     pb_auth_check(h, t0, NULL, directory_key, &calls, &res);
     CHECK_VERDICT(res.verdict, PB_AUTH_BAD_SIGNATURE);
     CHECK_STR(res.server_id, BETA);
     CHECK_INT(calls, 2); /* lookup + one refresh */
     free(h);
-    h = pb_auth_header_make(key_b, BETA, t0);
+    h = pb_auth_header_make(key_b, BETA, NULL, t0);
     calls = 0;
     pb_auth_check(h, t0, NULL, directory_key, &calls, &res);
     CHECK_VERDICT(res.verdict, PB_AUTH_OK);
@@ -576,6 +576,7 @@ static void test_verdict_table(void)
         {PB_AUTH_BAD_TOKEN, 401, "h.bad-token"},
         {PB_AUTH_BAD_SIG_LEN, 401, "h.bad-token-signature"},
         {PB_AUTH_BAD_DATA, 401, "h.bad-token-data"},
+        {PB_AUTH_BAD_AUDIENCE, 401, "h.bad-token-audience"},
         {PB_AUTH_BAD_TIME, 401, "h.bad-time"},
         {PB_AUTH_NOT_ALLOWED, 403, "h.host-not-allowed"},
         {PB_AUTH_KEY_UNAVAILABLE, 503, "hrpc.unavailable"},
@@ -596,7 +597,7 @@ static void test_caches(void)
     pb_auth_cache *cache = pb_auth_cache_new();
     pb_auth_policy pol = {.cache = cache};
     pb_auth_result res;
-    char *good = pb_auth_header_make(key_a, ALPHA, t0);
+    char *good = pb_auth_header_make(key_a, ALPHA, NULL, t0);
 
     /* same token twice: verified, then a cache hit */
     struct fake f = {.stored = pub_a};
@@ -616,7 +617,7 @@ static void test_caches(void)
     CHECK_INT(res.verdict, PB_AUTH_BAD_SIGNATURE);
 
     /* a token naming A but signed by B is not the cached token */
-    char *forged = pb_auth_header_make(key_b, ALPHA, t0);
+    char *forged = pb_auth_header_make(key_b, ALPHA, NULL, t0);
     struct fake h = {.stored = pub_a};
     pb_auth_check(forged, t0, &pol, fake_key, &h, &res);
     CHECK_INT(res.verdict, PB_AUTH_BAD_SIGNATURE);
@@ -626,11 +627,11 @@ static void test_caches(void)
     pb_auth_cache_free(NULL);
 
     pb_auth_signer *sg = pb_auth_signer_new(key_a);
-    char *h1 = pb_auth_header_cached(sg, ALPHA, t0);
-    char *h2 = pb_auth_header_cached(sg, ALPHA, t0);
-    char *h3 = pb_auth_header_cached(sg, ALPHA, t0 + 1);
-    char *h4 = pb_auth_header_cached(sg, BETA, t0);
-    char *direct = pb_auth_header_make(key_a, ALPHA, t0);
+    char *h1 = pb_auth_header_cached(sg, ALPHA, NULL, t0);
+    char *h2 = pb_auth_header_cached(sg, ALPHA, NULL, t0);
+    char *h3 = pb_auth_header_cached(sg, ALPHA, NULL, t0 + 1);
+    char *h4 = pb_auth_header_cached(sg, BETA, NULL, t0);
+    char *direct = pb_auth_header_make(key_a, ALPHA, NULL, t0);
     CHECK_STR(h1, h2);
     CHECK_STR(h1, direct);
     CHECK(strcmp(h1, h3) != 0);
@@ -642,6 +643,149 @@ static void test_caches(void)
     free(direct);
     pb_auth_signer_free(sg);
     pb_auth_signer_free(NULL);
+}
+
+/* PROTOCOL.md 7.1: this server is BETA (and, after a rename not yet confirmed, OLD_BETA). */
+#define OLD_BETA "old-beta.example.net:443"
+static bool beta_is_self(void *ctx, const char *id)
+{
+    int *calls = ctx;
+    if (calls) (*calls)++;
+    return strcmp(id, BETA) == 0 || strcmp(id, OLD_BETA) == 0;
+}
+
+static void test_audience(void)
+{
+    int calls = 0;
+    pb_auth_policy pol = {.is_self = beta_is_self, .self_ctx = &calls};
+    pb_auth_result res;
+
+    /* bound to us (either of our IDs, any case): accepted and marked bound */
+    const char *ours[] = {BETA, OLD_BETA, "BETA.Example.NET:443"};
+    for (size_t i = 0; i < 3; i++) {
+        char *h = pb_auth_header_make(key_a, ALPHA, ours[i], t0);
+        CHECK_VERDICT(check_a(h, t0, &pol, &res), PB_AUTH_OK);
+        CHECKF(res.bound, "audience %s marks the request bound", ours[i]);
+        free(h);
+    }
+    /* bound to another server, to an invalid ID, or with no self list: refused */
+    const char *others[] = {"gamma.example.com:443", ALPHA, "not an id", "beta.example.net:444"};
+    for (size_t i = 0; i < 4; i++) {
+        char *h = pb_auth_header_make(key_a, ALPHA, others[i], t0);
+        CHECK_VERDICT(check_a(h, t0, &pol, &res), PB_AUTH_BAD_AUDIENCE);
+        CHECK(!res.bound);
+        CHECK_STR(res.server_id, ALPHA); /* the sender is known for the log */
+        free(h);
+    }
+    char *h = pb_auth_header_make(key_a, ALPHA, BETA, t0);
+    CHECK_VERDICT(check_a(h, t0, NULL, &res), PB_AUTH_BAD_AUDIENCE);
+    free(h);
+
+    /* no audience (a foreign signer): accepted, not bound; the vector tokens are such */
+    h = pb_auth_header_make(key_a, ALPHA, NULL, t0);
+    CHECK_VERDICT(check_a(h, t0, &pol, &res), PB_AUTH_OK);
+    CHECK(!res.bound);
+    free(h);
+    h = pb_auth_header_make(key_a, ALPHA, "", t0);
+    CHECK_VERDICT(check_a(h, t0, &pol, &res), PB_AUTH_OK);
+    CHECK(!res.bound);
+    free(h);
+
+    /* the audience is checked right after AuthData decodes: before the time window and
+     * the lists, and without looking up a key */
+    const char *deny[] = {ALPHA};
+    pb_auth_policy strict = {.is_self = beta_is_self, .deny = deny, .ndeny = 1};
+    h = pb_auth_header_make(key_a, ALPHA, "gamma.example.com:443", t0);
+    struct fake f = {.stored = pub_a};
+    pb_auth_check(h, t0 + 3600, &strict, fake_key, &f, &res);
+    CHECK_VERDICT(res.verdict, PB_AUTH_BAD_AUDIENCE);
+    CHECK_INT(f.gets, 0);
+    free(h);
+
+    /* the audience is signed: changing it breaks the signature (a re-bound replay) */
+    pb_buf data = PB_BUF_INIT, tok = PB_BUF_INIT;
+    uint8_t sig[PB_SIG_LEN];
+    CHECK_OK(pb_wire_authdata_encode(ALPHA, t0, "gamma.example.com:443", &data));
+    pb_keys_sign(key_a, data.data, data.len, sig);
+    pb_buf_reset(&data);
+    CHECK_OK(pb_wire_authdata_encode(ALPHA, t0, BETA, &data));
+    h = raw_token_header(sig, sizeof sig, data.data, data.len);
+    CHECK_VERDICT(check_a(h, t0, &pol, &res), PB_AUTH_BAD_SIGNATURE);
+    free(h);
+    pb_buf_free(&data);
+    pb_buf_free(&tok);
+
+    /* the signer caches per (identity, audience, second) */
+    pb_auth_signer *sg = pb_auth_signer_new(key_a);
+    char *h1 = pb_auth_header_cached(sg, ALPHA, BETA, t0);
+    char *h2 = pb_auth_header_cached(sg, ALPHA, "gamma.example.com:443", t0);
+    char *h3 = pb_auth_header_cached(sg, ALPHA, BETA, t0);
+    char *h4 = pb_auth_header_cached(sg, ALPHA, NULL, t0);
+    CHECK(strcmp(h1, h2) != 0 && strcmp(h1, h4) != 0 && strcmp(h2, h4) != 0);
+    CHECK_STR(h1, h3);
+    CHECK_VERDICT(check_a(h1, t0, &pol, &res), PB_AUTH_OK);
+    CHECK(res.bound);
+    CHECK_VERDICT(check_a(h2, t0, &pol, &res), PB_AUTH_BAD_AUDIENCE);
+    free(h1);
+    free(h2);
+    free(h3);
+    free(h4);
+    pb_auth_signer_free(sg);
+}
+
+/* The split check used by the server: precheck, then verify with a key found elsewhere. */
+static void test_precheck_verify(void)
+{
+    pb_auth_policy pol = {.is_self = beta_is_self};
+    char *h = pb_auth_header_make(key_a, ALPHA, BETA, t0);
+    pb_auth_claims c;
+    CHECK_VERDICT(pb_auth_precheck(h, t0, &pol, &c), PB_AUTH_OK);
+    CHECK_STR(c.server_id, ALPHA);
+    CHECK_STR(c.audience, BETA);
+    CHECK(c.bound && c.time == t0);
+    CHECK(pb_auth_claims_verify(&pol, &c, pub_a));
+    CHECK(!pb_auth_claims_verify(&pol, &c, pub_b));
+    pb_auth_claims_clear(&c);
+    pb_auth_claims_clear(&c); /* idempotent */
+    CHECK_VERDICT(pb_auth_precheck(h, t0 + 3600, &pol, &c), PB_AUTH_BAD_TIME);
+    pb_auth_claims_clear(&c);
+    CHECK_VERDICT(pb_auth_precheck(NULL, t0, &pol, &c), PB_AUTH_BAD_AUTH);
+    CHECK(!pb_auth_claims_verify(&pol, &c, pub_a)); /* nothing to verify */
+    pb_auth_claims_clear(&c);
+    free(h);
+}
+
+/* PROTOCOL.md 7.2: the rename proof is a token naming NEW, bound to us, in the window,
+ * signed with the old ID's key. */
+static void test_proof(void)
+{
+    pb_auth_policy pol = {.is_self = beta_is_self, .window_s = 60};
+    const char *NEW = "alpha-new.example.org:2289";
+    pb_buf ok = PB_BUF_INIT;
+    CHECK_OK(pb_auth_token_make(key_a, NEW, BETA, t0, &ok));
+    CHECK(pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0, &pol));
+    CHECK(pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0 + 60, &pol));
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0 + 61, &pol)); /* stale */
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, NEW, pub_b, t0, &pol));      /* other key */
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, ALPHA, pub_a, t0, &pol));    /* other ID */
+    CHECK(!pb_auth_proof_check(ok.data, ok.len - 1, NEW, pub_a, t0, &pol));  /* truncated */
+    CHECK(!pb_auth_proof_check(NULL, 0, NEW, pub_a, t0, &pol));
+    pb_auth_policy nobody = {.window_s = 60};
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0, &nobody));
+
+    pb_buf other = PB_BUF_INIT;
+    CHECK_OK(pb_auth_token_make(key_a, NEW, NULL, t0, &other)); /* unbound: refused */
+    CHECK(!pb_auth_proof_check(other.data, other.len, NEW, pub_a, t0, &pol));
+    pb_buf_reset(&other);
+    CHECK_OK(pb_auth_token_make(key_a, NEW, "gamma.example.com:443", t0, &other));
+    CHECK(!pb_auth_proof_check(other.data, other.len, NEW, pub_a, t0, &pol));
+    pb_buf_reset(&other);
+    CHECK_OK(pb_auth_token_make(key_a, "NEW-Upper.example.org:2289", BETA, t0, &other));
+    CHECK(pb_auth_proof_check(other.data, other.len, "new-upper.example.org:2289", pub_a, t0,
+                              &pol)); /* compared normalised */
+    CHECK_ERR(pb_auth_token_make(NULL, NEW, BETA, t0, &other), PB_ERR_INVAL);
+    pb_buf_free(&ok);
+    pb_buf_free(&other);
 }
 
 int main(void)
@@ -672,6 +816,9 @@ int main(void)
     test_refresh();
     test_verdict_table();
     test_caches();
+    test_audience();
+    test_precheck_verify();
+    test_proof();
 
     pb_keys_free(key_a);
     pb_keys_free(key_b);

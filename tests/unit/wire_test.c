@@ -119,14 +119,20 @@ static void test_events(void)
         /* push_requests: same event, no extension */
         const char *push = vhex("push_requests", name, NULL);
         pb_buf_reset(&b);
-        CHECK_OK(pb_wire_push_encode(&ev, 0, &b));
+        CHECK_OK(pb_wire_push_encode(&ev, NULL, 1, 0, &b));
         CHECK_HEX(&b, push);
         p = pbt_hex(push, &n);
-        uint64_t seq = 99;
-        CHECK_OK(pb_wire_push_decode(p, n, &back, &seq));
-        CHECKF(pb_event_equal(&ev, &back), "push %s decodes back", name);
-        CHECK_INT(seq, 0);
-        pb_event_clear(&back);
+        pb_push_req pr = {0};
+        CHECK_OK(pb_wire_push_decode(p, n, 16, &pr));
+        CHECK_INT(pr.n, 1);
+        CHECKF(pr.n == 1 && pb_event_equal(&ev, &pr.evs[0]), "push %s decodes back", name);
+        CHECK(pr.seqs == NULL);
+        CHECK_INT(pr.epoch, 0);
+        pb_push_req_clear(&pr);
+        /* an epoch without a sequence number is not sent: same bytes */
+        pb_buf_reset(&b);
+        CHECK_OK(pb_wire_push_encode(&ev, NULL, 1, 77, &b));
+        CHECK_HEX(&b, push);
         free(p);
 
         pb_event_clear(&ev);
@@ -160,15 +166,15 @@ static void test_events(void)
     pb_event *evs = NULL;
     uint64_t *seqs = NULL;
     size_t count = 7;
-    CHECK_ERR(pb_wire_pull_resp_decode((const uint8_t *)"\x0a\x00", 2, &evs, &seqs, &count),
+    uint64_t epoch = 3;
+    CHECK_ERR(pb_wire_pull_resp_decode((const uint8_t *)"\x0a\x00", 2, &evs, &seqs, &count, &epoch),
               PB_ERR_DECODE);
-    CHECK(evs == NULL && seqs == NULL && count == 7);
+    CHECK(evs == NULL && seqs == NULL && count == 7 && epoch == 3);
     /* a PushRequest without an event is refused */
-    uint64_t seq = 5;
-    CHECK_ERR(pb_wire_push_decode((const uint8_t *)"", 0, &back, &seq), PB_ERR_DECODE);
-    CHECK_ERR(pb_wire_push_decode((const uint8_t *)"\x88\xe5\x08\x01", 4, &back, &seq),
-              PB_ERR_DECODE);
-    CHECK_INT(seq, 5);
+    pb_push_req pr = {.n = 5};
+    CHECK_ERR(pb_wire_push_decode((const uint8_t *)"", 0, 16, &pr), PB_ERR_DECODE);
+    CHECK_ERR(pb_wire_push_decode((const uint8_t *)"\x88\xe5\x08\x01", 4, 16, &pr), PB_ERR_DECODE);
+    CHECK_INT(pr.n, 5);
 }
 
 static void test_encode_refusals(void)
@@ -179,12 +185,12 @@ static void test_encode_refusals(void)
     ev.kind = PB_EV_USER_INVITED;
     CHECK_ERR(pb_wire_event_encode(&ev, &b), PB_ERR_INVAL); /* invite_id NULL */
     ev.invite_id = "\xc3\x28";
-    CHECK_ERR(pb_wire_push_encode(&ev, 1, &b), PB_ERR_INVAL); /* not UTF-8 */
+    CHECK_ERR(pb_wire_push_encode(&ev, &(uint64_t){1}, 1, 0, &b), PB_ERR_INVAL); /* not UTF-8 */
     CHECK_ERR(pb_wire_pull_resp_append_event(&ev, &b), PB_ERR_INVAL);
     pb_event two[2] = {{PB_EV_USER_ADDED_TO_GUILD, 1, 2, 0, NULL}, ev};
-    CHECK_ERR(pb_wire_pull_resp_encode(two, NULL, 2, &b), PB_ERR_INVAL);
-    CHECK_ERR(pb_wire_notify_encode("a\xff", &b), PB_ERR_INVAL);
-    CHECK_ERR(pb_wire_authdata_encode(NULL, 1, &b), PB_ERR_INVAL);
+    CHECK_ERR(pb_wire_pull_resp_encode(two, NULL, 2, 0, &b), PB_ERR_INVAL);
+    CHECK_ERR(pb_wire_notify_encode("a\xff", NULL, 0, &b), PB_ERR_INVAL);
+    CHECK_ERR(pb_wire_authdata_encode(NULL, 1, NULL, &b), PB_ERR_INVAL);
     CHECK_ERR(pb_wire_error_encode("x", "\xed\xa0\x80", NULL, 0, &b), PB_ERR_INVAL);
     CHECK_INT(b.len, 0); /* refusals write nothing */
     pb_buf_free(&b);
@@ -199,26 +205,28 @@ static void test_messages(void)
     uint8_t *p;
 
     /* PullRequest, empty */
-    CHECK_OK(pb_wire_pull_req_encode(0, &b));
+    CHECK_OK(pb_wire_pull_req_encode(&(pb_pull_req){0}, &b));
     CHECK_HEX(&b, vhex("messages", "pull_request_hex", NULL));
-    uint64_t next = 9;
+    pb_pull_req preq = {9, 9, 9, 9};
     p = pbt_hex(vhex("messages", "pull_request_hex", NULL), &n);
-    CHECK_OK(pb_wire_pull_req_decode(p, n, &next));
-    CHECK_INT(next, 0);
+    CHECK_OK(pb_wire_pull_req_decode(p, n, &preq));
+    CHECK(preq.next_seq == 0 && preq.epoch == 0 && preq.max_bytes == 0 && preq.max_events == 0);
     CHECK_OK(pb_wire_empty_decode(p, n));
     free(p);
 
     /* PullResponse, empty */
     pb_buf_reset(&b);
-    CHECK_OK(pb_wire_pull_resp_encode(NULL, NULL, 0, &b));
+    CHECK_OK(pb_wire_pull_resp_encode(NULL, NULL, 0, 0, &b));
     CHECK_HEX(&b, vhex("messages", "pull_response_empty_hex", NULL));
     pb_event *evs = (pb_event *)&b; /* garbage that must be overwritten */
     uint64_t *seqs = (uint64_t *)&b;
     size_t count = 9;
     p = pbt_hex(vhex("messages", "pull_response_empty_hex", NULL), &n);
-    CHECK_OK(pb_wire_pull_resp_decode(p, n, &evs, &seqs, &count));
+    uint64_t epoch = 5;
+    CHECK_OK(pb_wire_pull_resp_decode(p, n, &evs, &seqs, &count, &epoch));
     CHECK(evs == NULL && seqs == NULL);
     CHECK_INT(count, 0);
+    CHECK_INT(epoch, 0);
     free(p);
 
     /* PullResponse, three events in the given order */
@@ -230,10 +238,10 @@ static void test_messages(void)
     for (size_t i = 0; i < k; i++)
         event_named(json_string_value(json_array_get(order, i)), &ev3[i]);
     pb_buf_reset(&b);
-    CHECK_OK(pb_wire_pull_resp_encode(ev3, NULL, k, &b));
+    CHECK_OK(pb_wire_pull_resp_encode(ev3, NULL, k, 0, &b));
     CHECK_HEX(&b, jstr(three, "hex"));
     p = pbt_hex(jstr(three, "hex"), &n);
-    CHECK_OK(pb_wire_pull_resp_decode(p, n, &evs, &seqs, &count));
+    CHECK_OK(pb_wire_pull_resp_decode(p, n, &evs, &seqs, &count, &epoch));
     CHECK_INT(count, 3);
     CHECK(seqs == NULL);
     for (size_t i = 0; i < count && i < 3; i++) {
@@ -248,12 +256,15 @@ static void test_messages(void)
     /* NotifyNewIdRequest */
     json_t *nn = json_object_get(json_object_get(V, "messages"), "notify_new_id_request");
     pb_buf_reset(&b);
-    CHECK_OK(pb_wire_notify_encode(jstr(nn, "new_server_id"), &b));
+    CHECK_OK(pb_wire_notify_encode(jstr(nn, "new_server_id"), NULL, 0, &b));
     CHECK_HEX(&b, jstr(nn, "hex"));
     char *id = NULL;
+    uint8_t *proof = (uint8_t *)&b;
+    size_t proof_len = 9;
     p = pbt_hex(jstr(nn, "hex"), &n);
-    CHECK_OK(pb_wire_notify_decode(p, n, &id));
+    CHECK_OK(pb_wire_notify_decode(p, n, &id, &proof, &proof_len));
     CHECK_STR(id, jstr(nn, "new_server_id"));
+    CHECK(proof == NULL && proof_len == 0);
     free(id);
     free(p);
 
@@ -311,8 +322,9 @@ static void test_tokens(void)
     json_array_foreach(json_object_get(V, "tokens"), i, t)
     {
         pb_buf ad = PB_BUF_INIT, tok = PB_BUF_INIT;
-        CHECK_OK(pb_wire_authdata_encode(
-            jstr(t, "server_id"), (uint64_t)json_integer_value(json_object_get(t, "time")), &ad));
+        CHECK_OK(pb_wire_authdata_encode(jstr(t, "server_id"),
+                                         (uint64_t)json_integer_value(json_object_get(t, "time")),
+                                         NULL, &ad));
         CHECK_HEX(&ad, jstr(t, "auth_data_hex"));
         size_t sn, tn;
         uint8_t *sig = pbt_hex(jstr(t, "sig_hex"), &sn);
@@ -326,7 +338,7 @@ static void test_tokens(void)
         CHECK_MEM(tk.data, tk.data_len, ad.data, ad.len);
         char *sid = NULL;
         uint64_t tm = 0;
-        CHECK_OK(pb_wire_authdata_decode(tk.data, tk.data_len, &sid, &tm));
+        CHECK_OK(pb_wire_authdata_decode(tk.data, tk.data_len, &sid, &tm, NULL));
         CHECK_STR(sid, jstr(t, "server_id"));
         CHECK_INT(tm, json_integer_value(json_object_get(t, "time")));
         free(sid);
@@ -356,11 +368,10 @@ static void test_invalid(void)
             continue;
         size_t n;
         uint8_t *p = pbt_hex(json_string_value(h), &n);
-        pb_event ev = {PB_EV_USER_ADDED_TO_GUILD, 3, 4, 0, NULL};
-        uint64_t seq = 77;
-        pb_err err = pb_wire_push_decode(p, n, &ev, &seq);
+        pb_push_req pr = {.n = 77};
+        pb_err err = pb_wire_push_decode(p, n, 16, &pr);
         CHECKF(err == PB_ERR_DECODE, "%s refused: got %s", name, pb_strerror(err));
-        CHECK(ev.kind == PB_EV_USER_ADDED_TO_GUILD && ev.user_id == 3 && seq == 77);
+        CHECK(pr.n == 77 && pr.evs == NULL);
         free(p);
         pushes++;
     }
@@ -398,6 +409,7 @@ static void test_extensions(void)
     pb_buf b = PB_BUF_INIT;
     pb_event ev, back;
     size_t n;
+    (void)back;
     event_named("user_invited", &ev);
     const char *plain = vhex("push_requests", "user_invited", NULL);
     uint8_t *plainb = pbt_hex(plain, &n);
@@ -405,27 +417,32 @@ static void test_extensions(void)
     const uint64_t seqs_to_try[] = {1, 300, UINT64_MAX};
     for (size_t i = 0; i < 3; i++) {
         pb_buf_reset(&b);
-        CHECK_OK(pb_wire_push_encode(&ev, seqs_to_try[i], &b));
-        /* the foreign message followed by the extension field */
+        CHECK_OK(pb_wire_push_encode(&ev, &seqs_to_try[i], 1, seqs_to_try[2 - i], &b));
+        /* the foreign message followed by the extension fields */
         CHECK(b.len > n && memcmp(b.data, plainb, n) == 0);
-        uint64_t seq = 0;
-        CHECK_OK(pb_wire_push_decode(b.data, b.len, &back, &seq));
-        CHECK(pb_event_equal(&ev, &back));
-        CHECK(seq == seqs_to_try[i]);
-        pb_event_clear(&back);
+        pb_push_req pr = {0};
+        CHECK_OK(pb_wire_push_decode(b.data, b.len, 1, &pr));
+        CHECK(pr.n == 1 && pb_event_equal(&ev, &pr.evs[0]));
+        CHECK(pr.seqs && pr.seqs[0] == seqs_to_try[i]);
+        CHECK(pr.epoch == seqs_to_try[2 - i]);
+        pb_push_req_clear(&pr);
     }
-    /* field 18001 varint = key 88 e5 08 */
+    /* field 18001 varint = key 88 e5 08; 18002 = 90 e5 08 */
     pb_buf_reset(&b);
-    CHECK_OK(pb_wire_push_encode(&ev, 1, &b));
+    CHECK_OK(pb_wire_push_encode(&ev, &(uint64_t){1}, 1, 0, &b));
     CHECK(b.len == n + 4 && memcmp(b.data + n, "\x88\xe5\x08\x01", 4) == 0);
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_push_encode(&ev, &(uint64_t){1}, 1, 2, &b));
+    CHECK(b.len == n + 8 && memcmp(b.data + n, "\x88\xe5\x08\x01\x90\xe5\x08\x02", 8) == 0);
 
     for (size_t i = 0; i < 3; i++) {
         pb_buf_reset(&b);
-        CHECK_OK(pb_wire_pull_req_encode(seqs_to_try[i], &b));
+        pb_pull_req want = {seqs_to_try[i], seqs_to_try[2 - i], 1u << 20, 1000};
+        CHECK_OK(pb_wire_pull_req_encode(&want, &b));
         CHECK(b.len > 0);
-        uint64_t next = 0;
-        CHECK_OK(pb_wire_pull_req_decode(b.data, b.len, &next));
-        CHECK(next == seqs_to_try[i]);
+        pb_pull_req got = {0};
+        CHECK_OK(pb_wire_pull_req_decode(b.data, b.len, &got));
+        CHECK(memcmp(&got, &want, sizeof got) == 0);
     }
     free(plainb);
     pb_event_clear(&ev);
@@ -440,19 +457,21 @@ static void test_extensions(void)
     uint8_t *threeb = pbt_hex(jstr(three, "hex"), &n);
 
     pb_buf one = PB_BUF_INIT, st = PB_BUF_INIT;
-    CHECK_OK(pb_wire_pull_resp_encode(evs, seqs, 3, &one));
+    CHECK_OK(pb_wire_pull_resp_encode(evs, seqs, 3, 0, &one));
     CHECK(one.len > n && memcmp(one.data, threeb, n) == 0);
     for (size_t i = 0; i < 3; i++)
         CHECK_OK(pb_wire_pull_resp_append_event(&evs[i], &st));
     CHECK_MEM(st.data, st.len, threeb, n); /* events alone == the vector */
-    pb_wire_pull_resp_append_seqs(seqs, 3, &st);
+    pb_wire_pull_resp_append_seqs(seqs, 3, 0, &st);
     CHECK_MEM(st.data, st.len, one.data, one.len);
 
     pb_event *devs = NULL;
     uint64_t *dseqs = NULL;
     size_t count = 0;
-    CHECK_OK(pb_wire_pull_resp_decode(one.data, one.len, &devs, &dseqs, &count));
+    uint64_t epoch = 0;
+    CHECK_OK(pb_wire_pull_resp_decode(one.data, one.len, &devs, &dseqs, &count, &epoch));
     CHECK_INT(count, 3);
+    CHECK_INT(epoch, 0);
     CHECK(dseqs != NULL);
     for (size_t i = 0; i < count && i < 3; i++) {
         CHECK(pb_event_equal(&devs[i], &evs[i]));
@@ -465,10 +484,10 @@ static void test_extensions(void)
     /* no seqs: streaming without append_seqs (or with count 0) == one-shot == vector */
     pb_buf_reset(&one);
     pb_buf_reset(&st);
-    CHECK_OK(pb_wire_pull_resp_encode(evs, NULL, 3, &one));
+    CHECK_OK(pb_wire_pull_resp_encode(evs, NULL, 3, 0, &one));
     for (size_t i = 0; i < 3; i++)
         CHECK_OK(pb_wire_pull_resp_append_event(&evs[i], &st));
-    pb_wire_pull_resp_append_seqs(seqs, 0, &st);
+    pb_wire_pull_resp_append_seqs(seqs, 0, 0, &st);
     CHECK_MEM(st.data, st.len, one.data, one.len);
     CHECK_MEM(one.data, one.len, threeb, n);
 
@@ -476,13 +495,15 @@ static void test_extensions(void)
     pb_buf_reset(&st);
     for (size_t i = 0; i < 3; i++)
         CHECK_OK(pb_wire_pull_resp_append_event(&evs[i], &st));
-    pb_wire_pull_resp_append_seqs(seqs, 2, &st);
+    pb_wire_pull_resp_append_seqs(seqs, 2, 0, &st);
     devs = (pb_event *)&st;
-    CHECK_ERR(pb_wire_pull_resp_decode(st.data, st.len, &devs, &dseqs, &count), PB_ERR_DECODE);
+    CHECK_ERR(pb_wire_pull_resp_decode(st.data, st.len, &devs, &dseqs, &count, &epoch),
+              PB_ERR_DECODE);
     CHECK(devs == (pb_event *)&st);
     pb_buf_reset(&st);
-    pb_wire_pull_resp_append_seqs(seqs, 1, &st); /* seqs, no events */
-    CHECK_ERR(pb_wire_pull_resp_decode(st.data, st.len, &devs, &dseqs, &count), PB_ERR_DECODE);
+    pb_wire_pull_resp_append_seqs(seqs, 1, 0, &st); /* seqs, no events */
+    CHECK_ERR(pb_wire_pull_resp_decode(st.data, st.len, &devs, &dseqs, &count, &epoch),
+              PB_ERR_DECODE);
 
     for (size_t i = 0; i < 3; i++)
         pb_event_clear(&evs[i]);
@@ -549,14 +570,16 @@ static void test_too_big(void)
     uint8_t key[32], *d;
     pb_token t;
     CHECK_ERR(pb_wire_event_decode(p, big, &ev), PB_ERR_TOO_BIG);
-    CHECK_ERR(pb_wire_push_decode(p, big, &ev, &u64), PB_ERR_TOO_BIG);
-    CHECK_ERR(pb_wire_pull_req_decode(p, big, &u64), PB_ERR_TOO_BIG);
-    CHECK_ERR(pb_wire_pull_resp_decode(p, big, &evs, &seqs, &count), PB_ERR_TOO_BIG);
-    CHECK_ERR(pb_wire_notify_decode(p, big, &s1), PB_ERR_TOO_BIG);
+    pb_push_req pr;
+    pb_pull_req preq;
+    CHECK_ERR(pb_wire_push_decode(p, big, 16, &pr), PB_ERR_TOO_BIG);
+    CHECK_ERR(pb_wire_pull_req_decode(p, big, &preq), PB_ERR_TOO_BIG);
+    CHECK_ERR(pb_wire_pull_resp_decode(p, big, &evs, &seqs, &count, &u64), PB_ERR_TOO_BIG);
+    CHECK_ERR(pb_wire_notify_decode(p, big, &s1, &d, &dl), PB_ERR_TOO_BIG);
     CHECK_ERR(pb_wire_empty_decode(p, big), PB_ERR_TOO_BIG);
     CHECK_ERR(pb_wire_key_resp_decode(p, big, key), PB_ERR_TOO_BIG);
     CHECK_ERR(pb_wire_token_decode(p, big, &t), PB_ERR_TOO_BIG);
-    CHECK_ERR(pb_wire_authdata_decode(p, big, &s1, &u64), PB_ERR_TOO_BIG);
+    CHECK_ERR(pb_wire_authdata_decode(p, big, &s1, &u64, NULL), PB_ERR_TOO_BIG);
     CHECK_ERR(pb_wire_error_decode(p, big, &s1, &s2, &d, &dl), PB_ERR_TOO_BIG);
     CHECK_ERR(pb_wire_retry_info_decode(p, big, &u32), PB_ERR_TOO_BIG);
     free(p);
@@ -595,8 +618,8 @@ static int string_accepted(const char *s, size_t n)
     uint8_t *d = NULL;
     size_t dl;
     uint64_t tm;
-    if (pb_wire_notify_decode(msg, n + 2, &a) == PB_OK) ok++, free(a);
-    if (pb_wire_authdata_decode(msg, n + 2, &a, &tm) == PB_OK) ok++, free(a);
+    if (pb_wire_notify_decode(msg, n + 2, &a, &d, &dl) == PB_OK) ok++, free(a), free(d);
+    if (pb_wire_authdata_decode(msg, n + 2, &a, &tm, NULL) == PB_OK) ok++, free(a);
     if (pb_wire_error_decode(msg, n + 2, &a, &b, &d, &dl) == PB_OK) ok++, free(a), free(b);
     /* Event { user_invited (3) { invite_id (3) = s } } */
     ev[0] = 0x1a;
@@ -666,19 +689,24 @@ static int decode_all(const uint8_t *p, size_t n)
         }                                                                                          \
     } while (0)
     RUN(pb_wire_event_decode(p, n, &ev), pb_event_clear(&ev));
-    RUN(pb_wire_push_decode(p, n, &ev, &u64), pb_event_clear(&ev));
-    RUN(pb_wire_pull_req_decode(p, n, &u64), (void)0);
-    RUN(pb_wire_pull_resp_decode(p, n, &evs, &seqs, &count), {
+    pb_push_req pr;
+    pb_pull_req preq;
+    RUN(pb_wire_push_decode(p, n, 1000, &pr), pb_push_req_clear(&pr));
+    RUN(pb_wire_pull_req_decode(p, n, &preq), (void)0);
+    RUN(pb_wire_pull_resp_decode(p, n, &evs, &seqs, &count, &u64), {
         for (size_t i = 0; i < count; i++)
             pb_event_clear(&evs[i]);
         free(evs);
         free(seqs);
     });
-    RUN(pb_wire_notify_decode(p, n, &s1), free(s1));
+    RUN(pb_wire_notify_decode(p, n, &s1, &d, &dl), {
+        free(s1);
+        free(d);
+    });
     RUN(pb_wire_empty_decode(p, n), (void)0);
     RUN(pb_wire_key_resp_decode(p, n, key), (void)0);
     RUN(pb_wire_token_decode(p, n, &t), pb_token_clear(&t));
-    RUN(pb_wire_authdata_decode(p, n, &s1, &u64), free(s1));
+    RUN(pb_wire_authdata_decode(p, n, &s1, &u64, NULL), free(s1));
     RUN(pb_wire_error_decode(p, n, &s1, &s2, &d, &dl), {
         free(s1);
         free(s2);
@@ -734,37 +762,181 @@ static void test_truncation(void)
     size_t n;
     uint8_t *p = pbt_hex(jstr(json_object_get(m, "pull_response_three"), "hex"), &n);
     pb_event *evs;
-    uint64_t *seqs;
+    uint64_t *seqs, u64;
     size_t count;
-    CHECK_ERR(pb_wire_pull_resp_decode(p, n - 1, &evs, &seqs, &count), PB_ERR_DECODE);
-    CHECK_ERR(pb_wire_pull_resp_decode(p, 17, &evs, &seqs, &count), PB_ERR_DECODE);
-    CHECK_OK(pb_wire_pull_resp_decode(p, 18, &evs, &seqs, &count)); /* first event whole */
+    CHECK_ERR(pb_wire_pull_resp_decode(p, n - 1, &evs, &seqs, &count, &u64), PB_ERR_DECODE);
+    CHECK_ERR(pb_wire_pull_resp_decode(p, 17, &evs, &seqs, &count, &u64), PB_ERR_DECODE);
+    CHECK_OK(pb_wire_pull_resp_decode(p, 18, &evs, &seqs, &count, &u64)); /* first event whole */
     CHECK_INT(count, 1);
     pb_event_clear(&evs[0]);
     free(evs);
     free(p);
 }
 
-/* PushResponse: empty (foreign receiver) or with the sequence acknowledgement. */
+/* PushResponse: empty (foreign receiver) or with the sequence acknowledgement and epoch. */
 static void test_push_response(void)
 {
     pb_buf b = PB_BUF_INIT;
-    uint64_t ack = 7;
-    CHECK_OK(pb_wire_push_resp_encode(0, &b));
+    uint64_t ack = 7, epoch = 7;
+    CHECK_OK(pb_wire_push_resp_encode(0, 0, &b));
     CHECK_INT(b.len, 0); /* a foreign sender sees exactly the empty PushResponse */
-    CHECK_OK(pb_wire_push_resp_decode(b.data, b.len, &ack));
+    CHECK_OK(pb_wire_push_resp_encode(0, 99, &b));
+    CHECK_INT(b.len, 0); /* an epoch travels only with an acknowledgement */
+    CHECK_OK(pb_wire_push_resp_decode(b.data, b.len, &ack, &epoch));
     CHECK_INT(ack, 0);
+    CHECK_INT(epoch, 0);
     const uint64_t vals[] = {1, 4242, UINT64_MAX};
     for (size_t i = 0; i < 3; i++) {
         pb_buf_reset(&b);
-        CHECK_OK(pb_wire_push_resp_encode(vals[i], &b));
+        CHECK_OK(pb_wire_push_resp_encode(vals[i], vals[2 - i], &b));
         CHECK(b.len >= 4 && memcmp(b.data, "\x88\xe5\x08", 3) == 0);
-        CHECK_OK(pb_wire_push_resp_decode(b.data, b.len, &ack));
-        CHECK(ack == vals[i]);
+        CHECK_OK(pb_wire_push_resp_decode(b.data, b.len, &ack, &epoch));
+        CHECK(ack == vals[i] && epoch == vals[2 - i]);
         /* it is still an empty message for a decoder that does not know the field */
         CHECK_OK(pb_wire_empty_decode(b.data, b.len));
     }
-    CHECK_ERR(pb_wire_push_resp_decode((const uint8_t *)"\x88\xe5", 2, &ack), PB_ERR_DECODE);
+    CHECK_ERR(pb_wire_push_resp_decode((const uint8_t *)"\x88\xe5", 2, &ack, &epoch),
+              PB_ERR_DECODE);
+    pb_buf_free(&b);
+}
+
+/* Batched Push between postboxes: several events with increasing sequence numbers. */
+static void test_push_batch(void)
+{
+    pb_event evs[4];
+    const char *names[4] = {"user_invited", "user_added_to_guild", "user_rejected_invite",
+                            "user_removed_from_guild"};
+    for (int i = 0; i < 4; i++)
+        event_named(names[i], &evs[i]);
+    uint64_t seqs[4] = {5, 6, 9, UINT64_MAX};
+    pb_buf b = PB_BUF_INIT;
+    CHECK_OK(pb_wire_push_encode(evs, seqs, 4, 0xfeed, &b));
+    /* a foreign decoder sees the first event as a plain PushRequest */
+    size_t n;
+    uint8_t *plain = pbt_hex(vhex("push_requests", names[0], NULL), &n);
+    CHECK(b.len > n && memcmp(b.data, plain, n) == 0);
+    free(plain);
+    pb_push_req r = {0};
+    CHECK_OK(pb_wire_push_decode(b.data, b.len, 4, &r));
+    CHECK_INT(r.n, 4);
+    CHECK(r.epoch == 0xfeed && r.seqs != NULL);
+    for (size_t i = 0; i < r.n && i < 4; i++) {
+        CHECKF(pb_event_equal(&r.evs[i], &evs[i]), "batch event %zu", i);
+        CHECK(r.seqs && r.seqs[i] == seqs[i]);
+    }
+    pb_push_req_clear(&r);
+    pb_push_req_clear(&r);
+    pb_push_req_clear(NULL);
+    /* more events than the receiver takes: refused, nothing allocated */
+    r.n = 42;
+    CHECK_ERR(pb_wire_push_decode(b.data, b.len, 3, &r), PB_ERR_TOO_BIG);
+    CHECK(r.n == 42 && r.evs == NULL);
+
+    /* encoder refusals: batches need sequence numbers, strictly increasing, non-zero */
+    pb_buf_reset(&b);
+    CHECK_ERR(pb_wire_push_encode(evs, NULL, 2, 0, &b), PB_ERR_INVAL);
+    uint64_t flat[2] = {3, 3}, down[2] = {4, 3}, zero[1] = {0};
+    CHECK_ERR(pb_wire_push_encode(evs, flat, 2, 0, &b), PB_ERR_INVAL);
+    CHECK_ERR(pb_wire_push_encode(evs, down, 2, 0, &b), PB_ERR_INVAL);
+    CHECK_ERR(pb_wire_push_encode(evs, zero, 1, 0, &b), PB_ERR_INVAL);
+    CHECK_ERR(pb_wire_push_encode(evs, seqs, 0, 0, &b), PB_ERR_INVAL);
+    CHECK_INT(b.len, 0);
+
+    /* decoder refusals, built field by field: event 1, seq 18001, more 18003, seqs 18004 */
+    pb_buf ev2 = PB_BUF_INIT;
+    CHECK_OK(pb_wire_event_encode(&evs[1], &ev2));
+    uint8_t first[64];
+    size_t fl = n; /* the plain PushRequest of evs[0] */
+    plain = pbt_hex(vhex("push_requests", names[0], NULL), &n);
+    memcpy(first, plain, fl);
+    free(plain);
+    struct {
+        const char *what;
+        const uint8_t *ext;
+        size_t extlen;
+        bool with_more;
+    } cases[] = {
+        /* more events without postbox_seq (a foreign-looking batch) */
+        {"more without seq", (const uint8_t *)"\xa0\xe5\x08\x07", 4, true},
+        /* postbox_seq 5 and one more event whose seq is 5 (not increasing) */
+        {"seq not increasing", (const uint8_t *)"\x88\xe5\x08\x05\xa2\xe5\x08\x01\x05", 9, true},
+        /* postbox_seq 5, one more event, no more_seqs */
+        {"more_seqs missing", (const uint8_t *)"\x88\xe5\x08\x05", 4, true},
+        /* postbox_seq 5, two more_seqs for no more event */
+        {"more_seqs without events", (const uint8_t *)"\x88\xe5\x08\x05\xa2\xe5\x08\x02\x06\x07",
+         10, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        pb_buf m = PB_BUF_INIT;
+        pb_buf_append(&m, first, fl);
+        pb_buf_append(&m, cases[i].ext, cases[i].extlen);
+        if (cases[i].with_more) {
+            uint8_t hdr[4] = {0x9a, 0xe5, 0x08, (uint8_t)ev2.len}; /* 18003, length-delimited */
+            pb_buf_append(&m, hdr, 4);
+            pb_buf_append(&m, ev2.data, ev2.len);
+        }
+        pb_push_req bad = {.n = 9};
+        CHECKF(pb_wire_push_decode(m.data, m.len, 16, &bad) == PB_ERR_DECODE, "%s refused",
+               cases[i].what);
+        CHECK(bad.n == 9 && bad.evs == NULL);
+        pb_buf_free(&m);
+    }
+    /* the same construction with a valid seq pair is accepted (the cases are not vacuous) */
+    pb_buf m = PB_BUF_INIT;
+    pb_buf_append(&m, first, fl);
+    pb_buf_append(&m, "\x88\xe5\x08\x05\xa2\xe5\x08\x01\x06", 9);
+    uint8_t hdr[4] = {0x9a, 0xe5, 0x08, (uint8_t)ev2.len};
+    pb_buf_append(&m, hdr, 4);
+    pb_buf_append(&m, ev2.data, ev2.len);
+    CHECK_OK(pb_wire_push_decode(m.data, m.len, 16, &r));
+    CHECK(r.n == 2 && r.seqs && r.seqs[0] == 5 && r.seqs[1] == 6 && r.epoch == 0);
+    pb_push_req_clear(&r);
+    pb_buf_free(&m);
+    pb_buf_free(&ev2);
+    for (int i = 0; i < 4; i++)
+        pb_event_clear(&evs[i]);
+    pb_buf_free(&b);
+}
+
+/* NotifyNewIdRequest with the rename proof; AuthData with an audience. */
+static void test_proof_and_audience(void)
+{
+    pb_buf b = PB_BUF_INIT;
+    const uint8_t proof[5] = {1, 2, 0, 4, 5};
+    CHECK_OK(pb_wire_notify_encode("new.example.org:443", proof, sizeof proof, &b));
+    char *id = NULL;
+    uint8_t *p = NULL;
+    size_t pl = 0;
+    CHECK_OK(pb_wire_notify_decode(b.data, b.len, &id, &p, &pl));
+    CHECK_STR(id, "new.example.org:443");
+    CHECK_MEM(p, pl, proof, sizeof proof);
+    free(id);
+    free(p);
+    CHECK_ERR(pb_wire_notify_encode("x:1", NULL, 3, &b), PB_ERR_INVAL);
+
+    /* AuthData: no audience = the vector bytes; with one, read back; "" = absent */
+    json_t *t = json_array_get(json_object_get(V, "tokens"), 0);
+    const char *sid = json_string_value(json_object_get(t, "server_id"));
+    uint64_t tm = (uint64_t)json_integer_value(json_object_get(t, "time"));
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_authdata_encode(sid, tm, "", &b));
+    CHECK_HEX(&b, json_string_value(json_object_get(t, "auth_data_hex")));
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_authdata_encode(sid, tm, "beta.example.net:443", &b));
+    char *sid2 = NULL, *aud = NULL;
+    uint64_t tm2 = 0;
+    CHECK_OK(pb_wire_authdata_decode(b.data, b.len, &sid2, &tm2, &aud));
+    CHECK_STR(sid2, sid);
+    CHECK_STR(aud, "beta.example.net:443");
+    CHECK(tm2 == tm);
+    free(sid2);
+    free(aud);
+    /* a non-UTF-8 audience is refused both ways */
+    CHECK_ERR(pb_wire_authdata_encode(sid, tm, "\xff", &b), PB_ERR_INVAL);
+    const uint8_t bad[] = {0x0a, 0x01, 'a', 0x8a, 0xe5, 0x08, 0x01, 0xff};
+    aud = NULL;
+    CHECK_ERR(pb_wire_authdata_decode(bad, sizeof bad, &sid2, &tm2, &aud), PB_ERR_DECODE);
+    CHECK(aud == NULL);
     pb_buf_free(&b);
 }
 
@@ -772,6 +944,8 @@ int main(void)
 {
     V = pbt_vectors();
     test_push_response();
+    test_push_batch();
+    test_proof_and_audience();
     test_events();
     test_encode_refusals();
     test_messages();
