@@ -140,7 +140,8 @@ void fuzz_env_open(fuzz_env *e, bool workers)
     };
     CHECKED(pb_store_outbox_append(e->store, FUZZ_PEER_ID, evs, 3, now * 1000, NULL));
 
-    pb_client_opts co = {.plain_http = true, .connect_timeout_ms = 1000, .timeout_ms = 2000};
+    pb_client_opts co = {
+        .plain_http = true, .connect_timeout_ms = 1000, .timeout_ms = 2000, .allow_private = true};
     CHECKED(pb_client_new(&co, &e->client));
     e->peerkeys = pb_peerkeys_new(e->store, e->client, 30);
     e->policy = (pb_auth_policy){.window_s = 60, .key_retry_after_s = 30};

@@ -357,6 +357,8 @@ bool pbt_daemon_start(pbt_daemon *d)
     argv[n++] = d->admin;
     argv[n++] = "--peer-scheme";
     argv[n++] = "http";
+    argv[n++] = "--allow-private-peers"; /* every peer of a test is on 127.0.0.1 */
+    argv[n++] = "yes";
     argv[n++] = "--log-level";
     argv[n++] = "debug";
     for (int i = 0; i < d->nargs; i++)

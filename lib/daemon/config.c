@@ -9,13 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/mem.h"
 
-enum kind { K_STR, K_UINT };
+enum kind { K_STR, K_UINT, K_BOOL };
 
 struct setting {
     const char *name;
@@ -29,6 +30,10 @@ struct setting {
 #define S(name, def, help)                                                                         \
     {                                                                                              \
 #name, K_STR, offsetof(pb_config, name), def, 0, 0, help                                   \
+    }
+#define B(name, def, help)                                                                         \
+    {                                                                                              \
+#name, K_BOOL, offsetof(pb_config, name), #def, 0, 1, help                                 \
     }
 #define U(name, def, min, max, help)                                                               \
     {                                                                                              \
@@ -53,6 +58,9 @@ static const struct setting settings[] = {
     S(allow, NULL, "only these server IDs may call (comma-separated; empty: everyone)"),
     S(deny, NULL, "these server IDs may not call (comma-separated)"),
     S(log_level, "info", "debug, info, warn or error"),
+    B(allow_private_peers, no,
+      "connect to peers at loopback, private, link-local or other non-public addresses "
+      "(loopback setups, tests, a private federation; off on the open internet)"),
     S(node_id, NULL,
       "this node's unique name when several nodes share a PostgreSQL store "
       "(default: host name and listen port)"),
@@ -112,6 +120,17 @@ static pb_err set_value(pb_config *c, const struct setting *st, const char *valu
         free(*f);
         *f = *value ? pb_xstrdup(value) : NULL;
         return PB_OK;
+    }
+    if (st->kind == K_BOOL) {
+        static const char *yes[] = {"yes", "true", "on", "1"}, *no[] = {"no", "false", "off", "0"};
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+                *uint_field(c, st) = strcasecmp(value, yes[i]) == 0;
+                return PB_OK;
+            }
+        }
+        *why = pb_xasprintf("%s: want yes or no, got \"%s\"", st->name, value);
+        return PB_ERR_CONFIG;
     }
     char *end = NULL;
     errno = 0;
@@ -355,6 +374,9 @@ char *pb_config_dump(const pb_config *c)
             char *shown = v && !strcmp(st->name, "store") ? pb_store_spec_redact(v) : NULL;
             line = pb_xasprintf("%s = %s\n", st->name, shown ? shown : v ? v : "");
             free(shown);
+        } else if (st->kind == K_BOOL) {
+            line = pb_xasprintf("%s = %s\n", st->name,
+                                *uint_field((pb_config *)c, st) ? "yes" : "no");
         } else {
             line = pb_xasprintf("%s = %llu\n", st->name,
                                 (unsigned long long)*uint_field((pb_config *)c, st));
@@ -395,5 +417,6 @@ char *pb_config_get(const pb_config *c, const char *name)
         const char *v = *str_field((pb_config *)c, st);
         return v ? pb_xstrdup(v) : NULL;
     }
+    if (st->kind == K_BOOL) return pb_xstrdup(*uint_field((pb_config *)c, st) ? "yes" : "no");
     return pb_xasprintf("%llu", (unsigned long long)*uint_field((pb_config *)c, st));
 }

@@ -37,6 +37,7 @@ struct pb_config {
     char *deny;
     char *log_level;
     char *node_id; /* several nodes on one shared store */
+    uint64_t allow_private_peers; /* boolean */
     uint64_t auth_window;
     uint64_t key_refetch_interval;
     uint64_t max_body;

@@ -28,7 +28,8 @@
 #include "crypto/keys.h"
 #include "util/log.h"
 #include "util/mem.h"
-#include "net/peerkeys.h"
+#include "net/ioloop.h"
+#include "net/keyfetch.h"
 #include "store/store.h"
 #include "wire/wire.h"
 
@@ -42,7 +43,8 @@ struct pb_daemon {
     pb_keys *keys;
     pb_store *store;
     pb_client *client;
-    pb_peerkeys *peerkeys;
+    pb_ioloop *loop;
+    pb_keyfetch *keyfetch;
     pb_auth_policy policy;
     pb_auth_cache *auth_cache;
     char **allow, **deny;
@@ -201,14 +203,22 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     }
     if ((err = check_identity(d, cfg->server_id)) != PB_OK) goto fail;
 
+    if ((err = pb_ioloop_new(NULL, &d->loop)) != PB_OK) goto fail;
+    if ((err = pb_ioloop_start(d->loop)) != PB_OK) goto fail;
     pb_client_opts co = {
         .plain_http = strcmp(cfg->peer_scheme, "http") == 0,
         .ca_file = cfg->ca_file,
         .connect_timeout_ms = (long)cfg->peer_connect_timeout_ms,
         .timeout_ms = (long)cfg->peer_timeout_ms,
+        .allow_private = cfg->allow_private_peers != 0,
+        .loop = d->loop,
     };
     if ((err = pb_client_new(&co, &d->client)) != PB_OK) goto fail;
-    d->peerkeys = pb_peerkeys_new(d->store, d->client, (int)cfg->key_refetch_interval);
+    pb_keyfetch_opts ko = {.store = d->store,
+                           .client = d->client,
+                           .negative_s = (int)cfg->key_refetch_interval,
+                           .refetch_s = (int)cfg->key_refetch_interval};
+    d->keyfetch = pb_keyfetch_new(&ko);
 
     d->nallow = cfg->nallow;
     d->ndeny = cfg->ndeny;
@@ -232,7 +242,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .keys = d->keys,
         .store = d->store,
         .client = d->client,
-        .peerkeys = d->peerkeys,
+        .keyfetch = d->keyfetch,
         .policy = &d->policy,
         .workers = (unsigned)cfg->workers,
         .push_retries = (unsigned)cfg->push_retries,
@@ -253,8 +263,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     d->policy.is_self = pb_delivery_is_self;
     d->policy.self_ctx = d->delivery;
     pb_hrpc_auth auth = {.policy = &d->policy,
-                         .key_fn = pb_peerkeys_get,
-                         .key_ctx = d->peerkeys,
+                         .keys = d->keyfetch,
                          .on_authenticated = pb_delivery_on_contact,
                          .cb_ctx = d->delivery};
     pb_hrpc_server_opts ho = {
@@ -325,9 +334,11 @@ void pb_daemon_close(pb_daemon *d)
     pb_delivery_stop(d->delivery);
     pb_admin_http_free(d->admin);
     pb_hrpc_server_free(d->fed);
+    pb_ioloop_stop(d->loop);
     pb_delivery_free(d->delivery);
-    pb_peerkeys_free(d->peerkeys);
+    pb_keyfetch_free(d->keyfetch);
     pb_client_free(d->client);
+    pb_ioloop_free(d->loop);
     pb_store_close(d->store);
     pb_keys_free(d->keys);
     pb_auth_cache_free(d->auth_cache);

@@ -846,7 +846,7 @@ static void store_failure(pb_hrpc_reply *rep, pb_err err, const char *what)
     }
 }
 
-void pb_delivery_on_contact(void *ctx, const char *peer)
+void pb_delivery_on_contact(void *ctx, const char *peer, bool bound)
 {
     pb_delivery *d = ctx;
     pthread_mutex_lock(&d->mu);
@@ -1089,7 +1089,9 @@ void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply 
         store_failure(rep, err, "NotifyNewId");
         goto out;
     }
-    err = pb_peerkeys_fetch_remote(d->o.peerkeys, new_id, new_key);
+    pb_client_answer kans;
+    err = pb_client_fetch_key(d->o.client, new_id, new_key, &kans);
+    pb_client_answer_clear(&kans);
     if (err != PB_OK) {
         pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "cannot fetch the key served at %s: %s",
                             new_id, pb_strerror(err));

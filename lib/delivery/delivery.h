@@ -42,7 +42,7 @@
 #include "net/hrpc_client.h"
 #include "net/hrpc_server.h"
 #include "crypto/keys.h"
-#include "net/peerkeys.h"
+#include "net/keyfetch.h"
 #include "postbox.h"
 #include "store/store.h"
 
@@ -53,7 +53,7 @@ typedef struct pb_delivery_opts {
     const pb_keys *keys;          /* borrowed */
     pb_store *store;              /* borrowed */
     pb_client *client;            /* borrowed */
-    pb_peerkeys *peerkeys;        /* borrowed */
+    pb_keyfetch *keyfetch;        /* borrowed */
     const pb_auth_policy *policy; /* borrowed: NotifyNewId's own check */
     unsigned workers;             /* default 4 */
     unsigned push_retries;        /* retries after the first Push, default 5 */
@@ -91,7 +91,7 @@ void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
 void pb_delivery_on_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep);
 void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep);
 /* Any authenticated request from peer: resets its drain backoff. */
-void pb_delivery_on_contact(void *ctx, const char *peer);
+void pb_delivery_on_contact(void *ctx, const char *peer, bool bound);
 
 /* ---- operations (the admin API's) ------------------------------------------------------ */
 

@@ -1,31 +1,41 @@
 /*
- * hrpc_client - unary hRPC calls to peers over libcurl (see hrpc_client.h).
+ * hrpc_client - unary hRPC calls to peers as libcurl transfers on an I/O loop (see
+ * hrpc_client.h).
  *
- * Design: one libcurl easy handle is cached per peer server ID so that its connection
- * (and TLS session) is reused. The cache is a small array under a mutex, bounded by
- * max_peers with least-recently-used eviction; each entry has an in-use flag, and a call
- * that finds its peer's handle busy (or every entry busy) uses a temporary handle freed
- * after the call. A handle is reset (connections kept) before it goes back to the cache,
- * so no pointer into a finished call survives in it. curl_global_init runs once
- * (pthread_once) from pb_client_new.
+ * Design: every call is one `struct xfer` owning a fresh easy handle, its URL, headers,
+ * a copy of the body and the answer buffer; it is added to the loop's multi handle and
+ * finishes in on_done, which turns libcurl's result and the HTTP answer into a pb_err and
+ * a pb_client_answer. Connections outlive the easy handles in the multi handle's cache,
+ * so a peer's connection is reused across calls. A request refused before it is sent
+ * (bad server ID, header injection, client shutting down) completes through a task posted
+ * to the loop, so that a completion never runs inside pb_client_start.
+ *
+ * Private addresses: CURLOPT_OPENSOCKETFUNCTION sees every address libcurl is about to
+ * connect to (after DNS, for each address it tries); a refused one gets no socket and the
+ * reason is kept for the error message.
  *
  * Untrusted input: the peer's answer. The body is capped at max_response while it is
- * received (CURLOPT_MAXFILESIZE for an announced length, the write callback otherwise);
- * a 2xx counts only with Content-Type exactly application/hrpc (case-insensitive, no
- * parameters); a non-2xx body must decode as hrpc.v1.Error with an identifier. Redirects
- * are never followed and only the configured scheme is allowed.
+ * received (CURLOPT_MAXFILESIZE for an announced length, the write callback otherwise)
+ * and counted against the shared response budget; a 2xx counts only with Content-Type
+ * exactly application/hrpc (case-insensitive, no parameters); a non-2xx body must decode
+ * as hrpc.v1.Error with an identifier. Redirects are never followed and only the
+ * configured scheme is allowed.
  */
 #include "net/hrpc_client.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "util/addrclass.h"
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -35,48 +45,46 @@
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000L
 #define DEFAULT_TIMEOUT_MS 30000L
 #define DEFAULT_MAX_RESPONSE (16u * 1024u * 1024u)
-#define DEFAULT_MAX_PEERS 1024u
-#define NO_SLOT ((size_t)-1)
-#define KEY_PATH "/protocol.auth.v1.AuthService/Key"
-
-struct peer {
-    char id[PB_SERVER_ID_MAX];
-    CURL *h;
-    bool in_use;
-    uint64_t used; /* c->tick at last release: LRU order */
-};
+#define DEFAULT_RESPONSE_BUDGET (64u * 1024u * 1024u)
 
 struct pb_client {
     bool plain_http;
+    bool allow_private;
     char *ca_file;
     long connect_timeout_ms;
     long timeout_ms;
     size_t max_response;
-    size_t max_peers;
-
-    atomic_bool shutting_down; /* pb_client_shutdown: in-flight calls abort */
-
-    pthread_mutex_t mu; /* guards everything below */
-    struct peer *peers;
-    size_t npeers, cap;
-    uint64_t tick;
+    size_t response_budget;
+    pb_ioloop *loop;
+    bool own_loop;
+    atomic_bool shutting_down;
+    size_t buffered; /* answer bytes held by transfers in flight (loop thread only) */
 };
 
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static CURLcode g_init_rc = CURLE_FAILED_INIT;
-
-static void global_init(void)
-{
-    g_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
+struct xfer {
+    pb_client *c;
+    CURL *h;
+    struct curl_slist *hdrs;
+    char *url;
+    uint8_t *body;
+    size_t body_len;
+    pb_buf sink;
+    size_t max;
+    bool too_big, over_budget;
+    char errbuf[CURL_ERROR_SIZE];
+    char refused[96]; /* the private address refused, for the message */
+    char id[PB_SERVER_ID_MAX];
+    char *path;
+    int64_t t0;
+    pb_client_done_fn done;
+    void *ctx;
+    /* refused before sending */
+    pb_err early_err;
+    char *early_msg;
+};
 
 pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
 {
-    pthread_once(&g_once, global_init);
-    if (g_init_rc != CURLE_OK) {
-        PB_ERROR(NULL, "curl_global_init failed: %s", curl_easy_strerror(g_init_rc));
-        return PB_ERR_INTERNAL;
-    }
     pb_client_opts o = {0};
     if (opts) o = *opts;
     if (o.ca_file && access(o.ca_file, R_OK) != 0) {
@@ -85,13 +93,27 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
     }
     pb_client *c = pb_xcalloc(1, sizeof *c);
     c->plain_http = o.plain_http;
+    c->allow_private = o.allow_private;
     c->ca_file = o.ca_file ? pb_xstrdup(o.ca_file) : NULL;
     c->connect_timeout_ms =
         o.connect_timeout_ms > 0 ? o.connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     c->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
     c->max_response = o.max_response > 0 ? o.max_response : DEFAULT_MAX_RESPONSE;
-    c->max_peers = o.max_peers > 0 ? o.max_peers : DEFAULT_MAX_PEERS;
-    pthread_mutex_init(&c->mu, NULL);
+    c->response_budget = o.response_budget > 0 ? o.response_budget : DEFAULT_RESPONSE_BUDGET;
+    if (c->response_budget < c->max_response) c->response_budget = c->max_response;
+    c->loop = o.loop;
+    if (!c->loop) {
+        pb_ioloop_opts lo = {.max_connections = o.max_connections};
+        pb_err err = pb_ioloop_new(&lo, &c->loop);
+        if (err == PB_OK) err = pb_ioloop_start(c->loop);
+        if (err != PB_OK) {
+            pb_ioloop_free(c->loop);
+            free(c->ca_file);
+            free(c);
+            return err;
+        }
+        c->own_loop = true;
+    }
     *out = c;
     return PB_OK;
 }
@@ -99,12 +121,19 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
 void pb_client_free(pb_client *c)
 {
     if (!c) return;
-    for (size_t i = 0; i < c->npeers; i++)
-        curl_easy_cleanup(c->peers[i].h);
-    free(c->peers);
-    pthread_mutex_destroy(&c->mu);
+    if (c->own_loop) pb_ioloop_free(c->loop);
     free(c->ca_file);
     free(c);
+}
+
+void pb_client_shutdown(pb_client *c)
+{
+    atomic_store(&c->shutting_down, true);
+}
+
+pb_ioloop *pb_client_loop(pb_client *c)
+{
+    return c->loop;
 }
 
 void pb_client_answer_clear(pb_client_answer *a)
@@ -116,128 +145,60 @@ void pb_client_answer_clear(pb_client_answer *a)
     memset(a, 0, sizeof *a);
 }
 
-/* curl_easy_init fails only when memory is exhausted: that aborts, as pb_xmalloc does. */
-static CURL *handle_new(void)
-{
-    CURL *h = curl_easy_init();
-    if (!h) {
-        PB_ERROR(NULL, "curl_easy_init failed: out of memory");
-        abort();
-    }
-    return h;
-}
-
-/*
- * Returns an easy handle for peer `id`: the cached one (marked in use, *slot its index),
- * or a temporary one (*slot NO_SLOT) when the peer's handle is busy or no entry is free.
- */
-static CURL *handle_acquire(pb_client *c, const char *id, size_t *slot)
-{
-    CURL *h = NULL, *evicted = NULL;
-    *slot = NO_SLOT;
-    pthread_mutex_lock(&c->mu);
-    size_t lru = NO_SLOT;
-    for (size_t i = 0; i < c->npeers; i++) {
-        struct peer *p = &c->peers[i];
-        if (strcmp(p->id, id) == 0) {
-            if (!p->in_use) {
-                p->in_use = true;
-                *slot = i;
-                h = p->h;
-            }
-            goto unlock;
-        }
-        if (!p->in_use && (lru == NO_SLOT || p->used < c->peers[lru].used)) lru = i;
-    }
-    size_t i;
-    if (c->npeers < c->max_peers) {
-        if (c->npeers == c->cap) {
-            c->cap = c->cap ? 2 * c->cap : 8;
-            if (c->cap > c->max_peers) c->cap = c->max_peers;
-            c->peers = pb_xrealloc(c->peers, c->cap * sizeof *c->peers);
-        }
-        i = c->npeers++;
-    } else if (lru != NO_SLOT) {
-        i = lru;
-        evicted = c->peers[i].h;
-    } else {
-        goto unlock; /* every entry in use: temporary handle */
-    }
-    struct peer *p = &c->peers[i];
-    snprintf(p->id, sizeof p->id, "%s", id);
-    p->h = h = handle_new();
-    p->in_use = true;
-    *slot = i;
-unlock:
-    pthread_mutex_unlock(&c->mu);
-    if (evicted) curl_easy_cleanup(evicted);
-    if (!h) h = handle_new();
-    return h;
-}
-
-/* h has been reset (no pointers into the call remain); its connections stay open. */
-static void handle_release(pb_client *c, CURL *h, size_t slot)
-{
-    if (slot == NO_SLOT) {
-        curl_easy_cleanup(h);
-        return;
-    }
-    pthread_mutex_lock(&c->mu);
-    c->peers[slot].in_use = false;
-    c->peers[slot].used = ++c->tick;
-    pthread_mutex_unlock(&c->mu);
-}
-
-struct sink {
-    pb_buf buf;
-    size_t max;
-    bool too_big;
-};
+/* ---- libcurl callbacks ------------------------------------------------------------------ */
 
 static size_t on_data(char *p, size_t size, size_t nmemb, void *ud)
 {
-    struct sink *s = ud;
+    struct xfer *x = ud;
     size_t n = size * nmemb;
-    if (n > s->max - s->buf.len) {
-        s->too_big = true;
+    if (n > x->max - x->sink.len) {
+        x->too_big = true;
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
-    pb_buf_append(&s->buf, p, n);
+    if (x->c->buffered + n > x->c->response_budget) {
+        x->over_budget = true;
+        return 0;
+    }
+    pb_buf_append(&x->sink, p, n);
+    x->c->buffered += n;
     return n;
-}
-
-static struct curl_slist *slist_add(struct curl_slist *l, const char *s)
-{
-    struct curl_slist *r = curl_slist_append(l, s);
-    if (!r) {
-        PB_ERROR(NULL, "curl_slist_append failed: out of memory");
-        abort();
-    }
-    return r;
-}
-
-/* True when s holds a control character (or, with no_space, a space). */
-static bool has_ctl(const char *s, bool no_space)
-{
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch < 0x20 || ch == 0x7f || (no_space && ch == ' ')) return true;
-    }
-    return false;
 }
 
 /* Aborts a transfer once the client is shutting down. */
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
-    const pb_client *c = ud;
-    return atomic_load(&c->shutting_down) ? 1 : 0;
+    const struct xfer *x = ud;
+    return atomic_load(&x->c->shutting_down) ? 1 : 0;
 }
 
-void pb_client_shutdown(pb_client *c)
+static void addr_text(const struct sockaddr *sa, char *out, size_t n)
 {
-    atomic_store(&c->shutting_down, true);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+    snprintf(out, n, "%s", ip);
 }
+
+/* Every address libcurl connects to passes here: the check of PROTOCOL.md 7.3. */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    struct xfer *x = ud;
+    if (!x->c->allow_private) {
+        const char *why = pb_addr_refusal(&a->addr);
+        if (why) {
+            char ip[INET6_ADDRSTRLEN];
+            addr_text(&a->addr, ip, sizeof ip);
+            snprintf(x->refused, sizeof x->refused, "%s (%s)", ip, why);
+            return CURL_SOCKET_BAD;
+        }
+    }
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+/* ---- results ------------------------------------------------------------------------------ */
 
 static pb_err map_curl(CURLcode cc)
 {
@@ -305,53 +266,165 @@ out:
     return rc;
 }
 
-static int64_t now_ms(void)
+static void xfer_free(struct xfer *x)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (x->h) curl_easy_cleanup(x->h);
+    curl_slist_free_all(x->hdrs);
+    free(x->url);
+    free(x->body);
+    free(x->path);
+    free(x->early_msg);
+    pb_buf_free(&x->sink);
+    free(x);
 }
 
-pb_err pb_client_call(pb_client *c, const char *server_id, const char *path,
-                      const char *authorization, const uint8_t *body, size_t body_len,
-                      pb_client_answer *ans)
+static void finish(struct xfer *x, pb_err rc, pb_client_answer *ans)
 {
-    memset(ans, 0, sizeof *ans);
-    char id[PB_SERVER_ID_MAX];
-    if (!server_id || pb_serverid_normalize(server_id, id) != PB_OK) {
-        ans->message = pb_xstrdup("invalid server ID");
-        return PB_ERR_INVAL;
-    }
-    if (!path || path[0] != '/' || has_ctl(path, true)) {
-        ans->message = pb_xstrdup("invalid hRPC path");
-        return PB_ERR_INVAL;
-    }
-    if (authorization && has_ctl(authorization, false)) {
-        ans->message = pb_xstrdup("Authorization value holds a control character");
-        return PB_ERR_INVAL;
-    }
+    ans->elapsed_ms = pb_ioloop_now_ms() - x->t0;
+    PB_DEBUG(x->id[0] ? x->id : NULL, "POST %s: %s, HTTP %ld, %lld ms%s%s%s%s", x->path,
+             pb_strerror(rc), ans->status, (long long)ans->elapsed_ms, ans->identifier ? " " : "",
+             ans->identifier ? ans->identifier : "", ans->message ? ": " : "",
+             ans->message ? ans->message : "");
+    pb_client_done_fn done = x->done;
+    void *ctx = x->ctx;
+    xfer_free(x);
+    done(ctx, rc, ans);
+}
 
+static void on_done(void *ud, CURLcode cc)
+{
+    struct xfer *x = ud;
+    pb_client *c = x->c;
+    c->buffered -= x->sink.len;
+    pb_client_answer ans = {0};
     pb_err rc;
-    int64_t t0 = now_ms();
-    char *url = pb_xasprintf("%s://%s%s", c->plain_http ? "http" : "https", id, path);
-    char *auth_hdr = authorization ? pb_xasprintf("Authorization: %s", authorization) : NULL;
-    struct curl_slist *hdrs = slist_add(NULL, "Content-Type: application/hrpc");
-    hdrs = slist_add(hdrs, "Hrpc-Version: 1");
-    hdrs = slist_add(hdrs, "Expect:"); /* no 100-continue round trip */
-    if (auth_hdr) hdrs = slist_add(hdrs, auth_hdr);
-    struct sink sink = {.buf = PB_BUF_INIT, .max = c->max_response};
-    char errbuf[CURL_ERROR_SIZE] = "";
+    long status = 0;
     char *ctype = NULL;
+    curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(x->h, CURLINFO_CONTENT_TYPE, &ctype);
+    ans.status = status;
+    if (x->too_big || cc == CURLE_FILESIZE_EXCEEDED) {
+        ans.message = pb_xasprintf("answer too large (over %zu bytes)", x->max);
+        rc = PB_ERR_PROTO;
+    } else if (x->over_budget) {
+        ans.message = pb_xasprintf("answers being received exceed the memory budget of %zu bytes",
+                                   c->response_budget);
+        rc = PB_ERR_BUSY;
+    } else if (cc == CURLE_ABORTED_BY_CALLBACK) {
+        ans.message = pb_xstrdup("call aborted: shutting down");
+        rc = PB_ERR_SHUTDOWN;
+    } else if (cc != CURLE_OK) {
+        if (x->refused[0] && cc == CURLE_COULDNT_CONNECT)
+            ans.message = pb_xasprintf("refused to connect to %s: private peers are not "
+                                       "allowed (allow_private_peers)",
+                                       x->refused);
+        else
+            ans.message = pb_xstrdup(x->errbuf[0] ? x->errbuf : curl_easy_strerror(cc));
+        rc = map_curl(cc);
+    } else if (status < 200 || status > 299) {
+        rc = decode_error_answer(&x->sink, &ans);
+    } else if (!ctype || strcasecmp(ctype, "application/hrpc") != 0) {
+        ans.message = pb_xasprintf("HTTP %ld answer with Content-Type \"%.100s\", not "
+                                   "application/hrpc",
+                                   status, ctype ? ctype : "");
+        rc = PB_ERR_PROTO;
+    } else {
+        ans.body = pb_buf_steal(&x->sink, &ans.body_len);
+        rc = PB_OK;
+    }
+    finish(x, rc, &ans);
+}
 
-    size_t slot;
-    CURL *h = handle_acquire(c, id, &slot);
+static void early_done(void *ud)
+{
+    struct xfer *x = ud;
+    pb_client_answer ans = {0};
+    ans.message = x->early_msg;
+    x->early_msg = NULL;
+    finish(x, x->early_err, &ans);
+}
+
+static void fail_early(struct xfer *x, pb_err err, const char *msg)
+{
+    x->early_err = err;
+    x->early_msg = pb_xstrdup(msg);
+    pb_ioloop_post(x->c->loop, early_done, x);
+}
+
+/* True when s holds a control character (or, with no_space, a space). */
+static bool has_ctl(const char *s, bool no_space)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f || (no_space && ch == ' ')) return true;
+    }
+    return false;
+}
+
+static struct curl_slist *slist_add(struct curl_slist *l, const char *s)
+{
+    struct curl_slist *r = curl_slist_append(l, s);
+    if (!r) {
+        PB_ERROR(NULL, "curl_slist_append failed: out of memory");
+        abort();
+    }
+    return r;
+}
+
+void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn done, void *ctx)
+{
+    struct xfer *x = pb_xcalloc(1, sizeof *x);
+    x->c = c;
+    x->done = done;
+    x->ctx = ctx;
+    x->t0 = pb_ioloop_now_ms();
+    x->sink = (pb_buf)PB_BUF_INIT;
+    x->path = pb_xstrdup(req->path ? req->path : "");
+    x->max = req->max_response ? req->max_response : c->max_response;
+    if (atomic_load(&c->shutting_down)) {
+        fail_early(x, PB_ERR_SHUTDOWN, "client shutting down");
+        return;
+    }
+    if (!req->server_id || pb_serverid_normalize(req->server_id, x->id) != PB_OK) {
+        x->id[0] = '\0';
+        fail_early(x, PB_ERR_INVAL, "invalid server ID");
+        return;
+    }
+    if (!req->path || req->path[0] != '/' || has_ctl(req->path, true)) {
+        fail_early(x, PB_ERR_INVAL, "invalid hRPC path");
+        return;
+    }
+    if (req->authorization && has_ctl(req->authorization, false)) {
+        fail_early(x, PB_ERR_INVAL, "Authorization value holds a control character");
+        return;
+    }
+    x->url = pb_xasprintf("%s://%s%s", c->plain_http ? "http" : "https", x->id, req->path);
+    x->hdrs = slist_add(NULL, "Content-Type: application/hrpc");
+    x->hdrs = slist_add(x->hdrs, "Hrpc-Version: 1");
+    x->hdrs = slist_add(x->hdrs, "Expect:"); /* no 100-continue round trip */
+    if (req->authorization) {
+        char *a = pb_xasprintf("Authorization: %s", req->authorization);
+        x->hdrs = slist_add(x->hdrs, a);
+        free(a);
+    }
+    if (req->body_len) {
+        x->body = pb_xmalloc(req->body_len);
+        memcpy(x->body, req->body, req->body_len);
+        x->body_len = req->body_len;
+    }
+    x->h = curl_easy_init();
+    if (!x->h) {
+        PB_ERROR(NULL, "curl_easy_init failed: out of memory");
+        abort();
+    }
+    CURL *h = x->h;
     CURLcode sc = CURLE_OK;
 #define SET(opt, val)                                                                              \
     do {                                                                                           \
         if (sc == CURLE_OK) sc = curl_easy_setopt(h, opt, val);                                    \
     } while (0)
-    SET(CURLOPT_ERRORBUFFER, errbuf);
-    SET(CURLOPT_URL, url);
+    SET(CURLOPT_ERRORBUFFER, x->errbuf);
+    SET(CURLOPT_URL, x->url);
 #if LIBCURL_VERSION_NUM >= 0x075500
     SET(CURLOPT_PROTOCOLS_STR, c->plain_http ? "http" : "https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, c->plain_http ? "http" : "https");
@@ -362,80 +435,108 @@ pb_err pb_client_call(pb_client *c, const char *server_id, const char *path,
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_POST, 1L);
-    SET(CURLOPT_POSTFIELDS, body ? (const char *)body : "");
-    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? body_len : 0));
-    SET(CURLOPT_HTTPHEADER, hdrs);
+    SET(CURLOPT_POSTFIELDS, x->body ? (const char *)x->body : "");
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
+    SET(CURLOPT_HTTPHEADER, x->hdrs);
     SET(CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
-    SET(CURLOPT_TIMEOUT_MS, c->timeout_ms);
-    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_response);
+    SET(CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : c->timeout_ms);
+    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max);
     SET(CURLOPT_WRITEFUNCTION, on_data);
-    SET(CURLOPT_WRITEDATA, &sink);
+    SET(CURLOPT_WRITEDATA, x);
     SET(CURLOPT_NOPROGRESS, 0L);
     SET(CURLOPT_XFERINFOFUNCTION, on_progress);
-    SET(CURLOPT_XFERINFODATA, c);
+    SET(CURLOPT_XFERINFODATA, x);
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    SET(CURLOPT_OPENSOCKETDATA, x);
     SET(CURLOPT_SSL_VERIFYPEER, 1L);
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
     SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (c->ca_file) SET(CURLOPT_CAINFO, c->ca_file);
 #undef SET
-
-    CURLcode cc = sc != CURLE_OK ? sc : curl_easy_perform(h);
-    long status = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    char *ct = NULL;
-    if (curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct) ctype = pb_xstrdup(ct);
-    curl_easy_reset(h);
-    handle_release(c, h, slot);
-
-    ans->status = status;
     if (sc != CURLE_OK) {
-        ans->message = pb_xasprintf("libcurl refused an option: %s", curl_easy_strerror(sc));
-        rc = PB_ERR_NET;
-    } else if (sink.too_big || cc == CURLE_FILESIZE_EXCEEDED) {
-        ans->message = pb_xasprintf("answer too large (over %zu bytes)", c->max_response);
-        rc = PB_ERR_PROTO;
-    } else if (cc == CURLE_ABORTED_BY_CALLBACK) {
-        ans->message = pb_xstrdup("call aborted: shutting down");
-        rc = PB_ERR_SHUTDOWN;
-    } else if (cc != CURLE_OK) {
-        ans->message = pb_xstrdup(errbuf[0] ? errbuf : curl_easy_strerror(cc));
-        rc = map_curl(cc);
-    } else if (status < 200 || status > 299) {
-        rc = decode_error_answer(&sink.buf, ans);
-    } else if (!ctype || strcasecmp(ctype, "application/hrpc") != 0) {
-        ans->message = pb_xasprintf("HTTP %ld answer with Content-Type \"%.100s\", not "
-                                    "application/hrpc",
-                                    status, ctype ? ctype : "");
-        rc = PB_ERR_PROTO;
-    } else {
-        ans->body = pb_buf_steal(&sink.buf, &ans->body_len);
-        rc = PB_OK;
+        char msg[160];
+        snprintf(msg, sizeof msg, "libcurl refused an option: %s", curl_easy_strerror(sc));
+        fail_early(x, PB_ERR_NET, msg);
+        return;
     }
+    pb_err err = pb_ioloop_add(c->loop, h, on_done, x);
+    if (err != PB_OK) fail_early(x, err, "I/O loop stopping");
+}
 
-    PB_DEBUG(id, "POST %s: %s, HTTP %ld, %lld ms%s%s%s%s", path, pb_strerror(rc), ans->status,
-             (long long)(now_ms() - t0), ans->identifier ? " " : "",
-             ans->identifier ? ans->identifier : "", ans->message ? ": " : "",
-             ans->message ? ans->message : "");
-    pb_buf_free(&sink.buf);
-    free(ctype);
-    curl_slist_free_all(hdrs);
-    free(auth_hdr);
-    free(url);
-    return rc;
+/* ---- blocking calls ------------------------------------------------------------------------ */
+
+struct sync_call {
+    pb_client *c;
+    pb_client_req req;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    pb_err err;
+    pb_client_answer ans;
+};
+
+static void sync_done(void *ctx, pb_err err, pb_client_answer *ans)
+{
+    struct sync_call *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    s->err = err;
+    s->ans = *ans;
+    s->done = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void sync_start(void *ctx)
+{
+    struct sync_call *s = ctx;
+    pb_client_start(s->c, &s->req, sync_done, s);
+}
+
+pb_err pb_client_call(pb_client *c, const char *server_id, const char *path,
+                      const char *authorization, const uint8_t *body, size_t body_len,
+                      pb_client_answer *ans)
+{
+    memset(ans, 0, sizeof *ans);
+    if (pb_ioloop_on_loop(c->loop)) {
+        ans->message = pb_xstrdup("blocking call on the I/O loop thread");
+        return PB_ERR_INTERNAL;
+    }
+    struct sync_call s = {.c = c,
+                          .req = {.server_id = server_id,
+                                  .path = path,
+                                  .authorization = authorization,
+                                  .body = body,
+                                  .body_len = body_len}};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    pb_ioloop_post(c->loop, sync_start, &s);
+    pthread_mutex_lock(&s.mu);
+    while (!s.done)
+        pthread_cond_wait(&s.cv, &s.mu);
+    pthread_mutex_unlock(&s.mu);
+    pthread_cond_destroy(&s.cv);
+    pthread_mutex_destroy(&s.mu);
+    *ans = s.ans;
+    return s.err;
+}
+
+pb_err pb_client_key_from_answer(pb_client_answer *ans, uint8_t key[32])
+{
+    uint8_t k[32];
+    const uint8_t *p = ans->body ? ans->body : (const uint8_t *)"";
+    if (pb_wire_key_resp_decode(p, ans->body_len, k) != PB_OK) {
+        free(ans->message);
+        ans->message = pb_xstrdup("answer is not a KeyResponse with a 32-byte key");
+        return PB_ERR_PROTO;
+    }
+    memcpy(key, k, sizeof k);
+    return PB_OK;
 }
 
 pb_err pb_client_fetch_key(pb_client *c, const char *server_id, uint8_t key[32],
                            pb_client_answer *ans)
 {
-    pb_err rc = pb_client_call(c, server_id, KEY_PATH, NULL, NULL, 0, ans);
+    pb_err rc = pb_client_call(c, server_id, PB_CLIENT_KEY_PATH, NULL, NULL, 0, ans);
     if (rc != PB_OK) return rc;
-    uint8_t k[32];
-    const uint8_t *p = ans->body ? ans->body : (const uint8_t *)"";
-    if (pb_wire_key_resp_decode(p, ans->body_len, k) != PB_OK) {
-        ans->message = pb_xstrdup("answer is not a KeyResponse with a 32-byte key");
-        PB_DEBUG(server_id, "key fetch: %s", ans->message);
-        return PB_ERR_PROTO;
-    }
-    memcpy(key, k, sizeof k);
-    return PB_OK;
+    return pb_client_key_from_answer(ans, key);
 }

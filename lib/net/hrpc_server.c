@@ -48,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "net/keyfetch.h"
 #include "util/fault.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -61,8 +62,12 @@
 
 /* File descriptors kept free for everything else (store, peer connections, admin). */
 #define FD_RESERVE 64
-/* How often the sweeper looks for connections past their request deadline. */
-#define SWEEP_MS 200
+/* How often the sweeper looks for connections past their request deadline and for
+ * suspended requests past theirs. */
+#define SWEEP_MS 100
+/* Default longest wait for a key being fetched (PROTOCOL.md 7.3: under a second, sweep
+ * granularity included). */
+#define KEY_WAIT_MS 850
 
 struct route {
     char *path;
@@ -91,6 +96,9 @@ struct pb_hrpc_server {
     int64_t refused_logged_ms;
     bool sweeper_started, sweeper_stop;
     pthread_t sweeper;
+    /* suspended requests (see "Waiting without a thread"), under wake_mu */
+    pthread_mutex_t wake_mu;
+    struct pb_hrpc_waker *suspended;
 };
 
 /* One open connection: libmicrohttpd's socket context. Fields under conns_mu. */
@@ -102,6 +110,30 @@ struct conn {
     bool cut;            /* socket shut down (deadline passed or over the limit) */
 };
 
+/*
+ * A suspended request's waker. Two references: the server's (dropped when the request
+ * runs again) and the holder's (dropped by pb_hrpc_wake). The state moves ARMED ->
+ * SUSPENDED -> FIRED, or ARMED -> FIRED when the wake comes before the suspension (the
+ * request then simply goes on); fields under the server's wake_mu. MHD_suspend_connection
+ * and MHD_resume_connection are called under wake_mu only, so a resume never precedes
+ * its suspension and happens once.
+ */
+enum wstate { W_ARMED, W_SUSPENDED, W_FIRED };
+
+struct pb_hrpc_waker {
+    atomic_int refs;
+    pb_hrpc_server *s;
+    struct MHD_Connection *conn;
+    enum wstate state;
+    bool timed_out;
+    int64_t deadline; /* monotonic ms */
+    struct pb_hrpc_waker *prev, *next;
+    /* a key wait's result, set before the wake */
+    bool key_done;
+    pb_err key_err;
+    uint8_t key[PB_PUBKEY_LEN];
+};
+
 /* Per-request state, libmicrohttpd's con_cls. */
 struct req {
     const struct route *route;
@@ -110,6 +142,17 @@ struct req {
     bool counted; /* holds an inflight slot */
     void (*on_done)(void *ctx, bool sent_ok);
     void *on_done_ctx;
+    /* authentication, across suspensions */
+    bool authed, bound;
+    char peer[PB_SERVER_ID_MAX];
+    bool key_wait;      /* suspended waiting for a key */
+    bool refreshing;    /* the stored key failed: waiting for / using a re-fetched one */
+    bool refresh_tried; /* at most once per request */
+    /* a handler's deferral */
+    bool resumed, timed_out;
+    pb_hrpc_waker *w; /* while suspended, or fired before it could be */
+    pb_hrpc_server *srv;
+    struct MHD_Connection *conn;
 };
 
 void pb_hrpc_reply_error(pb_hrpc_reply *rep, int status, const char *identifier, const char *fmt,
@@ -303,7 +346,10 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     *socket_context = NULL;
 }
 
-/* Shuts down every connection whose request was not read in time, until stopped. */
+static void fire_locked(pb_hrpc_server *s, pb_hrpc_waker *w, bool timed_out);
+
+/* Shuts down every connection whose request was not read in time, and resumes every
+ * suspended request past its deadline, until stopped. */
 static void *sweeper_main(void *arg)
 {
     pb_hrpc_server *s = arg;
@@ -326,6 +372,12 @@ static void *sweeper_main(void *arg)
             cut++;
         }
         s->ncut += cut;
+        pthread_mutex_lock(&s->wake_mu);
+        for (pb_hrpc_waker *w = s->suspended, *next; w; w = next) {
+            next = w->next;
+            if (now >= w->deadline) fire_locked(s, w, true);
+        }
+        pthread_mutex_unlock(&s->wake_mu);
         if (cut) {
             uint64_t total = s->ncut;
             pthread_mutex_unlock(&s->conns_mu);
@@ -338,6 +390,92 @@ static void *sweeper_main(void *arg)
     }
     pthread_mutex_unlock(&s->conns_mu);
     return NULL;
+}
+
+/* ---- suspension ---------------------------------------------------------------------------- */
+
+static pb_hrpc_waker *waker_new(pb_hrpc_server *s, struct MHD_Connection *conn, int timeout_ms)
+{
+    pb_hrpc_waker *w = pb_xcalloc(1, sizeof *w);
+    atomic_init(&w->refs, 2);
+    w->s = s;
+    w->conn = conn;
+    w->state = W_ARMED;
+    w->deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    return w;
+}
+
+static void waker_unref(pb_hrpc_waker *w)
+{
+    if (atomic_fetch_sub(&w->refs, 1) == 1) free(w);
+}
+
+/* With wake_mu held: takes w off the suspended list and resumes its connection. */
+static void fire_locked(pb_hrpc_server *s, pb_hrpc_waker *w, bool timed_out)
+{
+    if (w->state == W_FIRED) return;
+    if (w->state == W_SUSPENDED) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            s->suspended = w->next;
+        if (w->next) w->next->prev = w->prev;
+        w->prev = w->next = NULL;
+        w->state = W_FIRED;
+        w->timed_out = timed_out;
+        MHD_resume_connection(w->conn);
+        return;
+    }
+    w->state = W_FIRED;
+    w->timed_out = timed_out;
+}
+
+void pb_hrpc_wake(pb_hrpc_waker *w)
+{
+    if (!w) return;
+    pb_hrpc_server *s = w->s;
+    pthread_mutex_lock(&s->wake_mu);
+    fire_locked(s, w, false);
+    pthread_mutex_unlock(&s->wake_mu);
+    waker_unref(w);
+}
+
+pb_hrpc_waker *pb_hrpc_defer(const pb_hrpc_request *req, int timeout_ms)
+{
+    struct req *r = req->internal;
+    if (r->w) abort(); /* a handler defers at most once per run: a bug */
+    r->w = waker_new(r->srv, r->conn, timeout_ms);
+    return r->w;
+}
+
+/* Suspends the request unless its waker fired already; true when suspended. */
+static bool suspend(pb_hrpc_server *s, struct req *r)
+{
+    pb_hrpc_waker *w = r->w;
+    pthread_mutex_lock(&s->wake_mu);
+    bool go_on = w->state == W_FIRED;
+    if (!go_on) {
+        w->state = W_SUSPENDED;
+        w->next = s->suspended;
+        if (s->suspended) s->suspended->prev = w;
+        s->suspended = w;
+        MHD_suspend_connection(w->conn);
+    }
+    pthread_mutex_unlock(&s->wake_mu);
+    return !go_on;
+}
+
+/* The request runs again: takes over what its waker learnt and drops the server's
+ * reference. */
+static void take_waker(pb_hrpc_server *s, struct req *r)
+{
+    pb_hrpc_waker *w = r->w;
+    if (!w) return;
+    pthread_mutex_lock(&s->wake_mu);
+    r->timed_out = w->timed_out;
+    pthread_mutex_unlock(&s->wake_mu);
+    r->w = NULL;
+    waker_unref(w);
 }
 
 /* First call of a request: everything that can be refused from the headers. */
@@ -370,6 +508,179 @@ static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn
     return MHD_YES;
 }
 
+/* ---- authentication ------------------------------------------------------------------------- */
+
+/* keyfetch callback (loop thread): the key a suspended request waits for. */
+static void key_ready(void *ctx, pb_err err, const uint8_t key[32])
+{
+    pb_hrpc_waker *w = ctx;
+    pthread_mutex_lock(&w->s->wake_mu);
+    w->key_done = true;
+    w->key_err = err;
+    if (err == PB_OK) memcpy(w->key, key, PB_PUBKEY_LEN);
+    pthread_mutex_unlock(&w->s->wake_mu);
+    pb_hrpc_wake(w);
+}
+
+enum astep { A_OK, A_WAIT, A_REFUSED };
+
+/*
+ * The token check of PROTOCOL.md 3 with the key found asynchronously. A_OK: r->peer and
+ * r->bound are set. A_WAIT: r->w is armed; run again once it fired. A_REFUSED: *verdict
+ * and *retry_after say what to answer.
+ */
+static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r,
+                            pb_auth_verdict *verdict, uint32_t *retry_after)
+{
+    const char *hdr =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    pb_auth_claims c;
+    enum astep step = A_REFUSED;
+    uint8_t key[PB_PUBKEY_LEN];
+    bool have = false, stored = false, via_rename = false;
+    *retry_after = 0;
+    *verdict = pb_auth_precheck(hdr, (uint64_t)time(NULL), s->auth.policy, &c);
+    snprintf(r->peer, sizeof r->peer, "%s", c.server_id);
+    if (*verdict != PB_AUTH_OK) goto out;
+
+    if (r->key_wait) { /* back from waiting for a fetch */
+        r->key_wait = false;
+        pb_hrpc_waker *w = r->w;
+        pthread_mutex_lock(&s->wake_mu);
+        bool done = w->key_done;
+        pb_err kerr = w->key_err;
+        if (done && kerr == PB_OK) memcpy(key, w->key, PB_PUBKEY_LEN);
+        pthread_mutex_unlock(&s->wake_mu);
+        take_waker(s, r);
+        if (done && kerr == PB_OK) {
+            have = true;
+        } else {
+            *verdict = r->refreshing ? PB_AUTH_BAD_SIGNATURE : PB_AUTH_KEY_UNAVAILABLE;
+            *retry_after = done ? (uint32_t)(s->auth.policy->key_retry_after_s
+                                                 ? s->auth.policy->key_retry_after_s
+                                                 : 30)
+                                : 1;
+            goto out;
+        }
+    }
+    if (!have && !r->refreshing && s->auth.rename_key &&
+        s->auth.rename_key(s->auth.cb_ctx, c.server_id, key))
+        have = via_rename = true;
+    for (;;) {
+        if (!have) {
+            pb_hrpc_waker *w = waker_new(s, conn, s->auth.key_wait_ms);
+            pb_err err = s->auth.keys ? pb_keyfetch_get(s->auth.keys, c.server_id, r->refreshing,
+                                                        key, &stored, key_ready, w, retry_after)
+                                      : PB_ERR_NOT_FOUND;
+            if (err == PB_ERR_BUSY) {
+                r->w = w;
+                r->key_wait = true;
+                step = A_WAIT;
+                goto out;
+            }
+            waker_unref(w); /* neither reference is used */
+            waker_unref(w);
+            if (err != PB_OK) {
+                *verdict = r->refreshing ? PB_AUTH_BAD_SIGNATURE : PB_AUTH_KEY_UNAVAILABLE;
+                if (!*retry_after) *retry_after = 1;
+                goto out;
+            }
+            have = true;
+        }
+        if (pb_auth_claims_verify(s->auth.policy, &c, key)) break;
+        /* A stored key that fails: the peer may have rotated it; fetch once more. */
+        if (!stored || r->refresh_tried) {
+            *verdict = PB_AUTH_BAD_SIGNATURE;
+            goto out;
+        }
+        r->refresh_tried = r->refreshing = true;
+        have = stored = false;
+    }
+    if (via_rename) {
+        pb_err err = s->auth.rename_proven(s->auth.cb_ctx, c.server_id);
+        if (err != PB_OK) {
+            *verdict = PB_AUTH_KEY_UNAVAILABLE;
+            *retry_after = 1;
+            goto out;
+        }
+    } else if (!stored) {
+        pb_keyfetch_verified(s->auth.keys, c.server_id, key);
+    }
+    r->authed = true;
+    r->bound = c.bound;
+    *verdict = PB_AUTH_OK;
+    step = A_OK;
+    if (s->auth.on_authenticated) s->auth.on_authenticated(s->auth.cb_ctx, r->peer, r->bound);
+out:
+    pb_auth_claims_clear(&c);
+    return step;
+}
+
+/* ---- the request ----------------------------------------------------------------------------- */
+
+/* The request is complete (or resumed): authenticate, run the handler, answer; or suspend
+ * and come back here. */
+static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, const char *url,
+                               struct req *r)
+{
+    for (;;) {
+        if (r->route->with_auth && !r->authed) {
+            if (!s->has_auth)
+                return send_error(conn, 500, ID_INTERNAL, 0, "authentication not configured");
+            pb_auth_verdict v;
+            uint32_t ra;
+            enum astep st = auth_step(s, conn, r, &v, &ra);
+            if (st == A_WAIT) {
+                if (suspend(s, r)) return MHD_YES;
+                continue; /* the key came before we could wait for it */
+            }
+            if (st == A_REFUSED) {
+                PB_INFO(r->peer[0] ? r->peer : NULL, "%s refused: %s (%s)", url,
+                        pb_auth_verdict_message(v), pb_auth_verdict_identifier(v));
+                return send_error(conn, (unsigned)pb_auth_verdict_status(v),
+                                  pb_auth_verdict_identifier(v), ra, "%s",
+                                  pb_auth_verdict_message(v));
+            }
+        }
+        if (r->w) { /* back from a handler's deferral */
+            take_waker(s, r);
+            r->resumed = true;
+        }
+        pb_hrpc_request hreq = {.path = url,
+                                .body = r->body.data,
+                                .body_len = r->body.len,
+                                .peer = r->route->with_auth ? r->peer : NULL,
+                                .bound = r->route->with_auth && r->bound,
+                                .resumed = r->resumed,
+                                .timed_out = r->timed_out,
+                                .internal = r};
+        hreq.authorization =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (atomic_load(&s->stopping) && r->resumed)
+            return send_error(conn, 503, ID_UNAVAILABLE, 5, "server is shutting down");
+        pb_hrpc_reply rep = {0};
+        rep.status = 200;
+        if (pb_fault("hrpc.internal"))
+            pb_hrpc_reply_error(&rep, 500, ID_INTERNAL, "injected fault");
+        else
+            r->route->fn(r->route->ctx, &hreq, &rep);
+        if (r->w) { /* deferred */
+            reply_clear(&rep);
+            r->timed_out = false;
+            if (suspend(s, r)) return MHD_YES;
+            continue; /* woken already */
+        }
+        if (rep.status >= 500)
+            PB_WARN(hreq.peer, "%s answered %d %s: %s", url, rep.status,
+                    rep.identifier ? rep.identifier : "", rep.message ? rep.message : "");
+        r->on_done = rep.on_done;
+        r->on_done_ctx = rep.on_done_ctx;
+        enum MHD_Result res = send_reply(conn, &rep);
+        reply_clear(&rep);
+        return res;
+    }
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -378,9 +689,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct req *r = *con_cls;
     if (!r) {
         r = pb_xcalloc(1, sizeof *r);
+        r->srv = s;
+        r->conn = conn;
         *con_cls = r;
         return on_headers(s, conn, url, method, r);
     }
+    if (r->w) return process(s, conn, url, r); /* resumed */
     if (*upload_data_size > 0) {
         /* A body still arriving after the deadline: close without an answer. */
         if (conn_past_deadline(s, conn)) return MHD_NO;
@@ -398,45 +712,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->too_big)
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body over the limit of %zu bytes",
                           s->opts.max_body);
-
-    pb_hrpc_request hreq = {.path = url, .body = r->body.data, .body_len = r->body.len};
-    hreq.authorization =
-        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    pb_auth_result ares;
-    if (r->route->with_auth) {
-        if (!s->has_auth)
-            return send_error(conn, 500, ID_INTERNAL, 0, "authentication not configured");
-        pb_auth_check(hreq.authorization, (uint64_t)time(NULL), s->auth.policy, s->auth.key_fn,
-                      s->auth.key_ctx, &ares);
-        if (ares.verdict != PB_AUTH_OK) {
-            PB_INFO(ares.server_id[0] ? ares.server_id : NULL, "%s refused: %s (%s)", url,
-                    pb_auth_verdict_message(ares.verdict),
-                    pb_auth_verdict_identifier(ares.verdict));
-            uint32_t ra = 0;
-            if (ares.verdict == PB_AUTH_KEY_UNAVAILABLE)
-                ra = s->auth.policy->key_retry_after_s ? s->auth.policy->key_retry_after_s : 30;
-            return send_error(conn, (unsigned)pb_auth_verdict_status(ares.verdict),
-                              pb_auth_verdict_identifier(ares.verdict), ra, "%s",
-                              pb_auth_verdict_message(ares.verdict));
-        }
-        hreq.peer = ares.server_id;
-        if (s->auth.on_authenticated) s->auth.on_authenticated(s->auth.cb_ctx, ares.server_id);
-    }
-
-    pb_hrpc_reply rep = {0};
-    rep.status = 200;
-    if (pb_fault("hrpc.internal"))
-        pb_hrpc_reply_error(&rep, 500, ID_INTERNAL, "injected fault");
-    else
-        r->route->fn(r->route->ctx, &hreq, &rep);
-    if (rep.status >= 500)
-        PB_WARN(hreq.peer, "%s answered %d %s: %s", url, rep.status,
-                rep.identifier ? rep.identifier : "", rep.message ? rep.message : "");
-    r->on_done = rep.on_done;
-    r->on_done_ctx = rep.on_done_ctx;
-    enum MHD_Result res = send_reply(conn, &rep);
-    reply_clear(&rep);
-    return res;
+    return process(s, conn, url, r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -447,6 +723,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     conn_set_deadline(s, conn, true);
     struct req *r = *con_cls;
     if (!r) return;
+    if (r->w) take_waker(s, r); /* a request that ended while woken (shutdown) */
     if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (r->counted) atomic_fetch_sub(&s->inflight, 1);
     pb_buf_free(&r->body);
@@ -523,6 +800,7 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.threads) s->opts.threads = 16;
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
     pthread_mutex_init(&s->conns_mu, NULL);
+    pthread_mutex_init(&s->wake_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -531,6 +809,7 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (auth) {
         s->auth = *auth;
         s->has_auth = true;
+        if (s->auth.key_wait_ms <= 0) s->auth.key_wait_ms = KEY_WAIT_MS;
     }
     *out = s;
     return PB_OK;
@@ -552,8 +831,8 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         PB_ERROR(NULL, "invalid listen address %s (want IP:PORT or [IPv6]:PORT)", s->opts.listen);
         return PB_ERR_CONFIG;
     }
-    unsigned flags =
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG |
+                     MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     bool tls = s->opts.tls_cert_file && s->opts.tls_key_file;
     if (tls) {
@@ -626,8 +905,13 @@ void pb_hrpc_server_stop(pb_hrpc_server *s)
 {
     if (!s || !s->mhd) return;
     atomic_store(&s->stopping, true);
-    /* Stop accepting, then let in-flight requests finish (bounded: 10 s). */
+    /* Stop accepting, wake every suspended request (they answer 503), then let in-flight
+     * requests finish (bounded: 10 s). */
     MHD_socket fd = MHD_quiesce_daemon(s->mhd);
+    pthread_mutex_lock(&s->wake_mu);
+    while (s->suspended)
+        fire_locked(s, s->suspended, true);
+    pthread_mutex_unlock(&s->wake_mu);
     for (int i = 0; i < 1000 && atomic_load(&s->inflight) > 0; i++) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -662,5 +946,6 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
     free(s->tls_cert);
     pthread_cond_destroy(&s->sweep_cv);
     pthread_mutex_destroy(&s->conns_mu);
+    pthread_mutex_destroy(&s->wake_mu);
     free(s);
 }

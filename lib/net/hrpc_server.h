@@ -15,9 +15,16 @@
  * (a client trickling its headers or body is cut then, not kept alive by each byte);
  * past max_connections a new connection is closed at once rather than left waiting.
  *
+ * Waiting without a thread: a request that must wait for something remote (the sender's
+ * key being fetched, a Pull from the sender in progress) is suspended (libmicrohttpd's
+ * suspend/resume): it holds no listener thread while it waits, and is resumed by a waker
+ * (any thread) or by its deadline, whichever comes first. Authentication waits at most
+ * auth.key_wait_ms for a key (then 503 with RetryInfo; the fetch goes on); a handler
+ * chooses its own deadline (pb_hrpc_defer).
+ *
  * Threads: libmicrohttpd's internal polling thread pool (opts.threads); handlers run on
- * those threads and may block (store commits, key fetches); one sweeper thread enforces
- * the request deadline.
+ * those threads and may block on local work only (store commits), never on the network;
+ * one sweeper thread enforces the request deadline and the suspended requests' deadlines.
  *
  * Untrusted input: the HTTP request (method, path, headers, body). libmicrohttpd parses
  * HTTP and bounds header size (connection memory limit); this module bounds the body
@@ -55,8 +62,12 @@ typedef struct pb_hrpc_request {
     const uint8_t *body;
     size_t body_len;
     const char *peer; /* authenticated, normalised server ID; NULL on routes without auth */
-    const char *authorization; /* the raw Authorization header or NULL (routes that
-                                  authenticate themselves, e.g. NotifyNewId) */
+    bool bound;       /* the token names this server as its audience (PROTOCOL.md 7.1):
+                         only then may the handler honour the project's extension fields */
+    const char *authorization; /* the raw Authorization header or NULL */
+    bool resumed;   /* the handler deferred this request (pb_hrpc_defer) and runs again */
+    bool timed_out; /* ... and the deferral's deadline passed before a wake */
+    void *internal; /* the server's */
 } pb_hrpc_request;
 
 /* What a handler fills. status 200 with `body` the response message, or an error status
@@ -80,14 +91,34 @@ void pb_hrpc_reply_error(pb_hrpc_reply *rep, int status, const char *identifier,
 
 typedef void (*pb_hrpc_handler_fn)(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep);
 
+/*
+ * Deferring: a handler that must wait (for something that another thread will finish)
+ * calls pb_hrpc_defer and returns without filling rep. The server suspends the request
+ * and calls the handler again with req->resumed set once pb_hrpc_wake is called, or with
+ * req->timed_out also set when timeout_ms passed first. The waker returned belongs to the
+ * caller until it hands it to pb_hrpc_wake, which it must do exactly once (late is fine:
+ * a wake after the deadline does nothing). A handler may defer once per run.
+ */
+typedef struct pb_hrpc_waker pb_hrpc_waker;
+pb_hrpc_waker *pb_hrpc_defer(const pb_hrpc_request *req, int timeout_ms);
+void pb_hrpc_wake(pb_hrpc_waker *w);
+
+struct pb_keyfetch;
+
 /* Authentication for routes registered with auth: the policy and the key source. The
  * server keeps pointers: they must outlive it. */
 typedef struct pb_hrpc_auth {
     const pb_auth_policy *policy;
-    pb_auth_key_fn key_fn;
-    void *key_ctx;
+    struct pb_keyfetch *keys; /* stored keys and bounded fetches (keyfetch.h) */
+    int key_wait_ms;          /* longest a request waits for a key being fetched; 900 */
+    /* A pending rename (PROTOCOL.md 7.2): when server_id is the new ID of a rename that
+     * waits for its proof, fills key with the old ID's key and returns true; after a token
+     * naming server_id verified with it, rename_proven completes the rename (its error is
+     * answered as a store failure). Both may be NULL. */
+    bool (*rename_key)(void *ctx, const char *server_id, uint8_t key[32]);
+    pb_err (*rename_proven)(void *ctx, const char *server_id);
     /* Called after a successful authentication (e.g. to record contact); may be NULL. */
-    void (*on_authenticated)(void *ctx, const char *peer);
+    void (*on_authenticated)(void *ctx, const char *peer, bool bound);
     void *cb_ctx;
 } pb_hrpc_auth;
 

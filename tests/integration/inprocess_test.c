@@ -19,6 +19,7 @@ static pb_daemon *open_daemon(const char *dir, uint16_t port, uint16_t admin_por
                            {"listen", listen},
                            {"admin_listen", admin},
                            {"peer_scheme", "http"},
+                           {"allow_private_peers", "yes"},
                            {"log_level", "warn"}};
     for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
         CHECK_OK(pb_config_set(cfg, kv[i][0], kv[i][1], &why));

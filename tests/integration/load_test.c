@@ -245,7 +245,7 @@ static void *pusher_main(void *arg)
 {
     struct pusher *p = arg;
     pb_client *cl = NULL;
-    pb_client_opts co = {.plain_http = true, .timeout_ms = 60000};
+    pb_client_opts co = {.plain_http = true, .timeout_ms = 60000, .allow_private = true};
     if (pb_client_new(&co, &cl) != PB_OK) return NULL;
     for (unsigned i = 0; i < PUSHES && pbt_now_ms() < p->deadline; i++) {
         pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD,

@@ -232,7 +232,7 @@ int main(void)
     pb_keys *kb = NULL;
     CHECK_OK(pb_keys_load(bkey, &kb));
     pb_client *cl = NULL;
-    pb_client_opts co = {.plain_http = true};
+    pb_client_opts co = {.plain_http = true, .allow_private = true};
     CHECK_OK(pb_client_new(&co, &cl));
     for (int i = 0; i < NODES; i++) {
         if (dead[i]) continue;

@@ -298,14 +298,15 @@ static void srv_stop(struct srv *s)
 }
 
 static pb_client *client(bool plain, const char *ca_file, long timeout_ms, size_t max_response,
-                         size_t max_peers)
+                         long max_connections)
 {
     pb_client_opts o = {.plain_http = plain,
                         .ca_file = ca_file,
                         .connect_timeout_ms = 2000,
                         .timeout_ms = timeout_ms,
                         .max_response = max_response,
-                        .max_peers = max_peers};
+                        .allow_private = true, /* every test server is on 127.0.0.1 */
+                        .max_connections = max_connections};
     pb_client *c = NULL;
     CHECK_OK(pb_client_new(&o, &c));
     if (!c) abort();
@@ -597,9 +598,10 @@ static void test_reuse(struct srv *s, struct srv *s2)
     CHECK_INT(atomic_load(&s->connections) - before, 1);
     pb_client_free(c);
 
-    /* LRU: with room for one peer, calling another peer drops the first one's connection */
+    /* The connection cache: with room for one connection, calling another peer drops the
+     * first one's connection; with room for two, both are reused. */
     const int expect_new[2] = {2, 1};
-    for (size_t max_peers = 1; max_peers <= 2; max_peers++) {
+    for (long max_peers = 1; max_peers <= 2; max_peers++) {
         c = client(true, NULL, 5000, 0, max_peers);
         before = atomic_load(&s->connections);
         int before2 = atomic_load(&s2->connections);
@@ -610,7 +612,8 @@ static void test_reuse(struct srv *s, struct srv *s2)
         CHECK_OK(call(c, s->id, "/t.S/Echo", NULL, NULL, 0, &a));
         pb_client_answer_clear(&a);
         CHECKF(atomic_load(&s->connections) - before == expect_new[max_peers - 1],
-               "max_peers %zu: %d connections", max_peers, atomic_load(&s->connections) - before);
+               "max_connections %ld: %d connections", max_peers,
+               atomic_load(&s->connections) - before);
         CHECK_INT(atomic_load(&s2->connections) - before2, 1);
         pb_client_free(c);
     }

@@ -1,0 +1,509 @@
+/*
+ * ioloop - the outbound I/O loop (see ioloop.h for the model).
+ *
+ * Posted tasks sit in a singly linked FIFO under `mu`; the eventfd is written only when
+ * the queue goes from empty to non-empty, and the loop takes the whole queue at once.
+ * Transfers are tracked in a doubly linked list of records (CURLOPT_PRIVATE points at the
+ * record) so that stop can finish every one of them. Timers are a binary min-heap of
+ * pointers into their owners' structs; each timer knows its heap position, so cancel and
+ * re-arm are O(log n).
+ */
+#include "net/ioloop.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/log.h"
+#include "util/mem.h"
+
+#define MAX_EVENTS 256
+#define MAX_WAIT_MS 1000
+
+struct task {
+    struct task *next;
+    pb_ioloop_fn fn;
+    void *ctx;
+};
+
+struct xfer_rec {
+    struct xfer_rec *prev, *next;
+    CURL *h;
+    pb_ioloop_done_fn done;
+    void *ctx;
+};
+
+struct pb_ioloop {
+    int epfd, evfd;
+    CURLM *multi;
+    int64_t curl_deadline; /* monotonic ms; -1 = none */
+    pthread_t thread;
+    bool started, joined;
+
+    pthread_mutex_t mu; /* tasks and the stop flag */
+    struct task *head, *tail;
+    bool stopping, stopped;
+
+    struct xfer_rec *xfers; /* loop thread only */
+    size_t nxfers;
+    pb_timer **heap; /* loop thread only; heap[0] unused, 1-based */
+    size_t nheap, capheap;
+};
+
+int64_t pb_ioloop_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- timers: a min-heap on `at` ----------------------------------------------------------- */
+
+static void heap_set(pb_ioloop *l, size_t i, pb_timer *t)
+{
+    l->heap[i] = t;
+    t->heap_idx = i;
+}
+
+static void heap_up(pb_ioloop *l, size_t i)
+{
+    pb_timer *t = l->heap[i];
+    while (i > 1 && l->heap[i / 2]->at > t->at) {
+        heap_set(l, i, l->heap[i / 2]);
+        i /= 2;
+    }
+    heap_set(l, i, t);
+}
+
+static void heap_down(pb_ioloop *l, size_t i)
+{
+    pb_timer *t = l->heap[i];
+    for (;;) {
+        size_t c = 2 * i;
+        if (c > l->nheap) break;
+        if (c + 1 <= l->nheap && l->heap[c + 1]->at < l->heap[c]->at) c++;
+        if (l->heap[c]->at >= t->at) break;
+        heap_set(l, i, l->heap[c]);
+        i = c;
+    }
+    heap_set(l, i, t);
+}
+
+void pb_timer_init(pb_timer *t, pb_ioloop_fn fn, void *ctx)
+{
+    memset(t, 0, sizeof *t);
+    t->fn = fn;
+    t->ctx = ctx;
+}
+
+void pb_ioloop_timer_cancel(pb_ioloop *l, pb_timer *t)
+{
+    size_t i = t->heap_idx;
+    if (!i) return;
+    t->heap_idx = 0;
+    pb_timer *last = l->heap[l->nheap--];
+    if (i <= l->nheap) {
+        heap_set(l, i, last);
+        heap_up(l, i);
+        heap_down(l, last->heap_idx);
+    }
+}
+
+void pb_ioloop_timer_arm(pb_ioloop *l, pb_timer *t, int64_t at_ms)
+{
+    pb_ioloop_timer_cancel(l, t);
+    t->at = at_ms;
+    if (l->nheap + 1 >= l->capheap) {
+        l->capheap = l->capheap ? 2 * l->capheap : 64;
+        l->heap = pb_xrealloc(l->heap, l->capheap * sizeof *l->heap);
+    }
+    l->nheap++;
+    heap_set(l, l->nheap, t);
+    heap_up(l, l->nheap);
+}
+
+size_t pb_ioloop_timer_count(const pb_ioloop *l)
+{
+    return l->nheap;
+}
+
+/* Runs the timers due at `now`; a timer armed again by its own callback for `now` or
+ * earlier runs at the next iteration, not in this one (no livelock). */
+static void run_timers(pb_ioloop *l, int64_t now)
+{
+    size_t budget = l->nheap;
+    while (budget-- > 0 && l->nheap > 0 && l->heap[1]->at <= now) {
+        pb_timer *t = l->heap[1];
+        pb_ioloop_timer_cancel(l, t);
+        t->fn(t->ctx);
+    }
+}
+
+/* ---- libcurl callbacks -------------------------------------------------------------------- */
+
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    pb_ioloop *l = userp;
+    if (what == CURL_POLL_REMOVE) {
+        if (socketp) epoll_ctl(l->epfd, EPOLL_CTL_DEL, s, NULL);
+        curl_multi_assign(l->multi, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {0};
+    ev.data.fd = s;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev.events |= EPOLLIN;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev.events |= EPOLLOUT;
+    if (socketp) {
+        if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, s, &ev) != 0)
+            PB_ERROR(NULL, "ioloop: epoll_ctl MOD failed: %s", strerror(errno));
+    } else {
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, s, &ev) != 0)
+            PB_ERROR(NULL, "ioloop: epoll_ctl ADD failed: %s", strerror(errno));
+        curl_multi_assign(l->multi, s, (void *)1);
+    }
+    return 0;
+}
+
+static int on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+    pb_ioloop *l = userp;
+    l->curl_deadline = timeout_ms < 0 ? -1 : pb_ioloop_now_ms() + timeout_ms;
+    return 0;
+}
+
+/* Delivers every finished transfer to its owner. */
+static void check_done(pb_ioloop *l)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(l->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        CURL *h = msg->easy_handle;
+        CURLcode rc = msg->data.result;
+        struct xfer_rec *r = NULL;
+        curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&r);
+        curl_multi_remove_handle(l->multi, h);
+        if (!r) continue;
+        if (r->prev)
+            r->prev->next = r->next;
+        else
+            l->xfers = r->next;
+        if (r->next) r->next->prev = r->prev;
+        l->nxfers--;
+        pb_ioloop_done_fn done = r->done;
+        void *ctx = r->ctx;
+        free(r);
+        done(ctx, rc);
+    }
+}
+
+pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, pb_ioloop_done_fn done, void *ctx)
+{
+    pthread_mutex_lock(&l->mu);
+    bool stopping = l->stopping;
+    pthread_mutex_unlock(&l->mu);
+    if (stopping) return PB_ERR_SHUTDOWN;
+    struct xfer_rec *r = pb_xcalloc(1, sizeof *r);
+    r->h = h;
+    r->done = done;
+    r->ctx = ctx;
+    curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)r);
+    CURLMcode mc = curl_multi_add_handle(l->multi, h);
+    if (mc != CURLM_OK) {
+        PB_ERROR(NULL, "ioloop: curl_multi_add_handle: %s", curl_multi_strerror(mc));
+        free(r);
+        return PB_ERR_INTERNAL;
+    }
+    r->next = l->xfers;
+    if (l->xfers) l->xfers->prev = r;
+    l->xfers = r;
+    l->nxfers++;
+    return PB_OK;
+}
+
+void pb_ioloop_remove(pb_ioloop *l, CURL *h)
+{
+    struct xfer_rec *r = NULL;
+    curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&r);
+    curl_multi_remove_handle(l->multi, h);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, NULL);
+    if (!r) return;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        l->xfers = r->next;
+    if (r->next) r->next->prev = r->prev;
+    l->nxfers--;
+    free(r);
+}
+
+size_t pb_ioloop_active(const pb_ioloop *l)
+{
+    return l->nxfers;
+}
+
+/* ---- posted tasks ---------------------------------------------------------------------------- */
+
+void pb_ioloop_post(pb_ioloop *l, pb_ioloop_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&l->mu);
+    if (l->stopped) {
+        pthread_mutex_unlock(&l->mu);
+        fn(ctx); /* no loop any more: run here */
+        return;
+    }
+    struct task *t = pb_xmalloc(sizeof *t);
+    t->next = NULL;
+    t->fn = fn;
+    t->ctx = ctx;
+    bool was_empty = l->head == NULL;
+    if (l->tail)
+        l->tail->next = t;
+    else
+        l->head = t;
+    l->tail = t;
+    pthread_mutex_unlock(&l->mu);
+    if (was_empty) {
+        uint64_t one = 1;
+        ssize_t w = write(l->evfd, &one, sizeof one);
+        (void)w; /* EAGAIN: the counter is already non-zero, the loop will wake */
+    }
+}
+
+/* Runs the tasks queued now; returns how many ran. */
+static size_t run_tasks(pb_ioloop *l)
+{
+    uint64_t v;
+    ssize_t r = read(l->evfd, &v, sizeof v);
+    (void)r;
+    pthread_mutex_lock(&l->mu);
+    struct task *t = l->head;
+    l->head = l->tail = NULL;
+    pthread_mutex_unlock(&l->mu);
+    size_t n = 0;
+    while (t) {
+        struct task *next = t->next;
+        t->fn(t->ctx);
+        free(t);
+        t = next;
+        n++;
+    }
+    return n;
+}
+
+struct call_ctx {
+    pb_ioloop_fn fn;
+    void *ctx;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+};
+
+static void call_trampoline(void *arg)
+{
+    struct call_ctx *c = arg;
+    c->fn(c->ctx);
+    pthread_mutex_lock(&c->mu);
+    c->done = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void pb_ioloop_call(pb_ioloop *l, pb_ioloop_fn fn, void *ctx)
+{
+    if (pb_ioloop_on_loop(l)) {
+        fn(ctx);
+        return;
+    }
+    struct call_ctx c = {.fn = fn, .ctx = ctx};
+    pthread_mutex_init(&c.mu, NULL);
+    pthread_cond_init(&c.cv, NULL);
+    pb_ioloop_post(l, call_trampoline, &c);
+    pthread_mutex_lock(&c.mu);
+    while (!c.done)
+        pthread_cond_wait(&c.cv, &c.mu);
+    pthread_mutex_unlock(&c.mu);
+    pthread_cond_destroy(&c.cv);
+    pthread_mutex_destroy(&c.mu);
+}
+
+bool pb_ioloop_on_loop(const pb_ioloop *l)
+{
+    return l->started && !l->joined && pthread_equal(pthread_self(), l->thread);
+}
+
+/* ---- the loop ------------------------------------------------------------------------------ */
+
+static int wait_ms(const pb_ioloop *l, int64_t now)
+{
+    int64_t until = -1;
+    if (l->nheap > 0) until = l->heap[1]->at;
+    if (l->curl_deadline >= 0 && (until < 0 || l->curl_deadline < until)) until = l->curl_deadline;
+    if (until < 0) return MAX_WAIT_MS;
+    int64_t w = until - now;
+    if (w < 0) return 0;
+    return w > MAX_WAIT_MS ? MAX_WAIT_MS : (int)w;
+}
+
+static void shutdown_transfers(pb_ioloop *l)
+{
+    while (l->xfers) {
+        struct xfer_rec *r = l->xfers;
+        l->xfers = r->next;
+        if (l->xfers) l->xfers->prev = NULL;
+        l->nxfers--;
+        curl_multi_remove_handle(l->multi, r->h);
+        curl_easy_setopt(r->h, CURLOPT_PRIVATE, NULL);
+        pb_ioloop_done_fn done = r->done;
+        void *ctx = r->ctx;
+        free(r);
+        done(ctx, CURLE_ABORTED_BY_CALLBACK);
+    }
+}
+
+static void *loop_main(void *arg)
+{
+    pb_ioloop *l = arg;
+    struct epoll_event evs[MAX_EVENTS];
+    for (;;) {
+        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, wait_ms(l, pb_ioloop_now_ms()));
+        if (n < 0 && errno != EINTR) {
+            PB_ERROR(NULL, "ioloop: epoll_wait failed: %s", strerror(errno));
+            n = 0;
+        }
+        int running;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == l->evfd) {
+                run_tasks(l);
+                continue;
+            }
+            int mask = 0;
+            if (evs[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
+            if (evs[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
+            curl_multi_socket_action(l->multi, evs[i].data.fd, mask, &running);
+        }
+        int64_t now = pb_ioloop_now_ms();
+        if (l->curl_deadline >= 0 && l->curl_deadline <= now) {
+            l->curl_deadline = -1;
+            curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+        check_done(l);
+        run_timers(l, pb_ioloop_now_ms());
+        pthread_mutex_lock(&l->mu);
+        bool stop = l->stopping;
+        pthread_mutex_unlock(&l->mu);
+        if (stop) break;
+    }
+    /* Finish: what was posted runs, transfers end, timers are dropped. Tasks may post
+     * more tasks; a bounded number of rounds keeps a buggy task from spinning forever. */
+    for (int round = 0; round < 100 && run_tasks(l) > 0; round++)
+        ;
+    shutdown_transfers(l);
+    for (int round = 0; round < 100 && run_tasks(l) > 0; round++)
+        ;
+    while (l->nheap > 0)
+        pb_ioloop_timer_cancel(l, l->heap[1]);
+    pthread_mutex_lock(&l->mu);
+    l->stopped = true;
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static CURLcode g_init_rc = CURLE_FAILED_INIT;
+
+static void global_init(void)
+{
+    g_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out)
+{
+    pthread_once(&g_once, global_init);
+    if (g_init_rc != CURLE_OK) {
+        PB_ERROR(NULL, "curl_global_init failed: %s", curl_easy_strerror(g_init_rc));
+        return PB_ERR_INTERNAL;
+    }
+    pb_ioloop *l = pb_xcalloc(1, sizeof *l);
+    l->epfd = l->evfd = -1;
+    l->curl_deadline = -1;
+    pthread_mutex_init(&l->mu, NULL);
+    pb_err err = PB_ERR_IO;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (l->epfd < 0 || l->evfd < 0) {
+        PB_ERROR(NULL, "ioloop: cannot create epoll/eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l->evfd};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) != 0) goto fail;
+    err = PB_ERR_INTERNAL;
+    l->multi = curl_multi_init();
+    if (!l->multi) goto fail;
+    long maxc = opts && opts->max_connections > 0 ? opts->max_connections : 1024;
+    curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
+    curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
+    curl_multi_setopt(l->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxc);
+    curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, maxc);
+    *out = l;
+    return PB_OK;
+fail:
+    pb_ioloop_free(l);
+    return err;
+}
+
+pb_err pb_ioloop_start(pb_ioloop *l)
+{
+    if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
+        PB_ERROR(NULL, "ioloop: cannot start the I/O thread");
+        return PB_ERR_INTERNAL;
+    }
+    l->started = true;
+    return PB_OK;
+}
+
+void pb_ioloop_stop(pb_ioloop *l)
+{
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    bool was = l->stopping;
+    l->stopping = true;
+    if (!l->started) l->stopped = true;
+    pthread_mutex_unlock(&l->mu);
+    if (!l->started || l->joined) return;
+    if (!was) {
+        uint64_t one = 1;
+        ssize_t w = write(l->evfd, &one, sizeof one);
+        (void)w;
+    }
+    pthread_join(l->thread, NULL);
+    l->joined = true;
+}
+
+void pb_ioloop_free(pb_ioloop *l)
+{
+    if (!l) return;
+    pb_ioloop_stop(l);
+    /* Tasks posted between the loop's last round and `stopped` ran there; none remain. */
+    struct task *t = l->head;
+    while (t) {
+        struct task *next = t->next;
+        t->fn(t->ctx);
+        free(t);
+        t = next;
+    }
+    if (l->multi) curl_multi_cleanup(l->multi);
+    if (l->epfd >= 0) close(l->epfd);
+    if (l->evfd >= 0) close(l->evfd);
+    free(l->heap);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}

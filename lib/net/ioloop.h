@@ -1,0 +1,95 @@
+/*
+ * ioloop - the outbound I/O loop: one thread that owns an epoll set, a libcurl multi
+ * handle, a heap of timers and a queue of tasks posted by other threads. Everything that
+ * talks to peers (pushes, drain probes, pulls, key fetches, rename notices) runs here as
+ * non-blocking libcurl transfers (hrpc_client.h), and the delivery engine's state lives
+ * on this thread, so that no peer, however slow or hung, holds a thread.
+ *
+ * Design: libcurl's socket interface (CURLMOPT_SOCKETFUNCTION / TIMERFUNCTION) registers
+ * the transfers' sockets in our epoll set (the "ephiperfifo" pattern of libcurl's
+ * examples); an eventfd in the same set wakes the loop for posted tasks. One iteration:
+ * wait (until the earliest timer or libcurl timeout), run posted tasks, let libcurl act on
+ * ready sockets, deliver finished transfers, run due timers. Time is CLOCK_MONOTONIC in
+ * milliseconds (pb_ioloop_now_ms): a wall-clock jump moves no timer.
+ *
+ * Threads: pb_ioloop_post and pb_ioloop_call are safe from any thread; every other
+ * function is for the loop thread only (a callback, a timer or a posted task).
+ *
+ * Untrusted input: none here (transfers' data is checked by their owners).
+ */
+#ifndef PB_IOLOOP_H
+#define PB_IOLOOP_H
+
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "postbox.h"
+
+typedef struct pb_ioloop pb_ioloop;
+typedef void (*pb_ioloop_fn)(void *ctx);
+
+typedef struct pb_ioloop_opts {
+    long max_connections; /* libcurl's cap on open connections (CURLMOPT_MAX_TOTAL_CONNECTIONS)
+                             and its idle connection cache; 0: 1024 */
+} pb_ioloop_opts;
+
+/* Monotonic milliseconds (CLOCK_MONOTONIC). */
+int64_t pb_ioloop_now_ms(void);
+
+/* Creates a loop (not running). opts may be NULL. Caller frees with pb_ioloop_free.
+ * PB_ERR_IO when epoll/eventfd cannot be made, PB_ERR_INTERNAL when libcurl fails. */
+pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out);
+/* Starts the loop thread. */
+pb_err pb_ioloop_start(pb_ioloop *l);
+/* Stops the loop: tasks already posted run, every transfer still in the multi handle is
+ * finished with CURLE_ABORTED_BY_CALLBACK (its done callback runs), timers are dropped,
+ * the thread is joined. Tasks posted afterwards run on the posting thread at once (there
+ * is no loop any more). Idempotent; not from the loop thread. */
+void pb_ioloop_stop(pb_ioloop *l);
+void pb_ioloop_free(pb_ioloop *l); /* stops first; NULL is a no-op */
+
+/* Runs fn(ctx) on the loop thread soon (FIFO). Any thread. */
+void pb_ioloop_post(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
+/* Runs fn(ctx) on the loop thread and waits for it to return. Any thread; called on the
+ * loop thread it just calls fn. */
+void pb_ioloop_call(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
+/* True on the loop thread. */
+bool pb_ioloop_on_loop(const pb_ioloop *l);
+
+/* ---- timers (loop thread) ------------------------------------------------------------- */
+
+/* A one-shot timer, embedded in its owner's struct; zero-initialised or pb_timer_init'd
+ * it is disarmed. It must be disarmed before its memory goes away. */
+typedef struct pb_timer {
+    int64_t at;      /* monotonic ms */
+    size_t heap_idx; /* 1-based position in the loop's heap, 0 when disarmed */
+    pb_ioloop_fn fn;
+    void *ctx;
+} pb_timer;
+
+void pb_timer_init(pb_timer *t, pb_ioloop_fn fn, void *ctx);
+/* Arms (or re-arms) t to fire at `at_ms` (monotonic). */
+void pb_ioloop_timer_arm(pb_ioloop *l, pb_timer *t, int64_t at_ms);
+void pb_ioloop_timer_cancel(pb_ioloop *l, pb_timer *t);
+static inline bool pb_timer_armed(const pb_timer *t)
+{
+    return t->heap_idx != 0;
+}
+/* Number of armed timers (tests). */
+size_t pb_ioloop_timer_count(const pb_ioloop *l);
+
+/* ---- transfers (loop thread; used by hrpc_client) --------------------------------------- */
+
+typedef void (*pb_ioloop_done_fn)(void *ctx, CURLcode rc);
+/* Adds a configured easy handle; done(ctx, rc) runs on the loop thread when it finishes
+ * (rc CURLE_ABORTED_BY_CALLBACK when the loop stops). The handle's CURLOPT_PRIVATE is the
+ * loop's. PB_ERR_SHUTDOWN when the loop is stopping (done is not called). */
+pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, pb_ioloop_done_fn done, void *ctx);
+/* Removes a handle added with pb_ioloop_add before it finished; done is not called. */
+void pb_ioloop_remove(pb_ioloop *l, CURL *h);
+/* Transfers in the multi handle now. */
+size_t pb_ioloop_active(const pb_ioloop *l);
+
+#endif
