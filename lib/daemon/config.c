@@ -53,6 +53,7 @@ static const struct setting settings[] = {
     S(allow, NULL, "only these server IDs may call (comma-separated; empty: everyone)"),
     S(deny, NULL, "these server IDs may not call (comma-separated)"),
     S(log_level, "info", "debug, info, warn or error"),
+    S(log_format, "text", "log lines: text, or json (one object per line)"),
     S(node_id, NULL,
       "this node's unique name when several nodes share a PostgreSQL store "
       "(default: host name and listen port)"),
@@ -313,6 +314,12 @@ pb_err pb_config_finish(pb_config *c, char **why)
     pb_log_level lv;
     if (pb_log_level_parse(c->log_level, &lv) != PB_OK) {
         *why = pb_xasprintf("log_level: want debug, info, warn or error, got \"%s\"", c->log_level);
+        return PB_ERR_CONFIG;
+    }
+    pb_log_format lf;
+    if (pb_log_format_parse(c->log_format, &lf) != PB_OK) {
+        *why = pb_xasprintf("log_format: want text or json, got \"%s\"",
+                            c->log_format ? c->log_format : "");
         return PB_ERR_CONFIG;
     }
     if (strcmp(c->peer_scheme, "https") != 0 && strcmp(c->peer_scheme, "http") != 0) {

@@ -36,6 +36,7 @@ struct pb_config {
     char *allow;       /* comma/space separated server IDs */
     char *deny;
     char *log_level;
+    char *log_format; /* text|json */
     char *node_id; /* several nodes on one shared store */
     uint64_t auth_window;
     uint64_t key_refetch_interval;

@@ -180,6 +180,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     snprintf(d->server_id, sizeof d->server_id, "%s", cfg->server_id);
     pb_log_level lv;
     if (pb_log_level_parse(cfg->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+    pb_log_format lf;
+    if (pb_log_format_parse(cfg->log_format, &lf) == PB_OK) pb_log_set_format(lf);
     if ((err = pb_faultvfs_install()) != PB_OK) goto fail; /* test builds only */
 
     if ((err = ensure_dir(cfg->data_dir)) != PB_OK) goto fail;
