@@ -28,7 +28,6 @@ static atomic_int g_format = PB_LOG_TEXT;
 static atomic_int g_journal = -1; /* -1: not checked yet for the current fd */
 
 static const char *const names[] = {"debug", "info", "warn", "error"};
-static const char *const upper[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 /* syslog priorities (sd-daemon(3)): debug 7, info 6, warning 4, err 3 */
 static const int priorities[] = {7, 6, 4, 3};
 
@@ -194,7 +193,7 @@ static void write_text(pb_log_level level, const char *peer, const pb_log_kv *kv
         puts_(&l, head);
     }
     timestamp(ts);
-    snprintf(head, sizeof head, "%s %-5s ", ts, upper[level]);
+    snprintf(head, sizeof head, "%s %-5s ", ts, names[level]);
     puts_(&l, head);
     if (peer) {
         puts_(&l, "peer=");

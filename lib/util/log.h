@@ -2,7 +2,7 @@
  * log - the library's one logger. One line per event on stderr, in one of two formats:
  *
  *   text (default):
- *     2026-11-26T10:00:00.123Z WARN  peer=beta.example:443 push failed: timeout seq=42
+ *     2026-11-26T10:00:00.123Z warn  peer=beta.example:443 push failed: timeout seq=42
  *   json (log_format = json), one object per line:
  *     {"ts":"2026-11-26T10:00:00.123Z","level":"warn","msg":"push failed: timeout",
  *      "peer":"beta.example:443","seq":42}

@@ -84,13 +84,13 @@ static void test_text(void)
     for (size_t i = 0; i < n; i++)
         CHECKF(has_ts(l[i]), "timestamp: %s", l[i]);
     if (n == 5) {
-        CHECK_STR(l[0] + 25, "INFO  peer=beta.example:443 push failed: timeout");
-        CHECK_STR(l[1] + 25, "WARN  line\\x0abreak and \\x01 control");
-        CHECK_STR(l[2] + 25, "INFO  peer=a.example:1 event delivered kind=userInvited seq=42 "
+        CHECK_STR(l[0] + 25, "info  peer=beta.example:443 push failed: timeout");
+        CHECK_STR(l[1] + 25, "warn  line\\x0abreak and \\x01 control");
+        CHECK_STR(l[2] + 25, "info  peer=a.example:1 event delivered kind=userInvited seq=42 "
                              "size=17 duration_ms=-3 status=sent");
-        CHECK_STR(l[3] + 25, "ERROR refused error=\"h.bad \\\"token\\\" a=b \\\\x\" empty=\"\" "
+        CHECK_STR(l[3] + 25, "error refused error=\"h.bad \\\"token\\\" a=b \\\\x\" empty=\"\" "
                              "null=\"\" ctl=a\\x09b bad_key_=v");
-        CHECK_STR(l[4] + 25, "INFO  no fields");
+        CHECK_STR(l[4] + 25, "info  no fields");
     }
     free(s);
     /* a very long line is cut, still one line */
@@ -179,12 +179,12 @@ static void test_journal(void)
     size_t n = split(s, l, 8);
     CHECK_INT(n, 5);
     if (n == 5) {
-        CHECKF(!strncmp(l[0], "<7>", 3) && has_ts(l[0] + 3) && !strcmp(l[0] + 28, "DEBUG d"), "%s",
+        CHECKF(!strncmp(l[0], "<7>", 3) && has_ts(l[0] + 3) && !strcmp(l[0] + 28, "debug d"), "%s",
                l[0]);
-        CHECKF(!strncmp(l[1], "<6>", 3) && !strcmp(l[1] + 28, "INFO  peer=p.example:1 i"), "%s",
+        CHECKF(!strncmp(l[1], "<6>", 3) && !strcmp(l[1] + 28, "info  peer=p.example:1 i"), "%s",
                l[1]);
-        CHECKF(!strncmp(l[2], "<4>", 3) && !strcmp(l[2] + 28, "WARN  w n=1"), "%s", l[2]);
-        CHECKF(!strncmp(l[3], "<3>", 3) && !strcmp(l[3] + 28, "ERROR e"), "%s", l[3]);
+        CHECKF(!strncmp(l[2], "<4>", 3) && !strcmp(l[2] + 28, "warn  w n=1"), "%s", l[2]);
+        CHECKF(!strncmp(l[3], "<3>", 3) && !strcmp(l[3] + 28, "error e"), "%s", l[3]);
         json_t *j = json_loads(l[4], 0, NULL);
         CHECKF(json_is_object(j), "json line under journald: %s", l[4]);
         json_decref(j);
