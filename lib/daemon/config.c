@@ -57,6 +57,9 @@ static const struct setting settings[] = {
     S(node_id, NULL,
       "this node's unique name when several nodes share a PostgreSQL store "
       "(default: host name and listen port)"),
+    S(metrics_listen, NULL,
+      "also serve GET /metrics, without the admin token, on this loopback IP:PORT (for a "
+      "scraper)"),
     U(auth_window, 60, 1, 86400, "seconds a token's time may differ from ours"),
     U(key_refetch_interval, 30, 1, 86400, "least seconds between key fetches for one peer"),
     U(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),
@@ -81,6 +84,10 @@ static const struct setting settings[] = {
     U(lease_ttl, 10, 2, 3600,
       "several nodes: a dead node's peers are taken over after this "
       "many seconds"),
+    U(metrics_top_peers, 10, 0, 10000,
+      "peers with the oldest backlog that get their own queue series in /metrics"),
+    U(stats_interval, 10, 1, 3600,
+      "seconds between samples of the queue history on the status page (kept an hour)"),
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -337,6 +344,11 @@ pb_err pb_config_finish(pb_config *c, char **why)
     if (strcmp(c->listen, c->admin_listen) == 0) {
         *why = pb_xstrdup("admin_listen must differ from listen: the admin API is never "
                           "served on the federation port");
+        return PB_ERR_CONFIG;
+    }
+    if (c->metrics_listen &&
+        (!strcmp(c->metrics_listen, c->listen) || !strcmp(c->metrics_listen, c->admin_listen))) {
+        *why = pb_xstrdup("metrics_listen must differ from listen and admin_listen");
         return PB_ERR_CONFIG;
     }
     free_list(c->allow_list, c->nallow);

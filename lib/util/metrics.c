@@ -393,7 +393,8 @@ static const char *type_name(enum mtype t)
     return t == M_COUNTER ? "counter" : t == M_GAUGE ? "gauge" : "histogram";
 }
 
-/* The shortest decimal text that reads back as v; +Inf, -Inf, NaN as the format wants. */
+/* Whole numbers below 1e15 in full, else the shortest decimal text that reads back as v;
+ * +Inf, -Inf, NaN as the format wants. */
 static void put_double(pb_buf *b, double v)
 {
     char tmp[40];
@@ -403,6 +404,11 @@ static void put_double(pb_buf *b, double v)
     }
     if (isinf(v)) {
         pb_buf_append_str(b, v > 0 ? "+Inf" : "-Inf");
+        return;
+    }
+    if (v == floor(v) && fabs(v) < 1e15) { /* whole numbers in full: 30, not 3e+01 */
+        snprintf(tmp, sizeof tmp, "%.0f", v);
+        pb_buf_append_str(b, tmp);
         return;
     }
     for (int prec = 1; prec <= 17; prec++) {

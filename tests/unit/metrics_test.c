@@ -71,25 +71,26 @@ static void test_counter_gauge(void)
 static void test_histogram(void)
 {
     pb_metrics *m = pb_metrics_new();
-    const double b[] = {0.005, 0.1, 1};
+    const double b[] = {0.005, 0.1, 30};
     pb_metric *h = pb_metrics_histogram(m, "t_seconds", "Latency.", "method", b, 3);
     pb_series *s = pb_metric_get(h, "Push");
     pb_histogram_observe(s, 0.001);
     pb_histogram_observe(s, 0.005); /* le is inclusive */
     pb_histogram_observe(s, 0.05);
     pb_histogram_observe(s, 7);
+    pb_histogram_observe(s, 100); /* +Inf */
     pb_histogram_observe(s, NAN); /* ignored */
-    CHECK_INT(pb_histogram_count(s), 4);
+    CHECK_INT(pb_histogram_count(s), 5);
     pb_metric *u = pb_metrics_histogram(m, "t_batch", "Batch.", NULL, (const double[]){1, 2}, 2);
     char *t = render(m);
     const char *want = "# HELP t_seconds Latency.\n"
                        "# TYPE t_seconds histogram\n"
                        "t_seconds_bucket{method=\"Push\",le=\"0.005\"} 2\n"
                        "t_seconds_bucket{method=\"Push\",le=\"0.1\"} 3\n"
-                       "t_seconds_bucket{method=\"Push\",le=\"1\"} 3\n"
-                       "t_seconds_bucket{method=\"Push\",le=\"+Inf\"} 4\n"
-                       "t_seconds_sum{method=\"Push\"} 7.056\n"
-                       "t_seconds_count{method=\"Push\"} 4\n"
+                       "t_seconds_bucket{method=\"Push\",le=\"30\"} 4\n"
+                       "t_seconds_bucket{method=\"Push\",le=\"+Inf\"} 5\n"
+                       "t_seconds_sum{method=\"Push\"} 107.056\n"
+                       "t_seconds_count{method=\"Push\"} 5\n"
                        "# HELP t_batch Batch.\n"
                        "# TYPE t_batch histogram\n"
                        "t_batch_bucket{le=\"1\"} 0\n"
@@ -112,10 +113,13 @@ static void test_special_values(void)
     pb_gauge_set(pb_metric_get(g, "nan"), NAN);
     pb_gauge_set(pb_metric_get(g, "tenth"), 0.1);
     pb_gauge_set(pb_metric_get(g, "big"), 1e21);
+    pb_gauge_set(pb_metric_get(g, "ten"), 10);
+    pb_gauge_set(pb_metric_get(g, "neg"), -1234567);
     char *t = render(m);
     CHECKF(strstr(t, "t_g{k=\"inf\"} +Inf\n") && strstr(t, "t_g{k=\"ninf\"} -Inf\n") &&
                strstr(t, "t_g{k=\"nan\"} NaN\n") && strstr(t, "t_g{k=\"tenth\"} 0.1\n") &&
-               strstr(t, "t_g{k=\"big\"} 1e+21\n"),
+               strstr(t, "t_g{k=\"big\"} 1e+21\n") && strstr(t, "t_g{k=\"ten\"} 10\n") &&
+               strstr(t, "t_g{k=\"neg\"} -1234567\n"),
            "rendered:\n%s", t);
     free(t);
     pb_metrics_free(m);
