@@ -270,8 +270,8 @@ static int cmp_views(const void *pa, const void *pb, void *vctx)
 
 /* GET /v1/peers, and with any of offset, limit (1..1000, default 100), sort (a field
  * name), order (asc|desc), q (substring of server_id or last_error, any case), mode and
- * rename_pending (true|false): one page of the filtered, sorted list with its total and
- * the counts by mode of all peers. */
+ * rename_pending (true|false): one page of the filtered, sorted list with its total, and
+ * of all peers the counts by mode, the queued events and the oldest queued age. */
 static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
 {
     pb_adminapi_ctx *ctx = vctx;
@@ -343,6 +343,7 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     struct peer_view *views = n ? pb_xcalloc(n, sizeof *views) : NULL;
     size_t m = 0;
     uint64_t counts[3] = {0, 0, 0}, queued = 0;
+    int64_t oldest = -1;
     for (size_t i = 0; i < n; i++) {
         const pb_peer_state *st = &sts[i];
         counts[st->mode <= PB_MODE_PARKED ? st->mode : 0]++;
@@ -350,6 +351,7 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         struct peer_view *v = &views[m];
         v->st = st;
         v->age_s = st->queued && st->oldest_queued_at ? now_s - st->oldest_queued_at / 1000 : -1;
+        if (v->age_s > oldest) oldest = v->age_s;
         v->next_in = pb_delivery_next_attempt_in_s(ctx->delivery, st->server_id);
         if (v->next_in < 0) v->next_in = -1;
         v->pending =
