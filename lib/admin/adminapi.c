@@ -378,6 +378,8 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
             "order", by.desc ? "desc" : "asc", "counts", "push", (json_int_t)counts[PB_MODE_PUSH],
             "queued", (json_int_t)counts[PB_MODE_QUEUED], "parked",
             (json_int_t)counts[PB_MODE_PARKED], "queued_events", (json_int_t)queued);
+        json_object_set_new(resp->body, "oldest_queued_age_s",
+                            oldest >= 0 ? json_integer(oldest) : json_null());
     }
     free(views);
     pb_peer_state_free_array(sts, n);

@@ -460,6 +460,8 @@ static void test_peers(pbt_daemon *a, pbt_daemon *b, const char *down[3])
     CHECK_INT(json_integer_value(json_object_get(counts, "queued")), 3);
     CHECK_INT(json_integer_value(json_object_get(counts, "push")), 1);
     CHECK_INT(json_integer_value(json_object_get(r, "queued_events")), 6);
+    CHECK(json_integer_value(json_object_get(r, "oldest_queued_age_s")) >= 0 &&
+          json_is_integer(json_object_get(r, "oldest_queued_age_s")));
     json_decref(r);
 
     r = pbt_admin(a, "GET", "/v1/peers?sort=queued&order=desc&limit=2&offset=2", NULL, &st);
@@ -579,11 +581,6 @@ int main(void)
     uint16_t mport = pbt_free_port();
     char mlisten[64], d0[64], d1[64], d2[64];
     snprintf(mlisten, sizeof mlisten, "127.0.0.1:%u", mport);
-    /* three peers that are down: ports nobody listens on */
-    snprintf(d0, sizeof d0, "127.0.0.1:%u", pbt_free_port());
-    snprintf(d1, sizeof d1, "127.0.0.1:%u", pbt_free_port());
-    snprintf(d2, sizeof d2, "127.0.0.1:%u", pbt_free_port());
-    const char *down[3] = {d0, d1, d2};
     const char *ax[] = {"--log-format",
                         "json",
                         "--metrics-listen",
@@ -600,6 +597,20 @@ int main(void)
                         "1",
                         NULL};
     pbt_daemon *a = pbt_daemon_new("monA", ax), *b = pbt_daemon_new("monB", NULL);
+    /* three peers that are down: free ports, distinct, none of them a daemon's */
+    uint16_t used[8] = {mport, a->port, a->admin_port, b->port, b->admin_port};
+    char *dn[3] = {d0, d1, d2};
+    for (int i = 0; i < 3; i++) {
+        bool dup;
+        do {
+            used[5 + i] = pbt_free_port();
+            dup = false;
+            for (int k = 0; k < 5 + i; k++)
+                dup = dup || used[k] == used[5 + i];
+        } while (dup);
+        snprintf(dn[i], 64, "127.0.0.1:%u", used[5 + i]);
+    }
+    const char *down[3] = {d0, d1, d2};
     if (!pbt_daemon_start(a) || !pbt_daemon_start(b)) {
         CHECKF(false, "daemons start");
         pbt_daemon_free(a);
