@@ -199,10 +199,23 @@ static void h_inbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
 struct peer_view {
     const pb_peer_state *st;
     int64_t age_s;   /* age of the oldest queued event; -1: nothing queued */
+    bool engine;     /* the two fields below were asked of the delivery engine */
     int64_t next_in; /* seconds to the next drain attempt; -1: none */
     bool pending;    /* rename notice pending */
     char rerr[256];  /* its last error, may be empty */
 };
+
+/* Asks the delivery engine what only it knows (once per view: each question looks the
+ * peer up in the engine, so a page asks only for what it filters, sorts or shows). */
+static void view_engine(pb_adminapi_ctx *ctx, struct peer_view *v)
+{
+    if (v->engine) return;
+    v->engine = true;
+    v->next_in = pb_delivery_next_attempt_in_s(ctx->delivery, v->st->server_id);
+    if (v->next_in < 0) v->next_in = -1;
+    v->pending =
+        pb_delivery_rename_pending(ctx->delivery, v->st->server_id, v->rerr, sizeof v->rerr);
+}
 
 static json_t *peer_json(const struct peer_view *v)
 {
@@ -348,14 +361,12 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         const pb_peer_state *st = &sts[i];
         counts[st->mode <= PB_MODE_PARKED ? st->mode : 0]++;
         queued += st->queued;
-        struct peer_view *v = &views[m];
+        struct peer_view *v = &views[m]; /* a slot a filtered-out peer may have used */
+        memset(v, 0, sizeof *v);
         v->st = st;
         v->age_s = st->queued && st->oldest_queued_at ? now_s - st->oldest_queued_at / 1000 : -1;
         if (v->age_s > oldest) oldest = v->age_s;
-        v->next_in = pb_delivery_next_attempt_in_s(ctx->delivery, st->server_id);
-        if (v->next_in < 0) v->next_in = -1;
-        v->pending =
-            pb_delivery_rename_pending(ctx->delivery, st->server_id, v->rerr, sizeof v->rerr);
+        if (!paged || want_pending >= 0 || by.key == SORT_NEXT) view_engine(ctx, v);
         if (want_mode >= 0 && (int)st->mode != want_mode) continue;
         if (want_pending >= 0 && (int)v->pending != want_pending) continue;
         if (q && *q && !strcasestr(st->server_id, q) &&
@@ -370,8 +381,10 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         resp->body = json_pack("{s:o}", "peers", arr);
     } else {
         if (m) qsort_r(views, m, sizeof *views, cmp_views, &by);
-        for (uint64_t i = offset; i < m && i < offset + limit; i++)
+        for (uint64_t i = offset; i < m && i < offset + limit; i++) {
+            view_engine(ctx, &views[i]);
             json_array_append_new(arr, peer_json(&views[i]));
+        }
         resp->body = json_pack(
             "{s:o,s:I,s:I,s:I,s:s,s:s,s:{s:I,s:I,s:I},s:I}", "peers", arr, "total", (json_int_t)m,
             "offset", (json_int_t)offset, "limit", (json_int_t)limit, "sort", sort_names[by.key],
