@@ -647,6 +647,89 @@ static int cmd_rename(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
+/* qshape: queued events per peer by age, like Postfix's qshape: a header of bucket upper
+ * bounds in minutes (T is the total), the TOTAL row, then the peers with the most events. */
+static int cmd_qshape(struct ctl *c, int argc, char **argv)
+{
+    unsigned long long top = 0;
+    bool as_json = c->json;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            as_json = true;
+        } else if (!strcmp(argv[i], "--top") && i + 1 < argc) {
+            if (!num_opt("--top", argv[++i], &top)) return 2;
+            if (top < 1 || top > 10000) return bad_usage("--top wants 1 to 10000, got ", argv[i]);
+        } else {
+            return bad_usage("qshape: unknown or incomplete option ", argv[i]);
+        }
+    }
+    char path[64] = "/v1/qshape";
+    if (top) snprintf(path, sizeof path, "/v1/qshape?top=%llu", top);
+    json_t *j = call(c, "GET", path, NULL);
+    if (!j) return 1;
+    if (as_json) {
+        print_json(j);
+        json_decref(j);
+        return 0;
+    }
+    /* rows of cells: header, TOTAL, peers; column 0 left-aligned, the rest right-aligned */
+    const json_t *buckets = json_object_get(j, "buckets_min"), *peers = json_object_get(j, "peers");
+    size_t nb = json_array_size(buckets), ncols = nb + 2, nrows = json_array_size(peers) + 2;
+    if (nb == 0 || ncols > 16) {
+        fprintf(stderr, "postboxctl: GET %s: unexpected answer\n", path);
+        json_decref(j);
+        return 1;
+    }
+    char **cells = calloc(nrows * ncols, sizeof *cells);
+    if (!cells) abort();
+    cells[0] = strdup("PEER");
+    cells[1] = strdup("T");
+    for (size_t k = 0; k < nb; k++) {
+        const char *b = json_string_value(json_array_get(buckets, k)),
+                   *dash = b ? strchr(b, '-') : NULL;
+        cells[2 + k] = strdup(dash ? dash + 1 : b ? b : "?"); /* "5-10" -> "10", "160+" */
+    }
+    for (size_t r = 1; r < nrows; r++) {
+        const json_t *row = r == 1 ? json_object_get(j, "total") : json_array_get(peers, r - 2);
+        char b[32];
+        cells[r * ncols] =
+            strdup(r == 1 ? "TOTAL" : text_of(json_object_get(row, "server_id"), b, sizeof b));
+        cells[r * ncols + 1] = strdup(text_of(json_object_get(row, "total"), b, sizeof b));
+        for (size_t k = 0; k < nb; k++)
+            cells[r * ncols + 2 + k] =
+                strdup(text_of(json_array_get(json_object_get(row, "counts"), k), b, sizeof b));
+    }
+    size_t w[16] = {0};
+    for (size_t i = 0; i < nrows * ncols; i++) {
+        if (!cells[i]) abort();
+        if (strlen(cells[i]) > w[i % ncols]) w[i % ncols] = strlen(cells[i]);
+    }
+    for (size_t r = 0; r < nrows; r++) {
+        for (size_t k = 0; k < ncols; k++) {
+            const char *s = cells[r * ncols + k];
+            int pad = (int)(w[k] - strlen(s));
+            if (k == 0) {
+                put_safe(s, stdout);
+                printf("%*s", pad, "");
+            } else {
+                printf("  %*s", pad, "");
+                put_safe(s, stdout);
+            }
+            free(cells[r * ncols + k]);
+        }
+        putchar('\n');
+    }
+    free(cells);
+    char b[32];
+    size_t shown = json_array_size(peers);
+    json_int_t all = json_integer_value(json_object_get(j, "queued_peers"));
+    if ((json_int_t)shown < all)
+        printf("(%zu of %s peers with queued events shown)\n", shown,
+               text_of(json_object_get(j, "queued_peers"), b, sizeof b));
+    json_decref(j);
+    return 0;
+}
+
 static const struct command commands[] = {
     {"keygen", "[--key-file PATH]", 0, 2, cmd_keygen,
      "create this server's key file if missing, print the public key"},
@@ -659,6 +742,8 @@ static const struct command commands[] = {
     {"inbox", "[--after SEQ] [--limit N] [--wait S] [--follow]", 0, 7, cmd_inbox,
      "print received events after SEQ; --follow keeps printing new ones"},
     {"peers", "", 0, 0, cmd_peers, "list peers: mode, queued events, next attempt, last error"},
+    {"qshape", "[--top N] [--json]", 0, 3, cmd_qshape,
+     "queued events per peer by age in minutes (Postfix's qshape): the N largest queues"},
     {"retry", "PEER", 1, 1, cmd_retry, "retry a parked peer's parked event"},
     {"drop-parked", "PEER", 1, 1, cmd_drop_parked, "drop a parked peer's parked event"},
     {"guilds", "USER_ID", 1, 1, cmd_guilds, "list a local user's guilds on other servers"},

@@ -87,8 +87,7 @@ json_t *pbt_vectors(void)
     json_error_t err;
     json_t *v = json_load_file(PB_VECTORS_FILE, 0, &err);
     if (!v) {
-        fprintf(stderr, "cannot read %s: %s\n", PB_VECTORS_FILE,
-                err.text);
+        fprintf(stderr, "cannot read %s: %s\n", PB_VECTORS_FILE, err.text);
         exit(2);
     }
     return v;
@@ -312,10 +311,27 @@ pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra)
     return d;
 }
 
+void pbt_daemon_set_token(pbt_daemon *d, const char *token)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/admin-token", d->dir);
+    FILE *f = fopen(path, "w");
+    if (!f || fprintf(f, "%s\n", token) < 0 || fclose(f) != 0) abort();
+    snprintf(d->token, sizeof d->token, "%s", token);
+    if (d->nargs + 2 <= 31) {
+        d->args[d->nargs++] = strdup("--admin-token-file");
+        d->args[d->nargs++] = strdup(path);
+    }
+}
+
 static bool healthz(const pbt_daemon *d)
 {
     pbt_http h;
-    pbt_http_do("http", d->admin_port, "GET", "/healthz", NULL, NULL, 0, NULL, &h);
+    char auth[160];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", d->token);
+    const char *hdrs[] = {auth, NULL};
+    pbt_http_do("http", d->admin_port, "GET", "/healthz", d->token[0] ? hdrs : NULL, NULL, 0, NULL,
+                &h);
     bool ok = h.status == 200;
     pbt_http_clear(&h);
     return ok;
@@ -345,8 +361,8 @@ bool pbt_daemon_start(pbt_daemon *d)
     const char *argv[64];
     int n = 0;
     /* Fault points exist only in the test build of the daemon (never in postboxd). */
-    const char *prog = (getenv("PB_FAULTS") || getenv("PB_FAULT_VFS_DIR")) ? PB_POSTBOXD_FAULTS
-                                                                           : PB_POSTBOXD;
+    const char *prog =
+        (getenv("PB_FAULTS") || getenv("PB_FAULT_VFS_DIR")) ? PB_POSTBOXD_FAULTS : PB_POSTBOXD;
     if (d->prog) prog = d->prog;
     argv[n++] = prog;
     argv[n++] = "--data-dir";
@@ -539,7 +555,9 @@ json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, jso
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     if (body) json_decref(body);
-    const char *hdrs[] = {"Content-Type: application/json", NULL};
+    char auth[160];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", d->token);
+    const char *hdrs[] = {"Content-Type: application/json", d->token[0] ? auth : NULL, NULL};
     pbt_http h;
     pbt_http_do("http", d->admin_port, method, path, hdrs, text, text ? strlen(text) : 0, NULL, &h);
     free(text);

@@ -93,8 +93,9 @@ typedef struct pbt_daemon {
     char *log_path; /* the daemon's stderr */
     char *args[32]; /* extra settings, owned */
     int nargs;
-    char *pg_db; /* PBT_STORE=postgres: its database (owned; dropped by pbt_daemon_free) */
+    char *pg_db;      /* PBT_STORE=postgres: its database (owned; dropped by pbt_daemon_free) */
     const char *prog; /* program to run instead of the default choice (may be NULL) */
+    char token[128];  /* admin bearer token (pbt_daemon_set_token), "" when none */
 } pbt_daemon;
 
 /* Creates a daemon description with a fresh data directory and free ports; extra is a
@@ -102,6 +103,9 @@ typedef struct pbt_daemon {
  * With PBT_STORE=postgres it also creates the daemon's database (exits the test with a
  * message when that fails, e.g. PB_TEST_PG_URL unset). */
 pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
+/* Gives d an admin token: writes it to a file in d's directory and adds
+ * --admin-token-file; the harness's own admin calls (health check, pbt_admin) send it. */
+void pbt_daemon_set_token(pbt_daemon *d, const char *token);
 /* Starts (or restarts) the process (postboxd, or postboxd-faults when PB_FAULTS or
  * PB_FAULT_VFS_DIR is set in the environment) and waits until its admin /healthz answers 200
  * (bounded: 20 s). Returns false, with the log printed, when it did not come up. */

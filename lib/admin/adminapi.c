@@ -117,6 +117,10 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         store_error(resp, err);
         goto out;
     }
+    if (dup)
+        pb_counter_inc(pb_metric_series(PB_METRIC(ctx->metrics, submissions_duplicate), NULL));
+    else
+        pb_counter_add(pb_metric_series(PB_METRIC(ctx->metrics, events_submitted), NULL), n);
     resp->status = 202;
     if (sid)
         resp->body = json_pack("{s:I,s:b}", "accepted", (json_int_t)n, "duplicate", dup);
@@ -160,6 +164,7 @@ static void h_inbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
                             PB_ADMIN_MAX_INBOX_LIMIT, PB_ADMIN_MAX_WAIT_S);
         return;
     }
+    pb_monitor_inbox_read(ctx->monitor, after);
     if (wait) pb_delivery_inbox_wait(ctx->delivery, after, (int)wait * 1000);
     pb_inbox_item *items = NULL;
     size_t n = 0;
@@ -190,10 +195,156 @@ static void h_inbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     resp->body = json_pack("{s:o,s:I}", "events", arr, "next", (json_int_t)next);
 }
 
-/* GET /v1/peers */
+/* One peer as GET /v1/peers shows it. */
+struct peer_view {
+    const pb_peer_state *st;
+    int64_t age_s;   /* age of the oldest queued event; -1: nothing queued */
+    bool engine;     /* the two fields below were asked of the delivery engine */
+    int64_t next_in; /* seconds to the next drain attempt; -1: none */
+    bool pending;    /* rename notice pending */
+    char rerr[256];  /* its last error, may be empty */
+};
+
+/* Asks the delivery engine what only it knows (once per view: each question looks the
+ * peer up in the engine, so a page asks only for what it filters, sorts or shows). */
+static void view_engine(pb_adminapi_ctx *ctx, struct peer_view *v)
+{
+    if (v->engine) return;
+    v->engine = true;
+    v->next_in = pb_delivery_next_attempt_in_s(ctx->delivery, v->st->server_id);
+    if (v->next_in < 0) v->next_in = -1;
+    v->pending =
+        pb_delivery_rename_pending(ctx->delivery, v->st->server_id, v->rerr, sizeof v->rerr);
+}
+
+static json_t *peer_json(const struct peer_view *v)
+{
+    const pb_peer_state *st = v->st;
+    json_t *o = json_object();
+    json_object_set_new(o, "server_id", json_string(st->server_id));
+    json_object_set_new(o, "mode", json_string(mode_name(st->mode)));
+    json_object_set_new(o, "queued", json_integer((json_int_t)st->queued));
+    json_object_set_new(o, "oldest_queued_age_s",
+                        v->age_s >= 0 ? json_integer(v->age_s) : json_null());
+    json_object_set_new(o, "last_error",
+                        st->last_error ? json_string(st->last_error) : json_null());
+    json_object_set_new(o, "next_attempt_in_s",
+                        v->next_in >= 0 ? json_integer(v->next_in) : json_null());
+    if (st->mode == PB_MODE_PARKED)
+        json_object_set_new(o, "parked_seq", json_integer((json_int_t)st->parked_seq));
+    json_object_set_new(o, "rename_pending", json_boolean(v->pending));
+    if (v->pending && v->rerr[0]) json_object_set_new(o, "rename_error", json_string(v->rerr));
+    return o;
+}
+
+enum peer_sort { SORT_ID, SORT_MODE, SORT_QUEUED, SORT_AGE, SORT_NEXT, SORT_ERROR, SORT__COUNT };
+static const char *const sort_names[SORT__COUNT] = {
+    "server_id", "mode", "queued", "oldest_queued_age_s", "next_attempt_in_s", "last_error"};
+
+struct sort_by {
+    enum peer_sort key;
+    bool desc;
+};
+
+static int cmp_i64(int64_t a, int64_t b)
+{
+    return a < b ? -1 : a > b;
+}
+
+/* The chosen key in the chosen order, then server_id ascending. */
+static int cmp_views(const void *pa, const void *pb, void *vctx)
+{
+    const struct peer_view *a = pa, *b = pb;
+    const struct sort_by *by = vctx;
+    int c = 0;
+    switch (by->key) {
+    case SORT_MODE:
+        c = cmp_i64(a->st->mode, b->st->mode);
+        break;
+    case SORT_QUEUED:
+        c = a->st->queued < b->st->queued ? -1 : a->st->queued > b->st->queued;
+        break;
+    case SORT_AGE:
+        c = cmp_i64(a->age_s, b->age_s);
+        break;
+    case SORT_NEXT:
+        c = cmp_i64(a->next_in, b->next_in);
+        break;
+    case SORT_ERROR:
+        c = strcmp(a->st->last_error ? a->st->last_error : "",
+                   b->st->last_error ? b->st->last_error : "");
+        break;
+    default:
+        break;
+    }
+    if (by->desc) c = -c;
+    return c ? c : strcmp(a->st->server_id, b->st->server_id);
+}
+
+/* GET /v1/peers, and with any of offset, limit (1..1000, default 100), sort (a field
+ * name), order (asc|desc), q (substring of server_id or last_error, any case), mode and
+ * rename_pending (true|false): one page of the filtered, sorted list with its total, and
+ * of all peers the counts by mode, the queued events and the oldest queued age. */
 static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
 {
     pb_adminapi_ctx *ctx = vctx;
+    static const char *const params[] = {"offset", "limit", "sort",          "order",
+                                         "q",      "mode",  "rename_pending"};
+    bool paged = false;
+    for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
+        paged = paged || pb_admin_req_arg(req, params[i]);
+    uint64_t offset = 0, limit = 100;
+    struct sort_by by = {SORT_ID, false};
+    const char *q = pb_admin_req_arg(req, "q"), *mode = pb_admin_req_arg(req, "mode");
+    const char *sort = pb_admin_req_arg(req, "sort"), *order = pb_admin_req_arg(req, "order");
+    const char *pending = pb_admin_req_arg(req, "rename_pending");
+    int want_mode = -1, want_pending = -1;
+    if (!arg_u64(req, "offset", 0, &offset) || !arg_u64(req, "limit", 100, &limit) || limit == 0 ||
+        limit > PB_ADMIN_MAX_PEERS_LIMIT) {
+        pb_admin_resp_error(resp, 400, "offset and limit (1..%d) must be whole numbers",
+                            PB_ADMIN_MAX_PEERS_LIMIT);
+        return;
+    }
+    if (sort) {
+        for (by.key = 0; by.key < SORT__COUNT && strcmp(sort, sort_names[by.key]); by.key++) {
+        }
+        if (by.key == SORT__COUNT) {
+            pb_admin_resp_error(resp, 400,
+                                "sort must be server_id, mode, queued, oldest_queued_age_s, "
+                                "next_attempt_in_s or last_error");
+            return;
+        }
+    }
+    if (order && strcmp(order, "asc") && strcmp(order, "desc")) {
+        pb_admin_resp_error(resp, 400, "order must be asc or desc");
+        return;
+    }
+    by.desc = order && !strcmp(order, "desc");
+    if (mode) {
+        for (want_mode = PB_MODE_PUSH;
+             want_mode <= PB_MODE_PARKED && strcmp(mode, mode_name((pb_peer_mode)want_mode));
+             want_mode++) {
+        }
+        if (want_mode > PB_MODE_PARKED) {
+            pb_admin_resp_error(resp, 400, "mode must be push, queued or parked");
+            return;
+        }
+    }
+    if (pending) {
+        if (!strcmp(pending, "true") || !strcmp(pending, "1")) {
+            want_pending = 1;
+        } else if (!strcmp(pending, "false") || !strcmp(pending, "0")) {
+            want_pending = 0;
+        } else {
+            pb_admin_resp_error(resp, 400, "rename_pending must be true or false");
+            return;
+        }
+    }
+    if (q && strlen(q) > 256) {
+        pb_admin_resp_error(resp, 400, "q is longer than 256 bytes");
+        return;
+    }
+
     pb_peer_state *sts = NULL;
     size_t n = 0;
     pb_err err = pb_store_peer_state_list(ctx->store, &sts, &n);
@@ -202,31 +353,49 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         return;
     }
     int64_t now_s = (int64_t)time(NULL);
-    json_t *arr = json_array();
+    struct peer_view *views = n ? pb_xcalloc(n, sizeof *views) : NULL;
+    size_t m = 0;
+    uint64_t counts[3] = {0, 0, 0}, queued = 0;
+    int64_t oldest = -1;
     for (size_t i = 0; i < n; i++) {
         const pb_peer_state *st = &sts[i];
-        json_t *o = json_object();
-        json_object_set_new(o, "server_id", json_string(st->server_id));
-        json_object_set_new(o, "mode", json_string(mode_name(st->mode)));
-        json_object_set_new(o, "queued", json_integer((json_int_t)st->queued));
-        json_object_set_new(o, "oldest_queued_age_s",
-                            st->queued && st->oldest_queued_at
-                                ? json_integer(now_s - st->oldest_queued_at / 1000)
-                                : json_null());
-        json_object_set_new(o, "last_error",
-                            st->last_error ? json_string(st->last_error) : json_null());
-        int64_t na = pb_delivery_next_attempt_in_s(ctx->delivery, st->server_id);
-        json_object_set_new(o, "next_attempt_in_s", na >= 0 ? json_integer(na) : json_null());
-        if (st->mode == PB_MODE_PARKED)
-            json_object_set_new(o, "parked_seq", json_integer((json_int_t)st->parked_seq));
-        char rerr[256];
-        bool pending = pb_delivery_rename_pending(ctx->delivery, st->server_id, rerr, sizeof rerr);
-        json_object_set_new(o, "rename_pending", json_boolean(pending));
-        if (pending && rerr[0]) json_object_set_new(o, "rename_error", json_string(rerr));
-        json_array_append_new(arr, o);
+        counts[st->mode <= PB_MODE_PARKED ? st->mode : 0]++;
+        queued += st->queued;
+        struct peer_view *v = &views[m]; /* a slot a filtered-out peer may have used */
+        memset(v, 0, sizeof *v);
+        v->st = st;
+        v->age_s = st->queued && st->oldest_queued_at ? now_s - st->oldest_queued_at / 1000 : -1;
+        if (v->age_s > oldest) oldest = v->age_s;
+        if (!paged || want_pending >= 0 || by.key == SORT_NEXT) view_engine(ctx, v);
+        if (want_mode >= 0 && (int)st->mode != want_mode) continue;
+        if (want_pending >= 0 && (int)v->pending != want_pending) continue;
+        if (q && *q && !strcasestr(st->server_id, q) &&
+            !(st->last_error && strcasestr(st->last_error, q)))
+            continue;
+        m++;
     }
+    json_t *arr = json_array();
+    if (!paged) {
+        for (size_t i = 0; i < m; i++)
+            json_array_append_new(arr, peer_json(&views[i]));
+        resp->body = json_pack("{s:o}", "peers", arr);
+    } else {
+        if (m) qsort_r(views, m, sizeof *views, cmp_views, &by);
+        for (uint64_t i = offset; i < m && i < offset + limit; i++) {
+            view_engine(ctx, &views[i]);
+            json_array_append_new(arr, peer_json(&views[i]));
+        }
+        resp->body = json_pack(
+            "{s:o,s:I,s:I,s:I,s:s,s:s,s:{s:I,s:I,s:I},s:I}", "peers", arr, "total", (json_int_t)m,
+            "offset", (json_int_t)offset, "limit", (json_int_t)limit, "sort", sort_names[by.key],
+            "order", by.desc ? "desc" : "asc", "counts", "push", (json_int_t)counts[PB_MODE_PUSH],
+            "queued", (json_int_t)counts[PB_MODE_QUEUED], "parked",
+            (json_int_t)counts[PB_MODE_PARKED], "queued_events", (json_int_t)queued);
+        json_object_set_new(resp->body, "oldest_queued_age_s",
+                            oldest >= 0 ? json_integer(oldest) : json_null());
+    }
+    free(views);
     pb_peer_state_free_array(sts, n);
-    resp->body = json_pack("{s:o}", "peers", arr);
 }
 
 static void parked(pb_adminapi_ctx *ctx, const pb_admin_req *req, pb_admin_resp *resp, bool drop)

@@ -12,21 +12,25 @@
 #ifndef PB_ADMINAPI_H
 #define PB_ADMINAPI_H
 
+#include "admin/monitor.h"
 #include "net/admin_http.h"
 #include "delivery/delivery.h"
 #include "crypto/keys.h"
 #include "store/store.h"
 
 typedef struct pb_adminapi_ctx {
-    pb_delivery *delivery; /* borrowed */
-    pb_store *store;       /* borrowed */
-    const pb_keys *keys;   /* borrowed */
-    int rename_wait_ms;    /* how long POST /v1/rename waits for peers' answers */
+    pb_delivery *delivery;         /* borrowed */
+    pb_store *store;               /* borrowed */
+    const pb_keys *keys;           /* borrowed */
+    int rename_wait_ms;            /* how long POST /v1/rename waits for peers' answers */
+    const pb_metrics_std *metrics; /* submissions are counted here; NULL: not counted */
+    pb_monitor *monitor;           /* told the inbox reader's cursor; may be NULL */
 } pb_adminapi_ctx;
 
 #define PB_ADMIN_MAX_EVENTS 10000 /* events in one POST /v1/outbox */
 #define PB_ADMIN_MAX_INBOX_LIMIT 1000
 #define PB_ADMIN_MAX_WAIT_S 60
+#define PB_ADMIN_MAX_PEERS_LIMIT 1000 /* peers in one page of GET /v1/peers */
 
 /* Registers every endpoint on a; ctx must outlive a. */
 void pb_adminapi_register(pb_admin_http *a, pb_adminapi_ctx *ctx);

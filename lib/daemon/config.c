@@ -61,9 +61,13 @@ static const struct setting settings[] = {
     B(allow_private_peers, no,
       "connect to peers at loopback, private, link-local or other non-public addresses "
       "(loopback setups, tests, a private federation; off on the open internet)"),
+    S(log_format, "text", "log lines: text, or json (one object per line)"),
     S(node_id, NULL,
       "this node's unique name when several nodes share a PostgreSQL store "
       "(default: host name and listen port)"),
+    S(metrics_listen, NULL,
+      "also serve GET /metrics, without the admin token, on this loopback IP:PORT (for a "
+      "scraper)"),
     U(auth_window, 60, 1, 86400, "seconds a token's time may differ from ours"),
     U(key_refetch_interval, 30, 1, 86400, "least seconds between key fetches for one peer"),
     U(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),
@@ -88,6 +92,10 @@ static const struct setting settings[] = {
     U(lease_ttl, 10, 2, 3600,
       "several nodes: a dead node's peers are taken over after this "
       "many seconds"),
+    U(metrics_top_peers, 10, 0, 10000,
+      "peers with the oldest backlog that get their own queue series in /metrics"),
+    U(stats_interval, 10, 1, 3600,
+      "seconds between samples of the queue history on the status page (kept an hour)"),
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -334,6 +342,12 @@ pb_err pb_config_finish(pb_config *c, char **why)
         *why = pb_xasprintf("log_level: want debug, info, warn or error, got \"%s\"", c->log_level);
         return PB_ERR_CONFIG;
     }
+    pb_log_format lf;
+    if (pb_log_format_parse(c->log_format, &lf) != PB_OK) {
+        *why = pb_xasprintf("log_format: want text or json, got \"%s\"",
+                            c->log_format ? c->log_format : "");
+        return PB_ERR_CONFIG;
+    }
     if (strcmp(c->peer_scheme, "https") != 0 && strcmp(c->peer_scheme, "http") != 0) {
         *why = pb_xasprintf("peer_scheme: want https or http, got \"%s\"", c->peer_scheme);
         return PB_ERR_CONFIG;
@@ -349,6 +363,11 @@ pb_err pb_config_finish(pb_config *c, char **why)
     if (strcmp(c->listen, c->admin_listen) == 0) {
         *why = pb_xstrdup("admin_listen must differ from listen: the admin API is never "
                           "served on the federation port");
+        return PB_ERR_CONFIG;
+    }
+    if (c->metrics_listen &&
+        (!strcmp(c->metrics_listen, c->listen) || !strcmp(c->metrics_listen, c->admin_listen))) {
+        *why = pb_xstrdup("metrics_listen must differ from listen and admin_listen");
         return PB_ERR_CONFIG;
     }
     free_list(c->allow_list, c->nallow);

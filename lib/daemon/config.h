@@ -36,7 +36,9 @@ struct pb_config {
     char *allow;       /* comma/space separated server IDs */
     char *deny;
     char *log_level;
-    char *node_id; /* several nodes on one shared store */
+    char *log_format;     /* text|json */
+    char *node_id;        /* several nodes on one shared store */
+    char *metrics_listen; /* loopback IP:PORT serving GET /metrics without the token */
     uint64_t allow_private_peers; /* boolean */
     uint64_t auth_window;
     uint64_t key_refetch_interval;
@@ -58,6 +60,8 @@ struct pb_config {
     uint64_t push_wait_ms;
     uint64_t rename_wait_ms;
     uint64_t lease_ttl;
+    uint64_t metrics_top_peers;
+    uint64_t stats_interval;
     /* derived by pb_config_finish */
     char **allow_list;
     size_t nallow;

@@ -20,6 +20,7 @@
 
 #include "net/admin_http.h"
 #include "admin/adminapi.h"
+#include "admin/monitor.h"
 #include "daemon/config.h"
 #include "delivery/delivery.h"
 #include "store/faultvfs.h"
@@ -28,6 +29,8 @@
 #include "crypto/keys.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/metrics.h"
+#include "util/metrics_std.h"
 #include "net/ioloop.h"
 #include "net/keyfetch.h"
 #include "store/store.h"
@@ -53,6 +56,11 @@ struct pb_daemon {
     pb_adminapi_ctx api;
     pb_hrpc_server *fed;
     pb_admin_http *admin;
+    /* this daemon's metrics (two daemons in one process keep theirs apart) */
+    pb_metrics *metrics;
+    pb_metrics_std *mstd;
+    pb_monitor *monitor;
+    pb_admin_http *metrics_http; /* metrics_listen, or NULL */
 };
 
 /* ---- federation handlers ------------------------------------------------------------- */
@@ -182,7 +190,11 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     snprintf(d->server_id, sizeof d->server_id, "%s", cfg->server_id);
     pb_log_level lv;
     if (pb_log_level_parse(cfg->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+    pb_log_format lf;
+    if (pb_log_format_parse(cfg->log_format, &lf) == PB_OK) pb_log_set_format(lf);
     if ((err = pb_faultvfs_install()) != PB_OK) goto fail; /* test builds only */
+    d->metrics = pb_metrics_new();
+    d->mstd = pb_metrics_std_new(d->metrics);
 
     if ((err = ensure_dir(cfg->data_dir)) != PB_OK) goto fail;
     bool created = false;
@@ -195,6 +207,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     pb_store_opts so;
     pb_store_opts_default(&so);
     pb_store_sync_parse(cfg->sync, &so.sync);
+    so.metrics = d->mstd;
     if ((err = pb_store_open(cfg->store, &so, &d->store)) != PB_OK) {
         char *shown = pb_store_spec_redact(cfg->store);
         PB_ERROR(NULL, "cannot open store %s: %s", shown, pb_strerror(err));
@@ -275,6 +288,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .max_inflight = (unsigned)cfg->max_inflight,
         .tls_cert_file = cfg->tls_cert,
         .tls_key_file = cfg->tls_key,
+        .metrics = d->mstd,
     };
     pb_hrpc_server_new(&ho, &auth, &d->fed);
     pb_hrpc_server_route(d->fed, PATH_KEY, false, h_key, d);
@@ -287,17 +301,36 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         goto fail;
     pb_admin_http_opts ao = {.listen = cfg->admin_listen, .token = admin_token};
     d->admin = pb_admin_http_new(&ao);
+    if (cfg->metrics_listen) {
+        pb_admin_http_opts mo = {.listen = cfg->metrics_listen, .threads = 2, .name = "metrics"};
+        d->metrics_http = pb_admin_http_new(&mo);
+    }
+    pb_monitor_opts mo = {.store = d->store,
+                          .metrics = d->metrics,
+                          .std = d->mstd,
+                          .federation = d->fed,
+                          .admin = d->admin,
+                          .metrics_listener = d->metrics_http,
+                          .top_peers = (unsigned)cfg->metrics_top_peers,
+                          .interval_ms = (unsigned)cfg->stats_interval * 1000};
+    d->monitor = pb_monitor_new(&mo);
     d->api = (pb_adminapi_ctx){.delivery = d->delivery,
                                .store = d->store,
                                .keys = d->keys,
-                               .rename_wait_ms = (int)cfg->rename_wait_ms};
+                               .rename_wait_ms = (int)cfg->rename_wait_ms,
+                               .metrics = d->mstd,
+                               .monitor = d->monitor};
     pb_adminapi_register(d->admin, &d->api);
+    pb_monitor_register(d->admin, d->monitor);
+    if (d->metrics_http) pb_monitor_register_metrics(d->metrics_http, d->monitor);
 
     /* The listener first (start-up Pulls make peers fetch our key from it); Pushes that
      * arrive before the workers run wait for the start-up Pull of their sender. */
     if ((err = pb_hrpc_server_start(d->fed)) != PB_OK) goto fail;
     if ((err = pb_delivery_start(d->delivery)) != PB_OK) goto fail;
     if ((err = pb_admin_http_start(d->admin)) != PB_OK) goto fail;
+    if (d->metrics_http && (err = pb_admin_http_start(d->metrics_http)) != PB_OK) goto fail;
+    if ((err = pb_monitor_start(d->monitor)) != PB_OK) goto fail;
     char hex[65];
     pb_keys_hex(pb_keys_public(d->keys), hex);
     PB_INFO(NULL, "postbox %s serving as %s, public key %s", PB_VERSION, d->server_id, hex);
@@ -329,10 +362,13 @@ void pb_daemon_close(pb_daemon *d)
     /* Listeners first (finishing in-flight requests), then the engine, then what they used. */
     PB_INFO(NULL, "shutting down");
     pb_admin_http_stop(d->admin);
+    pb_admin_http_stop(d->metrics_http);
     pb_hrpc_server_stop(d->fed);
+    pb_monitor_free(d->monitor); /* its sampler reads the store */
     if (d->client) pb_client_shutdown(d->client);
     pb_delivery_stop(d->delivery);
     pb_admin_http_free(d->admin);
+    pb_admin_http_free(d->metrics_http);
     pb_hrpc_server_free(d->fed);
     pb_ioloop_stop(d->loop);
     pb_delivery_free(d->delivery);
@@ -348,5 +384,7 @@ void pb_daemon_close(pb_daemon *d)
         free(d->deny[i]);
     free(d->allow);
     free(d->deny);
+    pb_metrics_std_free(d->mstd);
+    pb_metrics_free(d->metrics);
     free(d);
 }

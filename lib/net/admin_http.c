@@ -31,9 +31,17 @@ struct aroute {
     char *pattern;
     pb_admin_fn fn;
     void *ctx;
+    bool public_; /* served without the bearer token */
 };
 
+/* The status page's policy: its own inline script and style, requests to this listener. */
+#define HTML_CSP                                                                                   \
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "                  \
+    "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "                     \
+    "frame-ancestors 'none'"
+
 struct pb_admin_http {
+    char *name;
     char *listen;
     char *token;
     size_t max_body;
@@ -94,11 +102,10 @@ void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
     resp->body = error_object(msg);
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body)
+/* Queues text (taken; may be NULL) with its Content-Type and the common headers. */
+static enum MHD_Result send_text(struct MHD_Connection *conn, int status, char *text, size_t len,
+                                 const char *ctype)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    if (body) json_decref(body);
-    size_t len = text ? strlen(text) : 0;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, text ? (void *)text : (void *)"",
                                         text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
@@ -106,10 +113,21 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t
         free(text);
         return MHD_NO;
     }
-    if (text) MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (text && ctype) MHD_add_response_header(resp, "Content-Type", ctype);
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (ctype && strncmp(ctype, "text/html", 9) == 0)
+        MHD_add_response_header(resp, "Content-Security-Policy", HTML_CSP);
     enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return r;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    if (body) json_decref(body);
+    return send_text(conn, status, text, text ? strlen(text) : 0, "application/json");
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *msg)
@@ -143,6 +161,17 @@ static bool match(const char *pattern, const char *path, pb_admin_req *req)
     return *pattern == '\0' && *path == '\0';
 }
 
+/* Whether a public route serves method and path. */
+static bool public_route(const pb_admin_http *a, const char *method, const char *path)
+{
+    pb_admin_req req = {0};
+    for (size_t i = 0; i < a->nroutes; i++)
+        if (a->routes[i].public_ && strcmp(a->routes[i].method, method) == 0 &&
+            match(a->routes[i].pattern, path, &req))
+            return true;
+    return false;
+}
+
 static bool token_ok(const pb_admin_http *a, struct MHD_Connection *conn)
 {
     if (!a->token) return true;
@@ -159,11 +188,13 @@ static json_t *error_json(int *status, int code, const char *msg)
     return error_object(msg);
 }
 
-/* Routes one request; returns the answer (new reference or NULL) and sets *status. */
-static json_t *route_request(pb_admin_http *a, const char *method, const char *url,
-                             const char *(*arg)(void *, const char *), void *arg_ctx,
-                             const char *body_text, size_t body_len, int *status)
+/* route_request's work: returns the JSON answer (new reference or NULL); a handler's
+ * text answer and the status are left in *resp. */
+static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
+                          const char *(*arg)(void *, const char *), void *arg_ctx,
+                          const char *body_text, size_t body_len, pb_admin_resp *resp)
 {
+    int *status = &resp->status;
     pb_admin_req req = {.method = method, .path = url, .arg = arg, .arg_ctx = arg_ctx};
     const struct aroute *route = NULL;
     bool path_known = false;
@@ -191,20 +222,43 @@ static json_t *route_request(pb_admin_http *a, const char *method, const char *u
         }
     }
     req.body = body;
-    pb_admin_resp resp = {.status = 200};
-    route->fn(route->ctx, &req, &resp);
+    pb_admin_resp r = {.status = 200};
+    route->fn(route->ctx, &req, &r);
     if (body) json_decref(body);
-    *status = resp.status;
-    return resp.body;
+    *status = r.status;
+    resp->text = r.text;
+    resp->text_len = r.text_len;
+    resp->content_type = r.content_type;
+    if (r.text) {
+        json_decref(r.body);
+        return NULL;
+    }
+    return r.body;
+}
+
+/* Routes one request; fills *out (its body or text is the caller's). */
+static void route_request(pb_admin_http *a, const char *method, const char *url,
+                          const char *(*arg)(void *, const char *), void *arg_ctx,
+                          const char *body_text, size_t body_len, pb_admin_resp *out)
+{
+    *out = (pb_admin_resp){.status = 200};
+    out->body = route_json(a, method, url, arg, arg_ctx, body_text, body_len, out);
 }
 
 void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
                             const char *const *args, const char *body, size_t body_len, int *status,
                             char **answer)
 {
-    json_t *j = route_request(a, method, path, list_arg, (void *)args, body, body_len, status);
-    *answer = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (j) json_decref(j);
+    pb_admin_resp r;
+    route_request(a, method, path, list_arg, (void *)args, body, body_len, &r);
+    *status = r.status;
+    if (r.text) {
+        *answer = pb_xstrndup(r.text, r.text_len);
+        free(r.text);
+        return;
+    }
+    *answer = r.body ? json_dumps(r.body, JSON_COMPACT) : NULL;
+    if (r.body) json_decref(r.body);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -216,7 +270,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!r) {
         r = pb_xcalloc(1, sizeof *r);
         *con_cls = r;
-        if (!token_ok(a, conn)) return send_error(conn, 401, "missing or wrong bearer token");
+        if (!token_ok(a, conn) && !public_route(a, method, url))
+            return send_error(conn, 401, "missing or wrong bearer token");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > a->max_body)
             return send_error(conn, 413, "body over the size limit");
@@ -234,10 +289,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (r->too_big) return send_error(conn, 413, "body over the size limit");
 
-    int status = 0;
-    json_t *answer = route_request(a, method, url, mhd_arg, conn, (const char *)r->body.data,
-                                   r->body.len, &status);
-    return send_json(conn, status, answer);
+    pb_admin_resp resp;
+    route_request(a, method, url, mhd_arg, conn, (const char *)r->body.data, r->body.len, &resp);
+    if (resp.text) return send_text(conn, resp.status, resp.text, resp.text_len, resp.content_type);
+    return send_json(conn, resp.status, resp.body);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -253,6 +308,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
 {
     pb_admin_http *a = pb_xcalloc(1, sizeof *a);
+    a->name = pb_xstrdup(opts->name ? opts->name : "admin");
     a->listen = pb_xstrdup(opts->listen ? opts->listen : "127.0.0.1:2290");
     a->token = opts->token && *opts->token ? pb_xstrdup(opts->token) : NULL;
     a->max_body = opts->max_body ? opts->max_body : 1024 * 1024;
@@ -261,11 +317,32 @@ pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
     return a;
 }
 
+static void add_route(pb_admin_http *a, const char *method, const char *pattern, pb_admin_fn fn,
+                      void *ctx, bool public_)
+{
+    a->routes = pb_xrealloc(a->routes, (a->nroutes + 1) * sizeof *a->routes);
+    a->routes[a->nroutes++] =
+        (struct aroute){pb_xstrdup(method), pb_xstrdup(pattern), fn, ctx, public_};
+}
+
 void pb_admin_http_route(pb_admin_http *a, const char *method, const char *pattern, pb_admin_fn fn,
                          void *ctx)
 {
-    a->routes = pb_xrealloc(a->routes, (a->nroutes + 1) * sizeof *a->routes);
-    a->routes[a->nroutes++] = (struct aroute){pb_xstrdup(method), pb_xstrdup(pattern), fn, ctx};
+    add_route(a, method, pattern, fn, ctx, false);
+}
+
+void pb_admin_http_route_public(pb_admin_http *a, const char *method, const char *pattern,
+                                pb_admin_fn fn, void *ctx)
+{
+    add_route(a, method, pattern, fn, ctx, true);
+}
+
+unsigned pb_admin_http_connections(pb_admin_http *a)
+{
+    if (!a || !a->mhd) return 0;
+    const union MHD_DaemonInfo *i =
+        MHD_get_daemon_info(a->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return i ? i->num_connections : 0;
 }
 
 static bool is_loopback(const struct sockaddr_storage *ss)
@@ -309,7 +386,8 @@ pb_err pb_admin_http_start(pb_admin_http *a)
         if ((err = open_unix(a, a->listen + 5)) != PB_OK) return err;
     } else {
         if (pb_hrpc_parse_listen(a->listen, &ss, &sslen) != PB_OK || !is_loopback(&ss)) {
-            PB_ERROR(NULL, "admin_listen %s: want a loopback IP:PORT or unix:/path", a->listen);
+            PB_ERROR(NULL, "%s_listen %s: want a loopback IP:PORT or unix:/path", a->name,
+                     a->listen);
             return PB_ERR_CONFIG;
         }
         if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
@@ -326,10 +404,10 @@ pb_err pb_admin_http_start(pb_admin_http *a)
                                   on_completed, a, MHD_OPTION_END);
     }
     if (!a->mhd) {
-        PB_ERROR(NULL, "cannot start admin listener on %s: %s", a->listen, strerror(errno));
+        PB_ERROR(NULL, "cannot start %s listener on %s: %s", a->name, a->listen, strerror(errno));
         return PB_ERR_IO;
     }
-    PB_INFO(NULL, "admin listener on %s", a->listen);
+    PB_INFO(NULL, "%s listener on %s", a->name, a->listen);
     return PB_OK;
 }
 
@@ -355,6 +433,7 @@ void pb_admin_http_free(pb_admin_http *a)
     }
     free(a->routes);
     free(a->listen);
+    free(a->name);
     if (a->token) sodium_memzero(a->token, strlen(a->token));
     free(a->token);
     free(a->unix_path);

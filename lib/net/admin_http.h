@@ -2,7 +2,13 @@
  * admin_http - the admin API's HTTP/JSON listener on libmicrohttpd: loopback TCP or a Unix
  * socket, never the federation port. Routes match a method and a path pattern where `*`
  * matches one path segment (e.g. "/v1/peers/STAR/retry"); handlers get the parsed JSON body
- * and fill a JSON answer. An optional bearer token is compared in constant time.
+ * and fill a JSON answer, or a text answer with its own Content-Type (the metrics
+ * exposition, the status page). An optional bearer token is compared in constant time;
+ * routes registered with pb_admin_http_route_public are served without it (the status
+ * page, which then asks the user for the token). Every answer carries
+ * X-Content-Type-Options: nosniff and Cache-Control: no-store; an HTML answer also a
+ * Content-Security-Policy that allows only its own inline script and style and requests
+ * to the listener itself.
  *
  * Untrusted input: the HTTP request. Bodies are bounded (max_body, refused with 413 from
  * Content-Length or while reading), parsed by jansson; refusals answer
@@ -36,6 +42,11 @@ const char *pb_admin_req_arg(const pb_admin_req *req, const char *name);
 typedef struct pb_admin_resp {
     int status;   /* default 200 */
     json_t *body; /* reference stolen by the server; NULL = empty body */
+    /* A non-JSON answer instead of body: text (owned: freed by the server) of text_len
+     * bytes, sent with content_type (a static string). */
+    char *text;
+    size_t text_len;
+    const char *content_type;
 } pb_admin_resp;
 
 /* Sets {"error": message} with status. */
@@ -49,13 +60,14 @@ typedef struct pb_admin_http_opts {
     const char *token;  /* bearer token, NULL = none required */
     size_t max_body;    /* default 1 MiB */
     unsigned threads;   /* default 16 (an inbox long-poll holds one) */
+    const char *name;   /* names the listener in logs; default "admin" */
 } pb_admin_http_opts;
 
 /*
  * Runs one request through the routes without HTTP (the in-process form of the API, and
  * what the listener itself uses). args is a NULL-terminated list of name, value pairs
- * (may be NULL). On return *status is set and *answer is the JSON answer text (caller
- * frees; NULL for an empty answer).
+ * (may be NULL). On return *status is set and *answer is the answer text: JSON, or the
+ * route's text answer (caller frees; NULL for an empty answer).
  */
 void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
                             const char *const *args, const char *body, size_t body_len, int *status,
@@ -65,6 +77,11 @@ void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *pa
 pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts);
 void pb_admin_http_route(pb_admin_http *a, const char *method, const char *pattern, pb_admin_fn fn,
                          void *ctx);
+/* A route served without the bearer token (for what holds no secret: the status page). */
+void pb_admin_http_route_public(pb_admin_http *a, const char *method, const char *pattern,
+                                pb_admin_fn fn, void *ctx);
+/* Open connections (0 when not started). */
+unsigned pb_admin_http_connections(pb_admin_http *a);
 /* Binds and serves. PB_ERR_CONFIG for a non-loopback or malformed address, PB_ERR_IO when
  * it cannot bind. */
 pb_err pb_admin_http_start(pb_admin_http *a);

@@ -27,6 +27,10 @@
  * byte of a request is not visible; it is checked every SWEEP_MS; it does not cover the
  * answer (a client reading slowly is bounded by the idle timeout only).
  *
+ * Metrics (opts.metrics): libmicrohttpd calls `measured`, which notes when a request's
+ * headers arrived and which status send_reply queued (a thread-local set during that
+ * call); the completion notification records the request (record()).
+ *
  * Untrusted input: the whole HTTP request. Sizes are checked before anything is buffered;
  * the Authorization header is passed to auth.c, which bounds it again.
  */
@@ -153,7 +157,15 @@ struct req {
     pb_hrpc_waker *w; /* while suspended, or fired before it could be */
     pb_hrpc_server *srv;
     struct MHD_Connection *conn;
+    /* for metrics: when the headers arrived, and the answer queued (status 0: none) */
+    double started;
+    int status;
+    const char *identifier;
 };
+
+/* The answer queued during the current on_request call of this thread (see measured). */
+static __thread int tl_status;
+static __thread const char *tl_identifier;
 
 void pb_hrpc_reply_error(pb_hrpc_reply *rep, int status, const char *identifier, const char *fmt,
                          ...)
@@ -209,6 +221,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, pb_hrpc_reply *re
     }
     MHD_add_response_header(resp, "Content-Type", "application/hrpc");
     MHD_add_response_header(resp, "Hrpc-Version", "1");
+    tl_status = rep->status;
+    tl_identifier = rep->identifier ? rep->identifier : ID_INTERNAL;
     enum MHD_Result r = MHD_queue_response(conn, (unsigned)rep->status, resp);
     MHD_destroy_response(resp);
     return r;
@@ -715,6 +729,43 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return process(s, conn, url, r);
 }
 
+/* on_request, noting when a request's headers arrived and which answer it queued. */
+static enum MHD_Result measured(void *cls, struct MHD_Connection *conn, const char *url,
+                                const char *method, const char *version, const char *upload_data,
+                                size_t *upload_data_size, void **con_cls)
+{
+    bool first = *con_cls == NULL;
+    double t0 = first ? pb_metrics_clock() : 0;
+    tl_status = 0;
+    enum MHD_Result res =
+        on_request(cls, conn, url, method, version, upload_data, upload_data_size, con_cls);
+    struct req *r = *con_cls;
+    if (r && first) r->started = t0;
+    if (r && tl_status) {
+        r->status = tl_status;
+        r->identifier = tl_identifier;
+    }
+    return res;
+}
+
+/* Records an answered request: latency and status by method (the route's last path
+ * segment, "other" for unknown paths), token refusals (401/403 on a route that checks
+ * the token) by identifier. */
+static void record(pb_hrpc_server *s, const struct req *r)
+{
+    const pb_metrics_std *m = s->opts.metrics;
+    if (!m || !r->status) return;
+    const char *method = r->route ? strrchr(r->route->path, '/') : NULL;
+    method = method && method[1] ? method + 1 : "other";
+    char code[8];
+    snprintf(code, sizeof code, "%d", r->status);
+    pb_histogram_observe(pb_metric_get(m->server_duration, method),
+                         pb_metrics_clock() - r->started);
+    pb_counter_inc(pb_metric_get(m->server_requests, method, code));
+    if (r->route && r->route->with_auth && (r->status == 401 || r->status == 403))
+        pb_counter_inc(pb_metric_get(m->auth_refusals, r->identifier));
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -725,6 +776,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r) return;
     if (r->w) take_waker(s, r); /* a request that ended while woken (shutdown) */
     if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    record(s, r);
     if (r->counted) atomic_fetch_sub(&s->inflight, 1);
     pb_buf_free(&r->body);
     free(r);
@@ -870,7 +922,7 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
     }
     s->max_conns = limit;
     s->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+        flags, 0, NULL, NULL, measured, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)s->opts.threads, MHD_OPTION_CONNECTION_LIMIT, limit + margin,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->opts.conn_timeout_s,
@@ -899,6 +951,14 @@ uint16_t pb_hrpc_server_port(const pb_hrpc_server *s)
     if (!s->mhd) return 0;
     const union MHD_DaemonInfo *i = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
     return i ? i->port : 0;
+}
+
+unsigned pb_hrpc_server_connections(pb_hrpc_server *s)
+{
+    pthread_mutex_lock(&s->conns_mu);
+    unsigned n = s->nconns;
+    pthread_mutex_unlock(&s->conns_mu);
+    return n;
 }
 
 void pb_hrpc_server_stop(pb_hrpc_server *s)

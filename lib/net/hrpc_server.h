@@ -39,6 +39,7 @@
 
 #include "crypto/auth.h"
 #include "util/buf.h"
+#include "util/metrics_std.h"
 #include "postbox.h"
 
 typedef struct pb_hrpc_server pb_hrpc_server;
@@ -55,6 +56,9 @@ typedef struct pb_hrpc_server_opts {
     unsigned max_inflight;     /* requests being read or handled at once; default 256 */
     const char *tls_cert_file; /* both set: HTTPS */
     const char *tls_key_file;
+    /* Where each answered request is recorded when it completes (latency and status by
+     * method, token refusals by identifier), or NULL. Borrowed: must outlive the server. */
+    const pb_metrics_std *metrics;
 } pb_hrpc_server_opts;
 
 typedef struct pb_hrpc_request {
@@ -134,6 +138,8 @@ void pb_hrpc_server_route(pb_hrpc_server *s, const char *path, bool with_auth,
 pb_err pb_hrpc_server_start(pb_hrpc_server *s);
 /* The bound port (after start). */
 uint16_t pb_hrpc_server_port(const pb_hrpc_server *s);
+/* Open connections counted against max_connections (0 when not started). */
+unsigned pb_hrpc_server_connections(pb_hrpc_server *s);
 /* Stops accepting, lets in-flight requests finish, stops threads. Idempotent. */
 void pb_hrpc_server_stop(pb_hrpc_server *s);
 void pb_hrpc_server_free(pb_hrpc_server *s); /* stops first; NULL is a no-op */

@@ -31,6 +31,7 @@ void pb_store_opts_default(pb_store_opts *o)
     o->sync = PB_SYNC_FULL;
     o->busy_timeout_ms = PB_STORE_BUSY_TIMEOUT_DEFAULT;
     o->max_batch = PB_STORE_MAX_BATCH_DEFAULT;
+    o->metrics = NULL;
 }
 
 pb_err pb_store_sync_parse(const char *s, pb_store_sync *out)
@@ -90,6 +91,7 @@ static pb_err opts_normalise(const pb_store_opts *opts, pb_store_opts *out)
         return PB_ERR_CONFIG;
     }
     if (opts->max_batch > 0) o.max_batch = opts->max_batch;
+    o.metrics = opts->metrics;
     *out = o;
     return PB_OK;
 }
@@ -482,6 +484,32 @@ void pb_store_strings_free(char **v, size_t n)
     for (size_t i = 0; i < n; i++)
         free(v[i]);
     free(v);
+}
+
+void pb_qshape_rows_free(pb_qshape_row *rows, size_t n)
+{
+    if (!rows) return;
+    for (size_t i = 0; i < n; i++)
+        free(rows[i].peer);
+    free(rows);
+}
+
+pb_err pb_store_qshape(pb_store *s, int64_t now_ms, pb_qshape_row **rows, size_t *n)
+{
+    if (!s || !rows || !n) return PB_ERR_INVAL;
+    return s->ops->qshape(s->impl, now_ms, rows, n);
+}
+
+pb_err pb_store_peer_mode_counts(pb_store *s, uint64_t counts[3])
+{
+    if (!s || !counts) return PB_ERR_INVAL;
+    return s->ops->peer_mode_counts(s->impl, counts);
+}
+
+pb_err pb_store_inbox_unread(pb_store *s, uint64_t after, uint64_t *count, int64_t *oldest_at)
+{
+    if (!s || !count || !oldest_at) return PB_ERR_INVAL;
+    return s->ops->inbox_unread(s->impl, after, count, oldest_at);
 }
 
 #ifdef PB_FAULTS

@@ -34,6 +34,7 @@
 
 #include "crypto/keys.h"
 #include "postbox.h"
+#include "util/metrics_std.h"
 
 typedef struct pb_store pb_store;
 
@@ -51,6 +52,9 @@ typedef struct pb_store_opts {
                             default 5000 (0 = default) */
     int max_batch;       /* SQLite: most writes in one group commit; default 256 (0 =
                             default); PostgreSQL: unused */
+    /* Where write transactions are measured (commit latency; SQLite: writes per group
+     * commit), or NULL. Borrowed: it must outlive the store. */
+    const pb_metrics_std *metrics;
 } pb_store_opts;
 
 #define PB_STORE_BUSY_TIMEOUT_DEFAULT 5000
@@ -380,6 +384,35 @@ pb_err pb_store_lease_release(pb_store *s, const char *peer, const char *node_id
  * pb_store_strings_free) is NULL when none. */
 pb_err pb_store_outbox_peers(pb_store *s, char ***peers, size_t *n);
 void pb_store_strings_free(char **v, size_t n);
+
+/* ---- monitoring: queue shape, peers by mode, unread inbox ------------------------------------ */
+
+/* Age buckets of pb_store_qshape, in minutes: [0,5) [5,10) [10,20) [20,40) [40,80) [80,160)
+ * and 160 or more (an event dated in the future counts as age 0). */
+#define PB_QSHAPE_BUCKETS 7
+#define PB_QSHAPE_EDGES_MIN                                                                        \
+    {                                                                                              \
+        5, 10, 20, 40, 80, 160                                                                     \
+    }
+
+typedef struct pb_qshape_row {
+    char *peer; /* owned */
+    uint64_t total;
+    int64_t oldest_at;                  /* created_at (ms) of the peer's oldest event */
+    uint64_t counts[PB_QSHAPE_BUCKETS]; /* events by age bucket */
+} pb_qshape_row;
+void pb_qshape_rows_free(pb_qshape_row *rows, size_t n);
+
+/* One row per peer with at least one queued event, ordered by total (descending) then
+ * peer, with its events counted by age (now_ms - created_at). One query that reads every
+ * queued event's created_at (cost O(queued)). *rows (caller frees with
+ * pb_qshape_rows_free) is NULL when nothing is queued. */
+pb_err pb_store_qshape(pb_store *s, int64_t now_ms, pb_qshape_row **rows, size_t *n);
+/* Known peers by delivery mode: counts[PB_MODE_PUSH], [PB_MODE_QUEUED], [PB_MODE_PARKED]. */
+pb_err pb_store_peer_mode_counts(pb_store *s, uint64_t counts[3]);
+/* Inbox items with seq > after: how many, and the received_at (ms) of the first of them
+ * (0 when none). Cost O(items counted). */
+pb_err pb_store_inbox_unread(pb_store *s, uint64_t after, uint64_t *count, int64_t *oldest_at);
 
 /* ---- test-only fault points (PB_FAULTS builds) ----------------------------------------- */
 

@@ -77,6 +77,10 @@ typedef struct pb_store_ops {
                             int64_t ttl_ms, bool *held);
     pb_err (*lease_release)(void *impl, const char *peer, const char *node_id);
     pb_err (*outbox_peers)(void *impl, char ***peers, size_t *n);
+    /* monitoring (store.h "monitoring") */
+    pb_err (*qshape)(void *impl, int64_t now_ms, pb_qshape_row **rows, size_t *n);
+    pb_err (*peer_mode_counts)(void *impl, uint64_t counts[3]);
+    pb_err (*inbox_unread)(void *impl, uint64_t after, uint64_t *count, int64_t *oldest_at);
 
     /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and
      * store.c then makes them no-ops (pb_store_fault_bad_write returns PB_ERR_INTERNAL). */

@@ -231,6 +231,9 @@ enum stmt_id {
     ST_RENAME_OUT_FAILED,
     ST_LEASE_ACQUIRE,
     ST_LEASE_RELEASE,
+    ST_QSHAPE,
+    ST_PEER_MODE_COUNTS,
+    ST_INBOX_UNREAD,
     ST__COUNT
 };
 
@@ -377,6 +380,19 @@ static const char *const stmt_sql[ST__COUNT] = {
                          " expires_at = excluded.expires_at"
                          " WHERE leases.holder = excluded.holder OR leases.expires_at <= $3",
     [ST_LEASE_RELEASE] = "DELETE FROM leases WHERE peer = $1 AND holder = $2",
+    /* ages a = now - created_at (ms) counted in the PB_QSHAPE_EDGES_MIN buckets */
+    [ST_QSHAPE] = "SELECT peer, count(*), min(created_at),"
+                  " count(*) FILTER (WHERE a < 300000),"
+                  " count(*) FILTER (WHERE a >= 300000 AND a < 600000),"
+                  " count(*) FILTER (WHERE a >= 600000 AND a < 1200000),"
+                  " count(*) FILTER (WHERE a >= 1200000 AND a < 2400000),"
+                  " count(*) FILTER (WHERE a >= 2400000 AND a < 4800000),"
+                  " count(*) FILTER (WHERE a >= 4800000 AND a < 9600000),"
+                  " count(*) FILTER (WHERE a >= 9600000)"
+                  " FROM (SELECT peer, created_at, $1 - created_at AS a FROM outbox) o"
+                  " GROUP BY peer ORDER BY count(*) DESC, peer",
+    [ST_PEER_MODE_COUNTS] = "SELECT mode, count(*) FROM peers GROUP BY mode",
+    [ST_INBOX_UNREAD] = "SELECT count(*), min(received_at) FROM inbox WHERE seq > $1",
 };
 
 /* ---- the backend ------------------------------------------------------------------------ */
@@ -401,6 +417,7 @@ typedef struct pgs {
     int callers;
     bool stop;
     uint64_t commits, writes;
+    pb_series *m_commit; /* commit latency; NULL: none */
 #ifdef PB_FAULTS
     pb_err fault;
     bool hold;
@@ -920,11 +937,13 @@ static pb_err write_run(pgs *b, tx_fn fn, void *ctx, bool single)
         return err;
     }
 #endif
+    double t0 = 0;
     for (int attempt = 0;; attempt++) {
         pgc *c = NULL;
         bool commit_sent = single;
         err = conn_get(b, &c);
         if (err != PB_OK) break;
+        t0 = pb_metrics_clock();
         if (single) {
             err = fn(c, ctx);
         } else if ((err = simple(c, "BEGIN", "begin")) == PB_OK) {
@@ -947,6 +966,7 @@ static pb_err write_run(pgs *b, tx_fn fn, void *ctx, bool single)
         conn_put(b, c);
         if (!retry) break;
     }
+    if (err == PB_OK) pb_histogram_observe(b->m_commit, pb_metrics_clock() - t0);
     pthread_mutex_lock(&b->mu);
     if (err == PB_OK) {
         b->commits++;
@@ -1085,6 +1105,7 @@ static pb_err pg_open(const char *location, const pb_store_opts *opts, void **im
     b->where = describe(ci);
     PQconninfoFree(ci);
     b->opts = *opts;
+    b->m_commit = pb_metric_series(PB_METRIC(opts->metrics, store_commit_duration), NULL);
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->pool_cond, NULL);
     pthread_cond_init(&b->gate, NULL);
@@ -2065,6 +2086,76 @@ static pb_err pg_lease_release(void *impl, const char *peer, const char *node_id
     return stmt_run(impl, lease_release_job, &l);
 }
 
+/* ---- monitoring ------------------------------------------------------------------------- */
+
+_Static_assert(PB_QSHAPE_BUCKETS == 7, "ST_QSHAPE counts seven buckets");
+
+static pb_err qshape_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_qshape_row *q = elem;
+    bool bad = false;
+    q->peer = col_str(r, i, 0);
+    q->total = (uint64_t)col_i64(r, i, 1, &bad);
+    q->oldest_at = col_i64(r, i, 2, &bad);
+    for (int k = 0; k < PB_QSHAPE_BUCKETS; k++)
+        q->counts[k] = (uint64_t)col_i64(r, i, 3 + k, &bad);
+    return q->peer && !bad ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void qshape_rows_free(void *arr, size_t n)
+{
+    pb_qshape_rows_free(arr, n);
+}
+
+static const rows_spec qshape_rows = {ST_QSHAPE, sizeof(pb_qshape_row), qshape_row,
+                                      qshape_rows_free};
+
+static pb_err pg_qshape(void *impl, int64_t now_ms, pb_qshape_row **rows, size_t *n)
+{
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &qshape_rows, (const arg[]){A_INT(now_ms)}, 1, NULL, &arr, n);
+    if (err == PB_OK) *rows = arr;
+    return err;
+}
+
+static pb_err pg_peer_mode_counts(void *impl, uint64_t counts[3])
+{
+    PGresult *r = NULL;
+    pb_err err = read_query(impl, ST_PEER_MODE_COUNTS, NULL, 0, &r);
+    if (err != PB_OK) return err;
+    uint64_t c[3] = {0, 0, 0};
+    bool bad = false;
+    for (int i = 0; i < PQntuples(r) && !bad; i++) {
+        int64_t mode = col_i64(r, i, 0, &bad);
+        if (mode < PB_MODE_PUSH || mode > PB_MODE_PARKED) {
+            PB_ERROR(NULL, "store: bad peer mode %lld", (long long)mode);
+            bad = true;
+            break;
+        }
+        c[mode] = (uint64_t)col_i64(r, i, 1, &bad);
+    }
+    PQclear(r);
+    if (bad) return PB_ERR_CORRUPT;
+    memcpy(counts, c, sizeof c);
+    return PB_OK;
+}
+
+static pb_err pg_inbox_unread(void *impl, uint64_t after, uint64_t *count, int64_t *oldest_at)
+{
+    PGresult *r = NULL;
+    pb_err err = read_query(impl, ST_INBOX_UNREAD, (const arg[]){A_INT(clamp64(after))}, 1, &r);
+    if (err != PB_OK) return err;
+    bool bad = PQntuples(r) != 1;
+    int64_t n = bad ? 0 : col_i64(r, 0, 0, &bad);
+    int64_t at = bad ? 0 : col_i64(r, 0, 1, &bad); /* NULL (none) reads as 0 */
+    PQclear(r);
+    if (bad) return PB_ERR_CORRUPT;
+    *count = (uint64_t)n;
+    *oldest_at = at;
+    return PB_OK;
+}
+
 /* ---- test-only fault points ------------------------------------------------------------- */
 
 #ifdef PB_FAULTS
@@ -2149,6 +2240,9 @@ const pb_store_ops pb_store_pg_ops = {
     .lease_acquire = pg_lease_acquire,
     .lease_release = pg_lease_release,
     .outbox_peers = pg_outbox_peers,
+    .qshape = pg_qshape,
+    .peer_mode_counts = pg_peer_mode_counts,
+    .inbox_unread = pg_inbox_unread,
 #ifdef PB_FAULTS
     .fault_set = pg_fault_set,
     .fault_hold = pg_fault_hold,

@@ -209,6 +209,9 @@ enum stmt_id {
     ST_SUBMISSION_GET,
     ST_SUBMISSION_INSERT,
     ST_SUBMISSION_PRUNE,
+    ST_QSHAPE,
+    ST_PEER_MODE_COUNTS,
+    ST_INBOX_UNREAD,
     ST__COUNT
 };
 
@@ -317,6 +320,15 @@ static const char *const stmt_sql[ST__COUNT] = {
     /* bounded: the oldest ?2 expired records, found through submissions_by_age */
     [ST_SUBMISSION_PRUNE] = "DELETE FROM submissions WHERE id IN (SELECT id FROM submissions"
                             " WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+    /* ages a = now - created_at (ms) counted in the PB_QSHAPE_EDGES_MIN buckets */
+    [ST_QSHAPE] = "SELECT peer, count(*), min(created_at), sum(a < 300000),"
+                  " sum(a >= 300000 AND a < 600000), sum(a >= 600000 AND a < 1200000),"
+                  " sum(a >= 1200000 AND a < 2400000), sum(a >= 2400000 AND a < 4800000),"
+                  " sum(a >= 4800000 AND a < 9600000), sum(a >= 9600000)"
+                  " FROM (SELECT peer, created_at, ?1 - created_at AS a FROM outbox)"
+                  " GROUP BY peer ORDER BY count(*) DESC, peer",
+    [ST_PEER_MODE_COUNTS] = "SELECT mode, count(*) FROM peers GROUP BY mode",
+    [ST_INBOX_UNREAD] = "SELECT count(*), min(received_at) FROM inbox WHERE seq > ?1",
 };
 
 typedef struct conn {
@@ -353,6 +365,7 @@ typedef struct sq {
     int callers; /* threads inside job_run: close waits for them to leave */
     bool stop;
     uint64_t commits, writes;
+    pb_series *m_commit, *m_writes; /* commit latency, writes per commit; NULL: none */
 #ifdef PB_FAULTS
     pb_err fault;
     bool hold;
@@ -651,7 +664,12 @@ static void *writer_main(void *arg)
             for (size_t i = 0; i < n; i++)
                 batch[i]->result = fault;
         } else {
+            double t0 = pb_metrics_clock();
             committed = run_batch(b, batch, n);
+            if (committed) {
+                pb_histogram_observe(b->m_commit, pb_metrics_clock() - t0);
+                pb_histogram_observe(b->m_writes, (double)n);
+            }
         }
 
         pthread_mutex_lock(&b->mu);
@@ -844,6 +862,8 @@ static pb_err sq_open(const char *location, const pb_store_opts *opts, void **im
     sq *b = pb_xcalloc(1, sizeof *b);
     b->path = pb_xstrdup(location);
     b->opts = *opts;
+    b->m_commit = pb_metric_series(PB_METRIC(opts->metrics, store_commit_duration), NULL);
+    b->m_writes = pb_metric_series(PB_METRIC(opts->metrics, store_commit_writes), NULL);
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->work, NULL);
     pthread_cond_init(&b->done, NULL);
@@ -2001,6 +2021,87 @@ static pb_err sq_outbox_peers(void *impl, char ***out, size_t *count)
     return err;
 }
 
+/* ---- monitoring ------------------------------------------------------------------------- */
+
+_Static_assert(PB_QSHAPE_BUCKETS == 7, "ST_QSHAPE counts seven buckets");
+
+static pb_err qshape_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_qshape_row *r = elem;
+    r->peer = col_strdup(st, 0);
+    r->total = (uint64_t)sqlite3_column_int64(st, 1);
+    r->oldest_at = sqlite3_column_int64(st, 2);
+    for (int i = 0; i < PB_QSHAPE_BUCKETS; i++)
+        r->counts[i] = (uint64_t)sqlite3_column_int64(st, 3 + i);
+    return r->peer ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void qshape_rows_free(void *arr, size_t n)
+{
+    pb_qshape_rows_free(arr, n);
+}
+
+static const rows_spec qshape_rows = {ST_QSHAPE, "queue shape", sizeof(pb_qshape_row), qshape_row,
+                                      qshape_rows_free};
+
+static pb_err sq_qshape(void *impl, int64_t now_ms, pb_qshape_row **rows, size_t *n)
+{
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &qshape_rows, (const arg[]){A_INT(now_ms)}, 1, NULL, &arr, n);
+    if (err == PB_OK) *rows = arr;
+    return err;
+}
+
+static pb_err sq_peer_mode_counts(void *impl, uint64_t counts[3])
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_get(c, ST_PEER_MODE_COUNTS, &st);
+    if (err != PB_OK) goto out;
+    counts[0] = counts[1] = counts[2] = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t mode = sqlite3_column_int64(st, 0);
+        if (mode < PB_MODE_PUSH || mode > PB_MODE_PARKED) {
+            PB_ERROR(NULL, "store: bad peer mode %lld", (long long)mode);
+            err = PB_ERR_CORRUPT;
+            break;
+        }
+        counts[mode] = (uint64_t)sqlite3_column_int64(st, 1);
+    }
+    if (err == PB_OK && rc != SQLITE_DONE) err = fail(c->db, rc, "peer mode counts");
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    return err;
+}
+
+static pb_err sq_inbox_unread(void *impl, uint64_t after, uint64_t *count, int64_t *oldest_at)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, ST_INBOX_UNREAD, (const arg[]){A_INT(clamp64(after))}, 1, &st);
+    if (err != PB_OK) goto out;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *count = (uint64_t)sqlite3_column_int64(st, 0);
+        *oldest_at = sqlite3_column_int64(st, 1); /* NULL (none) reads as 0 */
+    } else {
+        err = fail(c->db, rc, "inbox unread");
+    }
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    return err;
+}
+
 /* ---- test-only fault points ------------------------------------------------------------- */
 
 #ifdef PB_FAULTS
@@ -2086,6 +2187,9 @@ const pb_store_ops pb_store_sqlite_ops = {
     .lease_acquire = sq_lease_acquire,
     .lease_release = sq_lease_release,
     .outbox_peers = sq_outbox_peers,
+    .qshape = sq_qshape,
+    .peer_mode_counts = sq_peer_mode_counts,
+    .inbox_unread = sq_inbox_unread,
 #ifdef PB_FAULTS
     .fault_set = sq_fault_set,
     .fault_hold = sq_fault_hold,

@@ -2,7 +2,7 @@
  * inprocess_test - a homeserver linking libpostbox: two pb_daemon instances in this very
  * process (each with its own listeners and store), driven only through pb_daemon_call,
  * the in-process form of the admin API. An event submitted at A reaches B's inbox, and the
- * answers have the same statuses and JSON as over HTTP.
+ * answers have the same statuses and JSON as over HTTP; each daemon keeps its own metrics.
  */
 #include <jansson.h>
 #include <stdlib.h>
@@ -99,6 +99,17 @@ int main(void)
     j = call(a, "GET", "/v1/nothing", NULL, NULL, &st);
     CHECK_INT(st, 404);
     json_decref(j);
+
+    /* each daemon has its own metrics: A counted its submission, B none */
+    char *ma = NULL, *mb = NULL;
+    CHECK_OK(pb_daemon_call(a, "GET", "/metrics", NULL, NULL, &st, &ma));
+    CHECK_INT(st, 200);
+    CHECK_OK(pb_daemon_call(b, "GET", "/metrics", NULL, NULL, &st, &mb));
+    CHECKF(ma && strstr(ma, "\npostbox_events_submitted_total 1\n"), "A's metrics");
+    CHECKF(mb && strstr(mb, "\npostbox_events_submitted_total 0\n"), "B's metrics");
+    CHECKF(mb && strstr(mb, "\npostbox_inbox_last_seq 1\n"), "B's inbox");
+    free(ma);
+    free(mb);
 
     pb_daemon_close(a);
     pb_daemon_close(b);

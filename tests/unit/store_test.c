@@ -19,6 +19,8 @@
  * store): concurrent appends keep per-peer seqs gapless and ordered, a batch received by
  * two nodes at once is applied once, an inbox reader following the cursor never skips a
  * row, leases (take, renew, expiry, release, rename, races) and the outbox peer list.
+ * Monitoring: the queue shape (age buckets and their edges, order, acknowledged events
+ * gone), peers by mode and the unread inbox after a cursor.
  * PostgreSQL only: a call after the server dropped the pooled connections succeeds.
  * Where the backends differ by design (SQLite batches concurrent writes into one
  * transaction, PostgreSQL commits each on its own) the case says so.
@@ -1911,6 +1913,88 @@ static void test_outbox_peers(void)
     pb_store_close(s);
 }
 
+static void test_monitoring(void)
+{
+    pb_store *s = open_fresh("monitor", NULL);
+    if (!s) return;
+    const int64_t now = 10000000000LL, min = 60000;
+    pb_qshape_row *rows = NULL;
+    size_t n = 7;
+    uint64_t modes[3] = {9, 9, 9}, unread = 9;
+    int64_t oldest = 9;
+    CHECK_OK(pb_store_qshape(s, now, &rows, &n));
+    CHECK(rows == NULL && n == 0);
+    CHECK_OK(pb_store_peer_mode_counts(s, modes));
+    CHECK(modes[0] == 0 && modes[1] == 0 && modes[2] == 0);
+    CHECK_OK(pb_store_inbox_unread(s, 0, &unread, &oldest));
+    CHECK(unread == 0 && oldest == 0);
+
+    pb_event e[3] = {ev_added(1, 2), ev_removed(1, 2), ev_added(3, 4)};
+    const char *p1 = "p1.example:1", *p2 = "p2.example:1", *p3 = "p3.example:1";
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 1, now - 300 * min, NULL));     /* 160+ */
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 2, now - 7 * min, NULL));       /* 5-10 */
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 3, now - 1 * min, NULL));       /* 0-5 */
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, now - 5 * min, NULL));       /* edge: 5-10 */
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, now - 5 * min + 1, NULL));   /* 0-5 */
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, now + 1000, NULL));          /* future: 0-5 */
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, now - 160 * min, NULL));     /* edge: 160+ */
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, now - 160 * min + 1, NULL)); /* 80-160 */
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, now - 20 * min, NULL));      /* 20-40 */
+    CHECK_OK(pb_store_outbox_append(s, p3, e, 2, now - 45 * min, NULL));
+    CHECK_OK(pb_store_outbox_ack(s, p3, 2)); /* delivered: gone from the shape */
+    CHECK_OK(pb_store_qshape(s, now, &rows, &n));
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        /* p1 has 6, p2 has 6: equal totals in peer order */
+        CHECK_STR(rows[0].peer, p1);
+        CHECK_INT(rows[0].total, 6);
+        CHECK_INT(rows[0].oldest_at, now - 300 * min);
+        const uint64_t w1[PB_QSHAPE_BUCKETS] = {3, 2, 0, 0, 0, 0, 1};
+        const uint64_t w2[PB_QSHAPE_BUCKETS] = {2, 1, 0, 1, 0, 1, 1};
+        for (int i = 0; i < PB_QSHAPE_BUCKETS; i++) {
+            CHECKF(rows[0].counts[i] == w1[i], "p1 bucket %d: %llu", i,
+                   (unsigned long long)rows[0].counts[i]);
+            CHECKF(rows[1].counts[i] == w2[i], "p2 bucket %d: %llu", i,
+                   (unsigned long long)rows[1].counts[i]);
+        }
+        CHECK_STR(rows[1].peer, p2);
+        CHECK_INT(rows[1].total, 6);
+        CHECK_INT(rows[1].oldest_at, now - 160 * min);
+    }
+    pb_qshape_rows_free(rows, n);
+    CHECK_OK(pb_store_outbox_ack(s, p1, 1));
+    CHECK_OK(pb_store_qshape(s, now, &rows, &n));
+    CHECK(n == 2 && !strcmp(rows[0].peer, p2) && rows[1].total == 5 &&
+          rows[1].oldest_at == now - 7 * min);
+    pb_qshape_rows_free(rows, n);
+    CHECK_ERR(pb_store_qshape(s, now, NULL, &n), PB_ERR_INVAL);
+
+    CHECK_OK(pb_store_peer_state_set(s, p1, PB_MODE_QUEUED, 1, now, "down", 0));
+    CHECK_OK(pb_store_peer_state_set(s, p2, PB_MODE_PARKED, 0, 0, "refused", 3));
+    CHECK_OK(pb_store_peer_touch(s, "p4.example:1", 5));
+    CHECK_OK(pb_store_peer_mode_counts(s, modes));
+    CHECK_INT(modes[PB_MODE_PUSH], 2); /* p3, p4 */
+    CHECK_INT(modes[PB_MODE_QUEUED], 1);
+    CHECK_INT(modes[PB_MODE_PARKED], 1);
+    CHECK_ERR(pb_store_peer_mode_counts(s, NULL), PB_ERR_INVAL);
+
+    const uint64_t seqs[3] = {1, 2, 3};
+    CHECK_OK(pb_store_receive(s, "s.example:1", e, seqs, 2, now - 10 * min, NULL));
+    CHECK_OK(pb_store_receive(s, "s.example:1", e + 2, seqs + 2, 1, now - 2 * min, NULL));
+    CHECK_OK(pb_store_inbox_unread(s, 0, &unread, &oldest));
+    CHECK_INT(unread, 3);
+    CHECK_INT(oldest, now - 10 * min);
+    CHECK_OK(pb_store_inbox_unread(s, 2, &unread, &oldest));
+    CHECK_INT(unread, 1);
+    CHECK_INT(oldest, now - 2 * min);
+    CHECK_OK(pb_store_inbox_unread(s, 3, &unread, &oldest));
+    CHECK(unread == 0 && oldest == 0);
+    CHECK_OK(pb_store_inbox_unread(s, UINT64_MAX, &unread, &oldest));
+    CHECK(unread == 0 && oldest == 0);
+    CHECK_ERR(pb_store_inbox_unread(s, 0, NULL, &oldest), PB_ERR_INVAL);
+    pb_store_close(s);
+}
+
 /* Two nodes: senders' batches each delivered to both nodes at the same moment (a
  * retried Push reaching another node), while a reader follows the inbox cursor. */
 #define TN_SENDERS 4
@@ -2342,6 +2426,7 @@ int main(int argc, char **argv)
 #endif
     test_leases();
     test_outbox_peers();
+    test_monitoring();
     test_two_nodes_receive();
     test_lease_race();
     if (g_pg) {

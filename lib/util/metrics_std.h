@@ -1,0 +1,95 @@
+/*
+ * metrics_std - postbox's standard metric families, created in one place on a daemon's
+ * registry (util/metrics.h) so that every name, help text, label set and bucket layout
+ * is defined once. Modules get a `const pb_metrics_std *` through their opts (NULL: no
+ * metrics) and record through its families; PB_METRIC(std, field) is the family or NULL.
+ *
+ * Names follow Prometheus conventions: prefix postbox_, base units (_seconds, _bytes),
+ * counters end in _total. Counters are process-local (they start at 0 with the process);
+ * the queue, peer and inbox gauges are read from the store at scrape time, so every node
+ * of a multi-node setup reports the shared truth.
+ *
+ * Who feeds which family (label values in brackets; the fixed ones are created at 0 so
+ * they are exported before anything happens):
+ *
+ *   admin API (admin/adminapi.c)
+ *     events_submitted       postbox_events_submitted_total
+ *     submissions_duplicate  postbox_submissions_duplicate_total
+ *   federation listener (net/hrpc_server.c, when a request completes)
+ *     server_duration        postbox_hrpc_server_request_duration_seconds{method}
+ *     server_requests        postbox_hrpc_server_requests_total{method,code}
+ *     auth_refusals          postbox_auth_refusals_total{identifier}: Push and Pull token
+ *                            refusals; NotifyNewId checks its token itself (delivery)
+ *   delivery engine (delivery/, outbound client, key source)
+ *     events_pushed          postbox_events_pushed_total{result=ok|retried|queued|parked}
+ *     events_received        postbox_events_received_total{kind,path=push|pull}
+ *     events_duplicate       postbox_events_duplicate_total{path=push|pull}
+ *     client_duration        postbox_hrpc_client_request_duration_seconds{method=Push|Pull}
+ *     key_fetches            postbox_key_fetches_total{result=ok|error|rate_limited}
+ *   store (store/store_sqlite.c writer, store/store_pg.c write calls)
+ *     store_commit_duration  postbox_store_commit_duration_seconds
+ *     store_commit_writes    postbox_store_commit_batch_writes (SQLite group commit)
+ *   monitor (admin/monitor.c scrape hook: the store, the listeners)
+ *     peers                  postbox_peers{mode=push|queued|parked}
+ *     queued_events          postbox_queued_events
+ *     queued_peers           postbox_queued_peers
+ *     oldest_queued_age      postbox_oldest_queued_age_seconds
+ *     peer_queued_events     postbox_peer_queued_events{peer}: the N peers with the
+ *     peer_oldest_queued_age postbox_peer_oldest_queued_age_seconds{peer}  oldest backlog
+ *     open_connections       postbox_open_connections{listener=federation|admin|metrics}
+ *     inbox_last_seq         postbox_inbox_last_seq
+ *     inbox_unread_events    postbox_inbox_unread_events
+ *     inbox_oldest_unread_age postbox_inbox_oldest_unread_age_seconds
+ *     build_info             postbox_build_info{version,store} (always 1)
+ *     start_time             postbox_start_time_seconds
+ *
+ * Untrusted input: none.
+ */
+#ifndef PB_METRICS_STD_H
+#define PB_METRICS_STD_H
+
+#include "util/metrics.h"
+
+typedef struct pb_metrics_std {
+    pb_metrics *reg; /* borrowed: the registry the families live in */
+
+    pb_metric *events_submitted;
+    pb_metric *submissions_duplicate;
+
+    pb_metric *server_duration;
+    pb_metric *server_requests;
+    pb_metric *auth_refusals;
+
+    pb_metric *events_pushed;
+    pb_metric *events_received;
+    pb_metric *events_duplicate;
+    pb_metric *client_duration;
+    pb_metric *key_fetches;
+
+    pb_metric *store_commit_duration;
+    pb_metric *store_commit_writes;
+
+    pb_metric *peers;
+    pb_metric *queued_events;
+    pb_metric *queued_peers;
+    pb_metric *oldest_queued_age;
+    pb_metric *peer_queued_events;
+    pb_metric *peer_oldest_queued_age;
+    pb_metric *open_connections;
+    pb_metric *inbox_last_seq;
+    pb_metric *inbox_unread_events;
+    pb_metric *inbox_oldest_unread_age;
+    pb_metric *build_info;
+    pb_metric *start_time;
+} pb_metrics_std;
+
+/* The family `field` of std, or NULL when std is NULL (no metrics). */
+#define PB_METRIC(std, field) ((std) ? (std)->field : NULL)
+
+/* Registers every standard family on reg (which must outlive the result) and creates the
+ * fixed-label series at 0. The caller frees the result with pb_metrics_std_free (NULL is
+ * a no-op; the families stay in reg). */
+pb_metrics_std *pb_metrics_std_new(pb_metrics *reg);
+void pb_metrics_std_free(pb_metrics_std *std);
+
+#endif
