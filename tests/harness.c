@@ -337,6 +337,11 @@ void pbt_daemon_dump_log(const pbt_daemon *d)
     fclose(f);
 }
 
+/* The settings a federation of daemons on 127.0.0.1 needs beyond --peer-scheme http, given
+ * to every daemon whose public_only is not set (a test of what a daemon on the open internet
+ * refuses sets it). Empty while postboxd has no setting for peers on private addresses. */
+static const char *const pbt_loopback_args[] = {NULL};
+
 bool pbt_daemon_start(pbt_daemon *d)
 {
     char listen[64], datadir[512];
@@ -359,6 +364,8 @@ bool pbt_daemon_start(pbt_daemon *d)
     argv[n++] = "http";
     argv[n++] = "--log-level";
     argv[n++] = "debug";
+    for (int i = 0; !d->public_only && pbt_loopback_args[i]; i++)
+        argv[n++] = pbt_loopback_args[i];
     for (int i = 0; i < d->nargs; i++)
         argv[n++] = d->args[i];
     argv[n] = NULL;
