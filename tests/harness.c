@@ -353,6 +353,11 @@ void pbt_daemon_dump_log(const pbt_daemon *d)
     fclose(f);
 }
 
+/* The settings a federation of daemons on 127.0.0.1 needs beyond --peer-scheme http, given
+ * to every daemon whose public_only is not set (a test of what a daemon on the open internet
+ * refuses sets it). */
+static const char *const pbt_loopback_args[] = {"--allow-private-peers", "yes", NULL};
+
 bool pbt_daemon_start(pbt_daemon *d)
 {
     char listen[64], datadir[512];
@@ -373,10 +378,10 @@ bool pbt_daemon_start(pbt_daemon *d)
     argv[n++] = d->admin;
     argv[n++] = "--peer-scheme";
     argv[n++] = "http";
-    argv[n++] = "--allow-private-peers"; /* every peer of a test is on 127.0.0.1 */
-    argv[n++] = "yes";
     argv[n++] = "--log-level";
     argv[n++] = "debug";
+    for (int i = 0; !d->public_only && pbt_loopback_args[i]; i++)
+        argv[n++] = pbt_loopback_args[i];
     for (int i = 0; i < d->nargs; i++)
         argv[n++] = d->args[i];
     argv[n] = NULL;

@@ -96,6 +96,7 @@ typedef struct pbt_daemon {
     char *pg_db;      /* PBT_STORE=postgres: its database (owned; dropped by pbt_daemon_free) */
     const char *prog; /* program to run instead of the default choice (may be NULL) */
     char token[128];  /* admin bearer token (pbt_daemon_set_token), "" when none */
+    bool public_only; /* start it without the harness's loopback settings (pbt_daemon_start) */
 } pbt_daemon;
 
 /* Creates a daemon description with a fresh data directory and free ports; extra is a
@@ -108,7 +109,9 @@ pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
 void pbt_daemon_set_token(pbt_daemon *d, const char *token);
 /* Starts (or restarts) the process (postboxd, or postboxd-faults when PB_FAULTS or
  * PB_FAULT_VFS_DIR is set in the environment) and waits until its admin /healthz answers 200
- * (bounded: 20 s). Returns false, with the log printed, when it did not come up. */
+ * (bounded: 20 s). Returns false, with the log printed, when it did not come up. Every daemon
+ * gets --peer-scheme http and, unless d->public_only is set, the settings a federation on
+ * 127.0.0.1 needs (pbt_loopback_args in harness.c). */
 bool pbt_daemon_start(pbt_daemon *d);
 /* SIGTERM and wait (bounded: 20 s, then SIGKILL); returns the exit status or -1. */
 int pbt_daemon_stop(pbt_daemon *d);

@@ -1,0 +1,795 @@
+/*
+ * hostile - hostile and fake federation peers on 127.0.0.1, for the hostile-peer tests
+ * (tests/integration/hostile_test.c). Test tool, never part of the daemon.
+ *
+ *   hostile serve    [--listen N] [--seed HEX] [--serve-key HEX] [--record FILE]
+ *                    [--pull-events N] [--push-to PORT] [--ready FILE] [--seconds S]
+ *       A fake Harmony server on N ports of 127.0.0.1 (server IDs 127.0.0.1:PORT).
+ *       Answers AuthService/Key with the public key of --seed (random when absent), or
+ *       with --serve-key (32 bytes, hex: any public key, e.g. another server's); Push with
+ *       200 and postbox_seq_ack = the request's postbox_seq (a postbox-looking receiver);
+ *       Pull with a PullResponse of --pull-events tiny events (default 0: empty), without
+ *       sequence numbers; NotifyNewId with 200. With --record, every request is appended
+ *       to FILE as one JSON line {"port", "path", "authorization" (null when absent),
+ *       "body" (hex)}, so a test can replay what a peer sent.
+ *   hostile hang     [--listen N] [--ready FILE] [--seconds S]
+ *       Listens on N ports, accepts every connection and never reads nor answers (held
+ *       open until the tool stops; past 4096 held connections the oldest is closed).
+ *       Logs "hang: accept 127.0.0.1:PORT" for each connection.
+ *   hostile pullbomb [--listen N] [--seed HEX] [--answer-bytes B] [--max-answers M]
+ *                    [--push-to PORT] [--push-every-ms MS] [--push-max K]
+ *                    [--ready FILE] [--stats FILE] [--seconds S]
+ *       As serve (Key, Push, NotifyNewId), but every Pull is answered with a
+ *       PullResponse of about B bytes (default 16 MiB - 64 KiB) of tiny, all distinct
+ *       UserAddedToGuild events (small IDs, no sequence numbers), for M answers (default
+ *       1000), then empty answers. Logs one line per answer; --stats gets
+ *       {"answers", "events", "bytes"} at exit.
+ *   hostile flood    --target PORT --ids-file FILE [--rate R] [--seconds S]
+ *                    [--timeout-ms T] [--stats FILE]
+ *       Sends R (default 100, at most 1000) forged Pushes per second for S seconds
+ *       (default 10, at most 120) to 127.0.0.1:PORT, without waiting for answers. Each
+ *       token names the next server ID 127.0.0.1:P, P taken in turn from FILE (one port a
+ *       line, e.g. a hang's --ready file), with the current time and a random 64-byte
+ *       signature. Each request gives up after T ms (default 3000). Logs, and writes to
+ *       --stats, the counts of answers by status, the requests without an answer and
+ *       the slowest answer.
+ *
+ * Common options: --ready FILE gets the listening ports, one a line, once all listen
+ * (written whole: a reader sees it complete or not at all). --seconds bounds the life of
+ * the listening roles (default 300, at most 3600); they also stop on SIGTERM/SIGINT.
+ * --push-to PORT (serve, pullbomb): once listening, push one UserAddedToGuild event to
+ * 127.0.0.1:PORT as the first port's server ID, signed with --seed's key, logging the
+ * answer's status; pullbomb repeats it every --push-every-ms (0: once), --push-max times.
+ *
+ * Messages and tokens are made with the library's wire, keys and auth modules, base64 by
+ * libsodium, HTTP served by libmicrohttpd and sent by libcurl. Only 127.0.0.1 is ever
+ * addressed, and every loop that sends traffic is bounded in count and time.
+ *
+ * Untrusted input: requests to the listening roles (bodies capped at 1 MiB and decoded by
+ * the wire module; nothing in them is acted upon beyond recording and answering).
+ */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crypto/auth.h"
+#include "crypto/keys.h"
+#include "net/hrpc_client.h"
+#include "util/buf.h"
+#include "wire/wire.h"
+
+#define PATH_PUSH "/protocol.sync.v1.PostboxService/Push"
+#define PATH_PULL "/protocol.sync.v1.PostboxService/Pull"
+#define PATH_NOTIFY "/protocol.sync.v1.PostboxService/NotifyNewId"
+#define PATH_KEY "/protocol.auth.v1.AuthService/Key"
+
+#define MAX_PORTS 256
+#define BODY_MAX (1024 * 1024)
+#define MAX_HELD 4096
+
+enum role { R_SERVE, R_HANG, R_PULLBOMB, R_FLOOD };
+
+static struct {
+    enum role role;
+    long listen, seconds, pull_events, answer_bytes, max_answers, push_every_ms, push_max;
+    long rate, timeout_ms;
+    uint16_t push_to, target;
+    const char *ready, *record, *stats, *ids_file;
+    bool has_seed, has_serve_key;
+    uint8_t seed[PB_SEED_LEN];
+    uint8_t serve_key[PB_PUBKEY_LEN];
+} opt = {.listen = 1,
+         .seconds = -1,
+         .answer_bytes = 16 * 1024 * 1024 - 64 * 1024,
+         .max_answers = 1000,
+         .push_max = 1,
+         .rate = 100,
+         .timeout_ms = 3000};
+
+static volatile sig_atomic_t g_stop;
+static pb_keys *g_keys;
+static uint16_t g_ports[MAX_PORTS];
+static FILE *g_record;
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t g_next_event;                    /* pullbomb: next tiny event, under g_mu */
+static atomic_long g_answers, g_events, g_bytes; /* pullbomb answers served */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logf_(const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n > sizeof line - 2) n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    ssize_t w = write(2, line, (size_t)n);
+    (void)w;
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+/* Writes text to path through a temporary file and a rename. */
+static bool write_whole(const char *path, const char *text)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        logf_("hostile: cannot write %s: %s", tmp, strerror(errno));
+        return false;
+    }
+    fputs(text, f);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        logf_("hostile: cannot write %s: %s", path, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+static bool write_ready(int n)
+{
+    pb_buf b = PB_BUF_INIT;
+    for (int i = 0; i < n; i++) {
+        char line[16];
+        snprintf(line, sizeof line, "%u\n", g_ports[i]);
+        pb_buf_append_str(&b, line);
+    }
+    pb_buf_append(&b, "", 1);
+    bool ok = !opt.ready || write_whole(opt.ready, (const char *)b.data);
+    pb_buf_free(&b);
+    return ok;
+}
+
+static void write_stats(json_t *j)
+{
+    if (opt.stats) {
+        char *s = json_dumps(j, JSON_COMPACT);
+        write_whole(opt.stats, s);
+        free(s);
+    }
+    json_decref(j);
+}
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+/* Tiny event number k: all distinct, small IDs. */
+static void tiny_event(uint64_t k, pb_event *ev)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->kind = PB_EV_USER_ADDED_TO_GUILD;
+    ev->user_id = 1 + k % 97;
+    ev->guild_id = 1 + k / 97;
+}
+
+/* A PullResponse of tiny events, at most max_bytes long (no sequence numbers). */
+static void tiny_answer(size_t max_events, size_t max_bytes, pb_buf *out, size_t *events)
+{
+    *events = 0;
+    pthread_mutex_lock(&g_mu);
+    pb_event ev;
+    while (*events < max_events && out->len + 32 <= max_bytes) {
+        tiny_event(g_next_event++, &ev);
+        if (pb_wire_pull_resp_append_event(&ev, out) != PB_OK) break;
+        (*events)++;
+    }
+    pthread_mutex_unlock(&g_mu);
+}
+
+/* ---- the listening roles (serve, pullbomb) ------------------------------------------------ */
+
+struct port_ctx {
+    uint16_t port;
+    struct MHD_Daemon *mhd;
+};
+
+struct conn_state {
+    pb_buf body;
+    bool too_big;
+};
+
+static enum MHD_Result answer(struct MHD_Connection *conn, unsigned status, pb_buf *body)
+{
+    size_t len = 0;
+    uint8_t *data = pb_buf_steal(body, &len);
+    struct MHD_Response *r =
+        data ? MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE)
+             : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(r, "Content-Type", "application/hrpc");
+    MHD_add_response_header(r, "Hrpc-Version", "1");
+    enum MHD_Result res = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return res;
+}
+
+static enum MHD_Result answer_error(struct MHD_Connection *conn, unsigned status, const char *id,
+                                    const char *msg)
+{
+    pb_buf b = PB_BUF_INIT;
+    pb_wire_error_encode(id, msg, NULL, 0, &b);
+    return answer(conn, status, &b);
+}
+
+static void record(uint16_t port, const char *path, const char *auth, const pb_buf *body)
+{
+    if (!g_record) return;
+    char *hex = malloc(body->len * 2 + 1);
+    if (!hex) abort();
+    sodium_bin2hex(hex, body->len * 2 + 1, body->data ? body->data : (const uint8_t *)"",
+                   body->len);
+    json_t *j = json_pack("{s:i,s:s,s:s?,s:s}", "port", (int)port, "path", path, "authorization",
+                          auth, "body", hex);
+    char *line = json_dumps(j, JSON_COMPACT);
+    pthread_mutex_lock(&g_mu);
+    fprintf(g_record, "%s\n", line);
+    fflush(g_record);
+    pthread_mutex_unlock(&g_mu);
+    free(line);
+    json_decref(j);
+    free(hex);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    struct port_ctx *pc = cls;
+    struct conn_state *cs = *con_cls;
+    if (!cs) {
+        cs = calloc(1, sizeof *cs);
+        if (!cs) abort();
+        *con_cls = cs;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (cs->too_big || cs->body.len + *upload_size > BODY_MAX)
+            cs->too_big = true;
+        else
+            pb_buf_append(&cs->body, upload, *upload_size);
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+    if (cs->too_big) return answer_error(conn, 413, "hrpc.resource-exhausted", "body too large");
+    record(pc->port, url, auth, &cs->body);
+    if (strcmp(method, "POST") != 0)
+        return answer_error(conn, 405, "hrpc.http.bad-unary-request", "POST only");
+    pb_buf out = PB_BUF_INIT;
+    if (!strcmp(url, PATH_KEY)) {
+        pb_wire_key_resp_encode(opt.has_serve_key ? opt.serve_key : pb_keys_public(g_keys), &out);
+        return answer(conn, 200, &out);
+    }
+    if (!strcmp(url, PATH_PUSH)) {
+        pb_push_req pr;
+        if (pb_wire_push_decode(cs->body.data, cs->body.len, 100000, &pr) != PB_OK)
+            return answer_error(conn, 400, "hrpc.http.bad-unary-request", "not a PushRequest");
+        /* acknowledge like a postbox of the project: the last sequence number, same epoch */
+        uint64_t seq = pr.seqs ? pr.seqs[pr.n - 1] : 0;
+        pb_wire_push_resp_encode(seq, pr.epoch, &out);
+        pb_push_req_clear(&pr);
+        logf_("hostile: %u: Push (postbox_seq %llu) answered 200", pc->port,
+              (unsigned long long)seq);
+        return answer(conn, 200, &out);
+    }
+    if (!strcmp(url, PATH_PULL)) {
+        size_t n = 0;
+        if (opt.role == R_PULLBOMB) {
+            long k = atomic_fetch_add(&g_answers, 1) + 1;
+            if (k <= opt.max_answers) {
+                tiny_answer(SIZE_MAX, (size_t)opt.answer_bytes, &out, &n);
+                atomic_fetch_add(&g_events, (long)n);
+                atomic_fetch_add(&g_bytes, (long)out.len);
+            }
+            logf_("pullbomb: %u: answer %ld: %zu events, %zu bytes", pc->port, k, n, out.len);
+        } else {
+            if (opt.pull_events > 0)
+                tiny_answer((size_t)opt.pull_events, PB_WIRE_MAX_MESSAGE, &out, &n);
+            logf_("hostile: %u: Pull answered with %zu events", pc->port, n);
+        }
+        return answer(conn, 200, &out);
+    }
+    if (!strcmp(url, PATH_NOTIFY)) {
+        logf_("hostile: %u: NotifyNewId answered 200", pc->port);
+        return answer(conn, 200, &out);
+    }
+    return answer_error(conn, 404, "hrpc.not-found", "no such method here");
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct conn_state *cs = *con_cls;
+    if (cs) {
+        pb_buf_free(&cs->body);
+        free(cs);
+        *con_cls = NULL;
+    }
+}
+
+/* Pushes one event to 127.0.0.1:opt.push_to as 127.0.0.1:g_ports[0], signed with g_keys. */
+static void push_once(pb_client *cl, unsigned i)
+{
+    char as[32], to[32];
+    snprintf(as, sizeof as, "127.0.0.1:%u", g_ports[0]);
+    snprintf(to, sizeof to, "127.0.0.1:%u", opt.push_to);
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 1000000000u + i};
+    pb_buf body = PB_BUF_INIT;
+    pb_wire_push_encode(&ev, NULL, 1, 0, &body);
+    char *tok = pb_auth_header_make(g_keys, as, NULL, (uint64_t)time(NULL));
+    pb_client_answer ans;
+    pb_err err = pb_client_call(cl, to, PATH_PUSH, tok, body.data, body.len, &ans);
+    logf_("hostile: push-to %s as %s: status %ld (%s%s%s)", to, as, ans.status, pb_strerror(err),
+          ans.identifier ? " " : "", ans.identifier ? ans.identifier : "");
+    pb_client_answer_clear(&ans);
+    free(tok);
+    pb_buf_free(&body);
+}
+
+static int run_servers(void)
+{
+    struct port_ctx pcs[MAX_PORTS];
+    int n = (int)opt.listen;
+    if (opt.record) {
+        g_record = fopen(opt.record, "a");
+        if (!g_record) {
+            logf_("hostile: cannot open %s: %s", opt.record, strerror(errno));
+            return 1;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        pcs[i].mhd = MHD_start_daemon(
+            MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL, on_request, &pcs[i],
+            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+            NULL, MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
+        const union MHD_DaemonInfo *info =
+            pcs[i].mhd ? MHD_get_daemon_info(pcs[i].mhd, MHD_DAEMON_INFO_BIND_PORT) : NULL;
+        if (!info || !info->port) {
+            logf_("hostile: cannot listen on 127.0.0.1");
+            return 1;
+        }
+        pcs[i].port = g_ports[i] = info->port;
+    }
+    char hex[2 * PB_PUBKEY_LEN + 1];
+    pb_keys_hex(opt.has_serve_key ? opt.serve_key : pb_keys_public(g_keys), hex);
+    logf_("hostile: %s on 127.0.0.1:%u%s (%d ports), serving key %s",
+          opt.role == R_PULLBOMB ? "pullbomb" : "serve", g_ports[0], n > 1 ? "..." : "", n, hex);
+    if (!write_ready(n)) return 1;
+
+    pb_client *cl = NULL;
+    if (opt.push_to) {
+        pb_client_opts co = {.plain_http = true, .timeout_ms = 15000};
+        if (pb_client_new(&co, &cl) != PB_OK) return 1;
+    }
+    int64_t end = now_ms() + opt.seconds * 1000;
+    int64_t next_push = now_ms();
+    long pushes = 0;
+    while (!g_stop && now_ms() < end) {
+        if (cl && pushes < opt.push_max && now_ms() >= next_push) {
+            push_once(cl, (unsigned)pushes);
+            pushes++;
+            next_push = opt.push_every_ms > 0 ? now_ms() + opt.push_every_ms : INT64_MAX;
+        }
+        sleep_ms(50);
+    }
+    pb_client_free(cl);
+    for (int i = 0; i < n; i++)
+        MHD_stop_daemon(pcs[i].mhd);
+    if (g_record) fclose(g_record);
+    if (opt.role == R_PULLBOMB) {
+        logf_("pullbomb: %ld answers, %ld events, %ld bytes", atomic_load(&g_answers),
+              atomic_load(&g_events), atomic_load(&g_bytes));
+        write_stats(json_pack("{s:I,s:I,s:I}", "answers", (json_int_t)atomic_load(&g_answers),
+                              "events", (json_int_t)atomic_load(&g_events), "bytes",
+                              (json_int_t)atomic_load(&g_bytes)));
+    }
+    return 0;
+}
+
+/* ---- hang -------------------------------------------------------------------------------------
+ */
+
+static int run_hang(void)
+{
+    int n = (int)opt.listen;
+    struct pollfd pf[MAX_PORTS];
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    long cap = MAX_HELD;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && (long)rl.rlim_cur - n - 32 < cap)
+        cap = (long)rl.rlim_cur - n - 32;
+    if (cap < 1) cap = 1;
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof sa;
+        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 1024) != 0 ||
+            getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+            logf_("hostile: hang cannot listen: %s", strerror(errno));
+            return 1;
+        }
+        g_ports[i] = ntohs(sa.sin_port);
+        pf[i] = (struct pollfd){fd, POLLIN, 0};
+    }
+    logf_("hang: %d ports from 127.0.0.1:%u", n, g_ports[0]);
+    if (!write_ready(n)) return 1;
+    int *held = calloc((size_t)cap, sizeof *held);
+    if (!held) abort();
+    long nheld = 0, next = 0, accepted = 0;
+    int64_t end = now_ms() + opt.seconds * 1000;
+    while (!g_stop && now_ms() < end) {
+        if (poll(pf, (nfds_t)n, 200) <= 0) continue;
+        for (int i = 0; i < n; i++) {
+            if (!(pf[i].revents & POLLIN)) continue;
+            int fd;
+            while ((fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+                accepted++;
+                logf_("hang: accept 127.0.0.1:%u", g_ports[i]);
+                if (nheld == cap)
+                    close(held[next]); /* the oldest goes */
+                else
+                    nheld++;
+                held[next] = fd;
+                next = (next + 1) % cap;
+            }
+        }
+    }
+    for (long i = 0; i < nheld; i++)
+        close(held[i]);
+    for (int i = 0; i < n; i++)
+        close(pf[i].fd);
+    free(held);
+    logf_("hang: %ld connections accepted", accepted);
+    return 0;
+}
+
+/* ---- flood --------------------------------------------------------------------------------- */
+
+/* "Authorization: <base64 Token>" naming id, current time, random signature. */
+static char *forged_header(const char *id)
+{
+    pb_buf data = PB_BUF_INIT, tok = PB_BUF_INIT;
+    pb_wire_authdata_encode(id, (uint64_t)time(NULL), NULL, &data);
+    uint8_t sig[PB_SIG_LEN];
+    randombytes_buf(sig, sizeof sig);
+    pb_wire_token_encode(sig, sizeof sig, data.data, data.len, &tok);
+    size_t b64 = sodium_base64_encoded_len(tok.len, sodium_base64_VARIANT_ORIGINAL);
+    const char *prefix = "Authorization: ";
+    char *out = malloc(strlen(prefix) + b64);
+    if (!out) abort();
+    strcpy(out, prefix);
+    sodium_bin2base64(out + strlen(prefix), b64, tok.data, tok.len, sodium_base64_VARIANT_ORIGINAL);
+    pb_buf_free(&data);
+    pb_buf_free(&tok);
+    return out;
+}
+
+struct xfer {
+    struct xfer *prev, *next; /* the transfers in flight */
+    CURL *h;
+    struct curl_slist *hdrs;
+    char *auth;
+    int64_t t0;
+};
+
+static void xfer_free(CURLM *m, struct xfer *x, struct xfer **head)
+{
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        *head = x->next;
+    if (x->next) x->next->prev = x->prev;
+    curl_multi_remove_handle(m, x->h);
+    curl_easy_cleanup(x->h);
+    curl_slist_free_all(x->hdrs);
+    free(x->auth);
+    free(x);
+}
+
+static size_t discard(char *p, size_t size, size_t n, void *ud)
+{
+    (void)p;
+    (void)ud;
+    return size * n;
+}
+
+static int run_flood(void)
+{
+    if (!opt.target || !opt.ids_file) {
+        logf_("hostile: flood needs --target and --ids-file");
+        return 2;
+    }
+    FILE *f = fopen(opt.ids_file, "r");
+    if (!f) {
+        logf_("hostile: cannot read %s: %s", opt.ids_file, strerror(errno));
+        return 1;
+    }
+    char(*ids)[32] = calloc(MAX_PORTS, sizeof *ids);
+    if (!ids) abort();
+    int nids = 0;
+    char line[64];
+    while (nids < MAX_PORTS && fgets(line, sizeof line, f)) {
+        long p = strtol(line, NULL, 10);
+        if (p > 0 && p < 65536) snprintf(ids[nids++], sizeof ids[0], "127.0.0.1:%ld", p);
+    }
+    fclose(f);
+    if (!nids) {
+        logf_("hostile: no ports in %s", opt.ids_file);
+        free(ids);
+        return 1;
+    }
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 2};
+    pb_buf body = PB_BUF_INIT;
+    pb_wire_push_encode(&ev, NULL, 1, 0, &body);
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", opt.target, PATH_PUSH);
+
+    long total = opt.rate * opt.seconds;
+    long sent = 0, inflight = 0, answered = 0, s2xx = 0, s401 = 0, s403 = 0, s429 = 0, s503 = 0,
+         sother = 0, none = 0;
+    int64_t slowest = 0;
+    CURLM *m = curl_multi_init();
+    struct xfer *head = NULL;
+    int64_t start = now_ms();
+    int64_t hard_end = start + opt.seconds * 1000 + opt.timeout_ms + 5000;
+    logf_("flood: %ld forged Pushes to 127.0.0.1:%u, %ld a second for %ld s, naming %d IDs", total,
+          opt.target, opt.rate, opt.seconds, nids);
+    while ((sent < total || inflight > 0) && !g_stop && now_ms() < hard_end) {
+        int64_t now = now_ms();
+        while (sent < total && now >= start + sent * 1000 / opt.rate) {
+            struct xfer *x = calloc(1, sizeof *x);
+            if (!x) abort();
+            x->h = curl_easy_init();
+            x->auth = forged_header(ids[sent % nids]);
+            x->hdrs = curl_slist_append(NULL, "Content-Type: application/hrpc");
+            x->hdrs = curl_slist_append(x->hdrs, "Hrpc-Version: 1");
+            x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+            x->hdrs = curl_slist_append(x->hdrs, x->auth);
+            x->t0 = now;
+            curl_easy_setopt(x->h, CURLOPT_URL, url);
+            curl_easy_setopt(x->h, CURLOPT_NOSIGNAL, 1L);
+            curl_easy_setopt(x->h, CURLOPT_TIMEOUT_MS, opt.timeout_ms);
+            curl_easy_setopt(x->h, CURLOPT_HTTPHEADER, x->hdrs);
+            curl_easy_setopt(x->h, CURLOPT_POSTFIELDS, body.data);
+            curl_easy_setopt(x->h, CURLOPT_POSTFIELDSIZE, (long)body.len);
+            curl_easy_setopt(x->h, CURLOPT_WRITEFUNCTION, discard);
+            curl_easy_setopt(x->h, CURLOPT_PRIVATE, x);
+            curl_multi_add_handle(m, x->h);
+            x->next = head;
+            if (head) head->prev = x;
+            head = x;
+            sent++;
+            inflight++;
+        }
+        int running = 0;
+        curl_multi_perform(m, &running);
+        CURLMsg *msg;
+        int q;
+        while ((msg = curl_multi_info_read(m, &q))) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            struct xfer *x = NULL;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+            long status = 0;
+            if (msg->data.result == CURLE_OK) {
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+                answered++;
+                int64_t ms = now_ms() - x->t0;
+                if (ms > slowest) slowest = ms;
+                if (status >= 200 && status < 300)
+                    s2xx++;
+                else if (status == 401)
+                    s401++;
+                else if (status == 403)
+                    s403++;
+                else if (status == 429)
+                    s429++;
+                else if (status == 503)
+                    s503++;
+                else
+                    sother++;
+            } else {
+                none++;
+            }
+            xfer_free(m, x, &head);
+            inflight--;
+        }
+        int64_t wait = 50;
+        if (sent < total) {
+            int64_t due = start + sent * 1000 / opt.rate - now_ms();
+            if (due < wait) wait = due > 0 ? due : 0;
+        }
+        curl_multi_poll(m, NULL, 0, (int)wait, NULL);
+    }
+    /* anything still in flight (only at the hard end or on a signal) counts as unanswered */
+    none += inflight;
+    while (head)
+        xfer_free(m, head, &head);
+    curl_multi_cleanup(m);
+    logf_("flood: sent %ld in %lld ms; answered %ld (2xx %ld, 401 %ld, 403 %ld, 429 %ld, 503 %ld, "
+          "other %ld), no answer %ld, slowest answer %lld ms",
+          sent, (long long)(now_ms() - start), answered, s2xx, s401, s403, s429, s503, sother, none,
+          (long long)slowest);
+    write_stats(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "sent", (json_int_t)sent,
+                          "answered", (json_int_t)answered, "status_2xx", (json_int_t)s2xx,
+                          "status_401", (json_int_t)s401, "status_403", (json_int_t)s403,
+                          "status_429", (json_int_t)s429, "status_503", (json_int_t)s503,
+                          "status_other", (json_int_t)sother, "no_answer", (json_int_t)none,
+                          "slowest_ms", (json_int_t)slowest));
+    pb_buf_free(&body);
+    free(ids);
+    return 0;
+}
+
+/* ---- arguments ------------------------------------------------------------------------------ */
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: hostile serve|hang|pullbomb|flood [options] (see the opening comment of "
+            "tests/tools/hostile.c)\n"
+            "  serve     --listen N --seed HEX --serve-key HEX --record FILE --pull-events N\n"
+            "            --push-to PORT --ready FILE --seconds S\n"
+            "  hang      --listen N --ready FILE --seconds S\n"
+            "  pullbomb  --listen N --seed HEX --answer-bytes B --max-answers M --push-to PORT\n"
+            "            --push-every-ms MS --push-max K --ready FILE --stats FILE --seconds S\n"
+            "  flood     --target PORT --ids-file FILE --rate R --seconds S --timeout-ms T\n"
+            "            --stats FILE\n");
+}
+
+static bool parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *e;
+    errno = 0;
+    long v = strtol(s, &e, 10);
+    if (!*s || *e || errno || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_hex32(const char *s, uint8_t out[32])
+{
+    size_t len = 0;
+    return strlen(s) == 64 && sodium_hex2bin(out, 32, s, 64, NULL, &len, NULL) == 0 && len == 32;
+}
+
+static bool parse_args(int argc, char **argv)
+{
+    if (argc < 2) return false;
+    const char *r = argv[1];
+    if (!strcmp(r, "serve"))
+        opt.role = R_SERVE;
+    else if (!strcmp(r, "hang"))
+        opt.role = R_HANG;
+    else if (!strcmp(r, "pullbomb"))
+        opt.role = R_PULLBOMB;
+    else if (!strcmp(r, "flood"))
+        opt.role = R_FLOOD;
+    else
+        return false;
+    for (int i = 2; i < argc; i += 2) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
+        if (!v) return false;
+        if (!strcmp(a, "--ready"))
+            opt.ready = v;
+        else if (!strcmp(a, "--record"))
+            opt.record = v;
+        else if (!strcmp(a, "--stats"))
+            opt.stats = v;
+        else if (!strcmp(a, "--ids-file"))
+            opt.ids_file = v;
+        else if (!strcmp(a, "--seed")) {
+            if (!parse_hex32(v, opt.seed)) return false;
+            opt.has_seed = true;
+        } else if (!strcmp(a, "--serve-key")) {
+            if (!parse_hex32(v, opt.serve_key)) return false;
+            opt.has_serve_key = true;
+        } else if (!strcmp(a, "--listen") && parse_long(v, 1, MAX_PORTS, &n))
+            opt.listen = n;
+        else if (!strcmp(a, "--seconds") && parse_long(v, 1, 3600, &n))
+            opt.seconds = n;
+        else if (!strcmp(a, "--pull-events") && parse_long(v, 0, 1000000, &n))
+            opt.pull_events = n;
+        else if (!strcmp(a, "--answer-bytes") && parse_long(v, 64, PB_WIRE_MAX_MESSAGE, &n))
+            opt.answer_bytes = n;
+        else if (!strcmp(a, "--max-answers") && parse_long(v, 0, 100000, &n))
+            opt.max_answers = n;
+        else if (!strcmp(a, "--push-every-ms") && parse_long(v, 0, 3600000, &n))
+            opt.push_every_ms = n;
+        else if (!strcmp(a, "--push-max") && parse_long(v, 0, 10000, &n))
+            opt.push_max = n;
+        else if (!strcmp(a, "--rate") && parse_long(v, 1, 1000, &n))
+            opt.rate = n;
+        else if (!strcmp(a, "--timeout-ms") && parse_long(v, 10, 60000, &n))
+            opt.timeout_ms = n;
+        else if (!strcmp(a, "--push-to") && parse_long(v, 1, 65535, &n))
+            opt.push_to = (uint16_t)n;
+        else if (!strcmp(a, "--target") && parse_long(v, 1, 65535, &n))
+            opt.target = (uint16_t)n;
+        else
+            return false;
+    }
+    if (opt.seconds < 0) opt.seconds = opt.role == R_FLOOD ? 10 : 300;
+    if (opt.role == R_FLOOD && opt.seconds > 120) return false;
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    if (!parse_args(argc, argv)) {
+        usage();
+        return 2;
+    }
+    if (sodium_init() < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return 1;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    pb_err err = opt.has_seed ? pb_keys_from_seed(opt.seed, &g_keys) : pb_keys_generate(&g_keys);
+    if (err != PB_OK) {
+        logf_("hostile: no key: %s", pb_strerror(err));
+        return 1;
+    }
+    int rc;
+    switch (opt.role) {
+    case R_HANG:
+        rc = run_hang();
+        break;
+    case R_FLOOD:
+        rc = run_flood();
+        break;
+    default:
+        rc = run_servers();
+        break;
+    }
+    pb_keys_free(g_keys);
+    curl_global_cleanup();
+    return rc;
+}
