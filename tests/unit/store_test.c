@@ -40,7 +40,9 @@
 #include "harness.h"
 #include "store/store.h"
 
-#define SCHEMA_CURRENT 4
+#define SCHEMA_CURRENT 5
+/* the sender epoch the cases that are not about epochs receive in */
+#define EP 0x1234567890abcdefULL
 
 static bool g_pg;       /* the backend under test: PostgreSQL, else SQLite */
 static char *tmp;       /* the temporary directory (SQLite files) */
@@ -875,11 +877,11 @@ static void test_receive(void)
     if (!s) return;
     const char *s1 = "s1.example:443", *s2 = "s2.example:443", *fo = "foreign.example:443";
     const char *uni = "inv-\xc3\xbc-\xe2\x82\xac-\xf0\x9f\x8e\x89"; /* ü € 🎉 */
-    pb_recv_result r = {99, 99};
+    pb_recv_result r = {99, 99, 99, 99};
 
     pb_event b1[2] = {ev_added(1, 10), ev_invited(1, UINT64_MAX, uni)};
     uint64_t q1[2] = {1, 2};
-    CHECK_OK(pb_store_receive(s, s1, b1, q1, 2, 5000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b1, q1, 2, 5000, &r));
     CHECK_INT(r.applied, 2);
     CHECK_INT(r.duplicates, 0);
     pb_peer_state st;
@@ -902,12 +904,12 @@ static void test_receive(void)
     pb_invite_entries_free(inv, n);
 
     /* the same batch again, then an older seq: duplicates, nothing applied */
-    CHECK_OK(pb_store_receive(s, s1, b1, q1, 2, 6000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b1, q1, 2, 6000, &r));
     CHECK_INT(r.applied, 0);
     CHECK_INT(r.duplicates, 2);
     pb_event old = ev_added(1, 11);
     uint64_t q_old = 1;
-    CHECK_OK(pb_store_receive(s, s1, &old, &q_old, 1, 6000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, &old, &q_old, 1, 6000, &r));
     CHECK(r.applied == 0 && r.duplicates == 1);
     CHECK_INT(inbox_last(s), 2);
     CHECK_GUILDS(s, 1, 1, ((uint64_t[]){10}), ((const char *[]){s1}));
@@ -919,11 +921,11 @@ static void test_receive(void)
     /* add twice -> one entry; uint64 ids; uint64 ordering; a second sender */
     pb_event b2[4] = {ev_added(1, 10), ev_added(1, 5), ev_added(1, 1ull << 63), ev_added(1, 20)};
     uint64_t q2[4] = {3, 4, 5, 6};
-    CHECK_OK(pb_store_receive(s, s1, b2, q2, 4, 7000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b2, q2, 4, 7000, &r));
     CHECK(r.applied == 4 && r.duplicates == 0);
     pb_event b3[2] = {ev_added(1, 1), ev_added(UINT64_MAX, UINT64_MAX)};
     uint64_t q3[2] = {1, 2};
-    CHECK_OK(pb_store_receive(s, s2, b3, q3, 2, 7000, &r));
+    CHECK_OK(pb_store_receive(s, s2, EP, b3, q3, 2, 7000, &r));
     CHECK_INT(r.applied, 2);
     CHECK_GUILDS(s, 1, 5, ((uint64_t[]){5, 10, 20, 1ull << 63, 1}),
                  ((const char *[]){s1, s1, s1, s1, s2}));
@@ -932,12 +934,12 @@ static void test_receive(void)
     /* remove; reject changes no state; gaps and an out-of-order seq within a batch */
     pb_event b4[3] = {ev_removed(1, 10), ev_rejected(1, 10, "nope"), ev_removed(1, 5)};
     uint64_t q4[3] = {10, 9, 11};
-    CHECK_OK(pb_store_receive(s, s1, b4, q4, 3, 8000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b4, q4, 3, 8000, &r));
     CHECK(r.applied == 2 && r.duplicates == 1);
     CHECK_GUILDS(s, 1, 3, ((uint64_t[]){20, 1ull << 63, 1}), ((const char *[]){s1, s1, s2}));
     pb_event rej = ev_rejected(1, 20, "nope");
     uint64_t q5 = 12;
-    CHECK_OK(pb_store_receive(s, s1, &rej, &q5, 1, 8000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, &rej, &q5, 1, 8000, &r));
     CHECK(r.applied == 1 && r.duplicates == 0);
     CHECK_GUILDS(s, 1, 3, ((uint64_t[]){20, 1ull << 63, 1}), ((const char *[]){s1, s1, s2}));
     CHECK_OK(pb_store_invites(s, 1, &inv, &n));
@@ -949,7 +951,7 @@ static void test_receive(void)
 
     /* invites ordered by server_id then invite_id; a repeat keeps one entry */
     pb_event b6[3] = {ev_invited(1, 4, "b"), ev_invited(1, 4, "a"), ev_invited(1, 4, "a")};
-    CHECK_OK(pb_store_receive(s, s2, b6, NULL, 3, 9000, &r));
+    CHECK_OK(pb_store_receive(s, s2, EP, b6, NULL, 3, 9000, &r));
     CHECK(r.applied == 3 && r.duplicates == 0);
     CHECK_OK(pb_store_invites(s, 1, &inv, &n));
     CHECK_INT(n, 3);
@@ -964,22 +966,22 @@ static void test_receive(void)
     /* without seqs (a foreign peer): applied every time, state idempotent, inbox gets both */
     uint64_t before = inbox_last(s);
     pb_event f = ev_added(2, 30);
-    CHECK_OK(pb_store_receive(s, fo, &f, NULL, 1, 9500, &r));
+    CHECK_OK(pb_store_receive(s, fo, EP, &f, NULL, 1, 9500, &r));
     CHECK(r.applied == 1 && r.duplicates == 0);
-    CHECK_OK(pb_store_receive(s, fo, &f, NULL, 1, 9600, &r));
+    CHECK_OK(pb_store_receive(s, fo, EP, &f, NULL, 1, 9600, &r));
     CHECK(r.applied == 1 && r.duplicates == 0);
     CHECK_INT(inbox_last(s), before + 2);
     CHECK_GUILDS(s, 2, 1, ((uint64_t[]){30}), ((const char *[]){fo}));
     CHECK_OK(pb_store_peer_state_get(s, fo, &st));
     CHECK_INT(st.recv_seq, 0);
     pb_peer_state_clear(&st);
-    CHECK_OK(pb_store_receive(s, fo, NULL, NULL, 0, 9700, &r)); /* nothing: contact only */
+    CHECK_OK(pb_store_receive(s, fo, EP, NULL, NULL, 0, 9700, &r)); /* nothing: contact only */
     CHECK(r.applied == 0 && r.duplicates == 0);
 
     /* an event the wire refuses fails the whole batch */
     before = inbox_last(s);
     pb_event badb[2] = {ev_added(3, 3), ev_invited(3, 3, NULL)};
-    CHECK_ERR(pb_store_receive(s, s2, badb, NULL, 2, 9800, &r), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_receive(s, s2, EP, badb, NULL, 2, 9800, &r), PB_ERR_INVAL);
     CHECK_INT(inbox_last(s), before);
     CHECK_GUILDS(s, 3, 0, NULL, NULL);
 
@@ -988,10 +990,10 @@ static void test_receive(void)
     pb_event fb[3] = {ev_added(4, 40), ev_invited(4, 1, "x"), ev_removed(1, 20)};
     uint64_t fq[3] = {13, 14, 15};
     pb_store_fault_set(s, PB_ERR_STORE);
-    r = (pb_recv_result){99, 99};
-    CHECK_ERR(pb_store_receive(s, s1, fb, fq, 3, 99000, &r), PB_ERR_STORE);
+    r = (pb_recv_result){99, 99, 99, 99};
+    CHECK_ERR(pb_store_receive(s, s1, EP, fb, fq, 3, 99000, &r), PB_ERR_STORE);
     CHECK(r.applied == 99 && r.duplicates == 99);
-    CHECK_ERR(pb_store_receive(s, "new.example:443", fb, NULL, 1, 99000, &r), PB_ERR_STORE);
+    CHECK_ERR(pb_store_receive(s, "new.example:443", EP, fb, NULL, 1, 99000, &r), PB_ERR_STORE);
     pb_store_fault_set(s, PB_OK);
     CHECK_INT(inbox_last(s), before);
     CHECK_GUILDS(s, 4, 0, NULL, NULL);
@@ -1005,7 +1007,7 @@ static void test_receive(void)
     pb_peer_state_clear(&st);
     CHECK_ERR(pb_store_peer_state_get(s, "new.example:443", &st), PB_ERR_NOT_FOUND);
     /* and the same batch succeeds afterwards */
-    CHECK_OK(pb_store_receive(s, s1, fb, fq, 3, 99000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, fb, fq, 3, 99000, &r));
     CHECK(r.applied == 3 && r.duplicates == 0);
     CHECK_GUILDS(s, 4, 1, ((uint64_t[]){40}), ((const char *[]){s1}));
 #endif
@@ -1072,8 +1074,8 @@ static void test_receive_failure(void)
     const char *from = "f.example:443";
     pb_event b[4] = {ev_added(1, 1), ev_invited(1, 2, "i"), ev_added(1, 666), ev_added(1, 3)};
     uint64_t q[4] = {1, 2, 3, 4};
-    pb_recv_result r = {99, 99};
-    CHECK_ERR(pb_store_receive(s, from, b, q, 4, 1000, &r), PB_ERR_INVAL);
+    pb_recv_result r = {99, 99, 99, 99};
+    CHECK_ERR(pb_store_receive(s, from, EP, b, q, 4, 1000, &r), PB_ERR_INVAL);
     CHECK(r.applied == 99 && r.duplicates == 99);
     CHECK_INT(inbox_last(s), 0);
     CHECK_GUILDS(s, 1, 0, NULL, NULL);
@@ -1086,7 +1088,7 @@ static void test_receive_failure(void)
 
     pb_event ok[3] = {b[0], b[1], b[3]};
     uint64_t okq[3] = {1, 2, 4};
-    CHECK_OK(pb_store_receive(s, from, ok, okq, 3, 1000, &r));
+    CHECK_OK(pb_store_receive(s, from, EP, ok, okq, 3, 1000, &r));
     CHECK(r.applied == 3 && r.duplicates == 0);
     CHECK_GUILDS(s, 1, 2, ((uint64_t[]){1, 3}), ((const char *[]){from, from}));
 
@@ -1099,11 +1101,11 @@ static void test_receive_failure(void)
         big[i] = ev_added(2, (uint64_t)(i == 399 ? 666 : 1000 + i));
         bq[i] = (uint64_t)(5 + i);
     }
-    CHECK_ERR(pb_store_receive(s, from, big, bq, BIG, 2000, &r), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_receive(s, from, EP, big, bq, BIG, 2000, &r), PB_ERR_INVAL);
     CHECK_INT(inbox_last(s), 3);
     CHECK_GUILDS(s, 2, 0, NULL, NULL);
     big[399] = ev_added(2, 1399);
-    CHECK_OK(pb_store_receive(s, from, big, bq, BIG, 2000, &r));
+    CHECK_OK(pb_store_receive(s, from, EP, big, bq, BIG, 2000, &r));
     CHECK(r.applied == BIG && r.duplicates == 0);
     pb_guild_entry *g = NULL;
     CHECK_OK(pb_store_guilds(s, 2, &g, &n));
@@ -1204,9 +1206,9 @@ static void test_peer_rename(void)
     pb_event in[3] = {ev_added(1, 100), ev_invited(1, 9, "i1"), ev_added(2, 200)};
     uint64_t q[3] = {1, 2, 3};
     pb_recv_result r;
-    CHECK_OK(pb_store_receive(s, old, in, q, 3, 2000, &r));
+    CHECK_OK(pb_store_receive(s, old, EP, in, q, 3, 2000, &r));
     pb_event oin = ev_added(1, 300);
-    CHECK_OK(pb_store_receive(s, other, &oin, NULL, 1, 2000, &r));
+    CHECK_OK(pb_store_receive(s, other, EP, &oin, NULL, 1, 2000, &r));
     CHECK_OK(pb_store_self_rename(s, "me.example:443", "me2.example:443", 3000));
     uint64_t last0 = inbox_last(s);
 
@@ -1269,7 +1271,7 @@ static void test_peer_rename(void)
     pb_inbox_items_free(it, n);
     /* the sequence state moved with it: seq 3 again is a duplicate */
     uint64_t q3 = 3;
-    CHECK_OK(pb_store_receive(s, nw, &in[2], &q3, 1, 9100000, &r));
+    CHECK_OK(pb_store_receive(s, nw, EP, &in[2], &q3, 1, 9100000, &r));
     CHECK(r.applied == 0 && r.duplicates == 1);
     uint64_t last = 0;
     CHECK_OK(pb_store_outbox_append(s, nw, out, 1, 9100000, &last));
@@ -1944,8 +1946,8 @@ static void *tn_receiver(void *p)
             evs[k] = ev_added((uint64_t)a->sender, seqs[k]); /* guild_id = seq */
         }
         pthread_barrier_wait(a->pair);
-        pb_recv_result res = {0, 0};
-        if (pb_store_receive(a->s, from, evs, seqs, TN_BATCH, 1000, &res) != PB_OK) {
+        pb_recv_result res = {0, 0, 0, 0};
+        if (pb_store_receive(a->s, from, EP, evs, seqs, TN_BATCH, 1000, &res) != PB_OK) {
             a->failures++;
             continue;
         }
@@ -2147,7 +2149,7 @@ static void test_pg_integrity(void)
         return;
     }
     pb_event e[2] = {ev_added(1, 1), ev_added(1, 2)};
-    CHECK_OK(pb_store_receive(s, "f.example:443", e, NULL, 2, 1000, NULL));
+    CHECK_OK(pb_store_receive(s, "f.example:443", EP, e, NULL, 2, 1000, NULL));
     CHECK_OK(pb_store_outbox_append(s, "t.example:443", e, 2, 1000, NULL));
     CHECK_OK(pb_store_integrity_check(s));
     CHECK(raw_exec(spec, "UPDATE inbox_seq SET last = 1"));
