@@ -29,8 +29,10 @@
  *      sequence numbers (next_seq += n ... RETURNING, under the row lock held to commit)
  *      and inserts the events with them: appends to one peer serialise there, on any
  *      node, and never read the queue.
- *    . receive locks the sender's row (upsert, SELECT ... FOR UPDATE) before the dedupe
- *      check: two nodes given the same batch apply it once.
+ *    . receive locks the sender's row (the upsert of its peers row holds the row lock to
+ *      commit) before it reads the (sender, epoch) row for the dedupe check: two nodes
+ *      given the same batch apply it once, and a sender's epoch rows (their upsert and
+ *      pruning) change under that lock only.
  *    . inbox seqs come from the one counter row inbox_seq, locked (UPDATE ... RETURNING)
  *      as the last step before the inbox rows are inserted and held until commit, so
  *      inbox rows commit in seq order and a reader following the cursor never skips a row
@@ -44,13 +46,20 @@
  *      waits for the owner's commit and then finds its record), then one statement
  *      appends, records the first seq and prunes expired IDs (FOR UPDATE SKIP LOCKED, so
  *      appends never wait on each other's pruning).
+ *    . pb_store_peer_new_epoch is one upsert given two different random epochs: the row
+ *      takes the one that differs from its current value (under the row lock), so each
+ *      of several concurrent calls leaves a fresh non-zero epoch.
+ *    . renames_in: one statement per write; the UNIQUE index on new_id makes a second
+ *      old ID claiming the same new ID (any node) wait for the first and then fail.
  *    . migrations run in one transaction under pg_advisory_xact_lock, so nodes that start
  *      together migrate once.
  *
- * Schema (version 4, the same logical schema and versions as store_sqlite.c): meta, peers
- * (with delivery and sequence columns), outbox PK (peer, seq), inbox PK seq plus the
- * inbox_seq counter row, guilds, invites, renames_out, leases, submissions (id PK, peer,
- * first_seq, count, created_at, indexed by created_at), and schema_version. Text
+ * Schema (version 5, the same logical schema and versions as store_sqlite.c): meta, peers
+ * (with delivery and sequence columns and send_epoch; recv_seq unused since version 5),
+ * recv_epochs PK (peer, epoch), outbox PK (peer, seq), inbox PK seq plus the inbox_seq
+ * counter row, guilds, invites, renames_out, renames_in (old_id PK, new_id UNIQUE,
+ * created_at indexed), leases, submissions (id PK, peer, first_seq, count, created_at,
+ * indexed by created_at), and schema_version. Text
  * keys are COLLATE "C" (bytewise order, as SQLite's); times and IDs are bigint; uint64
  * values are stored as their int64 bit pattern (uint64 order done in SQL); events are
  * bytea holding pb_wire_event_encode bytes.

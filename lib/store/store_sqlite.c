@@ -18,12 +18,23 @@
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, reset after use).
  *
- * Schema (version 4; migration 1 created meta and peers, 3 added leases, 4 submissions):
+ * Schema (version 5; migration 1 created meta and peers, 3 added leases, 4 submissions,
+ * 5 sequence epochs and renames_in):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s),
  *    mode, attempts, next_attempt_at, last_error, parked_seq, next_seq DEFAULT 1,
- *    recv_seq DEFAULT 0): one row per peer, as receiver R of our outbox (delivery fields,
- *    next_seq = the seq the next appended event gets, so an append never counts the
- *    queue) and as sender S to us (recv_seq = highest seq applied from it).
+ *    recv_seq DEFAULT 0, send_epoch DEFAULT 0): one row per peer, as receiver R of our
+ *    outbox (delivery fields, next_seq = the seq the next appended event gets, so an
+ *    append never counts the queue, send_epoch = our epoch towards it). Every statement
+ *    that can create the row binds a random non-zero send_epoch drawn on the caller's
+ *    thread (used only when the row is new); rows from before version 5 keep 0.
+ *    recv_seq is unused since version 5 (migrated into recv_epochs, never read or
+ *    written since).
+ *  - recv_epochs(peer, epoch, recv_seq, updated_at (ms)) PK (peer, epoch) WITHOUT ROWID:
+ *    the peer as sender S to us, per its epoch (recv_seq = highest seq applied in it). A
+ *    receive reads its row, applies, upserts it, and when it created the row deletes the
+ *    sender's rows beyond PB_STORE_RECV_EPOCHS_MAX (least recently updated first), all in
+ *    its job. The latest row (ORDER BY updated_at, recv_seq, epoch: RECV_LATEST_ORDER) is
+ *    found by correlated subqueries bounded to the peer's few keys.
  *  - outbox(peer, seq, event, created_at) PK (peer, seq) WITHOUT ROWID: the queue is
  *    stored clustered by peer, so read/ack/count are range scans of one peer's keys.
  *  - inbox(seq INTEGER PK AUTOINCREMENT, from_id, event, old_id, new_id, received_at):
@@ -33,6 +44,9 @@
  *    inviter_id), PKs starting with user_id (WITHOUT ROWID), plus an index on server_id
  *    for a peer's rename.
  *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error).
+ *  - renames_in(old_id PK, new_id UNIQUE, created_at (ms)) indexed by created_at: pending
+ *    incoming renames; the UNIQUE constraint refuses a new_id pending for another old_id
+ *    (PB_ERR_EXISTS).
  *  - leases(peer PK, holder, expires_at (ms)) WITHOUT ROWID: which node delivers to the
  *    peer (store.h "outbound ownership"); one upsert takes or renews a lease.
  *  - submissions(id PK, peer, first_seq, count, created_at (ms)) WITHOUT ROWID, indexed by

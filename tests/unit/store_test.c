@@ -11,7 +11,15 @@
  * writer process SIGKILLed mid-stream loses no write it reported committed). Delivery
  * engine state: outbox append/read/ack/remove, per-peer state, receive with and without
  * sequence numbers (dedupe, apply rules, atomicity), inbox, guild lists and invites, peer
- * and self renames, migration from schema version 1. Submission IDs: first append,
+ * and self renames, migration from schema version 1. Sequence epochs: every call that
+ * creates a peer row gives it a random non-zero send_epoch of its own, other writes keep
+ * it, pb_store_peer_new_epoch changes only it; receive deduplicates per (sender, epoch)
+ * and reports the acknowledgement (duplicate-only, empty and foreign calls included), the
+ * latest epoch and its ties, at most 8 epochs per sender (least recently updated dropped,
+ * never the one just written, never another sender's), the peer rename re-labelling every
+ * epoch, and migration from schema version 4 (legacy epoch 0 on both sides). Pending
+ * incoming renames: add, replace, a new ID pending twice, find, remove, list order,
+ * expiry, completion by the peer rename. Submission IDs: first append,
  * duplicate, conflicting reuse (another peer or count), retention and bounded pruning
  * (with old times given as `now`), atomicity (an append failing inside its transaction or
  * refused by a fault records nothing), and one ID submitted at once through two handles
