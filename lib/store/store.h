@@ -284,9 +284,11 @@ typedef struct pb_recv_result {
  * an event whose seqs[i] <= the recv_seq of (from, epoch) (0 when that epoch has no row)
  * is a duplicate and skipped; otherwise it is applied and that recv_seq becomes seqs[i].
  * Every call with seqs writes the (from, epoch) row (recv_seq, updated_at = now), creating
- * it if needed, also when every event was a duplicate or n is 0; a sender keeps at most
- * PB_STORE_RECV_EPOCHS_MAX epoch rows: creating one more deletes the least recently
- * updated others (ties: the lowest recv_seq) in the same transaction. res->ack is the
+ * it if needed, also when every event was a duplicate or n is 0. A sender keeps at most
+ * PB_STORE_RECV_EPOCHS_MAX epoch rows: a call that creates one deletes, in the same
+ * transaction, the sender's other rows beyond the PB_STORE_RECV_EPOCHS_MAX - 1 most
+ * recently updated (ties: the higher recv_seq stays), never the row just written. The
+ * state of a forgotten epoch is 0 again if the sender uses it later. res->ack is the
  * recv_seq of (from, epoch) after the call and res->epoch the epoch. Without seqs (a
  * foreign peer) every event is applied, epoch is ignored, no epoch row is touched and
  * res->ack = res->epoch = 0. Applying (PROTOCOL.md section 5, idempotent):

@@ -261,21 +261,20 @@ enum stmt_id {
 #define RECV_LATEST_ORDER                                                                          \
     " ORDER BY e.updated_at DESC, e.recv_seq < 0 DESC, e.recv_seq DESC, e.epoch < 0 DESC,"         \
     " e.epoch DESC"
-/* The recv_epochs row column of the sender's latest epoch row (NULL reads as 0). */
-#define RECV_LATEST_COL(col)                                                                       \
-    " (SELECT e." col " FROM recv_epochs e WHERE e.peer = p.server_id" RECV_LATEST_ORDER " LIMIT " \
-    "1)"
+/* The rest of a subquery selecting a column of the peer's latest epoch row (NULL reads
+ * as 0). */
+#define RECV_LATEST_OF_PEER                                                                        \
+    " FROM recv_epochs e WHERE e.peer = p.server_id" RECV_LATEST_ORDER " LIMIT 1)"
 
 /* The peer's delivery state with its queue statistics, each bounded to its (peer, seq)
  * primary key range, and its latest receive epoch (bounded to the peer's epoch rows). */
 #define PEER_STATE_SELECT                                                                          \
     "SELECT p.server_id, p.mode, p.attempts, p.next_attempt_at, p.last_error, p.parked_seq,"       \
-    " p.next_seq," RECV_LATEST_COL(                                                                \
-        "recv_seq") ", p.last_contact,"                                                            \
-                    " (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id),"                 \
-                    " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY "     \
-                    "o.seq LIMIT 1)," RECV_LATEST_COL("epoch") ", p.send_epoch"                    \
-                                                               " FROM peers p"
+    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact,"                      \
+    " (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id),"                                 \
+    " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1),"      \
+    " (SELECT e.epoch" RECV_LATEST_OF_PEER ", p.send_epoch"                                        \
+    " FROM peers p"
 
 static const char *const stmt_sql[ST__COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -1645,8 +1644,8 @@ static pb_err sq_outbox_append(void *impl, const char *peer, const pb_event *evs
     encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
-        struct outbox_append_ctx a = {peer, &enc, n, now, submission_id, pb_store_epoch_random(0),
-                                      0,    false};
+        uint64_t epoch = pb_store_epoch_random(0);
+        struct outbox_append_ctx a = {peer, &enc, n, now, submission_id, epoch, 0, false};
         err = job_run(impl, outbox_append_job, &a);
         if (err == PB_OK) {
             *last_seq = a.last_seq;
