@@ -509,7 +509,7 @@ static void task_pull(pb_delivery *d, struct peer *p)
             break;
         }
         pb_recv_result rr = {0};
-        if (n > 0) err = pb_store_receive(d->o.store, peer, evs, seqs, n, now_ms(), &rr);
+        if (n > 0) err = pb_store_receive(d->o.store, peer, 0, evs, seqs, n, now_ms(), &rr);
         for (size_t i = 0; i < n; i++)
             pb_event_clear(&evs[i]);
         free(evs);
@@ -909,7 +909,7 @@ void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *r
         PB_INFO(req->peer, "push of %llu processed after our Pull from this peer",
                 (unsigned long long)seq);
     pb_recv_result rr = {0};
-    err = pb_store_receive(d->o.store, req->peer, &ev, seq ? &seq : NULL, 1, now_ms(), &rr);
+    err = pb_store_receive(d->o.store, req->peer, 0, &ev, seq ? &seq : NULL, 1, now_ms(), &rr);
     if (err != PB_OK) {
         store_failure(rep, err, "Push");
         goto out;

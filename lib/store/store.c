@@ -4,7 +4,8 @@
  *
  * Design: a pb_store is just {ops, backend handle}. This file checks arguments and
  * normalises options so every backend sees the same validated calls; it holds no SQL and
- * no state of its own. Backends are chosen by the spec's prefix ("sqlite:" or a plain path:
+ * no state of its own. Opening initialises libsodium (the backends draw sender epochs
+ * from it). Backends are chosen by the spec's prefix ("sqlite:" or a plain path:
  * SQLite; "postgres://" or "postgresql://": PostgreSQL, which gets the whole URI).
  *
  * Untrusted input: the spec and options come from the operator's configuration; they are
@@ -12,6 +13,7 @@
  */
 #include "store/store.h"
 
+#include <sodium.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +120,10 @@ pb_err pb_store_open(const char *spec, const pb_store_opts *opts, pb_store **out
         return PB_ERR_CONFIG;
     }
 
+    if (sodium_init() < 0) { /* sender epochs are random (pb_store_epoch_random) */
+        PB_ERROR(NULL, "store: libsodium cannot be initialised");
+        return PB_ERR_INTERNAL;
+    }
     void *impl = NULL;
     err = ops->open(location, &o, &impl);
     if (err != PB_OK) return err;
@@ -293,6 +299,12 @@ pb_err pb_store_peer_state_set(pb_store *s, const char *server_id, pb_peer_mode 
                                   parked_seq);
 }
 
+pb_err pb_store_peer_new_epoch(pb_store *s, const char *peer, uint64_t *epoch)
+{
+    if (!s || !id_ok(peer) || !epoch) return PB_ERR_INVAL;
+    return s->ops->peer_new_epoch(s->impl, peer, epoch);
+}
+
 pb_err pb_store_outbox_append(pb_store *s, const char *peer, const pb_event *evs, size_t n,
                               int64_t now, uint64_t *last_seq)
 {
@@ -351,11 +363,20 @@ pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq)
     return s->ops->outbox_remove(s->impl, peer, seq);
 }
 
-pb_err pb_store_receive(pb_store *s, const char *from, const pb_event *evs, const uint64_t *seqs,
-                        size_t n, int64_t now, pb_recv_result *res)
+pb_err pb_store_receive(pb_store *s, const char *from, uint64_t epoch, const pb_event *evs,
+                        const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res)
 {
     if (!s || !id_ok(from) || (n > 0 && !evs) || now < 0) return PB_ERR_INVAL;
-    return s->ops->receive(s->impl, from, evs, seqs, n, now, res);
+    pb_recv_result r = {0, 0, 0, 0};
+    pb_err err = s->ops->receive(s->impl, from, seqs ? epoch : 0, evs, seqs, n, now, &r);
+    if (err == PB_OK && res) *res = r;
+    return err;
+}
+
+pb_err pb_store_recv_latest(pb_store *s, const char *from, uint64_t *epoch, uint64_t *recv_seq)
+{
+    if (!s || !id_ok(from) || !epoch || !recv_seq) return PB_ERR_INVAL;
+    return s->ops->recv_latest(s->impl, from, epoch, recv_seq);
 }
 
 void pb_inbox_items_free(pb_inbox_item *items, size_t n)
@@ -455,6 +476,52 @@ pb_err pb_store_rename_out_failed(pb_store *s, const char *peer, uint32_t attemp
 {
     if (!s || !id_ok(peer)) return PB_ERR_INVAL;
     return s->ops->rename_out_failed(s->impl, peer, attempts, next_attempt_at, error);
+}
+
+void pb_rename_ins_free(pb_rename_in *r, size_t n)
+{
+    if (!r) return;
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].old_id);
+        free(r[i].new_id);
+    }
+    free(r);
+}
+
+pb_err pb_store_rename_in_add(pb_store *s, const char *old_id, const char *new_id, int64_t now)
+{
+    if (!s || !id_ok(old_id) || !id_ok(new_id) || strcmp(old_id, new_id) == 0) return PB_ERR_INVAL;
+    return s->ops->rename_in_add(s->impl, old_id, new_id, now);
+}
+
+pb_err pb_store_rename_in_find(pb_store *s, const char *new_id, char **old_id, int64_t *created_at)
+{
+    if (!s || !id_ok(new_id) || !old_id) return PB_ERR_INVAL;
+    int64_t at = 0;
+    pb_err err = s->ops->rename_in_find(s->impl, new_id, old_id, &at);
+    if (err == PB_OK && created_at) *created_at = at;
+    return err;
+}
+
+pb_err pb_store_rename_in_remove(pb_store *s, const char *old_id)
+{
+    if (!s || !id_ok(old_id)) return PB_ERR_INVAL;
+    return s->ops->rename_in_remove(s->impl, old_id);
+}
+
+pb_err pb_store_rename_in_list(pb_store *s, pb_rename_in **out, size_t *n)
+{
+    if (!s || !out || !n) return PB_ERR_INVAL;
+    return s->ops->rename_in_list(s->impl, out, n);
+}
+
+pb_err pb_store_rename_in_expire(pb_store *s, int64_t before, size_t *removed)
+{
+    if (!s) return PB_ERR_INVAL;
+    size_t k = 0;
+    pb_err err = s->ops->rename_in_expire(s->impl, before, &k);
+    if (err == PB_OK && removed) *removed = k;
+    return err;
 }
 
 pb_err pb_store_lease_acquire(pb_store *s, const char *peer, const char *node_id, int64_t now_ms,

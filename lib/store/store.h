@@ -17,11 +17,12 @@
  * written. PB_ERR_CORRUPT is broken local state: fatal.
  *
  * What it holds: meta (this server's identity and key metadata), peers (every server
- * this one federated with) with their public keys and per-peer delivery state, the
- * per-peer outbox queue with the client-chosen submission IDs that made it idempotent,
- * the inbox, local users' guild lists and pending invites, and pending renames of this
- * server. Queues follow one pattern: append, read in order from
- * a cursor, delete/ack up to a sequence.
+ * this one federated with) with their public keys, per-peer delivery state and sender
+ * epoch, the per-peer outbox queue with the client-chosen submission IDs that made it
+ * idempotent, what was received from each sender per sequence epoch, the inbox, local
+ * users' guild lists and pending invites, pending renames of this server, and pending
+ * renames of peers that still await their proof. Queues follow one pattern: append, read
+ * in order from a cursor, delete/ack up to a sequence.
  *
  * Untrusted input: none directly; callers validate server IDs before they get here.
  */
@@ -166,7 +167,14 @@ typedef struct pb_peer_state {
     uint64_t queued;          /* events in this peer's outbox */
     int64_t oldest_queued_at; /* created_at of the oldest outbox event, 0 when empty */
     uint64_t next_seq;        /* sequence number the next appended event gets (from 1) */
-    uint64_t recv_seq;        /* highest sequence applied from this peer as sender, 0 = none */
+    uint64_t send_epoch;      /* our sequence epoch towards this peer (PROTOCOL.md 7.6): random
+                                 and non-zero for rows created since schema version 5, 0
+                                 (legacy) for rows that existed before */
+    uint64_t recv_seq;        /* highest sequence applied from this peer as sender in
+                                 recv_epoch, 0 = none */
+    uint64_t recv_epoch;      /* the peer's sender epoch we most recently received in (the
+                                 most recently updated pb_store_receive epoch row), 0 when
+                                 none or legacy */
     int64_t last_contact;     /* last authenticated contact (seconds, as in pb_peer_info) */
 } pb_peer_state;
 
@@ -184,6 +192,19 @@ pb_err pb_store_peer_state_list(pb_store *s, pb_peer_state **out, size_t *count)
 pb_err pb_store_peer_state_set(pb_store *s, const char *server_id, pb_peer_mode mode,
                                uint32_t attempts, int64_t next_attempt_at, const char *last_error,
                                uint64_t parked_seq);
+
+/* ---- sequence epochs (PROTOCOL.md 7.6) ------------------------------------------------
+ * Every sequence number travels with its sender's epoch. This server's epoch towards a
+ * peer is the peer row's send_epoch: a random non-zero uint64 (libsodium randombytes_buf)
+ * given to every peer row when it is created, whichever call creates it. Rows that
+ * existed before schema version 5 keep epoch 0, the legacy epoch, so that an upgrade does
+ * not make receivers apply our events again. */
+
+/* Starts a new epoch towards peer, in one transaction: sets its send_epoch to a fresh
+ * random non-zero value different from the current one, creating the peer row if needed,
+ * and returns it in *epoch. next_seq and the outbox are left as they are (sequence
+ * numbers are not reset). For when an acknowledgement shows that our store went back. */
+pb_err pb_store_peer_new_epoch(pb_store *s, const char *peer, uint64_t *epoch);
 
 /* ---- outbox: the per-peer queue of events to deliver -------------------------------------- */
 
@@ -251,14 +272,30 @@ pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq);
 
 typedef struct pb_recv_result {
     size_t applied;    /* events applied and appended to the inbox */
-    size_t duplicates; /* events skipped: sequence number <= the sender's recv_seq */
+    size_t duplicates; /* events skipped: sequence number <= the recv_seq of (from, epoch) */
+    uint64_t ack;      /* with seqs: the recv_seq of (from, epoch) after the call (the
+                          acknowledgement to send back); without seqs: 0 */
+    uint64_t epoch;    /* with seqs: the epoch of the call; without seqs: 0 */
 } pb_recv_result;
+
+/* Most epochs whose receive state is kept per sender (the least recently updated beyond
+ * this are forgotten). */
+#define PB_STORE_RECV_EPOCHS_MAX 8
 
 /*
  * Receives n events from sender `from` in one transaction, in order. With seqs (a peer of
- * this project), an event whose seqs[i] <= the sender's recv_seq is a duplicate and
- * skipped; otherwise it is applied and recv_seq becomes seqs[i]. Without seqs (a foreign
- * peer) every event is applied. Applying (PROTOCOL.md section 5, idempotent):
+ * this project), sequence numbers are deduplicated per (from, epoch) (PROTOCOL.md 7.6):
+ * an event whose seqs[i] <= the recv_seq of (from, epoch) (0 when that epoch has no row)
+ * is a duplicate and skipped; otherwise it is applied and that recv_seq becomes seqs[i].
+ * Every call with seqs writes the (from, epoch) row (recv_seq, updated_at = now), creating
+ * it if needed, also when every event was a duplicate or n is 0. A sender keeps at most
+ * PB_STORE_RECV_EPOCHS_MAX epoch rows: a call that creates one deletes, in the same
+ * transaction, the sender's other rows beyond the PB_STORE_RECV_EPOCHS_MAX - 1 most
+ * recently updated (ties: the higher recv_seq stays), never the row just written. The
+ * state of a forgotten epoch is 0 again if the sender uses it later. res->ack is the
+ * recv_seq of (from, epoch) after the call and res->epoch the epoch. Without seqs (a
+ * foreign peer) every event is applied, epoch is ignored, no epoch row is touched and
+ * res->ack = res->epoch = 0. Applying (PROTOCOL.md section 5, idempotent):
  *   UserAddedToGuild      guild list of user_id gets {guild_id, from} (if absent)
  *   UserRemovedFromGuild  that entry is removed
  *   UserInvited           pending invites of user_id get {invite_id, from, inviter_id}
@@ -269,8 +306,13 @@ typedef struct pb_recv_result {
  * (PB_ERR_INVAL). A pending invite received again takes the new inviter_id. *res (may be
  * NULL) is filled on PB_OK.
  */
-pb_err pb_store_receive(pb_store *s, const char *from, const pb_event *evs, const uint64_t *seqs,
-                        size_t n, int64_t now, pb_recv_result *res);
+pb_err pb_store_receive(pb_store *s, const char *from, uint64_t epoch, const pb_event *evs,
+                        const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res);
+
+/* The sender's most recently updated epoch row (ties: the highest recv_seq, then the
+ * highest epoch): *epoch and *recv_seq, both 0 (and PB_OK) when it has none (unknown,
+ * foreign, or nothing received with sequence numbers). */
+pb_err pb_store_recv_latest(pb_store *s, const char *from, uint64_t *epoch, uint64_t *recv_seq);
 
 /* ---- inbox: what the homeserver reads -------------------------------------------------------- */
 
@@ -320,9 +362,10 @@ pb_err pb_store_invites(pb_store *s, uint64_t user_id, pb_invite_entry **out, si
 /*
  * A peer renamed itself OLD -> NEW (NotifyNewId accepted): in one transaction re-labels
  * everything held for OLD as NEW: the peer row with its key (set to new_key) and
- * delivery/sequence state, its outbox events, guild list entries and pending invites, and
- * pending renames_out rows and its outbound lease; then appends a rename item (from NEW)
- * to the inbox. The key's
+ * delivery/sequence state (send_epoch included), its receive state of every epoch, its
+ * outbox events, guild list entries and pending invites, and pending renames_out rows and
+ * its outbound lease; deletes the pending incoming rename of OLD (renames_in) if any; then
+ * appends a rename item (from NEW) to the inbox. The key's
  * key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are kept.
  * PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer
  * (also when NEW equals OLD); nothing changes then.
@@ -358,6 +401,35 @@ pb_err pb_store_rename_out_done(pb_store *s, const char *peer, const char *new_i
  * pending rename. */
 pb_err pb_store_rename_out_failed(pb_store *s, const char *peer, uint32_t attempts,
                                   int64_t next_attempt_at, const char *error);
+
+/* ---- pending incoming renames (PROTOCOL.md 7.2) ----------------------------------------
+ * A peer's rename notice OLD -> NEW that came without a proof of possession is recorded
+ * here, nothing re-labelled, and completed (pb_store_peer_rename) when a later request
+ * whose token names NEW verifies with OLD's key. One pending rename per old ID, and a new
+ * ID is pending for at most one old ID. Times are Unix ms. */
+
+typedef struct pb_rename_in {
+    char *old_id; /* owned */
+    char *new_id; /* owned */
+    int64_t created_at;
+} pb_rename_in;
+void pb_rename_ins_free(pb_rename_in *r, size_t n);
+
+/* Records the pending rename old_id -> new_id created at now, replacing one pending for
+ * old_id (its new_id and created_at). PB_ERR_EXISTS when new_id is already pending for
+ * another old ID; PB_ERR_INVAL when the IDs are equal; nothing changes then. */
+pb_err pb_store_rename_in_add(pb_store *s, const char *old_id, const char *new_id, int64_t now);
+/* The pending rename to new_id: *old_id (a new string the caller frees) and *created_at
+ * (may be NULL). PB_ERR_NOT_FOUND when none. */
+pb_err pb_store_rename_in_find(pb_store *s, const char *new_id, char **old_id, int64_t *created_at);
+/* Deletes the pending rename of old_id; PB_OK also when there is none. */
+pb_err pb_store_rename_in_remove(pb_store *s, const char *old_id);
+/* Every pending rename, ordered by old_id (bytewise). *out is the caller's
+ * (pb_rename_ins_free); NULL when none. */
+pb_err pb_store_rename_in_list(pb_store *s, pb_rename_in **out, size_t *n);
+/* Deletes the pending renames created before `before` (the engine passes now - 24 h);
+ * *removed (may be NULL) gets how many. */
+pb_err pb_store_rename_in_expire(pb_store *s, int64_t before, size_t *removed);
 
 /* ---- outbound ownership: several nodes of one server ---------------------------------------
  *

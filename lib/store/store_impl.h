@@ -16,6 +16,8 @@
 #ifndef PB_STORE_IMPL_H
 #define PB_STORE_IMPL_H
 
+#include <sodium.h>
+
 #include "store/store.h"
 
 typedef struct pb_store_ops {
@@ -58,8 +60,9 @@ typedef struct pb_store_ops {
                           size_t max_bytes, pb_outbox_item **items, size_t *n);
     pb_err (*outbox_ack)(void *impl, const char *peer, uint64_t upto);
     pb_err (*outbox_remove)(void *impl, const char *peer, uint64_t seq);
-    pb_err (*receive)(void *impl, const char *from, const pb_event *evs, const uint64_t *seqs,
-                      size_t n, int64_t now, pb_recv_result *res);
+    /* *res is always non-NULL (store.c passes its own) */
+    pb_err (*receive)(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
+                      const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res);
     pb_err (*inbox_read)(void *impl, uint64_t after, size_t limit, pb_inbox_item **items,
                          size_t *n);
     pb_err (*inbox_last_seq)(void *impl, uint64_t *seq);
@@ -82,6 +85,17 @@ typedef struct pb_store_ops {
     pb_err (*peer_mode_counts)(void *impl, uint64_t counts[3]);
     pb_err (*inbox_unread)(void *impl, uint64_t after, uint64_t *count, int64_t *oldest_at);
 
+    /* sequence epochs and pending incoming renames; store.c has checked: strings
+     * non-empty, out-params non-NULL (*created_at and *removed included: store.c passes
+     * its own), old_id != new_id for rename_in_add */
+    pb_err (*peer_new_epoch)(void *impl, const char *peer, uint64_t *epoch);
+    pb_err (*recv_latest)(void *impl, const char *from, uint64_t *epoch, uint64_t *recv_seq);
+    pb_err (*rename_in_add)(void *impl, const char *old_id, const char *new_id, int64_t now);
+    pb_err (*rename_in_find)(void *impl, const char *new_id, char **old_id, int64_t *created_at);
+    pb_err (*rename_in_remove)(void *impl, const char *old_id);
+    pb_err (*rename_in_list)(void *impl, pb_rename_in **out, size_t *n);
+    pb_err (*rename_in_expire)(void *impl, int64_t before, size_t *removed);
+
     /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and
      * store.c then makes them no-ops (pb_store_fault_bad_write returns PB_ERR_INTERNAL). */
     void (*fault_set)(void *impl, pb_err err);
@@ -95,6 +109,16 @@ static inline int64_t pb_store_submission_cutoff(int64_t now)
 {
     return now > INT64_MIN + PB_STORE_SUBMISSION_KEEP_MS ? now - PB_STORE_SUBMISSION_KEEP_MS
                                                          : INT64_MIN;
+}
+
+/* A fresh sender epoch (store.h "sequence epochs"): random (libsodium, initialised by
+ * pb_store_open), never 0 (the legacy epoch) and never avoid. */
+static inline uint64_t pb_store_epoch_random(uint64_t avoid)
+{
+    uint64_t e = 0;
+    while (e == 0 || e == avoid)
+        randombytes_buf(&e, sizeof e);
+    return e;
 }
 
 extern const pb_store_ops pb_store_sqlite_ops;

@@ -29,8 +29,10 @@
  *      sequence numbers (next_seq += n ... RETURNING, under the row lock held to commit)
  *      and inserts the events with them: appends to one peer serialise there, on any
  *      node, and never read the queue.
- *    . receive locks the sender's row (upsert, SELECT ... FOR UPDATE) before the dedupe
- *      check: two nodes given the same batch apply it once.
+ *    . receive locks the sender's row (the upsert of its peers row holds the row lock to
+ *      commit) before it reads the (sender, epoch) row for the dedupe check: two nodes
+ *      given the same batch apply it once, and a sender's epoch rows (their upsert and
+ *      pruning) change under that lock only.
  *    . inbox seqs come from the one counter row inbox_seq, locked (UPDATE ... RETURNING)
  *      as the last step before the inbox rows are inserted and held until commit, so
  *      inbox rows commit in seq order and a reader following the cursor never skips a row
@@ -44,13 +46,20 @@
  *      waits for the owner's commit and then finds its record), then one statement
  *      appends, records the first seq and prunes expired IDs (FOR UPDATE SKIP LOCKED, so
  *      appends never wait on each other's pruning).
+ *    . pb_store_peer_new_epoch is one upsert given two different random epochs: the row
+ *      takes the one that differs from its current value (under the row lock), so each
+ *      of several concurrent calls leaves a fresh non-zero epoch.
+ *    . renames_in: one statement per write; the UNIQUE index on new_id makes a second
+ *      old ID claiming the same new ID (any node) wait for the first and then fail.
  *    . migrations run in one transaction under pg_advisory_xact_lock, so nodes that start
  *      together migrate once.
  *
- * Schema (version 4, the same logical schema and versions as store_sqlite.c): meta, peers
- * (with delivery and sequence columns), outbox PK (peer, seq), inbox PK seq plus the
- * inbox_seq counter row, guilds, invites, renames_out, leases, submissions (id PK, peer,
- * first_seq, count, created_at, indexed by created_at), and schema_version. Text
+ * Schema (version 5, the same logical schema and versions as store_sqlite.c): meta, peers
+ * (with delivery and sequence columns and send_epoch; recv_seq unused since version 5),
+ * recv_epochs PK (peer, epoch), outbox PK (peer, seq), inbox PK seq plus the inbox_seq
+ * counter row, guilds, invites, renames_out, renames_in (old_id PK, new_id UNIQUE,
+ * created_at indexed), leases, submissions (id PK, peer, first_seq, count, created_at,
+ * indexed by created_at), and schema_version. Text
  * keys are COLLATE "C" (bytewise order, as SQLite's); times and IDs are bigint; uint64
  * values are stored as their int64 bit pattern (uint64 order done in SQL); events are
  * bytea holding pb_wire_event_encode bytes.
@@ -75,7 +84,7 @@
 #include "wire/wire.h"
 
 #define POOL_MAX 8
-#define MAX_ARGS 8
+#define MAX_ARGS 10
 #define CONNECT_TIMEOUT_S "10"
 /* pg_advisory_xact_lock key serialising migrations: "postbox" in ASCII, 0x706f7374626f78 */
 #define MIGRATION_LOCK_KEY "31647739056123768"
@@ -173,6 +182,25 @@ static const char *const migrations[] = {
     "  created_at bigint NOT NULL"
     ");"
     "CREATE INDEX submissions_by_age ON submissions(created_at);",
+    /* 5: sequence epochs: the sender epoch of every peer (0, the legacy epoch, for the
+     * rows that exist now; new rows get a random one), the receive state per (sender,
+     * epoch) taking over peers.recv_seq as epoch 0, and pending incoming renames */
+    "ALTER TABLE peers ADD COLUMN send_epoch bigint NOT NULL DEFAULT 0;"
+    "CREATE TABLE recv_epochs ("
+    "  peer text COLLATE \"C\" NOT NULL,"
+    "  epoch bigint NOT NULL,"
+    "  recv_seq bigint NOT NULL,"
+    "  updated_at bigint NOT NULL,"
+    "  PRIMARY KEY (peer, epoch)"
+    ");"
+    "INSERT INTO recv_epochs(peer, epoch, recv_seq, updated_at)"
+    "  SELECT server_id, 0, recv_seq, 0 FROM peers WHERE recv_seq <> 0;"
+    "CREATE TABLE renames_in ("
+    "  old_id text COLLATE \"C\" PRIMARY KEY,"
+    "  new_id text COLLATE \"C\" NOT NULL UNIQUE,"
+    "  created_at bigint NOT NULL"
+    ");"
+    "CREATE INDEX renames_in_by_age ON renames_in(created_at);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -192,11 +220,14 @@ enum stmt_id {
     ST_PEER_KEY_SET,
     ST_PEER_LIST,
     ST_PEER_LOCK,
-    ST_PEER_SEQS_LOCK,
-    ST_PEER_RECV_SEQ_SET,
     ST_PEER_STATE_SET,
     ST_PEER_STATE_GET,
     ST_PEER_STATE_LIST,
+    ST_PEER_NEW_EPOCH,
+    ST_RECV_EPOCH_GET,
+    ST_RECV_EPOCH_SET,
+    ST_RECV_EPOCH_PRUNE,
+    ST_RECV_LATEST,
     ST_OUTBOX_APPEND,
     ST_SUBMISSION_CLAIM,
     ST_SUBMISSION_GET,
@@ -222,6 +253,8 @@ enum stmt_id {
     ST_RENAME_INVITES_DROP,
     ST_RENAME_INVITES,
     ST_RENAME_RENAMES_OUT,
+    ST_RENAME_RECV_EPOCHS_DROP,
+    ST_RENAME_RECV_EPOCHS,
     ST_RENAME_LEASES_DROP,
     ST_RENAME_LEASES,
     ST_SELF_RENAME_UPSERT,
@@ -229,6 +262,11 @@ enum stmt_id {
     ST_RENAME_OUT_LIST,
     ST_RENAME_OUT_DONE,
     ST_RENAME_OUT_FAILED,
+    ST_RENAME_IN_ADD,
+    ST_RENAME_IN_FIND,
+    ST_RENAME_IN_REMOVE,
+    ST_RENAME_IN_LIST,
+    ST_RENAME_IN_EXPIRE,
     ST_LEASE_ACQUIRE,
     ST_LEASE_RELEASE,
     ST_QSHAPE,
@@ -237,13 +275,24 @@ enum stmt_id {
     ST__COUNT
 };
 
+/* A sender's epoch rows, most recently updated first (ties: the highest recv_seq, then
+ * the highest epoch, both as uint64): the first is the latest (store.h). */
+#define RECV_LATEST_ORDER                                                                          \
+    " ORDER BY e.updated_at DESC, e.recv_seq < 0 DESC, e.recv_seq DESC, e.epoch < 0 DESC,"         \
+    " e.epoch DESC"
+/* The rest of a subquery selecting a column of the peer's latest epoch row (NULL reads
+ * as 0). */
+#define RECV_LATEST_OF_PEER                                                                        \
+    " FROM recv_epochs e WHERE e.peer = p.server_id" RECV_LATEST_ORDER " LIMIT 1)"
+
 /* The peer's delivery state with its queue statistics, each bounded to its (peer, seq)
- * primary key range. */
+ * primary key range, and its latest receive epoch (bounded to the peer's epoch rows). */
 #define PEER_STATE_SELECT                                                                          \
     "SELECT p.server_id, p.mode, p.attempts, p.next_attempt_at, p.last_error, p.parked_seq,"       \
-    " p.next_seq, p.recv_seq, p.last_contact,"                                                     \
+    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact,"                      \
     " (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id),"                                 \
-    " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1)"       \
+    " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1),"      \
+    " (SELECT e.epoch" RECV_LATEST_OF_PEER ", p.send_epoch"                                        \
     " FROM peers p"
 
 static const char *const stmt_sql[ST__COUNT] = {
@@ -260,37 +309,55 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_META_GET] = "SELECT value FROM meta WHERE key = $1",
     [ST_META_SET] = "INSERT INTO meta(key, value) VALUES ($1, $2)"
                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    [ST_PEER_TOUCH] = "INSERT INTO peers(server_id, first_seen, last_contact) VALUES ($1, $2, $3)"
+    [ST_PEER_TOUCH] = "INSERT INTO peers(server_id, first_seen, last_contact, send_epoch)"
+                      " VALUES ($1, $2, $3, $4)"
                       " ON CONFLICT(server_id) DO UPDATE SET last_contact ="
                       " CASE WHEN $3 > 0 THEN $3 ELSE peers.last_contact END",
     [ST_PEER_KEY_GET] = "SELECT pubkey FROM peers WHERE server_id = $1",
-    [ST_PEER_KEY_SET] = "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at)"
-                        " VALUES ($1, $2, $3, $4) ON CONFLICT(server_id) DO UPDATE SET"
-                        " pubkey = excluded.pubkey, key_fetched_at = excluded.key_fetched_at",
+    [ST_PEER_KEY_SET] =
+        "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at,"
+        " send_epoch) VALUES ($1, $2, $3, $4, $5) ON CONFLICT(server_id) DO UPDATE SET"
+        " pubkey = excluded.pubkey, key_fetched_at = excluded.key_fetched_at",
     [ST_PEER_LIST] = "SELECT server_id, first_seen, last_contact, pubkey, key_fetched_at"
                      " FROM peers ORDER BY server_id",
     [ST_PEER_LOCK] = "SELECT 1 FROM peers WHERE server_id = $1 FOR UPDATE",
-    [ST_PEER_SEQS_LOCK] = "SELECT next_seq, recv_seq FROM peers WHERE server_id = $1 FOR UPDATE",
-    [ST_PEER_RECV_SEQ_SET] = "UPDATE peers SET recv_seq = $2 WHERE server_id = $1",
     [ST_PEER_STATE_SET] =
         "INSERT INTO peers(server_id, first_seen, mode, attempts, next_attempt_at, last_error,"
-        " parked_seq) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT(server_id) DO UPDATE SET"
+        " parked_seq, send_epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT(server_id) DO UPDATE SET"
         " mode = excluded.mode, attempts = excluded.attempts,"
         " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
         " parked_seq = excluded.parked_seq",
     [ST_PEER_STATE_GET] = PEER_STATE_SELECT " WHERE p.server_id = $1",
     [ST_PEER_STATE_LIST] = PEER_STATE_SELECT " ORDER BY p.server_id",
+    /* $3 and $4 are two different random non-zero epochs: the row gets one that differs
+     * from its current one */
+    [ST_PEER_NEW_EPOCH] = "INSERT INTO peers(server_id, first_seen, send_epoch) VALUES ($1, $2, $3)"
+                          " ON CONFLICT(server_id) DO UPDATE SET send_epoch ="
+                          " CASE WHEN peers.send_epoch = $3 THEN $4 ELSE $3 END"
+                          " RETURNING send_epoch",
+    [ST_RECV_EPOCH_GET] = "SELECT recv_seq FROM recv_epochs WHERE peer = $1 AND epoch = $2",
+    [ST_RECV_EPOCH_SET] = "INSERT INTO recv_epochs(peer, epoch, recv_seq, updated_at)"
+                          " VALUES ($1, $2, $3, $4) ON CONFLICT(peer, epoch) DO UPDATE SET"
+                          " recv_seq = excluded.recv_seq, updated_at = excluded.updated_at",
+    /* keeps epoch $2 (just written) and the $3 latest others of the sender */
+    [ST_RECV_EPOCH_PRUNE] = "DELETE FROM recv_epochs WHERE peer = $1 AND epoch <> $2 AND epoch"
+                            " NOT IN (SELECT e.epoch FROM recv_epochs e WHERE e.peer = $1"
+                            " AND e.epoch <> $2" RECV_LATEST_ORDER " LIMIT $3)",
+    [ST_RECV_LATEST] =
+        "SELECT e.epoch, e.recv_seq FROM recv_epochs e WHERE e.peer = $1" RECV_LATEST_ORDER
+        " LIMIT 1",
     /* One statement: creates the peer row or takes its lock and reserves $3 seqs
      * (next_seq += $3), then inserts the events ($4, one bytea[]) with the reserved seqs;
      * answers the last seq. The row lock orders appends to the peer from every node. */
-    [ST_OUTBOX_APPEND] =
-        "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq) VALUES ($1, $2, 1 + $3)"
-        " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3"
-        " RETURNING next_seq),"
-        " ins AS (INSERT INTO outbox(peer, seq, event, created_at)"
-        " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
-        " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq)"
-        " SELECT max(seq) FROM ins",
+    [ST_OUTBOX_APPEND] = "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq, send_epoch)"
+                         " VALUES ($1, $2, 1 + $3, $6)"
+                         " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3"
+                         " RETURNING next_seq),"
+                         " ins AS (INSERT INTO outbox(peer, seq, event, created_at)"
+                         " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
+                         " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq)"
+                         " SELECT max(seq) FROM ins",
     /* Records the submission ID unless it exists: a row back means this transaction owns
      * it. A concurrent claimer of the same ID (any node) waits here until the owner's
      * transaction ends, then finds the row (committed) or takes the ID (rolled back). */
@@ -301,19 +368,19 @@ static const char *const stmt_sql[ST__COUNT] = {
      * records older than $7 are deleted (oldest first; rows another transaction holds are
      * skipped, so concurrent appends never wait on each other here). Answers the last seq
      * and the number of records updated (1). */
-    [ST_OUTBOX_SUBMIT] =
-        "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq) VALUES ($1, $2, 1 + $3)"
-        " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3"
-        " RETURNING next_seq),"
-        " ins AS (INSERT INTO outbox(peer, seq, event, created_at)"
-        " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
-        " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq),"
-        " rec AS (UPDATE submissions SET first_seq = s.next_seq - $3 FROM s"
-        " WHERE submissions.id = $6 RETURNING 1),"
-        " old AS (DELETE FROM submissions WHERE id IN (SELECT id FROM submissions"
-        " WHERE created_at < $7 AND id <> $6 ORDER BY created_at LIMIT $8"
-        " FOR UPDATE SKIP LOCKED))"
-        " SELECT (SELECT max(seq) FROM ins), (SELECT count(*) FROM rec)",
+    [ST_OUTBOX_SUBMIT] = "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq, send_epoch)"
+                         " VALUES ($1, $2, 1 + $3, $9)"
+                         " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3"
+                         " RETURNING next_seq),"
+                         " ins AS (INSERT INTO outbox(peer, seq, event, created_at)"
+                         " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
+                         " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq),"
+                         " rec AS (UPDATE submissions SET first_seq = s.next_seq - $3 FROM s"
+                         " WHERE submissions.id = $6 RETURNING 1),"
+                         " old AS (DELETE FROM submissions WHERE id IN (SELECT id FROM submissions"
+                         " WHERE created_at < $7 AND id <> $6 ORDER BY created_at LIMIT $8"
+                         " FOR UPDATE SKIP LOCKED))"
+                         " SELECT (SELECT max(seq) FROM ins), (SELECT count(*) FROM rec)",
     [ST_OUTBOX_READ] = "SELECT seq, created_at, event FROM outbox"
                        " WHERE peer = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
     [ST_OUTBOX_ACK] = "DELETE FROM outbox WHERE peer = $1 AND seq <= $2",
@@ -360,6 +427,10 @@ static const char *const stmt_sql[ST__COUNT] = {
                                " AND o.user_id = n.user_id AND o.invite_id = n.invite_id)",
     [ST_RENAME_INVITES] = "UPDATE invites SET server_id = $2 WHERE server_id = $1",
     [ST_RENAME_RENAMES_OUT] = "UPDATE renames_out SET peer = $2 WHERE peer = $1",
+    [ST_RENAME_RECV_EPOCHS_DROP] = "DELETE FROM recv_epochs n WHERE n.peer = $2 AND EXISTS"
+                                   " (SELECT 1 FROM recv_epochs o WHERE o.peer = $1"
+                                   " AND o.epoch = n.epoch)",
+    [ST_RENAME_RECV_EPOCHS] = "UPDATE recv_epochs SET peer = $2 WHERE peer = $1",
     [ST_RENAME_LEASES_DROP] = "DELETE FROM leases WHERE peer = $2 AND EXISTS"
                               " (SELECT 1 FROM leases WHERE peer = $1)",
     [ST_RENAME_LEASES] = "UPDATE leases SET peer = $2 WHERE peer = $1",
@@ -374,6 +445,14 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_RENAME_OUT_DONE] = "DELETE FROM renames_out WHERE peer = $1 AND new_id = $2",
     [ST_RENAME_OUT_FAILED] = "UPDATE renames_out SET attempts = $2, next_attempt_at = $3,"
                              " last_error = $4 WHERE peer = $1",
+    /* a new_id pending for another old_id violates its UNIQUE constraint: PB_ERR_EXISTS */
+    [ST_RENAME_IN_ADD] = "INSERT INTO renames_in(old_id, new_id, created_at) VALUES ($1, $2, $3)"
+                         " ON CONFLICT(old_id) DO UPDATE SET new_id = excluded.new_id,"
+                         " created_at = excluded.created_at",
+    [ST_RENAME_IN_FIND] = "SELECT old_id, created_at FROM renames_in WHERE new_id = $1",
+    [ST_RENAME_IN_REMOVE] = "DELETE FROM renames_in WHERE old_id = $1",
+    [ST_RENAME_IN_LIST] = "SELECT old_id, new_id, created_at FROM renames_in ORDER BY old_id",
+    [ST_RENAME_IN_EXPIRE] = "DELETE FROM renames_in WHERE created_at < $1",
     /* one row changed when taken or renewed; none when the WHERE kept another's lease */
     [ST_LEASE_ACQUIRE] = "INSERT INTO leases(peer, holder, expires_at) VALUES ($1, $2, $3 + $4)"
                          " ON CONFLICT(peer) DO UPDATE SET holder = excluded.holder,"
@@ -1249,17 +1328,19 @@ struct peer_ctx {
     const char *server_id;
     int64_t at; /* contact_at or fetched_at */
     const uint8_t *key;
+    uint64_t epoch; /* send_epoch of a row created now */
 };
 
 static pb_err peer_touch_job(pgc *c, void *ctx)
 {
     struct peer_ctx *p = ctx;
-    return RUN(c, ST_PEER_TOUCH, NULL, NULL, A_TEXT(p->server_id), A_INT(time(NULL)), A_INT(p->at));
+    return RUN(c, ST_PEER_TOUCH, NULL, NULL, A_TEXT(p->server_id), A_INT(time(NULL)), A_INT(p->at),
+               A_INT(p->epoch));
 }
 
 static pb_err pg_peer_touch(void *impl, const char *server_id, int64_t contact_at)
 {
-    struct peer_ctx p = {server_id, contact_at, NULL};
+    struct peer_ctx p = {server_id, contact_at, NULL, pb_store_epoch_random(0)};
     return stmt_run(impl, peer_touch_job, &p);
 }
 
@@ -1267,13 +1348,13 @@ static pb_err peer_key_set_job(pgc *c, void *ctx)
 {
     struct peer_ctx *p = ctx;
     return RUN(c, ST_PEER_KEY_SET, NULL, NULL, A_TEXT(p->server_id), A_INT(time(NULL)),
-               A_BLOB(p->key, PB_PUBKEY_LEN), A_INT(p->at));
+               A_BLOB(p->key, PB_PUBKEY_LEN), A_INT(p->at), A_INT(p->epoch));
 }
 
 static pb_err pg_peer_key_set(void *impl, const char *server_id, const uint8_t key[PB_PUBKEY_LEN],
                               int64_t fetched_at)
 {
-    struct peer_ctx p = {server_id, fetched_at, key};
+    struct peer_ctx p = {server_id, fetched_at, key, pb_store_epoch_random(0)};
     return stmt_run(impl, peer_key_set_job, &p);
 }
 
@@ -1407,7 +1488,9 @@ static pb_err peer_state_row(const PGresult *r, int i, void *elem, void *ctx)
     p->recv_seq = (uint64_t)col_i64(r, i, 7, &bad);
     p->last_contact = col_i64(r, i, 8, &bad);
     p->queued = (uint64_t)col_i64(r, i, 9, &bad);
-    p->oldest_queued_at = col_i64(r, i, 10, &bad); /* NULL (empty queue) reads as 0 */
+    p->oldest_queued_at = col_i64(r, i, 10, &bad);     /* NULL (empty queue) reads as 0 */
+    p->recv_epoch = (uint64_t)col_i64(r, i, 11, &bad); /* NULL (no epoch row) reads as 0 */
+    p->send_epoch = (uint64_t)col_i64(r, i, 12, &bad);
     return bad ? PB_ERR_CORRUPT : PB_OK;
 }
 
@@ -1450,6 +1533,7 @@ struct peer_state_ctx {
     int64_t next_attempt_at;
     const char *last_error;
     uint64_t parked_seq;
+    uint64_t epoch; /* send_epoch of a row created now */
 };
 
 static pb_err peer_state_set_job(pgc *c, void *ctx)
@@ -1457,15 +1541,47 @@ static pb_err peer_state_set_job(pgc *c, void *ctx)
     struct peer_state_ctx *p = ctx;
     return RUN(c, ST_PEER_STATE_SET, NULL, NULL, A_TEXT(p->server_id), A_INT(time(NULL)),
                A_INT(p->mode), A_INT(p->attempts), A_INT(p->next_attempt_at), A_TEXT(p->last_error),
-               A_INT(p->parked_seq));
+               A_INT(p->parked_seq), A_INT(p->epoch));
 }
 
 static pb_err pg_peer_state_set(void *impl, const char *server_id, pb_peer_mode mode,
                                 uint32_t attempts, int64_t next_attempt_at, const char *last_error,
                                 uint64_t parked_seq)
 {
-    struct peer_state_ctx p = {server_id, mode, attempts, next_attempt_at, last_error, parked_seq};
+    uint64_t epoch = pb_store_epoch_random(0);
+    struct peer_state_ctx p = {server_id,  mode,       attempts, next_attempt_at,
+                               last_error, parked_seq, epoch};
     return stmt_run(impl, peer_state_set_job, &p);
+}
+
+struct new_epoch_ctx {
+    const char *peer;
+    uint64_t e1, e2; /* two different random non-zero epochs (ST_PEER_NEW_EPOCH) */
+    uint64_t epoch;  /* out */
+};
+
+static pb_err peer_new_epoch_job(pgc *c, void *ctx)
+{
+    struct new_epoch_ctx *e = ctx;
+    PGresult *r = NULL;
+    pb_err err = RUN(c, ST_PEER_NEW_EPOCH, &r, NULL, A_TEXT(e->peer), A_INT(time(NULL)),
+                     A_INT(e->e1), A_INT(e->e2));
+    if (err != PB_OK) return err;
+    bool bad = PQntuples(r) != 1;
+    uint64_t epoch = bad ? 0 : (uint64_t)col_i64(r, 0, 0, &bad);
+    PQclear(r);
+    if (bad || epoch == 0) return PB_ERR_INTERNAL; /* committed, but not as asked */
+    e->epoch = epoch;
+    return PB_OK;
+}
+
+static pb_err pg_peer_new_epoch(void *impl, const char *peer, uint64_t *epoch)
+{
+    struct new_epoch_ctx e = {peer, pb_store_epoch_random(0), 0, 0};
+    e.e2 = pb_store_epoch_random(e.e1);
+    pb_err err = stmt_run(impl, peer_new_epoch_job, &e);
+    if (err == PB_OK) *epoch = e.epoch;
+    return err;
 }
 
 /* ---- outbox ----------------------------------------------------------------------------- */
@@ -1476,6 +1592,7 @@ struct outbox_append_ctx {
     size_t n;
     int64_t now;
     const char *submission_id; /* NULL: none */
+    uint64_t epoch;            /* send_epoch of a peer row created now */
     uint64_t last_seq;         /* out */
     bool duplicate;            /* out */
 };
@@ -1486,7 +1603,7 @@ static pb_err outbox_append_job(pgc *c, void *ctx)
     struct outbox_append_ctx *a = ctx;
     PGresult *r = NULL;
     pb_err err = RUN(c, ST_OUTBOX_APPEND, &r, NULL, A_TEXT(a->peer), A_INT(a->now / 1000),
-                     A_INT((int64_t)a->n), A_ARRAY(a->events), A_INT(a->now));
+                     A_INT((int64_t)a->n), A_ARRAY(a->events), A_INT(a->now), A_INT(a->epoch));
     if (err != PB_OK) return err;
     bool bad = PQntuples(r) != 1 || PQgetisnull(r, 0, 0);
     int64_t last = bad ? 0 : col_i64(r, 0, 0, &bad);
@@ -1540,7 +1657,8 @@ static pb_err outbox_submit_job(pgc *c, void *ctx)
     if (!claimed) return submission_check(c, a);
     err = RUN(c, ST_OUTBOX_SUBMIT, &r, NULL, A_TEXT(a->peer), A_INT(a->now / 1000),
               A_INT((int64_t)a->n), A_ARRAY(a->events), A_INT(a->now), A_TEXT(a->submission_id),
-              A_INT(pb_store_submission_cutoff(a->now)), A_INT(PB_STORE_SUBMISSION_PRUNE_MAX));
+              A_INT(pb_store_submission_cutoff(a->now)), A_INT(PB_STORE_SUBMISSION_PRUNE_MAX),
+              A_INT(a->epoch));
     if (err != PB_OK) return err;
     bool bad = PQntuples(r) != 1 || PQgetisnull(r, 0, 0);
     int64_t last = bad ? 0 : col_i64(r, 0, 0, &bad);
@@ -1560,7 +1678,8 @@ static pb_err pg_outbox_append(void *impl, const char *peer, const pb_event *evs
     if (err == PB_OK) {
         pb_buf arr;
         bytea_array(&enc, NULL, n, &arr);
-        struct outbox_append_ctx a = {peer, &arr, n, now, submission_id, 0, false};
+        uint64_t epoch = pb_store_epoch_random(0);
+        struct outbox_append_ctx a = {peer, &arr, n, now, submission_id, epoch, 0, false};
         if (submission_id)
             err = tx_run(impl, outbox_submit_job, &a);
         else
@@ -1682,11 +1801,13 @@ static pb_err pg_outbox_peers(void *impl, char ***out, size_t *count)
 
 struct receive_ctx {
     const char *from;
+    uint64_t epoch; /* the sender's (with seqs) */
     const pb_event *evs;
     const encoded *enc;
     const uint64_t *seqs;
     size_t n;
     int64_t now;
+    uint64_t new_epoch;  /* send_epoch of a peer row created now */
     size_t *applied_idx; /* scratch, n entries */
     pstmt *applies;      /* scratch, n entries */
     pb_recv_result res;  /* out */
@@ -1733,21 +1854,33 @@ static pb_err inbox_reserve(pgc *c, size_t n, int64_t *first)
     return PB_OK;
 }
 
+/* The recv_seq of (peer, epoch): *known false and *recv_seq 0 when it has no row. */
+static pb_err recv_epoch_get(pgc *c, const char *peer, uint64_t epoch, uint64_t *recv_seq,
+                             bool *known)
+{
+    PGresult *r = NULL;
+    pb_err err = RUN(c, ST_RECV_EPOCH_GET, &r, NULL, A_TEXT(peer), A_INT(epoch));
+    if (err != PB_OK) return err;
+    bool bad = false;
+    *known = PQntuples(r) == 1;
+    *recv_seq = *known ? (uint64_t)col_i64(r, 0, 0, &bad) : 0;
+    PQclear(r);
+    return bad ? PB_ERR_CORRUPT : PB_OK;
+}
+
 static pb_err receive_job(pgc *c, void *ctx)
 {
     struct receive_ctx *r = ctx;
     int64_t now_s = r->now / 1000;
-    PGresult *res = NULL;
-    pb_recv_result out = {0, 0};
-    /* the upsert and FOR UPDATE lock the sender's row: one receive per sender at a time */
-    pb_err err = RUN(c, ST_PEER_TOUCH, NULL, NULL, A_TEXT(r->from), A_INT(now_s), A_INT(now_s));
-    if (err == PB_OK) err = RUN(c, ST_PEER_SEQS_LOCK, &res, NULL, A_TEXT(r->from));
+    uint64_t recv = 0;
+    bool known = false;
+    pb_recv_result out = {0, 0, 0, 0};
+    /* the upsert locks the sender's row until commit: one receive per sender at a time
+     * (every node), so the epoch row read next cannot change before this one commits */
+    pb_err err = RUN(c, ST_PEER_TOUCH, NULL, NULL, A_TEXT(r->from), A_INT(now_s), A_INT(now_s),
+                     A_INT(r->new_epoch));
+    if (err == PB_OK && r->seqs) err = recv_epoch_get(c, r->from, r->epoch, &recv, &known);
     if (err != PB_OK) return err;
-    bool bad = PQntuples(res) != 1;
-    uint64_t recv = bad ? 0 : (uint64_t)col_i64(res, 0, 1, &bad);
-    PQclear(res);
-    if (bad) return PB_ERR_CORRUPT;
-    uint64_t recv0 = recv;
     size_t nq = 0;
     for (size_t i = 0; i < r->n; i++) {
         if (r->seqs && r->seqs[i] <= recv) {
@@ -1760,9 +1893,15 @@ static pb_err receive_job(pgc *c, void *ctx)
     }
     err = run_pipeline(c, r->applies, nq);
     if (err != PB_OK) return err;
-    if (recv != recv0) {
-        err = RUN(c, ST_PEER_RECV_SEQ_SET, NULL, NULL, A_TEXT(r->from), A_INT(recv));
+    if (r->seqs) {
+        err = RUN(c, ST_RECV_EPOCH_SET, NULL, NULL, A_TEXT(r->from), A_INT(r->epoch), A_INT(recv),
+                  A_INT(r->now));
+        if (err == PB_OK && !known)
+            err = RUN(c, ST_RECV_EPOCH_PRUNE, NULL, NULL, A_TEXT(r->from), A_INT(r->epoch),
+                      A_INT(PB_STORE_RECV_EPOCHS_MAX - 1));
         if (err != PB_OK) return err;
+        out.ack = recv;
+        out.epoch = r->epoch;
     }
     if (out.applied > 0) { /* last: the counter row stays locked only until commit */
         int64_t first = 0;
@@ -1779,22 +1918,47 @@ static pb_err receive_job(pgc *c, void *ctx)
     return PB_OK;
 }
 
-static pb_err pg_receive(void *impl, const char *from, const pb_event *evs, const uint64_t *seqs,
-                         size_t n, int64_t now, pb_recv_result *res)
+static pb_err pg_receive(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
+                         const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res)
 {
     encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
-        struct receive_ctx r = {from, evs, &enc, seqs, n, now, NULL, NULL, {0, 0}};
+        struct receive_ctx r = {.from = from,
+                                .epoch = epoch,
+                                .evs = evs,
+                                .enc = &enc,
+                                .seqs = seqs,
+                                .n = n,
+                                .now = now,
+                                .new_epoch = pb_store_epoch_random(0)};
         r.applied_idx = pb_xcalloc(n ? n : 1, sizeof *r.applied_idx);
         r.applies = pb_xcalloc(n ? n : 1, sizeof *r.applies);
         err = tx_run(impl, receive_job, &r);
-        if (err == PB_OK && res) *res = r.res;
+        if (err == PB_OK) *res = r.res;
         free(r.applied_idx);
         free(r.applies);
     }
     encoded_free(&enc);
     return err;
+}
+
+static pb_err pg_recv_latest(void *impl, const char *from, uint64_t *epoch, uint64_t *recv_seq)
+{
+    PGresult *r = NULL;
+    pb_err err = READ(impl, ST_RECV_LATEST, &r, A_TEXT(from));
+    if (err != PB_OK) return err;
+    bool bad = false;
+    uint64_t e = 0, q = 0;
+    if (PQntuples(r) == 1) {
+        e = (uint64_t)col_i64(r, 0, 0, &bad);
+        q = (uint64_t)col_i64(r, 0, 1, &bad);
+    }
+    PQclear(r);
+    if (bad) return PB_ERR_CORRUPT;
+    *epoch = e;
+    *recv_seq = q;
+    return PB_OK;
 }
 
 /* ---- inbox ------------------------------------------------------------------------------ */
@@ -1943,11 +2107,14 @@ static pb_err peer_rename_job(pgc *c, void *ctx)
     err = RUN(c, ST_RENAME_PEER, NULL, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id),
               A_BLOB(r->key, PB_PUBKEY_LEN), A_INT(r->now / 1000));
     static const enum stmt_id steps[] = {
-        ST_RENAME_OUTBOX,  ST_RENAME_GUILDS_DROP, ST_RENAME_GUILDS,      ST_RENAME_INVITES_DROP,
-        ST_RENAME_INVITES, ST_RENAME_RENAMES_OUT, ST_RENAME_LEASES_DROP, ST_RENAME_LEASES,
+        ST_RENAME_OUTBOX,       ST_RENAME_GUILDS_DROP, ST_RENAME_GUILDS,
+        ST_RENAME_INVITES_DROP, ST_RENAME_INVITES,     ST_RENAME_RENAMES_OUT,
+        ST_RENAME_LEASES_DROP,  ST_RENAME_LEASES,      ST_RENAME_RECV_EPOCHS_DROP,
+        ST_RENAME_RECV_EPOCHS,
     };
     for (size_t k = 0; k < sizeof steps / sizeof steps[0] && err == PB_OK; k++)
         err = RUN(c, steps[k], NULL, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
+    if (err == PB_OK) err = RUN(c, ST_RENAME_IN_REMOVE, NULL, NULL, A_TEXT(r->old_id));
     int64_t seq = 0;
     if (err == PB_OK) err = inbox_reserve(c, 1, &seq);
     if (err == PB_OK)
@@ -2045,6 +2212,104 @@ static pb_err pg_rename_out_failed(void *impl, const char *peer, uint32_t attemp
     struct rename_out_ctx r = {
         .peer = peer, .error = error, .attempts = attempts, .next_attempt_at = next_attempt_at};
     return stmt_run(impl, rename_out_failed_job, &r);
+}
+
+/* ---- pending incoming renames ----------------------------------------------------------- */
+
+struct rename_in_ctx {
+    const char *old_id, *new_id;
+    int64_t at;     /* created_at, or the expiry cutoff */
+    size_t removed; /* out (expire) */
+};
+
+static pb_err rename_in_add_job(pgc *c, void *ctx)
+{
+    struct rename_in_ctx *r = ctx;
+    return RUN(c, ST_RENAME_IN_ADD, NULL, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id), A_INT(r->at));
+}
+
+static pb_err pg_rename_in_add(void *impl, const char *old_id, const char *new_id, int64_t now)
+{
+    struct rename_in_ctx r = {old_id, new_id, now, 0};
+    return stmt_run(impl, rename_in_add_job, &r);
+}
+
+static pb_err pg_rename_in_find(void *impl, const char *new_id, char **old_id, int64_t *created_at)
+{
+    PGresult *r = NULL;
+    pb_err err = READ(impl, ST_RENAME_IN_FIND, &r, A_TEXT(new_id));
+    if (err != PB_OK) return err;
+    if (PQntuples(r) == 0) {
+        err = PB_ERR_NOT_FOUND;
+    } else {
+        bool bad = false;
+        int64_t at = col_i64(r, 0, 1, &bad);
+        char *old = bad ? NULL : col_str(r, 0, 0);
+        if (old) {
+            *old_id = old;
+            *created_at = at;
+        } else {
+            err = PB_ERR_CORRUPT;
+        }
+    }
+    PQclear(r);
+    return err;
+}
+
+static pb_err rename_in_remove_job(pgc *c, void *ctx)
+{
+    struct rename_in_ctx *r = ctx;
+    return RUN(c, ST_RENAME_IN_REMOVE, NULL, NULL, A_TEXT(r->old_id));
+}
+
+static pb_err pg_rename_in_remove(void *impl, const char *old_id)
+{
+    struct rename_in_ctx r = {old_id, NULL, 0, 0};
+    return stmt_run(impl, rename_in_remove_job, &r);
+}
+
+static pb_err rename_in_row(const PGresult *r, int i, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_rename_in *o = elem;
+    bool bad = false;
+    o->old_id = col_str(r, i, 0);
+    o->new_id = col_str(r, i, 1);
+    o->created_at = col_i64(r, i, 2, &bad);
+    return o->old_id && o->new_id && !bad ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void rename_ins_free(void *arr, size_t n)
+{
+    pb_rename_ins_free(arr, n);
+}
+
+static const rows_spec rename_in_rows = {ST_RENAME_IN_LIST, sizeof(pb_rename_in), rename_in_row,
+                                         rename_ins_free};
+
+static pb_err pg_rename_in_list(void *impl, pb_rename_in **out, size_t *count)
+{
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &rename_in_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
+}
+
+static pb_err rename_in_expire_job(pgc *c, void *ctx)
+{
+    struct rename_in_ctx *r = ctx;
+    int changes = 0;
+    pb_err err = RUN(c, ST_RENAME_IN_EXPIRE, NULL, &changes, A_INT(r->at));
+    if (err == PB_OK) r->removed = (size_t)changes;
+    return err;
+}
+
+static pb_err pg_rename_in_expire(void *impl, int64_t before, size_t *removed)
+{
+    struct rename_in_ctx r = {NULL, NULL, before, 0};
+    pb_err err = stmt_run(impl, rename_in_expire_job, &r);
+    if (err == PB_OK) *removed = r.removed;
+    return err;
 }
 
 /* ---- outbound ownership ----------------------------------------------------------------- */
@@ -2243,6 +2508,13 @@ const pb_store_ops pb_store_pg_ops = {
     .qshape = pg_qshape,
     .peer_mode_counts = pg_peer_mode_counts,
     .inbox_unread = pg_inbox_unread,
+    .peer_new_epoch = pg_peer_new_epoch,
+    .recv_latest = pg_recv_latest,
+    .rename_in_add = pg_rename_in_add,
+    .rename_in_find = pg_rename_in_find,
+    .rename_in_remove = pg_rename_in_remove,
+    .rename_in_list = pg_rename_in_list,
+    .rename_in_expire = pg_rename_in_expire,
 #ifdef PB_FAULTS
     .fault_set = pg_fault_set,
     .fault_hold = pg_fault_hold,

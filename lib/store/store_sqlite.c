@@ -18,12 +18,23 @@
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, reset after use).
  *
- * Schema (version 4; migration 1 created meta and peers, 3 added leases, 4 submissions):
+ * Schema (version 5; migration 1 created meta and peers, 3 added leases, 4 submissions,
+ * 5 sequence epochs and renames_in):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s),
  *    mode, attempts, next_attempt_at, last_error, parked_seq, next_seq DEFAULT 1,
- *    recv_seq DEFAULT 0): one row per peer, as receiver R of our outbox (delivery fields,
- *    next_seq = the seq the next appended event gets, so an append never counts the
- *    queue) and as sender S to us (recv_seq = highest seq applied from it).
+ *    recv_seq DEFAULT 0, send_epoch DEFAULT 0): one row per peer, as receiver R of our
+ *    outbox (delivery fields, next_seq = the seq the next appended event gets, so an
+ *    append never counts the queue, send_epoch = our epoch towards it). Every statement
+ *    that can create the row binds a random non-zero send_epoch drawn on the caller's
+ *    thread (used only when the row is new); rows from before version 5 keep 0.
+ *    recv_seq is unused since version 5 (migrated into recv_epochs, never read or
+ *    written since).
+ *  - recv_epochs(peer, epoch, recv_seq, updated_at (ms)) PK (peer, epoch) WITHOUT ROWID:
+ *    the peer as sender S to us, per its epoch (recv_seq = highest seq applied in it). A
+ *    receive reads its row, applies, upserts it, and when it created the row deletes the
+ *    sender's rows beyond PB_STORE_RECV_EPOCHS_MAX (least recently updated first), all in
+ *    its job. The latest row (ORDER BY updated_at, recv_seq, epoch: RECV_LATEST_ORDER) is
+ *    found by correlated subqueries bounded to the peer's few keys.
  *  - outbox(peer, seq, event, created_at) PK (peer, seq) WITHOUT ROWID: the queue is
  *    stored clustered by peer, so read/ack/count are range scans of one peer's keys.
  *  - inbox(seq INTEGER PK AUTOINCREMENT, from_id, event, old_id, new_id, received_at):
@@ -33,6 +44,9 @@
  *    inviter_id), PKs starting with user_id (WITHOUT ROWID), plus an index on server_id
  *    for a peer's rename.
  *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error).
+ *  - renames_in(old_id PK, new_id UNIQUE, created_at (ms)) indexed by created_at: pending
+ *    incoming renames; the UNIQUE constraint refuses a new_id pending for another old_id
+ *    (PB_ERR_EXISTS).
  *  - leases(peer PK, holder, expires_at (ms)) WITHOUT ROWID: which node delivers to the
  *    peer (store.h "outbound ownership"); one upsert takes or renews a lease.
  *  - submissions(id PK, peer, first_seq, count, created_at (ms)) WITHOUT ROWID, indexed by
@@ -151,6 +165,26 @@ static const char *const migrations[] = {
     "  created_at INTEGER NOT NULL"
     ") WITHOUT ROWID;"
     "CREATE INDEX submissions_by_age ON submissions(created_at);",
+    /* 5: sequence epochs (store.h "sequence epochs"): the sender epoch of every peer (0,
+     * the legacy epoch, for the rows that exist now; new rows get a random one), the
+     * receive state per (sender, epoch) taking over peers.recv_seq as epoch 0, and
+     * pending incoming renames */
+    "ALTER TABLE peers ADD COLUMN send_epoch INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE recv_epochs ("
+    "  peer TEXT NOT NULL,"
+    "  epoch INTEGER NOT NULL,"
+    "  recv_seq INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (peer, epoch)"
+    ") WITHOUT ROWID;"
+    "INSERT INTO recv_epochs(peer, epoch, recv_seq, updated_at)"
+    "  SELECT server_id, 0, recv_seq, 0 FROM peers WHERE recv_seq <> 0;"
+    "CREATE TABLE renames_in ("
+    "  old_id TEXT PRIMARY KEY,"
+    "  new_id TEXT NOT NULL UNIQUE,"
+    "  created_at INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX renames_in_by_age ON renames_in(created_at);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -176,10 +210,14 @@ enum stmt_id {
     ST_PEER_EXISTS,
     ST_PEER_SEQS,
     ST_PEER_NEXT_SEQ_SET,
-    ST_PEER_RECV_SEQ_SET,
     ST_PEER_STATE_SET,
     ST_PEER_STATE_GET,
     ST_PEER_STATE_LIST,
+    ST_PEER_NEW_EPOCH,
+    ST_RECV_EPOCH_GET,
+    ST_RECV_EPOCH_SET,
+    ST_RECV_EPOCH_PRUNE,
+    ST_RECV_LATEST,
     ST_OUTBOX_INSERT,
     ST_OUTBOX_READ,
     ST_OUTBOX_ACK,
@@ -197,11 +235,17 @@ enum stmt_id {
     ST_RENAME_GUILDS,
     ST_RENAME_INVITES,
     ST_RENAME_RENAMES_OUT,
+    ST_RENAME_RECV_EPOCHS,
     ST_SELF_RENAME_UPSERT,
     ST_SELF_RENAME_DROP,
     ST_RENAME_OUT_LIST,
     ST_RENAME_OUT_DONE,
     ST_RENAME_OUT_FAILED,
+    ST_RENAME_IN_ADD,
+    ST_RENAME_IN_FIND,
+    ST_RENAME_IN_REMOVE,
+    ST_RENAME_IN_LIST,
+    ST_RENAME_IN_EXPIRE,
     ST_RENAME_LEASES,
     ST_LEASE_ACQUIRE,
     ST_LEASE_RELEASE,
@@ -215,13 +259,24 @@ enum stmt_id {
     ST__COUNT
 };
 
+/* A sender's epoch rows, most recently updated first (ties: the highest recv_seq, then
+ * the highest epoch, both as uint64): the first is the latest (store.h). */
+#define RECV_LATEST_ORDER                                                                          \
+    " ORDER BY e.updated_at DESC, e.recv_seq < 0 DESC, e.recv_seq DESC, e.epoch < 0 DESC,"         \
+    " e.epoch DESC"
+/* The rest of a subquery selecting a column of the peer's latest epoch row (NULL reads
+ * as 0). */
+#define RECV_LATEST_OF_PEER                                                                        \
+    " FROM recv_epochs e WHERE e.peer = p.server_id" RECV_LATEST_ORDER " LIMIT 1)"
+
 /* The peer's delivery state with its queue statistics, each bounded to its (peer, seq)
- * primary key range. */
+ * primary key range, and its latest receive epoch (bounded to the peer's epoch rows). */
 #define PEER_STATE_SELECT                                                                          \
     "SELECT p.server_id, p.mode, p.attempts, p.next_attempt_at, p.last_error, p.parked_seq,"       \
-    " p.next_seq, p.recv_seq, p.last_contact,"                                                     \
+    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact,"                      \
     " (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id),"                                 \
-    " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1)"       \
+    " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1),"      \
+    " (SELECT e.epoch" RECV_LATEST_OF_PEER ", p.send_epoch"                                        \
     " FROM peers p"
 
 static const char *const stmt_sql[ST__COUNT] = {
@@ -237,29 +292,47 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
     [ST_META_SET] = "INSERT INTO meta(key, value) VALUES (?1, ?2)"
                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    [ST_PEER_TOUCH] = "INSERT INTO peers(server_id, first_seen, last_contact) VALUES (?1, ?2, ?3)"
+    [ST_PEER_TOUCH] = "INSERT INTO peers(server_id, first_seen, last_contact, send_epoch)"
+                      " VALUES (?1, ?2, ?3, ?4)"
                       " ON CONFLICT(server_id) DO UPDATE SET last_contact ="
                       " CASE WHEN ?3 > 0 THEN ?3 ELSE last_contact END",
     [ST_PEER_KEY_GET] = "SELECT pubkey FROM peers WHERE server_id = ?1",
-    [ST_PEER_KEY_SET] = "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at)"
-                        " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(server_id) DO UPDATE SET"
-                        " pubkey = excluded.pubkey, key_fetched_at = excluded.key_fetched_at",
+    [ST_PEER_KEY_SET] =
+        "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at,"
+        " send_epoch) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(server_id) DO UPDATE SET"
+        " pubkey = excluded.pubkey, key_fetched_at = excluded.key_fetched_at",
     [ST_PEER_LIST] = "SELECT server_id, first_seen, last_contact, pubkey, key_fetched_at"
                      " FROM peers ORDER BY server_id",
-    [ST_PEER_ENSURE] = "INSERT INTO peers(server_id, first_seen) VALUES (?1, ?2)"
+    [ST_PEER_ENSURE] = "INSERT INTO peers(server_id, first_seen, send_epoch) VALUES (?1, ?2, ?3)"
                        " ON CONFLICT(server_id) DO NOTHING",
     [ST_PEER_EXISTS] = "SELECT 1 FROM peers WHERE server_id = ?1",
-    [ST_PEER_SEQS] = "SELECT next_seq, recv_seq FROM peers WHERE server_id = ?1",
+    [ST_PEER_SEQS] = "SELECT next_seq FROM peers WHERE server_id = ?1",
     [ST_PEER_NEXT_SEQ_SET] = "UPDATE peers SET next_seq = ?2 WHERE server_id = ?1",
-    [ST_PEER_RECV_SEQ_SET] = "UPDATE peers SET recv_seq = ?2 WHERE server_id = ?1",
     [ST_PEER_STATE_SET] =
         "INSERT INTO peers(server_id, first_seen, mode, attempts, next_attempt_at, last_error,"
-        " parked_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(server_id) DO UPDATE SET"
+        " parked_seq, send_epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        " ON CONFLICT(server_id) DO UPDATE SET"
         " mode = excluded.mode, attempts = excluded.attempts,"
         " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
         " parked_seq = excluded.parked_seq",
     [ST_PEER_STATE_GET] = PEER_STATE_SELECT " WHERE p.server_id = ?1",
     [ST_PEER_STATE_LIST] = PEER_STATE_SELECT " ORDER BY p.server_id",
+    /* ?3 and ?4 are two different random non-zero epochs: the row gets one that differs
+     * from its current one */
+    [ST_PEER_NEW_EPOCH] = "INSERT INTO peers(server_id, first_seen, send_epoch) VALUES (?1, ?2, ?3)"
+                          " ON CONFLICT(server_id) DO UPDATE SET send_epoch ="
+                          " CASE WHEN send_epoch = ?3 THEN ?4 ELSE ?3 END RETURNING send_epoch",
+    [ST_RECV_EPOCH_GET] = "SELECT recv_seq FROM recv_epochs WHERE peer = ?1 AND epoch = ?2",
+    [ST_RECV_EPOCH_SET] = "INSERT INTO recv_epochs(peer, epoch, recv_seq, updated_at)"
+                          " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(peer, epoch) DO UPDATE SET"
+                          " recv_seq = excluded.recv_seq, updated_at = excluded.updated_at",
+    /* keeps epoch ?2 (just written) and the ?3 latest others of the sender */
+    [ST_RECV_EPOCH_PRUNE] = "DELETE FROM recv_epochs WHERE peer = ?1 AND epoch <> ?2 AND epoch"
+                            " NOT IN (SELECT e.epoch FROM recv_epochs e WHERE e.peer = ?1"
+                            " AND e.epoch <> ?2" RECV_LATEST_ORDER " LIMIT ?3)",
+    [ST_RECV_LATEST] =
+        "SELECT e.epoch, e.recv_seq FROM recv_epochs e WHERE e.peer = ?1" RECV_LATEST_ORDER
+        " LIMIT 1",
     [ST_OUTBOX_INSERT] = "INSERT INTO outbox(peer, seq, event, created_at) VALUES (?1, ?2, ?3, ?4)",
     [ST_OUTBOX_READ] = "SELECT seq, created_at, event FROM outbox"
                        " WHERE peer = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
@@ -288,6 +361,7 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_RENAME_GUILDS] = "UPDATE OR REPLACE guilds SET server_id = ?2 WHERE server_id = ?1",
     [ST_RENAME_INVITES] = "UPDATE OR REPLACE invites SET server_id = ?2 WHERE server_id = ?1",
     [ST_RENAME_RENAMES_OUT] = "UPDATE renames_out SET peer = ?2 WHERE peer = ?1",
+    [ST_RENAME_RECV_EPOCHS] = "UPDATE OR REPLACE recv_epochs SET peer = ?2 WHERE peer = ?1",
     /* WHERE true: lets SQLite parse the ON CONFLICT of an INSERT ... SELECT */
     [ST_SELF_RENAME_UPSERT] =
         "INSERT INTO renames_out(peer, old_id, new_id, attempts, next_attempt_at, last_error)"
@@ -300,6 +374,14 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_RENAME_OUT_DONE] = "DELETE FROM renames_out WHERE peer = ?1 AND new_id = ?2",
     [ST_RENAME_OUT_FAILED] = "UPDATE renames_out SET attempts = ?2, next_attempt_at = ?3,"
                              " last_error = ?4 WHERE peer = ?1",
+    /* a new_id pending for another old_id violates its UNIQUE constraint: PB_ERR_EXISTS */
+    [ST_RENAME_IN_ADD] = "INSERT INTO renames_in(old_id, new_id, created_at) VALUES (?1, ?2, ?3)"
+                         " ON CONFLICT(old_id) DO UPDATE SET new_id = excluded.new_id,"
+                         " created_at = excluded.created_at",
+    [ST_RENAME_IN_FIND] = "SELECT old_id, created_at FROM renames_in WHERE new_id = ?1",
+    [ST_RENAME_IN_REMOVE] = "DELETE FROM renames_in WHERE old_id = ?1",
+    [ST_RENAME_IN_LIST] = "SELECT old_id, new_id, created_at FROM renames_in ORDER BY old_id",
+    [ST_RENAME_IN_EXPIRE] = "DELETE FROM renames_in WHERE created_at < ?1",
     [ST_RENAME_LEASES] = "UPDATE OR REPLACE leases SET peer = ?2 WHERE peer = ?1",
     /* changes() is 1 when the row was inserted or updated, 0 when the WHERE kept it */
     [ST_LEASE_ACQUIRE] = "INSERT INTO leases(peer, holder, expires_at) VALUES (?1, ?2, ?3 + ?4)"
@@ -1034,6 +1116,7 @@ struct peer_ctx {
     const char *server_id;
     int64_t at; /* contact_at or fetched_at */
     const uint8_t *key;
+    uint64_t epoch; /* send_epoch of a row created now */
 };
 
 static pb_err peer_touch_job(conn *c, void *ctx)
@@ -1045,6 +1128,7 @@ static pb_err peer_touch_job(conn *c, void *ctx)
     int rc = sqlite3_bind_text(st, 1, p->server_id, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, (sqlite3_int64)time(NULL));
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 3, p->at);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 4, (sqlite3_int64)p->epoch);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     if (rc != SQLITE_DONE) err = fail(c->db, rc, "peer touch");
     stmt_done(st);
@@ -1053,7 +1137,7 @@ static pb_err peer_touch_job(conn *c, void *ctx)
 
 static pb_err sq_peer_touch(void *impl, const char *server_id, int64_t contact_at)
 {
-    struct peer_ctx p = {server_id, contact_at, NULL};
+    struct peer_ctx p = {server_id, contact_at, NULL, pb_store_epoch_random(0)};
     return job_run(impl, peer_touch_job, &p);
 }
 
@@ -1067,6 +1151,7 @@ static pb_err peer_key_set_job(conn *c, void *ctx)
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 2, (sqlite3_int64)time(NULL));
     if (rc == SQLITE_OK) rc = sqlite3_bind_blob(st, 3, p->key, PB_PUBKEY_LEN, SQLITE_STATIC);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 4, p->at);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 5, (sqlite3_int64)p->epoch);
     if (rc == SQLITE_OK) rc = sqlite3_step(st);
     if (rc != SQLITE_DONE) err = fail(c->db, rc, "peer key set");
     stmt_done(st);
@@ -1076,7 +1161,7 @@ static pb_err peer_key_set_job(conn *c, void *ctx)
 static pb_err sq_peer_key_set(void *impl, const char *server_id, const uint8_t key[PB_PUBKEY_LEN],
                               int64_t fetched_at)
 {
-    struct peer_ctx p = {server_id, fetched_at, key};
+    struct peer_ctx p = {server_id, fetched_at, key, pb_store_epoch_random(0)};
     return job_run(impl, peer_key_set_job, &p);
 }
 
@@ -1361,7 +1446,9 @@ static pb_err peer_state_row(sqlite3_stmt *st, void *elem, void *ctx)
     p->recv_seq = (uint64_t)sqlite3_column_int64(st, 7);
     p->last_contact = sqlite3_column_int64(st, 8);
     p->queued = (uint64_t)sqlite3_column_int64(st, 9);
-    p->oldest_queued_at = sqlite3_column_int64(st, 10); /* NULL (empty queue) reads as 0 */
+    p->oldest_queued_at = sqlite3_column_int64(st, 10);     /* NULL (empty queue) reads as 0 */
+    p->recv_epoch = (uint64_t)sqlite3_column_int64(st, 11); /* NULL (no epoch row) reads as 0 */
+    p->send_epoch = (uint64_t)sqlite3_column_int64(st, 12);
     return PB_OK;
 }
 
@@ -1417,6 +1504,7 @@ struct peer_state_ctx {
     int64_t next_attempt_at;
     const char *last_error;
     uint64_t parked_seq;
+    uint64_t epoch; /* send_epoch of a row created now */
 };
 
 static pb_err peer_state_set_job(conn *c, void *ctx)
@@ -1424,19 +1512,58 @@ static pb_err peer_state_set_job(conn *c, void *ctx)
     struct peer_state_ctx *p = ctx;
     return EXEC(c, ST_PEER_STATE_SET, NULL, A_TEXT(p->server_id), A_INT(time(NULL)), A_INT(p->mode),
                 A_INT(p->attempts), A_INT(p->next_attempt_at), A_TEXT(p->last_error),
-                A_INT(p->parked_seq));
+                A_INT(p->parked_seq), A_INT(p->epoch));
 }
 
 static pb_err sq_peer_state_set(void *impl, const char *server_id, pb_peer_mode mode,
                                 uint32_t attempts, int64_t next_attempt_at, const char *last_error,
                                 uint64_t parked_seq)
 {
-    struct peer_state_ctx p = {server_id, mode, attempts, next_attempt_at, last_error, parked_seq};
+    uint64_t epoch = pb_store_epoch_random(0);
+    struct peer_state_ctx p = {server_id,  mode,       attempts, next_attempt_at,
+                               last_error, parked_seq, epoch};
     return job_run(impl, peer_state_set_job, &p);
 }
 
-/* Reads the peer's (next_seq, recv_seq); the row must exist. */
-static pb_err peer_seqs(conn *c, const char *peer, uint64_t *next_seq, uint64_t *recv_seq)
+struct new_epoch_ctx {
+    const char *peer;
+    uint64_t e1, e2; /* two different random non-zero epochs (ST_PEER_NEW_EPOCH) */
+    uint64_t epoch;  /* out */
+};
+
+static pb_err peer_new_epoch_job(conn *c, void *ctx)
+{
+    struct new_epoch_ctx *e = ctx;
+    sqlite3_stmt *st = NULL;
+    pb_err err = stmt_bind(
+        c, ST_PEER_NEW_EPOCH,
+        (const arg[]){A_TEXT(e->peer), A_INT(time(NULL)), A_INT(e->e1), A_INT(e->e2)}, 4, &st);
+    if (err != PB_OK) return err;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        e->epoch = (uint64_t)sqlite3_column_int64(st, 0);
+        rc = sqlite3_step(st);
+    }
+    if (rc != SQLITE_DONE) {
+        err = fail(c->db, rc, "peer new epoch");
+    } else if (e->epoch == 0) {
+        err = PB_ERR_INTERNAL; /* no row came back */
+    }
+    stmt_done(st);
+    return err;
+}
+
+static pb_err sq_peer_new_epoch(void *impl, const char *peer, uint64_t *epoch)
+{
+    struct new_epoch_ctx e = {peer, pb_store_epoch_random(0), 0, 0};
+    e.e2 = pb_store_epoch_random(e.e1);
+    pb_err err = job_run(impl, peer_new_epoch_job, &e);
+    if (err == PB_OK) *epoch = e.epoch;
+    return err;
+}
+
+/* Reads the peer's next_seq; the row must exist. */
+static pb_err peer_next_seq(conn *c, const char *peer, uint64_t *next_seq)
 {
     sqlite3_stmt *st = NULL;
     pb_err err = stmt_bind(c, ST_PEER_SEQS, (const arg[]){A_TEXT(peer)}, 1, &st);
@@ -1449,7 +1576,6 @@ static pb_err peer_seqs(conn *c, const char *peer, uint64_t *next_seq, uint64_t 
             err = PB_ERR_CORRUPT;
         }
         *next_seq = (uint64_t)next;
-        *recv_seq = (uint64_t)sqlite3_column_int64(st, 1);
     } else {
         err = rc == SQLITE_DONE ? PB_ERR_INTERNAL : fail(c->db, rc, "peer seqs");
     }
@@ -1465,6 +1591,7 @@ struct outbox_append_ctx {
     size_t n;
     int64_t now;
     const char *submission_id; /* NULL: none */
+    uint64_t epoch;            /* send_epoch of a peer row created now */
     uint64_t last_seq;         /* out */
     bool duplicate;            /* out */
 };
@@ -1503,14 +1630,14 @@ static pb_err submission_check(conn *c, struct outbox_append_ctx *a)
 static pb_err outbox_append_job(conn *c, void *ctx)
 {
     struct outbox_append_ctx *a = ctx;
-    uint64_t next = 0, recv = 0;
+    uint64_t next = 0;
     pb_err err;
     if (a->submission_id) {
         err = submission_check(c, a);
         if (err != PB_ERR_NOT_FOUND) return err; /* a duplicate, a conflict or a failure */
     }
-    err = EXEC(c, ST_PEER_ENSURE, NULL, A_TEXT(a->peer), A_INT(a->now / 1000));
-    if (err == PB_OK) err = peer_seqs(c, a->peer, &next, &recv);
+    err = EXEC(c, ST_PEER_ENSURE, NULL, A_TEXT(a->peer), A_INT(a->now / 1000), A_INT(a->epoch));
+    if (err == PB_OK) err = peer_next_seq(c, a->peer, &next);
     if (err != PB_OK) return err;
     if (next > (uint64_t)INT64_MAX - a->n) return PB_ERR_INTERNAL; /* never in practice */
     for (size_t i = 0; i < a->n; i++) {
@@ -1537,7 +1664,8 @@ static pb_err sq_outbox_append(void *impl, const char *peer, const pb_event *evs
     encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
-        struct outbox_append_ctx a = {peer, &enc, n, now, submission_id, 0, false};
+        uint64_t epoch = pb_store_epoch_random(0);
+        struct outbox_append_ctx a = {peer, &enc, n, now, submission_id, epoch, 0, false};
         err = job_run(impl, outbox_append_job, &a);
         if (err == PB_OK) {
             *last_seq = a.last_seq;
@@ -1632,11 +1760,13 @@ static pb_err sq_outbox_remove(void *impl, const char *peer, uint64_t seq)
 
 struct receive_ctx {
     const char *from;
+    uint64_t epoch; /* the sender's (with seqs) */
     const pb_event *evs;
     const encoded *enc;
     const uint64_t *seqs;
     size_t n;
     int64_t now;
+    uint64_t new_epoch; /* send_epoch of a peer row created now */
     pb_recv_result res; /* out */
 };
 
@@ -1660,16 +1790,34 @@ static pb_err apply_event(conn *c, const char *from, const pb_event *ev)
     return PB_ERR_INVAL; /* encode_events refused it already */
 }
 
+/* The recv_seq of (peer, epoch): *known false and *recv_seq 0 when it has no row. */
+static pb_err recv_epoch_get(conn *c, const char *peer, uint64_t epoch, uint64_t *recv_seq,
+                             bool *known)
+{
+    sqlite3_stmt *st = NULL;
+    pb_err err = stmt_bind(c, ST_RECV_EPOCH_GET, (const arg[]){A_TEXT(peer), A_INT(epoch)}, 2, &st);
+    if (err != PB_OK) return err;
+    int rc = sqlite3_step(st);
+    *known = rc == SQLITE_ROW;
+    *recv_seq = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) err = fail(c->db, rc, "recv epoch get");
+    stmt_done(st);
+    return err;
+}
+
+/* With seqs, the (from, epoch) row is read first and written last (recv_seq, updated_at);
+ * when the row is new the sender's epochs beyond PB_STORE_RECV_EPOCHS_MAX are pruned. */
 static pb_err receive_job(conn *c, void *ctx)
 {
     struct receive_ctx *r = ctx;
     int64_t now_s = r->now / 1000;
-    uint64_t next = 0, recv = 0;
-    pb_recv_result res = {0, 0};
-    pb_err err = EXEC(c, ST_PEER_TOUCH, NULL, A_TEXT(r->from), A_INT(now_s), A_INT(now_s));
-    if (err == PB_OK) err = peer_seqs(c, r->from, &next, &recv);
+    uint64_t recv = 0;
+    bool known = false;
+    pb_recv_result res = {0, 0, 0, 0};
+    pb_err err = EXEC(c, ST_PEER_TOUCH, NULL, A_TEXT(r->from), A_INT(now_s), A_INT(now_s),
+                      A_INT(r->new_epoch));
+    if (err == PB_OK && r->seqs) err = recv_epoch_get(c, r->from, r->epoch, &recv, &known);
     if (err != PB_OK) return err;
-    uint64_t recv0 = recv;
     for (size_t i = 0; i < r->n; i++) {
         if (r->seqs && r->seqs[i] <= recv) {
             res.duplicates++;
@@ -1683,22 +1831,61 @@ static pb_err receive_job(conn *c, void *ctx)
         res.applied++;
         if (r->seqs) recv = r->seqs[i];
     }
-    if (recv != recv0) err = EXEC(c, ST_PEER_RECV_SEQ_SET, NULL, A_TEXT(r->from), A_INT(recv));
+    if (r->seqs) {
+        err = EXEC(c, ST_RECV_EPOCH_SET, NULL, A_TEXT(r->from), A_INT(r->epoch), A_INT(recv),
+                   A_INT(r->now));
+        if (err == PB_OK && !known)
+            err = EXEC(c, ST_RECV_EPOCH_PRUNE, NULL, A_TEXT(r->from), A_INT(r->epoch),
+                       A_INT(PB_STORE_RECV_EPOCHS_MAX - 1));
+        res.ack = recv;
+        res.epoch = r->epoch;
+    }
     if (err == PB_OK) r->res = res;
     return err;
 }
 
-static pb_err sq_receive(void *impl, const char *from, const pb_event *evs, const uint64_t *seqs,
-                         size_t n, int64_t now, pb_recv_result *res)
+static pb_err sq_receive(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
+                         const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res)
 {
     encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
-        struct receive_ctx r = {from, evs, &enc, seqs, n, now, {0, 0}};
+        struct receive_ctx r = {.from = from,
+                                .epoch = epoch,
+                                .evs = evs,
+                                .enc = &enc,
+                                .seqs = seqs,
+                                .n = n,
+                                .now = now,
+                                .new_epoch = pb_store_epoch_random(0)};
         err = job_run(impl, receive_job, &r);
-        if (err == PB_OK && res) *res = r.res;
+        if (err == PB_OK) *res = r.res;
     }
     encoded_free(&enc);
+    return err;
+}
+
+static pb_err sq_recv_latest(void *impl, const char *from, uint64_t *epoch, uint64_t *recv_seq)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, ST_RECV_LATEST, (const arg[]){A_TEXT(from)}, 1, &st);
+    if (err != PB_OK) goto out;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *epoch = (uint64_t)sqlite3_column_int64(st, 0);
+        *recv_seq = (uint64_t)sqlite3_column_int64(st, 1);
+    } else if (rc == SQLITE_DONE) {
+        *epoch = *recv_seq = 0;
+    } else {
+        err = fail(c->db, rc, "recv latest");
+    }
+    stmt_done(st);
+out:
+    reader_put(b, c);
     return err;
 }
 
@@ -1863,6 +2050,9 @@ static pb_err peer_rename_job(conn *c, void *ctx)
         err = EXEC(c, ST_RENAME_RENAMES_OUT, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
     if (err == PB_OK) err = EXEC(c, ST_RENAME_LEASES, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
     if (err == PB_OK)
+        err = EXEC(c, ST_RENAME_RECV_EPOCHS, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id));
+    if (err == PB_OK) err = EXEC(c, ST_RENAME_IN_REMOVE, NULL, A_TEXT(r->old_id));
+    if (err == PB_OK)
         err = EXEC(c, ST_INBOX_INSERT, NULL, A_TEXT(r->new_id), A_TEXT(NULL), A_TEXT(r->old_id),
                    A_TEXT(r->new_id), A_INT(r->now));
     return err;
@@ -1956,6 +2146,108 @@ static pb_err sq_rename_out_failed(void *impl, const char *peer, uint32_t attemp
     struct rename_out_ctx r = {
         .peer = peer, .error = error, .attempts = attempts, .next_attempt_at = next_attempt_at};
     return job_run(impl, rename_out_failed_job, &r);
+}
+
+/* ---- pending incoming renames ----------------------------------------------------------- */
+
+struct rename_in_ctx {
+    const char *old_id, *new_id;
+    int64_t at;     /* created_at, or the expiry cutoff */
+    size_t removed; /* out (expire) */
+};
+
+static pb_err rename_in_add_job(conn *c, void *ctx)
+{
+    struct rename_in_ctx *r = ctx;
+    return EXEC(c, ST_RENAME_IN_ADD, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id), A_INT(r->at));
+}
+
+static pb_err sq_rename_in_add(void *impl, const char *old_id, const char *new_id, int64_t now)
+{
+    struct rename_in_ctx r = {old_id, new_id, now, 0};
+    return job_run(impl, rename_in_add_job, &r);
+}
+
+static pb_err sq_rename_in_find(void *impl, const char *new_id, char **old_id, int64_t *created_at)
+{
+    sq *b = impl;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    pb_err err = reader_get(b, &c);
+    if (err != PB_OK) return err;
+    err = stmt_bind(c, ST_RENAME_IN_FIND, (const arg[]){A_TEXT(new_id)}, 1, &st);
+    if (err != PB_OK) goto out;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        char *old = col_strdup(st, 0);
+        if (old) {
+            *old_id = old;
+            *created_at = sqlite3_column_int64(st, 1);
+        } else {
+            err = PB_ERR_CORRUPT;
+        }
+    } else {
+        err = rc == SQLITE_DONE ? PB_ERR_NOT_FOUND : fail(c->db, rc, "rename_in find");
+    }
+    stmt_done(st);
+out:
+    reader_put(b, c);
+    return err;
+}
+
+static pb_err rename_in_remove_job(conn *c, void *ctx)
+{
+    struct rename_in_ctx *r = ctx;
+    return EXEC(c, ST_RENAME_IN_REMOVE, NULL, A_TEXT(r->old_id));
+}
+
+static pb_err sq_rename_in_remove(void *impl, const char *old_id)
+{
+    struct rename_in_ctx r = {old_id, NULL, 0, 0};
+    return job_run(impl, rename_in_remove_job, &r);
+}
+
+static pb_err rename_in_row(sqlite3_stmt *st, void *elem, void *ctx)
+{
+    (void)ctx;
+    pb_rename_in *r = elem;
+    r->old_id = col_strdup(st, 0);
+    r->new_id = col_strdup(st, 1);
+    r->created_at = sqlite3_column_int64(st, 2);
+    return r->old_id && r->new_id ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void rename_ins_free(void *arr, size_t n)
+{
+    pb_rename_ins_free(arr, n);
+}
+
+static const rows_spec rename_in_rows = {ST_RENAME_IN_LIST, "rename_in list", sizeof(pb_rename_in),
+                                         rename_in_row, rename_ins_free};
+
+static pb_err sq_rename_in_list(void *impl, pb_rename_in **out, size_t *count)
+{
+    void *arr = NULL;
+    pb_err err = read_rows(impl, &rename_in_rows, NULL, 0, NULL, &arr, count);
+    if (err == PB_OK) *out = arr;
+    return err;
+}
+
+static pb_err rename_in_expire_job(conn *c, void *ctx)
+{
+    struct rename_in_ctx *r = ctx;
+    int changes = 0;
+    pb_err err = EXEC(c, ST_RENAME_IN_EXPIRE, &changes, A_INT(r->at));
+    if (err == PB_OK) r->removed = (size_t)changes;
+    return err;
+}
+
+static pb_err sq_rename_in_expire(void *impl, int64_t before, size_t *removed)
+{
+    struct rename_in_ctx r = {NULL, NULL, before, 0};
+    pb_err err = job_run(impl, rename_in_expire_job, &r);
+    if (err == PB_OK) *removed = r.removed;
+    return err;
 }
 
 /* ---- outbound ownership ----------------------------------------------------------------- */
@@ -2190,6 +2482,13 @@ const pb_store_ops pb_store_sqlite_ops = {
     .qshape = sq_qshape,
     .peer_mode_counts = sq_peer_mode_counts,
     .inbox_unread = sq_inbox_unread,
+    .peer_new_epoch = sq_peer_new_epoch,
+    .recv_latest = sq_recv_latest,
+    .rename_in_add = sq_rename_in_add,
+    .rename_in_find = sq_rename_in_find,
+    .rename_in_remove = sq_rename_in_remove,
+    .rename_in_list = sq_rename_in_list,
+    .rename_in_expire = sq_rename_in_expire,
 #ifdef PB_FAULTS
     .fault_set = sq_fault_set,
     .fault_hold = sq_fault_hold,

@@ -11,7 +11,15 @@
  * writer process SIGKILLed mid-stream loses no write it reported committed). Delivery
  * engine state: outbox append/read/ack/remove, per-peer state, receive with and without
  * sequence numbers (dedupe, apply rules, atomicity), inbox, guild lists and invites, peer
- * and self renames, migration from schema version 1. Submission IDs: first append,
+ * and self renames, migration from schema version 1. Sequence epochs: every call that
+ * creates a peer row gives it a random non-zero send_epoch of its own, other writes keep
+ * it, pb_store_peer_new_epoch changes only it; receive deduplicates per (sender, epoch)
+ * and reports the acknowledgement (duplicate-only, empty and foreign calls included), the
+ * latest epoch and its ties, at most 8 epochs per sender (least recently updated dropped,
+ * never the one just written, never another sender's), the peer rename re-labelling every
+ * epoch, and migration from schema version 4 (legacy epoch 0 on both sides). Pending
+ * incoming renames: add, replace, a new ID pending twice, find, remove, list order,
+ * expiry, completion by the peer rename. Submission IDs: first append,
  * duplicate, conflicting reuse (another peer or count), retention and bounded pruning
  * (with old times given as `now`), atomicity (an append failing inside its transaction or
  * refused by a fault records nothing), and one ID submitted at once through two handles
@@ -42,7 +50,9 @@
 #include "harness.h"
 #include "store/store.h"
 
-#define SCHEMA_CURRENT 4
+#define SCHEMA_CURRENT 5
+/* the sender epoch the cases that are not about epochs receive in */
+#define EP 0x1234567890abcdefULL
 
 static bool g_pg;       /* the backend under test: PostgreSQL, else SQLite */
 static char *tmp;       /* the temporary directory (SQLite files) */
@@ -877,11 +887,11 @@ static void test_receive(void)
     if (!s) return;
     const char *s1 = "s1.example:443", *s2 = "s2.example:443", *fo = "foreign.example:443";
     const char *uni = "inv-\xc3\xbc-\xe2\x82\xac-\xf0\x9f\x8e\x89"; /* ü € 🎉 */
-    pb_recv_result r = {99, 99};
+    pb_recv_result r = {99, 99, 99, 99};
 
     pb_event b1[2] = {ev_added(1, 10), ev_invited(1, UINT64_MAX, uni)};
     uint64_t q1[2] = {1, 2};
-    CHECK_OK(pb_store_receive(s, s1, b1, q1, 2, 5000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b1, q1, 2, 5000, &r));
     CHECK_INT(r.applied, 2);
     CHECK_INT(r.duplicates, 0);
     pb_peer_state st;
@@ -904,12 +914,12 @@ static void test_receive(void)
     pb_invite_entries_free(inv, n);
 
     /* the same batch again, then an older seq: duplicates, nothing applied */
-    CHECK_OK(pb_store_receive(s, s1, b1, q1, 2, 6000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b1, q1, 2, 6000, &r));
     CHECK_INT(r.applied, 0);
     CHECK_INT(r.duplicates, 2);
     pb_event old = ev_added(1, 11);
     uint64_t q_old = 1;
-    CHECK_OK(pb_store_receive(s, s1, &old, &q_old, 1, 6000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, &old, &q_old, 1, 6000, &r));
     CHECK(r.applied == 0 && r.duplicates == 1);
     CHECK_INT(inbox_last(s), 2);
     CHECK_GUILDS(s, 1, 1, ((uint64_t[]){10}), ((const char *[]){s1}));
@@ -921,11 +931,11 @@ static void test_receive(void)
     /* add twice -> one entry; uint64 ids; uint64 ordering; a second sender */
     pb_event b2[4] = {ev_added(1, 10), ev_added(1, 5), ev_added(1, 1ull << 63), ev_added(1, 20)};
     uint64_t q2[4] = {3, 4, 5, 6};
-    CHECK_OK(pb_store_receive(s, s1, b2, q2, 4, 7000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b2, q2, 4, 7000, &r));
     CHECK(r.applied == 4 && r.duplicates == 0);
     pb_event b3[2] = {ev_added(1, 1), ev_added(UINT64_MAX, UINT64_MAX)};
     uint64_t q3[2] = {1, 2};
-    CHECK_OK(pb_store_receive(s, s2, b3, q3, 2, 7000, &r));
+    CHECK_OK(pb_store_receive(s, s2, EP, b3, q3, 2, 7000, &r));
     CHECK_INT(r.applied, 2);
     CHECK_GUILDS(s, 1, 5, ((uint64_t[]){5, 10, 20, 1ull << 63, 1}),
                  ((const char *[]){s1, s1, s1, s1, s2}));
@@ -934,12 +944,12 @@ static void test_receive(void)
     /* remove; reject changes no state; gaps and an out-of-order seq within a batch */
     pb_event b4[3] = {ev_removed(1, 10), ev_rejected(1, 10, "nope"), ev_removed(1, 5)};
     uint64_t q4[3] = {10, 9, 11};
-    CHECK_OK(pb_store_receive(s, s1, b4, q4, 3, 8000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, b4, q4, 3, 8000, &r));
     CHECK(r.applied == 2 && r.duplicates == 1);
     CHECK_GUILDS(s, 1, 3, ((uint64_t[]){20, 1ull << 63, 1}), ((const char *[]){s1, s1, s2}));
     pb_event rej = ev_rejected(1, 20, "nope");
     uint64_t q5 = 12;
-    CHECK_OK(pb_store_receive(s, s1, &rej, &q5, 1, 8000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, &rej, &q5, 1, 8000, &r));
     CHECK(r.applied == 1 && r.duplicates == 0);
     CHECK_GUILDS(s, 1, 3, ((uint64_t[]){20, 1ull << 63, 1}), ((const char *[]){s1, s1, s2}));
     CHECK_OK(pb_store_invites(s, 1, &inv, &n));
@@ -951,7 +961,7 @@ static void test_receive(void)
 
     /* invites ordered by server_id then invite_id; a repeat keeps one entry */
     pb_event b6[3] = {ev_invited(1, 4, "b"), ev_invited(1, 4, "a"), ev_invited(1, 4, "a")};
-    CHECK_OK(pb_store_receive(s, s2, b6, NULL, 3, 9000, &r));
+    CHECK_OK(pb_store_receive(s, s2, EP, b6, NULL, 3, 9000, &r));
     CHECK(r.applied == 3 && r.duplicates == 0);
     CHECK_OK(pb_store_invites(s, 1, &inv, &n));
     CHECK_INT(n, 3);
@@ -966,22 +976,22 @@ static void test_receive(void)
     /* without seqs (a foreign peer): applied every time, state idempotent, inbox gets both */
     uint64_t before = inbox_last(s);
     pb_event f = ev_added(2, 30);
-    CHECK_OK(pb_store_receive(s, fo, &f, NULL, 1, 9500, &r));
+    CHECK_OK(pb_store_receive(s, fo, EP, &f, NULL, 1, 9500, &r));
     CHECK(r.applied == 1 && r.duplicates == 0);
-    CHECK_OK(pb_store_receive(s, fo, &f, NULL, 1, 9600, &r));
+    CHECK_OK(pb_store_receive(s, fo, EP, &f, NULL, 1, 9600, &r));
     CHECK(r.applied == 1 && r.duplicates == 0);
     CHECK_INT(inbox_last(s), before + 2);
     CHECK_GUILDS(s, 2, 1, ((uint64_t[]){30}), ((const char *[]){fo}));
     CHECK_OK(pb_store_peer_state_get(s, fo, &st));
     CHECK_INT(st.recv_seq, 0);
     pb_peer_state_clear(&st);
-    CHECK_OK(pb_store_receive(s, fo, NULL, NULL, 0, 9700, &r)); /* nothing: contact only */
+    CHECK_OK(pb_store_receive(s, fo, EP, NULL, NULL, 0, 9700, &r)); /* nothing: contact only */
     CHECK(r.applied == 0 && r.duplicates == 0);
 
     /* an event the wire refuses fails the whole batch */
     before = inbox_last(s);
     pb_event badb[2] = {ev_added(3, 3), ev_invited(3, 3, NULL)};
-    CHECK_ERR(pb_store_receive(s, s2, badb, NULL, 2, 9800, &r), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_receive(s, s2, EP, badb, NULL, 2, 9800, &r), PB_ERR_INVAL);
     CHECK_INT(inbox_last(s), before);
     CHECK_GUILDS(s, 3, 0, NULL, NULL);
 
@@ -990,10 +1000,10 @@ static void test_receive(void)
     pb_event fb[3] = {ev_added(4, 40), ev_invited(4, 1, "x"), ev_removed(1, 20)};
     uint64_t fq[3] = {13, 14, 15};
     pb_store_fault_set(s, PB_ERR_STORE);
-    r = (pb_recv_result){99, 99};
-    CHECK_ERR(pb_store_receive(s, s1, fb, fq, 3, 99000, &r), PB_ERR_STORE);
+    r = (pb_recv_result){99, 99, 99, 99};
+    CHECK_ERR(pb_store_receive(s, s1, EP, fb, fq, 3, 99000, &r), PB_ERR_STORE);
     CHECK(r.applied == 99 && r.duplicates == 99);
-    CHECK_ERR(pb_store_receive(s, "new.example:443", fb, NULL, 1, 99000, &r), PB_ERR_STORE);
+    CHECK_ERR(pb_store_receive(s, "new.example:443", EP, fb, NULL, 1, 99000, &r), PB_ERR_STORE);
     pb_store_fault_set(s, PB_OK);
     CHECK_INT(inbox_last(s), before);
     CHECK_GUILDS(s, 4, 0, NULL, NULL);
@@ -1007,7 +1017,7 @@ static void test_receive(void)
     pb_peer_state_clear(&st);
     CHECK_ERR(pb_store_peer_state_get(s, "new.example:443", &st), PB_ERR_NOT_FOUND);
     /* and the same batch succeeds afterwards */
-    CHECK_OK(pb_store_receive(s, s1, fb, fq, 3, 99000, &r));
+    CHECK_OK(pb_store_receive(s, s1, EP, fb, fq, 3, 99000, &r));
     CHECK(r.applied == 3 && r.duplicates == 0);
     CHECK_GUILDS(s, 4, 1, ((uint64_t[]){40}), ((const char *[]){s1}));
 #endif
@@ -1074,8 +1084,8 @@ static void test_receive_failure(void)
     const char *from = "f.example:443";
     pb_event b[4] = {ev_added(1, 1), ev_invited(1, 2, "i"), ev_added(1, 666), ev_added(1, 3)};
     uint64_t q[4] = {1, 2, 3, 4};
-    pb_recv_result r = {99, 99};
-    CHECK_ERR(pb_store_receive(s, from, b, q, 4, 1000, &r), PB_ERR_INVAL);
+    pb_recv_result r = {99, 99, 99, 99};
+    CHECK_ERR(pb_store_receive(s, from, EP, b, q, 4, 1000, &r), PB_ERR_INVAL);
     CHECK(r.applied == 99 && r.duplicates == 99);
     CHECK_INT(inbox_last(s), 0);
     CHECK_GUILDS(s, 1, 0, NULL, NULL);
@@ -1088,7 +1098,7 @@ static void test_receive_failure(void)
 
     pb_event ok[3] = {b[0], b[1], b[3]};
     uint64_t okq[3] = {1, 2, 4};
-    CHECK_OK(pb_store_receive(s, from, ok, okq, 3, 1000, &r));
+    CHECK_OK(pb_store_receive(s, from, EP, ok, okq, 3, 1000, &r));
     CHECK(r.applied == 3 && r.duplicates == 0);
     CHECK_GUILDS(s, 1, 2, ((uint64_t[]){1, 3}), ((const char *[]){from, from}));
 
@@ -1101,11 +1111,11 @@ static void test_receive_failure(void)
         big[i] = ev_added(2, (uint64_t)(i == 399 ? 666 : 1000 + i));
         bq[i] = (uint64_t)(5 + i);
     }
-    CHECK_ERR(pb_store_receive(s, from, big, bq, BIG, 2000, &r), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_receive(s, from, EP, big, bq, BIG, 2000, &r), PB_ERR_INVAL);
     CHECK_INT(inbox_last(s), 3);
     CHECK_GUILDS(s, 2, 0, NULL, NULL);
     big[399] = ev_added(2, 1399);
-    CHECK_OK(pb_store_receive(s, from, big, bq, BIG, 2000, &r));
+    CHECK_OK(pb_store_receive(s, from, EP, big, bq, BIG, 2000, &r));
     CHECK(r.applied == BIG && r.duplicates == 0);
     pb_guild_entry *g = NULL;
     CHECK_OK(pb_store_guilds(s, 2, &g, &n));
@@ -1121,6 +1131,705 @@ static void test_receive_failure(void)
     free(spec);
 }
 
+/* ---- sequence epochs -------------------------------------------------------------------- */
+
+static uint64_t send_epoch_of(pb_store *s, const char *peer)
+{
+    pb_peer_state st;
+    if (pb_store_peer_state_get(s, peer, &st) != PB_OK) return 0;
+    uint64_t v = st.send_epoch;
+    pb_peer_state_clear(&st);
+    return v;
+}
+
+/* Checks pb_store_recv_latest and the peer state's recv_epoch/recv_seq agree with want. */
+static void check_latest(pb_store *s, const char *from, uint64_t epoch, uint64_t seq, int line)
+{
+    uint64_t e = 99, q = 99;
+    pb_err err = pb_store_recv_latest(s, from, &e, &q);
+    CHECKF(err == PB_OK && e == epoch && q == seq,
+           "recv_latest of %s (line %d): %s, epoch %#llx seq %llu, want %#llx %llu", from, line,
+           pb_strerror(err), (unsigned long long)e, (unsigned long long)q,
+           (unsigned long long)epoch, (unsigned long long)seq);
+    pb_peer_state st;
+    if (pb_store_peer_state_get(s, from, &st) == PB_OK) {
+        CHECKF(st.recv_epoch == epoch && st.recv_seq == seq,
+               "peer state of %s (line %d): recv_epoch %#llx recv_seq %llu", from, line,
+               (unsigned long long)st.recv_epoch, (unsigned long long)st.recv_seq);
+        pb_peer_state_clear(&st);
+    }
+}
+#define CHECK_LATEST(s, from, epoch, seq) check_latest(s, from, epoch, seq, __LINE__)
+
+/* Receives one event (guild_id = seq) with seq in epoch at now; returns the result (applied
+ * 99 when the call failed). */
+static pb_recv_result recv1(pb_store *s, const char *from, uint64_t epoch, uint64_t seq,
+                            int64_t now)
+{
+    pb_event e = ev_added(9, seq);
+    pb_recv_result r = {99, 99, 99, 99};
+    pb_err err = pb_store_receive(s, from, epoch, &e, &seq, 1, now, &r);
+    CHECKF(err == PB_OK, "receive from %s: %s", from, pb_strerror(err));
+    return r;
+}
+
+/* The number of epoch rows the store keeps for a sender, behind its back. */
+static long long epoch_rows(const char *spec, const char *from)
+{
+    char sql[256];
+    long long n = -1;
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM recv_epochs WHERE peer = '%s'", from);
+    if (!raw_int(spec, sql, &n)) return -1;
+    return n;
+}
+
+/* Sender side: every way a peer row comes to be gives it a random non-zero send_epoch of
+ * its own; other writes keep it; pb_store_peer_new_epoch changes it and nothing else. */
+static void test_send_epochs(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("sepoch", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
+    enum { NP = 8 };
+    const char *peers[NP] = {"touch.example:443",   "key.example:443",    "state.example:443",
+                             "append.example:443",  "submit.example:443", "recv.example:443",
+                             "foreign.example:443", "new.example:443"};
+    uint8_t k[PB_PUBKEY_LEN];
+    fill_key(k, 7);
+    pb_event e[3] = {ev_added(1, 1), ev_added(1, 2), ev_added(1, 3)};
+    uint64_t q = 1, ep = 0;
+    CHECK_OK(pb_store_peer_touch(s, peers[0], 0));
+    CHECK_OK(pb_store_peer_key_set(s, peers[1], k, 100));
+    CHECK_OK(pb_store_peer_state_set(s, peers[2], PB_MODE_QUEUED, 1, 2, "x", 0));
+    CHECK_OK(pb_store_outbox_append(s, peers[3], e, 3, 1000, NULL));
+    CHECK_OK(pb_store_outbox_submit(s, peers[4], e, 1, 1000, "sub-1", NULL, NULL));
+    CHECK_OK(pb_store_receive(s, peers[5], EP, e, &q, 1, 1000, NULL));
+    CHECK_OK(pb_store_receive(s, peers[6], EP, e, NULL, 1, 1000, NULL));
+    CHECK_OK(pb_store_peer_new_epoch(s, peers[7], &ep));
+    uint64_t got[NP];
+    for (int i = 0; i < NP; i++) {
+        got[i] = send_epoch_of(s, peers[i]);
+        CHECKF(got[i] != 0, "%s has send_epoch 0", peers[i]);
+        for (int j = 0; j < i; j++)
+            CHECKF(got[i] != got[j], "%s and %s share send_epoch %#llx", peers[i], peers[j],
+                   (unsigned long long)got[i]);
+    }
+    CHECK(ep == got[7]);
+    /* the list says the same */
+    pb_peer_state *ps = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_peer_state_list(s, &ps, &n));
+    CHECK_INT(n, NP);
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < NP; j++)
+            if (strcmp(ps[i].server_id, peers[j]) == 0) CHECK(ps[i].send_epoch == got[j]);
+    pb_peer_state_free_array(ps, n);
+
+    /* writes to existing rows keep it */
+    for (int round = 0; round < 2; round++) {
+        CHECK_OK(pb_store_peer_touch(s, peers[3], 5));
+        CHECK_OK(pb_store_peer_key_set(s, peers[3], k, 200));
+        CHECK_OK(pb_store_peer_state_set(s, peers[3], PB_MODE_PUSH, 0, 0, NULL, 0));
+        CHECK_OK(pb_store_outbox_append(s, peers[3], e, 1, 2000, NULL));
+        CHECK_OK(
+            pb_store_outbox_submit(s, peers[3], e, 1, 2000, round ? "sub-3" : "sub-2", NULL, NULL));
+        q = 10 + (uint64_t)round;
+        CHECK_OK(pb_store_receive(s, peers[3], EP, e, &q, 1, 2000, NULL));
+        CHECK(send_epoch_of(s, peers[3]) == got[3]);
+    }
+    CHECK_INT(next_seq_of(s, peers[3]), 8);
+
+    /* a new epoch: fresh, non-zero, different each time; seqs and queue untouched */
+    pb_outbox_item *before = NULL, *after = NULL;
+    size_t nb = 0, na = 0;
+    CHECK_OK(pb_store_outbox_read(s, peers[3], 1, 100, SIZE_MAX, &before, &nb));
+    uint64_t prev = got[3];
+    for (int i = 0; i < 20; i++) {
+        uint64_t fresh = 0;
+        CHECK_OK(pb_store_peer_new_epoch(s, peers[3], &fresh));
+        CHECK(fresh != 0 && fresh != prev);
+        CHECK(send_epoch_of(s, peers[3]) == fresh);
+        prev = fresh;
+    }
+    CHECK_INT(next_seq_of(s, peers[3]), 8);
+    CHECK_OK(pb_store_outbox_read(s, peers[3], 1, 100, SIZE_MAX, &after, &na));
+    CHECK_INT(na, nb);
+    for (size_t i = 0; i < na && i < nb; i++)
+        CHECK(after[i].seq == before[i].seq && pb_event_equal(&after[i].ev, &before[i].ev));
+    pb_outbox_items_free(before, nb);
+    pb_outbox_items_free(after, na);
+    uint64_t last = 0;
+    CHECK_OK(pb_store_outbox_append(s, peers[3], e, 1, 3000, &last));
+    CHECK_INT(last, 8);
+    for (int i = 0; i < NP; i++)
+        if (i != 3) CHECK(send_epoch_of(s, peers[i]) == got[i]); /* only that peer */
+
+    /* stored bit for bit: a legacy row (0) and one with the top bit set */
+    CHECK(raw_exec(spec, "UPDATE peers SET send_epoch = 0 WHERE server_id = 'touch.example:443'"));
+    CHECK(raw_exec(spec, "UPDATE peers SET send_epoch = -1 WHERE server_id = 'key.example:443'"));
+    CHECK(send_epoch_of(s, peers[0]) == 0);
+    CHECK(send_epoch_of(s, peers[1]) == UINT64_MAX);
+    uint64_t fresh = 0;
+    CHECK_OK(pb_store_peer_new_epoch(s, peers[0], &fresh)); /* leaving the legacy epoch */
+    CHECK(fresh != 0 && send_epoch_of(s, peers[0]) == fresh);
+    CHECK_OK(pb_store_peer_new_epoch(s, peers[1], &fresh));
+    CHECK(fresh != 0 && fresh != UINT64_MAX && send_epoch_of(s, peers[1]) == fresh);
+
+    CHECK_ERR(pb_store_peer_new_epoch(s, "", &fresh), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_peer_new_epoch(s, peers[0], NULL), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_peer_new_epoch(NULL, peers[0], &fresh), PB_ERR_INVAL);
+#ifdef PB_FAULTS
+    uint64_t cur = send_epoch_of(s, peers[0]);
+    pb_store_fault_set(s, PB_ERR_STORE);
+    fresh = 42;
+    CHECK_ERR(pb_store_peer_new_epoch(s, peers[0], &fresh), PB_ERR_STORE);
+    CHECK_ERR(pb_store_peer_new_epoch(s, "never.example:443", &fresh), PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    CHECK_INT(fresh, 42);
+    CHECK(send_epoch_of(s, peers[0]) == cur);
+    pb_peer_state st;
+    CHECK_ERR(pb_store_peer_state_get(s, "never.example:443", &st), PB_ERR_NOT_FOUND);
+#endif
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+    free(spec);
+}
+
+/* Receiver side: dedupe per (sender, epoch), the acknowledgement, the latest epoch, at
+ * most PB_STORE_RECV_EPOCHS_MAX epochs per sender. */
+static void test_recv_epochs(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("repoch", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
+    const char *s1 = "s1.example:443", *s2 = "s2.example:443", *fo = "foreign.example:443";
+    const uint64_t A = 0xaaaa, B = 1ull << 63, C = UINT64_MAX;
+    pb_recv_result r;
+
+    /* nothing yet */
+    CHECK_LATEST(s, s1, 0, 0);
+    uint64_t e = 1, q = 1;
+    CHECK_ERR(pb_store_recv_latest(s, s1, NULL, &q), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_recv_latest(s, s1, &e, NULL), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_recv_latest(s, "", &e, &q), PB_ERR_INVAL);
+
+    /* two epochs of one sender are deduplicated independently */
+    pb_event ea[2] = {ev_added(1, 101), ev_added(1, 102)};
+    uint64_t qa[2] = {1, 2};
+    CHECK_OK(pb_store_receive(s, s1, A, ea, qa, 2, 1000, &r));
+    CHECK(r.applied == 2 && r.duplicates == 0 && r.ack == 2 && r.epoch == A);
+    CHECK_LATEST(s, s1, A, 2);
+    pb_event eb[2] = {ev_added(1, 201), ev_added(1, 202)};
+    CHECK_OK(pb_store_receive(s, s1, B, eb, qa, 2, 2000, &r)); /* the same seqs, epoch B */
+    CHECK(r.applied == 2 && r.duplicates == 0 && r.ack == 2 && r.epoch == B);
+    CHECK_LATEST(s, s1, B, 2);
+    CHECK_GUILDS(s, 1, 4, ((uint64_t[]){101, 102, 201, 202}), ((const char *[]){s1, s1, s1, s1}));
+    r = recv1(s, s1, A, 3, 3000);
+    CHECK(r.applied == 1 && r.ack == 3 && r.epoch == A);
+    CHECK_LATEST(s, s1, A, 3);
+    /* a duplicate-only call acknowledges what that epoch holds, and makes it the latest */
+    r = recv1(s, s1, B, 1, 4000);
+    CHECK(r.applied == 0 && r.duplicates == 1 && r.ack == 2 && r.epoch == B);
+    CHECK_LATEST(s, s1, B, 2);
+    CHECK_OK(pb_store_receive(s, s1, A, ea, qa, 2, 5000, &r));
+    CHECK(r.applied == 0 && r.duplicates == 2 && r.ack == 3 && r.epoch == A);
+    CHECK_LATEST(s, s1, A, 3);
+    /* n = 0 with seqs: the ack alone; in a new epoch that is 0, and it becomes the latest */
+    CHECK_OK(pb_store_receive(s, s1, B, NULL, qa, 0, 6000, &r));
+    CHECK(r.applied == 0 && r.duplicates == 0 && r.ack == 2 && r.epoch == B);
+    CHECK_OK(pb_store_receive(s, s1, C, NULL, qa, 0, 7000, &r));
+    CHECK(r.applied == 0 && r.ack == 0 && r.epoch == C);
+    CHECK_LATEST(s, s1, C, 0);
+    r = recv1(s, s1, C, 5, 8000); /* the first seq seen in an epoch need not be 1 */
+    CHECK(r.applied == 1 && r.ack == 5 && r.epoch == C);
+    r = recv1(s, s1, C, 5, 8100);
+    CHECK(r.applied == 0 && r.duplicates == 1 && r.ack == 5);
+    /* the legacy epoch 0 is an epoch like the others */
+    r = recv1(s, s1, 0, 1, 8200);
+    CHECK(r.applied == 1 && r.ack == 1 && r.epoch == 0);
+    CHECK_LATEST(s, s1, 0, 1);
+    CHECK_INT(epoch_rows(spec, s1), 4);
+
+    /* without seqs (a foreign peer): everything applied, ack 0, no epoch row touched */
+    pb_event f = ev_added(2, 1);
+    r = (pb_recv_result){99, 99, 99, 99};
+    CHECK_OK(pb_store_receive(s, fo, A, &f, NULL, 1, 9000, &r));
+    CHECK(r.applied == 1 && r.duplicates == 0 && r.ack == 0 && r.epoch == 0);
+    CHECK_OK(pb_store_receive(s, fo, A, &f, NULL, 1, 9000, &r));
+    CHECK(r.applied == 1 && r.ack == 0 && r.epoch == 0);
+    CHECK_OK(pb_store_receive(s, fo, A, NULL, NULL, 0, 9000, &r));
+    CHECK(r.applied == 0 && r.ack == 0 && r.epoch == 0);
+    CHECK_LATEST(s, fo, 0, 0);
+    CHECK_INT(epoch_rows(spec, fo), 0);
+    CHECK_OK(pb_store_receive(s, s1, A, &f, NULL, 1, 9100, &r)); /* s1 unseq'd: s1's epochs */
+    CHECK(r.applied == 1 && r.ack == 0);                         /* are left alone */
+    CHECK_LATEST(s, s1, 0, 1);
+
+    /* ties in updated_at: the highest recv_seq is the latest */
+    recv1(s, s2, A, 5, 10000);
+    recv1(s, s2, B, 9, 10000);
+    CHECK_LATEST(s, s2, B, 9);
+    recv1(s, s2, A, 6, 10000);
+    CHECK_LATEST(s, s2, B, 9);
+    recv1(s, s2, A, 6, 10001); /* a duplicate, later */
+    CHECK_LATEST(s, s2, A, 6);
+
+    /* a failed receive changes no epoch row */
+    pb_event fe = ev_added(1, 999);
+    uint64_t fq = 100;
+#ifdef PB_FAULTS
+    pb_store_fault_set(s, PB_ERR_STORE);
+    CHECK_ERR(pb_store_receive(s, s2, B, &fe, &fq, 1, 20000, &r), PB_ERR_STORE);
+    CHECK_ERR(pb_store_receive(s, s2, 77, &fe, &fq, 1, 20000, &r), PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    CHECK_LATEST(s, s2, A, 6);
+    CHECK_INT(epoch_rows(spec, s2), 2);
+#endif
+    pb_event bad = ev_invited(3, 3, NULL); /* refused by the wire encoder */
+    fq = 1;
+    CHECK_ERR(pb_store_receive(s, s2, 77, &bad, &fq, 1, 20000, &r), PB_ERR_INVAL);
+    CHECK_INT(epoch_rows(spec, s2), 2);
+    CHECK_LATEST(s, s2, A, 6);
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+    free(spec);
+}
+
+/* At most PB_STORE_RECV_EPOCHS_MAX epochs per sender: a new one makes the least recently
+ * updated (ties: the lowest recv_seq) forgotten, never the one just written, never
+ * another sender's. */
+static void test_recv_epochs_bounded(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("repochmax", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
+    const char *a = "a.example:443", *b = "b.example:443", *c = "c.example:443";
+    const char *d = "d.example:443";
+    CHECK_INT(PB_STORE_RECV_EPOCHS_MAX, 8);
+    recv1(s, b, 1, 1, 500); /* another sender's state */
+
+    /* epochs 1..8 fit; 1 is refreshed, so 9 makes 2 the one forgotten */
+    for (uint64_t ep = 1; ep <= 8; ep++) {
+        pb_recv_result r = recv1(s, a, ep, 10 * ep, 1000 + (int64_t)ep);
+        CHECK(r.applied == 1 && r.ack == 10 * ep);
+    }
+    CHECK_INT(epoch_rows(spec, a), 8);
+    for (uint64_t ep = 1; ep <= 8; ep++)
+        CHECK_INT(recv1(s, a, ep, 10 * ep, 1100 + (int64_t)(ep == 1 ? 100 : 0)).duplicates, 1);
+    /* now: epoch 1 at 1200, 2..8 at 1100 with recv_seqs 20..80: 2 is the oldest */
+    pb_recv_result r = recv1(s, a, 9, 90, 1300);
+    CHECK(r.applied == 1 && r.ack == 90);
+    CHECK_INT(epoch_rows(spec, a), 8);
+    CHECK_INT(recv1(s, a, 1, 10, 1400).duplicates, 1); /* kept */
+    CHECK_INT(recv1(s, a, 9, 90, 1400).duplicates, 1);
+    r = recv1(s, a, 2, 20, 1500); /* forgotten: applied again, and 3 goes */
+    CHECK(r.applied == 1 && r.ack == 20);
+    CHECK_INT(epoch_rows(spec, a), 8);
+    r = recv1(s, a, 3, 30, 1600);
+    CHECK(r.applied == 1 && r.ack == 30);
+    CHECK_INT(epoch_rows(spec, b), 1); /* other senders untouched */
+    CHECK_INT(recv1(s, b, 1, 1, 1700).duplicates, 1);
+
+    /* a sender cycling through many epochs stays bounded */
+    for (uint64_t ep = 100; ep < 150; ep++)
+        recv1(s, a, ep, 1, 2000 + (int64_t)ep);
+    CHECK_INT(epoch_rows(spec, a), 8);
+    CHECK_LATEST(s, a, 149, 1);
+
+    /* ties in updated_at: the lowest recv_seq goes first */
+    for (uint64_t ep = 1; ep <= 8; ep++)
+        recv1(s, c, ep, ep, 5000);
+    recv1(s, c, 9, 1, 5000);
+    CHECK_INT(epoch_rows(spec, c), 8);
+    CHECK_INT(recv1(s, c, 2, 2, 5000).duplicates, 1);
+    CHECK_INT(recv1(s, c, 1, 1, 5000).applied, 1); /* epoch 1 (recv_seq 1) was dropped */
+
+    /* the epoch just written stays even when the clock went back */
+    for (uint64_t ep = 1; ep <= 8; ep++)
+        recv1(s, d, ep, 5, 9000);
+    recv1(s, d, 9, 5, 100);
+    CHECK_INT(epoch_rows(spec, d), 8);
+    CHECK_INT(recv1(s, d, 9, 5, 100).duplicates, 1);
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+    free(spec);
+}
+
+/* ---- pending incoming renames ----------------------------------------------------------- */
+
+/* Checks the pending renames are exactly want (n triples old, new, created_at). */
+static void check_renames_in(pb_store *s, size_t n, const char *const *olds,
+                             const char *const *news, const int64_t *ats, int line)
+{
+    pb_rename_in *r = NULL;
+    size_t got = 99;
+    pb_err err = pb_store_rename_in_list(s, &r, &got);
+    bool ok = err == PB_OK && got == n && (n > 0 || r == NULL);
+    for (size_t i = 0; ok && i < n; i++)
+        ok = strcmp(r[i].old_id, olds[i]) == 0 && strcmp(r[i].new_id, news[i]) == 0 &&
+             r[i].created_at == ats[i];
+    CHECKF(ok, "pending renames (line %d): err %s, %zu rows", line, pb_strerror(err), got);
+    pb_rename_ins_free(r, got);
+}
+#define CHECK_RENAMES_IN(s, n, olds, news, ats) check_renames_in(s, n, olds, news, ats, __LINE__)
+
+static void test_renames_in(void)
+{
+    pb_store *s = open_fresh("renin", NULL);
+    if (!s) return;
+    const char *a = "a.example:443", *b = "b.example:443", *cz = "Z.example:443";
+    const char *x = "x.example:443", *y = "y.example:443", *z = "z.example:443";
+    CHECK_RENAMES_IN(s, 0, NULL, NULL, NULL);
+    char *old = (char *)"untouched";
+    int64_t at = 7;
+    CHECK_ERR(pb_store_rename_in_find(s, x, &old, &at), PB_ERR_NOT_FOUND);
+    CHECK_STR(old, "untouched");
+    CHECK_INT(at, 7);
+
+    CHECK_OK(pb_store_rename_in_add(s, b, y, 2000));
+    CHECK_OK(pb_store_rename_in_add(s, a, x, 1000));
+    CHECK_OK(pb_store_rename_in_find(s, x, &old, &at));
+    CHECK_STR(old, a);
+    CHECK_INT(at, 1000);
+    free(old);
+    CHECK_OK(pb_store_rename_in_find(s, y, &old, NULL));
+    CHECK_STR(old, b);
+    free(old);
+    CHECK_RENAMES_IN(s, 2, ((const char *[]){a, b}), ((const char *[]){x, y}),
+                     ((int64_t[]){1000, 2000}));
+
+    /* one per old ID: a second notice replaces the first (and its time) */
+    CHECK_OK(pb_store_rename_in_add(s, a, z, 3000));
+    CHECK_ERR(pb_store_rename_in_find(s, x, &old, &at), PB_ERR_NOT_FOUND);
+    CHECK_OK(pb_store_rename_in_find(s, z, &old, &at));
+    CHECK_STR(old, a);
+    CHECK_INT(at, 3000);
+    free(old);
+    CHECK_OK(pb_store_rename_in_add(s, a, z, 3500)); /* the same again */
+    CHECK_RENAMES_IN(s, 2, ((const char *[]){a, b}), ((const char *[]){z, y}),
+                     ((int64_t[]){3500, 2000}));
+
+    /* a new ID pending for another old ID: refused, nothing changes */
+    CHECK_ERR(pb_store_rename_in_add(s, cz, y, 4000), PB_ERR_EXISTS);
+    CHECK_ERR(pb_store_rename_in_add(s, a, y, 4000), PB_ERR_EXISTS);
+    CHECK_ERR(pb_store_rename_in_add(s, a, a, 4000), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_rename_in_add(s, "", x, 4000), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_rename_in_add(s, a, NULL, 4000), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_rename_in_find(s, x, NULL, &at), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_rename_in_find(s, "", &old, &at), PB_ERR_INVAL);
+    CHECK_ERR(pb_store_rename_in_remove(s, ""), PB_ERR_INVAL);
+    size_t nn = 0;
+    CHECK_ERR(pb_store_rename_in_list(s, NULL, &nn), PB_ERR_INVAL);
+#ifdef PB_FAULTS
+    pb_store_fault_set(s, PB_ERR_STORE);
+    CHECK_ERR(pb_store_rename_in_add(s, cz, x, 4000), PB_ERR_STORE);
+    CHECK_ERR(pb_store_rename_in_remove(s, a), PB_ERR_STORE);
+    size_t gone = 99;
+    CHECK_ERR(pb_store_rename_in_expire(s, INT64_MAX, &gone), PB_ERR_STORE);
+    CHECK_INT(gone, 99);
+    pb_store_fault_set(s, PB_OK);
+#endif
+    CHECK_RENAMES_IN(s, 2, ((const char *[]){a, b}), ((const char *[]){z, y}),
+                     ((int64_t[]){3500, 2000}));
+
+    /* ordered by old ID, bytewise ('Z' < 'a') */
+    CHECK_OK(pb_store_rename_in_add(s, cz, x, 5000));
+    CHECK_RENAMES_IN(s, 3, ((const char *[]){cz, a, b}), ((const char *[]){x, z, y}),
+                     ((int64_t[]){5000, 3500, 2000}));
+
+    /* remove: also when absent */
+    CHECK_OK(pb_store_rename_in_remove(s, b));
+    CHECK_OK(pb_store_rename_in_remove(s, b));
+    CHECK_OK(pb_store_rename_in_remove(s, "nobody.example:443"));
+    CHECK_ERR(pb_store_rename_in_find(s, y, &old, &at), PB_ERR_NOT_FOUND);
+    CHECK_OK(pb_store_rename_in_add(s, b, y, 2000)); /* y is free again */
+
+    /* expire: strictly before */
+    size_t removed = 99;
+    CHECK_OK(pb_store_rename_in_expire(s, 2000, &removed));
+    CHECK_INT(removed, 0);
+    CHECK_OK(pb_store_rename_in_expire(s, 3500, &removed));
+    CHECK_INT(removed, 1); /* b (2000) */
+    CHECK_RENAMES_IN(s, 2, ((const char *[]){cz, a}), ((const char *[]){x, z}),
+                     ((int64_t[]){5000, 3500}));
+    CHECK_OK(pb_store_rename_in_expire(s, 5001, NULL));
+    CHECK_RENAMES_IN(s, 0, NULL, NULL, NULL);
+    CHECK_OK(pb_store_rename_in_expire(s, INT64_MAX, &removed));
+    CHECK_INT(removed, 0);
+    pb_rename_ins_free(NULL, 0);
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+}
+
+/* A database of schema version 4 (the last one before sequence epochs) migrates to 5:
+ * its peers keep the legacy send_epoch 0, and what they had received moves into epoch 0
+ * (a recv_seq of 0 leaves no row), so that nothing is applied twice after the upgrade. */
+static void test_migrate_from_v4(void)
+{
+    char *p = spec_for("v4");
+    if (!p) return;
+    /* schema version 4 as released: the steps 1 to 4 of each backend */
+    static const char v4_sqlite[] =
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE schema_version (id INTEGER PRIMARY KEY"
+        " CHECK (id = 1), version INTEGER NOT NULL);"
+        "INSERT INTO schema_version VALUES (1, 4);"
+        "CREATE TABLE meta ("
+        "  key TEXT PRIMARY KEY,"
+        "  value TEXT NOT NULL"
+        ");"
+        "CREATE TABLE peers ("
+        "  server_id TEXT PRIMARY KEY,"
+        "  first_seen INTEGER NOT NULL,"
+        "  last_contact INTEGER NOT NULL DEFAULT 0,"
+        "  pubkey BLOB NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
+        "  key_fetched_at INTEGER NOT NULL DEFAULT 0"
+        ");"
+        "ALTER TABLE peers ADD COLUMN mode INTEGER NOT NULL DEFAULT 0 CHECK (mode BETWEEN 0 AND 2);"
+        "ALTER TABLE peers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE peers ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE peers ADD COLUMN last_error TEXT NULL;"
+        "ALTER TABLE peers ADD COLUMN parked_seq INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE peers ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 1 CHECK (next_seq >= 1);"
+        "ALTER TABLE peers ADD COLUMN recv_seq INTEGER NOT NULL DEFAULT 0;"
+        "CREATE TABLE outbox ("
+        "  peer TEXT NOT NULL,"
+        "  seq INTEGER NOT NULL CHECK (seq >= 1),"
+        "  event BLOB NOT NULL,"
+        "  created_at INTEGER NOT NULL,"
+        "  PRIMARY KEY (peer, seq)"
+        ") WITHOUT ROWID;"
+        "CREATE TABLE inbox ("
+        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  from_id TEXT NOT NULL,"
+        "  event BLOB NULL,"
+        "  old_id TEXT NULL,"
+        "  new_id TEXT NULL,"
+        "  received_at INTEGER NOT NULL,"
+        "  CHECK ((event IS NOT NULL AND old_id IS NULL AND new_id IS NULL) OR"
+        "         (event IS NULL AND old_id IS NOT NULL AND new_id IS NOT NULL))"
+        ");"
+        "CREATE TABLE guilds ("
+        "  user_id INTEGER NOT NULL,"
+        "  server_id TEXT NOT NULL,"
+        "  guild_id INTEGER NOT NULL,"
+        "  PRIMARY KEY (user_id, server_id, guild_id)"
+        ") WITHOUT ROWID;"
+        "CREATE INDEX guilds_by_server ON guilds(server_id);"
+        "CREATE TABLE invites ("
+        "  user_id INTEGER NOT NULL,"
+        "  server_id TEXT NOT NULL,"
+        "  invite_id TEXT NOT NULL,"
+        "  inviter_id INTEGER NOT NULL,"
+        "  PRIMARY KEY (user_id, server_id, invite_id)"
+        ") WITHOUT ROWID;"
+        "CREATE INDEX invites_by_server ON invites(server_id);"
+        "CREATE TABLE renames_out ("
+        "  peer TEXT PRIMARY KEY,"
+        "  old_id TEXT NOT NULL,"
+        "  new_id TEXT NOT NULL,"
+        "  attempts INTEGER NOT NULL DEFAULT 0,"
+        "  next_attempt_at INTEGER NOT NULL DEFAULT 0,"
+        "  last_error TEXT NULL"
+        ");"
+        "CREATE TABLE leases ("
+        "  peer TEXT PRIMARY KEY,"
+        "  holder TEXT NOT NULL,"
+        "  expires_at INTEGER NOT NULL"
+        ") WITHOUT ROWID;"
+        "CREATE TABLE submissions ("
+        "  id TEXT PRIMARY KEY,"
+        "  peer TEXT NOT NULL,"
+        "  first_seq INTEGER NOT NULL CHECK (first_seq >= 1),"
+        "  count INTEGER NOT NULL CHECK (count >= 1),"
+        "  created_at INTEGER NOT NULL"
+        ") WITHOUT ROWID;"
+        "CREATE INDEX submissions_by_age ON submissions(created_at);";
+    static const char v4_pg[] =
+        "CREATE TABLE schema_version (id integer PRIMARY KEY"
+        " CHECK (id = 1), version integer NOT NULL);"
+        "INSERT INTO schema_version VALUES (1, 4);"
+        "CREATE TABLE meta ("
+        "  key text COLLATE \"C\" PRIMARY KEY,"
+        "  value text NOT NULL"
+        ");"
+        "CREATE TABLE peers ("
+        "  server_id text COLLATE \"C\" PRIMARY KEY,"
+        "  first_seen bigint NOT NULL,"
+        "  last_contact bigint NOT NULL DEFAULT 0,"
+        "  pubkey bytea NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
+        "  key_fetched_at bigint NOT NULL DEFAULT 0"
+        ");"
+        "ALTER TABLE peers"
+        "  ADD COLUMN mode smallint NOT NULL DEFAULT 0 CHECK (mode BETWEEN 0 AND 2),"
+        "  ADD COLUMN attempts bigint NOT NULL DEFAULT 0,"
+        "  ADD COLUMN next_attempt_at bigint NOT NULL DEFAULT 0,"
+        "  ADD COLUMN last_error text NULL,"
+        "  ADD COLUMN parked_seq bigint NOT NULL DEFAULT 0,"
+        "  ADD COLUMN next_seq bigint NOT NULL DEFAULT 1 CHECK (next_seq >= 1),"
+        "  ADD COLUMN recv_seq bigint NOT NULL DEFAULT 0;"
+        "CREATE TABLE outbox ("
+        "  peer text COLLATE \"C\" NOT NULL,"
+        "  seq bigint NOT NULL CHECK (seq >= 1),"
+        "  event bytea NOT NULL,"
+        "  created_at bigint NOT NULL,"
+        "  PRIMARY KEY (peer, seq)"
+        ");"
+        "CREATE TABLE inbox ("
+        "  seq bigint PRIMARY KEY CHECK (seq >= 1),"
+        "  from_id text NOT NULL,"
+        "  event bytea NULL,"
+        "  old_id text NULL,"
+        "  new_id text NULL,"
+        "  received_at bigint NOT NULL,"
+        "  CHECK ((event IS NOT NULL AND old_id IS NULL AND new_id IS NULL) OR"
+        "         (event IS NULL AND old_id IS NOT NULL AND new_id IS NOT NULL))"
+        ");"
+        "CREATE TABLE inbox_seq ("
+        "  id integer PRIMARY KEY CHECK (id = 1),"
+        "  last bigint NOT NULL CHECK (last >= 0)"
+        ");"
+        "INSERT INTO inbox_seq(id, last) VALUES (1, 0);"
+        "CREATE TABLE guilds ("
+        "  user_id bigint NOT NULL,"
+        "  server_id text COLLATE \"C\" NOT NULL,"
+        "  guild_id bigint NOT NULL,"
+        "  PRIMARY KEY (user_id, server_id, guild_id)"
+        ");"
+        "CREATE INDEX guilds_by_server ON guilds(server_id);"
+        "CREATE TABLE invites ("
+        "  user_id bigint NOT NULL,"
+        "  server_id text COLLATE \"C\" NOT NULL,"
+        "  invite_id text COLLATE \"C\" NOT NULL,"
+        "  inviter_id bigint NOT NULL,"
+        "  PRIMARY KEY (user_id, server_id, invite_id)"
+        ");"
+        "CREATE INDEX invites_by_server ON invites(server_id);"
+        "CREATE TABLE renames_out ("
+        "  peer text COLLATE \"C\" PRIMARY KEY,"
+        "  old_id text NOT NULL,"
+        "  new_id text NOT NULL,"
+        "  attempts bigint NOT NULL DEFAULT 0,"
+        "  next_attempt_at bigint NOT NULL DEFAULT 0,"
+        "  last_error text NULL"
+        ");"
+        "CREATE TABLE leases ("
+        "  peer text COLLATE \"C\" PRIMARY KEY,"
+        "  holder text NOT NULL,"
+        "  expires_at bigint NOT NULL"
+        ");"
+        "CREATE TABLE submissions ("
+        "  id text COLLATE \"C\" PRIMARY KEY,"
+        "  peer text COLLATE \"C\" NOT NULL,"
+        "  first_seq bigint NOT NULL CHECK (first_seq >= 0),"
+        "  count bigint NOT NULL CHECK (count >= 1),"
+        "  created_at bigint NOT NULL"
+        ");"
+        "CREATE INDEX submissions_by_age ON submissions(created_at);";
+    const char *a = "a.example:443", *b = "b.example:443", *c = "c.example:443";
+    CHECK(raw_exec(p, g_pg ? v4_pg : v4_sqlite));
+    CHECK(raw_exec(p, "INSERT INTO meta VALUES ('server_id', 'v4.example:443');"
+                      "INSERT INTO peers(server_id, first_seen, last_contact, mode, attempts,"
+                      " next_seq, recv_seq) VALUES ('a.example:443', 1, 50, 1, 2, 4, 5);"
+                      "INSERT INTO peers(server_id, first_seen) VALUES ('b.example:443', 2);"
+                      "INSERT INTO peers(server_id, first_seen, recv_seq)"
+                      " VALUES ('c.example:443', 3, -1);"
+                      "INSERT INTO renames_out(peer, old_id, new_id)"
+                      " VALUES ('b.example:443', 'v3.example:443', 'v4.example:443');"));
+
+    pb_store *s = NULL;
+    CHECK_OK(pb_store_open(p, NULL, &s));
+    if (!s) goto out;
+    int v = 0;
+    CHECK_OK(pb_store_schema_version(s, &v));
+    CHECK_INT(v, SCHEMA_CURRENT);
+    CHECK(meta_is(s, "server_id", "v4.example:443"));
+    pb_peer_state *ps = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_peer_state_list(s, &ps, &n));
+    CHECK_INT(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        CHECK(ps[i].send_epoch == 0); /* legacy */
+        CHECK(ps[i].recv_epoch == 0);
+    }
+    if (n == 3) {
+        CHECK_INT(ps[0].mode, PB_MODE_QUEUED);
+        CHECK_INT(ps[0].attempts, 2);
+        CHECK_INT(ps[0].next_seq, 4);
+        CHECK_INT(ps[0].last_contact, 50);
+        CHECK_INT(ps[0].recv_seq, 5);
+        CHECK_INT(ps[1].recv_seq, 0);
+        CHECK(ps[2].recv_seq == UINT64_MAX);
+    }
+    pb_peer_state_free_array(ps, n);
+    CHECK_INT(epoch_rows(p, a), 1);
+    CHECK_INT(epoch_rows(p, b), 0);
+    CHECK_INT(epoch_rows(p, c), 1);
+    CHECK_LATEST(s, a, 0, 5);
+    CHECK_LATEST(s, b, 0, 0);
+    CHECK_LATEST(s, c, 0, UINT64_MAX);
+    pb_rename_out *ro = NULL;
+    CHECK_OK(pb_store_rename_out_list(s, &ro, &n));
+    CHECK(n == 1 && strcmp(ro[0].peer, b) == 0);
+    pb_rename_outs_free(ro, n);
+
+    /* a sender still in the legacy epoch is deduplicated as before the upgrade */
+    pb_recv_result r = recv1(s, a, 0, 5, 60000);
+    CHECK(r.applied == 0 && r.duplicates == 1 && r.ack == 5 && r.epoch == 0);
+    r = recv1(s, a, 0, 6, 60000);
+    CHECK(r.applied == 1 && r.ack == 6);
+    r = recv1(s, c, 0, 7, 60000);
+    CHECK(r.duplicates == 1 && r.ack == UINT64_MAX);
+    /* and one that moved to an epoch of its own starts afresh there */
+    r = recv1(s, a, EP, 1, 61000);
+    CHECK(r.applied == 1 && r.ack == 1 && r.epoch == EP);
+    CHECK_LATEST(s, a, EP, 1);
+    r = recv1(s, b, EP, 3, 61000);
+    CHECK(r.applied == 1 && r.ack == 3);
+
+    /* our side: legacy until we start an epoch; new peers get one at once */
+    CHECK(send_epoch_of(s, a) == 0);
+    uint64_t last = 0, ep = 0;
+    pb_event e = ev_added(1, 2);
+    CHECK_OK(pb_store_outbox_append(s, a, &e, 1, 62000, &last));
+    CHECK_INT(last, 4);
+    CHECK(send_epoch_of(s, a) == 0);
+    CHECK_OK(pb_store_peer_new_epoch(s, a, &ep));
+    CHECK(ep != 0 && send_epoch_of(s, a) == ep);
+    CHECK_INT(next_seq_of(s, a), 5);
+    CHECK_OK(pb_store_peer_touch(s, "d.example:443", 0));
+    CHECK(send_epoch_of(s, "d.example:443") != 0);
+    CHECK_OK(pb_store_rename_in_add(s, c, "c2.example:443", 63000));
+    CHECK_OK(pb_store_integrity_check(s));
+    pb_store_close(s);
+
+    /* reopening does not migrate again */
+    s = NULL;
+    CHECK_OK(pb_store_open(p, NULL, &s));
+    if (!s) goto out;
+    CHECK_OK(pb_store_schema_version(s, &v));
+    CHECK_INT(v, SCHEMA_CURRENT);
+    CHECK_LATEST(s, a, EP, 1);
+    CHECK_INT(epoch_rows(p, a), 2);
+    CHECK(send_epoch_of(s, a) == ep);
+    char *old = NULL;
+    CHECK_OK(pb_store_rename_in_find(s, "c2.example:443", &old, NULL));
+    CHECK_STR(old, c);
+    free(old);
+    pb_store_close(s);
+out:
+    free(p);
+}
+
 /* Everything held for a peer, for before/after comparisons. */
 static char *snapshot(pb_store *s)
 {
@@ -1132,13 +1841,14 @@ static char *snapshot(pb_store *s)
         for (size_t i = 0; i < n; i++) {
             uint8_t k[PB_PUBKEY_LEN] = {0};
             pb_err ke = pb_store_peer_key_get(s, ps[i].server_id, k);
-            snprintf(line, sizeof line,
-                     "peer %s m%d a%u n%lld e%s p%llu q%llu o%lld s%llu r%llu k%d%u\n",
-                     ps[i].server_id, ps[i].mode, ps[i].attempts, (long long)ps[i].next_attempt_at,
-                     ps[i].last_error ? ps[i].last_error : "-",
-                     (unsigned long long)ps[i].parked_seq, (unsigned long long)ps[i].queued,
-                     (long long)ps[i].oldest_queued_at, (unsigned long long)ps[i].next_seq,
-                     (unsigned long long)ps[i].recv_seq, ke, k[0]);
+            snprintf(
+                line, sizeof line,
+                "peer %s m%d a%u n%lld e%s p%llu q%llu o%lld s%llu se%llx r%llu re%llx k%d%u\n",
+                ps[i].server_id, ps[i].mode, ps[i].attempts, (long long)ps[i].next_attempt_at,
+                ps[i].last_error ? ps[i].last_error : "-", (unsigned long long)ps[i].parked_seq,
+                (unsigned long long)ps[i].queued, (long long)ps[i].oldest_queued_at,
+                (unsigned long long)ps[i].next_seq, (unsigned long long)ps[i].send_epoch,
+                (unsigned long long)ps[i].recv_seq, (unsigned long long)ps[i].recv_epoch, ke, k[0]);
             pb_buf_append_str(&b, line);
             pb_outbox_item *it = NULL;
             size_t m = 0;
@@ -1182,6 +1892,15 @@ static char *snapshot(pb_store *s)
         }
         pb_rename_outs_free(ro, n);
     }
+    pb_rename_in *ri = NULL;
+    if (pb_store_rename_in_list(s, &ri, &n) == PB_OK) {
+        for (size_t i = 0; i < n; i++) {
+            snprintf(line, sizeof line, "rename_in %s %s %lld\n", ri[i].old_id, ri[i].new_id,
+                     (long long)ri[i].created_at);
+            pb_buf_append_str(&b, line);
+        }
+        pb_rename_ins_free(ri, n);
+    }
     snprintf(line, sizeof line, "inbox %llu\n", (unsigned long long)inbox_last(s));
     pb_buf_append_str(&b, line);
     pb_buf_append(&b, "", 1);
@@ -1190,8 +1909,12 @@ static char *snapshot(pb_store *s)
 
 static void test_peer_rename(void)
 {
-    pb_store *s = open_fresh("rename", NULL);
-    if (!s) return;
+    char *spec = NULL;
+    pb_store *s = open_fresh("rename", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
     const char *old = "old.example:443", *nw = "new.example:443", *other = "other.example:443";
     uint8_t k1[PB_PUBKEY_LEN], k2[PB_PUBKEY_LEN], k3[PB_PUBKEY_LEN], got[PB_PUBKEY_LEN];
     fill_key(k1, 1);
@@ -1206,10 +1929,21 @@ static void test_peer_rename(void)
     pb_event in[3] = {ev_added(1, 100), ev_invited(1, 9, "i1"), ev_added(2, 200)};
     uint64_t q[3] = {1, 2, 3};
     pb_recv_result r;
-    CHECK_OK(pb_store_receive(s, old, in, q, 3, 2000, &r));
+    CHECK_OK(pb_store_receive(s, old, EP, in, q, 3, 2000, &r));
     pb_event oin = ev_added(1, 300);
-    CHECK_OK(pb_store_receive(s, other, &oin, NULL, 1, 2000, &r));
+    CHECK_OK(pb_store_receive(s, other, EP, &oin, NULL, 1, 2000, &r));
     CHECK_OK(pb_store_self_rename(s, "me.example:443", "me2.example:443", 3000));
+    /* a second epoch of old's (the latest), and leftover epoch rows under new's name (as
+     * if from before new was forgotten): old's win where both have an epoch */
+    const uint64_t E2 = 0xe2;
+    CHECK_INT(recv1(s, old, E2, 7, 2500).applied, 1);
+    CHECK(raw_exec(spec, "INSERT INTO recv_epochs(peer, epoch, recv_seq, updated_at) VALUES"
+                         " ('new.example:443', 226, 99, 1), ('new.example:443', 77, 5, 1)"));
+    uint64_t old_epoch = send_epoch_of(s, old);
+    CHECK(old_epoch != 0);
+    /* pending incoming renames: old's is completed by the rename, another's stays */
+    CHECK_OK(pb_store_rename_in_add(s, old, nw, 2600));
+    CHECK_OK(pb_store_rename_in_add(s, other, "other2.example:443", 2700));
     uint64_t last0 = inbox_last(s);
 
     CHECK_OK(pb_store_peer_rename(s, old, nw, k2, 9000000));
@@ -1225,8 +1959,21 @@ static void test_peer_rename(void)
     CHECK_STR(st.last_error, "refused");
     CHECK_INT(st.queued, 2);
     CHECK_INT(st.next_seq, 3);
-    CHECK_INT(st.recv_seq, 3);
+    CHECK(st.send_epoch == old_epoch);
+    CHECK(st.recv_epoch == E2);
+    CHECK_INT(st.recv_seq, 7);
     pb_peer_state_clear(&st);
+    CHECK_INT(epoch_rows(spec, old), 0);
+    CHECK_INT(epoch_rows(spec, nw), 3); /* EP, E2 (old's) and 77 */
+    CHECK_LATEST(s, nw, E2, 7);
+    uint64_t re = 9, rq = 9;
+    CHECK_OK(pb_store_recv_latest(s, old, &re, &rq));
+    CHECK(re == 0 && rq == 0);
+    char *pending = NULL;
+    CHECK_ERR(pb_store_rename_in_find(s, nw, &pending, NULL), PB_ERR_NOT_FOUND);
+    CHECK_OK(pb_store_rename_in_find(s, "other2.example:443", &pending, NULL));
+    CHECK_STR(pending, other);
+    free(pending);
     pb_peer_info *pl = NULL;
     size_t n = 0;
     CHECK_OK(pb_store_peer_list(s, &pl, &n));
@@ -1269,10 +2016,14 @@ static void test_peer_rename(void)
         CHECK_INT(it[0].ev.kind, PB_EV_NONE);
     }
     pb_inbox_items_free(it, n);
-    /* the sequence state moved with it: seq 3 again is a duplicate */
+    /* the sequence state moved with it, every epoch: seq 3 again is a duplicate */
     uint64_t q3 = 3;
-    CHECK_OK(pb_store_receive(s, nw, &in[2], &q3, 1, 9100000, &r));
-    CHECK(r.applied == 0 && r.duplicates == 1);
+    CHECK_OK(pb_store_receive(s, nw, EP, &in[2], &q3, 1, 9100000, &r));
+    CHECK(r.applied == 0 && r.duplicates == 1 && r.ack == 3);
+    r = recv1(s, nw, E2, 7, 9100000);
+    CHECK(r.duplicates == 1 && r.ack == 7);
+    r = recv1(s, nw, 77, 5, 9100000);
+    CHECK(r.duplicates == 1 && r.ack == 5);
     uint64_t last = 0;
     CHECK_OK(pb_store_outbox_append(s, nw, out, 1, 9100000, &last));
     CHECK_INT(last, 3);
@@ -1309,6 +2060,7 @@ static void test_peer_rename(void)
 #endif
     CHECK_OK(pb_store_integrity_check(s));
     pb_store_close(s);
+    free(spec);
 }
 
 static void test_self_rename(void)
@@ -1452,6 +2204,7 @@ static void test_migrate_from_v1(void)
         CHECK_INT(ps[i].mode, PB_MODE_PUSH);
         CHECK_INT(ps[i].next_seq, 1);
         CHECK_INT(ps[i].recv_seq, 0);
+        CHECK(ps[i].send_epoch == 0 && ps[i].recv_epoch == 0);
         CHECK_INT(ps[i].queued, 0);
         CHECK(ps[i].last_error == NULL);
     }
@@ -1979,8 +2732,8 @@ static void test_monitoring(void)
     CHECK_ERR(pb_store_peer_mode_counts(s, NULL), PB_ERR_INVAL);
 
     const uint64_t seqs[3] = {1, 2, 3};
-    CHECK_OK(pb_store_receive(s, "s.example:1", e, seqs, 2, now - 10 * min, NULL));
-    CHECK_OK(pb_store_receive(s, "s.example:1", e + 2, seqs + 2, 1, now - 2 * min, NULL));
+    CHECK_OK(pb_store_receive(s, "s.example:1", 0, e, seqs, 2, now - 10 * min, NULL));
+    CHECK_OK(pb_store_receive(s, "s.example:1", 0, e + 2, seqs + 2, 1, now - 2 * min, NULL));
     CHECK_OK(pb_store_inbox_unread(s, 0, &unread, &oldest));
     CHECK_INT(unread, 3);
     CHECK_INT(oldest, now - 10 * min);
@@ -2028,8 +2781,8 @@ static void *tn_receiver(void *p)
             evs[k] = ev_added((uint64_t)a->sender, seqs[k]); /* guild_id = seq */
         }
         pthread_barrier_wait(a->pair);
-        pb_recv_result res = {0, 0};
-        if (pb_store_receive(a->s, from, evs, seqs, TN_BATCH, 1000, &res) != PB_OK) {
+        pb_recv_result res = {0, 0, 0, 0};
+        if (pb_store_receive(a->s, from, EP, evs, seqs, TN_BATCH, 1000, &res) != PB_OK) {
             a->failures++;
             continue;
         }
@@ -2231,7 +2984,7 @@ static void test_pg_integrity(void)
         return;
     }
     pb_event e[2] = {ev_added(1, 1), ev_added(1, 2)};
-    CHECK_OK(pb_store_receive(s, "f.example:443", e, NULL, 2, 1000, NULL));
+    CHECK_OK(pb_store_receive(s, "f.example:443", EP, e, NULL, 2, 1000, NULL));
     CHECK_OK(pb_store_outbox_append(s, "t.example:443", e, 2, 1000, NULL));
     CHECK_OK(pb_store_integrity_check(s));
     CHECK(raw_exec(spec, "UPDATE inbox_seq SET last = 1"));
@@ -2416,9 +3169,14 @@ int main(int argc, char **argv)
     test_peer_state();
     test_receive();
     test_receive_failure();
+    test_send_epochs();
+    test_recv_epochs();
+    test_recv_epochs_bounded();
+    test_renames_in();
     test_peer_rename();
     test_self_rename();
     test_migrate_from_v1();
+    test_migrate_from_v4();
     test_outbox_concurrent();
     test_submission_ids();
 #ifdef PB_FAULTS
