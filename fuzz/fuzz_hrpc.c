@@ -2,7 +2,7 @@
  * fuzz_hrpc - the federation request path as a whole: a real pb_hrpc_server (started
  * once, in LLVMFuzzerInitialize, on 127.0.0.1 port 0) with the daemon's four routes and
  * handlers (Key, and the delivery engine's Push, Pull, NotifyNewId), authentication with
- * the real key source (pb_peerkeys over the store), over a SQLite store (fuzz_env). Each
+ * the real key source (keyfetch over the store), over a SQLite store (fuzz_env). Each
  * input becomes one HTTP/1.1 request sent over a loopback socket; the answer is read
  * back and checked.
  *
@@ -50,6 +50,7 @@
 #include "crypto/auth.h"
 #include "util/buf.h"
 #include "fuzz_util.h"
+#include "delivery/inbound.h"
 #include "net/hrpc_server.h"
 #include "util/mem.h"
 #include "wire/wire.h"
@@ -92,9 +93,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     fuzz_quiet_log();
     fuzz_env_open(&env, true);
     pb_hrpc_auth auth = {.policy = &env.policy,
-                         .key_fn = pb_peerkeys_get,
-                         .key_ctx = env.peerkeys,
-                         .on_authenticated = pb_delivery_on_contact,
+                         .keys = env.keyfetch,
+                         .rename_key = pb_inbound_rename_key,
+                         .rename_proven = pb_inbound_rename_proven,
+                         .on_authenticated = pb_inbound_contact,
                          .cb_ctx = env.delivery};
     pb_hrpc_server_opts o = {.listen = "127.0.0.1:0",
                              .max_body = 1024,
@@ -103,9 +105,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                              .max_inflight = 64};
     if (pb_hrpc_server_new(&o, &auth, &srv) != PB_OK) abort();
     pb_hrpc_server_route(srv, PATH_KEY, false, h_key, NULL);
-    pb_hrpc_server_route(srv, PATH_PULL, true, pb_delivery_on_pull, env.delivery);
-    pb_hrpc_server_route(srv, PATH_PUSH, true, pb_delivery_on_push, env.delivery);
-    pb_hrpc_server_route(srv, PATH_NOTIFY, false, pb_delivery_on_notify, env.delivery);
+    pb_hrpc_server_route(srv, PATH_PULL, true, pb_inbound_pull, env.delivery);
+    pb_hrpc_server_route(srv, PATH_PUSH, true, pb_inbound_push, env.delivery);
+    pb_hrpc_server_route(srv, PATH_NOTIFY, false, pb_inbound_notify, env.delivery);
     if (pb_hrpc_server_start(srv) != PB_OK) abort();
     port = pb_hrpc_server_port(srv);
     atexit(shutdown_all);
@@ -211,8 +213,9 @@ static void request_bytes(const struct request *r, pb_buf *out)
         pb_buf_append_str(out, "\r\n");
     }
     if (r->sign_as) {
+        /* bound to us, so the extension fields (sequence numbers, batches) are honoured */
         char *tok = pb_auth_header_make(env.peer_keys, r->sign_as[0] ? r->sign_as : FUZZ_PEER_ID,
-                                        NULL, (uint64_t)time(NULL));
+                                        FUZZ_SELF_ID, (uint64_t)time(NULL));
         if (tok) {
             s = pb_xasprintf("Authorization: %s\r\n", tok);
             pb_buf_append_str(out, s);

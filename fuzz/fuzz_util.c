@@ -143,15 +143,17 @@ void fuzz_env_open(fuzz_env *e, bool workers)
     pb_client_opts co = {
         .plain_http = true, .connect_timeout_ms = 1000, .timeout_ms = 2000, .allow_private = true};
     CHECKED(pb_client_new(&co, &e->client));
-    e->peerkeys = pb_peerkeys_new(e->store, e->client, 30);
+    pb_keyfetch_opts ko = {.store = e->store, .client = e->client, .timeout_ms = 1000};
+    e->keyfetch = pb_keyfetch_new(&ko);
     e->policy = (pb_auth_policy){.window_s = 60, .key_retry_after_s = 30};
     pb_delivery_opts d = {
         .server_id = FUZZ_SELF_ID,
         .keys = e->self_keys,
         .store = e->store,
         .client = e->client,
-        .peerkeys = e->peerkeys,
+        .keyfetch = e->keyfetch,
         .policy = &e->policy,
+        .store_threads = 2,
         .pull_batch = 100,
         .pull_max_bytes = 64 * 1024,
         .push_wait_ms = 100,
@@ -161,13 +163,17 @@ void fuzz_env_open(fuzz_env *e, bool workers)
         .backoff_max_s = 2,
     };
     CHECKED(pb_delivery_new(&d, &e->delivery));
+    e->policy.is_self = pb_delivery_is_self;
+    e->policy.self_ctx = e->delivery;
     if (workers) CHECKED(pb_delivery_start(e->delivery));
 }
 
 void fuzz_env_close(fuzz_env *e)
 {
+    pb_delivery_stop(e->delivery);
+    pb_ioloop_stop(pb_client_loop(e->client));
     pb_delivery_free(e->delivery);
-    pb_peerkeys_free(e->peerkeys);
+    pb_keyfetch_free(e->keyfetch);
     pb_client_free(e->client);
     pb_store_close(e->store);
     pb_keys_free(e->self_keys);

@@ -23,7 +23,7 @@
 #include "delivery/delivery.h"
 #include "net/hrpc_client.h"
 #include "crypto/keys.h"
-#include "net/peerkeys.h"
+#include "net/keyfetch.h"
 #include "postbox.h"
 #include "store/store.h"
 
@@ -52,17 +52,17 @@ typedef struct fuzz_env {
     pb_keys *peer_keys; /* FUZZ_PEER_ID's key pair; its public key is in the store */
     pb_store *store;
     pb_client *client;
-    pb_peerkeys *peerkeys;
+    pb_keyfetch *keyfetch;
     pb_auth_policy policy;
     pb_delivery *delivery;
 } fuzz_env;
 
 /* Opens everything over a new temporary directory (in /dev/shm when it is writable) with
  * synchronous=OFF: the fuzzers exercise logic, not durability. FUZZ_PEER_ID is a known
- * peer with a stored key and three events in its outbox. With workers, the delivery
- * engine is started with short retries and backoff (its calls to peers all fail, so
- * peers soon become queued), as the daemon runs it; without, the engine only serves
- * calls. Aborts on failure. */
+ * peer with a stored key and three events in its outbox; tokens bound to FUZZ_SELF_ID are
+ * ours. With workers, the delivery engine is started with short retries and backoff (its
+ * calls to peers all fail, so peers soon become queued), as the daemon runs it; without,
+ * the engine only serves calls. Aborts on failure. */
 void fuzz_env_open(fuzz_env *e, bool workers);
 /* Frees everything and removes the directory. */
 void fuzz_env_close(fuzz_env *e);

@@ -50,6 +50,17 @@ struct pb_config {
     uint64_t peer_connect_timeout_ms;
     uint64_t peer_timeout_ms;
     uint64_t workers;
+    uint64_t peer_connections;
+    uint64_t push_batch;
+    uint64_t push_max_events;
+    uint64_t key_fetches;
+    uint64_t key_fetch_timeout_ms;
+    uint64_t recv_budget_events;
+    uint64_t recv_budget_bytes;
+    uint64_t recv_budget_interval;
+    uint64_t pull_read_max_bytes;
+    uint64_t pull_read_max_events;
+    uint64_t pull_rounds;
     uint64_t push_retries;
     uint64_t retry_base_ms;
     uint64_t backoff_min;

@@ -23,6 +23,7 @@
 #include "admin/monitor.h"
 #include "daemon/config.h"
 #include "delivery/delivery.h"
+#include "delivery/inbound.h"
 #include "store/faultvfs.h"
 #include "net/hrpc_client.h"
 #include "net/hrpc_server.h"
@@ -216,7 +217,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     }
     if ((err = check_identity(d, cfg->server_id)) != PB_OK) goto fail;
 
-    if ((err = pb_ioloop_new(NULL, &d->loop)) != PB_OK) goto fail;
+    pb_ioloop_opts lo = {.max_connections = (long)cfg->peer_connections};
+    if ((err = pb_ioloop_new(&lo, &d->loop)) != PB_OK) goto fail;
     if ((err = pb_ioloop_start(d->loop)) != PB_OK) goto fail;
     pb_client_opts co = {
         .plain_http = strcmp(cfg->peer_scheme, "http") == 0,
@@ -229,8 +231,11 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     if ((err = pb_client_new(&co, &d->client)) != PB_OK) goto fail;
     pb_keyfetch_opts ko = {.store = d->store,
                            .client = d->client,
+                           .max_concurrent = (unsigned)cfg->key_fetches,
                            .negative_s = (int)cfg->key_refetch_interval,
-                           .refetch_s = (int)cfg->key_refetch_interval};
+                           .refetch_s = (int)cfg->key_refetch_interval,
+                           .timeout_ms = (long)cfg->key_fetch_timeout_ms,
+                           .metrics = d->mstd};
     d->keyfetch = pb_keyfetch_new(&ko);
 
     d->nallow = cfg->nallow;
@@ -257,7 +262,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .client = d->client,
         .keyfetch = d->keyfetch,
         .policy = &d->policy,
-        .workers = (unsigned)cfg->workers,
+        .metrics = d->mstd,
+        .store_threads = (unsigned)cfg->workers,
         .push_retries = (unsigned)cfg->push_retries,
         .retry_base_ms = (unsigned)cfg->retry_base_ms,
         .backoff_min_s = (unsigned)cfg->backoff_min,
@@ -266,6 +272,16 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .pull_batch = (unsigned)cfg->pull_batch,
         .pull_max_bytes = (size_t)cfg->pull_max_bytes,
         .push_wait_ms = (unsigned)cfg->push_wait_ms,
+        .max_transfers = (unsigned)cfg->peer_connections,
+        .batch_max = (unsigned)cfg->push_batch,
+        .push_max_bytes = cfg->max_body > 4096 ? (size_t)cfg->max_body - 4096 : 1024,
+        .pull_read_max_bytes = (size_t)cfg->pull_read_max_bytes,
+        .pull_read_max_events = (unsigned)cfg->pull_read_max_events,
+        .pull_rounds = (unsigned)cfg->pull_rounds,
+        .push_max_events = (unsigned)cfg->push_max_events,
+        .budget = {.events = cfg->recv_budget_events,
+                   .bytes = cfg->recv_budget_bytes,
+                   .interval_s = (unsigned)cfg->recv_budget_interval},
         .node_id = cfg->node_id,
         .lease_ttl_ms = (unsigned)(cfg->lease_ttl * 1000),
     };
@@ -277,7 +293,9 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     d->policy.self_ctx = d->delivery;
     pb_hrpc_auth auth = {.policy = &d->policy,
                          .keys = d->keyfetch,
-                         .on_authenticated = pb_delivery_on_contact,
+                         .rename_key = pb_inbound_rename_key,
+                         .rename_proven = pb_inbound_rename_proven,
+                         .on_authenticated = pb_inbound_contact,
                          .cb_ctx = d->delivery};
     pb_hrpc_server_opts ho = {
         .listen = cfg->listen,
@@ -292,10 +310,10 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     };
     pb_hrpc_server_new(&ho, &auth, &d->fed);
     pb_hrpc_server_route(d->fed, PATH_KEY, false, h_key, d);
-    pb_hrpc_server_route(d->fed, PATH_PULL, true, pb_delivery_on_pull, d->delivery);
-    pb_hrpc_server_route(d->fed, PATH_PUSH, true, pb_delivery_on_push, d->delivery);
+    pb_hrpc_server_route(d->fed, PATH_PULL, true, pb_inbound_pull, d->delivery);
+    pb_hrpc_server_route(d->fed, PATH_PUSH, true, pb_inbound_push, d->delivery);
     /* NotifyNewId checks its token itself: with the key held for the old ID only. */
-    pb_hrpc_server_route(d->fed, PATH_NOTIFY, false, pb_delivery_on_notify, d->delivery);
+    pb_hrpc_server_route(d->fed, PATH_NOTIFY, false, pb_inbound_notify, d->delivery);
 
     if (cfg->admin_token_file && (err = read_token_file(cfg->admin_token_file, &admin_token)))
         goto fail;

@@ -1,28 +1,37 @@
 /*
  * delivery - the delivery engine (see delivery.h for the model).
  *
- * In memory there is one `struct peer` per known peer, in an array of pointers guarded by
- * d->mu. The store is the truth; the peer struct caches what scheduling needs (mode,
- * backoff, pull and rename timers) and who owns the peer right now. Only the owner talks
- * to the peer for sending (push, drain probe, rename notice) or pulls from it, so there is
- * never more than one Push in flight per peer, and a foreign peer's Pull (which deletes
- * what it is answered) claims the same ownership so that it never races a Push.
+ * One `struct peer` per known peer, in a hash table and an array, never freed while the
+ * engine lives. Its fields come in two groups: the shared ones (pull gate, foreign-Pull
+ * claim, the admin API's view) under d->mu, and the engine's (state machine, timers,
+ * transfers, pull and rename-notice progress) touched only on the I/O loop thread. The
+ * table itself changes only on the loop thread, under d->mu.
  *
- * Ordering argument: a peer's outbox is only ever consumed from its head, and an event
- * leaves it only once the receiver has it. Between postboxes of this project the receiver
- * keeps, per sender, the highest sequence number applied and skips anything not above it,
- * so a retried Push, a late stale attempt, or an event that arrives both by Pull and by
- * Push is applied exactly once and never out of order.
+ * Store work runs on an executor: an `op` carries a `work` function (executor thread:
+ * blocking store calls) and a `done` function (loop thread), so the loop never waits on a
+ * disk. Transfers start only when the scheduler grants a slot and complete on the loop.
+ *
+ * Ordering argument: a peer's outbox is only ever consumed from its head, one Push (one
+ * batch) in flight per peer, and an event leaves the outbox only once the receiver has it.
+ * Between postboxes of this project the receiver keeps, per (sender, epoch), the highest
+ * sequence number applied and skips anything not above it, so a retried Push, a late
+ * stale attempt, or an event that arrives both by Pull and by Push is applied exactly
+ * once and never out of order; only a token bound to the receiver can carry sequence
+ * numbers (PROTOCOL.md 7.1), so no third party can skip a sender's stream.
  */
 #include "delivery/delivery.h"
 
 #include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sodium.h>
 #include <time.h>
 
+#include "delivery/fsm.h"
+#include "delivery/sched.h"
+#include "net/ioloop.h"
+#include "util/exec.h"
 #include "util/fault.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -32,159 +41,134 @@
 #define PATH_PULL "/protocol.sync.v1.PostboxService/Pull"
 #define PATH_PUSH "/protocol.sync.v1.PostboxService/Push"
 #define PATH_NOTIFY "/protocol.sync.v1.PostboxService/NotifyNewId"
-#define PUSH_BATCH 64
-#define MAX_PULL_ROUNDS 100000
+#define NBUCKETS 16384
+/* Delivered events are forgotten in batches of this many for a postbox receiver (a crash
+ * replays at most this many, which the receiver recognises). */
+#define LAZY_FORGET 64
+/* Pull answers applied at once (each may decode to tens of MB in the worst case). */
+#define MAX_APPLYING 1
+#define RENAME_IN_TTL_MS (24LL * 60 * 60 * 1000)
+#define EXPIRE_EVERY_MS (60LL * 60 * 1000)
+
+enum busy { BUSY_NONE, BUSY_SEND, BUSY_FOREIGN };
+enum pull_st { PULL_IDLE, PULL_WAIT, PULL_RUN };
 
 struct peer {
+    /* ---- shared: under d->mu ---- */
     char id[PB_SERVER_ID_MAX];
-    bool owned; /* a worker (or a foreign Pull being answered) works on this peer */
-    /* sending */
-    bool has_work; /* the outbox may hold events */
-    uint64_t gen;  /* bumped whenever work is added */
-    pb_peer_mode mode;
-    uint32_t attempts;
-    int64_t next_attempt; /* wall ms, QUEUED only */
-    uint64_t acked_upto;  /* outbox known empty up to here (skips no-op acks) */
-    /* receiving */
-    bool pulling;    /* a Pull from this peer is due at start-up or in progress */
-    int64_t pull_at; /* wall ms, 0 = none */
-    /* rename notice towards this peer */
-    bool rename_pending;
-    char rename_old[PB_SERVER_ID_MAX];
-    char rename_new[PB_SERVER_ID_MAX];
-    uint32_t rename_attempts;
-    int64_t rename_at;
-    uint64_t rename_tries; /* attempts made, for waiters */
-    char rename_err[256];
-    /* several nodes */
-    int64_t lease_wait_until; /* another node holds the lease: do not ask before this */
+    struct peer *hnext;
+    bool dead;    /* replaced by another record (a rename onto a known ID) */
+    bool pulling; /* a Pull from it is due at start-up or running: its Pushes wait */
+    pb_hrpc_waker **waiters;
+    size_t nwaiters, capwaiters;
+    bool urgent_posted;
+    int busy;
+    bool send_blocked;      /* the engine wanted to send while a foreign Pull held it */
+    pb_peer_mode v_mode;    /* view for the admin API */
+    int64_t v_next_wall_ms; /* next drain probe, wall ms; 0 none */
+    bool v_notice;          /* our rename notice pending */
+    char v_notice_err[256];
+    char v_notice_old[PB_SERVER_ID_MAX];
+    int64_t seen_push_ms; /* last push_seen post (monotonic), to debounce */
+    int64_t contact_ms;   /* last contact post (monotonic), to debounce */
+
+    /* ---- the engine's: loop thread only ---- */
+    pb_delivery *d;
+    bool loaded, loading; /* the state machine holds the store's state (epoch, mode, ...) */
+    pb_fsm fsm;
+    pb_timer send_timer;
+    pb_sched_item send_item;
+    pb_outbox_item *items;
+    size_t nitems;
+    int64_t push_started;
+    char last_error[256];
+    uint64_t forget_sent, forget_want;
+    bool forget_busy;
+    int64_t last_contact_s;
+    /* pulling from it */
+    enum pull_st pull_st;
+    bool pull_urgent, pull_startup;
+    pb_sched_class pull_cls;
+    pb_sched_item pull_item;
+    pb_timer pull_timer;
+    unsigned pull_round;
+    size_t pull_total;
+    pb_client_answer pull_ans; /* an answer waiting to be applied */
+    /* our rename notice */
+    bool notice;
+    char notice_old[PB_SERVER_ID_MAX], notice_new[PB_SERVER_ID_MAX];
+    uint32_t notice_attempts;
+    bool notice_running;
+    uint64_t notice_tries;
+    pb_sched_item notice_item;
+    pb_timer notice_timer;
+    /* the lease (several nodes) */
+    bool lease_held, lease_busy;
+    int64_t lease_renew_at;
+    pb_timer lease_timer;
 };
 
 struct pb_delivery {
     pb_delivery_opts o;
-    pb_auth_signer *signer; /* one signed token per second and identity */
-    char self[PB_SERVER_ID_MAX];
+    pb_fsm_cfg fcfg;
+    pb_ioloop *loop;
+    pb_exec *exec;
+    pb_auth_signer *signer;
+    pb_budget *budget;
+    pb_sched sched;
+
     pthread_mutex_t mu;
-    pthread_cond_t work_cv;  /* workers: new work or a timer */
-    pthread_cond_t state_cv; /* handlers and admin: a pull or a rename attempt finished */
-    pthread_cond_t inbox_cv; /* inbox long-polls */
-    uint64_t inbox_gen;      /* bumped under mu whenever the inbox grows */
-    uint64_t scanned_inbox;  /* several nodes: the inbox's last seq at the last scan */
-    struct peer **peers;
-    size_t npeers;
-    size_t rr; /* round-robin start for fairness */
-    pthread_t *threads;
-    unsigned nthreads;
-    pthread_t scanner;
-    bool has_scanner;
-    bool stopping;
+    pthread_cond_t inbox_cv;  /* inbox long-polls */
+    pthread_cond_t notice_cv; /* rename reports */
+    uint64_t inbox_gen;
+    char self[PB_SERVER_ID_MAX];
+    char (*old_ids)[PB_SERVER_ID_MAX]; /* former IDs peers still know us by */
+    size_t nold;
+    struct peer *buckets[NBUCKETS];
+    struct peer **all;
+    size_t npeers, cap;
+    bool stopping, started;
+
+    /* loop thread only */
+    struct peer **apply_q; /* peers with a Pull answer waiting to be applied */
+    size_t napply_q, capapply_q;
+    unsigned applying;
+    pb_timer scan_timer, expire_timer;
+    uint64_t scanned_inbox;
+    bool scan_busy;
 };
 
-enum task { T_NONE, T_PUSH, T_PULL, T_RENAME };
+/* ---- small helpers ---------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
+static int64_t mono_ms(void)
+{
+    return pb_ioloop_now_ms();
+}
+
+static int64_t wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Uniform in [lo, hi]. */
-static int64_t jitter(int64_t lo, int64_t hi)
+/* Converts between the store's wall-clock times and the loop's monotonic ones. */
+static int64_t wall_to_mono(int64_t wall)
 {
-    if (hi <= lo) return lo;
-    return lo + (int64_t)randombytes_uniform(
-                    (uint32_t)((hi - lo + 1) > 0x7fffffff ? 0x7fffffff : (hi - lo + 1)));
+    return wall ? mono_ms() + (wall - wall_ms()) : 0;
 }
 
-/* Jittered exponential backoff for a queued peer's drain probes: v = min * 2^attempts,
- * then a uniform delay in [v, 1.5 v], never below min nor above max. */
-static int64_t backoff_ms(const pb_delivery *d, uint32_t attempts)
+static int64_t mono_to_wall(int64_t mono)
 {
-    int64_t max = (int64_t)d->o.backoff_max_s * 1000;
-    int64_t v = (int64_t)d->o.backoff_min_s * 1000;
-    for (uint32_t i = 0; i < attempts && v < max; i++)
-        v *= 2;
-    if (v > max) v = max;
-    int64_t hi = v + v / 2;
-    return jitter(v, hi < max ? hi : max);
+    return mono ? wall_ms() + (mono - mono_ms()) : 0;
 }
 
-static void abs_deadline(struct timespec *ts, int64_t wall_ms)
+static size_t bucket_of(const char *id)
 {
-    ts->tv_sec = wall_ms / 1000;
-    ts->tv_nsec = (wall_ms % 1000) * 1000000;
-}
-
-/* Waits on cv until wall time `until` (ms) or a broadcast. Called with d->mu held. */
-static void wait_until(pb_delivery *d, pthread_cond_t *cv, int64_t until)
-{
-    struct timespec ts;
-    abs_deadline(&ts, until);
-    pthread_cond_timedwait(cv, &d->mu, &ts);
-}
-
-/* ---- the peer table ------------------------------------------------------------------- */
-
-static struct peer *peer_find(pb_delivery *d, const char *id)
-{
-    for (size_t i = 0; i < d->npeers; i++)
-        if (strcmp(d->peers[i]->id, id) == 0) return d->peers[i];
-    return NULL;
-}
-
-/* With d->mu held. */
-static struct peer *peer_get(pb_delivery *d, const char *id)
-{
-    struct peer *p = peer_find(d, id);
-    if (p) return p;
-    p = pb_xcalloc(1, sizeof *p);
-    snprintf(p->id, sizeof p->id, "%s", id);
-    d->peers = pb_xrealloc(d->peers, (d->npeers + 1) * sizeof *d->peers);
-    d->peers[d->npeers++] = p;
-    return p;
-}
-
-/* The ID this peer knows us by: the old one while it has not confirmed our rename. */
-static void token_id_for(pb_delivery *d, const struct peer *p, char out[PB_SERVER_ID_MAX])
-{
-    snprintf(out, PB_SERVER_ID_MAX, "%s", p->rename_pending ? p->rename_old : d->self);
-}
-
-static void release(pb_delivery *d, struct peer *p)
-{
-    pthread_mutex_lock(&d->mu);
-    p->owned = false;
-    pthread_cond_broadcast(&d->work_cv);
-    pthread_cond_broadcast(&d->state_cv);
-    pthread_mutex_unlock(&d->mu);
-}
-
-static void persist_state(pb_delivery *d, const char *peer, pb_peer_mode mode, uint32_t attempts,
-                          int64_t next_attempt, const char *err, uint64_t parked_seq)
-{
-    pb_err e =
-        pb_store_peer_state_set(d->o.store, peer, mode, attempts, next_attempt, err, parked_seq);
-    if (e != PB_OK) PB_ERROR(peer, "cannot record delivery state: %s", pb_strerror(e));
-}
-
-/* ---- calls to peers --------------------------------------------------------------------- */
-
-/* One signed hRPC call to peer as `as_id`. */
-static pb_err call_peer(pb_delivery *d, const char *peer, const char *as_id, const char *path,
-                        const pb_buf *body, pb_client_answer *ans)
-{
-    char *authz = pb_auth_header_cached(d->signer, as_id, peer, (uint64_t)time(NULL));
-    pb_err err = pb_client_call(d->o.client, peer, path, authz, body->data, body->len, ans);
-    free(authz);
-    return err;
-}
-
-/* A failure that retrying will not heal: a 4xx other than 408 and 429. */
-static bool permanent(pb_err err, const pb_client_answer *ans)
-{
-    if (err != PB_ERR_PEER && err != PB_ERR_PROTO) return false;
-    return ans->status >= 400 && ans->status < 500 && ans->status != 408 && ans->status != 429;
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return (size_t)(h % NBUCKETS);
 }
 
 static void describe(pb_err err, const pb_client_answer *ans, char *out, size_t n)
@@ -197,630 +181,98 @@ static void describe(pb_err err, const pb_client_answer *ans, char *out, size_t 
                  ans->message ? ans->message : "");
 }
 
-/* ---- sending ----------------------------------------------------------------------------- */
+/* ---- the peer table ------------------------------------------------------------------------ */
 
-enum push_result { PUSH_OK, PUSH_EXHAUSTED, PUSH_PARK, PUSH_STOPPED };
-
-/* Pushes one event, retrying per mode. err receives the last failure's description. */
-static enum push_result push_one(pb_delivery *d, struct peer *p, const char *peer,
-                                 const pb_outbox_item *it, pb_peer_mode mode, bool *lazy,
-                                 char *errtxt, size_t errlen)
+/* With d->mu held (or on the loop thread, which alone changes the table). */
+static struct peer *peer_find(pb_delivery *d, const char *id)
 {
-    *lazy = false;
-    pb_buf body = PB_BUF_INIT;
-    enum push_result res = PUSH_EXHAUSTED;
-    if (pb_wire_push_encode(&it->ev, &it->seq, 1, 0, &body) != PB_OK) {
-        snprintf(errtxt, errlen, "event %llu cannot be encoded", (unsigned long long)it->seq);
-        res = PUSH_PARK;
-        goto out;
-    }
-    unsigned tries = mode == PB_MODE_PUSH ? 1 + d->o.push_retries : 1;
-    for (unsigned i = 0; i < tries; i++) {
-        if (i > 0) {
-            int64_t base = (int64_t)d->o.retry_base_ms << (i - 1);
-            int64_t until = now_ms() + jitter(base / 2, base);
-            pthread_mutex_lock(&d->mu);
-            while (!d->stopping && now_ms() < until)
-                wait_until(d, &d->work_cv, until);
-            bool stop = d->stopping;
-            pthread_mutex_unlock(&d->mu);
-            if (stop) {
-                res = PUSH_STOPPED;
-                goto out;
-            }
-        }
-        char as[PB_SERVER_ID_MAX];
-        pthread_mutex_lock(&d->mu);
-        token_id_for(d, p, as);
-        pthread_mutex_unlock(&d->mu);
-        pb_client_answer ans;
-        pb_err err = call_peer(d, peer, as, PATH_PUSH, &body, &ans);
-        if (err == PB_OK) {
-            uint64_t seq_ack = 0, ack_epoch = 0;
-            if (pb_wire_push_resp_decode(ans.body, ans.body_len, &seq_ack, &ack_epoch) == PB_OK)
-                *lazy = seq_ack >= it->seq;
-            pb_client_answer_clear(&ans);
-            res = PUSH_OK;
-            goto out;
-        }
-        if (err == PB_ERR_SHUTDOWN) {
-            pb_client_answer_clear(&ans);
-            res = PUSH_STOPPED;
-            goto out;
-        }
-        describe(err, &ans, errtxt, errlen);
-        bool perm = permanent(err, &ans);
-        pb_client_answer_clear(&ans);
-        PB_DEBUG(peer, "push of %llu failed (try %u/%u): %s", (unsigned long long)it->seq, i + 1,
-                 tries, errtxt);
-        if (perm) {
-            res = PUSH_PARK;
-            goto out;
-        }
-    }
-out:
-    pb_buf_free(&body);
-    return res;
-}
-
-/* ---- leases (several nodes) ---------------------------------------------------------------- */
-
-/* Takes or renews this node's lease on peer; true when held (always with one node). */
-static bool lease_take(pb_delivery *d, struct peer *p, const char *peer)
-{
-    if (!d->o.node_id) return true;
-    bool held = false;
-    pb_err err =
-        pb_store_lease_acquire(d->o.store, peer, d->o.node_id, now_ms(), d->o.lease_ttl_ms, &held);
-    if (err != PB_OK) PB_WARN(peer, "cannot take the delivery lease: %s", pb_strerror(err));
-    if (!held) {
-        pthread_mutex_lock(&d->mu);
-        p->lease_wait_until = now_ms() + d->o.scan_interval_ms;
-        pthread_mutex_unlock(&d->mu);
-    }
-    return err == PB_OK && held;
-}
-
-static void lease_give(pb_delivery *d, const char *peer)
-{
-    if (!d->o.node_id) return;
-    pb_err err = pb_store_lease_release(d->o.store, peer, d->o.node_id);
-    if (err != PB_OK) PB_WARN(peer, "cannot release the delivery lease: %s", pb_strerror(err));
-}
-
-/* With the lease just taken: the shared store's delivery state wins over ours (another
- * node may have queued, drained or parked the peer). False when nothing is due now. */
-static bool lease_sync_state(pb_delivery *d, struct peer *p, const char *peer)
-{
-    if (!d->o.node_id) return true;
-    pb_peer_state st;
-    if (pb_store_peer_state_get(d->o.store, peer, &st) != PB_OK) return true;
-    pthread_mutex_lock(&d->mu);
-    p->mode = st.mode;
-    p->attempts = st.attempts;
-    p->next_attempt = st.next_attempt_at;
-    bool due = st.queued > 0 && (st.mode == PB_MODE_PUSH ||
-                                 (st.mode == PB_MODE_QUEUED && st.next_attempt_at <= now_ms()));
-    if (st.queued == 0) p->has_work = false;
-    pthread_mutex_unlock(&d->mu);
-    pb_peer_state_clear(&st);
-    return due;
-}
-
-/* Forgets delivered events up to `upto` (no-op for 0). */
-static void forget(pb_delivery *d, const char *peer, uint64_t upto)
-{
-    if (!upto) return;
-    pb_err err = pb_store_outbox_ack(d->o.store, peer, upto);
-    if (err != PB_OK) PB_ERROR(peer, "cannot forget delivered events: %s", pb_strerror(err));
-}
-
-/*
- * Delivers the outbox head of p in order until it is empty, the peer fails, or we stop.
- * When the receiver confirms it dedupes (PushResponse.postbox_seq_ack), delivered events
- * are forgotten once per batch instead of once per event: a crash in between replays at
- * most a batch, which the receiver recognises. A foreign receiver's events are forgotten
- * one by one, right after each 200.
- */
-static void push_loop(pb_delivery *d, struct peer *p, const char *leased);
-
-static void task_push(pb_delivery *d, struct peer *p)
-{
-    char peer[PB_SERVER_ID_MAX];
-    pthread_mutex_lock(&d->mu);
-    snprintf(peer, sizeof peer, "%s", p->id);
-    pthread_mutex_unlock(&d->mu);
-    if (!lease_take(d, p, peer)) return;
-    if (lease_sync_state(d, p, peer)) push_loop(d, p, peer);
-    lease_give(d, peer);
-}
-
-static void push_loop(pb_delivery *d, struct peer *p, const char *leased)
-{
-    char peer[PB_SERVER_ID_MAX] = "";
-    uint64_t cursor = 1, lazy_upto = 0;
-    int64_t lease_renewed = now_ms();
-    for (;;) {
-        forget(d, peer, lazy_upto);
-        lazy_upto = 0;
-        if (d->o.node_id && now_ms() - lease_renewed > (int64_t)d->o.lease_ttl_ms / 3) {
-            if (!lease_take(d, p, leased)) {
-                PB_WARN(leased, "lost the delivery lease to another node");
-                return;
-            }
-            lease_renewed = now_ms();
-        }
-        pthread_mutex_lock(&d->mu);
-        snprintf(peer, sizeof peer, "%s", p->id);
-        uint64_t gen = p->gen;
-        pb_peer_mode mode = p->mode;
-        uint32_t attempts = p->attempts;
-        bool stop = d->stopping;
-        pthread_mutex_unlock(&d->mu);
-        if (stop || mode == PB_MODE_PARKED) return;
-
-        pb_outbox_item *items = NULL;
-        size_t n = 0;
-        pb_err err =
-            pb_store_outbox_read(d->o.store, peer, cursor, PUSH_BATCH, SIZE_MAX, &items, &n);
-        if (err != PB_OK) {
-            PB_ERROR(peer, "cannot read the outbox: %s", pb_strerror(err));
-            pthread_mutex_lock(&d->mu);
-            p->next_attempt = now_ms() + 1000;
-            if (p->mode == PB_MODE_PUSH) p->mode = PB_MODE_QUEUED;
-            pthread_mutex_unlock(&d->mu);
-            return;
-        }
-        if (n == 0) {
-            pthread_mutex_lock(&d->mu);
-            if (p->gen == gen) p->has_work = false;
-            bool was_queued = p->mode == PB_MODE_QUEUED;
-            if (was_queued) {
-                p->mode = PB_MODE_PUSH;
-                p->attempts = 0;
-            }
-            pthread_mutex_unlock(&d->mu);
-            if (was_queued) {
-                persist_state(d, peer, PB_MODE_PUSH, 0, 0, NULL, 0);
-                PB_INFO(peer, "queue drained: back to push mode");
-            }
-            return;
-        }
-        for (size_t i = 0; i < n; i++) {
-            /* The peer may have acknowledged it by Pull meanwhile: nothing to push. */
-            pthread_mutex_lock(&d->mu);
-            bool acked = items[i].seq <= p->acked_upto;
-            pthread_mutex_unlock(&d->mu);
-            if (acked) {
-                cursor = items[i].seq + 1;
-                continue;
-            }
-            char errtxt[512] = "";
-            bool lazy = false;
-            enum push_result r =
-                push_one(d, p, peer, &items[i], mode, &lazy, errtxt, sizeof errtxt);
-            if (r == PUSH_STOPPED) {
-                forget(d, peer, lazy_upto);
-                pb_outbox_items_free(items, n);
-                return;
-            }
-            if (r == PUSH_OK) {
-                pb_fault_crash("delivery.crash-before-forget");
-                if (lazy) {
-                    lazy_upto = items[i].seq;
-                } else {
-                    forget(d, peer, lazy_upto);
-                    lazy_upto = 0;
-                    forget(d, peer, items[i].seq);
-                }
-                cursor = items[i].seq + 1;
-                if (mode == PB_MODE_QUEUED) {
-                    /* The peer answers again: drain the rest as in push mode. */
-                    mode = PB_MODE_PUSH;
-                    pthread_mutex_lock(&d->mu);
-                    p->mode = PB_MODE_PUSH;
-                    p->attempts = 0;
-                    pthread_mutex_unlock(&d->mu);
-                    persist_state(d, peer, PB_MODE_PUSH, 0, 0, NULL, 0);
-                    PB_INFO(peer, "peer answers again: draining the queue");
-                }
-                continue;
-            }
-            forget(d, peer, lazy_upto);
-            lazy_upto = 0;
-            if (r == PUSH_PARK) {
-                pthread_mutex_lock(&d->mu);
-                p->mode = PB_MODE_PARKED;
-                pthread_mutex_unlock(&d->mu);
-                persist_state(d, peer, PB_MODE_PARKED, 0, 0, errtxt, items[i].seq);
-                PB_ERROR(peer, "event %llu refused, delivery parked until an operator acts: %s",
-                         (unsigned long long)items[i].seq, errtxt);
-                pb_outbox_items_free(items, n);
-                return;
-            }
-            /* exhausted: queue (or stay queued with a longer backoff) */
-            uint32_t na = mode == PB_MODE_QUEUED ? attempts + 1 : 0;
-            int64_t next = now_ms() + backoff_ms(d, na);
-            pthread_mutex_lock(&d->mu);
-            p->mode = PB_MODE_QUEUED;
-            p->attempts = na;
-            p->next_attempt = next;
-            pthread_mutex_unlock(&d->mu);
-            persist_state(d, peer, PB_MODE_QUEUED, na, next, errtxt, 0);
-            if (mode == PB_MODE_PUSH)
-                PB_WARN(peer, "push failed %u times, queueing for the peer's Pull: %s",
-                        1 + d->o.push_retries, errtxt);
-            else
-                PB_INFO(peer, "drain attempt failed, next in %lld s: %s",
-                        (long long)(next - now_ms()) / 1000, errtxt);
-            pb_outbox_items_free(items, n);
-            return;
-        }
-        pb_outbox_items_free(items, n);
-    }
-}
-
-/* ---- pulling (this server as R) --------------------------------------------------------- */
-
-static void inbox_bump(pb_delivery *d)
-{
-    pthread_mutex_lock(&d->mu);
-    d->inbox_gen++;
-    pthread_cond_broadcast(&d->inbox_cv);
-    pthread_mutex_unlock(&d->mu);
-}
-
-/* Pulls from p until an answer is empty (the last request acknowledges what we stored). */
-static void task_pull(pb_delivery *d, struct peer *p)
-{
-    char peer[PB_SERVER_ID_MAX], as[PB_SERVER_ID_MAX];
-    pthread_mutex_lock(&d->mu);
-    snprintf(peer, sizeof peer, "%s", p->id);
-    token_id_for(d, p, as);
-    pthread_mutex_unlock(&d->mu);
-    size_t total = 0;
-    for (int round = 0; round < MAX_PULL_ROUNDS; round++) {
-        pb_peer_state st;
-        uint64_t recv_seq = 0;
-        if (pb_store_peer_state_get(d->o.store, peer, &st) == PB_OK) {
-            recv_seq = st.recv_seq;
-            pb_peer_state_clear(&st);
-        }
-        pb_buf req = PB_BUF_INIT;
-        pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = recv_seq + 1}, &req);
-        pb_client_answer ans;
-        pb_err err = call_peer(d, peer, as, PATH_PULL, &req, &ans);
-        pb_buf_free(&req);
-        if (err != PB_OK) {
-            char why[512];
-            describe(err, &ans, why, sizeof why);
-            PB_INFO(peer, "pull failed: %s", why);
-            pb_client_answer_clear(&ans);
-            break;
-        }
-        pb_event *evs = NULL;
-        uint64_t *seqs = NULL;
-        size_t n = 0;
-        uint64_t epoch = 0;
-        err = pb_wire_pull_resp_decode(ans.body, ans.body_len, &evs, &seqs, &n, &epoch);
-        pb_client_answer_clear(&ans);
-        if (err != PB_OK) {
-            PB_WARN(peer, "pull answer does not decode: %s", pb_strerror(err));
-            break;
-        }
-        pb_recv_result rr = {0};
-        if (n > 0) err = pb_store_receive(d->o.store, peer, 0, evs, seqs, n, now_ms(), &rr);
-        for (size_t i = 0; i < n; i++)
-            pb_event_clear(&evs[i]);
-        free(evs);
-        free(seqs);
-        if (n == 0) break;
-        if (err != PB_OK) {
-            PB_ERROR(peer, "cannot store pulled events: %s", pb_strerror(err));
-            break;
-        }
-        total += rr.applied;
-        if (rr.applied) inbox_bump(d);
-    }
-    PB_INFO(peer, "pull finished: %zu new events", total);
-    pthread_mutex_lock(&d->mu);
-    p->pulling = false;
-    pthread_cond_broadcast(&d->state_cv);
-    pthread_mutex_unlock(&d->mu);
-}
-
-/* ---- rename notices (this server renamed itself) ----------------------------------------- */
-
-static void task_rename(pb_delivery *d, struct peer *p)
-{
-    char peer[PB_SERVER_ID_MAX], old[PB_SERVER_ID_MAX], nid[PB_SERVER_ID_MAX];
-    pthread_mutex_lock(&d->mu);
-    snprintf(peer, sizeof peer, "%s", p->id);
-    snprintf(old, sizeof old, "%s", p->rename_old);
-    snprintf(nid, sizeof nid, "%s", p->rename_new);
-    uint32_t attempts = p->rename_attempts;
-    pthread_mutex_unlock(&d->mu);
-
-    pb_buf body = PB_BUF_INIT;
-    pb_wire_notify_encode(nid, NULL, 0, &body);
-    pb_client_answer ans;
-    pb_err err = call_peer(d, peer, old, PATH_NOTIFY, &body, &ans);
-    pb_buf_free(&body);
-    char why[256] = "";
-    if (err != PB_OK) describe(err, &ans, why, sizeof why);
-    pb_client_answer_clear(&ans);
-    if (err == PB_ERR_SHUTDOWN) return;
-
-    if (err == PB_OK) {
-        pb_err e = pb_store_rename_out_done(d->o.store, peer, nid);
-        if (e != PB_OK) PB_ERROR(peer, "cannot record the rename notice: %s", pb_strerror(e));
-        PB_INFO(peer, "peer accepted our new ID %s", nid);
-    } else {
-        attempts++;
-        int64_t next = now_ms() + backoff_ms(d, attempts - 1);
-        pb_store_rename_out_failed(d->o.store, peer, attempts, next, why);
-        PB_WARN(peer, "rename notice failed (attempt %u): %s", attempts, why);
-        pthread_mutex_lock(&d->mu);
-        p->rename_at = next;
-        pthread_mutex_unlock(&d->mu);
-    }
-    pthread_mutex_lock(&d->mu);
-    if (err == PB_OK && strcmp(p->rename_new, nid) == 0) {
-        p->rename_pending = false;
-        p->rename_err[0] = '\0';
-    } else if (err != PB_OK) {
-        p->rename_attempts = attempts;
-        snprintf(p->rename_err, sizeof p->rename_err, "%s", why);
-    }
-    p->rename_tries++;
-    pthread_cond_broadcast(&d->state_cv);
-    pthread_mutex_unlock(&d->mu);
-}
-
-/* ---- workers ---------------------------------------------------------------------------- */
-
-/* With d->mu held: the next due task, or T_NONE and the time of the next timer. */
-static enum task pick(pb_delivery *d, struct peer **out, int64_t *wake)
-{
-    int64_t now = now_ms();
-    *wake = now + 1000;
-    for (size_t k = 0; k < d->npeers; k++) {
-        size_t i = (d->rr + k) % d->npeers;
-        struct peer *p = d->peers[i];
-        if (p->owned) continue;
-        enum task t = T_NONE;
-        if (p->rename_pending) {
-            if (p->rename_at <= now)
-                t = T_RENAME;
-            else if (p->rename_at < *wake)
-                *wake = p->rename_at;
-        }
-        if (t == T_NONE && p->pull_at) {
-            if (p->pull_at <= now)
-                t = T_PULL;
-            else if (p->pull_at < *wake)
-                *wake = p->pull_at;
-        }
-        if (t == T_NONE && p->has_work) {
-            if (p->mode == PB_MODE_PUSH)
-                t = T_PUSH;
-            else if (p->mode == PB_MODE_QUEUED) {
-                if (p->next_attempt <= now)
-                    t = T_PUSH;
-                else if (p->next_attempt < *wake)
-                    *wake = p->next_attempt;
-            }
-        }
-        if (t != T_NONE) {
-            d->rr = i + 1;
-            *out = p;
-            return t;
-        }
-    }
-    return T_NONE;
-}
-
-static void *worker(void *arg)
-{
-    pb_delivery *d = arg;
-    pthread_mutex_lock(&d->mu);
-    while (!d->stopping) {
-        struct peer *p = NULL;
-        int64_t wake;
-        enum task t = pick(d, &p, &wake);
-        if (t == T_NONE) {
-            wait_until(d, &d->work_cv, wake);
-            continue;
-        }
-        p->owned = true;
-        if (t == T_PULL) {
-            p->pull_at = 0;
-            p->pulling = true;
-        }
-        pthread_mutex_unlock(&d->mu);
-        switch (t) {
-        case T_PUSH:
-            task_push(d, p);
-            break;
-        case T_PULL:
-            task_pull(d, p);
-            break;
-        case T_RENAME:
-            task_rename(d, p);
-            break;
-        default:
-            break;
-        }
-        release(d, p);
-        pthread_mutex_lock(&d->mu);
-    }
-    pthread_mutex_unlock(&d->mu);
+    for (struct peer *p = d->buckets[bucket_of(id)]; p; p = p->hnext)
+        if (strcmp(p->id, id) == 0) return p;
     return NULL;
 }
 
-/* ---- several nodes: the scanner ------------------------------------------------------------ */
+static void send_timer_fired(void *arg);
+static void pull_timer_fired(void *arg);
+static void notice_timer_fired(void *arg);
+static void lease_timer_fired(void *arg);
 
-/* Every scan_interval_ms: peers with queued events (submitted through any node) get work,
- * and a rename of this server made through another node is taken up. */
-static void *scanner(void *arg)
+/* Creates the record; with d->mu held. */
+static struct peer *peer_new_locked(pb_delivery *d, const char *id)
 {
-    pb_delivery *d = arg;
-    pthread_mutex_lock(&d->mu);
-    while (!d->stopping) {
-        pthread_mutex_unlock(&d->mu);
-        char **peers = NULL, *self = NULL;
-        size_t n = 0;
-        pb_err err = pb_store_outbox_peers(d->o.store, &peers, &n);
-        if (err != PB_OK) PB_WARN(NULL, "scanner: %s", pb_strerror(err));
-        if (pb_store_meta_get(d->o.store, "server_id", &self) != PB_OK) self = NULL;
-        uint64_t inbox_last = 0;
-        pb_store_inbox_last_seq(d->o.store, &inbox_last);
-        pthread_mutex_lock(&d->mu);
-        if (inbox_last != d->scanned_inbox) { /* events received by other nodes */
-            d->scanned_inbox = inbox_last;
-            d->inbox_gen++;
-            pthread_cond_broadcast(&d->inbox_cv);
-        }
-        for (size_t i = 0; i < n; i++) {
-            struct peer *p = peer_get(d, peers[i]);
-            if (!p->owned) {
-                p->has_work = true;
-                p->gen++;
-            }
-        }
-        if (self && strcmp(self, d->self) != 0) {
-            PB_INFO(NULL, "this server was renamed to %s (by another node)", self);
-            snprintf(d->self, sizeof d->self, "%s", self);
-        }
-        if (n) pthread_cond_broadcast(&d->work_cv);
-        free(self);
-        pb_store_strings_free(peers, n);
-        wait_until(d, &d->work_cv, now_ms() + d->o.scan_interval_ms);
+    struct peer *p = pb_xcalloc(1, sizeof *p);
+    snprintf(p->id, sizeof p->id, "%s", id);
+    p->d = d;
+    pb_fsm_init(&p->fsm, PB_MODE_PUSH, 0, 0, 0, 0, false);
+    pb_timer_init(&p->send_timer, send_timer_fired, p);
+    pb_timer_init(&p->pull_timer, pull_timer_fired, p);
+    pb_timer_init(&p->notice_timer, notice_timer_fired, p);
+    pb_timer_init(&p->lease_timer, lease_timer_fired, p);
+    size_t b = bucket_of(id);
+    p->hnext = d->buckets[b];
+    d->buckets[b] = p;
+    if (d->npeers == d->cap) {
+        d->cap = d->cap ? 2 * d->cap : 64;
+        d->all = pb_xrealloc(d->all, d->cap * sizeof *d->all);
     }
-    pthread_mutex_unlock(&d->mu);
-    return NULL;
+    d->all[d->npeers++] = p;
+    return p;
 }
 
-/* ---- life cycle ---------------------------------------------------------------------------- */
-
-pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
+/* Loop thread: the record for id, created when missing. */
+static struct peer *peer_get(pb_delivery *d, const char *id)
 {
-    pb_delivery *d = pb_xcalloc(1, sizeof *d);
-    d->o = *opts;
-    if (!d->o.workers) d->o.workers = 4;
-    if (!d->o.retry_base_ms) d->o.retry_base_ms = 100;
-    if (!d->o.backoff_min_s) d->o.backoff_min_s = 5;
-    if (!d->o.backoff_max_s) d->o.backoff_max_s = 900;
-    if (d->o.backoff_max_s < d->o.backoff_min_s) d->o.backoff_max_s = d->o.backoff_min_s;
-    if (!d->o.pull_interval_s) d->o.pull_interval_s = 60;
-    if (!d->o.pull_batch) d->o.pull_batch = 1000;
-    if (!d->o.pull_max_bytes) d->o.pull_max_bytes = 1024 * 1024;
-    if (!d->o.push_wait_ms) d->o.push_wait_ms = 10000;
-    if (!d->o.lease_ttl_ms) d->o.lease_ttl_ms = 10000;
-    if (!d->o.scan_interval_ms) d->o.scan_interval_ms = 1000;
-    d->o.node_id = opts->node_id ? pb_xstrdup(opts->node_id) : NULL;
-    snprintf(d->self, sizeof d->self, "%s", opts->server_id);
-    d->signer = pb_auth_signer_new(opts->keys);
-    pthread_mutex_init(&d->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_REALTIME);
-    pthread_cond_init(&d->work_cv, &ca);
-    pthread_cond_init(&d->state_cv, &ca);
-    pthread_cond_init(&d->inbox_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    struct peer *p = peer_find(d, id);
+    if (p) return p;
+    pthread_mutex_lock(&d->mu);
+    p = peer_new_locked(d, id);
+    pthread_mutex_unlock(&d->mu);
+    return p;
+}
 
-    pb_peer_state *sts = NULL;
-    size_t n = 0;
-    pb_err err = pb_store_peer_state_list(d->o.store, &sts, &n);
-    if (err != PB_OK) goto fail;
-    for (size_t i = 0; i < n; i++) {
-        struct peer *p = peer_get(d, sts[i].server_id);
-        p->mode = sts[i].mode;
-        p->attempts = sts[i].attempts;
-        p->next_attempt = sts[i].next_attempt_at;
-        p->has_work = sts[i].queued > 0;
-    }
-    pb_peer_state_free_array(sts, n);
-    pb_rename_out *rs = NULL;
-    err = pb_store_rename_out_list(d->o.store, &rs, &n);
-    if (err != PB_OK) goto fail;
-    for (size_t i = 0; i < n; i++) {
-        struct peer *p = peer_get(d, rs[i].peer);
-        p->rename_pending = true;
-        snprintf(p->rename_old, sizeof p->rename_old, "%s", rs[i].old_id);
-        snprintf(p->rename_new, sizeof p->rename_new, "%s", rs[i].new_id);
-        p->rename_attempts = rs[i].attempts;
-        p->rename_at = rs[i].next_attempt_at;
-        if (rs[i].last_error) snprintf(p->rename_err, sizeof p->rename_err, "%s", rs[i].last_error);
-    }
-    pb_rename_outs_free(rs, n);
-    /* Every known peer is pulled at start-up; Pushes from it wait for that first Pull,
-     * from the moment the listener accepts them. */
+static void unhash_locked(pb_delivery *d, struct peer *p)
+{
+    struct peer **pp = &d->buckets[bucket_of(p->id)];
+    while (*pp && *pp != p)
+        pp = &(*pp)->hnext;
+    if (*pp) *pp = p->hnext;
+    p->hnext = NULL;
+}
+
+/* The ID this peer knows us by: the old one while it has not confirmed our rename. */
+static void as_id_for(pb_delivery *d, const struct peer *p, char out[PB_SERVER_ID_MAX])
+{
+    pthread_mutex_lock(&d->mu);
+    snprintf(out, PB_SERVER_ID_MAX, "%s", p->notice ? p->notice_old : d->self);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Rebuilds the list of former IDs (loop thread, after notices change). */
+static void rebuild_old_ids(pb_delivery *d)
+{
+    pthread_mutex_lock(&d->mu);
+    d->nold = 0;
     for (size_t i = 0; i < d->npeers; i++) {
-        d->peers[i]->pulling = true;
-        d->peers[i]->pull_at = now_ms();
+        struct peer *p = d->all[i];
+        if (p->dead || !p->notice) continue;
+        bool seen = false;
+        for (size_t k = 0; k < d->nold && !seen; k++)
+            seen = strcmp(d->old_ids[k], p->notice_old) == 0;
+        if (seen) continue;
+        d->old_ids = pb_xrealloc(d->old_ids, (d->nold + 1) * sizeof *d->old_ids);
+        snprintf(d->old_ids[d->nold++], PB_SERVER_ID_MAX, "%s", p->notice_old);
     }
-    *out = d;
-    return PB_OK;
-fail:
-    pb_delivery_free(d);
-    return err;
-}
-
-pb_err pb_delivery_start(pb_delivery *d)
-{
-    d->threads = pb_xcalloc(d->o.workers, sizeof *d->threads);
-    for (unsigned i = 0; i < d->o.workers; i++) {
-        if (pthread_create(&d->threads[i], NULL, worker, d) != 0) {
-            PB_ERROR(NULL, "cannot start delivery workers");
-            pb_delivery_stop(d);
-            return PB_ERR_INTERNAL;
-        }
-        d->nthreads++;
-    }
-    if (d->o.node_id) {
-        if (pthread_create(&d->scanner, NULL, scanner, d) != 0) {
-            PB_ERROR(NULL, "cannot start the scanner");
-            pb_delivery_stop(d);
-            return PB_ERR_INTERNAL;
-        }
-        d->has_scanner = true;
-    }
-    PB_INFO(NULL, "delivery engine: %u workers, %zu known peers%s%s", d->nthreads, d->npeers,
-            d->o.node_id ? ", node " : "", d->o.node_id ? d->o.node_id : "");
-    return PB_OK;
-}
-
-void pb_delivery_stop(pb_delivery *d)
-{
-    if (!d) return;
-    pthread_mutex_lock(&d->mu);
-    d->stopping = true;
-    pthread_cond_broadcast(&d->work_cv);
-    pthread_cond_broadcast(&d->state_cv);
-    pthread_cond_broadcast(&d->inbox_cv);
     pthread_mutex_unlock(&d->mu);
-    for (unsigned i = 0; i < d->nthreads; i++)
-        pthread_join(d->threads[i], NULL);
-    d->nthreads = 0;
 }
 
-void pb_delivery_free(pb_delivery *d)
+bool pb_delivery_is_self(void *ctx, const char *id)
 {
-    if (!d) return;
-    pb_delivery_stop(d);
-    for (size_t i = 0; i < d->npeers; i++)
-        free(d->peers[i]);
-    free(d->peers);
-    free(d->threads);
-    pb_auth_signer_free(d->signer);
-    free((char *)d->o.node_id);
-    pthread_cond_destroy(&d->work_cv);
-    pthread_cond_destroy(&d->state_cv);
-    pthread_cond_destroy(&d->inbox_cv);
-    pthread_mutex_destroy(&d->mu);
-    free(d);
+    pb_delivery *d = ctx;
+    pthread_mutex_lock(&d->mu);
+    bool self = strcmp(id, d->self) == 0;
+    for (size_t i = 0; !self && i < d->nold; i++)
+        self = strcmp(d->old_ids[i], id) == 0;
+    pthread_mutex_unlock(&d->mu);
+    return self;
 }
 
 void pb_delivery_server_id(pb_delivery *d, char out[PB_SERVER_ID_MAX])
@@ -830,305 +282,1293 @@ void pb_delivery_server_id(pb_delivery *d, char out[PB_SERVER_ID_MAX])
     pthread_mutex_unlock(&d->mu);
 }
 
-/* ---- hRPC handlers ------------------------------------------------------------------------ */
+/* ---- store work on the executor ---------------------------------------------------------------
+ */
 
-#define ID_BAD "hrpc.http.bad-unary-request"
-#define ID_UNAVAILABLE "hrpc.unavailable"
-#define ID_INTERNAL "hrpc.internal-server-error"
+struct op;
+typedef void (*op_fn)(struct op *o);
 
-static void store_failure(pb_hrpc_reply *rep, pb_err err, const char *what)
-{
-    if (err == PB_ERR_STORE) {
-        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "%s: store unavailable, try again", what);
-        rep->retry_after = 1;
-    } else {
-        pb_hrpc_reply_error(rep, 500, ID_INTERNAL, "%s: %s", what, pb_strerror(err));
-    }
-}
-
-void pb_delivery_on_contact(void *ctx, const char *peer, bool bound)
-{
-    pb_delivery *d = ctx;
-    pthread_mutex_lock(&d->mu);
-    struct peer *p = peer_find(d, peer);
-    if (p && p->mode == PB_MODE_QUEUED && p->next_attempt > now_ms()) {
-        p->attempts = 0;
-        p->next_attempt = now_ms();
-        pthread_cond_broadcast(&d->work_cv);
-    }
-    if (p && p->rename_pending && p->rename_at > now_ms()) {
-        p->rename_at = now_ms();
-        pthread_cond_broadcast(&d->work_cv);
-    }
-    pthread_mutex_unlock(&d->mu);
-}
-
-void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
-{
-    pb_delivery *d = ctx;
-    pb_event ev = {0};
-    uint64_t seq = 0;
-    pb_push_req pr = {0};
-    pb_err err = pb_wire_push_decode(req->body, req->body_len, 1, &pr);
-    if (err == PB_OK) {
-        ev = pr.evs[0];
-        memset(&pr.evs[0], 0, sizeof ev);
-        seq = pr.seqs ? pr.seqs[0] : 0;
-        pb_push_req_clear(&pr);
-    }
-    if (err != PB_OK) {
-        pb_hrpc_reply_error(rep, 400, ID_BAD, "body is not a valid PushRequest: %s",
-                            pb_strerror(err));
-        return;
-    }
-    if (pb_fault("delivery.refuse-push-400")) {
-        pb_hrpc_reply_error(rep, 400, "h.test-refusal", "refused by a test fault point");
-        goto out;
-    }
-    if (pb_fault("delivery.unavailable-push")) {
-        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "unavailable by a test fault point");
-        rep->retry_after = 1;
-        goto out;
-    }
-    /* A Push arriving while we pull from its sender is processed after that Pull. */
-    pthread_mutex_lock(&d->mu);
-    struct peer *p = peer_get(d, req->peer);
-    int64_t until = now_ms() + d->o.push_wait_ms;
-    bool waited = p->pulling;
-    while (p->pulling && !d->stopping && now_ms() < until)
-        wait_until(d, &d->state_cv, until);
-    bool busy = p->pulling;
-    p->pull_at = now_ms() + (int64_t)d->o.pull_interval_s * 1000;
-    pthread_mutex_unlock(&d->mu);
-    if (busy) {
-        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "a Pull from you is in progress");
-        rep->retry_after = 1;
-        goto out;
-    }
-    if (waited)
-        PB_INFO(req->peer, "push of %llu processed after our Pull from this peer",
-                (unsigned long long)seq);
-    pb_recv_result rr = {0};
-    err = pb_store_receive(d->o.store, req->peer, 0, &ev, seq ? &seq : NULL, 1, now_ms(), &rr);
-    if (err != PB_OK) {
-        store_failure(rep, err, "Push");
-        goto out;
-    }
-    pb_fault_crash("delivery.crash-after-commit");
-    if (rr.applied) inbox_bump(d);
-    if (rr.duplicates)
-        PB_DEBUG(req->peer, "duplicate push of %llu acknowledged", (unsigned long long)seq);
-    /* A sender of this project learns that we hold its events up to seq. */
-    pb_wire_push_resp_encode(seq, 0, &rep->body);
-out:
-    pb_event_clear(&ev);
-}
-
-/* A foreign peer's Pull: the events it was answered are forgotten once the answer is
- * written, and the peer's ownership held meanwhile is released. */
-struct foreign_pull {
+struct op {
     pb_delivery *d;
     struct peer *p;
-    char peer[PB_SERVER_ID_MAX];
-    uint64_t last_seq;
+    op_fn work; /* executor thread */
+    op_fn done; /* loop thread */
+    pb_err err;
+    /* arguments and results, by use */
+    uint64_t u1, u2, u3;
+    int64_t i1;
+    bool b1;
+    char *s1;
+    char id[PB_SERVER_ID_MAX];
+    pb_outbox_item *items;
+    size_t n;
+    pb_peer_state st;
+    pb_client_answer ans;
+    pb_recv_result rr;
+    char **strs;
+    size_t nstrs;
 };
 
-static void foreign_pull_done(void *ctx, bool sent_ok)
+static void op_done_on_loop(void *arg)
 {
-    struct foreign_pull *fp = ctx;
-    if (sent_ok && fp->last_seq) {
-        pb_err err = pb_store_outbox_ack(fp->d->o.store, fp->peer, fp->last_seq);
-        if (err != PB_OK) PB_ERROR(fp->peer, "cannot forget pulled events: %s", pb_strerror(err));
-    }
-    lease_give(fp->d, fp->peer);
-    pthread_mutex_lock(&fp->d->mu);
-    fp->p->has_work = true; /* the worker finds out whether anything is left */
-    fp->p->gen++;
-    pthread_mutex_unlock(&fp->d->mu);
-    release(fp->d, fp->p);
-    free(fp);
+    struct op *o = arg;
+    o->done(o);
+    pb_outbox_items_free(o->items, o->n);
+    pb_peer_state_clear(&o->st);
+    pb_client_answer_clear(&o->ans);
+    pb_store_strings_free(o->strs, o->nstrs);
+    free(o->s1);
+    free(o);
 }
 
-void pb_delivery_on_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+static void op_work(void *arg)
 {
-    pb_delivery *d = ctx;
-    pb_pull_req preq = {0};
-    pb_err err = pb_wire_pull_req_decode(req->body, req->body_len, &preq);
-    uint64_t next_seq = preq.next_seq;
-    if (err != PB_OK) {
-        pb_hrpc_reply_error(rep, 400, ID_BAD, "body is not a valid PullRequest");
+    struct op *o = arg;
+    o->work(o);
+    pb_ioloop_post(o->d->loop, op_done_on_loop, o);
+}
+
+static struct op *op_new(pb_delivery *d, struct peer *p, op_fn work, op_fn done)
+{
+    struct op *o = pb_xcalloc(1, sizeof *o);
+    o->d = d;
+    o->p = p;
+    o->work = work;
+    o->done = done;
+    if (p) snprintf(o->id, sizeof o->id, "%s", p->id);
+    return o;
+}
+
+static void op_run(struct op *o)
+{
+    pb_exec_run(o->d->exec, op_work, o);
+}
+
+/* ---- the scheduler ------------------------------------------------------------------------- */
+
+enum { TAG_SEND = 1, TAG_PULL, TAG_NOTICE };
+
+static void send_start_push(struct peer *p);
+static void pull_start(struct peer *p);
+static void notice_start(struct peer *p);
+
+/* Starts every transfer that has a slot now (loop thread). */
+static void dispatch(pb_delivery *d)
+{
+    pb_sched_item *it;
+    pb_sched_class cls;
+    while (!d->stopping && (it = pb_sched_next(&d->sched, &cls))) {
+        switch (it->tag) {
+        case TAG_SEND:
+            send_start_push((struct peer *)((char *)it - offsetof(struct peer, send_item)));
+            break;
+        case TAG_PULL: {
+            struct peer *p = (struct peer *)((char *)it - offsetof(struct peer, pull_item));
+            p->pull_cls = cls;
+            pull_start(p);
+            break;
+        }
+        case TAG_NOTICE:
+            notice_start((struct peer *)((char *)it - offsetof(struct peer, notice_item)));
+            break;
+        default:
+            pb_sched_done(&d->sched, cls);
+            break;
+        }
+    }
+}
+
+/* ---- sending ----------------------------------------------------------------------------------
+ */
+
+static void fsm_feed(struct peer *p, pb_fsm_input *in);
+static void lease_want(struct peer *p);
+
+/* The admin API's view of the peer (under d->mu). */
+static void update_view(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    pthread_mutex_lock(&d->mu);
+    p->v_mode = p->fsm.mode;
+    p->v_next_wall_ms =
+        p->fsm.mode == PB_MODE_QUEUED && p->fsm.next_at ? mono_to_wall(p->fsm.next_at) : 0;
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void send_work(struct peer *p, uint64_t assigned);
+
+static void load_work(struct op *o)
+{
+    o->err = pb_store_peer_state_get(o->d->o.store, o->id, &o->st);
+}
+
+/* A record made at run time (a submission, a scan) learns the store's state first. */
+static void load_done(struct op *o)
+{
+    struct peer *p = o->p;
+    p->loading = false;
+    if (o->d->stopping) return;
+    if (o->err != PB_OK && o->err != PB_ERR_NOT_FOUND) {
+        PB_ERROR(p->id, "cannot read the delivery state: %s", pb_strerror(o->err));
+        return; /* the next submission or scan tries again */
+    }
+    if (o->err == PB_OK && p->fsm.st == PB_FSM_IDLE) {
+        bool work = p->fsm.has_work || o->st.queued > 0;
+        pb_fsm_init(&p->fsm, o->st.mode, o->st.attempts, wall_to_mono(o->st.next_attempt_at),
+                    o->st.send_epoch, o->st.next_seq ? o->st.next_seq - 1 : 0, work);
+        p->fsm.parked_seq = o->st.parked_seq;
+        if (o->st.last_error) snprintf(p->last_error, sizeof p->last_error, "%s", o->st.last_error);
+    }
+    p->loaded = true;
+    send_work(p, o->u1);
+}
+
+/* There is (or may be) work for p: feed it to the state machine, once it holds the store's
+ * state and, when several nodes share the store, the lease is ours. */
+static void send_work(struct peer *p, uint64_t assigned)
+{
+    pb_delivery *d = p->d;
+    if (d->stopping || p->dead) return;
+    if (!p->loaded) {
+        if (assigned > p->fsm.max_assigned) p->fsm.max_assigned = assigned;
+        p->fsm.has_work = true;
+        if (!p->loading) {
+            p->loading = true;
+            struct op *o = op_new(d, p, load_work, load_done);
+            o->u1 = assigned;
+            op_run(o);
+        }
         return;
     }
-    pthread_mutex_lock(&d->mu);
-    struct peer *p = peer_get(d, req->peer);
-    pb_peer_mode mode = p->mode;
-    uint64_t acked = p->acked_upto;
-    bool claimed = false;
-    if (next_seq == 0) {
-        /* Foreign puller: only a queue that nobody else is draining is answered. */
-        if (p->owned || mode != PB_MODE_QUEUED) {
-            pthread_mutex_unlock(&d->mu);
-            return; /* empty PullResponse */
+    if (d->o.node_id && !p->lease_held) {
+        p->fsm.has_work = true;
+        if (assigned > p->fsm.max_assigned) p->fsm.max_assigned = assigned;
+        lease_want(p);
+        return;
+    }
+    pb_fsm_input in = {.kind = PB_FSM_IN_WORK, .assigned = assigned};
+    fsm_feed(p, &in);
+}
+
+static void read_work(struct op *o)
+{
+    o->err = pb_store_outbox_read(o->d->o.store, o->id, o->u1, (size_t)o->u2,
+                                  o->d->o.push_max_bytes, &o->items, &o->n);
+}
+
+static void read_done(struct op *o)
+{
+    struct peer *p = o->p;
+    if (o->d->stopping) return;
+    pb_fsm_input in = {.kind = PB_FSM_IN_READ_FAILED};
+    if (o->err != PB_OK) {
+        PB_ERROR(p->id, "cannot read the outbox: %s", pb_strerror(o->err));
+    } else {
+        pb_outbox_items_free(p->items, p->nitems);
+        p->items = o->items;
+        p->nitems = o->n;
+        o->items = NULL;
+        o->n = 0;
+        in.kind = PB_FSM_IN_READ;
+        in.n = p->nitems;
+        if (p->nitems) {
+            in.first = p->items[0].seq;
+            in.last = p->items[p->nitems - 1].seq;
         }
-        p->owned = claimed = true;
+    }
+    fsm_feed(p, &in);
+}
+
+/* ACT_READ: claim the peer against foreign Pulls (and hold the lease), then read. */
+static void do_read(struct peer *p, uint64_t from, size_t limit)
+{
+    pb_delivery *d = p->d;
+    bool ok = true;
+    pthread_mutex_lock(&d->mu);
+    if (p->busy == BUSY_FOREIGN) {
+        p->send_blocked = true;
+        ok = false;
+    } else {
+        p->busy = BUSY_SEND;
     }
     pthread_mutex_unlock(&d->mu);
-    if (claimed && !lease_take(d, p, req->peer)) {
-        release(d, p); /* another node delivers this peer: its queue is not ours to answer */
+    if (ok && d->o.node_id && !p->lease_held) {
+        ok = false;
+        lease_want(p);
+    }
+    if (!ok) { /* the state machine retries the read shortly */
+        pb_fsm_input in = {.kind = PB_FSM_IN_READ_FAILED};
+        fsm_feed(p, &in);
         return;
     }
-    if (mode == PB_MODE_PARKED && !claimed) return; /* paused for the operator */
-    if (pb_fault("delivery.slow-pull-answer")) {
-        struct timespec ts = {2, 0};
-        nanosleep(&ts, NULL);
-    }
+    struct op *o = op_new(d, p, read_work, read_done);
+    o->u1 = from;
+    o->u2 = limit;
+    op_run(o);
+}
 
-    if (next_seq > 1 && next_seq - 1 > acked) {
-        err = pb_store_outbox_ack(d->o.store, req->peer, next_seq - 1);
-        if (err != PB_OK) {
-            store_failure(rep, err, "Pull");
+static void forget_done(struct op *o);
+
+static void forget_work(struct op *o)
+{
+    o->err = pb_store_outbox_ack(o->d->o.store, o->id, o->u1);
+}
+
+/* Forgets delivered events up to p->forget_want, one store call at a time. */
+static void forget_kick(struct peer *p)
+{
+    if (p->forget_busy || p->forget_want <= p->forget_sent || p->d->stopping) return;
+    p->forget_busy = true;
+    struct op *o = op_new(p->d, p, forget_work, forget_done);
+    o->u1 = p->forget_want;
+    op_run(o);
+}
+
+static void forget_done(struct op *o)
+{
+    struct peer *p = o->p;
+    p->forget_busy = false;
+    if (o->err != PB_OK)
+        PB_ERROR(p->id, "cannot forget delivered events: %s", pb_strerror(o->err));
+    else if (o->u1 > p->forget_sent)
+        p->forget_sent = o->u1;
+    forget_kick(p);
+}
+
+static void persist_work(struct op *o)
+{
+    o->err = pb_store_peer_state_set(o->d->o.store, o->id, (pb_peer_mode)o->u1, (uint32_t)o->u2,
+                                     o->i1, o->s1, o->u3);
+}
+
+static void persist_done(struct op *o)
+{
+    if (o->err != PB_OK)
+        PB_ERROR(o->id, "cannot record the delivery state: %s", pb_strerror(o->err));
+}
+
+static void do_persist(struct peer *p)
+{
+    struct op *o = op_new(p->d, p, persist_work, persist_done);
+    o->u1 = p->fsm.mode;
+    o->u2 = p->fsm.attempts;
+    o->i1 = p->fsm.mode == PB_MODE_QUEUED ? mono_to_wall(p->fsm.next_at) : 0;
+    o->u3 = p->fsm.mode == PB_MODE_PARKED ? p->fsm.parked_seq : 0;
+    o->s1 = p->fsm.mode == PB_MODE_PUSH || !p->last_error[0] ? NULL : pb_xstrdup(p->last_error);
+    op_run(o);
+}
+
+static void epoch_work(struct op *o)
+{
+    /* Is the acknowledgement above anything we assigned? Then our store went back (a
+     * restored backup): a new epoch for this peer, and push the head again in it. */
+    pb_peer_state st;
+    o->err = pb_store_peer_state_get(o->d->o.store, o->id, &st);
+    if (o->err != PB_OK) return;
+    o->u2 = st.next_seq ? st.next_seq - 1 : 0;
+    o->u3 = st.send_epoch;
+    pb_peer_state_clear(&st);
+    if (o->u1 > o->u2) o->err = pb_store_peer_new_epoch(o->d->o.store, o->id, &o->u3);
+}
+
+static void epoch_done(struct op *o)
+{
+    struct peer *p = o->p;
+    if (o->d->stopping) return;
+    if (o->err != PB_OK) {
+        PB_ERROR(p->id, "cannot renew the sequence epoch: %s", pb_strerror(o->err));
+        p->fsm.st = PB_FSM_IDLE; /* try again with the next work */
+        return;
+    }
+    if (o->u1 > o->u2)
+        PB_WARN(p->id,
+                "the peer acknowledges sequence number %llu but this store assigned only up to "
+                "%llu (restored from a backup?): new epoch %016llx, pushing again",
+                (unsigned long long)o->u1, (unsigned long long)o->u2, (unsigned long long)o->u3);
+    pb_fsm_input in = {.kind = PB_FSM_IN_EPOCH, .epoch = o->u3, .assigned = o->u2};
+    fsm_feed(p, &in);
+}
+
+static const char *note_text(pb_fsm_note n)
+{
+    switch (n) {
+    case PB_NOTE_QUEUED:
+        return "push failed every retry: queueing for the peer's Pull, probing with backoff";
+    case PB_NOTE_PROBE_FAILED:
+        return "drain probe failed";
+    case PB_NOTE_ANSWERS:
+        return "peer answers again: draining the queue";
+    case PB_NOTE_DRAINED:
+        return "queue drained: back to push mode";
+    case PB_NOTE_PARKED:
+        return "event refused: delivery parked until an operator acts";
+    case PB_NOTE_RETRY:
+        return "push failed: retrying soon";
+    case PB_NOTE_ISOLATE:
+        return "a batch was refused: pushing one event at a time to find the refused one";
+    case PB_NOTE_SHRINK:
+        return "batch over the peer's body limit: smaller batches";
+    case PB_NOTE_ROLLBACK:
+        return "acknowledgement above the sequence numbers assigned: checking the epoch";
+    default:
+        return "";
+    }
+}
+
+static void do_note(struct peer *p, pb_fsm_note n)
+{
+    int64_t in_s = p->fsm.next_at ? (p->fsm.next_at - mono_ms() + 999) / 1000 : 0;
+    switch (n) {
+    case PB_NOTE_QUEUED:
+        PB_WARN(p->id, "%s (next in %lld s): %s", note_text(n), (long long)in_s, p->last_error);
+        break;
+    case PB_NOTE_PROBE_FAILED:
+        PB_INFO(p->id, "%s, next in %lld s: %s", note_text(n), (long long)in_s, p->last_error);
+        break;
+    case PB_NOTE_PARKED:
+        PB_ERROR(p->id, "%s: event %llu: %s", note_text(n), (unsigned long long)p->fsm.parked_seq,
+                 p->last_error);
+        break;
+    case PB_NOTE_RETRY:
+        PB_DEBUG(p->id, "%s: %s", note_text(n), p->last_error);
+        break;
+    default:
+        PB_INFO(p->id, "%s", note_text(n));
+        break;
+    }
+}
+
+static void do_actions(struct peer *p, const pb_fsm_action *a, size_t n)
+{
+    pb_delivery *d = p->d;
+    for (size_t i = 0; i < n; i++) {
+        switch (a[i].kind) {
+        case PB_FSM_ACT_READ:
+            do_read(p, a[i].from, a[i].limit);
+            break;
+        case PB_FSM_ACT_PUSH:
+            p->send_item.tag = TAG_SEND;
+            pb_sched_want(&d->sched, &p->send_item, PB_SCHED_HIGH);
+            dispatch(d);
+            break;
+        case PB_FSM_ACT_FORGET:
+            if (a[i].upto > p->forget_want) p->forget_want = a[i].upto;
+            if (!a[i].lazy || p->forget_want >= p->forget_sent + LAZY_FORGET) forget_kick(p);
+            break;
+        case PB_FSM_ACT_PERSIST:
+            do_persist(p);
+            break;
+        case PB_FSM_ACT_TIMER:
+            if (a[i].at)
+                pb_ioloop_timer_arm(d->loop, &p->send_timer, a[i].at);
+            else
+                pb_ioloop_timer_cancel(d->loop, &p->send_timer);
+            break;
+        case PB_FSM_ACT_EPOCH: {
+            struct op *o = op_new(d, p, epoch_work, epoch_done);
+            o->u1 = a[i].upto;
+            op_run(o);
+            break;
+        }
+        case PB_FSM_ACT_NOTE:
+            do_note(p, a[i].note);
+            break;
+        }
+    }
+}
+
+static void fsm_feed(struct peer *p, pb_fsm_input *in)
+{
+    pb_delivery *d = p->d;
+    if (d->stopping) return;
+    in->now = mono_ms();
+    in->rnd = randombytes_random();
+    pb_fsm_action acts[PB_FSM_MAX_ACTIONS];
+    size_t n = pb_fsm_step(&p->fsm, &d->fcfg, in, acts);
+    do_actions(p, acts, n);
+    if (p->fsm.st == PB_FSM_IDLE) {
+        pthread_mutex_lock(&d->mu);
+        if (p->busy == BUSY_SEND) p->busy = BUSY_NONE;
+        pthread_mutex_unlock(&d->mu);
+        /* with nothing more to do, another node may have this peer */
+        if (d->o.node_id && p->lease_held && !p->fsm.has_work) lease_want(p);
+    }
+    update_view(p);
+}
+
+static void send_timer_fired(void *arg)
+{
+    struct peer *p = arg;
+    pb_fsm_input in = {.kind = PB_FSM_IN_TIMER};
+    fsm_feed(p, &in);
+}
+
+static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
+{
+    struct peer *p = ctx;
+    pb_delivery *d = p->d;
+    pb_sched_done(&d->sched, PB_SCHED_HIGH);
+    int64_t ms = mono_ms() - p->push_started;
+    pb_fsm_input in = {.kind = PB_FSM_IN_PUSHED};
+    in.result = pb_fsm_classify(err, ans->status, ans->identifier);
+    if (in.result == PB_PUSH_OK) {
+        pb_fault_crash("delivery.crash-before-forget");
+        if (pb_wire_push_resp_decode(ans->body, ans->body_len, &in.ack, &in.ack_epoch) != PB_OK)
+            in.ack = in.ack_epoch = 0; /* a 200 is a 200; only the extension is not believed */
+    } else if (ans->has_retry_after) {
+        in.retry_after_s = ans->retry_after;
+    }
+    if (in.result != PB_PUSH_OK && in.result != PB_PUSH_STOPPED)
+        describe(err, ans, p->last_error, sizeof p->last_error);
+    if (in.result == PB_PUSH_TRANSIENT && ans->status == 401 && ans->identifier &&
+        strcmp(ans->identifier, "h.bad-time") == 0)
+        PB_WARN(p->id, "the peer refuses our token's time (h.bad-time): check this server's "
+                       "clock (NTP)");
+    const pb_metrics_std *m = d->o.metrics;
+    if (m) {
+        pb_histogram_observe(pb_metric_get(m->client_duration, "Push"), (double)ms / 1000.0);
+        const char *r = in.result == PB_PUSH_OK                          ? "ok"
+                        : in.result == PB_PUSH_REFUSED && p->nitems == 1 ? "parked"
+                        : p->fsm.mode == PB_MODE_PUSH && p->fsm.tries < d->fcfg.push_retries
+                            ? "retried"
+                            : "queued";
+        if (in.result != PB_PUSH_STOPPED)
+            pb_counter_add(pb_metric_get(m->events_pushed, r), p->nitems);
+    }
+    if (in.result != PB_PUSH_STOPPED) {
+        const char *status = in.result == PB_PUSH_OK                          ? "sent"
+                             : in.result == PB_PUSH_REFUSED && p->nitems == 1 ? "bounced"
+                                                                              : "deferred";
+        uint64_t first = p->nitems ? p->items[0].seq : 0;
+        uint64_t last = p->nitems ? p->items[p->nitems - 1].seq : 0;
+        pb_log_kv_write(in.result == PB_PUSH_OK ? PB_LOG_DEBUG : PB_LOG_INFO, p->id,
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("seq", first),
+                               PB_KV_NUM("last_seq", last), PB_KV_NUM("events", p->nitems),
+                               PB_KV_NUM("duration_ms", ms), PB_KV_NUM("http", ans->status),
+                               PB_KV_STR("status", status)),
+                        "push %s%s%s", status, in.result == PB_PUSH_OK ? "" : ": ",
+                        in.result == PB_PUSH_OK ? "" : p->last_error);
+    }
+    pb_client_answer_clear(ans);
+    pb_outbox_items_free(p->items, p->nitems);
+    p->items = NULL;
+    p->nitems = 0;
+    if (in.result == PB_PUSH_STOPPED || d->stopping) {
+        p->fsm.st = PB_FSM_IDLE;
+        return;
+    }
+    fsm_feed(p, &in);
+    dispatch(d);
+}
+
+/* A slot was granted: push the events read. */
+static void send_start_push(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    pb_buf body = PB_BUF_INIT;
+    pb_event *evs = pb_xcalloc(p->nitems ? p->nitems : 1, sizeof *evs);
+    uint64_t *seqs = pb_xcalloc(p->nitems ? p->nitems : 1, sizeof *seqs);
+    for (size_t i = 0; i < p->nitems; i++) {
+        evs[i] = p->items[i].ev; /* borrowed */
+        seqs[i] = p->items[i].seq;
+    }
+    pb_err err =
+        p->nitems ? pb_wire_push_encode(evs, seqs, p->nitems, p->fsm.epoch, &body) : PB_ERR_INVAL;
+    free(evs);
+    free(seqs);
+    p->push_started = mono_ms();
+    if (err != PB_OK) { /* a stored event we cannot encode: refuse it for good */
+        pb_sched_done(&d->sched, PB_SCHED_HIGH);
+        snprintf(p->last_error, sizeof p->last_error, "event %llu cannot be encoded",
+                 (unsigned long long)(p->nitems ? p->items[0].seq : 0));
+        pb_buf_free(&body);
+        pb_fsm_input in = {.kind = PB_FSM_IN_PUSHED, .result = PB_PUSH_REFUSED};
+        fsm_feed(p, &in);
+        return;
+    }
+    char as[PB_SERVER_ID_MAX];
+    as_id_for(d, p, as);
+    char *authz = pb_auth_header_cached(d->signer, as, p->id, (uint64_t)time(NULL));
+    pb_client_req req = {.server_id = p->id,
+                         .path = PATH_PUSH,
+                         .authorization = authz,
+                         .body = body.data,
+                         .body_len = body.len,
+                         .max_response = 64 * 1024};
+    pb_client_start(d->o.client, &req, push_done, p);
+    free(authz);
+    pb_buf_free(&body);
+}
+
+/* ---- pulling (this server as R) ----------------------------------------------------------------
+ */
+
+static void pull_due(struct peer *p, bool urgent)
+{
+    pb_delivery *d = p->d;
+    if (d->stopping || p->dead) return;
+    if (urgent) p->pull_urgent = true;
+    if (p->pull_st == PULL_IDLE) {
+        p->pull_st = PULL_WAIT;
+        p->pull_item.tag = TAG_PULL;
+        pb_sched_want(&d->sched, &p->pull_item, urgent ? PB_SCHED_HIGH : PB_SCHED_LOW);
+    } else if (p->pull_st == PULL_WAIT && urgent) {
+        pb_sched_promote(&d->sched, &p->pull_item);
+    }
+    dispatch(d);
+}
+
+/* The Pull from p ended (or cannot start): its waiting Pushes go on. */
+static void pull_finish(struct peer *p, const char *why)
+{
+    pb_delivery *d = p->d;
+    if (why)
+        PB_INFO(p->id, "pull finished: %zu new events (%s)", p->pull_total, why);
+    else
+        PB_INFO(p->id, "pull finished: %zu new events", p->pull_total);
+    p->pull_st = PULL_IDLE;
+    p->pull_urgent = p->pull_startup = false;
+    p->pull_round = 0;
+    p->pull_total = 0;
+    pthread_mutex_lock(&d->mu);
+    p->pulling = false;
+    p->urgent_posted = false;
+    pb_hrpc_waker **ws = p->waiters;
+    size_t nw = p->nwaiters;
+    p->waiters = NULL;
+    p->nwaiters = p->capwaiters = 0;
+    pthread_mutex_unlock(&d->mu);
+    for (size_t i = 0; i < nw; i++)
+        pb_hrpc_wake(ws[i]);
+    free(ws);
+}
+
+static void pull_apply_next(pb_delivery *d);
+
+static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
+{
+    struct peer *p = ctx;
+    pb_delivery *d = p->d;
+    pb_sched_done(&d->sched, p->pull_cls);
+    if (d->o.metrics)
+        pb_histogram_observe(pb_metric_get(d->o.metrics->client_duration, "Pull"),
+                             (double)ans->elapsed_ms / 1000.0);
+    if (err != PB_OK) {
+        char why[512];
+        describe(err, ans, why, sizeof why);
+        pb_client_answer_clear(ans);
+        if (!d->stopping) pull_finish(p, why);
+        dispatch(d);
+        return;
+    }
+    p->pull_ans = *ans;
+    memset(ans, 0, sizeof *ans);
+    if (d->napply_q == d->capapply_q) {
+        d->capapply_q = d->capapply_q ? 2 * d->capapply_q : 16;
+        d->apply_q = pb_xrealloc(d->apply_q, d->capapply_q * sizeof *d->apply_q);
+    }
+    d->apply_q[d->napply_q++] = p;
+    pull_apply_next(d);
+    dispatch(d);
+}
+
+static void apply_work(struct op *o)
+{
+    pb_delivery *d = o->d;
+    pb_event *evs = NULL;
+    uint64_t *seqs = NULL, epoch = 0;
+    size_t n = 0;
+    o->err = pb_wire_pull_resp_decode(o->ans.body, o->ans.body_len, &evs, &seqs, &n, &epoch);
+    o->u3 = o->ans.body_len;
+    pb_client_answer_clear(&o->ans);
+    if (o->err != PB_OK) return;
+    o->n = 0;
+    o->u1 = n;
+    if (n > d->o.pull_read_max_events) {
+        o->err = PB_ERR_TOO_BIG;
+    } else if (n > 0) {
+        /* Within the sender's budget: a postbox of this project (sequence numbers) keeps
+         * what we do not take and sends it again; a foreign sender forgot what it answered,
+         * so its answer is stored whole (and charged: the debt holds back its next ones). */
+        size_t take = n;
+        if (seqs) {
+            uint64_t left = pb_budget_events_left(d->budget, o->id, mono_ms());
+            if (left < take) take = left ? (size_t)left : 1;
+        }
+        o->u2 = take;
+        /* our Pull is always bound to the sender, so its sequence numbers count */
+        o->err = pb_store_receive(d->o.store, o->id, epoch, evs, seqs, take, wall_ms(), &o->rr);
+        if (o->err == PB_OK) {
+            pb_budget_charge(d->budget, o->id, o->rr.applied, o->u3, mono_ms());
+            if (d->o.metrics) {
+                /* applied events by kind: the duplicates were the lowest sequence numbers */
+                size_t skip = o->rr.duplicates;
+                for (size_t i = skip; i < take; i++)
+                    pb_counter_inc(pb_metric_get(d->o.metrics->events_received,
+                                                 pb_event_kind_name(evs[i].kind), "pull"));
+                pb_counter_add(pb_metric_get(d->o.metrics->events_duplicate, "pull"),
+                               o->rr.duplicates);
+            }
+            if (o->rr.applied) pb_delivery_inbox_bump(d);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        pb_event_clear(&evs[i]);
+    free(evs);
+    free(seqs);
+}
+
+static void pull_round(struct peer *p);
+
+static void apply_done(struct op *o)
+{
+    struct peer *p = o->p;
+    pb_delivery *d = o->d;
+    d->applying--;
+    if (d->stopping) return;
+    if (o->err != PB_OK) {
+        char why[128];
+        snprintf(why, sizeof why, "answer not stored: %s", pb_strerror(o->err));
+        if (o->err == PB_ERR_TOO_BIG)
+            snprintf(why, sizeof why, "answer of %llu events over the limit of %u: refused",
+                     (unsigned long long)o->u1, d->o.pull_read_max_events);
+        PB_WARN(p->id, "pull answer refused: %s", why);
+        pull_finish(p, why);
+    } else {
+        p->pull_total += o->rr.applied;
+        uint32_t ra = 0;
+        if (o->u1 == 0) {
+            pull_finish(p, NULL);
+        } else if (++p->pull_round >= d->o.pull_rounds) {
+            pull_finish(p, "rounds per contact used: the rest waits for the next pull");
+        } else if (!pb_budget_available(d->budget, p->id, mono_ms(), &ra)) {
+            char why[128];
+            snprintf(why, sizeof why, "receive budget used: the rest waits (%u s)", ra);
+            pull_finish(p, why);
+        } else {
+            pb_sched_want(&d->sched, &p->pull_item, p->pull_urgent ? PB_SCHED_HIGH : p->pull_cls);
+        }
+    }
+    pull_apply_next(d);
+    dispatch(d);
+}
+
+static void pull_apply_next(pb_delivery *d)
+{
+    while (d->applying < MAX_APPLYING && d->napply_q > 0 && !d->stopping) {
+        struct peer *p = d->apply_q[0];
+        memmove(d->apply_q, d->apply_q + 1, (d->napply_q - 1) * sizeof *d->apply_q);
+        d->napply_q--;
+        struct op *o = op_new(d, p, apply_work, apply_done);
+        o->ans = p->pull_ans;
+        memset(&p->pull_ans, 0, sizeof p->pull_ans);
+        d->applying++;
+        op_run(o);
+    }
+}
+
+static void latest_work(struct op *o)
+{
+    o->err = pb_store_recv_latest(o->d->o.store, o->id, &o->u1, &o->u2);
+}
+
+static void latest_done(struct op *o)
+{
+    struct peer *p = o->p;
+    pb_delivery *d = o->d;
+    if (d->stopping) {
+        pb_sched_done(&d->sched, p->pull_cls);
+        return;
+    }
+    if (o->err != PB_OK) {
+        pb_sched_done(&d->sched, p->pull_cls);
+        PB_ERROR(p->id, "cannot read the receive state: %s", pb_strerror(o->err));
+        pull_finish(p, "store unavailable");
+        dispatch(d);
+        return;
+    }
+    pb_pull_req pr = {.next_seq = o->u2 + 1,
+                      .epoch = o->u1,
+                      .max_bytes = d->o.pull_read_max_bytes,
+                      .max_events = d->o.pull_read_max_events};
+    pb_buf body = PB_BUF_INIT;
+    pb_wire_pull_req_encode(&pr, &body);
+    char as[PB_SERVER_ID_MAX];
+    as_id_for(d, p, as);
+    char *authz = pb_auth_header_cached(d->signer, as, p->id, (uint64_t)time(NULL));
+    pb_client_req req = {.server_id = p->id,
+                         .path = PATH_PULL,
+                         .authorization = authz,
+                         .body = body.data,
+                         .body_len = body.len,
+                         .max_response = d->o.pull_read_max_bytes};
+    pb_client_start(d->o.client, &req, pull_answered, p);
+    free(authz);
+    pb_buf_free(&body);
+}
+
+/* One round: what we hold from p (epoch, last sequence number), then the Pull. */
+static void pull_round(struct peer *p)
+{
+    struct op *o = op_new(p->d, p, latest_work, latest_done);
+    op_run(o);
+}
+
+static void pull_start(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    uint32_t ra = 0;
+    if (p->pull_st == PULL_WAIT) {
+        p->pull_st = PULL_RUN;
+        p->pull_round = 0;
+        p->pull_total = 0;
+        if (!pb_budget_available(d->budget, p->id, mono_ms(), &ra)) {
+            pb_sched_done(&d->sched, p->pull_cls);
+            pull_finish(p, "receive budget used");
             return;
         }
-        pthread_mutex_lock(&d->mu);
-        if (p->acked_upto < next_seq - 1) p->acked_upto = next_seq - 1;
-        pthread_mutex_unlock(&d->mu);
     }
-    pb_outbox_item *items = NULL;
-    size_t n = 0;
-    err = pb_store_outbox_read(d->o.store, req->peer, next_seq ? next_seq : 1, d->o.pull_batch,
-                               d->o.pull_max_bytes, &items, &n);
-    if (err != PB_OK) {
-        if (claimed) {
-            lease_give(d, req->peer);
-            release(d, p);
-        }
-        store_failure(rep, err, "Pull");
+    pull_round(p);
+}
+
+static void pull_timer_fired(void *arg)
+{
+    pull_due(arg, false);
+}
+
+/* ---- rename notices (this server renamed itself) ------------------------------------------ */
+
+static void notice_view(struct peer *p, const char *err)
+{
+    pb_delivery *d = p->d;
+    pthread_mutex_lock(&d->mu);
+    p->v_notice = p->notice;
+    snprintf(p->v_notice_old, sizeof p->v_notice_old, "%s", p->notice_old);
+    if (err) snprintf(p->v_notice_err, sizeof p->v_notice_err, "%s", err);
+    if (!p->notice) p->v_notice_err[0] = '\0';
+    p->notice_tries++;
+    pthread_cond_broadcast(&d->notice_cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void notice_want(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    if (!p->notice || p->notice_running || d->stopping || p->dead) return;
+    p->notice_item.tag = TAG_NOTICE;
+    pb_sched_want(&d->sched, &p->notice_item, PB_SCHED_HIGH);
+    dispatch(d);
+}
+
+static void notice_timer_fired(void *arg)
+{
+    notice_want(arg);
+}
+
+static void notice_ok_work(struct op *o)
+{
+    o->err = pb_store_rename_out_done(o->d->o.store, o->id, o->s1);
+}
+
+static void notice_fail_work(struct op *o)
+{
+    o->err = pb_store_rename_out_failed(o->d->o.store, o->id, (uint32_t)o->u1, o->i1, o->s1);
+}
+
+static void notice_store_done(struct op *o)
+{
+    if (o->err != PB_OK && o->err != PB_ERR_NOT_FOUND)
+        PB_ERROR(o->id, "cannot record the rename notice: %s", pb_strerror(o->err));
+}
+
+static void notice_done(void *ctx, pb_err err, pb_client_answer *ans)
+{
+    struct peer *p = ctx;
+    pb_delivery *d = p->d;
+    pb_sched_done(&d->sched, PB_SCHED_HIGH);
+    p->notice_running = false;
+    char why[256] = "";
+    if (err != PB_OK) describe(err, ans, why, sizeof why);
+    pb_client_answer_clear(ans);
+    if (err == PB_ERR_SHUTDOWN || d->stopping) return;
+    if (err == PB_OK) {
+        PB_INFO(p->id, "peer accepted our new ID %s", p->notice_new);
+        struct op *o = op_new(d, p, notice_ok_work, notice_store_done);
+        o->s1 = pb_xstrdup(p->notice_new);
+        op_run(o);
+        p->notice = false;
+        p->notice_attempts = 0;
+        notice_view(p, NULL);
+        rebuild_old_ids(d);
+    } else {
+        p->notice_attempts++;
+        int64_t delay = pb_fsm_backoff_ms(&d->fcfg, p->notice_attempts - 1, randombytes_random());
+        PB_WARN(p->id, "rename notice failed (attempt %u, next in %lld s): %s", p->notice_attempts,
+                (long long)delay / 1000, why);
+        struct op *o = op_new(d, p, notice_fail_work, notice_store_done);
+        o->u1 = p->notice_attempts;
+        o->i1 = wall_ms() + delay;
+        o->s1 = pb_xstrdup(why);
+        op_run(o);
+        pb_ioloop_timer_arm(d->loop, &p->notice_timer, mono_ms() + delay);
+        notice_view(p, why);
+    }
+    dispatch(d);
+}
+
+static void notice_start(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    if (!p->notice) {
+        pb_sched_done(&d->sched, PB_SCHED_HIGH);
         return;
     }
-    uint64_t *seqs = next_seq ? pb_xcalloc(n ? n : 1, sizeof *seqs) : NULL;
-    for (size_t i = 0; i < n; i++) {
-        pb_wire_pull_resp_append_event(&items[i].ev, &rep->body);
-        if (seqs) seqs[i] = items[i].seq;
-    }
-    if (seqs) pb_wire_pull_resp_append_seqs(seqs, n, 0, &rep->body);
-    if (claimed) {
-        struct foreign_pull *fp = pb_xcalloc(1, sizeof *fp);
-        fp->d = d;
-        fp->p = p;
-        snprintf(fp->peer, sizeof fp->peer, "%s", req->peer);
-        fp->last_seq = n ? items[n - 1].seq : 0;
-        rep->on_done = foreign_pull_done;
-        rep->on_done_ctx = fp;
-    }
-    if (n) PB_DEBUG(req->peer, "answered a Pull with %zu events", n);
-    free(seqs);
-    pb_outbox_items_free(items, n);
+    p->notice_running = true;
+    uint64_t now = (uint64_t)time(NULL);
+    /* The proof of possession (PROTOCOL.md 7.2): a token naming the new ID, for this peer. */
+    pb_buf proof = PB_BUF_INIT, body = PB_BUF_INIT;
+    pb_auth_token_make(d->o.keys, p->notice_new, p->id, now, &proof);
+    pb_wire_notify_encode(p->notice_new, proof.data, proof.len, &body);
+    char *authz = pb_auth_header_cached(d->signer, p->notice_old, p->id, now);
+    pb_client_req req = {.server_id = p->id,
+                         .path = PATH_NOTIFY,
+                         .authorization = authz,
+                         .body = body.data,
+                         .body_len = body.len,
+                         .max_response = 64 * 1024};
+    pb_client_start(d->o.client, &req, notice_done, p);
+    free(authz);
+    pb_buf_free(&proof);
+    pb_buf_free(&body);
 }
 
-static pb_err stored_key_only(void *ctx, const char *server_id, bool refresh, uint8_t key[32],
-                              bool *fresh)
+/* ---- leases (several nodes) --------------------------------------------------------------------
+ */
+
+static void lease_work(struct op *o)
 {
-    pb_delivery *d = ctx;
-    *fresh = false;
-    if (refresh) return PB_ERR_BUSY;
-    return pb_store_peer_key_get(d->o.store, server_id, key);
+    pb_delivery *d = o->d;
+    if (o->b1) { /* release */
+        o->err = pb_store_lease_release(d->o.store, o->id, d->o.node_id);
+        return;
+    }
+    bool held = false;
+    o->err = pb_store_lease_acquire(d->o.store, o->id, d->o.node_id, wall_ms(), d->o.lease_ttl_ms,
+                                    &held);
+    o->u1 = held;
+    /* newly ours: the shared store's delivery state wins over what we remember */
+    if (o->err == PB_OK && held && !o->u2) {
+        pb_err e = pb_store_peer_state_get(d->o.store, o->id, &o->st);
+        o->u3 = e == PB_OK;
+    }
 }
 
-/* True when the Authorization header holds a token that verifies with key. */
-static bool header_verifies(const char *header, const uint8_t key[32])
+static void lease_done(struct op *o)
 {
-    uint8_t *tok = NULL;
-    size_t len = 0;
-    if (!header || pb_auth_header_decode(header, &tok, &len) != PB_OK) return false;
-    bool ok = pb_auth_token_verify(tok, len, key);
-    free(tok);
-    return ok;
+    struct peer *p = o->p;
+    pb_delivery *d = o->d;
+    p->lease_busy = false;
+    if (d->stopping) return;
+    if (o->b1) {
+        if (o->err != PB_OK)
+            PB_WARN(p->id, "cannot release the delivery lease: %s", pb_strerror(o->err));
+        lease_want(p); /* work may have come meanwhile */
+        return;
+    }
+    if (o->err != PB_OK) PB_WARN(p->id, "cannot take the delivery lease: %s", pb_strerror(o->err));
+    bool was = p->lease_held;
+    p->lease_held = o->err == PB_OK && o->u1;
+    if (!p->lease_held) {
+        if (was) PB_WARN(p->id, "lost the delivery lease to another node");
+        /* another node delivers this peer; look again later */
+        pb_ioloop_timer_arm(d->loop, &p->lease_timer, mono_ms() + d->o.scan_interval_ms);
+        return;
+    }
+    p->lease_renew_at = mono_ms() + d->o.lease_ttl_ms / 3;
+    pb_ioloop_timer_arm(d->loop, &p->lease_timer, p->lease_renew_at);
+    if (!was && o->u3) {
+        pb_fsm_input in = {.kind = PB_FSM_IN_LOADED,
+                           .mode = o->st.mode,
+                           .attempts = o->st.attempts,
+                           .next_at = wall_to_mono(o->st.next_attempt_at)};
+        if (o->st.send_epoch != p->fsm.epoch && p->fsm.st == PB_FSM_IDLE)
+            p->fsm.epoch = o->st.send_epoch;
+        if (o->st.next_seq && o->st.next_seq - 1 > p->fsm.max_assigned)
+            p->fsm.max_assigned = o->st.next_seq - 1;
+        if (o->st.queued == 0) p->fsm.has_work = false;
+        fsm_feed(p, &in);
+    }
+    if (p->fsm.has_work) send_work(p, 0);
 }
 
-void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+/* Takes, renews or gives up the lease as the peer's activity needs. */
+static void lease_want(struct peer *p)
 {
-    pb_delivery *d = ctx;
-    char *raw = NULL, new_id[PB_SERVER_ID_MAX];
-    pb_auth_result ar;
-    /* The token names the old ID and must verify with the key we hold for it. */
-    pb_auth_check(req->authorization, (uint64_t)time(NULL), d->o.policy, stored_key_only, d, &ar);
-    uint8_t *proof = NULL;
-    size_t proof_len = 0;
-    if (pb_wire_notify_decode(req->body, req->body_len, &raw, &proof, &proof_len) != PB_OK ||
-        pb_serverid_normalize(raw, new_id) != PB_OK) {
-        if (ar.verdict == PB_AUTH_OK || ar.verdict == PB_AUTH_KEY_UNAVAILABLE) {
-            pb_hrpc_reply_error(rep, 400, ID_BAD, "new_server_id is not a valid server ID");
-            goto out;
-        }
-        new_id[0] = '\0';
+    pb_delivery *d = p->d;
+    if (!d->o.node_id || p->lease_busy || d->stopping) return;
+    bool active = p->fsm.has_work || p->fsm.st != PB_FSM_IDLE;
+    if (p->lease_held && !active) { /* give it up */
+        p->lease_held = false;
+        pb_ioloop_timer_cancel(d->loop, &p->lease_timer);
+        p->lease_busy = true;
+        struct op *o = op_new(d, p, lease_work, lease_done);
+        o->b1 = true;
+        op_run(o);
+        return;
     }
-    if (ar.verdict == PB_AUTH_KEY_UNAVAILABLE) {
-        /* Unknown old ID: unless this is a repeat of a rename we already made. */
-        uint8_t key[32];
-        if (new_id[0] && pb_store_peer_key_get(d->o.store, new_id, key) == PB_OK &&
-            header_verifies(req->authorization, key)) {
-            PB_INFO(ar.server_id, "repeated rename notice to %s acknowledged", new_id);
-            goto out;
-        }
-        pb_hrpc_reply_error(rep, 403, "h.host-not-allowed", "unknown server %s", ar.server_id);
-        goto out;
+    if (!active) return;
+    if (p->lease_held && mono_ms() < p->lease_renew_at) return;
+    p->lease_busy = true;
+    struct op *o = op_new(d, p, lease_work, lease_done);
+    o->u2 = p->lease_held;
+    op_run(o);
+}
+
+static void lease_timer_fired(void *arg)
+{
+    lease_want(arg);
+}
+
+/* ---- several nodes: the scan ----------------------------------------------------------------- */
+
+static void scan_work(struct op *o)
+{
+    pb_delivery *d = o->d;
+    o->err = pb_store_outbox_peers(d->o.store, &o->strs, &o->nstrs);
+    if (pb_store_meta_get(d->o.store, "server_id", &o->s1) != PB_OK) o->s1 = NULL;
+    pb_store_inbox_last_seq(d->o.store, &o->u1);
+}
+
+static void scan_done(struct op *o)
+{
+    pb_delivery *d = o->d;
+    d->scan_busy = false;
+    if (d->stopping) return;
+    if (o->err != PB_OK) PB_WARN(NULL, "scan for work: %s", pb_strerror(o->err));
+    if (o->u1 != d->scanned_inbox) { /* events received by other nodes */
+        d->scanned_inbox = o->u1;
+        pb_delivery_inbox_bump(d);
     }
-    if (ar.verdict != PB_AUTH_OK) {
-        pb_hrpc_reply_error(rep, pb_auth_verdict_status(ar.verdict),
-                            pb_auth_verdict_identifier(ar.verdict), "%s",
-                            pb_auth_verdict_message(ar.verdict));
-        goto out;
+    for (size_t i = 0; i < o->nstrs; i++) {
+        struct peer *p = peer_get(d, o->strs[i]);
+        if (p->fsm.st == PB_FSM_IDLE && !p->lease_busy) send_work(p, 0);
     }
-    if (strcmp(new_id, ar.server_id) == 0) {
-        pb_hrpc_reply_error(rep, 400, ID_BAD, "new_server_id equals the current ID");
-        goto out;
+    if (o->s1) {
+        pthread_mutex_lock(&d->mu);
+        bool renamed = strcmp(o->s1, d->self) != 0;
+        if (renamed) snprintf(d->self, sizeof d->self, "%s", o->s1);
+        pthread_mutex_unlock(&d->mu);
+        if (renamed) PB_INFO(NULL, "this server was renamed to %s (by another node)", o->s1);
     }
-    uint8_t old_key[32], new_key[32];
-    pb_err err = pb_store_peer_key_get(d->o.store, ar.server_id, old_key);
-    if (err != PB_OK) {
-        store_failure(rep, err, "NotifyNewId");
-        goto out;
-    }
-    pb_client_answer kans;
-    err = pb_client_fetch_key(d->o.client, new_id, new_key, &kans);
-    pb_client_answer_clear(&kans);
-    if (err != PB_OK) {
-        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "cannot fetch the key served at %s: %s",
-                            new_id, pb_strerror(err));
-        rep->retry_after = 30;
-        goto out;
-    }
-    if (sodium_memcmp(old_key, new_key, 32) != 0) {
-        PB_WARN(ar.server_id, "rename to %s refused: the key served there differs", new_id);
-        pb_hrpc_reply_error(rep, 403, "h.bad-new-id", "the key served at %s is not yours", new_id);
-        goto out;
-    }
-    err = pb_store_peer_rename(d->o.store, ar.server_id, new_id, new_key, now_ms());
-    if (err == PB_ERR_EXISTS) {
-        pb_hrpc_reply_error(rep, 409, "h.new-id-in-use", "%s is already a known server", new_id);
-        goto out;
-    }
-    if (err == PB_ERR_NOT_FOUND) {
-        pb_hrpc_reply_error(rep, 403, "h.host-not-allowed", "unknown server %s", ar.server_id);
-        goto out;
-    }
-    if (err != PB_OK) {
-        store_failure(rep, err, "NotifyNewId");
-        goto out;
-    }
+    pb_ioloop_timer_arm(d->loop, &d->scan_timer, mono_ms() + d->o.scan_interval_ms);
+}
+
+static void scan_timer_fired(void *arg)
+{
+    pb_delivery *d = arg;
+    if (d->scan_busy || d->stopping) return;
+    d->scan_busy = true;
+    op_run(op_new(d, NULL, scan_work, scan_done));
+}
+
+/* ---- pending renames of peers expire ----------------------------------------------------------
+ */
+
+static void expire_work(struct op *o)
+{
+    size_t removed = 0;
+    o->err = pb_store_rename_in_expire(o->d->o.store, wall_ms() - RENAME_IN_TTL_MS, &removed);
+    o->n = 0;
+    o->u1 = removed;
+}
+
+static void expire_done(struct op *o)
+{
+    if (o->err != PB_OK)
+        PB_WARN(NULL, "cannot expire pending renames: %s", pb_strerror(o->err));
+    else if (o->u1)
+        PB_INFO(NULL, "%llu pending peer rename(s) expired without proof",
+                (unsigned long long)o->u1);
+    if (!o->d->stopping)
+        pb_ioloop_timer_arm(o->d->loop, &o->d->expire_timer, mono_ms() + EXPIRE_EVERY_MS);
+}
+
+static void expire_timer_fired(void *arg)
+{
+    pb_delivery *d = arg;
+    if (!d->stopping) op_run(op_new(d, NULL, expire_work, expire_done));
+}
+
+/* ---- life cycle -------------------------------------------------------------------------------
+ */
+
+pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
+{
+    pb_delivery *d = pb_xcalloc(1, sizeof *d);
+    d->o = *opts;
+    if (!d->o.store_threads) d->o.store_threads = 8;
+    if (!d->o.retry_base_ms) d->o.retry_base_ms = 100;
+    if (!d->o.backoff_min_s) d->o.backoff_min_s = 5;
+    if (!d->o.backoff_max_s) d->o.backoff_max_s = 900;
+    if (d->o.backoff_max_s < d->o.backoff_min_s) d->o.backoff_max_s = d->o.backoff_min_s;
+    if (!d->o.pull_interval_s) d->o.pull_interval_s = 60;
+    if (!d->o.pull_batch) d->o.pull_batch = 1000;
+    if (!d->o.pull_max_bytes) d->o.pull_max_bytes = 1024 * 1024;
+    if (!d->o.push_wait_ms) d->o.push_wait_ms = 10000;
+    if (!d->o.max_transfers) d->o.max_transfers = 1024;
+    if (!d->o.batch_max) d->o.batch_max = 256;
+    if (!d->o.push_max_bytes) d->o.push_max_bytes = 60 * 1024;
+    if (!d->o.pull_read_max_bytes) d->o.pull_read_max_bytes = 1024 * 1024;
+    if (!d->o.pull_read_max_events) d->o.pull_read_max_events = 10000;
+    if (!d->o.pull_rounds) d->o.pull_rounds = 16;
+    if (!d->o.push_max_events) d->o.push_max_events = 1000;
+    if (!d->o.lease_ttl_ms) d->o.lease_ttl_ms = 10000;
+    if (!d->o.scan_interval_ms) d->o.scan_interval_ms = 1000;
+    d->o.node_id = opts->node_id ? pb_xstrdup(opts->node_id) : NULL;
+    d->fcfg = (pb_fsm_cfg){.push_retries = d->o.push_retries,
+                           .retry_base_ms = d->o.retry_base_ms,
+                           .backoff_min_ms = d->o.backoff_min_s * 1000,
+                           .backoff_max_ms = d->o.backoff_max_s * 1000,
+                           .batch_max = d->o.batch_max};
+    snprintf(d->self, sizeof d->self, "%s", opts->server_id);
+    d->loop = pb_client_loop(opts->client);
+    d->signer = pb_auth_signer_new(opts->keys);
+    d->budget = pb_budget_new(&d->o.budget);
+    /* at most 3/4 of the slots for Pulls, so pushes always find room */
+    pb_sched_init(&d->sched, d->o.max_transfers, d->o.max_transfers - d->o.max_transfers / 4);
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&d->inbox_cv, &ca);
+    pthread_cond_init(&d->notice_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pb_timer_init(&d->scan_timer, scan_timer_fired, d);
+    pb_timer_init(&d->expire_timer, expire_timer_fired, d);
+
+    pb_peer_state *sts = NULL;
+    size_t n = 0;
+    pb_err err = pb_store_peer_state_list(d->o.store, &sts, &n);
+    if (err != PB_OK) goto fail;
     pthread_mutex_lock(&d->mu);
-    struct peer *p = peer_find(d, ar.server_id);
-    if (p) snprintf(p->id, sizeof p->id, "%s", new_id);
-    d->inbox_gen++;
-    pthread_cond_broadcast(&d->inbox_cv);
+    for (size_t i = 0; i < n; i++) {
+        struct peer *p = peer_new_locked(d, sts[i].server_id);
+        p->loaded = true;
+        pb_fsm_init(&p->fsm, sts[i].mode, sts[i].attempts, wall_to_mono(sts[i].next_attempt_at),
+                    sts[i].send_epoch, sts[i].next_seq ? sts[i].next_seq - 1 : 0,
+                    sts[i].queued > 0);
+        p->fsm.parked_seq = sts[i].parked_seq;
+        if (sts[i].last_error)
+            snprintf(p->last_error, sizeof p->last_error, "%s", sts[i].last_error);
+        p->last_contact_s = sts[i].last_contact;
+        p->v_mode = sts[i].mode;
+        p->v_next_wall_ms = sts[i].mode == PB_MODE_QUEUED ? sts[i].next_attempt_at : 0;
+        /* every known peer is pulled at start-up; its Pushes wait for that Pull from the
+         * moment the listener accepts them */
+        p->pulling = true;
+        p->pull_startup = true;
+    }
     pthread_mutex_unlock(&d->mu);
-    PB_INFO(ar.server_id, "peer renamed itself to %s: everything re-labelled", new_id);
-out:
-    free(proof);
-    free(raw);
+    pb_peer_state_free_array(sts, n);
+
+    pb_rename_out *rs = NULL;
+    err = pb_store_rename_out_list(d->o.store, &rs, &n);
+    if (err != PB_OK) goto fail;
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < n; i++) {
+        struct peer *p = peer_find(d, rs[i].peer);
+        if (!p) p = peer_new_locked(d, rs[i].peer);
+        p->notice = p->v_notice = true;
+        snprintf(p->notice_old, sizeof p->notice_old, "%s", rs[i].old_id);
+        snprintf(p->v_notice_old, sizeof p->v_notice_old, "%s", rs[i].old_id);
+        snprintf(p->notice_new, sizeof p->notice_new, "%s", rs[i].new_id);
+        p->notice_attempts = rs[i].attempts;
+        if (rs[i].last_error)
+            snprintf(p->v_notice_err, sizeof p->v_notice_err, "%s", rs[i].last_error);
+    }
+    pthread_mutex_unlock(&d->mu);
+    pb_rename_outs_free(rs, n);
+    rebuild_old_ids(d);
+    d->exec = pb_exec_new(d->o.store_threads);
+    *out = d;
+    return PB_OK;
+fail:
+    pb_delivery_free(d);
+    return err;
 }
 
-/* ---- operations ------------------------------------------------------------------------------ */
+static int by_recent_contact(const void *a, const void *b)
+{
+    const struct peer *x = *(struct peer *const *)a, *y = *(struct peer *const *)b;
+    return (y->last_contact_s > x->last_contact_s) - (y->last_contact_s < x->last_contact_s);
+}
+
+static void start_on_loop(void *arg)
+{
+    pb_delivery *d = arg;
+    /* start-up Pulls, most recently active peers first; then the queues and notices */
+    size_t n = d->npeers;
+    struct peer **order = pb_xcalloc(n ? n : 1, sizeof *order);
+    memcpy(order, d->all, n * sizeof *order);
+    qsort(order, n, sizeof *order, by_recent_contact);
+    for (size_t i = 0; i < n; i++)
+        if (order[i]->pull_startup) pull_due(order[i], false);
+    for (size_t i = 0; i < n; i++) {
+        struct peer *p = order[i];
+        if (p->fsm.has_work || p->fsm.mode == PB_MODE_QUEUED) send_work(p, 0);
+        if (p->notice) notice_want(p);
+    }
+    free(order);
+    if (d->o.node_id) pb_ioloop_timer_arm(d->loop, &d->scan_timer, mono_ms());
+    pb_ioloop_timer_arm(d->loop, &d->expire_timer, mono_ms() + 1000);
+    dispatch(d);
+}
+
+pb_err pb_delivery_start(pb_delivery *d)
+{
+    pthread_mutex_lock(&d->mu);
+    d->started = true;
+    size_t n = d->npeers;
+    pthread_mutex_unlock(&d->mu);
+    pb_ioloop_post(d->loop, start_on_loop, d);
+    PB_INFO(NULL, "delivery engine: %zu known peers, %u transfers at once, %u store threads%s%s", n,
+            d->o.max_transfers, d->o.store_threads, d->o.node_id ? ", node " : "",
+            d->o.node_id ? d->o.node_id : "");
+    return PB_OK;
+}
+
+static void stop_on_loop(void *arg)
+{
+    pb_delivery *d = arg;
+    pthread_mutex_lock(&d->mu);
+    d->stopping = true;
+    pthread_cond_broadcast(&d->inbox_cv);
+    pthread_cond_broadcast(&d->notice_cv);
+    pthread_mutex_unlock(&d->mu);
+    pb_ioloop_timer_cancel(d->loop, &d->scan_timer);
+    pb_ioloop_timer_cancel(d->loop, &d->expire_timer);
+    for (size_t i = 0; i < d->npeers; i++) {
+        struct peer *p = d->all[i];
+        pb_ioloop_timer_cancel(d->loop, &p->send_timer);
+        pb_ioloop_timer_cancel(d->loop, &p->pull_timer);
+        pb_ioloop_timer_cancel(d->loop, &p->notice_timer);
+        pb_ioloop_timer_cancel(d->loop, &p->lease_timer);
+        pb_sched_cancel(&d->sched, &p->send_item);
+        pb_sched_cancel(&d->sched, &p->pull_item);
+        pb_sched_cancel(&d->sched, &p->notice_item);
+        /* Pushes waiting for a Pull go on (and are answered) */
+        pthread_mutex_lock(&d->mu);
+        pb_hrpc_waker **ws = p->waiters;
+        size_t nw = p->nwaiters;
+        p->waiters = NULL;
+        p->nwaiters = p->capwaiters = 0;
+        p->pulling = false;
+        pthread_mutex_unlock(&d->mu);
+        for (size_t k = 0; k < nw; k++)
+            pb_hrpc_wake(ws[k]);
+        free(ws);
+    }
+}
+
+void pb_delivery_stop(pb_delivery *d)
+{
+    if (!d) return;
+    pthread_mutex_lock(&d->mu);
+    bool was = d->stopping;
+    pthread_mutex_unlock(&d->mu);
+    if (was) return;
+    pb_ioloop_call(d->loop, stop_on_loop, d);
+    /* store work in flight ends; its completions run on the loop and see `stopping` */
+    pb_exec_free(d->exec);
+    d->exec = NULL;
+}
+
+void pb_delivery_free(pb_delivery *d)
+{
+    if (!d) return;
+    if (d->loop) pb_delivery_stop(d);
+    pb_exec_free(d->exec);
+    for (size_t i = 0; i < d->npeers; i++) {
+        struct peer *p = d->all[i];
+        pb_outbox_items_free(p->items, p->nitems);
+        pb_client_answer_clear(&p->pull_ans);
+        free(p->waiters);
+        free(p);
+    }
+    free(d->all);
+    free(d->old_ids);
+    free(d->apply_q);
+    pb_auth_signer_free(d->signer);
+    pb_budget_free(d->budget);
+    free((char *)d->o.node_id);
+    pthread_cond_destroy(&d->inbox_cv);
+    pthread_cond_destroy(&d->notice_cv);
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+}
+
+/* ---- operations (admin API; any thread but the loop's) ------------------------------------- */
+
+struct work_msg {
+    pb_delivery *d;
+    char id[PB_SERVER_ID_MAX];
+    uint64_t seq;
+    int kind;
+};
+
+enum { MSG_WORK, MSG_CONTACT, MSG_PUSH_SEEN, MSG_URGENT_PULL, MSG_ACKED, MSG_OPERATOR };
+
+static void msg_on_loop(void *arg)
+{
+    struct work_msg *m = arg;
+    pb_delivery *d = m->d;
+    if (!d->stopping) {
+        struct peer *p = peer_get(d, m->id);
+        switch (m->kind) {
+        case MSG_WORK:
+            send_work(p, m->seq);
+            break;
+        case MSG_CONTACT: {
+            pb_fsm_input in = {.kind = PB_FSM_IN_CONTACT};
+            fsm_feed(p, &in);
+            /* a peer we are telling about our rename is back: tell it now */
+            if (p->notice && !p->notice_running && pb_timer_armed(&p->notice_timer)) {
+                pb_ioloop_timer_cancel(d->loop, &p->notice_timer);
+                notice_want(p);
+            }
+            break;
+        }
+        case MSG_PUSH_SEEN:
+            pb_ioloop_timer_arm(d->loop, &p->pull_timer,
+                                mono_ms() + (int64_t)d->o.pull_interval_s * 1000);
+            break;
+        case MSG_URGENT_PULL:
+            pull_due(p, true);
+            break;
+        case MSG_ACKED: {
+            pb_fsm_input in = {.kind = PB_FSM_IN_ACKED, .ack = m->seq};
+            fsm_feed(p, &in);
+            break;
+        }
+        case MSG_OPERATOR: {
+            pb_fsm_input in = {.kind = PB_FSM_IN_OPERATOR};
+            fsm_feed(p, &in);
+            break;
+        }
+        }
+    }
+    free(m);
+}
+
+static void post_msg(pb_delivery *d, const char *id, int kind, uint64_t seq)
+{
+    struct work_msg *m = pb_xcalloc(1, sizeof *m);
+    m->d = d;
+    snprintf(m->id, sizeof m->id, "%s", id);
+    m->kind = kind;
+    m->seq = seq;
+    pb_ioloop_post(d->loop, msg_on_loop, m);
+}
 
 pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
                           const char *submission_id, bool *duplicate)
@@ -1137,17 +1577,12 @@ pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, s
     pb_delivery_server_id(d, self);
     if (strcmp(to, self) == 0) return PB_ERR_INVAL;
     bool dup = false;
+    uint64_t last = 0;
     pb_err err =
-        pb_store_outbox_submit(d->o.store, to, evs, n, now_ms(), submission_id, NULL, &dup);
+        pb_store_outbox_submit(d->o.store, to, evs, n, wall_ms(), submission_id, &last, &dup);
     if (err != PB_OK) return err;
     if (duplicate) *duplicate = dup;
-    if (dup) return PB_OK; /* queued before: the worker knows */
-    pthread_mutex_lock(&d->mu);
-    struct peer *p = peer_get(d, to);
-    p->has_work = true;
-    p->gen++;
-    pthread_cond_broadcast(&d->work_cv);
-    pthread_mutex_unlock(&d->mu);
+    if (!dup) post_msg(d, to, MSG_WORK, last);
     return PB_OK;
 }
 
@@ -1170,13 +1605,10 @@ static pb_err parked_action(pb_delivery *d, const char *peer, bool drop)
     err = pb_store_peer_state_set(d->o.store, peer, PB_MODE_PUSH, 0, 0, NULL, 0);
     if (err != PB_OK) return err;
     pthread_mutex_lock(&d->mu);
-    struct peer *p = peer_get(d, peer);
-    p->mode = PB_MODE_PUSH;
-    p->attempts = 0;
-    p->has_work = true;
-    p->gen++;
-    pthread_cond_broadcast(&d->work_cv);
+    struct peer *p = peer_find(d, peer);
+    if (p) p->v_mode = PB_MODE_PUSH;
     pthread_mutex_unlock(&d->mu);
+    post_msg(d, peer, MSG_OPERATOR, 0);
     return PB_OK;
 }
 
@@ -1195,17 +1627,40 @@ int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer)
     int64_t r = -1;
     pthread_mutex_lock(&d->mu);
     struct peer *p = peer_find(d, peer);
-    if (p && p->mode == PB_MODE_QUEUED) {
-        int64_t ms = p->next_attempt - now_ms();
+    if (p && p->v_mode == PB_MODE_QUEUED && p->v_next_wall_ms) {
+        int64_t ms = p->v_next_wall_ms - wall_ms();
         r = ms > 0 ? (ms + 999) / 1000 : 0;
     }
     pthread_mutex_unlock(&d->mu);
     return r;
 }
 
+bool pb_delivery_peer_mode(pb_delivery *d, const char *peer, pb_peer_mode *mode)
+{
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, peer);
+    if (p) *mode = p->v_mode;
+    pthread_mutex_unlock(&d->mu);
+    return p != NULL;
+}
+
+void pb_delivery_inbox_bump(pb_delivery *d)
+{
+    pthread_mutex_lock(&d->mu);
+    d->inbox_gen++;
+    pthread_cond_broadcast(&d->inbox_cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void abs_mono(struct timespec *ts, int64_t ms)
+{
+    ts->tv_sec = ms / 1000;
+    ts->tv_nsec = (ms % 1000) * 1000000;
+}
+
 void pb_delivery_inbox_wait(pb_delivery *d, uint64_t after, int timeout_ms)
 {
-    int64_t until = now_ms() + timeout_ms;
+    int64_t until = mono_ms() + timeout_ms;
     for (;;) {
         /* Read the generation before looking at the store: a bump after this read wakes
          * the wait below, so no arrival between the check and the wait is missed. */
@@ -1215,9 +1670,12 @@ void pb_delivery_inbox_wait(pb_delivery *d, uint64_t after, int timeout_ms)
         uint64_t last = 0;
         if (pb_store_inbox_last_seq(d->o.store, &last) != PB_OK || last > after) return;
         pthread_mutex_lock(&d->mu);
-        while (d->inbox_gen == gen && !d->stopping && now_ms() < until)
-            wait_until(d, &d->inbox_cv, until);
-        bool done = d->stopping || now_ms() >= until;
+        while (d->inbox_gen == gen && !d->stopping && mono_ms() < until) {
+            struct timespec ts;
+            abs_mono(&ts, until);
+            pthread_cond_timedwait(&d->inbox_cv, &d->mu, &ts);
+        }
+        bool done = d->stopping || mono_ms() >= until;
         pthread_mutex_unlock(&d->mu);
         if (done) return;
     }
@@ -1232,6 +1690,38 @@ void pb_rename_reports_free(pb_rename_report *r, size_t n)
     free(r);
 }
 
+struct rename_msg {
+    pb_delivery *d;
+    pb_rename_out *rs;
+    size_t n;
+    uint64_t *before;
+};
+
+static void rename_on_loop(void *arg)
+{
+    struct rename_msg *m = arg;
+    pb_delivery *d = m->d;
+    for (size_t i = 0; i < m->n; i++) {
+        struct peer *p = peer_get(d, m->rs[i].peer);
+        pthread_mutex_lock(&d->mu);
+        m->before[i] = p->notice_tries;
+        pthread_mutex_unlock(&d->mu);
+        p->notice = true;
+        snprintf(p->notice_old, sizeof p->notice_old, "%s", m->rs[i].old_id);
+        snprintf(p->notice_new, sizeof p->notice_new, "%s", m->rs[i].new_id);
+        p->notice_attempts = 0;
+        pb_ioloop_timer_cancel(d->loop, &p->notice_timer);
+        pthread_mutex_lock(&d->mu);
+        p->v_notice = true;
+        snprintf(p->v_notice_old, sizeof p->v_notice_old, "%s", p->notice_old);
+        p->v_notice_err[0] = '\0';
+        pthread_mutex_unlock(&d->mu);
+    }
+    rebuild_old_ids(d);
+    for (size_t i = 0; i < m->n; i++)
+        notice_want(peer_get(d, m->rs[i].peer));
+}
+
 pb_err pb_delivery_rename(pb_delivery *d, const char *new_id, int wait_ms,
                           pb_rename_report **reports, size_t *nreports)
 {
@@ -1240,63 +1730,47 @@ pb_err pb_delivery_rename(pb_delivery *d, const char *new_id, int wait_ms,
     *reports = NULL;
     *nreports = 0;
     if (strcmp(old, new_id) == 0) return PB_ERR_INVAL;
-    pb_err err = pb_store_self_rename(d->o.store, old, new_id, now_ms());
+    pb_err err = pb_store_self_rename(d->o.store, old, new_id, wall_ms());
     if (err != PB_OK) return err;
     pb_rename_out *rs = NULL;
     size_t n = 0;
     err = pb_store_rename_out_list(d->o.store, &rs, &n);
     if (err != PB_OK) return err;
-    uint64_t *before = pb_xcalloc(n ? n : 1, sizeof *before);
     pthread_mutex_lock(&d->mu);
     snprintf(d->self, sizeof d->self, "%s", new_id);
-    for (size_t i = 0; i < n; i++) {
-        struct peer *p = peer_get(d, rs[i].peer);
-        p->rename_pending = true;
-        snprintf(p->rename_old, sizeof p->rename_old, "%s", rs[i].old_id);
-        snprintf(p->rename_new, sizeof p->rename_new, "%s", rs[i].new_id);
-        p->rename_attempts = 0;
-        p->rename_at = now_ms();
-        before[i] = p->rename_tries;
-    }
-    pthread_cond_broadcast(&d->work_cv);
+    pthread_mutex_unlock(&d->mu);
     PB_INFO(NULL, "renamed %s -> %s; telling %zu peers", old, new_id, n);
+    struct rename_msg m = {d, rs, n, pb_xcalloc(n ? n : 1, sizeof(uint64_t))};
+    pb_ioloop_call(d->loop, rename_on_loop, &m);
     /* Wait for each peer's first answer (bounded). */
-    int64_t until = now_ms() + wait_ms;
+    int64_t until = mono_ms() + wait_ms;
+    pb_rename_report *out = pb_xcalloc(n ? n : 1, sizeof *out);
+    pthread_mutex_lock(&d->mu);
     for (;;) {
         bool all = true;
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && all; i++) {
             struct peer *p = peer_find(d, rs[i].peer);
-            if (p && p->rename_tries == before[i] && p->rename_pending) all = false;
+            if (p && p->v_notice && p->notice_tries == m.before[i]) all = false;
         }
-        if (all || d->stopping || now_ms() >= until) break;
-        wait_until(d, &d->state_cv, until);
+        if (all || d->stopping || mono_ms() >= until) break;
+        struct timespec ts;
+        abs_mono(&ts, until);
+        pthread_cond_timedwait(&d->notice_cv, &d->mu, &ts);
     }
-    pb_rename_report *out = pb_xcalloc(n ? n : 1, sizeof *out);
     for (size_t i = 0; i < n; i++) {
         struct peer *p = peer_find(d, rs[i].peer);
         out[i].peer = pb_xstrdup(rs[i].peer);
-        out[i].ok = p && !p->rename_pending;
+        out[i].ok = p && !p->v_notice;
         if (!out[i].ok)
-            out[i].error =
-                pb_xstrdup(p && p->rename_err[0] ? p->rename_err : "not answered yet; retrying");
+            out[i].error = pb_xstrdup(p && p->v_notice_err[0] ? p->v_notice_err
+                                                              : "not answered yet; retrying");
     }
     pthread_mutex_unlock(&d->mu);
-    free(before);
+    free(m.before);
     pb_rename_outs_free(rs, n);
     *reports = out;
     *nreports = n;
     return PB_OK;
-}
-
-bool pb_delivery_is_self(void *ctx, const char *id)
-{
-    pb_delivery *d = ctx;
-    pthread_mutex_lock(&d->mu);
-    bool self = strcmp(id, d->self) == 0;
-    for (size_t i = 0; !self && i < d->npeers; i++)
-        self = d->peers[i]->rename_pending && strcmp(d->peers[i]->rename_old, id) == 0;
-    pthread_mutex_unlock(&d->mu);
-    return self;
 }
 
 bool pb_delivery_rename_pending(pb_delivery *d, const char *peer, char *err, size_t errlen)
@@ -1304,10 +1778,135 @@ bool pb_delivery_rename_pending(pb_delivery *d, const char *peer, char *err, siz
     bool pending = false;
     pthread_mutex_lock(&d->mu);
     struct peer *p = peer_find(d, peer);
-    if (p && p->rename_pending) {
+    if (p && p->v_notice) {
         pending = true;
-        snprintf(err, errlen, "%s", p->rename_err);
+        snprintf(err, errlen, "%s", p->v_notice_err);
     }
     pthread_mutex_unlock(&d->mu);
     return pending;
+}
+
+/* ---- for the inbound handlers ---------------------------------------------------------------- */
+
+pb_budget *pb_delivery_budget(pb_delivery *d)
+{
+    return d->budget;
+}
+
+const pb_delivery_opts *pb_delivery_options(pb_delivery *d)
+{
+    return &d->o;
+}
+
+void pb_delivery_contact(pb_delivery *d, const char *peer)
+{
+    /* only what the engine can act on, at most once a second per peer */
+    bool post = false;
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, peer);
+    if (p && (p->v_mode == PB_MODE_QUEUED || p->v_notice) && now - p->contact_ms >= 1000) {
+        p->contact_ms = now;
+        post = true;
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (post) post_msg(d, peer, MSG_CONTACT, 0);
+}
+
+bool pb_delivery_pull_gate(pb_delivery *d, const char *from, pb_hrpc_waker *w)
+{
+    bool wait = false, urgent = false;
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, from);
+    if (p && p->pulling && !d->stopping && !w) {
+        wait = true;
+    } else if (p && p->pulling && !d->stopping) {
+        if (p->nwaiters == p->capwaiters) {
+            p->capwaiters = p->capwaiters ? 2 * p->capwaiters : 4;
+            p->waiters = pb_xrealloc(p->waiters, p->capwaiters * sizeof *p->waiters);
+        }
+        p->waiters[p->nwaiters++] = w;
+        wait = true;
+        if (!p->urgent_posted) urgent = p->urgent_posted = true;
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (urgent) post_msg(d, from, MSG_URGENT_PULL, 0);
+    return wait;
+}
+
+void pb_delivery_push_seen(pb_delivery *d, const char *from)
+{
+    int64_t now = mono_ms();
+    bool post = true;
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, from);
+    if (p) {
+        post = now - p->seen_push_ms >= 1000;
+        if (post) p->seen_push_ms = now;
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (post) post_msg(d, from, MSG_PUSH_SEEN, 0);
+}
+
+bool pb_delivery_claim_foreign(pb_delivery *d, const char *peer)
+{
+    bool ok = false;
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, peer);
+    if (p && p->v_mode == PB_MODE_QUEUED && p->busy == BUSY_NONE) {
+        p->busy = BUSY_FOREIGN;
+        ok = true;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return ok;
+}
+
+void pb_delivery_release_foreign(pb_delivery *d, const char *peer)
+{
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, peer);
+    if (p && p->busy == BUSY_FOREIGN) p->busy = BUSY_NONE;
+    pthread_mutex_unlock(&d->mu);
+    post_msg(d, peer, MSG_WORK, 0); /* the engine finds out whether anything is left */
+}
+
+void pb_delivery_pull_acked(pb_delivery *d, const char *peer, uint64_t upto)
+{
+    post_msg(d, peer, MSG_ACKED, upto);
+}
+
+struct renamed_msg {
+    pb_delivery *d;
+    char old_id[PB_SERVER_ID_MAX], new_id[PB_SERVER_ID_MAX];
+};
+
+static void renamed_on_loop(void *arg)
+{
+    struct renamed_msg *m = arg;
+    pb_delivery *d = m->d;
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, m->old_id), *q = peer_find(d, m->new_id);
+    if (p) {
+        if (q && q != p) { /* an empty record for the new ID: the renamed one replaces it */
+            unhash_locked(d, q);
+            q->dead = true;
+        }
+        unhash_locked(d, p);
+        snprintf(p->id, sizeof p->id, "%s", m->new_id);
+        size_t b = bucket_of(p->id);
+        p->hnext = d->buckets[b];
+        d->buckets[b] = p;
+    }
+    pthread_mutex_unlock(&d->mu);
+    free(m);
+}
+
+void pb_delivery_peer_renamed(pb_delivery *d, const char *old_id, const char *new_id)
+{
+    struct renamed_msg *m = pb_xcalloc(1, sizeof *m);
+    m->d = d;
+    snprintf(m->old_id, sizeof m->old_id, "%s", old_id);
+    snprintf(m->new_id, sizeof m->new_id, "%s", new_id);
+    pb_ioloop_call(d->loop, renamed_on_loop, m);
+    pb_delivery_inbox_bump(d);
 }

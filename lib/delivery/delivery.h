@@ -1,35 +1,34 @@
 /*
- * delivery - the delivery engine: PROTOCOL.md sections 4 to 6 on top of the store, the
- * hRPC client and the key source.
+ * delivery - the delivery engine: PROTOCOL.md sections 4 to 7 on top of the store, the
+ * I/O loop and the hRPC client.
  *
- * Sending (this server S, peer R): every submitted event is first appended to R's
- * outbox in the store (durable, numbered per peer from 1), then a worker that owns R
- * pushes the outbox head, one Push in flight per peer, in order. A failed Push is retried
- * push_retries times with short jittered backoff; then R's mode becomes QUEUED: the
- * events wait for R's Pull, and a worker probes R with jittered exponential backoff
- * (persisted, reset by any authenticated contact from R) and drains the queue in order
- * once R answers. A refusal that will not heal (4xx other than 408/429) parks the event:
- * delivery to R pauses until the operator retries or drops it. Events leave the outbox
- * only when R has them: a 200 to Push, an acknowledged Pull (our peers), or a Pull answer
- * fully written (foreign peers).
+ * Sending (this server S, peer R): every submitted event is first appended to R's outbox
+ * in the store (durable, numbered per peer from 1), then R's state machine (fsm.h) pushes
+ * the outbox head, one Push in flight per peer, in order; to a postbox of this project a
+ * Push carries a batch. Transfers wait for a slot (sched.h: a global cap, round-robin among
+ * peers with due work, pulls in a class of their own) and run on the I/O loop (ioloop.h):
+ * no thread per peer, so hung peers cost a slot each until their timeout, never a thread,
+ * and never delay the others. Events leave the outbox only when R has them: a 200 to Push
+ * (and, between postboxes, the acknowledged sequence number), an acknowledged Pull, or a
+ * Pull answer fully written (foreign peers).
  *
  * Receiving (this server R, sender S): Push and Pull answers are applied and appended to
- * the inbox in one store transaction, deduplicated by the sender's sequence number
- * (extension field) when it has one. At start-up every known peer is pulled, and Pushes
- * from S wait while a Pull from S is in progress; S is pulled again pull_interval after
- * the last Push from S. NotifyNewId is verified with the key held for the old ID and the
- * key served at the new ID, then everything is re-labelled in one transaction.
+ * the inbox in one store transaction, deduplicated by (sender, epoch, sequence number)
+ * when the token is bound to us, within S's receive budget (budget.h). At start-up every
+ * known peer is pulled, most recently active first; a Push from S waits (suspended, no
+ * thread held) while a Pull from S is in progress, and promotes that Pull to the front;
+ * S is pulled again pull_interval after its last Push. NotifyNewId: see inbound.h.
  *
- * Threads: `workers` threads share one table of peers (one mutex); a worker takes a peer
- * that has due work (push, drain probe, pull, rename notice), owns it while it works, and
- * releases it. hRPC handlers run on the listener's threads and only touch the table
- * under the mutex. With several nodes (node_id set), owning a peer for sending also
- * needs its lease in the shared store, and a scanner thread polls the store for work
- * submitted through other nodes.
+ * Threads and state: the engine's per-peer state machines, timers and transfers live on
+ * the I/O loop thread; store reads and commits run on an executor (exec.h) and complete
+ * back on the loop. What other threads need (the listener's pull gate and foreign-Pull
+ * claim, the admin API's view of modes and timers, our IDs) is kept in the peer records
+ * under one mutex. With several nodes (node_id set), sending to a peer needs its lease in
+ * the shared store, and a timer polls the store for work submitted through other nodes.
  *
- * Untrusted input: Push/Pull/NotifyNewId bodies from peers (decoded by wire, bounded by
- * the listener), Pull answers from peers (bounded by the client), admin submissions (the
- * caller validated them).
+ * Untrusted input: Pull answers from peers (size- and count-capped, decoded by wire,
+ * applied within the sender's budget), push results (classified by fsm.h); inbound
+ * requests are inbound.c's.
  */
 #ifndef PB_DELIVERY_H
 #define PB_DELIVERY_H
@@ -39,67 +38,76 @@
 #include <stdint.h>
 
 #include "crypto/auth.h"
+#include "crypto/keys.h"
+#include "delivery/budget.h"
 #include "net/hrpc_client.h"
 #include "net/hrpc_server.h"
-#include "crypto/keys.h"
 #include "net/keyfetch.h"
 #include "postbox.h"
 #include "store/store.h"
+#include "util/metrics_std.h"
 
 typedef struct pb_delivery pb_delivery;
 
 typedef struct pb_delivery_opts {
-    const char *server_id;        /* this server's current ID */
-    const pb_keys *keys;          /* borrowed */
-    pb_store *store;              /* borrowed */
-    pb_client *client;            /* borrowed */
-    pb_keyfetch *keyfetch;        /* borrowed */
-    const pb_auth_policy *policy; /* borrowed: NotifyNewId's own check */
-    unsigned workers;             /* default 4 */
-    unsigned push_retries;        /* retries after the first Push, default 5 */
-    unsigned retry_base_ms;       /* first short retry delay, default 100 (doubling) */
-    unsigned backoff_min_s;       /* first drain probe delay when queued, default 5 */
-    unsigned backoff_max_s;       /* cap, default 900 */
-    unsigned pull_interval_s;     /* pull a sender this long after its last Push, 60 */
-    unsigned pull_batch;          /* most events in one Pull answer, default 1000 */
-    size_t pull_max_bytes;        /* byte cap of one Pull answer, default 1 MiB */
-    unsigned push_wait_ms;        /* a Push waits this long for a Pull in progress, 10000 */
+    const char *server_id;         /* this server's current ID */
+    const pb_keys *keys;           /* borrowed */
+    pb_store *store;               /* borrowed */
+    pb_client *client;             /* borrowed; its I/O loop runs the engine */
+    pb_keyfetch *keyfetch;         /* borrowed */
+    const pb_auth_policy *policy;  /* borrowed: NotifyNewId's own check */
+    const pb_metrics_std *metrics; /* borrowed; NULL: none */
+    unsigned store_threads;        /* executor threads for store work, default 8 */
+    unsigned push_retries;         /* retries after the first Push, default 5 */
+    unsigned retry_base_ms;        /* first short retry delay, default 100 (doubling) */
+    unsigned backoff_min_s;        /* first drain probe delay when queued, default 5 */
+    unsigned backoff_max_s;        /* cap, default 900 */
+    unsigned pull_interval_s;      /* pull a sender this long after its last Push, 60 */
+    unsigned pull_batch;           /* most events in one Pull answer we give, default 1000 */
+    size_t pull_max_bytes;         /* byte cap of one Pull answer we give, default 1 MiB */
+    unsigned push_wait_ms;         /* a Push waits this long for a Pull in progress, 10000 */
+    unsigned max_transfers;        /* transfers to peers at once (the connection cap), 1024 */
+    unsigned batch_max;            /* events per Push to a postbox of this project, 256 */
+    size_t push_max_bytes;         /* bytes of events per Push (under peers' body limit), 60 KiB */
+    size_t pull_read_max_bytes;    /* largest Pull answer read, default 1 MiB */
+    unsigned pull_read_max_events; /* most events in one Pull answer read, default 10000 */
+    unsigned pull_rounds;          /* most answers pulled per contact, default 16 */
+    unsigned push_max_events;      /* most events accepted in one Push, default 1000 */
+    pb_budget_opts budget;         /* per-sender receive budget */
     /* Several nodes sharing one store (PostgreSQL): this node's unique ID. Then a peer is
-     * delivered only by the node holding its lease (pb_store_lease_*), a scanner thread
-     * finds work and renames made by other nodes, and the other nodes take a dead node's
-     * peers over once its leases expire. NULL: the only node (no leases). */
+     * delivered only by the node holding its lease (pb_store_lease_*), a timer finds work
+     * and renames made by other nodes, and the other nodes take a dead node's peers over
+     * once its leases expire. NULL: the only node (no leases). */
     const char *node_id;
     unsigned lease_ttl_ms;     /* default 10000 */
     unsigned scan_interval_ms; /* default 1000 */
 } pb_delivery_opts;
 
-/* Loads peer state from the store and schedules the start-up Pull of every known peer
- * (Pushes from a peer wait for it). Caller frees with pb_delivery_free. */
+/* Loads peer state from the store; every known peer is due for its start-up Pull (Pushes
+ * from a peer wait for it from now on). Caller frees with pb_delivery_free. */
 pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out);
-/* Starts the workers. Call once the federation listener serves our Key endpoint, so that
- * peers asked for their queues at start-up can fetch our key. */
+/* Starts delivering on the client's I/O loop: the start-up Pulls (most recently active
+ * peers first) and the queues. Call once the federation listener serves our Key endpoint,
+ * so that peers asked for their queues can fetch our key. */
 pb_err pb_delivery_start(pb_delivery *d);
-/* Stops the workers (an in-flight call finishes or times out). Idempotent. */
+/* Stops: no new transfer starts, Pushes waiting for a Pull are answered, store work in
+ * flight ends. Call before the I/O loop stops. Idempotent. */
 void pb_delivery_stop(pb_delivery *d);
-void pb_delivery_free(pb_delivery *d); /* stops first; NULL is a no-op */
+void pb_delivery_free(pb_delivery *d); /* after the loop stopped; NULL is a no-op */
 
 /* This server's current ID into out. */
 void pb_delivery_server_id(pb_delivery *d, char out[PB_SERVER_ID_MAX]);
+/* pb_auth_policy.is_self over a pb_delivery (ctx): our current ID, or a former one that a
+ * peer has not yet confirmed learning the rename of. Any thread. */
+bool pb_delivery_is_self(void *ctx, const char *id);
 
-/* ---- hRPC handlers (ctx = pb_delivery) ----------------------------------------------- */
-void pb_delivery_on_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep);
-void pb_delivery_on_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep);
-void pb_delivery_on_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep);
-/* Any authenticated request from peer: resets its drain backoff. */
-void pb_delivery_on_contact(void *ctx, const char *peer, bool bound);
+/* ---- operations (the admin API's); any thread but the loop's ----------------------------- */
 
-/* ---- operations (the admin API's) ------------------------------------------------------ */
-
-/* Stores events for `to` durably, then wakes its worker. submission_id (may be NULL) is
- * the client's idempotency key (pb_store_outbox_submit): a repeat of an earlier submission
- * stores nothing and sets *duplicate (may be NULL). PB_ERR_INVAL when `to` is this server
- * or the ID is invalid; PB_ERR_EXISTS when the ID was used for another peer or another
- * number of events. */
+/* Stores events for `to` durably, then wakes its state machine. submission_id (may be
+ * NULL) is the client's idempotency key (pb_store_outbox_submit): a repeat of an earlier
+ * submission stores nothing and sets *duplicate (may be NULL). PB_ERR_INVAL when `to` is
+ * this server or the ID is invalid; PB_ERR_EXISTS when the ID was used for another peer or
+ * another number of events. */
 pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
                           const char *submission_id, bool *duplicate);
 /* Parked peer: retry the parked event (retry) or drop it (drop). PB_ERR_NOT_FOUND for an
@@ -110,6 +118,8 @@ pb_err pb_delivery_drop_parked(pb_delivery *d, const char *peer);
 int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer);
 /* Waits until the inbox has an item with seq > after, or timeout_ms passes. */
 void pb_delivery_inbox_wait(pb_delivery *d, uint64_t after, int timeout_ms);
+/* Wakes the inbox long-polls (something was appended). Any thread. */
+void pb_delivery_inbox_bump(pb_delivery *d);
 
 typedef struct pb_rename_report {
     char *peer; /* owned */
@@ -118,15 +128,37 @@ typedef struct pb_rename_report {
 } pb_rename_report;
 void pb_rename_reports_free(pb_rename_report *r, size_t n);
 /* Renames this server to new_id (stored atomically), tells every known peer with
- * NotifyNewId, waits for each peer's first answer (bounded by wait_ms), and reports it.
- * Peers not told yet are retried durably with backoff. */
+ * NotifyNewId (with the proof of PROTOCOL.md 7.2), waits for each peer's first answer
+ * (bounded by wait_ms), and reports it. Peers not told yet are retried durably with
+ * backoff. */
 pb_err pb_delivery_rename(pb_delivery *d, const char *new_id, int wait_ms,
                           pb_rename_report **reports, size_t *n);
-/* pb_auth_policy.is_self over a pb_delivery (ctx): our current ID, or a former one that a
- * peer has not yet confirmed learning the rename of. */
-bool pb_delivery_is_self(void *ctx, const char *id);
 /* Pending rename notice towards peer: true and its last error (copied into err, may be
  * empty) when one is pending. */
 bool pb_delivery_rename_pending(pb_delivery *d, const char *peer, char *err, size_t errlen);
+
+/* ---- for the inbound handlers (inbound.c); any thread --------------------------------- */
+
+/* The receive budget. */
+pb_budget *pb_delivery_budget(pb_delivery *d);
+const pb_delivery_opts *pb_delivery_options(pb_delivery *d);
+/* An authenticated request from peer (any thread): resets its drain backoff. */
+void pb_delivery_contact(pb_delivery *d, const char *peer);
+/* Pushes from `from` must wait for a Pull from it in progress (or not started yet): true
+ * when one is, and then `w` (unless NULL: just asking) will be woken when it ends (the Pull
+ * is moved to the front). False: go on (w untouched). */
+bool pb_delivery_pull_gate(pb_delivery *d, const char *from, pb_hrpc_waker *w);
+/* A Push from `from` was stored: pull it again pull_interval from now. */
+void pb_delivery_push_seen(pb_delivery *d, const char *from);
+/* A foreign peer's Pull may be answered only from a queue that nobody is draining: true
+ * when the claim on peer succeeded (release it with pb_delivery_release_foreign). */
+bool pb_delivery_claim_foreign(pb_delivery *d, const char *peer);
+void pb_delivery_release_foreign(pb_delivery *d, const char *peer);
+/* The peer acknowledged our events up to `upto` by Pull. */
+void pb_delivery_pull_acked(pb_delivery *d, const char *peer, uint64_t upto);
+/* peer renamed itself OLD -> NEW and the store re-labelled everything: follow. */
+void pb_delivery_peer_renamed(pb_delivery *d, const char *old_id, const char *new_id);
+/* The delivery state of a peer as the admin API shows it: mode. */
+bool pb_delivery_peer_mode(pb_delivery *d, const char *peer, pb_peer_mode *mode);
 
 #endif

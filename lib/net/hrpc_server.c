@@ -577,7 +577,9 @@ static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, stru
             goto out;
         }
     }
-    if (!have && !r->refreshing && s->auth.rename_key &&
+    /* a server ID whose key we do not hold may be the new ID of a pending rename */
+    if (!have && !r->refreshing && s->auth.rename_key && s->auth.keys &&
+        pb_keyfetch_stored(s->auth.keys, c.server_id, key) == PB_ERR_NOT_FOUND &&
         s->auth.rename_key(s->auth.cb_ctx, c.server_id, key))
         have = via_rename = true;
     for (;;) {

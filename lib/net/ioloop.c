@@ -316,7 +316,10 @@ static void call_trampoline(void *arg)
 
 void pb_ioloop_call(pb_ioloop *l, pb_ioloop_fn fn, void *ctx)
 {
-    if (pb_ioloop_on_loop(l)) {
+    pthread_mutex_lock(&l->mu);
+    bool inline_run = !l->started || l->stopped;
+    pthread_mutex_unlock(&l->mu);
+    if (inline_run || pb_ioloop_on_loop(l)) {
         fn(ctx);
         return;
     }

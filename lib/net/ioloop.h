@@ -53,7 +53,7 @@ void pb_ioloop_free(pb_ioloop *l); /* stops first; NULL is a no-op */
 /* Runs fn(ctx) on the loop thread soon (FIFO). Any thread. */
 void pb_ioloop_post(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
 /* Runs fn(ctx) on the loop thread and waits for it to return. Any thread; called on the
- * loop thread it just calls fn. */
+ * loop thread, or when the loop does not run (not started, or stopped), it just calls fn. */
 void pb_ioloop_call(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
 /* True on the loop thread. */
 bool pb_ioloop_on_loop(const pb_ioloop *l);

@@ -201,6 +201,8 @@ static void fetch_done(void *ctx, pb_err err, pb_client_answer *ans)
         e->fail_until = now + (int64_t)kf->o.negative_s * 1000;
         kf->stats.failed++;
     }
+    if (kf->o.metrics && err != PB_ERR_SHUTDOWN)
+        pb_counter_inc(pb_metric_get(kf->o.metrics->key_fetches, err == PB_OK ? "ok" : "error"));
     struct waiter *ws = e->waiters;
     unsigned nw = e->nwaiters;
     e->waiters = NULL;
@@ -279,6 +281,8 @@ pb_err pb_keyfetch_get(pb_keyfetch *kf, const char *server_id, bool refresh, uin
     if (until || kf->queued >= kf->o.max_queued) {
         *retry_after_s = until ? (uint32_t)((until - now + 999) / 1000) : 1;
         kf->stats.refused++;
+        if (kf->o.metrics)
+            pb_counter_inc(pb_metric_get(kf->o.metrics->key_fetches, "rate_limited"));
         rc = PB_ERR_NOT_FOUND;
         goto out;
     }
@@ -308,6 +312,11 @@ out:
     pthread_mutex_unlock(&kf->mu);
     if (post) pb_ioloop_post(pb_client_loop(kf->o.client), pump, kf);
     return rc;
+}
+
+pb_err pb_keyfetch_stored(pb_keyfetch *kf, const char *server_id, uint8_t key[32])
+{
+    return pb_store_peer_key_get(kf->o.store, server_id, key);
 }
 
 pb_err pb_keyfetch_verified(pb_keyfetch *kf, const char *server_id, const uint8_t key[32])

@@ -31,20 +31,22 @@
 
 #include "net/hrpc_client.h"
 #include "store/store.h"
+#include "util/metrics_std.h"
 
 #define PB_KEYFETCH_MAX_WAITERS 256
 
 typedef struct pb_keyfetch pb_keyfetch;
 
 typedef struct pb_keyfetch_opts {
-    pb_store *store;         /* borrowed */
-    pb_client *client;       /* borrowed; its loop runs the fetches */
-    unsigned max_concurrent; /* default 8 */
-    unsigned max_queued;     /* default 64 */
-    int negative_s;          /* a failure is remembered this long; default 30 */
-    int refetch_s;           /* least seconds between two fetches of one ID; default 30 */
-    long timeout_ms;         /* one fetch, default 5000 */
-    unsigned cache_max;      /* server IDs remembered (candidates, failures); default 4096 */
+    pb_store *store;               /* borrowed */
+    pb_client *client;             /* borrowed; its loop runs the fetches */
+    unsigned max_concurrent;       /* default 8 */
+    unsigned max_queued;           /* default 64 */
+    int negative_s;                /* a failure is remembered this long; default 30 */
+    int refetch_s;                 /* least seconds between two fetches of one ID; default 30 */
+    long timeout_ms;               /* one fetch, default 5000 */
+    unsigned cache_max;            /* server IDs remembered (candidates, failures); default 4096 */
+    const pb_metrics_std *metrics; /* key fetches by result; may be NULL */
 } pb_keyfetch_opts;
 
 /* Caller frees with pb_keyfetch_free, after the client's loop has stopped. */
@@ -70,6 +72,9 @@ typedef void (*pb_keyfetch_cb)(void *ctx, pb_err err, const uint8_t key[32]);
  */
 pb_err pb_keyfetch_get(pb_keyfetch *kf, const char *server_id, bool refresh, uint8_t key[32],
                        bool *stored, pb_keyfetch_cb cb, void *ctx, uint32_t *retry_after_s);
+
+/* The stored key of server_id only (no fetch): PB_OK, PB_ERR_NOT_FOUND, or a store error. */
+pb_err pb_keyfetch_stored(pb_keyfetch *kf, const char *server_id, uint8_t key[32]);
 
 /* key verified a request's signature from server_id: store it (and so the peer record)
  * unless the store holds it already, and forget the candidate. */

@@ -306,11 +306,21 @@ static void test_metrics(pbt_daemon *a, pbt_daemon *b, uint16_t mport, const cha
     json_t *a1 = parse(ta), *b1 = parse(tb);
     CHECK_MOVED(a0, a1, "postbox_events_submitted_total", 12);
     CHECK_MOVED(a0, a1, "postbox_submissions_duplicate_total", 1);
-    /* B answered 6 Pushes with 200, one with 401 (token refused), one unknown path */
-    CHECK_MOVED(b0, b1, "postbox_hrpc_server_requests_total{method=\"Push\",code=\"200\"}", 6);
+    /* A pushed the 6 events to B, B received them by Push (batched: 1 to 6 Pushes answered
+     * 200), one Push got 401 (token refused), one request went to an unknown path */
+    CHECK_MOVED(a0, a1, "postbox_events_pushed_total{result=\"ok\"}", 6);
+    CHECK_MOVED(b0, b1, "postbox_events_received_total{kind=\"userAddedToGuild\",path=\"push\"}",
+                6);
+    double pushes =
+        moved(b0, b1, "postbox_hrpc_server_requests_total{method=\"Push\",code=\"200\"}");
+    CHECKF(pushes >= 1 && pushes <= 6, "%g Pushes answered 200 for 6 events", pushes);
     CHECK_MOVED(b0, b1, "postbox_hrpc_server_requests_total{method=\"Push\",code=\"401\"}", 1);
     CHECK_MOVED(b0, b1, "postbox_hrpc_server_requests_total{method=\"other\",code=\"404\"}", 1);
-    CHECK_MOVED(b0, b1, "postbox_hrpc_server_request_duration_seconds_count{method=\"Push\"}", 7);
+    CHECK_MOVED(b0, b1, "postbox_hrpc_server_request_duration_seconds_count{method=\"Push\"}",
+                pushes + 1);
+    CHECKF(moved(a0, a1, "postbox_hrpc_client_request_duration_seconds_count{method=\"Push\"}") >=
+               pushes,
+           "A timed its Pushes");
     CHECK_MOVED(b0, b1, "postbox_auth_refusals_total{identifier=\"h.bad-auth\"}", 1);
     /* A served B's key fetch */
     CHECKF(val(a1, "postbox_hrpc_server_requests_total{method=\"Key\",code=\"200\"}") >= 1,

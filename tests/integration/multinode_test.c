@@ -4,9 +4,9 @@
  *
  *   - events submitted alternately through every node arrive at B once, in submission
  *     order (the order the shared store assigned);
- *   - the node holding B's delivery lease is killed with SIGKILL mid-stream: another node
- *     takes over within lease_ttl plus slack, and B still sees 0 lost, 0 duplicated,
- *     0 reordered;
+ *   - B goes away mid-stream; the node holding B's delivery lease (it keeps it while it
+ *     retries) is killed with SIGKILL; B comes back: another node takes over within
+ *     lease_ttl plus slack, and B still sees 0 lost, 0 duplicated, 0 reordered;
  *   - a Pull from B is answered by any node.
  * Needs PB_TEST_PG_URL (scripts/pg-start); fails without it, never skips.
  */
@@ -27,6 +27,21 @@
 #define BATCHES 30
 #define BATCH 50
 #define LEASE_TTL_S 3
+
+struct holder_wait {
+    const char *url, *peer;
+    char *holder; /* the lease holder found (caller frees) */
+};
+
+static char *lease_holder(const char *url, const char *peer);
+
+static bool lease_held(void *vctx)
+{
+    struct holder_wait *w = vctx;
+    free(w->holder);
+    w->holder = lease_holder(w->url, w->peer);
+    return w->holder != NULL;
+}
 
 static json_t *gen_event(unsigned i)
 {
@@ -187,6 +202,10 @@ int main(void)
         int via = (int)(k % NODES);
         while (dead[via])
             via = (via + 1) % NODES;
+        if (k == BATCHES / 3) { /* B goes away: what follows cannot be delivered at once */
+            at_kill = in_order(b, sid);
+            CHECK_INT(pbt_daemon_stop(b), 0);
+        }
         json_t *evs = json_array();
         for (unsigned i = 0; i < BATCH; i++)
             json_array_append_new(evs, gen_event(sent + i));
@@ -197,12 +216,14 @@ int main(void)
         json_decref(r);
         sent += BATCH;
         if (k == BATCHES / 3) {
-            char *holder = lease_holder(url, b->server_id);
+            /* the node delivering to B keeps the lease while it retries: kill it */
+            struct holder_wait hw = {url, b->server_id, NULL};
+            CHECKF(pbt_wait_for(lease_held, &hw, 15000), "a node holds B's lease");
+            char *holder = hw.holder;
             int victim = holder && holder[0] == 'n' ? atoi(holder + 1) : -1;
             CHECKF(victim >= 0 && victim < NODES, "a node holds B's lease (%s)",
                    holder ? holder : "none");
             if (victim >= 0 && victim < NODES) {
-                at_kill = in_order(b, sid);
                 pbt_daemon_kill(n[victim]);
                 dead[victim] = true;
                 killed_at = pbt_now_ms();
@@ -212,6 +233,25 @@ int main(void)
             free(holder);
         }
     }
+    /* a surviving node takes B over once the dead node's lease expires */
+    if (killed_at) {
+        struct holder_wait hw = {url, b->server_id, NULL};
+        bool taken = false;
+        int64_t until = pbt_now_ms() + LEASE_TTL_S * 1000 + 10000;
+        while (!taken && pbt_now_ms() < until) {
+            if (pbt_wait_for(lease_held, &hw, 1000) && hw.holder[0] == 'n') {
+                int who = atoi(hw.holder + 1);
+                taken = who >= 0 && who < NODES && !dead[who];
+            }
+        }
+        CHECKF(taken, "a live node took B's lease over after the kill (holder: %s)",
+               hw.holder ? hw.holder : "none");
+        if (taken)
+            fprintf(stderr, "multinode: %s took B over %lld ms after the kill\n", hw.holder,
+                    (long long)(pbt_now_ms() - killed_at));
+        free(hw.holder);
+    }
+    CHECK(pbt_daemon_start(b)); /* back: its start-up Pull and the new lease holder deliver */
     struct wait_ctx w = {b, sid, (long)sent, 0};
     CHECK(pbt_wait_for(reached, &w, 120000));
     long got = in_order(b, sid);

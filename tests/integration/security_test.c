@@ -142,10 +142,14 @@ static void expect(const pbt_http *h, long status, const char *identifier, const
 }
 
 /* POSTs an hRPC request to d's federation port, with a token when k is set. */
+/* bound: the token names d as its audience, as a postbox of this project signs it (its
+ * extension fields count); otherwise as a foreign peer signs it. */
 static void call(const pbt_daemon *d, const char *path, const pb_keys *k, const char *as,
-                 int64_t skew, const void *body, size_t len, pbt_http *h)
+                 bool bound, int64_t skew, const void *body, size_t len, pbt_http *h)
 {
-    char *tok = k ? pb_auth_header_make(k, as, NULL, (uint64_t)((int64_t)time(NULL) + skew)) : NULL;
+    char *tok = k ? pb_auth_header_make(k, as, bound ? d->server_id : NULL,
+                                        (uint64_t)((int64_t)time(NULL) + skew))
+                  : NULL;
     char hdr[2048];
     const char *hdrs[] = {"Content-Type: application/hrpc", "Hrpc-Version: 1", NULL, NULL};
     if (tok) {
@@ -162,7 +166,7 @@ static long push_as(const pbt_daemon *d, const pb_keys *k, const char *as, const
     pb_buf b = PB_BUF_INIT;
     pb_wire_push_encode(ev, &(uint64_t){seq}, 1, 0, &b);
     pbt_http h;
-    call(d, PUSH, k, as, 0, b.data, b.len, &h);
+    call(d, PUSH, k, as, true, 0, b.data, b.len, &h);
     long st = h.status;
     pbt_http_clear(&h);
     pb_buf_free(&b);
@@ -405,12 +409,14 @@ static long pull(const pbt_daemon *s, const pb_keys *k, const char *as, uint64_t
     pb_buf body = PB_BUF_INIT;
     if (next_seq) pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = next_seq}, &body);
     pbt_http h;
-    call(s, PULL, k, as, 0, body.data, body.len, &h);
+    call(s, PULL, k, as, next_seq != 0, 0, body.data, body.len, &h);
     *evs = NULL;
     *seqs = NULL;
     *n = 0;
     long st = h.status;
-    if (st == 200 && pb_wire_pull_resp_decode(h.body, h.body_len, evs, seqs, n, &(uint64_t){0}) != PB_OK) st = -1;
+    if (st == 200 &&
+        pb_wire_pull_resp_decode(h.body, h.body_len, evs, seqs, n, &(uint64_t){0}) != PB_OK)
+        st = -1;
     pbt_http_clear(&h);
     pb_buf_free(&body);
     return st;
@@ -607,13 +613,18 @@ static void test_concurrent_pulls(void)
 
 /* ---- forged NotifyNewId ------------------------------------------------------------------- */
 
+/* A NotifyNewId as a foreign peer sends it (no proof), or with the proof of possession of
+ * PROTOCOL.md 7.2 (a token naming new_id bound to r, signed by k) in a bound request. */
 static void notify(const pbt_daemon *r, const pb_keys *k, const char *as, int64_t skew,
-                   const char *new_id, pbt_http *h)
+                   const char *new_id, bool with_proof, pbt_http *h)
 {
-    pb_buf body = PB_BUF_INIT;
-    pb_wire_notify_encode(new_id, NULL, 0, &body);
-    call(r, NOTIFY, k, as, skew, body.data, body.len, h);
+    pb_buf body = PB_BUF_INIT, proof = PB_BUF_INIT;
+    if (with_proof)
+        CHECK_OK(pb_auth_token_make(k, new_id, r->server_id, (uint64_t)time(NULL), &proof));
+    pb_wire_notify_encode(new_id, proof.data, proof.len, &body);
+    call(r, NOTIFY, k, as, with_proof, skew, body.data, body.len, h);
     pb_buf_free(&body);
+    pb_buf_free(&proof);
 }
 
 static void test_forged_rename(void)
@@ -675,7 +686,7 @@ static void test_forged_rename(void)
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         pbt_http h;
-        notify(r, rows[i].signer, rows[i].as, rows[i].skew, rows[i].new_id, &h);
+        notify(r, rows[i].signer, rows[i].as, rows[i].skew, rows[i].new_id, false, &h);
         expect(&h, rows[i].status, rows[i].identifier, rows[i].what);
         pbt_http_clear(&h);
         json_t *after = snapshot(r, users);
@@ -683,12 +694,33 @@ static void test_forged_rename(void)
         json_decref(after);
     }
 
-    /* the same notice from the real owner of O's key, to an unknown ID serving it: done */
+    /* the same notice from the real owner of O's key, to an unknown ID serving it, but as a
+     * foreign peer sends it (no proof of possession): pending, nothing re-labelled */
     pbt_http h;
-    notify(r, o->keys, o->server_id, 0, fresh->server_id, &h);
-    expect(&h, 200, NULL, "genuine rename");
+    notify(r, o->keys, o->server_id, 0, fresh->server_id, false, &h);
+    expect(&h, 200, NULL, "genuine rename without proof (pending)");
     pbt_http_clear(&h);
     json_t *after = snapshot(r, users);
+    check_same(before, after, "genuine rename without proof (pending)");
+    json_decref(after);
+    /* a proof that does not verify (signed by X) is refused */
+    pb_buf body = PB_BUF_INIT, proof = PB_BUF_INIT;
+    CHECK_OK(
+        pb_auth_token_make(x->keys, fresh->server_id, r->server_id, (uint64_t)time(NULL), &proof));
+    pb_wire_notify_encode(fresh->server_id, proof.data, proof.len, &body);
+    call(r, NOTIFY, o->keys, o->server_id, true, 0, body.data, body.len, &h);
+    expect(&h, 403, "h.bad-new-id", "a proof signed by another key");
+    pbt_http_clear(&h);
+    pb_buf_free(&body);
+    pb_buf_free(&proof);
+    after = snapshot(r, users);
+    check_same(before, after, "a proof signed by another key");
+    json_decref(after);
+    /* with the proof (bound to R, signed with O's key, naming the new ID): done at once */
+    notify(r, o->keys, o->server_id, 0, fresh->server_id, true, &h);
+    expect(&h, 200, NULL, "genuine rename with proof");
+    pbt_http_clear(&h);
+    after = snapshot(r, users);
     json_t *g = json_object_get(json_object_get(after, "/v1/users/5/guilds"), "guilds");
     const char *gs = json_string_value(json_object_get(json_array_get(g, 0), "serverId"));
     CHECKF(json_array_size(g) == 1 && gs && !strcmp(gs, fresh->server_id),

@@ -401,7 +401,7 @@ static int run_servers(void)
 
     pb_client *cl = NULL;
     if (opt.push_to) {
-        pb_client_opts co = {.plain_http = true, .timeout_ms = 15000};
+        pb_client_opts co = {.plain_http = true, .timeout_ms = 15000, .allow_private = true};
         if (pb_client_new(&co, &cl) != PB_OK) return 1;
     }
     int64_t end = now_ms() + opt.seconds * 1000;

@@ -1,0 +1,184 @@
+/*
+ * budget - per-sender token buckets (see budget.h). A chained hash of senders with an LRU
+ * list for eviction, under one mutex; a bucket refills at capacity / interval per
+ * millisecond from its last update.
+ */
+#include "delivery/budget.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/mem.h"
+#include "util/serverid.h"
+
+#define NBUCKETS 4096
+
+struct sender {
+    char id[PB_SERVER_ID_MAX];
+    double ev, by; /* tokens left (may be negative) */
+    int64_t at;    /* last refill, monotonic ms */
+    struct sender *hnext, *prev, *next;
+};
+
+struct pb_budget {
+    pb_budget_opts o;
+    pthread_mutex_t mu;
+    struct sender *buckets[NBUCKETS];
+    struct sender *lru_head, *lru_tail;
+    unsigned count;
+};
+
+pb_budget *pb_budget_new(const pb_budget_opts *opts)
+{
+    pb_budget *b = pb_xcalloc(1, sizeof *b);
+    if (opts) b->o = *opts;
+    if (!b->o.events) b->o.events = 10000;
+    if (!b->o.bytes) b->o.bytes = 16u << 20;
+    if (!b->o.interval_s) b->o.interval_s = 60;
+    if (!b->o.max_senders) b->o.max_senders = 65536;
+    pthread_mutex_init(&b->mu, NULL);
+    return b;
+}
+
+void pb_budget_free(pb_budget *b)
+{
+    if (!b) return;
+    for (struct sender *s = b->lru_head, *next; s; s = next) {
+        next = s->next;
+        free(s);
+    }
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+static size_t hash(const char *id)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return (size_t)(h % NBUCKETS);
+}
+
+static void lru_unlink(pb_budget *b, struct sender *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        b->lru_head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        b->lru_tail = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static void lru_front(pb_budget *b, struct sender *s)
+{
+    s->next = b->lru_head;
+    if (b->lru_head) b->lru_head->prev = s;
+    b->lru_head = s;
+    if (!b->lru_tail) b->lru_tail = s;
+}
+
+static void forget_oldest(pb_budget *b)
+{
+    struct sender *s = b->lru_tail;
+    if (!s) return;
+    lru_unlink(b, s);
+    struct sender **pp = &b->buckets[hash(s->id)];
+    while (*pp != s)
+        pp = &(*pp)->hnext;
+    *pp = s->hnext;
+    b->count--;
+    free(s);
+}
+
+/* The sender's bucket, refilled up to now; created full. With b->mu held. */
+static struct sender *get(pb_budget *b, const char *id, int64_t now)
+{
+    struct sender *s = b->buckets[hash(id)];
+    while (s && strcmp(s->id, id) != 0)
+        s = s->hnext;
+    if (!s) {
+        if (b->count >= b->o.max_senders) forget_oldest(b);
+        s = pb_xcalloc(1, sizeof *s);
+        snprintf(s->id, sizeof s->id, "%s", id);
+        s->ev = (double)b->o.events;
+        s->by = (double)b->o.bytes;
+        s->at = now;
+        size_t h = hash(id);
+        s->hnext = b->buckets[h];
+        b->buckets[h] = s;
+        b->count++;
+    } else {
+        lru_unlink(b, s);
+        double ms = (double)(now > s->at ? now - s->at : 0), per = b->o.interval_s * 1000.0;
+        s->ev += ms * (double)b->o.events / per;
+        s->by += ms * (double)b->o.bytes / per;
+        if (s->ev > (double)b->o.events) s->ev = (double)b->o.events;
+        if (s->by > (double)b->o.bytes) s->by = (double)b->o.bytes;
+        s->at = now;
+    }
+    lru_front(b, s);
+    return s;
+}
+
+/* Seconds until the bucket holds `need` events and `nbytes` bytes (at least 1). */
+static uint32_t wait_s(const pb_budget *b, const struct sender *s, double need, double nbytes)
+{
+    double per = b->o.interval_s * 1000.0, ms = 0;
+    if (s->ev < need) ms = (need - s->ev) * per / (double)b->o.events;
+    if (s->by < nbytes) {
+        double m2 = (nbytes - s->by) * per / (double)b->o.bytes;
+        if (m2 > ms) ms = m2;
+    }
+    double sec = ms / 1000.0 + 1;
+    return sec > b->o.interval_s ? b->o.interval_s : (uint32_t)sec;
+}
+
+bool pb_budget_take(pb_budget *b, const char *sender, uint64_t events, uint64_t bytes, int64_t now,
+                    uint32_t *retry_after_s)
+{
+    pthread_mutex_lock(&b->mu);
+    struct sender *s = get(b, sender, now);
+    bool ok = s->ev >= (double)events && s->by >= (double)bytes;
+    if (ok) {
+        s->ev -= (double)events;
+        s->by -= (double)bytes;
+    } else {
+        *retry_after_s = wait_s(b, s, (double)events, (double)bytes);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return ok;
+}
+
+void pb_budget_charge(pb_budget *b, const char *sender, uint64_t events, uint64_t bytes,
+                      int64_t now)
+{
+    pthread_mutex_lock(&b->mu);
+    struct sender *s = get(b, sender, now);
+    s->ev -= (double)events;
+    s->by -= (double)bytes;
+    pthread_mutex_unlock(&b->mu);
+}
+
+uint64_t pb_budget_events_left(pb_budget *b, const char *sender, int64_t now)
+{
+    pthread_mutex_lock(&b->mu);
+    struct sender *s = get(b, sender, now);
+    uint64_t n = s->ev >= 1 && s->by >= 1 ? (uint64_t)s->ev : 0;
+    pthread_mutex_unlock(&b->mu);
+    return n;
+}
+
+bool pb_budget_available(pb_budget *b, const char *sender, int64_t now, uint32_t *retry_after_s)
+{
+    pthread_mutex_lock(&b->mu);
+    struct sender *s = get(b, sender, now);
+    bool ok = s->ev >= 1 && s->by >= 1;
+    if (!ok) *retry_after_s = wait_s(b, s, 1, 1);
+    pthread_mutex_unlock(&b->mu);
+    return ok;
+}

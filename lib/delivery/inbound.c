@@ -1,0 +1,441 @@
+/*
+ * inbound - the PostboxService handlers (see inbound.h for the rules).
+ *
+ * Handlers run on listener threads and do local work only (store reads and commits); a
+ * wait on something remote (a Pull from the sender, the key served at a new ID) defers
+ * the request (pb_hrpc_defer), and the handler runs again from the top when woken, so
+ * everything before the deferral is idempotent and nothing is stored before it.
+ */
+#include "delivery/inbound.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/fault.h"
+#include "util/log.h"
+#include "util/mem.h"
+#include "util/serverid.h"
+#include "wire/wire.h"
+
+#define ID_BAD "hrpc.http.bad-unary-request"
+#define ID_UNAVAILABLE "hrpc.unavailable"
+#define ID_EXHAUSTED "hrpc.resource-exhausted"
+#define ID_INTERNAL "hrpc.internal-server-error"
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void store_failure(pb_hrpc_reply *rep, pb_err err, const char *what)
+{
+    if (err == PB_ERR_STORE) {
+        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "%s: store unavailable, try again", what);
+        rep->retry_after = 1;
+    } else {
+        pb_hrpc_reply_error(rep, 500, ID_INTERNAL, "%s: %s", what, pb_strerror(err));
+    }
+}
+
+void pb_inbound_contact(void *ctx, const char *peer, bool bound)
+{
+    pb_delivery_contact(ctx, peer);
+}
+
+/* ---- Push ------------------------------------------------------------------------------------ */
+
+void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+{
+    pb_delivery *d = ctx;
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    pb_push_req pr = {0};
+    pb_err err = pb_wire_push_decode(req->body, req->body_len, o->push_max_events, &pr);
+    if (err == PB_ERR_TOO_BIG) {
+        pb_hrpc_reply_error(rep, 413, ID_EXHAUSTED, "more than %u events in one Push",
+                            o->push_max_events);
+        return;
+    }
+    if (err != PB_OK) {
+        pb_hrpc_reply_error(rep, 400, ID_BAD, "body is not a valid PushRequest: %s",
+                            pb_strerror(err));
+        return;
+    }
+    if (!req->bound) {
+        /* Not bound to us: exactly a foreign peer's Push (PROTOCOL.md 7.1). */
+        for (size_t i = 1; i < pr.n; i++)
+            pb_event_clear(&pr.evs[i]);
+        pr.n = 1;
+        free(pr.seqs);
+        pr.seqs = NULL;
+        pr.epoch = 0;
+    }
+    if (pb_fault("delivery.refuse-push-400")) {
+        pb_hrpc_reply_error(rep, 400, "h.test-refusal", "refused by a test fault point");
+        goto out;
+    }
+    if (pb_fault("delivery.unavailable-push")) {
+        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "unavailable by a test fault point");
+        rep->retry_after = 1;
+        goto out;
+    }
+    /* A Push arriving while we pull from its sender is processed after that Pull. */
+    if (!req->resumed && pb_delivery_pull_gate(d, req->peer, NULL)) {
+        pb_hrpc_waker *w = pb_hrpc_defer(req, (int)o->push_wait_ms);
+        if (!pb_delivery_pull_gate(d, req->peer, w)) pb_hrpc_wake(w); /* it just ended */
+        goto out;
+    }
+    if (req->timed_out) {
+        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "a Pull from you is in progress");
+        rep->retry_after = 1;
+        goto out;
+    }
+    if (req->resumed) PB_INFO(req->peer, "push processed after our Pull from this peer");
+    uint32_t ra = 0;
+    if (!pb_budget_take(pb_delivery_budget(d), req->peer, pr.n, req->body_len, pb_ioloop_now_ms(),
+                        &ra)) {
+        PB_WARN(req->peer, "push of %zu events refused: receive budget used (retry in %u s)", pr.n,
+                ra);
+        pb_hrpc_reply_error(rep, 429, ID_EXHAUSTED,
+                            "receive budget used: at most %llu events and %llu bytes per %u s",
+                            (unsigned long long)o->budget.events,
+                            (unsigned long long)o->budget.bytes, o->budget.interval_s);
+        rep->retry_after = ra;
+        goto out;
+    }
+    pb_recv_result rr = {0};
+    err = pb_store_receive(o->store, req->peer, pr.epoch, pr.evs, pr.seqs, pr.n, wall_ms(), &rr);
+    if (err != PB_OK) {
+        store_failure(rep, err, "Push");
+        goto out;
+    }
+    pb_fault_crash("delivery.crash-after-commit");
+    if (rr.applied) pb_delivery_inbox_bump(d);
+    if (o->metrics) {
+        for (size_t i = rr.duplicates; i < pr.n; i++) /* duplicates are the lowest numbers */
+            pb_counter_inc(pb_metric_get(o->metrics->events_received,
+                                         pb_event_kind_name(pr.evs[i].kind), "push"));
+        pb_counter_add(pb_metric_get(o->metrics->events_duplicate, "push"), rr.duplicates);
+    }
+    if (rr.duplicates) PB_DEBUG(req->peer, "%zu duplicate event(s) acknowledged", rr.duplicates);
+    pb_delivery_push_seen(d, req->peer);
+    /* A sender of this project learns what we hold of its stream. */
+    if (pr.seqs) pb_wire_push_resp_encode(rr.ack, pr.epoch, &rep->body);
+out:
+    pb_push_req_clear(&pr);
+}
+
+/* ---- Pull -------------------------------------------------------------------------------------
+ */
+
+/* A foreign peer's Pull: the events it was answered are forgotten once the answer is
+ * written, and the claim on the peer is released. */
+struct foreign_pull {
+    pb_delivery *d;
+    char peer[PB_SERVER_ID_MAX];
+    uint64_t last_seq;
+};
+
+static void foreign_pull_done(void *ctx, bool sent_ok)
+{
+    struct foreign_pull *fp = ctx;
+    const pb_delivery_opts *o = pb_delivery_options(fp->d);
+    if (sent_ok && fp->last_seq) {
+        pb_err err = pb_store_outbox_ack(o->store, fp->peer, fp->last_seq);
+        if (err != PB_OK) PB_ERROR(fp->peer, "cannot forget pulled events: %s", pb_strerror(err));
+        pb_delivery_pull_acked(fp->d, fp->peer, fp->last_seq);
+    }
+    pb_delivery_release_foreign(fp->d, fp->peer);
+    free(fp);
+}
+
+static void answer_pull(pb_delivery *d, const char *peer, uint64_t from, size_t max_items,
+                        size_t max_bytes, bool with_seqs, uint64_t epoch, pb_hrpc_reply *rep,
+                        uint64_t *last_seq)
+{
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    pb_outbox_item *items = NULL;
+    size_t n = 0;
+    *last_seq = 0;
+    pb_err err = pb_store_outbox_read(o->store, peer, from, max_items, max_bytes, &items, &n);
+    if (err != PB_OK) {
+        store_failure(rep, err, "Pull");
+        return;
+    }
+    uint64_t *seqs = pb_xcalloc(n ? n : 1, sizeof *seqs);
+    for (size_t i = 0; i < n; i++) {
+        pb_wire_pull_resp_append_event(&items[i].ev, &rep->body);
+        seqs[i] = items[i].seq;
+    }
+    if (with_seqs) pb_wire_pull_resp_append_seqs(seqs, n, epoch, &rep->body);
+    if (n) {
+        *last_seq = items[n - 1].seq;
+        PB_DEBUG(peer, "answered a Pull with %zu events", n);
+    }
+    free(seqs);
+    pb_outbox_items_free(items, n);
+}
+
+void pb_inbound_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+{
+    pb_delivery *d = ctx;
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    pb_pull_req pr = {0};
+    if (pb_wire_pull_req_decode(req->body, req->body_len, &pr) != PB_OK) {
+        pb_hrpc_reply_error(rep, 400, ID_BAD, "body is not a valid PullRequest");
+        return;
+    }
+    if (!req->bound) pr = (pb_pull_req){0}; /* a foreign peer's Pull (PROTOCOL.md 7.1) */
+    if (pb_fault("delivery.slow-pull-answer")) {
+        struct timespec ts = {2, 0};
+        nanosleep(&ts, NULL);
+    }
+    uint64_t last = 0;
+    if (pr.next_seq == 0) {
+        /* Foreign puller: only a queue that nobody else is draining is answered. */
+        if (!pb_delivery_claim_foreign(d, req->peer)) return; /* empty PullResponse */
+        if (o->node_id) {
+            bool held = false;
+            pb_store_lease_acquire(o->store, req->peer, o->node_id, wall_ms(), o->lease_ttl_ms,
+                                   &held);
+            if (!held) { /* another node delivers this peer: not ours to answer */
+                pb_delivery_release_foreign(d, req->peer);
+                return;
+            }
+        }
+        answer_pull(d, req->peer, 1, o->pull_batch, o->pull_max_bytes, false, 0, rep, &last);
+        struct foreign_pull *fp = pb_xcalloc(1, sizeof *fp);
+        fp->d = d;
+        snprintf(fp->peer, sizeof fp->peer, "%s", req->peer);
+        fp->last_seq = rep->status == 200 ? last : 0;
+        rep->on_done = foreign_pull_done;
+        rep->on_done_ctx = fp;
+        return;
+    }
+    /* A postbox of this project: it acknowledges what it holds in our epoch. */
+    pb_peer_state st;
+    pb_err err = pb_store_peer_state_get(o->store, req->peer, &st);
+    if (err == PB_ERR_NOT_FOUND) return; /* nothing was ever queued for it */
+    if (err != PB_OK) {
+        store_failure(rep, err, "Pull");
+        return;
+    }
+    uint64_t epoch = st.send_epoch, assigned = st.next_seq ? st.next_seq - 1 : 0, from = 1;
+    pb_peer_mode mode = st.mode;
+    pb_peer_state_clear(&st);
+    if (pr.epoch == epoch) {
+        uint64_t upto = pr.next_seq - 1;
+        if (upto > assigned) {
+            /* it holds more of this epoch than we assigned: our store went back */
+            err = pb_store_peer_new_epoch(o->store, req->peer, &epoch);
+            if (err != PB_OK) {
+                store_failure(rep, err, "Pull");
+                return;
+            }
+            PB_WARN(req->peer,
+                    "the puller acknowledges %llu but this store assigned only up to %llu "
+                    "(restored from a backup?): new epoch %016llx",
+                    (unsigned long long)upto, (unsigned long long)assigned,
+                    (unsigned long long)epoch);
+        } else {
+            if (upto > 0) {
+                err = pb_store_outbox_ack(o->store, req->peer, upto);
+                if (err != PB_OK) {
+                    store_failure(rep, err, "Pull");
+                    return;
+                }
+                pb_delivery_pull_acked(d, req->peer, upto);
+            }
+            from = pr.next_seq;
+        }
+    }
+    if (mode == PB_MODE_PARKED) return; /* paused for the operator: an empty answer */
+    size_t max_items = o->pull_batch, max_bytes = o->pull_max_bytes;
+    if (pr.max_events && pr.max_events < max_items) max_items = (size_t)pr.max_events;
+    if (pr.max_bytes && pr.max_bytes < max_bytes) max_bytes = (size_t)pr.max_bytes;
+    answer_pull(d, req->peer, from, max_items ? max_items : 1, max_bytes, true, epoch, rep, &last);
+}
+
+/* ---- NotifyNewId -------------------------------------------------------------------------- */
+
+static void key_ready(void *ctx, pb_err err, const uint8_t key[32])
+{
+    pb_hrpc_wake(ctx);
+}
+
+void pb_inbound_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
+{
+    pb_delivery *d = ctx;
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    char *raw = NULL, new_id[PB_SERVER_ID_MAX] = "";
+    uint8_t *proof = NULL, old_key[32], new_key[32];
+    size_t proof_len = 0;
+    pb_auth_claims c = {0};
+    uint64_t now = (uint64_t)time(NULL);
+    /* The token names the old ID and must verify with the key we hold for it. */
+    pb_auth_verdict v = pb_auth_precheck(req->authorization, now, o->policy, &c);
+    bool body_ok =
+        pb_wire_notify_decode(req->body, req->body_len, &raw, &proof, &proof_len) == PB_OK &&
+        pb_serverid_normalize(raw, new_id) == PB_OK;
+    if (v != PB_AUTH_OK) {
+        pb_hrpc_reply_error(rep, pb_auth_verdict_status(v), pb_auth_verdict_identifier(v), "%s",
+                            pb_auth_verdict_message(v));
+        goto out;
+    }
+    pb_err err = pb_keyfetch_stored(o->keyfetch, c.server_id, old_key);
+    if (err == PB_ERR_NOT_FOUND) {
+        /* Unknown old ID: unless this repeats a rename we made already. */
+        if (body_ok && pb_keyfetch_stored(o->keyfetch, new_id, new_key) == PB_OK &&
+            pb_auth_claims_verify(o->policy, &c, new_key)) {
+            PB_INFO(c.server_id, "repeated rename notice to %s acknowledged", new_id);
+            goto out;
+        }
+        pb_hrpc_reply_error(rep, 403, "h.host-not-allowed", "unknown server %s", c.server_id);
+        goto out;
+    }
+    if (err != PB_OK) {
+        store_failure(rep, err, "NotifyNewId");
+        goto out;
+    }
+    if (!pb_auth_claims_verify(o->policy, &c, old_key)) {
+        pb_hrpc_reply_error(rep, 401, "h.bad-token-signature", "%s",
+                            pb_auth_verdict_message(PB_AUTH_BAD_SIGNATURE));
+        goto out;
+    }
+    pb_delivery_contact(d, c.server_id);
+    if (!body_ok) {
+        pb_hrpc_reply_error(rep, 400, ID_BAD, "new_server_id is not a valid server ID");
+        goto out;
+    }
+    if (strcmp(new_id, c.server_id) == 0) {
+        pb_hrpc_reply_error(rep, 400, ID_BAD, "new_server_id equals the current ID");
+        goto out;
+    }
+    if (req->timed_out) {
+        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "the key served at %s is being fetched",
+                            new_id);
+        rep->retry_after = 1;
+        goto out;
+    }
+    /* The key served at the new ID (the one we hold when it is a known peer; else fetched
+     * off this thread, bounded). */
+    bool stored = false;
+    uint32_t ra = 0;
+    pb_hrpc_waker *w = req->resumed ? NULL : pb_hrpc_defer(req, 900);
+    err =
+        pb_keyfetch_get(o->keyfetch, new_id, false, new_key, &stored, w ? key_ready : NULL, w, &ra);
+    if (err == PB_ERR_BUSY) {
+        if (!w) { /* woken, and still not there */
+            pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "the key served at %s is being fetched",
+                                new_id);
+            rep->retry_after = 1;
+        }
+        goto out; /* deferred: runs again when the fetch ends */
+    }
+    if (w) pb_hrpc_wake(w); /* not needed: runs again at once */
+    if (w) goto out;
+    if (err != PB_OK) {
+        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "cannot fetch the key served at %s: %s",
+                            new_id, pb_strerror(err));
+        rep->retry_after = ra ? ra : 30;
+        goto out;
+    }
+    if (sodium_memcmp(old_key, new_key, 32) != 0) {
+        PB_WARN(c.server_id, "rename to %s refused: the key served there differs", new_id);
+        pb_hrpc_reply_error(rep, 403, "h.bad-new-id", "the key served at %s is not yours", new_id);
+        goto out;
+    }
+    /* Proof of possession (PROTOCOL.md 7.2), honoured only in a request bound to us. */
+    bool proven = false;
+    if (c.bound && proof) {
+        proven = pb_auth_proof_check(proof, proof_len, new_id, old_key, now, o->policy);
+        if (!proven) {
+            PB_WARN(c.server_id, "rename to %s refused: the proof of possession does not verify",
+                    new_id);
+            pb_hrpc_reply_error(rep, 403, "h.bad-new-id",
+                                "the proof of possession of %s does not verify", new_id);
+            goto out;
+        }
+    }
+    if (!proven) {
+        if (stored) { /* the rename would fail: the new ID is a peer of its own */
+            pb_hrpc_reply_error(rep, 409, "h.new-id-in-use", "%s is already a known server",
+                                new_id);
+            goto out;
+        }
+        err = pb_store_rename_in_add(o->store, c.server_id, new_id, wall_ms());
+        if (err == PB_ERR_EXISTS) {
+            pb_hrpc_reply_error(rep, 409, "h.new-id-in-use",
+                                "a rename to %s is pending for another server", new_id);
+            goto out;
+        }
+        if (err != PB_OK) {
+            store_failure(rep, err, "NotifyNewId");
+            goto out;
+        }
+        PB_WARN(c.server_id,
+                "rename to %s pending: it takes effect once a request signed with this key "
+                "names %s (expires in 24 h)",
+                new_id, new_id);
+        goto out;
+    }
+    err = pb_store_peer_rename(o->store, c.server_id, new_id, new_key, wall_ms());
+    if (err == PB_ERR_EXISTS) {
+        pb_hrpc_reply_error(rep, 409, "h.new-id-in-use", "%s is already a known server", new_id);
+        goto out;
+    }
+    if (err == PB_ERR_NOT_FOUND) {
+        pb_hrpc_reply_error(rep, 403, "h.host-not-allowed", "unknown server %s", c.server_id);
+        goto out;
+    }
+    if (err != PB_OK) {
+        store_failure(rep, err, "NotifyNewId");
+        goto out;
+    }
+    pb_delivery_peer_renamed(d, c.server_id, new_id);
+    PB_INFO(c.server_id, "peer renamed itself to %s (proof verified): everything re-labelled",
+            new_id);
+out:
+    pb_auth_claims_clear(&c);
+    free(raw);
+    free(proof);
+}
+
+/* ---- pending renames: completed by the first request naming the new ID ----------------------- */
+
+bool pb_inbound_rename_key(void *ctx, const char *server_id, uint8_t key[32])
+{
+    pb_delivery *d = ctx;
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    char *old = NULL;
+    int64_t created = 0;
+    bool ok = pb_store_rename_in_find(o->store, server_id, &old, &created) == PB_OK &&
+              created >= wall_ms() - 24LL * 60 * 60 * 1000 &&
+              pb_store_peer_key_get(o->store, old, key) == PB_OK;
+    free(old);
+    return ok;
+}
+
+pb_err pb_inbound_rename_proven(void *ctx, const char *server_id)
+{
+    pb_delivery *d = ctx;
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    char *old = NULL;
+    int64_t created = 0;
+    uint8_t key[32];
+    pb_err err = pb_store_rename_in_find(o->store, server_id, &old, &created);
+    if (err == PB_OK) err = pb_store_peer_key_get(o->store, old, key);
+    if (err == PB_OK) err = pb_store_peer_rename(o->store, old, server_id, key, wall_ms());
+    if (err == PB_OK) {
+        pb_delivery_peer_renamed(d, old, server_id);
+        PB_INFO(old, "peer proved its new ID %s: everything re-labelled", server_id);
+    } else {
+        PB_WARN(server_id, "cannot complete the pending rename: %s", pb_strerror(err));
+    }
+    free(old);
+    return err;
+}
