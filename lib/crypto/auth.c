@@ -320,14 +320,17 @@ void pb_auth_check(const char *header, uint64_t now, const pb_auth_policy *pol,
     res->time = t;
 
     res->verdict = PB_AUTH_BAD_TIME;
+    if (pol && pol->lock) pthread_rwlock_rdlock(pol->lock); /* a reload may swap the lists */
     uint64_t window =
         (pol && pol->window_s > 0) ? (uint64_t)pol->window_s : (uint64_t)PB_AUTH_DEFAULT_WINDOW_S;
     uint64_t skew = now >= t ? now - t : t - now; /* no overflow either way */
+    bool listed = pol && (list_has(pol->deny, pol->ndeny, res->server_id) ||
+                          (pol->nallow > 0 && !list_has(pol->allow, pol->nallow, res->server_id)));
+    if (pol && pol->lock) pthread_rwlock_unlock(pol->lock);
     if (skew > window) goto out;
 
     res->verdict = PB_AUTH_NOT_ALLOWED;
-    if (pol && list_has(pol->deny, pol->ndeny, res->server_id)) goto out;
-    if (pol && pol->nallow > 0 && !list_has(pol->allow, pol->nallow, res->server_id)) goto out;
+    if (listed) goto out;
 
     res->verdict = PB_AUTH_KEY_UNAVAILABLE;
     if (!key_fn || key_fn(key_ctx, res->server_id, false, key, &fresh) != PB_OK) goto out;

@@ -17,6 +17,7 @@
 #ifndef PB_AUTH_H
 #define PB_AUTH_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -65,6 +66,9 @@ typedef struct pb_auth_policy {
     size_t ndeny;
     uint32_t key_retry_after_s; /* RetryInfo for PB_AUTH_KEY_UNAVAILABLE (default 30) */
     pb_auth_cache *cache;       /* verified tokens; NULL: verify every time */
+    /* When set, pb_auth_check holds it for reading while it reads window_s and the lists,
+     * so that whoever holds it for writing may replace them (a configuration reload). */
+    pthread_rwlock_t *lock;
 } pb_auth_policy;
 
 /*

@@ -26,6 +26,7 @@
 #include "util/fault.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/sdnotify.h"
 #include "util/serverid.h"
 #include "wire/wire.h"
 
@@ -624,6 +625,7 @@ static void *worker(void *arg)
     pb_delivery *d = arg;
     pthread_mutex_lock(&d->mu);
     while (!d->stopping) {
+        pb_sdnotify_watchdog_kick(); /* systemd's watchdog; pick() wakes us at least every 1 s */
         struct peer *p = NULL;
         int64_t wake;
         enum task t = pick(d, &p, &wake);

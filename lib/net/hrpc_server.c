@@ -34,6 +34,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -63,6 +66,10 @@
 #define FD_RESERVE 64
 /* How often the sweeper looks for connections past their request deadline. */
 #define SWEEP_MS 200
+/* Limits a reload may change (pb_hrpc_server_set_limits) are read and written atomically. */
+#define LIM(s, field) __atomic_load_n(&(s)->opts.field, __ATOMIC_RELAXED)
+/* Most certificates in the chain of tls_cert. */
+#define TLS_MAX_CHAIN 16
 
 struct route {
     char *path;
@@ -78,7 +85,10 @@ struct pb_hrpc_server {
     struct route *routes;
     size_t nroutes;
     struct MHD_Daemon *mhd;
-    char *tls_cert, *tls_key; /* file contents */
+    char *tls_cert, *tls_key; /* PEM texts served to new connections, under tls_mu */
+    pthread_rwlock_t tls_mu;
+    bool tls_swappable; /* served through cert_cb (pb_hrpc_server_set_tls works) */
+    unsigned conns_cap; /* max_conns at start: the most pb_hrpc_server_set_limits may set */
     atomic_uint inflight;
     atomic_bool stopping;
     /* open connections (see the file comment) */
@@ -237,7 +247,7 @@ static void conn_set_deadline(pb_hrpc_server *s, struct MHD_Connection *conn, bo
     struct conn *c = conn_of(conn);
     if (!c) return;
     pthread_mutex_lock(&s->conns_mu);
-    c->deadline_ms = arm ? mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000 : 0;
+    c->deadline_ms = arm ? mono_ms() + (int64_t)LIM(s, conn_timeout_s) * 1000 : 0;
     pthread_mutex_unlock(&s->conns_mu);
 }
 
@@ -251,12 +261,71 @@ static bool conn_past_deadline(pb_hrpc_server *s, struct MHD_Connection *conn)
     return late;
 }
 
+/* ---- TLS: the certificate is chosen per handshake, so a reload can replace it ------------ */
+
+/* GnuTLS asks cert_cb for the certificate of each new TLS session; the session's pointer
+ * (unused by libmicrohttpd) tells it which server the session belongs to. */
+static void tls_bind_session(pb_hrpc_server *s, struct MHD_Connection *conn)
+{
+    if (!s->tls_swappable) return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (ci && ci->tls_session) gnutls_session_set_ptr(ci->tls_session, s);
+}
+
+/*
+ * gnutls_certificate_retrieve_function3: a fresh copy of the current certificate chain and
+ * key for this session, parsed from the PEM texts under a read lock; GnuTLS frees them with
+ * the session (GNUTLS_CERT_RETR_DEINIT_ALL), so a swap never frees what a session uses.
+ */
+static int cert_cb(gnutls_session_t session, const struct gnutls_cert_retr_st *info,
+                   gnutls_pcert_st **certs, unsigned int *ncerts, gnutls_ocsp_data_st **ocsp,
+                   unsigned int *nocsp, gnutls_privkey_t *key, unsigned int *flags)
+{
+    (void)info;
+    pb_hrpc_server *s = gnutls_session_get_ptr(session);
+    if (!s) return -1;
+    gnutls_pcert_st *list = gnutls_calloc(TLS_MAX_CHAIN, sizeof *list);
+    gnutls_privkey_t k = NULL;
+    unsigned n = TLS_MAX_CHAIN;
+    int rc = list ? 0 : -1;
+    pthread_rwlock_rdlock(&s->tls_mu);
+    if (rc == 0) {
+        gnutls_datum_t c = {(unsigned char *)s->tls_cert, (unsigned)strlen(s->tls_cert)};
+        gnutls_datum_t kd = {(unsigned char *)s->tls_key, (unsigned)strlen(s->tls_key)};
+        if (gnutls_pcert_list_import_x509_raw(list, &n, &c, GNUTLS_X509_FMT_PEM, 0) < 0) {
+            n = 0;
+            rc = -1;
+        } else if (gnutls_privkey_init(&k) < 0 ||
+                   gnutls_privkey_import_x509_raw(k, &kd, GNUTLS_X509_FMT_PEM, NULL, 0) < 0) {
+            rc = -1;
+        }
+    }
+    pthread_rwlock_unlock(&s->tls_mu);
+    if (rc != 0) {
+        for (unsigned i = 0; list && i < n; i++)
+            gnutls_pcert_deinit(&list[i]);
+        gnutls_free(list);
+        if (k) gnutls_privkey_deinit(k);
+        PB_WARN(NULL, "TLS handshake refused: the certificate or key does not load");
+        return -1;
+    }
+    *certs = list;
+    *ncerts = n;
+    *ocsp = NULL;
+    *nocsp = 0;
+    *key = k;
+    *flags = GNUTLS_CERT_RETR_DEINIT_ALL;
+    return 0;
+}
+
 /* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
     pb_hrpc_server *s = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        tls_bind_session(s, conn);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         struct conn *c = pb_xcalloc(1, sizeof *c);
@@ -276,7 +345,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         } else {
             c->counted = true;
             s->nconns++;
-            c->deadline_ms = mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000;
+            c->deadline_ms = mono_ms() + (int64_t)LIM(s, conn_timeout_s) * 1000;
         }
         c->next = s->conns;
         if (s->conns) s->conns->prev = c;
@@ -332,7 +401,7 @@ static void *sweeper_main(void *arg)
             PB_INFO(NULL,
                     "closed %u connection(s) whose request was not complete within %u s "
                     "(%llu so far)",
-                    cut, s->opts.conn_timeout_s, (unsigned long long)total);
+                    cut, LIM(s, conn_timeout_s), (unsigned long long)total);
             pthread_mutex_lock(&s->conns_mu);
         }
     }
@@ -358,14 +427,14 @@ static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn
         return send_error(conn, 400, ID_BAD_REQUEST, 0, "unsupported Hrpc-Version %.20s", ver);
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     uint64_t declared = 0;
-    if (cl && parse_size(cl, &declared) && declared > s->opts.max_body)
+    if (cl && parse_size(cl, &declared) && declared > LIM(s, max_body))
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body of %llu bytes over the limit of %zu",
-                          (unsigned long long)declared, s->opts.max_body);
+                          (unsigned long long)declared, LIM(s, max_body));
     if (atomic_load(&s->stopping))
         return send_error(conn, 503, ID_UNAVAILABLE, 5, "server is shutting down");
     unsigned n = atomic_fetch_add(&s->inflight, 1);
     r->counted = true;
-    if (n >= s->opts.max_inflight)
+    if (n >= LIM(s, max_inflight))
         return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests in flight", n);
     return MHD_YES;
 }
@@ -384,7 +453,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size > 0) {
         /* A body still arriving after the deadline: close without an answer. */
         if (conn_past_deadline(s, conn)) return MHD_NO;
-        if (!r->too_big && r->body.len + *upload_data_size <= s->opts.max_body) {
+        if (!r->too_big && r->body.len + *upload_data_size <= LIM(s, max_body)) {
             pb_buf_append(&r->body, upload_data, *upload_data_size);
         } else {
             r->too_big = true;
@@ -397,7 +466,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     conn_set_deadline(s, conn, false);
     if (r->too_big)
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body over the limit of %zu bytes",
-                          s->opts.max_body);
+                          LIM(s, max_body));
 
     pb_hrpc_request hreq = {.path = url, .body = r->body.data, .body_len = r->body.len};
     hreq.authorization =
@@ -509,6 +578,63 @@ static char *read_file(const char *path)
     return (char *)pb_buf_steal(&b, NULL);
 }
 
+/*
+ * Reads the certificate chain and key files and checks that GnuTLS accepts them as a pair.
+ * On PB_OK *cert and *key hold the PEM texts (caller frees) and the certificate's subject,
+ * serial number and expiry are logged. Changes nothing else.
+ */
+static pb_err tls_load(const char *cert_file, const char *key_file, char **cert, char **key)
+{
+    *cert = read_file(cert_file);
+    *key = read_file(key_file);
+    gnutls_certificate_credentials_t cred = NULL;
+    gnutls_x509_crt_t crt = NULL;
+    gnutls_datum_t dn = {NULL, 0};
+    pb_err err = PB_ERR_CONFIG;
+    if (!*cert || !*key) {
+        PB_ERROR(NULL, "cannot read TLS certificate %s or key %s", cert_file, key_file);
+        goto out;
+    }
+    gnutls_datum_t c = {(unsigned char *)*cert, (unsigned)strlen(*cert)};
+    gnutls_datum_t k = {(unsigned char *)*key, (unsigned)strlen(*key)};
+    int rc = gnutls_certificate_allocate_credentials(&cred);
+    if (rc >= 0)
+        rc = gnutls_certificate_set_x509_key_mem2(cred, &c, &k, GNUTLS_X509_FMT_PEM, NULL, 0);
+    if (rc < 0) {
+        PB_ERROR(NULL, "TLS certificate %s with key %s: %s", cert_file, key_file,
+                 gnutls_strerror(rc));
+        goto out;
+    }
+    unsigned char serial[64];
+    size_t slen = sizeof serial;
+    char hex[2 * sizeof serial + 1] = "?";
+    if (gnutls_x509_crt_init(&crt) >= 0 &&
+        gnutls_x509_crt_import(crt, &c, GNUTLS_X509_FMT_PEM) >= 0 &&
+        gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0 &&
+        gnutls_x509_crt_get_serial(crt, serial, &slen) >= 0) {
+        for (size_t i = 0; i < slen; i++)
+            snprintf(hex + 2 * i, 3, "%02x", serial[i]);
+        time_t until = gnutls_x509_crt_get_expiration_time(crt);
+        struct tm tm;
+        char when[32] = "?";
+        if (gmtime_r(&until, &tm)) strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        PB_INFO(NULL, "TLS certificate %s: subject %s, serial %s, valid until %s", cert_file,
+                (const char *)dn.data, hex, when);
+    }
+    err = PB_OK;
+out:
+    gnutls_free(dn.data);
+    if (crt) gnutls_x509_crt_deinit(crt);
+    if (cred) gnutls_certificate_free_credentials(cred);
+    if (err != PB_OK) {
+        if (*key) memset(*key, 0, strlen(*key));
+        free(*key);
+        free(*cert);
+        *cert = *key = NULL;
+    }
+    return err;
+}
+
 pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *auth,
                           pb_hrpc_server **out)
 {
@@ -523,6 +649,7 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.threads) s->opts.threads = 16;
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
     pthread_mutex_init(&s->conns_mu, NULL);
+    pthread_rwlock_init(&s->tls_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -557,20 +684,25 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     bool tls = s->opts.tls_cert_file && s->opts.tls_key_file;
     if (tls) {
-        s->tls_cert = read_file(s->opts.tls_cert_file);
-        s->tls_key = read_file(s->opts.tls_key_file);
-        if (!s->tls_cert || !s->tls_key) {
-            PB_ERROR(NULL, "cannot read TLS certificate %s or key %s", s->opts.tls_cert_file,
-                     s->opts.tls_key_file);
+        if (tls_load(s->opts.tls_cert_file, s->opts.tls_key_file, &s->tls_cert, &s->tls_key) !=
+            PB_OK)
             return PB_ERR_CONFIG;
-        }
         flags |= MHD_USE_TLS;
+        /* The certificate callback lets a reload replace the certificate; a libmicrohttpd
+         * without it gets the certificate once (a new one then needs a restart). */
+        s->tls_swappable = MHD_is_feature_supported(MHD_FEATURE_HTTPS_CERT_CALLBACK2) == MHD_YES;
     }
     struct MHD_OptionItem tls_opts[] = {
-        {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, s->tls_key},
-        {MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert},
+        {MHD_OPTION_END, 0, NULL},
+        {MHD_OPTION_END, 0, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
+    if (tls && s->tls_swappable) {
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK2, 0, (void *)cert_cb};
+    } else if (tls) {
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
+        tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert};
+    }
     /* Our limit closes connections past max_connections; libmicrohttpd's, a little higher,
      * is the hard bound (it splits it between its threads and, once there, stops
      * accepting). Both must fit in the descriptors this process may open. */
@@ -589,7 +721,7 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         limit = fit;
         margin = 16 + limit / 16;
     }
-    s->max_conns = limit;
+    s->max_conns = s->conns_cap = limit;
     s->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
@@ -660,7 +792,56 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
         free(s->tls_key);
     }
     free(s->tls_cert);
+    pthread_rwlock_destroy(&s->tls_mu);
     pthread_cond_destroy(&s->sweep_cv);
     pthread_mutex_destroy(&s->conns_mu);
     free(s);
+}
+
+/* ---- reload: limits and certificate of a running server -------------------------------- */
+
+pb_err pb_hrpc_server_set_tls(pb_hrpc_server *s, const char *cert_file, const char *key_file)
+{
+    if (!s->tls_cert || !cert_file || !key_file) {
+        PB_ERROR(NULL, "the federation listener %s: switching TLS on or off needs a restart",
+                 s->tls_cert ? "serves TLS" : "serves plain HTTP");
+        return PB_ERR_CONFIG;
+    }
+    if (!s->tls_swappable) {
+        PB_ERROR(NULL, "this libmicrohttpd cannot replace a certificate: a new one needs a "
+                       "restart");
+        return PB_ERR_CONFIG;
+    }
+    char *cert = NULL, *key = NULL;
+    pb_err err = tls_load(cert_file, key_file, &cert, &key);
+    if (err != PB_OK) return err;
+    pthread_rwlock_wrlock(&s->tls_mu);
+    char *old_cert = s->tls_cert, *old_key = s->tls_key;
+    s->tls_cert = cert;
+    s->tls_key = key;
+    pthread_rwlock_unlock(&s->tls_mu);
+    memset(old_key, 0, strlen(old_key));
+    free(old_key);
+    free(old_cert);
+    return PB_OK;
+}
+
+void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim)
+{
+    if (lim->max_body) __atomic_store_n(&s->opts.max_body, lim->max_body, __ATOMIC_RELAXED);
+    if (lim->max_inflight)
+        __atomic_store_n(&s->opts.max_inflight, lim->max_inflight, __ATOMIC_RELAXED);
+    if (lim->conn_timeout_s)
+        __atomic_store_n(&s->opts.conn_timeout_s, lim->conn_timeout_s, __ATOMIC_RELAXED);
+    if (!lim->max_connections) return;
+    pthread_mutex_lock(&s->conns_mu);
+    unsigned cap = s->conns_cap ? s->conns_cap : lim->max_connections;
+    unsigned want = lim->max_connections;
+    s->max_conns = want < cap ? want : cap;
+    pthread_mutex_unlock(&s->conns_mu);
+    if (want > cap)
+        PB_WARN(NULL,
+                "max_connections %u is over the %u this listener started with: using %u "
+                "until a restart",
+                want, cap, cap);
 }

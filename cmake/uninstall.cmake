@@ -1,0 +1,28 @@
+# uninstall.cmake - removes every file that the last `make install` (cmake --install) put,
+# as listed in install_manifest.txt (paths include DESTDIR), then the directories of
+# postbox's own that are left empty:
+#   cmake -DMANIFEST=build/install_manifest.txt -P uninstall.cmake
+cmake_minimum_required(VERSION 3.18)
+if(NOT EXISTS "${MANIFEST}")
+  message(FATAL_ERROR "${MANIFEST} not found: nothing was installed from this build directory")
+endif()
+file(STRINGS "${MANIFEST}" files)
+set(dirs)
+foreach(f IN LISTS files)
+  if(EXISTS "${f}" OR IS_SYMLINK "${f}")
+    message(STATUS "Removing: ${f}")
+    file(REMOVE "${f}")
+  endif()
+  get_filename_component(d "${f}" DIRECTORY)
+  get_filename_component(name "${d}" NAME)
+  if(name STREQUAL "postbox")
+    list(APPEND dirs "${d}")
+  endif()
+endforeach()
+list(REMOVE_DUPLICATES dirs)
+foreach(d IN LISTS dirs)
+  file(GLOB left "${d}/*")
+  if(NOT left)
+    file(REMOVE_RECURSE "${d}")
+  endif()
+endforeach()
