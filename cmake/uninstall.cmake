@@ -1,7 +1,7 @@
 # uninstall.cmake - removes every file that the last `make install` (cmake --install) put,
-# as listed in install_manifest.txt (paths include DESTDIR), then the directories of
-# postbox's own that are left empty:
-#   cmake -DMANIFEST=build/install_manifest.txt -P uninstall.cmake
+# as listed in install_manifest.txt, under $DESTDIR when it is set (as it was for the
+# install), then the directories of postbox's own that are left empty:
+#   DESTDIR=... cmake -DMANIFEST=build/install_manifest.txt -P uninstall.cmake
 cmake_minimum_required(VERSION 3.18)
 if(NOT EXISTS "${MANIFEST}")
   message(FATAL_ERROR "${MANIFEST} not found: nothing was installed from this build directory")
@@ -9,6 +9,7 @@ endif()
 file(STRINGS "${MANIFEST}" files)
 set(dirs)
 foreach(f IN LISTS files)
+  set(f "$ENV{DESTDIR}${f}")
   if(EXISTS "${f}" OR IS_SYMLINK "${f}")
     message(STATUS "Removing: ${f}")
     file(REMOVE "${f}")
