@@ -27,6 +27,13 @@
  * byte of a request is not visible; it is checked every SWEEP_MS; it does not cover the
  * answer (a client reading slowly is bounded by the idle timeout only).
  *
+ * TLS and reload: the certificate is not handed to libmicrohttpd once. GnuTLS asks cert_cb
+ * for it at each handshake, and cert_cb parses a fresh copy of the current chain and key (PEM
+ * texts under a read lock) that GnuTLS frees with the session, so pb_hrpc_server_set_tls can
+ * replace them for new connections while open ones keep theirs. The limits a reload may
+ * change (max_body, max_inflight, conn_timeout_s) are read and written atomically (LIM);
+ * max_connections under conns_mu, as before.
+ *
  * Untrusted input: the whole HTTP request. Sizes are checked before anything is buffered;
  * the Authorization header is passed to auth.c, which bounds it again.
  */
@@ -263,14 +270,55 @@ static bool conn_past_deadline(pb_hrpc_server *s, struct MHD_Connection *conn)
 
 /* ---- TLS: the certificate is chosen per handshake, so a reload can replace it ------------ */
 
-/* GnuTLS asks cert_cb for the certificate of each new TLS session; the session's pointer
- * (unused by libmicrohttpd) tells it which server the session belongs to. */
+/*
+ * GnuTLS asks cert_cb for the certificate of each new TLS session but passes it no pointer
+ * of ours, only the credentials the session uses: libmicrohttpd's, one set per listener. A
+ * process-wide table maps them to their server; each connection registers its listener's
+ * set when it starts (libmicrohttpd's notification), before its handshake. A stopped server
+ * leaves the table.
+ */
+#define TLS_CREDS_MAX 64
+static pthread_mutex_t g_creds_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const void *cred;
+    pb_hrpc_server *s;
+} g_creds[TLS_CREDS_MAX];
+
 static void tls_bind_session(pb_hrpc_server *s, struct MHD_Connection *conn)
 {
     if (!s->tls_swappable) return;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
-    if (ci && ci->tls_session) gnutls_session_set_ptr(ci->tls_session, s);
+    void *cred = NULL;
+    if (!ci || !ci->tls_session ||
+        gnutls_credentials_get(ci->tls_session, GNUTLS_CRD_CERTIFICATE, &cred) < 0 || !cred)
+        return;
+    pthread_mutex_lock(&g_creds_mu);
+    int slot = -1;
+    for (int i = 0; i < TLS_CREDS_MAX; i++) {
+        if (g_creds[i].cred == cred) {
+            slot = i;
+            break;
+        }
+        if (!g_creds[i].cred && slot < 0) slot = i;
+    }
+    if (slot >= 0) {
+        g_creds[slot].cred = cred;
+        g_creds[slot].s = s;
+    }
+    pthread_mutex_unlock(&g_creds_mu);
+    if (slot < 0) PB_ERROR(NULL, "too many TLS listeners in this process: handshakes will fail");
+}
+
+static void tls_unbind(pb_hrpc_server *s)
+{
+    pthread_mutex_lock(&g_creds_mu);
+    for (int i = 0; i < TLS_CREDS_MAX; i++) {
+        if (g_creds[i].s != s) continue;
+        g_creds[i].cred = NULL;
+        g_creds[i].s = NULL;
+    }
+    pthread_mutex_unlock(&g_creds_mu);
 }
 
 /*
@@ -282,8 +330,12 @@ static int cert_cb(gnutls_session_t session, const struct gnutls_cert_retr_st *i
                    gnutls_pcert_st **certs, unsigned int *ncerts, gnutls_ocsp_data_st **ocsp,
                    unsigned int *nocsp, gnutls_privkey_t *key, unsigned int *flags)
 {
-    (void)info;
-    pb_hrpc_server *s = gnutls_session_get_ptr(session);
+    (void)session;
+    pb_hrpc_server *s = NULL;
+    pthread_mutex_lock(&g_creds_mu);
+    for (int i = 0; i < TLS_CREDS_MAX && !s; i++)
+        if (g_creds[i].cred && g_creds[i].cred == (const void *)info->cred) s = g_creds[i].s;
+    pthread_mutex_unlock(&g_creds_mu);
     if (!s) return -1;
     gnutls_pcert_st *list = gnutls_calloc(TLS_MAX_CHAIN, sizeof *list);
     gnutls_privkey_t k = NULL;
@@ -767,6 +819,7 @@ void pb_hrpc_server_stop(pb_hrpc_server *s)
     MHD_stop_daemon(s->mhd);
     if (fd != MHD_INVALID_SOCKET) close(fd);
     s->mhd = NULL;
+    tls_unbind(s);
     if (s->sweeper_started) {
         pthread_mutex_lock(&s->conns_mu);
         s->sweeper_stop = true;
