@@ -321,6 +321,35 @@ static void tls_unbind(pb_hrpc_server *s)
     pthread_mutex_unlock(&g_creds_mu);
 }
 
+/* Parses a copy of the chain and key (PEM) that GnuTLS may own: on 0, *list (n entries,
+ * gnutls_malloc'd) and *key are the caller's; on -1 nothing is left allocated. */
+static int tls_parse(const char *cert, const char *key, gnutls_pcert_st **list, unsigned *n,
+                     gnutls_privkey_t *k)
+{
+    gnutls_datum_t c = {(unsigned char *)cert, (unsigned)strlen(cert)};
+    gnutls_datum_t kd = {(unsigned char *)key, (unsigned)strlen(key)};
+    *list = gnutls_calloc(TLS_MAX_CHAIN, sizeof **list);
+    *n = TLS_MAX_CHAIN;
+    *k = NULL;
+    if (!*list) return -1;
+    if (gnutls_pcert_list_import_x509_raw(*list, n, &c, GNUTLS_X509_FMT_PEM, 0) < 0) {
+        gnutls_free(*list);
+        *list = NULL;
+        return -1;
+    }
+    if (gnutls_privkey_init(k) < 0 ||
+        gnutls_privkey_import_x509_raw(*k, &kd, GNUTLS_X509_FMT_PEM, NULL, 0) < 0) {
+        for (unsigned i = 0; i < *n; i++)
+            gnutls_pcert_deinit(&(*list)[i]);
+        gnutls_free(*list);
+        *list = NULL;
+        if (*k) gnutls_privkey_deinit(*k);
+        *k = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /*
  * gnutls_certificate_retrieve_function3: a fresh copy of the current certificate chain and
  * key for this session, parsed from the PEM texts under a read lock; GnuTLS frees them with
@@ -337,28 +366,13 @@ static int cert_cb(gnutls_session_t session, const struct gnutls_cert_retr_st *i
         if (g_creds[i].cred && g_creds[i].cred == (const void *)info->cred) s = g_creds[i].s;
     pthread_mutex_unlock(&g_creds_mu);
     if (!s) return -1;
-    gnutls_pcert_st *list = gnutls_calloc(TLS_MAX_CHAIN, sizeof *list);
+    gnutls_pcert_st *list = NULL;
     gnutls_privkey_t k = NULL;
-    unsigned n = TLS_MAX_CHAIN;
-    int rc = list ? 0 : -1;
+    unsigned n = 0;
     pthread_rwlock_rdlock(&s->tls_mu);
-    if (rc == 0) {
-        gnutls_datum_t c = {(unsigned char *)s->tls_cert, (unsigned)strlen(s->tls_cert)};
-        gnutls_datum_t kd = {(unsigned char *)s->tls_key, (unsigned)strlen(s->tls_key)};
-        if (gnutls_pcert_list_import_x509_raw(list, &n, &c, GNUTLS_X509_FMT_PEM, 0) < 0) {
-            n = 0;
-            rc = -1;
-        } else if (gnutls_privkey_init(&k) < 0 ||
-                   gnutls_privkey_import_x509_raw(k, &kd, GNUTLS_X509_FMT_PEM, NULL, 0) < 0) {
-            rc = -1;
-        }
-    }
+    int rc = tls_parse(s->tls_cert, s->tls_key, &list, &n, &k);
     pthread_rwlock_unlock(&s->tls_mu);
     if (rc != 0) {
-        for (unsigned i = 0; list && i < n; i++)
-            gnutls_pcert_deinit(&list[i]);
-        gnutls_free(list);
-        if (k) gnutls_privkey_deinit(k);
         PB_WARN(NULL, "TLS handshake refused: the certificate or key does not load");
         return -1;
     }
@@ -657,6 +671,18 @@ static pb_err tls_load(const char *cert_file, const char *key_file, char **cert,
                  gnutls_strerror(rc));
         goto out;
     }
+    gnutls_pcert_st *list = NULL;
+    gnutls_privkey_t pk = NULL;
+    unsigned n = 0;
+    if (tls_parse(*cert, *key, &list, &n, &pk) != 0) { /* what cert_cb will do */
+        PB_ERROR(NULL, "TLS certificate %s: more than %d certificates, or unreadable", cert_file,
+                 TLS_MAX_CHAIN);
+        goto out;
+    }
+    for (unsigned i = 0; i < n; i++)
+        gnutls_pcert_deinit(&list[i]);
+    gnutls_free(list);
+    gnutls_privkey_deinit(pk);
     unsigned char serial[64];
     size_t slen = sizeof serial;
     char hex[2 * sizeof serial + 1] = "?";
