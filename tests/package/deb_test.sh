@@ -8,8 +8,9 @@
 #     /etc/postbox/postbox.conf and `postboxctl version` prints the version;
 #   - the packaging: /etc/postbox/postbox.conf is a conffile, the unit is installed and
 #     enabled but not started (dh_installsystemd --no-start), the postbox system user
-#     (sysusers.d) and /var/lib/postbox mode 0750 owned by it (tmpfiles.d), the man pages,
-#     the libraries with their SONAME link, header and postbox.pc.
+#     (sysusers.d) and /var/lib/postbox mode 0750 owned by it (tmpfiles.d; both run with
+#     --root on the unpacked tree, as postinst runs them), the man pages, the libraries
+#     with their SONAME link, header and postbox.pc.
 #
 #   deb_test.sh SRC OUTDIR VERSION      prints "N passed, N failed"; exit 0 only when
 #                                       nothing failed
@@ -75,6 +76,18 @@ check "postinst creates the directory (systemd-tmpfiles)" grep -q 'systemd-tmpfi
 u=$(grep -n systemd-sysusers "$post" | head -1 | cut -d: -f1)
 t=$(grep -n systemd-tmpfiles "$post" | head -1 | cut -d: -f1)
 check "the user is made before the directory" test "${u:-999}" -lt "${t:-0}"
+# what postinst runs, here on the unpacked tree (--root): the user, then its directory
+if command -v systemd-sysusers >/dev/null 2>&1 && command -v systemd-tmpfiles >/dev/null 2>&1; then
+  check "systemd-sysusers --root creates the postbox user" systemd-sysusers --root="$root" postbox.conf
+  check "systemd-tmpfiles --root creates /var/lib/postbox" systemd-tmpfiles --root="$root" --create postbox.conf
+  uid=$(awk -F: '$1 == "postbox" {print $3 ":" $4}' "$root/etc/passwd" 2>/dev/null)
+  check "postbox is a system user without a login shell" \
+    grep -q '^postbox:x:[0-9]*:[0-9]*:.*:/var/lib/postbox:/usr/sbin/nologin$' "$root/etc/passwd"
+  check "/var/lib/postbox is 0750 and owned by postbox" \
+    test "$(stat -c '%a %u:%g' "$root/var/lib/postbox")" = "750 ${uid:-none}"
+else
+  fail "systemd-sysusers and systemd-tmpfiles not found (Debian package systemd)"
+fi
 unit=$root/lib/systemd/system/postboxd.service
 check "the unit runs as postbox with its state directory" \
   sh -c "grep -qx User=postbox '$unit' && grep -qx StateDirectory=postbox '$unit'"
