@@ -4,15 +4,22 @@
 #   make test   install what is missing, build with -Werror, run every test (CTest)
 #
 # Everything else is CMake underneath: the build directory is build/.
+#
+#   make install [PREFIX=/usr/local] [DESTDIR=]   programs, libraries, header, postbox.pc,
+#                                                 man pages, systemd unit, postbox.conf
+#   make uninstall [DESTDIR=]                     removes what make install put
+#   make deb                                      Debian packages into build-deb/
 
 BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 DATA ?= $(CURDIR)/data
 RUN_ARGS ?=
+PREFIX ?= /usr/local
+DESTDIR ?=
 
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all build run test clean bench fuzz memcheck crash-full
+.PHONY: all build run test clean bench fuzz memcheck crash-full install uninstall deb
 
 all: build
 
@@ -33,6 +40,19 @@ run:
 test:
 	@scripts/test-all
 
+# Installing (CMake install rules; the configuration file is installed only when absent).
+install:
+	@scripts/bootstrap build
+	@cmake -S . -B $(BUILD) -DPB_WERROR=ON -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target postboxd postboxctl postbox postbox_shared generated
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD)
+uninstall:
+	DESTDIR="$(DESTDIR)" cmake -DMANIFEST=$(BUILD)/install_manifest.txt -P cmake/uninstall.cmake
+# build-deb/postbox_VERSION_ARCH.deb (and libpostbox0, libpostbox-dev), via dpkg-buildpackage
+deb:
+	@scripts/bootstrap deb
+	@scripts/make-deb build-deb
+
 # Longer runs, outside `make test`:
 bench:       ## benchmarks against the loopback ceilings; writes bench/results/latest.md
 	@scripts/bench
@@ -44,4 +64,4 @@ crash-full:  ## the full crash suite: 100,000 events, 50+ kills, network faults
 	@scripts/crash-full
 
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz build-bench build-memcheck
+	rm -rf $(BUILD) build-asan build-fuzz build-bench build-memcheck build-deb

@@ -24,6 +24,14 @@ extern "C" {
 
 #define PB_VERSION "0.1.0"
 
+/* What libpostbox exports: the shared library is built with -fvisibility=hidden and only
+ * the functions of this header are visible. */
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define PB_API __attribute__((visibility("default")))
+#else
+#define PB_API
+#endif
+
 /* ---- errors ------------------------------------------------------------------------ */
 
 typedef enum pb_err {
@@ -51,7 +59,7 @@ typedef enum pb_err {
 } pb_err;
 
 /* Static string naming the error; never NULL, never to be freed. */
-const char *pb_strerror(pb_err err);
+PB_API const char *pb_strerror(pb_err err);
 
 /* ---- logging ----------------------------------------------------------------------- */
 
@@ -63,10 +71,10 @@ typedef enum pb_log_level {
 } pb_log_level;
 
 /* Sets the lowest level that is written (default PB_LOG_INFO). Thread-safe. */
-void pb_log_set_level(pb_log_level level);
+PB_API void pb_log_set_level(pb_log_level level);
 /* Parses "debug", "info", "warn", "error". */
-pb_err pb_log_level_parse(const char *s, pb_log_level *out);
-const char *pb_log_level_name(pb_log_level level);
+PB_API pb_err pb_log_level_parse(const char *s, pb_log_level *out);
+PB_API const char *pb_log_level_name(pb_log_level level);
 
 /* ---- events ------------------------------------------------------------------------ */
 
@@ -91,12 +99,12 @@ typedef struct pb_event {
     char *invite_id;     /* invited/rejected; never NULL for those kinds */
 } pb_event;
 
-void pb_event_clear(pb_event *ev);
+PB_API void pb_event_clear(pb_event *ev);
 /* Deep copy; dst is overwritten (not cleared first). */
-void pb_event_copy(pb_event *dst, const pb_event *src);
-bool pb_event_equal(const pb_event *a, const pb_event *b);
+PB_API void pb_event_copy(pb_event *dst, const pb_event *src);
+PB_API bool pb_event_equal(const pb_event *a, const pb_event *b);
 /* lowerCamelCase name of the oneof case ("userAddedToGuild"), or NULL for PB_EV_NONE. */
-const char *pb_event_kind_name(pb_event_kind kind);
+PB_API const char *pb_event_kind_name(pb_event_kind kind);
 
 /* ---- configuration ------------------------------------------------------------------ */
 
@@ -104,24 +112,29 @@ const char *pb_event_kind_name(pb_event_kind kind);
  * Strings returned through `why` explain a refusal and are the caller's to free. */
 typedef struct pb_config pb_config;
 
-pb_config *pb_config_new(void); /* defaults; caller frees with pb_config_free */
-void pb_config_free(pb_config *c);
-pb_err pb_config_set(pb_config *c, const char *name, const char *value, char **why);
+PB_API pb_config *pb_config_new(void); /* defaults; caller frees with pb_config_free */
+PB_API void pb_config_free(pb_config *c);
+PB_API pb_err pb_config_set(pb_config *c, const char *name, const char *value, char **why);
 /* Reads `name = value` lines (# comments). */
-pb_err pb_config_load_file(pb_config *c, const char *path, char **why);
+PB_API pb_err pb_config_load_file(pb_config *c, const char *path, char **why);
 /* Consumes leading `--name value` / `--name=value` settings from argv; *used tells how
  * many argv entries were taken (stops at the first argument that is not a setting). */
-pb_err pb_config_parse_args(pb_config *c, int argc, char **argv, int *used, char **why);
+PB_API pb_err pb_config_parse_args(pb_config *c, int argc, char **argv, int *used, char **why);
 /* Derives dependent settings and validates everything; required before use. */
-pb_err pb_config_finish(pb_config *c, char **why);
+PB_API pb_err pb_config_finish(pb_config *c, char **why);
 /* "name = value" lines of the effective settings; caller frees. */
-char *pb_config_dump(const pb_config *c);
+PB_API char *pb_config_dump(const pb_config *c);
 /* One line per setting with its help and default; caller frees. */
-char *pb_config_help(void);
-const char *pb_config_get_server_id(const pb_config *c);
+PB_API char *pb_config_help(void);
+/* An example configuration file: every setting commented out with its help, range, default
+ * and whether a reload applies it (postbox.conf as installed); caller frees. */
+PB_API char *pb_config_example(void);
+/* The settings as an mdoc tag list (.Bl ... .El) for postbox.conf(5); caller frees. */
+PB_API char *pb_config_mdoc(void);
+PB_API const char *pb_config_get_server_id(const pb_config *c);
 /* The effective value of a setting as text (a new string the caller frees), or NULL for an
  * unknown name or an unset string setting. */
-char *pb_config_get(const pb_config *c, const char *name);
+PB_API char *pb_config_get(const pb_config *c, const char *name);
 
 /* ---- the server ---------------------------------------------------------------------- */
 
@@ -130,9 +143,9 @@ typedef struct pb_daemon pb_daemon;
 
 /* Opens everything the (finished) config names and starts serving. On PB_OK the caller
  * owns *out and stops it with pb_daemon_close. cfg is copied as needed. */
-pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out);
+PB_API pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out);
 /* Stops accepting, finishes in-flight requests, closes the store. NULL is a no-op. */
-void pb_daemon_close(pb_daemon *d);
+PB_API void pb_daemon_close(pb_daemon *d);
 /*
  * The admin API in-process, for a homeserver that links the library: the same endpoints,
  * JSON bodies and answers as over HTTP (see README), without a socket. args is a
@@ -141,10 +154,38 @@ void pb_daemon_close(pb_daemon *d);
  * NULL when empty). Example: pb_daemon_call(d, "POST", "/v1/outbox", NULL,
  * "{\"to\":\"b.example:443\",\"event\":{...}}", &status, &answer).
  */
-pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path, const char *const *args,
-                      const char *body, int *status, char **answer);
+PB_API pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path,
+                             const char *const *args, const char *body, int *status, char **answer);
 /* The federation listener's bound port. */
-uint16_t pb_daemon_port(const pb_daemon *d);
+PB_API uint16_t pb_daemon_port(const pb_daemon *d);
+/*
+ * Applies a new (finished) configuration to a running server, as SIGHUP does for postboxd.
+ * Live settings take effect for what starts from now on: log_level, allow, deny,
+ * auth_window, admin_token_file (the file is read again), tls_cert and tls_key (read again
+ * even when unchanged: new TLS connections get the new certificate, open ones keep theirs),
+ * max_body, max_inflight, conn_timeout, max_connections (up to its value at start). Any other
+ * changed setting is logged as needing a restart and keeps its running value. When a file
+ * cannot be read or the certificate and key do not match, it returns the error and nothing
+ * changes. Not to be called concurrently with itself.
+ */
+PB_API pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg);
+/* One line for a status display: server ID, peers, peers not answering, queued events (a
+ * new string the caller frees). Reads the store. */
+PB_API char *pb_daemon_summary(pb_daemon *d);
+
+/* ---- service manager (systemd) -------------------------------------------------------- */
+
+/* For a program whose process is the service (postboxd): sends `state` ("READY=1",
+ * "RELOADING=1", "STOPPING=1", "STATUS=...") to the service manager through $NOTIFY_SOCKET
+ * (sd_notify). A no-op without $NOTIFY_SOCKET or when libpostbox was built without
+ * libsystemd. */
+PB_API void pb_sdnotify_send(const char *state);
+/* Arms the service manager's watchdog (WatchdogSec=, seen as $WATCHDOG_USEC): from now on
+ * the delivery engine's scheduling loop sends WATCHDOG=1 every half period, so a stalled
+ * engine gets the service restarted. Returns that interval in ms, 0 when no watchdog is
+ * asked for (or without libsystemd). A program that embeds libpostbox and keeps its own
+ * watchdog does not call it. */
+PB_API uint64_t pb_sdnotify_watchdog_enable(void);
 
 /* ---- admin API client (what postboxctl and scripts use) -------------------------------- */
 
@@ -152,20 +193,20 @@ typedef struct pb_adminc pb_adminc;
 
 /* listen: the admin listener ("127.0.0.1:2290", "[::1]:2290", "unix:/path"); token may be
  * NULL. Caller frees with pb_adminc_free. */
-pb_err pb_adminc_new(const char *listen, const char *token, pb_adminc **out);
-void pb_adminc_free(pb_adminc *a);
+PB_API pb_err pb_adminc_new(const char *listen, const char *token, pb_adminc **out);
+PB_API void pb_adminc_free(pb_adminc *a);
 /*
  * One admin call. body_json may be NULL (no body). On PB_OK (an HTTP answer arrived, any
  * status) *status is set and *answer is the answer body text (caller frees; may be empty).
  * PB_ERR_NET / PB_ERR_TIMEOUT when the admin listener cannot be reached; *answer then
  * holds the reason.
  */
-pb_err pb_adminc_call(pb_adminc *a, const char *method, const char *path, const char *body_json,
-                      long timeout_ms, long *status, char **answer);
+PB_API pb_err pb_adminc_call(pb_adminc *a, const char *method, const char *path,
+                             const char *body_json, long timeout_ms, long *status, char **answer);
 
 /* Creates a key file at path (mode 0600) unless one exists; writes the public key's hex
  * into pubhex[65]. *created says whether a new key was made. */
-pb_err pb_keygen(const char *path, char pubhex[65], bool *created);
+PB_API pb_err pb_keygen(const char *path, char pubhex[65], bool *created);
 
 #ifdef __cplusplus
 }

@@ -1,17 +1,30 @@
 /*
  * postboxd - the postbox daemon: a thin shell over libpostbox. Reads the configuration
- * (file, then flags, flags winning), opens a pb_daemon and waits for SIGTERM or SIGINT,
- * then closes it (stop accepting, finish in-flight requests, close the store).
+ * (file, then flags, flags winning), opens a pb_daemon and waits for signals. SIGHUP reads
+ * the configuration again (the same file and flags) and applies what can change live
+ * (pb_daemon_reload); a configuration that does not parse changes nothing. SIGTERM or SIGINT
+ * close the daemon (stop accepting, finish in-flight requests, close the store).
+ *
+ * Under systemd (Type=notify) it tells the service manager READY=1 once pb_daemon_open has
+ * returned (the store is open and both listeners serve), RELOADING=1 and READY=1 around a
+ * reload, STOPPING=1 at shutdown and a STATUS= summary every STATUS_EVERY_S seconds, and it
+ * arms the watchdog (WatchdogSec=) that the delivery engine keeps alive.
  *
  * Usage: postboxd [-c FILE] [--check-config] [--SETTING VALUE ...]
+ * Build steps use two hidden flags that print what is generated from the settings table:
+ * --print-example-config (postbox.conf) and --print-settings-mdoc (part of postbox.conf.5).
  */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "postbox.h"
+
+#define STATUS_EVERY_S 15
 
 static void usage(FILE *f)
 {
@@ -21,9 +34,92 @@ static void usage(FILE *f)
             "  -c, --config FILE          read settings from FILE (name = value lines)\n"
             "  --check-config             print the effective configuration and exit\n"
             "  --version, --help\n"
-            "settings (as flags, or in the file without the dashes):\n%s",
+            "settings (as flags, or in the file without the dashes):\n%s"
+            "SIGHUP re-reads FILE and the flags and applies what can change while running.\n",
             help);
     free(help);
+}
+
+/* Prints a generated text (caller's string, freed here); 0 on success. */
+static int print_text(char *text)
+{
+    int rc = fputs(text, stdout) < 0 || fflush(stdout) != 0 ? 1 : 0;
+    free(text);
+    return rc;
+}
+
+/*
+ * The configuration: defaults, then config_file (may be NULL), then the settings among the
+ * flags, finished. The program's own flags are skipped. Returns 0 with *out set (caller
+ * frees), 2 with *why set (caller frees) for an invalid configuration, 1 for an unknown
+ * argument (reported here).
+ */
+static int read_config(int argc, char **argv, const char *config_file, pb_config **out, char **why)
+{
+    pb_config *cfg = pb_config_new();
+    *out = NULL;
+    *why = NULL;
+    if (config_file && pb_config_load_file(cfg, config_file, why) != PB_OK) goto bad;
+    for (int i = 1; i < argc;) {
+        if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
+            i += 2;
+            continue;
+        }
+        if (!strncmp(argv[i], "--config=", 9) || !strcmp(argv[i], "--check-config")) {
+            i++;
+            continue;
+        }
+        int used = 0;
+        if (pb_config_parse_args(cfg, argc - i, argv + i, &used, why) != PB_OK) goto bad;
+        if (used == 0) {
+            fprintf(stderr, "postboxd: unknown argument %s (see --help)\n", argv[i]);
+            pb_config_free(cfg);
+            return 1;
+        }
+        i += used;
+    }
+    if (pb_config_finish(cfg, why) != PB_OK) goto bad;
+    *out = cfg;
+    return 0;
+bad:
+    pb_config_free(cfg);
+    return 2;
+}
+
+/* STATUS= for the service manager; the summary reads the store, so only when one listens. */
+static void send_status(pb_daemon *d)
+{
+    if (!getenv("NOTIFY_SOCKET")) return;
+    char *line = pb_daemon_summary(d);
+    size_t n = strlen(line) + 8;
+    char *msg = malloc(n);
+    if (msg) {
+        snprintf(msg, n, "STATUS=%s", line);
+        pb_sdnotify_send(msg);
+    }
+    free(msg);
+    free(line);
+}
+
+/* SIGHUP: the same file and flags again; a configuration that does not parse changes
+ * nothing, and neither does one that pb_daemon_reload refuses (it logs why). */
+static void reload(pb_daemon *d, int argc, char **argv, const char *config_file)
+{
+    pb_config *cfg = NULL;
+    char *why = NULL;
+    pb_sdnotify_send("RELOADING=1");
+    int rc = read_config(argc, argv, config_file, &cfg, &why);
+    if (rc != 0) {
+        fprintf(stderr, "postboxd: reload refused, nothing changed: %s\n",
+                why ? why : "invalid arguments");
+        pb_sdnotify_send("READY=1\nSTATUS=reload refused: the configuration is invalid");
+    } else {
+        pb_daemon_reload(d, cfg);
+        pb_sdnotify_send("READY=1");
+        send_status(d);
+    }
+    free(why);
+    pb_config_free(cfg);
 }
 
 int main(int argc, char **argv)
@@ -32,7 +128,7 @@ int main(int argc, char **argv)
     bool check = false;
     char *why = NULL;
     int rc = 1;
-    pb_config *cfg = pb_config_new();
+    pb_config *cfg = NULL;
     pb_daemon *d = NULL;
 
     /* First pass: the program's own flags, so that the file is read before other flags. */
@@ -41,40 +137,24 @@ int main(int argc, char **argv)
             config_file = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) {
             config_file = argv[i] + 9;
+        } else if (!strcmp(argv[i], "--check-config")) {
+            check = true;
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
-            rc = 0;
-            goto out;
+            return 0;
         } else if (!strcmp(argv[i], "--version")) {
             printf("postboxd %s\n", PB_VERSION);
-            rc = 0;
-            goto out;
+            return 0;
+        } else if (!strcmp(argv[i], "--print-example-config")) {
+            return print_text(pb_config_example());
+        } else if (!strcmp(argv[i], "--print-settings-mdoc")) {
+            return print_text(pb_config_mdoc());
         }
     }
-    if (config_file && pb_config_load_file(cfg, config_file, &why) != PB_OK) goto bad;
-    for (int i = 1; i < argc;) {
-        if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
-            i += 2;
-            continue;
-        }
-        if (!strncmp(argv[i], "--config=", 9)) {
-            i++;
-            continue;
-        }
-        if (!strcmp(argv[i], "--check-config")) {
-            check = true;
-            i++;
-            continue;
-        }
-        int used = 0;
-        if (pb_config_parse_args(cfg, argc - i, argv + i, &used, &why) != PB_OK) goto bad;
-        if (used == 0) {
-            fprintf(stderr, "postboxd: unknown argument %s (see --help)\n", argv[i]);
-            goto out;
-        }
-        i += used;
-    }
-    if (pb_config_finish(cfg, &why) != PB_OK) goto bad;
+    rc = read_config(argc, argv, config_file, &cfg, &why);
+    if (rc == 2) goto bad;
+    if (rc != 0) goto out;
+    rc = 1;
     if (check) {
         char *dump = pb_config_dump(cfg);
         fputs(dump, stdout);
@@ -83,7 +163,7 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    /* Block the stop signals in every thread; the main thread waits for them. */
+    /* Block the signals in every thread; the main thread waits for them. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -97,12 +177,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "postboxd: cannot start: %s\n", pb_strerror(err));
         goto out;
     }
+    pb_sdnotify_watchdog_enable();
+    send_status(d);
+    pb_sdnotify_send("READY=1");
     for (;;) {
-        int sig = 0;
-        sigwait(&set, &sig);
-        if (sig == SIGHUP) continue; /* no reload yet: keep running */
+        struct timespec every = {STATUS_EVERY_S, 0};
+        int sig = sigtimedwait(&set, NULL, &every);
+        if (sig < 0) {
+            if (errno == EAGAIN) send_status(d);
+            continue;
+        }
+        if (sig == SIGHUP) {
+            reload(d, argc, argv, config_file);
+            continue;
+        }
         break;
     }
+    pb_sdnotify_send("STOPPING=1");
     pb_daemon_close(d);
     d = NULL;
     rc = 0;

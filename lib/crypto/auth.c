@@ -376,10 +376,13 @@ pb_auth_verdict pb_auth_precheck(const char *header, uint64_t now, const pb_auth
     if (c->tok.sig_len != PB_SIG_LEN) return PB_AUTH_BAD_SIG_LEN;
     pb_auth_verdict v = decode_claims(&c->tok, pol, c);
     if (v != PB_AUTH_OK) return v;
-    if (!within_window(now, c->time, pol)) return PB_AUTH_BAD_TIME;
-    if (pol && list_has(pol->deny, pol->ndeny, c->server_id)) return PB_AUTH_NOT_ALLOWED;
-    if (pol && pol->nallow > 0 && !list_has(pol->allow, pol->nallow, c->server_id))
-        return PB_AUTH_NOT_ALLOWED;
+    if (pol && pol->lock) pthread_rwlock_rdlock(pol->lock); /* a reload may swap the lists */
+    bool in_time = within_window(now, c->time, pol);
+    bool listed = pol && (list_has(pol->deny, pol->ndeny, c->server_id) ||
+                          (pol->nallow > 0 && !list_has(pol->allow, pol->nallow, c->server_id)));
+    if (pol && pol->lock) pthread_rwlock_unlock(pol->lock);
+    if (!in_time) return PB_AUTH_BAD_TIME;
+    if (listed) return PB_AUTH_NOT_ALLOWED;
     return PB_AUTH_OK;
 }
 
@@ -428,7 +431,10 @@ bool pb_auth_proof_check(const uint8_t *token, size_t len, const char *new_id,
     if (!token || !new_id || pb_wire_token_decode(token, len, &c.tok) != PB_OK) goto out;
     if (c.tok.sig_len != PB_SIG_LEN) goto out;
     if (decode_claims(&c.tok, pol, &c) != PB_AUTH_OK || !c.bound) goto out;
-    if (strcmp(c.server_id, new_id) != 0 || !within_window(now, c.time, pol)) goto out;
+    if (pol && pol->lock) pthread_rwlock_rdlock(pol->lock);
+    bool in_time = within_window(now, c.time, pol);
+    if (pol && pol->lock) pthread_rwlock_unlock(pol->lock);
+    if (strcmp(c.server_id, new_id) != 0 || !in_time) goto out;
     ok = pb_keys_verify(key, c.tok.data, c.tok.data_len, c.tok.sig);
 out:
     pb_auth_claims_clear(&c);

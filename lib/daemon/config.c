@@ -18,6 +18,9 @@
 
 enum kind { K_STR, K_UINT, K_BOOL };
 
+/* live: a running postboxd applies a new value on reload (SIGHUP, pb_daemon_reload);
+ * otherwise the setting needs a restart and a reload keeps the old value. S and U declare
+ * restart settings, SL and UL live ones. */
 struct setting {
     const char *name;
     enum kind kind;
@@ -25,39 +28,48 @@ struct setting {
     const char *def; /* textual default; NULL = unset */
     uint64_t min, max;
     const char *help;
+    bool live;
 };
 
 #define S(name, def, help)                                                                         \
     {                                                                                              \
-#name, K_STR, offsetof(pb_config, name), def, 0, 0, help                                   \
+#name, K_STR, offsetof(pb_config, name), def, 0, 0, help, false                            \
     }
 #define B(name, def, help)                                                                         \
     {                                                                                              \
-#name, K_BOOL, offsetof(pb_config, name), #def, 0, 1, help                                 \
+#name, K_BOOL, offsetof(pb_config, name), #def, 0, 1, help, false                          \
     }
 #define U(name, def, min, max, help)                                                               \
     {                                                                                              \
-#name, K_UINT, offsetof(pb_config, name), #def, min, max, help                             \
+#name, K_UINT, offsetof(pb_config, name), #def, min, max, help, false                      \
+    }
+#define SL(name, def, help)                                                                        \
+    {                                                                                              \
+#name, K_STR, offsetof(pb_config, name), def, 0, 0, help, true                             \
+    }
+#define UL(name, def, min, max, help)                                                              \
+    {                                                                                              \
+#name, K_UINT, offsetof(pb_config, name), #def, min, max, help, true                       \
     }
 
 static const struct setting settings[] = {
     S(server_id, NULL, "this server's ID, domain:port (default: the listen address)"),
     S(listen, "127.0.0.1:2289", "federation listener, IP:PORT or [IPv6]:PORT"),
     S(admin_listen, "127.0.0.1:2290", "admin API listener, loopback IP:PORT or unix:/path"),
-    S(admin_token_file, NULL, "file holding the admin API bearer token (optional)"),
+    SL(admin_token_file, NULL, "file holding the admin API bearer token (optional)"),
     S(data_dir, "/var/lib/postbox", "directory for the key and the SQLite store"),
     S(store, NULL,
       "store: sqlite:/path (default sqlite:DATA_DIR/postbox.db), or "
       "postgresql://user:password@host/db shared by several nodes"),
     S(sync, "full", "SQLite synchronous level: full, normal or off"),
     S(key_file, NULL, "Ed25519 key file (default DATA_DIR/key)"),
-    S(tls_cert, NULL, "TLS certificate (PEM) for the federation listener"),
-    S(tls_key, NULL, "TLS private key (PEM) for the federation listener"),
+    SL(tls_cert, NULL, "TLS certificate (PEM) for the federation listener"),
+    SL(tls_key, NULL, "TLS private key (PEM) for the federation listener"),
     S(ca_file, NULL, "CA bundle to verify peers (default: the system's)"),
     S(peer_scheme, "https", "scheme used to reach peers: https, or http (loopback, TLS proxy)"),
-    S(allow, NULL, "only these server IDs may call (comma-separated; empty: everyone)"),
-    S(deny, NULL, "these server IDs may not call (comma-separated)"),
-    S(log_level, "info", "debug, info, warn or error"),
+    SL(allow, NULL, "only these server IDs may call (comma-separated; empty: everyone)"),
+    SL(deny, NULL, "these server IDs may not call (comma-separated)"),
+    SL(log_level, "info", "debug, info, warn or error"),
     B(allow_private_peers, no,
       "connect to peers at loopback, private, link-local or other non-public addresses "
       "(loopback setups, tests, a private federation; off on the open internet)"),
@@ -68,15 +80,15 @@ static const struct setting settings[] = {
     S(metrics_listen, NULL,
       "also serve GET /metrics, without the admin token, on this loopback IP:PORT (for a "
       "scraper)"),
-    U(auth_window, 60, 1, 86400, "seconds a token's time may differ from ours"),
+    UL(auth_window, 60, 1, 86400, "seconds a token's time may differ from ours"),
     U(key_refetch_interval, 30, 1, 86400, "least seconds between key fetches for one peer"),
-    U(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),
-    U(max_connections, 16384, 4, 1000000,
-      "most open federation connections (more are closed at once)"),
-    U(conn_timeout, 15, 1, 3600,
-      "seconds an idle connection is kept, and the longest a request may take to arrive"),
+    UL(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),
+    UL(max_connections, 16384, 4, 1000000,
+       "most open federation connections (more are closed at once)"),
+    UL(conn_timeout, 15, 1, 3600,
+       "seconds an idle connection is kept, and the longest a request may take to arrive"),
     U(threads, 16, 1, 256, "federation listener threads"),
-    U(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
+    UL(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
     U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),
     U(workers, 8, 1, 256,
@@ -455,4 +467,208 @@ char *pb_config_get(const pb_config *c, const char *name)
     }
     if (st->kind == K_BOOL) return pb_xstrdup(*uint_field((pb_config *)c, st) ? "yes" : "no");
     return pb_xasprintf("%llu", (unsigned long long)*uint_field((pb_config *)c, st));
+}
+
+/* ---- reload: comparing configurations ------------------------------------------------- */
+
+pb_config *pb_config_copy(const pb_config *c)
+{
+    pb_config *n = pb_xcalloc(1, sizeof *n);
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *st = &settings[i];
+        if (st->kind == K_STR) {
+            const char *v = *str_field((pb_config *)c, st);
+            *str_field(n, st) = v ? pb_xstrdup(v) : NULL;
+        } else {
+            *uint_field(n, st) = *uint_field((pb_config *)c, st);
+        }
+    }
+    n->allow_list = pb_xcalloc(c->nallow + 1, sizeof *n->allow_list);
+    for (size_t i = 0; i < c->nallow; i++)
+        n->allow_list[i] = pb_xstrdup(c->allow_list[i]);
+    n->nallow = c->nallow;
+    n->deny_list = pb_xcalloc(c->ndeny + 1, sizeof *n->deny_list);
+    for (size_t i = 0; i < c->ndeny; i++)
+        n->deny_list[i] = pb_xstrdup(c->deny_list[i]);
+    n->ndeny = c->ndeny;
+    n->finished = c->finished;
+    return n;
+}
+
+static bool same_value(const pb_config *a, const pb_config *b, const struct setting *st)
+{
+    if (st->kind != K_STR)
+        return *uint_field((pb_config *)a, st) == *uint_field((pb_config *)b, st);
+    const char *x = *str_field((pb_config *)a, st), *y = *str_field((pb_config *)b, st);
+    if (!x || !y) return x == y;
+    return strcmp(x, y) == 0;
+}
+
+/* The value as shown in a log line (store URIs without their password); caller frees. */
+static char *shown_value(const pb_config *c, const struct setting *st)
+{
+    if (st->kind == K_BOOL) return pb_xstrdup(*uint_field((pb_config *)c, st) ? "yes" : "no");
+    if (st->kind == K_UINT)
+        return pb_xasprintf("%llu", (unsigned long long)*uint_field((pb_config *)c, st));
+    const char *v = *str_field((pb_config *)c, st);
+    if (!v) return pb_xstrdup("(unset)");
+    return !strcmp(st->name, "store") ? pb_store_spec_redact(v) : pb_xstrdup(v);
+}
+
+/* Switching TLS on or off changes the listener itself: tls_cert and tls_key are live only
+ * while both configurations serve TLS. */
+static bool needs_restart(const pb_config *cur, const pb_config *next, const struct setting *st)
+{
+    if (!st->live) return true;
+    bool tls = !strcmp(st->name, "tls_cert") || !strcmp(st->name, "tls_key");
+    return tls && (!cur->tls_cert != !next->tls_cert);
+}
+
+size_t pb_config_keep_restart(pb_config *next, const pb_config *cur)
+{
+    size_t kept = 0;
+    bool tls_switch = !cur->tls_cert != !next->tls_cert;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *st = &settings[i];
+        if (same_value(cur, next, st) || !needs_restart(cur, next, st)) continue;
+        char *was = shown_value(cur, st), *now = shown_value(next, st);
+        PB_WARN(NULL, "%s changed: needs a restart%s; keeping the old value (running: %s, new: %s)",
+                st->name, st->live && tls_switch ? " (TLS switched on or off)" : "", was, now);
+        free(was);
+        free(now);
+        if (st->kind != K_STR) {
+            *uint_field(next, st) = *uint_field((pb_config *)cur, st);
+        } else {
+            const char *v = *str_field((pb_config *)cur, st);
+            free(*str_field(next, st));
+            *str_field(next, st) = v ? pb_xstrdup(v) : NULL;
+        }
+        kept++;
+    }
+    return kept;
+}
+
+char *pb_config_changes(const pb_config *a, const pb_config *b)
+{
+    pb_buf out = PB_BUF_INIT;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        if (same_value(a, b, &settings[i])) continue;
+        if (out.len) pb_buf_append_str(&out, ", ");
+        pb_buf_append_str(&out, settings[i].name);
+    }
+    if (!out.len) return NULL;
+    pb_buf_append(&out, "", 1);
+    return (char *)pb_buf_steal(&out, NULL);
+}
+
+bool pb_config_is_live(const char *name)
+{
+    const struct setting *st = find_setting(name, strlen(name));
+    return st && st->live;
+}
+
+/* ---- generated documentation: the example file and postbox.conf(5) --------------------- */
+
+char *pb_config_example(void)
+{
+    pb_buf b = PB_BUF_INIT;
+    pb_buf_append_str(
+        &b, "# postbox.conf - the configuration of postboxd (see postbox.conf(5)).\n"
+            "#\n"
+            "# One setting per line, \"name = value\"; \"#\" starts a comment. Every setting is\n"
+            "# listed below, commented out, with its default: uncomment a line to change it.\n"
+            "# Flags given to postboxd (--name value) win over this file.\n"
+            "# A reload (SIGHUP, systemctl reload postboxd) applies the settings marked so;\n"
+            "# the others need a restart (a reload logs that and keeps the running value).\n"
+            "#\n"
+            "# Generated from postboxd's settings table (postboxd --print-example-config).\n");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *st = &settings[i];
+        char *line;
+        if (st->kind == K_BOOL)
+            line = pb_xasprintf("\n# %s\n# yes or no; %s\n#%s = %s\n", st->help,
+                                st->live ? "applied on reload" : "needs a restart", st->name,
+                                st->def);
+        else if (st->kind == K_UINT)
+            line =
+                pb_xasprintf("\n# %s\n# %llu to %llu; %s\n#%s = %s\n", st->help,
+                             (unsigned long long)st->min, (unsigned long long)st->max,
+                             st->live ? "applied on reload" : "needs a restart", st->name, st->def);
+        else
+            line = pb_xasprintf("\n# %s\n# %s\n#%s =%s%s\n", st->help,
+                                st->live ? "applied on reload" : "needs a restart", st->name,
+                                st->def ? " " : "", st->def ? st->def : "");
+        pb_buf_append_str(&b, line);
+        free(line);
+    }
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
+}
+
+/* Appends `s` and then `end` as mdoc text lines: backslashes escaped, lines wrapped at
+ * MDOC_WIDTH bytes between words, a line's leading dot or quote guarded, the first letter
+ * capitalised. */
+#define MDOC_WIDTH 78
+static void mdoc_text(pb_buf *b, const char *s, const char *end)
+{
+    char *text = pb_xasprintf("%s%s", s, end);
+    if (text[0]) text[0] = (char)toupper((unsigned char)text[0]);
+    size_t col = 0;
+    char *save = NULL;
+    for (char *w = strtok_r(text, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+        size_t len = strlen(w);
+        if (col > 0 && col + 1 + len > MDOC_WIDTH) {
+            pb_buf_append_str(b, "\n");
+            col = 0;
+        } else if (col > 0) {
+            pb_buf_append_str(b, " ");
+            col++;
+        }
+        if (col == 0 && (*w == '.' || *w == '\'')) {
+            pb_buf_append_str(b, "\\&");
+            col += 2;
+        }
+        for (const char *p = w; *p; p++) {
+            if (*p == '\\') {
+                pb_buf_append_str(b, "\\e");
+                col += 2;
+            } else {
+                pb_buf_append(b, p, 1);
+                col++;
+            }
+        }
+    }
+    pb_buf_append_str(b, "\n");
+    free(text);
+}
+
+char *pb_config_mdoc(void)
+{
+    pb_buf b = PB_BUF_INIT;
+    pb_buf_append_str(&b, ".Bl -tag -width Ds\n");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *st = &settings[i];
+        char *line = pb_xasprintf(".It Cm %s\n", st->name);
+        pb_buf_append_str(&b, line);
+        free(line);
+        mdoc_text(&b, st->help, ".");
+        if (st->kind == K_BOOL) {
+            line = pb_xasprintf("Default\n.Ql %s ;\n.Ql yes\nor\n.Ql no .\n", st->def);
+        } else if (st->kind == K_UINT) {
+            line = pb_xasprintf("Default %s; from %llu to %llu.\n", st->def,
+                                (unsigned long long)st->min, (unsigned long long)st->max);
+        } else if (st->def) {
+            line = pb_xasprintf("Default\n.Ql %s .\n", st->def);
+        } else {
+            /* the help says what an unset value means when it is derived */
+            line = pb_xstrdup(strstr(st->help, "default") ? "" : "Unset by default.\n");
+        }
+        pb_buf_append_str(&b, line);
+        free(line);
+        pb_buf_append_str(&b, st->live ? "A reload applies a new value.\n"
+                                       : "A new value needs a restart.\n");
+    }
+    pb_buf_append_str(&b, ".El\n");
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
 }

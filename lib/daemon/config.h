@@ -81,4 +81,18 @@ struct pb_config {
     bool finished;
 };
 
+/* ---- reload (pb_daemon_reload) ---- */
+
+/* A deep copy (derived settings included); caller frees with pb_config_free. */
+pb_config *pb_config_copy(const pb_config *c);
+/* Whether a running daemon applies a new value of this setting on reload. */
+bool pb_config_is_live(const char *name);
+/* For every setting that needs a restart and differs between the running configuration
+ * `cur` and the reloaded `next` (both finished), logs "NAME changed: needs a restart;
+ * keeping the old value" and puts cur's value back into next. tls_cert and tls_key are
+ * live only while both serve TLS. Returns how many were kept. */
+size_t pb_config_keep_restart(pb_config *next, const pb_config *cur);
+/* The names of the settings whose values differ, ", "-separated (caller frees), or NULL. */
+char *pb_config_changes(const pb_config *a, const pb_config *b);
+
 #endif

@@ -12,6 +12,7 @@
  * (through admin_http); this file only routes them.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,9 +51,12 @@ struct pb_daemon {
     pb_ioloop *loop;
     pb_keyfetch *keyfetch;
     pb_auth_policy policy;
+    pthread_rwlock_t policy_mu; /* held for writing while a reload swaps the lists */
+    bool policy_mu_init;
     pb_auth_cache *auth_cache;
     char **allow, **deny;
     size_t nallow, ndeny;
+    pb_config *cfg; /* the running configuration (pb_daemon_reload compares with it) */
     pb_delivery *delivery;
     pb_adminapi_ctx api;
     pb_hrpc_server *fed;
@@ -182,12 +186,30 @@ static pb_err read_token_file(const char *path, char **out)
     return err;
 }
 
+static char **copy_list(char *const *l, size_t n)
+{
+    char **out = pb_xcalloc(n + 1, sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        out[i] = pb_xstrdup(l[i]);
+    return out;
+}
+
+static void free_list(char **l, size_t n)
+{
+    for (size_t i = 0; l && i < n; i++)
+        free(l[i]);
+    free(l);
+}
+
 pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
 {
     pb_err err;
     char *admin_token = NULL;
     if (!cfg->finished) return PB_ERR_CONFIG;
     pb_daemon *d = pb_xcalloc(1, sizeof *d);
+    d->cfg = pb_config_copy(cfg);
+    pthread_rwlock_init(&d->policy_mu, NULL);
+    d->policy_mu_init = true;
     snprintf(d->server_id, sizeof d->server_id, "%s", cfg->server_id);
     pb_log_level lv;
     if (pb_log_level_parse(cfg->log_level, &lv) == PB_OK) pb_log_set_level(lv);
@@ -240,12 +262,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
 
     d->nallow = cfg->nallow;
     d->ndeny = cfg->ndeny;
-    d->allow = pb_xcalloc(d->nallow + 1, sizeof *d->allow);
-    d->deny = pb_xcalloc(d->ndeny + 1, sizeof *d->deny);
-    for (size_t i = 0; i < d->nallow; i++)
-        d->allow[i] = pb_xstrdup(cfg->allow_list[i]);
-    for (size_t i = 0; i < d->ndeny; i++)
-        d->deny[i] = pb_xstrdup(cfg->deny_list[i]);
+    d->allow = copy_list(cfg->allow_list, cfg->nallow);
+    d->deny = copy_list(cfg->deny_list, cfg->ndeny);
     d->policy = (pb_auth_policy){
         .window_s = (int64_t)cfg->auth_window,
         .allow = (const char *const *)d->allow,
@@ -254,6 +272,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .ndeny = d->ndeny,
         .key_retry_after_s = (uint32_t)cfg->key_refetch_interval,
         .cache = d->auth_cache = pb_auth_cache_new(),
+        .lock = &d->policy_mu,
     };
     pb_delivery_opts dopts = {
         .server_id = d->server_id,
@@ -369,6 +388,86 @@ pb_err pb_daemon_call(pb_daemon *d, const char *method, const char *path, const 
     return PB_OK;
 }
 
+/*
+ * Reload: everything that can fail (the token file, the TLS files) is read and checked
+ * before anything is applied, so a refusal changes nothing; what follows cannot fail.
+ */
+pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
+{
+    if (!cfg->finished) return PB_ERR_CONFIG;
+    pb_err err = PB_OK;
+    char *token = NULL, *changed = NULL;
+    pb_config *next = pb_config_copy(cfg);
+    size_t kept = pb_config_keep_restart(next, d->cfg);
+    if (next->admin_token_file && (err = read_token_file(next->admin_token_file, &token)) != PB_OK)
+        goto out;
+    /* the certificate files are read again even when their names did not change: a renewed
+     * certificate is usually written over the old one */
+    if (next->tls_cert && (err = pb_hrpc_server_set_tls(d->fed, next->tls_cert, next->tls_key)))
+        goto out;
+
+    pb_log_level lv;
+    if (pb_log_level_parse(next->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+    char **allow = copy_list(next->allow_list, next->nallow);
+    char **deny = copy_list(next->deny_list, next->ndeny);
+    char **old_allow = d->allow, **old_deny = d->deny;
+    size_t old_nallow = d->nallow, old_ndeny = d->ndeny;
+    pthread_rwlock_wrlock(&d->policy_mu);
+    d->allow = allow;
+    d->deny = deny;
+    d->nallow = next->nallow;
+    d->ndeny = next->ndeny;
+    d->policy.allow = (const char *const *)allow;
+    d->policy.nallow = next->nallow;
+    d->policy.deny = (const char *const *)deny;
+    d->policy.ndeny = next->ndeny;
+    d->policy.window_s = (int64_t)next->auth_window;
+    pthread_rwlock_unlock(&d->policy_mu);
+    free_list(old_allow, old_nallow);
+    free_list(old_deny, old_ndeny);
+    pb_admin_http_set_token(d->admin, token);
+    pb_hrpc_server_opts lim = {
+        .max_body = next->max_body,
+        .max_connections = (unsigned)next->max_connections,
+        .conn_timeout_s = (unsigned)next->conn_timeout,
+        .max_inflight = (unsigned)next->max_inflight,
+    };
+    pb_hrpc_server_set_limits(d->fed, &lim);
+    changed = pb_config_changes(d->cfg, next);
+    PB_INFO(NULL, "configuration reloaded: %s%s%s",
+            changed ? "applied " : "no live setting changed", changed ? changed : "",
+            kept ? " (settings that need a restart kept their value)" : "");
+    pb_config_free(d->cfg);
+    d->cfg = next;
+    next = NULL;
+out:
+    if (err != PB_OK) PB_ERROR(NULL, "configuration not reloaded: nothing changed");
+    if (token) memset(token, 0, strlen(token));
+    free(token);
+    free(changed);
+    pb_config_free(next);
+    return err;
+}
+
+char *pb_daemon_summary(pb_daemon *d)
+{
+    char self[PB_SERVER_ID_MAX];
+    pb_delivery_server_id(d->delivery, self);
+    pb_peer_state *sts = NULL;
+    size_t n = 0;
+    pb_err err = pb_store_peer_state_list(d->store, &sts, &n);
+    if (err != PB_OK) return pb_xasprintf("serving as %s; store: %s", self, pb_strerror(err));
+    uint64_t queued = 0;
+    size_t waiting = 0;
+    for (size_t i = 0; i < n; i++) {
+        queued += sts[i].queued;
+        if (sts[i].mode != PB_MODE_PUSH) waiting++;
+    }
+    pb_peer_state_free_array(sts, n);
+    return pb_xasprintf("serving as %s: %zu peers (%zu not answering), %llu queued events", self, n,
+                        waiting, (unsigned long long)queued);
+}
+
 uint16_t pb_daemon_port(const pb_daemon *d)
 {
     return pb_hrpc_server_port(d->fed);
@@ -396,12 +495,10 @@ void pb_daemon_close(pb_daemon *d)
     pb_store_close(d->store);
     pb_keys_free(d->keys);
     pb_auth_cache_free(d->auth_cache);
-    for (size_t i = 0; i < d->nallow; i++)
-        free(d->allow[i]);
-    for (size_t i = 0; i < d->ndeny; i++)
-        free(d->deny[i]);
-    free(d->allow);
-    free(d->deny);
+    free_list(d->allow, d->nallow);
+    free_list(d->deny, d->ndeny);
+    if (d->policy_mu_init) pthread_rwlock_destroy(&d->policy_mu);
+    pb_config_free(d->cfg);
     pb_metrics_std_free(d->mstd);
     pb_metrics_free(d->metrics);
     free(d);

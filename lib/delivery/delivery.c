@@ -35,6 +35,7 @@
 #include "util/fault.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/sdnotify.h"
 #include "util/serverid.h"
 #include "wire/wire.h"
 
@@ -133,7 +134,8 @@ struct pb_delivery {
     struct peer **apply_q; /* peers with a Pull answer waiting to be applied */
     size_t napply_q, capapply_q;
     unsigned applying;
-    pb_timer scan_timer, expire_timer;
+    pb_timer scan_timer, expire_timer, beat_timer;
+    uint64_t ops_done, beat_ops; /* store work completed; at the last heartbeat */
     uint64_t scanned_inbox;
     bool scan_busy;
 };
@@ -312,6 +314,7 @@ struct op {
 static void op_done_on_loop(void *arg)
 {
     struct op *o = arg;
+    o->d->ops_done++;
     o->done(o);
     pb_outbox_items_free(o->items, o->n);
     pb_peer_state_clear(&o->st);
@@ -1293,6 +1296,20 @@ static void expire_done(struct op *o)
         pb_ioloop_timer_arm(o->d->loop, &o->d->expire_timer, mono_ms() + EXPIRE_EVERY_MS);
 }
 
+/* ---- the service manager's watchdog ------------------------------------------------------ */
+
+/* Every second on the loop: the engine is alive when the loop runs this and its store work
+ * moves (nothing waits, or something finished since the last beat). A stalled loop or a
+ * wedged store stops the keep-alives, and the service manager restarts the daemon. */
+static void beat_timer_fired(void *arg)
+{
+    pb_delivery *d = arg;
+    if (d->stopping) return;
+    if (pb_exec_pending(d->exec) == 0 || d->ops_done != d->beat_ops) pb_sdnotify_watchdog_kick();
+    d->beat_ops = d->ops_done;
+    pb_ioloop_timer_arm(d->loop, &d->beat_timer, mono_ms() + 1000);
+}
+
 static void expire_timer_fired(void *arg)
 {
     pb_delivery *d = arg;
@@ -1345,6 +1362,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pthread_condattr_destroy(&ca);
     pb_timer_init(&d->scan_timer, scan_timer_fired, d);
     pb_timer_init(&d->expire_timer, expire_timer_fired, d);
+    pb_timer_init(&d->beat_timer, beat_timer_fired, d);
 
     pb_peer_state *sts = NULL;
     size_t n = 0;
@@ -1421,6 +1439,7 @@ static void start_on_loop(void *arg)
     free(order);
     if (d->o.node_id) pb_ioloop_timer_arm(d->loop, &d->scan_timer, mono_ms());
     pb_ioloop_timer_arm(d->loop, &d->expire_timer, mono_ms() + 1000);
+    beat_timer_fired(d);
     dispatch(d);
 }
 
@@ -1447,6 +1466,7 @@ static void stop_on_loop(void *arg)
     pthread_mutex_unlock(&d->mu);
     pb_ioloop_timer_cancel(d->loop, &d->scan_timer);
     pb_ioloop_timer_cancel(d->loop, &d->expire_timer);
+    pb_ioloop_timer_cancel(d->loop, &d->beat_timer);
     for (size_t i = 0; i < d->npeers; i++) {
         struct peer *p = d->all[i];
         pb_ioloop_timer_cancel(d->loop, &p->send_timer);

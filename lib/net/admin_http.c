@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -43,6 +44,7 @@ struct aroute {
 struct pb_admin_http {
     char *name;
     char *listen;
+    pthread_mutex_t token_mu; /* token may be replaced while serving (reload) */
     char *token;
     size_t max_body;
     unsigned threads;
@@ -172,14 +174,29 @@ static bool public_route(const pb_admin_http *a, const char *method, const char 
     return false;
 }
 
-static bool token_ok(const pb_admin_http *a, struct MHD_Connection *conn)
+static bool token_ok(pb_admin_http *a, struct MHD_Connection *conn)
 {
-    if (!a->token) return true;
     const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
-    if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
-    h += 7;
-    size_t n = strlen(h), m = strlen(a->token);
-    return n == m && sodium_memcmp(h, a->token, n) == 0;
+    pthread_mutex_lock(&a->token_mu);
+    bool ok = !a->token;
+    if (!ok && h && strncmp(h, "Bearer ", 7) == 0) {
+        h += 7;
+        size_t n = strlen(h), m = strlen(a->token);
+        ok = n == m && sodium_memcmp(h, a->token, n) == 0;
+    }
+    pthread_mutex_unlock(&a->token_mu);
+    return ok;
+}
+
+void pb_admin_http_set_token(pb_admin_http *a, const char *token)
+{
+    char *fresh = token && *token ? pb_xstrdup(token) : NULL;
+    pthread_mutex_lock(&a->token_mu);
+    char *old = a->token;
+    a->token = fresh;
+    pthread_mutex_unlock(&a->token_mu);
+    if (old) sodium_memzero(old, strlen(old));
+    free(old);
 }
 
 static json_t *error_json(int *status, int code, const char *msg)
@@ -310,6 +327,7 @@ pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
     pb_admin_http *a = pb_xcalloc(1, sizeof *a);
     a->name = pb_xstrdup(opts->name ? opts->name : "admin");
     a->listen = pb_xstrdup(opts->listen ? opts->listen : "127.0.0.1:2290");
+    pthread_mutex_init(&a->token_mu, NULL);
     a->token = opts->token && *opts->token ? pb_xstrdup(opts->token) : NULL;
     a->max_body = opts->max_body ? opts->max_body : 1024 * 1024;
     a->threads = opts->threads ? opts->threads : 16;
@@ -436,6 +454,7 @@ void pb_admin_http_free(pb_admin_http *a)
     free(a->name);
     if (a->token) sodium_memzero(a->token, strlen(a->token));
     free(a->token);
+    pthread_mutex_destroy(&a->token_mu);
     free(a->unix_path);
     free(a);
 }

@@ -85,6 +85,9 @@ unsigned pb_admin_http_connections(pb_admin_http *a);
 /* Binds and serves. PB_ERR_CONFIG for a non-loopback or malformed address, PB_ERR_IO when
  * it cannot bind. */
 pb_err pb_admin_http_start(pb_admin_http *a);
+/* Replaces the bearer token (copied; NULL or "" = none required) for the requests that
+ * arrive from now on. Thread-safe. */
+void pb_admin_http_set_token(pb_admin_http *a, const char *token);
 void pb_admin_http_stop(pb_admin_http *a);
 void pb_admin_http_free(pb_admin_http *a); /* NULL is a no-op */
 

@@ -31,6 +31,13 @@
  * headers arrived and which status send_reply queued (a thread-local set during that
  * call); the completion notification records the request (record()).
  *
+ * TLS and reload: the certificate is not handed to libmicrohttpd once. GnuTLS asks cert_cb
+ * for it at each handshake, and cert_cb parses a fresh copy of the current chain and key (PEM
+ * texts under a read lock) that GnuTLS frees with the session, so pb_hrpc_server_set_tls can
+ * replace them for new connections while open ones keep theirs. The limits a reload may
+ * change (max_body, max_inflight, conn_timeout_s) are read and written atomically (LIM);
+ * max_connections under conns_mu, as before.
+ *
  * Untrusted input: the whole HTTP request. Sizes are checked before anything is buffered;
  * the Authorization header is passed to auth.c, which bounds it again.
  */
@@ -38,6 +45,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -72,6 +82,10 @@
 /* Default longest wait for a key being fetched (PROTOCOL.md 7.3: under a second, sweep
  * granularity included). */
 #define KEY_WAIT_MS 850
+/* Limits a reload may change (pb_hrpc_server_set_limits) are read and written atomically. */
+#define LIM(s, field) __atomic_load_n(&(s)->opts.field, __ATOMIC_RELAXED)
+/* Most certificates in the chain of tls_cert. */
+#define TLS_MAX_CHAIN 16
 
 struct route {
     char *path;
@@ -87,7 +101,10 @@ struct pb_hrpc_server {
     struct route *routes;
     size_t nroutes;
     struct MHD_Daemon *mhd;
-    char *tls_cert, *tls_key; /* file contents */
+    char *tls_cert, *tls_key; /* PEM texts served to new connections, under tls_mu */
+    pthread_rwlock_t tls_mu;
+    bool tls_swappable; /* served through cert_cb (pb_hrpc_server_set_tls works) */
+    unsigned conns_cap; /* max_conns at start: the most pb_hrpc_server_set_limits may set */
     atomic_uint inflight;
     atomic_bool stopping;
     /* open connections (see the file comment) */
@@ -294,7 +311,7 @@ static void conn_set_deadline(pb_hrpc_server *s, struct MHD_Connection *conn, bo
     struct conn *c = conn_of(conn);
     if (!c) return;
     pthread_mutex_lock(&s->conns_mu);
-    c->deadline_ms = arm ? mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000 : 0;
+    c->deadline_ms = arm ? mono_ms() + (int64_t)LIM(s, conn_timeout_s) * 1000 : 0;
     pthread_mutex_unlock(&s->conns_mu);
 }
 
@@ -308,12 +325,130 @@ static bool conn_past_deadline(pb_hrpc_server *s, struct MHD_Connection *conn)
     return late;
 }
 
+/* ---- TLS: the certificate is chosen per handshake, so a reload can replace it ------------ */
+
+/*
+ * GnuTLS asks cert_cb for the certificate of each new TLS session but passes it no pointer
+ * of ours, only the credentials the session uses: libmicrohttpd's, one set per listener. A
+ * process-wide table maps them to their server; each connection registers its listener's
+ * set when it starts (libmicrohttpd's notification), before its handshake. A stopped server
+ * leaves the table.
+ */
+#define TLS_CREDS_MAX 64
+static pthread_mutex_t g_creds_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const void *cred;
+    pb_hrpc_server *s;
+} g_creds[TLS_CREDS_MAX];
+
+static void tls_bind_session(pb_hrpc_server *s, struct MHD_Connection *conn)
+{
+    if (!s->tls_swappable) return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    void *cred = NULL;
+    if (!ci || !ci->tls_session ||
+        gnutls_credentials_get(ci->tls_session, GNUTLS_CRD_CERTIFICATE, &cred) < 0 || !cred)
+        return;
+    pthread_mutex_lock(&g_creds_mu);
+    int slot = -1;
+    for (int i = 0; i < TLS_CREDS_MAX; i++) {
+        if (g_creds[i].cred == cred) {
+            slot = i;
+            break;
+        }
+        if (!g_creds[i].cred && slot < 0) slot = i;
+    }
+    if (slot >= 0) {
+        g_creds[slot].cred = cred;
+        g_creds[slot].s = s;
+    }
+    pthread_mutex_unlock(&g_creds_mu);
+    if (slot < 0) PB_ERROR(NULL, "too many TLS listeners in this process: handshakes will fail");
+}
+
+static void tls_unbind(pb_hrpc_server *s)
+{
+    pthread_mutex_lock(&g_creds_mu);
+    for (int i = 0; i < TLS_CREDS_MAX; i++) {
+        if (g_creds[i].s != s) continue;
+        g_creds[i].cred = NULL;
+        g_creds[i].s = NULL;
+    }
+    pthread_mutex_unlock(&g_creds_mu);
+}
+
+/* Parses a copy of the chain and key (PEM) that GnuTLS may own: on 0, *list (n entries,
+ * gnutls_malloc'd) and *key are the caller's; on -1 nothing is left allocated. */
+static int tls_parse(const char *cert, const char *key, gnutls_pcert_st **list, unsigned *n,
+                     gnutls_privkey_t *k)
+{
+    gnutls_datum_t c = {(unsigned char *)cert, (unsigned)strlen(cert)};
+    gnutls_datum_t kd = {(unsigned char *)key, (unsigned)strlen(key)};
+    *list = gnutls_calloc(TLS_MAX_CHAIN, sizeof **list);
+    *n = TLS_MAX_CHAIN;
+    *k = NULL;
+    if (!*list) return -1;
+    if (gnutls_pcert_list_import_x509_raw(*list, n, &c, GNUTLS_X509_FMT_PEM, 0) < 0) {
+        gnutls_free(*list);
+        *list = NULL;
+        return -1;
+    }
+    if (gnutls_privkey_init(k) < 0 ||
+        gnutls_privkey_import_x509_raw(*k, &kd, GNUTLS_X509_FMT_PEM, NULL, 0) < 0) {
+        for (unsigned i = 0; i < *n; i++)
+            gnutls_pcert_deinit(&(*list)[i]);
+        gnutls_free(*list);
+        *list = NULL;
+        if (*k) gnutls_privkey_deinit(*k);
+        *k = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * gnutls_certificate_retrieve_function3: a fresh copy of the current certificate chain and
+ * key for this session, parsed from the PEM texts under a read lock; GnuTLS frees them with
+ * the session (GNUTLS_CERT_RETR_DEINIT_ALL), so a swap never frees what a session uses.
+ */
+static int cert_cb(gnutls_session_t session, const struct gnutls_cert_retr_st *info,
+                   gnutls_pcert_st **certs, unsigned int *ncerts, gnutls_ocsp_data_st **ocsp,
+                   unsigned int *nocsp, gnutls_privkey_t *key, unsigned int *flags)
+{
+    (void)session;
+    pb_hrpc_server *s = NULL;
+    pthread_mutex_lock(&g_creds_mu);
+    for (int i = 0; i < TLS_CREDS_MAX && !s; i++)
+        if (g_creds[i].cred && g_creds[i].cred == (const void *)info->cred) s = g_creds[i].s;
+    pthread_mutex_unlock(&g_creds_mu);
+    if (!s) return -1;
+    gnutls_pcert_st *list = NULL;
+    gnutls_privkey_t k = NULL;
+    unsigned n = 0;
+    pthread_rwlock_rdlock(&s->tls_mu);
+    int rc = tls_parse(s->tls_cert, s->tls_key, &list, &n, &k);
+    pthread_rwlock_unlock(&s->tls_mu);
+    if (rc != 0) {
+        PB_WARN(NULL, "TLS handshake refused: the certificate or key does not load");
+        return -1;
+    }
+    *certs = list;
+    *ncerts = n;
+    *ocsp = NULL;
+    *nocsp = 0;
+    *key = k;
+    *flags = GNUTLS_CERT_RETR_DEINIT_ALL;
+    return 0;
+}
+
 /* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
     pb_hrpc_server *s = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        tls_bind_session(s, conn);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         struct conn *c = pb_xcalloc(1, sizeof *c);
@@ -333,7 +468,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         } else {
             c->counted = true;
             s->nconns++;
-            c->deadline_ms = mono_ms() + (int64_t)s->opts.conn_timeout_s * 1000;
+            c->deadline_ms = mono_ms() + (int64_t)LIM(s, conn_timeout_s) * 1000;
         }
         c->next = s->conns;
         if (s->conns) s->conns->prev = c;
@@ -398,7 +533,7 @@ static void *sweeper_main(void *arg)
             PB_INFO(NULL,
                     "closed %u connection(s) whose request was not complete within %u s "
                     "(%llu so far)",
-                    cut, s->opts.conn_timeout_s, (unsigned long long)total);
+                    cut, LIM(s, conn_timeout_s), (unsigned long long)total);
             pthread_mutex_lock(&s->conns_mu);
         }
     }
@@ -510,14 +645,14 @@ static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn
         return send_error(conn, 400, ID_BAD_REQUEST, 0, "unsupported Hrpc-Version %.20s", ver);
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     uint64_t declared = 0;
-    if (cl && parse_size(cl, &declared) && declared > s->opts.max_body)
+    if (cl && parse_size(cl, &declared) && declared > LIM(s, max_body))
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body of %llu bytes over the limit of %zu",
-                          (unsigned long long)declared, s->opts.max_body);
+                          (unsigned long long)declared, LIM(s, max_body));
     if (atomic_load(&s->stopping))
         return send_error(conn, 503, ID_UNAVAILABLE, 5, "server is shutting down");
     unsigned n = atomic_fetch_add(&s->inflight, 1);
     r->counted = true;
-    if (n >= s->opts.max_inflight)
+    if (n >= LIM(s, max_inflight))
         return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests in flight", n);
     return MHD_YES;
 }
@@ -714,7 +849,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size > 0) {
         /* A body still arriving after the deadline: close without an answer. */
         if (conn_past_deadline(s, conn)) return MHD_NO;
-        if (!r->too_big && r->body.len + *upload_data_size <= s->opts.max_body) {
+        if (!r->too_big && r->body.len + *upload_data_size <= LIM(s, max_body)) {
             pb_buf_append(&r->body, upload_data, *upload_data_size);
         } else {
             r->too_big = true;
@@ -727,7 +862,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     conn_set_deadline(s, conn, false);
     if (r->too_big)
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body over the limit of %zu bytes",
-                          s->opts.max_body);
+                          LIM(s, max_body));
     return process(s, conn, url, r);
 }
 
@@ -840,6 +975,75 @@ static char *read_file(const char *path)
     return (char *)pb_buf_steal(&b, NULL);
 }
 
+/*
+ * Reads the certificate chain and key files and checks that GnuTLS accepts them as a pair.
+ * On PB_OK *cert and *key hold the PEM texts (caller frees) and the certificate's subject,
+ * serial number and expiry are logged. Changes nothing else.
+ */
+static pb_err tls_load(const char *cert_file, const char *key_file, char **cert, char **key)
+{
+    *cert = read_file(cert_file);
+    *key = read_file(key_file);
+    gnutls_certificate_credentials_t cred = NULL;
+    gnutls_x509_crt_t crt = NULL;
+    gnutls_datum_t dn = {NULL, 0};
+    pb_err err = PB_ERR_CONFIG;
+    if (!*cert || !*key) {
+        PB_ERROR(NULL, "cannot read TLS certificate %s or key %s", cert_file, key_file);
+        goto out;
+    }
+    gnutls_datum_t c = {(unsigned char *)*cert, (unsigned)strlen(*cert)};
+    gnutls_datum_t k = {(unsigned char *)*key, (unsigned)strlen(*key)};
+    int rc = gnutls_certificate_allocate_credentials(&cred);
+    if (rc >= 0)
+        rc = gnutls_certificate_set_x509_key_mem2(cred, &c, &k, GNUTLS_X509_FMT_PEM, NULL, 0);
+    if (rc < 0) {
+        PB_ERROR(NULL, "TLS certificate %s with key %s: %s", cert_file, key_file,
+                 gnutls_strerror(rc));
+        goto out;
+    }
+    gnutls_pcert_st *list = NULL;
+    gnutls_privkey_t pk = NULL;
+    unsigned n = 0;
+    if (tls_parse(*cert, *key, &list, &n, &pk) != 0) { /* what cert_cb will do */
+        PB_ERROR(NULL, "TLS certificate %s: more than %d certificates, or unreadable", cert_file,
+                 TLS_MAX_CHAIN);
+        goto out;
+    }
+    for (unsigned i = 0; i < n; i++)
+        gnutls_pcert_deinit(&list[i]);
+    gnutls_free(list);
+    gnutls_privkey_deinit(pk);
+    unsigned char serial[64];
+    size_t slen = sizeof serial;
+    char hex[2 * sizeof serial + 1] = "?";
+    if (gnutls_x509_crt_init(&crt) >= 0 &&
+        gnutls_x509_crt_import(crt, &c, GNUTLS_X509_FMT_PEM) >= 0 &&
+        gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0 &&
+        gnutls_x509_crt_get_serial(crt, serial, &slen) >= 0) {
+        for (size_t i = 0; i < slen; i++)
+            snprintf(hex + 2 * i, 3, "%02x", serial[i]);
+        time_t until = gnutls_x509_crt_get_expiration_time(crt);
+        struct tm tm;
+        char when[32] = "?";
+        if (gmtime_r(&until, &tm)) strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        PB_INFO(NULL, "TLS certificate %s: subject %s, serial %s, valid until %s", cert_file,
+                (const char *)dn.data, hex, when);
+    }
+    err = PB_OK;
+out:
+    gnutls_free(dn.data);
+    if (crt) gnutls_x509_crt_deinit(crt);
+    if (cred) gnutls_certificate_free_credentials(cred);
+    if (err != PB_OK) {
+        if (*key) memset(*key, 0, strlen(*key));
+        free(*key);
+        free(*cert);
+        *cert = *key = NULL;
+    }
+    return err;
+}
+
 pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *auth,
                           pb_hrpc_server **out)
 {
@@ -855,6 +1059,7 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_mutex_init(&s->wake_mu, NULL);
+    pthread_rwlock_init(&s->tls_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -890,20 +1095,25 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     bool tls = s->opts.tls_cert_file && s->opts.tls_key_file;
     if (tls) {
-        s->tls_cert = read_file(s->opts.tls_cert_file);
-        s->tls_key = read_file(s->opts.tls_key_file);
-        if (!s->tls_cert || !s->tls_key) {
-            PB_ERROR(NULL, "cannot read TLS certificate %s or key %s", s->opts.tls_cert_file,
-                     s->opts.tls_key_file);
+        if (tls_load(s->opts.tls_cert_file, s->opts.tls_key_file, &s->tls_cert, &s->tls_key) !=
+            PB_OK)
             return PB_ERR_CONFIG;
-        }
         flags |= MHD_USE_TLS;
+        /* The certificate callback lets a reload replace the certificate; a libmicrohttpd
+         * without it gets the certificate once (a new one then needs a restart). */
+        s->tls_swappable = MHD_is_feature_supported(MHD_FEATURE_HTTPS_CERT_CALLBACK2) == MHD_YES;
     }
     struct MHD_OptionItem tls_opts[] = {
-        {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, s->tls_key},
-        {MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert},
+        {MHD_OPTION_END, 0, NULL},
+        {MHD_OPTION_END, 0, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
+    if (tls && s->tls_swappable) {
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK2, 0, (void *)cert_cb};
+    } else if (tls) {
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
+        tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert};
+    }
     /* Our limit closes connections past max_connections; libmicrohttpd's, a little higher,
      * is the hard bound (it splits it between its threads and, once there, stops
      * accepting). Both must fit in the descriptors this process may open. */
@@ -922,7 +1132,7 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         limit = fit;
         margin = 16 + limit / 16;
     }
-    s->max_conns = limit;
+    s->max_conns = s->conns_cap = limit;
     s->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, measured, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
@@ -981,6 +1191,7 @@ void pb_hrpc_server_stop(pb_hrpc_server *s)
     MHD_stop_daemon(s->mhd);
     if (fd != MHD_INVALID_SOCKET) close(fd);
     s->mhd = NULL;
+    tls_unbind(s);
     if (s->sweeper_started) {
         pthread_mutex_lock(&s->conns_mu);
         s->sweeper_stop = true;
@@ -1006,8 +1217,57 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
         free(s->tls_key);
     }
     free(s->tls_cert);
+    pthread_rwlock_destroy(&s->tls_mu);
     pthread_cond_destroy(&s->sweep_cv);
     pthread_mutex_destroy(&s->conns_mu);
     pthread_mutex_destroy(&s->wake_mu);
     free(s);
+}
+
+/* ---- reload: limits and certificate of a running server -------------------------------- */
+
+pb_err pb_hrpc_server_set_tls(pb_hrpc_server *s, const char *cert_file, const char *key_file)
+{
+    if (!s->tls_cert || !cert_file || !key_file) {
+        PB_ERROR(NULL, "the federation listener %s: switching TLS on or off needs a restart",
+                 s->tls_cert ? "serves TLS" : "serves plain HTTP");
+        return PB_ERR_CONFIG;
+    }
+    if (!s->tls_swappable) {
+        PB_ERROR(NULL, "this libmicrohttpd cannot replace a certificate: a new one needs a "
+                       "restart");
+        return PB_ERR_CONFIG;
+    }
+    char *cert = NULL, *key = NULL;
+    pb_err err = tls_load(cert_file, key_file, &cert, &key);
+    if (err != PB_OK) return err;
+    pthread_rwlock_wrlock(&s->tls_mu);
+    char *old_cert = s->tls_cert, *old_key = s->tls_key;
+    s->tls_cert = cert;
+    s->tls_key = key;
+    pthread_rwlock_unlock(&s->tls_mu);
+    memset(old_key, 0, strlen(old_key));
+    free(old_key);
+    free(old_cert);
+    return PB_OK;
+}
+
+void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim)
+{
+    if (lim->max_body) __atomic_store_n(&s->opts.max_body, lim->max_body, __ATOMIC_RELAXED);
+    if (lim->max_inflight)
+        __atomic_store_n(&s->opts.max_inflight, lim->max_inflight, __ATOMIC_RELAXED);
+    if (lim->conn_timeout_s)
+        __atomic_store_n(&s->opts.conn_timeout_s, lim->conn_timeout_s, __ATOMIC_RELAXED);
+    if (!lim->max_connections) return;
+    pthread_mutex_lock(&s->conns_mu);
+    unsigned cap = s->conns_cap ? s->conns_cap : lim->max_connections;
+    unsigned want = lim->max_connections;
+    s->max_conns = want < cap ? want : cap;
+    pthread_mutex_unlock(&s->conns_mu);
+    if (want > cap)
+        PB_WARN(NULL,
+                "max_connections %u is over the %u this listener started with: using %u "
+                "until a restart",
+                want, cap, cap);
 }

@@ -136,6 +136,18 @@ void pb_hrpc_server_route(pb_hrpc_server *s, const char *path, bool with_auth,
 /* Binds and starts serving. PB_ERR_IO when the address cannot be bound, PB_ERR_CONFIG
  * for a bad address or unreadable TLS files. */
 pb_err pb_hrpc_server_start(pb_hrpc_server *s);
+/*
+ * Reload (thread-safe while serving). set_tls reads and checks a new certificate chain and
+ * key; on PB_OK new TLS connections get them while open ones keep theirs. On failure (files
+ * unreadable, not a matching pair, a listener started without TLS, or a libmicrohttpd
+ * without the certificate callback) nothing changes. set_limits applies max_body,
+ * max_inflight, conn_timeout_s and max_connections of lim (0 = unchanged) to new requests
+ * and connections; max_connections cannot go above the value the listener started with.
+ * The idle timeout of a connection whose client is slow to read an answer stays the one of
+ * the start (libmicrohttpd's own).
+ */
+pb_err pb_hrpc_server_set_tls(pb_hrpc_server *s, const char *cert_file, const char *key_file);
+void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim);
 /* The bound port (after start). */
 uint16_t pb_hrpc_server_port(const pb_hrpc_server *s);
 /* Open connections counted against max_connections (0 when not started). */

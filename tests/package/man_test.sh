@@ -1,0 +1,39 @@
+#!/bin/sh
+# man_test - the manual pages: postboxd(8), postboxctl(1) and the generated postbox.conf(5)
+# are `mandoc -T lint` clean (every level, style included; only "referenced manual not
+# found" is ignored, as it depends on what this machine has installed), and postbox.conf(5)
+# and the example postbox.conf document every setting that postboxd knows, with its default.
+#
+#   man_test.sh SRC BUILD      prints "N passed, N failed"; exit 0 only when nothing failed
+set -u
+src=$1 build=$2
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/postbox-man-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+if ! command -v mandoc >/dev/null 2>&1; then
+  fail "mandoc not found (Debian package mandoc; scripts/bootstrap test)"
+fi
+for page in "$src/man/postboxd.8" "$src/man/postboxctl.1" "$build/generated/postbox.conf.5"; do
+  if [ ! -s "$page" ]; then fail "missing $page"; continue; fi
+  mandoc -T lint -W all "$page" >"$tmp/lint" 2>&1
+  grep -v -e 'referenced manual not found' -e 'outdated mandoc.db' "$tmp/lint" >"$tmp/lint2"
+  if [ -s "$tmp/lint2" ]; then fail "mandoc -T lint $page"; cat "$tmp/lint2" >&2; else pass; fi
+done
+
+"$build/postboxd" --check-config >"$tmp/defaults" 2>&1 || fail "postboxd --check-config"
+n=0
+while IFS= read -r line; do
+  name=${line%% = *} value=${line#* = }
+  n=$((n + 1))
+  if grep -qx ".It Cm $name" "$build/generated/postbox.conf.5"; then pass; else
+    fail "postbox.conf.5 does not document $name"; fi
+  if grep -qx "#$name =\( $value\)\{0,1\}" "$build/generated/postbox.conf"; then pass; else
+    fail "postbox.conf does not show $name with its default"; fi
+done <"$tmp/defaults"
+if [ "$n" -ge 30 ]; then pass; else fail "only $n settings in postboxd --check-config"; fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
