@@ -5,8 +5,10 @@
  * only, so no NUL, space or UTF-8), then split into host and port and each part is
  * checked by hand against the grammar; the result is built in a local buffer and copied
  * out only on success. Hosts are one of:
- *   - an IPv6 literal in brackets: checked with inet_pton(AF_INET6) and lower-cased as
- *     written (never re-compressed); zone IDs ("%eth0") are refused by inet_pton;
+ *   - an IPv6 literal in brackets: parsed with inet_pton(AF_INET6) and written back in its
+ *     canonical text form (RFC 5952: lower case, no leading zeros, the longest run of
+ *     zero groups compressed, as inet_ntop writes it), so one address has one ID and
+ *     "[0::1]:p" matches a deny entry "[::1]:p"; zone IDs ("%eth0") are refused by inet_pton;
  *   - an IPv4 dotted quad: exactly four decimal octets 0..255 without leading zeros
  *     ("010.0.0.1" is refused: some resolvers read it as octal);
  *   - a DNS name: LDH labels of 1..63 characters without leading/trailing hyphen, no
@@ -22,6 +24,7 @@
 #include "util/serverid.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 
 #define DNS_NAME_MAX 253
@@ -114,14 +117,16 @@ static bool is_dns_name(const char *p, size_t n)
     return true;
 }
 
-static bool is_ipv6(const char *p, size_t n)
+/* An IPv6 literal: true and its canonical text in canon (INET6_ADDRSTRLEN bytes). */
+static bool parse_ipv6(const char *p, size_t n, char canon[IPV6_TEXT_MAX + 1])
 {
     char tmp[IPV6_TEXT_MAX + 1];
     unsigned char addr[16];
     if (n == 0 || n > IPV6_TEXT_MAX) return false;
     memcpy(tmp, p, n);
     tmp[n] = '\0';
-    return inet_pton(AF_INET6, tmp, addr) == 1;
+    return inet_pton(AF_INET6, tmp, addr) == 1 &&
+           inet_ntop(AF_INET6, addr, canon, IPV6_TEXT_MAX + 1) != NULL;
 }
 
 /*
@@ -157,22 +162,29 @@ static pb_err parse(const char *in, size_t n, char out[PB_SERVER_ID_MAX],
     size_t portlen = n - (size_t)(portp - in);
 
     uint16_t pv;
+    char canon[IPV6_TEXT_MAX + 1];
     if (!parse_port(portp, portlen, &pv)) return PB_ERR_INVAL;
     if (v6) {
-        if (!is_ipv6(h, hlen)) return PB_ERR_INVAL;
+        if (!parse_ipv6(h, hlen, canon)) return PB_ERR_INVAL;
     } else if (!is_ipv4(h, hlen) && !is_dns_name(h, hlen)) {
         return PB_ERR_INVAL;
     }
 
-    char tmp[PB_SERVER_ID_MAX];
-    for (size_t i = 0; i < n; i++)
-        tmp[i] = to_lower(in[i]);
-    tmp[n] = '\0';
-    if (out) memcpy(out, tmp, n + 1);
-    if (host) {
-        memcpy(host, tmp + (h - in), hlen);
-        host[hlen] = '\0';
+    char tmp[PB_SERVER_ID_MAX], hostbuf[PB_SERVER_ID_MAX];
+    if (v6) {
+        /* the canonical form is never longer than the text it came from */
+        snprintf(hostbuf, sizeof hostbuf, "%s", canon);
+        snprintf(tmp, sizeof tmp, "[%s]:%u", canon, (unsigned)pv);
+    } else {
+        for (size_t i = 0; i < hlen; i++)
+            hostbuf[i] = to_lower(h[i]);
+        hostbuf[hlen] = '\0';
+        for (size_t i = 0; i < n; i++)
+            tmp[i] = to_lower(in[i]);
+        tmp[n] = '\0';
     }
+    if (out) memcpy(out, tmp, strlen(tmp) + 1);
+    if (host) memcpy(host, hostbuf, strlen(hostbuf) + 1);
     if (port) *port = pv;
     return PB_OK;
 }

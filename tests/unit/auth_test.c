@@ -757,6 +757,27 @@ static void test_precheck_verify(void)
 
 /* PROTOCOL.md 7.2: the rename proof is a token naming NEW, bound to us, in the window,
  * signed with the old ID's key. */
+/* One IPv6 address is one ID: a deny entry holds whatever way the token writes it. */
+static void test_ipv6_deny(void)
+{
+    const char *deny[] = {"[::1]:2289"};
+    pb_auth_policy pol = {.deny = deny, .ndeny = 1};
+    const char *forms[] = {"[0::1]:2289", "[0:0:0:0:0:0:0:1]:2289", "[::0001]:2289"};
+    for (size_t i = 0; i < 3; i++) {
+        char *h = pb_auth_header_make(key_a, forms[i], NULL, t0);
+        pb_auth_result res;
+        CHECKF(check_a(h, t0, &pol, &res) == PB_AUTH_NOT_ALLOWED, "%s passed a deny of [::1]",
+               forms[i]);
+        CHECK_STR(res.server_id, "[::1]:2289");
+        free(h);
+    }
+    const char *deny_long[] = {"[0:0:0:0:0:0:0:1]:2289"}; /* the entry in any form too */
+    pol.deny = deny_long;
+    char *h = pb_auth_header_make(key_a, "[::1]:2289", NULL, t0);
+    CHECK_VERDICT(check_a(h, t0, &pol, NULL), PB_AUTH_NOT_ALLOWED);
+    free(h);
+}
+
 static void test_proof(void)
 {
     pb_auth_policy pol = {.is_self = beta_is_self, .window_s = 60};
@@ -819,6 +840,7 @@ int main(void)
     test_audience();
     test_precheck_verify();
     test_proof();
+    test_ipv6_deny();
 
     pb_keys_free(key_a);
     pb_keys_free(key_b);
