@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <errno.h>
 #include <ftw.h>
@@ -317,6 +318,7 @@ void pbt_daemon_set_token(pbt_daemon *d, const char *token)
     snprintf(path, sizeof path, "%s/admin-token", d->dir);
     FILE *f = fopen(path, "w");
     if (!f || fprintf(f, "%s\n", token) < 0 || fclose(f) != 0) abort();
+    if (chmod(path, 0600) != 0) abort(); /* postboxd refuses a token others can read */
     snprintf(d->token, sizeof d->token, "%s", token);
     if (d->nargs + 2 <= 31) {
         d->args[d->nargs++] = strdup("--admin-token-file");

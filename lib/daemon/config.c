@@ -88,6 +88,8 @@ static const struct setting settings[] = {
     UL(conn_timeout, 15, 1, 3600,
        "seconds an idle connection is kept, and the longest a request may take to arrive"),
     U(threads, 16, 1, 256, "federation listener threads"),
+    U(admin_timeout, 30, 1, 3600,
+      "seconds an admin request may take to arrive (slower clients are cut)"),
     UL(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
     U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),

@@ -46,6 +46,7 @@ struct pb_config {
     uint64_t max_connections;
     uint64_t conn_timeout;
     uint64_t threads;
+    uint64_t admin_timeout;
     uint64_t max_inflight;
     uint64_t peer_connect_timeout_ms;
     uint64_t peer_timeout_ms;

@@ -172,6 +172,15 @@ static pb_err read_token_file(const char *path, char **out)
         PB_ERROR(NULL, "cannot read admin_token_file %s: %s", path, strerror(errno));
         return PB_ERR_CONFIG;
     }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || (st.st_mode & 077) != 0) {
+        /* like the key file: a secret others can read is no secret */
+        PB_ERROR(NULL,
+                 "admin_token_file %s is readable by group or others (mode %03o): chmod 600 it",
+                 path, (unsigned)(st.st_mode & 0777));
+        fclose(f);
+        return PB_ERR_CONFIG;
+    }
     char line[512];
     pb_err err = PB_ERR_CONFIG;
     if (fgets(line, sizeof line, f)) {
@@ -336,7 +345,9 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
 
     if (cfg->admin_token_file && (err = read_token_file(cfg->admin_token_file, &admin_token)))
         goto fail;
-    pb_admin_http_opts ao = {.listen = cfg->admin_listen, .token = admin_token};
+    pb_admin_http_opts ao = {.listen = cfg->admin_listen,
+                             .token = admin_token,
+                             .request_timeout_s = (unsigned)cfg->admin_timeout};
     d->admin = pb_admin_http_new(&ao);
     if (cfg->metrics_listen) {
         pb_admin_http_opts mo = {.listen = cfg->metrics_listen, .threads = 2, .name = "metrics"};

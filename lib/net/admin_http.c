@@ -4,6 +4,18 @@
  * Same request life cycle as hrpc_server.c: refusals that need no body are answered on
  * the first call so the body is never read; otherwise the body is buffered up to
  * max_body and parsed once, then the route's handler runs.
+ *
+ * Request deadline: libmicrohttpd's timeout only measures inactivity, so each connection
+ * gets a record (its socket context) with a deadline: a request must arrive completely
+ * within request_timeout_s of the connection's start or its previous answer; a sweeper
+ * thread shuts down the socket of a connection past it. The deadline is off while a
+ * request is handled (an inbox long-poll may wait a minute).
+ *
+ * Browsers: the status page makes a browser a client of this listener, so a web page the
+ * operator visits could try to use it too. On TCP listeners a Host header must name an
+ * address, not a DNS name (a page cannot rebind a name of its own to 127.0.0.1 and read the
+ * answers), a request that changes something must not come from another origin (Origin
+ * header), and a body must be application/json (no cross-site form posts).
  */
 #include "net/admin_http.h"
 
@@ -19,7 +31,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <strings.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/buf.h"
@@ -41,8 +55,22 @@ struct aroute {
     "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "                     \
     "frame-ancestors 'none'"
 
+/* One open connection (libmicrohttpd's socket context), under conns_mu. */
+struct aconn {
+    struct aconn *prev, *next;
+    int fd;
+    int64_t deadline_ms; /* monotonic; 0 while a complete request is handled */
+    bool cut;
+};
+
 struct pb_admin_http {
     char *name;
+    unsigned request_timeout_s;
+    pthread_mutex_t conns_mu;
+    pthread_cond_t sweep_cv;
+    struct aconn *conns;
+    bool sweeper_started, sweeper_stop;
+    pthread_t sweeper;
     char *listen;
     pthread_mutex_t token_mu; /* token may be replaced while serving (reload) */
     char *token;
@@ -278,6 +306,155 @@ void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *pa
     if (r.body) json_decref(r.body);
 }
 
+/* ---- the request deadline --------------------------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct aconn *aconn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void set_deadline(pb_admin_http *a, struct MHD_Connection *conn, bool arm)
+{
+    struct aconn *c = aconn_of(conn);
+    if (!c) return;
+    pthread_mutex_lock(&a->conns_mu);
+    c->deadline_ms = arm ? mono_ms() + (int64_t)a->request_timeout_s * 1000 : 0;
+    pthread_mutex_unlock(&a->conns_mu);
+}
+
+static bool past_deadline(pb_admin_http *a, struct MHD_Connection *conn)
+{
+    struct aconn *c = aconn_of(conn);
+    if (!c) return false;
+    pthread_mutex_lock(&a->conns_mu);
+    bool late = c->cut || (c->deadline_ms && mono_ms() >= c->deadline_ms);
+    pthread_mutex_unlock(&a->conns_mu);
+    return late;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    pb_admin_http *a = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct aconn *c = pb_xcalloc(1, sizeof *c);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c->fd = ci ? ci->connect_fd : -1;
+        c->deadline_ms = mono_ms() + (int64_t)a->request_timeout_s * 1000;
+        pthread_mutex_lock(&a->conns_mu);
+        c->next = a->conns;
+        if (a->conns) a->conns->prev = c;
+        a->conns = c;
+        pthread_mutex_unlock(&a->conns_mu);
+        *socket_context = c;
+        return;
+    }
+    struct aconn *c = *socket_context;
+    if (!c) return;
+    pthread_mutex_lock(&a->conns_mu); /* no shutdown of this fd after this point */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        a->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    pthread_mutex_unlock(&a->conns_mu);
+    free(c);
+    *socket_context = NULL;
+}
+
+/* Shuts down every connection whose request did not arrive in time, until stopped. */
+static void *sweeper_main(void *arg)
+{
+    pb_admin_http *a = arg;
+    pthread_mutex_lock(&a->conns_mu);
+    while (!a->sweeper_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += 200 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&a->sweep_cv, &a->conns_mu, &until);
+        int64_t now = mono_ms();
+        for (struct aconn *c = a->conns; c; c = c->next) {
+            if (c->cut || !c->deadline_ms || now < c->deadline_ms) continue;
+            c->cut = true;
+            if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+        }
+    }
+    pthread_mutex_unlock(&a->conns_mu);
+    return NULL;
+}
+
+/* ---- browsers ------------------------------------------------------------------------------ */
+
+/* A Host header naming an address (IPv4, [IPv6]) or localhost, with or without a port. */
+static bool host_ok(const char *host)
+{
+    char h[128];
+    size_t n = strlen(host);
+    if (n == 0 || n >= sizeof h) return false;
+    if (host[0] == '[') {
+        const char *close = strchr(host, ']');
+        if (!close) return false;
+        size_t len = (size_t)(close - host - 1);
+        memcpy(h, host + 1, len);
+        h[len] = '\0';
+        unsigned char b[16];
+        return inet_pton(AF_INET6, h, b) == 1 && (close[1] == '\0' || close[1] == ':');
+    }
+    const char *colon = strchr(host, ':');
+    size_t len = colon ? (size_t)(colon - host) : n;
+    memcpy(h, host, len);
+    h[len] = '\0';
+    unsigned char b[4];
+    return strcasecmp(h, "localhost") == 0 || inet_pton(AF_INET, h, b) == 1;
+}
+
+/* Refusals for browsers (see the file comment); NULL when the request may go on. */
+static const char *browser_refusal(pb_admin_http *a, struct MHD_Connection *conn,
+                                   const char *method, int *status)
+{
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host");
+    if (a->unix_fd < 0 && host && !host_ok(host)) {
+        *status = 403;
+        return "Host header not accepted: reach this listener by its address";
+    }
+    if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0) return NULL;
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    if (origin) {
+        bool same =
+            host &&
+            ((strncasecmp(origin, "http://", 7) == 0 && strcasecmp(origin + 7, host) == 0) ||
+             (strncasecmp(origin, "https://", 8) == 0 && strcasecmp(origin + 8, host) == 0));
+        if (!same) {
+            *status = 403;
+            return "cross-origin request refused";
+        }
+    }
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    bool body = (cl && strtoull(cl, NULL, 10) > 0) || te;
+    if (body && (!ct || strncasecmp(ct, "application/json", 16) != 0 ||
+                 (ct[16] != '\0' && ct[16] != ';'))) {
+        *status = 415;
+        return "the body must be application/json";
+    }
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -287,6 +464,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!r) {
         r = pb_xcalloc(1, sizeof *r);
         *con_cls = r;
+        int bst = 0;
+        const char *why = browser_refusal(a, conn, method, &bst);
+        if (why) return send_error(conn, (unsigned)bst, why);
         if (!token_ok(a, conn) && !public_route(a, method, url))
             return send_error(conn, 401, "missing or wrong bearer token");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
@@ -295,6 +475,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_data_size) {
+        if (past_deadline(a, conn)) return MHD_NO; /* a body trickling in: cut */
         if (!r->too_big && r->body.len + *upload_data_size <= a->max_body) {
             pb_buf_append(&r->body, upload_data, *upload_data_size);
         } else {
@@ -304,6 +485,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    set_deadline(a, conn, false); /* complete: no deadline while it is handled */
     if (r->too_big) return send_error(conn, 413, "body over the size limit");
 
     pb_admin_resp resp;
@@ -315,6 +497,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    set_deadline(cls, conn, true); /* the next request on it has its time from now */
     struct areq *r = *con_cls;
     if (!r) return;
     pb_buf_free(&r->body);
@@ -331,7 +514,14 @@ pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
     a->token = opts->token && *opts->token ? pb_xstrdup(opts->token) : NULL;
     a->max_body = opts->max_body ? opts->max_body : 1024 * 1024;
     a->threads = opts->threads ? opts->threads : 16;
+    a->request_timeout_s = opts->request_timeout_s ? opts->request_timeout_s : 30;
     a->unix_fd = -1;
+    pthread_mutex_init(&a->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->sweep_cv, &ca);
+    pthread_condattr_destroy(&ca);
     return a;
 }
 
@@ -414,17 +604,27 @@ pb_err pb_admin_http_start(pb_admin_http *a)
         a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_LISTEN_SOCKET,
                                   a->unix_fd, MHD_OPTION_THREAD_POOL_SIZE, a->threads,
                                   MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED,
-                                  on_completed, a, MHD_OPTION_END);
+                                  on_completed, a, MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
+                                  MHD_OPTION_END);
     } else {
         a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR,
                                   (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, a->threads,
                                   MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED,
-                                  on_completed, a, MHD_OPTION_END);
+                                  on_completed, a, MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
+                                  MHD_OPTION_END);
     }
     if (!a->mhd) {
         PB_ERROR(NULL, "cannot start %s listener on %s: %s", a->name, a->listen, strerror(errno));
         return PB_ERR_IO;
     }
+    a->sweeper_stop = false;
+    if (pthread_create(&a->sweeper, NULL, sweeper_main, a) != 0) {
+        PB_ERROR(NULL, "cannot start the %s listener's sweeper thread", a->name);
+        MHD_stop_daemon(a->mhd);
+        a->mhd = NULL;
+        return PB_ERR_INTERNAL;
+    }
+    a->sweeper_started = true;
     PB_INFO(NULL, "%s listener on %s", a->name, a->listen);
     return PB_OK;
 }
@@ -434,6 +634,14 @@ void pb_admin_http_stop(pb_admin_http *a)
     if (!a || !a->mhd) return;
     MHD_stop_daemon(a->mhd);
     a->mhd = NULL;
+    if (a->sweeper_started) {
+        pthread_mutex_lock(&a->conns_mu);
+        a->sweeper_stop = true;
+        pthread_cond_signal(&a->sweep_cv);
+        pthread_mutex_unlock(&a->conns_mu);
+        pthread_join(a->sweeper, NULL);
+        a->sweeper_started = false;
+    }
     if (a->unix_fd >= 0) {
         close(a->unix_fd);
         a->unix_fd = -1;
@@ -455,6 +663,8 @@ void pb_admin_http_free(pb_admin_http *a)
     if (a->token) sodium_memzero(a->token, strlen(a->token));
     free(a->token);
     pthread_mutex_destroy(&a->token_mu);
+    pthread_cond_destroy(&a->sweep_cv);
+    pthread_mutex_destroy(&a->conns_mu);
     free(a->unix_path);
     free(a);
 }

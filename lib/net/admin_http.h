@@ -61,6 +61,7 @@ typedef struct pb_admin_http_opts {
     size_t max_body;    /* default 1 MiB */
     unsigned threads;   /* default 16 (an inbox long-poll holds one) */
     const char *name;   /* names the listener in logs; default "admin" */
+    unsigned request_timeout_s; /* a request must arrive within this; default 30 */
 } pb_admin_http_opts;
 
 /*

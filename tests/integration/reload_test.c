@@ -26,6 +26,8 @@
 
 #include "crypto/auth.h"
 #include "crypto/keys.h"
+#include <sys/stat.h>
+
 #include "harness.h"
 #include "wire/wire.h"
 
@@ -77,6 +79,7 @@ static void write_file(const char *path, const char *text)
     if (!f) abort();
     fputs(text, f);
     fclose(f);
+    if (chmod(path, 0600) != 0) abort(); /* the admin token file must be private */
 }
 
 /* The configuration: what every phase keeps, then the phase's own lines (later lines win). */
