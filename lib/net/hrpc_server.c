@@ -38,6 +38,14 @@
  * change (max_body, max_inflight, conn_timeout_s) are read and written atomically (LIM);
  * max_connections under conns_mu, as before.
  *
+ * Lingering close (RFC 9112 section 9.6): a refusal answered from the headers alone (a
+ * declared body over max_body, a wrong path or type) leaves the client still sending a body
+ * we will not read; closing then would make the kernel reset the connection, and the
+ * client could lose the answer. So when libmicrohttpd closes such a connection (it has
+ * sent the answer and a FIN), we keep a duplicate of the socket and read and discard what
+ * the client still sends, up to LINGER_BYTES or LINGER_MS, then close (linger thread; at
+ * most LINGER_MAX sockets at once, past that they close at once).
+ *
  * Untrusted input: the whole HTTP request. Sizes are checked before anything is buffered;
  * the Authorization header is passed to auth.c, which bounds it again.
  */
@@ -45,10 +53,12 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -57,6 +67,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -86,6 +97,10 @@
 #define LIM(s, field) __atomic_load_n(&(s)->opts.field, __ATOMIC_RELAXED)
 /* Most certificates in the chain of tls_cert. */
 #define TLS_MAX_CHAIN 16
+/* Lingering close: what is read and discarded from a refused client at most. */
+#define LINGER_BYTES (4u << 20)
+#define LINGER_MS 3000
+#define LINGER_MAX 256
 
 struct route {
     char *path;
@@ -117,6 +132,17 @@ struct pb_hrpc_server {
     int64_t refused_logged_ms;
     bool sweeper_started, sweeper_stop;
     pthread_t sweeper;
+    /* lingering closes: sockets whose refused client may still be sending */
+    pthread_mutex_t linger_mu;
+    int linger_ev; /* eventfd: a socket was added, or stop */
+    struct lingerer {
+        int fd;
+        int64_t until;
+        size_t read;
+    } lingering[LINGER_MAX];
+    unsigned nlinger;
+    bool linger_started, linger_stop;
+    pthread_t linger_thread;
     /* suspended requests (see "Waiting without a thread"), under wake_mu */
     pthread_mutex_t wake_mu;
     struct pb_hrpc_waker *suspended;
@@ -129,6 +155,7 @@ struct conn {
     int64_t deadline_ms; /* monotonic; 0 while a complete request is handled and answered */
     bool counted;        /* holds a place under max_conns */
     bool cut;            /* socket shut down (deadline passed or over the limit) */
+    bool linger;         /* answered before its body was read: close in stages */
 };
 
 /*
@@ -442,6 +469,85 @@ static int cert_cb(gnutls_session_t session, const struct gnutls_cert_retr_st *i
     return 0;
 }
 
+/* ---- lingering close ------------------------------------------------------------------------ */
+
+/* Keeps a duplicate of fd (libmicrohttpd is about to close its own) to drain. */
+static void linger_add(pb_hrpc_server *s, int fd)
+{
+    if (s->linger_ev < 0) return;
+    int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dupfd < 0) return;
+    bool added = false;
+    pthread_mutex_lock(&s->linger_mu);
+    if (s->nlinger < LINGER_MAX && !s->linger_stop) {
+        s->lingering[s->nlinger++] =
+            (struct lingerer){.fd = dupfd, .until = mono_ms() + LINGER_MS, .read = 0};
+        added = true;
+    }
+    pthread_mutex_unlock(&s->linger_mu);
+    if (!added) {
+        close(dupfd);
+        return;
+    }
+    uint64_t one = 1;
+    ssize_t w = write(s->linger_ev, &one, sizeof one);
+    (void)w;
+}
+
+/* Reads and discards from the lingering sockets until each is done (EOF, an error, its
+ * byte or time bound), then closes it. */
+static void *linger_main(void *arg)
+{
+    pb_hrpc_server *s = arg;
+    struct pollfd pfd[LINGER_MAX + 1];
+    char sink[16384];
+    for (;;) {
+        pthread_mutex_lock(&s->linger_mu);
+        bool stop = s->linger_stop;
+        unsigned n = s->nlinger;
+        for (unsigned i = 0; i < n; i++)
+            pfd[i] = (struct pollfd){.fd = s->lingering[i].fd, .events = POLLIN};
+        pthread_mutex_unlock(&s->linger_mu);
+        pfd[n] = (struct pollfd){.fd = s->linger_ev, .events = POLLIN};
+        if (stop) break;
+        int rc = poll(pfd, n + 1, 100);
+        if (rc > 0 && (pfd[n].revents & POLLIN)) {
+            uint64_t v;
+            ssize_t r = read(s->linger_ev, &v, sizeof v);
+            (void)r;
+        }
+        int64_t now = mono_ms();
+        pthread_mutex_lock(&s->linger_mu);
+        /* entries below n are the ones polled (only this thread removes entries; new ones
+         * are appended) */
+        unsigned keep = 0;
+        for (unsigned i = 0; i < s->nlinger; i++) {
+            struct lingerer l = s->lingering[i];
+            bool done = now >= l.until;
+            if (!done && i < n && (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+                ssize_t got = recv(l.fd, sink, sizeof sink, MSG_DONTWAIT);
+                if (got > 0)
+                    l.read += (size_t)got;
+                else if (got == 0 || (errno != EAGAIN && errno != EINTR))
+                    done = true;
+                if (l.read >= LINGER_BYTES) done = true;
+            }
+            if (done)
+                close(l.fd);
+            else
+                s->lingering[keep++] = l;
+        }
+        s->nlinger = keep;
+        pthread_mutex_unlock(&s->linger_mu);
+    }
+    pthread_mutex_lock(&s->linger_mu);
+    for (unsigned i = 0; i < s->nlinger; i++)
+        close(s->lingering[i].fd);
+    s->nlinger = 0;
+    pthread_mutex_unlock(&s->linger_mu);
+    return NULL;
+}
+
 /* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
@@ -490,7 +596,9 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     if (c->counted) s->nconns--;
+    bool linger = c->linger && !c->cut && c->fd >= 0;
     pthread_mutex_unlock(&s->conns_mu);
+    if (linger) linger_add(s, c->fd);
     free(c);
     *socket_context = NULL;
 }
@@ -843,7 +951,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->srv = s;
         r->conn = conn;
         *con_cls = r;
-        return on_headers(s, conn, url, method, r);
+        enum MHD_Result res = on_headers(s, conn, url, method, r);
+        /* refused from the headers while a body may still be coming: close in stages */
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+        if (tl_status && ((cl && strcmp(cl, "0") != 0) || te)) {
+            struct conn *c = conn_of(conn);
+            if (c) {
+                pthread_mutex_lock(&s->conns_mu);
+                c->linger = true;
+                pthread_mutex_unlock(&s->conns_mu);
+            }
+        }
+        return res;
     }
     if (r->w) return process(s, conn, url, r); /* resumed */
     if (*upload_data_size > 0) {
@@ -1059,6 +1179,8 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_mutex_init(&s->wake_mu, NULL);
+    pthread_mutex_init(&s->linger_mu, NULL);
+    s->linger_ev = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_rwlock_init(&s->tls_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1153,6 +1275,9 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         return PB_ERR_INTERNAL;
     }
     s->sweeper_started = true;
+    s->linger_stop = false;
+    if (s->linger_ev >= 0 && pthread_create(&s->linger_thread, NULL, linger_main, s) == 0)
+        s->linger_started = true;
     PB_INFO(NULL, "federation listener on %s (%s), port %u", s->opts.listen, tls ? "https" : "http",
             pb_hrpc_server_port(s));
     return PB_OK;
@@ -1200,6 +1325,16 @@ void pb_hrpc_server_stop(pb_hrpc_server *s)
         pthread_join(s->sweeper, NULL);
         s->sweeper_started = false;
     }
+    if (s->linger_started) {
+        pthread_mutex_lock(&s->linger_mu);
+        s->linger_stop = true;
+        pthread_mutex_unlock(&s->linger_mu);
+        uint64_t one = 1;
+        ssize_t w = write(s->linger_ev, &one, sizeof one);
+        (void)w;
+        pthread_join(s->linger_thread, NULL);
+        s->linger_started = false;
+    }
 }
 
 void pb_hrpc_server_free(pb_hrpc_server *s)
@@ -1221,6 +1356,8 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
     pthread_cond_destroy(&s->sweep_cv);
     pthread_mutex_destroy(&s->conns_mu);
     pthread_mutex_destroy(&s->wake_mu);
+    pthread_mutex_destroy(&s->linger_mu);
+    if (s->linger_ev >= 0) close(s->linger_ev);
     free(s);
 }
 

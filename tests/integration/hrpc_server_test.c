@@ -8,6 +8,7 @@
  * federation port.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sodium.h>
@@ -200,6 +201,51 @@ static void test_413_unread(const pbt_daemon *a)
     close(fd);
 }
 
+/*
+ * A client that sends its whole (over-limit) body before reading, as simple clients do:
+ * the server answers 413 from the headers, and must then close in stages (RFC 9112 9.6):
+ * read and discard what still comes, so the client's sends do not fail with a reset and
+ * it reads the 413. Without that the kernel resets the connection under the client.
+ */
+static void test_lingering_close(const pbt_daemon *a)
+{
+    size_t body = 2u << 20; /* 2 MiB: far more than the socket buffers hold */
+    for (int round = 0; round < 3; round++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons(a->port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+        struct timeval tv = {10, 0}; /* bounded: no test waits forever */
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char req[256];
+        int hl = snprintf(req, sizeof req,
+                          "POST " PUSH " HTTP/1.1\r\nHost: x\r\nContent-Type: application/hrpc\r\n"
+                          "Hrpc-Version: 1\r\nContent-Length: %zu\r\n\r\n",
+                          body);
+        bool sent_all = send(fd, req, (size_t)hl, MSG_NOSIGNAL) == hl;
+        static char chunk[65536];
+        size_t sent = 0;
+        while (sent_all && sent < body) {
+            ssize_t w = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+            if (w <= 0) {
+                sent_all = false;
+                break;
+            }
+            sent += (size_t)w;
+        }
+        CHECKF(sent_all, "round %d: the client sent its whole body (%zu of %zu bytes: %s)", round,
+               sent, body, sent_all ? "ok" : strerror(errno));
+        char buf[1024] = "";
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        CHECKF(n > 12 && !strncmp(buf, "HTTP/1.1 413", 12),
+               "round %d: the client read the 413 after sending (%zd: %.40s, %s)", round, n, buf,
+               n < 0 ? strerror(errno) : "");
+        close(fd);
+    }
+}
+
 /* max_inflight 1: a request stuck in its body holds the only slot; the next gets 503. */
 static void test_overload(void)
 {
@@ -379,6 +425,7 @@ int main(void)
     }
     test_transport_rows(a);
     test_413_unread(a);
+    test_lingering_close(a);
     test_auth_rows(a, b);
     test_key_kept(a, b);
     test_overload();
