@@ -28,14 +28,15 @@ build:
 	@cmake -S . -B $(BUILD) -DPB_WERROR=ON >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# Loopback defaults: federation on 127.0.0.1:2289 (plain HTTP; peers reached over http),
+# Loopback defaults: federation on 127.0.0.1:2289 (plain HTTP; peers reached over http, on
+# private addresses too),
 # admin API on 127.0.0.1:2290, data in ./data.
 run:
 	@scripts/bootstrap build
 	@cmake -S . -B $(BUILD) -DPB_WERROR=ON >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS) --target postboxd postboxctl
 	$(BUILD)/postboxd --data-dir $(DATA) --listen 127.0.0.1:2289 --admin-listen 127.0.0.1:2290 \
-		--peer-scheme http $(RUN_ARGS)
+		--peer-scheme http --allow-private-peers yes $(RUN_ARGS)
 
 test:
 	@scripts/test-all

@@ -42,7 +42,7 @@ bool fuzz_untouched(const void *p, size_t n);
 /* A NUL-terminated copy of the input (caller frees). */
 char *fuzz_cstr(const uint8_t *data, size_t size);
 
-/* The fixture's identities (RFC 8032 test keys 2 and 1, as in shared/vectors). */
+/* The fixture's identities (RFC 8032 test keys 2 and 1, as in tests/vectors). */
 #define FUZZ_SELF_ID "beta.example.net:443"
 #define FUZZ_PEER_ID "alpha.example.org:2289"
 

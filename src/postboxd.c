@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "postbox.h"
@@ -122,6 +123,19 @@ static void reload(pb_daemon *d, int argc, char **argv, const char *config_file)
     pb_config_free(cfg);
 }
 
+/* Thousands of peers and connections need descriptors: the soft limit goes up to the hard
+ * one (systemd's LimitNOFILE sets both), capped at a million. */
+static void raise_open_files(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > 1048576 ? 1048576 : rl.rlim_max;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *config_file = NULL;
@@ -172,6 +186,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    raise_open_files();
     pb_err err = pb_daemon_open(cfg, &d);
     if (err != PB_OK) {
         fprintf(stderr, "postboxd: cannot start: %s\n", pb_strerror(err));

@@ -4,7 +4,7 @@
  * Design: each function builds or unpacks the protoc-c generated struct and converts
  * to/from the project's own types; no generated struct leaves this file. Two details
  * are not plain protobuf-c:
- *  - Encoding Event sub-messages: the reference encoder (protobufjs, shared/vectors)
+ *  - Encoding Event sub-messages: the reference encoder (protobufjs, tests/vectors)
  *    writes every field of UserAddedToGuild etc. even when it is 0 or "" (vector
  *    user_added_to_guild_zeroes = 12 04 0800 1000), where proto3 protobuf-c omits them.
  *    So events are packed with copies of the four sub-message descriptors whose fields

@@ -9,7 +9,7 @@
  * no kind set). On error nothing is allocated in the out-parameters.
  *
  * Encoders write into a pb_buf (appending); the output is byte-for-byte what protobufjs
- * produces for the same message (shared/vectors).
+ * produces for the same message (tests/vectors).
  */
 #ifndef PB_WIRE_H
 #define PB_WIRE_H

@@ -8,7 +8,7 @@
  * one request each: every transport refusal of PROTOCOL.md section 1 (wrong method,
  * Content-Type, Hrpc-Version, undecodable bodies, unknown paths, bodies over the limit
  * with and without Content-Length, overload); every authentication refusal of section 3
- * on Push, Pull and NotifyNewId; every `invalid` vector of shared/vectors (the PushRequest
+ * on Push, Pull and NotifyNewId; every `invalid` vector of tests/vectors (the PushRequest
  * ones as Push bodies from the authenticated B, the token ones as Authorization headers);
  * tokens at the edges of the 60 s window; a token replayed under another server's ID;
  * oversized headers, URLs and Authorization values; and admin API garbage. Each row names
