@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "postbox.h"
@@ -528,6 +529,24 @@ static int cmd_peers(struct ctl *c, int argc, char **argv)
         free(last);
     }
     table_print(&t);
+    const json_t *ren = json_object_get(j, "renames_in");
+    if (json_array_size(ren)) {
+        printf("\nRenames announced by peers, waiting for proof (PROTOCOL.md 7.2):\n");
+        struct table r = {.ncols = 3};
+        table_row(&r, (const char *const[]){"OLD_ID", "NEW_ID", "SINCE"});
+        json_array_foreach(ren, i, p)
+        {
+            char b1[300], b2[300], b3[64];
+            time_t since = (time_t)json_integer_value(json_object_get(p, "since"));
+            struct tm tm;
+            if (!gmtime_r(&since, &tm) || !strftime(b3, sizeof b3, "%Y-%m-%dT%H:%M:%SZ", &tm))
+                snprintf(b3, sizeof b3, "?");
+            table_row(&r, (const char *const[]){
+                              text_of(json_object_get(p, "old_id"), b1, sizeof b1),
+                              text_of(json_object_get(p, "new_id"), b2, sizeof b2), b3});
+        }
+        table_print(&r);
+    }
     json_decref(j);
     return 0;
 }

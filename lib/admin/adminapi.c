@@ -281,6 +281,25 @@ static int cmp_views(const void *pa, const void *pb, void *vctx)
     return c ? c : strcmp(a->st->server_id, b->st->server_id);
 }
 
+/* Adds "renames_in" to a GET /v1/peers answer: the renames peers announced without a
+ * proof of possession yet (PROTOCOL.md 7.2), oldest first by old ID, at most
+ * PB_ADMIN_MAX_PEERS_LIMIT of them, and "renames_in_total". They change nothing until
+ * proven and expire after a day. A store error leaves them out (the peers are shown). */
+static void renames_in_json(pb_adminapi_ctx *ctx, json_t *body)
+{
+    pb_rename_in *rs = NULL;
+    size_t n = 0;
+    if (pb_store_rename_in_list(ctx->store, &rs, &n) != PB_OK) return;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n && i < PB_ADMIN_MAX_PEERS_LIMIT; i++)
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:I}", "old_id", rs[i].old_id, "new_id",
+                                             rs[i].new_id, "since",
+                                             (json_int_t)(rs[i].created_at / 1000)));
+    json_object_set_new(body, "renames_in", arr);
+    json_object_set_new(body, "renames_in_total", json_integer((json_int_t)n));
+    pb_rename_ins_free(rs, n);
+}
+
 /* GET /v1/peers, and with any of offset, limit (1..1000, default 100), sort (a field
  * name), order (asc|desc), q (substring of server_id or last_error, any case), mode and
  * rename_pending (true|false): one page of the filtered, sorted list with its total, and
@@ -396,6 +415,7 @@ static void h_peers(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     }
     free(views);
     pb_peer_state_free_array(sts, n);
+    if (resp->body) renames_in_json(ctx, resp->body);
 }
 
 static void parked(pb_adminapi_ctx *ctx, const pb_admin_req *req, pb_admin_resp *resp, bool drop)

@@ -930,6 +930,25 @@ static bool relabelled(void *vctx)
     return ok;
 }
 
+/* Whether R's GET /v1/peers lists the pending incoming rename old -> new. */
+static bool rename_in_listed(pbt_daemon *d, const char *old_id, const char *new_id)
+{
+    long st = 0;
+    json_t *r = pbt_admin(d, "GET", "/v1/peers", NULL, &st);
+    bool found = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(r, "renames_in"), i, e)
+    {
+        const char *o = json_string_value(json_object_get(e, "old_id"));
+        const char *n = json_string_value(json_object_get(e, "new_id"));
+        found = found || (o && n && !strcmp(o, old_id) && !strcmp(n, new_id) &&
+                          json_is_integer(json_object_get(e, "since")));
+    }
+    json_decref(r);
+    return found;
+}
+
 static void test_rename_pending(void)
 {
     int failed0 = pbt_failed;
@@ -966,6 +985,7 @@ static void test_rename_pending(void)
     expect_guild(r, 7, 70, S, "rename without proof");
     expect_invite(r, 7, "inv-f", S, "rename without proof");
     CHECKF(has_peer(r, S), "rename without proof: R still has S as a peer");
+    CHECKF(rename_in_listed(r, S, NEW), "rename without proof: GET /v1/peers lists it pending");
 
     /* R keeps answering S meanwhile */
     pb_event e71 = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 7, .guild_id = 71};
@@ -992,6 +1012,7 @@ static void test_rename_pending(void)
         CHECKF(has_peer(r, NEW), "after the proof: NEW is a peer");
         CHECKF(!has_peer(r, S), "after the proof: S is no longer a peer");
     }
+    CHECKF(!rename_in_listed(r, S, NEW), "after the proof: no longer listed as pending");
 out:
     if (pbt_failed > failed0 && r) pbt_daemon_dump_log(r);
     pbt_daemon_free(r);
