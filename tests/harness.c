@@ -2,12 +2,14 @@
  * harness - test helpers (see harness.h).
  */
 #include "harness.h"
+#include "wire/wire.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <ctype.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
+#include <microhttpd.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -584,4 +586,70 @@ bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms)
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+}
+
+/* ---- in-test identities ------------------------------------------------------------------- */
+
+#define PBT_KEY_PATH "/protocol.auth.v1.AuthService/Key"
+
+static enum MHD_Result ident_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                     const char *method, const char *version, const char *upload,
+                                     size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    (void)upload;
+    pbt_ident *id = cls;
+    if (!*con_cls) {
+        *con_cls = id; /* headers only: wait for the (empty) body */
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    pb_buf body = PB_BUF_INIT;
+    unsigned status = 200;
+    if (!strcmp(url, PBT_KEY_PATH) && !strcmp(method, "POST")) {
+        pb_wire_key_resp_encode(id->serve, &body);
+    } else {
+        status = 503;
+        pb_wire_error_encode("hrpc.unavailable", "test identity: only Key is served", NULL, 0,
+                             &body);
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        body.len, body.data ? body.data : (void *)"", MHD_RESPMEM_MUST_COPY);
+    pb_buf_free(&body);
+    MHD_add_response_header(r, "Content-Type", "application/hrpc");
+    MHD_add_response_header(r, "Hrpc-Version", "1");
+    enum MHD_Result res = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return res;
+}
+
+pbt_ident *pbt_ident_new(const uint8_t *serve)
+{
+    pbt_ident *id = calloc(1, sizeof *id);
+    if (!id || pb_keys_generate(&id->keys) != PB_OK) abort();
+    memcpy(id->serve, serve ? serve : pb_keys_public(id->keys), 32);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    id->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL,
+                               ident_request, id, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                               MHD_OPTION_END);
+    const union MHD_DaemonInfo *i =
+        id->mhd ? MHD_get_daemon_info(id->mhd, MHD_DAEMON_INFO_BIND_PORT) : NULL;
+    CHECKF(i && i->port, "in-test identity serves its key");
+    if (!i || !i->port) {
+        pbt_ident_free(id);
+        return NULL;
+    }
+    snprintf(id->server_id, sizeof id->server_id, "127.0.0.1:%u", i->port);
+    return id;
+}
+
+void pbt_ident_free(pbt_ident *id)
+{
+    if (!id) return;
+    if (id->mhd) MHD_stop_daemon(id->mhd);
+    pb_keys_free(id->keys);
+    free(id);
 }

@@ -23,7 +23,10 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "crypto/keys.h"
 #include "postbox.h"
+
+struct MHD_Daemon;
 
 extern int pbt_passed, pbt_failed;
 
@@ -148,6 +151,20 @@ json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, jso
 /* Polls `cond(ctx)` every 20 ms until it is true or timeout_ms passes; returns its last
  * value. */
 bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms);
+
+/* ---- in-test identities -------------------------------------------------------------------
+ * A key pair plus a small libmicrohttpd server on 127.0.0.1 answering the Key endpoint, so
+ * a daemon under test can verify tokens the test signs as "127.0.0.1:PORT". */
+typedef struct pbt_ident {
+    pb_keys *keys;      /* signs this identity's tokens (owned) */
+    uint8_t serve[32];  /* the public key its Key endpoint answers */
+    char server_id[64]; /* "127.0.0.1:PORT" */
+    struct MHD_Daemon *mhd;
+} pbt_ident;
+/* A new identity with its own key pair, serving `serve` (NULL: its own public key); NULL
+ * (with a failed check) when its server cannot start. Free with pbt_ident_free. */
+pbt_ident *pbt_ident_new(const uint8_t *serve);
+void pbt_ident_free(pbt_ident *id);
 
 /* ---- PostgreSQL: throw-away databases ---------------------------------------------------- */
 

@@ -90,7 +90,11 @@ static const struct setting settings[] = {
     U(threads, 16, 1, 256, "federation listener threads"),
     U(admin_timeout, 30, 1, 3600,
       "seconds an admin request may take to arrive (slower clients are cut)"),
-    UL(max_inflight, 256, 1, 1000000, "requests handled at once before 503"),
+    UL(max_inflight, 256, 1, 1000000,
+       "complete requests handled at once before 503 (requests still arriving hold no slot)"),
+    UL(body_memory, 33554432, 65536, 4294967295,
+       "bytes of request bodies held at once across all federation connections, as they "
+       "arrive, before 503 (at least max_body)"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
     U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),
     U(workers, 8, 1, 256,
@@ -425,8 +429,8 @@ char *pb_config_dump(const pb_config *c)
             line = pb_xasprintf("%s = %s\n", st->name, shown ? shown : v ? v : "");
             free(shown);
         } else if (st->kind == K_BOOL) {
-            line = pb_xasprintf("%s = %s\n", st->name,
-                                *uint_field((pb_config *)c, st) ? "yes" : "no");
+            line =
+                pb_xasprintf("%s = %s\n", st->name, *uint_field((pb_config *)c, st) ? "yes" : "no");
         } else {
             line = pb_xasprintf("%s = %llu\n", st->name,
                                 (unsigned long long)*uint_field((pb_config *)c, st));
@@ -588,9 +592,9 @@ char *pb_config_example(void)
         const struct setting *st = &settings[i];
         char *line;
         if (st->kind == K_BOOL)
-            line = pb_xasprintf("\n# %s\n# yes or no; %s\n#%s = %s\n", st->help,
-                                st->live ? "applied on reload" : "needs a restart", st->name,
-                                st->def);
+            line =
+                pb_xasprintf("\n# %s\n# yes or no; %s\n#%s = %s\n", st->help,
+                             st->live ? "applied on reload" : "needs a restart", st->name, st->def);
         else if (st->kind == K_UINT)
             line =
                 pb_xasprintf("\n# %s\n# %llu to %llu; %s\n#%s = %s\n", st->help,

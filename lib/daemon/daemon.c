@@ -332,6 +332,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .conn_timeout_s = (unsigned)cfg->conn_timeout,
         .threads = (unsigned)cfg->threads,
         .max_inflight = (unsigned)cfg->max_inflight,
+        .body_memory = (size_t)cfg->body_memory,
         .tls_cert_file = cfg->tls_cert,
         .tls_key_file = cfg->tls_key,
         .metrics = d->mstd,
@@ -442,6 +443,7 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
         .max_connections = (unsigned)next->max_connections,
         .conn_timeout_s = (unsigned)next->conn_timeout,
         .max_inflight = (unsigned)next->max_inflight,
+        .body_memory = (size_t)next->body_memory,
     };
     pb_hrpc_server_set_limits(d->fed, &lim);
     changed = pb_config_changes(d->cfg, next);

@@ -35,8 +35,8 @@
  * for it at each handshake, and cert_cb parses a fresh copy of the current chain and key (PEM
  * texts under a read lock) that GnuTLS frees with the session, so pb_hrpc_server_set_tls can
  * replace them for new connections while open ones keep theirs. The limits a reload may
- * change (max_body, max_inflight, conn_timeout_s) are read and written atomically (LIM);
- * max_connections under conns_mu, as before.
+ * change (max_body, max_inflight, body_memory, conn_timeout_s) are read and written atomically
+ * (LIM); max_connections under conns_mu, as before.
  *
  * Lingering close (RFC 9112 section 9.6): a refusal answered from the headers alone (a
  * declared body over max_body, a wrong path or type) leaves the client still sending a body
@@ -121,6 +121,7 @@ struct pb_hrpc_server {
     bool tls_swappable; /* served through cert_cb (pb_hrpc_server_set_tls works) */
     unsigned conns_cap; /* max_conns at start: the most pb_hrpc_server_set_limits may set */
     atomic_uint inflight;
+    atomic_size_t body_bytes; /* request body bytes held, charged as they arrive */
     atomic_bool stopping;
     /* open connections (see the file comment) */
     pthread_mutex_t conns_mu;
@@ -187,7 +188,9 @@ struct req {
     const struct route *route;
     pb_buf body;
     bool too_big;
-    bool counted; /* holds an inflight slot */
+    bool overloaded; /* body bytes over body_memory: discarded, answered 503 */
+    bool counted;    /* holds an inflight slot */
+    size_t charged;  /* bytes of body charged to body_bytes */
     void (*on_done)(void *ctx, bool sent_ok);
     void *on_done_ctx;
     /* authentication, across suspensions */
@@ -758,11 +761,37 @@ static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn
                           (unsigned long long)declared, LIM(s, max_body));
     if (atomic_load(&s->stopping))
         return send_error(conn, 503, ID_UNAVAILABLE, 5, "server is shutting down");
-    unsigned n = atomic_fetch_add(&s->inflight, 1);
-    r->counted = true;
-    if (n >= LIM(s, max_inflight))
-        return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests in flight", n);
     return MHD_YES;
+}
+
+/* Gives back what a request's body holds. */
+static void body_release(pb_hrpc_server *s, struct req *r)
+{
+    if (r->charged) atomic_fetch_sub(&s->body_bytes, r->charged);
+    r->charged = 0;
+    pb_buf_free(&r->body);
+}
+
+/* Takes in n more body bytes, charged to body_bytes; over max_body or body_memory the
+ * body is dropped and the rest of it discarded (answered 413 or 503 once complete). */
+static void body_take(pb_hrpc_server *s, struct req *r, const char *data, size_t n)
+{
+    if (r->too_big || r->overloaded) return;
+    if (r->body.len + n > LIM(s, max_body)) {
+        r->too_big = true;
+        body_release(s, r);
+        return;
+    }
+    size_t cap = LIM(s, body_memory), max_body = LIM(s, max_body);
+    if (cap < max_body) cap = max_body;
+    size_t held = atomic_fetch_add(&s->body_bytes, n) + n;
+    r->charged += n;
+    if (held > cap) {
+        r->overloaded = true;
+        body_release(s, r);
+        return;
+    }
+    pb_buf_append(&r->body, data, n);
 }
 
 /* ---- authentication ------------------------------------------------------------------------- */
@@ -969,12 +998,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size > 0) {
         /* A body still arriving after the deadline: close without an answer. */
         if (conn_past_deadline(s, conn)) return MHD_NO;
-        if (!r->too_big && r->body.len + *upload_data_size <= LIM(s, max_body)) {
-            pb_buf_append(&r->body, upload_data, *upload_data_size);
-        } else {
-            r->too_big = true;
-            pb_buf_free(&r->body);
-        }
+        body_take(s, r, upload_data, *upload_data_size);
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -983,6 +1007,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->too_big)
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body over the limit of %zu bytes",
                           LIM(s, max_body));
+    if (r->overloaded)
+        return send_error(conn, 503, ID_UNAVAILABLE, 1,
+                          "overloaded: request bodies over %zu bytes held", LIM(s, body_memory));
+    /* Only a complete request takes a slot: one still arriving (a hung sender) holds
+     * nothing but its bytes. */
+    unsigned n = atomic_fetch_add(&s->inflight, 1);
+    r->counted = true;
+    if (n >= LIM(s, max_inflight))
+        return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests in flight", n);
     return process(s, conn, url, r);
 }
 
@@ -1001,6 +1034,11 @@ static enum MHD_Result measured(void *cls, struct MHD_Connection *conn, const ch
     if (r && tl_status) {
         r->status = tl_status;
         r->identifier = tl_identifier;
+        /* answered: the work is done, its slot and body are free for the next request
+         * (not only once libmicrohttpd has sent the answer and noted the completion) */
+        if (r->counted) atomic_fetch_sub(&((pb_hrpc_server *)cls)->inflight, 1);
+        r->counted = false;
+        body_release(cls, r);
     }
     return res;
 }
@@ -1035,7 +1073,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     record(s, r);
     if (r->counted) atomic_fetch_sub(&s->inflight, 1);
-    pb_buf_free(&r->body);
+    body_release(s, r);
     free(r);
     *con_cls = NULL;
 }
@@ -1177,6 +1215,7 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.conn_timeout_s) s->opts.conn_timeout_s = 15;
     if (!s->opts.threads) s->opts.threads = 16;
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
+    if (!s->opts.body_memory) s->opts.body_memory = 32u << 20;
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_mutex_init(&s->wake_mu, NULL);
     pthread_mutex_init(&s->linger_mu, NULL);
@@ -1394,6 +1433,8 @@ void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim
     if (lim->max_body) __atomic_store_n(&s->opts.max_body, lim->max_body, __ATOMIC_RELAXED);
     if (lim->max_inflight)
         __atomic_store_n(&s->opts.max_inflight, lim->max_inflight, __ATOMIC_RELAXED);
+    if (lim->body_memory)
+        __atomic_store_n(&s->opts.body_memory, lim->body_memory, __ATOMIC_RELAXED);
     if (lim->conn_timeout_s)
         __atomic_store_n(&s->opts.conn_timeout_s, lim->conn_timeout_s, __ATOMIC_RELAXED);
     if (!lim->max_connections) return;

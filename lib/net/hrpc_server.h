@@ -7,7 +7,8 @@
  * application/hrpc (or Hrpc-Version other than 1) 400 hrpc.http.bad-unary-request, a
  * body over max_body 413 hrpc.resource-exhausted (refused from Content-Length before
  * any byte is read, or as soon as a chunked body passes the limit, discarding the rest),
- * too many requests in flight 503 hrpc.unavailable with RetryInfo, and, for routes that
+ * too many requests being handled, or too many body bytes held across all connections,
+ * 503 hrpc.unavailable with RetryInfo, and, for routes that
  * need it, token authentication (auth.h) with its own statuses. Every answer carries
  * Content-Type: application/hrpc and Hrpc-Version: 1; failures carry an hrpc.v1.Error.
  *
@@ -53,7 +54,12 @@ typedef struct pb_hrpc_server_opts {
                                   one whose request (headers and body) is not complete this
                                   long after the connection opened or the last answer */
     unsigned threads;          /* default 16 */
-    unsigned max_inflight;     /* requests being read or handled at once; default 256 */
+    unsigned max_inflight;     /* complete requests being handled at once (waiting ones
+                                  included); default 256. Requests still arriving are not
+                                  counted: a hung sender holds no slot, only its bytes */
+    size_t body_memory;        /* bytes of request bodies held at once across all
+                                  connections (what arrived, not what was declared);
+                                  default 32 MiB, at least max_body */
     const char *tls_cert_file; /* both set: HTTPS */
     const char *tls_key_file;
     /* Where each answered request is recorded when it completes (latency and status by
@@ -141,8 +147,8 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s);
  * key; on PB_OK new TLS connections get them while open ones keep theirs. On failure (files
  * unreadable, not a matching pair, a listener started without TLS, or a libmicrohttpd
  * without the certificate callback) nothing changes. set_limits applies max_body,
- * max_inflight, conn_timeout_s and max_connections of lim (0 = unchanged) to new requests
- * and connections; max_connections cannot go above the value the listener started with.
+ * max_inflight, body_memory, conn_timeout_s and max_connections of lim (0 = unchanged) to new
+ * requests and connections; max_connections cannot go above the value the listener started with.
  * The idle timeout of a connection whose client is slow to read an answer stays the one of
  * the start (libmicrohttpd's own).
  */

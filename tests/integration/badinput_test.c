@@ -63,8 +63,9 @@
 #define PULL "/protocol.sync.v1.PostboxService/Pull"
 #define NOTIFY "/protocol.sync.v1.PostboxService/NotifyNewId"
 #define KEY "/protocol.auth.v1.AuthService/Key"
-#define MAX_BODY 65536 /* postboxd's default max_body */
-#define MAX_INFLIGHT 4 /* R runs with --max-inflight 4 for the overload row */
+#define MAX_BODY 65536             /* postboxd's default max_body */
+#define BODY_MEMORY (2 * MAX_BODY) /* R runs with --body-memory 131072 for the overload row */
+#define HOLDERS 2                  /* each holds MAX_BODY - 1 body bytes */
 
 #define BAD "hrpc.http.bad-unary-request"
 
@@ -106,7 +107,7 @@ typedef enum {
 enum {
     F_RETRY = 1,       /* the Error carries RetryInfo */
     F_SAME_SECOND = 2, /* only meaningful when R's clock is in the second the token used */
-    F_OVERLOAD = 4,    /* sent while MAX_INFLIGHT requests hold every slot */
+    F_OVERLOAD = 4,    /* sent while HOLDERS requests hold all but 2 of R's body bytes */
     F_OBSERVE = 8,     /* libmicrohttpd answers (or closes) itself: any 4xx or a close */
     F_ADMIN = 16,      /* to the admin listener: a JSON {"error": ...} answer */
     F_EMPTY_PULL = 32, /* a 200 whose body is an empty PullResponse */
@@ -313,8 +314,8 @@ static const struct row rows[] = {
      NULL, 413, "hrpc.resource-exhausted", 0},
     {"body of 1 MiB to NotifyNewId", POST, NOTIFY, NULL, NULL, TK_B, 0, NULL, BD_HUGE, NULL, NULL,
      413, "hrpc.resource-exhausted", F_EXPECT},
-    {"valid Push from B while overloaded", POST, PUSH, NULL, NULL, TK_B, 0, NULL, BD_PUSH, NULL,
-     NULL, 503, "hrpc.unavailable", F_OVERLOAD | F_RETRY},
+    {"valid Push from B while request bodies fill R's body memory", POST, PUSH, NULL, NULL, TK_B, 0,
+     NULL, BD_PUSH, NULL, NULL, 503, "hrpc.unavailable", F_OVERLOAD | F_RETRY},
 
     /* ---- oversized headers and URLs: libmicrohttpd's own answer ---- */
     {"a 64 KiB header", POST, PUSH, NULL, NULL, TK_B, 0, NULL, BD_PUSH, NULL, "64k", 0, NULL,
@@ -655,7 +656,9 @@ static void expect_hrpc(const pbt_http *h, const struct row *w)
         pb_event *evs = NULL;
         uint64_t *seqs = NULL;
         size_t n = 1;
-        CHECKF(pb_wire_pull_resp_decode(h->body, h->body_len, &evs, &seqs, &n, &(uint64_t){0}) == PB_OK && n == 0,
+        CHECKF(pb_wire_pull_resp_decode(h->body, h->body_len, &evs, &seqs, &n, &(uint64_t){0}) ==
+                       PB_OK &&
+                   n == 0,
                "%s: an empty PullResponse", w->what);
         for (size_t i = 0; i < n; i++)
             pb_event_clear(&evs[i]);
@@ -703,63 +706,70 @@ static int connect_port(uint16_t port)
     return fd;
 }
 
-static long key_status(uint16_t port)
-{
-    pbt_http h;
-    const char *hdrs[] = {"Content-Type: application/hrpc", NULL};
-    pbt_http_do("http", port, "POST", KEY, hdrs, NULL, 0, NULL, &h);
-    long st = h.status;
-    pbt_http_clear(&h);
-    return st;
-}
-
-/* A Key request stuck in its body (7 of its 10 bytes never come): holds an in-flight slot. */
+/* A Key request stuck in its body, the last of its MAX_BODY bytes never coming: holds
+ * MAX_BODY - 1 bytes of R's body memory. */
 static int hold_one(const pbt_daemon *r)
 {
-    const char *req = "POST " KEY " HTTP/1.1\r\nHost: x\r\nContent-Type: application/hrpc\r\n"
-                      "Content-Length: 10\r\n\r\nabc";
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST " KEY " HTTP/1.1\r\nHost: x\r\nContent-Type: application/hrpc\r\n"
+                     "Content-Length: %d\r\n\r\n",
+                     MAX_BODY);
+    static char body[MAX_BODY - 1];
     int fd = connect_port(r->port);
-    if (fd >= 0 && write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+    if (fd >= 0 && (write(fd, head, (size_t)n) != n ||
+                    send(fd, body, sizeof body, MSG_NOSIGNAL) != (ssize_t)sizeof body)) {
         close(fd);
         fd = -1;
     }
     return fd;
 }
 
-/*
- * Holds every in-flight slot of R with MAX_INFLIGHT stuck requests; true once R refuses
- * others. A request of an earlier row may still be finishing when the holders arrive, so
- * a holder may itself be refused (it then has an answer to read): such a holder is
- * replaced, and the overload counts as held only after 6 probes in a row, 50 ms apart,
- * were refused while every holder was still waiting.
- */
-static bool hold_slots(const pbt_daemon *r, int fds[MAX_INFLIGHT])
+/* A Key request with a 16-byte body (an unknown field): its status. */
+static long key16_status(uint16_t port)
 {
-    for (int i = 0; i < MAX_INFLIGHT; i++)
+    pbt_http h;
+    const char *hdrs[] = {"Content-Type: application/hrpc", NULL};
+    static const uint8_t body[16] = {0x7a, 14};
+    pbt_http_do("http", port, "POST", KEY, hdrs, body, sizeof body, NULL, &h);
+    long st = h.status;
+    pbt_http_clear(&h);
+    return st;
+}
+
+/*
+ * Fills R's body memory (BODY_MEMORY bytes of request bodies at once) but for 2 bytes with
+ * HOLDERS requests stuck in their bodies; true once R refuses a 16-byte body. A holder R
+ * answered or closed (it has something to read) is replaced; the overload counts as held
+ * after 3 refused probes in a row, 50 ms apart, with every holder still waiting.
+ */
+static bool hold_slots(const pbt_daemon *r, int fds[HOLDERS])
+{
+    for (int i = 0; i < HOLDERS; i++)
         fds[i] = hold_one(r);
     int refused = 0;
-    for (int64_t end = pbt_now_ms() + 10000; pbt_now_ms() < end && refused < 6;) {
+    for (int64_t end = pbt_now_ms() + 10000; pbt_now_ms() < end && refused < 3;) {
         bool replaced = false;
-        for (int i = 0; i < MAX_INFLIGHT; i++) {
+        for (int i = 0; i < HOLDERS; i++) {
             struct pollfd p = {.fd = fds[i], .events = POLLIN};
             if (fds[i] >= 0 && poll(&p, 1, 0) == 0) continue;
             if (fds[i] >= 0) close(fds[i]);
             fds[i] = hold_one(r);
             replaced = true;
         }
-        refused = !replaced && key_status(r->port) == 503 ? refused + 1 : 0;
+        refused = !replaced && key16_status(r->port) == 503 ? refused + 1 : 0;
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    return refused >= 6;
+    return refused >= 3;
 }
 
-static void release_slots(const pbt_daemon *r, int fds[MAX_INFLIGHT])
+static void release_slots(const pbt_daemon *r, int fds[HOLDERS])
 {
-    for (int i = 0; i < MAX_INFLIGHT; i++)
+    for (int i = 0; i < HOLDERS; i++)
         if (fds[i] >= 0) close(fds[i]);
     for (int64_t end = pbt_now_ms() + 5000; pbt_now_ms() < end;) {
-        if (key_status(r->port) == 200) return;
+        if (key16_status(r->port) == 200) return;
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -921,7 +931,7 @@ static void run_row(const struct ctx *x, const struct row *w)
             memset(path + l, 'a', 65536);
             path[l + 65536] = '\0';
         }
-        int holders[MAX_INFLIGHT];
+        int holders[HOLDERS];
         bool held = (w->flags & F_OVERLOAD) ? hold_slots(x->r, holders) : true;
         CHECKF(held, "%s: R is overloaded by the held requests", w->what);
 
@@ -1179,8 +1189,8 @@ static bool setup(struct ctx *x)
 {
     const char *rx[] = {"--deny",
                         "denied.example.org:443",
-                        "--max-inflight",
-                        "4",
+                        "--body-memory",
+                        "131072",
                         "--push-retries",
                         "0",
                         "--backoff-min",

@@ -246,37 +246,157 @@ static void test_lingering_close(const pbt_daemon *a)
     }
 }
 
-/* max_inflight 1: a request stuck in its body holds the only slot; the next gets 503. */
+static int connect_local(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Sends the headers of a request announcing `declared` body bytes and `sent` of them, then
+ * nothing: a hung sender. Returns the socket (the caller closes it). */
+static int stuck_request(uint16_t port, size_t declared, size_t sent)
+{
+    int fd = connect_local(port);
+    CHECK(fd >= 0);
+    if (fd < 0) return -1;
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST " KEY " HTTP/1.1\r\nHost: x\r\nContent-Type: application/hrpc\r\n"
+                     "Content-Length: %zu\r\n\r\n",
+                     declared);
+    CHECK(write(fd, head, (size_t)n) == n);
+    char *body = calloc(1, sent + 1);
+    CHECK(body && write(fd, body, sent) == (ssize_t)sent);
+    free(body);
+    return fd;
+}
+
+/* Key requests with a body of `len` bytes until the answer is (want_503) or is not a 503,
+ * bounded; each time `again` (may be NULL) is called first. The last answer is in *h. */
+static void post_until(const pbt_daemon *d, size_t len, bool want_503, void (*again)(void *),
+                       void *ctx, pbt_http *h)
+{
+    /* an unknown length-delimited field (15) of len bytes in all: a valid KeyRequest */
+    uint8_t *body = calloc(1, len + 1);
+    if (len >= 3) {
+        size_t inner = len - 3;
+        body[0] = 0x7a;
+        body[1] = (uint8_t)(0x80 | (inner & 0x7f));
+        body[2] = (uint8_t)(inner >> 7);
+    }
+    int64_t deadline = pbt_now_ms() + 5000;
+    *h = (pbt_http){0};
+    do {
+        pbt_http_clear(h);
+        if (again) again(ctx);
+        post(d, KEY, NULL, body, len, h);
+    } while ((h->status == 503) != want_503 && pbt_now_ms() < deadline);
+    free(body);
+}
+
+static bool body_says(const pbt_http *h, const char *needle)
+{
+    return h->body && memmem(h->body, h->body_len, needle, strlen(needle));
+}
+
+struct hung_push {
+    const pbt_daemon *d;
+    pb_keys *k;
+    char sid[64];
+    int fds[64];
+    int n;
+    int64_t last;
+};
+
+/* A signed Push from a server ID whose Key endpoint never answers: the daemon suspends it
+ * while it fetches the key (up to 850 ms): a complete request holding a slot. One every
+ * 300 ms. */
+static void hung_push_again(void *vctx)
+{
+    struct hung_push *hp = vctx;
+    if (hp->n == 64 || pbt_now_ms() - hp->last < 300) return;
+    hp->last = pbt_now_ms();
+    char *authz = pb_auth_header_make(hp->k, hp->sid, NULL, (uint64_t)time(NULL));
+    int fd = connect_local(hp->d->port);
+    if (fd < 0) {
+        free(authz);
+        return;
+    }
+    char head[1024];
+    int n = snprintf(head, sizeof head,
+                     "POST " PUSH " HTTP/1.1\r\nHost: x\r\nContent-Type: application/hrpc\r\n"
+                     "Authorization: %s\r\nContent-Length: 0\r\n\r\n",
+                     authz);
+    free(authz);
+    CHECK(write(fd, head, (size_t)n) == n);
+    hp->fds[hp->n++] = fd;
+}
+
+/* Overload: requests still arriving hold no slot (max_inflight counts complete requests
+ * being handled), their bytes count against body_memory; both refusals are 503 with
+ * RetryInfo, and the server answers again once the load is gone. */
 static void test_overload(void)
 {
-    const char *extra[] = {"--max-inflight", "1", NULL};
+    const char *extra[] = {"--max-inflight", "1",     "--max-body", "65536",
+                           "--body-memory",  "65536", NULL};
     pbt_daemon *d = pbt_daemon_new("overload", extra);
     CHECK(pbt_daemon_start(d));
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons(d->port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
-    const char *req = "POST " KEY " HTTP/1.1\r\nHost: x\r\nContent-Type: application/hrpc\r\n"
-                      "Content-Length: 10\r\n\r\nabc";
-    CHECK(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
-    /* poll until the server holds the slot: the second request is refused with 503 */
-    pbt_http h = {0};
-    int64_t deadline = pbt_now_ms() + 5000;
-    do {
-        pbt_http_clear(&h);
-        post(d, KEY, NULL, NULL, 0, &h);
-    } while (h.status == 200 && pbt_now_ms() < deadline);
-    expect(&h, 503, "hrpc.unavailable", "overload");
+    pbt_http h;
+
+    /* 8 requests stuck in their bodies (16 bytes each): the one slot stays free */
+    int stuck[8];
+    for (int i = 0; i < 8; i++)
+        stuck[i] = stuck_request(d->port, 1000, 16);
+    post_until(d, 0, true, NULL, NULL, &h); /* bounded: stops at the first non-503 */
+    CHECKF(h.status == 200, "beside 8 requests stuck in their bodies (max_inflight 1): %ld %.*s",
+           h.status, (int)h.body_len, h.body ? (const char *)h.body : "");
+    pbt_http_clear(&h);
+
+    /* one more holding 60,000 of the 65,536 body bytes allowed in all: a 10,000-byte body
+     * is refused, a small one still answered */
+    int big = stuck_request(d->port, 65000, 60000);
+    post_until(d, 10000, true, NULL, NULL, &h);
+    expect(&h, 503, "hrpc.unavailable", "bodies over body_memory");
+    CHECKF(body_says(&h, "bodies"), "503 names the body memory");
     CHECKF(retry_after_of(&h) > 0, "503 carries RetryInfo");
     pbt_http_clear(&h);
-    close(fd);
-    /* once the stuck request is gone the server answers again */
-    deadline = pbt_now_ms() + 5000;
-    do {
-        pbt_http_clear(&h);
-        post(d, KEY, NULL, NULL, 0, &h);
-    } while (h.status != 200 && pbt_now_ms() < deadline);
+    post(d, KEY, NULL, "\x7a\x00", 2, &h);
+    CHECKF(h.status == 200, "a 2-byte body fits beside them: %ld", h.status);
+    pbt_http_clear(&h);
+    close(big);
+    post_until(d, 10000, false, NULL, NULL, &h);
+    CHECKF(h.status == 200, "once the big body is gone: %ld", h.status);
+    pbt_http_clear(&h);
+    for (int i = 0; i < 8; i++)
+        if (stuck[i] >= 0) close(stuck[i]);
+
+    /* a complete request waiting for its sender's key (a port that never answers) holds the
+     * only slot: the next request gets 503 */
+    struct hung_push hp = {.d = d};
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 64) == 0 &&
+          getsockname(lfd, (struct sockaddr *)&sa, &sl) == 0);
+    snprintf(hp.sid, sizeof hp.sid, "127.0.0.1:%u", ntohs(sa.sin_port));
+    CHECK_OK(pb_keys_generate(&hp.k));
+    post_until(d, 0, true, hung_push_again, &hp, &h);
+    expect(&h, 503, "hrpc.unavailable", "max_inflight held by a waiting request");
+    CHECKF(body_says(&h, "in flight"), "503 names the requests in flight");
+    CHECKF(retry_after_of(&h) > 0, "503 carries RetryInfo");
+    pbt_http_clear(&h);
+    for (int i = 0; i < hp.n; i++)
+        close(hp.fds[i]);
+    close(lfd);
+    pb_keys_free(hp.k);
+    /* once the waiting requests are gone the server answers again */
+    post_until(d, 0, false, NULL, NULL, &h);
     CHECK_INT(h.status, 200);
     pbt_http_clear(&h);
     pbt_daemon_free(d);

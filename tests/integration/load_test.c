@@ -62,67 +62,6 @@ static int rss_bound_mib(void)
 #define NTRICKLE 4 /* half trickle headers, half the body */
 #define LIMIT 16
 
-/* ---- in-test identities: a key pair and a tiny hRPC server answering Key --------------- */
-
-struct ident {
-    pb_keys *keys;
-    struct MHD_Daemon *mhd;
-    char server_id[64];
-};
-
-static enum MHD_Result ident_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                     const char *method, const char *version, const char *upload,
-                                     size_t *upload_size, void **con_cls)
-{
-    struct ident *id = cls;
-    if (!*con_cls) {
-        *con_cls = id; /* headers only: wait for the (empty) body */
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        *upload_size = 0;
-        return MHD_YES;
-    }
-    pb_buf body = PB_BUF_INIT;
-    unsigned status = 200;
-    if (!strcmp(url, KEY) && !strcmp(method, "POST")) {
-        pb_wire_key_resp_encode(pb_keys_public(id->keys), &body);
-    } else {
-        status = 503;
-        pb_wire_error_encode("hrpc.unavailable", "test identity: only Key is served", NULL, 0,
-                             &body);
-    }
-    struct MHD_Response *r = MHD_create_response_from_buffer(
-        body.len, body.data ? body.data : (void *)"", MHD_RESPMEM_MUST_COPY);
-    pb_buf_free(&body);
-    MHD_add_response_header(r, "Content-Type", "application/hrpc");
-    MHD_add_response_header(r, "Hrpc-Version", "1");
-    enum MHD_Result res = MHD_queue_response(conn, status, r);
-    MHD_destroy_response(r);
-    return res;
-}
-
-static bool ident_start(struct ident *id)
-{
-    memset(id, 0, sizeof *id);
-    if (pb_keys_generate(&id->keys) != PB_OK) return false;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    id->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL,
-                               ident_request, id, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                               MHD_OPTION_END);
-    if (!id->mhd) return false;
-    const union MHD_DaemonInfo *i = MHD_get_daemon_info(id->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    snprintf(id->server_id, sizeof id->server_id, "127.0.0.1:%u", i ? i->port : 0);
-    return i && i->port;
-}
-
-static void ident_stop(struct ident *id)
-{
-    if (id->mhd) MHD_stop_daemon(id->mhd);
-    pb_keys_free(id->keys);
-    memset(id, 0, sizeof *id);
-}
-
 /* ---- small helpers ------------------------------------------------------------------------ */
 
 static int connect_port(uint16_t port)
@@ -230,7 +169,7 @@ static void *idle_main(void *arg)
 /* ---- pushing clients ---------------------------------------------------------------------- */
 
 struct pusher {
-    struct ident *id;
+    pbt_ident *id;
     const char *target;
     int index;
     int64_t deadline;
@@ -253,7 +192,8 @@ static void *pusher_main(void *arg)
                        .guild_id = (uint64_t)p->index + 1};
         pb_buf body = PB_BUF_INIT;
         pb_wire_push_encode(&ev, &(uint64_t){i + 1}, 1, 0, &body);
-        char *authz = pb_auth_header_make(p->id->keys, p->id->server_id, NULL, (uint64_t)time(NULL));
+        char *authz =
+            pb_auth_header_make(p->id->keys, p->id->server_id, NULL, (uint64_t)time(NULL));
         pb_client_answer ans;
         int64_t t0 = pbt_now_ms();
         pb_err err = pb_client_call(cl, p->target, PUSH, authz, body.data, body.len, &ans);
@@ -351,9 +291,9 @@ static bool log_has(const pbt_daemon *d, const char *needle)
 
 static void test_load(void)
 {
-    static struct ident ids[NCLIENTS];
+    static pbt_ident *ids[NCLIENTS];
     for (int i = 0; i < NCLIENTS; i++)
-        CHECKF(ident_start(&ids[i]), "identity %d serves its key", i);
+        if (!(ids[i] = pbt_ident_new(NULL))) goto out_ids;
     char conn_timeout[16];
     snprintf(conn_timeout, sizeof conn_timeout, "%d", CONN_TIMEOUT_S);
     const char *extra[] = {
@@ -380,7 +320,7 @@ static void test_load(void)
     struct trickler tr[NTRICKLE];
     for (int i = 0; i < NCLIENTS; i++) {
         memset(&ps[i], 0, sizeof ps[i]);
-        ps[i].id = &ids[i];
+        ps[i].id = ids[i];
         ps[i].target = d->server_id;
         ps[i].index = i;
         ps[i].deadline = t0 + PUSH_PHASE_MS;
@@ -473,7 +413,7 @@ static void test_load(void)
     pbt_daemon_free(d);
 out_ids:
     for (int i = 0; i < NCLIENTS; i++)
-        ident_stop(&ids[i]);
+        pbt_ident_free(ids[i]);
 }
 
 static const char KEY_REQ[] = "POST " KEY " HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -456,7 +456,9 @@ static void test_peers(pbt_daemon *a, pbt_daemon *b, const char *down[3])
     json_t *r = pbt_admin(a, "GET", "/v1/peers", NULL, &st);
     CHECK_INT(st, 200);
     CHECK_INT(json_array_size(json_object_get(r, "peers")), 4);
-    CHECK(json_object_size(r) == 1); /* the old shape */
+    /* the unpaged shape: the peers and the renames peers announced without proof */
+    CHECK(json_object_size(r) == 3 && json_is_array(json_object_get(r, "renames_in")) &&
+          json_integer_value(json_object_get(r, "renames_in_total")) == 0);
     json_decref(r);
 
     r = pbt_admin(a, "GET", "/v1/peers?sort=queued&order=desc&limit=2", NULL, &st);

@@ -52,72 +52,6 @@
 #define NPEERS 3
 #define ROUNDS 40
 
-/* ---- in-test identities ------------------------------------------------------------------- */
-
-struct ident {
-    pb_keys *keys;     /* signs this identity's tokens (owned) */
-    uint8_t serve[32]; /* the public key its Key endpoint answers */
-    struct MHD_Daemon *mhd;
-    char server_id[64];
-};
-
-static enum MHD_Result ident_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                     const char *method, const char *version, const char *upload,
-                                     size_t *upload_size, void **con_cls)
-{
-    struct ident *id = cls;
-    if (!*con_cls) {
-        *con_cls = id;
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        *upload_size = 0;
-        return MHD_YES;
-    }
-    pb_buf body = PB_BUF_INIT;
-    unsigned status = 200;
-    if (!strcmp(url, KEY) && !strcmp(method, "POST")) {
-        pb_wire_key_resp_encode(id->serve, &body);
-    } else {
-        status = 503;
-        pb_wire_error_encode("hrpc.unavailable", "test identity: only Key is served", NULL, 0,
-                             &body);
-    }
-    struct MHD_Response *r = MHD_create_response_from_buffer(
-        body.len, body.data ? body.data : (void *)"", MHD_RESPMEM_MUST_COPY);
-    pb_buf_free(&body);
-    MHD_add_response_header(r, "Content-Type", "application/hrpc");
-    MHD_add_response_header(r, "Hrpc-Version", "1");
-    enum MHD_Result res = MHD_queue_response(conn, status, r);
-    MHD_destroy_response(r);
-    return res;
-}
-
-/* A new identity with its own key pair; it serves `serve` (NULL: its own public key). */
-static struct ident *ident_new(const uint8_t *serve)
-{
-    struct ident *id = calloc(1, sizeof *id);
-    if (!id || pb_keys_generate(&id->keys) != PB_OK) abort();
-    memcpy(id->serve, serve ? serve : pb_keys_public(id->keys), 32);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    id->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO, 0, NULL, NULL,
-                               ident_request, id, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                               MHD_OPTION_END);
-    const union MHD_DaemonInfo *i =
-        id->mhd ? MHD_get_daemon_info(id->mhd, MHD_DAEMON_INFO_BIND_PORT) : NULL;
-    CHECKF(i && i->port, "in-test identity serves");
-    snprintf(id->server_id, sizeof id->server_id, "127.0.0.1:%u", i ? i->port : 0);
-    return id;
-}
-
-static void ident_free(struct ident *id)
-{
-    if (!id) return;
-    if (id->mhd) MHD_stop_daemon(id->mhd);
-    pb_keys_free(id->keys);
-    free(id);
-}
-
 /* ---- hRPC helpers --------------------------------------------------------------------------- */
 
 /* Checks an answer's status, the two hRPC headers, and (for failures) the identifier. */
@@ -209,6 +143,11 @@ static json_t *snapshot(const pbt_daemon *d, const char *const *users)
         json_object_del(p, "oldest_queued_age_s");
         json_object_del(p, "next_attempt_in_s");
     }
+    /* the renames peers announced without proof, kept apart (see same_but_pending) */
+    json_t *ren = json_object_get(peers, "renames_in");
+    json_object_set(snap, "renames_in", ren ? ren : json_null());
+    json_object_del(peers, "renames_in");
+    json_object_del(peers, "renames_in_total");
     json_object_set_new(snap, "peers", peers ? peers : json_null());
     json_object_set_new(snap, "key", pbt_admin(d, "GET", "/v1/key", NULL, &st));
     for (int u = 0; users && users[u]; u++) {
@@ -219,6 +158,34 @@ static json_t *snapshot(const pbt_daemon *d, const char *const *users)
         json_object_set_new(snap, path, pbt_admin(d, "GET", path, NULL, &st));
     }
     return snap;
+}
+
+static void check_same(json_t *before, json_t *after, const char *what);
+
+/* Everything as before but that R now lists the rename old -> new as pending (and only
+ * that one more). */
+static void check_same_but_pending(json_t *before, json_t *after, const char *old_id,
+                                   const char *new_id, const char *what)
+{
+    json_t *ren = json_object_get(after, "renames_in");
+    size_t n0 = json_array_size(json_object_get(before, "renames_in"));
+    bool listed = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(ren, i, e)
+    {
+        const char *o = json_string_value(json_object_get(e, "old_id"));
+        const char *n = json_string_value(json_object_get(e, "new_id"));
+        listed = listed || (o && n && !strcmp(o, old_id) && !strcmp(n, new_id));
+    }
+    CHECKF(listed && json_array_size(ren) == n0 + 1,
+           "%s: the rename is listed as pending (%zu "
+           "pending, %zu before)",
+           what, json_array_size(ren), n0);
+    json_t *copy = json_deep_copy(after);
+    json_object_set(copy, "renames_in", json_object_get(before, "renames_in"));
+    check_same(before, copy, what);
+    json_decref(copy);
 }
 
 static void check_same(json_t *before, json_t *after, const char *what)
@@ -396,7 +363,7 @@ static uint64_t user_of(int k, unsigned i)
 
 struct puller {
     const pbt_daemon *s;
-    struct ident *me;
+    pbt_ident *me;
     int k;
     unsigned rounds, good, bad;
     char why[200];
@@ -460,7 +427,7 @@ static void *puller_main(void *arg)
 /* A token naming peer 1 signed by peer 0's key: refused every time. */
 struct replayer {
     const pbt_daemon *s;
-    struct ident *signer, *named;
+    pbt_ident *signer, *named;
     unsigned refused, other;
 };
 
@@ -547,9 +514,9 @@ static void test_concurrent_pulls(void)
     const char *extra[] = {"--push-retries", "0", "--backoff-min", "3600", "--backoff-max",
                            "3600",           NULL};
     pbt_daemon *s = start("secpull", extra);
-    struct ident *peers[NPEERS];
+    pbt_ident *peers[NPEERS];
     for (int k = 0; k < NPEERS; k++) {
-        peers[k] = ident_new(NULL);
+        peers[k] = pbt_ident_new(NULL);
         json_t *evs = json_array();
         for (unsigned i = 0; i < queued_for(k); i++) {
             char u[32];
@@ -608,7 +575,7 @@ static void test_concurrent_pulls(void)
     if (pbt_failed) pbt_daemon_dump_log(s);
     pbt_daemon_free(s);
     for (int k = 0; k < NPEERS; k++)
-        ident_free(peers[k]);
+        pbt_ident_free(peers[k]);
 }
 
 /* ---- forged NotifyNewId ------------------------------------------------------------------- */
@@ -630,12 +597,12 @@ static void notify(const pbt_daemon *r, const pb_keys *k, const char *as, int64_
 static void test_forged_rename(void)
 {
     pbt_daemon *r = start("secren", NULL);
-    struct ident *o = ident_new(NULL);                        /* the peer that could rename */
-    struct ident *x = ident_new(NULL);                        /* another known peer */
-    struct ident *k = ident_new(pb_keys_public(o->keys));     /* known, serves O's key */
-    struct ident *w = ident_new(NULL);                        /* unknown, serves another key */
-    struct ident *u = ident_new(pb_keys_public(o->keys));     /* unknown to R, serves O's key */
-    struct ident *fresh = ident_new(pb_keys_public(o->keys)); /* the genuine new ID */
+    pbt_ident *o = pbt_ident_new(NULL);                        /* the peer that could rename */
+    pbt_ident *x = pbt_ident_new(NULL);                        /* another known peer */
+    pbt_ident *k = pbt_ident_new(pb_keys_public(o->keys));     /* known, serves O's key */
+    pbt_ident *w = pbt_ident_new(NULL);                        /* unknown, serves another key */
+    pbt_ident *u = pbt_ident_new(pb_keys_public(o->keys));     /* unknown to R, serves O's key */
+    pbt_ident *fresh = pbt_ident_new(pb_keys_public(o->keys)); /* the genuine new ID */
 
     /* R learns O, K and X through their Pushes: guild lists, invites, inbox */
     pb_event ev1 = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 5, .guild_id = 77};
@@ -701,7 +668,8 @@ static void test_forged_rename(void)
     expect(&h, 200, NULL, "genuine rename without proof (pending)");
     pbt_http_clear(&h);
     json_t *after = snapshot(r, users);
-    check_same(before, after, "genuine rename without proof (pending)");
+    check_same_but_pending(before, after, o->server_id, fresh->server_id,
+                           "genuine rename without proof (pending)");
     json_decref(after);
     /* a proof that does not verify (signed by X) is refused */
     pb_buf body = PB_BUF_INIT, proof = PB_BUF_INIT;
@@ -714,7 +682,8 @@ static void test_forged_rename(void)
     pb_buf_free(&body);
     pb_buf_free(&proof);
     after = snapshot(r, users);
-    check_same(before, after, "a proof signed by another key");
+    check_same_but_pending(before, after, o->server_id, fresh->server_id,
+                           "a proof signed by another key");
     json_decref(after);
     /* with the proof (bound to R, signed with O's key, naming the new ID): done at once */
     notify(r, o->keys, o->server_id, 0, fresh->server_id, true, &h);
@@ -730,12 +699,12 @@ static void test_forged_rename(void)
     if (pbt_failed) pbt_daemon_dump_log(r);
     json_decref(before);
     pbt_daemon_free(r);
-    ident_free(o);
-    ident_free(x);
-    ident_free(k);
-    ident_free(w);
-    ident_free(u);
-    ident_free(fresh);
+    pbt_ident_free(o);
+    pbt_ident_free(x);
+    pbt_ident_free(k);
+    pbt_ident_free(w);
+    pbt_ident_free(u);
+    pbt_ident_free(fresh);
 }
 
 int main(void)
