@@ -1427,8 +1427,10 @@ static void start_on_loop(void *arg)
     /* start-up Pulls, most recently active peers first; then the queues and notices */
     size_t n = d->npeers;
     struct peer **order = pb_xcalloc(n ? n : 1, sizeof *order);
-    memcpy(order, d->all, n * sizeof *order);
-    qsort(order, n, sizeof *order, by_recent_contact);
+    if (n) { /* d->all is NULL when there are no peers */
+        memcpy(order, d->all, n * sizeof *order);
+        qsort(order, n, sizeof *order, by_recent_contact);
+    }
     for (size_t i = 0; i < n; i++)
         if (order[i]->pull_startup) pull_due(order[i], false);
     for (size_t i = 0; i < n; i++) {
