@@ -758,9 +758,10 @@ int main(int argc, char **argv)
         }
     }
     if (!write_ready()) goto out;
-    say("%zu IDs on 127.0.0.1:%u..%u (ok %zu, hung %zu, unaccepted %zu, refusing %zu), "
-        "control 127.0.0.1:%u, %u threads: ready",
-        opt.count, g_ids[0].port, g_ids[opt.count - 1].port, per_mode[M_OK], per_mode[M_HUNG],
+    say("%zu IDs on 127.0.0.1, %s port %u, last %u (ok %zu, hung %zu, unaccepted %zu, "
+        "refusing %zu), control 127.0.0.1:%u, %u threads: ready",
+        opt.count, opt.first_port ? "ports upwards from" : "kernel-chosen ports: first",
+        g_ids[0].port, g_ids[opt.count - 1].port, per_mode[M_OK], per_mode[M_HUNG],
         per_mode[M_UNACCEPTED], per_mode[M_REFUSING], g_control_port, opt.threads);
 
     bool stop = false;
