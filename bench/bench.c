@@ -6,7 +6,12 @@
  * one pair (synchronous FULL and NORMAL), 16 -> 1, 1 -> 16, pull drain, latency, memory;
  * and one pair FULL and 16 -> 1 again with every daemon on PostgreSQL (pair_full_pg,
  * fanin_pg: a fresh database per daemon on the server of PB_TEST_PG_URL, through the
- * harness's PBT_STORE=postgres; scripts/bench starts a throw-away server when none is set).
+ * harness's PBT_STORE=postgres; scripts/bench starts a throw-away server when none is set);
+ * and the federation-scale scenarios against the peer farm (tests/tools/peerfarm.c, many
+ * fake peers on 127.0.0.1 ports, some hung or refusing): fanout_1000 (one sender, 1,000
+ * receivers, 10 % hung and 10 % refusing, against the same run with all healthy),
+ * startup_10k (a restart with 10,000 known peers), pair_batch (one pair against the HTTP
+ * 1-connection ceiling) and the drain's rate at 1,000,000 queued against 10,000.
  * In the same run it measures the ceilings the results are compared with: a plain HTTP
  * server answering 200 to a ~100-byte POST over 1 and 16 keep-alive connections
  * (pbbench_httpnull, libmicrohttpd; and Debian's nginx with `return 200` when available),
@@ -33,14 +38,20 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "util/buf.h"
+#include "crypto/auth.h"
+#include "crypto/keys.h"
+#include "farm.h"
 #include "harness.h"
 #include "micro.h"
+#include "net/hrpc_client.h"
+#include "store/store.h"
+#include "util/buf.h"
 #include "wire/wire.h"
 
 #define MAX_RUNS 9
@@ -48,7 +59,10 @@
 #define FAN 16
 #define ADMIN_MAX_BODY (1000 * 1000) /* stay under the admin API's 1 MiB */
 #define ADMIN_MAX_EVENTS 10000
-#define LAT_WAIT_S 2 /* the latency scenario's inbox long-poll wait */
+#define LAT_WAIT_S 2        /* the latency scenario's inbox long-poll wait */
+#define SCALE_ROUNDS 5      /* fanout_1000: each receiver's events are submitted in 5 calls */
+#define SCALE_SUBMITTERS 4  /* fanout_1000: admin clients submitting at once */
+#define DAEMON_NOFILE 65536 /* RLIMIT_NOFILE of the scale scenarios' daemons */
 
 /* ---- options ----------------------------------------------------------------------------- */
 
@@ -70,7 +84,18 @@ static struct {
     const char *out;
     const char *nginx;
     const char *wrap; /* command prefix for postboxd (profiling), "{tag}" = daemon tag */
+    /* federation scale */
+    long scale_peers;   /* fanout_1000: receivers */
+    long scale_events;  /* fanout_1000: events per receiver */
+    long startup_peers; /* startup_10k: known peers */
+    long batch_events;  /* pair_batch: events per run */
+    int scale_limit_s;  /* bound of the scale scenarios' waits */
+    unsigned farm_port; /* first port of the peer farm */
 } O;
+
+/* "--allow-private-peers yes" when this postboxd has the setting (peers here are on
+ * 127.0.0.1); detected from `postboxd --help` at start. */
+static bool g_allow_private;
 
 static long env_long(const char *name, long dflt)
 {
@@ -84,12 +109,24 @@ static double env_double(const char *name, double dflt)
     return s && *s ? strtod(s, NULL) : dflt;
 }
 
-static bool want(const char *name)
+static bool listed(const char *name)
 {
-    if (!O.scenarios || !*O.scenarios || !strcmp(O.scenarios, "all")) return true;
     size_t n = strlen(name);
     for (const char *p = O.scenarios; (p = strstr(p, name)) != NULL; p += n)
         if ((p == O.scenarios || p[-1] == ',') && (p[n] == '\0' || p[n] == ',')) return true;
+    return false;
+}
+
+/* Is scenario `name` selected? "scale" selects the federation-scale group: ceilings,
+ * fanout_1000, startup_10k, pair_batch and drain. */
+static bool want(const char *name)
+{
+    if (!O.scenarios || !*O.scenarios || !strcmp(O.scenarios, "all")) return true;
+    if (listed(name)) return true;
+    static const char *const scale[] = {"ceilings", "fanout_1000", "startup_10k", "pair_batch",
+                                        "drain"};
+    for (size_t i = 0; i < sizeof scale / sizeof scale[0]; i++)
+        if (!strcmp(name, scale[i]) && listed("scale")) return true;
     return false;
 }
 
@@ -102,7 +139,7 @@ static void usage(void)
             "  BENCH_PAIR_EVENTS=N    one pair, events per run (default 20000)\n"
             "  BENCH_FAN_EVENTS=N     16->1 and 1->16, events per run in total (default 16000)\n"
             "  BENCH_DRAIN_EVENTS=N   pull drain backlog (default 100000)\n"
-            "  BENCH_RSS_SIZES=a,b,c  memory scenario queue sizes (default 10000,100000,1000000)\n"
+            "  BENCH_RSS_SIZES=a,b,c  memory and drain queue sizes (default 10000,100000,1000000)\n"
             "  BENCH_LAT_SAMPLES=N    latency samples per run (default 1000)\n"
             "  BENCH_HTTP_SECONDS=S   each HTTP ceiling measurement (default 3)\n"
             "  BENCH_DISK_SECONDS=S   each disk ceiling measurement (default 3)\n"
@@ -110,8 +147,17 @@ static void usage(void)
             "  BENCH_USERS=N          events are spread over N receiving users (default 1000)\n"
             "  BENCH_PUSH_BYTES=N     size of one PushRequest body (default 100)\n"
             "  BENCH_SCENARIOS=list   any of ceilings,pair_full,pair_normal,fanin,fanout,drain,\n"
-            "                         latency,memory,pair_full_pg,fanin_pg (default all; the\n"
-            "                         _pg ones need PB_TEST_PG_URL, see scripts/pg-start)\n"
+            "                         latency,memory,pair_full_pg,fanin_pg,fanout_1000,\n"
+            "                         startup_10k,pair_batch; scale = ceilings,fanout_1000,\n"
+            "                         startup_10k,pair_batch,drain (default all; the _pg ones\n"
+            "                         need PB_TEST_PG_URL, see scripts/pg-start)\n"
+            "  BENCH_SCALE_PEERS=N    fanout_1000: receivers (default 1000; 10%% hung, 10%%\n"
+            "                         refusing)\n"
+            "  BENCH_SCALE_EVENTS=N   fanout_1000: events per receiver (default 50)\n"
+            "  BENCH_STARTUP_PEERS=N  startup_10k: known peers (default 10000; 10%% hung)\n"
+            "  BENCH_BATCH_EVENTS=N   pair_batch: events per run (default 50000)\n"
+            "  BENCH_SCALE_LIMIT=S    bound of a fanout_1000 or startup_10k run (default 90)\n"
+            "  BENCH_FARM_PORT=P      first port of the peer farm (default 20000)\n"
             "  BENCH_OUT=FILE         Markdown result (default bench/results/latest.md)\n"
             "  BENCH_NGINX=PATH       nginx binary for the HTTP ceiling (default: nginx in PATH;\n"
             "                         none: libmicrohttpd only)\n"
@@ -183,6 +229,20 @@ static void options(void)
     if (O.fan_events < FAN) O.fan_events = FAN;
     if (O.drain_events < 1) O.drain_events = 1;
     if (O.lat_samples < 1) O.lat_samples = 1;
+    O.scale_peers = env_long("BENCH_SCALE_PEERS", O.quick ? 200 : 1000);
+    O.scale_events = env_long("BENCH_SCALE_EVENTS", O.quick ? 10 : 50);
+    O.startup_peers = env_long("BENCH_STARTUP_PEERS", O.quick ? 1000 : 10000);
+    O.batch_events = env_long("BENCH_BATCH_EVENTS", O.quick ? 5000 : 50000);
+    O.scale_limit_s = (int)env_long("BENCH_SCALE_LIMIT", O.quick ? 30 : 90);
+    O.farm_port = (unsigned)env_long("BENCH_FARM_PORT", 20000);
+    if (O.scale_peers < 20) O.scale_peers = 20;
+    if (O.scale_peers > 20000) O.scale_peers = 20000;
+    if (O.scale_events < SCALE_ROUNDS) O.scale_events = SCALE_ROUNDS;
+    if (O.startup_peers < 20) O.startup_peers = 20;
+    if (O.startup_peers > 20000) O.startup_peers = 20000;
+    if (O.batch_events < 1) O.batch_events = 1;
+    if (O.scale_limit_s < 5) O.scale_limit_s = 5;
+    if (O.farm_port < 1024 || O.farm_port > 60000) O.farm_port = 20000;
 }
 
 /* ---- metrics ----------------------------------------------------------------------------- */
@@ -245,6 +305,13 @@ static struct {
     metric rss_sender[MAX_SIZES], rss_sender_now[MAX_SIZES], rss_receiver[MAX_SIZES]; /* KiB */
     metric rss_sender_after[MAX_SIZES];
     metric rss_drain_rate[MAX_SIZES];
+    /* federation scale */
+    metric sc_time_base, sc_time_mixed; /* fanout_1000: s until every healthy event arrived */
+    metric sc_p99_base, sc_p99_mixed;   /* fanout_1000: healthy delivery latency p99, ms */
+    metric sc_threads, sc_rss;          /* fanout_1000 (mixed): sender threads, VmHWM KiB */
+    metric st_push, st_pulls;           /* startup_10k: s from start */
+    metric st_threads, st_rss;          /* startup_10k: the restarted server */
+    metric pair_batch;                  /* events/s */
     bool nginx_ok;
     char notes[4096];
 } R;
@@ -345,7 +412,8 @@ typedef struct bd {
     pbt_daemon *d;
     hc adm;
     char tag[16];
-    bool pg; /* its store is a fresh PostgreSQL database (PBT_STORE=postgres) */
+    bool pg;     /* its store is a fresh PostgreSQL database (PBT_STORE=postgres) */
+    bool nofile; /* raise its RLIMIT_NOFILE to DAEMON_NOFILE (scale scenarios) */
 } bd;
 
 /* pbt_daemon_new with PBT_STORE set to postgres (pg) or sqlite for this one call, the
@@ -372,6 +440,10 @@ static bd *bd_new_store(const char *tag, const char *const *extra, bool pg)
     int n = 0;
     args[n++] = "--log-level";
     args[n++] = "info";
+    if (g_allow_private) {
+        args[n++] = "--allow-private-peers";
+        args[n++] = "yes";
+    }
     for (int i = 0; extra && extra[i] && n < 31; i++)
         args[n++] = extra[i];
     args[n] = NULL;
@@ -389,6 +461,31 @@ static bd *bd_new_store(const char *tag, const char *const *extra, bool pg)
 static bd *bd_new(const char *tag, const char *const *extra)
 {
     return bd_new_store(tag, extra, false);
+}
+
+/* Raises this process's RLIMIT_NOFILE to `want` (the hard limit too, when allowed: root). */
+static void raise_nofile(rlim_t want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want) return;
+    struct rlimit r = {want, rl.rlim_max > want ? rl.rlim_max : want};
+    if (setrlimit(RLIMIT_NOFILE, &r) != 0) {
+        r.rlim_cur = r.rlim_max = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &r);
+    }
+}
+
+/* Does `postboxd --help` list the setting allow-private-peers? */
+static bool postboxd_has_allow_private(void)
+{
+    FILE *p = popen("'" PB_POSTBOXD "' --help 2>&1", "r");
+    if (!p) return false;
+    char line[512];
+    bool found = false;
+    while (fgets(line, sizeof line, p))
+        if (strstr(line, "--allow-private-peers")) found = true;
+    pclose(p);
+    return found;
 }
 
 /* Forks and execs postboxd (under O.wrap when set); does not wait for it. */
@@ -432,6 +529,7 @@ static void bd_spawn(bd *b)
     if (pid < 0) abort();
     if (pid == 0) {
         if (O.wrap) setpgid(0, 0); /* bd_stop signals the wrapper and postboxd together */
+        if (b->nofile) raise_nofile(DAEMON_NOFILE);
         int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 2);
@@ -875,16 +973,15 @@ static bool warm_up(bd *from, bd *to, unsigned stream, long expect)
     return true;
 }
 
-/* 1. one pair, sequential: A -> B, events submitted in batches of 1000; both daemons on
- * PostgreSQL when pg. */
-static void scenario_pair(const char *sync, metric *m, int run, bool pg)
+/* 1. one pair, sequential: A -> B, n events submitted in batches of 1000; both daemons on
+ * PostgreSQL when pg. (9. pair_batch is the same with BENCH_BATCH_EVENTS events.) */
+static void scenario_pair(const char *sync, metric *m, int run, bool pg, long n)
 {
     const char *extra[] = {"--sync", sync, NULL};
     const char *store = pg ? " PG" : "";
     bd *a = bd_new_store(pg ? "pgpairA" : "pairA", extra, pg);
     bd *b = bd_new_store(pg ? "pgpairB" : "pairB", extra, pg);
     bd *both[] = {a, b};
-    long n = O.pair_events;
     bool measured = false;
     if (!bd_start_all(both, 2) || !warm_up(a, b, 1, 1)) goto out;
     double t0 = now_s();
@@ -895,9 +992,10 @@ static void scenario_pair(const char *sync, metric *m, int run, bool pg)
     long got = done ? n : inbox_count(&b->adm) - 1;
     if (!done) m->timed_out = true;
     m_add(m, (double)got / dt);
-    printf("  run %d one pair %-6s%s: %ld events in %.2f s = %.0f events/s (submit took %.2f "
+    printf("  run %d %s %-6s%s: %ld events in %.2f s = %.0f events/s (submit took %.2f "
            "s)%s\n",
-           run, sync, store, got, dt, (double)got / dt, t_sub, done ? "" : " TIMED OUT");
+           run, m == &R.pair_batch ? "pair_batch" : "one pair", sync, store, got, dt,
+           (double)got / dt, t_sub, done ? "" : " TIMED OUT");
     measured = true;
 out:
     if (!measured)
@@ -1138,6 +1236,438 @@ out:
     bd_free(b);
 }
 
+/* ---- federation scale (peer farm) ----------------------------------------------------------- */
+
+/* Threads of a process (/proc/PID/status), -1 when unreadable. */
+static long proc_threads(pid_t pid)
+{
+    char path[64], line[256];
+    long n = -1;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "Threads:", 8)) n = strtol(line + 8, NULL, 10);
+    fclose(f);
+    return n;
+}
+
+/* Submits userAddedToGuild{user, guild} for guilds [first, first + count) to `to`. */
+static bool submit_guilds(hc *c, const char *to, long user, long first, long count)
+{
+    pb_buf b = PB_BUF_INIT;
+    char item[160];
+    snprintf(item, sizeof item, "{\"to\":\"%s\",\"events\":[", to);
+    pb_buf_append_str(&b, item);
+    for (long g = first; g < first + count; g++) {
+        snprintf(item, sizeof item,
+                 "%s{\"userAddedToGuild\":{\"userId\":\"%ld\",\"guildId\":\"%ld\"}}",
+                 g > first ? "," : "", user, g);
+        pb_buf_append_str(&b, item);
+    }
+    pb_buf_append_str(&b, "]}");
+    long st = hc_do(c, "POST", "/v1/outbox", (const char *)b.data, b.len, 120000);
+    pb_buf_free(&b);
+    if (st != 202)
+        fprintf(stderr, "pbbench: submit to %s: HTTP %ld %.*s\n", to, st, (int)c->resp.len,
+                c->resp.data ? (const char *)c->resp.data : "");
+    return st == 202;
+}
+
+/* The farm's counter `name` from /summary, -1 when it does not answer. */
+static long farm_counter(const pbt_farm *f, const char *name)
+{
+    json_t *j = pbt_farm_get(f, "/summary");
+    long v = j ? (long)json_integer_value(json_object_get(j, name)) : -1;
+    json_decref(j);
+    return v;
+}
+
+/* Starts a peer farm of n IDs from O.farm_port; `bad` are further peerfarm options (may be
+ * NULL). NULL (and a note) when it did not start. */
+static pbt_farm *farm_start(long n, const char *const *bad)
+{
+    char cnt[24], port[24];
+    snprintf(cnt, sizeof cnt, "%ld", n);
+    snprintf(port, sizeof port, "%u", O.farm_port);
+    const char *args[24] = {"--count", cnt, "--first-port", port, "--threads", "2"};
+    int k = 6;
+    for (int i = 0; bad && bad[i] && k < 23; i++)
+        args[k++] = bad[i];
+    args[k] = NULL;
+    pbt_farm *f = pbt_farm_start("bench-farm", args);
+    if (!f || (long)f->count != n) {
+        note("the peer farm (%s) did not start with %ld IDs", pbt_farm_program(), n);
+        pbt_farm_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+/*
+ * 7. fanout_1000: one sender S, O.scale_peers receivers in the peer farm, O.scale_events
+ * events for each (userAddedToGuild{user = receiver index + 1, guild = 1, 2, ...}, so the
+ * farm's record shows order and loss). Mixed run: 5 % of the receivers hung (accepting,
+ * never answering), 5 % never accepting, 10 % refusing; baseline: all healthy. The events
+ * are submitted in SCALE_ROUNDS calls per receiver, round-robin over the receivers, by
+ * SCALE_SUBMITTERS admin clients at once. Measured: the time from the first submission
+ * until the farm holds every healthy receiver's events; each healthy event's delay from
+ * the return of its admin call to its arrival at the farm (p99; an event that never
+ * arrived counts as later than any); S's peak thread count (sampled every 50 ms) and
+ * VmHWM. The mixed run's waits end after O.scale_limit_s: the time is then a lower bound.
+ */
+struct fan_sub {
+    hc c;
+    pbt_farm *farm;
+    long first, step; /* receivers first, first + step, ... */
+    double *done_at;  /* [receiver * SCALE_ROUNDS + round]: when its admin call returned */
+    bool ok;
+};
+
+static long fan_per_call(void)
+{
+    return O.scale_events / SCALE_ROUNDS;
+}
+
+static void *fan_sub_thread(void *arg)
+{
+    struct fan_sub *j = arg;
+    long per = fan_per_call();
+    j->ok = true;
+    for (int r = 0; r < SCALE_ROUNDS && j->ok; r++) {
+        long first = 1 + r * per;
+        long count = r == SCALE_ROUNDS - 1 ? O.scale_events - r * per : per;
+        for (long i = j->first; i < (long)j->farm->count && j->ok; i += j->step) {
+            j->ok = submit_guilds(&j->c, j->farm->ids[i], i + 1, first, count);
+            j->done_at[i * SCALE_ROUNDS + r] = now_s();
+        }
+    }
+    return NULL;
+}
+
+struct fan_result {
+    double time_ms, p99_ms;
+    long threads, hwm_kib;
+    long delivered, expected;
+    long disorder, dups, foreign; /* anomalies in the farm's record, of which duplicates and
+                                     events recorded at another receiver */
+    bool timed_out;
+};
+
+static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
+{
+    static const char *const bad[] = {"--hung", "%20=8", "--unaccepted", "%20=18", "--refusing",
+                                      "%10=9",  NULL};
+    memset(res, 0, sizeof *res);
+    long P = O.scale_peers, E = O.scale_events;
+    pbt_farm *f = farm_start(P, mixed ? bad : NULL);
+    bd *s = bd_new("scaleS", NULL);
+    s->nofile = true;
+    bool ok = false;
+    double *done_at = calloc((size_t)P * SCALE_ROUNDS, sizeof *done_at);
+    double *lat = calloc((size_t)P * (size_t)E, sizeof *lat);
+    bool *seen = calloc((size_t)E, sizeof *seen);
+    struct fan_sub subs[SCALE_SUBMITTERS];
+    pthread_t th[SCALE_SUBMITTERS];
+    int started = 0;
+    if (!done_at || !lat || !seen) abort();
+    if (!f || !bd_start_all(&s, 1)) goto out;
+    long healthy = 0;
+    for (long i = 0; i < P; i++)
+        healthy += !strcmp(f->modes[i], "ok");
+    /* Warm-up: one event to receiver 0 (healthy in both runs), guild 0, not counted. */
+    if (!submit_guilds(&s->adm, f->ids[0], 1, 0, 1)) goto out;
+    for (double dl = now_s() + 30; farm_counter(f, "pushes") < 1; sleep_ms(10)) {
+        if (now_s() > dl) {
+            fprintf(stderr, "pbbench: fanout_1000 warm-up event did not arrive\n");
+            goto out;
+        }
+    }
+    double t0 = now_s(), deadline = t0 + O.scale_limit_s;
+    for (int k = 0; k < SCALE_SUBMITTERS; k++) {
+        subs[k] =
+            (struct fan_sub){.farm = f, .first = k, .step = SCALE_SUBMITTERS, .done_at = done_at};
+        hc_init(&subs[k].c, s->d->admin_port);
+        pthread_create(&th[k], NULL, fan_sub_thread, &subs[k]);
+        started++;
+    }
+    res->expected = healthy * E;
+    long got = 0;
+    for (;;) {
+        long t = proc_threads(s->d->pid);
+        if (t > res->threads) res->threads = t;
+        got = farm_counter(f, "pushes") - 1;
+        if (got >= res->expected) break;
+        if (now_s() >= deadline) {
+            res->timed_out = true;
+            break;
+        }
+        sleep_ms(50);
+    }
+    double t_end = now_s();
+    bool subs_ok = true;
+    for (int k = 0; k < started; k++) {
+        pthread_join(th[k], NULL);
+        subs_ok = subs_ok && subs[k].ok;
+        hc_free(&subs[k].c);
+    }
+    started = 0;
+    long dummy;
+    proc_rss(s->d->pid, &res->hwm_kib, &dummy);
+    if (!subs_ok) goto out;
+    /* Per healthy receiver: its events in order, and each one's delay. */
+    json_t *st = pbt_farm_get(f, "/stats"), *ids = json_object_get(st, "ids"), *id;
+    size_t i;
+    size_t nlat = 0;
+    double last = t0;
+    long per = fan_per_call();
+    json_array_foreach(ids, i, id)
+    {
+        if (strcmp(json_string_value(json_object_get(id, "mode")), "ok") != 0) continue;
+        json_t *evs = json_object_get(id, "events"), *e;
+        size_t k;
+        long next = 1;
+        memset(seen, 0, (size_t)E);
+        json_array_foreach(evs, k, e)
+        {
+            long user = (long)json_integer_value(json_array_get(e, 3));
+            long guild = (long)json_integer_value(json_array_get(e, 4));
+            if (guild == 0) continue; /* the warm-up */
+            double t = (double)json_integer_value(json_array_get(e, 0)) / 1e6;
+            bool dup = guild >= 1 && guild <= E && seen[guild - 1];
+            if (guild >= 1 && guild <= E) seen[guild - 1] = true;
+            const char *kind = user != (long)i + 1 ? "for another receiver"
+                               : dup               ? "a duplicate"
+                               : guild != next     ? "out of order"
+                                                   : NULL;
+            if (kind) {
+                if (!res->disorder)
+                    note("fanout_1000 run %d (%s): first anomaly at %s: its event %zu (user %ld, "
+                         "guild %ld, postbox_seq %lld) is %s; expected user %ld guild %ld",
+                         run, mixed ? "mixed" : "healthy",
+                         json_string_value(json_object_get(id, "id")), k, user, guild,
+                         (long long)json_integer_value(json_array_get(e, 1)), kind, (long)i + 1,
+                         next);
+                res->disorder++;
+                res->dups += dup;
+                res->foreign += user != (long)i + 1;
+            }
+            next = guild + 1;
+            if (guild < 1 || guild > E || nlat >= (size_t)P * (size_t)E) continue;
+            long r = (guild - 1) / per;
+            if (r >= SCALE_ROUNDS) r = SCALE_ROUNDS - 1;
+            double d = t - done_at[(long)i * SCALE_ROUNDS + r];
+            lat[nlat++] = d > 0 ? d * 1e3 : 0;
+            if (t > last) last = t;
+        }
+    }
+    json_decref(st);
+    res->delivered = (long)nlat;
+    bool all = (long)nlat >= res->expected;
+    res->time_ms = ((all ? last : t_end) - t0) * 1e3;
+    qsort(lat, nlat, sizeof *lat, cmp_double);
+    size_t idx = res->expected > 0 ? (size_t)((double)(res->expected - 1) * 0.99) : 0;
+    /* Events that never arrived are later than any: past them, the wait is a lower bound. */
+    res->p99_ms = idx < nlat ? lat[idx] : (t_end - t0) * 1e3;
+    if (!all) res->timed_out = true;
+    printf("  run %d fanout_1000 %s: %ld of %ld healthy events (%ld receivers x %ld) in %.1f "
+           "s%s; latency p99 %.0f ms%s; sender %ld threads, VmHWM %.1f MiB%s\n",
+           run, mixed ? "mixed  " : "healthy", res->delivered, res->expected, healthy, E,
+           res->time_ms / 1e3, all ? "" : " TIMED OUT (a lower bound)", res->p99_ms,
+           idx < nlat ? "" : " (a lower bound)", res->threads, (double)res->hwm_kib / 1024,
+           res->disorder ? " OUT OF ORDER OR DUPLICATED" : "");
+    if (res->disorder)
+        note("fanout_1000 run %d (%s): %ld anomalies in the receivers' record: %ld duplicates, "
+             "%ld at another receiver, the rest out of order",
+             run, mixed ? "mixed" : "healthy", res->disorder, res->dups, res->foreign);
+    ok = true;
+out:
+    for (int k = 0; k < started; k++) {
+        pthread_join(th[k], NULL);
+        hc_free(&subs[k].c);
+    }
+    free(done_at);
+    free(lat);
+    free(seen);
+    bd_free(s);
+    pbt_farm_free(f);
+    return ok;
+}
+
+static void scenario_fanout_scale(int run)
+{
+    struct fan_result base, mixed;
+    if (!fanout_scale_run(false, run, &base)) {
+        note("fanout_1000 (all healthy), run %d: failed before measuring (see stderr)", run);
+        return;
+    }
+    m_add(&R.sc_time_base, base.time_ms);
+    m_add(&R.sc_p99_base, base.p99_ms);
+    if (base.timed_out) R.sc_time_base.timed_out = R.sc_p99_base.timed_out = true;
+    if (!fanout_scale_run(true, run, &mixed)) {
+        note("fanout_1000 (mixed), run %d: failed before measuring (see stderr)", run);
+        return;
+    }
+    m_add(&R.sc_time_mixed, mixed.time_ms);
+    m_add(&R.sc_p99_mixed, mixed.p99_ms);
+    m_add(&R.sc_threads, (double)mixed.threads);
+    m_add(&R.sc_rss, (double)mixed.hwm_kib);
+    if (mixed.timed_out) R.sc_time_mixed.timed_out = R.sc_p99_mixed.timed_out = true;
+    printf("  run %d fanout_1000: time x%.2f of all-healthy (target <= 1.5), p99 x%.2f (target "
+           "<= 2), %ld threads (target <= 32), %.1f MiB (target <= 128)\n",
+           run, mixed.time_ms / base.time_ms, mixed.p99_ms / (base.p99_ms > 0 ? base.p99_ms : 1),
+           mixed.threads, (double)mixed.hwm_kib / 1024);
+}
+
+/*
+ * 8. startup_10k: server X knows O.startup_peers peers (the farm's IDs, 5 % hung and 5 %
+ * never accepting), written into its stopped SQLite store with the store API (each with
+ * the farm's key and a last contact spread over the last hours), and restarts. From the
+ * fork of X: (a) a healthy peer pushes at once and again every 20 ms until X answers 200
+ * (applied: the answer follows the commit; X's inbox is checked); the peer chosen is the
+ * healthy one with the oldest last contact; (b) the farm's record of the first Pull of
+ * every healthy ID gives the moment the last healthy start-up Pull was done. Both waits end
+ * after O.scale_limit_s. X's RLIMIT_NOFILE is raised to DAEMON_NOFILE.
+ */
+struct st_push {
+    const char *target, *as;
+    const pb_keys *k;
+    double deadline;
+    double applied_at; /* now_s() of the 200, 0 = never */
+    long attempts, last_status;
+};
+
+static void *st_push_thread(void *arg)
+{
+    struct st_push *j = arg;
+    pb_client *cl = NULL;
+    pb_client_opts co = {
+        .plain_http = true, .connect_timeout_ms = 1000, .timeout_ms = 15000, .allow_private = true};
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 777};
+    pb_buf body = PB_BUF_INIT;
+    if (pb_client_new(&co, &cl) != PB_OK || pb_wire_push_encode(&ev, NULL, 1, 0, &body) != PB_OK)
+        goto out;
+    while (now_s() < j->deadline) {
+        char *authz = pb_auth_header_make(j->k, j->as, NULL, (uint64_t)time(NULL));
+        pb_client_answer ans;
+        pb_err err = pb_client_call(cl, j->target, "/protocol.sync.v1.PostboxService/Push", authz,
+                                    body.data, body.len, &ans);
+        free(authz);
+        j->attempts++;
+        j->last_status = ans.status;
+        pb_client_answer_clear(&ans);
+        if (err == PB_OK) {
+            j->applied_at = now_s();
+            break;
+        }
+        sleep_ms(20);
+    }
+out:
+    pb_buf_free(&body);
+    pb_client_free(cl);
+    return NULL;
+}
+
+static long contact_age_s(long i, long n)
+{
+    return (i * 7919) % n; /* a permutation of 0..n-1 for n not a multiple of 7919 */
+}
+
+static void scenario_startup(int run)
+{
+    static const char *const bad[] = {"--hung", "%20=9", "--unaccepted", "%20=19", NULL};
+    long N = O.startup_peers;
+    pbt_farm *f = farm_start(N, bad);
+    bd *x = bd_new("startX", NULL);
+    x->nofile = true;
+    pb_keys *k = NULL;
+    pb_store *st = NULL;
+    bool measured = false;
+    if (!f || !bd_start_all(&x, 1)) goto out;
+    bd_stop(x);
+    if (pb_keys_load(f->key_path, &k) != PB_OK) goto out;
+    char spec[600];
+    snprintf(spec, sizeof spec, "sqlite:%s/postbox.db", x->d->dir);
+    pb_store_opts so = {.sync = PB_SYNC_OFF};
+    if (pb_store_open(spec, &so, &st) != PB_OK) goto out;
+    int64_t now = (int64_t)time(NULL);
+    long healthy = 0, pusher = -1;
+    for (long i = 0; i < N; i++) {
+        if (pb_store_peer_key_set(st, f->ids[i], pb_keys_public(k), now) != PB_OK ||
+            pb_store_peer_touch(st, f->ids[i], now - 60 - contact_age_s(i, N)) != PB_OK) {
+            fprintf(stderr, "pbbench: cannot write peer %s into %s\n", f->ids[i], spec);
+            goto out;
+        }
+        if (strcmp(f->modes[i], "ok") != 0) continue;
+        healthy++;
+        if (pusher < 0 || contact_age_s(i, N) > contact_age_s(pusher, N)) pusher = i;
+    }
+    pb_store_close(st);
+    st = NULL;
+
+    double t0 = now_s(), deadline = t0 + O.scale_limit_s;
+    struct st_push pj = {
+        .target = x->d->server_id, .as = f->ids[pusher], .k = k, .deadline = deadline};
+    bd_spawn(x);
+    pthread_t th;
+    pthread_create(&th, NULL, st_push_thread, &pj);
+    long pulled = 0, threads = 0;
+    bool all_pulled = false;
+    while (now_s() < deadline) {
+        long t = proc_threads(x->d->pid);
+        if (t > threads) threads = t;
+        pulled = farm_counter(f, "ids_pulled");
+        if (pulled >= healthy) {
+            all_pulled = true;
+            break;
+        }
+        sleep_ms(100);
+    }
+    double t_end = now_s();
+    pthread_join(th, NULL);
+    long hwm = -1, dummy;
+    proc_rss(x->d->pid, &hwm, &dummy);
+    int64_t last_pull_us = 0;
+    pulled = 0;
+    json_t *sj = pbt_farm_get(f, "/stats?events=0"), *id;
+    size_t i;
+    json_array_foreach(json_object_get(sj, "ids"), i, id)
+    {
+        if (strcmp(json_string_value(json_object_get(id, "mode")), "ok") != 0) continue;
+        if (json_integer_value(json_object_get(id, "pulls")) < 1) continue;
+        pulled++;
+        int64_t t = json_integer_value(json_object_get(id, "first_pull_us"));
+        if (t > last_pull_us) last_pull_us = t;
+    }
+    json_decref(sj);
+    all_pulled = pulled >= healthy;
+    double pulls_ms = ((all_pulled ? (double)last_pull_us / 1e6 : t_end) - t0) * 1e3;
+    double push_ms = ((pj.applied_at > 0 ? pj.applied_at : t_end) - t0) * 1e3;
+    int in_inbox = pj.applied_at > 0 ? inbox_has(&x->adm, 1) : 0;
+    if (pj.applied_at > 0 && in_inbox != 1)
+        note("startup_10k run %d: X answered the Push 200 but its inbox does not hold it", run);
+    m_add(&R.st_push, push_ms);
+    m_add(&R.st_pulls, pulls_ms);
+    m_add(&R.st_threads, (double)threads);
+    m_add(&R.st_rss, (double)hwm);
+    if (pj.applied_at <= 0) R.st_push.timed_out = true;
+    if (!all_pulled) R.st_pulls.timed_out = true;
+    printf("  run %d startup_10k (%ld peers, %ld healthy): first Push from %s applied after "
+           "%.2f s%s (%ld attempts, last HTTP %ld; target <= 2 s); %ld of %ld healthy "
+           "start-up Pulls done after %.1f s%s (target <= 30 s); %ld threads, VmHWM %.1f MiB\n",
+           run, N, healthy, f->ids[pusher], push_ms / 1e3,
+           pj.applied_at > 0 ? "" : " NOT APPLIED (a lower bound)", pj.attempts, pj.last_status,
+           pulled, healthy, pulls_ms / 1e3, all_pulled ? "" : " TIMED OUT (a lower bound)", threads,
+           (double)hwm / 1024);
+    measured = true;
+out:
+    if (!measured) note("startup_10k, run %d: failed before measuring (see stderr)", run);
+    pb_store_close(st);
+    pb_keys_free(k);
+    bd_free(x);
+    pbt_farm_free(f);
+}
+
 /* ---- report -------------------------------------------------------------------------------- */
 
 static void fmt_metric(char *out, size_t cap, const metric *m, double scale, const char *unit)
@@ -1157,21 +1687,26 @@ static void fmt_metric(char *out, size_t cap, const metric *m, double scale, con
 
 static FILE *g_md;
 
-static void row(const char *name, const metric *res, double rscale, const char *runit,
-                const char *ceil_name, double ceil, const char *target, double want,
-                bool lower_is_better)
+/* "met", "MISSED", or "" (no target or no figure). A timed-out time or delay is a lower
+ * bound: under its target it proves nothing ("timed out"). */
+static const char *verdict_of(double v, const metric *res, const char *target, double limit,
+                              bool lower_is_better)
+{
+    if (isnan(v) || !target) return "";
+    if (lower_is_better ? v > limit : v < limit) return "MISSED";
+    return lower_is_better && res->timed_out ? "timed out" : "met";
+}
+
+/* One result line; `c` is the ceiling as printed, ceil its value (0: none) for the ratio. */
+static void row_text(const char *name, const metric *res, double rscale, const char *runit,
+                     const char *c, double ceil, const char *target, double want,
+                     bool lower_is_better)
 {
     char a[128];
     fmt_metric(a, sizeof a, res, rscale, runit);
     double ratio = res->n && ceil > 0 ? m_median(res) / ceil : NAN;
-    const char *verdict = isnan(ratio) || !target                             ? ""
-                          : (lower_is_better ? ratio <= want : ratio >= want) ? "met"
-                                                                              : "MISSED";
-    char c[96], r[32];
-    if (ceil > 0)
-        snprintf(c, sizeof c, "%s %.0f", ceil_name, ceil);
-    else
-        snprintf(c, sizeof c, "%s", ceil_name ? ceil_name : "");
+    const char *verdict = verdict_of(ratio, res, target, want, lower_is_better);
+    char r[32];
     if (!isnan(ratio))
         snprintf(r, sizeof r, "%.3f", ratio);
     else
@@ -1179,6 +1714,42 @@ static void row(const char *name, const metric *res, double rscale, const char *
     printf("%-30s %-36s %-34s %-7s %-10s %s\n", name, a, c, r, target ? target : "", verdict);
     fprintf(g_md, "| %s | %s | %s | %s | %s | %s |\n", name, a, c, r, target ? target : "",
             verdict);
+}
+
+static void row(const char *name, const metric *res, double rscale, const char *runit,
+                const char *ceil_name, double ceil, const char *target, double want,
+                bool lower_is_better)
+{
+    char c[96];
+    if (ceil > 0)
+        snprintf(c, sizeof c, "%s %.0f", ceil_name, ceil);
+    else
+        snprintf(c, sizeof c, "%s", ceil_name ? ceil_name : "");
+    row_text(name, res, rscale, runit, c, ceil, target, want, lower_is_better);
+}
+
+/* A result against a ceiling that is another figure of this run (median, scaled). */
+static void row_vs(const char *name, const metric *res, const metric *ceil, double scale,
+                   const char *unit, const char *ceil_name, const char *target, double want,
+                   bool lower_is_better)
+{
+    char c[128], v[96];
+    fmt_metric(v, sizeof v, ceil, scale, unit);
+    snprintf(c, sizeof c, "%s %s", ceil_name, ceil->n ? v : "n/a");
+    row_text(name, res, scale, unit, c, ceil->n ? m_median(ceil) : 0, target, want,
+             lower_is_better);
+}
+
+/* A result against an absolute target: median * scale compared with limit. */
+static void row_abs(const char *name, const metric *res, double scale, const char *unit,
+                    const char *target, double limit, bool lower_is_better)
+{
+    char a[128];
+    fmt_metric(a, sizeof a, res, scale, unit);
+    double v = res->n ? m_median(res) * scale : NAN;
+    const char *verdict = verdict_of(v, res, target, limit, lower_is_better);
+    printf("%-30s %-36s %-34s %-7s %-10s %s\n", name, a, "", "-", target ? target : "", verdict);
+    fprintf(g_md, "| %s | %s | | - | %s | %s |\n", name, a, target ? target : "", verdict);
 }
 
 static void ceiling_row(const char *name, const metric *m, double scale, const char *unit)
@@ -1222,11 +1793,16 @@ static void report(double elapsed, size_t push_len, const char *load_before)
         "- runs per figure: %d (median [min..max]); %s; took %.0f s\n"
         "- sizes: pair %ld events, 16->1 and 1->16 %ld events, drain %ld events, latency %d "
         "samples; PushRequest body %zu bytes (userInvited events to %ld users)\n"
+        "- federation scale: fanout_1000 %ld receivers x %ld events, startup_10k %ld known "
+        "peers, pair_batch %ld events; their waits bounded at %d s; postboxd "
+        "--allow-private-peers: %s\n"
         "- HTTP ceiling used for the ratios: %s\n"
         "- source: %s\n\n",
         stamp, u.sysname, u.release, sysconf(_SC_NPROCESSORS_ONLN), load_before, load_after, O.runs,
         O.quick ? "BENCH_QUICK smoke run: sizes scaled down, figures indicative only" : "full run",
         elapsed, O.pair_events, O.fan_events, O.drain_events, O.lat_samples, push_len, O.users,
+        O.scale_peers, O.scale_events, O.startup_peers, O.batch_events, O.scale_limit_s,
+        g_allow_private ? "passed" : "not supported, not passed",
         hw ? "nginx (Debian, `return 200`)" : "libmicrohttpd empty handler (pbbench_httpnull)",
         getenv("BENCH_REV") ? getenv("BENCH_REV") : "unknown revision");
 
@@ -1253,21 +1829,50 @@ static void report(double elapsed, size_t push_len, const char *load_before)
     char cn[64];
     double fmin = h1 < fs ? h1 : fs;
     snprintf(cn, sizeof cn, "min(HTTP1 %s, fdatasync)", hname);
-    row("1. one pair, FULL", &R.pair_full, 1, "ev/s", cn, fmin, ">= 0.5", 0.5, false);
+    if (want("pair_full"))
+        row("1. one pair, FULL", &R.pair_full, 1, "ev/s", cn, fmin, ">= 0.5", 0.5, false);
     if (want("pair_full_pg"))
         row("1. one pair, FULL, PostgreSQL", &R.pair_full_pg, 1, "ev/s", cn, fmin, NULL, 0, false);
     snprintf(cn, sizeof cn, "HTTP1 %s", hname);
-    row("1. one pair, NORMAL", &R.pair_normal, 1, "ev/s", cn, h1, ">= 0.4", 0.4, false);
+    if (want("pair_normal"))
+        row("1. one pair, NORMAL", &R.pair_normal, 1, "ev/s", cn, h1, ">= 0.4", 0.4, false);
     snprintf(cn, sizeof cn, "HTTP16 %s", hname);
-    row("2. 16 -> 1, FULL", &R.fanin, 1, "ev/s", cn, h16, ">= 0.25", 0.25, false);
+    if (want("fanin"))
+        row("2. 16 -> 1, FULL", &R.fanin, 1, "ev/s", cn, h16, ">= 0.25", 0.25, false);
     if (want("fanin_pg"))
         row("2. 16 -> 1, FULL, PostgreSQL", &R.fanin_pg, 1, "ev/s", cn, h16, NULL, 0, false);
-    row("3. 1 -> 16, FULL", &R.fanout, 1, "ev/s", cn, h16, NULL, 0, false);
-    row("4. pull drain", &R.drain, 1, "ev/s", "SQLite insert FULL", sq, ">= 0.3", 0.3, false);
+    if (want("fanout")) row("3. 1 -> 16, FULL", &R.fanout, 1, "ev/s", cn, h16, NULL, 0, false);
+    if (want("drain"))
+        row("4. pull drain", &R.drain, 1, "ev/s", "SQLite insert FULL", sq, ">= 0.3", 0.3, false);
     snprintf(cn, sizeof cn, "HTTP1 p99 %s", hname);
-    row("5. latency p50", &R.lat_p50, 1, "us", NULL, 0, NULL, 0, true);
-    row("5. latency p99", &R.lat_p99, 1, "us", cn, h1p99, "<= 10", 10, true);
-    row("5. latency max", &R.lat_max, 1, "us", NULL, 0, NULL, 0, true);
+    if (want("latency")) row("5. latency p50", &R.lat_p50, 1, "us", NULL, 0, NULL, 0, true);
+    if (want("latency")) row("5. latency p99", &R.lat_p99, 1, "us", cn, h1p99, "<= 10", 10, true);
+    if (want("latency")) row("5. latency max", &R.lat_max, 1, "us", NULL, 0, NULL, 0, true);
+    if (O.nrss >= 2 && (want("drain") || want("memory"))) {
+        char nm[64], cnm[64];
+        snprintf(nm, sizeof nm, "4b. pull drain, %ld", O.rss_sizes[O.nrss - 1]);
+        snprintf(cnm, sizeof cnm, "drain %ld", O.rss_sizes[0]);
+        row_vs(nm, &R.rss_drain_rate[O.nrss - 1], &R.rss_drain_rate[0], 1, "ev/s", cnm, ">= 0.8",
+               0.8, false);
+    }
+    if (want("fanout_1000")) {
+        row_vs("7. fanout_1000 time", &R.sc_time_mixed, &R.sc_time_base, 1e-3, "s", "all healthy",
+               "<= 1.5", 1.5, true);
+        row_vs("7. fanout_1000 latency p99", &R.sc_p99_mixed, &R.sc_p99_base, 1e-3, "s",
+               "all healthy", "<= 2", 2, true);
+        row_abs("7. fanout_1000 sender threads", &R.sc_threads, 1, "", "<= 32", 32, true);
+        row_abs("7. fanout_1000 sender RSS", &R.sc_rss, 1.0 / 1024, "MiB", "<= 128 MiB", 128, true);
+    }
+    if (want("startup_10k")) {
+        row_abs("8. startup_10k first Push", &R.st_push, 1e-3, "s", "<= 2 s", 2, true);
+        row_abs("8. startup_10k healthy Pulls", &R.st_pulls, 1e-3, "s", "<= 30 s", 30, true);
+        row_abs("8. startup_10k threads", &R.st_threads, 1, "", NULL, 0, true);
+        row_abs("8. startup_10k RSS", &R.st_rss, 1.0 / 1024, "MiB", NULL, 0, true);
+    }
+    if (want("pair_batch")) {
+        snprintf(cn, sizeof cn, "HTTP1 %s", hname);
+        row("9. pair_batch, FULL", &R.pair_batch, 1, "ev/s", cn, h1, ">= 3.0", 3.0, false);
+    }
 
     printf("\n==== memory (peak RSS, VmHWM) ====\n");
     fprintf(g_md, "\n## Memory\n\nVmHWM from /proc. Sender: after its queue was submitted "
@@ -1332,8 +1937,11 @@ int main(int argc, char **argv)
         fclose(la);
         load_before[strcspn(load_before, "\n")] = '\0';
     }
-    printf("pbbench: %d runs%s; PushRequest body %zu bytes; nginx: %s\n", O.runs,
-           O.quick ? " (BENCH_QUICK)" : "", push_len, O.nginx ? O.nginx : "not found");
+    g_allow_private = postboxd_has_allow_private();
+    printf("pbbench: %d runs%s; PushRequest body %zu bytes; nginx: %s; postboxd "
+           "--allow-private-peers: %s\n",
+           O.runs, O.quick ? " (BENCH_QUICK)" : "", push_len, O.nginx ? O.nginx : "not found",
+           g_allow_private ? "yes (passed to every daemon)" : "not supported (not passed)");
     const char *pg_url = getenv("PB_TEST_PG_URL");
     bool pg = pg_url && *pg_url;
     if (!pg && (want("pair_full_pg") || want("fanin_pg")))
@@ -1347,15 +1955,21 @@ int main(int argc, char **argv)
         printf("---- run %d of %d (%.0f s so far)\n", run, O.runs, now_s() - t0);
         fflush(stdout);
         if (want("ceilings")) run_ceilings();
-        if (want("pair_full")) scenario_pair("full", &R.pair_full, run, false);
-        if (pg && want("pair_full_pg")) scenario_pair("full", &R.pair_full_pg, run, true);
-        if (want("pair_normal")) scenario_pair("normal", &R.pair_normal, run, false);
+        if (want("pair_full")) scenario_pair("full", &R.pair_full, run, false, O.pair_events);
+        if (pg && want("pair_full_pg"))
+            scenario_pair("full", &R.pair_full_pg, run, true, O.pair_events);
+        if (want("pair_normal")) scenario_pair("normal", &R.pair_normal, run, false, O.pair_events);
+        if (want("pair_batch")) scenario_pair("full", &R.pair_batch, run, false, O.batch_events);
         if (want("fanin")) scenario_fanin(&R.fanin, run, false);
         if (pg && want("fanin_pg")) scenario_fanin(&R.fanin_pg, run, true);
         if (want("fanout")) scenario_fanout(run);
         if (want("latency")) scenario_latency(run);
+        if (want("fanout_1000")) scenario_fanout_scale(run);
+        if (want("startup_10k")) scenario_startup(run);
         struct drain_result dr;
-        bool mem = want("memory");
+        /* The drain runs at every size (4b. compares the largest with the smallest); the
+         * memory figures come from the same runs. */
+        bool mem = want("memory") || want("drain");
         for (int i = 0; mem && i < O.nrss; i++) {
             if (!run_drain(O.rss_sizes[i], run, &dr)) {
                 note("drain of %ld, run %d: failed before measuring (see stderr)", O.rss_sizes[i],
@@ -1373,7 +1987,7 @@ int main(int argc, char **argv)
                 if (dr.timed_out) R.drain.timed_out = true;
             }
         }
-        if (want("drain") && (drain_idx < 0 || !mem) && run_drain(O.drain_events, run, &dr)) {
+        if (want("drain") && drain_idx < 0 && run_drain(O.drain_events, run, &dr)) {
             m_add(&R.drain, dr.rate);
             if (dr.timed_out) R.drain.timed_out = true;
         }
