@@ -156,6 +156,9 @@ int main(void)
                 json_decref(e);
             }
         }
+        /* note B's arrivals while submitting, so a delay is measured, not bounded above */
+        w.want = i + 2;
+        all_arrived(&w);
     }
     CHECKF(sub_ok, "A accepted all %d submissions", EVENTS * (NBAD + 1));
 
