@@ -7,6 +7,7 @@
  * group or others can read stops postboxd at start with a clear message.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -99,16 +100,28 @@ static void test_browser_guards(void)
     CHECK(send(fd, part, strlen(part), 0) == (ssize_t)strlen(part));
     int64_t t0 = pbt_now_ms();
     bool closed = false;
+    char how[160] = "";
     for (int i = 0; i < 100 && !closed; i++) { /* one header byte every 100 ms, 10 s at most */
         CHECK_INT(http(d, "GET", "/healthz", NULL, NULL, NULL, NULL), 200);
-        if (send(fd, "X", 1, MSG_NOSIGNAL) != 1) closed = true;
+        if (send(fd, "X", 1, MSG_NOSIGNAL) != 1) {
+            closed = true;
+            snprintf(how, sizeof how, "send: %s", strerror(errno));
+        }
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 100) > 0) {
+        if (!closed && poll(&p, 1, 100) > 0) {
             char b[256];
-            if (recv(fd, b, sizeof b, 0) <= 0) closed = true;
+            ssize_t n = recv(fd, b, sizeof b - 1, 0);
+            if (n <= 0) {
+                closed = true;
+                snprintf(how, sizeof how, "recv: %s", n ? strerror(errno) : "EOF");
+            } else { /* an answer: the test says what it was */
+                b[n] = '\0';
+                snprintf(how, sizeof how, "answered: %.100s", b);
+            }
         }
     }
     int64_t took = pbt_now_ms() - t0;
+    fprintf(stderr, "admin_guard: trickling client: %s after %lld ms\n", how, (long long)took);
     CHECKF(closed, "the trickling client was cut (after %lld ms)", (long long)took);
     CHECKF(took >= 1500 && took < 6000, "cut near the 2 s deadline: %lld ms", (long long)took);
     close(fd);
