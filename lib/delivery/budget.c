@@ -34,8 +34,8 @@ pb_budget *pb_budget_new(const pb_budget_opts *opts)
 {
     pb_budget *b = pb_xcalloc(1, sizeof *b);
     if (opts) b->o = *opts;
-    if (!b->o.events) b->o.events = 10000;
-    if (!b->o.bytes) b->o.bytes = 16u << 20;
+    if (!b->o.events) b->o.events = 100000;
+    if (!b->o.bytes) b->o.bytes = 32u << 20;
     if (!b->o.interval_s) b->o.interval_s = 60;
     if (!b->o.max_senders) b->o.max_senders = 65536;
     pthread_mutex_init(&b->mu, NULL);

@@ -22,8 +22,8 @@
 typedef struct pb_budget pb_budget;
 
 typedef struct pb_budget_opts {
-    uint64_t events;      /* per interval; default 10000 */
-    uint64_t bytes;       /* per interval; default 16 MiB */
+    uint64_t events;      /* per interval; default 100000 */
+    uint64_t bytes;       /* per interval; default 32 MiB */
     unsigned interval_s;  /* default 60 */
     unsigned max_senders; /* default 65536 */
 } pb_budget_opts;

@@ -48,6 +48,10 @@
 #define LAZY_FORGET 64
 /* Pull answers applied at once (each may decode to tens of MB in the worst case). */
 #define MAX_APPLYING 1
+/* Bytes of received Pull answers waiting to be applied: past it no new Pull round starts
+ * (the peer waits in apply_wait) until applying makes room. With the client's response
+ * budget (answers being received) this bounds the memory that pulls take. */
+#define APPLY_BYTES_MAX (32u << 20)
 #define RENAME_IN_TTL_MS (24LL * 60 * 60 * 1000)
 #define EXPIRE_EVERY_MS (60LL * 60 * 1000)
 
@@ -133,6 +137,9 @@ struct pb_delivery {
     /* loop thread only */
     struct peer **apply_q; /* peers with a Pull answer waiting to be applied */
     size_t napply_q, capapply_q;
+    size_t apply_bytes;       /* of the answers in apply_q and being applied */
+    struct peer **apply_wait; /* peers whose next Pull round waits for apply room */
+    size_t napply_wait, capapply_wait;
     unsigned applying;
     pb_timer scan_timer, expire_timer, beat_timer;
     uint64_t ops_done, beat_ops; /* store work completed; at the last heartbeat */
@@ -848,6 +855,17 @@ static void pull_finish(struct peer *p, const char *why)
 
 static void pull_apply_next(pb_delivery *d);
 
+/* A contact ended with events left at the sender (rounds or budget used): the next Pull is
+ * in delay_ms (the budget's refill), or, for 0, as soon as the transfer slots allow (queued
+ * behind every other peer's work, so a long backlog is drained without starving anyone). */
+static void pull_again_in(struct peer *p, int64_t delay_ms)
+{
+    pb_delivery *d = p->d;
+    int64_t at = mono_ms() + delay_ms;
+    if (pb_timer_armed(&p->pull_timer) && p->pull_timer.at <= at) return;
+    pb_ioloop_timer_arm(d->loop, &p->pull_timer, at);
+}
+
 static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
 {
     struct peer *p = ctx;
@@ -866,6 +884,7 @@ static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
     }
     p->pull_ans = *ans;
     memset(ans, 0, sizeof *ans);
+    d->apply_bytes += p->pull_ans.body_len;
     if (d->napply_q == d->capapply_q) {
         d->capapply_q = d->capapply_q ? 2 * d->capapply_q : 16;
         d->apply_q = pb_xrealloc(d->apply_q, d->capapply_q * sizeof *d->apply_q);
@@ -923,12 +942,26 @@ static void apply_work(struct op *o)
 
 static void pull_round(struct peer *p);
 
+/* Applying made room: the Pull rounds that waited for it go on, in their order. */
+static void apply_room(pb_delivery *d)
+{
+    size_t i = 0;
+    for (; i < d->napply_wait && d->apply_bytes < APPLY_BYTES_MAX; i++) {
+        struct peer *w = d->apply_wait[i];
+        pb_sched_want(&d->sched, &w->pull_item, w->pull_urgent ? PB_SCHED_HIGH : PB_SCHED_LOW);
+    }
+    memmove(d->apply_wait, d->apply_wait + i, (d->napply_wait - i) * sizeof *d->apply_wait);
+    d->napply_wait -= i;
+}
+
 static void apply_done(struct op *o)
 {
     struct peer *p = o->p;
     pb_delivery *d = o->d;
     d->applying--;
+    d->apply_bytes -= (size_t)o->u3;
     if (d->stopping) return;
+    apply_room(d);
     if (o->err != PB_OK) {
         char why[128];
         snprintf(why, sizeof why, "answer not stored: %s", pb_strerror(o->err));
@@ -943,11 +976,13 @@ static void apply_done(struct op *o)
         if (o->u1 == 0) {
             pull_finish(p, NULL);
         } else if (++p->pull_round >= d->o.pull_rounds) {
-            pull_finish(p, "rounds per contact used: the rest waits for the next pull");
+            pull_finish(p, "rounds per contact used: the rest comes with the next pull");
+            pull_again_in(p, 0);
         } else if (!pb_budget_available(d->budget, p->id, mono_ms(), &ra)) {
             char why[128];
-            snprintf(why, sizeof why, "receive budget used: the rest waits (%u s)", ra);
+            snprintf(why, sizeof why, "receive budget used: next pull in %u s", ra);
             pull_finish(p, why);
+            pull_again_in(p, (int64_t)ra * 1000);
         } else {
             pb_sched_want(&d->sched, &p->pull_item, p->pull_urgent ? PB_SCHED_HIGH : p->pull_cls);
         }
@@ -964,6 +999,7 @@ static void pull_apply_next(pb_delivery *d)
         d->napply_q--;
         struct op *o = op_new(d, p, apply_work, apply_done);
         o->ans = p->pull_ans;
+        o->u3 = o->ans.body_len; /* given back to apply_bytes by apply_done */
         memset(&p->pull_ans, 0, sizeof p->pull_ans);
         d->applying++;
         op_run(o);
@@ -1010,9 +1046,21 @@ static void latest_done(struct op *o)
     pb_buf_free(&body);
 }
 
-/* One round: what we hold from p (epoch, last sequence number), then the Pull. */
+/* One round: what we hold from p (epoch, last sequence number), then the Pull; unless the
+ * answers already received fill APPLY_BYTES_MAX: then the round waits for room (apply_room)
+ * without holding a transfer slot. */
 static void pull_round(struct peer *p)
 {
+    pb_delivery *d = p->d;
+    if (d->apply_bytes >= APPLY_BYTES_MAX) {
+        pb_sched_done(&d->sched, p->pull_cls);
+        if (d->napply_wait == d->capapply_wait) {
+            d->capapply_wait = d->capapply_wait ? 2 * d->capapply_wait : 16;
+            d->apply_wait = pb_xrealloc(d->apply_wait, d->capapply_wait * sizeof *d->apply_wait);
+        }
+        d->apply_wait[d->napply_wait++] = p;
+        return;
+    }
     struct op *o = op_new(p->d, p, latest_work, latest_done);
     op_run(o);
 }
@@ -1028,6 +1076,7 @@ static void pull_start(struct peer *p)
         if (!pb_budget_available(d->budget, p->id, mono_ms(), &ra)) {
             pb_sched_done(&d->sched, p->pull_cls);
             pull_finish(p, "receive budget used");
+            pull_again_in(p, (int64_t)ra * 1000);
             return;
         }
     }
@@ -1329,13 +1378,13 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     if (!d->o.backoff_max_s) d->o.backoff_max_s = 900;
     if (d->o.backoff_max_s < d->o.backoff_min_s) d->o.backoff_max_s = d->o.backoff_min_s;
     if (!d->o.pull_interval_s) d->o.pull_interval_s = 60;
-    if (!d->o.pull_batch) d->o.pull_batch = 1000;
-    if (!d->o.pull_max_bytes) d->o.pull_max_bytes = 1024 * 1024;
+    if (!d->o.pull_batch) d->o.pull_batch = 10000;
+    if (!d->o.pull_max_bytes) d->o.pull_max_bytes = 2 * 1024 * 1024;
     if (!d->o.push_wait_ms) d->o.push_wait_ms = 10000;
     if (!d->o.max_transfers) d->o.max_transfers = 1024;
     if (!d->o.batch_max) d->o.batch_max = 256;
     if (!d->o.push_max_bytes) d->o.push_max_bytes = 60 * 1024;
-    if (!d->o.pull_read_max_bytes) d->o.pull_read_max_bytes = 1024 * 1024;
+    if (!d->o.pull_read_max_bytes) d->o.pull_read_max_bytes = 2 * 1024 * 1024;
     if (!d->o.pull_read_max_events) d->o.pull_read_max_events = 10000;
     if (!d->o.pull_rounds) d->o.pull_rounds = 16;
     if (!d->o.push_max_events) d->o.push_max_events = 1000;
@@ -1520,6 +1569,7 @@ void pb_delivery_free(pb_delivery *d)
     free(d->all);
     free(d->old_ids);
     free(d->apply_q);
+    free(d->apply_wait);
     pb_auth_signer_free(d->signer);
     pb_budget_free(d->budget);
     free((char *)d->o.node_id);

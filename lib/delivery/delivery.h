@@ -63,13 +63,13 @@ typedef struct pb_delivery_opts {
     unsigned backoff_min_s;        /* first drain probe delay when queued, default 5 */
     unsigned backoff_max_s;        /* cap, default 900 */
     unsigned pull_interval_s;      /* pull a sender this long after its last Push, 60 */
-    unsigned pull_batch;           /* most events in one Pull answer we give, default 1000 */
-    size_t pull_max_bytes;         /* byte cap of one Pull answer we give, default 1 MiB */
+    unsigned pull_batch;           /* most events in one Pull answer we give, default 10000 */
+    size_t pull_max_bytes;         /* byte cap of one Pull answer we give, default 2 MiB */
     unsigned push_wait_ms;         /* a Push waits this long for a Pull in progress, 10000 */
     unsigned max_transfers;        /* transfers to peers at once (the connection cap), 1024 */
     unsigned batch_max;            /* events per Push to a postbox of this project, 256 */
     size_t push_max_bytes;         /* bytes of events per Push (under peers' body limit), 60 KiB */
-    size_t pull_read_max_bytes;    /* largest Pull answer read, default 1 MiB */
+    size_t pull_read_max_bytes;    /* largest Pull answer read, default 2 MiB */
     unsigned pull_read_max_events; /* most events in one Pull answer read, default 10000 */
     unsigned pull_rounds;          /* most answers pulled per contact, default 16 */
     unsigned push_max_events;      /* most events accepted in one Push, default 1000 */

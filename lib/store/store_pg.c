@@ -54,15 +54,15 @@
  *    . migrations run in one transaction under pg_advisory_xact_lock, so nodes that start
  *      together migrate once.
  *
- * Schema (version 5, the same logical schema and versions as store_sqlite.c): meta, peers
+ * Schema (version 6, the same logical schema and versions as store_sqlite.c): meta, peers
  * (with delivery and sequence columns and send_epoch; recv_seq unused since version 5),
  * recv_epochs PK (peer, epoch), outbox PK (peer, seq), inbox PK seq plus the inbox_seq
  * counter row, guilds, invites, renames_out, renames_in (old_id PK, new_id UNIQUE,
- * created_at indexed), leases, submissions (id PK, peer, first_seq, count, created_at,
- * indexed by created_at), and schema_version. Text
- * keys are COLLATE "C" (bytewise order, as SQLite's); times and IDs are bigint; uint64
- * values are stored as their int64 bit pattern (uint64 order done in SQL); events are
- * bytea holding pb_wire_event_encode bytes.
+ * created_at indexed); guilds and invites keyed by user only (a rename scans them), leases,
+ * submissions (id PK, peer, first_seq, count, created_at, indexed by created_at), and
+ * schema_version. Text keys are COLLATE "C" (bytewise order, as SQLite's); times and IDs are
+ * bigint; uint64 values are stored as their int64 bit pattern (uint64 order done in SQL); events
+ * are bytea holding pb_wire_event_encode bytes.
  *
  * Untrusted input: none directly (callers validate server IDs; events were decoded by the
  * wire module). The URI comes from the operator and is never logged (it may hold a
@@ -201,6 +201,9 @@ static const char *const migrations[] = {
     "  created_at bigint NOT NULL"
     ");"
     "CREATE INDEX renames_in_by_age ON renames_in(created_at);",
+    /* 6: no index of guilds and invites by server (see store_sqlite.c) */
+    "DROP INDEX IF EXISTS guilds_by_server;"
+    "DROP INDEX IF EXISTS invites_by_server;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -18,8 +18,8 @@
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, reset after use).
  *
- * Schema (version 5; migration 1 created meta and peers, 3 added leases, 4 submissions,
- * 5 sequence epochs and renames_in):
+ * Schema (version 6; migration 1 created meta and peers, 3 added leases, 4 submissions,
+ * 5 sequence epochs and renames_in, 6 dropped the server_id indexes of guilds and invites):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s),
  *    mode, attempts, next_attempt_at, last_error, parked_seq, next_seq DEFAULT 1,
  *    recv_seq DEFAULT 0, send_epoch DEFAULT 0): one row per peer, as receiver R of our
@@ -41,8 +41,11 @@
  *    AUTOINCREMENT so a cursor value is never reused; an event row or (event NULL) a
  *    rename row, enforced by a CHECK.
  *  - guilds(user_id, server_id, guild_id) and invites(user_id, server_id, invite_id,
- *    inviter_id), PKs starting with user_id (WITHOUT ROWID), plus an index on server_id
- *    for a peer's rename.
+ *    inviter_id), PKs starting with user_id (WITHOUT ROWID). No index on server_id: a
+ *    peer's rename (rare) scans both tables; every received event would otherwise insert
+ *    into a second, scattered B-tree.
+ *  - The writer checkpoints the WAL every WAL_AUTOCHECKPOINT pages; a job alone in its
+ *    batch runs without a savepoint.
  *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error).
  *  - renames_in(old_id PK, new_id UNIQUE, created_at (ms)) indexed by created_at: pending
  *    incoming renames; the UNIQUE constraint refuses a new_id pending for another old_id
@@ -83,6 +86,10 @@
 #include "wire/wire.h"
 
 #define READ_POOL_MAX 8
+/* WAL pages between checkpoints (SQLite's default is 1,000): about 40 MiB of WAL. */
+#define WAL_AUTOCHECKPOINT 10000
+#define PB_STR_(x) #x
+#define PB_STR(x) PB_STR_(x)
 
 /* ---- schema ----------------------------------------------------------------------------- */
 
@@ -185,6 +192,11 @@ static const char *const migrations[] = {
     "  created_at INTEGER NOT NULL"
     ");"
     "CREATE INDEX renames_in_by_age ON renames_in(created_at);",
+    /* 6: no index of guilds and invites by server: it doubled the pages each received
+     * event dirties (a scattered insert into a second B-tree), for the sake of a peer's
+     * rename, which now scans the two tables once */
+    "DROP INDEX IF EXISTS guilds_by_server;"
+    "DROP INDEX IF EXISTS invites_by_server;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -606,6 +618,14 @@ static pb_err conn_open(sq *b, bool readonly, conn **out)
             err = fail(c->db, rc, sync);
             goto out;
         }
+        /* Checkpoint every WAL_AUTOCHECKPOINT pages rather than SQLite's 1,000: a page
+         * changed by several commits in between is copied into the database once. */
+        rc = sqlite3_exec(c->db, "PRAGMA wal_autocheckpoint=" PB_STR(WAL_AUTOCHECKPOINT), NULL,
+                          NULL, NULL);
+        if (rc != SQLITE_OK) {
+            err = fail(c->db, rc, "PRAGMA wal_autocheckpoint");
+            goto out;
+        }
     }
     rc = sqlite3_exec(c->db, "PRAGMA foreign_keys=ON", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
@@ -683,16 +703,26 @@ static bool run_batch(sq *b, job **batch, size_t n)
             batch[i]->result = batch_error(err);
         return false;
     }
+    /* A job alone in its batch needs no savepoint (its transaction is one), and a
+     * savepoint costs a statement journal: a copy of every page the job changes. */
+    bool savepoints = n > 1;
     for (i = 0; i < n; i++) {
         job *j = batch[i];
-        err = stmt_exec(c, ST_SAVEPOINT);
-        if (err != PB_OK) goto abort;
+        if (savepoints) {
+            err = stmt_exec(c, ST_SAVEPOINT);
+            if (err != PB_OK) goto abort;
+        }
         j->result = j->fn(c, j->ctx);
         if (sqlite3_get_autocommit(c->db)) {
             /* The failure made SQLite roll back the whole transaction (I/O error, full
              * disk, out of memory): everything of this batch is lost. */
             err = j->result != PB_OK ? j->result : PB_ERR_STORE;
             goto abort;
+        }
+        if (!savepoints) {
+            if (j->result == PB_OK) continue;
+            stmt_exec(c, ST_ROLLBACK); /* the job failed on its own: it keeps its error */
+            return false;
         }
         if (j->result == PB_OK) {
             err = stmt_exec(c, ST_RELEASE);
@@ -825,6 +855,7 @@ static pb_err migrate(conn *c, const char *path)
         err = fail(db, rc, "migrate: read version");
         goto out;
     }
+    sqlite3_reset(st); /* not active while the steps run: a DROP would find the table locked */
     if (version < 0 || version > SCHEMA_VERSION) {
         PB_ERROR(NULL,
                  "store: %s has schema version %d but this build knows only up to %d; "

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -259,6 +260,16 @@ static void check_families_zero(const json_t *m, const char *who)
                who, zero[i], val(m, zero[i]), has(m, zero[i]));
 }
 
+/* Returns once the wall clock's millisecond has moved on (bounded: the clock ticks). */
+static void next_ms(void)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_REALTIME, &t0);
+    do
+        clock_gettime(CLOCK_REALTIME, &t);
+    while (t.tv_sec == t0.tv_sec && t.tv_nsec / 1000000 == t0.tv_nsec / 1000000);
+}
+
 static void test_metrics(pbt_daemon *a, pbt_daemon *b, uint16_t mport, const char *down[3])
 {
     char *ta = scrape(a), *tb = scrape(b);
@@ -281,8 +292,11 @@ static void test_metrics(pbt_daemon *a, pbt_daemon *b, uint16_t mport, const cha
     submit(a, b->server_id, 1, "sub-1"); /* a repeat: nothing queued */
     struct inbox_wait iw = {b, 6};
     CHECKF(pbt_wait_for(inbox_has, &iw, 30000), "B received the 6 events");
+    /* in three different milliseconds: the top-2 order is by the oldest event's time */
     submit(a, down[0], 2, NULL);
+    next_ms();
     submit(a, down[1], 3, NULL);
+    next_ms();
     submit(a, down[2], 1, NULL);
     struct queued_wait qw = {a, 3};
     CHECKF(pbt_wait_for(queued_peers, &qw, 30000), "the three peers that are down are queued");

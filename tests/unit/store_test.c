@@ -50,7 +50,7 @@
 #include "harness.h"
 #include "store/store.h"
 
-#define SCHEMA_CURRENT 5
+#define SCHEMA_CURRENT 6
 /* the sender epoch the cases that are not about epochs receive in */
 #define EP 0x1234567890abcdefULL
 
