@@ -6,6 +6,8 @@
  *              non-ASCII invite IDs); B's guild lists and invites equal a model
  *   catch-up   B stopped: A queues; B restarted: its start-up Pull and A's drain deliver
  *              everything once, in order; a Push during B's start-up Pull waits for it
+ *   long-backlog  B down, then 200 events pulled by B alone: more than one contact's rounds
+ *              and more than its receive budget, contact after contact, in order, once
  *   isolation  C pulls A with its own token: only its own (empty) queue; a token naming B
  *              signed by C's key is refused
  *   rename     A renames: B and C re-label; events B queued for A reach A under the new
@@ -363,6 +365,42 @@ static void test_catch_up(void)
     pbt_daemon_free(b);
 }
 
+/* A backlog larger than one Pull contact and than B's receive budget drains by B's Pulls
+ * alone (A has given up pushing for an hour): contact after contact, and again each time the
+ * budget refills, in order and once. */
+static void test_long_backlog(void)
+{
+    const char *ax[] = {"--push-retries",
+                        "0",
+                        "--backoff-min",
+                        "3600",
+                        "--backoff-max",
+                        "3600",
+                        "--pull-batch",
+                        "10",
+                        NULL};
+    const char *bx[] = {
+        "--pull-rounds", "2", "--recv-budget-events", "60", "--recv-budget-interval", "2", NULL};
+    pbt_daemon *a = start("backlogA", ax), *b = start("backlogB", bx);
+    json_t *sent = json_array();
+    submit_range(a, b->server_id, 0, 1, sent);
+    expect_delivered(b, a->server_id, sent, 30000, "before the stop");
+    CHECK_INT(pbt_daemon_stop(b), 0);
+    submit_range(a, b->server_id, 1, 201, sent);
+    struct mode_wait mw = {a, b->server_id, "queued"};
+    CHECKF(pbt_wait_for(peer_in_mode, &mw, 30000), "A queues for the stopped B");
+    /* 200 events: 10 contacts of 2 answers of 10, and the budget of 60 refills 3 times */
+    int64_t t0 = pbt_now_ms();
+    CHECK(pbt_daemon_start(b));
+    expect_delivered(b, a->server_id, sent, 30000, "the backlog after B's restart");
+    fprintf(stderr, "long backlog: 200 events pulled in %lld ms\n", (long long)(pbt_now_ms() - t0));
+    struct log_wait lw = {b, "receive budget used"};
+    CHECKF(pbt_wait_for(log_wait_has, &lw, 1000), "B's budget was used on the way");
+    json_decref(sent);
+    pbt_daemon_free(a);
+    pbt_daemon_free(b);
+}
+
 static pb_keys *keys_of(const pbt_daemon *d)
 {
     char path[600];
@@ -389,7 +427,8 @@ static pb_err raw_call(const pbt_daemon *d, const pb_keys *k, const char *as, co
 static size_t pull_count(const pbt_daemon *a, const pb_keys *k, const char *as, long *status)
 {
     pb_buf req = PB_BUF_INIT;
-    pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1}, &req); /* next_seq 1: acknowledges nothing, deletes nothing */
+    pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1},
+                            &req); /* next_seq 1: acknowledges nothing, deletes nothing */
     pb_client_answer ans;
     pb_err err = raw_call(a, k, as, "/protocol.sync.v1.PostboxService/Pull", &req, &ans);
     pb_buf_free(&req);
@@ -398,7 +437,8 @@ static size_t pull_count(const pbt_daemon *a, const pb_keys *k, const char *as, 
     if (err == PB_OK) {
         pb_event *evs = NULL;
         uint64_t *seqs = NULL;
-        if (pb_wire_pull_resp_decode(ans.body, ans.body_len, &evs, &seqs, &n, &(uint64_t){0}) == PB_OK) {
+        if (pb_wire_pull_resp_decode(ans.body, ans.body_len, &evs, &seqs, &n, &(uint64_t){0}) ==
+            PB_OK) {
             for (size_t i = 0; i < n; i++)
                 pb_event_clear(&evs[i]);
             free(evs);
@@ -684,6 +724,7 @@ int main(int argc, char **argv)
     RUN("parked", test_parked());
     RUN("isolation", test_isolation());
     RUN("catch-up", test_catch_up());
+    RUN("long-backlog", test_long_backlog());
     RUN("rename", test_rename());
     RUN("stream", test_stream(n));
     return pbt_finish();
