@@ -165,12 +165,15 @@ static void h_inbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         return;
     }
     pb_monitor_inbox_read(ctx->monitor, after);
-    if (wait) pb_delivery_inbox_wait(ctx->delivery, after, (int)wait * 1000);
     pb_inbox_item *items = NULL;
     size_t n = 0;
     pb_err err = pb_store_inbox_read(ctx->store, after, (size_t)limit, &items, &n);
     if (err != PB_OK) {
         store_error(resp, err);
+        return;
+    }
+    if (n == 0 && wait && !req->timed_out) { /* nothing yet: run again when woken */
+        resp->wait_ms = (int)wait * 1000;
         return;
     }
     json_t *arr = json_array();

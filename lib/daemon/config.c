@@ -97,7 +97,7 @@ static const struct setting settings[] = {
        "arrive, before 503 (at least max_body)"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
     U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),
-    U(workers, 8, 1, 256,
+    U(workers, 4, 1, 256,
       "threads doing the delivery engine's store work (reads and commits; the network is "
       "driven by one I/O thread)"),
     U(peer_connections, 4096, 16, 1000000,

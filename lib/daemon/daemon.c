@@ -210,6 +210,11 @@ static void free_list(char **l, size_t n)
     free(l);
 }
 
+static void wake_admin(void *admin)
+{
+    pb_admin_http_wake(admin);
+}
+
 pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
 {
     pb_err err;
@@ -248,7 +253,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     }
     if ((err = check_identity(d, cfg->server_id)) != PB_OK) goto fail;
 
-    pb_ioloop_opts lo = {.max_connections = (long)cfg->peer_connections};
+    /* the connection cache: every transfer the engine may run, and as many idle ones */
+    pb_ioloop_opts lo = {.max_connections = 2 * (long)cfg->peer_connections + 64};
     if ((err = pb_ioloop_new(&lo, &d->loop)) != PB_OK) goto fail;
     if ((err = pb_ioloop_start(d->loop)) != PB_OK) goto fail;
     pb_client_opts co = {
@@ -350,6 +356,8 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
                              .token = admin_token,
                              .request_timeout_s = (unsigned)cfg->admin_timeout};
     d->admin = pb_admin_http_new(&ao);
+    /* inbox long-polls wait suspended; an append wakes them */
+    pb_delivery_set_inbox_hook(d->delivery, wake_admin, d->admin);
     if (cfg->metrics_listen) {
         pb_admin_http_opts mo = {.listen = cfg->metrics_listen, .threads = 2, .name = "metrics"};
         d->metrics_http = pb_admin_http_new(&mo);
@@ -497,6 +505,7 @@ void pb_daemon_close(pb_daemon *d)
     pb_monitor_free(d->monitor); /* its sampler reads the store */
     if (d->client) pb_client_shutdown(d->client);
     pb_delivery_stop(d->delivery);
+    pb_delivery_set_inbox_hook(d->delivery, NULL, NULL);
     pb_admin_http_free(d->admin);
     pb_admin_http_free(d->metrics_http);
     pb_hrpc_server_free(d->fed);

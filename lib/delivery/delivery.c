@@ -123,9 +123,9 @@ struct pb_delivery {
     pb_sched sched;
 
     pthread_mutex_t mu;
-    pthread_cond_t inbox_cv;  /* inbox long-polls */
+    void (*inbox_hook)(void *ctx); /* something was appended to the inbox */
+    void *inbox_hook_ctx;
     pthread_cond_t notice_cv; /* rename reports */
-    uint64_t inbox_gen;
     char self[PB_SERVER_ID_MAX];
     char (*old_ids)[PB_SERVER_ID_MAX]; /* former IDs peers still know us by */
     size_t nold;
@@ -352,6 +352,13 @@ static struct op *op_new(pb_delivery *d, struct peer *p, op_fn work, op_fn done)
 static void op_run(struct op *o)
 {
     pb_exec_run(o->d->exec, op_work, o);
+}
+
+/* Background store work (a start-up or periodic Pull's): behind every other op, so that
+ * thousands of peers being pulled do not delay a Push's commit or a Pull a Push waits for. */
+static void op_run_low(struct op *o)
+{
+    pb_exec_run_low(o->d->exec, op_work, o);
 }
 
 /* ---- the scheduler ------------------------------------------------------------------------- */
@@ -889,7 +896,13 @@ static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
         d->capapply_q = d->capapply_q ? 2 * d->capapply_q : 16;
         d->apply_q = pb_xrealloc(d->apply_q, d->capapply_q * sizeof *d->apply_q);
     }
-    d->apply_q[d->napply_q++] = p;
+    if (p->pull_urgent) { /* a Push waits for this Pull: its answer is applied first */
+        memmove(d->apply_q + 1, d->apply_q, d->napply_q * sizeof *d->apply_q);
+        d->apply_q[0] = p;
+        d->napply_q++;
+    } else {
+        d->apply_q[d->napply_q++] = p;
+    }
     pull_apply_next(d);
     dispatch(d);
 }
@@ -1002,7 +1015,10 @@ static void pull_apply_next(pb_delivery *d)
         o->u3 = o->ans.body_len; /* given back to apply_bytes by apply_done */
         memset(&p->pull_ans, 0, sizeof p->pull_ans);
         d->applying++;
-        op_run(o);
+        if (p->pull_urgent)
+            op_run(o);
+        else
+            op_run_low(o);
     }
 }
 
@@ -1040,7 +1056,10 @@ static void latest_done(struct op *o)
                          .authorization = authz,
                          .body = body.data,
                          .body_len = body.len,
-                         .max_response = d->o.pull_read_max_bytes};
+                         .max_response = d->o.pull_read_max_bytes,
+                         /* most contacts are one round (nothing or little queued): keep
+                          * the connection only for the rounds of a backlog */
+                         .one_shot = p->pull_round == 0};
     pb_client_start(d->o.client, &req, pull_answered, p);
     free(authz);
     pb_buf_free(&body);
@@ -1062,7 +1081,10 @@ static void pull_round(struct peer *p)
         return;
     }
     struct op *o = op_new(p->d, p, latest_work, latest_done);
-    op_run(o);
+    if (p->pull_urgent)
+        op_run(o);
+    else
+        op_run_low(o);
 }
 
 static void pull_start(struct peer *p)
@@ -1187,7 +1209,8 @@ static void notice_start(struct peer *p)
                          .authorization = authz,
                          .body = body.data,
                          .body_len = body.len,
-                         .max_response = 64 * 1024};
+                         .max_response = 64 * 1024,
+                         .one_shot = true};
     pb_client_start(d->o.client, &req, notice_done, p);
     free(authz);
     pb_buf_free(&proof);
@@ -1406,7 +1429,6 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->inbox_cv, &ca);
     pthread_cond_init(&d->notice_cv, &ca);
     pthread_condattr_destroy(&ca);
     pb_timer_init(&d->scan_timer, scan_timer_fired, d);
@@ -1512,7 +1534,6 @@ static void stop_on_loop(void *arg)
     pb_delivery *d = arg;
     pthread_mutex_lock(&d->mu);
     d->stopping = true;
-    pthread_cond_broadcast(&d->inbox_cv);
     pthread_cond_broadcast(&d->notice_cv);
     pthread_mutex_unlock(&d->mu);
     pb_ioloop_timer_cancel(d->loop, &d->scan_timer);
@@ -1573,7 +1594,6 @@ void pb_delivery_free(pb_delivery *d)
     pb_auth_signer_free(d->signer);
     pb_budget_free(d->budget);
     free((char *)d->o.node_id);
-    pthread_cond_destroy(&d->inbox_cv);
     pthread_cond_destroy(&d->notice_cv);
     pthread_mutex_destroy(&d->mu);
     free(d);
@@ -1716,41 +1736,27 @@ bool pb_delivery_peer_mode(pb_delivery *d, const char *peer, pb_peer_mode *mode)
     return p != NULL;
 }
 
-void pb_delivery_inbox_bump(pb_delivery *d)
-{
-    pthread_mutex_lock(&d->mu);
-    d->inbox_gen++;
-    pthread_cond_broadcast(&d->inbox_cv);
-    pthread_mutex_unlock(&d->mu);
-}
-
 static void abs_mono(struct timespec *ts, int64_t ms)
 {
     ts->tv_sec = ms / 1000;
     ts->tv_nsec = (ms % 1000) * 1000000;
 }
 
-void pb_delivery_inbox_wait(pb_delivery *d, uint64_t after, int timeout_ms)
+void pb_delivery_set_inbox_hook(pb_delivery *d, void (*fn)(void *ctx), void *ctx)
 {
-    int64_t until = mono_ms() + timeout_ms;
-    for (;;) {
-        /* Read the generation before looking at the store: a bump after this read wakes
-         * the wait below, so no arrival between the check and the wait is missed. */
-        pthread_mutex_lock(&d->mu);
-        uint64_t gen = d->inbox_gen;
-        pthread_mutex_unlock(&d->mu);
-        uint64_t last = 0;
-        if (pb_store_inbox_last_seq(d->o.store, &last) != PB_OK || last > after) return;
-        pthread_mutex_lock(&d->mu);
-        while (d->inbox_gen == gen && !d->stopping && mono_ms() < until) {
-            struct timespec ts;
-            abs_mono(&ts, until);
-            pthread_cond_timedwait(&d->inbox_cv, &d->mu, &ts);
-        }
-        bool done = d->stopping || mono_ms() >= until;
-        pthread_mutex_unlock(&d->mu);
-        if (done) return;
-    }
+    pthread_mutex_lock(&d->mu);
+    d->inbox_hook = fn;
+    d->inbox_hook_ctx = ctx;
+    pthread_mutex_unlock(&d->mu);
+}
+
+void pb_delivery_inbox_bump(pb_delivery *d)
+{
+    pthread_mutex_lock(&d->mu);
+    void (*fn)(void *) = d->inbox_hook;
+    void *ctx = d->inbox_hook_ctx;
+    pthread_mutex_unlock(&d->mu);
+    if (fn) fn(ctx);
 }
 
 void pb_rename_reports_free(pb_rename_report *r, size_t n)

@@ -57,7 +57,7 @@ typedef struct pb_delivery_opts {
     pb_keyfetch *keyfetch;         /* borrowed */
     const pb_auth_policy *policy;  /* borrowed: NotifyNewId's own check */
     const pb_metrics_std *metrics; /* borrowed; NULL: none */
-    unsigned store_threads;        /* executor threads for store work, default 8 */
+    unsigned store_threads;        /* executor threads for store work, default 4 */
     unsigned push_retries;         /* retries after the first Push, default 5 */
     unsigned retry_base_ms;        /* first short retry delay, default 100 (doubling) */
     unsigned backoff_min_s;        /* first drain probe delay when queued, default 5 */
@@ -116,10 +116,10 @@ pb_err pb_delivery_retry_parked(pb_delivery *d, const char *peer);
 pb_err pb_delivery_drop_parked(pb_delivery *d, const char *peer);
 /* Seconds until the next drain probe of a queued peer, or -1. */
 int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer);
-/* Waits until the inbox has an item with seq > after, or timeout_ms passes. */
-void pb_delivery_inbox_wait(pb_delivery *d, uint64_t after, int timeout_ms);
-/* Wakes the inbox long-polls (something was appended). Any thread. */
+/* Something was appended to the inbox: calls the hook (any thread). */
 void pb_delivery_inbox_bump(pb_delivery *d);
+/* The hook the inbox long-polls are woken by (the admin listener's wake), or NULL. */
+void pb_delivery_set_inbox_hook(pb_delivery *d, void (*fn)(void *ctx), void *ctx);
 
 typedef struct pb_rename_report {
     char *peer; /* owned */

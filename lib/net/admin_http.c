@@ -11,6 +11,13 @@
  * thread shuts down the socket of a connection past it. The deadline is off while a
  * request is handled (an inbox long-poll may wait a minute).
  *
+ * Waiting without a thread: a handler with nothing to answer yet (an inbox long-poll)
+ * sets wait_ms; the request is then suspended (libmicrohttpd's suspend/resume) on the
+ * waiting list, and resumed by pb_admin_http_wake (every waiting request: they are few) or
+ * by the sweeper at its deadline, and its handler runs again. A wake counter read before
+ * the handler runs closes the gap between its look and the suspension. An in-process
+ * dispatch waits on a condition variable instead.
+ *
  * Browsers: the status page makes a browser a client of this listener, so a web page the
  * operator visits could try to use it too. On TCP listeners a Host header must name an
  * address, not a DNS name (a page cannot rebind a name of its own to 127.0.0.1 and read the
@@ -63,8 +70,16 @@ struct aconn {
     bool cut;
 };
 
+struct areq;
+
 struct pb_admin_http {
     char *name;
+    /* waiting requests (wait_mu) */
+    pthread_mutex_t wait_mu;
+    pthread_cond_t wait_cv; /* in-process dispatches wait on it */
+    uint64_t wake_gen;
+    struct areq *waiting;
+    bool stopping;
     unsigned request_timeout_s;
     pthread_mutex_t conns_mu;
     pthread_cond_t sweep_cv;
@@ -86,6 +101,11 @@ struct pb_admin_http {
 struct areq {
     pb_buf body;
     bool too_big;
+    /* a handler's wait (wait_mu for the list and the flags the sweeper sets) */
+    struct areq *wprev, *wnext;
+    bool listed, resumed, timed_out;
+    int64_t wait_until; /* monotonic ms; 0 until it first waits */
+    struct MHD_Connection *conn;
 };
 
 const char *pb_admin_req_arg(const pb_admin_req *req, const char *name)
@@ -237,10 +257,16 @@ static json_t *error_json(int *status, int code, const char *msg)
  * text answer and the status are left in *resp. */
 static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
                           const char *(*arg)(void *, const char *), void *arg_ctx,
-                          const char *body_text, size_t body_len, pb_admin_resp *resp)
+                          const char *body_text, size_t body_len, bool resumed, bool timed_out,
+                          pb_admin_resp *resp)
 {
     int *status = &resp->status;
-    pb_admin_req req = {.method = method, .path = url, .arg = arg, .arg_ctx = arg_ctx};
+    pb_admin_req req = {.method = method,
+                        .path = url,
+                        .arg = arg,
+                        .arg_ctx = arg_ctx,
+                        .resumed = resumed,
+                        .timed_out = timed_out};
     const struct aroute *route = NULL;
     bool path_known = false;
     for (size_t i = 0; i < a->nroutes; i++) {
@@ -274,6 +300,7 @@ static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
     resp->text = r.text;
     resp->text_len = r.text_len;
     resp->content_type = r.content_type;
+    resp->wait_ms = !r.text && !r.body && r.wait_ms > 0 ? r.wait_ms : 0;
     if (r.text) {
         json_decref(r.body);
         return NULL;
@@ -281,13 +308,26 @@ static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
     return r.body;
 }
 
-/* Routes one request; fills *out (its body or text is the caller's). */
+/* Routes one request; fills *out (its body or text is the caller's; wait_ms > 0: nothing
+ * yet, the handler asked to run again later). */
 static void route_request(pb_admin_http *a, const char *method, const char *url,
                           const char *(*arg)(void *, const char *), void *arg_ctx,
-                          const char *body_text, size_t body_len, pb_admin_resp *out)
+                          const char *body_text, size_t body_len, bool resumed, bool timed_out,
+                          pb_admin_resp *out)
 {
     *out = (pb_admin_resp){.status = 200};
-    out->body = route_json(a, method, url, arg, arg_ctx, body_text, body_len, out);
+    out->body =
+        route_json(a, method, url, arg, arg_ctx, body_text, body_len, resumed, timed_out, out);
+}
+
+static int64_t mono_ms(void);
+
+static uint64_t wake_gen(pb_admin_http *a)
+{
+    pthread_mutex_lock(&a->wait_mu);
+    uint64_t g = a->wake_gen;
+    pthread_mutex_unlock(&a->wait_mu);
+    return g;
 }
 
 void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *path,
@@ -295,7 +335,23 @@ void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *pa
                             char **answer)
 {
     pb_admin_resp r;
-    route_request(a, method, path, list_arg, (void *)args, body, body_len, &r);
+    bool resumed = false, timed_out = false;
+    int64_t until = 0;
+    for (;;) { /* in process: a handler's wait is a wait on wait_cv */
+        uint64_t gen = wake_gen(a);
+        route_request(a, method, path, list_arg, (void *)args, body, body_len, resumed, timed_out,
+                      &r);
+        if (!r.wait_ms || timed_out) break;
+        if (!until) until = mono_ms() + r.wait_ms;
+        pthread_mutex_lock(&a->wait_mu);
+        while (a->wake_gen == gen && !a->stopping && mono_ms() < until) {
+            struct timespec ts = {.tv_sec = until / 1000, .tv_nsec = (until % 1000) * 1000000};
+            pthread_cond_timedwait(&a->wait_cv, &a->wait_mu, &ts);
+        }
+        timed_out = a->stopping || mono_ms() >= until;
+        pthread_mutex_unlock(&a->wait_mu);
+        resumed = true;
+    }
     *status = r.status;
     if (r.text) {
         *answer = pb_xstrndup(r.text, r.text_len);
@@ -372,7 +428,48 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     *socket_context = NULL;
 }
 
-/* Shuts down every connection whose request did not arrive in time, until stopped. */
+/* Takes r off the waiting list (wait_mu held) and lets libmicrohttpd run it again. */
+static void resume_locked(pb_admin_http *a, struct areq *r, bool timed_out)
+{
+    if (r->wprev)
+        r->wprev->wnext = r->wnext;
+    else
+        a->waiting = r->wnext;
+    if (r->wnext) r->wnext->wprev = r->wprev;
+    r->wprev = r->wnext = NULL;
+    r->listed = false;
+    r->resumed = true;
+    r->timed_out = r->timed_out || timed_out;
+    MHD_resume_connection(r->conn);
+}
+
+/* Resumes the waiting requests: all of them (all), or those past their deadline at now. */
+static void resume_waiting(pb_admin_http *a, bool all, int64_t now)
+{
+    pthread_mutex_lock(&a->wait_mu);
+    for (struct areq *r = a->waiting, *next; r; r = next) {
+        next = r->wnext;
+        bool late = now >= r->wait_until;
+        if (all || late) resume_locked(a, r, late || a->stopping);
+    }
+    pthread_mutex_unlock(&a->wait_mu);
+}
+
+void pb_admin_http_wake(pb_admin_http *a)
+{
+    if (!a) return;
+    pthread_mutex_lock(&a->wait_mu);
+    a->wake_gen++;
+    pthread_cond_broadcast(&a->wait_cv);
+    for (struct areq *r = a->waiting, *next; r; r = next) {
+        next = r->wnext;
+        resume_locked(a, r, false);
+    }
+    pthread_mutex_unlock(&a->wait_mu);
+}
+
+/* Shuts down every connection whose request did not arrive in time, and resumes the
+ * waiting requests past their deadline, until stopped. */
 static void *sweeper_main(void *arg)
 {
     pb_admin_http *a = arg;
@@ -392,6 +489,9 @@ static void *sweeper_main(void *arg)
             c->cut = true;
             if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
         }
+        pthread_mutex_unlock(&a->conns_mu);
+        resume_waiting(a, false, now);
+        pthread_mutex_lock(&a->conns_mu);
     }
     pthread_mutex_unlock(&a->conns_mu);
     return NULL;
@@ -488,10 +588,36 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     set_deadline(a, conn, false); /* complete: no deadline while it is handled */
     if (r->too_big) return send_error(conn, 413, "body over the size limit");
 
-    pb_admin_resp resp;
-    route_request(a, method, url, mhd_arg, conn, (const char *)r->body.data, r->body.len, &resp);
-    if (resp.text) return send_text(conn, resp.status, resp.text, resp.text_len, resp.content_type);
-    return send_json(conn, resp.status, resp.body);
+    for (;;) {
+        uint64_t gen = wake_gen(a);
+        pthread_mutex_lock(&a->wait_mu);
+        bool resumed = r->resumed, timed_out = r->timed_out || a->stopping;
+        pthread_mutex_unlock(&a->wait_mu);
+        pb_admin_resp resp;
+        route_request(a, method, url, mhd_arg, conn, (const char *)r->body.data, r->body.len,
+                      resumed, timed_out, &resp);
+        if (resp.wait_ms && !timed_out) {
+            if (!r->wait_until) r->wait_until = mono_ms() + resp.wait_ms;
+            pthread_mutex_lock(&a->wait_mu);
+            if (a->wake_gen != gen || a->stopping) { /* woken while it looked: again */
+                r->resumed = true;
+                pthread_mutex_unlock(&a->wait_mu);
+                continue;
+            }
+            r->conn = conn;
+            r->listed = true;
+            r->wprev = NULL;
+            r->wnext = a->waiting;
+            if (a->waiting) a->waiting->wprev = r;
+            a->waiting = r;
+            MHD_suspend_connection(conn);
+            pthread_mutex_unlock(&a->wait_mu);
+            return MHD_YES;
+        }
+        if (resp.text)
+            return send_text(conn, resp.status, resp.text, resp.text_len, resp.content_type);
+        return send_json(conn, resp.status, resp.body);
+    }
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -500,6 +626,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     set_deadline(cls, conn, true); /* the next request on it has its time from now */
     struct areq *r = *con_cls;
     if (!r) return;
+    pb_admin_http *a = cls;
+    pthread_mutex_lock(&a->wait_mu); /* a request that ended while waiting (shutdown) */
+    if (r->listed) {
+        if (r->wprev)
+            r->wprev->wnext = r->wnext;
+        else
+            a->waiting = r->wnext;
+        if (r->wnext) r->wnext->wprev = r->wprev;
+    }
+    pthread_mutex_unlock(&a->wait_mu);
     pb_buf_free(&r->body);
     free(r);
     *con_cls = NULL;
@@ -513,7 +649,8 @@ pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
     pthread_mutex_init(&a->token_mu, NULL);
     a->token = opts->token && *opts->token ? pb_xstrdup(opts->token) : NULL;
     a->max_body = opts->max_body ? opts->max_body : 1024 * 1024;
-    a->threads = opts->threads ? opts->threads : 16;
+    a->threads = opts->threads ? opts->threads : 4;
+    pthread_mutex_init(&a->wait_mu, NULL);
     a->request_timeout_s = opts->request_timeout_s ? opts->request_timeout_s : 30;
     a->unix_fd = -1;
     pthread_mutex_init(&a->conns_mu, NULL);
@@ -521,6 +658,7 @@ pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&a->sweep_cv, &ca);
+    pthread_cond_init(&a->wait_cv, &ca);
     pthread_condattr_destroy(&ca);
     return a;
 }
@@ -586,7 +724,8 @@ static pb_err open_unix(pb_admin_http *a, const char *path)
 
 pb_err pb_admin_http_start(pb_admin_http *a)
 {
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ITC;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ITC |
+                     MHD_ALLOW_SUSPEND_RESUME;
     struct sockaddr_storage ss;
     unsigned sslen = 0;
     pb_err err;
@@ -632,6 +771,21 @@ pb_err pb_admin_http_start(pb_admin_http *a)
 void pb_admin_http_stop(pb_admin_http *a)
 {
     if (!a || !a->mhd) return;
+    /* the waiting requests answer with what they have (libmicrohttpd wants every
+     * suspended connection resumed before it stops) */
+    pthread_mutex_lock(&a->wait_mu);
+    a->stopping = true;
+    pthread_cond_broadcast(&a->wait_cv);
+    pthread_mutex_unlock(&a->wait_mu);
+    resume_waiting(a, true, mono_ms());
+    for (int i = 0; i < 200; i++) { /* bounded: 2 s for them to be answered */
+        pthread_mutex_lock(&a->wait_mu);
+        bool none = !a->waiting;
+        pthread_mutex_unlock(&a->wait_mu);
+        if (none) break;
+        resume_waiting(a, true, mono_ms());
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
     MHD_stop_daemon(a->mhd);
     a->mhd = NULL;
     if (a->sweeper_started) {
@@ -664,6 +818,8 @@ void pb_admin_http_free(pb_admin_http *a)
     free(a->token);
     pthread_mutex_destroy(&a->token_mu);
     pthread_cond_destroy(&a->sweep_cv);
+    pthread_cond_destroy(&a->wait_cv);
+    pthread_mutex_destroy(&a->wait_mu);
     pthread_mutex_destroy(&a->conns_mu);
     free(a->unix_path);
     free(a);

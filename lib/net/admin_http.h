@@ -34,6 +34,9 @@ typedef struct pb_admin_req {
     /* query-string lookup (libmicrohttpd's, or an in-process caller's list) */
     const char *(*arg)(void *arg_ctx, const char *name);
     void *arg_ctx;
+    /* a handler that asked to wait (pb_admin_resp.wait_ms) runs again: timed_out says
+     * whether its wait is over (answer with what there is) or it was woken early */
+    bool resumed, timed_out;
 } pb_admin_req;
 
 /* A query-string argument, or NULL. The string is owned by the request. */
@@ -47,6 +50,10 @@ typedef struct pb_admin_resp {
     char *text;
     size_t text_len;
     const char *content_type;
+    /* Nothing to answer yet (no body or text set): run the handler again when
+     * pb_admin_http_wake is called or after wait_ms (counted from the first time it asked),
+     * whichever comes first. The request waits suspended: it holds no thread. */
+    int wait_ms;
 } pb_admin_resp;
 
 /* Sets {"error": message} with status. */
@@ -59,7 +66,7 @@ typedef struct pb_admin_http_opts {
     const char *listen; /* "127.0.0.1:2290", "[::1]:2290" or "unix:/path" */
     const char *token;  /* bearer token, NULL = none required */
     size_t max_body;    /* default 1 MiB */
-    unsigned threads;   /* default 16 (an inbox long-poll holds one) */
+    unsigned threads;   /* default 4 (a waiting request holds none) */
     const char *name;   /* names the listener in logs; default "admin" */
     unsigned request_timeout_s; /* a request must arrive within this; default 30 */
 } pb_admin_http_opts;
@@ -89,6 +96,8 @@ pb_err pb_admin_http_start(pb_admin_http *a);
 /* Replaces the bearer token (copied; NULL or "" = none required) for the requests that
  * arrive from now on. Thread-safe. */
 void pb_admin_http_set_token(pb_admin_http *a, const char *token);
+/* Runs the handler of every waiting request again (pb_admin_resp.wait_ms). Any thread. */
+void pb_admin_http_wake(pb_admin_http *a);
 void pb_admin_http_stop(pb_admin_http *a);
 void pb_admin_http_free(pb_admin_http *a); /* NULL is a no-op */
 

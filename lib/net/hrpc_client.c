@@ -433,6 +433,7 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
     SET(CURLOPT_REDIR_PROTOCOLS, c->plain_http ? (long)CURLPROTO_HTTP : (long)CURLPROTO_HTTPS);
 #endif
     SET(CURLOPT_FOLLOWLOCATION, 0L);
+    if (req->one_shot) SET(CURLOPT_FORBID_REUSE, 1L);
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_POST, 1L);
     SET(CURLOPT_POSTFIELDS, x->body ? (const char *)x->body : "");

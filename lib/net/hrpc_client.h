@@ -42,7 +42,7 @@ typedef struct pb_client_opts {
     size_t response_budget;  /* bytes of answers being received at once, default 64 MiB */
     bool allow_private;      /* connect to loopback/private/... addresses (allow_private_peers) */
     pb_ioloop *loop;         /* borrowed; NULL: the client runs a loop of its own */
-    long max_connections;    /* own loop only: connection cap, default 1024 */
+    long max_connections;    /* own loop only: connection cache size, default 1024 */
 } pb_client_opts;
 
 /*
@@ -92,6 +92,8 @@ typedef struct pb_client_req {
     size_t body_len;
     long timeout_ms;     /* 0: the client's */
     size_t max_response; /* 0: the client's */
+    bool one_shot;       /* close the connection after the answer (a contact not repeated
+                            soon: Pulls, key fetches, notices); pushes keep theirs */
 } pb_client_req;
 
 /* Completion, on the loop thread. ans is the callee's: it clears it. */

@@ -454,7 +454,11 @@ pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out)
     curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
     curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
-    curl_multi_setopt(l->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxc);
+    /* No CURLMOPT_MAX_TOTAL_CONNECTIONS: the callers cap their transfers (the delivery
+     * engine's scheduler, the key fetcher), and at that cap libcurl 7.88 scans every
+     * connection for an idle one to close before each new transfer (quadratic with
+     * thousands of peers). The daemon sizes the cache (in use and idle) above its
+     * transfer cap, so that returning a connection rarely scans for the oldest either. */
     curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, maxc);
     *out = l;
     return PB_OK;

@@ -31,8 +31,9 @@ typedef struct pb_ioloop pb_ioloop;
 typedef void (*pb_ioloop_fn)(void *ctx);
 
 typedef struct pb_ioloop_opts {
-    long max_connections; /* libcurl's cap on open connections (CURLMOPT_MAX_TOTAL_CONNECTIONS)
-                             and its idle connection cache; 0: 1024 */
+    long max_connections; /* libcurl's connection cache, in use and idle (CURLMOPT_MAXCONNECTS);
+                             0: 1024. Open connections are not capped here: the callers cap
+                             their transfers */
 } pb_ioloop_opts;
 
 /* Monotonic milliseconds (CLOCK_MONOTONIC). */

@@ -243,7 +243,8 @@ static void pump(void *arg)
         pb_client_req req = {.server_id = e->id, /* a running entry is never freed */
                              .path = PB_CLIENT_KEY_PATH,
                              .timeout_ms = kf->o.timeout_ms,
-                             .max_response = 1024};
+                             .max_response = 1024,
+                             .one_shot = true};
         pb_client_start(kf->o.client, &req, fetch_done, e);
     }
 }

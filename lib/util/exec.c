@@ -1,6 +1,6 @@
 /*
- * exec - a thread pool over one FIFO queue (see exec.h): a mutex, a condition variable
- * and a singly linked list of tasks.
+ * exec - a thread pool over two FIFO queues (see exec.h): a mutex, a condition variable
+ * and a singly linked list of tasks per priority.
  */
 #include "util/exec.h"
 
@@ -20,7 +20,7 @@ struct task {
 struct pb_exec {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct task *head, *tail;
+    struct task *head[2], *tail[2]; /* [0] normal, [1] low */
     size_t pending;
     bool stop;
     pthread_t *threads;
@@ -32,12 +32,13 @@ static void *worker(void *arg)
     pb_exec *e = arg;
     pthread_mutex_lock(&e->mu);
     for (;;) {
-        while (!e->head && !e->stop)
+        while (!e->head[0] && !e->head[1] && !e->stop)
             pthread_cond_wait(&e->cv, &e->mu);
-        struct task *t = e->head;
+        int q = e->head[0] ? 0 : 1;
+        struct task *t = e->head[q];
         if (!t) break; /* stopping and nothing left */
-        e->head = t->next;
-        if (!e->head) e->tail = NULL;
+        e->head[q] = t->next;
+        if (!e->head[q]) e->tail[q] = NULL;
         e->pending--;
         pthread_mutex_unlock(&e->mu);
         t->fn(t->ctx);
@@ -65,21 +66,31 @@ pb_exec *pb_exec_new(unsigned threads)
     return e;
 }
 
-void pb_exec_run(pb_exec *e, pb_exec_fn fn, void *ctx)
+static void enqueue(pb_exec *e, int q, pb_exec_fn fn, void *ctx)
 {
     struct task *t = pb_xmalloc(sizeof *t);
     t->next = NULL;
     t->fn = fn;
     t->ctx = ctx;
     pthread_mutex_lock(&e->mu);
-    if (e->tail)
-        e->tail->next = t;
+    if (e->tail[q])
+        e->tail[q]->next = t;
     else
-        e->head = t;
-    e->tail = t;
+        e->head[q] = t;
+    e->tail[q] = t;
     e->pending++;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
+}
+
+void pb_exec_run(pb_exec *e, pb_exec_fn fn, void *ctx)
+{
+    enqueue(e, 0, fn, ctx);
+}
+
+void pb_exec_run_low(pb_exec *e, pb_exec_fn fn, void *ctx)
+{
+    enqueue(e, 1, fn, ctx);
 }
 
 size_t pb_exec_pending(pb_exec *e)
