@@ -26,10 +26,13 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "crypto/auth.h"
 #include "harness.h"
 #include "util/buf.h"
+#include "wire/wire.h"
 
 #define TOKEN "status-page-test-token-42"
 #define NDOWN 64
@@ -317,9 +320,50 @@ static bool wait_peers(const pbt_daemon *a, const char *query, json_int_t total)
     return ok;
 }
 
+/* B announces a rename to another ID of its own (localhost:PORT, which serves its key) the
+ * way a foreign server does, without a proof of possession: A records it as pending and
+ * shows it. */
+static char g_announced[64];
+static bool a_has_inbox(void *vctx)
+{
+    const pbt_daemon *a = vctx;
+    long st;
+    json_t *r = pbt_admin(a, "GET", "/v1/inbox?after=0&limit=1", NULL, &st);
+    bool ok = json_array_size(json_object_get(r, "events")) == 1;
+    json_decref(r);
+    return ok;
+}
+
+static void announce_rename(const pbt_daemon *a, const pbt_daemon *b)
+{
+    /* first B pushes to A, so that A holds B's key */
+    submit(b, a->server_id, 1);
+    CHECKF(pbt_wait_for(a_has_inbox, (void *)a, 30000), "B's event reached A");
+    snprintf(g_announced, sizeof g_announced, "localhost:%u", b->port);
+    char path[600];
+    snprintf(path, sizeof path, "%s/key", b->dir);
+    pb_keys *k = NULL;
+    CHECK_OK(pb_keys_load(path, &k));
+    if (!k) return;
+    char *authz = pb_auth_header_make(k, b->server_id, NULL, (uint64_t)time(NULL));
+    char hdr[1024];
+    snprintf(hdr, sizeof hdr, "Authorization: %s", authz);
+    const char *hdrs[] = {"Content-Type: application/hrpc", hdr, NULL};
+    pb_buf body = PB_BUF_INIT;
+    pb_wire_notify_encode(g_announced, NULL, 0, &body);
+    pbt_http h;
+    pbt_http_do("http", a->port, "POST", "/protocol.sync.v1.PostboxService/NotifyNewId", hdrs,
+                body.data, body.len, NULL, &h);
+    CHECKF(h.status == 200, "B's rename notice without proof: %ld", h.status);
+    pbt_http_clear(&h);
+    pb_buf_free(&body);
+    free(authz);
+    pb_keys_free(k);
+}
+
 /* ---- the test -------------------------------------------------------------------------------- */
 
-static void browse(pbt_daemon *a, pbt_daemon *p, char down[][64])
+static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][64])
 {
     long st;
     json_t *key = pbt_admin(a, "GET", "/v1/key", NULL, &st);
@@ -364,6 +408,14 @@ static void browse(pbt_daemon *a, pbt_daemon *p, char down[][64])
         if (strstr(s, down[i])) memset(strstr(s, down[i]), ' ', strlen(down[i]));
     CHECKF(strspn(s, " ") == strlen(s), "rename rows name only peers that are down: %s", s);
     free(s);
+    /* B's announced rename, waiting for proof */
+    snprintf(js, sizeof js,
+             "var r = document.querySelectorAll('#renames-in-body tr');"
+             " return r.length === 1 && r[0].dataset.old === '%s' &&"
+             " r[0].children[1].textContent === '%s' &&"
+             " document.getElementById('renames-in-count').textContent === '1';",
+             b_id, g_announced);
+    CHECKF(wait_page(js, 15000), "the page shows B's rename to %s waiting for proof", g_announced);
 
     static const struct {
         const char *id, *want;
@@ -525,7 +577,8 @@ int main(void)
     wait_peers(a, "/v1/peers?mode=queued", NDOWN);
     wait_peers(a, "/v1/peers?mode=parked", 1);
     wait_peers(a, "/v1/peers?mode=push", 1);
-    browse(a, p, down);
+    announce_rename(a, b);
+    browse(a, p, b->server_id, down);
 
 out:
     if (g_session[0]) {
