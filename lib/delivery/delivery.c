@@ -963,7 +963,7 @@ static void apply_room(pb_delivery *d)
         struct peer *w = d->apply_wait[i];
         pb_sched_want(&d->sched, &w->pull_item, w->pull_urgent ? PB_SCHED_HIGH : PB_SCHED_LOW);
     }
-    memmove(d->apply_wait, d->apply_wait + i, (d->napply_wait - i) * sizeof *d->apply_wait);
+    if (i) memmove(d->apply_wait, d->apply_wait + i, (d->napply_wait - i) * sizeof *d->apply_wait);
     d->napply_wait -= i;
 }
 
