@@ -202,8 +202,7 @@ static const char *const migrations[] = {
     ");"
     "CREATE INDEX renames_in_by_age ON renames_in(created_at);",
     /* 6: no index of guilds and invites by server (see store_sqlite.c) */
-    "DROP INDEX IF EXISTS guilds_by_server;"
-    "DROP INDEX IF EXISTS invites_by_server;",
+    "DROP INDEX IF EXISTS guilds_by_server; DROP INDEX IF EXISTS invites_by_server;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -195,8 +195,7 @@ static const char *const migrations[] = {
     /* 6: no index of guilds and invites by server: it doubled the pages each received
      * event dirties (a scattered insert into a second B-tree), for the sake of a peer's
      * rename, which now scans the two tables once */
-    "DROP INDEX IF EXISTS guilds_by_server;"
-    "DROP INDEX IF EXISTS invites_by_server;",
+    "DROP INDEX IF EXISTS guilds_by_server; DROP INDEX IF EXISTS invites_by_server;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
