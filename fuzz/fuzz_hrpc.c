@@ -275,6 +275,19 @@ static bool exchange(const pb_buf *req, pb_buf *ans)
     int rc = -1;
     for (int tries = 0; tries < 250; tries++) {
         rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+        if (rc != 0 && errno == EINTR) {
+            /* a signal (libFuzzer's timers) interrupted it: the connection goes on in the
+             * background; wait for it and take its outcome */
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            int err = 0;
+            socklen_t len = sizeof err;
+            while (poll(&pfd, 1, ANSWER_TIMEOUT_MS) < 0 && errno == EINTR) {
+            }
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
+                rc = 0;
+            else
+                errno = err ? err : ETIMEDOUT;
+        }
         if (rc == 0 || errno != EADDRNOTAVAIL) break;
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
