@@ -152,6 +152,15 @@ json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, jso
  * value. */
 bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms);
 
+/* ---- a process seen from outside (Linux /proc) and raw connections ------------------------ */
+
+/* A /proc/PID/status field in KiB (VmRSS, VmHWM), or -1. */
+long pbt_proc_kib(pid_t pid, const char *field);
+/* The entries of /proc/PID/<dir>: "fd" counts descriptors, "task" threads; -1 when gone. */
+int pbt_proc_entries(pid_t pid, const char *dir);
+/* A blocking TCP connection to 127.0.0.1:port (the caller closes it), or -1. */
+int pbt_connect_local(uint16_t port);
+
 /* ---- in-test identities -------------------------------------------------------------------
  * A key pair plus a small libmicrohttpd server on 127.0.0.1 answering the Key endpoint, so
  * a daemon under test can verify tokens the test signs as "127.0.0.1:PORT". */

@@ -694,18 +694,6 @@ static void expect_admin(const pbt_http *h, const struct row *w)
 
 /* ---- overload: hold every in-flight slot --------------------------------------------------- */
 
-static int connect_port(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        fd = -1;
-    }
-    return fd;
-}
-
 /* A Key request stuck in its body, the last of its MAX_BODY bytes never coming: holds
  * MAX_BODY - 1 bytes of R's body memory. */
 static int hold_one(const pbt_daemon *r)
@@ -716,7 +704,7 @@ static int hold_one(const pbt_daemon *r)
                      "Content-Length: %d\r\n\r\n",
                      MAX_BODY);
     static char body[MAX_BODY - 1];
-    int fd = connect_port(r->port);
+    int fd = pbt_connect_local(r->port);
     if (fd >= 0 && (write(fd, head, (size_t)n) != n ||
                     send(fd, body, sizeof body, MSG_NOSIGNAL) != (ssize_t)sizeof body)) {
         close(fd);
@@ -869,7 +857,7 @@ static void raw_do(uint16_t port, const char *method, const char *path, const ch
     snprintf(line, sizeof line, "Content-Length: %zu\r\n\r\n", blen);
     pb_buf_append_str(&req, line);
     pb_buf_append(&req, body, blen);
-    int fd = connect_port(port);
+    int fd = pbt_connect_local(port);
     if (fd >= 0) {
         /* the server may answer and close before reading everything: ignore write errors */
         size_t off = 0;

@@ -50,47 +50,6 @@
 #endif
 #define SKIP 77
 
-static long proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    size_t n = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, field, n) && line[n] == ':') v = strtol(line + n + 1, NULL, 10);
-    if (f) fclose(f);
-    return v;
-}
-
-/* Entries of /proc/PID/<what> (fd or task): descriptors or threads. */
-static int proc_count(pid_t pid, const char *what)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, what);
-    DIR *d = opendir(path);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
-
-static int connect_port(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* ---- hung senders --------------------------------------------------------------------------- */
 
 static const char HALF_HEADERS[] = "POST " PUSH " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty";
@@ -101,7 +60,7 @@ static const char FULL_HEADERS[] = "POST " PUSH " HTTP/1.1\r\nHost: 127.0.0.1\r\
 /* Opens connection i and leaves it hanging its way (i % 3). -1 when it could not. */
 static int hung_open(uint16_t port, int i)
 {
-    int fd = connect_port(port);
+    int fd = pbt_connect_local(port);
     if (fd < 0) return -1;
     const char *what = i % 3 == 1 ? HALF_HEADERS : i % 3 == 2 ? FULL_HEADERS : NULL;
     size_t len = what ? strlen(what) : 0;
@@ -206,7 +165,7 @@ struct fds_wait {
 static bool fds_below(void *vctx)
 {
     struct fds_wait *w = vctx;
-    int n = proc_count(w->pid, "fd");
+    int n = pbt_proc_entries(w->pid, "fd");
     return n >= 0 && n < w->below;
 }
 
@@ -224,7 +183,7 @@ static void test_c10k(void)
         pbt_daemon_free(d);
         goto out_ids;
     }
-    int fds_start = proc_count(d->pid, "fd");
+    int fds_start = pbt_proc_entries(d->pid, "fd");
 
     /* the hung senders, all held to the end */
     int64_t t0 = pbt_now_ms();
@@ -244,7 +203,7 @@ static void test_c10k(void)
         held = conns >= NHUNG;
         if (!held) nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
     }
-    int fds_held = proc_count(d->pid, "fd");
+    int fds_held = pbt_proc_entries(d->pid, "fd");
     CHECKF(held && fds_held >= NHUNG,
            "the daemon holds the %d hung connections: %ld open connections, %d descriptors "
            "(%d at start)",
@@ -261,8 +220,8 @@ static void test_c10k(void)
     int threads_max = 0;
     long rss_max = 0;
     for (int i = 0; i < NCLIENTS; i++) {
-        int t = proc_count(d->pid, "task");
-        long r = proc_kib(d->pid, "VmRSS");
+        int t = pbt_proc_entries(d->pid, "task");
+        long r = pbt_proc_kib(d->pid, "VmRSS");
         if (t > threads_max) threads_max = t;
         if (r > rss_max) rss_max = r;
         pthread_join(thr[i], NULL);
@@ -287,8 +246,8 @@ static void test_c10k(void)
     qsort(lat, NCLIENTS * PUSHES, sizeof lat[0], cmp_i64);
     int64_t p50 = lat[NCLIENTS * PUSHES / 2], p99 = lat[NCLIENTS * PUSHES * 99 / 100],
             slowest = lat[NCLIENTS * PUSHES - 1];
-    long hwm = proc_kib(d->pid, "VmHWM");
-    int threads_end = proc_count(d->pid, "task");
+    long hwm = pbt_proc_kib(d->pid, "VmHWM");
+    int threads_end = pbt_proc_entries(d->pid, "task");
     if (threads_end > threads_max) threads_max = threads_end;
     fprintf(stderr,
             "c10k: %d hung connections opened in %.1f s; daemon descriptors %d at start, %d "
@@ -315,7 +274,7 @@ static void test_c10k(void)
         if (hung[i] >= 0) close(hung[i]);
     all_held.below = fds_start + 64;
     CHECKF(pbt_wait_for(fds_below, &all_held, 30000),
-           "the daemon released the connections: %d descriptors", proc_count(d->pid, "fd"));
+           "the daemon released the connections: %d descriptors", pbt_proc_entries(d->pid, "fd"));
     long st;
     json_t *h = pbt_admin(d, "GET", "/healthz", NULL, &st);
     json_decref(h);

@@ -683,20 +683,6 @@ static int log_count(const pbt_daemon *d, const char *a, const char *b)
     return n;
 }
 
-/* A /proc/PID/status field in KiB (VmRSS, VmHWM), or -1. */
-static long proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    size_t n = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, field, n) && line[n] == ':') v = strtol(line + n + 1, NULL, 10);
-    if (f) fclose(f);
-    return v;
-}
-
 /* ---- 1. replayed tokens: silent loss --------------------------------------------------------- */
 
 static void test_replay_push(void)
@@ -1411,7 +1397,7 @@ static void test_pull_bomb(void)
     int64_t t0 = pbt_now_ms();
     bool alive = true;
     while (pbt_now_ms() < end) {
-        long rss = proc_kib(r->pid, "VmRSS");
+        long rss = pbt_proc_kib(r->pid, "VmRSS");
         if (rss < 0) {
             alive = false;
             break;
@@ -1423,7 +1409,7 @@ static void test_pull_bomb(void)
         }
         sleep_ms(100);
     }
-    long hwm = proc_kib(r->pid, "VmHWM");
+    long hwm = pbt_proc_kib(r->pid, "VmHWM");
     int answers = tool_log_count(b, ": answer ");
     int pushes_ok = tool_log_count(b, ok_line);
     json_t *stored = events_from(r, S, BOMB_STORED_MAX + 1);

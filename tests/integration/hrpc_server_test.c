@@ -246,23 +246,11 @@ static void test_lingering_close(const pbt_daemon *a)
     }
 }
 
-static int connect_local(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        fd = -1;
-    }
-    return fd;
-}
-
 /* Sends the headers of a request announcing `declared` body bytes and `sent` of them, then
  * nothing: a hung sender. Returns the socket (the caller closes it). */
 static int stuck_request(uint16_t port, size_t declared, size_t sent)
 {
-    int fd = connect_local(port);
+    int fd = pbt_connect_local(port);
     CHECK(fd >= 0);
     if (fd < 0) return -1;
     char head[256];
@@ -323,7 +311,7 @@ static void hung_push_again(void *vctx)
     if (hp->n == 64 || pbt_now_ms() - hp->last < 300) return;
     hp->last = pbt_now_ms();
     char *authz = pb_auth_header_make(hp->k, hp->sid, NULL, (uint64_t)time(NULL));
-    int fd = connect_local(hp->d->port);
+    int fd = pbt_connect_local(hp->d->port);
     if (fd < 0) {
         free(authz);
         return;

@@ -64,47 +64,6 @@ static int rss_bound_mib(void)
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static int connect_port(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* A /proc/PID/status field in KiB (VmRSS, VmHWM), or -1. */
-static long proc_kib(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    size_t n = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, field, n) && line[n] == ':') v = strtol(line + n + 1, NULL, 10);
-    if (f) fclose(f);
-    return v;
-}
-
-static int proc_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
-
 static bool raise_nofile(rlim_t want)
 {
     struct rlimit rl;
@@ -134,7 +93,7 @@ struct idle_pool {
 
 static void idle_open(struct idle_pool *p, int i)
 {
-    p->fds[i] = connect_port(p->port);
+    p->fds[i] = pbt_connect_local(p->port);
     p->opened[i] = pbt_now_ms();
     if (p->fds[i] < 0) p->connect_failures++;
 }
@@ -228,7 +187,7 @@ struct trickler {
 static void *trickler_main(void *arg)
 {
     struct trickler *t = arg;
-    int fd = connect_port(t->port);
+    int fd = pbt_connect_local(t->port);
     if (fd < 0) return NULL;
     int64_t t0 = pbt_now_ms();
     const char *head = "POST " PUSH " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -303,7 +262,7 @@ static void test_load(void)
         CHECK(!"load daemon starts");
         goto out_ids;
     }
-    long rss_start = proc_kib(d->pid, "VmRSS");
+    long rss_start = pbt_proc_kib(d->pid, "VmRSS");
 
     /* the idle connections first, held (and re-opened) for the whole phase */
     static struct idle_pool pool;
@@ -339,8 +298,8 @@ static void test_load(void)
         for (int i = 0; i < NCLIENTS; i++)
             done += atomic_load(&ps[i].done);
         if (done == NCLIENTS) break;
-        long r = proc_kib(d->pid, "VmRSS");
-        int f = proc_fds(d->pid);
+        long r = pbt_proc_kib(d->pid, "VmRSS");
+        int f = pbt_proc_entries(d->pid, "fd");
         if (r > rss_max) rss_max = r;
         if (f > fds_max) fds_max = f;
         struct timespec ts = {0, 100 * 1000 * 1000};
@@ -351,13 +310,13 @@ static void test_load(void)
     int64_t push_ms = pbt_now_ms() - t0;
     for (int i = 0; i < NTRICKLE; i++)
         pthread_join(tthr[i], NULL);
-    long r = proc_kib(d->pid, "VmRSS");
+    long r = pbt_proc_kib(d->pid, "VmRSS");
     if (r > rss_max) rss_max = r;
-    int f = proc_fds(d->pid);
+    int f = pbt_proc_entries(d->pid, "fd");
     if (f > fds_max) fds_max = f;
     atomic_store(&pool.stop, true);
     pthread_join(idle_thr, NULL);
-    long hwm = proc_kib(d->pid, "VmHWM");
+    long hwm = pbt_proc_kib(d->pid, "VmHWM");
 
     unsigned ok = 0, failed = 0;
     int64_t max_lat = 0;
@@ -446,7 +405,7 @@ struct served_wait {
 static bool served_again(void *vctx)
 {
     struct served_wait *w = vctx;
-    int fd = connect_port(w->port);
+    int fd = pbt_connect_local(w->port);
     int64_t ms;
     bool ok = fd >= 0 && key_request(fd, 2000, &ms) == 1;
     if (fd >= 0) close(fd);
@@ -468,12 +427,12 @@ static void test_limit(void)
     int hold[LIMIT];
     int64_t ms;
     for (int i = 0; i < LIMIT; i++) {
-        hold[i] = connect_port(d->port);
+        hold[i] = pbt_connect_local(d->port);
         CHECKF(hold[i] >= 0 && key_request(hold[i], 5000, &ms) == 1, "holder %d served", i);
     }
     /* every further connection is closed at once: no answer, no hang */
     for (int i = 0; i < 5; i++) {
-        int fd = connect_port(d->port);
+        int fd = pbt_connect_local(d->port);
         int res = fd >= 0 ? key_request(fd, 5000, &ms) : 0; /* refused connect is clean too */
         fprintf(stderr, "limit: connection %d over the limit: %s after %lld ms\n", i,
                 res == 0  ? "closed"
