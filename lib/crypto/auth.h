@@ -79,8 +79,9 @@ typedef struct pb_auth_policy {
      * NULL: every audience is refused. Called from listener threads. */
     bool (*is_self)(void *ctx, const char *id);
     void *self_ctx;
-    /* When set, pb_auth_precheck and pb_auth_proof_check hold it for reading while it reads window_s and the lists,
-     * so that whoever holds it for writing may replace them (a configuration reload). */
+    /* When set, pb_auth_precheck and pb_auth_proof_check hold it for reading while it reads
+     * window_s and the lists, so that whoever holds it for writing may replace them (a
+     * configuration reload). */
     pthread_rwlock_t *lock;
 } pb_auth_policy;
 

@@ -80,6 +80,9 @@ static const struct setting settings[] = {
     S(metrics_listen, NULL,
       "also serve GET /metrics, without the admin token, on this loopback IP:PORT (for a "
       "scraper)"),
+    S(dns_servers, NULL,
+      "DNS servers for peers' host names, IP[:PORT] separated by commas (default: those of "
+      "/etc/resolv.conf); names are resolved without threads (c-ares)"),
     UL(auth_window, 60, 1, 86400, "seconds a token's time may differ from ours"),
     U(key_refetch_interval, 30, 1, 86400, "least seconds between key fetches for one peer"),
     UL(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),

@@ -36,9 +36,10 @@ struct pb_config {
     char *allow;       /* comma/space separated server IDs */
     char *deny;
     char *log_level;
-    char *log_format;     /* text|json */
-    char *node_id;        /* several nodes on one shared store */
-    char *metrics_listen; /* loopback IP:PORT serving GET /metrics without the token */
+    char *log_format;             /* text|json */
+    char *node_id;                /* several nodes on one shared store */
+    char *metrics_listen;         /* loopback IP:PORT serving GET /metrics without the token */
+    char *dns_servers;            /* IP[:PORT],... for peers' names; NULL: /etc/resolv.conf */
     uint64_t allow_private_peers; /* boolean */
     uint64_t auth_window;
     uint64_t key_refetch_interval;

@@ -264,6 +264,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .timeout_ms = (long)cfg->peer_timeout_ms,
         .allow_private = cfg->allow_private_peers != 0,
         .loop = d->loop,
+        .dns_servers = cfg->dns_servers,
     };
     if ((err = pb_client_new(&co, &d->client)) != PB_OK) goto fail;
     pb_keyfetch_opts ko = {.store = d->store,

@@ -724,8 +724,8 @@ static pb_err open_unix(pb_admin_http *a, const char *path)
 
 pb_err pb_admin_http_start(pb_admin_http *a)
 {
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ITC |
-                     MHD_ALLOW_SUSPEND_RESUME;
+    unsigned flags =
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME;
     struct sockaddr_storage ss;
     unsigned sslen = 0;
     pb_err err;

@@ -63,11 +63,11 @@ void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
 typedef void (*pb_admin_fn)(void *ctx, const pb_admin_req *req, pb_admin_resp *resp);
 
 typedef struct pb_admin_http_opts {
-    const char *listen; /* "127.0.0.1:2290", "[::1]:2290" or "unix:/path" */
-    const char *token;  /* bearer token, NULL = none required */
-    size_t max_body;    /* default 1 MiB */
-    unsigned threads;   /* default 4 (a waiting request holds none) */
-    const char *name;   /* names the listener in logs; default "admin" */
+    const char *listen;         /* "127.0.0.1:2290", "[::1]:2290" or "unix:/path" */
+    const char *token;          /* bearer token, NULL = none required */
+    size_t max_body;            /* default 1 MiB */
+    unsigned threads;           /* default 4 (a waiting request holds none) */
+    const char *name;           /* names the listener in logs; default "admin" */
     unsigned request_timeout_s; /* a request must arrive within this; default 30 */
 } pb_admin_http_opts;
 

@@ -10,6 +10,11 @@
  * (bad server ID, header injection, client shutting down) completes through a task posted
  * to the loop, so that a completion never runs inside pb_client_start.
  *
+ * Names: a server ID naming a host is resolved by net/resolve (c-ares on the loop, no
+ * thread) before the transfer is added, and libcurl is given the address with
+ * CURLOPT_CONNECT_TO, so it never resolves itself (its resolver would use a thread per new
+ * connection). The URL keeps the name: Host header and TLS name checks are the peer's.
+ *
  * Private addresses: CURLOPT_OPENSOCKETFUNCTION sees every address libcurl is about to
  * connect to (after DNS, for each address it tries); a refused one gets no socket and the
  * reason is kept for the error message.
@@ -35,6 +40,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "net/resolve.h"
 #include "util/addrclass.h"
 #include "util/buf.h"
 #include "util/log.h"
@@ -57,6 +63,7 @@ struct pb_client {
     size_t response_budget;
     pb_ioloop *loop;
     bool own_loop;
+    pb_resolver *resolver;
     atomic_bool shutting_down;
     size_t buffered; /* answer bytes held by transfers in flight (loop thread only) */
 };
@@ -74,6 +81,12 @@ struct xfer {
     char errbuf[CURL_ERROR_SIZE];
     char refused[96]; /* the private address refused, for the message */
     char id[PB_SERVER_ID_MAX];
+    char host[PB_SERVER_ID_MAX]; /* a name to resolve, "" for an address */
+    char addr[INET6_ADDRSTRLEN]; /* what it resolved to */
+    uint16_t port;
+    struct curl_slist *connect_to;     /* CURLOPT_CONNECT_TO: host:port:addr:port */
+    char first_addr[INET6_ADDRSTRLEN]; /* the first address tried: no lap around the list */
+    int tries;                         /* addresses tried */
     char *path;
     int64_t t0;
     pb_client_done_fn done;
@@ -114,6 +127,14 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
         }
         c->own_loop = true;
     }
+    pb_resolver_opts ro = {.servers = o.dns_servers, .timeout_ms = o.dns_timeout_ms};
+    pb_err err = pb_resolver_new(c->loop, &ro, &c->resolver);
+    if (err != PB_OK) {
+        if (c->own_loop) pb_ioloop_free(c->loop);
+        free(c->ca_file);
+        free(c);
+        return err;
+    }
     *out = c;
     return PB_OK;
 }
@@ -121,6 +142,8 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
 void pb_client_free(pb_client *c)
 {
     if (!c) return;
+    if (c->own_loop) pb_ioloop_stop(c->loop); /* ends the lookups still waiting */
+    pb_resolver_free(c->resolver);
     if (c->own_loop) pb_ioloop_free(c->loop);
     free(c->ca_file);
     free(c);
@@ -270,6 +293,7 @@ static void xfer_free(struct xfer *x)
 {
     if (x->h) curl_easy_cleanup(x->h);
     curl_slist_free_all(x->hdrs);
+    curl_slist_free_all(x->connect_to);
     free(x->url);
     free(x->body);
     free(x->path);
@@ -291,10 +315,23 @@ static void finish(struct xfer *x, pb_err rc, pb_client_answer *ans)
     done(ctx, rc, ans);
 }
 
+static void on_resolved(void *ctx, pb_err err, const char *addr, const char *why);
+
 static void on_done(void *ud, CURLcode cc)
 {
     struct xfer *x = ud;
     pb_client *c = x->c;
+    /* A name's address refused the connection (nothing was sent): the next address, as
+     * libcurl would have done had it resolved the name itself. */
+    if (x->host[0] && cc == CURLE_COULDNT_CONNECT && !x->refused[0] && x->tries < 4 &&
+        !atomic_load(&c->shutting_down)) {
+        pb_resolver_failed(c->resolver, x->host, x->addr);
+        curl_slist_free_all(x->connect_to);
+        x->connect_to = NULL;
+        x->errbuf[0] = '\0';
+        pb_resolver_lookup(c->resolver, x->host, on_resolved, x);
+        return;
+    }
     c->buffered -= x->sink.len;
     pb_client_answer ans = {0};
     pb_err rc;
@@ -314,6 +351,8 @@ static void on_done(void *ud, CURLcode cc)
         ans.message = pb_xstrdup("call aborted: shutting down");
         rc = PB_ERR_SHUTDOWN;
     } else if (cc != CURLE_OK) {
+        if (x->host[0] && cc == CURLE_OPERATION_TIMEDOUT)
+            pb_resolver_failed(c->resolver, x->host, x->addr);
         if (x->refused[0] && cc == CURLE_COULDNT_CONNECT)
             ans.message = pb_xasprintf("refused to connect to %s: private peers are not "
                                        "allowed (allow_private_peers)",
@@ -371,6 +410,44 @@ static struct curl_slist *slist_add(struct curl_slist *l, const char *s)
     return r;
 }
 
+/* The name of x resolved (loop thread): the transfer goes to that address. */
+static void on_resolved(void *ctx, pb_err err, const char *addr, const char *why)
+{
+    struct xfer *x = ctx;
+    if (err != PB_OK) {
+        pb_client_answer ans = {0};
+        ans.message = pb_xstrdup(why ? why : pb_strerror(err));
+        finish(x,
+               err == PB_ERR_SHUTDOWN ? err
+               : err == PB_ERR_BUSY   ? PB_ERR_BUSY
+                                      : PB_ERR_NET,
+               &ans);
+        return;
+    }
+    if (x->tries > 0 && !strcmp(addr, x->first_addr)) { /* every address tried */
+        pb_client_answer ans = {0};
+        ans.message = pb_xasprintf("cannot connect to %s: none of its addresses answered "
+                                   "(last %s)",
+                                   x->host, x->addr);
+        finish(x, PB_ERR_NET, &ans);
+        return;
+    }
+    if (x->tries++ == 0) snprintf(x->first_addr, sizeof x->first_addr, "%s", addr);
+    snprintf(x->addr, sizeof x->addr, "%s", addr);
+    bool v6 = strchr(addr, ':') != NULL;
+    char *ct = pb_xasprintf("%s:%u:%s%s%s:%u", x->host, (unsigned)x->port, v6 ? "[" : "", addr,
+                            v6 ? "]" : "", (unsigned)x->port);
+    x->connect_to = slist_add(NULL, ct);
+    free(ct);
+    curl_easy_setopt(x->h, CURLOPT_CONNECT_TO, x->connect_to);
+    pb_err e = pb_ioloop_add(x->c->loop, x->h, on_done, x);
+    if (e != PB_OK) {
+        pb_client_answer ans = {0};
+        ans.message = pb_xstrdup("I/O loop stopping");
+        finish(x, e, &ans);
+    }
+}
+
 void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn done, void *ctx)
 {
     struct xfer *x = pb_xcalloc(1, sizeof *x);
@@ -398,6 +475,11 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
         fail_early(x, PB_ERR_INVAL, "Authorization value holds a control character");
         return;
     }
+    char host[PB_SERVER_ID_MAX];
+    unsigned char bin[16];
+    if (pb_serverid_split(x->id, host, &x->port) == PB_OK && inet_pton(AF_INET, host, bin) != 1 &&
+        inet_pton(AF_INET6, host, bin) != 1)
+        snprintf(x->host, sizeof x->host, "%s", host);
     x->url = pb_xasprintf("%s://%s%s", c->plain_http ? "http" : "https", x->id, req->path);
     x->hdrs = slist_add(NULL, "Content-Type: application/hrpc");
     x->hdrs = slist_add(x->hdrs, "Hrpc-Version: 1");
@@ -462,6 +544,10 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
         char msg[160];
         snprintf(msg, sizeof msg, "libcurl refused an option: %s", curl_easy_strerror(sc));
         fail_early(x, PB_ERR_NET, msg);
+        return;
+    }
+    if (x->host[0]) { /* a name: resolved first, added then (on_resolved) */
+        pb_resolver_lookup(c->resolver, x->host, on_resolved, x);
         return;
     }
     pb_err err = pb_ioloop_add(c->loop, h, on_done, x);

@@ -43,6 +43,8 @@ typedef struct pb_client_opts {
     bool allow_private;      /* connect to loopback/private/... addresses (allow_private_peers) */
     pb_ioloop *loop;         /* borrowed; NULL: the client runs a loop of its own */
     long max_connections;    /* own loop only: connection cache size, default 1024 */
+    const char *dns_servers; /* "IP[:PORT],..." for host names; NULL: the system's */
+    int dns_timeout_ms;      /* a name's first query; default 2000 (resolve.h) */
 } pb_client_opts;
 
 /*

@@ -38,8 +38,23 @@ struct xfer_rec {
     void *ctx;
 };
 
+struct watch {
+    int fd;
+    pb_ioloop_fd_fn fn;
+    void *ctx;
+};
+
+#define MAX_STOP_HOOKS 8
+
 struct pb_ioloop {
     int epfd, evfd;
+    struct watch *watches; /* loop thread only: descriptors that are not libcurl's */
+    size_t nwatches, capwatches;
+    struct {
+        pb_ioloop_fn fn;
+        void *ctx;
+    } on_stop[MAX_STOP_HOOKS];
+    size_t non_stop;
     CURLM *multi;
     int64_t curl_deadline; /* monotonic ms; -1 = none */
     pthread_t thread;
@@ -247,6 +262,81 @@ size_t pb_ioloop_active(const pb_ioloop *l)
     return l->nxfers;
 }
 
+/* ---- other descriptors ------------------------------------------------------------------------
+ */
+
+static struct watch *watch_find(pb_ioloop *l, int fd)
+{
+    for (size_t i = 0; i < l->nwatches; i++)
+        if (l->watches[i].fd == fd) return &l->watches[i];
+    return NULL;
+}
+
+pb_err pb_ioloop_watch(pb_ioloop *l, int fd, int events, pb_ioloop_fd_fn fn, void *ctx)
+{
+    struct watch *w = watch_find(l, fd);
+    if (!events) {
+        if (!w) return PB_OK;
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+        *w = l->watches[--l->nwatches];
+        return PB_OK;
+    }
+    struct epoll_event ev = {.data.fd = fd};
+    if (events & PB_IOLOOP_IN) ev.events |= EPOLLIN;
+    if (events & PB_IOLOOP_OUT) ev.events |= EPOLLOUT;
+    if (epoll_ctl(l->epfd, w ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
+        PB_ERROR(NULL, "ioloop: epoll_ctl for descriptor %d failed: %s", fd, strerror(errno));
+        return PB_ERR_IO;
+    }
+    if (!w) {
+        if (l->nwatches == l->capwatches) {
+            l->capwatches = l->capwatches ? 2 * l->capwatches : 8;
+            l->watches = pb_xrealloc(l->watches, l->capwatches * sizeof *l->watches);
+        }
+        w = &l->watches[l->nwatches++];
+    }
+    *w = (struct watch){fd, fn, ctx};
+    return PB_OK;
+}
+
+void pb_ioloop_on_stop(pb_ioloop *l, pb_ioloop_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&l->mu);
+    if (l->non_stop == MAX_STOP_HOOKS) abort(); /* a programming error */
+    l->on_stop[l->non_stop].fn = fn;
+    l->on_stop[l->non_stop].ctx = ctx;
+    l->non_stop++;
+    pthread_mutex_unlock(&l->mu);
+}
+
+void pb_ioloop_off_stop(pb_ioloop *l, pb_ioloop_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&l->mu);
+    for (size_t i = 0; i < l->non_stop; i++)
+        if (l->on_stop[i].fn == fn && l->on_stop[i].ctx == ctx) {
+            l->on_stop[i] = l->on_stop[--l->non_stop];
+            break;
+        }
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Runs the stop hooks (loop thread, once). */
+static void run_stop_hooks(pb_ioloop *l)
+{
+    for (;;) {
+        pthread_mutex_lock(&l->mu);
+        if (!l->non_stop) {
+            pthread_mutex_unlock(&l->mu);
+            return;
+        }
+        pb_ioloop_fn fn = l->on_stop[l->non_stop - 1].fn;
+        void *ctx = l->on_stop[l->non_stop - 1].ctx;
+        l->non_stop--;
+        pthread_mutex_unlock(&l->mu);
+        fn(ctx);
+    }
+}
+
 /* ---- posted tasks ---------------------------------------------------------------------------- */
 
 void pb_ioloop_post(pb_ioloop *l, pb_ioloop_fn fn, void *ctx)
@@ -385,6 +475,15 @@ static void *loop_main(void *arg)
                 run_tasks(l);
                 continue;
             }
+            struct watch *w = l->nwatches ? watch_find(l, evs[i].data.fd) : NULL;
+            if (w) {
+                int what = 0;
+                if (evs[i].events & EPOLLIN) what |= PB_IOLOOP_IN;
+                if (evs[i].events & EPOLLOUT) what |= PB_IOLOOP_OUT;
+                if (evs[i].events & (EPOLLERR | EPOLLHUP)) what |= PB_IOLOOP_ERR;
+                w->fn(w->ctx, evs[i].data.fd, what);
+                continue;
+            }
             int mask = 0;
             if (evs[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
             if (evs[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
@@ -407,6 +506,7 @@ static void *loop_main(void *arg)
      * more tasks; a bounded number of rounds keeps a buggy task from spinning forever. */
     for (int round = 0; round < 100 && run_tasks(l) > 0; round++)
         ;
+    run_stop_hooks(l);
     shutdown_transfers(l);
     for (int round = 0; round < 100 && run_tasks(l) > 0; round++)
         ;
@@ -511,6 +611,7 @@ void pb_ioloop_free(pb_ioloop *l)
     if (l->epfd >= 0) close(l->epfd);
     if (l->evfd >= 0) close(l->evfd);
     free(l->heap);
+    free(l->watches);
     pthread_mutex_destroy(&l->mu);
     free(l);
 }

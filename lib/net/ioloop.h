@@ -81,6 +81,20 @@ static inline bool pb_timer_armed(const pb_timer *t)
 /* Number of armed timers (tests). */
 size_t pb_ioloop_timer_count(const pb_ioloop *l);
 
+/* ---- other descriptors and the end of the loop (loop thread) ----------------------------- */
+
+enum { PB_IOLOOP_IN = 1, PB_IOLOOP_OUT = 2, PB_IOLOOP_ERR = 4 };
+typedef void (*pb_ioloop_fd_fn)(void *ctx, int fd, int events);
+/* Watches fd for `events` (PB_IOLOOP_IN and/or PB_IOLOOP_OUT): fn(ctx, fd, what happened)
+ * runs on the loop thread; events 0 stops watching it. For the few descriptors that are
+ * not libcurl's (the name resolver's). PB_ERR_IO when epoll refuses it. */
+pb_err pb_ioloop_watch(pb_ioloop *l, int fd, int events, pb_ioloop_fd_fn fn, void *ctx);
+/* fn(ctx) runs on the loop thread when the loop stops, before the transfers still running
+ * are finished: owners of work that is not a transfer end it there. At most 8. Any thread;
+ * off_stop takes the hook back (an owner that goes away before the loop stops). */
+void pb_ioloop_on_stop(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
+void pb_ioloop_off_stop(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
+
 /* ---- transfers (loop thread; used by hrpc_client) --------------------------------------- */
 
 typedef void (*pb_ioloop_done_fn)(void *ctx, CURLcode rc);
