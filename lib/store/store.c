@@ -33,6 +33,7 @@ void pb_store_opts_default(pb_store_opts *o)
     o->sync = PB_SYNC_FULL;
     o->busy_timeout_ms = PB_STORE_BUSY_TIMEOUT_DEFAULT;
     o->max_batch = PB_STORE_MAX_BATCH_DEFAULT;
+    o->model_log_rows = PB_STORE_MODEL_LOG_DEFAULT;
     o->metrics = NULL;
 }
 
@@ -93,6 +94,12 @@ static pb_err opts_normalise(const pb_store_opts *opts, pb_store_opts *out)
         return PB_ERR_CONFIG;
     }
     if (opts->max_batch > 0) o.max_batch = opts->max_batch;
+    if (opts->model_log_rows < 0 || opts->model_log_rows > PB_STORE_MODEL_LOG_LIMIT) {
+        PB_ERROR(NULL, "store: model_log_rows must be 1..%d (%d)", PB_STORE_MODEL_LOG_LIMIT,
+                 opts->model_log_rows);
+        return PB_ERR_CONFIG;
+    }
+    if (opts->model_log_rows > 0) o.model_log_rows = opts->model_log_rows;
     o.metrics = opts->metrics;
     *out = o;
     return PB_OK;
@@ -280,7 +287,13 @@ void pb_peer_state_free_array(pb_peer_state *sts, size_t count)
 pb_err pb_store_peer_state_get(pb_store *s, const char *server_id, pb_peer_state *out)
 {
     if (!s || !id_ok(server_id) || !out) return PB_ERR_INVAL;
-    return s->ops->peer_state_get(s->impl, server_id, out);
+    return s->ops->peer_state_get(s->impl, server_id, true, out);
+}
+
+pb_err pb_store_peer_send_state(pb_store *s, const char *server_id, pb_peer_state *out)
+{
+    if (!s || !id_ok(server_id) || !out) return PB_ERR_INVAL;
+    return s->ops->peer_state_get(s->impl, server_id, false, out);
 }
 
 pb_err pb_store_peer_state_list(pb_store *s, pb_peer_state **out, size_t *count)

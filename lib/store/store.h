@@ -53,6 +53,9 @@ typedef struct pb_store_opts {
                             default 5000 (0 = default) */
     int max_batch;       /* SQLite: most writes in one group commit; default 256 (0 =
                             default); PostgreSQL: unused */
+    int model_log_rows;  /* SQLite: received guild and invite changes kept in the model log
+                            before they are merged into the tables (store_sqlite.c "model
+                            log"); default 100000 (0 = default); PostgreSQL: unused */
     /* Where write transactions are measured (commit latency; SQLite: writes per group
      * commit), or NULL. Borrowed: it must outlive the store. */
     const pb_metrics_std *metrics;
@@ -61,9 +64,12 @@ typedef struct pb_store_opts {
 #define PB_STORE_BUSY_TIMEOUT_DEFAULT 5000
 #define PB_STORE_MAX_BATCH_DEFAULT 256
 #define PB_STORE_MAX_BATCH_LIMIT 100000
+#define PB_STORE_MODEL_LOG_DEFAULT 100000
+#define PB_STORE_MODEL_LOG_LIMIT 10000000
 
 /* Zero-initialised opts mean the defaults; this fills them in explicitly. Negative
- * values or a max_batch over PB_STORE_MAX_BATCH_LIMIT make pb_store_open fail with
+ * values, a max_batch over PB_STORE_MAX_BATCH_LIMIT or a model_log_rows over
+ * PB_STORE_MODEL_LOG_LIMIT make pb_store_open fail with
  * PB_ERR_CONFIG. */
 void pb_store_opts_default(pb_store_opts *o);
 pb_err pb_store_sync_parse(const char *s, pb_store_sync *out); /* off|normal|full */
@@ -181,8 +187,11 @@ typedef struct pb_peer_state {
 void pb_peer_state_clear(pb_peer_state *st);
 void pb_peer_state_free_array(pb_peer_state *sts, size_t count);
 /* On PB_OK *out is the caller's (pb_peer_state_clear). PB_ERR_NOT_FOUND when the peer is
- * unknown. */
+ * unknown. Counting `queued` reads the peer's whole queue. */
 pb_err pb_store_peer_state_get(pb_store *s, const char *server_id, pb_peer_state *out);
+/* The same, except that `queued` is only 0 or 1 (whether anything is queued): what the
+ * delivery engine reads per Pull or load, in time independent of the queue's length. */
+pb_err pb_store_peer_send_state(pb_store *s, const char *server_id, pb_peer_state *out);
 /* Every known peer (ordered by server_id), with queue statistics. *out is the caller's
  * (pb_peer_state_free_array). */
 pb_err pb_store_peer_state_list(pb_store *s, pb_peer_state **out, size_t *count);

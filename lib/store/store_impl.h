@@ -46,7 +46,8 @@ typedef struct pb_store_ops {
     /* delivery engine state (store.h "delivery engine state"); store.c has checked the
      * arguments: strings non-empty, evs non-NULL with n >= 1 for append, mode in range,
      * max_items / limit >= 1. */
-    pb_err (*peer_state_get)(void *impl, const char *server_id, pb_peer_state *out);
+    /* count false: queued is only 0 or 1 (pb_store_peer_send_state) */
+    pb_err (*peer_state_get)(void *impl, const char *server_id, bool count, pb_peer_state *out);
     pb_err (*peer_state_list)(void *impl, pb_peer_state **out, size_t *count);
     pb_err (*peer_state_set)(void *impl, const char *server_id, pb_peer_mode mode,
                              uint32_t attempts, int64_t next_attempt_at, const char *last_error,

@@ -224,6 +224,7 @@ enum stmt_id {
     ST_PEER_LOCK,
     ST_PEER_STATE_SET,
     ST_PEER_STATE_GET,
+    ST_PEER_SEND_STATE,
     ST_PEER_STATE_LIST,
     ST_PEER_NEW_EPOCH,
     ST_RECV_EPOCH_GET,
@@ -289,13 +290,18 @@ enum stmt_id {
 
 /* The peer's delivery state with its queue statistics, each bounded to its (peer, seq)
  * primary key range, and its latest receive epoch (bounded to the peer's epoch rows). */
-#define PEER_STATE_SELECT                                                                          \
+#define PEER_STATE_SELECT_(queued)                                                                 \
     "SELECT p.server_id, p.mode, p.attempts, p.next_attempt_at, p.last_error, p.parked_seq,"       \
-    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact,"                      \
-    " (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id),"                                 \
+    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact," queued ","           \
     " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1),"      \
     " (SELECT e.epoch" RECV_LATEST_OF_PEER ", p.send_epoch"                                        \
     " FROM peers p"
+#define PEER_STATE_SELECT                                                                          \
+    PEER_STATE_SELECT_(" (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id)")
+/* the same with queued 0 or 1 (pb_store_peer_send_state): one key looked up, not counted */
+#define PEER_SEND_STATE_SELECT                                                                     \
+    PEER_STATE_SELECT_(" CASE WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.peer = p.server_id)"     \
+                       " THEN 1 ELSE 0 END")
 
 static const char *const stmt_sql[ST__COUNT] = {
     [ST_PING] = "SELECT 1::bigint",
@@ -331,6 +337,7 @@ static const char *const stmt_sql[ST__COUNT] = {
         " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
         " parked_seq = excluded.parked_seq",
     [ST_PEER_STATE_GET] = PEER_STATE_SELECT " WHERE p.server_id = $1",
+    [ST_PEER_SEND_STATE] = PEER_SEND_STATE_SELECT " WHERE p.server_id = $1",
     [ST_PEER_STATE_LIST] = PEER_STATE_SELECT " ORDER BY p.server_id",
     /* $3 and $4 are two different random non-zero epochs: the row gets one that differs
      * from its current one */
@@ -1496,11 +1503,11 @@ static pb_err peer_state_row(const PGresult *r, int i, void *elem, void *ctx)
     return bad ? PB_ERR_CORRUPT : PB_OK;
 }
 
-static pb_err pg_peer_state_get(void *impl, const char *server_id, pb_peer_state *out)
+static pb_err pg_peer_state_get(void *impl, const char *server_id, bool count, pb_peer_state *out)
 {
     PGresult *r = NULL;
     pb_peer_state p = {0};
-    pb_err err = READ(impl, ST_PEER_STATE_GET, &r, A_TEXT(server_id));
+    pb_err err = READ(impl, count ? ST_PEER_STATE_GET : ST_PEER_SEND_STATE, &r, A_TEXT(server_id));
     if (err != PB_OK) return err;
     err = PQntuples(r) == 0 ? PB_ERR_NOT_FOUND : peer_state_row(r, 0, &p, NULL);
     PQclear(r);
