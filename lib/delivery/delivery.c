@@ -46,6 +46,8 @@
 /* Delivered events are forgotten in batches of this many for a postbox receiver (a crash
  * replays at most this many, which the receiver recognises). */
 #define LAZY_FORGET 64
+/* ... or this long after the first of them was delivered, when fewer come (ms). */
+#define LAZY_FORGET_MS 200
 /* Pull answers applied at once (each may decode to tens of MB in the worst case). */
 #define MAX_APPLYING 1
 /* Bytes of received Pull answers waiting to be applied: past it no new Pull round starts
@@ -82,6 +84,7 @@ struct peer {
     bool loaded, loading; /* the state machine holds the store's state (epoch, mode, ...) */
     pb_fsm fsm;
     pb_timer send_timer;
+    pb_timer forget_timer; /* flushes lazy forgets (LAZY_FORGET_MS) */
     pb_sched_item send_item;
     pb_outbox_item *items;
     size_t nitems;
@@ -201,6 +204,7 @@ static struct peer *peer_find(pb_delivery *d, const char *id)
 }
 
 static void send_timer_fired(void *arg);
+static void forget_timer_fired(void *arg);
 static void pull_timer_fired(void *arg);
 static void notice_timer_fired(void *arg);
 static void lease_timer_fired(void *arg);
@@ -213,6 +217,7 @@ static struct peer *peer_new_locked(pb_delivery *d, const char *id)
     p->d = d;
     pb_fsm_init(&p->fsm, PB_MODE_PUSH, 0, 0, 0, 0, false);
     pb_timer_init(&p->send_timer, send_timer_fired, p);
+    pb_timer_init(&p->forget_timer, forget_timer_fired, p);
     pb_timer_init(&p->pull_timer, pull_timer_fired, p);
     pb_timer_init(&p->notice_timer, notice_timer_fired, p);
     pb_timer_init(&p->lease_timer, lease_timer_fired, p);
@@ -541,6 +546,11 @@ static void forget_kick(struct peer *p)
     op_run(o);
 }
 
+static void forget_timer_fired(void *arg)
+{
+    forget_kick(arg);
+}
+
 static void forget_done(struct op *o)
 {
     struct peer *p = o->p;
@@ -670,7 +680,12 @@ static void do_actions(struct peer *p, const pb_fsm_action *a, size_t n)
             break;
         case PB_FSM_ACT_FORGET:
             if (a[i].upto > p->forget_want) p->forget_want = a[i].upto;
-            if (!a[i].lazy || p->forget_want >= p->forget_sent + LAZY_FORGET) forget_kick(p);
+            if (!a[i].lazy || p->forget_want >= p->forget_sent + LAZY_FORGET) {
+                pb_ioloop_timer_cancel(d->loop, &p->forget_timer);
+                forget_kick(p);
+            } else if (!pb_timer_armed(&p->forget_timer)) {
+                pb_ioloop_timer_arm(d->loop, &p->forget_timer, mono_ms() + LAZY_FORGET_MS);
+            }
             break;
         case PB_FSM_ACT_PERSIST:
             do_persist(p);
@@ -1542,6 +1557,7 @@ static void stop_on_loop(void *arg)
     for (size_t i = 0; i < d->npeers; i++) {
         struct peer *p = d->all[i];
         pb_ioloop_timer_cancel(d->loop, &p->send_timer);
+        pb_ioloop_timer_cancel(d->loop, &p->forget_timer);
         pb_ioloop_timer_cancel(d->loop, &p->pull_timer);
         pb_ioloop_timer_cancel(d->loop, &p->notice_timer);
         pb_ioloop_timer_cancel(d->loop, &p->lease_timer);

@@ -160,7 +160,11 @@ static void on_read(pb_fsm *f, const pb_fsm_cfg *cfg, const pb_fsm_input *in, ou
         f->has_work = false;
         f->st = PB_FSM_IDLE;
         f->single_until = 0;
-        if (f->acked) emit(o, (pb_fsm_action){.kind = PB_FSM_ACT_FORGET, .upto = f->acked});
+        /* a postbox's forgets may wait (its sequence check makes a replay harmless): the
+         * next submission's commit does not queue behind this one */
+        if (f->acked)
+            emit(o,
+                 (pb_fsm_action){.kind = PB_FSM_ACT_FORGET, .upto = f->acked, .lazy = f->postbox});
         if (f->mode == PB_MODE_QUEUED) {
             f->mode = PB_MODE_PUSH;
             f->attempts = f->tries = 0;

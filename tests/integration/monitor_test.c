@@ -177,6 +177,30 @@ static bool queued_peers(void *vctx)
     return ok;
 }
 
+struct forgot_wait {
+    const pbt_daemon *d;
+    const char *peer;
+};
+
+/* d holds nothing for peer: what it delivered is forgotten (a postbox's forgets may wait
+ * up to a second after the delivery). */
+static bool forgot(void *vctx)
+{
+    struct forgot_wait *w = vctx;
+    long st;
+    json_t *r = pbt_admin(w->d, "GET", "/v1/peers", NULL, &st);
+    json_t *peers = json_object_get(r, "peers"), *p;
+    size_t i;
+    bool ok = false;
+    json_array_foreach(peers, i, p)
+    {
+        if (!strcmp(json_string_value(json_object_get(p, "server_id")), w->peer))
+            ok = json_integer_value(json_object_get(p, "queued")) == 0;
+    }
+    json_decref(r);
+    return ok;
+}
+
 struct samples_wait {
     const pbt_daemon *d;
     json_int_t queued;
@@ -292,6 +316,8 @@ static void test_metrics(pbt_daemon *a, pbt_daemon *b, uint16_t mport, const cha
     submit(a, b->server_id, 1, "sub-1"); /* a repeat: nothing queued */
     struct inbox_wait iw = {b, 6};
     CHECKF(pbt_wait_for(inbox_has, &iw, 30000), "B received the 6 events");
+    struct forgot_wait fw = {a, b->server_id};
+    CHECKF(pbt_wait_for(forgot, &fw, 30000), "A forgot what B received");
     /* in three different milliseconds: the top-2 order is by the oldest event's time */
     submit(a, down[0], 2, NULL);
     next_ms();

@@ -233,6 +233,12 @@ static const struct row rows[] = {
      IDLE,
      PUSH,
      "FORGET 5"},
+    {"an empty head after a postbox took the events: idle, forgets may wait",
+     {.st = READING, .mode = PUSH, .acked = 5, .postbox = true},
+     IN(READ, .n = 0),
+     IDLE,
+     PUSH,
+     "FORGET 5 lazy"},
     {"an empty head while queued: drained",
      {.st = READING, .mode = QUEUED, .attempts = 3, .next_at = 0, .acked = 5},
      IN(READ, .n = 0),
@@ -488,7 +494,7 @@ static void test_scenarios(void)
     step(&f, IN(READ, .n = 2, .first = 2, .last = 3), got, sizeof got);
     step(&f, OK(3, EPOCH), got, sizeof got);
     step(&f, IN(READ, .n = 0), got, sizeof got);
-    CHECK_STR(got, "FORGET 3");
+    CHECK_STR(got, "FORGET 3 lazy");
     CHECK(f.mode == PB_MODE_PUSH && f.st == PB_FSM_IDLE && !f.has_work);
 
     /* a postbox refuses a batch of 4 where only event 6 is bad: 4, 5 go one by one, 6 parks */
