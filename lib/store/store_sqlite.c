@@ -1922,40 +1922,32 @@ static pb_err apply_event(conn *c, const char *from, const pb_event *ev, int64_t
 
 /* ---- the model log ---------------------------------------------------------------------- */
 
-/* Counts the log again (at open, after a rename merged it, after a lost merge). */
-static pb_err log_recount(conn *c)
+/* The first column of the first row of statement id as an int64 (NULL reads as 0); *out
+ * is left as it was when there is no row. */
+static pb_err query_int(conn *c, enum stmt_id id, const arg *a, int n, int64_t *out)
 {
     sqlite3_stmt *st = NULL;
-    pb_err err = stmt_bind(c, ST_LOG_COUNT, NULL, 0, &st);
-    if (err != PB_OK) return err;
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        c->log_rows = sqlite3_column_int64(st, 0);
-        c->log_stale = false;
-    } else {
-        err = fail(c->db, rc, "model log count");
-    }
-    stmt_done(st);
-    return err;
-}
-
-/* One int64 of a one-row query (0 for NULL). */
-static pb_err query_int(conn *c, enum stmt_id id, int64_t *out)
-{
-    sqlite3_stmt *st = NULL;
-    pb_err err = stmt_bind(c, id, NULL, 0, &st);
+    pb_err err = stmt_bind(c, id, a, n, &st);
     if (err != PB_OK) return err;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         *out = sqlite3_column_int64(st, 0);
-    } else {
+    } else if (rc != SQLITE_DONE) {
         err = fail(c->db, rc, stmt_sql[id]);
     }
     stmt_done(st);
     return err;
 }
 
-/* Merges the log rows of users lo..hi (int64 order, both included) with seq <= upto into
+/* Counts the log again (at open, after a rename merged it, after a lost merge). */
+static pb_err log_recount(conn *c)
+{
+    pb_err err = query_int(c, ST_LOG_COUNT, NULL, 0, &c->log_rows);
+    if (err == PB_OK) c->log_stale = false;
+    return err;
+}
+
+/* Merges the log rows of users lo..hi (int64 order, both included) with id <= upto into
  * guilds and invites, in key order, inside the caller's transaction. The rows stay in the
  * log (log_merge_step deletes a cycle's rows at its end): read over the tables they give
  * what the tables now hold. */
@@ -1995,32 +1987,28 @@ static pb_err log_merge_all(conn *c)
     return err;
 }
 
+/* Log rows per merge step: an eighth of the threshold, at least 1. */
+static int log_chunk(const sq *b)
+{
+    return b->opts.model_log_rows / 8 > 0 ? b->opts.model_log_rows / 8 : 1;
+}
+
 /* One merge step, in its own transaction. A cycle takes the rows present when it starts
- * (seq <= log_upto), users in int64 order, about a chunk of rows per step (every row of
+ * (id <= log_upto), users in int64 order, about a chunk of rows per step (every row of
  * the step's last user taken); its last step also deletes them from the log. False when
  * it failed (logged; nothing changed, the cycle starts again). */
 static bool log_merge_step(sq *b)
 {
     conn *c = b->wconn;
     int64_t lo = c->log_cursor, hi = INT64_MAX, upto = c->log_upto;
-    int chunk = b->opts.model_log_rows / 8 > 0 ? b->opts.model_log_rows / 8 : 1, deleted = 0;
-    sqlite3_stmt *st = NULL;
+    int chunk = log_chunk(b), deleted = 0;
     pb_err err = stmt_exec(c, ST_BEGIN);
     if (err == PB_OK && !upto) {
         lo = INT64_MIN;
-        err = query_int(c, ST_LOG_LAST, &upto);
+        err = query_int(c, ST_LOG_LAST, NULL, 0, &upto);
     }
-    if (err == PB_OK)
-        err = stmt_bind(c, ST_LOG_CHUNK_END, (const arg[]){A_INT(lo), A_INT(chunk - 1)}, 2, &st);
-    if (err == PB_OK) {
-        int rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            hi = sqlite3_column_int64(st, 0);
-        } else if (rc != SQLITE_DONE) {
-            err = fail(c->db, rc, "model log chunk");
-        }
-        stmt_done(st);
-    }
+    if (err == PB_OK) /* no row: the rest of the users */
+        err = query_int(c, ST_LOG_CHUNK_END, (const arg[]){A_INT(lo), A_INT(chunk - 1)}, 2, &hi);
     if (err == PB_OK) err = log_merge_range(c, lo, hi, upto);
     if (err == PB_OK && hi == INT64_MAX) err = EXEC(c, ST_LOG_DELETE, &deleted, A_INT(upto));
     if (err == PB_OK) err = stmt_exec(c, ST_COMMIT);
@@ -2048,7 +2036,7 @@ static bool log_merge_step(sq *b)
 static void log_merge(sq *b, int64_t added)
 {
     conn *c = b->wconn;
-    int64_t chunk = b->opts.model_log_rows / 8 > 0 ? b->opts.model_log_rows / 8 : 1;
+    int64_t chunk = log_chunk(b);
     for (int64_t k = 0; k <= added / chunk; k++) {
         if (c->log_stale && log_recount(c) != PB_OK) return;
         if (!c->log_upto && c->log_rows < b->opts.model_log_rows) return;
