@@ -69,8 +69,7 @@ typedef struct pb_store_opts {
 
 /* Zero-initialised opts mean the defaults; this fills them in explicitly. Negative
  * values, a max_batch over PB_STORE_MAX_BATCH_LIMIT or a model_log_rows over
- * PB_STORE_MODEL_LOG_LIMIT make pb_store_open fail with
- * PB_ERR_CONFIG. */
+ * PB_STORE_MODEL_LOG_LIMIT make pb_store_open fail with PB_ERR_CONFIG. */
 void pb_store_opts_default(pb_store_opts *o);
 pb_err pb_store_sync_parse(const char *s, pb_store_sync *out); /* off|normal|full */
 const char *pb_store_sync_name(pb_store_sync s);
