@@ -166,6 +166,7 @@ static void test_options(void)
     CHECK_INT(o.sync, PB_SYNC_FULL);
     CHECK_INT(o.busy_timeout_ms, 5000);
     CHECK_INT(o.max_batch, 256);
+    CHECK_INT(o.model_log_rows, 100000);
     pb_store_sync sy;
     CHECK_OK(pb_store_sync_parse("off", &sy));
     CHECK_INT(sy, PB_SYNC_OFF);
@@ -201,6 +202,10 @@ static void test_options(void)
     bad = (pb_store_opts){.busy_timeout_ms = -5};
     CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
     bad = (pb_store_opts){.sync = (pb_store_sync)42};
+    CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
+    bad = (pb_store_opts){.model_log_rows = -1};
+    CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
+    bad = (pb_store_opts){.model_log_rows = PB_STORE_MODEL_LOG_LIMIT + 1};
     CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
     CHECK(s == NULL);
     CHECK_ERR(pb_store_open("sqlite:", NULL, &s), PB_ERR_CONFIG);
