@@ -1,8 +1,10 @@
 /*
  * monitor - scrape hook, history sampler and the operator's endpoints (see monitor.h).
  *
- * Design: one function (snapshot) reads the store's figures: the queue shape (every peer
- * with queued events: count and oldest event), peers by mode, the inbox's last sequence
+ * Design: one function (snapshot) reads the store's figures: the queue summary (every peer
+ * with queued events: its counter and oldest event, O(peers) whatever is queued; the age
+ * buckets of GET /v1/qshape read every queued event and are only read on request), peers
+ * by mode, the inbox's last sequence
  * number and what lies after the reader's cursor. The scrape hook sets the gauges from
  * it (and the top-N peer series, cleared and rebuilt each scrape); the sampler keeps a
  * ring of small samples from it. A store that fails leaves the gauges at their last
@@ -101,7 +103,7 @@ static void snap_clear(struct snap *s)
 static pb_err snapshot(pb_monitor *m, int64_t now, struct snap *s)
 {
     memset(s, 0, sizeof *s);
-    pb_err err = pb_store_qshape(m->o.store, now, &s->rows, &s->nrows);
+    pb_err err = pb_store_queue_summary(m->o.store, &s->rows, &s->nrows);
     if (err == PB_OK) err = pb_store_peer_mode_counts(m->o.store, s->modes);
     if (err == PB_OK) err = pb_store_inbox_last_seq(m->o.store, &s->inbox_last);
     if (err == PB_OK) {

@@ -421,7 +421,7 @@ static void send_work(struct peer *p, uint64_t assigned);
 
 static void load_work(struct op *o)
 {
-    o->err = pb_store_peer_send_state(o->d->o.store, o->id, &o->st);
+    o->err = pb_store_peer_state_get(o->d->o.store, o->id, &o->st);
 }
 
 /* A record made at run time (a submission, a scan) learns the store's state first. */
@@ -590,7 +590,7 @@ static void epoch_work(struct op *o)
     /* Is the acknowledgement above anything we assigned? Then our store went back (a
      * restored backup): a new epoch for this peer, and push the head again in it. */
     pb_peer_state st;
-    o->err = pb_store_peer_send_state(o->d->o.store, o->id, &st);
+    o->err = pb_store_peer_state_get(o->d->o.store, o->id, &st);
     if (o->err != PB_OK) return;
     o->u2 = st.next_seq ? st.next_seq - 1 : 0;
     o->u3 = st.send_epoch;
@@ -1248,7 +1248,7 @@ static void lease_work(struct op *o)
     o->u1 = held;
     /* newly ours: the shared store's delivery state wins over what we remember */
     if (o->err == PB_OK && held && !o->u2) {
-        pb_err e = pb_store_peer_send_state(d->o.store, o->id, &o->st);
+        pb_err e = pb_store_peer_state_get(d->o.store, o->id, &o->st);
         o->u3 = e == PB_OK;
     }
 }
@@ -1697,7 +1697,7 @@ pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, s
 static pb_err parked_action(pb_delivery *d, const char *peer, bool drop)
 {
     pb_peer_state st;
-    pb_err err = pb_store_peer_send_state(d->o.store, peer, &st);
+    pb_err err = pb_store_peer_state_get(d->o.store, peer, &st);
     if (err != PB_OK) return err;
     uint64_t seq = st.parked_seq;
     pb_peer_mode mode = st.mode;

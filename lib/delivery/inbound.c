@@ -218,7 +218,7 @@ void pb_inbound_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
     }
     /* A postbox of this project: it acknowledges what it holds in our epoch. */
     pb_peer_state st;
-    pb_err err = pb_store_peer_send_state(o->store, req->peer, &st);
+    pb_err err = pb_store_peer_state_get(o->store, req->peer, &st);
     if (err == PB_ERR_NOT_FOUND) return; /* nothing was ever queued for it */
     if (err != PB_OK) {
         store_failure(rep, err, "Pull");

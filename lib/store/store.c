@@ -287,13 +287,7 @@ void pb_peer_state_free_array(pb_peer_state *sts, size_t count)
 pb_err pb_store_peer_state_get(pb_store *s, const char *server_id, pb_peer_state *out)
 {
     if (!s || !id_ok(server_id) || !out) return PB_ERR_INVAL;
-    return s->ops->peer_state_get(s->impl, server_id, true, out);
-}
-
-pb_err pb_store_peer_send_state(pb_store *s, const char *server_id, pb_peer_state *out)
-{
-    if (!s || !id_ok(server_id) || !out) return PB_ERR_INVAL;
-    return s->ops->peer_state_get(s->impl, server_id, false, out);
+    return s->ops->peer_state_get(s->impl, server_id, out);
 }
 
 pb_err pb_store_peer_state_list(pb_store *s, pb_peer_state **out, size_t *count)
@@ -577,7 +571,13 @@ void pb_qshape_rows_free(pb_qshape_row *rows, size_t n)
 pb_err pb_store_qshape(pb_store *s, int64_t now_ms, pb_qshape_row **rows, size_t *n)
 {
     if (!s || !rows || !n) return PB_ERR_INVAL;
-    return s->ops->qshape(s->impl, now_ms, rows, n);
+    return s->ops->qshape(s->impl, now_ms, true, rows, n);
+}
+
+pb_err pb_store_queue_summary(pb_store *s, pb_qshape_row **rows, size_t *n)
+{
+    if (!s || !rows || !n) return PB_ERR_INVAL;
+    return s->ops->qshape(s->impl, 0, false, rows, n);
 }
 
 pb_err pb_store_peer_mode_counts(pb_store *s, uint64_t counts[3])

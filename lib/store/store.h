@@ -186,11 +186,8 @@ typedef struct pb_peer_state {
 void pb_peer_state_clear(pb_peer_state *st);
 void pb_peer_state_free_array(pb_peer_state *sts, size_t count);
 /* On PB_OK *out is the caller's (pb_peer_state_clear). PB_ERR_NOT_FOUND when the peer is
- * unknown. Counting `queued` reads the peer's whole queue. */
+ * unknown. One row read: `queued` is a counter kept with the queue, not a count of it. */
 pb_err pb_store_peer_state_get(pb_store *s, const char *server_id, pb_peer_state *out);
-/* The same, except that `queued` is only 0 or 1 (whether anything is queued): what the
- * delivery engine reads per Pull or load, in time independent of the queue's length. */
-pb_err pb_store_peer_send_state(pb_store *s, const char *server_id, pb_peer_state *out);
 /* Every known peer (ordered by server_id), with queue statistics. *out is the caller's
  * (pb_peer_state_free_array). */
 pb_err pb_store_peer_state_list(pb_store *s, pb_peer_state **out, size_t *count);
@@ -488,10 +485,15 @@ void pb_qshape_rows_free(pb_qshape_row *rows, size_t n);
  * queued event's created_at (cost O(queued)). *rows (caller frees with
  * pb_qshape_rows_free) is NULL when nothing is queued. */
 pb_err pb_store_qshape(pb_store *s, int64_t now_ms, pb_qshape_row **rows, size_t *n);
+/* The same rows with counts all 0, from each peer's queue counter (total) and the first
+ * key of its queue (oldest_at: the created_at of the event at the queue's head, the
+ * oldest unless clocks went back): cost O(peers), whatever is queued. What monitoring
+ * reads. */
+pb_err pb_store_queue_summary(pb_store *s, pb_qshape_row **rows, size_t *n);
 /* Known peers by delivery mode: counts[PB_MODE_PUSH], [PB_MODE_QUEUED], [PB_MODE_PARKED]. */
 pb_err pb_store_peer_mode_counts(pb_store *s, uint64_t counts[3]);
 /* Inbox items with seq > after: how many, and the received_at (ms) of the first of them
- * (0 when none). Cost O(items counted). */
+ * (0 when none). Two key lookups: the inbox is append-only with consecutive seqs. */
 pb_err pb_store_inbox_unread(pb_store *s, uint64_t after, uint64_t *count, int64_t *oldest_at);
 
 /* ---- test-only fault points (PB_FAULTS builds) ----------------------------------------- */

@@ -46,8 +46,7 @@ typedef struct pb_store_ops {
     /* delivery engine state (store.h "delivery engine state"); store.c has checked the
      * arguments: strings non-empty, evs non-NULL with n >= 1 for append, mode in range,
      * max_items / limit >= 1. */
-    /* count false: queued is only 0 or 1 (pb_store_peer_send_state) */
-    pb_err (*peer_state_get)(void *impl, const char *server_id, bool count, pb_peer_state *out);
+    pb_err (*peer_state_get)(void *impl, const char *server_id, pb_peer_state *out);
     pb_err (*peer_state_list)(void *impl, pb_peer_state **out, size_t *count);
     pb_err (*peer_state_set)(void *impl, const char *server_id, pb_peer_mode mode,
                              uint32_t attempts, int64_t next_attempt_at, const char *last_error,
@@ -82,7 +81,8 @@ typedef struct pb_store_ops {
     pb_err (*lease_release)(void *impl, const char *peer, const char *node_id);
     pb_err (*outbox_peers)(void *impl, char ***peers, size_t *n);
     /* monitoring (store.h "monitoring") */
-    pb_err (*qshape)(void *impl, int64_t now_ms, pb_qshape_row **rows, size_t *n);
+    /* buckets false: pb_store_queue_summary */
+    pb_err (*qshape)(void *impl, int64_t now_ms, bool buckets, pb_qshape_row **rows, size_t *n);
     pb_err (*peer_mode_counts)(void *impl, uint64_t counts[3]);
     pb_err (*inbox_unread)(void *impl, uint64_t after, uint64_t *count, int64_t *oldest_at);
 

@@ -54,8 +54,9 @@
  *    . migrations run in one transaction under pg_advisory_xact_lock, so nodes that start
  *      together migrate once.
  *
- * Schema (version 6, the same logical schema and versions as store_sqlite.c): meta, peers
- * (with delivery and sequence columns and send_epoch; recv_seq unused since version 5),
+ * Schema (version 8, the same logical schema and versions as store_sqlite.c, except its
+ * model log: version 7 changes nothing here): meta, peers (with delivery and sequence
+ * columns, send_epoch and the queue counter `queued`; recv_seq unused since version 5),
  * recv_epochs PK (peer, epoch), outbox PK (peer, seq), inbox PK seq plus the inbox_seq
  * counter row, guilds, invites, renames_out, renames_in (old_id PK, new_id UNIQUE,
  * created_at indexed); guilds and invites keyed by user only (a rename scans them), leases,
@@ -203,6 +204,14 @@ static const char *const migrations[] = {
     "CREATE INDEX renames_in_by_age ON renames_in(created_at);",
     /* 6: no index of guilds and invites by server (see store_sqlite.c) */
     "DROP INDEX IF EXISTS guilds_by_server; DROP INDEX IF EXISTS invites_by_server;",
+    /* 7: SQLite's model log; PostgreSQL applies received changes to the tables directly
+     * (store_sqlite.c "model log"): nothing, so that both keep the same version numbers */
+    "SELECT 1",
+    /* 8: each peer's queue length kept with the queue (appends add, deletions subtract in
+     * the same statement), so that reading it never counts the queue */
+    "ALTER TABLE peers ADD COLUMN queued bigint NOT NULL DEFAULT 0;"
+    "UPDATE peers p SET queued = c.n FROM (SELECT peer, count(*) AS n FROM outbox GROUP BY peer) c"
+    " WHERE c.peer = p.server_id;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -224,7 +233,6 @@ enum stmt_id {
     ST_PEER_LOCK,
     ST_PEER_STATE_SET,
     ST_PEER_STATE_GET,
-    ST_PEER_SEND_STATE,
     ST_PEER_STATE_LIST,
     ST_PEER_NEW_EPOCH,
     ST_RECV_EPOCH_GET,
@@ -273,6 +281,7 @@ enum stmt_id {
     ST_LEASE_ACQUIRE,
     ST_LEASE_RELEASE,
     ST_QSHAPE,
+    ST_QUEUE_SUMMARY,
     ST_PEER_MODE_COUNTS,
     ST_INBOX_UNREAD,
     ST__COUNT
@@ -290,18 +299,12 @@ enum stmt_id {
 
 /* The peer's delivery state with its queue statistics, each bounded to its (peer, seq)
  * primary key range, and its latest receive epoch (bounded to the peer's epoch rows). */
-#define PEER_STATE_SELECT_(queued)                                                                 \
+#define PEER_STATE_SELECT                                                                          \
     "SELECT p.server_id, p.mode, p.attempts, p.next_attempt_at, p.last_error, p.parked_seq,"       \
-    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact," queued ","           \
+    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact, p.queued,"            \
     " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1),"      \
     " (SELECT e.epoch" RECV_LATEST_OF_PEER ", p.send_epoch"                                        \
     " FROM peers p"
-#define PEER_STATE_SELECT                                                                          \
-    PEER_STATE_SELECT_(" (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id)")
-/* the same with queued 0 or 1 (pb_store_peer_send_state): one key looked up, not counted */
-#define PEER_SEND_STATE_SELECT                                                                     \
-    PEER_STATE_SELECT_(" CASE WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.peer = p.server_id)"     \
-                       " THEN 1 ELSE 0 END")
 
 static const char *const stmt_sql[ST__COUNT] = {
     [ST_PING] = "SELECT 1::bigint",
@@ -337,7 +340,6 @@ static const char *const stmt_sql[ST__COUNT] = {
         " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
         " parked_seq = excluded.parked_seq",
     [ST_PEER_STATE_GET] = PEER_STATE_SELECT " WHERE p.server_id = $1",
-    [ST_PEER_SEND_STATE] = PEER_SEND_STATE_SELECT " WHERE p.server_id = $1",
     [ST_PEER_STATE_LIST] = PEER_STATE_SELECT " ORDER BY p.server_id",
     /* $3 and $4 are two different random non-zero epochs: the row gets one that differs
      * from its current one */
@@ -359,10 +361,10 @@ static const char *const stmt_sql[ST__COUNT] = {
     /* One statement: creates the peer row or takes its lock and reserves $3 seqs
      * (next_seq += $3), then inserts the events ($4, one bytea[]) with the reserved seqs;
      * answers the last seq. The row lock orders appends to the peer from every node. */
-    [ST_OUTBOX_APPEND] = "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq, send_epoch)"
-                         " VALUES ($1, $2, 1 + $3, $6)"
-                         " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3"
-                         " RETURNING next_seq),"
+    [ST_OUTBOX_APPEND] = "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq, send_epoch,"
+                         " queued) VALUES ($1, $2, 1 + $3, $6, $3)"
+                         " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3,"
+                         " queued = peers.queued + $3 RETURNING next_seq),"
                          " ins AS (INSERT INTO outbox(peer, seq, event, created_at)"
                          " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
                          " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq)"
@@ -377,10 +379,10 @@ static const char *const stmt_sql[ST__COUNT] = {
      * records older than $7 are deleted (oldest first; rows another transaction holds are
      * skipped, so concurrent appends never wait on each other here). Answers the last seq
      * and the number of records updated (1). */
-    [ST_OUTBOX_SUBMIT] = "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq, send_epoch)"
-                         " VALUES ($1, $2, 1 + $3, $9)"
-                         " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3"
-                         " RETURNING next_seq),"
+    [ST_OUTBOX_SUBMIT] = "WITH s AS (INSERT INTO peers(server_id, first_seen, next_seq, send_epoch,"
+                         " queued) VALUES ($1, $2, 1 + $3, $9, $3)"
+                         " ON CONFLICT(server_id) DO UPDATE SET next_seq = peers.next_seq + $3,"
+                         " queued = peers.queued + $3 RETURNING next_seq),"
                          " ins AS (INSERT INTO outbox(peer, seq, event, created_at)"
                          " SELECT $1, s.next_seq - $3 + t.i - 1, t.ev, $5"
                          " FROM s, unnest($4::bytea[]) WITH ORDINALITY AS t(ev, i) RETURNING seq),"
@@ -392,8 +394,14 @@ static const char *const stmt_sql[ST__COUNT] = {
                          " SELECT (SELECT max(seq) FROM ins), (SELECT count(*) FROM rec)",
     [ST_OUTBOX_READ] = "SELECT seq, created_at, event FROM outbox"
                        " WHERE peer = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
-    [ST_OUTBOX_ACK] = "DELETE FROM outbox WHERE peer = $1 AND seq <= $2",
-    [ST_OUTBOX_REMOVE] = "DELETE FROM outbox WHERE peer = $1 AND seq = $2",
+    /* the deletions and the peer's counter in one statement; the peer's row is updated
+     * (and locked) only when something was deleted: the rows updated are 1 or 0 */
+    [ST_OUTBOX_ACK] = "WITH d AS (DELETE FROM outbox WHERE peer = $1 AND seq <= $2 RETURNING 1)"
+                      " UPDATE peers SET queued = queued - (SELECT count(*) FROM d)"
+                      " WHERE server_id = $1 AND EXISTS (SELECT 1 FROM d)",
+    [ST_OUTBOX_REMOVE] = "WITH d AS (DELETE FROM outbox WHERE peer = $1 AND seq = $2 RETURNING 1)"
+                         " UPDATE peers SET queued = queued - (SELECT count(*) FROM d)"
+                         " WHERE server_id = $1 AND EXISTS (SELECT 1 FROM d)",
     /* loose index scan: each step seeks the first key of the next peer */
     [ST_OUTBOX_PEERS] = "WITH RECURSIVE t(peer) AS ("
                         " SELECT (SELECT peer FROM outbox ORDER BY peer LIMIT 1)"
@@ -479,8 +487,14 @@ static const char *const stmt_sql[ST__COUNT] = {
                   " count(*) FILTER (WHERE a >= 9600000)"
                   " FROM (SELECT peer, created_at, $1 - created_at AS a FROM outbox) o"
                   " GROUP BY peer ORDER BY count(*) DESC, peer",
+    [ST_QUEUE_SUMMARY] = "SELECT p.server_id, p.queued, (SELECT o.created_at FROM outbox o"
+                         " WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1), 0, 0, 0, 0, 0, 0, 0"
+                         " FROM peers p WHERE p.queued > 0 ORDER BY p.queued DESC, p.server_id",
     [ST_PEER_MODE_COUNTS] = "SELECT mode, count(*) FROM peers GROUP BY mode",
-    [ST_INBOX_UNREAD] = "SELECT count(*), min(received_at) FROM inbox WHERE seq > $1",
+    /* the inbox is append-only with consecutive seqs (the inbox_seq counter, rolled back
+     * with its transaction): the rows after $1 are max(seq) - $1, counted without reading */
+    [ST_INBOX_UNREAD] = "SELECT greatest(0, coalesce((SELECT max(seq) FROM inbox), 0) - $1),"
+                        " (SELECT received_at FROM inbox WHERE seq > $1 ORDER BY seq LIMIT 1)",
 };
 
 /* ---- the backend ------------------------------------------------------------------------ */
@@ -1503,11 +1517,11 @@ static pb_err peer_state_row(const PGresult *r, int i, void *elem, void *ctx)
     return bad ? PB_ERR_CORRUPT : PB_OK;
 }
 
-static pb_err pg_peer_state_get(void *impl, const char *server_id, bool count, pb_peer_state *out)
+static pb_err pg_peer_state_get(void *impl, const char *server_id, pb_peer_state *out)
 {
     PGresult *r = NULL;
     pb_peer_state p = {0};
-    pb_err err = READ(impl, count ? ST_PEER_STATE_GET : ST_PEER_SEND_STATE, &r, A_TEXT(server_id));
+    pb_err err = READ(impl, ST_PEER_STATE_GET, &r, A_TEXT(server_id));
     if (err != PB_OK) return err;
     err = PQntuples(r) == 0 ? PB_ERR_NOT_FOUND : peer_state_row(r, 0, &p, NULL);
     PQclear(r);
@@ -2385,10 +2399,15 @@ static void qshape_rows_free(void *arr, size_t n)
 static const rows_spec qshape_rows = {ST_QSHAPE, sizeof(pb_qshape_row), qshape_row,
                                       qshape_rows_free};
 
-static pb_err pg_qshape(void *impl, int64_t now_ms, pb_qshape_row **rows, size_t *n)
+static const rows_spec summary_rows = {ST_QUEUE_SUMMARY, sizeof(pb_qshape_row), qshape_row,
+                                       qshape_rows_free};
+
+static pb_err pg_qshape(void *impl, int64_t now_ms, bool buckets, pb_qshape_row **rows, size_t *n)
 {
     void *arr = NULL;
-    pb_err err = read_rows(impl, &qshape_rows, (const arg[]){A_INT(now_ms)}, 1, NULL, &arr, n);
+    pb_err err = buckets
+                     ? read_rows(impl, &qshape_rows, (const arg[]){A_INT(now_ms)}, 1, NULL, &arr, n)
+                     : read_rows(impl, &summary_rows, NULL, 0, NULL, &arr, n);
     if (err == PB_OK) *rows = arr;
     return err;
 }

@@ -18,14 +18,16 @@
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, reset after use).
  *
- * Schema (version 7; migration 1 created meta and peers, 3 added leases, 4 submissions,
+ * Schema (version 8; migration 1 created meta and peers, 3 added leases, 4 submissions,
  * 5 sequence epochs and renames_in, 6 dropped the server_id indexes of guilds and invites,
- * 7 added the model log):
+ * 7 added the model log, 8 the queue counters):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s),
  *    mode, attempts, next_attempt_at, last_error, parked_seq, next_seq DEFAULT 1,
- *    recv_seq DEFAULT 0, send_epoch DEFAULT 0): one row per peer, as receiver R of our
- *    outbox (delivery fields, next_seq = the seq the next appended event gets, so an
- *    append never counts the queue, send_epoch = our epoch towards it). Every statement
+ *    recv_seq DEFAULT 0, send_epoch DEFAULT 0, queued DEFAULT 0): one row per peer, as
+ *    receiver R of our outbox (delivery fields, next_seq = the seq the next appended event
+ *    gets, so an append never counts the queue, queued = the rows of its outbox, added to
+ *    by appends and taken from by deletions in their transaction, so that reading a queue's
+ *    length never counts it, send_epoch = our epoch towards it). Every statement
  *    that can create the row binds a random non-zero send_epoch drawn on the caller's
  *    thread (used only when the row is new); rows from before version 5 keep 0.
  *    recv_seq is unused since version 5 (migrated into recv_epochs, never read or
@@ -227,6 +229,10 @@ static const char *const migrations[] = {
     "         (op = 3 AND guild_id IS NULL AND invite_id IS NOT NULL AND inviter_id IS NOT NULL))"
     ");"
     "CREATE INDEX model_log_by_user ON model_log(user_id);",
+    /* 8: each peer's queue length kept with the queue (appends add, deletions subtract in
+     * the same transaction), so that reading it never counts the queue */
+    "ALTER TABLE peers ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE peers SET queued = (SELECT count(*) FROM outbox o WHERE o.peer = peers.server_id);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -252,9 +258,9 @@ enum stmt_id {
     ST_PEER_EXISTS,
     ST_PEER_SEQS,
     ST_PEER_NEXT_SEQ_SET,
+    ST_PEER_DEQUEUED,
     ST_PEER_STATE_SET,
     ST_PEER_STATE_GET,
-    ST_PEER_SEND_STATE,
     ST_PEER_STATE_LIST,
     ST_PEER_NEW_EPOCH,
     ST_RECV_EPOCH_GET,
@@ -296,6 +302,7 @@ enum stmt_id {
     ST_SUBMISSION_INSERT,
     ST_SUBMISSION_PRUNE,
     ST_QSHAPE,
+    ST_QUEUE_SUMMARY,
     ST_PEER_MODE_COUNTS,
     ST_INBOX_UNREAD,
     ST_LOG_GUILD,
@@ -321,18 +328,12 @@ enum stmt_id {
 
 /* The peer's delivery state with its queue statistics, each bounded to its (peer, seq)
  * primary key range, and its latest receive epoch (bounded to the peer's epoch rows). */
-#define PEER_STATE_SELECT_(queued)                                                                 \
+#define PEER_STATE_SELECT                                                                          \
     "SELECT p.server_id, p.mode, p.attempts, p.next_attempt_at, p.last_error, p.parked_seq,"       \
-    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact," queued ","           \
+    " p.next_seq, (SELECT e.recv_seq" RECV_LATEST_OF_PEER ", p.last_contact, p.queued,"            \
     " (SELECT o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1),"      \
     " (SELECT e.epoch" RECV_LATEST_OF_PEER ", p.send_epoch"                                        \
     " FROM peers p"
-#define PEER_STATE_SELECT                                                                          \
-    PEER_STATE_SELECT_(" (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id)")
-/* the same with queued 0 or 1 (pb_store_peer_send_state): one key looked up, not counted */
-#define PEER_SEND_STATE_SELECT                                                                     \
-    PEER_STATE_SELECT_(" CASE WHEN EXISTS (SELECT 1 FROM outbox o WHERE o.peer = p.server_id)"     \
-                       " THEN 1 ELSE 0 END")
 
 static const char *const stmt_sql[ST__COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -362,7 +363,9 @@ static const char *const stmt_sql[ST__COUNT] = {
                        " ON CONFLICT(server_id) DO NOTHING",
     [ST_PEER_EXISTS] = "SELECT 1 FROM peers WHERE server_id = ?1",
     [ST_PEER_SEQS] = "SELECT next_seq FROM peers WHERE server_id = ?1",
-    [ST_PEER_NEXT_SEQ_SET] = "UPDATE peers SET next_seq = ?2 WHERE server_id = ?1",
+    [ST_PEER_NEXT_SEQ_SET] =
+        "UPDATE peers SET next_seq = ?2, queued = queued + ?3 WHERE server_id = ?1",
+    [ST_PEER_DEQUEUED] = "UPDATE peers SET queued = queued - ?2 WHERE server_id = ?1",
     [ST_PEER_STATE_SET] =
         "INSERT INTO peers(server_id, first_seen, mode, attempts, next_attempt_at, last_error,"
         " parked_seq, send_epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
@@ -371,7 +374,6 @@ static const char *const stmt_sql[ST__COUNT] = {
         " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
         " parked_seq = excluded.parked_seq",
     [ST_PEER_STATE_GET] = PEER_STATE_SELECT " WHERE p.server_id = ?1",
-    [ST_PEER_SEND_STATE] = PEER_SEND_STATE_SELECT " WHERE p.server_id = ?1",
     [ST_PEER_STATE_LIST] = PEER_STATE_SELECT " ORDER BY p.server_id",
     /* ?3 and ?4 are two different random non-zero epochs: the row gets one that differs
      * from its current one */
@@ -472,8 +474,14 @@ static const char *const stmt_sql[ST__COUNT] = {
                   " sum(a >= 4800000 AND a < 9600000), sum(a >= 9600000)"
                   " FROM (SELECT peer, created_at, ?1 - created_at AS a FROM outbox)"
                   " GROUP BY peer ORDER BY count(*) DESC, peer",
+    [ST_QUEUE_SUMMARY] = "SELECT p.server_id, p.queued, (SELECT o.created_at FROM outbox o"
+                         " WHERE o.peer = p.server_id ORDER BY o.seq LIMIT 1), 0, 0, 0, 0, 0, 0, 0"
+                         " FROM peers p WHERE p.queued > 0 ORDER BY p.queued DESC, p.server_id",
     [ST_PEER_MODE_COUNTS] = "SELECT mode, count(*) FROM peers GROUP BY mode",
-    [ST_INBOX_UNREAD] = "SELECT count(*), min(received_at) FROM inbox WHERE seq > ?1",
+    /* the inbox is append-only with consecutive seqs (AUTOINCREMENT, rolled back with its
+     * transaction): the rows after ?1 are max(seq) - ?1, counted without reading them */
+    [ST_INBOX_UNREAD] = "SELECT max(0, coalesce((SELECT max(seq) FROM inbox), 0) - ?1),"
+                        " (SELECT received_at FROM inbox WHERE seq > ?1 ORDER BY seq LIMIT 1)",
     /* the model log (see "model log" above); ?1 = op 1 add, 2 remove; ?5 = the event's
      * inbox seq */
     [ST_LOG_GUILD] = "INSERT INTO model_log(user_id, seq, op, server_id, guild_id)"
@@ -1577,7 +1585,7 @@ static pb_err peer_state_row(sqlite3_stmt *st, void *elem, void *ctx)
     return PB_OK;
 }
 
-static pb_err sq_peer_state_get(void *impl, const char *server_id, bool count, pb_peer_state *out)
+static pb_err sq_peer_state_get(void *impl, const char *server_id, pb_peer_state *out)
 {
     sq *b = impl;
     conn *c = NULL;
@@ -1585,8 +1593,7 @@ static pb_err sq_peer_state_get(void *impl, const char *server_id, bool count, p
     pb_peer_state p = {0};
     pb_err err = reader_get(b, &c);
     if (err != PB_OK) return err;
-    err = stmt_bind(c, count ? ST_PEER_STATE_GET : ST_PEER_SEND_STATE,
-                    (const arg[]){A_TEXT(server_id)}, 1, &st);
+    err = stmt_bind(c, ST_PEER_STATE_GET, (const arg[]){A_TEXT(server_id)}, 1, &st);
     if (err != PB_OK) goto out;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
@@ -1771,7 +1778,7 @@ static pb_err outbox_append_job(conn *c, void *ctx)
                    A_INT(a->now));
         if (err != PB_OK) return err;
     }
-    err = EXEC(c, ST_PEER_NEXT_SEQ_SET, NULL, A_TEXT(a->peer), A_INT(next + a->n));
+    err = EXEC(c, ST_PEER_NEXT_SEQ_SET, NULL, A_TEXT(a->peer), A_INT(next + a->n), A_INT(a->n));
     if (err == PB_OK && a->submission_id) {
         err = EXEC(c, ST_SUBMISSION_INSERT, NULL, A_TEXT(a->submission_id), A_TEXT(a->peer),
                    A_INT(next), A_INT(a->n), A_INT(a->now));
@@ -1857,7 +1864,11 @@ struct outbox_del_ctx {
 static pb_err outbox_ack_job(conn *c, void *ctx)
 {
     struct outbox_del_ctx *d = ctx;
-    return EXEC(c, ST_OUTBOX_ACK, NULL, A_TEXT(d->peer), A_INT(clamp64(d->seq)));
+    int changes = 0;
+    pb_err err = EXEC(c, ST_OUTBOX_ACK, &changes, A_TEXT(d->peer), A_INT(clamp64(d->seq)));
+    if (err == PB_OK && changes > 0)
+        err = EXEC(c, ST_PEER_DEQUEUED, NULL, A_TEXT(d->peer), A_INT(changes));
+    return err;
 }
 
 static pb_err sq_outbox_ack(void *impl, const char *peer, uint64_t upto)
@@ -1873,6 +1884,7 @@ static pb_err outbox_remove_job(conn *c, void *ctx)
     if (d->seq > (uint64_t)INT64_MAX) return PB_ERR_NOT_FOUND;
     pb_err err = EXEC(c, ST_OUTBOX_REMOVE, &changes, A_TEXT(d->peer), A_INT(d->seq));
     if (err == PB_OK && changes == 0) err = PB_ERR_NOT_FOUND;
+    if (err == PB_OK) err = EXEC(c, ST_PEER_DEQUEUED, NULL, A_TEXT(d->peer), A_INT(changes));
     return err;
 }
 
@@ -2616,10 +2628,15 @@ static void qshape_rows_free(void *arr, size_t n)
 static const rows_spec qshape_rows = {ST_QSHAPE, "queue shape", sizeof(pb_qshape_row), qshape_row,
                                       qshape_rows_free};
 
-static pb_err sq_qshape(void *impl, int64_t now_ms, pb_qshape_row **rows, size_t *n)
+static const rows_spec summary_rows = {ST_QUEUE_SUMMARY, "queue summary", sizeof(pb_qshape_row),
+                                       qshape_row, qshape_rows_free};
+
+static pb_err sq_qshape(void *impl, int64_t now_ms, bool buckets, pb_qshape_row **rows, size_t *n)
 {
     void *arr = NULL;
-    pb_err err = read_rows(impl, &qshape_rows, (const arg[]){A_INT(now_ms)}, 1, NULL, &arr, n);
+    pb_err err = buckets
+                     ? read_rows(impl, &qshape_rows, (const arg[]){A_INT(now_ms)}, 1, NULL, &arr, n)
+                     : read_rows(impl, &summary_rows, NULL, 0, NULL, &arr, n);
     if (err == PB_OK) *rows = arr;
     return err;
 }

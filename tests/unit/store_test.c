@@ -50,8 +50,7 @@
 #include "harness.h"
 #include "store/store.h"
 
-/* SQLite 7 added the model log, which PostgreSQL does without */
-#define SCHEMA_CURRENT (g_pg ? 6 : 7)
+#define SCHEMA_CURRENT 8
 /* the sender epoch the cases that are not about epochs receive in */
 #define EP 0x1234567890abcdefULL
 
@@ -140,6 +139,19 @@ static bool raw_int(const char *spec, const char *sql, long long *out)
     PQfinish(c);
     return ok;
 }
+
+/* Every peer's queue counter (peers.queued) equals the rows of its queue. */
+static void check_queue_counters(const char *spec, int line)
+{
+    long long bad = -1;
+    bool ok = raw_int(spec,
+                      "SELECT count(*) FROM peers p WHERE p.queued <>"
+                      " (SELECT count(*) FROM outbox o WHERE o.peer = p.server_id)",
+                      &bad);
+    CHECKF(ok && bad == 0, "queue counters (line %d): %lld peers differ from their queue", line,
+           bad);
+}
+#define CHECK_QUEUE_COUNTERS(spec) check_queue_counters(spec, __LINE__)
 
 static void fill_key(uint8_t key[PB_PUBKEY_LEN], uint8_t seed)
 {
@@ -782,6 +794,7 @@ static void test_outbox(void)
     CHECK_INT(last, 6);
     CHECK_INT(outbox_count(s, p2), 3);
     CHECK_OK(pb_store_integrity_check(s));
+    CHECK_QUEUE_COUNTERS(spec);
     pb_store_close(s);
 
     /* a stored event that does not decode is corruption, not an empty read */
@@ -841,15 +854,6 @@ static void test_peer_state(void)
     CHECK_INT(st.next_seq, 4);
     CHECK_INT(st.last_contact, 77);
     pb_peer_state_clear(&st);
-    /* the delivery engine's view: the same, with queued only telling that there is a queue */
-    CHECK_OK(pb_store_peer_send_state(s, b, &st));
-    CHECK_INT(st.mode, PB_MODE_PARKED);
-    CHECK_INT(st.parked_seq, 3);
-    CHECK_INT(st.queued, 1);
-    CHECK_INT(st.oldest_queued_at, 1000);
-    CHECK_INT(st.next_seq, 4);
-    pb_peer_state_clear(&st);
-    CHECK_ERR(pb_store_peer_send_state(s, "nobody.example:443", &st), PB_ERR_NOT_FOUND);
     CHECK_OK(pb_store_outbox_ack(s, b, 2));
     CHECK_OK(pb_store_peer_state_get(s, b, &st));
     CHECK_INT(st.queued, 1);
@@ -2212,6 +2216,7 @@ static void test_peer_rename(void)
     free(after);
 #endif
     CHECK_OK(pb_store_integrity_check(s));
+    CHECK_QUEUE_COUNTERS(spec);
     pb_store_close(s);
     free(spec);
 }
@@ -2299,6 +2304,45 @@ static void test_self_rename(void)
 
 /* A database created by the first release (schema version 1) opens, migrates to the
  * current version in place and keeps its data. */
+/* The migration that added the queue counters counts the queues that exist: a store of
+ * the previous version (the column dropped, the version set back) is opened again. */
+static void test_migrate_queue_counters(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("qcount", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
+    pb_event e[3] = {ev_added(1, 2), ev_added(1, 3), ev_added(1, 4)};
+    CHECK_OK(pb_store_outbox_append(s, "a.example:1", e, 3, 1000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, "b.example:1", e, 2, 1000, NULL));
+    CHECK_OK(pb_store_outbox_ack(s, "b.example:1", 1));
+    CHECK_OK(pb_store_peer_touch(s, "c.example:1", 5));
+    pb_store_close(s);
+    s = NULL;
+    char sql[160];
+    snprintf(sql, sizeof sql,
+             "ALTER TABLE peers DROP COLUMN queued; UPDATE schema_version SET version = %d",
+             SCHEMA_CURRENT - 1);
+    CHECK(raw_exec(spec, sql));
+    CHECK_OK(pb_store_open(spec, NULL, &s));
+    if (s) {
+        static const char *const peers[3] = {"a.example:1", "b.example:1", "c.example:1"};
+        const uint64_t want[3] = {3, 1, 0};
+        for (int i = 0; i < 3; i++) {
+            pb_peer_state st;
+            CHECK_OK(pb_store_peer_state_get(s, peers[i], &st));
+            CHECKF(st.queued == want[i], "%s: queued %llu after the migration", peers[i],
+                   (unsigned long long)st.queued);
+            pb_peer_state_clear(&st);
+        }
+        CHECK_QUEUE_COUNTERS(spec);
+    }
+    pb_store_close(s);
+    free(spec);
+}
+
 static void test_migrate_from_v1(void)
 {
     char *p = spec_for("v1");
@@ -2464,6 +2508,10 @@ static void test_outbox_concurrent(void)
         CHECKF(ordered, "peer %d: a thread's events out of order", p);
         pb_outbox_items_free(it, n);
         CHECK_INT(next_seq_of(s, ob_peer(p)), want + 1);
+        pb_peer_state st;
+        CHECK_OK(pb_store_peer_state_get(s2, ob_peer(p), &st));
+        CHECK_INT(st.queued, want); /* the counter, kept by both handles' appends */
+        pb_peer_state_clear(&st);
     }
     for (int i = 0; i < OB_THREADS; i++)
         CHECK_INT(args[i].failures, 0);
@@ -2867,12 +2915,32 @@ static void test_monitoring(void)
         CHECK_INT(rows[1].total, 6);
         CHECK_INT(rows[1].oldest_at, now - 160 * min);
     }
+    /* the summary monitoring reads: the same totals, no buckets, and the time of each
+     * queue's head (p2's events above were appended with times out of order) */
+    pb_qshape_row *sum = NULL;
+    size_t ns = 9;
+    CHECK_OK(pb_store_queue_summary(s, &sum, &ns));
+    CHECK_INT(ns, n);
+    const int64_t head_at[2] = {now - 300 * min, now - 5 * min};
+    for (size_t i = 0; i < ns && i < n && i < 2; i++) {
+        CHECK_STR(sum[i].peer, rows[i].peer);
+        CHECK_INT(sum[i].total, rows[i].total);
+        CHECK_INT(sum[i].oldest_at, head_at[i]);
+        for (int k = 0; k < PB_QSHAPE_BUCKETS; k++)
+            CHECK_INT(sum[i].counts[k], 0);
+    }
+    pb_qshape_rows_free(sum, ns);
     pb_qshape_rows_free(rows, n);
     CHECK_OK(pb_store_outbox_ack(s, p1, 1));
     CHECK_OK(pb_store_qshape(s, now, &rows, &n));
     CHECK(n == 2 && !strcmp(rows[0].peer, p2) && rows[1].total == 5 &&
           rows[1].oldest_at == now - 7 * min);
     pb_qshape_rows_free(rows, n);
+    CHECK_OK(pb_store_queue_summary(s, &rows, &n));
+    CHECK(n == 2 && !strcmp(rows[0].peer, p2) && rows[0].total == 6 && rows[1].total == 5 &&
+          rows[1].oldest_at == now - 7 * min);
+    pb_qshape_rows_free(rows, n);
+    CHECK_ERR(pb_store_queue_summary(s, NULL, &n), PB_ERR_INVAL);
     CHECK_ERR(pb_store_qshape(s, now, NULL, &n), PB_ERR_INVAL);
 
     CHECK_OK(pb_store_peer_state_set(s, p1, PB_MODE_QUEUED, 1, now, "down", 0));
@@ -3330,6 +3398,7 @@ int main(int argc, char **argv)
     test_peer_rename();
     test_self_rename();
     test_migrate_from_v1();
+    test_migrate_queue_counters();
     test_migrate_from_v4();
     test_outbox_concurrent();
     test_submission_ids();
