@@ -889,7 +889,7 @@ static void *writer_main(void *arg)
             batch[i]->done = true;
         pthread_cond_broadcast(&b->done);
         if (committed && (b->wconn->log_upto || b->wconn->log_rows >= b->opts.model_log_rows)) {
-            /* the callers are answered; the queue waits for the merge step(s) */
+            /* the callers are answered; merge steps run while no write waits */
             pthread_mutex_unlock(&b->mu);
             log_merge(b, b->wconn->log_rows - log_before);
             pthread_mutex_lock(&b->mu);
@@ -1999,10 +1999,11 @@ static pb_err log_merge_all(conn *c)
     return err;
 }
 
-/* Log rows per merge step: an eighth of the threshold, at least 1. */
+/* Log rows per merge step: a 32nd of the threshold (a write that comes during a step
+ * waits for it), at least 1. */
 static int log_chunk(const sq *b)
 {
-    return b->opts.model_log_rows / 8 > 0 ? b->opts.model_log_rows / 8 : 1;
+    return b->opts.model_log_rows / 32 > 0 ? b->opts.model_log_rows / 32 : 1;
 }
 
 /* One merge step, in its own transaction. A cycle takes the rows present when it starts
@@ -2042,16 +2043,24 @@ static bool log_merge_step(sq *b)
     return true;
 }
 
-/* After a batch that added `added` log rows: merge steps while a cycle is in progress or
- * the log holds model_log_rows or more, as many as it takes to merge at least what the
- * batch added. */
+/* After a committed batch that added `added` log rows: merge steps while a cycle is in
+ * progress or the log holds model_log_rows or more, as long as no write waits (merging
+ * fills the writer's idle time). With twice that or more, steps run even when writes wait,
+ * two per chunk the batch added and one more: the cycle's cursor then passes at least
+ * twice the rows the batch added, so the cycle ends before the log has grown by more than
+ * the two times model_log_rows it held, and the log stays below about four times
+ * model_log_rows however busy the writer is. */
 static void log_merge(sq *b, int64_t added)
 {
     conn *c = b->wconn;
-    int64_t chunk = log_chunk(b);
-    for (int64_t k = 0; k <= added / chunk; k++) {
+    int64_t owed = 2 * added / log_chunk(b) + 1;
+    for (;; owed--) {
         if (c->log_stale && log_recount(c) != PB_OK) return;
         if (!c->log_upto && c->log_rows < b->opts.model_log_rows) return;
+        pthread_mutex_lock(&b->mu);
+        bool waiting = b->head != NULL || b->stop;
+        pthread_mutex_unlock(&b->mu);
+        if (waiting && (owed <= 0 || c->log_rows < 2 * (int64_t)b->opts.model_log_rows)) return;
         if (!log_merge_step(b)) return;
     }
 }
