@@ -55,9 +55,10 @@
  *    drain of 1,000,000 events ran at a third of the 10,000 rate); appending costs a page per
  *    ~40 events. Reads (pb_store_guilds, pb_store_invites) take, per key, the log row of the
  *    highest seq over the table row. Once the log holds opts.model_log_rows rows the writer
- *    runs a merge cycle, one step after each batch (more if the batch added more than a
- *    step): the rows present at the cycle's start (id <= log_upto), users in int64 order,
- *    about an eighth of them per step, applied to the tables in key order (the last change
+ *    runs a merge cycle in steps between batches, while no write waits (past twice that
+ *    many rows, also while writes wait, at the pace of what they add: log_merge): the rows
+ *    present at the cycle's start (id <= log_upto), users in int64 order, about a 32nd of
+ *    the threshold's rows per step, applied to the tables in key order (the last change
  *    of a key wins) in the step's own transaction; the last step deletes the cycle's rows,
  *    a range of the log's primary key. A merged row left in the log reads the same over
  *    the table, so a step, a crash or a restart in between changes no answer. A peer's
