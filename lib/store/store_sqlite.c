@@ -232,8 +232,8 @@ static const char *const migrations[] = {
     "CREATE INDEX model_log_by_user ON model_log(user_id);",
     /* 8: each peer's queue length kept with the queue (appends add, deletions subtract in
      * the same transaction), so that reading it never counts the queue */
-    "ALTER TABLE peers ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;"
-    "UPDATE peers SET queued = (SELECT count(*) FROM outbox o WHERE o.peer = peers.server_id);",
+    ("ALTER TABLE peers ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;"
+     "UPDATE peers SET queued = (SELECT count(*) FROM outbox o WHERE o.peer = peers.server_id);"),
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
