@@ -608,45 +608,40 @@ static long queued_for(const pbt_daemon *d, const char *peer)
     return n;
 }
 
-/* The serverId of user's guild list entry for guild (caller frees), or NULL. */
-static char *guild_server(const pbt_daemon *d, unsigned user, unsigned guild)
+/* The serverId of the entry `id` (its `idkey` field) in user's list `list` (the answer's
+ * array `array`) (caller frees), or NULL. */
+static char *entry_server(const pbt_daemon *d, unsigned user, const char *list, const char *array,
+                          const char *idkey, const char *id)
 {
-    char path[96], g[16];
-    snprintf(path, sizeof path, "/v1/users/%u/guilds", user);
-    snprintf(g, sizeof g, "%u", guild);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/users/%u/%s", user, list);
     long st;
     json_t *r = pbt_admin(d, "GET", path, NULL, &st);
     char *out = NULL;
     size_t i;
     json_t *e;
-    json_array_foreach(json_object_get(r, "guilds"), i, e)
+    json_array_foreach(json_object_get(r, array), i, e)
     {
-        const char *gid = json_string_value(json_object_get(e, "guildId"));
+        const char *eid = json_string_value(json_object_get(e, idkey));
         const char *sid = json_string_value(json_object_get(e, "serverId"));
-        if (gid && sid && !strcmp(gid, g)) out = strdup(sid);
+        if (eid && sid && !strcmp(eid, id)) out = strdup(sid);
     }
     json_decref(r);
     return out;
 }
 
+/* The serverId of user's guild list entry for guild (caller frees), or NULL. */
+static char *guild_server(const pbt_daemon *d, unsigned user, unsigned guild)
+{
+    char g[16];
+    snprintf(g, sizeof g, "%u", guild);
+    return entry_server(d, user, "guilds", "guilds", "guildId", g);
+}
+
 /* The serverId of user's pending invite invite_id (caller frees), or NULL. */
 static char *invite_server(const pbt_daemon *d, unsigned user, const char *invite_id)
 {
-    char path[96];
-    snprintf(path, sizeof path, "/v1/users/%u/invites", user);
-    long st;
-    json_t *r = pbt_admin(d, "GET", path, NULL, &st);
-    char *out = NULL;
-    size_t i;
-    json_t *e;
-    json_array_foreach(json_object_get(r, "pendingInvites"), i, e)
-    {
-        const char *id = json_string_value(json_object_get(e, "inviteId"));
-        const char *sid = json_string_value(json_object_get(e, "serverId"));
-        if (id && sid && !strcmp(id, invite_id)) out = strdup(sid);
-    }
-    json_decref(r);
-    return out;
+    return entry_server(d, user, "invites", "pendingInvites", "inviteId", invite_id);
 }
 
 #define expect_guild(...) expect_guild_at(__FILE__, __LINE__, __VA_ARGS__)
