@@ -132,18 +132,55 @@ int64_t pbt_now_ms(void)
 
 /* ---- integration helpers ----------------------------------------------------------------- */
 
-uint16_t pbt_free_port(void)
+/* Whether a listener could bind 127.0.0.1:port now. */
+static bool port_bindable(unsigned port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        perror("pbt_free_port");
-        exit(2);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+/* Ports come from a window outside the kernel's ephemeral range (no outgoing connection of
+ * any process takes one between the pick and postboxd's bind; bind(0) would pick from that
+ * range), each at most once per process (tests create several daemons before starting any),
+ * from a start that differs per process, and only when a bind to it succeeds now. */
+uint16_t pbt_free_port(void)
+{
+    static unsigned wlo, whi, next;
+    if (!wlo) {
+        unsigned lo = 32768, hi = 60999;
+        FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+        if (f) {
+            if (fscanf(f, "%u %u", &lo, &hi) != 2) lo = 32768, hi = 60999;
+            fclose(f);
+        }
+        if (lo >= 12000) {
+            wlo = 10000, whi = lo - 1;
+        } else if (hi <= 64535) {
+            wlo = hi + 1, whi = 65535;
+        } else {
+            fprintf(stderr,
+                    "pbt_free_port: the ephemeral range %u-%u leaves no room for test "
+                    "ports\n",
+                    lo, hi);
+            exit(2);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        next = wlo + (unsigned)(((unsigned long)getpid() * 7919u + (unsigned long)ts.tv_nsec) %
+                                (whi - wlo + 1));
     }
-    close(fd);
-    return ntohs(a.sin_port);
+    for (unsigned tries = 0; tries <= whi - wlo; tries++) {
+        unsigned p = next++;
+        if (next > whi) next = wlo;
+        if (port_bindable(p)) return (uint16_t)p;
+    }
+    fprintf(stderr, "pbt_free_port: no free port left in %u-%u\n", wlo, whi);
+    exit(2);
 }
 
 /* ---- PostgreSQL --------------------------------------------------------------------------- */

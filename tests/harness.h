@@ -83,7 +83,9 @@ int64_t pbt_now_ms(void);
 
 /* ---- integration: real postboxd processes on 127.0.0.1 ---------------------------------- */
 
-/* A port that was free a moment ago (bind to port 0, read it, close). */
+/* A port of 127.0.0.1 free at the time of the call, outside the kernel's ephemeral range and
+ * not handed out before by this process (so daemons created together get distinct ports,
+ * and a port named as "nobody listens" stays so within the process). */
 uint16_t pbt_free_port(void);
 
 typedef struct pbt_daemon {
