@@ -161,6 +161,9 @@ long pbt_proc_kib(pid_t pid, const char *field);
 /* The entries of /proc/PID/<dir>: "fd" counts descriptors, "task" threads; -1 when gone. */
 int pbt_proc_entries(pid_t pid, const char *dir);
 /* A blocking TCP connection to 127.0.0.1:port (the caller closes it), or -1. */
+/* A TCP connection to 127.0.0.1:port from the source address src (any 127/8 address: a
+ * client that the daemon sees as another host), or -1. */
+int pbt_connect_from(const char *src, uint16_t port);
 int pbt_connect_local(uint16_t port);
 
 /* ---- in-test identities -------------------------------------------------------------------

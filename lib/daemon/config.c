@@ -88,6 +88,10 @@ static const struct setting settings[] = {
     UL(max_body, 65536, 1024, 16777216, "largest request body accepted, bytes"),
     UL(max_connections, 16384, 4, 1000000,
        "most open federation connections (more are closed at once)"),
+    UL(max_connections_per_ip, 256, 0, 1000000,
+       "most open federation connections from one client address (an IPv4 address, or an "
+       "IPv6 /64); more from it are closed at once. 0: no limit (behind a TLS proxy, whose "
+       "connections all come from one address)"),
     UL(conn_timeout, 15, 1, 3600,
        "seconds an idle connection is kept, and the longest a request may take to arrive"),
     U(threads, 16, 1, 256, "federation listener threads"),

@@ -45,6 +45,7 @@ struct pb_config {
     uint64_t key_refetch_interval;
     uint64_t max_body;
     uint64_t max_connections;
+    uint64_t max_connections_per_ip;
     uint64_t conn_timeout;
     uint64_t threads;
     uint64_t admin_timeout;

@@ -12,6 +12,7 @@
  * (through admin_http); this file only routes them.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,12 @@ struct pb_daemon {
 };
 
 /* ---- federation handlers ------------------------------------------------------------- */
+
+/* max_connections_per_ip for the listener: 0 in the configuration means no limit. */
+static unsigned per_addr_limit(const pb_config *c)
+{
+    return c->max_connections_per_ip ? (unsigned)c->max_connections_per_ip : UINT_MAX;
+}
 
 static void h_key(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
 {
@@ -336,6 +343,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .listen = cfg->listen,
         .max_body = cfg->max_body,
         .max_connections = (unsigned)cfg->max_connections,
+        .max_conns_per_addr = per_addr_limit(cfg),
         .conn_timeout_s = (unsigned)cfg->conn_timeout,
         .threads = (unsigned)cfg->threads,
         .max_inflight = (unsigned)cfg->max_inflight,
@@ -450,6 +458,7 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
     pb_hrpc_server_opts lim = {
         .max_body = next->max_body,
         .max_connections = (unsigned)next->max_connections,
+        .max_conns_per_addr = per_addr_limit(next),
         .conn_timeout_s = (unsigned)next->conn_timeout,
         .max_inflight = (unsigned)next->max_inflight,
         .body_memory = (size_t)next->body_memory,

@@ -21,6 +21,12 @@
  * limit is set a little higher as a hard bound. A socket is shut down only under the lock
  * that the close notification takes, and libmicrohttpd closes a socket only after that
  * notification, so a shutdown never hits a reused descriptor.
+ * Per client address: one address (an IPv4 address, or an IPv6 /64, what one host usually
+ * gets) may hold at most max_conns_per_addr counted connections; past that its new
+ * connections are shut down the same way, so one client cannot take every place under
+ * max_connections from the others. The counts live in a chained hash table under conns_mu,
+ * keyed with SipHash and a per-process random key (a client cannot aim its addresses at one
+ * chain); an entry lives while its address holds a connection.
  * Limits (libmicrohttpd 0.9.75 offers no hook for more): a connection cut or refused this
  * way gets no HTTP answer (no 408 or 503; a response can be queued only once the headers
  * are in); the deadline counts from the connection's start or last answer, as the first
@@ -54,12 +60,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <microhttpd.h>
-#include <poll.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sodium.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -74,6 +82,7 @@
 #include <unistd.h>
 
 #include "net/keyfetch.h"
+#include "util/addrclass.h"
 #include "util/fault.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -101,6 +110,15 @@
 #define LINGER_BYTES (4u << 20)
 #define LINGER_MS 3000
 #define LINGER_MAX 256
+/* Buckets of the per-address connection counts (a power of two). */
+#define ADDR_BUCKETS 4096
+
+/* Counted connections of one client address (IPv4 as ::ffff:a.b.c.d, IPv6 as its /64). */
+struct addr_count {
+    struct addr_count *next;
+    uint8_t key[16];
+    unsigned n;
+};
 
 struct route {
     char *path;
@@ -131,6 +149,11 @@ struct pb_hrpc_server {
     unsigned max_conns;      /* effective limit (max_connections, clamped by RLIMIT_NOFILE) */
     uint64_t ncut, nrefused; /* totals, for logs */
     int64_t refused_logged_ms;
+    struct addr_count **addrs; /* ADDR_BUCKETS chains: counts per client address */
+    unsigned max_per_addr;     /* UINT_MAX: no limit */
+    uint64_t naddr_refused;
+    int64_t addr_logged_ms;
+    uint8_t addr_hkey[crypto_shorthash_KEYBYTES];
     bool sweeper_started, sweeper_stop;
     pthread_t sweeper;
     /* lingering closes: sockets whose refused client may still be sending */
@@ -153,10 +176,11 @@ struct pb_hrpc_server {
 struct conn {
     struct conn *prev, *next;
     int fd;
-    int64_t deadline_ms; /* monotonic; 0 while a complete request is handled and answered */
-    bool counted;        /* holds a place under max_conns */
-    bool cut;            /* socket shut down (deadline passed or over the limit) */
-    bool linger;         /* answered before its body was read: close in stages */
+    int64_t deadline_ms;     /* monotonic; 0 while a complete request is handled and answered */
+    bool counted;            /* holds a place under max_conns */
+    struct addr_count *addr; /* its address's count, which it is part of (counted only) */
+    bool cut;                /* socket shut down (deadline passed or over the limit) */
+    bool linger;             /* answered before its body was read: close in stages */
 };
 
 /*
@@ -551,6 +575,30 @@ static void *linger_main(void *arg)
     return NULL;
 }
 
+/* The chain head of key (under conns_mu). */
+static struct addr_count **addr_chain(pb_hrpc_server *s, const uint8_t key[16])
+{
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, key, 16, s->addr_hkey);
+    uint32_t v;
+    memcpy(&v, h, sizeof v);
+    return &s->addrs[v & (ADDR_BUCKETS - 1)];
+}
+
+/* Drops one connection from its address's count; the entry goes with the last one (under
+ * conns_mu). */
+static void addr_release(pb_hrpc_server *s, struct addr_count *e)
+{
+    if (--e->n) return;
+    for (struct addr_count **pp = addr_chain(s, e->key); *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+    }
+    free(e);
+}
+
 /* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
@@ -560,34 +608,75 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         tls_bind_session(s, conn);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *ai =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        uint8_t key[16];
+        bool keyed = ai && ai->client_addr && pb_addr_client_key(ai->client_addr, key);
         struct conn *c = pb_xcalloc(1, sizeof *c);
         c->fd = ci ? (int)ci->connect_fd : -1;
+        enum { OPEN, OVER_LIMIT, OVER_ADDR } verdict = OPEN;
         bool log_refusal = false;
         uint64_t refused = 0;
+        unsigned limit = 0;
         pthread_mutex_lock(&s->conns_mu);
+        struct addr_count **chain = keyed ? addr_chain(s, key) : NULL, *e = NULL;
+        for (e = chain ? *chain : NULL; e && memcmp(e->key, key, 16) != 0; e = e->next)
+            ;
+        int64_t now = mono_ms();
         if (s->nconns >= s->max_conns) {
-            c->cut = true;
-            if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+            verdict = OVER_LIMIT;
             refused = ++s->nrefused;
-            int64_t now = mono_ms();
+            limit = s->max_conns;
             if (s->refused_logged_ms == 0 || now - s->refused_logged_ms >= 10000) {
                 s->refused_logged_ms = now;
                 log_refusal = true;
             }
+        } else if (e && e->n >= s->max_per_addr) {
+            verdict = OVER_ADDR;
+            refused = ++s->naddr_refused;
+            limit = s->max_per_addr;
+            if (s->addr_logged_ms == 0 || now - s->addr_logged_ms >= 10000) {
+                s->addr_logged_ms = now;
+                log_refusal = true;
+            }
+        }
+        if (verdict != OPEN) {
+            c->cut = true;
+            if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
         } else {
             c->counted = true;
             s->nconns++;
-            c->deadline_ms = mono_ms() + (int64_t)LIM(s, conn_timeout_s) * 1000;
+            c->deadline_ms = now + (int64_t)LIM(s, conn_timeout_s) * 1000;
+            if (chain && !e) {
+                e = pb_xcalloc(1, sizeof *e);
+                memcpy(e->key, key, 16);
+                e->next = *chain;
+                *chain = e;
+            }
+            if (e) e->n++;
+            c->addr = e;
         }
         c->next = s->conns;
         if (s->conns) s->conns->prev = c;
         s->conns = c;
         pthread_mutex_unlock(&s->conns_mu);
         *socket_context = c;
-        if (log_refusal)
+        if (verdict != OPEN)
+            pb_counter_inc(pb_metric_get(PB_METRIC(s->opts.metrics, connections_refused),
+                                         verdict == OVER_LIMIT ? "limit" : "per_address"));
+        if (log_refusal && verdict == OVER_LIMIT)
             PB_WARN(NULL,
                     "connection limit of %u reached: new connections are closed (%llu so far)",
-                    s->max_conns, (unsigned long long)refused);
+                    limit, (unsigned long long)refused);
+        if (log_refusal && verdict == OVER_ADDR) {
+            char who[INET6_ADDRSTRLEN + 8];
+            pb_addr_client_text(key, who, sizeof who);
+            PB_WARN(NULL,
+                    "%s holds the per-address limit of %u connections (max_connections_per_ip):"
+                    " its new connections are closed (%llu refused from over-limit addresses "
+                    "so far)",
+                    who, limit, (unsigned long long)refused);
+        }
         return;
     }
     struct conn *c = *socket_context;
@@ -599,6 +688,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     if (c->counted) s->nconns--;
+    if (c->addr) addr_release(s, c->addr);
     bool linger = c->linger && !c->cut && c->fd >= 0;
     pthread_mutex_unlock(&s->conns_mu);
     if (linger) linger_add(s, c->fd);
@@ -1216,6 +1306,10 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.threads) s->opts.threads = 16;
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
     if (!s->opts.body_memory) s->opts.body_memory = 32u << 20;
+    s->max_per_addr = s->opts.max_conns_per_addr ? s->opts.max_conns_per_addr : UINT_MAX;
+    s->addrs = pb_xcalloc(ADDR_BUCKETS, sizeof *s->addrs);
+    if (sodium_init() < 0) abort(); /* no randomness: nothing here can work */
+    randombytes_buf(s->addr_hkey, sizeof s->addr_hkey);
     pthread_mutex_init(&s->conns_mu, NULL);
     pthread_mutex_init(&s->wake_mu, NULL);
     pthread_mutex_init(&s->linger_mu, NULL);
@@ -1397,6 +1491,13 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
     pthread_mutex_destroy(&s->wake_mu);
     pthread_mutex_destroy(&s->linger_mu);
     if (s->linger_ev >= 0) close(s->linger_ev);
+    for (unsigned i = 0; i < ADDR_BUCKETS; i++) {
+        for (struct addr_count *e = s->addrs[i], *next; e; e = next) {
+            next = e->next;
+            free(e);
+        }
+    }
+    free(s->addrs);
     free(s);
 }
 
@@ -1437,6 +1538,11 @@ void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim
         __atomic_store_n(&s->opts.body_memory, lim->body_memory, __ATOMIC_RELAXED);
     if (lim->conn_timeout_s)
         __atomic_store_n(&s->opts.conn_timeout_s, lim->conn_timeout_s, __ATOMIC_RELAXED);
+    if (lim->max_conns_per_addr) {
+        pthread_mutex_lock(&s->conns_mu);
+        s->max_per_addr = lim->max_conns_per_addr;
+        pthread_mutex_unlock(&s->conns_mu);
+    }
     if (!lim->max_connections) return;
     pthread_mutex_lock(&s->conns_mu);
     unsigned cap = s->conns_cap ? s->conns_cap : lim->max_connections;

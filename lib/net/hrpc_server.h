@@ -46,21 +46,24 @@
 typedef struct pb_hrpc_server pb_hrpc_server;
 
 typedef struct pb_hrpc_server_opts {
-    const char *listen;        /* "127.0.0.1:2289", "[::1]:2289", "0.0.0.0:2289"; port 0 = any */
-    size_t max_body;           /* default 64 KiB */
-    unsigned max_connections;  /* default 1024; past it new connections are closed at once
-                                  (clamped to what RLIMIT_NOFILE allows, with a warning) */
-    unsigned conn_timeout_s;   /* default 15: an idle connection is cut after this, and so is
-                                  one whose request (headers and body) is not complete this
-                                  long after the connection opened or the last answer */
-    unsigned threads;          /* default 16 */
-    unsigned max_inflight;     /* complete requests being handled at once (waiting ones
-                                  included); default 256. Requests still arriving are not
-                                  counted: a hung sender holds no slot, only its bytes */
-    size_t body_memory;        /* bytes of request bodies held at once across all
-                                  connections (what arrived, not what was declared);
-                                  default 32 MiB, at least max_body */
-    const char *tls_cert_file; /* both set: HTTPS */
+    const char *listen;          /* "127.0.0.1:2289", "[::1]:2289", "0.0.0.0:2289"; port 0 = any */
+    size_t max_body;             /* default 64 KiB */
+    unsigned max_connections;    /* default 1024; past it new connections are closed at once
+                                    (clamped to what RLIMIT_NOFILE allows, with a warning) */
+    unsigned max_conns_per_addr; /* counted connections one client address (an IPv4
+                                    address, or an IPv6 /64) may hold; past it its new
+                                    connections are closed at once. 0 or UINT_MAX: no limit */
+    unsigned conn_timeout_s;     /* default 15: an idle connection is cut after this, and so is
+                                    one whose request (headers and body) is not complete this
+                                    long after the connection opened or the last answer */
+    unsigned threads;            /* default 16 */
+    unsigned max_inflight;       /* complete requests being handled at once (waiting ones
+                                    included); default 256. Requests still arriving are not
+                                    counted: a hung sender holds no slot, only its bytes */
+    size_t body_memory;          /* bytes of request bodies held at once across all
+                                    connections (what arrived, not what was declared);
+                                    default 32 MiB, at least max_body */
+    const char *tls_cert_file;   /* both set: HTTPS */
     const char *tls_key_file;
     /* Where each answered request is recorded when it completes (latency and status by
      * method, token refusals by identifier), or NULL. Borrowed: must outlive the server. */
@@ -147,10 +150,10 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s);
  * key; on PB_OK new TLS connections get them while open ones keep theirs. On failure (files
  * unreadable, not a matching pair, a listener started without TLS, or a libmicrohttpd
  * without the certificate callback) nothing changes. set_limits applies max_body,
- * max_inflight, body_memory, conn_timeout_s and max_connections of lim (0 = unchanged) to new
- * requests and connections; max_connections cannot go above the value the listener started with.
- * The idle timeout of a connection whose client is slow to read an answer stays the one of
- * the start (libmicrohttpd's own).
+ * max_inflight, body_memory, conn_timeout_s, max_connections and max_conns_per_addr of lim
+ * (0 = unchanged; UINT_MAX per address = no limit) to new requests and connections; max_connections
+ * cannot go above the value the listener started with. The idle timeout of a connection whose
+ * client is slow to read an answer stays the one of the start (libmicrohttpd's own).
  */
 pb_err pb_hrpc_server_set_tls(pb_hrpc_server *s, const char *cert_file, const char *key_file);
 void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim);

@@ -5,7 +5,9 @@
  */
 #include "util/addrclass.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -93,4 +95,30 @@ const char *pb_addr_refusal(const struct sockaddr *sa)
     for (size_t i = 0; i < sizeof v6 / sizeof v6[0]; i++)
         if (v6_match(a, &v6[i])) return v6[i].why;
     return NULL;
+}
+
+bool pb_addr_client_key(const struct sockaddr *sa, uint8_t key[16])
+{
+    memset(key, 0, 16);
+    if (sa->sa_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return true;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        memcpy(key, a, IN6_IS_ADDR_V4MAPPED(a) ? 16 : 8);
+        return true;
+    }
+    return false;
+}
+
+void pb_addr_client_text(const uint8_t key[16], char *out, size_t cap)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    char buf[INET6_ADDRSTRLEN] = "?";
+    bool is4 = memcmp(key, mapped, 12) == 0;
+    if (!inet_ntop(is4 ? AF_INET : AF_INET6, is4 ? key + 12 : key, buf, sizeof buf))
+        snprintf(buf, sizeof buf, "?");
+    snprintf(out, cap, "%s%s", buf, is4 ? "" : "/64");
 }

@@ -42,6 +42,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
                                           "Requests refused by token authentication, by hRPC "
                                           "error identifier",
                                           "identifier");
+    s->connections_refused = pb_metrics_counter(
+        reg, "postbox_connections_refused_total",
+        "Federation connections closed on arrival, by reason: limit (max_connections "
+        "reached), per_address (the client's address holds max_connections_per_ip)",
+        "reason");
 
     s->events_pushed = pb_metrics_counter(
         reg, "postbox_events_pushed_total",
@@ -115,6 +120,7 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
     static const char *const methods[] = {"Push", "Pull"};
     static const char *const fetch[] = {"ok", "error", "rate_limited"};
     static const char *const modes[] = {"push", "queued", "parked"};
+    static const char *const refusals[] = {"limit", "per_address"};
     for (size_t i = 0; i < N(results); i++)
         pb_metric_get(s->events_pushed, results[i]);
     for (size_t p = 0; p < N(paths); p++) {
@@ -130,6 +136,8 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         pb_metric_get(s->key_fetches, fetch[i]);
     for (size_t i = 0; i < N(modes); i++)
         pb_metric_get(s->peers, modes[i]);
+    for (size_t i = 0; i < N(refusals); i++)
+        pb_metric_get(s->connections_refused, refusals[i]);
     return s;
 }
 

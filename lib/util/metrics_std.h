@@ -20,6 +20,7 @@
  *     server_requests        postbox_hrpc_server_requests_total{method,code}
  *     auth_refusals          postbox_auth_refusals_total{identifier}: Push and Pull token
  *                            refusals; NotifyNewId checks its token itself (delivery)
+ *     connections_refused    postbox_connections_refused_total{reason=limit|per_address}
  *   delivery engine (delivery/, outbound client, key source)
  *     events_pushed          postbox_events_pushed_total{result=ok|retried|queued|parked}
  *     events_received        postbox_events_received_total{kind,path=push|pull}
@@ -59,6 +60,7 @@ typedef struct pb_metrics_std {
     pb_metric *server_duration;
     pb_metric *server_requests;
     pb_metric *auth_refusals;
+    pb_metric *connections_refused;
 
     pb_metric *events_pushed;
     pb_metric *events_received;

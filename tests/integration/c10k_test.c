@@ -3,16 +3,15 @@
  * among them (issue 10, item 2).
  *
  * One postboxd with --threads 16 and a connection timeout longer than the test. The test
- * opens NHUNG connections from 127.0.0.1 and leaves each hanging in one of three ways (a
- * third each): connected and silent; half a request (the request line and some headers);
- * a whole Push header block announcing a 4 KiB body of which 16 bytes are sent. While all
- * of them are held, NCLIENTS clients (each its own identity, so the daemon also fetches
- * NCLIENTS keys) send PUSHES signed Pushes each. Checked: the daemon holds every hung
- * connection (its descriptor count) and neither answers nor closes any of them before the
- * test does; every Push is answered 200 and lands in the inbox exactly once; the slowest
- * answer takes under SLOWEST_MS; the daemon runs a bounded number of threads (no thread
- * per connection) and its peak RSS stays under the bound; once the test closes the hung
- * connections the daemon releases them, is healthy and stops cleanly.
+ * opens NHUNG connections from 50 addresses of 127.0.1.0/24 and leaves each hanging in one of three
+ * ways (a third each): connected and silent; half a request (the request line and some headers); a
+ * whole Push header block announcing a 4 KiB body of which 16 bytes are sent. While all of them are
+ * held, NCLIENTS clients (each its own identity, so the daemon also fetches NCLIENTS keys) send
+ * PUSHES signed Pushes each. Checked: the daemon holds every hung connection (its descriptor count)
+ * and neither answers nor closes any of them before the test does; every Push is answered 200 and
+ * lands in the inbox exactly once; the slowest answer takes under SLOWEST_MS; the daemon runs a
+ * bounded number of threads (no thread per connection) and its peak RSS stays under the bound; once
+ * the test closes the hung connections the daemon releases them, is healthy and stops cleanly.
  *
  * Needs NHUNG + 512 descriptors in this process (postboxd raises its own soft limit to its
  * hard limit); without them the test exits 77, which CTest reports as skipped, not passed.
@@ -58,9 +57,13 @@ static const char FULL_HEADERS[] = "POST " PUSH " HTTP/1.1\r\nHost: 127.0.0.1\r\
                                    "\x0a\x0f\x12\x0d\x08\x01\x10\x01zzzzzzzz";
 
 /* Opens connection i and leaves it hanging its way (i % 3). -1 when it could not. */
+/* Hung connection i comes from 127.0.1.(1 + i / 200): 50 client addresses, each under the
+ * default max_connections_per_ip (256), as hung senders on the internet would be. */
 static int hung_open(uint16_t port, int i)
 {
-    int fd = pbt_connect_local(port);
+    char src[32];
+    snprintf(src, sizeof src, "127.0.1.%d", 1 + i / 200);
+    int fd = pbt_connect_from(src, port);
     if (fd < 0) return -1;
     const char *what = i % 3 == 1 ? HALF_HEADERS : i % 3 == 2 ? FULL_HEADERS : NULL;
     size_t len = what ? strlen(what) : 0;

@@ -721,7 +721,7 @@ static void test_replay_push(void)
            "is empty, %ld left)",
            queued_for(s, r->server_id));
     struct count_wait cw = {r, s->server_id, 20, 0};
-    pbt_wait_for(have_count, &cw, 5000);
+    pbt_wait_for(have_count, &cw, 30000);
     expect_exactly(r, s->server_id, sent, "after the replayed Push");
 out:
     if (pbt_failed > failed0 && r) pbt_daemon_dump_log(r);
@@ -873,7 +873,7 @@ static void test_rename_replay(void)
     CHECKF(pbt_wait_for(queue_is, &qw, 30000), "S delivered its later event to R");
     json_array_extend(first, later);
     struct count_wait cw2 = {r, s->server_id, 3, 0};
-    pbt_wait_for(have_count, &cw2, 5000);
+    pbt_wait_for(have_count, &cw2, 30000);
     expect_exactly(r, s->server_id, first, "S's later event");
     expect_guild(r, 6, 88, s->server_id, "S's later event");
 out:
@@ -982,7 +982,7 @@ static void test_rename_pending(void)
     CHECKF(a.status == 200, "NEW's Push (token naming NEW, S's key): %ld", a.status);
     answer_clear(&a);
     struct relabel_wait rw = {r, NEW, S};
-    bool done = pbt_wait_for(relabelled, &rw, 5000);
+    bool done = pbt_wait_for(relabelled, &rw, 30000);
     CHECKF(done, "after the proof, S's guild entries and invite are under NEW and NEW replaced S "
                  "in the peers");
     if (!done) {
@@ -1174,7 +1174,7 @@ static void test_private(void)
     if (up) {
         forged_push(priv, hang->ports[1]);
         struct accept_wait w = {hang, hang->ports[1]};
-        CHECKF(pbt_wait_for(connected, &w, 5000),
+        CHECKF(pbt_wait_for(connected, &w, 30000),
                "postboxd with allow_private_peers fetched the key of 127.0.0.1:%u, named by a "
                "forged token",
                hang->ports[1]);

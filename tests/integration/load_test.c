@@ -14,6 +14,12 @@
  *   limit  --max-connections 16, all held by keep-alive connections that were served:
  *          every further connection is closed by the server within 2 s (EOF or reset, no
  *          answer, no hang); the daemon stays healthy and serves again once a place frees.
+ *   peraddr --max-connections 64 and max_connections_per_ip 8 (from a -c file): 8
+ *          keep-alive connections from 127.0.0.1 are served, the 9th is closed within 2 s,
+ *          while 8 from 127.0.0.2 are still served (and their 9th closed); the log names the
+ *          address and postbox_connections_refused_total{reason="per_address"} counts them;
+ *          127.0.0.1 is served again once one of its connections closes. A reload to 2 limits
+ *          127.0.0.3 to 2, and to 0 (no limit) lets 20 from 127.0.0.4 in.
  *
  * Figures (RSS, descriptors, pushes, time, reconnections, cut times) go to stderr.
  * Bounded: PUSHES per client, every wait has a deadline.
@@ -255,8 +261,10 @@ static void test_load(void)
         if (!(ids[i] = pbt_ident_new(NULL))) goto out_ids;
     char conn_timeout[16];
     snprintf(conn_timeout, sizeof conn_timeout, "%d", CONN_TIMEOUT_S);
-    const char *extra[] = {
-        "--conn-timeout", conn_timeout, "--max-connections", "1400", "--log-level", "info", NULL};
+    const char *extra[] = {"--conn-timeout", conn_timeout, "--max-connections", "1400",
+                           "--log-level", "info",
+                           /* every connection of this phase comes from 127.0.0.1 */
+                           "--max-connections-per-ip", "0", NULL};
     pbt_daemon *d = pbt_daemon_new("load", extra);
     if (!pbt_daemon_start(d)) {
         CHECK(!"load daemon starts");
@@ -459,6 +467,148 @@ static void test_limit(void)
     pbt_daemon_free(d);
 }
 
+/* Opens n keep-alive connections from src into fds, each served once: how many were. */
+static int hold_from(const char *src, uint16_t port, int *fds, int n)
+{
+    int served = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t ms;
+        fds[i] = pbt_connect_from(src, port);
+        if (fds[i] >= 0 && key_request(fds[i], 5000, &ms) == 1) served++;
+    }
+    return served;
+}
+
+/* One more connection from src: true when the server closed it at once, unanswered. */
+static bool closed_at_once(const char *src, uint16_t port)
+{
+    int64_t ms = 0;
+    int fd = pbt_connect_from(src, port);
+    int res = fd >= 0 ? key_request(fd, 5000, &ms) : 0;
+    if (fd >= 0) close(fd);
+    fprintf(stderr, "peraddr: one more from %s: %s after %lld ms\n", src,
+            res == 0  ? "closed"
+            : res > 0 ? "SERVED"
+                      : "HUNG",
+            (long long)ms);
+    return res == 0 && ms < 2000;
+}
+
+static void close_all(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0) close(fds[i]);
+}
+
+struct from_wait {
+    const char *src;
+    uint16_t port;
+};
+
+static bool served_from(void *vctx)
+{
+    struct from_wait *w = vctx;
+    int fd = pbt_connect_from(w->src, w->port);
+    int64_t ms;
+    bool ok = fd >= 0 && key_request(fd, 2000, &ms) == 1;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+/* The value of the series `name` in d's /metrics (-1 when absent). */
+static double metric(const pbt_daemon *d, const char *name)
+{
+    pbt_http h;
+    pbt_http_do("http", d->admin_port, "GET", "/metrics", NULL, NULL, 0, NULL, &h);
+    double v = -1;
+    char *text = h.body ? strndup((const char *)h.body, h.body_len) : NULL;
+    const char *p = text ? strstr(text, name) : NULL;
+    if (p && h.status == 200) v = strtod(p + strlen(name), NULL);
+    free(text);
+    pbt_http_clear(&h);
+    return v;
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) abort();
+}
+
+struct reload_wait {
+    const pbt_daemon *d;
+    int before;
+};
+
+static int log_count(const pbt_daemon *d, const char *needle)
+{
+    FILE *f = fopen(d->log_path, "r");
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, needle)) n++;
+    if (f) fclose(f);
+    return n;
+}
+
+static bool reloaded(void *vctx)
+{
+    struct reload_wait *w = vctx;
+    return log_count(w->d, "configuration reloaded") > w->before;
+}
+
+static bool reload_with(const pbt_daemon *d, const char *conf, const char *text)
+{
+    write_text(conf, text);
+    struct reload_wait w = {d, log_count(d, "configuration reloaded")};
+    kill(d->pid, SIGHUP);
+    return pbt_wait_for(reloaded, &w, 10000);
+}
+
+static void test_per_address(void)
+{
+    char conf[600];
+    pbt_daemon *d = pbt_daemon_new("peraddr", NULL);
+    snprintf(conf, sizeof conf, "%s/postbox.conf", d->dir);
+    write_text(conf, "max_connections_per_ip = 8\n");
+    const char *extra[] = {"-c", conf, "--max-connections", "64", "--conn-timeout", "60", NULL};
+    for (int i = 0; extra[i]; i++)
+        d->args[d->nargs++] = strdup(extra[i]);
+    if (!pbt_daemon_start(d)) {
+        CHECK(!"peraddr daemon starts");
+        pbt_daemon_free(d);
+        return;
+    }
+    int one[8], two[8], three[2], four[20];
+    CHECK_INT(hold_from("127.0.0.1", d->port, one, 8), 8);
+    CHECKF(closed_at_once("127.0.0.1", d->port), "the 9th connection from 127.0.0.1 is closed");
+    CHECK_INT(hold_from("127.0.0.2", d->port, two, 8), 8); /* another address: served */
+    CHECKF(closed_at_once("127.0.0.2", d->port), "the 9th connection from 127.0.0.2 is closed");
+    CHECK(log_has(d, "127.0.0.1 holds the per-address limit of 8 connections"));
+    double refused = metric(d, "postbox_connections_refused_total{reason=\"per_address\"}");
+    CHECKF(refused >= 2, "per_address refusals counted: %g", refused);
+    CHECK(metric(d, "postbox_connections_refused_total{reason=\"limit\"}") == 0);
+    close(one[0]);
+    one[0] = -1;
+    struct from_wait w = {"127.0.0.1", d->port};
+    CHECKF(pbt_wait_for(served_from, &w, 10000), "127.0.0.1 served again once one closed");
+
+    /* live: a reload to 2, then to no limit */
+    CHECK(reload_with(d, conf, "max_connections_per_ip = 2\n"));
+    CHECK_INT(hold_from("127.0.0.3", d->port, three, 2), 2);
+    CHECKF(closed_at_once("127.0.0.3", d->port), "after the reload to 2: the 3rd is closed");
+    CHECK(reload_with(d, conf, "max_connections_per_ip = 0\n"));
+    CHECK_INT(hold_from("127.0.0.4", d->port, four, 20), 20);
+
+    close_all(one, 8);
+    close_all(two, 8);
+    close_all(three, 2);
+    close_all(four, 20);
+    CHECK_INT(pbt_daemon_stop(d), 0);
+    if (pbt_failed) pbt_daemon_dump_log(d);
+    pbt_daemon_free(d);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -470,5 +620,6 @@ int main(void)
     const char *only = getenv("PBT_ONLY");
     if (!only || !strcmp(only, "load")) test_load();
     if (!only || !strcmp(only, "limit")) test_limit();
+    if (!only || !strcmp(only, "peraddr")) test_per_address();
     return pbt_finish();
 }

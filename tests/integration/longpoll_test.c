@@ -115,7 +115,7 @@ static void test_waiters(pbt_daemon *a, pbt_daemon *b)
     }
     /* all of them waiting at B: NPOLLS connections, plus this scrape's own */
     struct conns_wait cw = {b, NPOLLS + 1};
-    CHECKF(pbt_wait_for(admin_conns, &cw, 5000), "the %d long-polls reached B", NPOLLS);
+    CHECKF(pbt_wait_for(admin_conns, &cw, 30000), "the %d long-polls reached B", NPOLLS);
     /* other calls are served meanwhile */
     for (int i = 0; i < 5; i++) {
         long st;
@@ -166,7 +166,7 @@ static void test_stop(void)
     pthread_t thr;
     pthread_create(&thr, NULL, poll_main, &p);
     struct conns_wait cw = {c, 2};
-    CHECKF(pbt_wait_for(admin_conns, &cw, 5000), "the long-poll reached the daemon");
+    CHECKF(pbt_wait_for(admin_conns, &cw, 30000), "the long-poll reached the daemon");
     int64_t t0 = pbt_now_ms();
     CHECK_INT(pbt_daemon_stop(c), 0);
     int64_t stop_ms = pbt_now_ms() - t0;

@@ -195,7 +195,7 @@ int main(void)
     CHECK_INT(count("STOPPING=1", false), 0);
     CHECK_INT(pbt_daemon_stop(d), 0);
     struct want stopping = {"STOPPING=1", 1};
-    CHECK(pbt_wait_for(have, &stopping, 5000));
+    CHECK(pbt_wait_for(have, &stopping, 30000));
 
     pthread_mutex_lock(&g.mu);
     g.stop = true;

@@ -1,7 +1,8 @@
 /*
  * addrclass_test - which addresses a server ID may make us connect to (lib/util/
  * addrclass.h, PROTOCOL.md 7.3): every refused class of IPv4 and IPv6 with its edges, the
- * public addresses next to them, and IPv4 carried in IPv6.
+ * public addresses next to them, and IPv4 carried in IPv6; and which client addresses count
+ * as one host for the per-address connection limit (IPv4 alone, IPv6 by /64).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -9,6 +10,62 @@
 
 #include "harness.h"
 #include "util/addrclass.h"
+
+static void to_sockaddr(const char *ip, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (strchr(ip, ':')) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        CHECKF(inet_pton(AF_INET6, ip, &a->sin6_addr) == 1, "test address %s", ip);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+        a->sin_family = AF_INET;
+        CHECKF(inet_pton(AF_INET, ip, &a->sin_addr) == 1, "test address %s", ip);
+    }
+}
+
+/* The client key of ip as text. */
+static const char *key_text(const char *ip, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    uint8_t key[16];
+    to_sockaddr(ip, &ss);
+    CHECKF(pb_addr_client_key((struct sockaddr *)&ss, key), "%s has a key", ip);
+    pb_addr_client_text(key, out, cap);
+    return out;
+}
+
+static bool same_host(const char *a, const char *b)
+{
+    struct sockaddr_storage sa, sb;
+    uint8_t ka[16], kb[16];
+    to_sockaddr(a, &sa);
+    to_sockaddr(b, &sb);
+    return pb_addr_client_key((struct sockaddr *)&sa, ka) &&
+           pb_addr_client_key((struct sockaddr *)&sb, kb) && memcmp(ka, kb, 16) == 0;
+}
+
+static void test_client_keys(void)
+{
+    char t[64];
+    CHECK_STR(key_text("192.0.2.1", t, sizeof t), "192.0.2.1");
+    CHECK_STR(key_text("::ffff:192.0.2.1", t, sizeof t), "192.0.2.1");
+    CHECK_STR(key_text("2001:db8:1:2:aaaa:bbbb:cccc:dddd", t, sizeof t), "2001:db8:1:2::/64");
+    CHECK_STR(key_text("::1", t, sizeof t), "::/64");
+    CHECK(same_host("192.0.2.1", "::ffff:192.0.2.1"));
+    CHECK(!same_host("192.0.2.1", "192.0.2.2"));
+    CHECK(same_host("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff")); /* one /64 */
+    CHECK(!same_host("2001:db8:1:2::1", "2001:db8:1:3::1"));
+    CHECK(!same_host("192.0.2.1", "::c000:201")); /* IPv4-compatible is IPv6, not IPv4 */
+    struct sockaddr un = {.sa_family = AF_UNIX};
+    uint8_t key[16];
+    CHECK(!pb_addr_client_key(&un, key));
+    char small[5];
+    pb_addr_client_text((const uint8_t[16]){[10] = 0xff, [11] = 0xff, 192, 0, 2, 1}, small,
+                        sizeof small);
+    CHECK_STR(small, "192."); /* truncated, terminated */
+}
 
 static const char *class_of(const char *ip)
 {
@@ -97,5 +154,6 @@ int main(void)
     CHECK_STR(pb_addr_refusal(NULL), "not IP");
     struct sockaddr un = {.sa_family = AF_UNIX};
     CHECK_STR(pb_addr_refusal(&un), "not IP");
+    test_client_keys();
     return pbt_finish();
 }
