@@ -597,6 +597,31 @@ void pbt_http_clear(pbt_http *h)
     memset(h, 0, sizeof *h);
 }
 
+double pbt_metric(const pbt_daemon *d, const char *series)
+{
+    char auth[160];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", d->token);
+    const char *hdrs[] = {auth, NULL};
+    pbt_http h;
+    pbt_http_do("http", d->admin_port, "GET", "/metrics", d->token[0] ? hdrs : NULL, NULL, 0, NULL,
+                &h);
+    double v = -1;
+    char *text = h.status == 200 && h.body ? strndup((const char *)h.body, h.body_len) : NULL;
+    size_t n = strlen(series);
+    for (char *l = text; l && *l;) {
+        char *end = strchr(l, '\n');
+        if (end) *end = '\0';
+        if (!strncmp(l, series, n) && l[n] == ' ') {
+            v = strtod(l + n + 1, NULL);
+            break;
+        }
+        l = end ? end + 1 : NULL;
+    }
+    free(text);
+    pbt_http_clear(&h);
+    return v;
+}
+
 json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, json_t *body,
                   long *status)
 {

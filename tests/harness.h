@@ -145,6 +145,11 @@ void pbt_http_do(const char *scheme, uint16_t port, const char *method, const ch
                  pbt_http *out);
 void pbt_http_clear(pbt_http *h);
 
+/* The value of one series of d's /metrics (admin listener, d's token if set), named
+ * exactly as exposed: "postbox_open_connections{listener=\"admin\"}". -1 when absent or
+ * when the scrape fails. */
+double pbt_metric(const pbt_daemon *d, const char *series);
+
 /* An admin API call on d's admin listener. body (stolen; may be NULL) is sent as JSON.
  * Returns the parsed answer (new reference; NULL when empty or not JSON) and sets
  * *status (0 when the daemon could not be reached). */

@@ -146,18 +146,7 @@ static bool inbox_holds(const pbt_daemon *d, unsigned n)
 /* The daemon's own count of open federation connections (its /metrics), or -1. */
 static long open_connections(const pbt_daemon *d)
 {
-    pbt_http h;
-    pbt_http_do("http", d->admin_port, "GET", "/metrics", NULL, NULL, 0, NULL, &h);
-    long n = -1;
-    const char *key = "postbox_open_connections{listener=\"federation\"} ";
-    if (h.status == 200 && h.body) {
-        char *text = strndup((const char *)h.body, h.body_len);
-        const char *at = text ? strstr(text, key) : NULL;
-        if (at) n = strtol(at + strlen(key), NULL, 10);
-        free(text);
-    }
-    pbt_http_clear(&h);
-    return n;
+    return (long)pbt_metric(d, "postbox_open_connections{listener=\"federation\"}");
 }
 
 struct fds_wait {

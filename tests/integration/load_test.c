@@ -243,15 +243,20 @@ static bool inbox_holds(const pbt_daemon *d, unsigned n)
     return ok;
 }
 
-static bool log_has(const pbt_daemon *d, const char *needle)
+static int log_count(const pbt_daemon *d, const char *needle)
 {
     FILE *f = fopen(d->log_path, "r");
     char line[4096];
-    bool found = false;
+    int n = 0;
     while (f && fgets(line, sizeof line, f))
-        if (strstr(line, needle)) found = true;
+        if (strstr(line, needle)) n++;
     if (f) fclose(f);
-    return found;
+    return n;
+}
+
+static bool log_has(const pbt_daemon *d, const char *needle)
+{
+    return log_count(d, needle) > 0;
 }
 
 static void test_load(void)
@@ -408,12 +413,13 @@ static int key_request(int fd, int timeout_ms, int64_t *ms)
 
 struct served_wait {
     uint16_t port;
+    const char *src; /* the client's address; NULL: 127.0.0.1 */
 };
 
 static bool served_again(void *vctx)
 {
     struct served_wait *w = vctx;
-    int fd = pbt_connect_local(w->port);
+    int fd = pbt_connect_from(w->src ? w->src : "127.0.0.1", w->port);
     int64_t ms;
     bool ok = fd >= 0 && key_request(fd, 2000, &ms) == 1;
     if (fd >= 0) close(fd);
@@ -458,7 +464,7 @@ static void test_limit(void)
     CHECKF(st == 200, "healthy at the limit: %ld", st);
     /* a place frees: served again */
     close(hold[0]);
-    struct served_wait w = {d->port};
+    struct served_wait w = {d->port, NULL};
     CHECKF(pbt_wait_for(served_again, &w, 10000), "served again once a connection closed");
     for (int i = 1; i < LIMIT; i++)
         if (hold[i] >= 0) close(hold[i]);
@@ -500,35 +506,6 @@ static void close_all(int *fds, int n)
         if (fds[i] >= 0) close(fds[i]);
 }
 
-struct from_wait {
-    const char *src;
-    uint16_t port;
-};
-
-static bool served_from(void *vctx)
-{
-    struct from_wait *w = vctx;
-    int fd = pbt_connect_from(w->src, w->port);
-    int64_t ms;
-    bool ok = fd >= 0 && key_request(fd, 2000, &ms) == 1;
-    if (fd >= 0) close(fd);
-    return ok;
-}
-
-/* The value of the series `name` in d's /metrics (-1 when absent). */
-static double metric(const pbt_daemon *d, const char *name)
-{
-    pbt_http h;
-    pbt_http_do("http", d->admin_port, "GET", "/metrics", NULL, NULL, 0, NULL, &h);
-    double v = -1;
-    char *text = h.body ? strndup((const char *)h.body, h.body_len) : NULL;
-    const char *p = text ? strstr(text, name) : NULL;
-    if (p && h.status == 200) v = strtod(p + strlen(name), NULL);
-    free(text);
-    pbt_http_clear(&h);
-    return v;
-}
-
 static void write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -539,17 +516,6 @@ struct reload_wait {
     const pbt_daemon *d;
     int before;
 };
-
-static int log_count(const pbt_daemon *d, const char *needle)
-{
-    FILE *f = fopen(d->log_path, "r");
-    char line[4096];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, needle)) n++;
-    if (f) fclose(f);
-    return n;
-}
 
 static bool reloaded(void *vctx)
 {
@@ -585,13 +551,13 @@ static void test_per_address(void)
     CHECK_INT(hold_from("127.0.0.2", d->port, two, 8), 8); /* another address: served */
     CHECKF(closed_at_once("127.0.0.2", d->port), "the 9th connection from 127.0.0.2 is closed");
     CHECK(log_has(d, "127.0.0.1 holds the per-address limit of 8 connections"));
-    double refused = metric(d, "postbox_connections_refused_total{reason=\"per_address\"}");
+    double refused = pbt_metric(d, "postbox_connections_refused_total{reason=\"per_address\"}");
     CHECKF(refused >= 2, "per_address refusals counted: %g", refused);
-    CHECK(metric(d, "postbox_connections_refused_total{reason=\"limit\"}") == 0);
+    CHECK(pbt_metric(d, "postbox_connections_refused_total{reason=\"limit\"}") == 0);
     close(one[0]);
     one[0] = -1;
-    struct from_wait w = {"127.0.0.1", d->port};
-    CHECKF(pbt_wait_for(served_from, &w, 10000), "127.0.0.1 served again once one closed");
+    struct served_wait w = {d->port, "127.0.0.1"};
+    CHECKF(pbt_wait_for(served_again, &w, 10000), "127.0.0.1 served again once one closed");
 
     /* live: a reload to 2, then to no limit */
     CHECK(reload_with(d, conf, "max_connections_per_ip = 2\n"));

@@ -85,18 +85,7 @@ struct conns_wait {
 static bool admin_conns(void *vctx)
 {
     struct conns_wait *w = vctx;
-    pbt_http h;
-    pbt_http_do("http", w->d->admin_port, "GET", "/metrics", NULL, NULL, 0, NULL, &h);
-    const char *key = "postbox_open_connections{listener=\"admin\"} ";
-    long n = -1;
-    if (h.status == 200 && h.body) {
-        char *text = strndup((const char *)h.body, h.body_len);
-        const char *at = text ? strstr(text, key) : NULL;
-        if (at) n = strtol(at + strlen(key), NULL, 10);
-        free(text);
-    }
-    pbt_http_clear(&h);
-    return n >= w->n;
+    return pbt_metric(w->d, "postbox_open_connections{listener=\"admin\"}") >= w->n;
 }
 
 static void test_waiters(pbt_daemon *a, pbt_daemon *b)
