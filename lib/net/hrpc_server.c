@@ -575,6 +575,14 @@ static void *linger_main(void *arg)
     return NULL;
 }
 
+/* Whether a repeated warning is due: at most one per 10 s, *last its time (0: never). */
+static bool warn_due(int64_t *last, int64_t now)
+{
+    if (*last != 0 && now - *last < 10000) return false;
+    *last = now;
+    return true;
+}
+
 /* The chain head of key (under conns_mu). */
 static struct addr_count **addr_chain(pb_hrpc_server *s, const uint8_t key[16])
 {
@@ -627,18 +635,12 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             verdict = OVER_LIMIT;
             refused = ++s->nrefused;
             limit = s->max_conns;
-            if (s->refused_logged_ms == 0 || now - s->refused_logged_ms >= 10000) {
-                s->refused_logged_ms = now;
-                log_refusal = true;
-            }
+            log_refusal = warn_due(&s->refused_logged_ms, now);
         } else if (e && e->n >= s->max_per_addr) {
             verdict = OVER_ADDR;
             refused = ++s->naddr_refused;
             limit = s->max_per_addr;
-            if (s->addr_logged_ms == 0 || now - s->addr_logged_ms >= 10000) {
-                s->addr_logged_ms = now;
-                log_refusal = true;
-            }
+            log_refusal = warn_due(&s->addr_logged_ms, now);
         }
         if (verdict != OPEN) {
             c->cut = true;
