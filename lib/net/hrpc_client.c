@@ -521,6 +521,9 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
      * their connections (no resolution); contacts are rare per peer. */
     SET(CURLOPT_DNS_CACHE_TIMEOUT, 0L);
     SET(CURLOPT_NOSIGNAL, 1L);
+    /* Never a proxy from the environment (http_proxy, ALL_PROXY): through a proxy the
+     * private-address check would see only the proxy's address. */
+    SET(CURLOPT_PROXY, "");
     SET(CURLOPT_POST, 1L);
     SET(CURLOPT_POSTFIELDS, x->body ? (const char *)x->body : "");
     SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);

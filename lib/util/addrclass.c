@@ -60,6 +60,8 @@ static const struct v6range v6[] = {
     {{0x20, 0x01, 0x0d, 0xb8}, 32, "documentation"},                     /* 2001:db8::/32 */
     {{0x01, 0x00}, 64, "reserved"},                                      /* 100::/64 discard */
     {{0x20, 0x01, 0x00, 0x02}, 48, "benchmarking"},                      /* 2001:2::/48 */
+    /* 64:ff9b:1::/48 local-use NAT64 (RFC 8215): whatever IPv4 address it carries */
+    {{0x00, 0x64, 0xff, 0x9b, 0x00, 0x01}, 48, "private"},
     {{0}, 96, "reserved"}, /* ::/96 IPv4-compatible (deprecated); after :: and ::1 */
 };
 

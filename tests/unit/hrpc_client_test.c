@@ -797,6 +797,25 @@ static void test_tls(struct srv *plain)
     free(dir);
 }
 
+/* libcurl honours http_proxy / ALL_PROXY from the environment unless told otherwise; a
+ * proxy would make the private-address check see only the proxy's address. Peers are
+ * reached directly whatever the environment says: a proxy at a closed port changes
+ * nothing. */
+static void test_no_env_proxy(struct srv *s)
+{
+    setenv("http_proxy", "http://127.0.0.1:1", 1);
+    setenv("ALL_PROXY", "http://127.0.0.1:1", 1);
+    pb_client *c = client(true, NULL, 5000, 0, 0);
+    pb_client_answer a;
+    const uint8_t body[] = {0x0a, 0x00};
+    CHECK_OK(call(c, s->id, "/t.S/Echo", NULL, body, sizeof body, &a));
+    CHECK_INT(a.status, 200);
+    pb_client_answer_clear(&a);
+    pb_client_free(c);
+    unsetenv("http_proxy");
+    unsetenv("ALL_PROXY");
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -819,6 +838,7 @@ int main(void)
         test_timeout_and_net(&s);
         test_reuse(&s, &s2);
         test_threads(&s);
+        test_no_env_proxy(&s);
         if (MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES)
             test_tls(&s);
         else
