@@ -491,6 +491,10 @@ pb_err pb_wire_pull_resp_decode(const uint8_t *p, size_t n, pb_event **evs, uint
         if (err) goto out;
     }
     if (m->n_postbox_seqs) {
+        if (!seqs_increasing(m->postbox_seqs, cnt)) { /* as a sender numbers its queue */
+            err = PB_ERR_DECODE;
+            goto out;
+        }
         ss = pb_xmalloc(cnt * sizeof *ss);
         memcpy(ss, m->postbox_seqs, cnt * sizeof *ss);
     }

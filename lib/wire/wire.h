@@ -67,8 +67,8 @@ pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, pb_pull_req *out);
  * sent. Decoding: *evs
  * and *seqs are arrays of *count the caller frees (each event with pb_event_clear, then
  * free() both arrays). *seqs is NULL when the answer carried no sequence numbers; when it
- * carries them, their count must equal the event count or the answer is refused
- * (PB_ERR_DECODE). *epoch is 0 when absent.
+ * carries them, their count must equal the event count and they must be non-zero and
+ * strictly increasing, or the answer is refused (PB_ERR_DECODE). *epoch is 0 when absent.
  */
 pb_err pb_wire_pull_resp_encode(const pb_event *evs, const uint64_t *seqs, size_t count,
                                 uint64_t epoch, pb_buf *out);

@@ -175,6 +175,37 @@ static void test_events(void)
     CHECK_ERR(pb_wire_push_decode((const uint8_t *)"", 0, 16, &pr), PB_ERR_DECODE);
     CHECK_ERR(pb_wire_push_decode((const uint8_t *)"\x88\xe5\x08\x01", 4, 16, &pr), PB_ERR_DECODE);
     CHECK_INT(pr.n, 5);
+
+    /* a PullResponse whose sequence numbers do not increase is refused (a sender of this
+     * project numbers its queue upwards; anything else would re-label an event's place) */
+    pb_event two[2] = {{PB_EV_USER_ADDED_TO_GUILD, 1, 2, 0, NULL},
+                       {PB_EV_USER_REMOVED_FROM_GUILD, 1, 2, 0, NULL}};
+    pb_buf b = PB_BUF_INIT;
+    CHECK_OK(pb_wire_pull_resp_encode(two, (uint64_t[]){1, 2}, 2, 7, &b));
+    CHECK_OK(pb_wire_pull_resp_decode(b.data, b.len, &evs, &seqs, &count, &epoch));
+    CHECK(count == 2 && seqs && seqs[0] == 1 && seqs[1] == 2);
+    for (size_t i = 0; i < count; i++)
+        pb_event_clear(&evs[i]);
+    free(evs);
+    free(seqs);
+    /* field 18001, packed (tag 8a e5 08, length 2): 1, then 2; rewrite them, decode again */
+    static const uint8_t packed[] = {0x8a, 0xe5, 0x08, 0x02, 0x01, 0x02};
+    uint8_t *at = memmem(b.data, b.len, packed, sizeof packed);
+    CHECK(at != NULL);
+    if (at) {
+        evs = NULL, seqs = NULL, count = 9;
+        at[4] = 2, at[5] = 1;
+        CHECK_ERR(pb_wire_pull_resp_decode(b.data, b.len, &evs, &seqs, &count, &epoch),
+                  PB_ERR_DECODE);
+        at[4] = 2, at[5] = 2;
+        CHECK_ERR(pb_wire_pull_resp_decode(b.data, b.len, &evs, &seqs, &count, &epoch),
+                  PB_ERR_DECODE);
+        at[4] = 0, at[5] = 1;
+        CHECK_ERR(pb_wire_pull_resp_decode(b.data, b.len, &evs, &seqs, &count, &epoch),
+                  PB_ERR_DECODE);
+        CHECK(evs == NULL && seqs == NULL && count == 9);
+    }
+    pb_buf_free(&b);
 }
 
 static void test_encode_refusals(void)
