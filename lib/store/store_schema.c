@@ -16,6 +16,29 @@
  * @Q the inbox's seq column, @F the least first_seq of a submission (PostgreSQL claims an
  * ID with 0 inside the appending transaction).
  *
+ * The tables (version 8):
+ *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s), mode,
+ *    attempts, next_attempt_at, last_error, parked_seq, next_seq, recv_seq (unused since
+ *    version 5), send_epoch, queued): one row per peer, as receiver of our outbox
+ *    (next_seq: the seq the next appended event gets, so an append never counts the
+ *    queue; queued: the rows of its outbox, kept in the transactions that change them;
+ *    send_epoch: our epoch towards it, random and non-zero for every row created since
+ *    version 5, 0 for older ones).
+ *  - recv_epochs(peer, epoch, recv_seq, updated_at (ms)) PK (peer, epoch): the peer as
+ *    sender to us, per its epoch; at most PB_STORE_RECV_EPOCHS_MAX rows a sender.
+ *  - outbox(peer, seq, event, created_at) PK (peer, seq): read, acknowledged and counted
+ *    as range scans of one peer's keys; pb_store_outbox_peers is a loose index scan.
+ *  - inbox(seq PK, from_id, event, old_id, new_id, received_at): an event row or (event
+ *    NULL) a rename row; seqs consecutive and never reused.
+ *  - guilds(user_id, server_id, guild_id) and invites(user_id, server_id, invite_id,
+ *    inviter_id), keys starting with user_id; no index on server_id (a peer's rename, rare,
+ *    scans them; every received event would otherwise insert into a second B-tree).
+ *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error);
+ *    renames_in(old_id PK, new_id UNIQUE, created_at (ms) indexed); leases(peer PK, holder,
+ *    expires_at (ms)); submissions(id PK, peer, first_seq, count, created_at (ms) indexed);
+ *    meta(key PK, value); schema_version.
+ *  No foreign keys: a rename re-labels every table explicitly in one transaction.
+ *
  * Untrusted input: none (the stored version number is checked).
  */
 #include <stdio.h>
