@@ -1211,7 +1211,10 @@ static pb_err op_receive(void *impl, const char *from, uint64_t epoch, const pb_
     pb_encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
+        /* the scratch arrays in one block: batch, ap, idx (alignment decreasing) */
         size_t m = n ? n : 1;
+        pb_batch_stmt *scratch =
+            pb_xmalloc(m * (sizeof(pb_batch_stmt) + sizeof(struct applied) + sizeof(size_t)));
         struct receive_ctx r = {.from = from,
                                 .epoch = epoch,
                                 .evs = evs,
@@ -1220,14 +1223,12 @@ static pb_err op_receive(void *impl, const char *from, uint64_t epoch, const pb_
                                 .n = n,
                                 .now = now,
                                 .new_epoch = pb_store_epoch_random(0),
-                                .ap = pb_xmalloc(m * sizeof(struct applied)),
-                                .idx = pb_xmalloc(m * sizeof(size_t)),
-                                .batch = pb_xmalloc(m * sizeof(pb_batch_stmt))};
+                                .batch = scratch,
+                                .ap = (struct applied *)(scratch + m)};
+        r.idx = (size_t *)(r.ap + m);
         err = write(impl, receive_tx, &r, false);
         if (err == PB_OK) *res = r.res;
-        free(r.ap);
-        free(r.idx);
-        free(r.batch);
+        free(scratch);
     }
     encoded_free(&enc);
     return err;
