@@ -19,6 +19,8 @@
 #ifndef PB_STORE_DRIVER_H
 #define PB_STORE_DRIVER_H
 
+#include <pthread.h>
+
 #include "store/store_impl.h"
 #include "util/buf.h"
 
@@ -76,9 +78,28 @@ struct pb_encoded {
     size_t *off;
 };
 
-/* One connection of a driver: the driver's struct, whose first member is a
- * const pb_store_driver * to the driver itself. */
+/* One connection of a driver: the driver's struct, which begins with a pb_db_head. */
 typedef struct pb_db pb_db;
+typedef struct pb_db_head {
+    const struct pb_store_driver *drv; /* the driver itself */
+    pb_db *next;                       /* its pool's free list */
+} pb_db_head;
+
+/* A bounded pool of a driver's connections: take answers a free one, or NULL after
+ * reserving a place for one the caller makes (at most max exist; take waits while all
+ * are taken); put gives one back, or the place when c is NULL (not made, or closed). */
+typedef struct pb_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    pb_db *free;
+    int count, max;
+} pb_pool;
+
+void pb_pool_init(pb_pool *p, int max);
+pb_db *pb_pool_take(pb_pool *p);
+void pb_pool_put(pb_pool *p, pb_db *c);
+/* The free connections, one per call (NULL: none left), then destroys the pool: close. */
+pb_db *pb_pool_drain(pb_pool *p);
 
 /* A statement in progress on a connection (on the caller's stack). */
 typedef struct pb_cur {
@@ -89,6 +110,17 @@ typedef struct pb_cur {
 } pb_cur;
 
 typedef pb_err (*pb_db_fn)(pb_db *db, void *ctx);
+
+/* Test-only fault points (PB_FAULTS builds) a driver keeps under its mutex mu: its writes
+ * fail with fault; while hold, they wait (queued: how many) and cond is broadcast when
+ * hold changes. Zero: no fault. */
+typedef struct pb_store_faults {
+    pthread_mutex_t *mu;
+    pthread_cond_t *cond;
+    pb_err fault;
+    bool hold;
+    size_t queued;
+} pb_store_faults;
 
 /* One statement of a batch (pb_store_driver.batch). */
 typedef struct pb_batch_stmt {
@@ -143,10 +175,8 @@ typedef struct pb_store_driver {
     /* Optional: a receive applied rows events (SQLite: rows added to its model log). */
     void (*applied)(pb_db *db, int64_t rows);
 
-    /* Test-only fault points (PB_FAULTS builds), may be NULL. */
-    void (*fault_set)(void *eng, pb_err err);
-    void (*fault_hold)(void *eng, bool hold);
-    size_t (*fault_queued)(void *eng);
+    /* The engine's test-only fault state (store_impl.h fault points). */
+    pb_store_faults *(*faults)(void *eng);
 } pb_store_driver;
 
 extern const pb_store_driver pb_store_sqlite_driver;

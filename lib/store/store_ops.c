@@ -367,6 +367,53 @@ pb_err pb_db_ints(const pb_store_driver *d, pb_db *db, int id, const pb_arg *a, 
     return err == PB_OK && bad ? PB_ERR_CORRUPT : err;
 }
 
+void pb_pool_init(pb_pool *p, int max)
+{
+    *p = (pb_pool){.max = max};
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cond, NULL);
+}
+
+pb_db *pb_pool_take(pb_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    while (!p->free && p->count >= p->max)
+        pthread_cond_wait(&p->cond, &p->mu);
+    pb_db *c = p->free;
+    if (c) {
+        p->free = ((pb_db_head *)c)->next;
+    } else {
+        p->count++;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return c;
+}
+
+void pb_pool_put(pb_pool *p, pb_db *c)
+{
+    pthread_mutex_lock(&p->mu);
+    if (c) {
+        ((pb_db_head *)c)->next = p->free;
+        p->free = c;
+    } else {
+        p->count--;
+    }
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->mu);
+}
+
+pb_db *pb_pool_drain(pb_pool *p)
+{
+    pb_db *c = p->free;
+    if (c) {
+        p->free = ((pb_db_head *)c)->next;
+        return c;
+    }
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cond);
+    return NULL;
+}
+
 #define EXEC(db, id, changes, ...) DB_EXEC(D, (db), (id), (changes), __VA_ARGS__)
 #define QINT(db, id, out, ...)                                                                     \
     pb_db_ints(D, (db), (id), (const pb_arg[]){__VA_ARGS__}, NARGS(__VA_ARGS__), (out), 1)
@@ -561,7 +608,7 @@ static void strings_free(void *arr, size_t n)
 
 /* ---- writes ----------------------------------------------------------------------------- */
 
-static pb_err write(st *s, pb_db_fn fn, void *ctx, bool one)
+static pb_err write_tx(st *s, pb_db_fn fn, void *ctx, bool one)
 {
     return s->d->write(s->eng, fn, ctx, one);
 }
@@ -585,7 +632,7 @@ static pb_err one_fn(pb_db *db, void *ctx)
 
 static pb_err write_one(st *s, one_ctx *o, int64_t *changes)
 {
-    pb_err err = write(s, one_fn, o, true);
+    pb_err err = write_tx(s, one_fn, o, true);
     if (err == PB_OK && changes) *changes = o->changes;
     return err;
 }
@@ -858,7 +905,7 @@ static pb_err op_peer_new_epoch(void *impl, const char *peer, uint64_t *epoch)
 {
     struct new_epoch_ctx e = {peer, pb_store_epoch_random(0), 0, 0};
     e.e2 = pb_store_epoch_random(e.e1);
-    pb_err err = write(impl, peer_new_epoch_tx, &e, true);
+    pb_err err = write_tx(impl, peer_new_epoch_tx, &e, true);
     if (err == PB_OK) *epoch = (uint64_t)e.epoch;
     return err;
 }
@@ -949,7 +996,7 @@ static pb_err append_tx(pb_db *db, void *ctx)
     }
     err = QINT(db, ST_PEER_RESERVE, &next, A_TEXT(a->peer), A_INT(a->now / 1000), A_INT(n),
                A_INT(a->epoch));
-    if (err == PB_OK && (next <= n || next - n < 1)) err = PB_ERR_INTERNAL; /* never */
+    if (err == PB_OK && next <= n) err = PB_ERR_INTERNAL; /* never: next_seq >= 1 */
     for (size_t i = 0; i < a->n && err == PB_OK; i++)
         err = EXEC(db, ST_OUTBOX_INSERT, NULL, A_TEXT(a->peer), A_INT(next - n + (int64_t)i),
                    ENC_ARG(a->enc, i), A_INT(a->now));
@@ -974,7 +1021,7 @@ static pb_err op_outbox_append(void *impl, const char *peer, const pb_event *evs
     if (err == PB_OK) {
         struct append_ctx a = {peer, &enc, n, now, submission_id, pb_store_epoch_random(0),
                                0,    false};
-        err = write(s, append_tx, &a, s->d->arrays && !submission_id);
+        err = write_tx(s, append_tx, &a, s->d->arrays && !submission_id);
         if (err == PB_OK) {
             *last_seq = a.last;
             *duplicate = a.duplicate;
@@ -1046,7 +1093,7 @@ static pb_err dequeue_tx(pb_db *db, void *ctx)
 static pb_err dequeue(st *s, int id, const char *peer, int64_t seq, int64_t *changes)
 {
     struct dequeue_ctx q = {id, peer, seq, 0};
-    pb_err err = write(s, dequeue_tx, &q, !pb_store_sql(s->d->engine, ST_PEER_DEQUEUED));
+    pb_err err = write_tx(s, dequeue_tx, &q, !pb_store_sql(s->d->engine, ST_PEER_DEQUEUED));
     *changes = q.changes;
     return err;
 }
@@ -1226,7 +1273,7 @@ static pb_err op_receive(void *impl, const char *from, uint64_t epoch, const pb_
                                 .batch = scratch,
                                 .ap = (struct applied *)(scratch + m)};
         r.idx = (size_t *)(r.ap + m);
-        err = write(impl, receive_tx, &r, false);
+        err = write_tx(impl, receive_tx, &r, false);
         if (err == PB_OK) *res = r.res;
         free(scratch);
     }
@@ -1398,7 +1445,7 @@ static pb_err op_peer_rename(void *impl, const char *old_id, const char *new_id,
                              const uint8_t new_key[PB_PUBKEY_LEN], int64_t now)
 {
     struct rename_ctx r = {old_id, new_id, new_key, now};
-    return write(impl, peer_rename_tx, &r, false);
+    return write_tx(impl, peer_rename_tx, &r, false);
 }
 
 static pb_err self_rename_tx(pb_db *db, void *ctx)
@@ -1416,7 +1463,7 @@ static pb_err self_rename_tx(pb_db *db, void *ctx)
 static pb_err op_self_rename(void *impl, const char *old_id, const char *new_id, int64_t now)
 {
     struct rename_ctx r = {old_id, new_id, NULL, now};
-    return write(impl, self_rename_tx, &r, false);
+    return write_tx(impl, self_rename_tx, &r, false);
 }
 
 static pb_err rename_out_row(const pb_store_driver *d, const pb_cur *c, void *elem, size_t i,
@@ -1627,20 +1674,28 @@ static pb_err op_inbox_unread(void *impl, uint64_t after, uint64_t *count, int64
 #ifdef PB_FAULTS
 static void op_fault_set(void *impl, pb_err err)
 {
-    st *s = impl;
-    if (s->d->fault_set) s->d->fault_set(s->eng, err);
+    pb_store_faults *f = ((st *)impl)->d->faults(((st *)impl)->eng);
+    pthread_mutex_lock(f->mu);
+    f->fault = err;
+    pthread_mutex_unlock(f->mu);
 }
 
 static void op_fault_hold(void *impl, bool hold)
 {
-    st *s = impl;
-    if (s->d->fault_hold) s->d->fault_hold(s->eng, hold);
+    pb_store_faults *f = ((st *)impl)->d->faults(((st *)impl)->eng);
+    pthread_mutex_lock(f->mu);
+    f->hold = hold;
+    pthread_cond_broadcast(f->cond);
+    pthread_mutex_unlock(f->mu);
 }
 
 static size_t op_fault_queued(void *impl)
 {
-    st *s = impl;
-    return s->d->fault_queued ? s->d->fault_queued(s->eng) : 0;
+    pb_store_faults *f = ((st *)impl)->d->faults(((st *)impl)->eng);
+    pthread_mutex_lock(f->mu);
+    size_t n = f->queued;
+    pthread_mutex_unlock(f->mu);
+    return n;
 }
 
 /* Writes the key, then breaks the NOT NULL constraint in the same transaction. */
@@ -1653,7 +1708,7 @@ static pb_err bad_write_tx(pb_db *db, void *ctx)
 
 static pb_err op_fault_bad_write(void *impl, const char *key)
 {
-    return write(impl, bad_write_tx, (void *)key, false);
+    return write_tx(impl, bad_write_tx, (void *)key, false);
 }
 #endif
 

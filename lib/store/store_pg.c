@@ -58,29 +58,24 @@
 #define OID_BYTEA_ARRAY 1001
 
 typedef struct pb_db {
-    const pb_store_driver *drv; /* first (store_driver.h) */
+    pb_db_head head; /* first (store_driver.h) */
     PGconn *pg;
     bool prepared[ST__COUNT];
     bool broken; /* the connection failed: it leaves the pool */
-    struct pb_db *next;
 } pgc;
 
 typedef struct pgs {
     char *uri;   /* never logged: it may hold a password */
     char *where; /* "host:port/db" for log lines */
     pb_store_opts opts;
-    pthread_mutex_t mu; /* guards everything below */
-    pthread_cond_t pool_cond;
+    pb_pool pool;
+    pthread_mutex_t mu;  /* guards everything below */
     pthread_cond_t gate; /* held writes, and close waiting for callers */
-    pgc *free;
-    int count; /* connections in existence */
     int callers;
     bool stop;
     uint64_t commits, writes;
     pb_series *m_commit; /* commit latency; NULL: none */
-    pb_err fault;        /* PB_FAULTS builds */
-    bool hold;
-    size_t queued;
+    pb_store_faults f;   /* PB_FAULTS builds; f.queued: the writes held */
 } pgs;
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -369,7 +364,7 @@ static pb_err conn_open(pgs *b, pgc **out)
     const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
     const char *const vals[] = {CONNECT_TIMEOUT_S, "postboxd", b->uri, NULL};
     pgc *c = pb_xcalloc(1, sizeof *c);
-    c->drv = &pb_store_pg_driver;
+    c->head.drv = &pb_store_pg_driver;
     pb_err err = PB_OK;
     c->pg = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(c->pg) != CONNECTION_OK) {
@@ -418,37 +413,16 @@ static bool conn_alive(pgc *c)
 
 static pb_err conn_get(pgs *b, pgc **out)
 {
-    pgc *c = NULL;
-    pthread_mutex_lock(&b->mu);
-    while (!b->free && b->count >= POOL_MAX)
-        pthread_cond_wait(&b->pool_cond, &b->mu);
-    if (b->free) {
-        c = b->free;
-        b->free = c->next;
-        c->next = NULL;
-    } else {
-        b->count++;
-    }
-    pthread_mutex_unlock(&b->mu);
-    if (c && conn_alive(c)) {
-        *out = c;
-        return PB_OK;
-    }
-    if (c) {
+    pgc *c = pb_pool_take(&b->pool);
+    if (c && !conn_alive(c)) {
         PB_INFO(NULL, "store: a pooled PostgreSQL connection was closed; reconnecting");
         conn_close(c);
         c = NULL;
     }
-    pb_err err = conn_open(b, &c);
-    if (err != PB_OK) {
-        pthread_mutex_lock(&b->mu);
-        b->count--;
-        pthread_cond_signal(&b->pool_cond);
-        pthread_mutex_unlock(&b->mu);
-        return err;
-    }
-    *out = c;
-    return PB_OK;
+    pb_err err = c ? PB_OK : conn_open(b, &c);
+    if (err == PB_OK) *out = c;
+    if (err != PB_OK) pb_pool_put(&b->pool, NULL);
+    return err;
 }
 
 static void conn_put(pgs *b, pgc *c)
@@ -458,15 +432,7 @@ static void conn_put(pgs *b, pgc *c)
         conn_close(c);
         c = NULL;
     }
-    pthread_mutex_lock(&b->mu);
-    if (c) {
-        c->next = b->free;
-        b->free = c;
-    } else {
-        b->count--;
-    }
-    pthread_cond_signal(&b->pool_cond);
-    pthread_mutex_unlock(&b->mu);
+    pb_pool_put(&b->pool, c);
 }
 
 /* ---- calls ------------------------------------------------------------------------------ */
@@ -482,13 +448,13 @@ static pb_err call_enter(pgs *b, bool write)
         return PB_ERR_SHUTDOWN;
     }
     b->callers++;
-    if (write && b->hold && !b->stop) {
-        b->queued++;
-        while (b->hold && !b->stop)
+    if (write && b->f.hold && !b->stop) {
+        b->f.queued++;
+        while (b->f.hold && !b->stop)
             pthread_cond_wait(&b->gate, &b->mu);
-        b->queued--;
+        b->f.queued--;
     }
-    if (write) err = b->fault;
+    if (write) err = b->f.fault;
     pthread_mutex_unlock(&b->mu);
     return err;
 }
@@ -591,13 +557,9 @@ static void pg_close(void *eng)
     while (b->callers > 0)
         pthread_cond_wait(&b->gate, &b->mu);
     pthread_mutex_unlock(&b->mu);
-    while (b->free) {
-        pgc *c = b->free;
-        b->free = c->next;
+    for (pgc *c; (c = pb_pool_drain(&b->pool)) != NULL;)
         conn_close(c);
-    }
     pthread_mutex_destroy(&b->mu);
-    pthread_cond_destroy(&b->pool_cond);
     pthread_cond_destroy(&b->gate);
     free(b->uri);
     free(b->where);
@@ -639,8 +601,9 @@ static pb_err pg_open(const char *location, const pb_store_opts *opts, void **en
     b->opts = *opts;
     b->m_commit = pb_metric_series(PB_METRIC(opts->metrics, store_commit_duration), NULL);
     pthread_mutex_init(&b->mu, NULL);
-    pthread_cond_init(&b->pool_cond, NULL);
+    pb_pool_init(&b->pool, POOL_MAX);
     pthread_cond_init(&b->gate, NULL);
+    b->f = (pb_store_faults){.mu = &b->mu, .cond = &b->gate};
 
     pgc *c = NULL;
     pb_err err = conn_get(b, &c);
@@ -655,39 +618,10 @@ static pb_err pg_open(const char *location, const pb_store_opts *opts, void **en
     return PB_OK;
 }
 
-/* ---- test-only fault points ------------------------------------------------------------- */
-
-#ifdef PB_FAULTS
-static void pg_fault_set(void *eng, pb_err err)
+static pb_store_faults *pg_faults(void *eng)
 {
-    pgs *b = eng;
-    pthread_mutex_lock(&b->mu);
-    b->fault = err;
-    pthread_mutex_unlock(&b->mu);
+    return &((pgs *)eng)->f;
 }
-
-static void pg_fault_hold(void *eng, bool hold)
-{
-    pgs *b = eng;
-    pthread_mutex_lock(&b->mu);
-    b->hold = hold;
-    pthread_cond_broadcast(&b->gate);
-    pthread_mutex_unlock(&b->mu);
-}
-
-static size_t pg_fault_queued(void *eng)
-{
-    pgs *b = eng;
-    pthread_mutex_lock(&b->mu);
-    size_t n = b->queued;
-    pthread_mutex_unlock(&b->mu);
-    return n;
-}
-#else
-#define pg_fault_set NULL
-#define pg_fault_hold NULL
-#define pg_fault_queued NULL
-#endif
 
 const pb_store_driver pb_store_pg_driver = {
     .name = "postgres",
@@ -707,7 +641,5 @@ const pb_store_driver pb_store_pg_driver = {
     .col_bytes = pg_col_bytes,
     .script = pg_script,
     .batch = pg_batch,
-    .fault_set = pg_fault_set,
-    .fault_hold = pg_fault_hold,
-    .fault_queued = pg_fault_queued,
+    .faults = pg_faults,
 };

@@ -60,10 +60,9 @@
 #define D (&pb_store_sqlite_driver)
 
 typedef struct pb_db {
-    const pb_store_driver *drv; /* first (store_driver.h) */
+    pb_db_head head; /* first (store_driver.h) */
     sqlite3 *db;
     sqlite3_stmt *stmt[ST__COUNT];
-    struct pb_db *next; /* read pool free list */
     /* the model log, on the write connection only (writer thread) */
     int64_t log_rows;   /* rows in model_log (an estimate after a lost batch) */
     int64_t log_upto;   /* the merge cycle in progress takes id <= log_upto; 0: none */
@@ -89,17 +88,12 @@ typedef struct sq {
     pthread_mutex_t mu; /* guards the queue, stop, counters and faults */
     pthread_cond_t work, done;
     job *head, *tail;
-    size_t queued;
     int callers; /* threads inside job_run: close waits for them to leave */
     bool stop;
     uint64_t commits, writes;
     pb_series *m_commit, *m_writes; /* commit latency, writes per commit; NULL: none */
-    pb_err fault;                   /* PB_FAULTS builds */
-    bool hold;
-    pthread_mutex_t rmu; /* guards the read pool */
-    pthread_cond_t rcond;
-    conn *rfree;
-    int rcount; /* read connections in existence */
+    pb_store_faults f;              /* PB_FAULTS builds; f.queued: the jobs queued */
+    pb_pool readers;
 } sq;
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -286,7 +280,7 @@ static void conn_close(conn *c)
 static pb_err conn_open(sq *b, bool readonly, conn **out)
 {
     conn *c = pb_xcalloc(1, sizeof *c);
-    c->drv = D;
+    c->head.drv = D;
     pb_err err = PB_OK;
     char mode[32];
     int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
@@ -332,28 +326,10 @@ out:
 static pb_err sq_read(void *eng, pb_db_fn fn, void *ctx)
 {
     sq *b = eng;
-    conn *c = NULL;
-    pthread_mutex_lock(&b->rmu);
-    while (!b->rfree && b->rcount >= READ_POOL_MAX)
-        pthread_cond_wait(&b->rcond, &b->rmu);
-    if (b->rfree) {
-        c = b->rfree;
-        b->rfree = c->next;
-    } else {
-        b->rcount++;
-    }
-    pthread_mutex_unlock(&b->rmu);
+    conn *c = pb_pool_take(&b->readers);
     pb_err err = c ? PB_OK : conn_open(b, true, &c);
     if (err == PB_OK) err = fn(c, ctx);
-    pthread_mutex_lock(&b->rmu);
-    if (c) {
-        c->next = b->rfree;
-        b->rfree = c;
-    } else {
-        b->rcount--;
-    }
-    pthread_cond_signal(&b->rcond);
-    pthread_mutex_unlock(&b->rmu);
+    pb_pool_put(&b->readers, c);
     return err;
 }
 
@@ -422,7 +398,7 @@ static void *writer_main(void *arg)
     job **batch = pb_xmalloc((size_t)b->opts.max_batch * sizeof *batch);
     pthread_mutex_lock(&b->mu);
     for (;;) {
-        while (!b->stop && (!b->head || b->hold))
+        while (!b->stop && (!b->head || b->f.hold))
             pthread_cond_wait(&b->work, &b->mu);
         if (!b->head) break; /* stopping and drained */
         size_t n = 0;
@@ -431,8 +407,8 @@ static void *writer_main(void *arg)
             b->head = b->head->next;
         }
         if (!b->head) b->tail = NULL;
-        b->queued -= n;
-        pb_err fault = b->fault;
+        b->f.queued -= n;
+        pb_err fault = b->f.fault;
         pthread_mutex_unlock(&b->mu);
 
         bool committed = false;
@@ -493,7 +469,7 @@ static pb_err sq_write(void *eng, pb_db_fn fn, void *ctx, bool one)
         b->head = &j;
     }
     b->tail = &j;
-    b->queued++;
+    b->f.queued++;
     pthread_cond_signal(&b->work);
     while (!j.done)
         pthread_cond_wait(&b->done, &b->mu);
@@ -674,11 +650,8 @@ static void sq_close(void *eng)
     while (b->callers > 0)
         pthread_cond_wait(&b->done, &b->mu);
     pthread_mutex_unlock(&b->mu);
-    while (b->rfree) {
-        conn *c = b->rfree;
-        b->rfree = c->next;
+    for (conn *c; (c = pb_pool_drain(&b->readers)) != NULL;)
         conn_close(c);
-    }
     if (b->wconn) {
         int rc =
             sqlite3_wal_checkpoint_v2(b->wconn->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
@@ -688,8 +661,6 @@ static void sq_close(void *eng)
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->work);
     pthread_cond_destroy(&b->done);
-    pthread_mutex_destroy(&b->rmu);
-    pthread_cond_destroy(&b->rcond);
     free(b->path);
     free(b);
 }
@@ -711,8 +682,8 @@ static pb_err sq_open(const char *location, const pb_store_opts *opts, void **en
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->work, NULL);
     pthread_cond_init(&b->done, NULL);
-    pthread_mutex_init(&b->rmu, NULL);
-    pthread_cond_init(&b->rcond, NULL);
+    pb_pool_init(&b->readers, READ_POOL_MAX);
+    b->f = (pb_store_faults){.mu = &b->mu, .cond = &b->work};
 
     err = conn_open(b, false, &b->wconn);
     if (err == PB_OK) err = pb_store_migrate(D, b->wconn, b->path);
@@ -730,39 +701,10 @@ static pb_err sq_open(const char *location, const pb_store_opts *opts, void **en
     return PB_OK;
 }
 
-/* ---- test-only fault points ------------------------------------------------------------- */
-
-#ifdef PB_FAULTS
-static void sq_fault_set(void *eng, pb_err err)
+static pb_store_faults *sq_faults(void *eng)
 {
-    sq *b = eng;
-    pthread_mutex_lock(&b->mu);
-    b->fault = err;
-    pthread_mutex_unlock(&b->mu);
+    return &((sq *)eng)->f;
 }
-
-static void sq_fault_hold(void *eng, bool hold)
-{
-    sq *b = eng;
-    pthread_mutex_lock(&b->mu);
-    b->hold = hold;
-    pthread_cond_broadcast(&b->work);
-    pthread_mutex_unlock(&b->mu);
-}
-
-static size_t sq_fault_queued(void *eng)
-{
-    sq *b = eng;
-    pthread_mutex_lock(&b->mu);
-    size_t n = b->queued;
-    pthread_mutex_unlock(&b->mu);
-    return n;
-}
-#else
-#define sq_fault_set NULL
-#define sq_fault_hold NULL
-#define sq_fault_queued NULL
-#endif
 
 const pb_store_driver pb_store_sqlite_driver = {
     .name = "sqlite",
@@ -784,7 +726,5 @@ const pb_store_driver pb_store_sqlite_driver = {
     .last_id = sq_last_id,
     .rename_prepare = sq_rename_prepare,
     .applied = sq_applied,
-    .fault_set = sq_fault_set,
-    .fault_hold = sq_fault_hold,
-    .fault_queued = sq_fault_queued,
+    .faults = sq_faults,
 };
