@@ -1294,6 +1294,16 @@ out:
     return err;
 }
 
+pb_err pb_hrpc_tls_check(const char *cert_file, const char *key_file)
+{
+    char *cert = NULL, *key = NULL;
+    pb_err err = tls_load(cert_file, key_file, &cert, &key);
+    if (key) memset(key, 0, strlen(key));
+    free(key);
+    free(cert);
+    return err;
+}
+
 pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *auth,
                           pb_hrpc_server **out)
 {

@@ -124,5 +124,8 @@ static inline uint64_t pb_store_epoch_random(uint64_t avoid)
 
 extern const pb_store_ops pb_store_sqlite_ops;
 extern const pb_store_ops pb_store_pg_ops;
+/* The schema version each backend migrates to (storeprobe's compatibility check). */
+int pb_store_sqlite_schema_latest(void);
+int pb_store_pg_schema_latest(void);
 
 #endif

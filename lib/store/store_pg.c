@@ -2550,3 +2550,8 @@ const pb_store_ops pb_store_pg_ops = {
     .fault_bad_write = pg_fault_bad_write,
 #endif
 };
+
+int pb_store_pg_schema_latest(void)
+{
+    return SCHEMA_VERSION;
+}

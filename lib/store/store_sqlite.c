@@ -2802,3 +2802,8 @@ const pb_store_ops pb_store_sqlite_ops = {
     .fault_bad_write = sq_fault_bad_write,
 #endif
 };
+
+int pb_store_sqlite_schema_latest(void)
+{
+    return SCHEMA_VERSION;
+}
