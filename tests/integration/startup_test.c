@@ -559,6 +559,7 @@ static pid_t forged_push(const pbt_daemon *d, const char *as)
 static void stop_during(const char *what, const char *const *extra, const char *as, int watch_fd)
 {
     pbt_daemon *d = pbt_daemon_new("stop", extra);
+    d->prog = getenv("PBT_POSTBOXD");
     if (!pbt_daemon_start(d)) {
         CHECK(false);
         pbt_daemon_free(d);
