@@ -4,9 +4,16 @@
  * source, then the federation listener (hRPC) and the admin listener (JSON); closes them
  * in reverse. postboxd is a thin shell around pb_daemon_open/close.
  *
+ * Start-up runs the configuration test (check.c) before it creates anything, so that an
+ * invalid configuration leaves nothing behind; then it takes an exclusive flock on
+ * DATA_DIR/postbox.lock (one daemon per data directory). A failed open ends in
+ * pb_daemon_close, which accepts every part unopened.
+ *
  * Identity: the store remembers the server ID it was created for (meta "server_id") and
  * the public key (meta "public_key"); starting with a different server ID or key file
- * than the store's is refused rather than silently mixing identities.
+ * than the store's is refused rather than silently mixing identities, unless rename_from
+ * names the store's ID: then, once serving, the store is re-labelled and the peers told
+ * as postboxctl rename does.
  *
  * Untrusted input: hRPC requests (through hrpc_server, auth and wire) and admin requests
  * (through admin_http); this file only routes them.
