@@ -104,7 +104,10 @@ static char *parent_of(const char *path)
 
 static const char *access_words(int mode)
 {
-    return mode == R_OK ? "read" : mode == (R_OK | W_OK) ? "read and write" : "write into";
+    return mode == R_OK                   ? "read"
+           : mode == (R_OK | W_OK)        ? "read and write"
+           : mode == (R_OK | W_OK | X_OK) ? "use"
+                                          : "write into";
 }
 
 /* A file or directory `as` must access with mode: a problem when it cannot. */
@@ -125,11 +128,17 @@ static void need_access(const pb_check_as *as, const char *setting, const char *
                        strerror(errno));
         return;
     }
-    CONFIG_PROBLEM(res,
-                   "%s %s: %s cannot %s it (mode %03o, owner uid %u): chown %s it, or fix "
-                   "its mode",
-                   setting, path, as->name, access_words(mode), (unsigned)(st.st_mode & 0777),
-                   (unsigned)st.st_uid, as->name);
+    char bits[4] = "";
+    if (mode & R_OK) strcat(bits, "r");
+    if (mode & W_OK) strcat(bits, "w");
+    if (mode & X_OK) strcat(bits, "x");
+    if (st.st_uid != as->uid)
+        CONFIG_PROBLEM(res, "%s %s: %s cannot %s it (mode %03o, owner uid %u): chown %s %s",
+                       setting, path, as->name, access_words(mode), (unsigned)(st.st_mode & 0777),
+                       (unsigned)st.st_uid, as->name, path);
+    else
+        CONFIG_PROBLEM(res, "%s %s: %s cannot %s it (mode %03o): chmod u+%s %s", setting, path,
+                       as->name, access_words(mode), (unsigned)(st.st_mode & 0777), bits, path);
 }
 
 /* A directory postboxd creates at start if missing: its parent must then exist and be
@@ -290,9 +299,11 @@ static void check_store(const pb_config *cfg, const pb_check_as *as, const char 
         const char *path = !strncmp(cfg->store, "sqlite:", 7) ? cfg->store + 7 : cfg->store;
         char *dir = parent_of(path);
         struct stat st;
-        if (stat(dir, &st) == 0)
+        if (strcmp(dir, cfg->data_dir) == 0) {
+            /* the data directory's own check covers it */
+        } else if (stat(dir, &st) == 0)
             need_access(as, "store's directory", dir, W_OK | X_OK, res);
-        else if (strcmp(dir, cfg->data_dir) != 0)
+        else
             CONFIG_PROBLEM(res, "store %s: the directory %s does not exist: create it", shown, dir);
         if (stat(path, &st) == 0) need_access(as, "store", path, R_OK | W_OK, res);
         free(dir);
