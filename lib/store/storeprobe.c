@@ -75,9 +75,11 @@ static pb_err probe_sqlite(pb_storeprobe *p, char **why)
     /* With a -wal file (a running or crashed daemon) its contents count: read through it
      * (its -shm exists then); without one the file is all there is: immutable, so that
      * SQLite creates nothing beside it. */
-    char *wal = pb_xasprintf("%s-wal", p->path);
-    bool has_wal = access(wal, F_OK) == 0;
+    char *wal = pb_xasprintf("%s-wal", p->path), *shm = pb_xasprintf("%s-shm", p->path);
+    /* a -wal without its -shm: SQLite would create the -shm; read the file alone */
+    bool has_wal = access(wal, F_OK) == 0 && access(shm, F_OK) == 0;
     free(wal);
+    free(shm);
     char *uri = file_uri(p->path, !has_wal);
     sqlite3 *db = NULL;
     sqlite3_stmt *q = NULL;

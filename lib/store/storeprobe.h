@@ -4,7 +4,7 @@
  *
  * Design: it does not go through the store's backends (which create, migrate and start
  * writer threads): an SQLite file is opened read-only through a URI ("mode=ro", and
- * "immutable=1" when no -wal file exists, so that no -wal or -shm file is created); a
+ * "immutable=1" unless a -wal and its -shm exist, so that no -wal or -shm file is created); a
  * PostgreSQL database is read in a read-only session (default_transaction_read_only).
  * It reads the schema version and the identity facts of the meta table.
  *
