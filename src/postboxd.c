@@ -67,11 +67,19 @@ static int print_text(char *text)
     return rc;
 }
 
+/* "unknown argument ARG" (caller frees). */
+static char *unknown_argument(const char *arg)
+{
+    char *s = NULL;
+    if (asprintf(&s, "unknown argument %s (see --help)", arg) < 0) abort();
+    return s;
+}
+
 /*
  * The configuration: defaults, then config_file (may be NULL), then the settings among the
  * flags, finished. The program's own flags are skipped. Returns 0 with *out set (caller
  * frees), 2 with *why set (caller frees) and *out the unfinished configuration (caller
- * frees) for an invalid configuration, 1 for an unknown argument (reported here).
+ * frees) for an invalid configuration or an unknown argument.
  */
 static int read_config(int argc, char **argv, const char *config_file, pb_config **out, char **why)
 {
@@ -96,9 +104,8 @@ static int read_config(int argc, char **argv, const char *config_file, pb_config
         int used = 0;
         if (pb_config_parse_args(cfg, argc - i, argv + i, &used, why) != PB_OK) goto bad;
         if (used == 0) {
-            fprintf(stderr, "postboxd: unknown argument %s (see --help)\n", argv[i]);
-            pb_config_free(cfg);
-            return 1;
+            *why = unknown_argument(argv[i]);
+            goto bad;
         }
         i += used;
     }
