@@ -776,7 +776,10 @@ pb_err pb_admin_http_start(pb_admin_http *a)
                                   MHD_OPTION_END);
     }
     if (!a->mhd) {
-        PB_ERROR(NULL, "cannot start %s listener on %s: %s", a->name, a->listen, strerror(errno));
+        PB_ERROR(NULL,
+                 "cannot start %s listener on %s: %s: is another postboxd or another program "
+                 "serving there? Stop it, or change %s_listen",
+                 a->name, a->listen, strerror(errno), a->name);
         return PB_ERR_IO;
     }
     a->sweeper_stop = false;

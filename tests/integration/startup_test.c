@@ -3,7 +3,9 @@
  * guard, a server_id change with the daemon stopped, and a clean stop with a key fetch in
  * flight.
  *
- * The failure table: each case starts postboxd and wants it to exit by itself with the
+ * The failure table (the admin and the federation port in use, a data directory in use
+ * and PostgreSQL unreachable are runtime failures, exit 1; the rest configuration errors,
+ * exit 2): each case starts postboxd and wants it to exit by itself with the
  * documented status (1 runtime, 2 configuration), never by a signal, with one line naming
  * the setting or file; a configuration error creates nothing (the data directory stays
  * absent). postboxd --check-config catches each configuration case (exit 2) and passes a
@@ -316,6 +318,11 @@ static void test_failure_table(void)
             "admin port in use", 1, "cannot start admin listener", false, false, false};
         const char *args[] = {"--data-dir", dir, "--listen", listen, "--admin-listen", busy, NULL};
         run_case(&c, args, NULL);
+        /* the federation port in use: the same (the store says which server ID it is) */
+        struct scase f = {"federation port in use", 1, "change listen", false, false, false};
+        const char *fargs[] = {"--data-dir",     dir,   "--listen", busy, "--server-id", listen,
+                               "--admin-listen", admin, NULL};
+        run_case(&f, fargs, NULL);
         close(fd);
     }
     char *db = xasprintf("%s/postbox.db", dir);
