@@ -12,9 +12,9 @@
  * good configuration; it creates nothing either. File-permission cases need a user that
  * permissions bind: run as root, those postboxd processes run as nobody (uid 65534).
  *
- * The rename: A and B federate; A stops; A starts again with a new server_id and
- * --rename-from its old one: B learns the rename (NotifyNewId with its proof) and an event
- * queued before it, and one sent after it, both arrive.
+ * The rename: A and B federate; A stops; B queues an event for A's old ID; A starts again
+ * with a new server_id and --rename-from its old one: B learns the rename (NotifyNewId with
+ * its proof), its guild list follows, A's event sent after it and B's queued one arrive.
  *
  * The stop: a forged Push naming a host that accepts connections and never answers (the
  * key fetch hangs), or a name whose DNS server never answers; SIGTERM while the fetch is
@@ -482,8 +482,9 @@ static void test_rename_stopped(void)
     char old_id[64];
     snprintf(old_id, sizeof old_id, "%s", a->server_id);
     CHECK_INT(pbt_daemon_stop(a), 0);
-    /* an event queued for A's old name while A is down is not lost: B queues it ... and a
-     * new ID: "localhost" resolves to 127.0.0.1, the same listener */
+    /* an event for A's old ID while A is down: B queues it; it must reach A after the
+     * rename. The new ID: "localhost" resolves to 127.0.0.1, the same listener. */
+    CHECK(submit(b, old_id, "8", "3"));
     char new_id[64];
     snprintf(new_id, sizeof new_id, "localhost:%u", a->port);
     /* a plain restart with the new server_id is refused (exit 2) naming the flag */
@@ -518,6 +519,9 @@ static void test_rename_stopped(void)
     struct guild_wait g2 = {b, "7", "2", new_id}, g1n = {b, "7", "1", new_id};
     CHECKF(pbt_wait_for(has_guild, &g2, 20000), "B got A's event sent after the rename");
     CHECKF(pbt_wait_for(has_guild, &g1n, 20000), "B's guild list follows the rename");
+    struct guild_wait back = {a, "8", "3", b->server_id};
+    CHECKF(pbt_wait_for(has_guild, &back, 30000),
+           "A got B's event queued for its old ID while it was down");
     /* the next start needs no flag: the store and the configuration agree */
     CHECK_INT(pbt_daemon_stop(a), 0);
     a->nargs -= 2;
