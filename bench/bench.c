@@ -1268,7 +1268,7 @@ static bool submit_guilds(hc *c, const char *to, long user, long first, long cou
     for (long g = first; g < first + count; g++) {
         snprintf(item, sizeof item,
                  "%s{\"userAddedToGuild\":{\"userId\":\"%ld\",\"guildId\":\"%ld\"}}",
-                 g > first ? "," : "", user, g);
+                 g > first ? "," : "", user, g + 1); /* guild IDs from 1: 0 is refused */
         pb_buf_append_str(&b, item);
     }
     pb_buf_append_str(&b, "]}");

@@ -75,6 +75,10 @@ PB_API void pb_log_set_level(pb_log_level level);
 /* Parses "debug", "info", "warn", "error". */
 PB_API pb_err pb_log_level_parse(const char *s, pb_log_level *out);
 PB_API const char *pb_log_level_name(pb_log_level level);
+/* Sets the line format by name: "text" or "json" (PB_ERR_INVAL otherwise). */
+PB_API pb_err pb_log_set_format_name(const char *name);
+/* Writes one log line (as the library's own: time, level, the format set) at `level`. */
+PB_API void pb_log_message(pb_log_level level, const char *msg);
 
 /* ---- events ------------------------------------------------------------------------ */
 
@@ -124,6 +128,10 @@ PB_API pb_err pb_config_parse_args(pb_config *c, int argc, char **argv, int *use
 PB_API pb_err pb_config_finish(pb_config *c, char **why);
 /* "name = value" lines of the effective settings; caller frees. */
 PB_API char *pb_config_dump(const pb_config *c);
+/* "name = value\t# ORIGIN" lines of the settings given in a file or as flags whose value
+ * differs from the default, ORIGIN being FILE:LINE or --name (postboxd --check-config
+ * --changed); caller frees. */
+PB_API char *pb_config_dump_changed(const pb_config *c);
 /* One line per setting with its help and default; caller frees. */
 PB_API char *pb_config_help(void);
 /* An example configuration file: every setting commented out with its help, range, default
@@ -142,10 +150,23 @@ PB_API char *pb_config_get(const pb_config *c, const char *name);
 typedef struct pb_daemon pb_daemon;
 
 /* Opens everything the (finished) config names and starts serving. On PB_OK the caller
- * owns *out and stops it with pb_daemon_close. cfg is copied as needed. */
+ * owns *out and stops it with pb_daemon_close. cfg is copied as needed. It first runs
+ * pb_daemon_check as this process: any problem returns PB_ERR_CONFIG (PB_ERR_STORE when
+ * only the PostgreSQL server cannot be reached) before anything is created. A data
+ * directory in use by another daemon is PB_ERR_BUSY (logged with its pid). */
 PB_API pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out);
-/* Stops accepting, finishes in-flight requests, closes the store. NULL is a no-op. */
+/* Stops accepting, finishes in-flight requests, closes the store. NULL is a no-op (and so
+ * is any part a failed pb_daemon_open had not opened). */
 PB_API void pb_daemon_close(pb_daemon *d);
+/*
+ * The configuration test (postboxd --check-config): every check pb_daemon_open runs
+ * before it creates anything (settings, data directory, key file mode, owner and contents,
+ * TLS pair, admin token file, listeners, the store reachable with a schema this build
+ * knows and its recorded server ID and key), each problem logged, all of them. Creates,
+ * writes and locks nothing. File access is judged as the account as_user (its uid and
+ * groups) or, when NULL, as this process. *problems is their number; PB_OK when none.
+ */
+PB_API pb_err pb_daemon_check(const pb_config *cfg, const char *as_user, unsigned *problems);
 /*
  * The admin API in-process, for a homeserver that links the library: the same endpoints,
  * JSON bodies and answers as over HTTP (see README), without a socket. args is a

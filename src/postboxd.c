@@ -10,18 +10,29 @@
  * reload, STOPPING=1 at shutdown and a STATUS= summary every STATUS_EVERY_S seconds, and it
  * arms the watchdog (WatchdogSec=) that the delivery engine keeps alive.
  *
- * Usage: postboxd [-c FILE] [--check-config] [--SETTING VALUE ...]
- * Build steps use two hidden flags that print what is generated from the settings table:
- * --print-example-config (postbox.conf) and --print-settings-mdoc (part of postbox.conf.5).
+ * Usage: postboxd [-c FILE] [--check-config [--changed] [--check-as USER]] [--SETTING VALUE ...]
+ * Build steps use hidden flags that print what is generated from the settings table:
+ * --print-example-config (postbox.conf) and --print-settings-mdoc (part of postbox.conf.5),
+ * and --print-config prints the effective settings without checking anything.
+ *
+ * Exit status: 0 after a clean stop (or a configuration test that found nothing), 1 for a
+ * runtime failure (a port in use, the data directory in use by another postboxd, the
+ * PostgreSQL server unreachable, a store that fails), 2 for a configuration error (the
+ * unit's RestartPreventExitStatus=2: restarting cannot fix it).
+ *
+ * --check-config judges file access as the service's user: --check-as USER, or, when run
+ * as root without it, the account "postbox" (the packaged unit's User=) if it exists.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "postbox.h"
 
@@ -31,9 +42,16 @@ static void usage(FILE *f)
 {
     char *help = pb_config_help();
     fprintf(f,
-            "usage: postboxd [-c FILE] [--check-config] [--SETTING VALUE ...]\n"
+            "usage: postboxd [-c FILE] [--check-config [--changed] [--check-as USER]] "
+            "[--SETTING VALUE ...]\n"
             "  -c, --config FILE          read settings from FILE (name = value lines)\n"
-            "  --check-config             print the effective configuration and exit\n"
+            "  --check-config             test the configuration as a start would (files,\n"
+            "                             keys, TLS, listeners, the store); list every\n"
+            "                             problem (exit 2) or print the configuration\n"
+            "  --changed                  with --check-config: print only the settings that\n"
+            "                             differ from their defaults, and where each was set\n"
+            "  --check-as USER            judge file access as USER (default as root: postbox,\n"
+            "                             if that account exists)\n"
             "  --version, --help\n"
             "settings (as flags, or in the file without the dashes):\n%s"
             "SIGHUP re-reads FILE and the flags and applies what can change while running.\n",
@@ -49,11 +67,19 @@ static int print_text(char *text)
     return rc;
 }
 
+/* "unknown argument ARG" (caller frees). */
+static char *unknown_argument(const char *arg)
+{
+    char *s = NULL;
+    if (asprintf(&s, "unknown argument %s (see --help)", arg) < 0) abort();
+    return s;
+}
+
 /*
  * The configuration: defaults, then config_file (may be NULL), then the settings among the
  * flags, finished. The program's own flags are skipped. Returns 0 with *out set (caller
- * frees), 2 with *why set (caller frees) for an invalid configuration, 1 for an unknown
- * argument (reported here).
+ * frees), 2 with *why set (caller frees) and *out the unfinished configuration (caller
+ * frees) for an invalid configuration or an unknown argument.
  */
 static int read_config(int argc, char **argv, const char *config_file, pb_config **out, char **why)
 {
@@ -66,16 +92,20 @@ static int read_config(int argc, char **argv, const char *config_file, pb_config
             i += 2;
             continue;
         }
-        if (!strncmp(argv[i], "--config=", 9) || !strcmp(argv[i], "--check-config")) {
+        if (!strncmp(argv[i], "--config=", 9) || !strcmp(argv[i], "--check-config") ||
+            !strcmp(argv[i], "--changed") || !strcmp(argv[i], "--print-config")) {
             i++;
+            continue;
+        }
+        if (!strcmp(argv[i], "--check-as")) {
+            i += 2;
             continue;
         }
         int used = 0;
         if (pb_config_parse_args(cfg, argc - i, argv + i, &used, why) != PB_OK) goto bad;
         if (used == 0) {
-            fprintf(stderr, "postboxd: unknown argument %s (see --help)\n", argv[i]);
-            pb_config_free(cfg);
-            return 1;
+            *why = unknown_argument(argv[i]);
+            goto bad;
         }
         i += used;
     }
@@ -83,7 +113,7 @@ static int read_config(int argc, char **argv, const char *config_file, pb_config
     *out = cfg;
     return 0;
 bad:
-    pb_config_free(cfg);
+    *out = cfg; /* unfinished: for the refusal's log format only */
     return 2;
 }
 
@@ -136,10 +166,27 @@ static void raise_open_files(void)
     }
 }
 
+/* Logs a refusal as the configuration asked (text or json) as far as it was read. */
+static void log_refusal(const pb_config *partial, const char *why)
+{
+    char *fmt = partial ? pb_config_get(partial, "log_format") : NULL;
+    if (fmt) pb_log_set_format_name(fmt);
+    pb_log_message(PB_LOG_ERROR, why);
+    free(fmt);
+}
+
+/* The account whose file access --check-config judges (NULL: this process's). */
+static const char *check_user(const char *given)
+{
+    if (given) return given;
+    if (geteuid() == 0 && getpwnam("postbox")) return "postbox";
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
-    const char *config_file = NULL;
-    bool check = false;
+    const char *config_file = NULL, *check_as = NULL;
+    bool check = false, changed = false, print = false;
     char *why = NULL;
     int rc = 1;
     pb_config *cfg = NULL;
@@ -153,6 +200,12 @@ int main(int argc, char **argv)
             config_file = argv[i] + 9;
         } else if (!strcmp(argv[i], "--check-config")) {
             check = true;
+        } else if (!strcmp(argv[i], "--changed")) {
+            changed = true;
+        } else if (!strcmp(argv[i], "--print-config")) {
+            print = true;
+        } else if (!strcmp(argv[i], "--check-as") && i + 1 < argc) {
+            check_as = argv[++i];
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             return 0;
@@ -167,13 +220,36 @@ int main(int argc, char **argv)
     }
     rc = read_config(argc, argv, config_file, &cfg, &why);
     if (rc == 2) goto bad;
+    if (cfg) {
+        char *fmt = pb_config_get(cfg, "log_format");
+        if (fmt) pb_log_set_format_name(fmt);
+        free(fmt);
+    }
     if (rc != 0) goto out;
     rc = 1;
-    if (check) {
+    if (print || (check && !changed)) {
+        /* the configuration test's problems go to stderr, the configuration to stdout */
+        unsigned problems = 0;
+        if (check && pb_daemon_check(cfg, check_user(check_as), &problems) != PB_OK) {
+            char line[96];
+            snprintf(line, sizeof line, "configuration test failed: %u problem%s", problems,
+                     problems == 1 ? "" : "s");
+            pb_log_message(PB_LOG_ERROR, line);
+            rc = 2;
+            goto out;
+        }
         char *dump = pb_config_dump(cfg);
         fputs(dump, stdout);
         free(dump);
         rc = 0;
+        goto out;
+    }
+    if (check) { /* --changed */
+        unsigned problems = 0;
+        rc = pb_daemon_check(cfg, check_user(check_as), &problems) == PB_OK ? 0 : 2;
+        char *dump = pb_config_dump_changed(cfg);
+        fputs(dump, stdout);
+        free(dump);
         goto out;
     }
 
@@ -189,7 +265,15 @@ int main(int argc, char **argv)
     raise_open_files();
     pb_err err = pb_daemon_open(cfg, &d);
     if (err != PB_OK) {
-        fprintf(stderr, "postboxd: cannot start: %s\n", pb_strerror(err));
+        /* the reasons are logged; this says which exit status follows */
+        char *line = NULL;
+        rc = err == PB_ERR_CONFIG ? 2 : 1;
+        if (asprintf(&line, "cannot start: %s (%s)", pb_strerror(err),
+                     rc == 2 ? "a configuration error: exit 2, fix it and start again" : "exit 1") <
+            0)
+            line = NULL;
+        log_refusal(cfg, line ? line : "cannot start");
+        free(line);
         goto out;
     }
     pb_sdnotify_watchdog_enable();
@@ -214,7 +298,7 @@ int main(int argc, char **argv)
     rc = 0;
     goto out;
 bad:
-    fprintf(stderr, "postboxd: %s\n", why ? why : "invalid configuration");
+    log_refusal(cfg, why ? why : "invalid configuration");
     rc = 2;
 out:
     free(why);

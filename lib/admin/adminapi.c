@@ -39,6 +39,24 @@ static bool server_id_of(const char *s, char out[PB_SERVER_ID_MAX])
     return s && pb_serverid_normalize(s, out) == PB_OK;
 }
 
+/* The ID field of a local submission's event that is missing or 0 ("guildId"), or NULL.
+ * A local submission names real users, guilds and inviters: 0 is never one (events from
+ * peers are stored as they come: the protocol has no required fields). */
+static const char *zero_id_field(const pb_event *ev)
+{
+    if (ev->user_id == 0) return "userId";
+    switch (ev->kind) {
+    case PB_EV_USER_REMOVED_FROM_GUILD:
+    case PB_EV_USER_ADDED_TO_GUILD:
+    case PB_EV_USER_REJECTED_INVITE:
+        return ev->guild_id == 0 ? "guildId" : NULL;
+    case PB_EV_USER_INVITED:
+        return ev->inviter_id == 0 ? "inviterId" : NULL;
+    default:
+        return NULL;
+    }
+}
+
 /* POST /v1/outbox {"to": ID, "event": EVENT} | {"to": ID, "events": [EVENT, ...]}, each
  * with an optional "submission_id": a repeat answers {"accepted": N, "duplicate": true}
  * and queues nothing; the ID reused for another "to" or number of events is a 409. */
@@ -97,6 +115,15 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
                 pb_admin_resp_error(resp, 400, "%s", why);
             else
                 pb_admin_resp_error(resp, 400, "events[%zu]: %s", n, why);
+            goto out;
+        }
+        const char *zero = zero_id_field(&evs[n]);
+        if (zero) {
+            char where[32] = "event";
+            if (!one) snprintf(where, sizeof where, "events[%zu]", n);
+            pb_admin_resp_error(resp, 400, "%s.%s.%s: missing or 0; give a nonzero ID", where,
+                                pb_event_kind_name(evs[n].kind), zero);
+            n++; /* parsed: cleared below */
             goto out;
         }
     }

@@ -53,7 +53,13 @@ struct setting {
     }
 
 static const struct setting settings[] = {
-    S(server_id, NULL, "this server's ID, domain:port (default: the listen address)"),
+    S(server_id, NULL,
+      "this server's ID, domain:port (default: the listen address); \"required\" (as in "
+      "the packaged postbox.conf) refuses to start until it is set"),
+    S(rename_from, NULL,
+      "at start-up, the server ID the store belongs to: re-label the store from it to "
+      "server_id and tell every peer (NotifyNewId with proof), as postboxctl rename does; "
+      "nothing once done"),
     S(listen, "127.0.0.1:2289", "federation listener, IP:PORT or [IPv6]:PORT"),
     S(admin_listen, "127.0.0.1:2290", "admin API listener, loopback IP:PORT or unix:/path"),
     SL(admin_token_file, NULL, "file holding the admin API bearer token (optional)"),
@@ -198,6 +204,7 @@ bad:
 pb_config *pb_config_new(void)
 {
     pb_config *c = pb_xcalloc(1, sizeof *c);
+    c->origins = pb_xcalloc(NSETTINGS, sizeof *c->origins);
     for (size_t i = 0; i < NSETTINGS; i++) {
         char *why = NULL;
         if (settings[i].def && set_value(c, &settings[i], settings[i].def, &why) != PB_OK)
@@ -220,7 +227,18 @@ void pb_config_free(pb_config *c)
         if (settings[i].kind == K_STR) free(*str_field(c, &settings[i]));
     free_list(c->allow_list, c->nallow);
     free_list(c->deny_list, c->ndeny);
+    for (size_t i = 0; c->origins && i < NSETTINGS; i++)
+        free(c->origins[i]);
+    free(c->origins);
     free(c);
+}
+
+/* Remembers where a setting got its value ("FILE:LINE", "--flag"; for --changed). */
+static void set_origin(pb_config *c, const struct setting *st, char *origin)
+{
+    size_t i = (size_t)(st - settings);
+    free(c->origins[i]);
+    c->origins[i] = origin;
 }
 
 pb_err pb_config_set(pb_config *c, const char *name, const char *value, char **why)
@@ -282,6 +300,7 @@ pb_err pb_config_load_file(pb_config *c, const char *path, char **why)
             free(inner);
             goto out;
         }
+        set_origin(c, find_setting(name, strlen(name)), pb_xasprintf("%s:%d", path, lineno));
     }
 out:
     fclose(f);
@@ -314,6 +333,7 @@ pb_err pb_config_parse_args(pb_config *c, int argc, char **argv, int *used, char
             free(inner);
             return PB_ERR_CONFIG;
         }
+        set_origin(c, st, pb_xasprintf("--%.*s", (int)nlen, name));
         c->finished = false;
     }
     *used = i;
@@ -346,6 +366,14 @@ out:
 pb_err pb_config_finish(pb_config *c, char **why)
 {
     *why = NULL;
+    if (c->server_id && !strcmp(c->server_id, PB_CONFIG_ID_REQUIRED)) {
+        const char *at = c->origins[find_setting("server_id", 9) - settings];
+        *why = pb_xasprintf("server_id is not set (%s says \"server_id = %s\"): write this "
+                            "server's ID there, the domain:port its peers reach it at, then "
+                            "start again",
+                            at ? at : "the configuration", PB_CONFIG_ID_REQUIRED);
+        return PB_ERR_CONFIG;
+    }
     if (!c->server_id) c->server_id = pb_xstrdup(c->listen);
     char id[PB_SERVER_ID_MAX];
     if (pb_serverid_normalize(c->server_id, id) != PB_OK) {
@@ -355,6 +383,15 @@ pb_err pb_config_finish(pb_config *c, char **why)
     }
     free(c->server_id);
     c->server_id = pb_xstrdup(id);
+    if (c->rename_from) {
+        if (pb_serverid_normalize(c->rename_from, id) != PB_OK) {
+            *why = pb_xasprintf("rename_from: \"%s\" is not a valid server ID (domain:port)",
+                                c->rename_from);
+            return PB_ERR_CONFIG;
+        }
+        free(c->rename_from);
+        c->rename_from = pb_xstrdup(id);
+    }
     if (!c->data_dir) {
         *why = pb_xstrdup("data_dir must be set");
         return PB_ERR_CONFIG;
@@ -449,6 +486,27 @@ char *pb_config_dump(const pb_config *c)
     return (char *)pb_buf_steal(&b, NULL);
 }
 
+static bool same_value(const pb_config *a, const pb_config *b, const struct setting *st);
+static char *shown_value(const pb_config *c, const struct setting *st);
+
+char *pb_config_dump_changed(const pb_config *c)
+{
+    pb_buf b = PB_BUF_INIT;
+    pb_config *def = pb_config_new();
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *st = &settings[i];
+        if (!c->origins[i] || same_value(c, def, st)) continue;
+        char *v = shown_value(c, st);
+        char *line = pb_xasprintf("%s = %s\t# %s\n", st->name, v, c->origins[i]);
+        pb_buf_append_str(&b, line);
+        free(line);
+        free(v);
+    }
+    pb_config_free(def);
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
+}
+
 char *pb_config_help(void)
 {
     pb_buf b = PB_BUF_INIT;
@@ -487,8 +545,10 @@ char *pb_config_get(const pb_config *c, const char *name)
 pb_config *pb_config_copy(const pb_config *c)
 {
     pb_config *n = pb_xcalloc(1, sizeof *n);
+    n->origins = pb_xcalloc(NSETTINGS, sizeof *n->origins);
     for (size_t i = 0; i < NSETTINGS; i++) {
         const struct setting *st = &settings[i];
+        if (c->origins && c->origins[i]) n->origins[i] = pb_xstrdup(c->origins[i]);
         if (st->kind == K_STR) {
             const char *v = *str_field((pb_config *)c, st);
             *str_field(n, st) = v ? pb_xstrdup(v) : NULL;
@@ -590,6 +650,7 @@ char *pb_config_example(void)
             "#\n"
             "# One setting per line, \"name = value\"; \"#\" starts a comment. Every setting is\n"
             "# listed below, commented out, with its default: uncomment a line to change it.\n"
+            "# server_id is the exception: set it before the first start.\n"
             "# Flags given to postboxd (--name value) win over this file.\n"
             "# A reload (SIGHUP, systemctl reload postboxd) applies the settings marked so;\n"
             "# the others need a restart (a reload logs that and keeps the running value).\n"
@@ -598,7 +659,14 @@ char *pb_config_example(void)
     for (size_t i = 0; i < NSETTINGS; i++) {
         const struct setting *st = &settings[i];
         char *line;
-        if (st->kind == K_BOOL)
+        if (!strcmp(st->name, "server_id"))
+            /* the one line that is not commented out: a service started before the operator
+             * edited this file must not bind its store to a placeholder ID */
+            line = pb_xasprintf("\n# %s\n# Set it before the first start: postboxd refuses to "
+                                "start while it says %s.\n# %s\n%s = %s\n",
+                                st->help, PB_CONFIG_ID_REQUIRED, "needs a restart", st->name,
+                                PB_CONFIG_ID_REQUIRED);
+        else if (st->kind == K_BOOL)
             line =
                 pb_xasprintf("\n# %s\n# yes or no; %s\n#%s = %s\n", st->help,
                              st->live ? "applied on reload" : "needs a restart", st->name, st->def);

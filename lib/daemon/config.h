@@ -20,8 +20,13 @@
 #include "util/serverid.h"
 #include "store/store.h"
 
+/* The packaged postbox.conf's server_id: refused by pb_config_finish, naming the file and
+ * line, so that a service started before the operator set the ID binds nothing. */
+#define PB_CONFIG_ID_REQUIRED "required"
+
 struct pb_config {
     char *server_id;    /* normalised */
+    char *rename_from;  /* normalised; start-up re-labels the store from it to server_id */
     char *listen;       /* federation listener */
     char *admin_listen; /* "127.0.0.1:2290" or "unix:/path" */
     char *admin_token_file;
@@ -77,6 +82,8 @@ struct pb_config {
     uint64_t lease_ttl;
     uint64_t metrics_top_peers;
     uint64_t stats_interval;
+    /* where each setting got its value ("FILE:LINE", "--name"), by table index, or NULL */
+    char **origins;
     /* derived by pb_config_finish */
     char **allow_list;
     size_t nallow;

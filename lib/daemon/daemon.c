@@ -4,25 +4,36 @@
  * source, then the federation listener (hRPC) and the admin listener (JSON); closes them
  * in reverse. postboxd is a thin shell around pb_daemon_open/close.
  *
+ * Start-up runs the configuration test (check.c) before it creates anything, so that an
+ * invalid configuration leaves nothing behind; then it takes an exclusive flock on
+ * DATA_DIR/postbox.lock (one daemon per data directory). A failed open ends in
+ * pb_daemon_close, which accepts every part unopened.
+ *
  * Identity: the store remembers the server ID it was created for (meta "server_id") and
  * the public key (meta "public_key"); starting with a different server ID or key file
- * than the store's is refused rather than silently mixing identities.
+ * than the store's is refused rather than silently mixing identities, unless rename_from
+ * names the store's ID: then, once serving, the store is re-labelled and the peers told
+ * as postboxctl rename does.
  *
  * Untrusted input: hRPC requests (through hrpc_server, auth and wire) and admin requests
  * (through admin_http); this file only routes them.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "net/admin_http.h"
 #include "admin/adminapi.h"
 #include "admin/monitor.h"
+#include "daemon/check.h"
 #include "daemon/config.h"
 #include "delivery/delivery.h"
 #include "delivery/inbound.h"
@@ -67,7 +78,12 @@ struct pb_daemon {
     pb_metrics_std *mstd;
     pb_monitor *monitor;
     pb_admin_http *metrics_http; /* metrics_listen, or NULL */
+    int lock_fd;                 /* DATA_DIR/postbox.lock, flock'd while open; -1 */
+    /* rename_from: the ID to re-label the store to once serving, "" for none */
+    char rename_to[PB_SERVER_ID_MAX];
 };
+
+#define LOCK_FILE "postbox.lock"
 
 /* ---- federation handlers ------------------------------------------------------------- */
 
@@ -143,6 +159,9 @@ static pb_err check_identity(pb_daemon *d, const char *cfg_id)
     if (strcmp(stored, cfg_id) == 0) {
         if (strcmp(configured, cfg_id) != 0)
             err = pb_store_meta_set(d->store, "configured_server_id", cfg_id);
+    } else if (d->cfg->rename_from && strcmp(d->cfg->rename_from, stored) == 0) {
+        /* done by pb_daemon_open once serving, as postboxctl rename does */
+        snprintf(d->rename_to, sizeof d->rename_to, "%s", cfg_id);
     } else if (strcmp(configured, cfg_id) == 0) {
         PB_INFO(NULL,
                 "this server was renamed to %s; server_id in the configuration still says "
@@ -150,11 +169,18 @@ static pb_err check_identity(pb_daemon *d, const char *cfg_id)
                 stored, cfg_id);
     } else {
         PB_ERROR(NULL,
-                 "the store belongs to server %s, but server_id is %s (to change the ID, "
-                 "use postboxctl rename)",
-                 stored, cfg_id);
+                 "the store belongs to server %s, but server_id is %s: to change this "
+                 "server's ID, start once with --rename-from %s (re-labels the store and tells "
+                 "every peer), or set server_id back to %s",
+                 stored, cfg_id, stored, stored);
         err = PB_ERR_CONFIG;
     }
+    if (err == PB_OK && d->cfg->rename_from && !d->rename_to[0] &&
+        strcmp(stored, d->cfg->rename_from) != 0)
+        PB_INFO(NULL,
+                "rename_from %s: the store belongs to %s already; nothing to do (remove "
+                "rename_from)",
+                d->cfg->rename_from, stored);
     if (err != PB_OK) goto out;
     snprintf(d->server_id, sizeof d->server_id, "%s", stored);
     err = pb_store_meta_get(d->store, "public_key", &pub);
@@ -171,34 +197,41 @@ out:
     return err;
 }
 
-static pb_err read_token_file(const char *path, char **out)
+/*
+ * One daemon per data directory: an exclusive flock on DATA_DIR/postbox.lock, held until
+ * pb_daemon_close (the kernel drops it when the process dies, so a crash leaves no stale
+ * lock). The file holds the holder's pid, for the refusal message.
+ */
+static pb_err lock_data_dir(pb_daemon *d, const char *dir)
 {
-    *out = NULL;
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        PB_ERROR(NULL, "cannot read admin_token_file %s: %s", path, strerror(errno));
-        return PB_ERR_CONFIG;
+    char *path = pb_xasprintf("%s/" LOCK_FILE, dir);
+    pb_err err = PB_OK;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        PB_ERROR(NULL, "cannot open the lock file %s: %s", path, strerror(errno));
+        err = PB_ERR_IO;
+        goto out;
     }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || (st.st_mode & 077) != 0) {
-        /* like the key file: a secret others can read is no secret */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
         PB_ERROR(NULL,
-                 "admin_token_file %s is readable by group or others (mode %03o): chmod 600 it",
-                 path, (unsigned)(st.st_mode & 0777));
-        fclose(f);
-        return PB_ERR_CONFIG;
+                 "data_dir %s is in use by another postboxd (pid %s, holding %s): stop it "
+                 "first, or give this one its own data_dir",
+                 dir, pid[0] ? pid : "unknown", path);
+        close(fd);
+        err = PB_ERR_BUSY;
+        goto out;
     }
-    char line[512];
-    pb_err err = PB_ERR_CONFIG;
-    if (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (strlen(line) >= 16) {
-            *out = pb_xstrdup(line);
-            err = PB_OK;
-        }
-    }
-    if (err != PB_OK) PB_ERROR(NULL, "admin_token_file %s: want one line of 16+ characters", path);
-    fclose(f);
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        PB_WARN(NULL, "cannot write the pid into %s: %s", path, strerror(errno));
+    d->lock_fd = fd;
+out:
+    free(path);
     return err;
 }
 
@@ -222,12 +255,40 @@ static void wake_admin(void *admin)
     pb_admin_http_wake(admin);
 }
 
+/*
+ * rename_from: the store belongs to rename_from and server_id names the new ID. The same
+ * engine path as postboxctl rename (pb_delivery_rename): the store is re-labelled, every
+ * known peer is told with NotifyNewId and its proof (retried durably until it answers),
+ * and the configured ID is recorded, so that the next start needs no flag.
+ */
+static pb_err rename_at_start(pb_daemon *d)
+{
+    pb_rename_report *r = NULL;
+    size_t n = 0;
+    char old[PB_SERVER_ID_MAX];
+    snprintf(old, sizeof old, "%s", d->server_id);
+    pb_err err = pb_delivery_rename(d->delivery, d->rename_to, 0, &r, &n);
+    pb_rename_reports_free(r, n);
+    if (err == PB_OK) err = pb_store_meta_set(d->store, "configured_server_id", d->rename_to);
+    if (err != PB_OK) {
+        PB_ERROR(NULL, "cannot rename %s -> %s: %s", old, d->rename_to, pb_strerror(err));
+        return err;
+    }
+    snprintf(d->server_id, sizeof d->server_id, "%s", d->rename_to);
+    PB_INFO(NULL,
+            "renamed %s -> %s (rename_from); %zu peers are being told; rename_from can go from "
+            "the configuration",
+            old, d->rename_to, n);
+    return PB_OK;
+}
+
 pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
 {
     pb_err err;
     char *admin_token = NULL;
     if (!cfg->finished) return PB_ERR_CONFIG;
     pb_daemon *d = pb_xcalloc(1, sizeof *d);
+    d->lock_fd = -1;
     d->cfg = pb_config_copy(cfg);
     pthread_rwlock_init(&d->policy_mu, NULL);
     d->policy_mu_init = true;
@@ -240,7 +301,18 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     d->metrics = pb_metrics_new();
     d->mstd = pb_metrics_std_new(d->metrics);
 
+    /* Everything checked before anything is created: an invalid configuration leaves no
+     * data directory, key, lock file or store behind. */
+    pb_check_as self;
+    pb_check_as_self(&self);
+    pb_check_result chk;
+    pb_check_run(cfg, &self, &chk);
+    if (chk.config || chk.runtime) {
+        err = chk.config ? PB_ERR_CONFIG : PB_ERR_STORE;
+        goto fail;
+    }
     if ((err = ensure_dir(cfg->data_dir)) != PB_OK) goto fail;
+    if ((err = lock_data_dir(d, cfg->data_dir)) != PB_OK) goto fail;
     bool created = false;
     if ((err = pb_keys_load_or_create(cfg->key_file, &d->keys, &created)) != PB_OK) {
         PB_ERROR(NULL, "key file %s: %s", cfg->key_file, pb_strerror(err));
@@ -352,14 +424,14 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .tls_key_file = cfg->tls_key,
         .metrics = d->mstd,
     };
-    pb_hrpc_server_new(&ho, &auth, &d->fed);
+    if ((err = pb_hrpc_server_new(&ho, &auth, &d->fed)) != PB_OK) goto fail;
     pb_hrpc_server_route(d->fed, PATH_KEY, false, h_key, d);
     pb_hrpc_server_route(d->fed, PATH_PULL, true, pb_inbound_pull, d->delivery);
     pb_hrpc_server_route(d->fed, PATH_PUSH, true, pb_inbound_push, d->delivery);
     /* NotifyNewId checks its token itself: with the key held for the old ID only. */
     pb_hrpc_server_route(d->fed, PATH_NOTIFY, false, pb_inbound_notify, d->delivery);
 
-    if (cfg->admin_token_file && (err = read_token_file(cfg->admin_token_file, &admin_token)))
+    if (cfg->admin_token_file && (err = pb_check_read_token(cfg->admin_token_file, &admin_token)))
         goto fail;
     pb_admin_http_opts ao = {.listen = cfg->admin_listen,
                              .token = admin_token,
@@ -400,6 +472,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     char hex[65];
     pb_keys_hex(pb_keys_public(d->keys), hex);
     PB_INFO(NULL, "postbox %s serving as %s, public key %s", PB_VERSION, d->server_id, hex);
+    if (d->rename_to[0] && (err = rename_at_start(d)) != PB_OK) goto fail;
     free(admin_token);
     *out = d;
     return PB_OK;
@@ -428,7 +501,8 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
     char *token = NULL, *changed = NULL;
     pb_config *next = pb_config_copy(cfg);
     size_t kept = pb_config_keep_restart(next, d->cfg);
-    if (next->admin_token_file && (err = read_token_file(next->admin_token_file, &token)) != PB_OK)
+    if (next->admin_token_file &&
+        (err = pb_check_read_token(next->admin_token_file, &token)) != PB_OK)
         goto out;
     /* the certificate files are read again even when their names did not change: a renewed
      * certificate is usually written over the old one */
@@ -507,19 +581,22 @@ uint16_t pb_daemon_port(const pb_daemon *d)
 void pb_daemon_close(pb_daemon *d)
 {
     if (!d) return;
-    /* Listeners first (finishing in-flight requests), then the engine, then what they used. */
-    PB_INFO(NULL, "shutting down");
+    /* Listeners first (finishing in-flight requests), then the engine, then the loop's
+     * transfers and name lookups (their completions call into the federation server's
+     * key waits and the engine), and only then what they used. Each step accepts a part
+     * that was never opened (a failed pb_daemon_open ends here too). */
+    if (d->fed) PB_INFO(NULL, "shutting down");
     pb_admin_http_stop(d->admin);
     pb_admin_http_stop(d->metrics_http);
     pb_hrpc_server_stop(d->fed);
     pb_monitor_free(d->monitor); /* its sampler reads the store */
     if (d->client) pb_client_shutdown(d->client);
     pb_delivery_stop(d->delivery);
-    pb_delivery_set_inbox_hook(d->delivery, NULL, NULL);
+    if (d->delivery) pb_delivery_set_inbox_hook(d->delivery, NULL, NULL);
+    pb_ioloop_stop(d->loop);
     pb_admin_http_free(d->admin);
     pb_admin_http_free(d->metrics_http);
     pb_hrpc_server_free(d->fed);
-    pb_ioloop_stop(d->loop);
     pb_delivery_free(d->delivery);
     pb_keyfetch_free(d->keyfetch);
     pb_client_free(d->client);
@@ -533,5 +610,29 @@ void pb_daemon_close(pb_daemon *d)
     pb_config_free(d->cfg);
     pb_metrics_std_free(d->mstd);
     pb_metrics_free(d->metrics);
+    if (d->lock_fd >= 0) close(d->lock_fd); /* releases the flock */
     free(d);
+}
+
+pb_err pb_daemon_check(const pb_config *cfg, const char *as_user, unsigned *problems)
+{
+    *problems = 0;
+    if (!cfg->finished) return PB_ERR_CONFIG;
+    pb_log_format lf;
+    if (pb_log_format_parse(cfg->log_format, &lf) == PB_OK) pb_log_set_format(lf);
+    pb_check_as as;
+    if (as_user) {
+        if (pb_check_as_user(as_user, &as) != PB_OK) {
+            PB_ERROR(NULL, "no user account %s to judge file access as", as_user);
+            *problems = 1;
+            return PB_ERR_CONFIG;
+        }
+    } else {
+        pb_check_as_self(&as);
+    }
+    PB_INFO(NULL, "checking the configuration (file access as %s)", as.name);
+    pb_check_result res;
+    pb_check_run(cfg, &as, &res);
+    *problems = res.config + res.runtime;
+    return *problems ? PB_ERR_CONFIG : PB_OK;
 }

@@ -701,6 +701,29 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     return IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr);
 }
 
+pb_err pb_admin_http_check_listen(const char *name, const char *listen)
+{
+    if (strncmp(listen, "unix:", 5) == 0) {
+        struct sockaddr_un sun;
+        if (listen[5] != '/' || strlen(listen + 5) >= sizeof sun.sun_path) {
+            PB_ERROR(NULL, "%s_listen %s: want unix: and an absolute path of at most %zu bytes",
+                     name, listen, sizeof sun.sun_path - 1);
+            return PB_ERR_CONFIG;
+        }
+        return PB_OK;
+    }
+    struct sockaddr_storage ss;
+    unsigned sslen = 0;
+    if (pb_hrpc_parse_listen(listen, &ss, &sslen) != PB_OK || !is_loopback(&ss)) {
+        PB_ERROR(NULL,
+                 "%s_listen %s: want a loopback IP:PORT (127.0.0.1:PORT, [::1]:PORT) or "
+                 "unix:/path: the %s listener is never served on other addresses",
+                 name, listen, name);
+        return PB_ERR_CONFIG;
+    }
+    return PB_OK;
+}
+
 static pb_err open_unix(pb_admin_http *a, const char *path)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
@@ -753,7 +776,10 @@ pb_err pb_admin_http_start(pb_admin_http *a)
                                   MHD_OPTION_END);
     }
     if (!a->mhd) {
-        PB_ERROR(NULL, "cannot start %s listener on %s: %s", a->name, a->listen, strerror(errno));
+        PB_ERROR(NULL,
+                 "cannot start %s listener on %s: %s: is another postboxd or another program "
+                 "serving there? Stop it, or change %s_listen",
+                 a->name, a->listen, strerror(errno), a->name);
         return PB_ERR_IO;
     }
     a->sweeper_stop = false;

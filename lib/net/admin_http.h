@@ -101,4 +101,8 @@ void pb_admin_http_wake(pb_admin_http *a);
 void pb_admin_http_stop(pb_admin_http *a);
 void pb_admin_http_free(pb_admin_http *a); /* NULL is a no-op */
 
+/* Whether `listen` is something an admin listener named `name` ("admin", "metrics") may
+ * serve on: a loopback IP:PORT or unix:/path (logging why not). PB_OK or PB_ERR_CONFIG. */
+pb_err pb_admin_http_check_listen(const char *name, const char *listen);
+
 #endif

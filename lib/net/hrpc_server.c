@@ -1294,6 +1294,16 @@ out:
     return err;
 }
 
+pb_err pb_hrpc_tls_check(const char *cert_file, const char *key_file)
+{
+    char *cert = NULL, *key = NULL;
+    pb_err err = tls_load(cert_file, key_file, &cert, &key);
+    if (key) memset(key, 0, strlen(key));
+    free(key);
+    free(cert);
+    return err;
+}
+
 pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *auth,
                           pb_hrpc_server **out)
 {
@@ -1399,7 +1409,10 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
         s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!s->mhd) {
-        PB_ERROR(NULL, "cannot listen on %s: %s", s->opts.listen, strerror(errno));
+        PB_ERROR(NULL,
+                 "cannot listen on %s (listen): %s: is another postboxd or another program "
+                 "serving there? Stop it, or change listen",
+                 s->opts.listen, strerror(errno));
         return PB_ERR_IO;
     }
     s->sweeper_stop = false;

@@ -167,6 +167,10 @@ void pb_hrpc_server_free(pb_hrpc_server *s); /* stops first; NULL is a no-op */
 
 /* Parses "host:port", "[v6]:port" into a socket address (numeric hosts only). */
 struct sockaddr_storage;
+/* Reads a TLS certificate chain and key file and checks that they load and match, as the
+ * listener will (logging why not, and the certificate's subject and expiry); changes
+ * nothing. PB_OK or PB_ERR_CONFIG. */
+pb_err pb_hrpc_tls_check(const char *cert_file, const char *key_file);
 pb_err pb_hrpc_parse_listen(const char *listen, struct sockaddr_storage *ss, unsigned *len);
 
 #endif

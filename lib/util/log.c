@@ -306,3 +306,16 @@ void pb_log_kv_write(pb_log_level level, const char *peer, const pb_log_kv *kv, 
     vlog(level, peer, kv, kv ? nkv : 0, fmt, ap);
     va_end(ap);
 }
+
+pb_err pb_log_set_format_name(const char *name)
+{
+    pb_log_format f;
+    pb_err err = pb_log_format_parse(name, &f);
+    if (err == PB_OK) pb_log_set_format(f);
+    return err;
+}
+
+void pb_log_message(pb_log_level level, const char *msg)
+{
+    pb_log(level, NULL, "%s", msg);
+}

@@ -410,6 +410,20 @@ static const struct row rows[] = {
           "{\"to\":\"@B\",\"event\":{\"userInvited\":{\"userId\":\"5\",\"inviterId\":\"1\","
           "\"inviteId\":7}}}",
           400),
+    ADMIN("admin: userAddedToGuild without guildId (would store guild 0)", POST, "/v1/outbox",
+          "{\"to\":\"@B\",\"event\":{\"userAddedToGuild\":{\"userId\":\"5\"}}}", 400),
+    ADMIN("admin: userRejectedInvite without guildId", POST, "/v1/outbox",
+          "{\"to\":\"@B\",\"event\":{\"userRejectedInvite\":{\"userId\":\"5\",\"inviteId\":"
+          "\"i\"}}}",
+          400),
+    ADMIN("admin: userRemovedFromGuild with userId 0", POST, "/v1/outbox",
+          "{\"to\":\"@B\",\"event\":{\"userRemovedFromGuild\":{\"userId\":\"0\",\"guildId\":"
+          "\"1\"}}}",
+          400),
+    ADMIN("admin: userInvited without inviterId", POST, "/v1/outbox",
+          "{\"to\":\"@B\",\"events\":[{\"userInvited\":{\"userId\":\"5\",\"inviteId\":"
+          "\"i\"}}]}",
+          400),
     ADMIN("admin: to this server itself", POST, "/v1/outbox",
           "{\"to\":\"@R\",\"event\":{\"userAddedToGuild\":{\"userId\":\"5\",\"guildId\":\"1\"}}}",
           400),

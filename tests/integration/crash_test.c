@@ -11,7 +11,7 @@
  * the same for A, so B's Pulls from A (and lost Pull answers) are faulted too.
  *
  * The stream cycles through all four event kinds in groups of four (group k: add user
- * k%97 to guild k; remove it again for even k, remove a guild never added for odd k;
+ * k%97+1 to guild k+1; remove it again for even k, remove a guild never added for odd k;
  * invite; reject), so that B's final guild lists depend on the order of adds and removes.
  * After the stream: B's inbox must hold exactly the submitted events, in order (0 lost,
  * 0 duplicated, 0 reordered), B's guild lists and pending invites must equal a model
@@ -47,9 +47,10 @@ static json_t *gen_event(unsigned i)
     unsigned k = i / 4;
     char inv[48], u[24], g[24], g2[24];
     snprintf(inv, sizeof inv, "inv-%u-é", k);
-    snprintf(u, sizeof u, "%u", k % USERS);
-    snprintf(g, sizeof g, "%u", k);
-    snprintf(g2, sizeof g2, "%llu", 1000000000ULL + k);
+    /* IDs from 1: the admin API refuses a zero user, guild or inviter ID */
+    snprintf(u, sizeof u, "%u", k % USERS + 1);
+    snprintf(g, sizeof g, "%u", k + 1);
+    snprintf(g2, sizeof g2, "%llu", 1000000000ULL + k + 1);
     switch (i % 4) {
     case 0:
         return json_pack("{s:{s:s,s:s}}", "userAddedToGuild", "userId", u, "guildId", g);
@@ -89,7 +90,7 @@ static long index_of(json_t *ev, unsigned n)
         const char *v = json_string_value(json_object_get(body, fields[r]));
         unsigned long long k = v ? strtoull(v, NULL, 10) : 0;
         if (r == 1 && k >= 1000000000ULL) k -= 1000000000ULL;
-        if (!v || k > n / 4) return -1;
+        if (!v || k == 0 || --k > n / 4) return -1;
         long idx = (long)(4 * k + r);
         if (idx >= (long)n) return -1;
         json_t *want = gen_event((unsigned)idx);
@@ -246,16 +247,16 @@ static long check_model(const pbt_daemon *b, const char *from, unsigned n)
             bool removed = k % 2 == 0 && 4 * k + 1 < n;
             if (!removed) {
                 wg = realloc(wg, (nwg + 1) * sizeof *wg);
-                wg[nwg++] = xasprintf("%u@%s", k, from);
+                wg[nwg++] = xasprintf("%u@%s", k + 1, from);
             }
             if (4 * k + 2 < n) {
                 wi = realloc(wi, (nwi + 1) * sizeof *wi);
-                wi[nwi++] = xasprintf("inv-%u-é@%s by %u", k, from, k);
+                wi[nwi++] = xasprintf("inv-%u-é@%s by %u", k, from, k + 1);
             }
         }
         char path[96];
         long st;
-        snprintf(path, sizeof path, "/v1/users/%u/guilds", u);
+        snprintf(path, sizeof path, "/v1/users/%u/guilds", u + 1);
         json_t *r = pbt_admin(b, "GET", path, NULL, &st);
         CHECKF(st == 200, "GET %s: %ld", path, st);
         size_t i;
@@ -267,7 +268,7 @@ static long check_model(const pbt_daemon *b, const char *from, unsigned n)
                                   json_string_value(json_object_get(it, "serverId")));
         }
         json_decref(r);
-        snprintf(path, sizeof path, "/v1/users/%u/invites", u);
+        snprintf(path, sizeof path, "/v1/users/%u/invites", u + 1);
         r = pbt_admin(b, "GET", path, NULL, &st);
         CHECKF(st == 200, "GET %s: %ld", path, st);
         json_array_foreach(json_object_get(r, "pendingInvites"), i, it)

@@ -46,8 +46,8 @@ static bool lease_held(void *vctx)
 static json_t *gen_event(unsigned i)
 {
     char u[24], g[24];
-    snprintf(u, sizeof u, "%u", i % 31);
-    snprintf(g, sizeof g, "%u", i);
+    snprintf(u, sizeof u, "%u", i % 31 + 1); /* IDs from 1: the admin API refuses 0 */
+    snprintf(g, sizeof g, "%u", i + 1);
     return json_pack("{s:{s:s,s:s}}", i % 2 ? "userRemovedFromGuild" : "userAddedToGuild", "userId",
                      u, "guildId", g);
 }

@@ -53,9 +53,12 @@ if grep -q '^E:' "$tmp/lintian"; then fail "lintian reports errors"; else pass; 
 root=$tmp/root
 check "dpkg-deb -x" dpkg-deb -x "$deb" "$root"
 check "dpkg-deb -e" dpkg-deb -e "$deb" "$tmp/control"
-check "packaged postboxd --check-config with the packaged configuration" \
-  sh -c "'$root/usr/sbin/postboxd' -c '$root/etc/postbox/postbox.conf' --check-config >'$tmp/conf' &&
-         grep -qx 'data_dir = /var/lib/postbox' '$tmp/conf'"
+check "packaged postboxd refuses the packaged configuration until server_id is set" \
+  sh -c "'$root/usr/sbin/postboxd' -c '$root/etc/postbox/postbox.conf' --print-config >/dev/null 2>'$tmp/err';
+         [ \$? -eq 2 ] && grep -q 'server_id = required' '$tmp/err'"
+check "packaged postboxd with the packaged configuration and a server_id" \
+  sh -c "'$root/usr/sbin/postboxd' -c '$root/etc/postbox/postbox.conf' --server-id chat.example.org:443 \
+         --print-config >'$tmp/conf' && grep -qx 'data_dir = /var/lib/postbox' '$tmp/conf'"
 check "packaged postboxctl version" sh -c "'$root/usr/bin/postboxctl' version | grep -qx 'postboxctl $version'"
 check "packaged postboxd --version" sh -c "'$root/usr/sbin/postboxd' --version | grep -qx 'postboxd $version'"
 check "postboxd does not need libpostbox.so" sh -c "! readelf -d '$root/usr/sbin/postboxd' | grep -q 'NEEDED.*libpostbox'"

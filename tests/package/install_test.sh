@@ -96,22 +96,27 @@ unset PKG_CONFIG_PATH PKG_CONFIG_SYSROOT_DIR
 conf=$root$sysconfdir/postbox/postbox.conf
 check "postboxd --version" sh -c "'$root$sbindir/postboxd' --version | grep -qx 'postboxd $version'"
 check "postboxctl version" sh -c "'$root$bindir/postboxctl' version | grep -qx 'postboxctl $version'"
-check "the example configuration is accepted" "$root$sbindir/postboxd" -c "$conf" --check-config
+check "the example configuration is refused until server_id is set (exit 2, naming it)" sh -c \
+  "'$root$sbindir/postboxd' -c '$conf' --print-config 2>&1 >/dev/null | grep -q 'postbox.conf:[0-9]* says \"server_id = required\"'; \
+   '$root$sbindir/postboxd' -c '$conf' --print-config >/dev/null 2>&1; [ \$? -eq 2 ]"
+check "with server_id set, the example configuration is accepted" \
+  "$root$sbindir/postboxd" -c "$conf" --server-id chat.example.org:443 --print-config
 check "the installed example is the configuration file" cmp "$conf" "$root$datadir/doc/postbox/postbox.conf.example"
-"$root$sbindir/postboxd" --check-config >"$tmp/defaults" 2>&1
+"$root$sbindir/postboxd" --print-config >"$tmp/defaults" 2>&1
 for name in $(sed -n 's/^\([a-z_]*\) = .*/\1/p' "$tmp/defaults"); do
-  if grep -q "^#$name =" "$conf"; then pass; else fail "the example configuration lacks $name"; fi
+  if grep -q "^#\{0,1\}$name =" "$conf"; then pass; else fail "the example configuration lacks $name"; fi
 done
-check "every line of the example is a comment or blank" sh -c "! grep -v '^#' '$conf' | grep -q ."
-sed 's/^#\([a-z_]* = .\)/\1/' "$conf" >"$tmp/uncommented.conf"
+check "every line of the example but server_id = required is a comment or blank" sh -c \
+  "! grep -v -e '^#' -e '^server_id = required\$' '$conf' | grep -q ."
+sed -e 's/^#\([a-z_]* = .\)/\1/' -e '/^server_id = required$/d' "$conf" >"$tmp/uncommented.conf"
 check "uncommented, the example gives the defaults" sh -c \
-  "'$root$sbindir/postboxd' -c '$tmp/uncommented.conf' --check-config | diff '$tmp/defaults' -"
+  "'$root$sbindir/postboxd' -c '$tmp/uncommented.conf' --print-config | diff '$tmp/defaults' -"
 
 # ---- the systemd unit
 unit=$root$unitdir/postboxd.service
 check "ExecStart runs the installed postboxd with the installed configuration" \
   grep -qx "ExecStart=$sbindir/postboxd -c $sysconfdir/postbox/postbox.conf" "$unit"
-for line in Type=notify WatchdogSec=30 StateDirectory=postbox User=postbox ProtectSystem=strict \
+for line in Type=notify WatchdogSec=30 RestartPreventExitStatus=2 StateDirectory=postbox User=postbox ProtectSystem=strict \
             ProtectHome=yes PrivateTmp=yes NoNewPrivileges=yes CapabilityBoundingSet= \
             "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" SystemCallFilter=@system-service \
             'ExecReload=/bin/kill -HUP $MAINPID'; do
