@@ -151,6 +151,7 @@ static void set_gauges(pb_monitor *m, int64_t now, const struct snap *s)
     /* the N peers with the oldest backlog */
     pb_metric_clear(g->peer_queued_events);
     pb_metric_clear(g->peer_oldest_queued_age);
+    pb_metric_clear(g->peer_last_success);
     size_t n = s->nrows < m->o.top_peers ? s->nrows : m->o.top_peers;
     if (!n) return;
     const pb_qshape_row **order = pb_xcalloc(s->nrows, sizeof *order);
@@ -162,6 +163,8 @@ static void set_gauges(pb_monitor *m, int64_t now, const struct snap *s)
         pb_gauge_set(pb_metric_get(g->peer_queued_events, r->peer), (double)r->total);
         pb_gauge_set(pb_metric_get(g->peer_oldest_queued_age, r->peer),
                      now > r->oldest_at ? (double)(now - r->oldest_at) / 1000 : 0);
+        int64_t ok_s = m->o.delivery ? pb_delivery_last_success_s(m->o.delivery, r->peer) : 0;
+        if (ok_s > 0) pb_gauge_set(pb_metric_get(g->peer_last_success, r->peer), (double)ok_s);
     }
     free(order);
 }
