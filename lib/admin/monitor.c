@@ -169,6 +169,26 @@ static void set_gauges(pb_monitor *m, int64_t now, const struct snap *s)
     free(order);
 }
 
+/* postbox_peer_parked: the parked peers by name, at most top_peers of them. The peer list
+ * is read only when the store counts parked peers (the usual case is none). */
+static void set_parked(pb_monitor *m, uint64_t nparked)
+{
+    pb_metric *f = m->o.std->peer_parked;
+    pb_metric_clear(f);
+    if (!nparked || !m->o.top_peers) return;
+    pb_peer_state *st = NULL;
+    size_t n = 0, shown = 0;
+    pb_err err = pb_store_peer_state_list(m->o.store, &st, &n);
+    if (err != PB_OK) {
+        PB_WARN(NULL, "metrics: cannot list the parked peers: %s", pb_strerror(err));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (st[i].mode == PB_MODE_PARKED && shown++ < m->o.top_peers)
+            pb_gauge_set(pb_metric_get(f, st[i].server_id), 1);
+    pb_peer_state_free_array(st, n);
+}
+
 static void scrape_hook(void *ctx)
 {
     pb_monitor *m = ctx;
@@ -176,9 +196,10 @@ static void scrape_hook(void *ctx)
     int64_t now = now_ms();
     struct snap s;
     pb_err err = snapshot(m, now, &s);
-    if (err == PB_OK)
+    if (err == PB_OK) {
         set_gauges(m, now, &s);
-    else
+        set_parked(m, s.modes[PB_MODE_PARKED]);
+    } else
         PB_WARN(NULL, "metrics: cannot read the queue figures from the store: %s",
                 pb_strerror(err));
     snap_clear(&s);

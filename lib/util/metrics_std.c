@@ -186,6 +186,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         "Unix time of the last successful Push to one peer as this node saw it; only the "
         "peers with the oldest backlog (metrics_top_peers) that had one have a series",
         "peer");
+    s->peer_parked = pb_metrics_gauge(
+        reg, "postbox_peer_parked",
+        "1 for a parked peer (an event refused for good waits for an operator); at most "
+        "metrics_top_peers parked peers have a series, postbox_peers{mode=\"parked\"} counts all",
+        "peer");
     s->open_connections = pb_metrics_gauge(reg, "postbox_open_connections",
                                            "Open connections per listener", "listener");
     s->inbox_last_seq =

@@ -39,6 +39,8 @@
  *     oldest_queued_age      postbox_oldest_queued_age_seconds
  *     peer_queued_events     postbox_peer_queued_events{peer}: the N peers with the
  *     peer_oldest_queued_age postbox_peer_oldest_queued_age_seconds{peer}  oldest backlog
+ *     peer_parked            postbox_peer_parked{peer}: 1 for each parked peer, at most
+ *                            metrics_top_peers of them (by server ID)
  *     peer_last_success      postbox_peer_last_success_timestamp_seconds{peer}: the same
  *                            peers' last successful Push as this node saw it (when any)
  *     open_connections       postbox_open_connections{listener=federation|admin|metrics}
@@ -87,6 +89,7 @@ typedef struct pb_metrics_std {
     pb_metric *peer_queued_events;
     pb_metric *peer_oldest_queued_age;
     pb_metric *peer_last_success;
+    pb_metric *peer_parked;
     pb_metric *open_connections;
     pb_metric *inbox_last_seq;
     pb_metric *inbox_unread_events;
