@@ -122,9 +122,11 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
         pb_counter_add(pb_metric_get(o->metrics->events_duplicate, "push"), rr.duplicates);
     }
     /* the receiver's one line per accepted Push: the sender's sequence numbers (as its
-     * own "push sent" line and its submission answer name them) */
+     * own "push sent" line and its submission answer name them); a Push of nothing new
+     * (events we pulled already) at debug */
+    pb_log_level lv = rr.duplicates < pr.n ? pb_log_delivery_level() : PB_LOG_DEBUG;
     if (pr.seqs)
-        pb_log_kv_write(pb_log_delivery_level(), req->peer,
+        pb_log_kv_write(lv, req->peer,
                         PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", pr.seqs[0]),
                                PB_KV_NUM("last_seq", pr.seqs[pr.n - 1]),
                                PB_KV_NUM("events", pr.n - rr.duplicates),
@@ -132,7 +134,7 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
                                PB_KV_STR("status", "accepted")),
                         "push received");
     else
-        pb_log_kv_write(pb_log_delivery_level(), req->peer,
+        pb_log_kv_write(lv, req->peer,
                         PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("events", pr.n - rr.duplicates),
                                PB_KV_NUM("duplicates", rr.duplicates),
                                PB_KV_STR("status", "accepted")),
