@@ -647,19 +647,23 @@ static const char *note_text(pb_fsm_note n)
 static void do_note(struct peer *p, pb_fsm_note n)
 {
     int64_t in_s = p->fsm.next_at ? (p->fsm.next_at - mono_ms() + 999) / 1000 : 0;
+    /* the error text may quote the peer: a field (quoted in text logs), not the message */
     switch (n) {
     case PB_NOTE_QUEUED:
-        PB_WARN(p->id, "%s (next in %lld s): %s", note_text(n), (long long)in_s, p->last_error);
+        PB_WARN_KV(p->id, PB_KVS(PB_KV_NUM("next_in_s", in_s), PB_KV_STR("error", p->last_error)),
+                   "%s (next in %lld s)", note_text(n), (long long)in_s);
         break;
     case PB_NOTE_PROBE_FAILED:
-        PB_INFO(p->id, "%s, next in %lld s: %s", note_text(n), (long long)in_s, p->last_error);
+        PB_INFO_KV(p->id, PB_KVS(PB_KV_NUM("next_in_s", in_s), PB_KV_STR("error", p->last_error)),
+                   "%s, next in %lld s", note_text(n), (long long)in_s);
         break;
     case PB_NOTE_PARKED:
-        PB_ERROR(p->id, "%s: event %llu: %s", note_text(n), (unsigned long long)p->fsm.parked_seq,
-                 p->last_error);
+        PB_ERROR_KV(p->id,
+                    PB_KVS(PB_KV_NUM("seq", p->fsm.parked_seq), PB_KV_STR("error", p->last_error)),
+                    "%s: event %llu", note_text(n), (unsigned long long)p->fsm.parked_seq);
         break;
     case PB_NOTE_RETRY:
-        PB_DEBUG(p->id, "%s: %s", note_text(n), p->last_error);
+        PB_DEBUG_KV(p->id, PB_KVS(PB_KV_STR("error", p->last_error)), "%s", note_text(n));
         break;
     default:
         PB_INFO(p->id, "%s", note_text(n));
