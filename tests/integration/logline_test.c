@@ -13,13 +13,15 @@
  *     never one per event or per retry. The backoff is shortened (backoff_min 1 s,
  *     backoff_max 64 s, 12 s of failure) so that the test takes 12 s: in that time the
  *     probes come at about 1, 2, 4 and 8 s (jittered), as with the defaults (5 s, 900 s)
- *     they come at about 5, 10, 20 and 40 s of a minute. 30 events are submitted in 30
- *     submissions along the way.
+ *     they come at about 5, 10, 20 and 40 s of a minute. The peer answers one Push and is
+ *     killed; 30 events are submitted in 30 submissions along the way. It is then one of
+ *     the top-N peers in /metrics, with the time of its last successful Push.
  */
 #include "harness.h"
 
 #include <signal.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Lines of the log at path holding a and b (b may be NULL). */
@@ -200,11 +202,18 @@ static void test_dead_peer(void)
                         "--peer-connect-timeout-ms",
                         "500",
                         NULL};
-    pbt_daemon *a = pbt_daemon_new("loglineDead", ea);
-    CHECK(pbt_daemon_start(a));
+    pbt_daemon *a = pbt_daemon_new("loglineDead", ea), *p = pbt_daemon_new("loglinePeer", NULL);
+    CHECK(pbt_daemon_start(a) && pbt_daemon_start(p));
     char dead[64], peer[80];
-    snprintf(dead, sizeof dead, "127.0.0.1:%u", pbt_free_port()); /* nobody listens */
+    snprintf(dead, sizeof dead, "%s", p->server_id);
     snprintf(peer, sizeof peer, "peer=%s ", dead);
+    /* the peer answers once, then dies */
+    json_decref(submit(a, dead, 99));
+    struct wait_line ws = {a->log_path, "push sent", peer, 0};
+    CHECKF(pbt_wait_for(line_grew, &ws, 20000), "the first event is delivered");
+    int64_t ok_at = (int64_t)time(NULL);
+    pbt_daemon_kill(p);
+    int before = count(a->log_path, peer, NULL);
     int64_t t0 = pbt_now_ms();
     for (int i = 0; i < 30; i++) {
         json_decref(submit(a, dead, 100 + (unsigned)i));
@@ -213,7 +222,7 @@ static void test_dead_peer(void)
     }
     while (pbt_now_ms() - t0 < 12000)
         usleep(100 * 1000);
-    int lines = count(a->log_path, peer, NULL);
+    int lines = count(a->log_path, peer, NULL) - before;
     int starts = count(a->log_path, peer, "the peer starts failing");
     int queued = count(a->log_path, peer, "queueing for the peer's Pull");
     int probes = count(a->log_path, peer, "drain probe failed");
@@ -229,6 +238,16 @@ static void test_dead_peer(void)
     CHECKF(probes >= 2 && probes <= 6, "%d probe lines", probes);
     CHECKF(lines == starts + queued + probes, "%d lines name the peer", lines);
     CHECKF(attempts > lines, "fewer lines (%d) than failed event pushes (%.0f)", lines, attempts);
+    /* the queued peer is a top-N peer, with the time of its last success */
+    char series[160];
+    snprintf(series, sizeof series, "postbox_peer_last_success_timestamp_seconds{peer=\"%s\"}",
+             dead);
+    double ok = pbt_metric(a, series);
+    CHECKF(ok >= (double)ok_at - 30 && ok <= (double)ok_at + 1, "%s = %g, delivered at %lld",
+           series, ok, (long long)ok_at);
+    snprintf(series, sizeof series, "postbox_peer_queued_events{peer=\"%s\"}", dead);
+    CHECK_INT(pbt_metric(a, series), 30);
+    pbt_daemon_free(p);
     pbt_daemon_free(a);
 }
 
