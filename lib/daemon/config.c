@@ -56,7 +56,9 @@ static const struct setting settings[] = {
     S(server_id, NULL, "this server's ID, domain:port (default: the listen address)"),
     S(listen, "127.0.0.1:2289", "federation listener, IP:PORT or [IPv6]:PORT"),
     S(admin_listen, "127.0.0.1:2290", "admin API listener, loopback IP:PORT or unix:/path"),
-    SL(admin_token_file, NULL, "file holding the admin API bearer token (optional)"),
+    SL(admin_token_file, NULL,
+       "file holding the admin API bearer token (optional; owned by the postbox user, mode "
+       "0600; postboxctl reads it too, so run postboxctl as root or postbox)"),
     S(data_dir, "/var/lib/postbox", "directory for the key and the SQLite store"),
     S(store, NULL,
       "store: sqlite:/path (default sqlite:DATA_DIR/postbox.db), or "
