@@ -19,7 +19,7 @@ pid=
 cleanup() {
   # the walkthrough's daemons, if it stopped before its last line: its own process group
   [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
-  rm -rf "$tmp"
+  rm -rf "$tmp" /tmp/pbA /tmp/pbB   # the walkthrough's data directories (its logs were shown)
 }
 trap cleanup EXIT
 
