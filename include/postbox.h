@@ -77,8 +77,10 @@ PB_API pb_err pb_log_level_parse(const char *s, pb_log_level *out);
 PB_API const char *pb_log_level_name(pb_log_level level);
 /* Sets the line format by name: "text" or "json" (PB_ERR_INVAL otherwise). */
 PB_API pb_err pb_log_set_format_name(const char *name);
-/* Writes one log line (as the library's own: time, level, the format set) at `level`. */
-PB_API void pb_log_message(pb_log_level level, const char *msg);
+/* Writes msg as one line of the library's log (the format and level set by the
+ * configuration: text or json, the journald priority prefix), for programs that have
+ * something to say besides the library (a refused reload, ...). Thread-safe. */
+PB_API void pb_log_line(pb_log_level level, const char *msg);
 
 /* ---- events ------------------------------------------------------------------------ */
 

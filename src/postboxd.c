@@ -141,8 +141,11 @@ static void reload(pb_daemon *d, int argc, char **argv, const char *config_file)
     pb_sdnotify_send("RELOADING=1");
     int rc = read_config(argc, argv, config_file, &cfg, &why);
     if (rc != 0) {
-        fprintf(stderr, "postboxd: reload refused, nothing changed: %s\n",
-                why ? why : "invalid arguments");
+        /* through the logger: a json log stays json */
+        char line[1024];
+        snprintf(line, sizeof line, "reload refused, nothing changed: %s",
+                 why ? why : "invalid arguments");
+        pb_log_line(PB_LOG_ERROR, line);
         pb_sdnotify_send("READY=1\nSTATUS=reload refused: the configuration is invalid");
     } else {
         pb_daemon_reload(d, cfg);
@@ -171,7 +174,7 @@ static void log_refusal(const pb_config *partial, const char *why)
 {
     char *fmt = partial ? pb_config_get(partial, "log_format") : NULL;
     if (fmt) pb_log_set_format_name(fmt);
-    pb_log_message(PB_LOG_ERROR, why);
+    pb_log_line(PB_LOG_ERROR, why);
     free(fmt);
 }
 
@@ -234,7 +237,7 @@ int main(int argc, char **argv)
             char line[96];
             snprintf(line, sizeof line, "configuration test failed: %u problem%s", problems,
                      problems == 1 ? "" : "s");
-            pb_log_message(PB_LOG_ERROR, line);
+            pb_log_line(PB_LOG_ERROR, line);
             rc = 2;
             goto out;
         }
