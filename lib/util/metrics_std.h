@@ -38,6 +38,7 @@
  *     peer_queued_events     postbox_peer_queued_events{peer}: the N peers with the
  *     peer_oldest_queued_age postbox_peer_oldest_queued_age_seconds{peer}  oldest backlog
  *     open_connections       postbox_open_connections{listener=federation|admin|metrics}
+ *     request_body_bytes     postbox_request_body_bytes (federation bodies held, body_memory)
  *     inbox_last_seq         postbox_inbox_last_seq
  *     inbox_unread_events    postbox_inbox_unread_events
  *     inbox_oldest_unread_age postbox_inbox_oldest_unread_age_seconds
@@ -78,6 +79,7 @@ typedef struct pb_metrics_std {
     pb_metric *peer_queued_events;
     pb_metric *peer_oldest_queued_age;
     pb_metric *open_connections;
+    pb_metric *request_body_bytes;
     pb_metric *inbox_last_seq;
     pb_metric *inbox_unread_events;
     pb_metric *inbox_oldest_unread_age;
