@@ -32,6 +32,8 @@ typedef struct pb_store_ops {
     pb_err (*ping)(void *impl);
     pb_err (*schema_version)(void *impl, int *version);
     pb_err (*integrity_check)(void *impl);
+    /* May be NULL (the backend has no online copy: pb_store_backup answers PB_ERR_INVAL). */
+    pb_err (*backup)(void *impl, int *fd, uint64_t *size);
     void (*stats_get)(void *impl, pb_store_stats *out);
 
     pb_err (*meta_get)(void *impl, const char *key, char **val);
