@@ -91,6 +91,11 @@ uint16_t pbt_free_port(void);
 /* How long a daemon may take to start or to stop: a bound on a positive condition, far
  * above what load can cause (a start normally takes well under a second). */
 #define PBT_DAEMON_BOUND_MS 120000
+/* How long a test waits for something that is bound to happen (an event arriving, a
+ * process listening or exiting, a log line, a reload): far above what load can cause, as
+ * it costs time only when the test fails. Waits for what must NOT happen keep their own
+ * short windows. */
+#define PBT_BOUND_MS 60000
 
 typedef struct pbt_daemon {
     pid_t pid;          /* 0 when not running */

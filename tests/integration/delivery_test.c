@@ -354,7 +354,7 @@ static void test_catch_up(void)
     CHECK(pbt_daemon_start(b));
     expect_delivered(b, a->server_id, sent, 60000, "after the restart");
     struct log_wait lw = {b, "processed after our Pull"};
-    CHECKF(pbt_wait_for(log_wait_has, &lw, 10000),
+    CHECKF(pbt_wait_for(log_wait_has, &lw, PBT_BOUND_MS),
            "a Push that arrived during B's start-up Pull waited for it");
     submit_range(a, b->server_id, 310, 360, sent);
     expect_delivered(b, a->server_id, sent, 30000, "new events after the catch-up");
@@ -395,7 +395,7 @@ static void test_long_backlog(void)
     expect_delivered(b, a->server_id, sent, 30000, "the backlog after B's restart");
     fprintf(stderr, "long backlog: 200 events pulled in %lld ms\n", (long long)(pbt_now_ms() - t0));
     struct log_wait lw = {b, "receive budget used"};
-    CHECKF(pbt_wait_for(log_wait_has, &lw, 1000), "B's budget was used on the way");
+    CHECKF(pbt_wait_for(log_wait_has, &lw, PBT_BOUND_MS), "B's budget was used on the way");
     json_decref(sent);
     pbt_daemon_free(a);
     pbt_daemon_free(b);

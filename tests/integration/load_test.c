@@ -465,7 +465,7 @@ static void test_limit(void)
     /* a place frees: served again */
     close(hold[0]);
     struct served_wait w = {d->port, NULL};
-    CHECKF(pbt_wait_for(served_again, &w, 10000), "served again once a connection closed");
+    CHECKF(pbt_wait_for(served_again, &w, PBT_BOUND_MS), "served again once a connection closed");
     for (int i = 1; i < LIMIT; i++)
         if (hold[i] >= 0) close(hold[i]);
     CHECK_INT(pbt_daemon_stop(d), 0);
@@ -528,7 +528,7 @@ static bool reload_with(const pbt_daemon *d, const char *conf, const char *text)
     write_text(conf, text);
     struct reload_wait w = {d, log_count(d, "configuration reloaded")};
     kill(d->pid, SIGHUP);
-    return pbt_wait_for(reloaded, &w, 10000);
+    return pbt_wait_for(reloaded, &w, PBT_BOUND_MS);
 }
 
 static void test_per_address(void)
@@ -557,7 +557,7 @@ static void test_per_address(void)
     close(one[0]);
     one[0] = -1;
     struct served_wait w = {d->port, "127.0.0.1"};
-    CHECKF(pbt_wait_for(served_again, &w, 10000), "127.0.0.1 served again once one closed");
+    CHECKF(pbt_wait_for(served_again, &w, PBT_BOUND_MS), "127.0.0.1 served again once one closed");
 
     /* live: a reload to 2, then to no limit */
     CHECK(reload_with(d, conf, "max_connections_per_ip = 2\n"));
