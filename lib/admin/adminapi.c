@@ -574,13 +574,10 @@ static void h_backup(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     pb_err err = pb_store_backup(ctx->store, &fd, &size);
     if (err != PB_OK) {
         PB_WARN(NULL, "backup: the copy of the store failed: %s", pb_strerror(err));
-        if (err == PB_ERR_IO)
-            pb_admin_resp_error(resp, 500,
-                                "cannot write the temporary copy beside the store (disk full "
-                                "or not writable?): %s",
-                                pb_strerror(err));
-        else
-            store_error(resp, err);
+        pb_admin_resp_error(resp, err == PB_ERR_STORE ? 503 : 500,
+                            "the copy of the store could not be made in a temporary file beside "
+                            "it (it needs as much free space as the store; see the log): %s",
+                            pb_strerror(err));
         return;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
