@@ -259,6 +259,38 @@ static bool log_has(const pbt_daemon *d, const char *needle)
     return log_count(d, needle) > 0;
 }
 
+struct log_wait {
+    const pbt_daemon *d;
+    const char *needle;
+};
+
+static bool log_shows(void *vctx)
+{
+    const struct log_wait *w = vctx;
+    return log_has(w->d, w->needle);
+}
+
+/* Waits for a log line: the daemon writes it after the act the client saw (a connection is
+ * shut down first, then counted and logged), so it may come a moment later. */
+static bool log_soon(const pbt_daemon *d, const char *needle)
+{
+    struct log_wait w = {d, needle};
+    return pbt_wait_for(log_shows, &w, PBT_BOUND_MS);
+}
+
+struct metric_wait {
+    const pbt_daemon *d;
+    const char *series;
+    double at_least, value;
+};
+
+static bool metric_reaches(void *vctx)
+{
+    struct metric_wait *w = vctx;
+    w->value = pbt_metric(w->d, w->series);
+    return w->value >= w->at_least;
+}
+
 static void test_load(void)
 {
     static pbt_ident *ids[NCLIENTS];
@@ -371,7 +403,7 @@ static void test_load(void)
         CHECKF(tr[i].cut_s >= CONN_TIMEOUT_S - 0.5 && tr[i].cut_s <= CONN_TIMEOUT_S + 5.0,
                "trickler %d cut after %.1f s, want %d s + slack", i, tr[i].cut_s, CONN_TIMEOUT_S);
     }
-    CHECK(log_has(d, "whose request was not complete within"));
+    CHECK(log_soon(d, "whose request was not complete within"));
     CHECKF(hwm > 0 && hwm < RSS_BOUND_MIB * 1024, "peak RSS %ld KiB under %d MiB", hwm,
            RSS_BOUND_MIB);
     long st;
@@ -465,7 +497,7 @@ static void test_limit(void)
                res, (long long)ms);
         if (fd >= 0) close(fd);
     }
-    CHECK(log_has(d, "connection limit of 16 reached"));
+    CHECK(log_soon(d, "connection limit of 16 reached"));
     long st;
     json_t *h = pbt_admin(d, "GET", "/healthz", NULL, &st);
     json_decref(h);
@@ -558,9 +590,10 @@ static void test_per_address(void)
     CHECKF(closed_at_once("127.0.0.1", d->port), "the 9th connection from 127.0.0.1 is closed");
     CHECK_INT(hold_from("127.0.0.2", d->port, two, 8), 8); /* another address: served */
     CHECKF(closed_at_once("127.0.0.2", d->port), "the 9th connection from 127.0.0.2 is closed");
-    CHECK(log_has(d, "127.0.0.1 holds the per-address limit of 8 connections"));
-    double refused = pbt_metric(d, "postbox_connections_refused_total{reason=\"per_address\"}");
-    CHECKF(refused >= 2, "per_address refusals counted: %g", refused);
+    CHECK(log_soon(d, "127.0.0.1 holds the per-address limit of 8 connections"));
+    struct metric_wait mw = {d, "postbox_connections_refused_total{reason=\"per_address\"}", 2, 0};
+    CHECKF(pbt_wait_for(metric_reaches, &mw, PBT_BOUND_MS), "per_address refusals counted: %g",
+           mw.value);
     CHECK(pbt_metric(d, "postbox_connections_refused_total{reason=\"limit\"}") == 0);
     close(one[0]);
     one[0] = -1;
