@@ -15,7 +15,9 @@ mkdir -p "$corpus" "$artifacts"
 : "${ASAN_OPTIONS:=abort_on_error=1:detect_leaks=1}"
 : "${UBSAN_OPTIONS:=print_stacktrace=1:halt_on_error=1}"
 export ASAN_OPTIONS UBSAN_OPTIONS
-opts="-timeout=25 -rss_limit_mb=2048 -artifact_prefix=$artifacts/"
+# -timeout is libFuzzer's hang detector (wall clock, per input): far above what load on a
+# shared machine can cause (fuzz_hrpc's own answer deadline is 60 s, below it).
+opts="-timeout=120 -rss_limit_mb=2048 -artifact_prefix=$artifacts/"
 
 case "$mode" in
   replay)

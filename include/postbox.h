@@ -226,6 +226,16 @@ PB_API void pb_adminc_free(pb_adminc *a);
  */
 PB_API pb_err pb_adminc_call(pb_adminc *a, const char *method, const char *path,
                              const char *body_json, long timeout_ms, long *status, char **answer);
+/*
+ * A download: GET path, a 2xx answer's body written to fd as it arrives (what
+ * `postboxctl backup` uses for GET /v1/backup). On PB_OK *status is set; after a 2xx
+ * *answer is NULL, otherwise nothing was written to fd and *answer is the answer text
+ * (caller frees). PB_ERR_IO when writing to fd failed; PB_ERR_NET / PB_ERR_TIMEOUT as for
+ * pb_adminc_call (*answer holds the reason). timeout_ms 0: no limit on the whole transfer,
+ * only on a stall (60 s without a byte).
+ */
+PB_API pb_err pb_adminc_download(pb_adminc *a, const char *path, int fd, long timeout_ms,
+                                 long *status, char **answer);
 
 /* Creates a key file at path (mode 0600) unless one exists; writes the public key's hex
  * into pubhex[65]. *created says whether a new key was made. */

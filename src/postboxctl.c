@@ -20,8 +20,10 @@
  */
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,6 +338,118 @@ static int cmd_health(struct ctl *c, int argc, char **argv)
         puts("ok");
     json_decref(j);
     return 0;
+}
+
+/* fsync of the directory holding path, so that a rename or link into it is durable. */
+static int sync_dir_of(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy) abort();
+    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = dfd >= 0 && fsync(dfd) == 0 ? 0 : -1;
+    if (dfd >= 0) close(dfd);
+    free(copy);
+    return rc;
+}
+
+/*
+ * backup [--force] FILE: GET /v1/backup streamed into a temporary file beside FILE
+ * (.NAME.XXXXXX, mode 0600: the copy holds everything the store holds), checked to be an
+ * SQLite database, fsync'd, then put in place: link() when FILE must not exist (so a file
+ * that appeared meanwhile is not replaced either), rename() with --force; then the
+ * directory is fsync'd. Any failure removes the temporary file and leaves FILE as it was.
+ */
+static int cmd_backup(struct ctl *c, int argc, char **argv)
+{
+    bool force = false;
+    const char *file = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--force"))
+            force = true;
+        else if (argv[i][0] == '-' && argv[i][1] != '\0')
+            return bad_usage("backup: unknown option ", argv[i]);
+        else if (file)
+            return bad_usage("backup takes one FILE; also got ", argv[i]);
+        else
+            file = argv[i];
+    }
+    if (!file) return bad_usage("usage: backup [--force] FILE", "");
+    struct stat st;
+    if (!force && lstat(file, &st) == 0) {
+        fprintf(stderr, "postboxctl: %s exists: give another name, or --force to replace it\n",
+                file);
+        return 1;
+    }
+    char *copy = strdup(file), *copy2 = strdup(file), *tmp = NULL;
+    if (!copy || !copy2 || asprintf(&tmp, "%s/.%s.XXXXXX", dirname(copy), basename(copy2)) < 0)
+        abort();
+    free(copy);
+    free(copy2);
+    int rc = 1, fd = mkstemp(tmp);
+    char *answer = NULL;
+    if (fd < 0) {
+        fprintf(stderr, "postboxctl: cannot create %s: %s\n", tmp, strerror(errno));
+        free(tmp);
+        return 1;
+    }
+    long status = 0;
+    if (!c->client && pb_adminc_new(c->admin, c->token, &c->client) != PB_OK) {
+        fprintf(stderr, "postboxctl: cannot create the admin client\n");
+        goto out;
+    }
+    pb_err err = pb_adminc_download(c->client, "/v1/backup", fd, 0, &status, &answer);
+    if (err == PB_ERR_IO) {
+        fprintf(stderr, "postboxctl: %s: %s\n", tmp, answer);
+        goto out;
+    }
+    if (err != PB_OK) {
+        fprintf(stderr, "postboxctl: cannot reach postboxd at %s: %s\n", c->admin, answer);
+        goto out;
+    }
+    if (status < 200 || status > 299) {
+        json_t *j = answer ? json_loads(answer, 0, NULL) : NULL;
+        const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
+        fprintf(stderr, "postboxctl: GET /v1/backup: %ld %s\n", status,
+                msg ? msg : (answer ? answer : ""));
+        json_decref(j);
+        goto out;
+    }
+    char head[16] = "";
+    if (fstat(fd, &st) != 0 || pread(fd, head, sizeof head, 0) != (ssize_t)sizeof head ||
+        memcmp(head, "SQLite format 3", 16) != 0) {
+        fprintf(stderr, "postboxctl: the answer is not an SQLite database; %s left as it was\n",
+                file);
+        goto out;
+    }
+    if (fsync(fd) != 0) {
+        fprintf(stderr, "postboxctl: fsync %s: %s\n", tmp, strerror(errno));
+        goto out;
+    }
+    if (force ? rename(tmp, file) != 0 : link(tmp, file) != 0) {
+        fprintf(stderr, "postboxctl: cannot %s %s: %s%s\n", force ? "replace" : "create", file,
+                strerror(errno), !force && errno == EEXIST ? " (--force replaces it)" : "");
+        goto out;
+    }
+    if (!force) unlink(tmp);
+    tmp[0] = '\0';
+    if (sync_dir_of(file) != 0) {
+        fprintf(stderr, "postboxctl: fsync of the directory of %s: %s\n", file, strerror(errno));
+        goto out;
+    }
+    if (c->json) {
+        json_t *j = json_pack("{s:s,s:I}", "file", file, "bytes", (json_int_t)st.st_size);
+        if (j) print_json(j);
+        json_decref(j);
+    } else {
+        printf("backup of the store written to %s (%lld bytes)\n", file, (long long)st.st_size);
+    }
+    rc = 0;
+out:
+    close(fd);
+    if (tmp[0]) unlink(tmp);
+    free(tmp);
+    free(answer);
+    return rc;
 }
 
 static int cmd_send(struct ctl *c, int argc, char **argv)
@@ -866,6 +980,9 @@ static const struct command commands[] = {
     {"guilds", "USER_ID", 1, 1, cmd_guilds, "list a local user's guilds on other servers"},
     {"invites", "USER_ID", 1, 1, cmd_invites, "list a local user's pending invites"},
     {"rename", "NEW_ID", 1, 1, cmd_rename, "change this server's ID and tell every peer"},
+    {"backup", "[--force] FILE", 1, 2, cmd_backup,
+     "write a consistent copy of the running daemon's SQLite store to FILE (not over an "
+     "existing FILE without --force)"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
 

@@ -88,6 +88,15 @@ int64_t pbt_now_ms(void);
  * and a port named as "nobody listens" stays so within the process). */
 uint16_t pbt_free_port(void);
 
+/* How long a daemon may take to start or to stop: a bound on a positive condition, far
+ * above what load can cause (a start normally takes well under a second). */
+#define PBT_DAEMON_BOUND_MS 120000
+/* How long a test waits for something that is bound to happen (an event arriving, a
+ * process listening or exiting, a log line, a reload): far above what load can cause, as
+ * it costs time only when the test fails. Waits for what must NOT happen keep their own
+ * short windows. */
+#define PBT_BOUND_MS 60000
+
 typedef struct pbt_daemon {
     pid_t pid;          /* 0 when not running */
     char *dir;          /* data directory (owned; removed by pbt_daemon_free) */
@@ -114,11 +123,13 @@ pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
 void pbt_daemon_set_token(pbt_daemon *d, const char *token);
 /* Starts (or restarts) the process (postboxd, or postboxd-faults when PB_FAULTS or
  * PB_FAULT_VFS_DIR is set in the environment) and waits until its admin /healthz answers 200
- * (bounded: 20 s). Returns false, with the log printed, when it did not come up. Every daemon
+ * (bounded: PBT_DAEMON_BOUND_MS). Returns false, with the log printed and the process
+ * killed, when it did not come up. Every daemon
  * gets --peer-scheme http and, unless d->public_only is set, the settings a federation on
  * 127.0.0.1 needs (pbt_loopback_args in harness.c). */
 bool pbt_daemon_start(pbt_daemon *d);
-/* SIGTERM and wait (bounded: 20 s, then SIGKILL); returns the exit status or -1. */
+/* SIGTERM and wait (bounded: PBT_DAEMON_BOUND_MS, then SIGKILL); returns the exit status or
+ * -1. */
 int pbt_daemon_stop(pbt_daemon *d);
 /* Waits (bounded) for the process to exit by itself; true when it did (and is reaped). */
 bool pbt_daemon_wait_exit(pbt_daemon *d, int timeout_ms);

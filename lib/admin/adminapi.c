@@ -581,6 +581,46 @@ static void h_healthz(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     resp->body = json_pack("{s:b}", "ok", 1);
 }
 
+/* GET /v1/backup: a consistent copy of the running SQLite store, streamed as the answer
+ * (application/vnd.sqlite3). The daemon writes it only to a temporary file beside its
+ * database, gone before the answer starts (pb_store_backup): never to a path a client
+ * names. The PostgreSQL store answers 501 naming its own tools. */
+static void h_backup(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    (void)req;
+    pb_adminapi_ctx *ctx = vctx;
+    if (strcmp(pb_store_backend(ctx->store), "sqlite") != 0) {
+        pb_admin_resp_error(resp, 501,
+                            "the %s store is backed up with its own tools, not through "
+                            "postbox: pg_dump for a copy, or continuous archiving (PITR) "
+                            "(see postboxd(8), BACKUPS)",
+                            pb_store_backend(ctx->store));
+        return;
+    }
+    int fd = -1;
+    uint64_t size = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pb_err err = pb_store_backup(ctx->store, &fd, &size);
+    if (err != PB_OK) {
+        PB_WARN(NULL, "backup: the copy of the store failed: %s", pb_strerror(err));
+        pb_admin_resp_error(resp, err == PB_ERR_STORE ? 503 : 500,
+                            "the copy of the store could not be made in a temporary file beside "
+                            "it (it needs as much free space as the store; see the log): %s",
+                            pb_strerror(err));
+        return;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    PB_INFO(NULL,
+            "backup: a copy of the store (%llu bytes, made in %lld ms) sent to an admin client",
+            (unsigned long long)size,
+            (long long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+    resp->file = true;
+    resp->file_fd = fd;
+    resp->file_len = size;
+    resp->content_type = "application/vnd.sqlite3";
+}
+
 void pb_adminapi_register(pb_admin_http *a, pb_adminapi_ctx *ctx)
 {
     pb_admin_http_route(a, "GET", "/healthz", h_healthz, ctx);
@@ -593,4 +633,5 @@ void pb_adminapi_register(pb_admin_http *a, pb_adminapi_ctx *ctx)
     pb_admin_http_route(a, "GET", "/v1/users/*/guilds", h_guilds, ctx);
     pb_admin_http_route(a, "GET", "/v1/users/*/invites", h_invites, ctx);
     pb_admin_http_route(a, "POST", "/v1/rename", h_rename, ctx);
+    pb_admin_http_route(a, "GET", "/v1/backup", h_backup, ctx);
 }

@@ -1,8 +1,9 @@
 /*
  * adminapi - the admin API's endpoints (the homeserver's and the operator's interface):
  * submitting events, reading the inbox, peers and parked events, local users' guild lists
- * and invites, renaming this server, the key and health. Registers its routes on an
- * admin_http listener; the JSON shapes are a contract (see README).
+ * and invites, renaming this server, a backup copy of the store, the key and health.
+ * Registers its routes on an admin_http listener; the JSON shapes are a contract (see
+ * README).
  *
  * Untrusted input: admin request bodies, path segments and query arguments. Every value
  * is validated (server IDs, uint64 as decimal strings or numbers, event JSON through

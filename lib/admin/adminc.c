@@ -6,9 +6,11 @@
  * Untrusted input: the admin listener's answers, bounded to PB_ADMINC_MAX_ANSWER bytes.
  */
 #include <curl/curl.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util/buf.h"
 #include "util/mem.h"
@@ -105,6 +107,82 @@ pb_err pb_adminc_call(pb_adminc *a, const char *method, const char *path, const 
     pb_buf_append(&b, "", 1);
     *answer = (char *)pb_buf_steal(&b, NULL);
 out:
+    curl_slist_free_all(hdrs);
+    free(url);
+    return err;
+}
+
+/* A download's state: the body goes to fd once the status is known to be 2xx. */
+struct dl {
+    CURL *curl;
+    int fd;
+    bool write_failed;
+    int write_errno;
+    pb_buf err; /* the answer of a non-2xx */
+};
+
+static size_t on_download(char *p, size_t size, size_t n, void *ud)
+{
+    struct dl *d = ud;
+    size_t len = size * n;
+    long code = 0;
+    curl_easy_getinfo(d->curl, CURLINFO_RESPONSE_CODE, &code);
+    if (code < 200 || code > 299) return on_data(p, size, n, &d->err);
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(d->fd, p + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            d->write_failed = true;
+            d->write_errno = w < 0 ? errno : EIO;
+            return 0;
+        }
+        off += (size_t)w;
+    }
+    return len;
+}
+
+pb_err pb_adminc_download(pb_adminc *a, const char *path, int fd, long timeout_ms, long *status,
+                          char **answer)
+{
+    CURL *c = a->curl;
+    struct dl d = {.curl = c, .fd = fd, .err = PB_BUF_INIT};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    struct curl_slist *hdrs = NULL;
+    char *url = pb_xasprintf("%s%s", a->base, path);
+    *answer = NULL;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_download);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &d);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    if (timeout_ms > 0) curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
+    if (a->unix_path) curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, a->unix_path);
+    if (a->auth) hdrs = curl_slist_append(hdrs, a->auth);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    CURLcode rc = curl_easy_perform(c);
+    pb_err err = PB_OK;
+    if (d.write_failed) {
+        err = PB_ERR_IO;
+        *answer = pb_xasprintf("cannot write the download: %s", strerror(d.write_errno));
+        goto out;
+    }
+    if (rc != CURLE_OK) {
+        err = rc == CURLE_OPERATION_TIMEDOUT ? PB_ERR_TIMEOUT : PB_ERR_NET;
+        *answer = pb_xasprintf("%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        goto out;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    if (*status < 200 || *status > 299) {
+        pb_buf_append(&d.err, "", 1);
+        *answer = (char *)pb_buf_steal(&d.err, NULL);
+    }
+out:
+    pb_buf_free(&d.err);
     curl_slist_free_all(hdrs);
     free(url);
     return err;

@@ -173,6 +173,23 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, int status, char *
     return r;
 }
 
+/* Queues a file answer: fd (taken) streamed from its start for len bytes. */
+static enum MHD_Result send_file(struct MHD_Connection *conn, int status, int fd, uint64_t len,
+                                 const char *ctype)
+{
+    struct MHD_Response *resp = MHD_create_response_from_fd64(len, fd);
+    if (!resp) {
+        close(fd);
+        return MHD_NO;
+    }
+    if (ctype) MHD_add_response_header(resp, "Content-Type", ctype);
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    enum MHD_Result r = MHD_queue_response(conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
 static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -300,8 +317,11 @@ static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
     resp->text = r.text;
     resp->text_len = r.text_len;
     resp->content_type = r.content_type;
-    resp->wait_ms = !r.text && !r.body && r.wait_ms > 0 ? r.wait_ms : 0;
-    if (r.text) {
+    resp->file = r.file;
+    resp->file_fd = r.file_fd;
+    resp->file_len = r.file_len;
+    resp->wait_ms = !r.text && !r.body && !r.file && r.wait_ms > 0 ? r.wait_ms : 0;
+    if (r.text || r.file) {
         json_decref(r.body);
         return NULL;
     }
@@ -353,6 +373,17 @@ void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *pa
         resumed = true;
     }
     *status = r.status;
+    if (r.file) { /* in process: the file's bytes as the answer */
+        pb_buf b = PB_BUF_INIT;
+        char chunk[65536];
+        ssize_t n;
+        while (b.len < r.file_len && (n = read(r.file_fd, chunk, sizeof chunk)) > 0)
+            pb_buf_append(&b, chunk, (size_t)n);
+        close(r.file_fd);
+        pb_buf_append(&b, "", 1);
+        *answer = (char *)pb_buf_steal(&b, NULL);
+        return;
+    }
     if (r.text) {
         *answer = pb_xstrndup(r.text, r.text_len);
         free(r.text);
@@ -614,6 +645,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             pthread_mutex_unlock(&a->wait_mu);
             return MHD_YES;
         }
+        if (resp.file)
+            return send_file(conn, resp.status, resp.file_fd, resp.file_len, resp.content_type);
         if (resp.text)
             return send_text(conn, resp.status, resp.text, resp.text_len, resp.content_type);
         return send_json(conn, resp.status, resp.body);

@@ -2,13 +2,13 @@
  * admin_http - the admin API's HTTP/JSON listener on libmicrohttpd: loopback TCP or a Unix
  * socket, never the federation port. Routes match a method and a path pattern where `*`
  * matches one path segment (e.g. "/v1/peers/STAR/retry"); handlers get the parsed JSON body
- * and fill a JSON answer, or a text answer with its own Content-Type (the metrics
- * exposition, the status page). An optional bearer token is compared in constant time;
- * routes registered with pb_admin_http_route_public are served without it (the status
- * page, which then asks the user for the token). Every answer carries
- * X-Content-Type-Options: nosniff and Cache-Control: no-store; an HTML answer also a
- * Content-Security-Policy that allows only its own inline script and style and requests
- * to the listener itself.
+ * and fill a JSON answer, a text answer with its own Content-Type (the metrics
+ * exposition, the status page), or a file streamed from a descriptor (the store backup).
+ * An optional bearer token is compared in constant time; routes registered with
+ * pb_admin_http_route_public are served without it (the status page, which then asks the
+ * user for the token). Every answer carries X-Content-Type-Options: nosniff and
+ * Cache-Control: no-store; an HTML answer also a Content-Security-Policy that allows only
+ * its own inline script and style and requests to the listener itself.
  *
  * Untrusted input: the HTTP request. Bodies are bounded (max_body, refused with 413 from
  * Content-Length or while reading), parsed by jansson; refusals answer
@@ -50,6 +50,11 @@ typedef struct pb_admin_resp {
     char *text;
     size_t text_len;
     const char *content_type;
+    /* A file answer instead (file set): file_fd (owned: closed by the server) is read from
+     * its start for file_len bytes and streamed, sent with content_type. */
+    bool file;
+    int file_fd;
+    uint64_t file_len;
     /* Nothing to answer yet (no body or text set): run the handler again when
      * pb_admin_http_wake is called or after wait_ms (counted from the first time it asked),
      * whichever comes first. The request waits suspended: it holds no thread. */

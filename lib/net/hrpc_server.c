@@ -1446,6 +1446,11 @@ unsigned pb_hrpc_server_connections(pb_hrpc_server *s)
     return n;
 }
 
+size_t pb_hrpc_server_body_bytes(pb_hrpc_server *s)
+{
+    return atomic_load(&s->body_bytes);
+}
+
 void pb_hrpc_server_stop(pb_hrpc_server *s)
 {
     if (!s || !s->mhd) return;

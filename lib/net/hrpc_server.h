@@ -161,6 +161,9 @@ void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim
 uint16_t pb_hrpc_server_port(const pb_hrpc_server *s);
 /* Open connections counted against max_connections (0 when not started). */
 unsigned pb_hrpc_server_connections(pb_hrpc_server *s);
+/* Request body bytes held now (bodies still arriving or being handled), the figure held
+ * under body_memory. */
+size_t pb_hrpc_server_body_bytes(pb_hrpc_server *s);
 /* Stops accepting, lets in-flight requests finish, stops threads. Idempotent. */
 void pb_hrpc_server_stop(pb_hrpc_server *s);
 void pb_hrpc_server_free(pb_hrpc_server *s); /* stops first; NULL is a no-op */

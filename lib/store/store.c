@@ -204,6 +204,13 @@ pb_err pb_store_integrity_check(pb_store *s)
     return s->ops->integrity_check(s->impl);
 }
 
+pb_err pb_store_backup(pb_store *s, int *fd, uint64_t *size)
+{
+    if (!s || !fd || !size) return PB_ERR_INVAL;
+    if (!s->ops->backup) return PB_ERR_INVAL;
+    return s->ops->backup(s->impl, fd, size);
+}
+
 void pb_store_stats_get(pb_store *s, pb_store_stats *out)
 {
     if (!out) return;

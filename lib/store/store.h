@@ -102,6 +102,12 @@ pb_err pb_store_ping(pb_store *s);
 pb_err pb_store_schema_version(pb_store *s, int *version);
 /* Full consistency check (SQLite integrity_check): PB_OK or PB_ERR_CORRUPT. */
 pb_err pb_store_integrity_check(pb_store *s);
+/* A consistent copy of a running store (SQLite: the online backup API, one snapshot, while
+ * writes go on), written to a temporary file beside the database that is removed again
+ * before this returns: on PB_OK *fd (the caller closes it) reads the copy's *size bytes
+ * from its start. PB_ERR_INVAL for a backend without one (PostgreSQL: pg_dump, PITR);
+ * PB_ERR_IO when the file cannot be made; PB_ERR_STORE when the copy failed. */
+pb_err pb_store_backup(pb_store *s, int *fd, uint64_t *size);
 
 /* Counters since open, for tests and benchmarks to see group commit: commits is the
  * number of write transactions committed, writes the number of write calls (jobs) that

@@ -175,6 +175,9 @@ typedef struct pb_store_driver {
     /* Optional: a receive applied rows events (SQLite: rows added to its model log). */
     void (*applied)(pb_db *db, int64_t rows);
 
+    /* Optional: a consistent copy of the running store (store.h pb_store_backup). */
+    pb_err (*backup)(void *eng, int *fd, uint64_t *size);
+
     /* The engine's test-only fault state (store_impl.h fault points). */
     pb_store_faults *(*faults)(void *eng);
 } pb_store_driver;

@@ -33,6 +33,8 @@ typedef struct pb_store_ops {
     pb_err (*ping)(void *impl);
     pb_err (*schema_version)(void *impl, int *version);
     pb_err (*integrity_check)(void *impl);
+    /* PB_ERR_INVAL where the engine has no online copy (store_driver.h backup). */
+    pb_err (*backup)(void *impl, int *fd, uint64_t *size);
     void (*stats_get)(void *impl, pb_store_stats *out);
 
     pb_err (*meta_get)(void *impl, const char *key, char **val);

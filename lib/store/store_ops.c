@@ -756,6 +756,13 @@ static void op_stats_get(void *impl, pb_store_stats *out)
     s->d->stats(s->eng, out);
 }
 
+/* An online copy is the engine's own (SQLite: the backup API); PostgreSQL has none. */
+static pb_err op_backup(void *impl, int *fd, uint64_t *size)
+{
+    st *s = impl;
+    return s->d->backup ? s->d->backup(s->eng, fd, size) : PB_ERR_INVAL;
+}
+
 /* ---- meta and peers --------------------------------------------------------------------- */
 
 static pb_err op_meta_get(void *impl, const char *key, char **val)
@@ -1716,8 +1723,8 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
     {                                                                                              \
         .name = engine##_name, .open = engine##_open, .close = op_close, .ping = op_ping,          \
         .schema_version = op_schema_version, .integrity_check = op_integrity_check,                \
-        .stats_get = op_stats_get, .meta_get = op_meta_get, .meta_set = op_meta_set,               \
-        .peer_touch = op_peer_touch, .peer_key_get = op_peer_key_get,                              \
+        .backup = op_backup, .stats_get = op_stats_get, .meta_get = op_meta_get,                   \
+        .meta_set = op_meta_set, .peer_touch = op_peer_touch, .peer_key_get = op_peer_key_get,     \
         .peer_key_set = op_peer_key_set, .peer_list = op_peer_list,                                \
         .peer_state_get = op_peer_state_get, .peer_state_list = op_peer_state_list,                \
         .peer_state_set = op_peer_state_set, .outbox_append = op_outbox_append,                    \

@@ -193,6 +193,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         "peer");
     s->open_connections = pb_metrics_gauge(reg, "postbox_open_connections",
                                            "Open connections per listener", "listener");
+    s->request_body_bytes = pb_metrics_gauge(
+        reg, "postbox_request_body_bytes",
+        "Request body bytes the federation listener holds (bodies arriving or being handled); "
+        "past body_memory new bodies are refused with 503",
+        NULL);
     s->inbox_last_seq =
         pb_metrics_gauge(reg, "postbox_inbox_last_seq",
                          "Sequence number of the newest inbox item; its rate is the inbox rate "

@@ -750,7 +750,7 @@ static bool hold_slots(const pbt_daemon *r, int fds[HOLDERS])
     for (int i = 0; i < HOLDERS; i++)
         fds[i] = hold_one(r);
     int refused = 0;
-    for (int64_t end = pbt_now_ms() + 10000; pbt_now_ms() < end && refused < 3;) {
+    for (int64_t end = pbt_now_ms() + PBT_BOUND_MS; pbt_now_ms() < end && refused < 3;) {
         bool replaced = false;
         for (int i = 0; i < HOLDERS; i++) {
             struct pollfd p = {.fd = fds[i], .events = POLLIN};
@@ -770,7 +770,7 @@ static void release_slots(const pbt_daemon *r, int fds[HOLDERS])
 {
     for (int i = 0; i < HOLDERS; i++)
         if (fds[i] >= 0) close(fds[i]);
-    for (int64_t end = pbt_now_ms() + 5000; pbt_now_ms() < end;) {
+    for (int64_t end = pbt_now_ms() + PBT_BOUND_MS; pbt_now_ms() < end;) {
         if (key16_status(r->port) == 200) return;
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -882,7 +882,7 @@ static void raw_do(uint16_t port, const char *method, const char *path, const ch
         }
         struct pollfd p = {.fd = fd, .events = POLLIN};
         char ans[256] = "";
-        if (poll(&p, 1, 10000) == 1 && read(fd, ans, sizeof ans - 1) > 12 &&
+        if (poll(&p, 1, PBT_BOUND_MS) == 1 && read(fd, ans, sizeof ans - 1) > 12 &&
             !strncmp(ans, "HTTP/1.1 ", 9))
             h->status = strtol(ans + 9, NULL, 10);
         close(fd);

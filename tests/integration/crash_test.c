@@ -372,7 +372,7 @@ static bool proxy_start(struct proxy *p, uint16_t listen, uint16_t target, unsig
     }
     p->pid = pid;
     free(prog);
-    bool ok = pbt_wait_for(proxy_listening, p, 10000);
+    bool ok = pbt_wait_for(proxy_listening, p, PBT_BOUND_MS);
     CHECKF(ok, "faultproxy listens on %u (build it: target faultproxy; or set PBT_FAULTPROXY)",
            listen);
     return ok;
@@ -383,7 +383,7 @@ static json_t *proxy_stop(struct proxy *p)
 {
     if (!p->pid) return NULL;
     kill(p->pid, SIGTERM);
-    int64_t deadline = pbt_now_ms() + 10000;
+    int64_t deadline = pbt_now_ms() + PBT_BOUND_MS;
     bool gone = false;
     int status = -1;
     while (!gone && pbt_now_ms() < deadline) {

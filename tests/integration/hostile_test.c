@@ -192,7 +192,7 @@ static int tool_stop(struct tool *t)
 {
     if (!t || !t->pid) return -1;
     kill(t->pid, SIGTERM);
-    int64_t deadline = pbt_now_ms() + 10000;
+    int64_t deadline = pbt_now_ms() + PBT_BOUND_MS;
     int st = 0;
     while (pbt_now_ms() < deadline) {
         if (waitpid(t->pid, &st, WNOHANG) == t->pid) {
@@ -281,7 +281,7 @@ static struct tool *tool_run(const char *role, const char *const *args)
     free(prog);
     t->pid = pid;
     if (!strcmp(role, "flood")) return t;
-    bool ok = pbt_wait_for(tool_ready, t, 10000);
+    bool ok = pbt_wait_for(tool_ready, t, PBT_BOUND_MS);
     CHECKF(ok, "hostile %s listens (build the target hostile, or set PBT_HOSTILE)", role);
     if (!ok) {
         tool_dump_log(t);
@@ -696,7 +696,7 @@ static void test_replay_push(void)
     json_array_append_new(one, ev_added(1, 1));
     submit(s, t->id[0], one);
     struct record_wait rw = {t, t->ports[0], PUSH, 0};
-    CHECKF(pbt_wait_for(record_grew, &rw, 15000), "S pushed to T");
+    CHECKF(pbt_wait_for(record_grew, &rw, PBT_BOUND_MS), "S pushed to T");
     recorded(t, t->ports[0], PUSH, &auth);
     CHECKF(auth != NULL, "T recorded S's Authorization header");
     if (!auth) goto out;
@@ -763,7 +763,7 @@ static void test_replay_pull(void)
     CHECKF(a.status == 200, "T's Push to R: %ld", a.status);
     answer_clear(&a);
     struct record_wait rw = {t, t->ports[0], PULL, 0};
-    CHECKF(pbt_wait_for(record_grew, &rw, 15000), "R pulled T");
+    CHECKF(pbt_wait_for(record_grew, &rw, PBT_BOUND_MS), "R pulled T");
     recorded(t, t->ports[0], PULL, &auth);
     CHECKF(auth != NULL, "T recorded R's Authorization header");
     if (!auth) goto out;
@@ -844,7 +844,7 @@ static void test_rename_replay(void)
     json_array_append_new(one, ev_added(1, 1));
     submit(s, t->id[0], one);
     struct record_wait rw = {t, t->ports[0], PUSH, 0};
-    CHECKF(pbt_wait_for(record_grew, &rw, 15000), "S pushed to T");
+    CHECKF(pbt_wait_for(record_grew, &rw, PBT_BOUND_MS), "S pushed to T");
     recorded(t, t->ports[0], PUSH, &auth);
     CHECKF(auth != NULL, "T recorded S's Authorization header");
     if (!auth) goto out;
@@ -1330,7 +1330,7 @@ static void test_failed_auth(void)
     CHECK_INT(pbt_daemon_stop(r), 0);
     CHECK(pbt_daemon_start(r));
     struct record_wait yw = {y, y->ports[0], PULL, y_pulls};
-    CHECKF(pbt_wait_for(record_grew, &yw, 15000), "R pulled its genuine peer Y at start-up");
+    CHECKF(pbt_wait_for(record_grew, &yw, PBT_BOUND_MS), "R pulled its genuine peer Y at start-up");
     struct record_wait xw = {x, x->ports[0], PULL, 0};
     CHECKF(!pbt_wait_for(record_grew, &xw, 2000), "R pulled X at start-up (%d Pulls)",
            recorded(x, x->ports[0], PULL, NULL));

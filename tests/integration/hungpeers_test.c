@@ -128,7 +128,7 @@ int main(void)
     CHECK(submit_one(a, b->server_id, ev));
     json_array_append_new(sent, ev);
     struct arrivals w = {.b = b, .from = a->server_id, .want = 1};
-    CHECKF(pbt_wait_for(all_arrived, &w, 10000), "warm-up event A -> B arrives");
+    CHECKF(pbt_wait_for(all_arrived, &w, PBT_BOUND_MS), "warm-up event A -> B arrives");
     fprintf(stderr, "hungpeers: warm-up event A -> B arrived after %lld ms (no bad peers yet)\n",
             (long long)(w.seen_ms[0] - t0));
 

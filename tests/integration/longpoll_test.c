@@ -92,7 +92,7 @@ static void test_waiters(pbt_daemon *a, pbt_daemon *b)
 {
     CHECK(submit_one(a, b->server_id, 1)); /* B learns A's key; A learns B is a postbox */
     unsigned long long last = 0;
-    for (int64_t end = pbt_now_ms() + 10000; pbt_now_ms() < end && !(last = inbox_last(b));)
+    for (int64_t end = pbt_now_ms() + PBT_BOUND_MS; pbt_now_ms() < end && !(last = inbox_last(b));)
         nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
     CHECKF(last >= 1, "the first event arrived at B");
 

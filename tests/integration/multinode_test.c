@@ -218,7 +218,7 @@ int main(void)
         if (k == BATCHES / 3) {
             /* the node delivering to B keeps the lease while it retries: kill it */
             struct holder_wait hw = {url, b->server_id, NULL};
-            CHECKF(pbt_wait_for(lease_held, &hw, 15000), "a node holds B's lease");
+            CHECKF(pbt_wait_for(lease_held, &hw, PBT_BOUND_MS), "a node holds B's lease");
             char *holder = hw.holder;
             int victim = holder && holder[0] == 'n' ? atoi(holder + 1) : -1;
             CHECKF(victim >= 0 && victim < NODES, "a node holds B's lease (%s)",

@@ -133,7 +133,7 @@ int main(void)
 
     /* start-up: READY=1 once, when Key already answered; a STATUS= summary */
     struct want ready1 = {"READY=1", 1};
-    CHECK(pbt_wait_for(have, &ready1, 10000));
+    CHECK(pbt_wait_for(have, &ready1, PBT_BOUND_MS));
     pthread_mutex_lock(&g.mu);
     long key_status = g.key_status_at_ready;
     pthread_mutex_unlock(&g.mu);
@@ -158,7 +158,7 @@ int main(void)
 
     /* the watchdog: keep-alives every WATCHDOG_USEC / 2 */
     struct want dogs = {"WATCHDOG=1", 4};
-    CHECK(pbt_wait_for(have, &dogs, 10000));
+    CHECK(pbt_wait_for(have, &dogs, PBT_BOUND_MS));
     pthread_mutex_lock(&g.mu);
     int64_t prev = 0;
     int gaps = 0;
@@ -180,7 +180,7 @@ int main(void)
     /* reload: RELOADING=1 then READY=1 */
     kill(d->pid, SIGHUP);
     struct want ready2 = {"READY=1", 2};
-    CHECK(pbt_wait_for(have, &ready2, 10000));
+    CHECK(pbt_wait_for(have, &ready2, PBT_BOUND_MS));
     CHECK_INT(count("RELOADING=1", false), 1);
     pthread_mutex_lock(&g.mu);
     int reloading_at = -1, ready2_at = -1;

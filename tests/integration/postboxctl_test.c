@@ -316,7 +316,7 @@ static void test_follow_retries(void)
         _exit(127);
     }
     int accepted = 0;
-    int64_t end = pbt_now_ms() + 15000;
+    int64_t end = pbt_now_ms() + PBT_BOUND_MS;
     while (accepted < 3 && pbt_now_ms() < end) {
         struct pollfd pfd = {.fd = ls, .events = POLLIN};
         if (poll(&pfd, 1, 500) == 1) {

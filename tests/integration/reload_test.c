@@ -167,7 +167,7 @@ static bool reload(pbt_daemon *d)
 {
     struct logwait w = {d, outcomes(d)};
     kill(d->pid, SIGHUP);
-    return pbt_wait_for(reloaded, &w, 10000);
+    return pbt_wait_for(reloaded, &w, PBT_BOUND_MS);
 }
 
 /* A Push from B's identity to A over https: the HTTP status. */

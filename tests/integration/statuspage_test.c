@@ -373,14 +373,14 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
     CHECKF(st == 200, "navigate to %s: %ld", url, st);
 
     /* the admin token is set: the page asks for it */
-    if (!wait_page("return document.body.dataset.state === 'token';", 20000)) goto out;
+    if (!wait_page("return document.body.dataset.state === 'token';", PBT_BOUND_MS)) goto out;
     char *shown =
         run_str("return document.getElementById('token-box').offsetParent ? 'shown' : '';");
     CHECK_STR(shown, "shown");
     free(shown);
     type_into("#token-input", TOKEN);
     click("#token-submit");
-    if (!wait_page("return document.body.dataset.state === 'ready';", 20000)) goto out;
+    if (!wait_page("return document.body.dataset.state === 'ready';", PBT_BOUND_MS)) goto out;
 
     /* identity and summary */
     char *s = run_str("return document.getElementById('server-id').textContent;");
@@ -401,7 +401,7 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
              " document.getElementById('renames-count').textContent === '64 (first 6 shown)' &&"
              " document.querySelectorAll('#renames-body tr').length === 6;",
              new_id);
-    wait_page(js, 15000);
+    wait_page(js, PBT_BOUND_MS);
     s = run_str("return Array.prototype.map.call(document.querySelectorAll('#renames-body tr'),"
                 " function (r) { return r.dataset.peer; }).join(' ');");
     for (int i = 0; i < NDOWN; i++) /* every row names a peer that is down */
@@ -415,7 +415,8 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
              " r[0].children[1].textContent === '%s' &&"
              " document.getElementById('renames-in-count').textContent === '1';",
              b_id, g_announced);
-    CHECKF(wait_page(js, 15000), "the page shows B's rename to %s waiting for proof", g_announced);
+    CHECKF(wait_page(js, PBT_BOUND_MS), "the page shows B's rename to %s waiting for proof",
+           g_announced);
 
     static const struct {
         const char *id, *want;
@@ -462,10 +463,11 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
              " r[0].querySelector('.c-queued').textContent === '4' &&"
              " r[1].dataset.peer === '%s' && r[1].querySelector('.c-queued').textContent === '3';",
              down[3], down[2]);
-    wait_page(js, 10000);
+    wait_page(js, PBT_BOUND_MS);
     /* the next page */
     click("#next");
-    wait_page("return document.getElementById('page-info').textContent === '51–66 of 66';", 10000);
+    wait_page("return document.getElementById('page-info').textContent === '51–66 of 66';",
+              PBT_BOUND_MS);
     s = run_str("return String(document.querySelectorAll('#peers-body tr').length);");
     CHECK_STR(s, "16");
     free(s);
@@ -476,7 +478,7 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
              "return r.length === 1 && r[0].dataset.peer === '%s' &&"
              " document.getElementById('page-info').textContent === '1–1 of 1';",
              down[2]);
-    wait_page(js, 10000);
+    wait_page(js, PBT_BOUND_MS);
 
     /* Drop, dismissed: nothing changes */
     snprintf(js, sizeof js, "#parked-body tr[data-peer=\"%s\"] button.drop", p->server_id);
@@ -508,7 +510,7 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
     /* the page follows: no parked row, P shown in push mode (filter on P) */
     wait_page("return document.querySelectorAll('#parked-body tr').length === 0 &&"
               " document.getElementById('count-parked').textContent === '0';",
-              15000);
+              PBT_BOUND_MS);
     s = run_str("return document.getElementById('notice').textContent;");
     CHECKF(strstr(s, "retrying") != NULL, "notice: %s", s);
     free(s);
@@ -526,7 +528,7 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
              "return !!r && r.querySelector('.c-mode').textContent === 'push' &&"
              " r.querySelector('.c-queued').textContent === '0';",
              p->server_id);
-    wait_page(js, 15000);
+    wait_page(js, PBT_BOUND_MS);
 out:
     json_decref(key);
 }
