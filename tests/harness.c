@@ -440,6 +440,7 @@ bool pbt_daemon_start(pbt_daemon *d)
         _exit(127);
     }
     d->pid = pid;
+    d->exit_status = 0;
     /* A bound on a positive condition: far above a start under load (a start was seen
      * taking over 20 s, with an empty log, on a loaded shared 2-core machine). */
     int64_t deadline = pbt_now_ms() + PBT_DAEMON_BOUND_MS;
@@ -447,7 +448,9 @@ bool pbt_daemon_start(pbt_daemon *d)
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             d->pid = 0;
-            fprintf(stderr, "postboxd %s exited during start-up\n", d->server_id);
+            d->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            fprintf(stderr, "postboxd %s exited during start-up (status %d)\n", d->server_id,
+                    d->exit_status);
             pbt_daemon_dump_log(d);
             return false;
         }
@@ -461,6 +464,17 @@ bool pbt_daemon_start(pbt_daemon *d)
     /* not left running: a later start of d would be a second daemon on its ports and data */
     pbt_daemon_kill(d);
     return false;
+}
+
+int pbt_log_count(const pbt_daemon *d, const char *a, const char *b)
+{
+    FILE *f = fopen(d->log_path, "r");
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, a) && (!b || strstr(line, b))) n++;
+    if (f) fclose(f);
+    return n;
 }
 
 int pbt_daemon_stop(pbt_daemon *d)

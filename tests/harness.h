@@ -111,6 +111,7 @@ typedef struct pbt_daemon {
     const char *prog; /* program to run instead of the default choice (may be NULL) */
     char token[128];  /* admin bearer token (pbt_daemon_set_token), "" when none */
     bool public_only; /* start it without the harness's loopback settings (pbt_daemon_start) */
+    int exit_status;  /* a start that ended in an exit: its status (128 + signal); else 0 */
 } pbt_daemon;
 
 /* Creates a daemon description with a fresh data directory and free ports; extra is a
@@ -137,6 +138,8 @@ bool pbt_daemon_wait_exit(pbt_daemon *d, int timeout_ms);
 void pbt_daemon_kill(pbt_daemon *d);
 /* Stops if running, removes the data directory (and drops its PostgreSQL database), frees. */
 void pbt_daemon_free(pbt_daemon *d);
+/* Lines of d's log (all its runs) holding every one of the two needles (b may be NULL). */
+int pbt_log_count(const pbt_daemon *d, const char *a, const char *b);
 /* Prints the last lines of the daemon's log to stderr (for failures). */
 void pbt_daemon_dump_log(const pbt_daemon *d);
 

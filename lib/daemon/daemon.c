@@ -35,6 +35,7 @@
 #include "admin/monitor.h"
 #include "daemon/check.h"
 #include "daemon/config.h"
+#include "daemon/nodebeat.h"
 #include "delivery/delivery.h"
 #include "delivery/inbound.h"
 #include "store/faultvfs.h"
@@ -59,6 +60,7 @@ struct pb_daemon {
     char server_id[PB_SERVER_ID_MAX];
     pb_keys *keys;
     pb_store *store;
+    pb_nodebeat *beat; /* several nodes: this node_id's heartbeat; NULL otherwise */
     pb_client *client;
     pb_ioloop *loop;
     pb_keyfetch *keyfetch;
@@ -332,6 +334,9 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         goto fail;
     }
     if ((err = check_identity(d, cfg->server_id)) != PB_OK) goto fail;
+    if (cfg->node_id && (err = pb_nodebeat_open(d->store, cfg->node_id,
+                                                (int64_t)cfg->lease_ttl * 1000, &d->beat)) != PB_OK)
+        goto fail;
 
     /* the connection cache: every transfer the engine may run, and as many idle ones */
     pb_ioloop_opts lo = {.max_connections = 2 * (long)cfg->peer_connections + 64};
@@ -604,6 +609,7 @@ void pb_daemon_close(pb_daemon *d)
     pb_keyfetch_free(d->keyfetch);
     pb_client_free(d->client);
     pb_ioloop_free(d->loop);
+    pb_nodebeat_close(d->beat);
     pb_store_close(d->store);
     pb_keys_free(d->keys);
     pb_auth_cache_free(d->auth_cache);

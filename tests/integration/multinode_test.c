@@ -290,6 +290,41 @@ int main(void)
     pb_client_free(cl);
     pb_keys_free(kb);
 
+    /* One live node per node_id: a second node started as n<live> is refused once the
+     * live one's heartbeat has been renewed for lease_ttl; a node restarted right after a
+     * SIGKILL waits out its former self's heartbeat and starts. */
+    int live = 0;
+    while (live < NODES && dead[live])
+        live++;
+    if (live < NODES) {
+        char node[16];
+        snprintf(node, sizeof node, "n%d", live);
+        pbt_daemon *dup = pbt_daemon_new("mndup", NULL);
+        for (int k = 0; k < n[live]->nargs; k++)
+            dup->args[dup->nargs++] = strdup(n[live]->args[k]);
+        char dst[600];
+        snprintf(dst, sizeof dst, "%s/key", dup->dir);
+        CHECK(copy_file(keypath, dst));
+        int64_t t0 = pbt_now_ms();
+        CHECKF(!pbt_daemon_start(dup), "a second live %s is refused", node);
+        int64_t took = pbt_now_ms() - t0;
+        CHECK_INT(dup->exit_status, 1);
+        CHECKF(pbt_log_count(dup, "another live postboxd runs with node_id", node) == 1,
+               "the refusal names node_id %s", node);
+        CHECKF(took >= LEASE_TTL_S * 1000, "refused after waiting out lease_ttl (%lld ms)",
+               (long long)took);
+        pbt_daemon_free(dup);
+
+        pbt_daemon_kill(n[live]);
+        CHECKF(pbt_daemon_start(n[live]), "%s restarts after a SIGKILL", node);
+        CHECKF(pbt_log_count(n[live], "holds a heartbeat in the store", "waiting up to") == 1,
+               "%s said why it waited", node);
+        long st;
+        json_t *r = pbt_admin(n[live], "GET", "/v1/key", NULL, &st);
+        CHECK_INT(st, 200);
+        json_decref(r);
+    }
+
     if (pbt_failed)
         for (int i = 0; i < NODES; i++)
             pbt_daemon_dump_log(n[i]);
