@@ -12,7 +12,8 @@
  *    job inside its own SAVEPOINT (released on success, rolled back on failure so one job
  *    does not fail the others), COMMIT, then wakes every caller with its own result. A
  *    failed COMMIT (or an error that made SQLite abandon the transaction) fails the whole
- *    batch with PB_ERR_STORE (PB_ERR_CORRUPT if the file is corrupt); the writer keeps
+ *    batch with PB_ERR_STORE (PB_ERR_CORRUPT if the file is corrupt, PB_ERR_DISK_FULL if
+ *    the disk is full: SQLITE_FULL, or an I/O error with ENOSPC); the writer keeps
  *    running. New write operations are a job_fn plus a call to job_run().
  *  - Reads use a bounded pool of read-only connections (created on demand), so under WAL
  *    they see the last commit and never wait for the writer's fsync.
@@ -99,6 +100,7 @@
 #include <unistd.h>
 
 #include "util/buf.h"
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "store/store_impl.h"
@@ -570,6 +572,7 @@ static pb_err map_rc(int rc)
     case SQLITE_DONE:
         return PB_OK;
     case SQLITE_FULL:
+        return PB_ERR_DISK_FULL;
     case SQLITE_IOERR:
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
@@ -592,15 +595,22 @@ static pb_err map_rc(int rc)
     }
 }
 
-/* Logs a failed SQLite call and returns its pb_err. */
+/* Logs a failed SQLite call and returns its pb_err. An unavailable store (a full disk: an
+ * I/O error whose errno is ENOSPC counts as one) is reported to the store-health tracker,
+ * which logs it calmly (util/health.h). */
 static pb_err fail(sqlite3 *db, int rc, const char *what)
 {
     pb_err err = map_rc(rc);
+    if (err == PB_ERR_STORE && db && (rc & 0xff) == SQLITE_IOERR &&
+        sqlite3_system_errno(db) == ENOSPC)
+        err = PB_ERR_DISK_FULL;
     const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     if (err == PB_ERR_CORRUPT) {
         PB_ERROR(NULL, "store: %s: %s (database corrupt)", what, msg);
     } else if ((rc & 0xff) == SQLITE_CONSTRAINT) {
         PB_DEBUG(NULL, "store: %s: %s", what, msg);
+    } else if (pb_health_unavailable(err)) {
+        pb_health_fail(pb_health_store(), err, NULL, "store: %s: %s", what, msg);
     } else {
         PB_WARN(NULL, "store: %s: %s", what, msg);
     }
@@ -777,7 +787,7 @@ static void reader_put(sq *b, conn *c)
 /* The error a job gets when its batch's transaction is lost. */
 static pb_err batch_error(pb_err cause)
 {
-    return cause == PB_ERR_CORRUPT ? PB_ERR_CORRUPT : PB_ERR_STORE;
+    return cause == PB_ERR_CORRUPT || cause == PB_ERR_DISK_FULL ? cause : PB_ERR_STORE;
 }
 
 /* Runs one batch in one transaction; sets every job's result. Returns whether it
@@ -1021,7 +1031,7 @@ static pb_err prepare_file(const char *path)
         }
     } else if (errno != EEXIST) {
         PB_ERROR(NULL, "store: cannot create %s: %s", path, strerror(errno));
-        err = PB_ERR_IO;
+        err = errno == ENOSPC ? PB_ERR_DISK_FULL : PB_ERR_IO;
         goto out;
     }
 out:
@@ -1172,7 +1182,7 @@ static pb_err sq_integrity_check(void *impl)
     }
     if (rc != SQLITE_DONE) {
         err = fail(c->db, rc, "integrity_check");
-        if (err != PB_ERR_STORE) err = PB_ERR_CORRUPT;
+        if (!pb_health_unavailable(err)) err = PB_ERR_CORRUPT;
     }
     stmt_done(st);
 out:

@@ -43,6 +43,8 @@
  *     inbox_oldest_unread_age postbox_inbox_oldest_unread_age_seconds
  *     build_info             postbox_build_info{version,store} (always 1)
  *     start_time             postbox_start_time_seconds
+ *     store_up               postbox_store_up (1, or 0 while the store-health tracker,
+ *                            util/health.h, says the store is unavailable)
  *
  * Untrusted input: none.
  */
@@ -83,6 +85,7 @@ typedef struct pb_metrics_std {
     pb_metric *inbox_oldest_unread_age;
     pb_metric *build_info;
     pb_metric *start_time;
+    pb_metric *store_up;
 } pb_metrics_std;
 
 /* The family `field` of std, or NULL when std is NULL (no metrics). */
