@@ -1317,7 +1317,7 @@ static void lease_done(struct op *o)
     bool was = p->lease_held;
     p->lease_held = o->err == PB_OK && o->u1;
     if (!p->lease_held) {
-        if (was) PB_WARN(p->id, "lost the delivery lease to another node");
+        if (was && o->err == PB_OK) PB_WARN(p->id, "lost the delivery lease to another node");
         /* another node delivers this peer (or the store failed); look again later */
         pb_ioloop_timer_arm(d->loop, &p->lease_timer, mono_ms() + delay);
         return;
@@ -1488,6 +1488,7 @@ static void beat_timer_fired(void *arg)
     if (d->stopping) return;
     if (pb_exec_pending(d->exec) == 0 || d->ops_done != d->beat_ops) pb_sdnotify_watchdog_kick();
     d->beat_ops = d->ops_done;
+    probe_want(d); /* the store went down in a listener or the admin API: probe it too */
     pb_ioloop_timer_arm(d->loop, &d->beat_timer, mono_ms() + 1000);
 }
 
