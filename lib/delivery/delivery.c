@@ -456,8 +456,10 @@ static void load_done(struct op *o)
     if (o->d->stopping) return;
     if (o->err != PB_OK && o->err != PB_ERR_NOT_FOUND) {
         int64_t delay = store_failed(o->d, o->err, p->id, "cannot read the delivery state");
-        /* tried again then (send_timer_fired), or by the next submission or scan */
-        pb_ioloop_timer_arm(o->d->loop, &p->send_timer, mono_ms() + delay);
+        /* an unavailable store: tried again then (send_timer_fired); in any case by the
+         * next submission or scan */
+        if (pb_health_unavailable(o->err))
+            pb_ioloop_timer_arm(o->d->loop, &p->send_timer, mono_ms() + delay);
         return;
     }
     if (o->err == PB_OK && p->fsm.st == PB_FSM_IDLE) {
