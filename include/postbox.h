@@ -42,7 +42,7 @@ typedef enum pb_err {
     PB_ERR_NOT_FOUND, /* no such record */
     PB_ERR_EXISTS,    /* record exists already */
     PB_ERR_IO,        /* local file or socket I/O failed */
-    PB_ERR_STORE,     /* the store failed (disk full, I/O error, busy); retryable */
+    PB_ERR_STORE,     /* the store failed (I/O error, busy, unreachable); retryable */
     PB_ERR_CORRUPT,   /* the store or a local file is broken: fatal */
     PB_ERR_CRYPTO,    /* signing/verification machinery failed, or a bad signature */
     PB_ERR_AUTH,      /* authentication refused */
@@ -55,6 +55,8 @@ typedef enum pb_err {
     PB_ERR_BUSY,      /* a resource is in use (lock held, peer busy) */
     PB_ERR_SHUTDOWN,  /* the component is shutting down */
     PB_ERR_INTERNAL,  /* a bug or an unexpected library failure */
+    PB_ERR_DISK_FULL, /* the store's disk (or database server's) is full; retryable like
+                         PB_ERR_STORE */
     PB_ERR__COUNT
 } pb_err;
 

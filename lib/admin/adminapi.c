@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "wire/eventjson.h"
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/serverid.h"
@@ -25,11 +26,19 @@ static const char *mode_name(pb_peer_mode m)
     }
 }
 
+/* A store failure's answer: an unavailable store is a 503 that says whether the disk is
+ * full, reported to the store-health tracker (which logs an outage calmly). */
 static void store_error(pb_admin_resp *resp, pb_err err)
 {
-    if (err == PB_ERR_STORE)
-        pb_admin_resp_error(resp, 503, "store unavailable, try again: %s", pb_strerror(err));
-    else
+    if (err == PB_ERR_DISK_FULL) {
+        pb_health_fail(pb_health_store(), err, NULL, "admin request refused: %s", pb_strerror(err));
+        pb_admin_resp_error(resp, 503,
+                            "disk full: the store cannot take writes until space is "
+                            "freed; try again then");
+    } else if (pb_health_unavailable(err)) {
+        pb_health_fail(pb_health_store(), err, NULL, "admin request refused: %s", pb_strerror(err));
+        pb_admin_resp_error(resp, 503, "store unavailable, try again");
+    } else
         pb_admin_resp_error(resp, 500, "%s", pb_strerror(err));
 }
 
@@ -575,9 +584,11 @@ static void h_healthz(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     pb_adminapi_ctx *ctx = vctx;
     pb_err err = pb_store_ping(ctx->store);
     if (err != PB_OK) {
+        pb_health_fail(pb_health_store(), err, NULL, "/healthz: store: %s", pb_strerror(err));
         pb_admin_resp_error(resp, 503, "store: %s", pb_strerror(err));
         return;
     }
+    pb_health_ok(pb_health_store()); /* the ping is a real write */
     resp->body = json_pack("{s:b}", "ok", 1);
 }
 

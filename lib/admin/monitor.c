@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -199,10 +200,16 @@ static void scrape_hook(void *ctx)
     if (err == PB_OK) {
         set_gauges(m, now, &s);
         set_parked(m, s.modes[PB_MODE_PARKED]);
-    } else
+    } else if (pb_health_unavailable(err)) {
+        pb_health_fail(pb_health_store(), err, NULL,
+                       "metrics: cannot read the queue figures from the store: %s",
+                       pb_strerror(err));
+    } else {
         PB_WARN(NULL, "metrics: cannot read the queue figures from the store: %s",
                 pb_strerror(err));
+    }
     snap_clear(&s);
+    pb_gauge_set(pb_metric_series(g->store_up, NULL), pb_health_up(pb_health_store()) ? 1 : 0);
     pb_gauge_set(pb_metric_get(g->open_connections, "federation"),
                  m->o.federation ? pb_hrpc_server_connections(m->o.federation) : 0);
     pb_gauge_set(pb_metric_series(g->request_body_bytes, NULL),
@@ -222,7 +229,13 @@ static void take_sample(pb_monitor *m)
     struct snap s;
     pb_err err = snapshot(m, now, &s);
     if (err != PB_OK) {
-        PB_WARN(NULL, "stats: cannot read the queue figures from the store: %s", pb_strerror(err));
+        if (pb_health_unavailable(err))
+            pb_health_fail(pb_health_store(), err, NULL,
+                           "stats: cannot read the queue figures from the store: %s",
+                           pb_strerror(err));
+        else
+            PB_WARN(NULL, "stats: cannot read the queue figures from the store: %s",
+                    pb_strerror(err));
         return;
     }
     struct sample x = {
@@ -381,8 +394,14 @@ static void h_history(void *ctx, const pb_admin_req *req, pb_admin_resp *resp)
         json_array_append_new(arr, o);
     }
     pthread_mutex_unlock(&m->mu);
-    resp->body = json_pack("{s:I,s:I,s:o}", "interval_s", (json_int_t)(m->o.interval_ms / 1000),
-                           "history_s", (json_int_t)m->o.history_s, "samples", arr);
+    /* the store's health now (util/health.h): up, or down since when and why */
+    pb_health *h = pb_health_store();
+    pb_err herr = pb_health_error(h);
+    json_t *store = json_pack("{s:b,s:o,s:I}", "up", pb_health_up(h), "error",
+                              herr != PB_OK ? json_string(pb_strerror(herr)) : json_null(),
+                              "down_s", (json_int_t)(pb_health_down_ms(h) / 1000));
+    resp->body = json_pack("{s:I,s:I,s:o,s:o}", "interval_s", (json_int_t)(m->o.interval_ms / 1000),
+                           "history_s", (json_int_t)m->o.history_s, "samples", arr, "store", store);
 }
 
 static json_t *counts_json(const uint64_t *c)
@@ -414,7 +433,8 @@ static void h_qshape(void *ctx, const pb_admin_req *req, pb_admin_resp *resp)
     size_t n = 0;
     pb_err err = pb_store_qshape(m->o.store, now, &rows, &n);
     if (err != PB_OK) {
-        pb_admin_resp_error(resp, err == PB_ERR_STORE ? 503 : 500, "store: %s", pb_strerror(err));
+        pb_admin_resp_error(resp, pb_health_unavailable(err) ? 503 : 500, "store: %s",
+                            pb_strerror(err));
         return;
     }
     static const int edges[] = PB_QSHAPE_EDGES_MIN;

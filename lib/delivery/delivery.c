@@ -33,6 +33,7 @@
 #include "net/ioloop.h"
 #include "util/exec.h"
 #include "util/fault.h"
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/sdnotify.h"
@@ -94,6 +95,7 @@ struct peer {
     char last_error[256];
     uint64_t forget_sent, forget_want;
     bool forget_busy;
+    int64_t forget_hold; /* after a store failure, forgets wait until then (monotonic ms) */
     int64_t last_contact_s;
     /* pulling from it */
     enum pull_st pull_st;
@@ -115,6 +117,7 @@ struct peer {
     /* the lease (several nodes) */
     bool lease_held, lease_busy;
     int64_t lease_renew_at;
+    int64_t lease_hold; /* after a store failure, lease calls wait until then */
     pb_timer lease_timer;
 };
 
@@ -150,6 +153,11 @@ struct pb_delivery {
     uint64_t ops_done, beat_ops; /* store work completed; at the last heartbeat */
     uint64_t scanned_inbox;
     bool scan_busy;
+    /* the store's health (util/health.h): failures are reported there, and while it is
+     * down a probe (a ping: a real write) runs with backoff until one succeeds */
+    pb_health *health;
+    pb_timer probe_timer;
+    bool probe_busy;
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -193,6 +201,22 @@ static void describe(pb_err err, const pb_client_answer *ans, char *out, size_t 
     else
         snprintf(out, n, "%s%s%s", pb_strerror(err), ans->message ? ": " : "",
                  ans->message ? ans->message : "");
+}
+
+static void probe_want(pb_delivery *d);
+
+/* Store work of an engine path failed with err: an unavailable store is reported to the
+ * health tracker (which logs it calmly) and the path retries after the tracker's backoff
+ * (returned); anything else is logged here and retried after a second. */
+static int64_t store_failed(pb_delivery *d, pb_err err, const char *peer, const char *what)
+{
+    if (pb_health_unavailable(err)) {
+        pb_health_fail(d->health, err, peer, "%s: %s", what, pb_strerror(err));
+        probe_want(d);
+        return pb_health_backoff_ms(d->health);
+    }
+    PB_ERROR(peer, "%s: %s", what, pb_strerror(err));
+    return 1000;
 }
 
 /* ---- the peer table ------------------------------------------------------------------------ */
@@ -433,8 +457,12 @@ static void load_done(struct op *o)
     p->loading = false;
     if (o->d->stopping) return;
     if (o->err != PB_OK && o->err != PB_ERR_NOT_FOUND) {
-        PB_ERROR(p->id, "cannot read the delivery state: %s", pb_strerror(o->err));
-        return; /* the next submission or scan tries again */
+        int64_t delay = store_failed(o->d, o->err, p->id, "cannot read the delivery state");
+        /* an unavailable store: tried again then (send_timer_fired); in any case by the
+         * next submission or scan */
+        if (pb_health_unavailable(o->err))
+            pb_ioloop_timer_arm(o->d->loop, &p->send_timer, mono_ms() + delay);
+        return;
     }
     if (o->err == PB_OK && p->fsm.st == PB_FSM_IDLE) {
         bool work = p->fsm.has_work || o->st.queued > 0;
@@ -486,7 +514,7 @@ static void read_done(struct op *o)
     if (o->d->stopping) return;
     pb_fsm_input in = {.kind = PB_FSM_IN_READ_FAILED};
     if (o->err != PB_OK) {
-        PB_ERROR(p->id, "cannot read the outbox: %s", pb_strerror(o->err));
+        in.retry_ms = store_failed(o->d, o->err, p->id, "cannot read the outbox");
     } else {
         pb_outbox_items_free(p->items, p->nitems);
         p->items = o->items;
@@ -542,6 +570,11 @@ static void forget_work(struct op *o)
 static void forget_kick(struct peer *p)
 {
     if (p->forget_busy || p->forget_want <= p->forget_sent || p->d->stopping) return;
+    if (mono_ms() < p->forget_hold) { /* backing off after a store failure */
+        if (!pb_timer_armed(&p->forget_timer))
+            pb_ioloop_timer_arm(p->d->loop, &p->forget_timer, p->forget_hold);
+        return;
+    }
     p->forget_busy = true;
     struct op *o = op_new(p->d, p, forget_work, forget_done);
     o->u1 = p->forget_want;
@@ -557,10 +590,13 @@ static void forget_done(struct op *o)
 {
     struct peer *p = o->p;
     p->forget_busy = false;
-    if (o->err != PB_OK)
-        PB_ERROR(p->id, "cannot forget delivered events: %s", pb_strerror(o->err));
-    else if (o->u1 > p->forget_sent)
-        p->forget_sent = o->u1;
+    if (o->err != PB_OK) {
+        p->forget_hold =
+            mono_ms() + store_failed(o->d, o->err, p->id, "cannot forget delivered events");
+    } else {
+        pb_health_ok(o->d->health); /* a write went through */
+        if (o->u1 > p->forget_sent) p->forget_sent = o->u1;
+    }
     forget_kick(p);
 }
 
@@ -572,8 +608,7 @@ static void persist_work(struct op *o)
 
 static void persist_done(struct op *o)
 {
-    if (o->err != PB_OK)
-        PB_ERROR(o->id, "cannot record the delivery state: %s", pb_strerror(o->err));
+    if (o->err != PB_OK) store_failed(o->d, o->err, o->id, "cannot record the delivery state");
 }
 
 static void do_persist(struct peer *p)
@@ -605,7 +640,7 @@ static void epoch_done(struct op *o)
     struct peer *p = o->p;
     if (o->d->stopping) return;
     if (o->err != PB_OK) {
-        PB_ERROR(p->id, "cannot renew the sequence epoch: %s", pb_strerror(o->err));
+        store_failed(o->d, o->err, p->id, "cannot renew the sequence epoch");
         p->fsm.st = PB_FSM_IDLE; /* try again with the next work */
         return;
     }
@@ -737,6 +772,10 @@ static void fsm_feed(struct peer *p, pb_fsm_input *in)
 static void send_timer_fired(void *arg)
 {
     struct peer *p = arg;
+    if (!p->loaded) { /* loading the state failed: again, if there is work */
+        if (p->fsm.has_work) send_work(p, 0);
+        return;
+    }
     pb_fsm_input in = {.kind = PB_FSM_IN_TIMER};
     fsm_feed(p, &in);
 }
@@ -1041,7 +1080,11 @@ static void apply_done(struct op *o)
         if (o->err == PB_ERR_TOO_BIG)
             snprintf(why, sizeof why, "answer of %llu events over the limit of %u: refused",
                      (unsigned long long)o->u1, d->o.pull_read_max_events);
-        PB_WARN(p->id, "pull answer refused: %s", why);
+        if (pb_health_unavailable(o->err)) { /* pulled again once the store takes it */
+            pull_again_in(p, store_failed(d, o->err, p->id, "cannot store a pull answer"));
+        } else {
+            PB_WARN(p->id, "pull answer refused: %s", why);
+        }
         pull_finish(p, why);
     } else {
         p->pull_total += o->rr.applied;
@@ -1097,7 +1140,7 @@ static void latest_done(struct op *o)
     }
     if (o->err != PB_OK) {
         pb_sched_done(&d->sched, p->pull_cls);
-        PB_ERROR(p->id, "cannot read the receive state: %s", pb_strerror(o->err));
+        pull_again_in(p, store_failed(d, o->err, p->id, "cannot read the receive state"));
         pull_finish(p, "store unavailable");
         dispatch(d);
         return;
@@ -1212,7 +1255,7 @@ static void notice_fail_work(struct op *o)
 static void notice_store_done(struct op *o)
 {
     if (o->err != PB_OK && o->err != PB_ERR_NOT_FOUND)
-        PB_ERROR(o->id, "cannot record the rename notice: %s", pb_strerror(o->err));
+        store_failed(o->d, o->err, o->id, "cannot record the rename notice");
 }
 
 static void notice_done(void *ctx, pb_err err, pb_client_answer *ans)
@@ -1304,19 +1347,26 @@ static void lease_done(struct op *o)
     pb_delivery *d = o->d;
     p->lease_busy = false;
     if (d->stopping) return;
+    int64_t delay = d->o.scan_interval_ms;
+    if (o->err != PB_OK) {
+        int64_t back = store_failed(d, o->err, p->id,
+                                    o->b1 ? "cannot release the delivery lease"
+                                          : "cannot take the delivery lease");
+        p->lease_hold = mono_ms() + back;
+        if (back > delay) delay = back;
+    } else {
+        pb_health_ok(d->health); /* a write went through */
+    }
     if (o->b1) {
-        if (o->err != PB_OK)
-            PB_WARN(p->id, "cannot release the delivery lease: %s", pb_strerror(o->err));
         lease_want(p); /* work may have come meanwhile */
         return;
     }
-    if (o->err != PB_OK) PB_WARN(p->id, "cannot take the delivery lease: %s", pb_strerror(o->err));
     bool was = p->lease_held;
     p->lease_held = o->err == PB_OK && o->u1;
     if (!p->lease_held) {
-        if (was) PB_WARN(p->id, "lost the delivery lease to another node");
-        /* another node delivers this peer; look again later */
-        pb_ioloop_timer_arm(d->loop, &p->lease_timer, mono_ms() + d->o.scan_interval_ms);
+        if (was && o->err == PB_OK) PB_WARN(p->id, "lost the delivery lease to another node");
+        /* another node delivers this peer (or the store failed); look again later */
+        pb_ioloop_timer_arm(d->loop, &p->lease_timer, mono_ms() + delay);
         return;
     }
     p->lease_renew_at = mono_ms() + d->o.lease_ttl_ms / 3;
@@ -1341,6 +1391,11 @@ static void lease_want(struct peer *p)
 {
     pb_delivery *d = p->d;
     if (!d->o.node_id || p->lease_busy || d->stopping) return;
+    if (mono_ms() < p->lease_hold) { /* backing off after a store failure */
+        if (!pb_timer_armed(&p->lease_timer))
+            pb_ioloop_timer_arm(d->loop, &p->lease_timer, p->lease_hold);
+        return;
+    }
     bool active = p->fsm.has_work || p->fsm.st != PB_FSM_IDLE;
     if (p->lease_held && !active) { /* give it up */
         p->lease_held = false;
@@ -1370,8 +1425,9 @@ static void scan_work(struct op *o)
 {
     pb_delivery *d = o->d;
     o->err = pb_store_outbox_peers(d->o.store, &o->strs, &o->nstrs);
+    if (o->err != PB_OK) return;
     if (pb_store_meta_get(d->o.store, "server_id", &o->s1) != PB_OK) o->s1 = NULL;
-    pb_store_inbox_last_seq(d->o.store, &o->u1);
+    o->b1 = pb_store_inbox_last_seq(d->o.store, &o->u1) == PB_OK;
 }
 
 static void scan_done(struct op *o)
@@ -1379,8 +1435,12 @@ static void scan_done(struct op *o)
     pb_delivery *d = o->d;
     d->scan_busy = false;
     if (d->stopping) return;
-    if (o->err != PB_OK) PB_WARN(NULL, "scan for work: %s", pb_strerror(o->err));
-    if (o->u1 != d->scanned_inbox) { /* events received by other nodes */
+    int64_t delay = d->o.scan_interval_ms;
+    if (o->err != PB_OK) {
+        int64_t back = store_failed(d, o->err, NULL, "scan for work");
+        if (back > delay) delay = back;
+    }
+    if (o->b1 && o->u1 != d->scanned_inbox) { /* events received by other nodes */
         d->scanned_inbox = o->u1;
         pb_delivery_inbox_bump(d);
     }
@@ -1395,7 +1455,7 @@ static void scan_done(struct op *o)
         pthread_mutex_unlock(&d->mu);
         if (renamed) PB_INFO(NULL, "this server was renamed to %s (by another node)", o->s1);
     }
-    pb_ioloop_timer_arm(d->loop, &d->scan_timer, mono_ms() + d->o.scan_interval_ms);
+    pb_ioloop_timer_arm(d->loop, &d->scan_timer, mono_ms() + delay);
 }
 
 static void scan_timer_fired(void *arg)
@@ -1420,12 +1480,48 @@ static void expire_work(struct op *o)
 static void expire_done(struct op *o)
 {
     if (o->err != PB_OK)
-        PB_WARN(NULL, "cannot expire pending renames: %s", pb_strerror(o->err));
+        store_failed(o->d, o->err, NULL, "cannot expire pending renames");
     else if (o->u1)
         PB_INFO(NULL, "%llu pending peer rename(s) expired without proof",
                 (unsigned long long)o->u1);
     if (!o->d->stopping)
         pb_ioloop_timer_arm(o->d->loop, &o->d->expire_timer, mono_ms() + EXPIRE_EVERY_MS);
+}
+
+/* ---- the store's health: the probe ------------------------------------------------------- */
+
+static void probe_work(struct op *o)
+{
+    o->err = pb_store_ping(o->d->o.store);
+}
+
+static void probe_done(struct op *o)
+{
+    pb_delivery *d = o->d;
+    d->probe_busy = false;
+    if (o->err == PB_OK)
+        pb_health_ok(d->health); /* the paths waiting in backoff go on at their timers */
+    else if (pb_health_unavailable(o->err))
+        pb_health_fail(d->health, o->err, NULL, "store: probe: %s", pb_strerror(o->err));
+    probe_want(d);
+}
+
+static void probe_timer_fired(void *arg)
+{
+    pb_delivery *d = arg;
+    if (d->probe_busy || d->stopping || pb_health_up(d->health)) return;
+    d->probe_busy = true;
+    op_run(op_new(d, NULL, probe_work, probe_done));
+}
+
+/* While the store is down, one probe at a time, at the tracker's backoff: it notices the
+ * store's return even when no other work would (loop thread). */
+static void probe_want(pb_delivery *d)
+{
+    if (d->probe_busy || d->stopping || pb_health_up(d->health)) return;
+    int64_t at = mono_ms() + pb_health_backoff_ms(d->health);
+    if (pb_timer_armed(&d->probe_timer) && d->probe_timer.at <= at) return;
+    pb_ioloop_timer_arm(d->loop, &d->probe_timer, at);
 }
 
 /* ---- the service manager's watchdog ------------------------------------------------------ */
@@ -1439,6 +1535,7 @@ static void beat_timer_fired(void *arg)
     if (d->stopping) return;
     if (pb_exec_pending(d->exec) == 0 || d->ops_done != d->beat_ops) pb_sdnotify_watchdog_kick();
     d->beat_ops = d->ops_done;
+    probe_want(d); /* the store went down in a listener or the admin API: probe it too */
     pb_ioloop_timer_arm(d->loop, &d->beat_timer, mono_ms() + 1000);
 }
 
@@ -1492,6 +1589,8 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pthread_cond_init(&d->notice_cv, &ca);
     pthread_condattr_destroy(&ca);
     pb_timer_init(&d->scan_timer, scan_timer_fired, d);
+    pb_timer_init(&d->probe_timer, probe_timer_fired, d);
+    d->health = pb_health_store();
     pb_timer_init(&d->expire_timer, expire_timer_fired, d);
     pb_timer_init(&d->beat_timer, beat_timer_fired, d);
 
@@ -1599,6 +1698,7 @@ static void stop_on_loop(void *arg)
     pb_ioloop_timer_cancel(d->loop, &d->scan_timer);
     pb_ioloop_timer_cancel(d->loop, &d->expire_timer);
     pb_ioloop_timer_cancel(d->loop, &d->beat_timer);
+    pb_ioloop_timer_cancel(d->loop, &d->probe_timer);
     for (size_t i = 0; i < d->npeers; i++) {
         struct peer *p = d->all[i];
         pb_ioloop_timer_cancel(d->loop, &p->send_timer);

@@ -295,7 +295,7 @@ size_t pb_fsm_step(pb_fsm *f, const pb_fsm_cfg *cfg, const pb_fsm_input *in, pb_
     case PB_FSM_IN_READ_FAILED:
         if (f->st != PB_FSM_READING) break;
         f->st = PB_FSM_RETRY_WAIT;
-        timer(f, &o, in->now + 1000);
+        timer(f, &o, in->now + (in->retry_ms > 1000 ? in->retry_ms : 1000));
         break;
     case PB_FSM_IN_PUSHED:
         on_pushed(f, cfg, in, &o);

@@ -99,6 +99,8 @@ typedef struct pb_fsm_input {
     uint32_t rnd; /* uniform random 32 bits, for jitter */
     /* IN_READ */
     size_t n;
+    /* IN_READ_FAILED: retry the read after this long (ms; 0 = 1 s): the store's backoff */
+    int64_t retry_ms;
     uint64_t first, last;
     /* IN_WORK: highest sequence number assigned, when known (0: unknown) */
     uint64_t assigned;

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "util/fault.h"
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/serverid.h"
@@ -32,11 +33,16 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* A store failure's answer. An unavailable store (a full disk included, which peers are
+ * not told) is a 503 with RetryInfo, reported to the store-health tracker instead of a
+ * line per refused request. */
 static void store_failure(pb_hrpc_reply *rep, pb_err err, const char *what)
 {
-    if (err == PB_ERR_STORE) {
+    if (pb_health_unavailable(err)) {
         pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "%s: store unavailable, try again", what);
         rep->retry_after = 1;
+        rep->logged = true;
+        pb_health_fail(pb_health_store(), err, NULL, "%s refused: %s", what, pb_strerror(err));
     } else {
         pb_hrpc_reply_error(rep, 500, ID_INTERNAL, "%s: %s", what, pb_strerror(err));
     }
@@ -163,7 +169,11 @@ static void foreign_pull_done(void *ctx, bool sent_ok)
     const pb_delivery_opts *o = pb_delivery_options(fp->d);
     if (sent_ok && fp->last_seq) {
         pb_err err = pb_store_outbox_ack(o->store, fp->peer, fp->last_seq);
-        if (err != PB_OK) PB_ERROR(fp->peer, "cannot forget pulled events: %s", pb_strerror(err));
+        if (pb_health_unavailable(err))
+            pb_health_fail(pb_health_store(), err, fp->peer, "cannot forget pulled events: %s",
+                           pb_strerror(err));
+        else if (err != PB_OK)
+            PB_ERROR(fp->peer, "cannot forget pulled events: %s", pb_strerror(err));
         pb_delivery_pull_acked(fp->d, fp->peer, fp->last_seq);
     }
     pb_delivery_release_foreign(fp->d, fp->peer);

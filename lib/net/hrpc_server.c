@@ -1050,7 +1050,7 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
             if (suspend(s, r)) return MHD_YES;
             continue; /* woken already */
         }
-        if (rep.status >= 500)
+        if (rep.status >= 500 && !rep.logged)
             PB_WARN(hreq.peer, "%s answered %d %s: %s", url, rep.status,
                     rep.identifier ? rep.identifier : "", rep.message ? rep.message : "");
         r->on_done = rep.on_done;

@@ -91,6 +91,9 @@ typedef struct pb_hrpc_reply {
     const char *identifier; /* static string */
     char *message;          /* owned by the reply (freed by the server); may be NULL */
     uint32_t retry_after;
+    /* The handler reported this failure itself (to the store-health tracker, which logs
+     * an outage calmly): the server does not log the error reply. */
+    bool logged;
     /* Called once the exchange is over, with sent_ok true when the whole answer was
      * written to the connection (e.g. to forget events a foreign peer pulled). May be
      * NULL. Runs on a server thread. */

@@ -12,9 +12,12 @@
  * every write call is its own transaction and the server batches concurrent commits into
  * one WAL flush.
  *
- * Errors: PB_ERR_STORE is a store that cannot take the write now (disk full, I/O error,
- * locked): the caller answers 503 and may retry later; nothing of the failed call was
- * written. PB_ERR_CORRUPT is broken local state: fatal.
+ * Errors: PB_ERR_STORE is a store that cannot take the write now (I/O error, locked,
+ * server unreachable), PB_ERR_DISK_FULL the same because its disk is full: the caller
+ * answers 503 and may retry later (with backoff: util/health.h); nothing of the failed
+ * call was written. The backends report both to the store-health tracker
+ * (pb_health_store()), which logs an outage calmly. PB_ERR_CORRUPT is broken local
+ * state: fatal.
  *
  * What it holds: meta (this server's identity and key metadata), peers (every server
  * this one federated with) with their public keys, per-peer delivery state and sender

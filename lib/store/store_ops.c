@@ -41,6 +41,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "store/store_driver.h"
@@ -733,7 +734,7 @@ static pb_err op_integrity_check(void *impl)
         size_t n = 0;
         err = read_rows(s, &spec, NULL, 0, NULL, &arr, &n);
         free(arr);
-        if (err != PB_OK && err != PB_ERR_STORE) err = PB_ERR_CORRUPT;
+        if (err != PB_OK && !pb_health_unavailable(err)) err = PB_ERR_CORRUPT;
     }
     /* counts that must be zero: what the engine's schema cannot express */
     static const int checks[] = {ST_CHECK_OUTBOX, ST_CHECK_INBOX, ST_CHECK_SUBMISSIONS};

@@ -22,7 +22,9 @@
  *  - Errors: SQLSTATE classes map to pb_err: unique violation PB_ERR_EXISTS, other
  *    integrity violations and bad data PB_ERR_INVAL; serialization failure, deadlock, lock
  *    timeout, lost connection, insufficient resources, server shutdown, a read-only
- *    server PB_ERR_STORE; data/index corruption PB_ERR_CORRUPT. A broken connection
+ *    server PB_ERR_STORE; disk_full (53100) PB_ERR_DISK_FULL; data/index corruption
+ *    PB_ERR_CORRUPT. Failures that make the store unavailable (and failed connects) are
+ *    logged through the store-health tracker (util/health.h). A broken connection
  *    leaves the pool (the next call connects anew); a pooled connection found dead (the
  *    server restarted) is replaced before use, and a call whose connection broke before
  *    COMMIT was sent is retried once on a new one. A broken COMMIT, or a single-statement
@@ -43,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "store/store_driver.h"
@@ -87,6 +90,7 @@ static pb_err map_sqlstate(const char *st)
     if (strncmp(st, "23", 2) == 0) return PB_ERR_INVAL; /* not null, check, foreign key */
     if (strncmp(st, "22", 2) == 0) return PB_ERR_INVAL; /* data exception (out of range) */
     if (strcmp(st, "XX001") == 0 || strcmp(st, "XX002") == 0) return PB_ERR_CORRUPT;
+    if (strcmp(st, "53100") == 0) return PB_ERR_DISK_FULL; /* disk_full */
     if (strncmp(st, "54", 2) == 0) return PB_ERR_TOO_BIG;
     if (strncmp(st, "08", 2) == 0 || strncmp(st, "40", 2) == 0 || strncmp(st, "53", 2) == 0 ||
         strncmp(st, "57", 2) == 0 || strncmp(st, "58", 2) == 0 || strcmp(st, "55P03") == 0 ||
@@ -112,6 +116,9 @@ static pb_err fail(pgc *c, const PGresult *r, const char *what)
         PB_ERROR(NULL, "store: %.40s: %.*s (database corrupt)", what, len, msg);
     } else if (err == PB_ERR_EXISTS || err == PB_ERR_INVAL) {
         PB_DEBUG(NULL, "store: %.40s: [%s] %.*s", what, st ? st : "-", len, msg);
+    } else if (pb_health_unavailable(err)) { /* logged calmly through the tracker */
+        pb_health_fail(pb_health_store(), err, NULL, "store: %.40s: [%s] %.*s", what, st ? st : "-",
+                       len, msg);
     } else {
         PB_WARN(NULL, "store: %.40s: [%s] %.*s", what, st ? st : "-", len, msg);
     }
@@ -369,8 +376,9 @@ static pb_err conn_open(pgs *b, pgc **out)
     c->pg = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(c->pg) != CONNECTION_OK) {
         const char *msg = PQerrorMessage(c->pg);
-        PB_ERROR(NULL, "store: cannot connect to PostgreSQL %s: %.*s", b->where,
-                 (int)strcspn(msg, "\n"), msg);
+        pb_health_fail(pb_health_store(), PB_ERR_STORE, NULL,
+                       "store: cannot connect to PostgreSQL %s: %.*s", b->where,
+                       (int)strcspn(msg, "\n"), msg);
         err = PB_ERR_STORE;
         goto out;
     }

@@ -12,7 +12,9 @@
  *    does not fail the others; a job alone in its batch runs without one), COMMIT, then
  *    wakes every caller with its own result. A failed COMMIT (or an error that made SQLite
  *    abandon the transaction) fails the whole batch with PB_ERR_STORE (PB_ERR_CORRUPT if
- *    the file is corrupt); the writer keeps running.
+ *    the file is corrupt, PB_ERR_DISK_FULL if the disk is full: SQLITE_FULL, or an I/O
+ *    error with ENOSPC); the writer keeps running. Unavailable-store failures are logged
+ *    through the store-health tracker (util/health.h).
  *  - Reads use a bounded pool of read-only connections (created on demand), so under WAL
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, $n read as ?n, reset
@@ -49,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "store/store_driver.h"
@@ -106,6 +109,7 @@ static pb_err map_rc(int rc)
     case SQLITE_DONE:
         return PB_OK;
     case SQLITE_FULL:
+        return PB_ERR_DISK_FULL;
     case SQLITE_IOERR:
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
@@ -128,15 +132,22 @@ static pb_err map_rc(int rc)
     }
 }
 
-/* Logs a failed SQLite call and returns its pb_err. */
+/* Logs a failed SQLite call and returns its pb_err. An unavailable store (a full disk: an
+ * I/O error whose errno is ENOSPC counts as one) is reported to the store-health tracker,
+ * which logs it calmly (util/health.h). */
 static pb_err fail(sqlite3 *db, int rc, const char *what)
 {
     pb_err err = map_rc(rc);
+    if (err == PB_ERR_STORE && db && (rc & 0xff) == SQLITE_IOERR &&
+        sqlite3_system_errno(db) == ENOSPC)
+        err = PB_ERR_DISK_FULL;
     const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     if (err == PB_ERR_CORRUPT) {
         PB_ERROR(NULL, "store: %.60s: %s (database corrupt)", what, msg);
     } else if ((rc & 0xff) == SQLITE_CONSTRAINT) {
         PB_DEBUG(NULL, "store: %.60s: %s", what, msg);
+    } else if (pb_health_unavailable(err)) {
+        pb_health_fail(pb_health_store(), err, NULL, "store: %.60s: %s", what, msg);
     } else {
         PB_WARN(NULL, "store: %.60s: %s", what, msg);
     }
@@ -338,7 +349,7 @@ static pb_err sq_read(void *eng, pb_db_fn fn, void *ctx)
 /* The error a job gets when its batch's transaction is lost. */
 static pb_err batch_error(pb_err cause)
 {
-    return cause == PB_ERR_CORRUPT ? PB_ERR_CORRUPT : PB_ERR_STORE;
+    return cause == PB_ERR_CORRUPT || cause == PB_ERR_DISK_FULL ? cause : PB_ERR_STORE;
 }
 
 /* Runs one batch in one transaction; sets every job's result. Returns whether it
@@ -630,7 +641,7 @@ static pb_err prepare_file(const char *path)
         }
     } else if (errno != EEXIST) {
         PB_ERROR(NULL, "store: cannot create %s: %s", path, strerror(errno));
-        err = PB_ERR_IO;
+        err = errno == ENOSPC ? PB_ERR_DISK_FULL : PB_ERR_IO;
     }
     free(copy);
     return err;

@@ -29,6 +29,7 @@ static const char *const messages[PB_ERR__COUNT] = {
     [PB_ERR_BUSY] = "busy",
     [PB_ERR_SHUTDOWN] = "shutting down",
     [PB_ERR_INTERNAL] = "internal error",
+    [PB_ERR_DISK_FULL] = "disk full",
 };
 
 const char *pb_strerror(pb_err err)

@@ -213,6 +213,12 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         reg, "postbox_build_info", "Always 1: the version and the store backend", "version,store");
     s->start_time = pb_metrics_gauge(reg, "postbox_start_time_seconds",
                                      "Unix time at which this daemon started", NULL);
+    s->store_up = pb_metrics_gauge(
+        reg, "postbox_store_up",
+        "1 while the store answers, 0 from a failure that made it unavailable (disk full, "
+        "database down) until a write succeeds again",
+        NULL);
+    pb_gauge_set(pb_metric_series(s->store_up, NULL), 1);
 
     s->process_open_fds =
         pb_metrics_gauge(reg, "process_open_fds", "Number of open file descriptors", NULL);

@@ -50,6 +50,8 @@
  *     inbox_oldest_unread_age postbox_inbox_oldest_unread_age_seconds
  *     build_info             postbox_build_info{version,store} (always 1)
  *     start_time             postbox_start_time_seconds
+ *     store_up               postbox_store_up (1, or 0 while the store-health tracker,
+ *                            util/health.h, says the store is unavailable)
  *   this module (a scrape hook reading /proc/self and getrusage; Prometheus client names)
  *     process_open_fds, process_max_fds (the soft RLIMIT_NOFILE),
  *     process_resident_memory_bytes, process_cpu_seconds_total (user + system),
@@ -98,6 +100,7 @@ typedef struct pb_metrics_std {
     pb_metric *inbox_oldest_unread_age;
     pb_metric *build_info;
     pb_metric *start_time;
+    pb_metric *store_up;
 
     pb_metric *process_open_fds;
     pb_metric *process_max_fds;
