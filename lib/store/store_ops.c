@@ -9,7 +9,8 @@
  *    groups concurrent writes into one commit, a savepoint each; PostgreSQL commits each
  *    call on the caller's thread, a call of one statement without BEGIN/COMMIT). Values
  *    the writer needs (encoded events, random sender epochs) are made on the caller's
- *    thread before the write is queued.
+ *    thread before the write is queued. Both drivers keep their connections in a pb_pool
+ *    (below) and their fault state in a pb_store_faults.
  *  - The statements: one table, one SQL text per statement where the engines agree; a
  *    pair where they differ (placeholders are $n for both), and NULL for an engine that
  *    has no such step (the logic skips it): SQLite's model log, PostgreSQL's locking
@@ -131,11 +132,13 @@ static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
                           " FROM peers ORDER BY server_id"),
     [ST_PEER_LOCK] = {"SELECT 1 FROM peers WHERE server_id = $1",
                       "SELECT 1 FROM peers WHERE server_id = $1 FOR UPDATE"},
-    /* SQLite's append: the seqs reserved, the events inserted one by one after it */
-    [ST_PEER_RESERVE] = SQ("INSERT INTO peers(server_id, first_seen, next_seq, send_epoch, queued)"
-                           " VALUES ($1, $2, 1 + $3, $4, $3) ON CONFLICT(server_id) DO UPDATE SET"
-                           " next_seq = peers.next_seq + $3, queued = peers.queued + $3"
-                           " RETURNING next_seq"),
+    /* SQLite's append (its writer is alone; an upsert with RETURNING costs it ~100 us):
+     * the row made, its next_seq read, the events inserted, next_seq advanced */
+    [ST_PEER_ENSURE] = SQ("INSERT INTO peers(server_id, first_seen, send_epoch)"
+                          " VALUES ($1, $2, $3) ON CONFLICT(server_id) DO NOTHING"),
+    [ST_PEER_NEXT_SEQ] = SQ("SELECT next_seq FROM peers WHERE server_id = $1"),
+    [ST_PEER_ADVANCE] =
+        SQ("UPDATE peers SET next_seq = next_seq + $2, queued = queued + $2 WHERE server_id = $1"),
     [ST_PEER_DEQUEUED] = SQ("UPDATE peers SET queued = queued - $2 WHERE server_id = $1"),
     [ST_PEER_STATE_SET] =
         BOTH("INSERT INTO peers(server_id, first_seen, mode, attempts, next_attempt_at,"
@@ -959,7 +962,7 @@ static pb_err submission_row(const pb_store_driver *d, const pb_cur *c, void *el
  * orders appends to the peer from every node. With a submission ID: claimed first (lock
  * order: the ID, then the peer row), then recorded and a bounded number of expired ones
  * pruned in the same transaction. PostgreSQL does the rest in one statement (a bytea[] of
- * the events); SQLite reserves the seqs, then inserts each event (its writer is alone). */
+ * the events); SQLite reads next_seq, inserts each event, then advances next_seq. */
 static pb_err append_tx(pb_db *db, void *ctx)
 {
     struct append_ctx *a = ctx;
@@ -1002,12 +1005,14 @@ static pb_err append_tx(pb_db *db, void *ctx)
         if (err == PB_OK) a->last = (uint64_t)res[0];
         return err;
     }
-    err = QINT(db, ST_PEER_RESERVE, &next, A_TEXT(a->peer), A_INT(a->now / 1000), A_INT(n),
-               A_INT(a->epoch));
-    if (err == PB_OK && next <= n) err = PB_ERR_INTERNAL; /* never: next_seq >= 1 */
+    err = EXEC(db, ST_PEER_ENSURE, NULL, A_TEXT(a->peer), A_INT(a->now / 1000), A_INT(a->epoch));
+    if (err == PB_OK) err = QINT(db, ST_PEER_NEXT_SEQ, &next, A_TEXT(a->peer));
+    if (err == PB_OK && (next < 1 || next > INT64_MAX - n)) err = PB_ERR_CORRUPT;
+    next += n; /* as PostgreSQL's RETURNING: the next_seq after the append */
     for (size_t i = 0; i < a->n && err == PB_OK; i++)
         err = EXEC(db, ST_OUTBOX_INSERT, NULL, A_TEXT(a->peer), A_INT(next - n + (int64_t)i),
                    ENC_ARG(a->enc, i), A_INT(a->now));
+    if (err == PB_OK) err = EXEC(db, ST_PEER_ADVANCE, NULL, A_TEXT(a->peer), A_INT(n));
     if (err == PB_OK && a->sub) {
         err = EXEC(db, ST_SUBMISSION_INSERT, NULL, A_TEXT(a->sub), A_TEXT(a->peer), A_INT(next - n),
                    A_INT(n), A_INT(a->now));
@@ -1228,14 +1233,13 @@ static pb_err receive_tx(pb_db *db, void *ctx)
     }
     if (err != PB_OK) return err;
     qsort(r->ap, na, sizeof *r->ap, applied_cmp);
-    for (size_t k = 0; k < na; k++)
-        if (apply_stmt(r->from, &r->evs[r->ap[k].index], r->ap[k].seq, &r->batch[nq])) nq++;
-    if (d->batch) {
-        err = d->batch(db, r->batch, nq);
-    } else {
-        for (size_t k = 0; k < nq && err == PB_OK; k++)
-            err = pb_db_exec(d, db, r->batch[k].id, r->batch[k].a, r->batch[k].n, NULL);
+    for (size_t k = 0; k < na && err == PB_OK; k++) { /* SQLite: each at once */
+        pb_batch_stmt one, *q = d->batch ? &r->batch[nq] : &one;
+        if (!apply_stmt(r->from, &r->evs[r->ap[k].index], r->ap[k].seq, q)) continue;
+        nq++;
+        if (!d->batch) err = pb_db_exec(d, db, q->id, q->a, q->n, NULL);
     }
+    if (err == PB_OK && d->batch) err = d->batch(db, r->batch, nq);
     if (err == PB_OK && d->applied) d->applied(db, (int64_t)nq);
     if (err == PB_OK && r->seqs) {
         err = EXEC(db, ST_RECV_EPOCH_SET, NULL, A_TEXT(r->from), A_INT(r->epoch), A_INT(recv),
@@ -1266,10 +1270,9 @@ static pb_err op_receive(void *impl, const char *from, uint64_t epoch, const pb_
     pb_encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
-        /* the scratch arrays in one block: batch, ap, idx (alignment decreasing) */
-        size_t m = n ? n : 1;
-        pb_batch_stmt *scratch =
-            pb_xmalloc(m * (sizeof(pb_batch_stmt) + sizeof(struct applied) + sizeof(size_t)));
+        /* the scratch arrays in one block: ap, idx, and batch for a driver that batches */
+        size_t m = n ? n : 1, batch = ((st *)impl)->d->batch ? sizeof(pb_batch_stmt) : 0;
+        struct applied *scratch = pb_xmalloc(m * (sizeof(struct applied) + sizeof(size_t) + batch));
         struct receive_ctx r = {.from = from,
                                 .epoch = epoch,
                                 .evs = evs,
@@ -1278,9 +1281,9 @@ static pb_err op_receive(void *impl, const char *from, uint64_t epoch, const pb_
                                 .n = n,
                                 .now = now,
                                 .new_epoch = pb_store_epoch_random(0),
-                                .batch = scratch,
-                                .ap = (struct applied *)(scratch + m)};
-        r.idx = (size_t *)(r.ap + m);
+                                .ap = scratch,
+                                .idx = (size_t *)(scratch + m)};
+        r.batch = batch ? (pb_batch_stmt *)(r.idx + m) : NULL;
         err = write_tx(impl, receive_tx, &r, false);
         if (err == PB_OK) *res = r.res;
         free(scratch);
