@@ -4,7 +4,7 @@
  *
  * Design: a pb_store is just {ops, backend handle}. This file checks arguments and
  * normalises options so every backend sees the same validated calls; it holds no SQL and
- * no state of its own. Opening initialises libsodium (the backends draw sender epochs
+ * no state of its own. Opening initialises libsodium (store_ops.c draws sender epochs
  * from it). Backends are chosen by the spec's prefix ("sqlite:" or a plain path:
  * SQLite; "postgres://" or "postgresql://": PostgreSQL, which gets the whole URI).
  *

@@ -1,17 +1,18 @@
 /*
- * store_impl - the contract between store.c (the public pb_store_* API) and a storage
- * backend (store_sqlite.c, store_pg.c). Library-internal; callers of the
- * store never include it.
+ * store_impl - the contract between store.c (the public pb_store_* API) and the store's
+ * operations (store_ops.c, written once over the engine drivers of store_driver.h).
+ * Library-internal; callers of the store never include it.
  *
- * A backend is one const pb_store_ops table. store.c parses the spec, picks the table,
- * validates arguments and normalises options, then calls through the table with the
- * backend's own handle (an opaque void *). Every op may assume its arguments were checked
- * by store.c (non-NULL, strings NUL-terminated, opts fully defaulted). All SQL lives in the
- * backend. Write ops must honour the durability contract of store.h (return PB_OK only
- * after commit) and should group-commit concurrent callers.
+ * An engine is one const pb_store_ops table (the same operations, opened with the
+ * engine's driver). store.c parses the spec, picks the table, validates arguments and
+ * normalises options, then calls through the table with the store's own handle (an
+ * opaque void *). Every op may assume its arguments were checked by store.c (non-NULL,
+ * strings NUL-terminated, opts fully defaulted). Write ops honour the durability
+ * contract of store.h (return PB_OK only after commit).
  *
- * Adding a store operation: declare it in store.h, add a member here, implement it in
- * every backend, and add the thin dispatch function to store.c.
+ * Adding a store operation: declare it in store.h, add a member here, write it once in
+ * store_ops.c, and add the thin dispatch function to store.c (docs/DESIGN.md "Store
+ * code").
  */
 #ifndef PB_STORE_IMPL_H
 #define PB_STORE_IMPL_H

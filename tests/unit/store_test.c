@@ -49,6 +49,7 @@
 #include "util/buf.h"
 #include "harness.h"
 #include "store/store.h"
+#include "store/store_driver.h"
 
 #define SCHEMA_CURRENT 8
 /* the sender epoch the cases that are not about epochs receive in */
@@ -138,6 +139,25 @@ static bool raw_int(const char *spec, const char *sql, long long *out)
     PQclear(r);
     PQfinish(c);
     return ok;
+}
+
+/* The schema at version v as this build's store writes it (store_schema.c), with its
+ * schema_version row (caller frees). */
+static char *schema_sql(int v)
+{
+    pb_buf b = PB_BUF_INIT;
+    pb_buf_append_str(&b, "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                          " version INTEGER NOT NULL);");
+    for (int k = 1; k <= v; k++) {
+        char *step = pb_store_schema_step(g_pg ? PB_ENGINE_PG : PB_ENGINE_SQLITE, k);
+        pb_buf_append_str(&b, step);
+        free(step);
+    }
+    char row[80];
+    snprintf(row, sizeof row, "INSERT INTO schema_version VALUES (1, %d);", v);
+    pb_buf_append_str(&b, row);
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
 }
 
 /* Every peer's queue counter (peers.queued) equals the rows of its queue. */
@@ -1734,166 +1754,11 @@ static void test_migrate_from_v4(void)
 {
     char *p = spec_for("v4");
     if (!p) return;
-    /* schema version 4 as released: the steps 1 to 4 of each backend */
-    static const char v4_sqlite[] =
-        "PRAGMA journal_mode=WAL;"
-        "CREATE TABLE schema_version (id INTEGER PRIMARY KEY"
-        " CHECK (id = 1), version INTEGER NOT NULL);"
-        "INSERT INTO schema_version VALUES (1, 4);"
-        "CREATE TABLE meta ("
-        "  key TEXT PRIMARY KEY,"
-        "  value TEXT NOT NULL"
-        ");"
-        "CREATE TABLE peers ("
-        "  server_id TEXT PRIMARY KEY,"
-        "  first_seen INTEGER NOT NULL,"
-        "  last_contact INTEGER NOT NULL DEFAULT 0,"
-        "  pubkey BLOB NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
-        "  key_fetched_at INTEGER NOT NULL DEFAULT 0"
-        ");"
-        "ALTER TABLE peers ADD COLUMN mode INTEGER NOT NULL DEFAULT 0 CHECK (mode BETWEEN 0 AND 2);"
-        "ALTER TABLE peers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE peers ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE peers ADD COLUMN last_error TEXT NULL;"
-        "ALTER TABLE peers ADD COLUMN parked_seq INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE peers ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 1 CHECK (next_seq >= 1);"
-        "ALTER TABLE peers ADD COLUMN recv_seq INTEGER NOT NULL DEFAULT 0;"
-        "CREATE TABLE outbox ("
-        "  peer TEXT NOT NULL,"
-        "  seq INTEGER NOT NULL CHECK (seq >= 1),"
-        "  event BLOB NOT NULL,"
-        "  created_at INTEGER NOT NULL,"
-        "  PRIMARY KEY (peer, seq)"
-        ") WITHOUT ROWID;"
-        "CREATE TABLE inbox ("
-        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-        "  from_id TEXT NOT NULL,"
-        "  event BLOB NULL,"
-        "  old_id TEXT NULL,"
-        "  new_id TEXT NULL,"
-        "  received_at INTEGER NOT NULL,"
-        "  CHECK ((event IS NOT NULL AND old_id IS NULL AND new_id IS NULL) OR"
-        "         (event IS NULL AND old_id IS NOT NULL AND new_id IS NOT NULL))"
-        ");"
-        "CREATE TABLE guilds ("
-        "  user_id INTEGER NOT NULL,"
-        "  server_id TEXT NOT NULL,"
-        "  guild_id INTEGER NOT NULL,"
-        "  PRIMARY KEY (user_id, server_id, guild_id)"
-        ") WITHOUT ROWID;"
-        "CREATE INDEX guilds_by_server ON guilds(server_id);"
-        "CREATE TABLE invites ("
-        "  user_id INTEGER NOT NULL,"
-        "  server_id TEXT NOT NULL,"
-        "  invite_id TEXT NOT NULL,"
-        "  inviter_id INTEGER NOT NULL,"
-        "  PRIMARY KEY (user_id, server_id, invite_id)"
-        ") WITHOUT ROWID;"
-        "CREATE INDEX invites_by_server ON invites(server_id);"
-        "CREATE TABLE renames_out ("
-        "  peer TEXT PRIMARY KEY,"
-        "  old_id TEXT NOT NULL,"
-        "  new_id TEXT NOT NULL,"
-        "  attempts INTEGER NOT NULL DEFAULT 0,"
-        "  next_attempt_at INTEGER NOT NULL DEFAULT 0,"
-        "  last_error TEXT NULL"
-        ");"
-        "CREATE TABLE leases ("
-        "  peer TEXT PRIMARY KEY,"
-        "  holder TEXT NOT NULL,"
-        "  expires_at INTEGER NOT NULL"
-        ") WITHOUT ROWID;"
-        "CREATE TABLE submissions ("
-        "  id TEXT PRIMARY KEY,"
-        "  peer TEXT NOT NULL,"
-        "  first_seq INTEGER NOT NULL CHECK (first_seq >= 1),"
-        "  count INTEGER NOT NULL CHECK (count >= 1),"
-        "  created_at INTEGER NOT NULL"
-        ") WITHOUT ROWID;"
-        "CREATE INDEX submissions_by_age ON submissions(created_at);";
-    static const char v4_pg[] =
-        "CREATE TABLE schema_version (id integer PRIMARY KEY"
-        " CHECK (id = 1), version integer NOT NULL);"
-        "INSERT INTO schema_version VALUES (1, 4);"
-        "CREATE TABLE meta ("
-        "  key text COLLATE \"C\" PRIMARY KEY,"
-        "  value text NOT NULL"
-        ");"
-        "CREATE TABLE peers ("
-        "  server_id text COLLATE \"C\" PRIMARY KEY,"
-        "  first_seen bigint NOT NULL,"
-        "  last_contact bigint NOT NULL DEFAULT 0,"
-        "  pubkey bytea NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
-        "  key_fetched_at bigint NOT NULL DEFAULT 0"
-        ");"
-        "ALTER TABLE peers"
-        "  ADD COLUMN mode smallint NOT NULL DEFAULT 0 CHECK (mode BETWEEN 0 AND 2),"
-        "  ADD COLUMN attempts bigint NOT NULL DEFAULT 0,"
-        "  ADD COLUMN next_attempt_at bigint NOT NULL DEFAULT 0,"
-        "  ADD COLUMN last_error text NULL,"
-        "  ADD COLUMN parked_seq bigint NOT NULL DEFAULT 0,"
-        "  ADD COLUMN next_seq bigint NOT NULL DEFAULT 1 CHECK (next_seq >= 1),"
-        "  ADD COLUMN recv_seq bigint NOT NULL DEFAULT 0;"
-        "CREATE TABLE outbox ("
-        "  peer text COLLATE \"C\" NOT NULL,"
-        "  seq bigint NOT NULL CHECK (seq >= 1),"
-        "  event bytea NOT NULL,"
-        "  created_at bigint NOT NULL,"
-        "  PRIMARY KEY (peer, seq)"
-        ");"
-        "CREATE TABLE inbox ("
-        "  seq bigint PRIMARY KEY CHECK (seq >= 1),"
-        "  from_id text NOT NULL,"
-        "  event bytea NULL,"
-        "  old_id text NULL,"
-        "  new_id text NULL,"
-        "  received_at bigint NOT NULL,"
-        "  CHECK ((event IS NOT NULL AND old_id IS NULL AND new_id IS NULL) OR"
-        "         (event IS NULL AND old_id IS NOT NULL AND new_id IS NOT NULL))"
-        ");"
-        "CREATE TABLE inbox_seq ("
-        "  id integer PRIMARY KEY CHECK (id = 1),"
-        "  last bigint NOT NULL CHECK (last >= 0)"
-        ");"
-        "INSERT INTO inbox_seq(id, last) VALUES (1, 0);"
-        "CREATE TABLE guilds ("
-        "  user_id bigint NOT NULL,"
-        "  server_id text COLLATE \"C\" NOT NULL,"
-        "  guild_id bigint NOT NULL,"
-        "  PRIMARY KEY (user_id, server_id, guild_id)"
-        ");"
-        "CREATE INDEX guilds_by_server ON guilds(server_id);"
-        "CREATE TABLE invites ("
-        "  user_id bigint NOT NULL,"
-        "  server_id text COLLATE \"C\" NOT NULL,"
-        "  invite_id text COLLATE \"C\" NOT NULL,"
-        "  inviter_id bigint NOT NULL,"
-        "  PRIMARY KEY (user_id, server_id, invite_id)"
-        ");"
-        "CREATE INDEX invites_by_server ON invites(server_id);"
-        "CREATE TABLE renames_out ("
-        "  peer text COLLATE \"C\" PRIMARY KEY,"
-        "  old_id text NOT NULL,"
-        "  new_id text NOT NULL,"
-        "  attempts bigint NOT NULL DEFAULT 0,"
-        "  next_attempt_at bigint NOT NULL DEFAULT 0,"
-        "  last_error text NULL"
-        ");"
-        "CREATE TABLE leases ("
-        "  peer text COLLATE \"C\" PRIMARY KEY,"
-        "  holder text NOT NULL,"
-        "  expires_at bigint NOT NULL"
-        ");"
-        "CREATE TABLE submissions ("
-        "  id text COLLATE \"C\" PRIMARY KEY,"
-        "  peer text COLLATE \"C\" NOT NULL,"
-        "  first_seq bigint NOT NULL CHECK (first_seq >= 0),"
-        "  count bigint NOT NULL CHECK (count >= 1),"
-        "  created_at bigint NOT NULL"
-        ");"
-        "CREATE INDEX submissions_by_age ON submissions(created_at);";
+    /* schema version 4 as the store's own migration steps write it */
+    char *v4 = schema_sql(4);
     const char *a = "a.example:443", *b = "b.example:443", *c = "c.example:443";
-    CHECK(raw_exec(p, g_pg ? v4_pg : v4_sqlite));
+    CHECK(raw_exec(p, v4));
+    free(v4);
     CHECK(raw_exec(p, "INSERT INTO meta VALUES ('server_id', 'v4.example:443');"
                       "INSERT INTO peers(server_id, first_seen, last_contact, mode, attempts,"
                       " next_seq, recv_seq) VALUES ('a.example:443', 1, 50, 1, 2, 4, 5);"
@@ -2343,6 +2208,121 @@ static void test_migrate_queue_counters(void)
     free(spec);
 }
 
+/* A fixture file's text (caller frees); NULL (a failed check) when it cannot be read. */
+static char *read_fixture(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", PB_STORE_FIXTURES, name);
+    FILE *f = fopen(path, "rb");
+    CHECKF(f != NULL, "%s: %s", path, strerror(errno));
+    if (!f) return NULL;
+    pb_buf b = PB_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        pb_buf_append(&b, chunk, n);
+    fclose(f);
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
+}
+
+/* Stores written by the code before the store was written once (tests/fixtures/store,
+ * made by its make-fixtures from that code's own migration steps), at each schema
+ * version it had: opened by this build, each is upgraded and reads back what it held. */
+static void test_migrate_fixtures(void)
+{
+    for (int v = 1; v <= SCHEMA_CURRENT; v++) {
+        char name[32], file[32];
+        snprintf(name, sizeof name, "fixture_v%d", v);
+        snprintf(file, sizeof file, "%s-v%d.sql", g_pg ? "pg" : "sqlite", v);
+        char *p = spec_for(name), *sql = read_fixture(file);
+        pb_store *s = NULL;
+        CHECKF(p && sql && raw_exec(p, sql), "%s loaded", file);
+        if (p && sql) CHECK_OK(pb_store_open(p, NULL, &s));
+        free(sql);
+        if (!s) {
+            free(p);
+            continue;
+        }
+        int got = 0;
+        uint8_t key[PB_PUBKEY_LEN], want_key[PB_PUBKEY_LEN];
+        memset(want_key, 1, sizeof want_key);
+        CHECK_OK(pb_store_schema_version(s, &got));
+        CHECKF(got == SCHEMA_CURRENT, "v%d: version %d", v, got);
+        CHECK(meta_is(s, "server_id", "fx.example:443"));
+        CHECK_OK(pb_store_peer_key_get(s, "a.example:443", key));
+        CHECK_MEM(key, sizeof key, want_key, sizeof want_key);
+        pb_peer_state a = {0}, b = {0};
+        CHECK_OK(pb_store_peer_state_get(s, "a.example:443", &a));
+        CHECK_OK(pb_store_peer_state_get(s, "b.example:443", &b));
+        CHECKF(a.mode == (v >= 2 ? PB_MODE_QUEUED : PB_MODE_PUSH) &&
+                   a.next_seq == (v >= 2 ? 4 : 1) && a.queued == (v >= 2 ? 2 : 0) &&
+                   a.attempts == (v >= 2 ? 2 : 0) && a.recv_seq == (v >= 2 ? 5 : 0) &&
+                   a.recv_epoch == 0 && a.send_epoch == 0,
+               "v%d: peer a: mode %d next_seq %llu queued %llu recv_seq %llu", v, (int)a.mode,
+               (unsigned long long)a.next_seq, (unsigned long long)a.queued,
+               (unsigned long long)a.recv_seq);
+        CHECK(v < 2 || (a.last_error && strcmp(a.last_error, "boom") == 0));
+        CHECKF(b.send_epoch == (v >= 5 ? 77u : 0u) && b.recv_epoch == (v >= 5 ? 9u : 0u),
+               "v%d: peer b: send_epoch %llu recv_epoch %llu", v, (unsigned long long)b.send_epoch,
+               (unsigned long long)b.recv_epoch);
+        pb_peer_state_clear(&a);
+        pb_peer_state_clear(&b);
+        pb_outbox_item *items = NULL;
+        pb_inbox_item *in = NULL;
+        pb_guild_entry *gs = NULL;
+        pb_invite_entry *is = NULL;
+        pb_rename_out *ro = NULL;
+        size_t n = 0, nin = 0, ng = 0, ni = 0, nro = 0;
+        CHECK_OK(pb_store_outbox_read(s, "a.example:443", 1, 10, 1 << 20, &items, &n));
+        CHECK_INT(n, v >= 2 ? 2 : 0);
+        if (n == 2) CHECK(items[0].seq == 2 && items[0].ev.guild_id == 70 && items[1].seq == 3);
+        pb_outbox_items_free(items, n);
+        CHECK_OK(pb_store_inbox_read(s, 0, 10, &in, &nin));
+        CHECK_INT(nin, v >= 2 ? 2 : 0);
+        if (nin == 2) CHECK(in[0].ev.guild_id == 70 && in[1].is_rename);
+        pb_inbox_items_free(in, nin);
+        CHECK_OK(pb_store_guilds(s, 7, &gs, &ng));
+        CHECK_INT(ng, v >= 7 ? 2 : v >= 2 ? 1 : 0);
+        if (ng > 0) CHECK(gs[0].guild_id == 70);
+        if (ng > 1) CHECK(gs[1].guild_id == 71);
+        pb_guild_entries_free(gs, ng);
+        CHECK_OK(pb_store_invites(s, 7, &is, &ni));
+        CHECK_INT(ni, v >= 2 ? 1 : 0);
+        if (ni == 1) CHECK(is[0].inviter_id == 8 && strcmp(is[0].invite_id, "inv1") == 0);
+        pb_invite_entries_free(is, ni);
+        CHECK_OK(pb_store_rename_out_list(s, &ro, &nro));
+        CHECK_INT(nro, v >= 2 ? 1 : 0);
+        pb_rename_outs_free(ro, nro);
+        bool held = true;
+        CHECK_OK(pb_store_lease_acquire(s, "a.example:443", "node2", 1000, 10, &held));
+        CHECKF(held == (v < 3), "v%d: lease held %d", v, held);
+        char *old = NULL;
+        int64_t at = 0;
+        pb_err err = pb_store_rename_in_find(s, "b.example:443", &old, &at);
+        CHECKF(v >= 5 ? err == PB_OK && old && strcmp(old, "old.example:443") == 0 && at == 1234
+                      : err == PB_ERR_NOT_FOUND,
+               "v%d: rename_in_find %s", v, pb_strerror(err));
+        free(old);
+        pb_event e[2] = {ev_added(7, 70), ev_added(7, 72)};
+        uint64_t last = 0;
+        bool dup = false;
+        CHECK_OK(pb_store_outbox_submit(s, "a.example:443", e, 2, 2000, "sub1", &last, &dup));
+        CHECKF(dup == (v >= 4) && last == (v >= 4   ? 3
+                                           : v >= 2 ? 5
+                                                    : 2),
+               "v%d: submit %d %llu", v, dup, (unsigned long long)last);
+        pb_recv_result res;
+        CHECK_OK(pb_store_receive(s, "b.example:443", 0, e, NULL, 1, 3000, &res));
+        CHECK_OK(pb_store_inbox_last_seq(s, &last));
+        CHECK_INT(last, v >= 2 ? 3 : 1);
+        CHECK_OK(pb_store_integrity_check(s));
+        CHECK_QUEUE_COUNTERS(p);
+        pb_store_close(s);
+        free(p);
+    }
+}
+
 static void test_migrate_from_v1(void)
 {
     char *p = spec_for("v1");
@@ -2350,38 +2330,20 @@ static void test_migrate_from_v1(void)
     uint8_t k[PB_PUBKEY_LEN], got[PB_PUBKEY_LEN];
     fill_key(k, 42);
     char *hex = pbt_tohex(k, sizeof k);
-    /* schema version 1 as released (SQLite), and as the PostgreSQL backend's step 1 */
-    const char *v1_sqlite =
-        "PRAGMA journal_mode=WAL;"
-        "CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1),"
-        " version INTEGER NOT NULL);"
-        "INSERT INTO schema_version VALUES (1, 1);"
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        "CREATE TABLE peers (server_id TEXT PRIMARY KEY, first_seen INTEGER NOT NULL,"
-        " last_contact INTEGER NOT NULL DEFAULT 0,"
-        " pubkey BLOB NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
-        " key_fetched_at INTEGER NOT NULL DEFAULT 0);"
-        "INSERT INTO meta VALUES ('server_id', 'v1.example:443');"
-        "INSERT INTO peers(server_id, first_seen, last_contact) VALUES ('b.example:443', 5, 6);"
-        "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at)"
-        " VALUES ('a.example:443', 1, x'%s', 2);";
-    const char *v1_pg =
-        "CREATE TABLE schema_version (id integer PRIMARY KEY CHECK (id = 1),"
-        " version integer NOT NULL);"
-        "INSERT INTO schema_version VALUES (1, 1);"
-        "CREATE TABLE meta (key text COLLATE \"C\" PRIMARY KEY, value text NOT NULL);"
-        "CREATE TABLE peers (server_id text COLLATE \"C\" PRIMARY KEY, first_seen bigint NOT NULL,"
-        " last_contact bigint NOT NULL DEFAULT 0,"
-        " pubkey bytea NULL CHECK (pubkey IS NULL OR length(pubkey) = 32),"
-        " key_fetched_at bigint NOT NULL DEFAULT 0);"
-        "INSERT INTO meta VALUES ('server_id', 'v1.example:443');"
-        "INSERT INTO peers(server_id, first_seen, last_contact) VALUES ('b.example:443', 5, 6);"
-        "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at)"
-        " VALUES ('a.example:443', 1, decode('%s', 'hex'), 2);";
+    /* schema version 1 as the store's own migration step writes it */
+    char *v1 = schema_sql(1);
     char *sql = NULL;
-    if (asprintf(&sql, g_pg ? v1_pg : v1_sqlite, hex) < 0) abort();
+    if (asprintf(
+            &sql,
+            "%sINSERT INTO meta VALUES ('server_id', 'v1.example:443');"
+            "INSERT INTO peers(server_id, first_seen, last_contact) VALUES ('b.example:443', 5, 6);"
+            "INSERT INTO peers(server_id, first_seen, pubkey, key_fetched_at)"
+            " VALUES ('a.example:443', 1, %s'%s'%s, 2);",
+            v1, g_pg ? "decode(" : "x", hex, g_pg ? ", 'hex')" : "") < 0)
+        abort();
     CHECK(raw_exec(p, sql));
     free(sql);
+    free(v1);
     free(hex);
 
     pb_store *s = NULL;
@@ -3400,6 +3362,7 @@ int main(int argc, char **argv)
     test_migrate_from_v1();
     test_migrate_queue_counters();
     test_migrate_from_v4();
+    test_migrate_fixtures();
     test_outbox_concurrent();
     test_submission_ids();
 #ifdef PB_FAULTS
