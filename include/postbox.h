@@ -75,6 +75,10 @@ PB_API void pb_log_set_level(pb_log_level level);
 /* Parses "debug", "info", "warn", "error". */
 PB_API pb_err pb_log_level_parse(const char *s, pb_log_level *out);
 PB_API const char *pb_log_level_name(pb_log_level level);
+/* Writes msg as one line of the library's log (the format and level set by the
+ * configuration: text or json, the journald priority prefix), for programs that have
+ * something to say besides the library (a refused reload, ...). Thread-safe. */
+PB_API void pb_log_line(pb_log_level level, const char *msg);
 
 /* ---- events ------------------------------------------------------------------------ */
 

@@ -1,7 +1,11 @@
 /*
  * postboxctl - the postbox admin CLI: a thin shell over libpostbox's admin client.
- * Commands talk to a running postboxd's admin listener (found from -c FILE, --admin ADDR,
- * or the default 127.0.0.1:2290), except `keygen` and `version`, which work offline.
+ * Commands talk to a running postboxd's admin listener, except `keygen` and `version`,
+ * which work offline. The listener and its token file are found as postboxd's own
+ * configuration says (admin_listen, admin_token_file, read with the library's parser):
+ * from -c FILE, else /etc/postbox/postbox.conf when readable (POSTBOX_CONFIG names another),
+ * else the defaults; POSTBOX_ADMIN and POSTBOX_ADMIN_TOKEN_FILE override the file, and
+ * --admin and --token-file override everything. Errors name where the address came from.
  * Output is a table for people, or the API's JSON with --json; failures exit non-zero
  * with the error on stderr (usage errors exit 2).
  *
@@ -15,12 +19,14 @@
  * line arguments and events read from stdin (parsed with jansson, validated by the daemon).
  */
 #include <curl/curl.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,9 +35,13 @@
 #define FOLLOW_WAIT_S 30
 #define FOLLOW_TIMEOUT_MS ((FOLLOW_WAIT_S + 15) * 1000L)
 
+#define DEFAULT_CONFIG "/etc/postbox/postbox.conf"
+
 struct ctl {
     pb_config *cfg;
     const char *admin;
+    const char *admin_from; /* where admin came from, for error messages */
+    const char *token_file, *token_from;
     char *token;
     bool json;
     pb_adminc *client; /* created on first use */
@@ -57,7 +67,7 @@ static int bad_usage(const char *msg, const char *arg)
 static char *read_token(const char *path)
 {
     FILE *f = fopen(path, "r");
-    if (!f) return NULL;
+    if (!f) return NULL; /* errno says why */
     char line[512] = "";
     char *ok = fgets(line, sizeof line, f);
     fclose(f);
@@ -87,11 +97,39 @@ static json_t *call_quiet(struct ctl *c, const char *method, const char *path, c
     free(text);
     if (err != PB_OK) {
         *status = 0;
-        if (asprintf(why, "cannot reach postboxd at %s: %s", c->admin, answer) < 0) abort();
+        struct stat st;
+        int r;
+        if (!strncmp(c->admin, "unix:", 5) && stat(c->admin + 5, &st) != 0)
+            r = asprintf(why, "cannot reach postboxd: no socket at %s (is postboxd running? %s)",
+                         c->admin + 5, c->admin_from);
+        else if (strstr(answer, "refused") || strstr(answer, "onnect to"))
+            r = asprintf(why,
+                         "cannot reach postboxd at %s: connection refused (is postboxd running? "
+                         "%s)",
+                         c->admin, c->admin_from);
+        else
+            r = asprintf(why, "cannot reach postboxd at %s: %s (%s)", c->admin, answer,
+                         c->admin_from);
+        if (r < 0) abort();
         goto out;
     }
     json_error_t jerr;
     j = answer[0] ? json_loads(answer, 0, &jerr) : json_object();
+    if (*status == 401) {
+        int r = c->token ? asprintf(why,
+                                    "postboxd at %s refused the admin token read from %s (%s): "
+                                    "it is not the one in postboxd's admin_token_file",
+                                    c->admin, c->token_file, c->token_from)
+                         : asprintf(why,
+                                    "postboxd at %s wants the admin token: give --token-file, "
+                                    "POSTBOX_ADMIN_TOKEN_FILE or admin_token_file in the "
+                                    "configuration (-c FILE)",
+                                    c->admin);
+        if (r < 0) abort();
+        json_decref(j);
+        j = NULL;
+        goto out;
+    }
     if (*status < 200 || *status > 299) {
         const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
         if (asprintf(why, "%s %s: %ld %s", method, path, *status, msg ? msg : answer) < 0) abort();
@@ -351,8 +389,11 @@ static int cmd_send(struct ctl *c, int argc, char **argv)
     if (c->json) {
         print_json(j);
     } else {
-        char b[32];
-        printf("accepted %s%s\n", text_of(json_object_get(j, "accepted"), b, sizeof b),
+        char b[32], f[32], l[32];
+        const char *first = text_of(json_object_get(j, "first_seq"), f, sizeof f),
+                   *last = text_of(json_object_get(j, "last_seq"), l, sizeof l);
+        printf("accepted %s (seq %s%s%s)%s\n", text_of(json_object_get(j, "accepted"), b, sizeof b),
+               first, strcmp(first, last) ? "-" : "", strcmp(first, last) ? last : "",
                json_is_true(json_object_get(j, "duplicate"))
                    ? " (duplicate: this submission ID was queued before; nothing new queued)"
                    : "");
@@ -401,11 +442,29 @@ static void print_item(const json_t *it)
             sep = " ";
         }
     }
+    /* what PROTOCOL.md section 5 says to tell the user */
+    const json_t *notice = json_object_get(it, "notice");
+    if (json_is_object(notice) && json_object_size(notice) == 1) {
+        void *ni = json_object_iter((json_t *)notice);
+        const json_t *nf = json_object_iter_value(ni);
+        printf("  notice: ");
+        put_safe(json_object_iter_key(ni), stdout);
+        const char *key;
+        json_t *v;
+        json_object_foreach((json_t *)nf, key, v)
+        {
+            putchar(' ');
+            put_safe(key, stdout);
+            putchar('=');
+            put_safe(text_of(v, b, sizeof b), stdout);
+        }
+    }
     putchar('\n');
 }
 
-/* Prints the items of one inbox answer; *next is the answer's next (unchanged if absent). */
-static void print_inbox(const json_t *j, bool follow, bool as_json, json_int_t *next)
+/* Prints the items of one inbox answer (after a header line when `header`, for people);
+ * *next is the answer's next (unchanged if absent). */
+static void print_inbox(const json_t *j, bool follow, bool as_json, bool header, json_int_t *next)
 {
     const json_t *evs = json_object_get(j, "events"), *it;
     size_t i;
@@ -415,6 +474,7 @@ static void print_inbox(const json_t *j, bool follow, bool as_json, json_int_t *
         print_json((json_t *)j);
         return;
     }
+    if (!as_json && header) puts("SEQ  FROM  KIND  DETAILS");
     json_array_foreach(evs, i, it)
     {
         if (as_json) {
@@ -468,7 +528,7 @@ static int cmd_inbox(struct ctl *c, int argc, char **argv)
         wait = FOLLOW_WAIT_S;
     }
     json_int_t next = (json_int_t)after;
-    bool failing = false;
+    bool failing = false, printed_header = false;
     for (;;) {
         char path[160], *why = NULL;
         long status;
@@ -487,9 +547,45 @@ static int cmd_inbox(struct ctl *c, int argc, char **argv)
         }
         if (failing) fprintf(stderr, "postboxctl: reconnected\n");
         failing = false;
-        print_inbox(j, follow, c->json, &next);
+        print_inbox(j, follow, c->json, !printed_header, &next);
+        printed_header = true;
         json_decref(j);
         if (!follow) return 0;
+    }
+}
+
+/* wait [--timeout S]: until GET /healthz answers 200 (a daemon just started), polling
+ * every 100 ms; exit 1 with the last error after S seconds (default 30). */
+static int cmd_wait(struct ctl *c, int argc, char **argv)
+{
+    unsigned long long timeout = 30;
+    if (argc == 2 && !strcmp(argv[0], "--timeout")) {
+        if (!num_opt("--timeout", argv[1], &timeout)) return 2;
+    } else if (argc != 0) {
+        return bad_usage("usage: wait [--timeout SECONDS]", "");
+    }
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        long status;
+        char *why = NULL;
+        json_t *j = call_quiet(c, "GET", "/healthz", NULL, 2000, &status, &why);
+        if (j) {
+            json_decref(j);
+            if (!c->json) puts("ok");
+            return 0;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long ms = (now.tv_sec - t0.tv_sec) * 1000LL + (now.tv_nsec - t0.tv_nsec) / 1000000;
+        bool late = ms >= (long long)timeout * 1000;
+        if (late || status == 401) { /* a wrong token will not get better */
+            fprintf(stderr, "postboxctl: %s\n", why);
+            free(why);
+            return 1;
+        }
+        free(why);
+        struct timespec pause = {0, 100 * 1000 * 1000};
+        nanosleep(&pause, NULL);
     }
 }
 
@@ -754,6 +850,8 @@ static const struct command commands[] = {
      "create this server's key file if missing, print the public key"},
     {"key", "", 0, 0, cmd_key, "print this server's ID and public key"},
     {"health", "", 0, 0, cmd_health, "check the daemon's store and listeners"},
+    {"wait", "[--timeout S]", 0, 2, cmd_wait,
+     "wait until the daemon answers (its health check), at most S seconds (default 30)"},
     {"version", "", 0, 0, cmd_version, "print the version"},
     {"send", "[--id SUBMISSION_ID] TO EVENT_JSON [EVENT_JSON ...] | TO -", 2, -1, cmd_send,
      "queue events for server TO (- reads a JSON event or array from stdin); a repeat with "
@@ -775,10 +873,14 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: postboxctl [OPTIONS] COMMAND [ARGS]\n"
                "options:\n"
-               "  -c FILE          read the admin address and token file from postboxd's config\n"
+               "  -c FILE          read admin_listen and admin_token_file from postboxd's\n"
+               "                   configuration (default: " DEFAULT_CONFIG " when readable)\n"
                "  --admin ADDR     admin listener: IP:PORT, [IPv6]:PORT or unix:/path\n"
                "  --token-file F   file holding the admin API bearer token\n"
                "  --json           print the API's JSON answer instead of a table\n"
+               "  --version        print the version\n"
+               "environment: POSTBOX_ADMIN, POSTBOX_ADMIN_TOKEN_FILE (override the file;\n"
+               "  the options override them), POSTBOX_CONFIG (instead of " DEFAULT_CONFIG ")\n"
                "commands:\n");
     for (size_t i = 0; i < ncommands; i++) {
         char syn[128];
@@ -791,25 +893,33 @@ static void usage(FILE *f)
     }
 }
 
+/* A non-empty environment variable, or NULL. */
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
 int main(int argc, char **argv)
 {
     struct ctl c = {.cfg = pb_config_new()};
     char *why = NULL, *admin = NULL, *token_file = NULL;
+    const char *conf = NULL, *admin_flag = NULL, *token_flag = NULL;
+    static char admin_from[600], token_from[600];
     int rc = 2, i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) {
-            if (pb_config_load_file(c.cfg, argv[++i], &why) != PB_OK) {
-                fprintf(stderr, "postboxctl: %s\n", why);
-                goto out;
-            }
+            conf = argv[++i];
         } else if (!strcmp(argv[i], "--admin") && i + 1 < argc) {
-            free(admin);
-            admin = strdup(argv[++i]);
+            admin_flag = argv[++i];
         } else if (!strcmp(argv[i], "--token-file") && i + 1 < argc) {
-            free(token_file);
-            token_file = strdup(argv[++i]);
+            token_flag = argv[++i];
         } else if (!strcmp(argv[i], "--json")) {
             c.json = true;
+        } else if (!strcmp(argv[i], "--version")) {
+            printf("postboxctl %s\n", PB_VERSION);
+            rc = 0;
+            goto out;
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             rc = 0;
@@ -820,11 +930,55 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (!admin) admin = pb_config_get(c.cfg, "admin_listen");
-    if (!token_file) token_file = pb_config_get(c.cfg, "admin_token_file");
+    /* the configuration file: -c FILE, else the default one when this user may read it */
+    if (!conf) {
+        const char *dflt = env("POSTBOX_CONFIG") ? env("POSTBOX_CONFIG") : DEFAULT_CONFIG;
+        if (access(dflt, R_OK) == 0) conf = dflt;
+    }
+    if (conf && pb_config_load_file(c.cfg, conf, &why) != PB_OK) {
+        fprintf(stderr, "postboxctl: %s\n", why);
+        goto out;
+    }
+    if (admin_flag) {
+        admin = strdup(admin_flag);
+        snprintf(admin_from, sizeof admin_from, "the address is from --admin");
+    } else if (env("POSTBOX_ADMIN")) {
+        admin = strdup(env("POSTBOX_ADMIN"));
+        snprintf(admin_from, sizeof admin_from, "the address is from POSTBOX_ADMIN");
+    } else {
+        admin = pb_config_get(c.cfg, "admin_listen");
+        if (conf)
+            snprintf(admin_from, sizeof admin_from, "the address is admin_listen in %s", conf);
+        else
+            snprintf(admin_from, sizeof admin_from,
+                     "the address is the default admin_listen; %s is not readable, give -c FILE "
+                     "or --admin",
+                     env("POSTBOX_CONFIG") ? env("POSTBOX_CONFIG") : DEFAULT_CONFIG);
+    }
+    if (token_flag) {
+        token_file = strdup(token_flag);
+        snprintf(token_from, sizeof token_from, "--token-file");
+    } else if (env("POSTBOX_ADMIN_TOKEN_FILE")) {
+        token_file = strdup(env("POSTBOX_ADMIN_TOKEN_FILE"));
+        snprintf(token_from, sizeof token_from, "POSTBOX_ADMIN_TOKEN_FILE");
+    } else {
+        token_file = pb_config_get(c.cfg, "admin_token_file");
+        snprintf(token_from, sizeof token_from, "admin_token_file in %s", conf ? conf : "?");
+    }
+    if (!admin) abort();
     c.admin = admin;
-    if (token_file && !(c.token = read_token(token_file))) {
-        fprintf(stderr, "postboxctl: cannot read token file %s\n", token_file);
+    c.admin_from = admin_from;
+    c.token_file = token_file;
+    c.token_from = token_from;
+    /* the token is read for the commands that call the daemon only */
+    bool offline = i < argc && (!strcmp(argv[i], "keygen") || !strcmp(argv[i], "version"));
+    if (token_file && !offline && !(c.token = read_token(token_file))) {
+        fprintf(stderr, "postboxctl: cannot read the admin token file %s (%s): %s%s\n", token_file,
+                token_from, strerror(errno),
+                errno == EACCES ? " (it belongs to the postbox user: run as root or postbox, "
+                                  "or with sudo -u postbox)"
+                                : "");
+        rc = 1;
         goto out;
     }
     if (i >= argc) {

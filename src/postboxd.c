@@ -111,8 +111,11 @@ static void reload(pb_daemon *d, int argc, char **argv, const char *config_file)
     pb_sdnotify_send("RELOADING=1");
     int rc = read_config(argc, argv, config_file, &cfg, &why);
     if (rc != 0) {
-        fprintf(stderr, "postboxd: reload refused, nothing changed: %s\n",
-                why ? why : "invalid arguments");
+        /* through the logger: a json log stays json */
+        char line[1024];
+        snprintf(line, sizeof line, "reload refused, nothing changed: %s",
+                 why ? why : "invalid arguments");
+        pb_log_line(PB_LOG_ERROR, line);
         pb_sdnotify_send("READY=1\nSTATUS=reload refused: the configuration is invalid");
     } else {
         pb_daemon_reload(d, cfg);

@@ -101,7 +101,8 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         }
     }
     bool dup = false;
-    pb_err err = pb_delivery_submit(ctx->delivery, to, evs, n, sid, &dup);
+    uint64_t last = 0;
+    pb_err err = pb_delivery_submit(ctx->delivery, to, evs, n, sid, &dup, &last);
     if (err == PB_ERR_INVAL) {
         pb_admin_resp_error(resp, 400, "cannot send to this server itself (%s)", to);
         goto out;
@@ -122,10 +123,12 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     else
         pb_counter_add(pb_metric_series(PB_METRIC(ctx->metrics, events_submitted), NULL), n);
     resp->status = 202;
-    if (sid)
-        resp->body = json_pack("{s:I,s:b}", "accepted", (json_int_t)n, "duplicate", dup);
-    else
-        resp->body = json_pack("{s:I}", "accepted", (json_int_t)n);
+    /* the sequence numbers the events got, for the homeserver's logs (they appear in
+     * both postboxes' delivery lines) */
+    json_int_t first = last >= n ? (json_int_t)(last - n + 1) : 0;
+    resp->body = json_pack("{s:I,s:I,s:I}", "accepted", (json_int_t)n, "first_seq", first,
+                           "last_seq", (json_int_t)last);
+    if (sid) json_object_set_new(resp->body, "duplicate", json_boolean(dup));
 out:
     for (size_t i = 0; i < n; i++)
         pb_event_clear(&evs[i]);

@@ -151,6 +151,7 @@ static void set_gauges(pb_monitor *m, int64_t now, const struct snap *s)
     /* the N peers with the oldest backlog */
     pb_metric_clear(g->peer_queued_events);
     pb_metric_clear(g->peer_oldest_queued_age);
+    pb_metric_clear(g->peer_last_success);
     size_t n = s->nrows < m->o.top_peers ? s->nrows : m->o.top_peers;
     if (!n) return;
     const pb_qshape_row **order = pb_xcalloc(s->nrows, sizeof *order);
@@ -162,8 +163,30 @@ static void set_gauges(pb_monitor *m, int64_t now, const struct snap *s)
         pb_gauge_set(pb_metric_get(g->peer_queued_events, r->peer), (double)r->total);
         pb_gauge_set(pb_metric_get(g->peer_oldest_queued_age, r->peer),
                      now > r->oldest_at ? (double)(now - r->oldest_at) / 1000 : 0);
+        int64_t ok_s = m->o.delivery ? pb_delivery_last_success_s(m->o.delivery, r->peer) : 0;
+        if (ok_s > 0) pb_gauge_set(pb_metric_get(g->peer_last_success, r->peer), (double)ok_s);
     }
     free(order);
+}
+
+/* postbox_peer_parked: the parked peers by name, at most top_peers of them. The peer list
+ * is read only when the store counts parked peers (the usual case is none). */
+static void set_parked(pb_monitor *m, uint64_t nparked)
+{
+    pb_metric *f = m->o.std->peer_parked;
+    pb_metric_clear(f);
+    if (!nparked || !m->o.top_peers) return;
+    pb_peer_state *st = NULL;
+    size_t n = 0, shown = 0;
+    pb_err err = pb_store_peer_state_list(m->o.store, &st, &n);
+    if (err != PB_OK) {
+        PB_WARN(NULL, "metrics: cannot list the parked peers: %s", pb_strerror(err));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (st[i].mode == PB_MODE_PARKED && shown++ < m->o.top_peers)
+            pb_gauge_set(pb_metric_get(f, st[i].server_id), 1);
+    pb_peer_state_free_array(st, n);
 }
 
 static void scrape_hook(void *ctx)
@@ -173,9 +196,10 @@ static void scrape_hook(void *ctx)
     int64_t now = now_ms();
     struct snap s;
     pb_err err = snapshot(m, now, &s);
-    if (err == PB_OK)
+    if (err == PB_OK) {
         set_gauges(m, now, &s);
-    else
+        set_parked(m, s.modes[PB_MODE_PARKED]);
+    } else
         PB_WARN(NULL, "metrics: cannot read the queue figures from the store: %s",
                 pb_strerror(err));
     snap_clear(&s);

@@ -24,6 +24,7 @@
 
 #include <stdint.h>
 
+#include "delivery/delivery.h"
 #include "net/admin_http.h"
 #include "net/hrpc_server.h"
 #include "store/store.h"
@@ -39,6 +40,7 @@ typedef struct pb_monitor_opts {
     pb_hrpc_server *federation;      /* borrowed, for open connections; may be NULL */
     pb_admin_http *admin;            /* borrowed, likewise */
     pb_admin_http *metrics_listener; /* borrowed, likewise (metrics_listen); may be NULL */
+    pb_delivery *delivery;           /* borrowed, for the peers' last success; may be NULL */
     unsigned top_peers;              /* per-peer series for this many peers; 0: none */
     unsigned interval_ms;            /* history sample interval; default 10000 */
     unsigned history_s;              /* history length; default 3600 */

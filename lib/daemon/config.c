@@ -56,7 +56,9 @@ static const struct setting settings[] = {
     S(server_id, NULL, "this server's ID, domain:port (default: the listen address)"),
     S(listen, "127.0.0.1:2289", "federation listener, IP:PORT or [IPv6]:PORT"),
     S(admin_listen, "127.0.0.1:2290", "admin API listener, loopback IP:PORT or unix:/path"),
-    SL(admin_token_file, NULL, "file holding the admin API bearer token (optional)"),
+    SL(admin_token_file, NULL,
+       "file holding the admin API bearer token (optional; owned by the postbox user, mode "
+       "0600; postboxctl reads it too, so run postboxctl as root or postbox)"),
     S(data_dir, "/var/lib/postbox", "directory for the key and the SQLite store"),
     S(store, NULL,
       "store: sqlite:/path (default sqlite:DATA_DIR/postbox.db), or "
@@ -74,6 +76,10 @@ static const struct setting settings[] = {
       "connect to peers at loopback, private, link-local or other non-public addresses "
       "(loopback setups, tests, a private federation; off on the open internet)"),
     S(log_format, "text", "log lines: text, or json (one object per line)"),
+    SL(log_deliveries, "info",
+       "level of the one line per delivery outcome (a Push sent or received, a Pull "
+       "answered): info, or debug to keep them out of an info log (busy servers with "
+       "thousands of peers)"),
     S(node_id, NULL,
       "this node's unique name when several nodes share a PostgreSQL store "
       "(default: host name and listen port)"),
@@ -382,6 +388,11 @@ pb_err pb_config_finish(pb_config *c, char **why)
     pb_log_level lv;
     if (pb_log_level_parse(c->log_level, &lv) != PB_OK) {
         *why = pb_xasprintf("log_level: want debug, info, warn or error, got \"%s\"", c->log_level);
+        return PB_ERR_CONFIG;
+    }
+    if (pb_log_level_parse(c->log_deliveries, &lv) != PB_OK ||
+        (lv != PB_LOG_INFO && lv != PB_LOG_DEBUG)) {
+        *why = pb_xasprintf("log_deliveries: want info or debug, got \"%s\"", c->log_deliveries);
         return PB_ERR_CONFIG;
     }
     pb_log_format lf;

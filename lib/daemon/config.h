@@ -37,6 +37,7 @@ struct pb_config {
     char *deny;
     char *log_level;
     char *log_format;             /* text|json */
+    char *log_deliveries;         /* info|debug: the level of delivery lines */
     char *node_id;                /* several nodes on one shared store */
     char *metrics_listen;         /* loopback IP:PORT serving GET /metrics without the token */
     char *dns_servers;            /* IP[:PORT],... for peers' names; NULL: /etc/resolv.conf */

@@ -234,6 +234,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
     snprintf(d->server_id, sizeof d->server_id, "%s", cfg->server_id);
     pb_log_level lv;
     if (pb_log_level_parse(cfg->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+    if (pb_log_level_parse(cfg->log_deliveries, &lv) == PB_OK) pb_log_set_delivery_level(lv);
     pb_log_format lf;
     if (pb_log_format_parse(cfg->log_format, &lf) == PB_OK) pb_log_set_format(lf);
     if ((err = pb_faultvfs_install()) != PB_OK) goto fail; /* test builds only */
@@ -377,6 +378,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
                           .federation = d->fed,
                           .admin = d->admin,
                           .metrics_listener = d->metrics_http,
+                          .delivery = d->delivery,
                           .top_peers = (unsigned)cfg->metrics_top_peers,
                           .interval_ms = (unsigned)cfg->stats_interval * 1000};
     d->monitor = pb_monitor_new(&mo);
@@ -437,6 +439,7 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
 
     pb_log_level lv;
     if (pb_log_level_parse(next->log_level, &lv) == PB_OK) pb_log_set_level(lv);
+    if (pb_log_level_parse(next->log_deliveries, &lv) == PB_OK) pb_log_set_delivery_level(lv);
     char **allow = copy_list(next->allow_list, next->nallow);
     char **deny = copy_list(next->deny_list, next->ndeny);
     char **old_allow = d->allow, **old_deny = d->deny;

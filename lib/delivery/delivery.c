@@ -78,6 +78,7 @@ struct peer {
     char v_notice_old[PB_SERVER_ID_MAX];
     int64_t seen_push_ms; /* last push_seen post (monotonic), to debounce */
     int64_t contact_ms;   /* last contact post (monotonic), to debounce */
+    int64_t v_last_ok_s;  /* wall time of the last successful Push; 0 none (metrics) */
 
     /* ---- the engine's: loop thread only ---- */
     pb_delivery *d;
@@ -89,6 +90,7 @@ struct peer {
     pb_outbox_item *items;
     size_t nitems;
     int64_t push_started;
+    bool failing; /* Pushes fail since the last success: further failures log at debug */
     char last_error[256];
     uint64_t forget_sent, forget_want;
     bool forget_busy;
@@ -645,19 +647,23 @@ static const char *note_text(pb_fsm_note n)
 static void do_note(struct peer *p, pb_fsm_note n)
 {
     int64_t in_s = p->fsm.next_at ? (p->fsm.next_at - mono_ms() + 999) / 1000 : 0;
+    /* the error text may quote the peer: a field (quoted in text logs), not the message */
     switch (n) {
     case PB_NOTE_QUEUED:
-        PB_WARN(p->id, "%s (next in %lld s): %s", note_text(n), (long long)in_s, p->last_error);
+        PB_WARN_KV(p->id, PB_KVS(PB_KV_NUM("next_in_s", in_s), PB_KV_STR("error", p->last_error)),
+                   "%s (next in %lld s)", note_text(n), (long long)in_s);
         break;
     case PB_NOTE_PROBE_FAILED:
-        PB_INFO(p->id, "%s, next in %lld s: %s", note_text(n), (long long)in_s, p->last_error);
+        PB_INFO_KV(p->id, PB_KVS(PB_KV_NUM("next_in_s", in_s), PB_KV_STR("error", p->last_error)),
+                   "%s, next in %lld s", note_text(n), (long long)in_s);
         break;
     case PB_NOTE_PARKED:
-        PB_ERROR(p->id, "%s: event %llu: %s", note_text(n), (unsigned long long)p->fsm.parked_seq,
-                 p->last_error);
+        PB_ERROR_KV(p->id,
+                    PB_KVS(PB_KV_NUM("seq", p->fsm.parked_seq), PB_KV_STR("error", p->last_error)),
+                    "%s: event %llu", note_text(n), (unsigned long long)p->fsm.parked_seq);
         break;
     case PB_NOTE_RETRY:
-        PB_DEBUG(p->id, "%s: %s", note_text(n), p->last_error);
+        PB_DEBUG_KV(p->id, PB_KVS(PB_KV_STR("error", p->last_error)), "%s", note_text(n));
         break;
     default:
         PB_INFO(p->id, "%s", note_text(n));
@@ -735,6 +741,47 @@ static void send_timer_fired(void *arg)
     fsm_feed(p, &in);
 }
 
+/*
+ * The one line of a Push's outcome, like Postfix's status=sent/deferred/bounced: a Push
+ * that delivered logs at the delivery level (log_deliveries, info by default) with the
+ * sequence range, count and duration. Failures log when the peer starts failing (the
+ * first failed Push after a success, at info); the retries and probes after it log at
+ * debug here, the state machine's notes saying when the peer is queued and each probe
+ * with its backoff (do_note). A refused event logs as the parked note (error).
+ */
+static void log_push(struct peer *p, const pb_fsm_input *in, const pb_client_answer *ans,
+                     int64_t ms, bool bad_time)
+{
+    bool ok = in->result == PB_PUSH_OK;
+    const char *status = ok                                                ? "sent"
+                         : in->result == PB_PUSH_REFUSED && p->nitems == 1 ? "bounced"
+                                                                           : "deferred";
+    uint64_t first = p->nitems ? p->items[0].seq : 0;
+    uint64_t last = p->nitems ? p->items[p->nitems - 1].seq : 0;
+    pb_log_level lv = ok                                             ? pb_log_delivery_level()
+                      : !p->failing && in->result != PB_PUSH_REFUSED ? PB_LOG_INFO
+                                                                     : PB_LOG_DEBUG;
+    if (bad_time && !p->failing)
+        PB_WARN(p->id, "the peer refuses our token's time (h.bad-time): check this server's "
+                       "clock (NTP)");
+    p->failing = !ok;
+    if (ok) {
+        pb_log_kv_write(lv, p->id,
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", first),
+                               PB_KV_NUM("last_seq", last), PB_KV_NUM("events", p->nitems),
+                               PB_KV_NUM("duration_ms", ms), PB_KV_NUM("http", ans->status),
+                               PB_KV_STR("status", status)),
+                        "push sent");
+    } else {
+        pb_log_kv_write(lv, p->id,
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", first),
+                               PB_KV_NUM("last_seq", last), PB_KV_NUM("events", p->nitems),
+                               PB_KV_NUM("duration_ms", ms), PB_KV_NUM("http", ans->status),
+                               PB_KV_STR("status", status), PB_KV_STR("error", p->last_error)),
+                        "push %s%s", status, lv == PB_LOG_INFO ? " (the peer starts failing)" : "");
+    }
+}
+
 static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
 {
     struct peer *p = ctx;
@@ -752,10 +799,8 @@ static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
     }
     if (in.result != PB_PUSH_OK && in.result != PB_PUSH_STOPPED)
         describe(err, ans, p->last_error, sizeof p->last_error);
-    if (in.result == PB_PUSH_TRANSIENT && ans->status == 401 && ans->identifier &&
-        strcmp(ans->identifier, "h.bad-time") == 0)
-        PB_WARN(p->id, "the peer refuses our token's time (h.bad-time): check this server's "
-                       "clock (NTP)");
+    bool bad_time = in.result == PB_PUSH_TRANSIENT && ans->status == 401 && ans->identifier &&
+                    strcmp(ans->identifier, "h.bad-time") == 0;
     const pb_metrics_std *m = d->o.metrics;
     if (m) {
         pb_histogram_observe(pb_metric_get(m->client_duration, "Push"), (double)ms / 1000.0);
@@ -767,20 +812,18 @@ static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
         if (in.result != PB_PUSH_STOPPED)
             pb_counter_add(pb_metric_get(m->events_pushed, r), p->nitems);
     }
-    if (in.result != PB_PUSH_STOPPED) {
-        const char *status = in.result == PB_PUSH_OK                          ? "sent"
-                             : in.result == PB_PUSH_REFUSED && p->nitems == 1 ? "bounced"
-                                                                              : "deferred";
-        uint64_t first = p->nitems ? p->items[0].seq : 0;
-        uint64_t last = p->nitems ? p->items[p->nitems - 1].seq : 0;
-        pb_log_kv_write(in.result == PB_PUSH_OK ? PB_LOG_DEBUG : PB_LOG_INFO, p->id,
-                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("seq", first),
-                               PB_KV_NUM("last_seq", last), PB_KV_NUM("events", p->nitems),
-                               PB_KV_NUM("duration_ms", ms), PB_KV_NUM("http", ans->status),
-                               PB_KV_STR("status", status)),
-                        "push %s%s%s", status, in.result == PB_PUSH_OK ? "" : ": ",
-                        in.result == PB_PUSH_OK ? "" : p->last_error);
+    if (in.result == PB_PUSH_OK) {
+        int64_t now = wall_ms();
+        pb_series *lat = m ? pb_metric_series(m->delivery_latency, NULL) : NULL;
+        for (size_t i = 0; lat && i < p->nitems; i++)
+            pb_histogram_observe(lat, now > p->items[i].created_at
+                                          ? (double)(now - p->items[i].created_at) / 1000.0
+                                          : 0);
+        pthread_mutex_lock(&d->mu);
+        p->v_last_ok_s = now / 1000;
+        pthread_mutex_unlock(&d->mu);
     }
+    if (in.result != PB_PUSH_STOPPED) log_push(p, &in, ans, ms, bad_time);
     pb_client_answer_clear(ans);
     pb_outbox_items_free(p->items, p->nitems);
     p->items = NULL;
@@ -854,10 +897,12 @@ static void pull_due(struct peer *p, bool urgent)
 static void pull_finish(struct peer *p, const char *why)
 {
     pb_delivery *d = p->d;
+    /* a Pull that brought nothing is routine (every pull_interval): debug */
+    pb_log_level lv = p->pull_total ? PB_LOG_INFO : PB_LOG_DEBUG;
     if (why)
-        PB_INFO(p->id, "pull finished: %zu new events (%s)", p->pull_total, why);
+        pb_log(lv, p->id, "pull finished: %zu new events (%s)", p->pull_total, why);
     else
-        PB_INFO(p->id, "pull finished: %zu new events", p->pull_total);
+        pb_log(lv, p->id, "pull finished: %zu new events", p->pull_total);
     p->pull_st = PULL_IDLE;
     p->pull_urgent = p->pull_startup = false;
     p->pull_round = 0;
@@ -1679,7 +1724,7 @@ static void post_msg(pb_delivery *d, const char *id, int kind, uint64_t seq)
 }
 
 pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
-                          const char *submission_id, bool *duplicate)
+                          const char *submission_id, bool *duplicate, uint64_t *last_seq)
 {
     char self[PB_SERVER_ID_MAX];
     pb_delivery_server_id(d, self);
@@ -1690,8 +1735,18 @@ pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, s
         pb_store_outbox_submit(d->o.store, to, evs, n, wall_ms(), submission_id, &last, &dup);
     if (err != PB_OK) return err;
     if (duplicate) *duplicate = dup;
+    if (last_seq) *last_seq = last;
     if (!dup) post_msg(d, to, MSG_WORK, last);
     return PB_OK;
+}
+
+int64_t pb_delivery_last_success_s(pb_delivery *d, const char *peer)
+{
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, peer);
+    int64_t t = p ? p->v_last_ok_s : 0;
+    pthread_mutex_unlock(&d->mu);
+    return t;
 }
 
 static pb_err parked_action(pb_delivery *d, const char *peer, bool drop)

@@ -105,11 +105,16 @@ bool pb_delivery_is_self(void *ctx, const char *id);
 
 /* Stores events for `to` durably, then wakes its state machine. submission_id (may be
  * NULL) is the client's idempotency key (pb_store_outbox_submit): a repeat of an earlier
- * submission stores nothing and sets *duplicate (may be NULL). PB_ERR_INVAL when `to` is
- * this server or the ID is invalid; PB_ERR_EXISTS when the ID was used for another peer or
+ * submission stores nothing and sets *duplicate (may be NULL). *last_seq (may be NULL)
+ * receives the sequence number of the last event (the n events have last_seq - n + 1 to
+ * last_seq; a duplicate: those of the first submission). PB_ERR_INVAL when `to` is this
+ * server or the ID is invalid; PB_ERR_EXISTS when the ID was used for another peer or
  * another number of events. */
 pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
-                          const char *submission_id, bool *duplicate);
+                          const char *submission_id, bool *duplicate, uint64_t *last_seq);
+/* Wall time (Unix seconds) of the last successful Push to peer by this node, 0 when none
+ * (or an unknown peer). Any thread. */
+int64_t pb_delivery_last_success_s(pb_delivery *d, const char *peer);
 /* Parked peer: retry the parked event (retry) or drop it (drop). PB_ERR_NOT_FOUND for an
  * unknown peer, PB_ERR_INVAL when the peer is not parked. */
 pb_err pb_delivery_retry_parked(pb_delivery *d, const char *peer);

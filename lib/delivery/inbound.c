@@ -121,7 +121,24 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
                                          pb_event_kind_name(pr.evs[i].kind), "push"));
         pb_counter_add(pb_metric_get(o->metrics->events_duplicate, "push"), rr.duplicates);
     }
-    if (rr.duplicates) PB_DEBUG(req->peer, "%zu duplicate event(s) acknowledged", rr.duplicates);
+    /* the receiver's one line per accepted Push: the sender's sequence numbers (as its
+     * own "push sent" line and its submission answer name them); a Push of nothing new
+     * (events we pulled already) at debug */
+    pb_log_level lv = rr.duplicates < pr.n ? pb_log_delivery_level() : PB_LOG_DEBUG;
+    if (pr.seqs)
+        pb_log_kv_write(lv, req->peer,
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", pr.seqs[0]),
+                               PB_KV_NUM("last_seq", pr.seqs[pr.n - 1]),
+                               PB_KV_NUM("events", pr.n - rr.duplicates),
+                               PB_KV_NUM("duplicates", rr.duplicates),
+                               PB_KV_STR("status", "accepted")),
+                        "push received");
+    else
+        pb_log_kv_write(lv, req->peer,
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("events", pr.n - rr.duplicates),
+                               PB_KV_NUM("duplicates", rr.duplicates),
+                               PB_KV_STR("status", "accepted")),
+                        "push received");
     pb_delivery_push_seen(d, req->peer);
     /* A sender of this project learns what we hold of its stream. */
     if (pr.seqs) pb_wire_push_resp_encode(rr.ack, pr.epoch, &rep->body);
@@ -172,9 +189,13 @@ static void answer_pull(pb_delivery *d, const char *peer, uint64_t from, size_t 
         seqs[i] = items[i].seq;
     }
     if (with_seqs) pb_wire_pull_resp_append_seqs(seqs, n, epoch, &rep->body);
-    if (n) {
+    if (n) { /* the sender's one line per Pull answer that moved events */
         *last_seq = items[n - 1].seq;
-        PB_DEBUG(peer, "answered a Pull with %zu events", n);
+        pb_log_kv_write(pb_log_delivery_level(), peer,
+                        PB_KVS(PB_KV_STR("kind", "pull"), PB_KV_NUM("first_seq", items[0].seq),
+                               PB_KV_NUM("last_seq", items[n - 1].seq), PB_KV_NUM("events", n),
+                               PB_KV_STR("status", "answered")),
+                        "pull answered");
     }
     free(seqs);
     pb_outbox_items_free(items, n);

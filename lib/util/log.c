@@ -26,6 +26,7 @@ static atomic_int g_level = PB_LOG_INFO;
 static atomic_int g_fd = 2;
 static atomic_int g_format = PB_LOG_TEXT;
 static atomic_int g_journal = -1; /* -1: not checked yet for the current fd */
+static atomic_int g_delivery_level = PB_LOG_INFO;
 
 static const char *const names[] = {"debug", "info", "warn", "error"};
 /* syslog priorities (sd-daemon(3)): debug 7, info 6, warning 4, err 3 */
@@ -34,6 +35,16 @@ static const int priorities[] = {7, 6, 4, 3};
 void pb_log_set_level(pb_log_level level)
 {
     atomic_store(&g_level, (int)level);
+}
+
+void pb_log_set_delivery_level(pb_log_level level)
+{
+    atomic_store(&g_delivery_level, (int)level);
+}
+
+pb_log_level pb_log_delivery_level(void)
+{
+    return (pb_log_level)atomic_load(&g_delivery_level);
 }
 
 bool pb_log_enabled(pb_log_level level)
@@ -195,10 +206,11 @@ static void write_text(pb_log_level level, const char *peer, const pb_log_kv *kv
     timestamp(ts);
     snprintf(head, sizeof head, "%s %-5s ", ts, names[level]);
     puts_(&l, head);
-    if (peer) {
-        puts_(&l, "peer=");
-        put_escaped(&l, peer, false);
-        puts_(&l, " ");
+    if (peer) { /* chosen by the peer: quoted like a field value when needed */
+        bool q = needs_quotes(peer);
+        puts_(&l, q ? "peer=\"" : "peer=");
+        put_escaped(&l, peer, q);
+        puts_(&l, q ? "\" " : " ");
     }
     put_escaped(&l, msg, false);
     for (size_t i = 0; i < nkv; i++) {
@@ -295,6 +307,11 @@ void pb_log(pb_log_level level, const char *peer, const char *fmt, ...)
     va_start(ap, fmt);
     vlog(level, peer, NULL, 0, fmt, ap);
     va_end(ap);
+}
+
+void pb_log_line(pb_log_level level, const char *msg)
+{
+    pb_log(level, NULL, "%s", msg ? msg : "");
 }
 
 void pb_log_kv_write(pb_log_level level, const char *peer, const pb_log_kv *kv, size_t nkv,

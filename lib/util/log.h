@@ -9,7 +9,8 @@
  *
  * A line may carry structured fields (pb_log_kv): text appends them as ` key=value` (the
  * value in double quotes, with \" and \\ escaped, when it is empty or holds a space, a
- * quote, '=' or a backslash); json adds them as members (numbers as JSON integers). "peer"
+ * quote, '=' or a backslash; the peer= value follows the same rule, so that a server ID a
+ * peer chose cannot forge fields); json adds them as members (numbers as JSON integers). "peer"
  * is null in json when the line concerns no peer; a field named ts, level, msg or peer is
  * written as kv_<name>.
  *
@@ -36,6 +37,13 @@ void pb_log(pb_log_level level, const char *peer, const char *fmt, ...)
 bool pb_log_enabled(pb_log_level level);
 /* Redirects output to fd (default 2); re-checks JOURNAL_STREAM against fd. */
 void pb_log_set_fd(int fd);
+
+/* The level of the one line per delivery outcome (a Push sent or received, a Pull
+ * answered): PB_LOG_INFO by default, PB_LOG_DEBUG with log_deliveries = debug (thousands
+ * of busy peers). Failures are not delivery lines: they keep their own levels.
+ * Process-wide, thread-safe. */
+void pb_log_set_delivery_level(pb_log_level level);
+pb_log_level pb_log_delivery_level(void);
 
 #define PB_DEBUG(peer, ...) pb_log(PB_LOG_DEBUG, peer, __VA_ARGS__)
 #define PB_INFO(peer, ...) pb_log(PB_LOG_INFO, peer, __VA_ARGS__)

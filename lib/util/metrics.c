@@ -26,7 +26,9 @@
 #include "util/log.h"
 #include "util/mem.h"
 
-enum mtype { M_COUNTER, M_GAUGE, M_HISTOGRAM };
+/* M_SAMPLED: a counter whose value is read from elsewhere at scrape time (CPU seconds):
+ * rendered as a counter, stored and set like a gauge. */
+enum mtype { M_COUNTER, M_GAUGE, M_HISTOGRAM, M_SAMPLED };
 
 struct pb_series {
     struct pb_series *next;
@@ -229,6 +231,12 @@ pb_metric *pb_metrics_gauge(pb_metrics *m, const char *name, const char *help, c
     return family_add(m, M_GAUGE, name, help, labels, NULL, 0);
 }
 
+pb_metric *pb_metrics_counter_sampled(pb_metrics *m, const char *name, const char *help,
+                                      const char *labels)
+{
+    return family_add(m, M_SAMPLED, name, help, labels, NULL, 0);
+}
+
 pb_metric *pb_metrics_histogram(pb_metrics *m, const char *name, const char *help,
                                 const char *labels, const double *bounds, size_t nbounds)
 {
@@ -300,6 +308,11 @@ void pb_gauge_set(pb_series *s, double v)
     if (s && s->type == M_GAUGE) atomic_store_explicit(&s->v, dbits(v), memory_order_relaxed);
 }
 
+void pb_counter_set_sampled(pb_series *s, double v)
+{
+    if (s && s->type == M_SAMPLED) atomic_store_explicit(&s->v, dbits(v), memory_order_relaxed);
+}
+
 static void add_double(_Atomic uint64_t *cell, double delta)
 {
     uint64_t old = atomic_load_explicit(cell, memory_order_relaxed);
@@ -342,7 +355,9 @@ uint64_t pb_counter_value(const pb_series *s)
 
 double pb_gauge_value(const pb_series *s)
 {
-    return s && s->type == M_GAUGE ? bitsd(atomic_load(&((pb_series *)s)->v)) : 0;
+    return s && (s->type == M_GAUGE || s->type == M_SAMPLED)
+               ? bitsd(atomic_load(&((pb_series *)s)->v))
+               : 0;
 }
 
 uint64_t pb_histogram_count(const pb_series *s)
@@ -390,7 +405,7 @@ void pb_metrics_hook_remove(pb_metrics *m, pb_metrics_hook_fn fn, void *ctx)
 
 static const char *type_name(enum mtype t)
 {
-    return t == M_COUNTER ? "counter" : t == M_GAUGE ? "gauge" : "histogram";
+    return t == M_COUNTER || t == M_SAMPLED ? "counter" : t == M_GAUGE ? "gauge" : "histogram";
 }
 
 /* Whole numbers below 1e15 in full, else the shortest decimal text that reads back as v;
@@ -489,7 +504,7 @@ static void render_series(pb_buf *b, const pb_metric *f, pb_series *s)
         pb_buf_append(b, "\n", 1);
         return;
     }
-    if (f->type == M_GAUGE) {
+    if (f->type == M_GAUGE || f->type == M_SAMPLED) {
         put_name(b, f, s, NULL, NULL);
         pb_buf_append(b, " ", 1);
         put_double(b, bitsd(atomic_load(&s->v)));

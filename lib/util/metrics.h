@@ -63,6 +63,10 @@ pb_metric *pb_metrics_counter(pb_metrics *m, const char *name, const char *help,
 pb_metric *pb_metrics_gauge(pb_metrics *m, const char *name, const char *help, const char *labels);
 pb_metric *pb_metrics_histogram(pb_metrics *m, const char *name, const char *help,
                                 const char *labels, const double *bounds, size_t nbounds);
+/* A counter whose value another source keeps (the kernel's CPU time): rendered as a
+ * counter, set by a scrape hook with pb_counter_set_sampled. */
+pb_metric *pb_metrics_counter_sampled(pb_metrics *m, const char *name, const char *help,
+                                      const char *labels);
 
 /* The series of family f with these label values (as many as the family has label
  * names; NULL for a family without labels), created at first use. Owned by the registry.
@@ -85,6 +89,8 @@ static inline void pb_counter_inc(pb_series *s)
 /* Gauges (a non-gauge series is ignored). */
 void pb_gauge_set(pb_series *s, double v);
 void pb_gauge_add(pb_series *s, double delta);
+/* Sampled counters (a series of another type is ignored): the source's current value. */
+void pb_counter_set_sampled(pb_series *s, double v);
 /* Histograms: counts v in the first bucket whose bound is >= v, and adds v to the sum. */
 void pb_histogram_observe(pb_series *s, double v);
 

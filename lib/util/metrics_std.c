@@ -3,7 +3,13 @@
  */
 #include "util/metrics_std.h"
 
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "postbox.h"
 #include "util/mem.h"
@@ -17,7 +23,81 @@ static const double commit_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0
 /* Writes per group commit: powers of two up to the largest default batch and beyond. */
 static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 
+/* Submission to acknowledgement, seconds: a Push round trip (10 ms) to a peer queued for
+ * a day. */
+static const double delivery_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,  1,     2.5,   5,
+                                         10,   30,    60,   300, 900,  3600, 14400, 43200, 86400};
+
 #define N(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- process_* (Linux) ------------------------------------------------------------------ */
+
+/* Open descriptors: the entries of /proc/self/fd but the directory's own. -1 if unknown. */
+static double open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return (double)(n - 1);
+}
+
+/* Resident set size from /proc/self/statm (pages), bytes; -1 if unknown. */
+static double resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, rss = 0;
+    int got = f ? fscanf(f, "%llu %llu", &size, &rss) : 0;
+    if (f) fclose(f);
+    return got == 2 ? (double)rss * (double)sysconf(_SC_PAGESIZE) : -1;
+}
+
+/* When this process started, Unix seconds: its start in clock ticks after boot
+ * (/proc/self/stat field 22) plus the boot time (/proc/stat btime). 0 if unknown. */
+static double process_start(void)
+{
+    char buf[2048];
+    unsigned long long start = 0, btime = 0;
+    FILE *f = fopen("/proc/self/stat", "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (!p) return 0;
+    p++;
+    for (int field = 3; field < 22 && p; field++) /* p: the space before field 22 */
+        p = strchr(p + 1, ' ');
+    if (!p || sscanf(p, " %llu", &start) != 1) return 0;
+    f = fopen("/proc/stat", "r");
+    if (!f) return 0;
+    char line[256];
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "btime %llu", &btime) == 1) break;
+    fclose(f);
+    long hz = sysconf(_SC_CLK_TCK);
+    return btime && hz > 0 ? (double)btime + (double)start / (double)hz : 0;
+}
+
+static void process_hook(void *ctx)
+{
+    const pb_metrics_std *s = ctx;
+    double fds = open_fds(), rss = resident_bytes();
+    if (fds >= 0) pb_gauge_set(pb_metric_series(s->process_open_fds, NULL), fds);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        pb_gauge_set(pb_metric_series(s->process_max_fds, NULL),
+                     rl.rlim_cur == RLIM_INFINITY ? 1e308 : (double)rl.rlim_cur);
+    if (rss >= 0) pb_gauge_set(pb_metric_series(s->process_resident_memory, NULL), rss);
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        pb_counter_set_sampled(pb_metric_series(s->process_cpu_seconds, NULL),
+                               (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+                                   ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) /
+                                       1e6);
+}
 
 pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
 {
@@ -67,6 +147,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         reg, "postbox_key_fetches_total",
         "Peer key fetches, by result: ok, error, rate_limited (not tried: fetched too recently)",
         "result");
+    s->delivery_latency = pb_metrics_histogram(
+        reg, "postbox_delivery_latency_seconds",
+        "Events from their submission (POST /v1/outbox) to the peer's acknowledgement of the "
+        "Push that carried them",
+        NULL, delivery_bounds, N(delivery_bounds));
 
     s->store_commit_duration = pb_metrics_histogram(
         reg, "postbox_store_commit_duration_seconds",
@@ -96,6 +181,16 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
                          "Age of the oldest event waiting for one peer; only the peers with "
                          "the oldest backlog (metrics_top_peers) have a series",
                          "peer");
+    s->peer_last_success = pb_metrics_gauge(
+        reg, "postbox_peer_last_success_timestamp_seconds",
+        "Unix time of the last successful Push to one peer as this node saw it; only the "
+        "peers with the oldest backlog (metrics_top_peers) that had one have a series",
+        "peer");
+    s->peer_parked = pb_metrics_gauge(
+        reg, "postbox_peer_parked",
+        "1 for a parked peer (an event refused for good waits for an operator); at most "
+        "metrics_top_peers parked peers have a series, postbox_peers{mode=\"parked\"} counts all",
+        "peer");
     s->open_connections = pb_metrics_gauge(reg, "postbox_open_connections",
                                            "Open connections per listener", "listener");
     s->inbox_last_seq =
@@ -113,6 +208,22 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         reg, "postbox_build_info", "Always 1: the version and the store backend", "version,store");
     s->start_time = pb_metrics_gauge(reg, "postbox_start_time_seconds",
                                      "Unix time at which this daemon started", NULL);
+
+    s->process_open_fds =
+        pb_metrics_gauge(reg, "process_open_fds", "Number of open file descriptors", NULL);
+    s->process_max_fds = pb_metrics_gauge(
+        reg, "process_max_fds", "Maximum number of open file descriptors (soft limit)", NULL);
+    s->process_resident_memory = pb_metrics_gauge(reg, "process_resident_memory_bytes",
+                                                  "Resident memory size in bytes", NULL);
+    s->process_cpu_seconds = pb_metrics_counter_sampled(
+        reg, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds", NULL);
+    s->process_start_time =
+        pb_metrics_gauge(reg, "process_start_time_seconds",
+                         "Start time of the process since unix epoch in seconds", NULL);
+    double started = process_start();
+    if (started <= 0) started = (double)time(NULL);
+    pb_gauge_set(pb_metric_series(s->process_start_time, NULL), started);
+    pb_metrics_hook_add(reg, process_hook, s);
 
     /* the fixed label values, at 0 from the start */
     static const char *const results[] = {"ok", "retried", "queued", "parked"};
@@ -143,5 +254,7 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
 
 void pb_metrics_std_free(pb_metrics_std *std)
 {
+    if (!std) return;
+    pb_metrics_hook_remove(std->reg, process_hook, std);
     free(std);
 }

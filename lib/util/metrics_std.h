@@ -27,6 +27,8 @@
  *     events_duplicate       postbox_events_duplicate_total{path=push|pull}
  *     client_duration        postbox_hrpc_client_request_duration_seconds{method=Push|Pull}
  *     key_fetches            postbox_key_fetches_total{result=ok|error|rate_limited}
+ *     delivery_latency       postbox_delivery_latency_seconds: submission to the peer's
+ *                            acknowledgement of a Push, per event
  *   store (store/store_sqlite.c writer, store/store_pg.c write calls)
  *     store_commit_duration  postbox_store_commit_duration_seconds
  *     store_commit_writes    postbox_store_commit_batch_writes (SQLite group commit)
@@ -37,12 +39,20 @@
  *     oldest_queued_age      postbox_oldest_queued_age_seconds
  *     peer_queued_events     postbox_peer_queued_events{peer}: the N peers with the
  *     peer_oldest_queued_age postbox_peer_oldest_queued_age_seconds{peer}  oldest backlog
+ *     peer_parked            postbox_peer_parked{peer}: 1 for each parked peer, at most
+ *                            metrics_top_peers of them (by server ID)
+ *     peer_last_success      postbox_peer_last_success_timestamp_seconds{peer}: the same
+ *                            peers' last successful Push as this node saw it (when any)
  *     open_connections       postbox_open_connections{listener=federation|admin|metrics}
  *     inbox_last_seq         postbox_inbox_last_seq
  *     inbox_unread_events    postbox_inbox_unread_events
  *     inbox_oldest_unread_age postbox_inbox_oldest_unread_age_seconds
  *     build_info             postbox_build_info{version,store} (always 1)
  *     start_time             postbox_start_time_seconds
+ *   this module (a scrape hook reading /proc/self and getrusage; Prometheus client names)
+ *     process_open_fds, process_max_fds (the soft RLIMIT_NOFILE),
+ *     process_resident_memory_bytes, process_cpu_seconds_total (user + system),
+ *     process_start_time_seconds
  *
  * Untrusted input: none.
  */
@@ -67,6 +77,7 @@ typedef struct pb_metrics_std {
     pb_metric *events_duplicate;
     pb_metric *client_duration;
     pb_metric *key_fetches;
+    pb_metric *delivery_latency;
 
     pb_metric *store_commit_duration;
     pb_metric *store_commit_writes;
@@ -77,20 +88,29 @@ typedef struct pb_metrics_std {
     pb_metric *oldest_queued_age;
     pb_metric *peer_queued_events;
     pb_metric *peer_oldest_queued_age;
+    pb_metric *peer_last_success;
+    pb_metric *peer_parked;
     pb_metric *open_connections;
     pb_metric *inbox_last_seq;
     pb_metric *inbox_unread_events;
     pb_metric *inbox_oldest_unread_age;
     pb_metric *build_info;
     pb_metric *start_time;
+
+    pb_metric *process_open_fds;
+    pb_metric *process_max_fds;
+    pb_metric *process_resident_memory;
+    pb_metric *process_cpu_seconds;
+    pb_metric *process_start_time;
 } pb_metrics_std;
 
 /* The family `field` of std, or NULL when std is NULL (no metrics). */
 #define PB_METRIC(std, field) ((std) ? (std)->field : NULL)
 
-/* Registers every standard family on reg (which must outlive the result) and creates the
- * fixed-label series at 0. The caller frees the result with pb_metrics_std_free (NULL is
- * a no-op; the families stay in reg). */
+/* Registers every standard family on reg (which must outlive the result), creates the
+ * fixed-label series at 0 and adds the scrape hook of the process_* series. The caller
+ * frees the result with pb_metrics_std_free (NULL is a no-op; it removes the hook, the
+ * families stay in reg). */
 pb_metrics_std *pb_metrics_std_new(pb_metrics *reg);
 void pb_metrics_std_free(pb_metrics_std *std);
 

@@ -12,7 +12,8 @@
  *              signed by C's key is refused
  *   rename     A renames: B and C re-label; events B queued for A reach A under the new
  *              ID; forged renames are refused and change nothing
- *   parked     a peer answering 400: the event is parked, shown in peers, retried and
+ *   parked     a peer answering 400: the event is parked, shown in peers and in /metrics
+ *              (postbox_peer_parked{peer}), retried and
  *              dropped only by the admin calls
  *   bad admin  malformed admin requests get a 4xx and store nothing
  *
@@ -607,6 +608,10 @@ static void test_parked(void)
            err ? err : "(null)");
     CHECK_INT(json_integer_value(json_object_get(p, "queued")), 3);
     json_decref(p);
+    /* /metrics names the parked peer (the PostboxPeerParked alert's series) */
+    char series[160];
+    snprintf(series, sizeof series, "postbox_peer_parked{peer=\"%s\"}", b->server_id);
+    CHECKF(pbt_metric(a, series) == 1, "%s = %g", series, pbt_metric(a, series));
     /* retry while B still refuses: parked again, nothing delivered, nothing dropped */
     long st;
     json_t *r;
@@ -635,6 +640,7 @@ static void test_parked(void)
     r = pbt_admin(a, "POST", path, NULL, &st);
     CHECKF(st == 409, "drop-parked when not parked: %ld", st);
     json_decref(r);
+    CHECKF(pbt_metric(a, series) == -1, "no %s once it is not parked", series);
     json_decref(sent);
     pbt_daemon_free(a);
     pbt_daemon_free(b);

@@ -19,7 +19,13 @@
  *   qshape     /v1/qshape and `postboxctl qshape` (table, --top, --json)
  *   logs       every line A wrote with log_format = json parses as one object with ts,
  *              level, msg and peer
+ *   process    the process_* series hold A's figures; the delivery latency histogram
+ *              counted the events A delivered
+ *   dashboard  every query of docs/monitoring/grafana-postbox.json (its variables given
+ *              values) passes `promtool check rules` as a recording rule, and every
+ *              postbox_ and process_ metric it names is in A's scrape
  */
+#include <ctype.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <stdlib.h>
@@ -28,6 +34,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "util/buf.h"
 
 extern char **environ;
 
@@ -102,8 +109,18 @@ static double moved(const json_t *before, const json_t *after, const char *key)
     CHECKF(has(m, key) && val(m, key) == (want), "%s = %g (present: %d), want %g", key,            \
            val(m, key), has(m, key), (double)(want))
 
+/* Runs promtool with args (argv[1..], NULL-terminated) and text on stdin; true when it
+ * exits 0 (what it said is printed when not). */
+static bool promtool_run(char *const *args, const char *text, const char *what);
+
 /* Runs `promtool check metrics` on text; true when it accepts it. */
 static bool promtool_ok(const char *text, const char *what)
+{
+    char *args[] = {"check", "metrics", NULL};
+    return promtool_run(args, text, what);
+}
+
+static bool promtool_run(char *const *args, const char *text, const char *what)
 {
     const char *prog = NULL;
     static const char *const paths[] = {"/usr/bin/promtool", "/usr/local/bin/promtool"};
@@ -124,7 +141,9 @@ static bool promtool_ok(const char *text, const char *what)
     posix_spawn_file_actions_addopen(&fa, 0, in, O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    char *argv[] = {(char *)prog, "check", "metrics", NULL};
+    char *argv[8] = {(char *)prog};
+    for (int i = 0; args[i] && i < 6; i++)
+        argv[i + 1] = args[i];
     pid_t pid;
     int st = -1;
     if (posix_spawn(&pid, prog, &fa, NULL, argv, environ) == 0) waitpid(pid, &st, 0);
@@ -137,11 +156,117 @@ static bool promtool_ok(const char *text, const char *what)
         fclose(f);
     }
     bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-    CHECKF(ok, "promtool check metrics on %s: status %d: %s", what, st, said);
-    printf("promtool check metrics (%s): %s%s\n", what, ok ? "ok" : "FAILED", said);
+    CHECKF(ok, "promtool %s %s on %s: status %d: %s", args[0], args[1], what, st, said);
+    printf("promtool %s %s (%s): %s%s\n", args[0], args[1], what, ok ? "ok" : "FAILED", said);
     pbt_rmrf(dir);
     free(dir);
     return ok;
+}
+
+/* ---- the Grafana dashboard ---------------------------------------------------------------- */
+
+/* Appends the query of every target of every panel (rows' panels included) to out. */
+static void collect_exprs(const json_t *panels, json_t *out)
+{
+    size_t i, k;
+    const json_t *p, *t;
+    json_array_foreach(panels, i, p)
+    {
+        json_array_foreach(json_object_get(p, "targets"), k, t)
+        {
+            const char *e = json_string_value(json_object_get(t, "expr"));
+            if (e) json_array_append_new(out, json_string(e));
+        }
+        collect_exprs(json_object_get(p, "panels"), out);
+    }
+}
+
+/* e with Grafana's variables given values a rule can hold: $__rate_interval 5m, $job .+ */
+static char *concrete(const char *e)
+{
+    pb_buf b = PB_BUF_INIT;
+    while (*e) {
+        if (!strncmp(e, "$__rate_interval", 16)) {
+            pb_buf_append_str(&b, "5m");
+            e += 16;
+        } else if (!strncmp(e, "$job", 4)) {
+            pb_buf_append_str(&b, ".+");
+            e += 4;
+        } else {
+            pb_buf_append(&b, e++, 1);
+        }
+    }
+    pb_buf_append(&b, "", 1);
+    return (char *)b.data;
+}
+
+static void test_dashboard(const char *scrape_text)
+{
+    const char *path = PB_SOURCE_DIR "/docs/monitoring/grafana-postbox.json";
+    json_error_t jerr;
+    json_t *dash = json_load_file(path, 0, &jerr);
+    CHECKF(dash != NULL, "%s: %s", path, jerr.text);
+    json_t *exprs = json_array();
+    collect_exprs(json_object_get(dash, "panels"), exprs);
+    CHECKF(json_array_size(exprs) >= 20, "%zu queries in the dashboard", json_array_size(exprs));
+    pb_buf rules = PB_BUF_INIT;
+    pb_buf_append_str(&rules, "groups:\n  - name: grafana-postbox\n    rules:\n");
+    size_t i, names = 0;
+    const json_t *e;
+    json_array_foreach(exprs, i, e)
+    {
+        char *c = concrete(json_string_value(e));
+        json_t *q = json_string(c);
+        char *quoted = json_dumps(q, JSON_ENCODE_ANY); /* a JSON string is a YAML scalar */
+        char line[96];
+        snprintf(line, sizeof line, "      - record: dashboard:query_%zu\n        expr: ", i);
+        pb_buf_append_str(&rules, line);
+        pb_buf_append_str(&rules, quoted);
+        pb_buf_append_str(&rules, "\n");
+        free(quoted);
+        json_decref(q);
+        /* every postbox_ and process_ name is served */
+        for (const char *p = c; *p; p++) {
+            if ((strncmp(p, "postbox_", 8) && strncmp(p, "process_", 8)) ||
+                (p > c && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == ':')))
+                continue;
+            size_t n =
+                strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_:");
+            char name[128], want[160];
+            snprintf(name, sizeof name, "%.*s", (int)n, p);
+            static const char *const sfx[] = {"_bucket", "_sum", "_count"};
+            for (size_t k = 0; k < 3; k++) {
+                size_t l = strlen(name), sl = strlen(sfx[k]);
+                if (l > sl && !strcmp(name + l - sl, sfx[k])) {
+                    snprintf(want, sizeof want, "# TYPE %.*s histogram\n", (int)(l - sl), name);
+                    if (strstr(scrape_text, want)) name[l - sl] = '\0';
+                }
+            }
+            snprintf(want, sizeof want, "# TYPE %s ", name);
+            CHECKF(strstr(scrape_text, want) != NULL, "the dashboard uses %s, not in /metrics",
+                   name);
+            names++;
+            p += n - 1;
+        }
+        free(c);
+    }
+    CHECKF(names >= 20, "%zu metric names checked", names);
+    pb_buf_append(&rules, "", 1);
+    /* promtool reads the rules from a file */
+    char *dir = pbt_tmpdir("dashrules");
+    char file[512];
+    snprintf(file, sizeof file, "%s/dashboard-rules.yml", dir);
+    FILE *f = fopen(file, "w");
+    fputs((const char *)rules.data, f);
+    fclose(f);
+    char *args[] = {"check", "rules", file, NULL};
+    promtool_run(args, "", "the dashboard's queries");
+    printf("dashboard: %zu queries, %zu metric names checked\n", json_array_size(exprs), names);
+    pbt_rmrf(dir);
+    free(dir);
+    pb_buf_free(&rules);
+    json_decref(exprs);
+    json_decref(dash);
 }
 
 /* ---- waiting ----------------------------------------------------------------------------- */
@@ -401,6 +526,21 @@ static void test_metrics(pbt_daemon *a, pbt_daemon *b, uint16_t mport, const cha
     CHECK(!has(b1, "postbox_open_connections{listener=\"metrics\"}"));
     promtool_ok(ta, "A under traffic");
     promtool_ok(tb, "B under traffic");
+    test_dashboard(ta);
+    /* process_* (this daemon's own figures) and the delivery latency of A's 6 events */
+    CHECKF(val(a1, "process_open_fds") >= 5 &&
+               val(a1, "process_open_fds") < val(a1, "process_max_fds"),
+           "process_open_fds %g of %g", val(a1, "process_open_fds"), val(a1, "process_max_fds"));
+    CHECKF(val(a1, "process_resident_memory_bytes") > 1e6, "rss %g",
+           val(a1, "process_resident_memory_bytes"));
+    CHECKF(has(a1, "process_cpu_seconds_total"), "process_cpu_seconds_total");
+    double started = val(a1, "process_start_time_seconds");
+    CHECKF(started > (double)time(NULL) - 600 && started <= (double)time(NULL) + 1,
+           "process_start_time_seconds %g", started);
+    CHECK_MOVED(a0, a1, "postbox_delivery_latency_seconds_count", 6);
+    /* the top-N peers never had a successful Push: no last-success series for them */
+    snprintf(key, sizeof key, "postbox_peer_last_success_timestamp_seconds{peer=\"%s\"}", down[0]);
+    CHECKF(!has(a1, key), "%s", key);
     free(ta);
     free(tb);
 

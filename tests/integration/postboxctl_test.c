@@ -92,13 +92,13 @@ static int test_send(const pbt_daemon *d, const char *dead)
     int total = 0;
     int rc = run(&out, "%s --admin %s send %s %s 2>&1", PB_POSTBOXCTL, d->admin, dead, EV1);
     CHECK_INT(rc, 0);
-    CHECK_STR(out, "accepted 1\n");
+    CHECK_STR(out, "accepted 1 (seq 1)\n");
     total += rc == 0 ? 1 : 0;
     free(out);
 
     rc = run(&out, "%s --admin %s send %s %s %s 2>&1", PB_POSTBOXCTL, d->admin, dead, EV1, EV2);
     CHECK_INT(rc, 0);
-    CHECK_STR(out, "accepted 2\n");
+    CHECK_STR(out, "accepted 2 (seq 2-3)\n");
     total += rc == 0 ? 2 : 0;
     free(out);
 
@@ -108,7 +108,7 @@ static int test_send(const pbt_daemon *d, const char *dead)
              "{\"userRejectedInvite\":{\"userId\":\"5\",\"guildId\":\"6\",\"inviteId\":\"i\"}}",
              PB_POSTBOXCTL, d->admin, dead);
     CHECK_INT(rc, 0);
-    CHECK_STR(out, "accepted 3\n");
+    CHECK_STR(out, "accepted 3 (seq 4-6)\n");
     total += rc == 0 ? 3 : 0;
     free(out);
 
@@ -126,9 +126,9 @@ static int test_send(const pbt_daemon *d, const char *dead)
         rc = run(&out, "%s --admin %s send --id ctl-1 %s %s 2>&1", PB_POSTBOXCTL, d->admin, dead,
                  EV1);
         CHECK_INT(rc, 0);
-        CHECK_STR(out, i == 0 ? "accepted 1\n"
-                              : "accepted 1 (duplicate: this submission ID was queued before; "
-                                "nothing new queued)\n");
+        CHECK_STR(out, i == 0 ? "accepted 1 (seq 8)\n"
+                              : "accepted 1 (seq 8) (duplicate: this submission ID was queued "
+                                "before; nothing new queued)\n");
         total += rc == 0 && i == 0 ? 1 : 0;
         free(out);
     }
@@ -246,7 +246,7 @@ static void test_users_and_inbox(const pbt_daemon *d)
 
     rc = run(&out, "%s --admin %s inbox 2>&1", PB_POSTBOXCTL, d->admin);
     CHECK_INT(rc, 0);
-    CHECK_STR(out, "");
+    CHECK_STR(out, "SEQ  FROM  KIND  DETAILS\n");
     free(out);
     rc = run(&out, "%s --admin %s --json inbox --after 0 --limit 10", PB_POSTBOXCTL, d->admin);
     CHECK_INT(rc, 0);

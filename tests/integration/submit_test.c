@@ -48,9 +48,11 @@ static json_t *submit(const pbt_daemon *d, const char *to, json_t *evs, json_t *
 /* The answer is 202 {"accepted": n, "duplicate": dup} exactly. */
 static bool accepted(json_t *r, long st, long n, bool dup)
 {
-    return st == 202 && json_object_size(r) == 2 &&
-           json_integer_value(json_object_get(r, "accepted")) == n &&
-           json_is_boolean(json_object_get(r, "duplicate")) &&
+    json_int_t first = json_integer_value(json_object_get(r, "first_seq")),
+               last = json_integer_value(json_object_get(r, "last_seq"));
+    return st == 202 && json_object_size(r) == 4 &&
+           json_integer_value(json_object_get(r, "accepted")) == n && first >= 1 &&
+           last - first + 1 == n && json_is_boolean(json_object_get(r, "duplicate")) &&
            json_boolean_value(json_object_get(r, "duplicate")) == dup;
 }
 
@@ -69,7 +71,7 @@ static long long queued_for(const pbt_daemon *d, const char *peer)
     return q;
 }
 
-/* Expects 202 {"accepted": n, "duplicate": dup} for this submission. */
+/* Expects 202 {"accepted": n, "first_seq", "last_seq" (n numbers), "duplicate": dup}. */
 static void expect(const pbt_daemon *d, const char *to, json_t *evs, const char *id, long n,
                    bool dup, const char *what)
 {
@@ -134,12 +136,17 @@ static void test_shapes(const pbt_daemon *d, const char *dead)
     big[128] = '\0';
     expect(d, dead, events(10, 1), big, 1, false, "128-character ID");
 
-    /* without an ID: the old shape, and no deduplication */
+    /* without an ID: no "duplicate", no deduplication: each call gets new numbers */
+    json_int_t prev_last = 0;
     for (int i = 0; i < 2; i++) {
         r = submit(d, dead, events(1, 2), NULL, &st);
-        CHECKF(st == 202 && json_object_size(r) == 1 &&
-                   json_integer_value(json_object_get(r, "accepted")) == 2,
-               "no ID: 202 {\"accepted\": 2}, got %ld", st);
+        json_int_t first = json_integer_value(json_object_get(r, "first_seq")),
+                   last = json_integer_value(json_object_get(r, "last_seq"));
+        CHECKF(st == 202 && json_object_size(r) == 3 &&
+                   json_integer_value(json_object_get(r, "accepted")) == 2 && last == first + 1 &&
+                   (i == 0 || first == prev_last + 1),
+               "no ID: 202 {\"accepted\": 2, \"first_seq\", \"last_seq\"}, got %ld", st);
+        prev_last = last;
         json_decref(r);
     }
     /* 2 (hs-1) + 1 (hs-2) + 1 (128 chars) + 2 + 2 (no ID) */

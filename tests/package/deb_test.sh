@@ -10,7 +10,8 @@
 #     enabled but not started (dh_installsystemd --no-start), the postbox system user
 #     (sysusers.d) and /var/lib/postbox mode 0750 owned by it (tmpfiles.d; both run with
 #     --root on the unpacked tree, as postinst runs them), the man pages, the libraries
-#     with their SONAME link, header and postbox.pc.
+#     with their SONAME link, header and postbox.pc; the licence (debian/copyright), the
+#     README and docs/monitoring/* under /usr/share/doc/postbox/.
 #
 #   deb_test.sh SRC OUTDIR VERSION      prints "N passed, N failed"; exit 0 only when
 #                                       nothing failed
@@ -62,9 +63,16 @@ check "postboxd does not need libpostbox.so" sh -c "! readelf -d '$root/usr/sbin
 check "/etc/postbox/postbox.conf is a conffile" grep -qx /etc/postbox/postbox.conf "$tmp/control/conffiles"
 for f in lib/systemd/system/postboxd.service usr/share/man/man8/postboxd.8.gz \
          usr/share/man/man1/postboxctl.1.gz usr/share/man/man5/postbox.conf.5.gz \
-         usr/share/doc/postbox/postbox.conf.example usr/share/doc/postbox/copyright; do
+         usr/share/doc/postbox/postbox.conf.example usr/share/doc/postbox/copyright \
+         usr/share/doc/postbox/monitoring/alerts.yml usr/share/doc/postbox/monitoring/prometheus.yml \
+         usr/share/doc/postbox/monitoring/grafana-postbox.json; do
   if [ -f "$root/$f" ]; then pass; else fail "postbox lacks /$f"; fi
 done
+if [ -f "$root/usr/share/doc/postbox/README.md.gz" ] || [ -f "$root/usr/share/doc/postbox/README.md" ]; then
+  pass; else fail "postbox lacks /usr/share/doc/postbox/README.md(.gz)"; fi
+check "the copyright file says MIT (Expat) and Apache-2.0 for proto/" \
+  sh -c "grep -qx 'License: Expat' '$root/usr/share/doc/postbox/copyright' &&
+         grep -qx 'License: Apache-2.0' '$root/usr/share/doc/postbox/copyright'"
 post=$tmp/control/postinst
 check "the unit is enabled on installation" grep -q "deb-systemd-helper enable 'postboxd.service'" "$post"
 check "the unit is not started on installation" sh -c "! grep -q 'deb-systemd-invoke.*start' '$post'"

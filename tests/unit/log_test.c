@@ -102,6 +102,18 @@ static void test_text(void)
     s = contents();
     CHECK(strlen(s) <= 2048 && s[strlen(s) - 1] == '\n' && strchr(s, '\n') == s + strlen(s) - 1);
     free(s);
+    /* a server ID chosen by a peer cannot forge fields: quoted like a field value */
+    open_log();
+    PB_INFO("evil.example:1 status=sent \"x\n", "push deferred");
+    pb_log_line(PB_LOG_WARN, "from a program");
+    s = contents();
+    n = split(s, l, 16);
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        CHECK_STR(l[0] + 25, "info  peer=\"evil.example:1 status=sent \\\"x\\x0a\" push deferred");
+        CHECK_STR(l[1] + 25, "warn  from a program");
+    }
+    free(s);
 }
 
 static void test_json(void)

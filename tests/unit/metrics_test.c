@@ -7,6 +7,8 @@
  */
 #include "harness.h"
 
+#include <time.h>
+
 #include <math.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -302,9 +304,24 @@ static void test_two_registries(void)
         "postbox_inbox_oldest_unread_age_seconds 0\n",
         "# TYPE postbox_build_info gauge\n",
         "postbox_start_time_seconds 0\n",
+        "postbox_delivery_latency_seconds_bucket{le=\"86400\"} 0\n",
+        "# TYPE postbox_peer_last_success_timestamp_seconds gauge\n",
+        "# TYPE process_cpu_seconds_total counter\n",
+        "# TYPE process_open_fds gauge\n",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         CHECKF(strstr(t, want[i]) != NULL, "missing: %s", want[i]);
+    /* the process_* series hold this process's figures (set by the scrape hook) */
+    double fds = pb_gauge_value(pb_metric_series(sa->process_open_fds, NULL));
+    double maxfds = pb_gauge_value(pb_metric_series(sa->process_max_fds, NULL));
+    double rss = pb_gauge_value(pb_metric_series(sa->process_resident_memory, NULL));
+    double start = pb_gauge_value(pb_metric_series(sa->process_start_time, NULL));
+    double cpu = pb_gauge_value(pb_metric_series(sa->process_cpu_seconds, NULL));
+    CHECKF(fds >= 3 && fds <= maxfds, "process_open_fds %g, max %g", fds, maxfds);
+    CHECKF(rss > 1e5, "process_resident_memory_bytes %g", rss);
+    CHECKF(start > 1.6e9 && start <= (double)time(NULL) + 1, "process_start_time_seconds %g",
+           start);
+    CHECKF(cpu >= 0 && cpu < 3600, "process_cpu_seconds_total %g", cpu);
     free(t);
     pb_metrics_std_free(sa);
     pb_metrics_std_free(sb);
