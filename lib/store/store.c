@@ -570,11 +570,11 @@ pb_err pb_store_flush_done(pb_store *s, const char *peer, int64_t requested_at)
 }
 
 pb_err pb_store_outbox_drop(pb_store *s, const char *peer, int64_t before, const char *reason,
-                            int64_t now, pb_drop_result *res)
+                            int64_t now, bool record, pb_drop_result *res)
 {
     if (!s || !id_ok(peer) || !id_ok(reason) || !res) return PB_ERR_INVAL;
     pb_drop_result r = {0, 0, 0, 0, 0, 0, 0};
-    pb_err err = s->ops->outbox_drop(s->impl, peer, before, reason, now, &r);
+    pb_err err = s->ops->outbox_drop(s->impl, peer, before, reason, now, record, &r);
     if (err == PB_OK) *res = r;
     return err;
 }

@@ -509,10 +509,12 @@ typedef struct pb_drop_result {
  * empty or its parked event was deleted, and appends a notice to the inbox, from peer at
  * now: {"queueDropped": {"peer", "reason", "count", "firstSeq", "lastSeq",
  * "oldestCreatedAt"}} (uint64 as decimal strings, the time in ms). reason is a short
- * ASCII word ("operator", "max_queue_age"). *res is filled on PB_OK (all 0 but remaining
- * when nothing matched: nothing written). PB_ERR_NOT_FOUND for an unknown peer. */
+ * ASCII word ("operator", "max_queue_age"). With record (several nodes) the peer also gets
+ * a flushes row (peer, now), so that the node holding its lease re-reads its state. *res
+ * is filled on PB_OK (all 0 but remaining when nothing matched: nothing written).
+ * PB_ERR_NOT_FOUND for an unknown peer. */
 pb_err pb_store_outbox_drop(pb_store *s, const char *peer, int64_t before, const char *reason,
-                            int64_t now, pb_drop_result *res);
+                            int64_t now, bool record, pb_drop_result *res);
 /* The peers whose queue's head (its lowest seq) was created before `before` (ms), ordered
  * by server_id: what an expiry looks at. Cost O(peers with a queue). *peers (caller frees
  * with pb_store_strings_free) is NULL when none. */

@@ -104,7 +104,7 @@ typedef struct pb_store_ops {
     pb_err (*flush_list)(void *impl, pb_flush_req **out, size_t *n);
     pb_err (*flush_done)(void *impl, const char *peer, int64_t requested_at);
     pb_err (*outbox_drop)(void *impl, const char *peer, int64_t before, const char *reason,
-                          int64_t now, pb_drop_result *res);
+                          int64_t now, bool record, pb_drop_result *res);
     pb_err (*outbox_expired_peers)(void *impl, int64_t before, char ***peers, size_t *n);
 
     /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and

@@ -1723,6 +1723,7 @@ struct drop_ctx {
     int64_t before;
     const char *reason;
     int64_t now;
+    bool record;
     uint64_t e1, e2;  /* two different random non-zero epochs (ST_DROP_PEER) */
     pb_drop_result r; /* out */
 };
@@ -1762,6 +1763,8 @@ static pb_err drop_tx(pb_db *db, void *ctx)
         err = QINT(db, ST_INBOX_INSERT_NOTICE, &seq, A_INT(seq), A_TEXT(x->peer), A_TEXT(text),
                    A_INT(x->now));
     free(text);
+    if (err == PB_OK && x->record)
+        err = EXEC(db, ST_FLUSH_RECORD, NULL, A_TEXT(x->peer), A_INT(x->now));
     if (err != PB_OK) return err;
     x->r.count = (uint64_t)v[0];
     x->r.first_seq = (uint64_t)v[1];
@@ -1773,9 +1776,9 @@ static pb_err drop_tx(pb_db *db, void *ctx)
 }
 
 static pb_err op_outbox_drop(void *impl, const char *peer, int64_t before, const char *reason,
-                             int64_t now, pb_drop_result *res)
+                             int64_t now, bool record, pb_drop_result *res)
 {
-    struct drop_ctx x = {peer, before, reason, now, pb_store_epoch_random(0), 0, {0}};
+    struct drop_ctx x = {peer, before, reason, now, record, pb_store_epoch_random(0), 0, {0}};
     x.e2 = pb_store_epoch_random(x.e1);
     pb_err err = write_tx(impl, drop_tx, &x, false);
     if (err == PB_OK) *res = x.r;

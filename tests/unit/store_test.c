@@ -2274,7 +2274,7 @@ static void test_queue_control(void)
     /* a drop of the events before 2000: 1..3 */
     uint64_t inbox0 = inbox_last(s);
     pb_drop_result r;
-    CHECK_OK(pb_store_outbox_drop(s, p1, 2000, "max_queue_age", 8000, &r));
+    CHECK_OK(pb_store_outbox_drop(s, p1, 2000, "max_queue_age", 8000, true, &r));
     CHECK_INT(r.count, 3);
     CHECK_INT(r.first_seq, 1);
     CHECK_INT(r.last_seq, 3);
@@ -2283,6 +2283,10 @@ static void test_queue_control(void)
     CHECK(r.epoch != 0 && r.epoch != epoch0);
     CHECK_INT(r.notice_seq, inbox0 + 1);
     CHECK_INT(inbox_last(s), inbox0 + 1);
+    CHECK_OK(pb_store_flush_list(s, &fr, &n)); /* recorded for the lease holder */
+    CHECK_INT(n, 1);
+    if (n == 1) CHECK_INT(fr[0].requested_at, 8000);
+    pb_flush_reqs_free(fr, n);
     CHECK_OK(pb_store_peer_state_get(s, p1, &st));
     CHECK_INT(st.mode, PB_MODE_QUEUED); /* events left: still waiting for the peer */
     CHECK_INT(st.queued, 2);
@@ -2306,7 +2310,7 @@ static void test_queue_control(void)
     pb_inbox_items_free(it, n);
 
     /* the whole queue: the peer is back in push mode with a clean slate */
-    CHECK_OK(pb_store_outbox_drop(s, p1, INT64_MAX, "operator", 9000, &r));
+    CHECK_OK(pb_store_outbox_drop(s, p1, INT64_MAX, "operator", 9000, false, &r));
     CHECK_INT(r.count, 2);
     CHECK_INT(r.first_seq, 4);
     CHECK_INT(r.last_seq, 5);
@@ -2321,12 +2325,13 @@ static void test_queue_control(void)
     pb_peer_state_clear(&st);
     /* nothing left: nothing written */
     uint64_t inbox1 = inbox_last(s);
-    CHECK_OK(pb_store_outbox_drop(s, p1, INT64_MAX, "operator", 9500, &r));
+    CHECK_OK(pb_store_outbox_drop(s, p1, INT64_MAX, "operator", 9500, false, &r));
     CHECK_INT(r.count, 0);
     CHECK_INT(r.notice_seq, 0);
     CHECK_INT(r.epoch, 0);
     CHECK_INT(inbox_last(s), inbox1);
-    CHECK_ERR(pb_store_outbox_drop(s, p3, INT64_MAX, "operator", 9500, &r), PB_ERR_NOT_FOUND);
+    CHECK_ERR(pb_store_outbox_drop(s, p3, INT64_MAX, "operator", 9500, false, &r),
+              PB_ERR_NOT_FOUND);
     /* sequence numbers go on */
     uint64_t last = 0;
     CHECK_OK(pb_store_outbox_append(s, p1, e, 1, 9600, &last));
@@ -2336,7 +2341,7 @@ static void test_queue_control(void)
     CHECK_OK(pb_store_outbox_append(s, p3, e, 1, 1000, NULL));
     CHECK_OK(pb_store_outbox_append(s, p3, e, 1, 3000, NULL));
     CHECK_OK(pb_store_peer_state_set(s, p3, PB_MODE_PARKED, 0, 0, "refused", 1));
-    CHECK_OK(pb_store_outbox_drop(s, p3, 2000, "operator", 9700, &r));
+    CHECK_OK(pb_store_outbox_drop(s, p3, 2000, "operator", 9700, false, &r));
     CHECK_INT(r.count, 1);
     CHECK_INT(r.remaining, 1);
     CHECK_OK(pb_store_peer_state_get(s, p3, &st));
