@@ -90,6 +90,25 @@ static bool in_mode(void *ctx)
     return ok;
 }
 
+struct queue_wait {
+    const pbt_daemon *d;
+    const char *peer;
+    json_int_t want;
+};
+
+/* GET /v1/peers/PEER/queue says `want` events are queued */
+static bool queued_is(void *ctx)
+{
+    struct queue_wait *w = ctx;
+    char path[256];
+    long st = 0;
+    snprintf(path, sizeof path, "/v1/peers/%s/queue", w->peer);
+    json_t *j = pbt_admin(w->d, "GET", path, NULL, &st);
+    bool ok = st == 200 && json_integer_value(json_object_get(j, "queued")) == w->want;
+    json_decref(j);
+    return ok;
+}
+
 struct inbox_wait {
     const pbt_daemon *d;
     size_t want;
@@ -206,6 +225,8 @@ int main(void)
             (long long)(pbt_now_ms() - t0));
     struct peer_mode pb = {a, b->server_id, "push"};
     CHECKF(pbt_wait_for(in_mode, &pb, 20000), "B back in push mode");
+    struct queue_wait qw = {a, b->server_id, 0};
+    CHECKF(pbt_wait_for(queued_is, &qw, 20000), "the delivered events leave the queue");
     snprintf(path, sizeof path, "/v1/peers/%s/flush", b->server_id);
     j = pbt_admin(a, "POST", path, NULL, &st);
     CHECKF(st == 200 && json_is_false(json_object_get(j, "flushed")), "flush push mode: %ld", st);
