@@ -80,6 +80,7 @@ struct peer {
     int64_t seen_push_ms; /* last push_seen post (monotonic), to debounce */
     int64_t contact_ms;   /* last contact post (monotonic), to debounce */
     int64_t v_last_ok_s;  /* wall time of the last successful Push; 0 none (metrics) */
+    uint64_t v_acked;     /* delivered up to here (the state machine's acked), for a drop */
 
     /* ---- the engine's: loop thread only ---- */
     pb_delivery *d;
@@ -422,6 +423,7 @@ static void update_view(struct peer *p)
     pb_delivery *d = p->d;
     pthread_mutex_lock(&d->mu);
     p->v_mode = p->fsm.mode;
+    p->v_acked = p->fsm.acked;
     p->v_next_wall_ms =
         p->fsm.mode == PB_MODE_QUEUED && p->fsm.next_at ? mono_to_wall(p->fsm.next_at) : 0;
     pthread_mutex_unlock(&d->mu);
@@ -1962,6 +1964,16 @@ static pb_err drop_events(pb_delivery *d, const char *peer, int64_t before, bool
                           pb_drop_result *r)
 {
     const char *reason = expiry ? "max_queue_age" : "operator";
+    /* events this node delivered whose (lazy) deletion is still pending are not dropped:
+     * they are deleted first, as delivered */
+    pthread_mutex_lock(&d->mu);
+    struct peer *dp = peer_find(d, peer);
+    uint64_t acked = dp ? dp->v_acked : 0;
+    pthread_mutex_unlock(&d->mu);
+    if (acked) {
+        pb_err e = pb_store_outbox_ack(d->o.store, peer, acked);
+        if (e != PB_OK) return e;
+    }
     pb_err err =
         pb_store_outbox_drop(d->o.store, peer, before, reason, wall_ms(), d->o.node_id != NULL, r);
     if (err != PB_OK || r->count == 0) return err;
