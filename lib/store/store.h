@@ -371,11 +371,11 @@ pb_err pb_store_invites(pb_store *s, uint64_t user_id, pb_invite_entry **out, si
  * everything held for OLD as NEW: the peer row with its key (set to new_key) and
  * delivery/sequence state (send_epoch included), its receive state of every epoch, its
  * outbox events, guild list entries and pending invites, and pending renames_out rows and
- * its outbound lease; deletes the pending incoming rename of OLD (renames_in) if any; then
- * appends a rename item (from NEW) to the inbox. The key's
- * key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are kept.
- * PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer
- * (also when NEW equals OLD); nothing changes then.
+ * its outbound lease; forgets a recorded flush of either ID (pb_store_peer_flush); deletes the
+ * pending incoming rename of OLD (renames_in) if any; then appends a rename item (from NEW) to the
+ * inbox. The key's key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are
+ * kept. PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer (also
+ * when NEW equals OLD); nothing changes then.
  */
 pb_err pb_store_peer_rename(pb_store *s, const char *old_id, const char *new_id,
                             const uint8_t new_key[PB_PUBKEY_LEN], int64_t now);

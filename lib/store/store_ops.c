@@ -357,6 +357,8 @@ static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
     /* seq 0: SQLite's AUTOINCREMENT picks it */
     [ST_INBOX_INSERT_NOTICE] = BOTH("INSERT INTO inbox(seq, from_id, notice, received_at)"
                                     " VALUES (nullif($1, 0), $2, $3, $4) RETURNING seq"),
+    /* a rename forgets the peer's recorded flush (its effect is in the peer row) */
+    [ST_RENAME_FLUSHES] = BOTH("DELETE FROM flushes WHERE peer = $1 OR peer = $2"),
     [ST_EXPIRED_PEERS] = BOTH("SELECT p.server_id FROM peers p WHERE p.queued > 0 AND (SELECT"
                               " o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY"
                               " o.seq LIMIT 1) < $1 ORDER BY p.server_id"),
@@ -1457,7 +1459,7 @@ static pb_err peer_rename_tx(pb_db *db, void *ctx)
         ST_RENAME_OUTBOX,       ST_RENAME_GUILDS_DROP, ST_RENAME_GUILDS,
         ST_RENAME_INVITES_DROP, ST_RENAME_INVITES,     ST_RENAME_RENAMES_OUT,
         ST_RENAME_LEASES_DROP,  ST_RENAME_LEASES,      ST_RENAME_RECV_EPOCHS_DROP,
-        ST_RENAME_RECV_EPOCHS,
+        ST_RENAME_RECV_EPOCHS,  ST_RENAME_FLUSHES,
     };
     struct rename_ctx *r = ctx;
     int64_t seq = 0;

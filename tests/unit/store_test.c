@@ -2348,6 +2348,14 @@ static void test_queue_control(void)
     CHECK_INT(st.mode, PB_MODE_PUSH);
     CHECK_INT(st.parked_seq, 0);
     pb_peer_state_clear(&st);
+    /* a rename forgets the flush recorded by the first drop */
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 1);
+    pb_flush_reqs_free(fr, n);
+    uint8_t key[PB_PUBKEY_LEN] = {1};
+    CHECK_OK(pb_store_peer_rename(s, p1, "p1b.example:443", key, 9900));
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 0);
     CHECK_QUEUE_COUNTERS(spec);
     pb_store_close(s);
     free(spec);
