@@ -530,8 +530,13 @@ static void print_item(const json_t *it)
     const char *kind;
     json_t *fields;
     if (!json_is_object(ev) || json_object_size(ev) != 1) {
-        puts("  ?");
-        return;
+        /* a notice of our own (a queue dropped or expired) has no event */
+        const json_t *notice = json_object_get(it, "notice");
+        if (!json_is_object(notice) || json_object_size(notice) != 1) {
+            puts("  ?");
+            return;
+        }
+        ev = notice;
     }
     void *iter = json_object_iter((json_t *)ev);
     kind = json_object_iter_key(iter);
@@ -558,7 +563,7 @@ static void print_item(const json_t *it)
     }
     /* what PROTOCOL.md section 5 says to tell the user */
     const json_t *notice = json_object_get(it, "notice");
-    if (json_is_object(notice) && json_object_size(notice) == 1) {
+    if (notice != ev && json_is_object(notice) && json_object_size(notice) == 1) {
         void *ni = json_object_iter((json_t *)notice);
         const json_t *nf = json_object_iter_value(ni);
         printf("  notice: ");
@@ -788,6 +793,125 @@ static int cmd_drop_parked(struct ctl *c, int argc, char **argv)
     return parked_cmd(c, argv[0], "drop-parked", "parked event dropped, ");
 }
 
+/* flush PEER | --all: POST /v1/peers/PEER/flush or POST /v1/flush */
+static int cmd_flush(struct ctl *c, int argc, char **argv)
+{
+    (void)argc;
+    bool all = !strcmp(argv[0], "--all");
+    char *path = all ? strdup("/v1/flush") : seg_path("peers", argv[0], "flush");
+    if (!path) abort();
+    json_t *j = call(c, "POST", path, NULL);
+    free(path);
+    if (!j) return 1;
+    char b[32];
+    if (c->json) {
+        print_json(j);
+    } else if (all) {
+        const json_t *peers = json_object_get(j, "flushed");
+        printf("%zu queued peer(s) flushed: trying now", json_array_size(peers));
+        size_t i;
+        json_t *p;
+        json_array_foreach(peers, i, p)
+        {
+            fputs(i ? ", " : ": ", stdout);
+            put_safe(text_of(p, b, sizeof b), stdout);
+        }
+        putchar('\n');
+    } else {
+        put_safe(text_of(json_object_get(j, "server_id"), b, sizeof b), stdout);
+        puts(json_is_true(json_object_get(j, "flushed"))
+                 ? ": flushed: backoff reset, trying now"
+                 : ": not queued (push mode): nothing to flush");
+    }
+    json_decref(j);
+    return 0;
+}
+
+/* queue PEER [--from SEQ] [--limit N]: GET /v1/peers/PEER/queue, like postcat -q */
+static int cmd_queue(struct ctl *c, int argc, char **argv)
+{
+    unsigned long long from = 0, limit = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--from") && i + 1 < argc) {
+            if (!num_opt("--from", argv[++i], &from)) return 2;
+        } else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
+            if (!num_opt("--limit", argv[++i], &limit)) return 2;
+        } else {
+            return bad_usage("queue: unknown or incomplete option ", argv[i]);
+        }
+    }
+    char *base = seg_path("peers", argv[0], "queue"), *path = NULL;
+    if (asprintf(&path, "%s?from=%llu&limit=%llu", base, from ? from : 1, limit ? limit : 100) < 0)
+        abort();
+    free(base);
+    json_t *j = call(c, "GET", path, NULL);
+    free(path);
+    if (!j) return 1;
+    if (c->json) {
+        print_json(j);
+        json_decref(j);
+        return 0;
+    }
+    char b[32], b2[32], b3[32];
+    put_safe(text_of(json_object_get(j, "server_id"), b, sizeof b), stdout);
+    printf(": %s events queued (%s mode)\n", text_of(json_object_get(j, "queued"), b2, sizeof b2),
+           text_of(json_object_get(j, "mode"), b3, sizeof b3));
+    struct table t = {.ncols = 4};
+    table_row(&t, (const char *const[]){"SEQ", "AGE_S", "KIND", "EVENT"});
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(j, "events"), i, e)
+    {
+        char *ev = json_dumps(json_object_get(e, "event"), JSON_COMPACT | JSON_SORT_KEYS);
+        table_row(&t, (const char *const[]){text_of(json_object_get(e, "seq"), b, sizeof b),
+                                            text_of(json_object_get(e, "age_s"), b2, sizeof b2),
+                                            text_of(json_object_get(e, "kind"), b3, sizeof b3),
+                                            ev ? ev : "-"});
+        free(ev);
+    }
+    table_print(&t);
+    const json_t *next = json_object_get(j, "next_from");
+    if (json_is_string(next)) {
+        fputs("(more: --from ", stdout);
+        put_safe(json_string_value(next), stdout);
+        puts(")");
+    }
+    json_decref(j);
+    return 0;
+}
+
+/* drop PEER --yes: POST /v1/peers/PEER/drop {"confirm": true} */
+static int cmd_drop(struct ctl *c, int argc, char **argv)
+{
+    if (argc != 2 || strcmp(argv[1], "--yes") != 0)
+        return bad_usage("drop deletes the peer's queued events for good: confirm with --yes; ",
+                         "see them first with postboxctl queue PEER");
+    char *path = seg_path("peers", argv[0], "drop");
+    json_t *body = json_pack("{s:b}", "confirm", 1);
+    json_t *j = call(c, "POST", path, body);
+    json_decref(body);
+    free(path);
+    if (!j) return 1;
+    char b[32], b2[32], b3[32], b4[32];
+    if (c->json) {
+        print_json(j);
+    } else if (json_integer_value(json_object_get(j, "dropped")) == 0) {
+        put_safe(text_of(json_object_get(j, "server_id"), b, sizeof b), stdout);
+        puts(": nothing queued, nothing dropped");
+    } else {
+        put_safe(text_of(json_object_get(j, "server_id"), b, sizeof b), stdout);
+        printf(": %s events dropped (seq %s..%s); new sequence epoch ",
+               text_of(json_object_get(j, "dropped"), b2, sizeof b2),
+               text_of(json_object_get(j, "first_seq"), b3, sizeof b3),
+               text_of(json_object_get(j, "last_seq"), b4, sizeof b4));
+        put_safe(text_of(json_object_get(j, "epoch"), b, sizeof b), stdout);
+        printf("; notice %s in the inbox\n",
+               text_of(json_object_get(j, "inbox_seq"), b2, sizeof b2));
+    }
+    json_decref(j);
+    return 0;
+}
+
 /* GET /v1/users/USER/<what>, printed as a table of the array `key`'s fields `fields`. */
 static int user_table(struct ctl *c, const char *user, const char *what, const char *key,
                       const char *const *heads, const char *const *fields, size_t n)
@@ -975,6 +1099,13 @@ static const struct command commands[] = {
     {"peers", "", 0, 0, cmd_peers, "list peers: mode, queued events, next attempt, last error"},
     {"qshape", "[--top N] [--json]", 0, 3, cmd_qshape,
      "queued events per peer by age in minutes (Postfix's qshape): the N largest queues"},
+    {"flush", "PEER | --all", 1, 1, cmd_flush,
+     "try a queued peer (or every queued peer) now, its backoff reset (postqueue -f)"},
+    {"queue", "PEER [--from SEQ] [--limit N]", 1, 5, cmd_queue,
+     "list the events queued for PEER: sequence number, age, kind, the event (postcat -q)"},
+    {"drop", "PEER --yes", 1, 2, cmd_drop,
+     "delete PEER's queued events for good (a log line, a notice in the inbox, a new "
+     "sequence epoch)"},
     {"retry", "PEER", 1, 1, cmd_retry, "retry a parked peer's parked event"},
     {"drop-parked", "PEER", 1, 1, cmd_drop_parked, "drop a parked peer's parked event"},
     {"guilds", "USER_ID", 1, 1, cmd_guilds, "list a local user's guilds on other servers"},

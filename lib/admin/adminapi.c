@@ -221,7 +221,11 @@ static void h_inbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
         json_t *ev, *o = json_object();
         json_object_set_new(o, "seq", json_integer((json_int_t)items[i].seq));
         json_object_set_new(o, "from", json_string(items[i].from));
-        if (items[i].is_rename) {
+        if (items[i].notice) { /* our own notice (a queue dropped or expired) */
+            ev = NULL;
+            json_t *notice = json_loads(items[i].notice, 0, NULL);
+            if (notice) json_object_set_new(o, "notice", notice);
+        } else if (items[i].is_rename) {
             ev = json_pack("{s:{s:s,s:s}}", "serverRenamed", "oldServerId", items[i].old_id,
                            "newServerId", items[i].new_id);
         } else {
@@ -489,6 +493,149 @@ static void h_drop(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
     parked(vctx, req, resp, true);
 }
 
+/* ---- queue control (README "Queue control") ----------------------------------------- */
+
+/* POST /v1/flush: every queued peer is tried now, its backoff reset. */
+static void h_flush_all(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    (void)req;
+    pb_adminapi_ctx *ctx = vctx;
+    char **peers = NULL;
+    size_t n = 0;
+    pb_err err = pb_delivery_flush(ctx->delivery, NULL, &peers, &n);
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_string(peers[i]));
+    pb_store_strings_free(peers, n);
+    resp->body = json_pack("{s:o,s:I}", "flushed", arr, "count", (json_int_t)n);
+}
+
+/* POST /v1/peers/{peer}/flush: the peer, when queued, is tried now with its backoff
+ * reset; a peer in push mode has nothing to flush (flushed false); a parked one is a 409
+ * (retry or drop-parked). */
+static void h_flush(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    char id[PB_SERVER_ID_MAX];
+    if (!server_id_of(req->segs[0], id)) {
+        pb_admin_resp_error(resp, 400, "not a valid server ID: %.100s", req->segs[0]);
+        return;
+    }
+    size_t n = 0;
+    pb_err err = pb_delivery_flush(ctx->delivery, id, NULL, &n);
+    if (err == PB_ERR_NOT_FOUND) {
+        pb_admin_resp_error(resp, 404, "unknown peer %s", id);
+    } else if (err == PB_ERR_INVAL) {
+        pb_admin_resp_error(resp, 409,
+                            "peer %s is parked: retry or drop its parked event (retry, "
+                            "drop-parked) or drop its queue",
+                            id);
+    } else if (err != PB_OK) {
+        store_error(resp, err);
+    } else {
+        resp->body = json_pack("{s:s,s:b,s:s}", "server_id", id, "flushed", n > 0, "mode",
+                               n > 0 ? "queued" : "push");
+    }
+}
+
+/* GET /v1/peers/{peer}/queue?from=SEQ&limit=N: the queued events from sequence number
+ * `from` on (default: the head), at most limit (default 100, at most
+ * PB_ADMIN_MAX_INBOX_LIMIT), with their age, kind and the event as JSON; "next_from" is
+ * where the next page starts (null: this was the last). */
+static void h_queue(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    char id[PB_SERVER_ID_MAX];
+    uint64_t from, limit;
+    if (!server_id_of(req->segs[0], id)) {
+        pb_admin_resp_error(resp, 400, "not a valid server ID: %.100s", req->segs[0]);
+        return;
+    }
+    if (!arg_u64(req, "from", 1, &from) || !arg_u64(req, "limit", 100, &limit) || limit == 0 ||
+        limit > PB_ADMIN_MAX_INBOX_LIMIT) {
+        pb_admin_resp_error(resp, 400, "from and limit (1..%d) must be whole numbers",
+                            PB_ADMIN_MAX_INBOX_LIMIT);
+        return;
+    }
+    pb_peer_state st;
+    pb_err err = pb_store_peer_state_get(ctx->store, id, &st);
+    if (err == PB_ERR_NOT_FOUND) {
+        pb_admin_resp_error(resp, 404, "unknown peer %s", id);
+        return;
+    }
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    pb_outbox_item *items = NULL;
+    size_t n = 0;
+    /* one more than asked: whether another page follows */
+    err = pb_store_outbox_read(ctx->store, id, from, (size_t)limit + 1, SIZE_MAX, &items, &n);
+    if (err != PB_OK) {
+        pb_peer_state_clear(&st);
+        store_error(resp, err);
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n && i < limit; i++) {
+        json_t *ev = pb_eventjson_format(&items[i].ev);
+        int64_t age = now - items[i].created_at;
+        json_array_append_new(arr, json_pack("{s:o,s:I,s:I,s:s,s:o}", "seq", u64_json(items[i].seq),
+                                             "created_at", (json_int_t)items[i].created_at, "age_s",
+                                             (json_int_t)(age > 0 ? age / 1000 : 0), "kind",
+                                             pb_event_kind_name(items[i].ev.kind), "event",
+                                             ev ? ev : json_null()));
+    }
+    json_t *next = n > limit ? u64_json(items[limit].seq) : json_null();
+    resp->body = json_pack("{s:s,s:s,s:I,s:o,s:o}", "server_id", id, "mode", mode_name(st.mode),
+                           "queued", (json_int_t)st.queued, "events", arr, "next_from", next);
+    pb_outbox_items_free(items, n);
+    pb_peer_state_clear(&st);
+}
+
+/* POST /v1/peers/{peer}/drop {"confirm": true}: deletes the peer's whole queue (a log
+ * line, a notice in our inbox, a new sequence epoch); without the confirmation a 400. */
+static void h_drop_queue(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
+{
+    pb_adminapi_ctx *ctx = vctx;
+    char id[PB_SERVER_ID_MAX];
+    if (!server_id_of(req->segs[0], id)) {
+        pb_admin_resp_error(resp, 400, "not a valid server ID: %.100s", req->segs[0]);
+        return;
+    }
+    if (!json_is_object(req->body) || json_object_size(req->body) != 1 ||
+        !json_is_true(json_object_get(req->body, "confirm"))) {
+        pb_admin_resp_error(resp, 400,
+                            "dropping a queue deletes its events for good: the body must be "
+                            "{\"confirm\": true}");
+        return;
+    }
+    pb_drop_result r;
+    pb_err err = pb_delivery_drop(ctx->delivery, id, &r);
+    if (err == PB_ERR_NOT_FOUND) {
+        pb_admin_resp_error(resp, 404, "unknown peer %s", id);
+        return;
+    }
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    char epoch[20];
+    snprintf(epoch, sizeof epoch, "%016llx", (unsigned long long)r.epoch);
+    resp->body =
+        json_pack("{s:s,s:I,s:o,s:o,s:I,s:o,s:o}", "server_id", id, "dropped", (json_int_t)r.count,
+                  "first_seq", u64_json(r.first_seq), "last_seq", u64_json(r.last_seq), "remaining",
+                  (json_int_t)r.remaining, "epoch", r.count ? json_string(epoch) : json_null(),
+                  "inbox_seq", r.count ? json_integer((json_int_t)r.notice_seq) : json_null());
+}
+
 static bool user_of(const pb_admin_req *req, pb_admin_resp *resp, uint64_t *user)
 {
     if (pb_eventjson_parse_u64_str(req->segs[0], user) != PB_OK) {
@@ -641,6 +788,10 @@ void pb_adminapi_register(pb_admin_http *a, pb_adminapi_ctx *ctx)
     pb_admin_http_route(a, "GET", "/v1/peers", h_peers, ctx);
     pb_admin_http_route(a, "POST", "/v1/peers/*/retry", h_retry, ctx);
     pb_admin_http_route(a, "POST", "/v1/peers/*/drop-parked", h_drop, ctx);
+    pb_admin_http_route(a, "POST", "/v1/flush", h_flush_all, ctx);
+    pb_admin_http_route(a, "POST", "/v1/peers/*/flush", h_flush, ctx);
+    pb_admin_http_route(a, "GET", "/v1/peers/*/queue", h_queue, ctx);
+    pb_admin_http_route(a, "POST", "/v1/peers/*/drop", h_drop_queue, ctx);
     pb_admin_http_route(a, "GET", "/v1/users/*/guilds", h_guilds, ctx);
     pb_admin_http_route(a, "GET", "/v1/users/*/invites", h_invites, ctx);
     pb_admin_http_route(a, "POST", "/v1/rename", h_rename, ctx);

@@ -139,6 +139,9 @@ static const struct setting settings[] = {
     U(backoff_min, 5, 1, 86400, "first drain attempt delay for a queued peer, seconds"),
     U(backoff_max, 900, 1, 86400, "longest drain attempt delay for a queued peer, seconds"),
     U(pull_interval, 60, 1, 86400, "pull a sender this many seconds after its last Push"),
+    UL(max_queue_age, 0, 0, 31536000,
+       "queued events older than this many seconds expire unsent (a log line, a notice in "
+       "our inbox, a new sequence epoch for the peer; postbox_events_expired_total); 0: never"),
     U(pull_batch, 10000, 1, 100000, "most events in one Pull answer"),
     U(pull_max_bytes, 2097152, 1024, 16777216, "byte cap of one Pull answer"),
     U(push_wait_ms, 10000, 0, 600000, "a Push waits this long for a Pull in progress, ms"),

@@ -389,6 +389,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .backoff_min_s = (unsigned)cfg->backoff_min,
         .backoff_max_s = (unsigned)cfg->backoff_max,
         .pull_interval_s = (unsigned)cfg->pull_interval,
+        .max_queue_age_s = (unsigned)cfg->max_queue_age,
         .pull_batch = (unsigned)cfg->pull_batch,
         .pull_max_bytes = (size_t)cfg->pull_max_bytes,
         .push_wait_ms = (unsigned)cfg->push_wait_ms,
@@ -546,6 +547,7 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
         .body_memory = (size_t)next->body_memory,
     };
     pb_hrpc_server_set_limits(d->fed, &lim);
+    pb_delivery_set_max_queue_age(d->delivery, (unsigned)next->max_queue_age);
     changed = pb_config_changes(d->cfg, next);
     PB_INFO(NULL, "configuration reloaded: %s%s%s",
             changed ? "applied " : "no live setting changed", changed ? changed : "",

@@ -23,6 +23,7 @@
 
 #include <pthread.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,7 @@ struct peer {
     int64_t seen_push_ms; /* last push_seen post (monotonic), to debounce */
     int64_t contact_ms;   /* last contact post (monotonic), to debounce */
     int64_t v_last_ok_s;  /* wall time of the last successful Push; 0 none (metrics) */
+    uint64_t v_acked;     /* delivered up to here (the state machine's acked), for a drop */
 
     /* ---- the engine's: loop thread only ---- */
     pb_delivery *d;
@@ -114,6 +116,8 @@ struct peer {
     uint64_t notice_tries;
     pb_sched_item notice_item;
     pb_timer notice_timer;
+    /* queue control: re-reading the state an operator changed (reload_want) */
+    bool reload_busy, reload_again;
     /* the lease (several nodes) */
     bool lease_held, lease_busy;
     int64_t lease_renew_at;
@@ -149,7 +153,7 @@ struct pb_delivery {
     struct peer **apply_wait; /* peers whose next Pull round waits for apply room */
     size_t napply_wait, capapply_wait;
     unsigned applying;
-    pb_timer scan_timer, expire_timer, beat_timer;
+    pb_timer scan_timer, expire_timer, beat_timer, age_timer;
     uint64_t ops_done, beat_ops; /* store work completed; at the last heartbeat */
     uint64_t scanned_inbox;
     bool scan_busy;
@@ -158,6 +162,7 @@ struct pb_delivery {
     pb_health *health;
     pb_timer probe_timer;
     bool probe_busy;
+    _Atomic unsigned max_queue_age_s; /* live (pb_delivery_set_max_queue_age); 0: off */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -347,6 +352,8 @@ struct op {
     pb_recv_result rr;
     char **strs;
     size_t nstrs;
+    pb_flush_req *fl; /* the scan: flushes recorded by operators */
+    size_t nfl;
 };
 
 static void op_done_on_loop(void *arg)
@@ -358,6 +365,7 @@ static void op_done_on_loop(void *arg)
     pb_peer_state_clear(&o->st);
     pb_client_answer_clear(&o->ans);
     pb_store_strings_free(o->strs, o->nstrs);
+    pb_flush_reqs_free(o->fl, o->nfl);
     free(o->s1);
     free(o);
 }
@@ -431,6 +439,7 @@ static void dispatch(pb_delivery *d)
 
 static void fsm_feed(struct peer *p, pb_fsm_input *in);
 static void lease_want(struct peer *p);
+static void reload_want(struct peer *p, int64_t requested_at);
 
 /* The admin API's view of the peer (under d->mu). */
 static void update_view(struct peer *p)
@@ -438,6 +447,7 @@ static void update_view(struct peer *p)
     pb_delivery *d = p->d;
     pthread_mutex_lock(&d->mu);
     p->v_mode = p->fsm.mode;
+    p->v_acked = p->fsm.acked;
     p->v_next_wall_ms =
         p->fsm.mode == PB_MODE_QUEUED && p->fsm.next_at ? mono_to_wall(p->fsm.next_at) : 0;
     pthread_mutex_unlock(&d->mu);
@@ -1320,6 +1330,69 @@ static void notice_start(struct peer *p)
     pb_buf_free(&body);
 }
 
+/* ---- queue control: an operator's flush, drop or expiry ------------------------------------
+ * The store holds the change (pb_store_peer_flush, pb_store_outbox_drop); the node that
+ * delivers the peer (the only one, or the lease holder) re-reads the peer's state into its
+ * state machine (PB_FSM_IN_RELOAD): a reset backoff, a new epoch, push mode. Other nodes
+ * learn it from the flushes row on their scan (scan_done).
+ */
+
+static void reload_work(struct op *o)
+{
+    pb_delivery *d = o->d;
+    o->err = pb_store_peer_state_get(d->o.store, o->id, &o->st);
+    if (o->b1) { /* the flushes row seen by the scan */
+        pb_err e = pb_store_flush_done(d->o.store, o->id, o->i1);
+        if (e != PB_OK) PB_WARN(o->id, "cannot clear the flush request: %s", pb_strerror(e));
+    }
+}
+
+static void reload_done(struct op *o)
+{
+    struct peer *p = o->p;
+    pb_delivery *d = o->d;
+    p->reload_busy = false;
+    if (d->stopping) return;
+    if (o->err != PB_OK) {
+        if (o->err != PB_ERR_NOT_FOUND)
+            PB_WARN(p->id, "cannot re-read the delivery state: %s", pb_strerror(o->err));
+    } else if (!p->loaded || (d->o.node_id && !p->lease_held)) {
+        /* not ours to deliver now: loading or taking the lease reads the store */
+        if (o->st.queued > 0) send_work(p, 0);
+    } else {
+        if (o->st.mode == PB_MODE_PUSH && !o->st.last_error) p->last_error[0] = '\0';
+        pb_fsm_input in = {.kind = PB_FSM_IN_RELOAD,
+                           .mode = o->st.mode,
+                           .attempts = o->st.attempts,
+                           .next_at = wall_to_mono(o->st.next_attempt_at),
+                           .epoch = o->st.send_epoch,
+                           .n = (size_t)o->st.queued};
+        fsm_feed(p, &in);
+        if (d->o.node_id) lease_want(p);
+    }
+    if (p->reload_again) {
+        p->reload_again = false;
+        reload_want(p, 0);
+    }
+}
+
+/* Re-reads p's state (loop thread); requested_at > 0: also clears its flushes row up to
+ * that time. */
+static void reload_want(struct peer *p, int64_t requested_at)
+{
+    pb_delivery *d = p->d;
+    if (d->stopping || p->dead) return;
+    if (p->reload_busy) {
+        p->reload_again = true;
+        return;
+    }
+    p->reload_busy = true;
+    struct op *o = op_new(d, p, reload_work, reload_done);
+    o->b1 = requested_at > 0;
+    o->i1 = requested_at;
+    op_run(o);
+}
+
 /* ---- leases (several nodes) --------------------------------------------------------------------
  */
 
@@ -1426,6 +1499,7 @@ static void scan_work(struct op *o)
     pb_delivery *d = o->d;
     o->err = pb_store_outbox_peers(d->o.store, &o->strs, &o->nstrs);
     if (o->err != PB_OK) return;
+    if (pb_store_flush_list(d->o.store, &o->fl, &o->nfl) != PB_OK) o->nfl = 0;
     if (pb_store_meta_get(d->o.store, "server_id", &o->s1) != PB_OK) o->s1 = NULL;
     o->b1 = pb_store_inbox_last_seq(d->o.store, &o->u1) == PB_OK;
 }
@@ -1447,6 +1521,14 @@ static void scan_done(struct op *o)
     for (size_t i = 0; i < o->nstrs; i++) {
         struct peer *p = peer_get(d, o->strs[i]);
         if (p->fsm.st == PB_FSM_IDLE && !p->lease_busy) send_work(p, 0);
+    }
+    /* an operator's flush or drop on any node: the lease holder re-reads the peer's state
+     * and clears the row; a row nobody cleared within a lease time (no node held the
+     * lease: the next holder reads the store anyway) is cleared by whoever sees it */
+    for (size_t i = 0; i < o->nfl; i++) {
+        struct peer *p = peer_get(d, o->fl[i].peer);
+        if (p->lease_held || wall_ms() - o->fl[i].requested_at > (int64_t)d->o.lease_ttl_ms)
+            reload_want(p, o->fl[i].requested_at);
     }
     if (o->s1) {
         pthread_mutex_lock(&d->mu);
@@ -1545,6 +1627,63 @@ static void expire_timer_fired(void *arg)
     if (!d->stopping) op_run(op_new(d, NULL, expire_work, expire_done));
 }
 
+/* ---- max_queue_age: expiry of events queued too long ------------------------------------------
+ * Every node sweeps (a peer's queue head older than the limit: pb_store_outbox_expired_peers,
+ * O(peers with a queue)); each expiry is one transaction under the peer's row lock, so two
+ * nodes sweeping at once expire an event once. The period follows the setting (a quarter
+ * of it, 250 ms to 30 s) and re-reads it each time, so a reload applies it. */
+
+static pb_err drop_events(pb_delivery *d, const char *peer, int64_t before, bool expiry,
+                          pb_drop_result *r);
+
+static int64_t age_period_ms(unsigned age_s)
+{
+    int64_t ms = age_s ? (int64_t)age_s * 250 : 5000;
+    return ms < 250 ? 250 : ms > 30000 ? 30000 : ms;
+}
+
+static void age_work(struct op *o)
+{
+    pb_delivery *d = o->d;
+    unsigned age_s = (unsigned)o->u1;
+    char **peers = NULL;
+    size_t n = 0;
+    int64_t before = wall_ms() - (int64_t)age_s * 1000;
+    o->err = pb_store_outbox_expired_peers(d->o.store, before, &peers, &n);
+    for (size_t i = 0; i < n && o->err == PB_OK; i++) {
+        pb_drop_result r;
+        pb_err err = drop_events(d, peers[i], before, true, &r);
+        if (err != PB_OK && err != PB_ERR_NOT_FOUND) o->err = err;
+    }
+    pb_store_strings_free(peers, n);
+}
+
+static void age_done(struct op *o)
+{
+    pb_delivery *d = o->d;
+    if (d->stopping) return;
+    int64_t delay = age_period_ms(atomic_load(&d->max_queue_age_s));
+    if (o->err != PB_OK) {
+        int64_t back = store_failed(d, o->err, NULL, "cannot expire old queued events");
+        if (back > delay) delay = back;
+    }
+    pb_ioloop_timer_arm(d->loop, &d->age_timer, mono_ms() + delay);
+}
+
+static void age_timer_fired(void *arg)
+{
+    pb_delivery *d = arg;
+    if (d->stopping) return;
+    unsigned age_s = atomic_load(&d->max_queue_age_s);
+    if (!age_s) {
+        pb_ioloop_timer_arm(d->loop, &d->age_timer, mono_ms() + age_period_ms(0));
+        return;
+    }
+    struct op *o = op_new(d, NULL, age_work, age_done);
+    o->u1 = age_s;
+    op_run(o);
+}
+
 /* ---- life cycle -------------------------------------------------------------------------------
  */
 
@@ -1592,6 +1731,8 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pb_timer_init(&d->probe_timer, probe_timer_fired, d);
     d->health = pb_health_store();
     pb_timer_init(&d->expire_timer, expire_timer_fired, d);
+    pb_timer_init(&d->age_timer, age_timer_fired, d);
+    atomic_store(&d->max_queue_age_s, d->o.max_queue_age_s);
     pb_timer_init(&d->beat_timer, beat_timer_fired, d);
 
     pb_peer_state *sts = NULL;
@@ -1671,6 +1812,7 @@ static void start_on_loop(void *arg)
     free(order);
     if (d->o.node_id) pb_ioloop_timer_arm(d->loop, &d->scan_timer, mono_ms());
     pb_ioloop_timer_arm(d->loop, &d->expire_timer, mono_ms() + 1000);
+    pb_ioloop_timer_arm(d->loop, &d->age_timer, mono_ms() + age_period_ms(d->o.max_queue_age_s));
     beat_timer_fired(d);
     dispatch(d);
 }
@@ -1697,6 +1839,7 @@ static void stop_on_loop(void *arg)
     pthread_mutex_unlock(&d->mu);
     pb_ioloop_timer_cancel(d->loop, &d->scan_timer);
     pb_ioloop_timer_cancel(d->loop, &d->expire_timer);
+    pb_ioloop_timer_cancel(d->loop, &d->age_timer);
     pb_ioloop_timer_cancel(d->loop, &d->beat_timer);
     pb_ioloop_timer_cancel(d->loop, &d->probe_timer);
     for (size_t i = 0; i < d->npeers; i++) {
@@ -1769,7 +1912,7 @@ struct work_msg {
     int kind;
 };
 
-enum { MSG_WORK, MSG_CONTACT, MSG_PUSH_SEEN, MSG_URGENT_PULL, MSG_ACKED, MSG_OPERATOR };
+enum { MSG_WORK, MSG_CONTACT, MSG_PUSH_SEEN, MSG_URGENT_PULL, MSG_ACKED, MSG_OPERATOR, MSG_RELOAD };
 
 static void msg_on_loop(void *arg)
 {
@@ -1808,6 +1951,9 @@ static void msg_on_loop(void *arg)
             fsm_feed(p, &in);
             break;
         }
+        case MSG_RELOAD:
+            reload_want(p, 0);
+            break;
         }
     }
     free(m);
@@ -1883,6 +2029,92 @@ pb_err pb_delivery_retry_parked(pb_delivery *d, const char *peer)
 pb_err pb_delivery_drop_parked(pb_delivery *d, const char *peer)
 {
     return parked_action(d, peer, true);
+}
+
+pb_err pb_delivery_flush(pb_delivery *d, const char *peer, char ***peers, size_t *n)
+{
+    *n = 0;
+    if (peers) *peers = NULL;
+    if (peer) {
+        pb_peer_state st;
+        pb_err err = pb_store_peer_state_get(d->o.store, peer, &st);
+        if (err != PB_OK) return err;
+        pb_peer_mode mode = st.mode;
+        pb_peer_state_clear(&st);
+        if (mode == PB_MODE_PARKED) return PB_ERR_INVAL;
+    }
+    char **names = NULL;
+    size_t k = 0;
+    pb_err err = pb_store_peer_flush(d->o.store, peer, wall_ms(), d->o.node_id != NULL, &names, &k);
+    if (err != PB_OK) return err;
+    for (size_t i = 0; i < k; i++) {
+        PB_INFO(names[i], "operator flush: backoff reset, trying the queue now");
+        post_msg(d, names[i], MSG_RELOAD, 0);
+    }
+    if (peers) {
+        *peers = names;
+    } else {
+        pb_store_strings_free(names, k);
+    }
+    *n = k;
+    return PB_OK;
+}
+
+/* The drop or expiry itself, on the calling thread (the admin API's or an executor's):
+ * the store's transaction, then its log line, metric, the inbox's waiters and the state
+ * machine (or, on another node, the lease holder's scan). */
+static pb_err drop_events(pb_delivery *d, const char *peer, int64_t before, bool expiry,
+                          pb_drop_result *r)
+{
+    const char *reason = expiry ? "max_queue_age" : "operator";
+    /* events this node delivered whose (lazy) deletion is still pending are not dropped:
+     * they are deleted first, as delivered */
+    pthread_mutex_lock(&d->mu);
+    struct peer *dp = peer_find(d, peer);
+    uint64_t acked = dp ? dp->v_acked : 0;
+    pthread_mutex_unlock(&d->mu);
+    if (acked) {
+        pb_err e = pb_store_outbox_ack(d->o.store, peer, acked);
+        if (e != PB_OK) return e;
+    }
+    pb_err err =
+        pb_store_outbox_drop(d->o.store, peer, before, reason, wall_ms(), d->o.node_id != NULL, r);
+    if (err != PB_OK || r->count == 0) return err;
+    char epoch[20];
+    snprintf(epoch, sizeof epoch, "%016llx", (unsigned long long)r->epoch);
+    pb_log_kv_write(PB_LOG_WARN, peer,
+                    PB_KVS(PB_KV_STR("reason", reason), PB_KV_NUM("first_seq", r->first_seq),
+                           PB_KV_NUM("last_seq", r->last_seq), PB_KV_NUM("events", r->count),
+                           PB_KV_NUM("remaining", r->remaining),
+                           PB_KV_NUM("oldest_age_s", (wall_ms() - r->oldest_at) / 1000),
+                           PB_KV_STR("epoch", epoch), PB_KV_NUM("inbox_seq", r->notice_seq)),
+                    expiry ? "queued events expired unsent"
+                           : "queued events dropped by the operator");
+    if (d->o.metrics)
+        pb_counter_add(
+            pb_metric_series(expiry ? d->o.metrics->events_expired : d->o.metrics->events_dropped,
+                             NULL),
+            r->count);
+    pb_delivery_inbox_bump(d);
+    pthread_mutex_lock(&d->mu);
+    struct peer *p = peer_find(d, peer);
+    if (p && r->remaining == 0) {
+        p->v_mode = PB_MODE_PUSH;
+        p->v_next_wall_ms = 0;
+    }
+    pthread_mutex_unlock(&d->mu);
+    post_msg(d, peer, MSG_RELOAD, 0);
+    return PB_OK;
+}
+
+pb_err pb_delivery_drop(pb_delivery *d, const char *peer, pb_drop_result *r)
+{
+    return drop_events(d, peer, INT64_MAX, false, r);
+}
+
+void pb_delivery_set_max_queue_age(pb_delivery *d, unsigned seconds)
+{
+    atomic_store(&d->max_queue_age_s, seconds);
 }
 
 int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer)

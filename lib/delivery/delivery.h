@@ -79,6 +79,8 @@ typedef struct pb_delivery_opts {
      * and renames made by other nodes, and the other nodes take a dead node's peers over
      * once its leases expire. NULL: the only node (no leases). */
     const char *node_id;
+    unsigned max_queue_age_s;  /* queued events older than this expire (a notice in the inbox,
+                                  a new epoch); 0: never (the default) */
     unsigned lease_ttl_ms;     /* default 10000 */
     unsigned scan_interval_ms; /* default 1000 */
 } pb_delivery_opts;
@@ -119,6 +121,21 @@ int64_t pb_delivery_last_success_s(pb_delivery *d, const char *peer);
  * unknown peer, PB_ERR_INVAL when the peer is not parked. */
 pb_err pb_delivery_retry_parked(pb_delivery *d, const char *peer);
 pb_err pb_delivery_drop_parked(pb_delivery *d, const char *peer);
+/* ---- queue control (README "Queue control") ---------------------------------------------
+ * flush: every queued peer (peer NULL) or peer is tried now with its backoff reset
+ * (postqueue -f); peers in push mode have nothing to flush, parked ones are retry's and
+ * drop-parked's. *peers (may be NULL; caller frees with pb_store_strings_free) receives
+ * the peers flushed and *n their number. PB_ERR_NOT_FOUND for an unknown peer,
+ * PB_ERR_INVAL when peer is parked. With several nodes the lease holder applies it within
+ * a scan interval. */
+pb_err pb_delivery_flush(pb_delivery *d, const char *peer, char ***peers, size_t *n);
+/* drop: deletes peer's whole queue (pb_store_outbox_drop, reason "operator": a new epoch,
+ * a notice in our inbox, push mode), logs it and counts it (postbox_events_dropped_total).
+ * *r tells what was deleted (count 0: nothing was queued). PB_ERR_NOT_FOUND for an unknown
+ * peer. */
+pb_err pb_delivery_drop(pb_delivery *d, const char *peer, pb_drop_result *r);
+/* The max_queue_age setting, live (0: off). */
+void pb_delivery_set_max_queue_age(pb_delivery *d, unsigned seconds);
 /* Seconds until the next drain probe of a queued peer, or -1. */
 int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer);
 /* Something was appended to the inbox: calls the hook (any thread). */

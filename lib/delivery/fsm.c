@@ -341,6 +341,29 @@ size_t pb_fsm_step(pb_fsm *f, const pb_fsm_cfg *cfg, const pb_fsm_input *in, pb_
         persist(&o);
         if (f->st == PB_FSM_IDLE) try_start(f, cfg, in->now, &o);
         break;
+    case PB_FSM_IN_RELOAD:
+        /* a drop or an expiry started a new epoch: the receiver learns it with the next
+         * Push (batches again once it acknowledges in it) */
+        if (in->epoch != f->epoch) {
+            f->epoch = in->epoch;
+            f->postbox = false;
+            f->single_until = 0;
+        }
+        if (in->mode == PB_MODE_PARKED) break;            /* retry and drop-parked are for that */
+        if (f->mode == PB_MODE_PARKED) f->parked_seq = 0; /* its parked event was dropped */
+        f->mode = in->mode;
+        f->attempts = in->attempts;
+        f->tries = 0;
+        if (in->n > 0) f->has_work = true;
+        if (f->st == PB_FSM_IDLE) {
+            f->next_at = in->mode == PB_MODE_QUEUED ? in->next_at : 0;
+            if (f->has_work) {
+                try_start(f, cfg, in->now, &o);
+            } else {
+                timer(f, &o, f->next_at);
+            }
+        }
+        break;
     case PB_FSM_IN_LOADED:
         if (f->st != PB_FSM_IDLE) break;
         f->mode = in->mode;

@@ -91,6 +91,8 @@ typedef enum pb_fsm_input_kind {
     PB_FSM_IN_EPOCH,       /* the epoch check ended: epoch (maybe new), max_assigned */
     PB_FSM_IN_OPERATOR,    /* retry or drop of the parked event (the engine dropped it) */
     PB_FSM_IN_LOADED,      /* mode/attempts/next_at re-read from the store (several nodes) */
+    PB_FSM_IN_RELOAD,      /* an operator changed the peer's queue (flush, drop, expiry):
+                              mode, attempts, next_at, epoch and n (events queued) re-read */
 } pb_fsm_input_kind;
 
 typedef struct pb_fsm_input {

@@ -400,6 +400,7 @@ void pb_inbox_items_free(pb_inbox_item *items, size_t n)
         free(items[i].from);
         free(items[i].old_id);
         free(items[i].new_id);
+        free(items[i].notice);
         pb_event_clear(&items[i].ev);
     }
     free(items);
@@ -536,6 +537,59 @@ pb_err pb_store_rename_in_expire(pb_store *s, int64_t before, size_t *removed)
     pb_err err = s->ops->rename_in_expire(s->impl, before, &k);
     if (err == PB_OK && removed) *removed = k;
     return err;
+}
+
+pb_err pb_store_peer_flush(pb_store *s, const char *peer, int64_t now, bool record, char ***peers,
+                           size_t *n)
+{
+    if (!s || (peer && !id_ok(peer)) || !n) return PB_ERR_INVAL;
+    char **v = NULL;
+    size_t k = 0;
+    pb_err err = s->ops->peer_flush(s->impl, peer, now, record, &v, &k);
+    if (err != PB_OK) return err;
+    if (peers) {
+        *peers = v;
+    } else {
+        pb_store_strings_free(v, k);
+    }
+    *n = k;
+    return PB_OK;
+}
+
+void pb_flush_reqs_free(pb_flush_req *r, size_t n)
+{
+    if (!r) return;
+    for (size_t i = 0; i < n; i++)
+        free(r[i].peer);
+    free(r);
+}
+
+pb_err pb_store_flush_list(pb_store *s, pb_flush_req **out, size_t *n)
+{
+    if (!s || !out || !n) return PB_ERR_INVAL;
+    return s->ops->flush_list(s->impl, out, n);
+}
+
+pb_err pb_store_flush_done(pb_store *s, const char *peer, int64_t requested_at)
+{
+    if (!s || !id_ok(peer)) return PB_ERR_INVAL;
+    return s->ops->flush_done(s->impl, peer, requested_at);
+}
+
+pb_err pb_store_outbox_drop(pb_store *s, const char *peer, int64_t before, const char *reason,
+                            int64_t now, bool record, pb_drop_result *res)
+{
+    if (!s || !id_ok(peer) || !id_ok(reason) || !res) return PB_ERR_INVAL;
+    pb_drop_result r = {0, 0, 0, 0, 0, 0, 0};
+    pb_err err = s->ops->outbox_drop(s->impl, peer, before, reason, now, record, &r);
+    if (err == PB_OK) *res = r;
+    return err;
+}
+
+pb_err pb_store_outbox_expired_peers(pb_store *s, int64_t before, char ***peers, size_t *n)
+{
+    if (!s || !peers || !n) return PB_ERR_INVAL;
+    return s->ops->outbox_expired_peers(s->impl, before, peers, n);
 }
 
 pb_err pb_store_lease_acquire(pb_store *s, const char *peer, const char *node_id, int64_t now_ms,

@@ -335,6 +335,8 @@ typedef struct pb_inbox_item {
     char *from;   /* sender server ID at the time (owned) */
     int64_t received_at;
     bool is_rename; /* a peer renamed itself: old_id -> new_id; ev is empty */
+    char *notice;   /* owned, a notice of our own (pb_store_outbox_drop): its JSON text;
+                       ev is empty and is_rename false; NULL for the other items */
     pb_event ev;    /* owned */
     char *old_id;   /* owned, rename only */
     char *new_id;   /* owned, rename only */
@@ -378,11 +380,11 @@ pb_err pb_store_invites(pb_store *s, uint64_t user_id, pb_invite_entry **out, si
  * everything held for OLD as NEW: the peer row with its key (set to new_key) and
  * delivery/sequence state (send_epoch included), its receive state of every epoch, its
  * outbox events, guild list entries and pending invites, and pending renames_out rows and
- * its outbound lease; deletes the pending incoming rename of OLD (renames_in) if any; then
- * appends a rename item (from NEW) to the inbox. The key's
- * key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are kept.
- * PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer
- * (also when NEW equals OLD); nothing changes then.
+ * its outbound lease; forgets a recorded flush of either ID (pb_store_peer_flush); deletes the
+ * pending incoming rename of OLD (renames_in) if any; then appends a rename item (from NEW) to the
+ * inbox. The key's key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are
+ * kept. PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer (also
+ * when NEW equals OLD); nothing changes then.
  */
 pb_err pb_store_peer_rename(pb_store *s, const char *old_id, const char *new_id,
                             const uint8_t new_key[PB_PUBKEY_LEN], int64_t now);
@@ -470,6 +472,62 @@ pb_err pb_store_lease_release(pb_store *s, const char *peer, const char *node_id
  * pb_store_strings_free) is NULL when none. */
 pb_err pb_store_outbox_peers(pb_store *s, char ***peers, size_t *n);
 void pb_store_strings_free(char **v, size_t n);
+
+/* ---- queue control: flush, drop, expiry (operators) ------------------------------------
+ * A flush resets a queued peer's backoff so that it is tried now (postqueue -f). With
+ * several nodes the node holding the peer's lease may be another one: the flush is also
+ * recorded in the flushes table, which every node reads on its scan (pb_store_flush_list)
+ * and the lease holder applies and clears (pb_store_flush_done). A drop (all of a peer's
+ * queue) or an expiry (its events older than max_queue_age) deletes events, starts a new
+ * sequence epoch towards the peer and appends a notice to our own inbox saying what was
+ * deleted, in one transaction. */
+
+/* Every queued peer (peer NULL) or peer when it is queued gets attempts 0 and
+ * next_attempt_at now, in one transaction; with record each flushed peer also gets a
+ * flushes row (peer, now) for the node holding its lease. Peers in push or parked mode are
+ * left alone. *peers (may be NULL) receives the names of the peers flushed (caller frees
+ * with pb_store_strings_free; NULL when none), *n their number. */
+pb_err pb_store_peer_flush(pb_store *s, const char *peer, int64_t now, bool record, char ***peers,
+                           size_t *n);
+
+typedef struct pb_flush_req {
+    char *peer; /* owned */
+    int64_t requested_at;
+} pb_flush_req;
+void pb_flush_reqs_free(pb_flush_req *r, size_t n);
+/* The recorded flushes, ordered by peer. *out is the caller's (pb_flush_reqs_free); NULL
+ * when none. */
+pb_err pb_store_flush_list(pb_store *s, pb_flush_req **out, size_t *n);
+/* Deletes peer's flushes row if it was requested at or before requested_at (a newer
+ * flush stays); PB_OK also when there is none. */
+pb_err pb_store_flush_done(pb_store *s, const char *peer, int64_t requested_at);
+
+typedef struct pb_drop_result {
+    uint64_t count;               /* events deleted */
+    uint64_t first_seq, last_seq; /* the lowest and highest deleted, 0 when none */
+    int64_t oldest_at;            /* created_at (ms) of the oldest deleted, 0 when none */
+    uint64_t remaining;           /* events still queued for the peer */
+    uint64_t epoch;               /* the peer's new send epoch, 0 when nothing was deleted */
+    uint64_t notice_seq;          /* the inbox notice's seq, 0 when nothing was deleted */
+} pb_drop_result;
+
+/* Deletes peer's outbox events created before `before` (Unix ms; INT64_MAX: the whole
+ * queue) in one transaction that, when it deleted any, also starts a new send epoch
+ * towards peer (as pb_store_peer_new_epoch; sequence numbers go on), puts the peer back
+ * in push mode (attempts 0, no next attempt, no error, not parked) when its queue is now
+ * empty or its parked event was deleted, and appends a notice to the inbox, from peer at
+ * now: {"queueDropped": {"peer", "reason", "count", "firstSeq", "lastSeq",
+ * "oldestCreatedAt"}} (uint64 as decimal strings, the time in ms). reason is a short
+ * ASCII word ("operator", "max_queue_age"). With record (several nodes) the peer also gets
+ * a flushes row (peer, now), so that the node holding its lease re-reads its state. *res
+ * is filled on PB_OK (all 0 but remaining when nothing matched: nothing written).
+ * PB_ERR_NOT_FOUND for an unknown peer. */
+pb_err pb_store_outbox_drop(pb_store *s, const char *peer, int64_t before, const char *reason,
+                            int64_t now, bool record, pb_drop_result *res);
+/* The peers whose queue's head (its lowest seq) was created before `before` (ms), ordered
+ * by server_id: what an expiry looks at. Cost O(peers with a queue). *peers (caller frees
+ * with pb_store_strings_free) is NULL when none. */
+pb_err pb_store_outbox_expired_peers(pb_store *s, int64_t before, char ***peers, size_t *n);
 
 /* ---- monitoring: queue shape, peers by mode, unread inbox ------------------------------------ */
 

@@ -99,6 +99,15 @@ typedef struct pb_store_ops {
     pb_err (*rename_in_remove)(void *impl, const char *old_id);
     pb_err (*rename_in_list)(void *impl, pb_rename_in **out, size_t *n);
     pb_err (*rename_in_expire)(void *impl, int64_t before, size_t *removed);
+    /* queue control; store.c has checked: strings non-empty (peer may be NULL for
+     * peer_flush), out-params non-NULL (store.c passes its own) */
+    pb_err (*peer_flush)(void *impl, const char *peer, int64_t now, bool record, char ***peers,
+                         size_t *n);
+    pb_err (*flush_list)(void *impl, pb_flush_req **out, size_t *n);
+    pb_err (*flush_done)(void *impl, const char *peer, int64_t requested_at);
+    pb_err (*outbox_drop)(void *impl, const char *peer, int64_t before, const char *reason,
+                          int64_t now, bool record, pb_drop_result *res);
+    pb_err (*outbox_expired_peers)(void *impl, int64_t before, char ***peers, size_t *n);
 
     /* Test-only fault points (PB_FAULTS builds); a backend may leave them NULL, and
      * store.c then makes them no-ops (pb_store_fault_bad_write returns PB_ERR_INTERNAL). */

@@ -38,9 +38,12 @@
  * wire module). Stored values read back are checked (a key of the wrong length, an
  * undecodable event, a bad mode or a non-integer is PB_ERR_CORRUPT).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <jansson.h>
 
 #include "util/health.h"
 #include "util/log.h"
@@ -98,6 +101,11 @@
 #define LOG_INSERT(cols, vals)                                                                     \
     "INSERT INTO model_log(user_id, server_id, " cols ") VALUES ($1, $2, " vals ")"
 #define AGE(cond) " count(CASE WHEN " cond " THEN 1 END),"
+/* a drop (ST_DROP_PEER) leaves the peer nothing to wait for: its queue is empty, or it was
+ * parked on an event now deleted (column values are the row's before the update) */
+#define DROP_CLEARS                                                                                \
+    "(queued = $2 OR (mode = 2 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.peer = $1 AND"       \
+    " o.seq = peers.parked_seq)))"
 
 static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
     [ST_BEGIN] = SQ("BEGIN IMMEDIATE"),
@@ -208,8 +216,9 @@ static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
     /* seq 0: SQLite's AUTOINCREMENT picks it */
     [ST_INBOX_INSERT_RENAME] = BOTH("INSERT INTO inbox(seq, from_id, event, old_id, new_id,"
                                     " received_at) VALUES (nullif($1, 0), $2, NULL, $3, $4, $5)"),
-    [ST_INBOX_READ] = BOTH("SELECT seq, from_id, event, old_id, new_id, received_at FROM inbox"
-                           " WHERE seq > $1 ORDER BY seq LIMIT $2"),
+    [ST_INBOX_READ] =
+        BOTH("SELECT seq, from_id, event, old_id, new_id, received_at, notice FROM inbox"
+             " WHERE seq > $1 ORDER BY seq LIMIT $2"),
     [ST_INBOX_LAST] = BOTH("SELECT coalesce(max(seq), 0) FROM inbox"),
     /* a received event's change (PROTOCOL.md section 5): SQLite appends it to the model
      * log ($4 or $5: its inbox seq), PostgreSQL applies it (idempotent) */
@@ -327,6 +336,36 @@ static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
                             " DO UPDATE SET inviter_id = excluded.inviter_id"),
     [ST_LOG_DELETE] = SQ("DELETE FROM model_log WHERE id <= $1"),
     [ST_LOG_LAST] = SQ("SELECT coalesce(max(id), 0) FROM model_log"),
+    /* queue control (store.h): $1 NULL flushes every queued peer */
+    [ST_FLUSH] = BOTH("UPDATE peers SET attempts = 0, next_attempt_at = $2"
+                      " WHERE mode = 1 AND ($1 IS NULL OR server_id = $1) RETURNING server_id"),
+    [ST_FLUSH_RECORD] =
+        BOTH("INSERT INTO flushes(peer, requested_at) VALUES ($1, $2)"
+             " ON CONFLICT(peer) DO UPDATE SET requested_at = excluded.requested_at"),
+    [ST_FLUSH_LIST] = BOTH("SELECT peer, requested_at FROM flushes ORDER BY peer"),
+    [ST_FLUSH_DONE] = BOTH("DELETE FROM flushes WHERE peer = $1 AND requested_at <= $2"),
+    /* what a drop of the events created before $2 deletes, and the queue's length */
+    [ST_DROP_STATS] = BOTH("SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0),"
+                           " coalesce(min(created_at), 0), (SELECT queued FROM peers WHERE"
+                           " server_id = $1) FROM outbox WHERE peer = $1 AND created_at < $2"),
+    [ST_DROP_DELETE] = BOTH("DELETE FROM outbox WHERE peer = $1 AND created_at < $2"),
+    /* after the deletion of $2 events: a new epoch ($3 or $4, as ST_PEER_NEW_EPOCH) and,
+     * when the queue is empty or the parked event gone, push mode with a clean slate */
+    [ST_DROP_PEER] = BOTH("UPDATE peers SET send_epoch = CASE WHEN send_epoch = $3 THEN $4 ELSE $3"
+                          " END, queued = queued - $2, mode = CASE WHEN " DROP_CLEARS " THEN 0"
+                          " ELSE mode END, attempts = CASE WHEN " DROP_CLEARS " THEN 0 ELSE"
+                          " attempts END, next_attempt_at = CASE WHEN " DROP_CLEARS " THEN 0 ELSE"
+                          " next_attempt_at END, last_error = CASE WHEN " DROP_CLEARS " THEN NULL"
+                          " ELSE last_error END, parked_seq = CASE WHEN " DROP_CLEARS " THEN 0"
+                          " ELSE parked_seq END WHERE server_id = $1 RETURNING send_epoch"),
+    /* seq 0: SQLite's AUTOINCREMENT picks it */
+    [ST_INBOX_INSERT_NOTICE] = BOTH("INSERT INTO inbox(seq, from_id, notice, received_at)"
+                                    " VALUES (nullif($1, 0), $2, $3, $4) RETURNING seq"),
+    /* a rename forgets the peer's recorded flush (its effect is in the peer row) */
+    [ST_RENAME_FLUSHES] = BOTH("DELETE FROM flushes WHERE peer = $1 OR peer = $2"),
+    [ST_EXPIRED_PEERS] = BOTH("SELECT p.server_id FROM peers p WHERE p.queued > 0 AND (SELECT"
+                              " o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY"
+                              " o.seq LIMIT 1) < $1 ORDER BY p.server_id"),
 };
 
 const char *pb_store_sql(enum pb_engine e, int id)
@@ -1314,7 +1353,10 @@ static pb_err inbox_row(const pb_store_driver *d, const pb_cur *c, void *elem, s
     it->seq = (uint64_t)d->col_int(c, 0, &bad);
     it->from = col_str(d, c, 1);
     it->received_at = d->col_int(c, 5, &bad);
-    if (d->is_null(c, 2)) {
+    if (!d->is_null(c, 6)) {
+        it->notice = col_str(d, c, 6);
+        if (!d->is_null(c, 2)) err = PB_ERR_CORRUPT;
+    } else if (d->is_null(c, 2)) {
         it->is_rename = true;
         it->old_id = col_str(d, c, 3);
         it->new_id = col_str(d, c, 4);
@@ -1428,7 +1470,7 @@ static pb_err peer_rename_tx(pb_db *db, void *ctx)
         ST_RENAME_OUTBOX,       ST_RENAME_GUILDS_DROP, ST_RENAME_GUILDS,
         ST_RENAME_INVITES_DROP, ST_RENAME_INVITES,     ST_RENAME_RENAMES_OUT,
         ST_RENAME_LEASES_DROP,  ST_RENAME_LEASES,      ST_RENAME_RECV_EPOCHS_DROP,
-        ST_RENAME_RECV_EPOCHS,
+        ST_RENAME_RECV_EPOCHS,  ST_RENAME_FLUSHES,
     };
     struct rename_ctx *r = ctx;
     int64_t seq = 0;
@@ -1609,6 +1651,159 @@ static pb_err op_lease_release(void *impl, const char *peer, const char *node_id
     return WRITE1(impl, ST_LEASE_RELEASE, NULL, A_TEXT(peer), A_TEXT(node_id));
 }
 
+/* ---- queue control ---------------------------------------------------------------------- */
+
+struct flush_ctx {
+    const char *peer; /* NULL: every queued peer */
+    int64_t now;
+    bool record;
+    char **peers; /* out */
+    size_t n, cap;
+};
+
+static pb_err flush_tx(pb_db *db, void *ctx)
+{
+    struct flush_ctx *f = ctx;
+    const pb_store_driver *d = D;
+    pb_cur cur;
+    bool row = false;
+    pb_store_strings_free(f->peers, f->n); /* a retried transaction starts again */
+    f->peers = NULL;
+    f->n = f->cap = 0;
+    pb_err err = d->query(db, ST_FLUSH, (const pb_arg[]){A_TEXT(f->peer), A_INT(f->now)}, 2, &cur);
+    if (err != PB_OK) return err;
+    while ((err = d->step(&cur, &row)) == PB_OK && row) {
+        char *id = col_str(d, &cur, 0);
+        if (!id) {
+            err = PB_ERR_CORRUPT;
+            break;
+        }
+        if (f->n == f->cap) {
+            f->cap = f->cap ? 2 * f->cap : 8;
+            f->peers = pb_xrealloc(f->peers, f->cap * sizeof *f->peers);
+        }
+        f->peers[f->n++] = id;
+    }
+    d->done(&cur);
+    for (size_t i = 0; f->record && i < f->n && err == PB_OK; i++)
+        err = EXEC(db, ST_FLUSH_RECORD, NULL, A_TEXT(f->peers[i]), A_INT(f->now));
+    return err;
+}
+
+static pb_err op_peer_flush(void *impl, const char *peer, int64_t now, bool record, char ***peers,
+                            size_t *n)
+{
+    struct flush_ctx f = {peer, now, record, NULL, 0, 0};
+    pb_err err = write_tx(impl, flush_tx, &f, false);
+    if (err != PB_OK) {
+        pb_store_strings_free(f.peers, f.n);
+        return err;
+    }
+    *peers = f.peers;
+    *n = f.n;
+    return PB_OK;
+}
+
+static pb_err flush_row(const pb_store_driver *d, const pb_cur *c, void *elem, size_t i, void *ctx)
+{
+    (void)i;
+    (void)ctx;
+    pb_flush_req *r = elem;
+    bool bad = false;
+    r->peer = col_str(d, c, 0);
+    r->requested_at = d->col_int(c, 1, &bad);
+    return r->peer && !bad ? PB_OK : PB_ERR_CORRUPT;
+}
+
+static void flush_reqs_free(void *arr, size_t n)
+{
+    pb_flush_reqs_free(arr, n);
+}
+
+static pb_err op_flush_list(void *impl, pb_flush_req **out, size_t *count)
+{
+    static const rows_spec spec = {ST_FLUSH_LIST, sizeof(pb_flush_req), flush_row, flush_reqs_free};
+    return read_rows(impl, &spec, NULL, 0, NULL, out, count);
+}
+
+static pb_err op_flush_done(void *impl, const char *peer, int64_t requested_at)
+{
+    return WRITE1(impl, ST_FLUSH_DONE, NULL, A_TEXT(peer), A_INT(requested_at));
+}
+
+struct drop_ctx {
+    const char *peer;
+    int64_t before;
+    const char *reason;
+    int64_t now;
+    bool record;
+    uint64_t e1, e2;  /* two different random non-zero epochs (ST_DROP_PEER) */
+    pb_drop_result r; /* out */
+};
+
+/* The peer row locked first (as an append does), so that the statistics, the deletion
+ * and the counter agree with concurrent appends and acknowledgements of every node. */
+static pb_err drop_tx(pb_db *db, void *ctx)
+{
+    struct drop_ctx *x = ctx;
+    int64_t v[5] = {0, 0, 0, 0, 0}, epoch = 0, seq = 0;
+    x->r = (pb_drop_result){0, 0, 0, 0, 0, 0, 0};
+    pb_err err = peer_lock(db, x->peer);
+    if (err == PB_OK)
+        err = pb_db_ints(D, db, ST_DROP_STATS, (const pb_arg[]){A_TEXT(x->peer), A_INT(x->before)},
+                         2, v, 5);
+    if (err != PB_OK) return err;
+    if (v[0] < 0 || v[4] < v[0]) return PB_ERR_CORRUPT;
+    x->r.remaining = (uint64_t)(v[4] - v[0]);
+    if (v[0] == 0) return PB_OK;
+    err = EXEC(db, ST_DROP_DELETE, NULL, A_TEXT(x->peer), A_INT(x->before));
+    if (err == PB_OK)
+        err = QINT(db, ST_DROP_PEER, &epoch, A_TEXT(x->peer), A_INT(v[0]), A_INT(x->e1),
+                   A_INT(x->e2));
+    if (err != PB_OK) return err;
+    char count[24], first[24], last[24];
+    snprintf(count, sizeof count, "%lld", (long long)v[0]);
+    snprintf(first, sizeof first, "%lld", (long long)v[1]);
+    snprintf(last, sizeof last, "%lld", (long long)v[2]);
+    json_t *j = json_pack("{s:{s:s,s:s,s:s,s:s,s:s,s:I}}", "queueDropped", "peer", x->peer,
+                          "reason", x->reason, "count", count, "firstSeq", first, "lastSeq", last,
+                          "oldestCreatedAt", (json_int_t)v[3]);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text) return PB_ERR_INVAL; /* a reason or peer that is not UTF-8 */
+    if (pb_store_sql(D->engine, ST_INBOX_RESERVE)) err = QINT(db, ST_INBOX_RESERVE, &seq, A_INT(1));
+    if (err == PB_OK)
+        err = QINT(db, ST_INBOX_INSERT_NOTICE, &seq, A_INT(seq), A_TEXT(x->peer), A_TEXT(text),
+                   A_INT(x->now));
+    free(text);
+    if (err == PB_OK && x->record)
+        err = EXEC(db, ST_FLUSH_RECORD, NULL, A_TEXT(x->peer), A_INT(x->now));
+    if (err != PB_OK) return err;
+    x->r.count = (uint64_t)v[0];
+    x->r.first_seq = (uint64_t)v[1];
+    x->r.last_seq = (uint64_t)v[2];
+    x->r.oldest_at = v[3];
+    x->r.epoch = (uint64_t)epoch;
+    x->r.notice_seq = (uint64_t)seq;
+    return PB_OK;
+}
+
+static pb_err op_outbox_drop(void *impl, const char *peer, int64_t before, const char *reason,
+                             int64_t now, bool record, pb_drop_result *res)
+{
+    struct drop_ctx x = {peer, before, reason, now, record, pb_store_epoch_random(0), 0, {0}};
+    x.e2 = pb_store_epoch_random(x.e1);
+    pb_err err = write_tx(impl, drop_tx, &x, false);
+    if (err == PB_OK) *res = x.r;
+    return err;
+}
+
+static pb_err op_outbox_expired_peers(void *impl, int64_t before, char ***out, size_t *count)
+{
+    static const rows_spec spec = {ST_EXPIRED_PEERS, sizeof(char *), str_row, strings_free};
+    return read_rows(impl, &spec, (const pb_arg[]){A_INT(before)}, 1, NULL, out, count);
+}
+
 /* ---- monitoring ------------------------------------------------------------------------- */
 
 _Static_assert(PB_QSHAPE_BUCKETS == 7, "ST_QSHAPE counts seven buckets");
@@ -1743,7 +1938,9 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
         .peer_new_epoch = op_peer_new_epoch, .recv_latest = op_recv_latest,                        \
         .rename_in_add = op_rename_in_add, .rename_in_find = op_rename_in_find,                    \
         .rename_in_remove = op_rename_in_remove, .rename_in_list = op_rename_in_list,              \
-        .rename_in_expire = op_rename_in_expire, .fault_set = FAULT(op_fault_set),                 \
+        .rename_in_expire = op_rename_in_expire, .peer_flush = op_peer_flush,                      \
+        .flush_list = op_flush_list, .flush_done = op_flush_done, .outbox_drop = op_outbox_drop,   \
+        .outbox_expired_peers = op_outbox_expired_peers, .fault_set = FAULT(op_fault_set),         \
         .fault_hold = FAULT(op_fault_hold), .fault_queued = FAULT(op_fault_queued),                \
         .fault_bad_write = FAULT(op_fault_bad_write),                                              \
     }

@@ -16,7 +16,7 @@
  * @Q the inbox's seq column, @F the least first_seq of a submission (PostgreSQL claims an
  * ID with 0 inside the appending transaction).
  *
- * The tables (version 8):
+ * The tables (version 9):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s), mode,
  *    attempts, next_attempt_at, last_error, parked_seq, next_seq, recv_seq (unused since
  *    version 5), send_epoch, queued): one row per peer, as receiver of our outbox
@@ -28,16 +28,17 @@
  *    sender to us, per its epoch; at most PB_STORE_RECV_EPOCHS_MAX rows a sender.
  *  - outbox(peer, seq, event, created_at) PK (peer, seq): read, acknowledged and counted
  *    as range scans of one peer's keys; pb_store_outbox_peers is a loose index scan.
- *  - inbox(seq PK, from_id, event, old_id, new_id, received_at): an event row or (event
- *    NULL) a rename row; seqs consecutive and never reused.
+ *  - inbox(seq PK, from_id, event, old_id, new_id, received_at, notice): an event row, a
+ *    rename row (old_id, new_id) or a notice row (notice: JSON text, e.g. a queue
+ *    dropped); seqs consecutive and never reused.
  *  - guilds(user_id, server_id, guild_id) and invites(user_id, server_id, invite_id,
  *    inviter_id), keys starting with user_id; no index on server_id (a peer's rename, rare,
  *    scans them; every received event would otherwise insert into a second B-tree).
  *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error);
  *    renames_in(old_id PK, new_id UNIQUE, created_at (ms) indexed); leases(peer PK, holder,
- *    expires_at (ms)); submissions(id PK, peer, first_seq, count, created_at (ms) indexed);
- *    meta(key PK, value); schema_version.
- *  No foreign keys: a rename re-labels every table explicitly in one transaction.
+ *    expires_at (ms)); flushes(peer PK, requested_at (ms)); submissions(id PK, peer, first_seq,
+ * count, created_at (ms) indexed); meta(key PK, value); schema_version. No foreign keys: a rename
+ * re-labels every table explicitly in one transaction.
  *
  * Untrusted input: none (the stored version number is checked).
  */
@@ -59,6 +60,12 @@ static const char *const tokens[][PB_ENGINE__COUNT + 1] = {
     {"@Q", "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint PRIMARY KEY CHECK (seq >= 1)"},
     {"@F", "1", "0"},
 };
+
+/* The inbox's rows since version 9: an event, a rename, or a notice. */
+#define INBOX_SHAPES                                                                               \
+    "((event IS NOT NULL AND old_id IS NULL AND new_id IS NULL AND notice IS NULL) OR"             \
+    " (event IS NULL AND old_id IS NOT NULL AND new_id IS NOT NULL AND notice IS NULL) OR"         \
+    " (event IS NULL AND old_id IS NULL AND new_id IS NULL AND notice IS NOT NULL))"
 
 /* {SQL of every engine, SQLite's addition, PostgreSQL's addition} (NULL: none) */
 static const char *const steps[][1 + PB_ENGINE__COUNT] = {
@@ -135,6 +142,22 @@ static const char *const steps[][1 + PB_ENGINE__COUNT] = {
      * the same transaction), so that reading it never counts the queue */
     {"ALTER TABLE peers ADD COLUMN queued @I NOT NULL DEFAULT 0;"
      "UPDATE peers SET queued = (SELECT count(*) FROM outbox o WHERE o.peer = peers.server_id);"},
+    /* 9: queue control (store.h "queue control"): flushes, an operator's flush of a queued
+     * peer waiting for the node that holds the peer's lease; the inbox's notice rows (a
+     * queue dropped or expired: event, old_id and new_id NULL, notice its JSON text), for
+     * which its check is widened: SQLite rebuilds the table (ALTER TABLE RENAME carries its
+     * AUTOINCREMENT counter along), PostgreSQL replaces the constraint. Its statements
+     * succeed again over themselves (tests set the version back). */
+    {"CREATE TABLE IF NOT EXISTS flushes (peer @K PRIMARY KEY, requested_at @I NOT NULL)@W;",
+     "CREATE TABLE inbox_new (seq INTEGER PRIMARY KEY AUTOINCREMENT, from_id TEXT NOT NULL,"
+     "  event BLOB NULL, old_id TEXT NULL, new_id TEXT NULL, received_at INTEGER NOT NULL,"
+     "  notice TEXT NULL, CONSTRAINT inbox_check CHECK " INBOX_SHAPES ");"
+     "INSERT INTO inbox_new(seq, from_id, event, old_id, new_id, received_at)"
+     "  SELECT seq, from_id, event, old_id, new_id, received_at FROM inbox ORDER BY seq;"
+     "DROP TABLE inbox; ALTER TABLE inbox_new RENAME TO inbox;",
+     "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS notice text NULL;"
+     "ALTER TABLE inbox DROP CONSTRAINT IF EXISTS inbox_check;"
+     "ALTER TABLE inbox ADD CONSTRAINT inbox_check CHECK " INBOX_SHAPES ";"},
 };
 
 const int pb_store_schema_current = (int)(sizeof steps / sizeof steps[0]);

@@ -111,6 +111,13 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         reg, "postbox_submissions_duplicate_total",
         "Submissions repeating an earlier submission_id (nothing new queued)", NULL);
 
+    s->events_expired = pb_metrics_counter(
+        reg, "postbox_events_expired_total",
+        "Queued events deleted unsent because they were older than max_queue_age", NULL);
+    s->events_dropped = pb_metrics_counter(
+        reg, "postbox_events_dropped_total",
+        "Queued events deleted unsent by an operator's drop of a peer's queue", NULL);
+
     s->server_duration = pb_metrics_histogram(
         reg, "postbox_hrpc_server_request_duration_seconds",
         "Federation requests from headers received to answer sent, by hRPC method", "method",

@@ -78,6 +78,8 @@ typedef struct pb_metrics_std {
     pb_metric *events_pushed;
     pb_metric *events_received;
     pb_metric *events_duplicate;
+    pb_metric *events_expired; /* queue control: max_queue_age (delivery.c) */
+    pb_metric *events_dropped; /* queue control: an operator's drop (delivery.c) */
     pb_metric *client_duration;
     pb_metric *key_fetches;
     pb_metric *delivery_latency;

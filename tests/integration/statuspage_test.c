@@ -12,6 +12,9 @@
  *             chart, a first page of 50 peer rows with the right mode and queue depth, the
  *             parked row with its sequence number, the page counter
  *   controls  sorting by queue depth, filtering by a server ID, the next page
+ *   queue     a queued peer's Flush tries it now (logged); its Drop dismissed changes
+ *             nothing, confirmed empties its queue (the row shows 0, a queueDropped notice
+ *             in A's inbox)
  *   buttons   Drop with the confirmation dismissed changes nothing; Retry confirmed (P now
  *             accepts) turns P back to push, in the API and on the page
  * and writes a screenshot of the page with queued and parked peers to
@@ -171,6 +174,18 @@ static bool type_into(const char *css, const char *text)
     free(id);
     CHECKF(st == 200, "type into %s: %ld", css, st);
     return st == 200;
+}
+
+/* Lines of the log at path holding a and b. */
+static int count_in(const char *path, const char *a, const char *b)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, a) && strstr(line, b)) n++;
+    if (f) fclose(f);
+    return n;
 }
 
 /* The confirmation dialog's text (caller frees), then accept or dismiss it. */
@@ -479,6 +494,51 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
              " document.getElementById('page-info').textContent === '1–1 of 1';",
              down[2]);
     wait_page(js, PBT_BOUND_MS);
+
+    /* queue control on the filtered row (down[2]: 3 events queued): Flush tries it now
+     * (one "operator flush" log line); Drop dismissed changes nothing, Drop confirmed
+     * empties the queue, with a notice in A's inbox */
+    snprintf(js, sizeof js, "#peers-body tr[data-peer=\"%s\"] button.flush", down[2]);
+    click(js);
+    wait_page("return document.getElementById('notice').textContent.indexOf('flushed, trying"
+              " now') >= 0;",
+              10000);
+    CHECKF(count_in(a->log_path, "operator flush", down[2]) == 1, "the flush is logged");
+    snprintf(js, sizeof js, "#peers-body tr[data-peer=\"%s\"] button.dropq", down[2]);
+    click(js);
+    char *dq = answer_confirm(false);
+    CHECKF(dq && strstr(dq, "Drop the 3 queued events of") && strstr(dq, down[2]), "dialog: %s",
+           dq ? dq : "");
+    free(dq);
+    char dpath[160];
+    snprintf(dpath, sizeof dpath, "/v1/peers?q=%s", down[2]);
+    json_t *dr = pbt_admin(a, "GET", dpath, NULL, &st);
+    CHECK_INT(json_integer_value(
+                  json_object_get(json_array_get(json_object_get(dr, "peers"), 0), "queued")),
+              3);
+    json_decref(dr);
+    click(js);
+    dq = answer_confirm(true);
+    free(dq);
+    snprintf(js, sizeof js,
+             "var r = document.querySelector('#peers-body tr[data-peer=\"%s\"]');"
+             "return document.getElementById('notice').textContent.indexOf('3 queued events"
+             " dropped') >= 0 && !!r && r.querySelector('.c-queued').textContent === '0' &&"
+             " !r.querySelector('button.dropq');",
+             down[2]);
+    wait_page(js, 15000);
+    dr = pbt_admin(a, "GET", "/v1/inbox?limit=1000", NULL, &st);
+    bool noticed = false;
+    size_t di;
+    json_t *it;
+    json_array_foreach(json_object_get(dr, "events"), di, it)
+    {
+        json_t *qd = json_object_get(json_object_get(it, "notice"), "queueDropped");
+        noticed =
+            noticed || (qd && !strcmp(json_string_value(json_object_get(qd, "peer")), down[2]));
+    }
+    json_decref(dr);
+    CHECKF(noticed, "the drop's notice is in A's inbox");
 
     /* Drop, dismissed: nothing changes */
     snprintf(js, sizeof js, "#parked-body tr[data-peer=\"%s\"] button.drop", p->server_id);

@@ -541,6 +541,46 @@ static void test_scenarios(void)
     CHECK(f.postbox && f.acked == 11 && f.epoch == 4242);
 }
 
+/* Queue control (PB_FSM_IN_RELOAD): a flush resets a queued peer's backoff and tries it
+ * now; a drop's new epoch is taken at once (the receiver is learnt again: one event per
+ * Push until it acknowledges in it); an emptied queue and a dropped parked event leave the
+ * peer in push mode; a parked peer is not flushed. */
+static void test_reload(void)
+{
+    char got[512];
+    pb_fsm f;
+    /* queued, its probe an hour away: the flush reads the head now */
+    pb_fsm_init(&f, PB_MODE_QUEUED, 6, NOW + 3600000, EPOCH, 5, true);
+    f.postbox = true;
+    step(&f,
+         IN(RELOAD, .mode = PB_MODE_QUEUED, .attempts = 0, .next_at = NOW, .epoch = EPOCH, .n = 5),
+         got, sizeof got);
+    CHECK_STR(got, "READ 1 8");
+    CHECK(f.attempts == 0 && f.next_at == 0 && f.postbox);
+    /* a drop while a Push is in flight: the new epoch is taken, the Push ends as it ends */
+    step(&f, IN(READ, .n = 5, .first = 1, .last = 5), got, sizeof got);
+    step(&f, IN(RELOAD, .mode = PB_MODE_PUSH, .epoch = 77, .n = 0), got, sizeof got);
+    CHECK_STR(got, "");
+    CHECK(f.st == PB_FSM_PUSHING && f.epoch == 77 && !f.postbox && f.mode == PB_MODE_PUSH);
+    step(&f, OK(5, EPOCH), got, sizeof got); /* an acknowledgement in the old epoch */
+    CHECK_STR(got, "FORGET 5; READ 6 1");
+    step(&f, IN(READ, .n = 0), got, sizeof got);
+    CHECK(f.st == PB_FSM_IDLE && !f.has_work && f.mode == PB_MODE_PUSH);
+    /* the queue emptied while idle and queued: push mode, the probe timer cleared */
+    pb_fsm_init(&f, PB_MODE_QUEUED, 3, NOW + 60000, EPOCH, 9, true);
+    step(&f, IN(RELOAD, .mode = PB_MODE_PUSH, .epoch = 78, .n = 0), got, sizeof got);
+    CHECK(f.mode == PB_MODE_PUSH && f.epoch == 78 && f.attempts == 0 && f.next_at == 0);
+    /* parked: a flush does nothing; its parked event dropped: push mode, the rest goes */
+    pb_fsm_init(&f, PB_MODE_PARKED, 0, 0, EPOCH, 9, true);
+    f.parked_seq = 4;
+    step(&f, IN(RELOAD, .mode = PB_MODE_PARKED, .epoch = EPOCH, .n = 5), got, sizeof got);
+    CHECK_STR(got, "");
+    CHECK(f.mode == PB_MODE_PARKED && f.parked_seq == 4);
+    step(&f, IN(RELOAD, .mode = PB_MODE_PUSH, .epoch = 79, .n = 3), got, sizeof got);
+    CHECK_STR(got, "READ 1 1");
+    CHECK(f.mode == PB_MODE_PUSH && f.parked_seq == 0 && f.epoch == 79);
+}
+
 static void test_classes(void)
 {
     static const struct {
@@ -595,6 +635,7 @@ int main(void)
 {
     test_table();
     test_scenarios();
+    test_reload();
     test_classes();
     test_backoff();
     return pbt_finish();

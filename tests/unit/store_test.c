@@ -51,7 +51,7 @@
 #include "store/store.h"
 #include "store/store_driver.h"
 
-#define SCHEMA_CURRENT 8
+#define SCHEMA_CURRENT 9
 /* the sender epoch the cases that are not about epochs receive in */
 #define EP 0x1234567890abcdefULL
 
@@ -2188,8 +2188,7 @@ static void test_migrate_queue_counters(void)
     s = NULL;
     char sql[160];
     snprintf(sql, sizeof sql,
-             "ALTER TABLE peers DROP COLUMN queued; UPDATE schema_version SET version = %d",
-             SCHEMA_CURRENT - 1);
+             "ALTER TABLE peers DROP COLUMN queued; UPDATE schema_version SET version = %d", 7);
     CHECK(raw_exec(spec, sql));
     CHECK_OK(pb_store_open(spec, NULL, &s));
     if (s) {
@@ -2204,6 +2203,160 @@ static void test_migrate_queue_counters(void)
         }
         CHECK_QUEUE_COUNTERS(spec);
     }
+    pb_store_close(s);
+    free(spec);
+}
+
+/* Queue control (store.h): a flush resets queued peers only and is recorded for the lease
+ * holder; a drop deletes what was created before its time, starts a new epoch, appends a
+ * notice to the inbox and clears the peer's mode when nothing is left to wait for; the
+ * expired peers are those whose head is older. */
+static void test_queue_control(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("qcontrol", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
+    const char *p1 = "p1.example:443", *p2 = "p2.example:443", *p3 = "p3.example:443";
+    pb_event e[3] = {ev_added(1, 10), ev_invited(2, 3, "inv-1"), ev_removed(4, 5)};
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 3, 1000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 2, 5000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 1, 1000, NULL));
+    CHECK_OK(pb_store_peer_state_set(s, p1, PB_MODE_QUEUED, 4, 99999, "refused", 0));
+
+    /* flush: the queued peer only, recorded when asked */
+    char **names = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_peer_flush(s, p2, 7000, true, &names, &n));
+    CHECK_INT(n, 0);
+    CHECK(names == NULL);
+    CHECK_OK(pb_store_peer_flush(s, NULL, 7000, true, &names, &n));
+    CHECK_INT(n, 1);
+    if (n == 1) CHECK_STR(names[0], p1);
+    pb_store_strings_free(names, n);
+    pb_peer_state st;
+    CHECK_OK(pb_store_peer_state_get(s, p1, &st));
+    CHECK_INT(st.mode, PB_MODE_QUEUED);
+    CHECK_INT(st.attempts, 0);
+    CHECK_INT(st.next_attempt_at, 7000);
+    uint64_t epoch0 = st.send_epoch;
+    pb_peer_state_clear(&st);
+    pb_flush_req *fr = NULL;
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 1);
+    if (n == 1) {
+        CHECK_STR(fr[0].peer, p1);
+        CHECK_INT(fr[0].requested_at, 7000);
+    }
+    pb_flush_reqs_free(fr, n);
+    CHECK_OK(pb_store_flush_done(s, p1, 6999)); /* an older flush's holder: stays */
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 1);
+    pb_flush_reqs_free(fr, n);
+    CHECK_OK(pb_store_flush_done(s, p1, 7000));
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 0);
+    CHECK(fr == NULL);
+    CHECK_OK(pb_store_peer_flush(s, p1, 7100, false, NULL, &n)); /* not recorded */
+    CHECK_INT(n, 1);
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 0);
+
+    /* expiry: the heads older than the cutoff */
+    CHECK_OK(pb_store_outbox_expired_peers(s, 1000, &names, &n));
+    CHECK_INT(n, 0);
+    CHECK_OK(pb_store_outbox_expired_peers(s, 1001, &names, &n));
+    CHECK_INT(n, 2);
+    pb_store_strings_free(names, n);
+
+    /* a drop of the events before 2000: 1..3 */
+    uint64_t inbox0 = inbox_last(s);
+    pb_drop_result r;
+    CHECK_OK(pb_store_outbox_drop(s, p1, 2000, "max_queue_age", 8000, true, &r));
+    CHECK_INT(r.count, 3);
+    CHECK_INT(r.first_seq, 1);
+    CHECK_INT(r.last_seq, 3);
+    CHECK_INT(r.oldest_at, 1000);
+    CHECK_INT(r.remaining, 2);
+    CHECK(r.epoch != 0 && r.epoch != epoch0);
+    CHECK_INT(r.notice_seq, inbox0 + 1);
+    CHECK_INT(inbox_last(s), inbox0 + 1);
+    CHECK_OK(pb_store_flush_list(s, &fr, &n)); /* recorded for the lease holder */
+    CHECK_INT(n, 1);
+    if (n == 1) CHECK_INT(fr[0].requested_at, 8000);
+    pb_flush_reqs_free(fr, n);
+    CHECK_OK(pb_store_peer_state_get(s, p1, &st));
+    CHECK_INT(st.mode, PB_MODE_QUEUED); /* events left: still waiting for the peer */
+    CHECK_INT(st.queued, 2);
+    CHECK_INT(st.send_epoch, r.epoch);
+    CHECK_INT(st.next_seq, 6);
+    pb_peer_state_clear(&st);
+    CHECK_INT(outbox_count(s, p1), 2);
+    pb_inbox_item *it = NULL;
+    CHECK_OK(pb_store_inbox_read(s, inbox0, 10, &it, &n));
+    CHECK_INT(n, 1);
+    if (n == 1) {
+        CHECK(!it[0].is_rename && it[0].notice);
+        CHECK_STR(it[0].from, p1);
+        CHECK_INT(it[0].received_at, 8000);
+        CHECK(it[0].notice && strstr(it[0].notice, "\"queueDropped\"") &&
+              strstr(it[0].notice, "\"reason\":\"max_queue_age\"") &&
+              strstr(it[0].notice, "\"count\":\"3\"") &&
+              strstr(it[0].notice, "\"firstSeq\":\"1\"") &&
+              strstr(it[0].notice, "\"lastSeq\":\"3\""));
+    }
+    pb_inbox_items_free(it, n);
+
+    /* the whole queue: the peer is back in push mode with a clean slate */
+    CHECK_OK(pb_store_outbox_drop(s, p1, INT64_MAX, "operator", 9000, false, &r));
+    CHECK_INT(r.count, 2);
+    CHECK_INT(r.first_seq, 4);
+    CHECK_INT(r.last_seq, 5);
+    CHECK_INT(r.remaining, 0);
+    CHECK_OK(pb_store_peer_state_get(s, p1, &st));
+    CHECK_INT(st.mode, PB_MODE_PUSH);
+    CHECK_INT(st.attempts, 0);
+    CHECK_INT(st.next_attempt_at, 0);
+    CHECK(st.last_error == NULL);
+    CHECK_INT(st.queued, 0);
+    CHECK_INT(st.send_epoch, r.epoch);
+    pb_peer_state_clear(&st);
+    /* nothing left: nothing written */
+    uint64_t inbox1 = inbox_last(s);
+    CHECK_OK(pb_store_outbox_drop(s, p1, INT64_MAX, "operator", 9500, false, &r));
+    CHECK_INT(r.count, 0);
+    CHECK_INT(r.notice_seq, 0);
+    CHECK_INT(r.epoch, 0);
+    CHECK_INT(inbox_last(s), inbox1);
+    CHECK_ERR(pb_store_outbox_drop(s, p3, INT64_MAX, "operator", 9500, false, &r),
+              PB_ERR_NOT_FOUND);
+    /* sequence numbers go on */
+    uint64_t last = 0;
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 1, 9600, &last));
+    CHECK_INT(last, 6);
+
+    /* a parked peer whose parked event is dropped is no longer parked */
+    CHECK_OK(pb_store_outbox_append(s, p3, e, 1, 1000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, p3, e, 1, 3000, NULL));
+    CHECK_OK(pb_store_peer_state_set(s, p3, PB_MODE_PARKED, 0, 0, "refused", 1));
+    CHECK_OK(pb_store_outbox_drop(s, p3, 2000, "operator", 9700, false, &r));
+    CHECK_INT(r.count, 1);
+    CHECK_INT(r.remaining, 1);
+    CHECK_OK(pb_store_peer_state_get(s, p3, &st));
+    CHECK_INT(st.mode, PB_MODE_PUSH);
+    CHECK_INT(st.parked_seq, 0);
+    pb_peer_state_clear(&st);
+    /* a rename forgets the flush recorded by the first drop */
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 1);
+    pb_flush_reqs_free(fr, n);
+    uint8_t key[PB_PUBKEY_LEN] = {1};
+    CHECK_OK(pb_store_peer_rename(s, p1, "p1b.example:443", key, 9900));
+    CHECK_OK(pb_store_flush_list(s, &fr, &n));
+    CHECK_INT(n, 0);
+    CHECK_QUEUE_COUNTERS(spec);
     pb_store_close(s);
     free(spec);
 }
@@ -2231,7 +2384,7 @@ static char *read_fixture(const char *name)
  * version it had: opened by this build, each is upgraded and reads back what it held. */
 static void test_migrate_fixtures(void)
 {
-    for (int v = 1; v <= SCHEMA_CURRENT; v++) {
+    for (int v = 1; v <= 8; v++) { /* the versions that code had */
         char name[32], file[32];
         snprintf(name, sizeof name, "fixture_v%d", v);
         snprintf(file, sizeof file, "%s-v%d.sql", g_pg ? "pg" : "sqlite", v);
@@ -3361,6 +3514,7 @@ int main(int argc, char **argv)
     test_self_rename();
     test_migrate_from_v1();
     test_migrate_queue_counters();
+    test_queue_control();
     test_migrate_from_v4();
     test_migrate_fixtures();
     test_outbox_concurrent();

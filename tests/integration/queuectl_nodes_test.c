@@ -1,0 +1,316 @@
+/*
+ * queuectl_nodes_test - queue control with several nodes of one server on one PostgreSQL
+ * database (server A: nodes n0 and n1; receivers on SQLite). One node holds a peer's
+ * delivery lease; an operator's command may reach the other:
+ *
+ *   - flush through the node that does not hold the lease: the holder, which would wait
+ *     its backoff (600 s), tries the peer within its 1 s scan (the flushes row);
+ *   - drop through the other node: the queue is gone, one notice in the (shared) inbox,
+ *     and the next event reaches the peer once it is up (the holder re-read the new epoch);
+ *   - max_queue_age on both nodes (switched on by a reload): the events expire once (the
+ *     expiry is a transaction under the peer's row lock): one notice, and the nodes'
+ *     postbox_events_expired_total add up to the events.
+ * Needs PB_TEST_PG_URL (scripts/pg-start); fails without it, never skips.
+ */
+#include <fcntl.h>
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "crypto/keys.h"
+#include "harness.h"
+
+static void submit(const pbt_daemon *from, const char *to, unsigned user, unsigned n)
+{
+    json_t *evs = json_array();
+    for (unsigned i = 0; i < n; i++)
+        json_array_append_new(evs, json_pack("{s:{s:I,s:I}}", "userAddedToGuild", "userId",
+                                             (json_int_t)user, "guildId", (json_int_t)(100 + i)));
+    long st = 0;
+    json_t *j =
+        pbt_admin(from, "POST", "/v1/outbox", json_pack("{s:s,s:o}", "to", to, "events", evs), &st);
+    CHECKF(st == 202, "POST /v1/outbox: %ld", st);
+    json_decref(j);
+}
+
+struct peer_mode {
+    const pbt_daemon *d;
+    const char *peer, *mode;
+};
+
+/* GET /v1/peers shows peer in mode */
+static bool in_mode(void *ctx)
+{
+    struct peer_mode *w = ctx;
+    long st = 0;
+    json_t *j = pbt_admin(w->d, "GET", "/v1/peers", NULL, &st);
+    bool ok = false;
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(j, "peers"), i, p)
+    {
+        const char *id = json_string_value(json_object_get(p, "server_id"));
+        const char *mode = json_string_value(json_object_get(p, "mode"));
+        if (id && mode && !strcmp(id, w->peer) && !strcmp(mode, w->mode)) ok = true;
+    }
+    json_decref(j);
+    return ok;
+}
+
+struct queue_wait {
+    const pbt_daemon *d;
+    const char *peer;
+    json_int_t want;
+};
+
+/* GET /v1/peers/PEER/queue says `want` events are queued */
+static bool queued_is(void *ctx)
+{
+    struct queue_wait *w = ctx;
+    char path[256];
+    long st = 0;
+    snprintf(path, sizeof path, "/v1/peers/%s/queue", w->peer);
+    json_t *j = pbt_admin(w->d, "GET", path, NULL, &st);
+    bool ok = st == 200 && json_integer_value(json_object_get(j, "queued")) == w->want;
+    json_decref(j);
+    return ok;
+}
+
+struct inbox_wait {
+    const pbt_daemon *d;
+    size_t want;
+};
+
+static json_t *inbox(const pbt_daemon *d)
+{
+    long st = 0;
+    json_t *j = pbt_admin(d, "GET", "/v1/inbox?limit=1000", NULL, &st);
+    return j;
+}
+
+static bool inbox_has(void *ctx)
+{
+    struct inbox_wait *w = ctx;
+    json_t *j = inbox(w->d);
+    size_t n = json_array_size(json_object_get(j, "events"));
+    json_decref(j);
+    return n >= w->want;
+}
+
+/* The queueDropped notices in d's inbox about peer with reason: how many, the last one
+ * into *count_out */
+static int notices(const pbt_daemon *d, const char *peer, const char *reason, char *count_out)
+{
+    json_t *j = inbox(d);
+    int n = 0;
+    size_t i;
+    json_t *it;
+    json_array_foreach(json_object_get(j, "events"), i, it)
+    {
+        json_t *q = json_object_get(json_object_get(it, "notice"), "queueDropped");
+        const char *p = json_string_value(json_object_get(q, "peer"));
+        const char *r = json_string_value(json_object_get(q, "reason"));
+        if (q && p && r && !strcmp(p, peer) && !strcmp(r, reason)) {
+            n++;
+            CHECK(json_is_null(json_object_get(it, "event")));
+            CHECK(!strcmp(json_string_value(json_object_get(it, "from")), peer));
+            const char *c = json_string_value(json_object_get(q, "count"));
+            if (count_out) snprintf(count_out, 24, "%s", c ? c : "");
+        }
+    }
+    json_decref(j);
+    return n;
+}
+
+static char *lease_holder(const char *url, const char *peer)
+{
+    PGconn *c = PQconnectdb(url);
+    char *holder = NULL;
+    if (PQstatus(c) == CONNECTION_OK) {
+        const char *params[] = {peer};
+        PGresult *r = PQexecParams(c, "SELECT holder FROM leases WHERE peer = $1", 1, NULL, params,
+                                   NULL, NULL, 0);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+            holder = strdup(PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    PQfinish(c);
+    return holder;
+}
+
+struct holder_wait {
+    const char *url, *peer;
+    int node; /* out: the holder's index, -1 none */
+};
+
+static bool lease_held(void *ctx)
+{
+    struct holder_wait *w = ctx;
+    char *h = lease_holder(w->url, w->peer);
+    w->node = h && h[0] == 'n' ? atoi(h + 1) : -1;
+    free(h);
+    return w->node == 0 || w->node == 1;
+}
+
+static bool copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb");
+    int fd = open(to, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    FILE *out = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    char buf[4096];
+    size_t n;
+    bool ok = in && out;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        ok = fwrite(buf, 1, n, out) == n;
+    if (in) fclose(in);
+    if (out) fclose(out);
+    return ok;
+}
+
+struct two_nodes {
+    const pbt_daemon *a, *b;
+    double sum; /* out */
+};
+
+/* the nodes' postbox_events_expired_total add up to 4 (or more) */
+static bool expired_sum(void *ctx)
+{
+    struct two_nodes *t = ctx;
+    t->sum = pbt_metric(t->a, "postbox_events_expired_total") +
+             pbt_metric(t->b, "postbox_events_expired_total");
+    return t->sum >= 4;
+}
+
+static void set_age(const char *conf, int age)
+{
+    FILE *f = fopen(conf, "w");
+    fprintf(f, "max_queue_age = %d\n", age);
+    fclose(f);
+}
+
+int main(void)
+{
+    if (!pbt_pg_url()) {
+        CHECK(!"PB_TEST_PG_URL is set (scripts/pg-start)");
+        return pbt_finish();
+    }
+    char dbname[64];
+    snprintf(dbname, sizeof dbname, "pb_qctlnodes_%d", (int)getpid());
+    char *url = pbt_pg_create_db(dbname);
+    if (!url) {
+        CHECK(!"a database for the nodes");
+        return pbt_finish();
+    }
+    char *keydir = pbt_tmpdir("qnkey"), keypath[600], hex[65], conf[600];
+    snprintf(keypath, sizeof keypath, "%s/key", keydir);
+    snprintf(conf, sizeof conf, "%s/postbox.conf", keydir);
+    set_age(conf, 0);
+    bool created;
+    CHECK_OK(pb_keygen(keypath, hex, &created));
+    pbt_daemon *n[2];
+    char sid[64] = "";
+    for (int i = 0; i < 2; i++) {
+        char node[16], tag[16];
+        snprintf(node, sizeof node, "n%d", i);
+        snprintf(tag, sizeof tag, "qn%d", i);
+        n[i] = pbt_daemon_new(tag, NULL);
+        if (i == 0) snprintf(sid, sizeof sid, "%s", n[0]->server_id);
+        const char *extra[] = {"-c",
+                               conf,
+                               "--store",
+                               url,
+                               "--server-id",
+                               sid,
+                               "--node-id",
+                               node,
+                               "--lease-ttl",
+                               "3",
+                               "--push-retries",
+                               "0",
+                               "--backoff-min",
+                               "600",
+                               "--backoff-max",
+                               "900",
+                               NULL};
+        for (int k = 0; extra[k]; k++)
+            n[i]->args[n[i]->nargs++] = strdup(extra[k]);
+        char dst[600];
+        snprintf(dst, sizeof dst, "%s/key", n[i]->dir);
+        CHECK(copy_file(keypath, dst));
+        CHECKF(pbt_daemon_start(n[i]), "node %d starts", i);
+    }
+    pbt_daemon *p = pbt_daemon_new("qnP", NULL);
+    char path[256];
+    long st = 0;
+
+    /* ---- flush through the node without the lease */
+    submit(n[0], p->server_id, 7, 3);
+    struct peer_mode qp = {n[0], p->server_id, "queued"};
+    CHECKF(pbt_wait_for(in_mode, &qp, 20000), "P queued");
+    struct holder_wait hw = {url, p->server_id, -1};
+    CHECKF(pbt_wait_for(lease_held, &hw, 20000), "a node holds P's lease");
+    int holder = hw.node < 0 ? 0 : hw.node, other = 1 - holder;
+    CHECK(pbt_daemon_start(p));
+    snprintf(path, sizeof path, "/v1/peers/%s/flush", p->server_id);
+    json_t *j = pbt_admin(n[other], "POST", path, NULL, &st);
+    CHECKF(st == 200 && json_is_true(json_object_get(j, "flushed")), "flush via n%d: %ld", other,
+           st);
+    json_decref(j);
+    int64_t t0 = pbt_now_ms();
+    struct inbox_wait ib = {p, 3};
+    CHECKF(pbt_wait_for(inbox_has, &ib, 20000), "P has the 3 events after the flush");
+    fprintf(stderr, "nodes: flush through n%d, delivered by n%d %lld ms later (backoff 600 s)\n",
+            other, holder, (long long)(pbt_now_ms() - t0));
+
+    /* ---- drop through the node without the lease */
+    struct queue_wait qw = {n[other], p->server_id, 0};
+    CHECKF(pbt_wait_for(queued_is, &qw, 20000), "the delivered events leave the queue");
+    CHECK_INT(pbt_daemon_stop(p), 0);
+    submit(n[0], p->server_id, 8, 2);
+    CHECKF(pbt_wait_for(in_mode, &qp, 20000), "P queued again");
+    CHECKF(pbt_wait_for(lease_held, &hw, 20000), "a node holds P's lease");
+    holder = hw.node < 0 ? 0 : hw.node;
+    other = 1 - holder;
+    snprintf(path, sizeof path, "/v1/peers/%s/drop", p->server_id);
+    j = pbt_admin(n[other], "POST", path, json_pack("{s:b}", "confirm", 1), &st);
+    CHECKF(st == 200 && json_integer_value(json_object_get(j, "dropped")) == 2 &&
+               !strcmp(json_string_value(json_object_get(j, "first_seq")), "4"),
+           "drop via n%d: %ld", other, st);
+    json_decref(j);
+    char cnt[24] = "";
+    CHECKF(notices(n[holder], p->server_id, "operator", cnt) == 1 && !strcmp(cnt, "2"),
+           "one notice, seen through either node");
+    struct peer_mode pp = {n[holder], p->server_id, "push"};
+    CHECKF(pbt_wait_for(in_mode, &pp, 20000), "P in push mode");
+    CHECK(pbt_daemon_start(p));
+    submit(n[holder], p->server_id, 9, 1);
+    ib.want = 4;
+    CHECKF(pbt_wait_for(inbox_has, &ib, 20000), "P receives the event after the drop");
+
+    /* ---- max_queue_age on both nodes */
+    CHECK_INT(pbt_daemon_stop(p), 0);
+    submit(n[1], p->server_id, 10, 4);
+    CHECKF(pbt_wait_for(in_mode, &qp, 20000), "P queued for the expiry");
+    set_age(conf, 1);
+    kill(n[0]->pid, SIGHUP);
+    kill(n[1]->pid, SIGHUP);
+    struct two_nodes tn = {n[0], n[1], 0};
+    pbt_wait_for(expired_sum, &tn, 20000);
+    double sum = tn.sum;
+    CHECKF(sum == 4, "the nodes expired %g events (4 queued)", sum);
+    CHECKF(notices(n[0], p->server_id, "max_queue_age", cnt) == 1 && !strcmp(cnt, "4"),
+           "one expiry notice (count %s)", cnt);
+
+    if (pbt_failed)
+        for (int i = 0; i < 2; i++)
+            pbt_daemon_dump_log(n[i]);
+    for (int i = 0; i < 2; i++)
+        pbt_daemon_free(n[i]);
+    pbt_daemon_free(p);
+    pbt_pg_drop_db(dbname);
+    free(url);
+    pbt_rmrf(keydir);
+    free(keydir);
+    return pbt_finish();
+}
