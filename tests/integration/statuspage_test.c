@@ -137,30 +137,48 @@ static bool wait_page(const char *script, int timeout_ms)
     return ok;
 }
 
-/* The WebDriver ID of the element matching css, or NULL (caller frees). */
-static char *find(const char *css)
+/* The WebDriver ID of the element matching css, or NULL (caller frees); *st (may be NULL)
+ * gets the HTTP status. */
+static char *find_quiet(const char *css, long *st)
 {
-    long st;
+    long s;
     json_t *v =
-        wds("POST", "/element", json_pack("{s:s,s:s}", "using", "css selector", "value", css), &st);
+        wds("POST", "/element", json_pack("{s:s,s:s}", "using", "css selector", "value", css), &s);
     const char *id = json_string_value(json_object_get(v, WD_ELEMENT));
-    char *out = st == 200 && id ? strdup(id) : NULL;
-    CHECKF(out != NULL, "element %s: %ld", css, st);
+    char *out = s == 200 && id ? strdup(id) : NULL;
     json_decref(v);
+    if (st) *st = s;
     return out;
 }
 
+static char *find(const char *css)
+{
+    long st;
+    char *out = find_quiet(css, &st);
+    CHECKF(out != NULL, "element %s: %ld", css, st);
+    return out;
+}
+
+/* Clicks the element matching css. The page re-renders its tables (every refresh, and
+ * after each action), which makes an element found just before stale (404): it is then
+ * found again and clicked, within a bound. */
 static bool click(const char *css)
 {
-    char *id = find(css);
-    if (!id) return false;
-    char sub[256];
-    snprintf(sub, sizeof sub, "/element/%s/click", id);
-    long st;
-    json_decref(wds("POST", sub, json_object(), &st));
-    free(id);
+    long st = 0;
+    int64_t until = pbt_now_ms() + PBT_BOUND_MS;
+    do {
+        char *id = find_quiet(css, &st);
+        if (id) {
+            char sub[256];
+            snprintf(sub, sizeof sub, "/element/%s/click", id);
+            json_decref(wds("POST", sub, json_object(), &st));
+            free(id);
+        }
+        if (st == 200) return true;
+        usleep(50 * 1000);
+    } while (st == 404 && pbt_now_ms() < until);
     CHECKF(st == 200, "click %s: %ld", css, st);
-    return st == 200;
+    return false;
 }
 
 static bool type_into(const char *css, const char *text)
