@@ -123,7 +123,9 @@ typedef struct pb_config pb_config;
 PB_API pb_config *pb_config_new(void); /* defaults; caller frees with pb_config_free */
 PB_API void pb_config_free(pb_config *c);
 PB_API pb_err pb_config_set(pb_config *c, const char *name, const char *value, char **why);
-/* Reads `name = value` lines (# comments). */
+/* Reads `name = value` lines (# comments) to the end of the file: on PB_ERR_CONFIG *why
+ * (caller frees) names every bad line ("FILE:LINE: ...", joined by "; "); the good
+ * lines are applied. */
 PB_API pb_err pb_config_load_file(pb_config *c, const char *path, char **why);
 /* Consumes leading `--name value` / `--name=value` settings from argv; *used tells how
  * many argv entries were taken (stops at the first argument that is not a setting). */

@@ -272,6 +272,20 @@ static char *trim(char *s)
     return s;
 }
 
+/* Adds one problem to *why ("; " between them): a file is read to its end, so that every
+ * bad line is named at once. */
+static void add_problem(char **why, char *msg)
+{
+    if (*why) {
+        char *both = pb_xasprintf("%s; %s", *why, msg);
+        free(*why);
+        free(msg);
+        *why = both;
+    } else {
+        *why = msg;
+    }
+}
+
 pb_err pb_config_load_file(pb_config *c, const char *path, char **why)
 {
     *why = NULL;
@@ -286,9 +300,12 @@ pb_err pb_config_load_file(pb_config *c, const char *path, char **why)
     while (fgets(line, sizeof line, f)) {
         lineno++;
         if (!strchr(line, '\n') && !feof(f)) {
-            *why = pb_xasprintf("%s:%d: line too long", path, lineno);
+            add_problem(why, pb_xasprintf("%s:%d: line too long", path, lineno));
             err = PB_ERR_CONFIG;
-            goto out;
+            int ch;
+            while ((ch = fgetc(f)) != EOF && ch != '\n') /* the rest of that line */
+                ;
+            continue;
         }
         char *hash = strchr(line, '#');
         if (hash) *hash = '\0';
@@ -296,22 +313,21 @@ pb_err pb_config_load_file(pb_config *c, const char *path, char **why)
         if (!*s) continue;
         char *eq = strchr(s, '=');
         if (!eq) {
-            *why = pb_xasprintf("%s:%d: expected name = value", path, lineno);
+            add_problem(why, pb_xasprintf("%s:%d: expected name = value", path, lineno));
             err = PB_ERR_CONFIG;
-            goto out;
+            continue;
         }
         *eq = '\0';
         char *name = trim(s), *value = trim(eq + 1);
         char *inner = NULL;
-        err = pb_config_set(c, name, value, &inner);
-        if (err != PB_OK) {
-            *why = pb_xasprintf("%s:%d: %s", path, lineno, inner);
+        if (pb_config_set(c, name, value, &inner) != PB_OK) {
+            add_problem(why, pb_xasprintf("%s:%d: %s", path, lineno, inner));
             free(inner);
-            goto out;
+            err = PB_ERR_CONFIG;
+            continue;
         }
         set_origin(c, find_setting(name, strlen(name)), pb_xasprintf("%s:%d", path, lineno));
     }
-out:
     fclose(f);
     return err;
 }

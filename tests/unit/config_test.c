@@ -140,10 +140,31 @@ static void test_probe(void)
     pb_storeprobe_clear(&p);
 }
 
+/* A file with several bad lines names every one of them at once (a typo fixed, the
+ * next start must not stop at the next one); the good lines are still applied. */
+static void test_every_problem(void)
+{
+    char *path = write_conf("max_body = lots\nadmin_listn = 127.0.0.1:1\nthreads = 8\n"
+                            "no equals sign\nauth_window = -1\n");
+    pb_config *c = pb_config_new();
+    char *why = NULL;
+    CHECK_ERR(pb_config_load_file(c, path, &why), PB_ERR_CONFIG);
+    const char *want[] = {":1: max_body", ":2: unknown setting \"admin_listn\"",
+                          ":4: expected name = value", ":5: auth_window"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        CHECKF(why && strstr(why, want[i]), "%s in: %s", want[i], why ? why : "(none)");
+    CHECKF(why && !strstr(why, ":3:"), "the good line 3 is no problem: %s", why ? why : "");
+    CHECK_INT(c->threads, 8);
+    free(why);
+    pb_config_free(c);
+    free(path);
+}
+
 int main(void)
 {
     dir = pbt_tmpdir("config");
     test_origins_and_changed();
+    test_every_problem();
     test_required();
     test_probe();
     pbt_rmrf(dir);
