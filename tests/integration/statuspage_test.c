@@ -17,8 +17,9 @@
  *             in A's inbox)
  *   buttons   Drop with the confirmation dismissed changes nothing; Retry confirmed (P now
  *             accepts) turns P back to push, in the API and on the page
- * and writes a screenshot of the page with queued and parked peers to
- * BUILD_DIR/status-page.png for people to look at.
+ * and writes screenshots of the page with queued and parked peers to
+ * BUILD_DIR/status-page.png, and of its peers table with the queue controls to
+ * BUILD_DIR/status-page-peers.png, for people to look at.
  *
  * Needs /usr/bin/chromedriver and Chromium (Debian packages chromium-driver and chromium,
  * installed by scripts/bootstrap test): without them the test fails, saying so.
@@ -486,6 +487,11 @@ static void browse(pbt_daemon *a, pbt_daemon *p, const char *b_id, char down[][6
     char png[600];
     snprintf(png, sizeof png, "%s/status-page.png", PB_BUILD_DIR);
     screenshot(png);
+    /* and the peers table with its queue controls (Flush, Drop), further down the page */
+    free(run_str("document.getElementById('peers-table').scrollIntoView(); return '';"));
+    snprintf(png, sizeof png, "%s/status-page-peers.png", PB_BUILD_DIR);
+    screenshot(png);
+    free(run_str("window.scrollTo(0, 0); return '';"));
 
     /* sorting by queue depth: the largest queue first, with its mode and depth */
     click("#peers-table th[data-sort=\"queued\"]");
