@@ -793,3 +793,19 @@ int pbt_connect_local(uint16_t port)
     }
     return fd;
 }
+
+char *pbt_pg_lease_holder(const char *url, const char *peer)
+{
+    PGconn *c = PQconnectdb(url);
+    char *holder = NULL;
+    if (PQstatus(c) == CONNECTION_OK) {
+        const char *params[] = {peer};
+        PGresult *r = PQexecParams(c, "SELECT holder FROM leases WHERE peer = $1", 1, NULL, params,
+                                   NULL, NULL, 0);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+            holder = strdup(PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    PQfinish(c);
+    return holder;
+}

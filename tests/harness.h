@@ -208,6 +208,9 @@ const char *pbt_pg_url(void);
  * first) on that server and returns its URI (caller frees); NULL, with a message on
  * stderr, when it cannot. */
 char *pbt_pg_create_db(const char *name);
+/* The holder of the lease on peer in the database at url (a node_id; caller frees), or
+ * NULL when none holds it or the database cannot be read. */
+char *pbt_pg_lease_holder(const char *url, const char *peer);
 /* Drops database `name` (terminating its sessions); nothing when it does not exist. */
 void pbt_pg_drop_db(const char *name);
 

@@ -33,13 +33,11 @@ struct holder_wait {
     char *holder; /* the lease holder found (caller frees) */
 };
 
-static char *lease_holder(const char *url, const char *peer);
-
 static bool lease_held(void *vctx)
 {
     struct holder_wait *w = vctx;
     free(w->holder);
-    w->holder = lease_holder(w->url, w->peer);
+    w->holder = pbt_pg_lease_holder(w->url, w->peer);
     return w->holder != NULL;
 }
 
@@ -97,23 +95,6 @@ static bool reached(void *vctx)
     struct wait_ctx *w = vctx;
     w->have = in_order(w->b, w->from);
     return w->have < 0 || w->have >= w->want;
-}
-
-/* The node_id holding the delivery lease for peer, from the shared database. */
-static char *lease_holder(const char *url, const char *peer)
-{
-    PGconn *c = PQconnectdb(url);
-    char *holder = NULL;
-    if (PQstatus(c) == CONNECTION_OK) {
-        const char *params[] = {peer};
-        PGresult *r = PQexecParams(c, "SELECT holder FROM leases WHERE peer = $1", 1, NULL, params,
-                                   NULL, NULL, 0);
-        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-            holder = strdup(PQgetvalue(r, 0, 0));
-        PQclear(r);
-    }
-    PQfinish(c);
-    return holder;
 }
 
 static bool copy_file(const char *from, const char *to)
@@ -260,7 +241,7 @@ int main(void)
     if (killed_at) {
         fprintf(stderr, "multinode: all %u delivered %lld ms after the kill\n", sent,
                 (long long)(pbt_now_ms() - killed_at));
-        char *holder = lease_holder(url, b->server_id);
+        char *holder = pbt_pg_lease_holder(url, b->server_id);
         CHECKF(holder == NULL || holder[0] == 'n', "lease after takeover: %s",
                holder ? holder : "released");
         free(holder);

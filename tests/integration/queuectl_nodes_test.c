@@ -22,22 +22,6 @@
 #include "harness.h"
 #include "queuectl.h"
 
-static char *lease_holder(const char *url, const char *peer)
-{
-    PGconn *c = PQconnectdb(url);
-    char *holder = NULL;
-    if (PQstatus(c) == CONNECTION_OK) {
-        const char *params[] = {peer};
-        PGresult *r = PQexecParams(c, "SELECT holder FROM leases WHERE peer = $1", 1, NULL, params,
-                                   NULL, NULL, 0);
-        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-            holder = strdup(PQgetvalue(r, 0, 0));
-        PQclear(r);
-    }
-    PQfinish(c);
-    return holder;
-}
-
 struct holder_wait {
     const char *url, *peer;
     int node; /* out: the holder's index, -1 none */
@@ -46,7 +30,7 @@ struct holder_wait {
 static bool lease_held(void *ctx)
 {
     struct holder_wait *w = ctx;
-    char *h = lease_holder(w->url, w->peer);
+    char *h = pbt_pg_lease_holder(w->url, w->peer);
     w->node = h && h[0] == 'n' ? atoi(h + 1) : -1;
     free(h);
     return w->node == 0 || w->node == 1;
