@@ -32,7 +32,8 @@
  *       line, e.g. a hang's --ready file), with the current time and a random 64-byte
  *       signature. Each request gives up after T ms (default 3000). Logs, and writes to
  *       --stats, the counts of answers by status, the requests without an answer and
- *       the slowest answer.
+ *       the slowest answer. --from A,B,... (up to 8 addresses of 127.0.0.0/8) sends the
+ *       requests from those source addresses in turn, as several attacking hosts would.
  *
  * Common options: --ready FILE gets the listening ports, one a line, once all listen
  * (written whole: a reader sees it complete or not at all). --seconds bounds the life of
@@ -93,6 +94,8 @@ static struct {
     long rate, timeout_ms;
     uint16_t push_to, target;
     const char *ready, *record, *stats, *ids_file;
+    char from[8][16]; /* flood: source addresses in 127/8, cycled per request */
+    int nfrom;
     bool has_seed, has_serve_key;
     uint8_t seed[PB_SEED_LEN];
     uint8_t serve_key[PB_PUBKEY_LEN];
@@ -593,6 +596,11 @@ static int run_flood(void)
             x->hdrs = curl_slist_append(x->hdrs, x->auth);
             x->t0 = now;
             curl_easy_setopt(x->h, CURLOPT_URL, url);
+            if (opt.nfrom) {
+                char ifc[24];
+                snprintf(ifc, sizeof ifc, "host!%s", opt.from[sent % opt.nfrom]);
+                curl_easy_setopt(x->h, CURLOPT_INTERFACE, ifc);
+            }
             curl_easy_setopt(x->h, CURLOPT_NOSIGNAL, 1L);
             curl_easy_setopt(x->h, CURLOPT_TIMEOUT_MS, opt.timeout_ms);
             curl_easy_setopt(x->h, CURLOPT_HTTPHEADER, x->hdrs);
@@ -679,7 +687,7 @@ static void usage(void)
             "  pullbomb  --listen N --seed HEX --answer-bytes B --max-answers M --push-to PORT\n"
             "            --push-every-ms MS --push-max K --ready FILE --stats FILE --seconds S\n"
             "  flood     --target PORT --ids-file FILE --rate R --seconds S --timeout-ms T\n"
-            "            --stats FILE\n");
+            "            --from ADDR[,ADDR...] --stats FILE\n");
 }
 
 static bool parse_long(const char *s, long lo, long hi, long *out)
@@ -696,6 +704,22 @@ static bool parse_hex32(const char *s, uint8_t out[32])
 {
     size_t len = 0;
     return strlen(s) == 64 && sodium_hex2bin(out, 32, s, 64, NULL, &len, NULL) == 0 && len == 32;
+}
+
+/* "127.0.0.2,127.0.0.3": up to 8 addresses, each in 127.0.0.0/8 (tests only use loopback). */
+static bool parse_from(const char *v)
+{
+    char tmp[256];
+    if (strlen(v) >= sizeof tmp) return false;
+    strcpy(tmp, v);
+    opt.nfrom = 0;
+    for (char *save = NULL, *a = strtok_r(tmp, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
+        struct in_addr in;
+        if (opt.nfrom == 8 || inet_pton(AF_INET, a, &in) != 1 || (ntohl(in.s_addr) >> 24) != 127)
+            return false;
+        snprintf(opt.from[opt.nfrom++], sizeof opt.from[0], "%s", a);
+    }
+    return opt.nfrom > 0;
 }
 
 static bool parse_args(int argc, char **argv)
@@ -724,7 +748,9 @@ static bool parse_args(int argc, char **argv)
             opt.stats = v;
         else if (!strcmp(a, "--ids-file"))
             opt.ids_file = v;
-        else if (!strcmp(a, "--seed")) {
+        else if (!strcmp(a, "--from")) {
+            if (!parse_from(v)) return false;
+        } else if (!strcmp(a, "--seed")) {
             if (!parse_hex32(v, opt.seed)) return false;
             opt.has_seed = true;
         } else if (!strcmp(a, "--serve-key")) {
