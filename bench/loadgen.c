@@ -11,7 +11,13 @@
  *   requests N errors E seconds S rps R p50_us A p99_us B max_us C
  *
  * Usage: pbbench_loadgen --url URL [--conns N] [--seconds S] [--body-bytes B]
- *                        [--max-requests N]
+ *                        [--max-requests N] [--template T] [--header H]...
+ *
+ * --template T: every request's body is T with its "%N" replaced by a number unique over
+ * the run (1, 2, ...: all connections draw from one counter), e.g. one admin submission
+ * per call, each a new event: '{"to":"ID","event":{"userAddedToGuild":{"userId":%N,
+ * "guildId":1}}}'. --header H (up to 8) adds a request header (default Content-Type:
+ * application/hrpc). A request counts as done when answered 2xx.
  *
  * Untrusted input: the server's answers (status read, body discarded).
  */
@@ -31,6 +37,7 @@ struct conn {
     CURL *h;
     struct curl_slist *hdrs;
     uint32_t *lat_us; /* owned */
+    char *body;       /* --template: this connection's current body, owned */
     size_t n, cap;
     long errors;
 };
@@ -39,6 +46,9 @@ static const char *g_url;
 static char *g_body;
 static size_t g_body_len;
 static double g_seconds = 3.0;
+static const char *g_tpl_pre, *g_tpl_post; /* --template around its "%N" */
+static size_t g_tpl_pre_len;
+static _Atomic unsigned long long g_unique;
 static long g_max_requests = 0;            /* per connection; 0 = none */
 static pthread_barrier_t g_ready, g_start; /* connected; deadline set */
 static int64_t g_deadline_us;              /* written by main between the barriers */
@@ -60,9 +70,16 @@ static size_t discard(char *p, size_t size, size_t n, void *ud)
 static bool one_request(struct conn *c)
 {
     long status = 0;
+    if (g_tpl_pre) {
+        unsigned long long n = ++g_unique;
+        int len = snprintf(c->body, 65536 + 32, "%.*s%llu%s", (int)g_tpl_pre_len, g_tpl_pre, n,
+                           g_tpl_post);
+        curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, c->body);
+        curl_easy_setopt(c->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    }
     if (curl_easy_perform(c->h) != CURLE_OK) return false;
     curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
-    return status == 200;
+    return status >= 200 && status < 300;
 }
 
 static void *run(void *arg)
@@ -98,7 +115,8 @@ static int cmp_u32(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    int conns = 1;
+    int conns = 1, nhdrs = 0;
+    const char *hdrs[8], *tpl = NULL;
     g_body_len = 100;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--url"))
@@ -111,14 +129,18 @@ int main(int argc, char **argv)
             g_body_len = (size_t)strtoul(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--max-requests"))
             g_max_requests = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--template"))
+            tpl = argv[i + 1];
+        else if (!strcmp(argv[i], "--header") && nhdrs < 8)
+            hdrs[nhdrs++] = argv[i + 1];
         else
             g_url = NULL, i = argc;
     }
     if (!g_url || conns < 1 || conns > 256 || g_seconds <= 0 || g_seconds > 600 ||
-        g_body_len > 65536) {
+        g_body_len > 65536 || (tpl && (!strstr(tpl, "%N") || strlen(tpl) > 65536))) {
         fprintf(stderr,
                 "usage: %s --url URL [--conns 1..256] [--seconds S<=600] "
-                "[--body-bytes B<=65536] [--max-requests N]\n",
+                "[--body-bytes B<=65536] [--max-requests N] [--template T] [--header H]\n",
                 argv[0]);
         return 2;
     }
@@ -126,6 +148,12 @@ int main(int argc, char **argv)
     g_body = malloc(g_body_len + 1);
     if (!g_body) abort();
     memset(g_body, 'x', g_body_len);
+    if (tpl) {
+        const char *at = strstr(tpl, "%N");
+        g_tpl_pre = tpl;
+        g_tpl_pre_len = (size_t)(at - tpl);
+        g_tpl_post = at + 2;
+    }
     struct conn *cs = calloc((size_t)conns, sizeof *cs);
     if (!cs) abort();
     pthread_barrier_init(&g_ready, NULL, (unsigned)conns + 1);
@@ -133,8 +161,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < conns; i++) {
         struct conn *c = &cs[i];
         c->h = curl_easy_init();
-        c->hdrs = curl_slist_append(NULL, "Content-Type: application/hrpc");
-        c->hdrs = curl_slist_append(c->hdrs, "Expect:");
+        c->hdrs = curl_slist_append(NULL, "Expect:");
+        for (int j = 0; j < nhdrs; j++)
+            c->hdrs = curl_slist_append(c->hdrs, hdrs[j]);
+        if (!nhdrs) c->hdrs = curl_slist_append(c->hdrs, "Content-Type: application/hrpc");
+        if (tpl && !(c->body = malloc(65536 + 32))) abort();
         curl_easy_setopt(c->h, CURLOPT_URL, g_url);
         curl_easy_setopt(c->h, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c->h, CURLOPT_POST, 1L);
@@ -178,6 +209,7 @@ int main(int argc, char **argv)
         curl_easy_cleanup(cs[i].h);
         curl_slist_free_all(cs[i].hdrs);
         free(cs[i].lat_us);
+        free(cs[i].body);
     }
     free(cs);
     free(all);
