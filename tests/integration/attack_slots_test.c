@@ -16,7 +16,12 @@
  *               every byte of body_memory (32 MiB) and every body from another address is
  *               refused 503.
  *
- * What must hold in each, with R's default settings: P's events, submitted while the
+ *   reload      body_memory_per_ip and max_connections_per_ip changed by a reload: a
+ *               second stalled body from one address is refused over a 64 KiB share while
+ *               another address's is held; after a reload to 1 MiB the first address's
+ *               next body is held; after max_connections_per_ip = 0 the shares are off.
+ *
+ * What must hold in the attacks, with R's default settings: P's events, submitted while the
  * attack lasts, arrive at R while it still lasts; P's Pushes are all accepted (its
  * postbox_events_pushed_total has no retried, queued or parked event); nothing is lost or
  * duplicated (R's inbox holds exactly what P was given, in order); R's Key endpoint
@@ -509,6 +514,100 @@ out:
     json_decref(sent);
 }
 
+/* ---- 3. shares applied by a reload ----------------------------------------------------------- */
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) abort();
+}
+
+struct reload_wait {
+    const pbt_daemon *d;
+    int before;
+};
+
+static bool reloaded(void *vctx)
+{
+    struct reload_wait *w = vctx;
+    return pbt_log_count(w->d, "configuration reloaded", NULL) > w->before;
+}
+
+static bool reload_with(const pbt_daemon *d, const char *conf, const char *text)
+{
+    write_text(conf, text);
+    struct reload_wait w = {d, pbt_log_count(d, "configuration reloaded", NULL)};
+    kill(d->pid, SIGHUP);
+    return pbt_wait_for(reloaded, &w, PBT_BOUND_MS);
+}
+
+/* A connection from src sending 40,000 bytes of a 65,536-byte Push body, held; -1 when it
+ * cannot connect. */
+static int stalled_body(const char *src, uint16_t port)
+{
+    int fd = pbt_connect_from(src, port);
+    if (fd < 0) return -1;
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST /protocol.sync.v1.PostboxService/Push HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Type: application/hrpc\r\nContent-Length: 65536\r\n\r\n");
+    static char body[40000];
+    bool ok = write(fd, head, (size_t)n) == n && write(fd, body, sizeof body) == sizeof body;
+    CHECKF(ok, "a stalled body from %s is sent", src);
+    return fd;
+}
+
+static void test_reload(void)
+{
+    int failed0 = pbt_failed;
+    pbt_daemon *r = pbt_daemon_new("reloadR", NULL);
+    char conf[600];
+    snprintf(conf, sizeof conf, "%s/postbox.conf", r->dir);
+    write_text(conf, "body_memory_per_ip = 65536\n");
+    r->args[r->nargs++] = strdup("-c");
+    r->args[r->nargs++] = strdup(conf);
+    int fds[5] = {-1, -1, -1, -1, -1};
+    bool ok = pbt_daemon_start(r);
+    CHECKF(ok, "postboxd reloadR starts");
+    if (!ok) goto out;
+    struct metric_wait held = {r, "postbox_request_body_bytes", 40000, 0};
+    struct metric_wait over = {
+        r, "postbox_requests_refused_total{reason=\"body_memory_per_address\"}", 1, 0};
+
+    fds[0] = stalled_body("127.0.0.2", r->port);
+    CHECKF(pbt_wait_for(metric_reached, &held, PBT_BOUND_MS), "the first body is held: %g",
+           held.value);
+    fds[1] = stalled_body("127.0.0.2", r->port);
+    CHECKF(pbt_wait_for(metric_reached, &over, PBT_BOUND_MS),
+           "a second body from 127.0.0.2 is over its 64 KiB share: %g refused", over.value);
+    fds[2] = stalled_body("127.0.0.3", r->port);
+    held.at_least = 80000;
+    CHECKF(pbt_wait_for(metric_reached, &held, PBT_BOUND_MS),
+           "another address's body is held beside it: %g", held.value);
+
+    CHECK(reload_with(r, conf, "body_memory_per_ip = 1048576\n"));
+    fds[3] = stalled_body("127.0.0.2", r->port);
+    held.at_least = 120000;
+    CHECKF(pbt_wait_for(metric_reached, &held, PBT_BOUND_MS),
+           "after the reload to 1 MiB: 127.0.0.2's next body is held: %g", held.value);
+
+    CHECK(reload_with(r, conf, "body_memory_per_ip = 65536\nmax_connections_per_ip = 0\n"));
+    fds[4] = stalled_body("127.0.0.3", r->port);
+    held.at_least = 160000;
+    CHECKF(pbt_wait_for(metric_reached, &held, PBT_BOUND_MS),
+           "with max_connections_per_ip = 0 the shares are off: %g held", held.value);
+    CHECKF(pbt_metric(r, "postbox_requests_refused_total{reason=\"body_memory_per_address\"}") ==
+               over.value,
+           "no further refusal over a share");
+    CHECKF(pbt_log_count(r, "holds its share of request body bytes", NULL) >= 1,
+           "the refusal over a share is logged");
+out:
+    for (int i = 0; i < 5; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    if (pbt_failed > failed0) pbt_daemon_dump_log(r);
+    pbt_daemon_free(r);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -518,6 +617,7 @@ int main(void)
     if (!only || !strcmp(only, name)) fn()
     RUN("suspended", test_suspended);
     RUN("body-memory", test_body_memory);
+    RUN("reload", test_reload);
     curl_global_cleanup();
     return pbt_finish();
 }
