@@ -1035,6 +1035,10 @@ static int park(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r, e
     enum refusal why;
     unsigned limit = 0;
     bool log = false;
+    pthread_mutex_lock(&s->wake_mu);
+    bool fired = r->w->state == W_FIRED;
+    pthread_mutex_unlock(&s->wake_mu);
+    if (fired) return 0; /* woken already: no wait, no suspended slot */
     if (!slot_wait(s, r, &why, &limit, &log)) {
         pthread_mutex_lock(&s->wake_mu);
         fire_locked(s, r->w, true);
