@@ -131,7 +131,10 @@ typedef void (*pb_hrpc_handler_fn)(void *ctx, const pb_hrpc_request *req, pb_hrp
  * and calls the handler again with req->resumed set once pb_hrpc_wake is called, or with
  * req->timed_out also set when timeout_ms passed first. The waker returned belongs to the
  * caller until it hands it to pb_hrpc_wake, which it must do exactly once (late is fine:
- * a wake after the deadline does nothing). A handler may defer once per run.
+ * a wake after the deadline does nothing). A handler may defer once per run. When the
+ * suspended requests' pool (max_suspended) or the client address's share of it is full,
+ * the server answers 503 at once instead and does not call the handler again (the waker
+ * must still be woken once; that wake does nothing).
  */
 typedef struct pb_hrpc_waker pb_hrpc_waker;
 pb_hrpc_waker *pb_hrpc_defer(const pb_hrpc_request *req, int timeout_ms);
