@@ -398,6 +398,7 @@ static void under_attack(const char *what, pbt_daemon *r, pbt_daemon *p, struct 
     CHECKF(all, "%s: R holds exactly P's %zu events, in order (it has %zu)", what,
            json_array_size(sent), arr.have);
     CHECKF(failures == 0, "%s: none of P's Pushes refused (%g failed attempts)", what, failures);
+    CHECKF(p503 == 0, "%s: no Push of P answered 503 (%d in its log)", what, p503);
     CHECKF(key.n >= 10, "%s: Key probes made during the attack: %d", what, key.n);
     CHECKF(key.ok == key.n, "%s: Key answered %d of %d probes 200 (last failure: %ld)", what,
            key.ok, key.n, key.last_bad);
