@@ -102,18 +102,33 @@ static const struct setting settings[] = {
        "most open federation connections (more are closed at once)"),
     UL(max_connections_per_ip, 256, 0, 1000000,
        "most open federation connections from one client address (an IPv4 address, or an "
-       "IPv6 /64); more from it are closed at once. 0: no limit (behind a TLS proxy, whose "
-       "connections all come from one address)"),
+       "IPv6 /64; one IPv6 /48 holds 65,536 /64s); more from it are closed at once. 0: no "
+       "limit (behind a TLS proxy, whose connections all come from one address), and then "
+       "the other per-address shares (max_inflight_per_ip, max_suspended_per_ip, "
+       "body_memory_per_ip) are off too"),
     UL(conn_timeout, 15, 1, 3600,
        "seconds an idle connection is kept, and the longest a request may take to arrive"),
     U(threads, 16, 1, 256, "federation listener threads"),
     U(admin_timeout, 30, 1, 3600,
       "seconds an admin request may take to arrive (slower clients are cut)"),
     UL(max_inflight, 256, 1, 1000000,
-       "complete requests handled at once before 503 (requests still arriving hold no slot)"),
+       "complete requests handled at once before 503 (requests still arriving hold no slot; "
+       "suspended ones count under max_suspended instead)"),
+    UL(max_inflight_per_ip, 64, 1, 1000000,
+       "of max_inflight, most from one client address (as max_connections_per_ip counts "
+       "them) before 503; off when max_connections_per_ip is 0"),
+    UL(max_suspended, 256, 1, 1000000,
+       "requests suspended at once (waiting for the sender's key, for our Pull from the "
+       "sender, a long poll), a pool apart from max_inflight, before 503"),
+    UL(max_suspended_per_ip, 32, 1, 1000000,
+       "of max_suspended, most from one client address before 503; off when "
+       "max_connections_per_ip is 0"),
     UL(body_memory, 33554432, 65536, 4294967295,
        "bytes of request bodies held at once across all federation connections, as they "
        "arrive, before 503 (at least max_body)"),
+    UL(body_memory_per_ip, 2097152, 65536, 4294967295,
+       "of body_memory, most bytes held for one client address before 503 (at least "
+       "max_body); off when max_connections_per_ip is 0"),
     U(peer_connect_timeout_ms, 5000, 10, 600000, "connect timeout towards peers, ms"),
     U(peer_timeout_ms, 30000, 10, 3600000, "whole-call timeout towards peers, ms"),
     U(workers, 4, 1, 256,

@@ -56,7 +56,11 @@ struct pb_config {
     uint64_t threads;
     uint64_t admin_timeout;
     uint64_t max_inflight;
+    uint64_t max_inflight_per_ip;
+    uint64_t max_suspended;
+    uint64_t max_suspended_per_ip;
     uint64_t body_memory;
+    uint64_t body_memory_per_ip;
     uint64_t peer_connect_timeout_ms;
     uint64_t peer_timeout_ms;
     uint64_t workers;

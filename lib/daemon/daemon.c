@@ -426,7 +426,11 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .conn_timeout_s = (unsigned)cfg->conn_timeout,
         .threads = (unsigned)cfg->threads,
         .max_inflight = (unsigned)cfg->max_inflight,
+        .max_inflight_per_addr = (unsigned)cfg->max_inflight_per_ip,
+        .max_suspended = (unsigned)cfg->max_suspended,
+        .max_suspended_per_addr = (unsigned)cfg->max_suspended_per_ip,
         .body_memory = (size_t)cfg->body_memory,
+        .body_memory_per_addr = (size_t)cfg->body_memory_per_ip,
         .tls_cert_file = cfg->tls_cert,
         .tls_key_file = cfg->tls_key,
         .metrics = d->mstd,
@@ -544,7 +548,11 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
         .max_conns_per_addr = per_addr_limit(next),
         .conn_timeout_s = (unsigned)next->conn_timeout,
         .max_inflight = (unsigned)next->max_inflight,
+        .max_inflight_per_addr = (unsigned)next->max_inflight_per_ip,
+        .max_suspended = (unsigned)next->max_suspended,
+        .max_suspended_per_addr = (unsigned)next->max_suspended_per_ip,
         .body_memory = (size_t)next->body_memory,
+        .body_memory_per_addr = (size_t)next->body_memory_per_ip,
     };
     pb_hrpc_server_set_limits(d->fed, &lim);
     pb_delivery_set_max_queue_age(d->delivery, (unsigned)next->max_queue_age);

@@ -27,6 +27,21 @@
  * max_connections from the others. The counts live in a chained hash table under conns_mu,
  * keyed with SipHash and a per-process random key (a client cannot aim its addresses at one
  * chain); an entry lives while its address holds a connection.
+ * Request slots and body memory: a complete request takes an answered slot (max_inflight)
+ * before it is authenticated and handled; when it must wait (a key being fetched, a
+ * handler's deferral) park() moves it to a suspended slot (max_suspended), a pool of its
+ * own, and back when it runs again (whatever the limits then: it was admitted). So requests
+ * waiting on something remote never take the slots of requests answered at once: a
+ * request whose sender's key we hold is never refused because others wait for theirs.
+ * Body bytes are charged as they arrive (body_memory). Each pool and the body bytes also
+ * have a share per client address, kept in the same per-address entries as the connection
+ * counts (an entry lives while it holds a connection, a slot or a body byte); the shares
+ * apply only when the per-address connection limit does (max_connections_per_ip not 0:
+ * behind a proxy every client has the proxy's address). Past a limit or a share: 503 with
+ * RetryInfo (a suspension refused is answered at once and its waker dropped: the holder's
+ * later wake does nothing), counted by reason in postbox_requests_refused_total, and
+ * logged at most once per 10 s per reason. All these counts are under conns_mu (body_bytes
+ * is also read without it).
  * Limits (libmicrohttpd 0.9.75 offers no hook for more): a connection cut or refused this
  * way gets no HTTP answer (no 408 or 503; a response can be queued only once the headers
  * are in); the deadline counts from the connection's start or last answer, as the first
@@ -41,8 +56,9 @@
  * for it at each handshake, and cert_cb parses a fresh copy of the current chain and key (PEM
  * texts under a read lock) that GnuTLS frees with the session, so pb_hrpc_server_set_tls can
  * replace them for new connections while open ones keep theirs. The limits a reload may
- * change (max_body, max_inflight, body_memory, conn_timeout_s) are read and written atomically
- * (LIM); max_connections under conns_mu, as before.
+ * change (max_body, max_inflight, max_suspended, body_memory, their per-address shares,
+ * conn_timeout_s) are read and written atomically (LIM); max_connections and the
+ * per-address connection limit under conns_mu, as before.
  *
  * Lingering close (RFC 9112 section 9.6): a refusal answered from the headers alone (a
  * declared body over max_body, a wrong path or type) leaves the client still sending a body
@@ -113,12 +129,44 @@
 /* Buckets of the per-address connection counts (a power of two). */
 #define ADDR_BUCKETS 4096
 
-/* Counted connections of one client address (IPv4 as ::ffff:a.b.c.d, IPv6 as its /64). */
+/* What one client address (IPv4 as ::ffff:a.b.c.d, IPv6 as its /64) holds: counted
+ * connections, request slots (answered and suspended) and body bytes (see "Request slots
+ * and body memory"). Lives while any of them is not 0. Under conns_mu. */
 struct addr_count {
     struct addr_count *next;
     uint8_t key[16];
     unsigned n;
+    unsigned active, waiting; /* request slots */
+    size_t body;              /* request body bytes charged */
 };
+
+/* Why a request was refused for want of a slot or of body memory (index of
+ * refusal_reason, the reason label of postbox_requests_refused_total). */
+enum refusal {
+    REF_NONE,
+    REF_INFLIGHT,
+    REF_INFLIGHT_ADDR,
+    REF_SUSPENDED,
+    REF_SUSPENDED_ADDR,
+    REF_BODY,
+    REF_BODY_ADDR,
+    REF_COUNT
+};
+static const char *const refusal_reason[REF_COUNT] = {NULL,
+                                                      "inflight",
+                                                      "inflight_per_address",
+                                                      "suspended",
+                                                      "suspended_per_address",
+                                                      "body_memory",
+                                                      "body_memory_per_address"};
+/* the setting a refusal names */
+static const char *const refusal_setting[REF_COUNT] = {NULL,
+                                                       "max_inflight",
+                                                       "max_inflight_per_ip",
+                                                       "max_suspended",
+                                                       "max_suspended_per_ip",
+                                                       "body_memory",
+                                                       "body_memory_per_ip"};
 
 struct route {
     char *path;
@@ -138,8 +186,11 @@ struct pb_hrpc_server {
     pthread_rwlock_t tls_mu;
     bool tls_swappable; /* served through cert_cb (pb_hrpc_server_set_tls works) */
     unsigned conns_cap; /* max_conns at start: the most pb_hrpc_server_set_limits may set */
-    atomic_uint inflight;
-    atomic_size_t body_bytes; /* request body bytes held, charged as they arrive */
+    /* request slots (under conns_mu): answered requests being handled, suspended ones */
+    unsigned active, waiting;
+    atomic_size_t body_bytes; /* request body bytes held, charged as they arrive (conns_mu) */
+    uint64_t nslot_refused[REF_COUNT]; /* totals, for logs (conns_mu) */
+    int64_t slot_logged_ms[REF_COUNT]; /* last warning of each refusal (conns_mu) */
     atomic_bool stopping;
     /* open connections (see the file comment) */
     pthread_mutex_t conns_mu;
@@ -212,9 +263,11 @@ struct req {
     const struct route *route;
     pb_buf body;
     bool too_big;
-    bool overloaded; /* body bytes over body_memory: discarded, answered 503 */
-    bool counted;    /* holds an inflight slot */
-    size_t charged;  /* bytes of body charged to body_bytes */
+    bool overloaded;       /* body bytes over body_memory or the address's share: discarded, 503 */
+    enum refusal overload; /* ... which of them */
+    enum { SLOT_NONE, SLOT_ACTIVE, SLOT_WAITING } slot; /* the request slot it holds */
+    struct addr_count *addr; /* its client address's entry (NULL: none), for shares */
+    size_t charged;          /* bytes of body charged to body_bytes (and to addr) */
     void (*on_done)(void *ctx, bool sent_ok);
     void *on_done_ctx;
     /* authentication, across suspensions */
@@ -593,11 +646,11 @@ static struct addr_count **addr_chain(pb_hrpc_server *s, const uint8_t key[16])
     return &s->addrs[v & (ADDR_BUCKETS - 1)];
 }
 
-/* Drops one connection from its address's count; the entry goes with the last one (under
+/* Frees e when it holds nothing any more: no connection, slot or body byte (under
  * conns_mu). */
-static void addr_release(pb_hrpc_server *s, struct addr_count *e)
+static void addr_put(pb_hrpc_server *s, struct addr_count *e)
 {
-    if (--e->n) return;
+    if (e->n || e->active || e->waiting || e->body) return;
     for (struct addr_count **pp = addr_chain(s, e->key); *pp; pp = &(*pp)->next) {
         if (*pp == e) {
             *pp = e->next;
@@ -605,6 +658,146 @@ static void addr_release(pb_hrpc_server *s, struct addr_count *e)
         }
     }
     free(e);
+}
+
+/* Drops one connection from its address's count (under conns_mu). */
+static void addr_release(pb_hrpc_server *s, struct addr_count *e)
+{
+    e->n--;
+    addr_put(s, e);
+}
+
+/* ---- request slots and body memory ---------------------------------------------------------- */
+
+/* Whether the per-address shares apply (under conns_mu): only with a per-address
+ * connection limit; without one (behind a proxy) every client has the proxy's address. */
+static bool shares_on(const pb_hrpc_server *s, const struct addr_count *e)
+{
+    return e && s->max_per_addr != UINT_MAX;
+}
+
+/* Counts a refusal (under conns_mu); true when a warning is due. */
+static bool slot_refused(pb_hrpc_server *s, enum refusal why, int64_t now)
+{
+    s->nslot_refused[why]++;
+    return warn_due(&s->slot_logged_ms[why], now);
+}
+
+/* After a refusal (not under conns_mu): the metric, and at most one warning per 10 s per
+ * reason. */
+static void refusal_note(pb_hrpc_server *s, enum refusal why, bool log, const struct req *r,
+                         size_t limit)
+{
+    pb_counter_inc(
+        pb_metric_get(PB_METRIC(s->opts.metrics, requests_refused), refusal_reason[why]));
+    if (!log) return;
+    char who[INET6_ADDRSTRLEN + 8] = "";
+    if (r->addr) pb_addr_client_text(r->addr->key, who, sizeof who);
+    pthread_mutex_lock(&s->conns_mu);
+    uint64_t total = s->nslot_refused[why];
+    pthread_mutex_unlock(&s->conns_mu);
+    const char *what = why == REF_INFLIGHT || why == REF_INFLIGHT_ADDR ? "requests being handled"
+                       : why == REF_SUSPENDED || why == REF_SUSPENDED_ADDR
+                           ? "requests waiting (suspended)"
+                           : "request body bytes";
+    if (why == REF_INFLIGHT_ADDR || why == REF_SUSPENDED_ADDR || why == REF_BODY_ADDR)
+        PB_WARN(NULL,
+                "%s holds its share of %s (%s %zu): its further requests are refused 503 "
+                "(%llu refused over a share so far)",
+                who, what, refusal_setting[why], limit, (unsigned long long)total);
+    else
+        PB_WARN(NULL, "limit of %s reached (%s %zu): requests are refused 503 (%llu so far)", what,
+                refusal_setting[why], limit, (unsigned long long)total);
+}
+
+/* An answered request's slot: false (and *why) past max_inflight or the address's share. */
+static bool slot_take(pb_hrpc_server *s, struct req *r, enum refusal *why, unsigned *limit,
+                      bool *log)
+{
+    unsigned max = LIM(s, max_inflight), share = LIM(s, max_inflight_per_addr);
+    bool ok = false;
+    pthread_mutex_lock(&s->conns_mu);
+    struct addr_count *e = r->addr;
+    if (s->active >= max) {
+        *why = REF_INFLIGHT;
+        *limit = max;
+    } else if (shares_on(s, e) && e->active >= share) {
+        *why = REF_INFLIGHT_ADDR;
+        *limit = share;
+    } else {
+        s->active++;
+        if (e) e->active++;
+        r->slot = SLOT_ACTIVE;
+        ok = true;
+    }
+    if (!ok) *log = slot_refused(s, *why, mono_ms());
+    pthread_mutex_unlock(&s->conns_mu);
+    return ok;
+}
+
+/* The request is about to be suspended: its answered slot becomes a suspended one; false
+ * (and *why) past max_suspended or the address's share (it keeps its answered slot). */
+static bool slot_wait(pb_hrpc_server *s, struct req *r, enum refusal *why, unsigned *limit,
+                      bool *log)
+{
+    unsigned max = LIM(s, max_suspended), share = LIM(s, max_suspended_per_addr);
+    bool ok = false;
+    pthread_mutex_lock(&s->conns_mu);
+    struct addr_count *e = r->addr;
+    if (s->waiting >= max) {
+        *why = REF_SUSPENDED;
+        *limit = max;
+    } else if (shares_on(s, e) && e->waiting >= share) {
+        *why = REF_SUSPENDED_ADDR;
+        *limit = share;
+    } else {
+        if (r->slot == SLOT_ACTIVE) {
+            s->active--;
+            if (e) e->active--;
+        }
+        s->waiting++;
+        if (e) e->waiting++;
+        r->slot = SLOT_WAITING;
+        ok = true;
+    }
+    if (!ok) *log = slot_refused(s, *why, mono_ms());
+    pthread_mutex_unlock(&s->conns_mu);
+    return ok;
+}
+
+/* A suspended request runs again: back to an answered slot (taken whatever the limits: it
+ * was admitted already, and answers now). */
+static void slot_resume(pb_hrpc_server *s, struct req *r)
+{
+    pthread_mutex_lock(&s->conns_mu);
+    if (r->slot == SLOT_WAITING) {
+        s->waiting--;
+        s->active++;
+        if (r->addr) {
+            r->addr->waiting--;
+            r->addr->active++;
+        }
+        r->slot = SLOT_ACTIVE;
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+}
+
+/* Gives back the request's slot, whichever it holds. */
+static void slot_release(pb_hrpc_server *s, struct req *r)
+{
+    if (r->slot == SLOT_NONE) return;
+    pthread_mutex_lock(&s->conns_mu);
+    struct addr_count *e = r->addr;
+    if (r->slot == SLOT_ACTIVE) {
+        s->active--;
+        if (e) e->active--;
+    } else {
+        s->waiting--;
+        if (e) e->waiting--;
+    }
+    r->slot = SLOT_NONE;
+    if (e) addr_put(s, e);
+    pthread_mutex_unlock(&s->conns_mu);
 }
 
 /* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
@@ -830,6 +1023,37 @@ static void take_waker(pb_hrpc_server *s, struct req *r)
     waker_unref(w);
 }
 
+static enum MHD_Result send_refusal(pb_hrpc_server *s, struct MHD_Connection *conn,
+                                    enum refusal why);
+
+/* The request must wait (r->w armed): it moves to a suspended slot and is suspended, 1; or
+ * its waker fired already and it goes on at once, 0; or the suspended requests' pool or
+ * its address's share is full, -1: the waker is dropped (its holder's wake will do
+ * nothing) and the 503 queued in *res. */
+static int park(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r, enum MHD_Result *res)
+{
+    enum refusal why;
+    unsigned limit = 0;
+    bool log = false;
+    pthread_mutex_lock(&s->wake_mu);
+    bool fired = r->w->state == W_FIRED;
+    pthread_mutex_unlock(&s->wake_mu);
+    if (fired) return 0; /* woken already: no wait, no suspended slot */
+    if (!slot_wait(s, r, &why, &limit, &log)) {
+        pthread_mutex_lock(&s->wake_mu);
+        fire_locked(s, r->w, true);
+        pthread_mutex_unlock(&s->wake_mu);
+        take_waker(s, r);
+        r->key_wait = false;
+        refusal_note(s, why, log, r, limit);
+        *res = send_refusal(s, conn, why);
+        return -1;
+    }
+    if (suspend(s, r)) return 1;
+    slot_resume(s, r);
+    return 0;
+}
+
 /* First call of a request: everything that can be refused from the headers. */
 static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn, const char *url,
                                   const char *method, struct req *r)
@@ -859,28 +1083,57 @@ static enum MHD_Result on_headers(pb_hrpc_server *s, struct MHD_Connection *conn
 /* Gives back what a request's body holds. */
 static void body_release(pb_hrpc_server *s, struct req *r)
 {
-    if (r->charged) atomic_fetch_sub(&s->body_bytes, r->charged);
+    if (r->charged) {
+        pthread_mutex_lock(&s->conns_mu);
+        atomic_fetch_sub(&s->body_bytes, r->charged);
+        if (r->addr) {
+            r->addr->body -= r->charged;
+            addr_put(s, r->addr);
+        }
+        pthread_mutex_unlock(&s->conns_mu);
+    }
     r->charged = 0;
     pb_buf_free(&r->body);
 }
 
-/* Takes in n more body bytes, charged to body_bytes; over max_body or body_memory the
- * body is dropped and the rest of it discarded (answered 413 or 503 once complete). */
+/* Takes in n more body bytes, charged to body_bytes and to the client address; over
+ * max_body, body_memory or the address's share (body_memory_per_addr) the body is dropped
+ * and the rest of it discarded (answered 413 or 503 once complete). */
 static void body_take(pb_hrpc_server *s, struct req *r, const char *data, size_t n)
 {
     if (r->too_big || r->overloaded) return;
-    if (r->body.len + n > LIM(s, max_body)) {
+    size_t max_body = LIM(s, max_body);
+    if (r->body.len + n > max_body) {
         r->too_big = true;
         body_release(s, r);
         return;
     }
-    size_t cap = LIM(s, body_memory), max_body = LIM(s, max_body);
+    /* at least one body of max_body fits, in all and in a share */
+    size_t cap = LIM(s, body_memory), share = LIM(s, body_memory_per_addr);
     if (cap < max_body) cap = max_body;
-    size_t held = atomic_fetch_add(&s->body_bytes, n) + n;
-    r->charged += n;
-    if (held > cap) {
+    if (share > cap) share = cap;
+    if (share < max_body) share = max_body;
+    enum refusal why = REF_NONE;
+    bool log = false;
+    pthread_mutex_lock(&s->conns_mu);
+    struct addr_count *e = r->addr;
+    if (atomic_load(&s->body_bytes) + n > cap)
+        why = REF_BODY;
+    else if (shares_on(s, e) && e->body + n > share)
+        why = REF_BODY_ADDR;
+    if (why != REF_NONE) {
+        log = slot_refused(s, why, mono_ms());
+    } else {
+        atomic_fetch_add(&s->body_bytes, n);
+        if (e) e->body += n;
+        r->charged += n;
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+    if (why != REF_NONE) {
         r->overloaded = true;
+        r->overload = why;
         body_release(s, r);
+        refusal_note(s, why, log, r, why == REF_BODY ? cap : share);
         return;
     }
     pb_buf_append(&r->body, data, n);
@@ -1011,7 +1264,10 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
             uint32_t ra;
             enum astep st = auth_step(s, conn, r, &v, &ra);
             if (st == A_WAIT) {
-                if (suspend(s, r)) return MHD_YES;
+                enum MHD_Result res;
+                int parked = park(s, conn, r, &res);
+                if (parked > 0) return MHD_YES;
+                if (parked < 0) return res;
                 continue; /* the key came before we could wait for it */
             }
             if (st == A_REFUSED) {
@@ -1047,7 +1303,10 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
         if (r->w) { /* deferred */
             reply_clear(&rep);
             r->timed_out = false;
-            if (suspend(s, r)) return MHD_YES;
+            enum MHD_Result res;
+            int parked = park(s, conn, r, &res);
+            if (parked > 0) return MHD_YES;
+            if (parked < 0) return res;
             continue; /* woken already */
         }
         if (rep.status >= 500 && !rep.logged)
@@ -1072,12 +1331,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->srv = s;
         r->conn = conn;
         *con_cls = r;
+        struct conn *c = conn_of(conn);
+        if (c) {
+            pthread_mutex_lock(&s->conns_mu);
+            r->addr = c->addr; /* alive while the connection is; then while r holds a part */
+            pthread_mutex_unlock(&s->conns_mu);
+        }
         enum MHD_Result res = on_headers(s, conn, url, method, r);
         /* refused from the headers while a body may still be coming: close in stages */
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
         if (tl_status && ((cl && strcmp(cl, "0") != 0) || te)) {
-            struct conn *c = conn_of(conn);
             if (c) {
                 pthread_mutex_lock(&s->conns_mu);
                 c->linger = true;
@@ -1086,7 +1350,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         return res;
     }
-    if (r->w) return process(s, conn, url, r); /* resumed */
+    if (r->w) { /* resumed */
+        slot_resume(s, r);
+        return process(s, conn, url, r);
+    }
     if (*upload_data_size > 0) {
         /* A body still arriving after the deadline: close without an answer. */
         if (conn_past_deadline(s, conn)) return MHD_NO;
@@ -1099,16 +1366,46 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->too_big)
         return send_error(conn, 413, ID_EXHAUSTED, 0, "body over the limit of %zu bytes",
                           LIM(s, max_body));
-    if (r->overloaded)
-        return send_error(conn, 503, ID_UNAVAILABLE, 1,
-                          "overloaded: request bodies over %zu bytes held", LIM(s, body_memory));
+    if (r->overloaded) return send_refusal(s, conn, r->overload);
     /* Only a complete request takes a slot: one still arriving (a hung sender) holds
      * nothing but its bytes. */
-    unsigned n = atomic_fetch_add(&s->inflight, 1);
-    r->counted = true;
-    if (n >= LIM(s, max_inflight))
-        return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests in flight", n);
+    enum refusal why;
+    unsigned limit = 0;
+    bool log = false;
+    if (!slot_take(s, r, &why, &limit, &log)) {
+        refusal_note(s, why, log, r, limit);
+        return send_refusal(s, conn, why);
+    }
     return process(s, conn, url, r);
+}
+
+/* The 503 of a refusal for want of a slot or of body memory (RetryInfo: 1 s). */
+static enum MHD_Result send_refusal(pb_hrpc_server *s, struct MHD_Connection *conn,
+                                    enum refusal why)
+{
+    switch (why) {
+    case REF_INFLIGHT:
+        return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests in flight",
+                          LIM(s, max_inflight));
+    case REF_INFLIGHT_ADDR:
+        return send_error(conn, 503, ID_UNAVAILABLE, 1,
+                          "overloaded: %u requests in flight from your address",
+                          LIM(s, max_inflight_per_addr));
+    case REF_SUSPENDED:
+        return send_error(conn, 503, ID_UNAVAILABLE, 1, "overloaded: %u requests waiting",
+                          LIM(s, max_suspended));
+    case REF_SUSPENDED_ADDR:
+        return send_error(conn, 503, ID_UNAVAILABLE, 1,
+                          "overloaded: %u requests waiting from your address",
+                          LIM(s, max_suspended_per_addr));
+    case REF_BODY_ADDR:
+        return send_error(conn, 503, ID_UNAVAILABLE, 1,
+                          "overloaded: request bodies from your address over %zu bytes held",
+                          LIM(s, body_memory_per_addr));
+    default:
+        return send_error(conn, 503, ID_UNAVAILABLE, 1,
+                          "overloaded: request bodies over %zu bytes held", LIM(s, body_memory));
+    }
 }
 
 /* on_request, noting when a request's headers arrived and which answer it queued. */
@@ -1128,8 +1425,7 @@ static enum MHD_Result measured(void *cls, struct MHD_Connection *conn, const ch
         r->identifier = tl_identifier;
         /* answered: the work is done, its slot and body are free for the next request
          * (not only once libmicrohttpd has sent the answer and noted the completion) */
-        if (r->counted) atomic_fetch_sub(&((pb_hrpc_server *)cls)->inflight, 1);
-        r->counted = false;
+        slot_release(cls, r);
         body_release(cls, r);
     }
     return res;
@@ -1164,7 +1460,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->w) take_waker(s, r); /* a request that ended while woken (shutdown) */
     if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     record(s, r);
-    if (r->counted) atomic_fetch_sub(&s->inflight, 1);
+    slot_release(s, r);
     body_release(s, r);
     free(r);
     *con_cls = NULL;
@@ -1317,7 +1613,11 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     if (!s->opts.conn_timeout_s) s->opts.conn_timeout_s = 15;
     if (!s->opts.threads) s->opts.threads = 16;
     if (!s->opts.max_inflight) s->opts.max_inflight = 256;
+    if (!s->opts.max_inflight_per_addr) s->opts.max_inflight_per_addr = 64;
+    if (!s->opts.max_suspended) s->opts.max_suspended = 256;
+    if (!s->opts.max_suspended_per_addr) s->opts.max_suspended_per_addr = 32;
     if (!s->opts.body_memory) s->opts.body_memory = 32u << 20;
+    if (!s->opts.body_memory_per_addr) s->opts.body_memory_per_addr = 2u << 20;
     s->max_per_addr = s->opts.max_conns_per_addr ? s->opts.max_conns_per_addr : UINT_MAX;
     s->addrs = pb_xcalloc(ADDR_BUCKETS, sizeof *s->addrs);
     if (sodium_init() < 0) abort(); /* no randomness: nothing here can work */
@@ -1462,7 +1762,11 @@ void pb_hrpc_server_stop(pb_hrpc_server *s)
     while (s->suspended)
         fire_locked(s, s->suspended, true);
     pthread_mutex_unlock(&s->wake_mu);
-    for (int i = 0; i < 1000 && atomic_load(&s->inflight) > 0; i++) {
+    for (int i = 0; i < 1000; i++) {
+        pthread_mutex_lock(&s->conns_mu);
+        bool busy = s->active + s->waiting > 0;
+        pthread_mutex_unlock(&s->conns_mu);
+        if (!busy) break;
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -1556,6 +1860,17 @@ void pb_hrpc_server_set_limits(pb_hrpc_server *s, const pb_hrpc_server_opts *lim
         __atomic_store_n(&s->opts.max_inflight, lim->max_inflight, __ATOMIC_RELAXED);
     if (lim->body_memory)
         __atomic_store_n(&s->opts.body_memory, lim->body_memory, __ATOMIC_RELAXED);
+    if (lim->max_inflight_per_addr)
+        __atomic_store_n(&s->opts.max_inflight_per_addr, lim->max_inflight_per_addr,
+                         __ATOMIC_RELAXED);
+    if (lim->max_suspended)
+        __atomic_store_n(&s->opts.max_suspended, lim->max_suspended, __ATOMIC_RELAXED);
+    if (lim->max_suspended_per_addr)
+        __atomic_store_n(&s->opts.max_suspended_per_addr, lim->max_suspended_per_addr,
+                         __ATOMIC_RELAXED);
+    if (lim->body_memory_per_addr)
+        __atomic_store_n(&s->opts.body_memory_per_addr, lim->body_memory_per_addr,
+                         __ATOMIC_RELAXED);
     if (lim->conn_timeout_s)
         __atomic_store_n(&s->opts.conn_timeout_s, lim->conn_timeout_s, __ATOMIC_RELAXED);
     if (lim->max_conns_per_addr) {

@@ -7,14 +7,23 @@
  * application/hrpc (or Hrpc-Version other than 1) 400 hrpc.http.bad-unary-request, a
  * body over max_body 413 hrpc.resource-exhausted (refused from Content-Length before
  * any byte is read, or as soon as a chunked body passes the limit, discarding the rest),
- * too many requests being handled, or too many body bytes held across all connections,
- * 503 hrpc.unavailable with RetryInfo, and, for routes that
+ * too many requests being handled or suspended, or too many body bytes held (in all, or
+ * from one client address: see below), 503 hrpc.unavailable with RetryInfo, and, for routes that
  * need it, token authentication (auth.h) with its own statuses. Every answer carries
  * Content-Type: application/hrpc and Hrpc-Version: 1; failures carry an hrpc.v1.Error.
  *
  * Slow or too many clients: a request must arrive completely within conn_timeout_s
  * (a client trickling its headers or body is cut then, not kept alive by each byte);
  * past max_connections a new connection is closed at once rather than left waiting.
+ *
+ * Request slots and body memory: a complete request holds an answered slot (max_inflight)
+ * while it is handled; while it is suspended (below) it holds a suspended slot instead
+ * (max_suspended), a pool of its own, so requests waiting for something remote never take
+ * the slots that requests we can answer at once need. Each pool and the body bytes held
+ * (body_memory) also have a share per client address (an IPv4 address or an IPv6 /64, as
+ * max_conns_per_addr counts), so no address takes a whole pool. Past a limit or a share the
+ * request is answered 503 (a suspension refused: 503 at once instead of waiting) and
+ * counted in postbox_requests_refused_total{reason}.
  *
  * Waiting without a thread: a request that must wait for something remote (the sender's
  * key being fetched, a Pull from the sender in progress) is suspended (libmicrohttpd's
@@ -57,13 +66,22 @@ typedef struct pb_hrpc_server_opts {
                                     one whose request (headers and body) is not complete this
                                     long after the connection opened or the last answer */
     unsigned threads;            /* default 16 */
-    unsigned max_inflight;       /* complete requests being handled at once (waiting ones
-                                    included); default 256. Requests still arriving are not
-                                    counted: a hung sender holds no slot, only its bytes */
-    size_t body_memory;          /* bytes of request bodies held at once across all
-                                    connections (what arrived, not what was declared);
-                                    default 32 MiB, at least max_body */
-    const char *tls_cert_file;   /* both set: HTTPS */
+    unsigned max_inflight;       /* complete requests being handled at once, suspended ones
+                                    not included; default 256. Requests still arriving are
+                                    not counted: a hung sender holds no slot, only its bytes */
+    unsigned max_inflight_per_addr;  /* ... of them from one client address; default 64 */
+    unsigned max_suspended;          /* requests suspended at once (waiting for a key, a Pull,
+                                        a long poll: see "Waiting without a thread"), a pool of
+                                        their own; default 256 */
+    unsigned max_suspended_per_addr; /* ... of them from one client address; default 32 */
+    size_t body_memory;              /* bytes of request bodies held at once across all
+                                        connections (what arrived, not what was declared);
+                                        default 32 MiB, at least max_body */
+    size_t body_memory_per_addr;     /* ... of them from one client address; default 2 MiB, at
+                                        least max_body. The per-address shares apply only with a
+                                        per-address connection limit (max_conns_per_addr not 0 or
+                                        UINT_MAX): behind a proxy every client has its address */
+    const char *tls_cert_file;       /* both set: HTTPS */
     const char *tls_key_file;
     /* Where each answered request is recorded when it completes (latency and status by
      * method, token refusals by identifier), or NULL. Borrowed: must outlive the server. */
@@ -113,7 +131,10 @@ typedef void (*pb_hrpc_handler_fn)(void *ctx, const pb_hrpc_request *req, pb_hrp
  * and calls the handler again with req->resumed set once pb_hrpc_wake is called, or with
  * req->timed_out also set when timeout_ms passed first. The waker returned belongs to the
  * caller until it hands it to pb_hrpc_wake, which it must do exactly once (late is fine:
- * a wake after the deadline does nothing). A handler may defer once per run.
+ * a wake after the deadline does nothing). A handler may defer once per run. When the
+ * suspended requests' pool (max_suspended) or the client address's share of it is full,
+ * the server answers 503 at once instead and does not call the handler again (the waker
+ * must still be woken once; that wake does nothing).
  */
 typedef struct pb_hrpc_waker pb_hrpc_waker;
 pb_hrpc_waker *pb_hrpc_defer(const pb_hrpc_request *req, int timeout_ms);
@@ -153,7 +174,8 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s);
  * key; on PB_OK new TLS connections get them while open ones keep theirs. On failure (files
  * unreadable, not a matching pair, a listener started without TLS, or a libmicrohttpd
  * without the certificate callback) nothing changes. set_limits applies max_body,
- * max_inflight, body_memory, conn_timeout_s, max_connections and max_conns_per_addr of lim
+ * max_inflight, max_suspended, body_memory and their per-address shares, conn_timeout_s,
+ * max_connections and max_conns_per_addr of lim
  * (0 = unchanged; UINT_MAX per address = no limit) to new requests and connections; max_connections
  * cannot go above the value the listener started with. The idle timeout of a connection whose
  * client is slow to read an answer stays the one of the start (libmicrohttpd's own).

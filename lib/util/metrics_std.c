@@ -134,6 +134,13 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         "Federation connections closed on arrival, by reason: limit (max_connections "
         "reached), per_address (the client's address holds max_connections_per_ip)",
         "reason");
+    s->requests_refused = pb_metrics_counter(
+        reg, "postbox_requests_refused_total",
+        "Federation requests refused 503 for want of a request slot or of body memory, by "
+        "reason: inflight, suspended, body_memory (max_inflight, max_suspended, body_memory "
+        "reached), or the same with _per_address (the client's address holds its share: "
+        "max_inflight_per_ip, max_suspended_per_ip, body_memory_per_ip)",
+        "reason");
 
     s->events_pushed = pb_metrics_counter(
         reg, "postbox_events_pushed_total",
@@ -267,6 +274,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         pb_metric_get(s->peers, modes[i]);
     for (size_t i = 0; i < N(refusals); i++)
         pb_metric_get(s->connections_refused, refusals[i]);
+    static const char *const req_refusals[] = {"inflight",    "inflight_per_address",
+                                               "suspended",   "suspended_per_address",
+                                               "body_memory", "body_memory_per_address"};
+    for (size_t i = 0; i < N(req_refusals); i++)
+        pb_metric_get(s->requests_refused, req_refusals[i]);
     return s;
 }
 

@@ -21,6 +21,10 @@
  *     auth_refusals          postbox_auth_refusals_total{identifier}: Push and Pull token
  *                            refusals; NotifyNewId checks its token itself (delivery)
  *     connections_refused    postbox_connections_refused_total{reason=limit|per_address}
+ *     requests_refused       postbox_requests_refused_total{reason=inflight|
+ *                            inflight_per_address|suspended|suspended_per_address|
+ *                            body_memory|body_memory_per_address}: 503 for want of a
+ *                            request slot or of body memory, in all or in an address's share
  *   delivery engine (delivery/, outbound client, key source)
  *     events_pushed          postbox_events_pushed_total{result=ok|retried|queued|parked}
  *     events_received        postbox_events_received_total{kind,path=push|pull}
@@ -74,6 +78,7 @@ typedef struct pb_metrics_std {
     pb_metric *server_requests;
     pb_metric *auth_refusals;
     pb_metric *connections_refused;
+    pb_metric *requests_refused;
 
     pb_metric *events_pushed;
     pb_metric *events_received;

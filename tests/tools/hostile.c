@@ -34,17 +34,32 @@
  *       --stats, the counts of answers by status, the requests without an answer and
  *       the slowest answer. --from A,B,... (up to 8 addresses of 127.0.0.0/8) sends the
  *       requests from those source addresses in turn, as several attacking hosts would.
+ *       --conns N: each source address has at most N requests in flight, each on a
+ *       keep-alive connection of its own (N connections per address, reused); a request
+ *       due while its address holds N waits for one of them to be answered. No request is
+ *       started after S seconds (a capped flood may send fewer than R x S).
+ *   hostile stall    --target PORT [--from A,B,...] [--conns N] [--declare D] [--send B]
+ *                    [--seconds S]
+ *       Opens N (default 16, at most 256) connections from each --from address (default
+ *       127.0.0.1) to 127.0.0.1:PORT; on each sends the headers of a Push declaring a
+ *       body of D bytes (default 65536) and then B bytes of it (default D - 1; 0 < B < D),
+ *       and holds the connection, never sending the rest, for S seconds (default 10, at
+ *       most 120) or until stopped. --ready gets the number of connections once every
+ *       connection has sent its bytes; logs, and writes to --stats, the connections made,
+ *       the body bytes sent and the connections the server closed before the end.
  *
  * Common options: --ready FILE gets the listening ports, one a line, once all listen
  * (written whole: a reader sees it complete or not at all). --seconds bounds the life of
- * the listening roles (default 300, at most 3600); they also stop on SIGTERM/SIGINT.
+ * the listening roles (default 300, at most 3600); they also stop on SIGTERM/SIGINT (as
+ * do flood and stall).
  * --push-to PORT (serve, pullbomb): once listening, push one UserAddedToGuild event to
  * 127.0.0.1:PORT as the first port's server ID, signed with --seed's key, logging the
  * answer's status; pullbomb repeats it every --push-every-ms (0: once), --push-max times.
  *
  * Messages and tokens are made with the library's wire, keys and auth modules, base64 by
- * libsodium, HTTP served by libmicrohttpd and sent by libcurl. Only 127.0.0.1 is ever
- * addressed, and every loop that sends traffic is bounded in count and time.
+ * libsodium, HTTP served by libmicrohttpd and sent by libcurl (stall writes its requests on
+ * plain sockets). Only 127.0.0.1 is ever addressed (from addresses of 127.0.0.0/8), and
+ * every loop that sends traffic is bounded in count and time.
  *
  * Untrusted input: requests to the listening roles (bodies capped at 1 MiB and decoded by
  * the wire module; nothing in them is acted upon beyond recording and answering).
@@ -86,12 +101,13 @@
 #define BODY_MAX (1024 * 1024)
 #define MAX_HELD 4096
 
-enum role { R_SERVE, R_HANG, R_PULLBOMB, R_FLOOD };
+enum role { R_SERVE, R_HANG, R_PULLBOMB, R_FLOOD, R_STALL };
 
 static struct {
     enum role role;
     long listen, seconds, pull_events, answer_bytes, max_answers, push_every_ms, push_max;
     long rate, timeout_ms;
+    long conns, declare, send; /* flood --conns; stall --conns, --declare, --send */
     uint16_t push_to, target;
     const char *ready, *record, *stats, *ids_file;
     char from[8][16]; /* flood: source addresses in 127/8, cycled per request */
@@ -105,7 +121,9 @@ static struct {
          .max_answers = 1000,
          .push_max = 1,
          .rate = 100,
-         .timeout_ms = 3000};
+         .timeout_ms = 3000,
+         .declare = 65536,
+         .send = -1};
 
 static volatile sig_atomic_t g_stop;
 static pb_keys *g_keys;
@@ -519,7 +537,21 @@ struct xfer {
     struct curl_slist *hdrs;
     char *auth;
     int64_t t0;
+    int from; /* index in opt.from (0 without --from) */
 };
+
+/* --conns: the source address (index in opt.from, 0 without --from) for the next request,
+ * taken in turn from `turn` and skipping those holding --conns requests in flight; -1 when
+ * every one does. Without --conns simply the next in turn. */
+static int flood_pick_from(const long *inflight_per_from, long turn)
+{
+    int n = opt.nfrom ? opt.nfrom : 1;
+    for (int i = 0; i < n; i++) {
+        int f = (int)((turn + i) % n);
+        if (!opt.conns || inflight_per_from[f] < opt.conns) return f;
+    }
+    return -1;
+}
 
 static void xfer_free(CURLM *m, struct xfer *x, struct xfer **head)
 {
@@ -578,16 +610,26 @@ static int run_flood(void)
          sother = 0, none = 0;
     int64_t slowest = 0;
     CURLM *m = curl_multi_init();
+    long per_from[8] = {0};
+    /* --conns: keep every address's connections open between its requests */
+    if (opt.conns)
+        curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, opt.conns * (opt.nfrom ? opt.nfrom : 1));
     struct xfer *head = NULL;
     int64_t start = now_ms();
     int64_t hard_end = start + opt.seconds * 1000 + opt.timeout_ms + 5000;
     logf_("flood: %ld forged Pushes to 127.0.0.1:%u, %ld a second for %ld s, naming %d IDs", total,
           opt.target, opt.rate, opt.seconds, nids);
-    while ((sent < total || inflight > 0) && !g_stop && now_ms() < hard_end) {
+    int64_t send_end = start + opt.seconds * 1000; /* no request is started after it */
+    while (((sent < total && now_ms() < send_end) || inflight > 0) && !g_stop &&
+           now_ms() < hard_end) {
         int64_t now = now_ms();
-        while (sent < total && now >= start + sent * 1000 / opt.rate) {
+        while (sent < total && now >= start + sent * 1000 / opt.rate && now < send_end) {
+            int from = flood_pick_from(per_from, sent);
+            if (from < 0) break; /* --conns: every address holds its connections' worth */
             struct xfer *x = calloc(1, sizeof *x);
             if (!x) abort();
+            x->from = from;
+            per_from[from]++;
             x->h = curl_easy_init();
             x->auth = forged_header(ids[sent % nids]);
             x->hdrs = curl_slist_append(NULL, "Content-Type: application/hrpc");
@@ -598,7 +640,7 @@ static int run_flood(void)
             curl_easy_setopt(x->h, CURLOPT_URL, url);
             if (opt.nfrom) {
                 char ifc[24];
-                snprintf(ifc, sizeof ifc, "host!%s", opt.from[sent % opt.nfrom]);
+                snprintf(ifc, sizeof ifc, "host!%s", opt.from[from]);
                 curl_easy_setopt(x->h, CURLOPT_INTERFACE, ifc);
             }
             curl_easy_setopt(x->h, CURLOPT_NOSIGNAL, 1L);
@@ -644,11 +686,12 @@ static int run_flood(void)
             } else {
                 none++;
             }
+            per_from[x->from]--;
             xfer_free(m, x, &head);
             inflight--;
         }
         int64_t wait = 50;
-        if (sent < total) {
+        if (sent < total && flood_pick_from(per_from, sent) >= 0) {
             int64_t due = start + sent * 1000 / opt.rate - now_ms();
             if (due < wait) wait = due > 0 ? due : 0;
         }
@@ -674,12 +717,121 @@ static int run_flood(void)
     return 0;
 }
 
+/* ---- stall -------------------------------------------------------------------------------- */
+
+/* A blocking TCP connection from src (an address of 127/8) to 127.0.0.1:port, with a 5 s
+ * send timeout (a server that stops reading cannot hold the tool); -1 on failure. */
+static int stall_connect(const char *src, uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (inet_pton(AF_INET, src, &a.sin_addr) != 1 || bind(fd, (struct sockaddr *)&a, sizeof a)) {
+        close(fd);
+        return -1;
+    }
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Writes all of p, or fails (false). */
+static bool stall_write(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static int run_stall(void)
+{
+    if (!opt.target) {
+        logf_("hostile: stall needs --target");
+        return 2;
+    }
+    if (!opt.nfrom) {
+        strcpy(opt.from[0], "127.0.0.1");
+        opt.nfrom = 1;
+    }
+    long conns = opt.conns ? opt.conns : 16;
+    long send_n = opt.send >= 0 ? opt.send : opt.declare - 1;
+    if (send_n < 1 || send_n >= opt.declare) {
+        logf_("hostile: stall wants 0 < --send < --declare");
+        return 2;
+    }
+    char head[512];
+    int hl = snprintf(head, sizeof head,
+                      "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nContent-Type: application/hrpc\r\n"
+                      "Hrpc-Version: 1\r\nContent-Length: %ld\r\n\r\n",
+                      PATH_PUSH, opt.target, opt.declare);
+    char *body = calloc(1, (size_t)send_n);
+    struct pollfd *fds = calloc((size_t)(conns * opt.nfrom), sizeof *fds);
+    if (!body || !fds) abort();
+    int n = 0;
+    long failed = 0, bytes = 0;
+    int64_t start = now_ms(), end = start + opt.seconds * 1000;
+    for (long i = 0; i < conns && !g_stop && now_ms() < end; i++) {
+        for (int f = 0; f < opt.nfrom && !g_stop; f++) {
+            int fd = stall_connect(opt.from[f], opt.target);
+            if (fd < 0 || !stall_write(fd, head, (size_t)hl) ||
+                !stall_write(fd, body, (size_t)send_n)) {
+                if (fd >= 0) close(fd);
+                failed++;
+                continue;
+            }
+            bytes += send_n;
+            fds[n++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        }
+    }
+    logf_("stall: %d connections from %d address(es) to 127.0.0.1:%u each sent %ld of %ld body "
+          "bytes in %lld ms (%ld failed); holding them",
+          n, opt.nfrom, opt.target, send_n, opt.declare, (long long)(now_ms() - start), failed);
+    char line[32];
+    snprintf(line, sizeof line, "%d\n", n);
+    if (opt.ready) write_whole(opt.ready, line);
+    /* hold until the end, noting the connections the server closes (EOF or an answer) */
+    long closed = 0;
+    while (!g_stop && now_ms() < end) {
+        int64_t left = end - now_ms();
+        int rc = poll(fds, (nfds_t)n, left < 200 ? (int)left : 200);
+        for (int i = 0; rc > 0 && i < n; i++) {
+            if (fds[i].fd < 0 || !fds[i].revents) continue;
+            char sink[4096];
+            ssize_t r = recv(fds[i].fd, sink, sizeof sink, MSG_DONTWAIT);
+            if (r > 0 || (r < 0 && (errno == EAGAIN || errno == EINTR))) continue;
+            close(fds[i].fd);
+            fds[i].fd = -1;
+            closed++;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (fds[i].fd >= 0) close(fds[i].fd);
+    logf_("stall: released %d connections after %lld ms, %ld of them closed by the server before",
+          n, (long long)(now_ms() - start), closed);
+    write_stats(json_pack("{s:I,s:I,s:I,s:I}", "conns", (json_int_t)n, "failed", (json_int_t)failed,
+                          "body_bytes", (json_int_t)bytes, "closed_early", (json_int_t)closed));
+    free(fds);
+    free(body);
+    return 0;
+}
+
 /* ---- arguments ------------------------------------------------------------------------------ */
 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: hostile serve|hang|pullbomb|flood [options] (see the opening comment of "
+            "usage: hostile serve|hang|pullbomb|flood|stall [options] (see the opening comment of "
             "tests/tools/hostile.c)\n"
             "  serve     --listen N --seed HEX --serve-key HEX --record FILE --pull-events N\n"
             "            --push-to PORT --ready FILE --seconds S\n"
@@ -687,7 +839,9 @@ static void usage(void)
             "  pullbomb  --listen N --seed HEX --answer-bytes B --max-answers M --push-to PORT\n"
             "            --push-every-ms MS --push-max K --ready FILE --stats FILE --seconds S\n"
             "  flood     --target PORT --ids-file FILE --rate R --seconds S --timeout-ms T\n"
-            "            --from ADDR[,ADDR...] --stats FILE\n");
+            "            --from ADDR[,ADDR...] --conns N --stats FILE\n"
+            "  stall     --target PORT --from ADDR[,ADDR...] --conns N --declare D --send B\n"
+            "            --seconds S --ready FILE --stats FILE\n");
 }
 
 static bool parse_long(const char *s, long lo, long hi, long *out)
@@ -734,6 +888,8 @@ static bool parse_args(int argc, char **argv)
         opt.role = R_PULLBOMB;
     else if (!strcmp(r, "flood"))
         opt.role = R_FLOOD;
+    else if (!strcmp(r, "stall"))
+        opt.role = R_STALL;
     else
         return false;
     for (int i = 2; i < argc; i += 2) {
@@ -778,11 +934,18 @@ static bool parse_args(int argc, char **argv)
             opt.push_to = (uint16_t)n;
         else if (!strcmp(a, "--target") && parse_long(v, 1, 65535, &n))
             opt.target = (uint16_t)n;
+        else if (!strcmp(a, "--conns") && parse_long(v, 1, 256, &n))
+            opt.conns = n;
+        else if (!strcmp(a, "--declare") && parse_long(v, 2, 16 * 1024 * 1024, &n))
+            opt.declare = n;
+        else if (!strcmp(a, "--send") && parse_long(v, 1, 16 * 1024 * 1024, &n))
+            opt.send = n;
         else
             return false;
     }
-    if (opt.seconds < 0) opt.seconds = opt.role == R_FLOOD ? 10 : 300;
-    if (opt.role == R_FLOOD && opt.seconds > 120) return false;
+    bool timed = opt.role == R_FLOOD || opt.role == R_STALL;
+    if (opt.seconds < 0) opt.seconds = timed ? 10 : 300;
+    if (timed && opt.seconds > 120) return false;
     return true;
 }
 
@@ -810,6 +973,9 @@ int main(int argc, char **argv)
         break;
     case R_FLOOD:
         rc = run_flood();
+        break;
+    case R_STALL:
+        rc = run_stall();
         break;
     default:
         rc = run_servers();
