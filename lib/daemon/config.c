@@ -103,7 +103,8 @@ static const struct setting settings[] = {
     UL(max_connections_per_ip, 256, 0, 1000000,
        "most open federation connections from one client address (an IPv4 address, or an "
        "IPv6 /64); more from it are closed at once. 0: no limit (behind a TLS proxy, whose "
-       "connections all come from one address)"),
+       "connections all come from one address), and the other per-address shares "
+       "(key_fetches_per_ip, dns_lookups_per_ip, key re-fetches per address) are off too"),
     UL(conn_timeout, 15, 1, 3600,
        "seconds an idle connection is kept, and the longest a request may take to arrive"),
     U(threads, 16, 1, 256, "federation listener threads"),
