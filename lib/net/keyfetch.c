@@ -373,11 +373,12 @@ pb_err pb_keyfetch_get(pb_keyfetch *kf, const char *server_id, bool refresh,
         goto out;
     }
     if (e && e->state != E_IDLE) goto wait;
-    /* A failure is remembered per ID. The rate limit: a first fetch once per refetch_s per
-     * ID; a re-fetch (the held key failed) once per refetch_s per ID and client address, so
-     * that tokens forged from other addresses cannot use up a genuine peer's re-fetch. */
+    /* The rate limit: a first fetch once per refetch_s per ID, and not while a failure is
+     * remembered; a re-fetch (the held key failed) once per refetch_s per ID and client
+     * address, failures or not, so that tokens forged from other addresses cannot use up a
+     * genuine peer's re-fetch (nor make it fail while the peer restarts with a new key). */
     int64_t until = 0, last = 0, interval = (int64_t)kf->o.refetch_s * 1000;
-    if (e && now < e->fail_until) until = e->fail_until;
+    if (e && !refresh && now < e->fail_until) until = e->fail_until;
     if (e) last = refresh ? refetch_at(e, addr) : e->last_fetch;
     if (last && now < last + interval && last + interval > until) until = last + interval;
     if (until) {

@@ -17,7 +17,8 @@
  *     once. So a few addresses naming hung key servers cannot take every slot from a
  *     genuine new peer. The share of one server ID is one fetch (a request naming an ID
  *     being fetched waits on that fetch, within PB_KEYFETCH_MAX_WAITERS);
- *   - a failed fetch is remembered per server ID for `negative_s` (same answer, no fetch);
+ *   - a failed fetch is remembered per server ID for `negative_s` (same answer, no fetch;
+ *     a re-fetch is bounded by its own allowance alone);
  *   - one server ID is fetched at most once per `refetch_s`; a re-fetch (the held key
  *     failed to verify: the peer may have rotated it) at most once per `refetch_s` per
  *     server ID and client address, so that forged tokens sent from other addresses do not

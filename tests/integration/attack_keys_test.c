@@ -20,7 +20,8 @@
  *                ROT_SECONDS s, each failing P's stored key and so asking for a re-fetch.
  *                While it lasts P is restarted with a new key (its key file removed) and
  *                submits an event for R: it arrives before the flood ends (R re-fetched P's
- *                key for P's own request), and no forged Push is accepted. Before the fix
+ *                key for P's own request; the flood is then stopped early), and no forged
+ *                Push is accepted. Before the fix
  *                each forged token used P's one re-fetch per interval and P's Pushes got
  *                401 h.bad-token-signature for as long as the flood lasted.
  *
@@ -48,7 +49,7 @@
 
 #define FETCH_HUNG_IDS "64"
 #define FETCH_RATE "100"
-#define FETCH_SECONDS 15
+#define FETCH_SECONDS 12
 #define FETCH_FROM "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9"
 #define FETCH_EVENTS 10
 
@@ -399,6 +400,7 @@ static void test_fetch_slots(void)
 
     /* P, a real postboxd R never heard of, sends events while the flood lasts */
     unsigned sent = 0;
+    int64_t all_at = 0; /* when all of P's events were at R, from the flood's start */
     struct probes {
         int n, ok;
         long last_bad;
@@ -424,13 +426,15 @@ static void test_fetch_slots(void)
         if (a.status == 200) key.ok++;
         if (a.ms > key.worst_ms) key.worst_ms = a.ms;
         answer_clear(&a);
+        if (!all_at && sent == FETCH_EVENTS && count_from(r, p->server_id) >= sent)
+            all_at = pbt_now_ms() - t0;
         sleep_ms(200);
     }
     /* P's events arrive while the flood still lasts */
     struct count_wait cw = {r, p->server_id, sent};
     int64_t flood_left_ms = t0 + FETCH_SECONDS * 1000 - pbt_now_ms();
     bool arrived = pbt_wait_for(have_count, &cw, flood_left_ms > 0 ? (int)flood_left_ms : 1);
-    int64_t arrived_at = pbt_now_ms() - t0;
+    int64_t arrived_at = all_at ? all_at : pbt_now_ms() - t0;
     bool during = !tool_exited(fl) && arrived_at < FETCH_SECONDS * 1000;
     size_t have = count_from(r, p->server_id);
     pbt_wait_for(tool_exited, fl, PBT_BOUND_MS);
@@ -474,7 +478,7 @@ out:
 static bool refetch_used(void *vctx)
 {
     const pbt_daemon *r = vctx;
-    return pbt_metric(r, "postbox_key_fetches_total{result=\"rate_limited\"}") >= 1;
+    return pbt_metric(r, "postbox_key_fetches_total{result=\"rate_limited\"}") >= 8;
 }
 
 static void test_rotation(void)
@@ -503,7 +507,8 @@ static void test_rotation(void)
                            "--seconds", secs,   "--from",     ROT_FROM, NULL};
     fl = tool_run("flood", fargs);
     int64_t t0 = pbt_now_ms();
-    /* the forged tokens use up the re-fetch they can (a refusal counted as rate_limited) */
+    /* the forged tokens use up the re-fetches they can (8 refusals counted as rate_limited:
+     * each of the 4 addresses has had its turn) */
     CHECKF(pbt_wait_for(refetch_used, r, 5000), "forged tokens ask R to re-fetch P's key");
 
     /* P rotates its key: P stops, and a server with a new key takes its server ID (its
@@ -521,7 +526,7 @@ static void test_rotation(void)
     bool arrived = pbt_wait_for(have_count, &cw, left > 0 ? (int)left : 1);
     int64_t took = pbt_now_ms() - t1;
     bool during = !tool_exited(fl);
-    pbt_wait_for(tool_exited, fl, PBT_BOUND_MS);
+    tool_stop(fl); /* SIGTERM: the flood stops early and writes its figures */
     long fsent, faccepted, f401, f503;
     flood_figures(fl, &fsent, &faccepted, &f401, &f503);
     fprintf(stderr,
@@ -534,7 +539,7 @@ static void test_rotation(void)
             pbt_metric(r, "postbox_key_fetches_total{result=\"rate_limited\"}"),
             pbt_log_count(r, "learnt public key", p->server_id));
     CHECKF(faccepted == 0, "%ld forged Pushes were accepted", faccepted);
-    CHECKF(fsent >= 100, "the flood sent %ld forged Pushes", fsent);
+    CHECKF(fsent >= 10, "the flood sent %ld forged Pushes", fsent);
     CHECKF(arrived && during, "P's event signed with its new key arrived while the flood lasted");
     CHECKF(count_from(r, p->server_id) == 2, "R holds exactly P's 2 events");
 out:
