@@ -278,7 +278,10 @@ static void fetch_done(void *ctx, pb_err err, pb_client_answer *ans)
     pthread_mutex_lock(&kf->mu);
     int64_t now = now_ms();
     e->state = E_IDLE;
-    e->last_fetch = now;
+    /* refused by our own limits (a lookup share, the answers' memory budget): nothing was
+     * asked of the peer, nothing to remember against it */
+    bool ours = err == PB_ERR_BUSY;
+    if (!ours) e->last_fetch = now;
     kf->running--;
     charge_drop(kf, e);
     if (err == PB_OK) {
@@ -288,7 +291,7 @@ static void fetch_done(void *ctx, pb_err err, pb_client_answer *ans)
         e->fail_until = 0;
         kf->stats.ok++;
     } else {
-        e->fail_until = now + (int64_t)kf->o.negative_s * 1000;
+        if (!ours) e->fail_until = now + (int64_t)kf->o.negative_s * 1000;
         kf->stats.failed++;
     }
     if (kf->o.metrics && err != PB_ERR_SHUTDOWN)
