@@ -105,7 +105,8 @@ static const struct setting settings[] = {
        "IPv6 /64; one IPv6 /48 holds 65,536 /64s); more from it are closed at once. 0: no "
        "limit (behind a TLS proxy, whose connections all come from one address), and then "
        "the other per-address shares (max_inflight_per_ip, max_suspended_per_ip, "
-       "body_memory_per_ip) are off too"),
+       "body_memory_per_ip, key_fetches_per_ip, dns_lookups_per_ip, key re-fetches per "
+       "address) are off too"),
     UL(conn_timeout, 15, 1, 3600,
        "seconds an idle connection is kept, and the longest a request may take to arrive"),
     U(threads, 16, 1, 256, "federation listener threads"),
@@ -138,8 +139,24 @@ static const struct setting settings[] = {
       "transfers to peers at once (pushes, pulls, notices); at most 3/4 of them pulls"),
     U(push_batch, 256, 1, 10000, "most events in one Push to a postbox of this project"),
     U(push_max_events, 1000, 1, 100000, "most events accepted in one incoming Push (413 beyond)"),
-    U(key_fetches, 8, 1, 1024, "peer key fetches running at once (more wait, then 503)"),
+    UL(key_fetches, 256, 1, 4096,
+       "peer key fetches running at once (64 more wait for a place, then 503 at once)"),
+    UL(key_fetches_per_ip, 16, 0, 4096,
+       "peer key fetches (running and waiting) on behalf of one client address (an IPv4 "
+       "address, or an IPv6 /64), i.e. asked for by tokens that arrived from it; more from "
+       "it: 503 at once. 0: no share; off too when max_connections_per_ip is 0"),
     U(key_fetch_timeout_ms, 5000, 100, 600000, "longest a peer key fetch may take, ms"),
+    U(dns_lookups, 1024, 4, 65536,
+      "peers' host names being resolved at once (more: retried later)"),
+    UL(dns_lookups_for_clients, 512, 1, 65536,
+       "of dns_lookups, those for key fetches that clients' tokens asked for (the rest stays "
+       "for our own deliveries)"),
+    UL(dns_lookups_per_ip, 16, 0, 65536,
+       "names being resolved for key fetches asked for from one client address (IPv4 "
+       "address, or IPv6 /64). 0: no share; off too when max_connections_per_ip is 0"),
+    UL(dns_lookups_per_domain, 64, 0, 65536,
+       "names under one domain (its last two labels, three for co.uk-like ones) being "
+       "resolved at once, ours and clients' alike. 0: no share"),
     U(recv_budget_events, 100000, 1, 100000000,
       "events one sender may make us store per recv_budget_interval (429 beyond)"),
     U(recv_budget_bytes, 33554432, 1024, 100000000000,

@@ -68,7 +68,12 @@ struct pb_config {
     uint64_t push_batch;
     uint64_t push_max_events;
     uint64_t key_fetches;
+    uint64_t key_fetches_per_ip;
     uint64_t key_fetch_timeout_ms;
+    uint64_t dns_lookups;
+    uint64_t dns_lookups_for_clients;
+    uint64_t dns_lookups_per_ip;
+    uint64_t dns_lookups_per_domain;
     uint64_t recv_budget_events;
     uint64_t recv_budget_bytes;
     uint64_t recv_budget_interval;

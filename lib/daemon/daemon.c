@@ -95,6 +95,12 @@ static unsigned per_addr_limit(const pb_config *c)
     return c->max_connections_per_ip ? (unsigned)c->max_connections_per_ip : UINT_MAX;
 }
 
+/* A per-client-address share: off (0) with the per-address connection limit. */
+static unsigned per_addr_share(const pb_config *c, uint64_t share)
+{
+    return c->max_connections_per_ip ? (unsigned)share : 0;
+}
+
 static void h_key(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
 {
     pb_daemon *d = ctx;
@@ -350,11 +356,17 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .allow_private = cfg->allow_private_peers != 0,
         .loop = d->loop,
         .dns_servers = cfg->dns_servers,
+        .dns_lookups = (unsigned)cfg->dns_lookups,
+        .dns_for_clients = (unsigned)cfg->dns_lookups_for_clients,
+        .dns_per_client = per_addr_share(cfg, cfg->dns_lookups_per_ip),
+        .dns_per_domain = (unsigned)cfg->dns_lookups_per_domain,
+        .metrics = d->mstd,
     };
     if ((err = pb_client_new(&co, &d->client)) != PB_OK) goto fail;
     pb_keyfetch_opts ko = {.store = d->store,
                            .client = d->client,
                            .max_concurrent = (unsigned)cfg->key_fetches,
+                           .per_client = per_addr_share(cfg, cfg->key_fetches_per_ip),
                            .negative_s = (int)cfg->key_refetch_interval,
                            .refetch_s = (int)cfg->key_refetch_interval,
                            .timeout_ms = (long)cfg->key_fetch_timeout_ms,
@@ -555,6 +567,11 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
         .body_memory_per_addr = (size_t)next->body_memory_per_ip,
     };
     pb_hrpc_server_set_limits(d->fed, &lim);
+    pb_keyfetch_set_limits(d->keyfetch, (unsigned)next->key_fetches,
+                           per_addr_share(next, next->key_fetches_per_ip), 0);
+    pb_client_set_dns_shares(d->client, (unsigned)next->dns_lookups_for_clients,
+                             per_addr_share(next, next->dns_lookups_per_ip),
+                             (unsigned)next->dns_lookups_per_domain);
     pb_delivery_set_max_queue_age(d->delivery, (unsigned)next->max_queue_age);
     changed = pb_config_changes(d->cfg, next);
     PB_INFO(NULL, "configuration reloaded: %s%s%s",

@@ -357,8 +357,8 @@ void pb_inbound_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep
     bool stored = false;
     uint32_t ra = 0;
     pb_hrpc_waker *w = req->resumed ? NULL : pb_hrpc_defer(req, 900);
-    err =
-        pb_keyfetch_get(o->keyfetch, new_id, false, new_key, &stored, w ? key_ready : NULL, w, &ra);
+    err = pb_keyfetch_get(o->keyfetch, new_id, false, NULL, new_key, &stored, w ? key_ready : NULL,
+                          w, &ra);
     if (err == PB_ERR_BUSY) {
         if (!w) { /* woken, and still not there */
             pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "the key served at %s is being fetched",

@@ -87,6 +87,8 @@ struct xfer {
     struct curl_slist *connect_to;     /* CURLOPT_CONNECT_TO: host:port:addr:port */
     char first_addr[INET6_ADDRSTRLEN]; /* the first address tried: no lap around the list */
     int tries;                         /* addresses tried */
+    bool for_client, has_client_addr;  /* its name lookups: on a client's behalf (resolve.h) */
+    uint8_t client_addr[16];
     char *path;
     int64_t t0;
     pb_client_done_fn done;
@@ -127,7 +129,13 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
         }
         c->own_loop = true;
     }
-    pb_resolver_opts ro = {.servers = o.dns_servers, .timeout_ms = o.dns_timeout_ms};
+    pb_resolver_opts ro = {.servers = o.dns_servers,
+                           .timeout_ms = o.dns_timeout_ms,
+                           .max_pending = o.dns_lookups,
+                           .for_clients = o.dns_for_clients,
+                           .per_client = o.dns_per_client,
+                           .per_domain = o.dns_per_domain,
+                           .metrics = o.metrics};
     pb_err err = pb_resolver_new(c->loop, &ro, &c->resolver);
     if (err != PB_OK) {
         if (c->own_loop) pb_ioloop_free(c->loop);
@@ -152,6 +160,12 @@ void pb_client_free(pb_client *c)
 void pb_client_shutdown(pb_client *c)
 {
     atomic_store(&c->shutting_down, true);
+}
+
+void pb_client_set_dns_shares(pb_client *c, unsigned for_clients, unsigned per_client,
+                              unsigned per_domain)
+{
+    pb_resolver_set_shares(c->resolver, for_clients, per_client, per_domain);
 }
 
 pb_ioloop *pb_client_loop(pb_client *c)
@@ -317,6 +331,16 @@ static void finish(struct xfer *x, pb_err rc, pb_client_answer *ans)
 
 static void on_resolved(void *ctx, pb_err err, const char *addr, const char *why);
 
+/* Looks x's host up, on its client's behalf when it has one. */
+static void resolve(struct xfer *x)
+{
+    if (x->for_client)
+        pb_resolver_lookup_for(x->c->resolver, x->host, x->has_client_addr ? x->client_addr : NULL,
+                               on_resolved, x);
+    else
+        pb_resolver_lookup(x->c->resolver, x->host, on_resolved, x);
+}
+
 static void on_done(void *ud, CURLcode cc)
 {
     struct xfer *x = ud;
@@ -329,7 +353,7 @@ static void on_done(void *ud, CURLcode cc)
         curl_slist_free_all(x->connect_to);
         x->connect_to = NULL;
         x->errbuf[0] = '\0';
-        pb_resolver_lookup(c->resolver, x->host, on_resolved, x);
+        resolve(x);
         return;
     }
     c->buffered -= x->sink.len;
@@ -458,6 +482,11 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
     x->sink = (pb_buf)PB_BUF_INIT;
     x->path = pb_xstrdup(req->path ? req->path : "");
     x->max = req->max_response ? req->max_response : c->max_response;
+    x->for_client = req->for_client;
+    if (req->client_addr) {
+        x->has_client_addr = true;
+        memcpy(x->client_addr, req->client_addr, sizeof x->client_addr);
+    }
     if (atomic_load(&c->shutting_down)) {
         fail_early(x, PB_ERR_SHUTDOWN, "client shutting down");
         return;
@@ -550,7 +579,7 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
         return;
     }
     if (x->host[0]) { /* a name: resolved first, added then (on_resolved) */
-        pb_resolver_lookup(c->resolver, x->host, on_resolved, x);
+        resolve(x);
         return;
     }
     pb_err err = pb_ioloop_add(c->loop, h, on_done, x);

@@ -30,6 +30,7 @@
 
 #include "net/ioloop.h"
 #include "postbox.h"
+#include "util/metrics_std.h"
 
 typedef struct pb_client pb_client;
 
@@ -45,6 +46,9 @@ typedef struct pb_client_opts {
     long max_connections;    /* own loop only: connection cache size, default 1024 */
     const char *dns_servers; /* "IP[:PORT],..." for host names; NULL: the system's */
     int dns_timeout_ms;      /* a name's first query; default 2000 (resolve.h) */
+    unsigned dns_lookups;    /* names looked up at once; default 256 (resolve.h) */
+    unsigned dns_for_clients, dns_per_client, dns_per_domain; /* its shares (resolve.h) */
+    const pb_metrics_std *metrics;                            /* lookups refused; may be NULL */
 } pb_client_opts;
 
 /*
@@ -58,6 +62,9 @@ void pb_client_free(pb_client *c); /* NULL is a no-op */
 /* Makes every later call fail at once with PB_ERR_SHUTDOWN, and aborts the blocking calls
  * in flight (used when the daemon stops). */
 void pb_client_shutdown(pb_client *c);
+/* New shares of the name lookups (resolve.h, pb_resolver_set_shares); any thread. */
+void pb_client_set_dns_shares(pb_client *c, unsigned for_clients, unsigned per_client,
+                              unsigned per_domain);
 /* The loop the client's transfers run on (its own or the borrowed one). */
 pb_ioloop *pb_client_loop(pb_client *c);
 
@@ -92,10 +99,13 @@ typedef struct pb_client_req {
     const char *authorization; /* header value or NULL; copied */
     const uint8_t *body;       /* copied; may be NULL when body_len is 0 */
     size_t body_len;
-    long timeout_ms;     /* 0: the client's */
-    size_t max_response; /* 0: the client's */
-    bool one_shot;       /* close the connection after the answer (a contact not repeated
-                            soon: Pulls, key fetches, notices); pushes keep theirs */
+    long timeout_ms;            /* 0: the client's */
+    size_t max_response;        /* 0: the client's */
+    bool one_shot;              /* close the connection after the answer (a contact not repeated
+                                   soon: Pulls, key fetches, notices); pushes keep theirs */
+    bool for_client;            /* on a client's behalf (a key fetch): its name lookup
+                                   counts in the clients' share (resolve.h) */
+    const uint8_t *client_addr; /* that client's address (16 bytes, copied) or NULL */
 } pb_client_req;
 
 /* Completion, on the loop thread. ans is the callee's: it clears it. */

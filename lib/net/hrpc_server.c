@@ -1155,10 +1155,26 @@ static void key_ready(void *ctx, pb_err err, const uint8_t key[32])
 
 enum astep { A_OK, A_WAIT, A_REFUSED };
 
+/* The client address of conn as the per-address limits count it (into key): false when
+ * those limits are off (max_connections_per_ip = 0: behind a proxy, every client would
+ * share the proxy's address) or the address is unknown. */
+static bool client_key(pb_hrpc_server *s, struct MHD_Connection *conn, uint8_t key[16])
+{
+    pthread_mutex_lock(&s->conns_mu);
+    bool on = s->max_per_addr != UINT_MAX;
+    pthread_mutex_unlock(&s->conns_mu);
+    const union MHD_ConnectionInfo *ai =
+        on ? MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS) : NULL;
+    return ai && ai->client_addr && pb_addr_client_key(ai->client_addr, key);
+}
+
 /*
  * The token check of PROTOCOL.md 3 with the key found asynchronously. A_OK: r->peer and
  * r->bound are set. A_WAIT: r->w is armed; run again once it fired. A_REFUSED: *verdict
- * and *retry_after say what to answer.
+ * and *retry_after say what to answer. Key fetches are asked for on behalf of the client's
+ * address (its share, and its own re-fetch allowance: keyfetch.h). A signature that does
+ * not verify is answered 401 without RetryInfo: when a re-fetch could be made again is no
+ * business of whoever sent it (a genuine peer retries on its own backoff).
  */
 static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r,
                             pb_auth_verdict *verdict, uint32_t *retry_after)
@@ -1187,10 +1203,11 @@ static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, stru
             have = true;
         } else {
             *verdict = r->refreshing ? PB_AUTH_BAD_SIGNATURE : PB_AUTH_KEY_UNAVAILABLE;
-            *retry_after = done ? (uint32_t)(s->auth.policy->key_retry_after_s
-                                                 ? s->auth.policy->key_retry_after_s
-                                                 : 30)
-                                : 1;
+            *retry_after = r->refreshing ? 0
+                           : done        ? (uint32_t)(s->auth.policy->key_retry_after_s
+                                                          ? s->auth.policy->key_retry_after_s
+                                                          : 30)
+                                         : 1;
             goto out;
         }
     }
@@ -1199,11 +1216,16 @@ static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, stru
         pb_keyfetch_stored(s->auth.keys, c.server_id, key) == PB_ERR_NOT_FOUND &&
         s->auth.rename_key(s->auth.cb_ctx, c.server_id, key))
         have = via_rename = true;
+    uint8_t ckey[16];
+    bool keyed = false, keyed_done = false;
     for (;;) {
         if (!have) {
+            if (!keyed_done) keyed = client_key(s, conn, ckey);
+            keyed_done = true;
             pb_hrpc_waker *w = waker_new(s, conn, s->auth.key_wait_ms);
             pb_err err = s->auth.keys ? pb_keyfetch_get(s->auth.keys, c.server_id, r->refreshing,
-                                                        key, &stored, key_ready, w, retry_after)
+                                                        keyed ? ckey : NULL, key, &stored,
+                                                        key_ready, w, retry_after)
                                       : PB_ERR_NOT_FOUND;
             if (err == PB_ERR_BUSY) {
                 r->w = w;
@@ -1215,7 +1237,10 @@ static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, stru
             waker_unref(w);
             if (err != PB_OK) {
                 *verdict = r->refreshing ? PB_AUTH_BAD_SIGNATURE : PB_AUTH_KEY_UNAVAILABLE;
-                if (!*retry_after) *retry_after = 1;
+                if (r->refreshing)
+                    *retry_after = 0;
+                else if (!*retry_after)
+                    *retry_after = 1;
                 goto out;
             }
             have = true;

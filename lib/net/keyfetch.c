@@ -5,9 +5,17 @@
  * an LRU list for eviction past cache_max (entries with a fetch queued or running, or
  * waiters, are never evicted; there are at most max_concurrent + max_queued of those).
  * An entry carries the candidate key and its expiry, the failure's expiry, the time of
- * the last fetch (the per-ID rate limit), the fetch state and the waiters' callbacks.
+ * the last fetch (the per-ID rate limit of first fetches), the last re-fetches by client
+ * address (REFETCH_SLOTS of them: the per-(ID, address) rate limit of re-fetches), the
+ * fetch state, the client address it is charged to, and the waiters' callbacks.
  * Fetches start on the loop thread (a posted "pump" starts queued ones while slots are
  * free); their completion updates the entry, then calls the waiters outside the lock.
+ *
+ * Per-address share: a fetch queued on behalf of a client address is charged to it until
+ * it ends; the charges live in a small array (at most max_concurrent + max_queued
+ * addresses hold one), searched linearly. A re-fetch record pushed out of its entry's
+ * slots by other addresses only gives that address its allowance back early: the limit
+ * can be loosened by an attacker, never turned against a genuine peer.
  */
 #include "net/keyfetch.h"
 
@@ -24,6 +32,10 @@
 
 #define NBUCKETS 4096
 #define CANDIDATE_TTL_MS (10 * 60 * 1000)
+#define REFETCH_SLOTS 8
+
+/* The client address of fetches asked for on no client's behalf (NULL): one bucket. */
+static const uint8_t NO_ADDR[PB_KEYFETCH_ADDR_LEN];
 
 enum state { E_IDLE, E_QUEUED, E_RUNNING };
 
@@ -38,6 +50,12 @@ struct entry {
     bool has_key;
     uint8_t key[32];
     int64_t key_until, fail_until, last_fetch; /* monotonic ms; 0 = none */
+    struct refetch {
+        uint8_t addr[PB_KEYFETCH_ADDR_LEN];
+        int64_t at; /* monotonic ms; 0: free */
+    } refetch[REFETCH_SLOTS];
+    bool charged; /* queued or running on behalf of `owner` */
+    uint8_t owner[PB_KEYFETCH_ADDR_LEN];
     struct waiter *waiters;
     unsigned nwaiters;
     struct entry *hnext;
@@ -56,6 +74,11 @@ struct pb_keyfetch {
     unsigned running, queued;
     bool pump_posted;
     pb_keyfetch_stats stats;
+    struct charge {
+        uint8_t addr[PB_KEYFETCH_ADDR_LEN];
+        unsigned n;
+    } * charges; /* addresses with fetches queued or running */
+    unsigned ncharges, charges_cap;
 };
 
 static int64_t now_ms(void)
@@ -98,6 +121,7 @@ void pb_keyfetch_free(pb_keyfetch *kf)
         }
     }
     pthread_mutex_destroy(&kf->mu);
+    free(kf->charges);
     free(kf);
 }
 
@@ -172,6 +196,71 @@ static struct entry *get_entry(pb_keyfetch *kf, const char *id)
     return e;
 }
 
+/* ---- per-address shares (with kf->mu held) ----------------------------------------------------
+ */
+
+static struct charge *charge_find(pb_keyfetch *kf, const uint8_t addr[PB_KEYFETCH_ADDR_LEN])
+{
+    for (unsigned i = 0; i < kf->ncharges; i++)
+        if (memcmp(kf->charges[i].addr, addr, PB_KEYFETCH_ADDR_LEN) == 0) return &kf->charges[i];
+    return NULL;
+}
+
+static void charge_add(pb_keyfetch *kf, struct entry *e, const uint8_t addr[PB_KEYFETCH_ADDR_LEN])
+{
+    struct charge *c = charge_find(kf, addr);
+    if (!c) {
+        if (kf->ncharges == kf->charges_cap) {
+            kf->charges_cap = kf->charges_cap ? 2 * kf->charges_cap : 16;
+            kf->charges = pb_xrealloc(kf->charges, kf->charges_cap * sizeof *kf->charges);
+        }
+        c = &kf->charges[kf->ncharges++];
+        memcpy(c->addr, addr, PB_KEYFETCH_ADDR_LEN);
+        c->n = 0;
+    }
+    c->n++;
+    e->charged = true;
+    memcpy(e->owner, addr, PB_KEYFETCH_ADDR_LEN);
+}
+
+static void charge_drop(pb_keyfetch *kf, struct entry *e)
+{
+    if (!e->charged) return;
+    e->charged = false;
+    struct charge *c = charge_find(kf, e->owner);
+    if (c && --c->n == 0) *c = kf->charges[--kf->ncharges];
+}
+
+/* The time addr last re-fetched e's key (0: not within memory). */
+static int64_t refetch_at(const struct entry *e, const uint8_t addr[PB_KEYFETCH_ADDR_LEN])
+{
+    for (unsigned i = 0; i < REFETCH_SLOTS; i++)
+        if (e->refetch[i].at && !memcmp(e->refetch[i].addr, addr, PB_KEYFETCH_ADDR_LEN))
+            return e->refetch[i].at;
+    return 0;
+}
+
+/* Notes that addr re-fetches e's key now, in its own slot or over the oldest one. */
+static void refetch_note(struct entry *e, const uint8_t addr[PB_KEYFETCH_ADDR_LEN], int64_t now)
+{
+    unsigned pick = 0;
+    for (unsigned i = 0; i < REFETCH_SLOTS; i++) {
+        if (e->refetch[i].at && !memcmp(e->refetch[i].addr, addr, PB_KEYFETCH_ADDR_LEN)) {
+            pick = i;
+            break;
+        }
+        if (e->refetch[i].at < e->refetch[pick].at) pick = i;
+    }
+    memcpy(e->refetch[pick].addr, addr, PB_KEYFETCH_ADDR_LEN);
+    e->refetch[pick].at = now;
+}
+
+static void refused(pb_keyfetch *kf, const char *why)
+{
+    kf->stats.refused++;
+    if (kf->o.metrics) pb_counter_inc(pb_metric_get(kf->o.metrics->key_fetches, why));
+}
+
 /* ---- fetches --------------------------------------------------------------------------------- */
 
 static void pump(void *arg);
@@ -189,8 +278,12 @@ static void fetch_done(void *ctx, pb_err err, pb_client_answer *ans)
     pthread_mutex_lock(&kf->mu);
     int64_t now = now_ms();
     e->state = E_IDLE;
-    e->last_fetch = now;
+    /* refused by our own limits (a lookup share, the answers' memory budget): nothing was
+     * asked of the peer, nothing to remember against it */
+    bool ours = err == PB_ERR_BUSY;
+    if (!ours) e->last_fetch = now;
     kf->running--;
+    charge_drop(kf, e);
     if (err == PB_OK) {
         e->has_key = true;
         memcpy(e->key, key, 32);
@@ -198,7 +291,7 @@ static void fetch_done(void *ctx, pb_err err, pb_client_answer *ans)
         e->fail_until = 0;
         kf->stats.ok++;
     } else {
-        e->fail_until = now + (int64_t)kf->o.negative_s * 1000;
+        if (!ours) e->fail_until = now + (int64_t)kf->o.negative_s * 1000;
         kf->stats.failed++;
     }
     if (kf->o.metrics && err != PB_ERR_SHUTDOWN)
@@ -244,14 +337,23 @@ static void pump(void *arg)
                              .path = PB_CLIENT_KEY_PATH,
                              .timeout_ms = kf->o.timeout_ms,
                              .max_response = 1024,
-                             .one_shot = true};
+                             .one_shot = true,
+                             .for_client = true};
+        uint8_t owner[PB_KEYFETCH_ADDR_LEN];
+        pthread_mutex_lock(&kf->mu);
+        bool charged = e->charged;
+        memcpy(owner, e->owner, sizeof owner);
+        pthread_mutex_unlock(&kf->mu);
+        if (charged && memcmp(owner, NO_ADDR, sizeof owner) != 0) req.client_addr = owner;
         pb_client_start(kf->o.client, &req, fetch_done, e);
     }
 }
 
-pb_err pb_keyfetch_get(pb_keyfetch *kf, const char *server_id, bool refresh, uint8_t key[32],
-                       bool *stored, pb_keyfetch_cb cb, void *ctx, uint32_t *retry_after_s)
+pb_err pb_keyfetch_get(pb_keyfetch *kf, const char *server_id, bool refresh,
+                       const uint8_t client[PB_KEYFETCH_ADDR_LEN], uint8_t key[32], bool *stored,
+                       pb_keyfetch_cb cb, void *ctx, uint32_t *retry_after_s)
 {
+    const uint8_t *addr = client ? client : NO_ADDR;
     *stored = false;
     *retry_after_s = 0;
     if (!refresh) {
@@ -274,20 +376,37 @@ pb_err pb_keyfetch_get(pb_keyfetch *kf, const char *server_id, bool refresh, uin
         goto out;
     }
     if (e && e->state != E_IDLE) goto wait;
-    int64_t until = 0;
-    if (e && now < e->fail_until) until = e->fail_until;
-    if (e && e->last_fetch && now < e->last_fetch + (int64_t)kf->o.refetch_s * 1000 &&
-        e->last_fetch + (int64_t)kf->o.refetch_s * 1000 > until)
-        until = e->last_fetch + (int64_t)kf->o.refetch_s * 1000;
-    if (until || kf->queued >= kf->o.max_queued) {
-        *retry_after_s = until ? (uint32_t)((until - now + 999) / 1000) : 1;
-        kf->stats.refused++;
-        if (kf->o.metrics)
-            pb_counter_inc(pb_metric_get(kf->o.metrics->key_fetches, "rate_limited"));
+    /* The rate limit: a first fetch once per refetch_s per ID, and not while a failure is
+     * remembered; a re-fetch (the held key failed) once per refetch_s per ID and client
+     * address, failures or not, so that tokens forged from other addresses cannot use up a
+     * genuine peer's re-fetch (nor make it fail while the peer restarts with a new key). */
+    int64_t until = 0, last = 0, interval = (int64_t)kf->o.refetch_s * 1000;
+    if (e && !refresh && now < e->fail_until) until = e->fail_until;
+    if (e) last = refresh ? refetch_at(e, addr) : e->last_fetch;
+    if (last && now < last + interval && last + interval > until) until = last + interval;
+    if (until) {
+        *retry_after_s = (uint32_t)((until - now + 999) / 1000);
+        refused(kf, "rate_limited");
+        rc = PB_ERR_NOT_FOUND;
+        goto out;
+    }
+    /* shares: the queue, and the fetches one client address may have queued or running */
+    struct charge *ch = client ? charge_find(kf, client) : NULL;
+    if (client && kf->o.per_client && ch && ch->n >= kf->o.per_client) {
+        *retry_after_s = 1;
+        refused(kf, "per_address");
+        rc = PB_ERR_NOT_FOUND;
+        goto out;
+    }
+    if (kf->queued >= kf->o.max_queued) {
+        *retry_after_s = 1;
+        refused(kf, "busy");
         rc = PB_ERR_NOT_FOUND;
         goto out;
     }
     e = get_entry(kf, server_id);
+    if (refresh) refetch_note(e, addr, now);
+    charge_add(kf, e, addr);
     e->state = E_QUEUED;
     e->has_key = false;
     if (kf->q_tail)
@@ -301,7 +420,7 @@ wait:
     if (cb) {
         if (e->nwaiters >= PB_KEYFETCH_MAX_WAITERS) {
             *retry_after_s = 1;
-            kf->stats.refused++;
+            refused(kf, "busy");
             rc = PB_ERR_NOT_FOUND;
             goto out;
         }
@@ -339,6 +458,19 @@ pb_err pb_keyfetch_verified(pb_keyfetch *kf, const char *server_id, const uint8_
     if (e) e->has_key = false;
     pthread_mutex_unlock(&kf->mu);
     return PB_OK;
+}
+
+void pb_keyfetch_set_limits(pb_keyfetch *kf, unsigned max_concurrent, unsigned per_client,
+                            int refetch_s)
+{
+    pthread_mutex_lock(&kf->mu);
+    if (max_concurrent) kf->o.max_concurrent = max_concurrent;
+    kf->o.per_client = per_client;
+    if (refetch_s > 0) kf->o.refetch_s = kf->o.negative_s = refetch_s;
+    bool post = kf->q_head && kf->running < kf->o.max_concurrent && !kf->pump_posted;
+    if (post) kf->pump_posted = true;
+    pthread_mutex_unlock(&kf->mu);
+    if (post) pb_ioloop_post(pb_client_loop(kf->o.client), pump, kf);
 }
 
 void pb_keyfetch_stats_get(pb_keyfetch *kf, pb_keyfetch_stats *out)

@@ -7,6 +7,11 @@
  * expire, and while a query runs the callers waiting for it. Answers are handed to the
  * waiters by a posted task, so that no callback runs inside pb_resolver_lookup (c-ares may
  * answer at once, from /etc/hosts).
+ *
+ * Shares: a query is charged, while it runs, to its domain, and when asked for a client to
+ * the clients' count and that client's address; the charges are small arrays searched
+ * linearly (at most max_pending entries each). The share settings may change on reload
+ * from another thread: they are read and written atomically.
  */
 #include "net/resolve.h"
 
@@ -41,15 +46,30 @@ struct entry {
     char host[PB_SERVER_ID_MAX];
     char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
     size_t naddrs, cur;
-    int64_t expires;                 /* monotonic ms; 0 while the first query runs */
-    char why[PB_SERVER_ID_MAX + 96]; /* the failure, when naddrs is 0 */
-    bool running;                    /* a query or a delivery is under way: not evicted */
+    int64_t expires;                    /* monotonic ms; 0 while the first query runs */
+    char why[PB_SERVER_ID_MAX + 96];    /* the failure, when naddrs is 0 */
+    bool running;                       /* a query or a delivery is under way: not evicted */
+    bool charged, for_client, has_addr; /* the query's charges (see struct charge) */
+    uint8_t addr[16];
+    char domain[PB_SERVER_ID_MAX];
     struct waiter *waiters;
     pb_resolver *r;
 };
 
+/* Queries running per domain or per client address. */
+struct charge {
+    char key[PB_SERVER_ID_MAX]; /* a domain, or the 16 address bytes */
+    unsigned n;
+};
+struct charges {
+    struct charge *v;
+    unsigned n, cap;
+};
+
 struct pb_resolver {
     pb_ioloop *loop;
+    struct charges domains, addrs;
+    unsigned for_clients_now; /* queries for clients running */
     ares_channel ch;
     bool channel_ok, stopping;
     pb_timer timer;
@@ -126,6 +146,105 @@ static void evict(pb_resolver *r)
         }
 }
 
+/* ---- shares ---------------------------------------------------------------------------------- */
+
+#define SHARE(r, f) __atomic_load_n(&(r)->o.f, __ATOMIC_RELAXED)
+
+void pb_resolver_domain(const char *host, char *out, size_t cap)
+{
+    size_t n = strlen(host);
+    while (n && host[n - 1] == '.')
+        n--;
+    const char *dots[3] = {NULL, NULL, NULL}; /* the last three dots, last first */
+    for (size_t i = n; i-- > 0;)
+        if (host[i] == '.') {
+            if (!dots[0])
+                dots[0] = host + i;
+            else if (!dots[1])
+                dots[1] = host + i;
+            else if (!dots[2]) {
+                dots[2] = host + i;
+                break;
+            }
+        }
+    const char *start = host;
+    if (dots[1]) {
+        start = dots[1] + 1; /* two labels */
+        size_t tld = (size_t)(host + n - dots[0] - 1), sld = (size_t)(dots[0] - dots[1] - 1);
+        if (tld == 2 && sld <= 3) start = dots[2] ? dots[2] + 1 : host;
+    }
+    size_t len = (size_t)(host + n - start);
+    if (len >= cap) len = cap - 1;
+    memcpy(out, start, len);
+    out[len] = '\0';
+}
+
+static struct charge *charge_find(struct charges *c, const char *key, size_t klen)
+{
+    for (unsigned i = 0; i < c->n; i++)
+        if (!memcmp(c->v[i].key, key, klen)) return &c->v[i];
+    return NULL;
+}
+
+static unsigned charge_count(struct charges *c, const char *key, size_t klen)
+{
+    struct charge *ch = charge_find(c, key, klen);
+    return ch ? ch->n : 0;
+}
+
+static void charge_add(struct charges *c, const char *key, size_t klen)
+{
+    struct charge *ch = charge_find(c, key, klen);
+    if (!ch) {
+        if (c->n == c->cap) {
+            c->cap = c->cap ? 2 * c->cap : 16;
+            c->v = pb_xrealloc(c->v, c->cap * sizeof *c->v);
+        }
+        ch = &c->v[c->n++];
+        memset(ch->key, 0, sizeof ch->key);
+        memcpy(ch->key, key, klen);
+        ch->n = 0;
+    }
+    ch->n++;
+}
+
+static void charge_drop(struct charges *c, const char *key, size_t klen)
+{
+    struct charge *ch = charge_find(c, key, klen);
+    if (ch && --ch->n == 0) *ch = c->v[--c->n];
+}
+
+/* The key of a domain in the charges: its text, zero-padded. */
+static void domain_key(const char *domain, char key[PB_SERVER_ID_MAX])
+{
+    memset(key, 0, PB_SERVER_ID_MAX);
+    snprintf(key, PB_SERVER_ID_MAX, "%s", domain);
+}
+
+static void uncharge(pb_resolver *r, struct entry *e)
+{
+    if (!e->charged) return;
+    e->charged = false;
+    char key[PB_SERVER_ID_MAX];
+    domain_key(e->domain, key);
+    charge_drop(&r->domains, key, sizeof key);
+    if (e->for_client) r->for_clients_now--;
+    if (e->has_addr) charge_drop(&r->addrs, (const char *)e->addr, sizeof e->addr);
+}
+
+static void count_refusal(pb_resolver *r, const char *reason)
+{
+    if (r->o.metrics) pb_counter_inc(pb_metric_get(r->o.metrics->dns_refused, reason));
+}
+
+void pb_resolver_set_shares(pb_resolver *r, unsigned for_clients, unsigned per_client,
+                            unsigned per_domain)
+{
+    if (for_clients) __atomic_store_n(&r->o.for_clients, for_clients, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->o.per_client, per_client, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->o.per_domain, per_domain, __ATOMIC_RELAXED);
+}
+
 /* ---- c-ares on the loop --------------------------------------------------------------------- */
 
 static void arm_timer(pb_resolver *r)
@@ -175,6 +294,7 @@ static void deliver(void *arg)
     e->waiters = NULL;
     e->running = false;
     r->running--;
+    uncharge(r, e);
     char addr[INET6_ADDRSTRLEN] = "", why[sizeof e->why];
     pb_err err = PB_ERR_NET;
     if (r->stopping) {
@@ -257,7 +377,8 @@ static void refuse(pb_resolver *r, pb_err err, pb_resolve_fn cb, void *ctx, cons
     pb_ioloop_post(r->loop, refuse_task, f);
 }
 
-void pb_resolver_lookup(pb_resolver *r, const char *host, pb_resolve_fn cb, void *ctx)
+static void lookup(pb_resolver *r, const char *host, bool for_client, const uint8_t *client_addr,
+                   pb_resolve_fn cb, void *ctx)
 {
     if (r->stopping || !r->channel_ok) {
         refuse(r, PB_ERR_SHUTDOWN, cb, ctx, "shutting down");
@@ -273,9 +394,31 @@ void pb_resolver_lookup(pb_resolver *r, const char *host, pb_resolve_fn cb, void
         drop(r, e);
         e = NULL;
     }
+    char domain[PB_SERVER_ID_MAX] = "", dkey[PB_SERVER_ID_MAX] = "";
     if (!e) {
+        pb_resolver_domain(host, domain, sizeof domain);
+        domain_key(domain, dkey);
+        unsigned per_domain = SHARE(r, per_domain), per_client = SHARE(r, per_client);
+        const char *why = NULL, *reason = NULL;
         if (r->running >= r->o.max_pending) {
-            refuse(r, PB_ERR_BUSY, cb, ctx, "too many names being resolved at once");
+            why = "too many names being resolved at once";
+            reason = "total";
+        } else if (per_domain && charge_count(&r->domains, dkey, sizeof dkey) >= per_domain) {
+            why = "too many names under this domain being resolved at once";
+            reason = "per_domain";
+        } else if (for_client && r->for_clients_now >= SHARE(r, for_clients)) {
+            why = "too many names being resolved for clients at once";
+            reason = "clients";
+        } else if (for_client && client_addr && per_client &&
+                   charge_count(&r->addrs, (const char *)client_addr, 16) >= per_client) {
+            why = "too many names being resolved for this client address at once";
+            reason = "per_address";
+        }
+        if (why) {
+            count_refusal(r, reason);
+            char msg[PB_SERVER_ID_MAX + 96];
+            snprintf(msg, sizeof msg, "cannot resolve %s now: %s", host, why);
+            refuse(r, PB_ERR_BUSY, cb, ctx, msg);
             return;
         }
         evict(r);
@@ -303,9 +446,31 @@ void pb_resolver_lookup(pb_resolver *r, const char *host, pb_resolve_fn cb, void
         pb_ioloop_post(r->loop, deliver, e);
         return;
     }
+    /* a query: charged to its domain, and to the client it runs for */
+    e->charged = true;
+    snprintf(e->domain, sizeof e->domain, "%s", domain);
+    charge_add(&r->domains, dkey, sizeof dkey);
+    e->for_client = for_client;
+    if (for_client) r->for_clients_now++;
+    e->has_addr = for_client && client_addr;
+    if (e->has_addr) {
+        memcpy(e->addr, client_addr, sizeof e->addr);
+        charge_add(&r->addrs, (const char *)e->addr, sizeof e->addr);
+    }
     struct ares_addrinfo_hints hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     ares_getaddrinfo(r->ch, e->host, NULL, &hints, on_addrinfo, e);
     arm_timer(r);
+}
+
+void pb_resolver_lookup(pb_resolver *r, const char *host, pb_resolve_fn cb, void *ctx)
+{
+    lookup(r, host, false, NULL, cb, ctx);
+}
+
+void pb_resolver_lookup_for(pb_resolver *r, const char *host, const uint8_t *client_addr,
+                            pb_resolve_fn cb, void *ctx)
+{
+    lookup(r, host, true, client_addr, cb, ctx);
 }
 
 void pb_resolver_failed(pb_resolver *r, const char *host, const char *addr)
@@ -352,6 +517,8 @@ pb_err pb_resolver_new(pb_ioloop *loop, const pb_resolver_opts *opts, pb_resolve
     if (!r->o.max_pending) r->o.max_pending = 256;
     if (!r->o.ttl_max_s) r->o.ttl_max_s = 300;
     if (!r->o.max_entries) r->o.max_entries = 16384;
+    if (!r->o.for_clients || r->o.for_clients > r->o.max_pending)
+        r->o.for_clients = r->o.max_pending / 2 ? r->o.max_pending / 2 : 1;
     struct ares_options ao = {.sock_state_cb = on_sock_state,
                               .sock_state_cb_data = r,
                               .timeout = r->o.timeout_ms,
@@ -402,5 +569,7 @@ void pb_resolver_free(pb_resolver *r)
 {
     if (!r) return;
     pb_ioloop_call(r->loop, free_on_loop, r);
+    free(r->domains.v);
+    free(r->addrs.v);
     free(r);
 }

@@ -159,8 +159,17 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         latency_bounds, N(latency_bounds));
     s->key_fetches = pb_metrics_counter(
         reg, "postbox_key_fetches_total",
-        "Peer key fetches, by result: ok, error, rate_limited (not tried: fetched too recently)",
+        "Peer key fetches, by result: ok, error; and requests that started none: rate_limited "
+        "(fetched too recently, or failed recently), per_address (the client's address holds "
+        "key_fetches_per_ip fetches), busy (every queue place or waiter place taken)",
         "result");
+    s->dns_refused = pb_metrics_counter(
+        reg, "postbox_dns_lookups_refused_total",
+        "Name lookups refused at once, by reason: total (dns_lookups pending), clients "
+        "(dns_lookups_for_clients pending on behalf of clients), per_address (the client's "
+        "address holds dns_lookups_per_ip), per_domain (names under one domain hold "
+        "dns_lookups_per_domain)",
+        "reason");
     s->delivery_latency = pb_metrics_histogram(
         reg, "postbox_delivery_latency_seconds",
         "Events from their submission (POST /v1/outbox) to the peer's acknowledgement of the "
@@ -254,7 +263,8 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
     static const char *const results[] = {"ok", "retried", "queued", "parked"};
     static const char *const paths[] = {"push", "pull"};
     static const char *const methods[] = {"Push", "Pull"};
-    static const char *const fetch[] = {"ok", "error", "rate_limited"};
+    static const char *const fetch[] = {"ok", "error", "rate_limited", "per_address", "busy"};
+    static const char *const dns[] = {"total", "clients", "per_address", "per_domain"};
     static const char *const modes[] = {"push", "queued", "parked"};
     static const char *const refusals[] = {"limit", "per_address"};
     for (size_t i = 0; i < N(results); i++)
@@ -270,6 +280,8 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
     }
     for (size_t i = 0; i < N(fetch); i++)
         pb_metric_get(s->key_fetches, fetch[i]);
+    for (size_t i = 0; i < N(dns); i++)
+        pb_metric_get(s->dns_refused, dns[i]);
     for (size_t i = 0; i < N(modes); i++)
         pb_metric_get(s->peers, modes[i]);
     for (size_t i = 0; i < N(refusals); i++)

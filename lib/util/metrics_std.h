@@ -30,7 +30,10 @@
  *     events_received        postbox_events_received_total{kind,path=push|pull}
  *     events_duplicate       postbox_events_duplicate_total{path=push|pull}
  *     client_duration        postbox_hrpc_client_request_duration_seconds{method=Push|Pull}
- *     key_fetches            postbox_key_fetches_total{result=ok|error|rate_limited}
+ *     key_fetches            postbox_key_fetches_total{result=ok|error|rate_limited|
+ *                            per_address|busy}
+ *     dns_refused            postbox_dns_lookups_refused_total{reason=total|clients|
+ *                            per_address|per_domain} (net/resolve.c)
  *     delivery_latency       postbox_delivery_latency_seconds: submission to the peer's
  *                            acknowledgement of a Push, per event
  *   store (store/store_sqlite.c writer, store/store_pg.c write calls)
@@ -87,6 +90,7 @@ typedef struct pb_metrics_std {
     pb_metric *events_dropped; /* queue control: an operator's drop (delivery.c) */
     pb_metric *client_duration;
     pb_metric *key_fetches;
+    pb_metric *dns_refused;
     pb_metric *delivery_latency;
 
     pb_metric *store_commit_duration;

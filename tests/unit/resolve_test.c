@@ -10,6 +10,14 @@
  *               and a repeated lookup fails at once from the negative cache (no new query)
  *   pending     beyond max_pending names at once, lookups are refused with PB_ERR_BUSY
  *   stop        lookups still waiting when the loop stops end with PB_ERR_SHUTDOWN
+ *   shares      (issue 18, attack 6) 20 names under one domain whose DNS stalls take at
+ *               most per_domain of the pending lookups: a real peer's name in another
+ *               domain is still looked up (not refused "too many names being resolved at
+ *               once"); lookups for clients take at most for_clients, one client address
+ *               at most per_client, and our own lookups still run when clients' are full;
+ *               pb_resolver_domain groups names by their last two labels (three for
+ *               co.uk-like ones). PBT_PER_DOMAIN=0 runs it with the domain's share off,
+ *               as the resolver was before it had one: the real peer's name is refused
  *   client      hrpc_client reaches a server by a name the fake DNS resolves
  */
 #include <arpa/inet.h>
@@ -130,18 +138,32 @@ struct lookup {
     pb_resolver *r;
     const char *host;
     struct result *res;
+    bool for_client;
+    const uint8_t *addr;
 };
 
 static void lookup_on_loop(void *arg)
 {
     struct lookup *l = arg;
-    pb_resolver_lookup(l->r, l->host, on_result, l->res);
+    if (l->for_client)
+        pb_resolver_lookup_for(l->r, l->host, l->addr, on_result, l->res);
+    else
+        pb_resolver_lookup(l->r, l->host, on_result, l->res);
+}
+
+/* A lookup on behalf of the client address addr (16 bytes, or NULL). */
+static void lookup_for(pb_ioloop *loop, pb_resolver *r, const char *host, const uint8_t *addr,
+                       struct result *res)
+{
+    memset(res, 0, sizeof *res);
+    struct lookup l = {r, host, res, true, addr};
+    pb_ioloop_call(loop, lookup_on_loop, &l);
 }
 
 static void lookup(pb_ioloop *loop, pb_resolver *r, const char *host, struct result *res)
 {
     memset(res, 0, sizeof *res);
-    struct lookup l = {r, host, res};
+    struct lookup l = {r, host, res, false, NULL};
     pb_ioloop_call(loop, lookup_on_loop, &l);
 }
 
@@ -297,6 +319,101 @@ static void test_pending_and_stop(void)
     dns_stop(&d);
 }
 
+static void expect_domain(const char *host, const char *want)
+{
+    char got[256];
+    pb_resolver_domain(host, got, sizeof got);
+    CHECKF(!strcmp(got, want), "domain of %s: %s, want %s", host, got, want);
+}
+
+static void test_shares(void)
+{
+    expect_domain("a.b.evil.test", "evil.test");
+    expect_domain("evil.test", "evil.test");
+    expect_domain("localhost", "localhost");
+    expect_domain("x.y.example.co.uk", "example.co.uk");
+    expect_domain("example.co.uk", "example.co.uk");
+    expect_domain("peer.example.de", "example.de");
+    expect_domain("a.b.c.d.example.com.", "example.com");
+
+    struct dns d = {0};
+    dns_start(&d, false); /* every query stalls */
+    char servers[64];
+    snprintf(servers, sizeof servers, "127.0.0.1:%u", d.port);
+    pb_ioloop *loop = new_loop();
+    pb_resolver *r = NULL;
+    const char *share_env = getenv("PBT_PER_DOMAIN"); /* 0: the share off, as before it */
+    pb_resolver_opts o = {.servers = servers,
+                          .timeout_ms = 10000,
+                          .tries = 1,
+                          .max_pending = 16,
+                          .for_clients = 6,
+                          .per_client = 2,
+                          .per_domain = share_env ? (unsigned)atoi(share_env) : 4};
+    CHECK_OK(pb_resolver_new(loop, &o, &r));
+
+    /* our deliveries to 20 verified IDs under one wildcard domain whose DNS stalls */
+    static struct result evil[20], real, marker;
+    static char names[20][64];
+    for (int i = 0; i < 20; i++) {
+        snprintf(names[i], sizeof names[i], "id%d.evil.test", i);
+        lookup(loop, r, names[i], &evil[i]);
+    }
+    /* then a real peer's name: the refusals above and a marker refused after it are handed
+     * over in order by posted tasks, so once the marker is done, so would be a refusal */
+    lookup(loop, r, "postbox.good.test", &real);
+    lookup(loop, r, "id99.evil.test", &marker);
+    CHECK(all_done(&marker, 1, 5000));
+    int waiting = 0, refused = 0;
+    for (int i = 0; i < 20; i++) {
+        if (!atomic_load(&evil[i].done))
+            waiting++;
+        else if (evil[i].err == PB_ERR_BUSY)
+            refused++;
+    }
+    fprintf(stderr,
+            "shares: 20 stalled names of evil.test: %d pending, %d refused; the real "
+            "peer's name: %s%s%s%s\n",
+            waiting, refused, atomic_load(&real.done) ? "refused, " : "pending (looked up)",
+            atomic_load(&real.done) ? pb_strerror(real.err) : "",
+            atomic_load(&real.done) ? ": " : "", atomic_load(&real.done) ? real.why : "");
+    CHECKF(waiting == 4 && refused == 16, "per_domain 4: %d pending, %d refused", waiting, refused);
+    CHECKF(!atomic_load(&real.done), "the real peer's name is looked up, not refused (%s: %s)",
+           pb_strerror(real.err), real.why);
+    CHECKF(marker.err == PB_ERR_BUSY && strstr(marker.why, "domain"), "over the domain's share: %s",
+           marker.why);
+
+    /* lookups for clients (key fetches their tokens asked for): addresses A, B, C */
+    uint8_t a[16] = {1}, b[16] = {2}, c[16] = {3};
+    static struct result fa[3], fb[2], fc[2], fd, own;
+    static char cn[8][64];
+    for (int i = 0; i < 8; i++)
+        snprintf(cn[i], sizeof cn[i], "k%d.d%d.test", i, i);
+    lookup_for(loop, r, cn[0], a, &fa[0]);
+    lookup_for(loop, r, cn[1], a, &fa[1]);
+    lookup_for(loop, r, cn[2], a, &fa[2]); /* A's third */
+    lookup_for(loop, r, cn[3], b, &fb[0]);
+    lookup_for(loop, r, cn[4], b, &fb[1]);
+    lookup_for(loop, r, cn[5], c, &fc[0]);
+    lookup_for(loop, r, cn[6], c, &fc[1]); /* the clients' sixth */
+    lookup_for(loop, r, cn[7], NULL, &fd); /* a seventh for clients */
+    lookup(loop, r, "own.d8.test", &own);  /* ours */
+    lookup(loop, r, "id98.evil.test", &marker);
+    CHECK(all_done(&marker, 1, 5000));
+    CHECKF(atomic_load(&fa[2].done) && fa[2].err == PB_ERR_BUSY && strstr(fa[2].why, "address"),
+           "A's third lookup: refused for the address (%s)", fa[2].why);
+    CHECKF(atomic_load(&fd.done) && fd.err == PB_ERR_BUSY && strstr(fd.why, "clients"),
+           "the seventh lookup for clients: refused (%s)", fd.why);
+    const struct result *pend[] = {&fa[0], &fa[1], &fb[0], &fb[1], &fc[0], &fc[1], &own};
+    for (size_t i = 0; i < sizeof pend / sizeof pend[0]; i++)
+        CHECKF(!atomic_load(&pend[i]->done), "lookup %zu within its shares is pending (%s)", i,
+               pend[i]->why);
+    pb_ioloop_stop(loop);
+    pb_resolver_free(r);
+    pb_ioloop_free(loop);
+    dns_stop(&d);
+}
+
 /* hrpc_client reaches a server by a name: 127.0.0.2 (nothing listens there) then
  * 127.0.0.1, the Key endpoint of a real server being a libmicrohttpd identity. */
 static void test_client(void)
@@ -335,6 +452,7 @@ int main(void)
     test_answers();
     test_hung_dns();
     test_pending_and_stop();
+    test_shares();
     test_client();
     return pbt_finish();
 }
