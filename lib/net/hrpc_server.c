@@ -220,6 +220,9 @@ struct req {
     /* authentication, across suspensions */
     bool authed, bound;
     char peer[PB_SERVER_ID_MAX];
+    uint8_t peer_key[PB_PUBKEY_LEN]; /* the key that verified the token */
+    uint8_t addr[16];                /* the client's address key, when has_addr */
+    bool has_addr;
     bool key_wait;      /* suspended waiting for a key */
     bool refreshing;    /* the stored key failed: waiting for / using a re-fetched one */
     bool refresh_tried; /* at most once per request */
@@ -900,12 +903,25 @@ static void key_ready(void *ctx, pb_err err, const uint8_t key[32])
     pb_hrpc_wake(w);
 }
 
-enum astep { A_OK, A_WAIT, A_REFUSED };
+enum astep { A_OK, A_WAIT, A_REFUSED, A_LIMITED };
+
+/* The client's address key into r->addr (r->has_addr), unless per-address limits are off
+ * (no limit: behind a proxy, every client has the proxy's address). */
+static void client_addr_of(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r)
+{
+    const union MHD_ConnectionInfo *ai =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    pthread_mutex_lock(&s->conns_mu);
+    bool per_addr = s->max_per_addr != UINT_MAX;
+    pthread_mutex_unlock(&s->conns_mu);
+    r->has_addr = per_addr && ai && ai->client_addr && pb_addr_client_key(ai->client_addr, r->addr);
+}
 
 /*
  * The token check of PROTOCOL.md 3 with the key found asynchronously. A_OK: r->peer and
  * r->bound are set. A_WAIT: r->w is armed; run again once it fired. A_REFUSED: *verdict
- * and *retry_after say what to answer.
+ * and *retry_after say what to answer. A_LIMITED: a new peer this client may not add now
+ * (auth.admit_new): 429 with *retry_after.
  */
 static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r,
                             pb_auth_verdict *verdict, uint32_t *retry_after)
@@ -984,8 +1000,18 @@ static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, stru
             goto out;
         }
     } else if (!stored) {
+        /* a server ID we held no key for (not a re-fetch after a rotation): a new peer */
+        if (!r->refresh_tried && s->auth.admit_new) {
+            client_addr_of(s, conn, r);
+            if (!s->auth.admit_new(s->auth.cb_ctx, c.server_id, key, r->has_addr ? r->addr : NULL,
+                                   retry_after)) {
+                step = A_LIMITED;
+                goto out;
+            }
+        }
         pb_keyfetch_verified(s->auth.keys, c.server_id, key);
     }
+    memcpy(r->peer_key, key, PB_PUBKEY_LEN);
     r->authed = true;
     r->bound = c.bound;
     *verdict = PB_AUTH_OK;
@@ -1014,6 +1040,11 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
                 if (suspend(s, r)) return MHD_YES;
                 continue; /* the key came before we could wait for it */
             }
+            if (st == A_LIMITED) {
+                PB_INFO(r->peer, "%s refused: too many new peers from this key or address", url);
+                return send_error(conn, 429, ID_EXHAUSTED, ra ? ra : 1,
+                                  "too many new server IDs from this key or address: try later");
+            }
             if (st == A_REFUSED) {
                 PB_INFO(r->peer[0] ? r->peer : NULL, "%s refused: %s (%s)", url,
                         pb_auth_verdict_message(v), pb_auth_verdict_identifier(v));
@@ -1031,11 +1062,16 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
                                 .body_len = r->body.len,
                                 .peer = r->route->with_auth ? r->peer : NULL,
                                 .bound = r->route->with_auth && r->bound,
+                                .peer_key = r->route->with_auth ? r->peer_key : NULL,
                                 .resumed = r->resumed,
                                 .timed_out = r->timed_out,
                                 .internal = r};
         hreq.authorization =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (r->route->with_auth) {
+            client_addr_of(s, conn, r);
+            hreq.client_addr = r->has_addr ? r->addr : NULL;
+        }
         if (atomic_load(&s->stopping) && r->resumed)
             return send_error(conn, 503, ID_UNAVAILABLE, 5, "server is shutting down");
         pb_hrpc_reply rep = {0};
