@@ -9,14 +9,14 @@
  * probed):
  *
  *   one-key     group A: 24 IDs signed with one key, pushing from 127.0.0.2-5, 10 rounds
- *               (250 ms apart): at most new_peers_per_key (8) of them become peers (the
+ *               (400 ms apart): at most new_peers_per_key (8) of them become peers (the
  *               others 429, too many new peers), and together they store at most one
  *               sender's budget (recv_budget_events = 40 per 60 s, key factor 1; 429
  *               beyond), instead of 40 per ID
  *   one-address group B: 20 IDs each with its own key, all from 127.0.0.6, one round: at
  *               most new_peers_per_address (12) become peers
- *   real peer   S's 20 events all arrive at R, once, while group A still pushes; Key answers
- *               every probe 200
+ *   real peer   S's 20 events all arrive at R, once, while group A still pushes, none of its
+ *               Pushes refused (no 503, no 429 in S's log); Key answers every probe 200
  *   forgetting  with peer_idle_forget = 3 and pull_interval = 1, the attackers' peer
  *               records are freed (postbox_peers_forgotten_total), and after S pushes
  *               again and R restarts, R pulls none of the attackers at start-up (their
@@ -343,7 +343,7 @@ static void test_idents(void)
                            "--from",
                            "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5",
                            "--push-every-ms",
-                           "250",
+                           "400",
                            NULL};
     const char *bargs[] = {"--listen",     b_ids,       "--seed",    seed_b,
                            "--key-per-id", "1",         "--push-to", target,
@@ -372,6 +372,9 @@ static void test_idents(void)
             s_got, S_EVENTS, during ? "during" : "after", key_ok, key_probes);
     CHECKF(during, "S's events arrived while group A still pushed");
     CHECKF(key_ok == key_probes, "Key answered %d of %d probes", key_ok, key_probes);
+    /* none of S's Pushes was refused (overload, budget, new peers) */
+    int s_refused = pbt_log_count(s, "HTTP 503", NULL) + pbt_log_count(s, "HTTP 429", NULL);
+    CHECKF(s_refused == 0, "S's log shows %d refused Pushes", s_refused);
 
     CHECKF(pbt_wait_for(tool_done, a, 60000), "group A finished pushing");
     CHECKF(pbt_wait_for(tool_done, b, 60000), "group B finished pushing");
