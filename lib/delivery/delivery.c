@@ -1901,7 +1901,9 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     if (err != PB_OK) goto fail;
     /* Peers idle for peer_idle_s before the last contact the store records (about when this
      * server last ran, so a long stop forgets nobody) are forgotten: no record, no start-up
-     * Pull. Only those with nothing queued for them and in push mode. */
+     * Pull. Only those we never sent anything to (no sequence number assigned: a peer of
+     * our users may hold a queue for us and be waiting for this Pull, and only our users
+     * choose them), with nothing queued and in push mode. */
     int64_t latest_contact = 0;
     size_t skipped = 0;
     for (size_t i = 0; i < n; i++)
@@ -1909,6 +1911,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pthread_mutex_lock(&d->mu);
     for (size_t i = 0; i < n; i++) {
         if (d->o.peer_idle_s && sts[i].mode == PB_MODE_PUSH && sts[i].queued == 0 &&
+            sts[i].next_seq <= 1 &&
             sts[i].last_contact + (int64_t)d->o.peer_idle_s < latest_contact) {
             skipped++;
             continue;

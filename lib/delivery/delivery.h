@@ -16,8 +16,8 @@
  * the inbox in one store transaction, deduplicated by (sender, epoch, sequence number)
  * when the token is bound to us, within the receive budgets (budget.h) of S, of the key
  * that signed S's token and of the client address. At start-up every known peer is pulled,
- * most recently active first, except those idle for peer_idle_s before the last contact
- * the store records (forgotten: see below); a Push from S waits (suspended, no thread
+ * most recently active first, except those we never sent anything to that were idle for
+ * peer_idle_s before the last contact the store records (forgotten: see below); a Push from S waits (suspended, no thread
  * held) while a Pull from S is in progress, and promotes that Pull to the front; S is
  * pulled again pull_interval after its last Push. NotifyNewId: see inbound.h.
  *
@@ -28,9 +28,10 @@
  * freed from the engine (a sweep on the loop). Forgetting keeps the store row: its key
  * (pinned: a returning peer is not re-fetched), its send and receive sequence state (a
  * sender relies on our recv_seq to drop what it sends again; we rely on its for ours) and
- * its history; a later Push or submission recreates the record from it. A forgotten
- * sender that queued events for us while we were down is not pulled at start-up: it
- * probes us (backoff, at most backoff_max) and its queue arrives then.
+ * its history; a later Push or submission recreates the record from it. Peers we sent
+ * events to (our users chose them) are always pulled at start-up; a forgotten sender we
+ * never sent to that queued events for us while we were down probes us (backoff, at
+ * most backoff_max) and its queue arrives then.
  *
  * Threads and state: the engine's per-peer state machines, timers and transfers live on
  * the I/O loop thread; store reads and commits run on an executor (exec.h) and complete
