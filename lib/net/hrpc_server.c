@@ -44,6 +44,13 @@
  * change (max_body, max_inflight, body_memory, conn_timeout_s) are read and written atomically
  * (LIM); max_connections under conns_mu, as before.
  *
+ * Identities (auth_step): a token from a server ID whose key we did not hold, verified with a
+ * freshly fetched key, would create a peer: auth.admit_new decides first (per key and per
+ * client address, the delivery engine's counts; A_LIMITED: 429), and only then is the key
+ * stored. The handler gets the key that verified the token and the client's address key
+ * (pb_hrpc_request.peer_key, client_addr; the address only while per-address limits are
+ * on) for the receive budgets.
+ *
  * Lingering close (RFC 9112 section 9.6): a refusal answered from the headers alone (a
  * declared body over max_body, a wrong path or type) leaves the client still sending a body
  * we will not read; closing then would make the kernel reset the connection, and the
