@@ -21,6 +21,9 @@
  *               records are freed (postbox_peers_forgotten_total), and after S pushes
  *               again and R restarts, R pulls none of the attackers at start-up (their
  *               ports record no Pull) while it holds S's events
+ *   reload      new_peers_per_key (from R's configuration file) is live: after the restart
+ *               12 new IDs of A's key get 8 admitted; after a reload with 0 (no limit), 4
+ *               more are all admitted
  *
  * Figures (accepted, refused, forgotten) are printed. PBT_BASE_POSTBOXD=path runs R with
  * another postboxd (e.g. one built before the fix) and without the settings it would not
@@ -290,6 +293,26 @@ static bool metric_at_least(void *vctx)
     return pbt_metric(w->d, w->series) >= w->want;
 }
 
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) abort();
+    fputs(text, f);
+    fclose(f);
+}
+
+struct logwait {
+    const pbt_daemon *d;
+    const char *needle;
+    int before;
+};
+
+static bool logged_more(void *vctx)
+{
+    struct logwait *w = vctx;
+    return pbt_log_count(w->d, w->needle, NULL) > w->before;
+}
+
 static void test_idents(void)
 {
     int failed0 = pbt_failed;
@@ -300,8 +323,6 @@ static void test_idents(void)
                                "60",
                                "--pull-interval",
                                "1",
-                               "--new-peers-per-key",
-                               "8",
                                "--new-peers-per-address",
                                "12",
                                "--recv-budget-key-factor",
@@ -315,8 +336,15 @@ static void test_idents(void)
         "--recv-budget-events", "40", "--recv-budget-interval", "60", "--pull-interval", "1", NULL};
     pbt_daemon *r = pbt_daemon_new("identR", base ? rargs_base : rargs_new);
     if (base) r->prog = base;
+    /* new_peers_per_key comes from a file, so that a reload can change it (flags win) */
+    char *conf = xasprintf("%s/ident.conf", r->dir);
+    write_text(conf, "new_peers_per_key = 8\n");
+    if (!base) {
+        r->args[r->nargs++] = strdup("-c");
+        r->args[r->nargs++] = strdup(conf);
+    }
     pbt_daemon *s = pbt_daemon_new("identS", NULL);
-    struct tool *a = NULL, *b = NULL;
+    struct tool *a = NULL, *b = NULL, *c = NULL, *dd = NULL;
     char seed_a[65], seed_b[65];
     uint8_t raw[32];
     randombytes_buf(raw, sizeof raw);
@@ -447,6 +475,33 @@ static void test_idents(void)
     CHECKF(skipped == 1, "R logged the idle peers it did not pull (%d lines)", skipped);
     s_got = events_from(r, s->server_id);
     CHECKF(s_got == S_EVENTS + 1, "R holds S's %d events once (%ld)", S_EVENTS + 1, s_got);
+
+    /* live on reload: 12 more IDs of A's key (the counts start again after the restart)
+     * get 8 admitted; new_peers_per_key = 0 (no limit) by a reload, and 4 more all are */
+    if (!base) {
+        const char *cargs[] = {"--listen", "12",     "--seed",    seed_a, "--push-to",
+                               target,     "--from", "127.0.0.2", NULL};
+        c = tool_run(cargs);
+        CHECKF(c && pbt_wait_for(tool_done, c, 60000), "group C pushed");
+        long c_ids = c ? stat_of(c, "ok_ids") : -1, c_new = c ? stat_of(c, "new_peers") : -1;
+        write_text(conf, "new_peers_per_key = 0\n");
+        int reloads = pbt_log_count(r, "configuration reloaded", NULL);
+        kill(r->pid, SIGHUP);
+        struct logwait lw = {r, "configuration reloaded", reloads};
+        CHECKF(pbt_wait_for(logged_more, &lw, PBT_BOUND_MS), "R reloaded");
+        const char *dargs[] = {"--listen", "4",      "--seed",    seed_a, "--push-to",
+                               target,     "--from", "127.0.0.3", NULL};
+        dd = tool_run(dargs);
+        CHECKF(dd && pbt_wait_for(tool_done, dd, 60000), "group D pushed");
+        long d_ids = dd ? stat_of(dd, "ok_ids") : -1, d_new = dd ? stat_of(dd, "new_peers") : -1;
+        fprintf(stderr,
+                "reload: before, %ld of 12 new IDs of the key admitted (%ld refused); after "
+                "new_peers_per_key = 0, %ld of 4 (%ld refused)\n",
+                c_ids, c_new, d_ids, d_new);
+        CHECKF(c_ids == PER_KEY && c_new == 12 - PER_KEY, "before the reload: %ld admitted", c_ids);
+        CHECKF(d_ids == 4 && d_new == 0, "after the reload: %ld of 4 admitted, %ld refused", d_ids,
+               d_new);
+    }
 out:
     if (pbt_failed > failed0) {
         if (r) pbt_daemon_dump_log(r);
@@ -455,8 +510,11 @@ out:
     }
     tool_free(a);
     tool_free(b);
+    tool_free(c);
+    tool_free(dd);
     pbt_daemon_free(s);
     pbt_daemon_free(r);
+    free(conf);
 }
 
 int main(void)
