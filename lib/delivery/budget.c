@@ -284,6 +284,23 @@ void pb_budget_charge_who(pb_budget *b, const pb_budget_who *who, uint64_t event
     pthread_mutex_unlock(&b->mu);
 }
 
+bool pb_budget_available_who(pb_budget *b, const pb_budget_who *who, int64_t now,
+                             uint32_t *retry_after_s)
+{
+    struct sender *s[3];
+    double f[3];
+    pb_budget_scope sc[3];
+    bool ok = true;
+    pthread_mutex_lock(&b->mu);
+    size_t n = buckets_of(b, who, now, s, f, sc);
+    for (size_t i = 0; i < n && ok; i++) {
+        ok = s[i]->ev >= 1 && s[i]->by >= 1;
+        if (!ok) *retry_after_s = wait_f(b, s[i], f[i], 1, 1);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return ok;
+}
+
 uint64_t pb_budget_events_left_who(pb_budget *b, const pb_budget_who *who, int64_t now)
 {
     struct sender *s[3];

@@ -73,6 +73,10 @@ pb_budget_scope pb_budget_take_who(pb_budget *b, const pb_budget_who *who, uint6
 /* As pb_budget_charge for every budget of who. */
 void pb_budget_charge_who(pb_budget *b, const pb_budget_who *who, uint64_t events, uint64_t bytes,
                           int64_t now);
+/* As pb_budget_available for every budget of who: true when each has budget left; else
+ * *retry_after_s says when the first used one will. */
+bool pb_budget_available_who(pb_budget *b, const pb_budget_who *who, int64_t now,
+                             uint32_t *retry_after_s);
 /* As pb_budget_events_left: the least of who's budgets. */
 uint64_t pb_budget_events_left_who(pb_budget *b, const pb_budget_who *who, int64_t now);
 /* Changes key_factor and addr_factor (live; key_factor 0 means 1): buckets refill up to

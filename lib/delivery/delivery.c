@@ -1162,7 +1162,20 @@ static void pull_apply_next(pb_delivery *d)
 
 static void latest_work(struct op *o)
 {
-    o->err = pb_store_recv_latest(o->d->o.store, o->id, &o->u1, &o->u2);
+    pb_delivery *d = o->d;
+    o->err = pb_store_recv_latest(d->o.store, o->id, &o->u1, &o->u2);
+    /* every ID a key signs for shares the key's budget: a round starts only with budget
+     * left there too (many IDs of one key are pulled, each with its own budget full) */
+    uint8_t key[32];
+    uint32_t ra = 0;
+    pb_budget_who who = {.sender = o->id};
+    if (o->err == PB_OK && pb_store_peer_key_get(d->o.store, o->id, key) == PB_OK) {
+        who.key = key;
+        if (!pb_budget_available_who(d->budget, &who, mono_ms(), &ra)) {
+            o->b1 = true;
+            o->i1 = ra;
+        }
+    }
 }
 
 static void latest_done(struct op *o)
@@ -1177,6 +1190,13 @@ static void latest_done(struct op *o)
         pb_sched_done(&d->sched, p->pull_cls);
         pull_again_in(p, store_failed(d, o->err, p->id, "cannot read the receive state"));
         pull_finish(p, "store unavailable");
+        dispatch(d);
+        return;
+    }
+    if (o->b1) { /* the key's budget (or the sender's) is used: as in pull_start */
+        pb_sched_done(&d->sched, p->pull_cls);
+        pull_finish(p, "receive budget of its key used");
+        pull_again_in(p, o->i1 * 1000);
         dispatch(d);
         return;
     }

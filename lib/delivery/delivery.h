@@ -17,9 +17,9 @@
  * when the token is bound to us, within the receive budgets (budget.h) of S, of the key
  * that signed S's token and of the client address. At start-up every known peer is pulled,
  * most recently active first, except those we never sent anything to that were idle for
- * peer_idle_s before the last contact the store records (forgotten: see below); a Push from S waits (suspended, no thread
- * held) while a Pull from S is in progress, and promotes that Pull to the front; S is
- * pulled again pull_interval after its last Push. NotifyNewId: see inbound.h.
+ * peer_idle_s before the last contact the store records (forgotten: see below); a Push from S waits
+ * (suspended, no thread held) while a Pull from S is in progress, and promotes that Pull to the
+ * front; S is pulled again pull_interval after its last Push. NotifyNewId: see inbound.h.
  *
  * Identities are free (one key and wildcard DNS give any number of verified server IDs):
  * a key and a client address may each add a bounded number of new peers per hour

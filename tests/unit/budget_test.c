@@ -96,6 +96,10 @@ static void test_per_key(void)
     pb_budget_charge_who(b, &w3, 5, 1, t + 1000);
     CHECK_INT(pb_budget_events_left_who(b, &w3, t + 1000), 0);
     CHECK_INT(pb_budget_events_left(b, "z.example:443", t + 1000), 5);
+    /* ... so a Pull round of z (its own budget left) waits for its key's */
+    CHECK(pb_budget_available(b, "z.example:443", t + 1000, &ra));
+    CHECK(!pb_budget_available_who(b, &w3, t + 1000, &ra));
+    CHECKF(ra >= 4, "the key's debt of 4 events at 1/s: retry after %u s", ra);
     /* a key factor of 3: three senders' worth, live */
     pb_budget_set_factors(b, 3, 0);
     uint8_t k3[32] = {3};
