@@ -1800,14 +1800,6 @@ static void idle_timer_fired(void *arg)
     pb_ioloop_timer_arm(d->loop, &d->idle_timer, mono_ms() + idle_period_ms(idle_s));
 }
 
-size_t pb_delivery_peer_count(pb_delivery *d)
-{
-    pthread_mutex_lock(&d->mu);
-    size_t n = d->npeers;
-    pthread_mutex_unlock(&d->mu);
-    return n;
-}
-
 void pb_delivery_set_ident_limits(pb_delivery *d, unsigned key_factor, unsigned addr_factor,
                                   unsigned new_per_key, unsigned new_per_address,
                                   unsigned peer_idle_s)

@@ -168,8 +168,6 @@ void pb_delivery_set_ident_limits(pb_delivery *d, unsigned key_factor, unsigned 
  * postbox_new_peers_refused_total{scope}. Any thread. */
 bool pb_delivery_admit_new(void *ctx, const char *server_id, const uint8_t key[32],
                            const uint8_t *client_addr, uint32_t *retry_after_s);
-/* Peer records the engine holds now (forgotten ones excluded). Any thread. */
-size_t pb_delivery_peer_count(pb_delivery *d);
 /* Seconds until the next drain probe of a queued peer, or -1. */
 int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer);
 /* Something was appended to the inbox: calls the hook (any thread). */
