@@ -1528,7 +1528,9 @@ static void scenario_fanout_scale(int run)
 /*
  * 8. startup_10k: server X knows O.startup_peers peers (the farm's IDs, 5 % hung and 5 %
  * never accepting), written into its stopped SQLite store with the store API (each with
- * the farm's key and a last contact spread over the last hours), and restarts. From the
+ * its own key, as real servers have: pbt_farm_id_key; and a last contact spread over the
+ * last hours, well within peer_idle_forget's default 7 days, so that every one is pulled),
+ * and restarts. The pusher signs with its own ID's key. From the
  * fork of X: (a) a healthy peer pushes at once and again every 20 ms until X answers 200
  * (applied: the answer follows the commit; X's inbox is checked); the peer chosen is the
  * healthy one with the oldest last contact; (b) the farm's record of the first Pull of
@@ -1586,7 +1588,7 @@ static void scenario_startup(int run)
     pbt_farm *f = farm_start(N, bad);
     bd *x = bd_new("startX", NULL);
     x->nofile = true;
-    pb_keys *k = NULL;
+    pb_keys *k = NULL, *pk = NULL;
     pb_store *st = NULL;
     bool measured = false;
     if (!f || !bd_start_all(&x, 1)) goto out;
@@ -1599,7 +1601,11 @@ static void scenario_startup(int run)
     int64_t now = (int64_t)time(NULL);
     long healthy = 0, pusher = -1;
     for (long i = 0; i < N; i++) {
-        if (pb_store_peer_key_set(st, f->ids[i], pb_keys_public(k), now) != PB_OK ||
+        pb_keys *ik = NULL; /* each ID has its own key, as real servers have */
+        pb_err kerr = pbt_farm_id_key(k, (size_t)i, &ik);
+        if (kerr == PB_OK) kerr = pb_store_peer_key_set(st, f->ids[i], pb_keys_public(ik), now);
+        pb_keys_free(ik);
+        if (kerr != PB_OK ||
             pb_store_peer_touch(st, f->ids[i], now - 60 - contact_age_s(i, N)) != PB_OK) {
             fprintf(stderr, "pbbench: cannot write peer %s into %s\n", f->ids[i], spec);
             goto out;
@@ -1610,10 +1616,11 @@ static void scenario_startup(int run)
     }
     pb_store_close(st);
     st = NULL;
+    if (pbt_farm_id_key(k, (size_t)pusher, &pk) != PB_OK) goto out;
 
     double t0 = now_s(), deadline = t0 + O.scale_limit_s;
     struct st_push pj = {
-        .target = x->d->server_id, .as = f->ids[pusher], .k = k, .deadline = deadline};
+        .target = x->d->server_id, .as = f->ids[pusher], .k = pk, .deadline = deadline};
     bd_spawn(x);
     pthread_t th;
     pthread_create(&th, NULL, st_push_thread, &pj);
@@ -1670,6 +1677,7 @@ out:
     if (!measured) note("startup_10k, run %d: failed before measuring (see stderr)", run);
     pb_store_close(st);
     pb_keys_free(k);
+    pb_keys_free(pk);
     bd_free(x);
     pbt_farm_free(f);
 }

@@ -4,6 +4,7 @@
 #include "farm.h"
 
 #include <fcntl.h>
+#include <sodium.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,16 @@
 
 #include "crypto/keys.h"
 #include "harness.h"
+
+pb_err pbt_farm_id_key(const pb_keys *farm_key, size_t i, pb_keys **out)
+{
+    char msg[64];
+    int len = snprintf(msg, sizeof msg, "peerfarm id %zu", i);
+    uint8_t sig[PB_SIG_LEN], seed[PB_SEED_LEN];
+    pb_keys_sign(farm_key, (const uint8_t *)msg, (size_t)len, sig);
+    crypto_generichash(seed, sizeof seed, sig, sizeof sig, NULL, 0);
+    return pb_keys_from_seed(seed, out);
+}
 
 const char *pbt_farm_program(void)
 {

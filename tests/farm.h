@@ -15,17 +15,26 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "crypto/keys.h"
+
 typedef struct pbt_farm {
     pid_t pid;        /* 0 when not running */
     char *dir;        /* its directory: key, ready and stats files, log (owned) */
     char *log_path;   /* its stderr */
-    char *key_path;   /* the Ed25519 key every ID serves (postboxd key file format) */
+    char *key_path;   /* the farm's Ed25519 key (postboxd key file format); each ID serves its
+                         own, derived from it (pbt_farm_id_key) */
     char *stats_path; /* written at exit and on SIGUSR1 */
     uint16_t control_port;
     size_t count;
     char **ids;   /* "127.0.0.1:PORT", count entries (owned) */
     char **modes; /* "ok", "hung", "unaccepted", "refusing" (owned) */
 } pbt_farm;
+
+/* The key of the farm's i-th ID: each ID has its own, as real servers have, derived from
+ * the farm's key (a hash of its deterministic Ed25519 signature of "peerfarm id <i>"), so
+ * the test or benchmark that wrote the key file can sign as any ID. Caller frees *out with
+ * pb_keys_free. */
+pb_err pbt_farm_id_key(const pb_keys *farm_key, size_t i, pb_keys **out);
 
 /* The peerfarm program: $PBT_PEERFARM, else the one built beside the tests. */
 const char *pbt_farm_program(void);

@@ -162,6 +162,24 @@ static const struct setting settings[] = {
     U(recv_budget_bytes, 33554432, 1024, 100000000000,
       "bytes one sender may make us store per recv_budget_interval (429 beyond)"),
     U(recv_budget_interval, 60, 1, 86400, "seconds of the per-sender receive budget"),
+    UL(recv_budget_key_factor, 1, 1, 1000,
+       "receive budget of one verified public key, in senders' budgets: every server ID "
+       "whose tokens the key signs shares it (one key and wildcard DNS give any number of "
+       "IDs)"),
+    UL(recv_budget_address_factor, 4, 0, 1000,
+       "receive budget of one client address (an IPv4 address or an IPv6 /64), in senders' "
+       "budgets, so that a hosting address with several servers still works; 0: off (also "
+       "off with max_connections_per_ip = 0)"),
+    UL(new_peers_per_key, 16, 0, 1000000,
+       "new peers (server IDs first seen) one verified public key may add per hour (429 "
+       "beyond); 0: no limit"),
+    UL(new_peers_per_address, 64, 0, 1000000,
+       "new peers one client address may add per hour (429 beyond); 0: no limit (also off "
+       "with max_connections_per_ip = 0)"),
+    UL(peer_idle_forget, 604800, 0, 315360000,
+       "seconds after which a peer with no contact, nothing queued and nothing in progress "
+       "is forgotten: freed from memory and not pulled at start-up (its store row stays); "
+       "0: never"),
     U(pull_read_max_bytes, 2097152, 1024, 67108864,
       "largest Pull answer read from a peer, bytes (larger answers are refused)"),
     U(pull_read_max_events, 10000, 1, 1000000, "most events in one Pull answer read"),

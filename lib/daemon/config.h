@@ -77,6 +77,11 @@ struct pb_config {
     uint64_t recv_budget_events;
     uint64_t recv_budget_bytes;
     uint64_t recv_budget_interval;
+    uint64_t recv_budget_key_factor;     /* live */
+    uint64_t recv_budget_address_factor; /* live; 0: off */
+    uint64_t new_peers_per_key;          /* per hour, live; 0: no limit */
+    uint64_t new_peers_per_address;      /* per hour, live; 0: no limit */
+    uint64_t peer_idle_forget;           /* seconds, live; 0: never */
     uint64_t pull_read_max_bytes;
     uint64_t pull_read_max_events;
     uint64_t pull_rounds;

@@ -414,7 +414,12 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .push_max_events = (unsigned)cfg->push_max_events,
         .budget = {.events = cfg->recv_budget_events,
                    .bytes = cfg->recv_budget_bytes,
-                   .interval_s = (unsigned)cfg->recv_budget_interval},
+                   .interval_s = (unsigned)cfg->recv_budget_interval,
+                   .key_factor = (unsigned)cfg->recv_budget_key_factor,
+                   .addr_factor = (unsigned)cfg->recv_budget_address_factor},
+        .new_peers_per_key = (unsigned)cfg->new_peers_per_key,
+        .new_peers_per_address = (unsigned)cfg->new_peers_per_address,
+        .peer_idle_s = (unsigned)cfg->peer_idle_forget,
         .node_id = cfg->node_id,
         .lease_ttl_ms = (unsigned)(cfg->lease_ttl * 1000),
     };
@@ -428,6 +433,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
                          .keys = d->keyfetch,
                          .rename_key = pb_inbound_rename_key,
                          .rename_proven = pb_inbound_rename_proven,
+                         .admit_new = pb_delivery_admit_new,
                          .on_authenticated = pb_inbound_contact,
                          .cb_ctx = d->delivery};
     pb_hrpc_server_opts ho = {
@@ -573,6 +579,10 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
                              per_addr_share(next, next->dns_lookups_per_ip),
                              (unsigned)next->dns_lookups_per_domain);
     pb_delivery_set_max_queue_age(d->delivery, (unsigned)next->max_queue_age);
+    pb_delivery_set_ident_limits(
+        d->delivery, (unsigned)next->recv_budget_key_factor,
+        (unsigned)next->recv_budget_address_factor, (unsigned)next->new_peers_per_key,
+        (unsigned)next->new_peers_per_address, (unsigned)next->peer_idle_forget);
     changed = pb_config_changes(d->cfg, next);
     PB_INFO(NULL, "configuration reloaded: %s%s%s",
             changed ? "applied " : "no live setting changed", changed ? changed : "",

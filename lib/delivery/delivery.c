@@ -1,11 +1,14 @@
 /*
  * delivery - the delivery engine (see delivery.h for the model).
  *
- * One `struct peer` per known peer, in a hash table and an array, never freed while the
- * engine lives. Its fields come in two groups: the shared ones (pull gate, foreign-Pull
- * claim, the admin API's view) under d->mu, and the engine's (state machine, timers,
- * transfers, pull and rename-notice progress) touched only on the I/O loop thread. The
- * table itself changes only on the loop thread, under d->mu.
+ * One `struct peer` per known peer, in a hash table and an array. Its fields come in two
+ * groups: the shared ones (pull gate, foreign-Pull claim, the admin API's view) under d->mu,
+ * and the engine's (state machine, timers, transfers, pull and rename-notice progress)
+ * touched only on the I/O loop thread. The table itself changes only on the loop thread,
+ * under d->mu; other threads find a record under d->mu and keep no pointer to it past the
+ * lock. A record is freed (the idle sweep, peer_idle_s) only on the loop thread, when
+ * nothing refers to it: no store op (p->refs), no transfer, timer, scheduler item, waiter,
+ * foreign-Pull claim or Pull answer, nothing queued and no rename notice.
  *
  * Store work runs on an executor: an `op` carries a `work` function (executor thread:
  * blocking store calls) and a `done` function (loop thread), so the loop never waits on a
@@ -58,6 +61,8 @@
 #define APPLY_BYTES_MAX (32u << 20)
 #define RENAME_IN_TTL_MS (24LL * 60 * 60 * 1000)
 #define EXPIRE_EVERY_MS (60LL * 60 * 1000)
+/* The new-peer buckets count peers only: a byte allowance never used up. */
+#define NEWPEER_BYTES (1ull << 40)
 
 enum busy { BUSY_NONE, BUSY_SEND, BUSY_FOREIGN };
 enum pull_st { PULL_IDLE, PULL_WAIT, PULL_RUN };
@@ -99,6 +104,8 @@ struct peer {
     bool forget_busy;
     int64_t forget_hold; /* after a store failure, forgets wait until then (monotonic ms) */
     int64_t last_contact_s;
+    unsigned refs;     /* store ops in flight that point to it */
+    int64_t active_ms; /* last engine activity for it (monotonic): the idle sweep's clock */
     /* pulling from it */
     enum pull_st pull_st;
     bool pull_urgent, pull_startup;
@@ -163,6 +170,12 @@ struct pb_delivery {
     pb_timer probe_timer;
     bool probe_busy;
     _Atomic unsigned max_queue_age_s; /* live (pb_delivery_set_max_queue_age); 0: off */
+    /* identities (pb_delivery_set_ident_limits): new peers per hour, per key and per
+     * address (token buckets of one event each, refilled over an hour), and the idle
+     * sweep that forgets peer records */
+    pb_budget *newkeys, *newaddrs;
+    _Atomic unsigned new_per_key, new_per_addr, peer_idle_s;
+    pb_timer idle_timer;
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -246,6 +259,7 @@ static struct peer *peer_new_locked(pb_delivery *d, const char *id)
     struct peer *p = pb_xcalloc(1, sizeof *p);
     snprintf(p->id, sizeof p->id, "%s", id);
     p->d = d;
+    p->active_ms = pb_ioloop_now_ms();
     pb_fsm_init(&p->fsm, PB_MODE_PUSH, 0, 0, 0, 0, false);
     pb_timer_init(&p->send_timer, send_timer_fired, p);
     pb_timer_init(&p->forget_timer, forget_timer_fired, p);
@@ -361,6 +375,7 @@ static void op_done_on_loop(void *arg)
     struct op *o = arg;
     o->d->ops_done++;
     o->done(o);
+    if (o->p) o->p->refs--;
     pb_outbox_items_free(o->items, o->n);
     pb_peer_state_clear(&o->st);
     pb_client_answer_clear(&o->ans);
@@ -384,7 +399,11 @@ static struct op *op_new(pb_delivery *d, struct peer *p, op_fn work, op_fn done)
     o->p = p;
     o->work = work;
     o->done = done;
-    if (p) snprintf(o->id, sizeof o->id, "%s", p->id);
+    if (p) {
+        snprintf(o->id, sizeof o->id, "%s", p->id);
+        p->refs++;
+        p->active_ms = mono_ms();
+    }
     return o;
 }
 
@@ -765,6 +784,7 @@ static void fsm_feed(struct peer *p, pb_fsm_input *in)
     pb_delivery *d = p->d;
     if (d->stopping) return;
     in->now = mono_ms();
+    p->active_ms = in->now;
     in->rnd = randombytes_random();
     pb_fsm_action acts[PB_FSM_MAX_ACTIONS];
     size_t n = pb_fsm_step(&p->fsm, &d->fcfg, in, acts);
@@ -953,6 +973,7 @@ static void pull_finish(struct peer *p, const char *why)
     else
         pb_log(lv, p->id, "pull finished: %zu new events", p->pull_total);
     p->pull_st = PULL_IDLE;
+    p->active_ms = mono_ms();
     p->pull_urgent = p->pull_startup = false;
     p->pull_round = 0;
     p->pull_total = 0;
@@ -1035,15 +1056,19 @@ static void apply_work(struct op *o)
          * what we do not take and sends it again; a foreign sender forgot what it answered,
          * so its answer is stored whole (and charged: the debt holds back its next ones). */
         size_t take = n;
+        /* the budget of the key that signs for this sender too (many IDs, one key) */
+        uint8_t key[32];
+        pb_budget_who who = {.sender = o->id};
+        if (pb_store_peer_key_get(d->o.store, o->id, key) == PB_OK) who.key = key;
         if (seqs) {
-            uint64_t left = pb_budget_events_left(d->budget, o->id, mono_ms());
+            uint64_t left = pb_budget_events_left_who(d->budget, &who, mono_ms());
             if (left < take) take = left ? (size_t)left : 1;
         }
         o->u2 = take;
         /* our Pull is always bound to the sender, so its sequence numbers count */
         o->err = pb_store_receive(d->o.store, o->id, epoch, evs, seqs, take, wall_ms(), &o->rr);
         if (o->err == PB_OK) {
-            pb_budget_charge(d->budget, o->id, o->rr.applied, o->u3, mono_ms());
+            pb_budget_charge_who(d->budget, &who, o->rr.applied, o->u3, mono_ms());
             if (d->o.metrics) {
                 /* applied events by kind: the duplicates were the lowest sequence numbers */
                 size_t skip = o->rr.duplicates;
@@ -1137,7 +1162,20 @@ static void pull_apply_next(pb_delivery *d)
 
 static void latest_work(struct op *o)
 {
-    o->err = pb_store_recv_latest(o->d->o.store, o->id, &o->u1, &o->u2);
+    pb_delivery *d = o->d;
+    o->err = pb_store_recv_latest(d->o.store, o->id, &o->u1, &o->u2);
+    /* every ID a key signs for shares the key's budget: a round starts only with budget
+     * left there too (many IDs of one key are pulled, each with its own budget full) */
+    uint8_t key[32];
+    uint32_t ra = 0;
+    pb_budget_who who = {.sender = o->id};
+    if (o->err == PB_OK && pb_store_peer_key_get(d->o.store, o->id, key) == PB_OK) {
+        who.key = key;
+        if (!pb_budget_available_who(d->budget, &who, mono_ms(), &ra)) {
+            o->b1 = true;
+            o->i1 = ra;
+        }
+    }
 }
 
 static void latest_done(struct op *o)
@@ -1152,6 +1190,13 @@ static void latest_done(struct op *o)
         pb_sched_done(&d->sched, p->pull_cls);
         pull_again_in(p, store_failed(d, o->err, p->id, "cannot read the receive state"));
         pull_finish(p, "store unavailable");
+        dispatch(d);
+        return;
+    }
+    if (o->b1) { /* the key's budget (or the sender's) is used: as in pull_start */
+        pb_sched_done(&d->sched, p->pull_cls);
+        pull_finish(p, "receive budget of its key used");
+        pull_again_in(p, o->i1 * 1000);
         dispatch(d);
         return;
     }
@@ -1687,6 +1732,121 @@ static void age_timer_fired(void *arg)
 /* ---- life cycle -------------------------------------------------------------------------------
  */
 
+/* ---- identities: forgetting idle peer records ---------------------------------------------- */
+
+/* Nothing refers to the record and nothing is left to do for it (loop thread). */
+static bool peer_forgettable(pb_delivery *d, struct peer *p)
+{
+    if (p->refs || p->loading || p->forget_busy || p->reload_busy || p->lease_busy ||
+        p->lease_held || p->notice || p->notice_running || p->pull_st != PULL_IDLE ||
+        p->pull_ans.body || p->nitems || p->forget_sent != p->forget_want ||
+        p->fsm.st != PB_FSM_IDLE || p->fsm.has_work || p->fsm.mode != PB_MODE_PUSH ||
+        pb_timer_armed(&p->send_timer) || pb_timer_armed(&p->forget_timer) ||
+        pb_timer_armed(&p->pull_timer) || pb_timer_armed(&p->notice_timer) ||
+        pb_timer_armed(&p->lease_timer) || pb_sched_waiting(&p->send_item) ||
+        pb_sched_waiting(&p->pull_item) || pb_sched_waiting(&p->notice_item))
+        return false;
+    for (size_t i = 0; i < d->napply_q; i++)
+        if (d->apply_q[i] == p) return false;
+    for (size_t i = 0; i < d->napply_wait; i++)
+        if (d->apply_wait[i] == p) return false;
+    /* the shared fields: no Push waiting, no foreign Pull, nothing shown queued */
+    return !p->pulling && !p->nwaiters && p->busy == BUSY_NONE && !p->v_notice &&
+           p->v_mode == PB_MODE_PUSH;
+}
+
+static int64_t idle_period_ms(unsigned idle_s)
+{
+    int64_t ms = (int64_t)idle_s * 1000 / 4;
+    return ms < 500 ? 500 : ms > 60000 ? 60000 : ms;
+}
+
+static void idle_timer_fired(void *arg)
+{
+    pb_delivery *d = arg;
+    if (d->stopping) return;
+    unsigned idle_s = atomic_load(&d->peer_idle_s);
+    size_t forgotten = 0;
+    if (idle_s) {
+        int64_t now = mono_ms(), idle_ms = (int64_t)idle_s * 1000;
+        for (size_t i = 0; i < d->npeers;) {
+            struct peer *p = d->all[i];
+            if (now - p->active_ms < idle_ms) {
+                i++;
+                continue;
+            }
+            pthread_mutex_lock(&d->mu);
+            bool go = peer_forgettable(d, p);
+            if (go) {
+                if (!p->dead) unhash_locked(d, p);
+                d->all[i] = d->all[--d->npeers];
+            }
+            pthread_mutex_unlock(&d->mu);
+            if (!go) {
+                i++;
+                continue;
+            }
+            PB_DEBUG(p->id, "peer record forgotten: idle for %u s", idle_s);
+            pb_outbox_items_free(p->items, p->nitems);
+            pb_client_answer_clear(&p->pull_ans);
+            free(p->waiters);
+            free(p);
+            forgotten++;
+        }
+    }
+    if (forgotten && d->o.metrics)
+        pb_counter_add(pb_metric_series(d->o.metrics->peers_forgotten, NULL), forgotten);
+    if (forgotten) PB_INFO(NULL, "%zu idle peer records forgotten", forgotten);
+    pb_ioloop_timer_arm(d->loop, &d->idle_timer, mono_ms() + idle_period_ms(idle_s));
+}
+
+void pb_delivery_set_ident_limits(pb_delivery *d, unsigned key_factor, unsigned addr_factor,
+                                  unsigned new_per_key, unsigned new_per_address,
+                                  unsigned peer_idle_s)
+{
+    pb_budget_set_factors(d->budget, key_factor, addr_factor);
+    if (new_per_key) pb_budget_set_rate(d->newkeys, new_per_key, NEWPEER_BYTES);
+    if (new_per_address) pb_budget_set_rate(d->newaddrs, new_per_address, NEWPEER_BYTES);
+    atomic_store(&d->new_per_key, new_per_key);
+    atomic_store(&d->new_per_addr, new_per_address);
+    atomic_store(&d->peer_idle_s, peer_idle_s);
+}
+
+/* The new-peer bucket of a key or address: its name ("#" and the hex, no server ID's). */
+static void newpeer_name(const uint8_t *v, size_t len, char out[1 + 64 + 1])
+{
+    out[0] = '#';
+    for (size_t i = 0; i < len; i++)
+        snprintf(out + 1 + 2 * i, 3, "%02x", v[i]);
+}
+
+bool pb_delivery_admit_new(void *ctx, const char *server_id, const uint8_t key[32],
+                           const uint8_t *client_addr, uint32_t *retry_after_s)
+{
+    pb_delivery *d = ctx;
+    (void)server_id;
+    char kname[66], aname[66];
+    newpeer_name(key, 32, kname);
+    if (client_addr) newpeer_name(client_addr, 16, aname);
+    bool by_key = atomic_load(&d->new_per_key) > 0,
+         by_addr = client_addr && atomic_load(&d->new_per_addr) > 0;
+    int64_t now = pb_ioloop_now_ms();
+    const char *scope = NULL;
+    /* both checked before either is taken, so a refusal costs neither */
+    if (by_key && !pb_budget_available(d->newkeys, kname, now, retry_after_s))
+        scope = "key";
+    else if (by_addr && !pb_budget_available(d->newaddrs, aname, now, retry_after_s))
+        scope = "address";
+    if (!scope) {
+        uint32_t ra;
+        if (by_key) pb_budget_take(d->newkeys, kname, 1, 0, now, &ra);
+        if (by_addr) pb_budget_take(d->newaddrs, aname, 1, 0, now, &ra);
+        return true;
+    }
+    if (d->o.metrics) pb_counter_inc(pb_metric_get(d->o.metrics->new_peers_refused, scope));
+    return false;
+}
+
 pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
 {
     pb_delivery *d = pb_xcalloc(1, sizeof *d);
@@ -1719,6 +1879,18 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     d->loop = pb_client_loop(opts->client);
     d->signer = pb_auth_signer_new(opts->keys);
     d->budget = pb_budget_new(&d->o.budget);
+    d->newkeys = pb_budget_new(
+        &(pb_budget_opts){.events = d->o.new_peers_per_key ? d->o.new_peers_per_key : 1,
+                          .bytes = NEWPEER_BYTES,
+                          .interval_s = 3600});
+    d->newaddrs = pb_budget_new(
+        &(pb_budget_opts){.events = d->o.new_peers_per_address ? d->o.new_peers_per_address : 1,
+                          .bytes = NEWPEER_BYTES,
+                          .interval_s = 3600});
+    atomic_store(&d->new_per_key, d->o.new_peers_per_key);
+    atomic_store(&d->new_per_addr, d->o.new_peers_per_address);
+    atomic_store(&d->peer_idle_s, d->o.peer_idle_s);
+    pb_timer_init(&d->idle_timer, idle_timer_fired, d);
     /* at most 3/4 of the slots for Pulls, so pushes always find room */
     pb_sched_init(&d->sched, d->o.max_transfers, d->o.max_transfers - d->o.max_transfers / 4);
     pthread_mutex_init(&d->mu, NULL);
@@ -1739,8 +1911,23 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     size_t n = 0;
     pb_err err = pb_store_peer_state_list(d->o.store, &sts, &n);
     if (err != PB_OK) goto fail;
+    /* Peers idle for peer_idle_s before the last contact the store records (about when this
+     * server last ran, so a long stop forgets nobody) are forgotten: no record, no start-up
+     * Pull. Only those we never sent anything to (no sequence number assigned: a peer of
+     * our users may hold a queue for us and be waiting for this Pull, and only our users
+     * choose them), with nothing queued and in push mode. */
+    int64_t latest_contact = 0;
+    size_t skipped = 0;
+    for (size_t i = 0; i < n; i++)
+        if (sts[i].last_contact > latest_contact) latest_contact = sts[i].last_contact;
     pthread_mutex_lock(&d->mu);
     for (size_t i = 0; i < n; i++) {
+        if (d->o.peer_idle_s && sts[i].mode == PB_MODE_PUSH && sts[i].queued == 0 &&
+            sts[i].next_seq <= 1 &&
+            sts[i].last_contact + (int64_t)d->o.peer_idle_s < latest_contact) {
+            skipped++;
+            continue;
+        }
         struct peer *p = peer_new_locked(d, sts[i].server_id);
         p->loaded = true;
         pb_fsm_init(&p->fsm, sts[i].mode, sts[i].attempts, wall_to_mono(sts[i].next_attempt_at),
@@ -1759,6 +1946,11 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     }
     pthread_mutex_unlock(&d->mu);
     pb_peer_state_free_array(sts, n);
+    if (skipped)
+        PB_INFO(NULL,
+                "%zu idle peers forgotten (no contact for %u s before the last one): not "
+                "pulled at start-up",
+                skipped, d->o.peer_idle_s);
 
     pb_rename_out *rs = NULL;
     err = pb_store_rename_out_list(d->o.store, &rs, &n);
@@ -1813,6 +2005,8 @@ static void start_on_loop(void *arg)
     if (d->o.node_id) pb_ioloop_timer_arm(d->loop, &d->scan_timer, mono_ms());
     pb_ioloop_timer_arm(d->loop, &d->expire_timer, mono_ms() + 1000);
     pb_ioloop_timer_arm(d->loop, &d->age_timer, mono_ms() + age_period_ms(d->o.max_queue_age_s));
+    pb_ioloop_timer_arm(d->loop, &d->idle_timer,
+                        mono_ms() + idle_period_ms(atomic_load(&d->peer_idle_s)));
     beat_timer_fired(d);
     dispatch(d);
 }
@@ -1840,6 +2034,7 @@ static void stop_on_loop(void *arg)
     pb_ioloop_timer_cancel(d->loop, &d->scan_timer);
     pb_ioloop_timer_cancel(d->loop, &d->expire_timer);
     pb_ioloop_timer_cancel(d->loop, &d->age_timer);
+    pb_ioloop_timer_cancel(d->loop, &d->idle_timer);
     pb_ioloop_timer_cancel(d->loop, &d->beat_timer);
     pb_ioloop_timer_cancel(d->loop, &d->probe_timer);
     for (size_t i = 0; i < d->npeers; i++) {
@@ -1897,6 +2092,8 @@ void pb_delivery_free(pb_delivery *d)
     free(d->apply_wait);
     pb_auth_signer_free(d->signer);
     pb_budget_free(d->budget);
+    pb_budget_free(d->newkeys);
+    pb_budget_free(d->newaddrs);
     free((char *)d->o.node_id);
     pthread_cond_destroy(&d->notice_cv);
     pthread_mutex_destroy(&d->mu);
@@ -1920,6 +2117,7 @@ static void msg_on_loop(void *arg)
     pb_delivery *d = m->d;
     if (!d->stopping) {
         struct peer *p = peer_get(d, m->id);
+        p->active_ms = mono_ms();
         switch (m->kind) {
         case MSG_WORK:
             send_work(p, m->seq);

@@ -14,10 +14,24 @@
  *
  * Receiving (this server R, sender S): Push and Pull answers are applied and appended to
  * the inbox in one store transaction, deduplicated by (sender, epoch, sequence number)
- * when the token is bound to us, within S's receive budget (budget.h). At start-up every
- * known peer is pulled, most recently active first; a Push from S waits (suspended, no
- * thread held) while a Pull from S is in progress, and promotes that Pull to the front;
- * S is pulled again pull_interval after its last Push. NotifyNewId: see inbound.h.
+ * when the token is bound to us, within the receive budgets (budget.h) of S, of the key
+ * that signed S's token and of the client address. At start-up every known peer is pulled,
+ * most recently active first, except those we never sent anything to that were idle for
+ * peer_idle_s before the last contact the store records (forgotten: see below); a Push from S waits
+ * (suspended, no thread held) while a Pull from S is in progress, and promotes that Pull to the
+ * front; S is pulled again pull_interval after its last Push. NotifyNewId: see inbound.h.
+ *
+ * Identities are free (one key and wildcard DNS give any number of verified server IDs):
+ * a key and a client address may each add a bounded number of new peers per hour
+ * (pb_delivery_admit_new, the hRPC server's admit_new hook), and a peer record with no
+ * contact, no queued events, no rename notice and nothing in progress for peer_idle_s is
+ * freed from the engine (a sweep on the loop). Forgetting keeps the store row: its key
+ * (pinned: a returning peer is not re-fetched), its send and receive sequence state (a
+ * sender relies on our recv_seq to drop what it sends again; we rely on its for ours) and
+ * its history; a later Push or submission recreates the record from it. Peers we sent
+ * events to (our users chose them) are always pulled at start-up; a forgotten sender we
+ * never sent to that queued events for us while we were down probes us (backoff, at
+ * most backoff_max) and its queue arrives then.
  *
  * Threads and state: the engine's per-peer state machines, timers and transfers live on
  * the I/O loop thread; store reads and commits run on an executor (exec.h) and complete
@@ -73,7 +87,14 @@ typedef struct pb_delivery_opts {
     unsigned pull_read_max_events; /* most events in one Pull answer read, default 10000 */
     unsigned pull_rounds;          /* most answers pulled per contact, default 16 */
     unsigned push_max_events;      /* most events accepted in one Push, default 1000 */
-    pb_budget_opts budget;         /* per-sender receive budget */
+    pb_budget_opts budget;         /* per-sender, per-key and per-address receive budget */
+    /* Identities are free: peers (server IDs) a verified key, or a client address, may add
+     * per hour (pb_delivery_admit_new; 0: no limit), and how long a peer record with no
+     * contact, nothing queued and nothing in progress is kept (seconds; 0: forever). A
+     * forgotten peer is freed from the engine and not pulled at start-up; its store row
+     * (key, sequence state, history) stays. */
+    unsigned new_peers_per_key, new_peers_per_address;
+    unsigned peer_idle_s;
     /* Several nodes sharing one store (PostgreSQL): this node's unique ID. Then a peer is
      * delivered only by the node holding its lease (pb_store_lease_*), a timer finds work
      * and renames made by other nodes, and the other nodes take a dead node's peers over
@@ -136,6 +157,17 @@ pb_err pb_delivery_flush(pb_delivery *d, const char *peer, char ***peers, size_t
 pb_err pb_delivery_drop(pb_delivery *d, const char *peer, pb_drop_result *r);
 /* The max_queue_age setting, live (0: off). */
 void pb_delivery_set_max_queue_age(pb_delivery *d, unsigned seconds);
+/* The identity settings, live: the budget factors (pb_budget_set_factors), the new peers per
+ * hour per key and per address, and the idle time after which peers are forgotten. */
+void pb_delivery_set_ident_limits(pb_delivery *d, unsigned key_factor, unsigned addr_factor,
+                                  unsigned new_per_key, unsigned new_per_address,
+                                  unsigned peer_idle_s);
+/* pb_hrpc_auth.admit_new over a pb_delivery (ctx): a new server ID verified with key from
+ * client_addr (may be NULL) is admitted while that key and that address have added fewer
+ * than their limits of peers in the last hour; else false with *retry_after_s, counted in
+ * postbox_new_peers_refused_total{scope}. Any thread. */
+bool pb_delivery_admit_new(void *ctx, const char *server_id, const uint8_t key[32],
+                           const uint8_t *client_addr, uint32_t *retry_after_s);
 /* Seconds until the next drain probe of a queued peer, or -1. */
 int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer);
 /* Something was appended to the inbox: calls the hook (any thread). */

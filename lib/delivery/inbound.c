@@ -102,13 +102,21 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
     }
     if (req->resumed) PB_INFO(req->peer, "push processed after our Pull from this peer");
     uint32_t ra = 0;
-    if (!pb_budget_take(pb_delivery_budget(d), req->peer, pr.n, req->body_len, pb_ioloop_now_ms(),
-                        &ra)) {
-        PB_WARN(req->peer, "push of %zu events refused: receive budget used (retry in %u s)", pr.n,
-                ra);
+    /* the sender's budget, its key's (many IDs, one key) and its address's */
+    pb_budget_who who = {.sender = req->peer, .key = req->peer_key, .addr = req->client_addr};
+    pb_budget_scope sc = pb_budget_take_who(pb_delivery_budget(d), &who, pr.n, req->body_len,
+                                            pb_ioloop_now_ms(), &ra);
+    if (sc != PB_BUDGET_OK) {
+        const char *scope = pb_budget_scope_name(sc);
+        PB_WARN(req->peer,
+                "push of %zu events refused: the %s's receive budget is used (retry "
+                "in %u s)",
+                pr.n, scope, ra);
+        if (o->metrics) pb_counter_inc(pb_metric_get(o->metrics->receive_refused, scope));
         pb_hrpc_reply_error(rep, 429, ID_EXHAUSTED,
-                            "receive budget used: at most %llu events and %llu bytes per %u s",
-                            (unsigned long long)o->budget.events,
+                            "receive budget of this %s used: a sender may store at most %llu "
+                            "events and %llu bytes per %u s",
+                            scope, (unsigned long long)o->budget.events,
                             (unsigned long long)o->budget.bytes, o->budget.interval_s);
         rep->retry_after = ra;
         goto out;

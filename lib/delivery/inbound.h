@@ -6,8 +6,9 @@
  * store transaction before the 200. Between postboxes of this project (a token bound to
  * us) the sequence numbers, epoch and batch are honoured and the answer acknowledges;
  * otherwise the request is exactly a foreign peer's (one event, no extension). A Push
- * whose sender is being pulled waits for that Pull, suspended; one over the sender's
- * receive budget gets 429 with RetryInfo and stores nothing.
+ * whose sender is being pulled waits for that Pull, suspended; one over the receive budget
+ * of the sender, of the key that signed its token or of the client's address (budget.h)
+ * gets 429 with RetryInfo and stores nothing.
  *
  * Pull: a bound puller acknowledges what it holds (in our epoch) and gets events with
  * their sequence numbers, at most its own limits and ours; a foreign puller is answered

@@ -60,6 +60,13 @@
  * conn_timeout_s) are read and written atomically (LIM); max_connections and the
  * per-address connection limit under conns_mu, as before.
  *
+ * Identities (auth_step): a token from a server ID whose key we did not hold, verified with a
+ * freshly fetched key, would create a peer: auth.admit_new decides first (per key and per
+ * client address, the delivery engine's counts; A_LIMITED: 429), and only then is the key
+ * stored. The handler gets the key that verified the token and the client's address key
+ * (pb_hrpc_request.peer_key, client_addr; the address only while per-address limits are
+ * on) for the receive budgets.
+ *
  * Lingering close (RFC 9112 section 9.6): a refusal answered from the headers alone (a
  * declared body over max_body, a wrong path or type) leaves the client still sending a body
  * we will not read; closing then would make the kernel reset the connection, and the
@@ -273,6 +280,9 @@ struct req {
     /* authentication, across suspensions */
     bool authed, bound;
     char peer[PB_SERVER_ID_MAX];
+    uint8_t peer_key[PB_PUBKEY_LEN]; /* the key that verified the token */
+    uint8_t ckey[16];                /* the client's address key, when has_ckey */
+    bool has_ckey;
     bool key_wait;      /* suspended waiting for a key */
     bool refreshing;    /* the stored key failed: waiting for / using a re-fetched one */
     bool refresh_tried; /* at most once per request */
@@ -1153,7 +1163,7 @@ static void key_ready(void *ctx, pb_err err, const uint8_t key[32])
     pb_hrpc_wake(w);
 }
 
-enum astep { A_OK, A_WAIT, A_REFUSED };
+enum astep { A_OK, A_WAIT, A_REFUSED, A_LIMITED };
 
 /* The client address of conn as the per-address limits count it (into key): false when
  * those limits are off (max_connections_per_ip = 0: behind a proxy, every client would
@@ -1168,13 +1178,20 @@ static bool client_key(pb_hrpc_server *s, struct MHD_Connection *conn, uint8_t k
     return ai && ai->client_addr && pb_addr_client_key(ai->client_addr, key);
 }
 
+/* The client's address key into r->ckey (r->has_ckey), as client_key says. */
+static void client_addr_of(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r)
+{
+    r->has_ckey = client_key(s, conn, r->ckey);
+}
+
 /*
  * The token check of PROTOCOL.md 3 with the key found asynchronously. A_OK: r->peer and
  * r->bound are set. A_WAIT: r->w is armed; run again once it fired. A_REFUSED: *verdict
- * and *retry_after say what to answer. Key fetches are asked for on behalf of the client's
- * address (its share, and its own re-fetch allowance: keyfetch.h). A signature that does
- * not verify is answered 401 without RetryInfo: when a re-fetch could be made again is no
- * business of whoever sent it (a genuine peer retries on its own backoff).
+ * and *retry_after say what to answer. A_LIMITED: a new peer this client may not add now
+ * (auth.admit_new): 429 with *retry_after. Key fetches are asked for on behalf of the
+ * client's address (its share, and its own re-fetch allowance: keyfetch.h). A signature
+ * that does not verify is answered 401 without RetryInfo: when a re-fetch could be made
+ * again is no business of whoever sent it (a genuine peer retries on its own backoff).
  */
 static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r,
                             pb_auth_verdict *verdict, uint32_t *retry_after)
@@ -1262,8 +1279,18 @@ static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, stru
             goto out;
         }
     } else if (!stored) {
+        /* a server ID we held no key for (not a re-fetch after a rotation): a new peer */
+        if (!r->refresh_tried && s->auth.admit_new) {
+            client_addr_of(s, conn, r);
+            if (!s->auth.admit_new(s->auth.cb_ctx, c.server_id, key, r->has_ckey ? r->ckey : NULL,
+                                   retry_after)) {
+                step = A_LIMITED;
+                goto out;
+            }
+        }
         pb_keyfetch_verified(s->auth.keys, c.server_id, key);
     }
+    memcpy(r->peer_key, key, PB_PUBKEY_LEN);
     r->authed = true;
     r->bound = c.bound;
     *verdict = PB_AUTH_OK;
@@ -1295,6 +1322,11 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
                 if (parked < 0) return res;
                 continue; /* the key came before we could wait for it */
             }
+            if (st == A_LIMITED) {
+                PB_INFO(r->peer, "%s refused: too many new peers from this key or address", url);
+                return send_error(conn, 429, ID_EXHAUSTED, ra ? ra : 1,
+                                  "too many new server IDs from this key or address: try later");
+            }
             if (st == A_REFUSED) {
                 PB_INFO(r->peer[0] ? r->peer : NULL, "%s refused: %s (%s)", url,
                         pb_auth_verdict_message(v), pb_auth_verdict_identifier(v));
@@ -1312,11 +1344,16 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
                                 .body_len = r->body.len,
                                 .peer = r->route->with_auth ? r->peer : NULL,
                                 .bound = r->route->with_auth && r->bound,
+                                .peer_key = r->route->with_auth ? r->peer_key : NULL,
                                 .resumed = r->resumed,
                                 .timed_out = r->timed_out,
                                 .internal = r};
         hreq.authorization =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (r->route->with_auth) {
+            client_addr_of(s, conn, r);
+            hreq.client_addr = r->has_ckey ? r->ckey : NULL;
+        }
         if (atomic_load(&s->stopping) && r->resumed)
             return send_error(conn, 503, ID_UNAVAILABLE, 5, "server is shutting down");
         pb_hrpc_reply rep = {0};

@@ -96,6 +96,13 @@ typedef struct pb_hrpc_request {
     bool bound;       /* the token names this server as its audience (PROTOCOL.md 7.1):
                          only then may the handler honour the project's extension fields */
     const char *authorization; /* the raw Authorization header or NULL */
+    /* the public key that verified the token (PB_PUBKEY_LEN bytes); NULL on routes without
+     * auth */
+    const uint8_t *peer_key;
+    /* the client's address key (pb_addr_client_key: an IPv4 address or an IPv6 /64, 16
+     * bytes); NULL when unknown or when per-address limits are off (max_conns_per_addr
+     * unlimited: behind a proxy every client has the proxy's address) */
+    const uint8_t *client_addr;
     bool resumed;   /* the handler deferred this request (pb_hrpc_defer) and runs again */
     bool timed_out; /* ... and the deferral's deadline passed before a wake */
     void *internal; /* the server's */
@@ -154,6 +161,13 @@ typedef struct pb_hrpc_auth {
      * answered as a store failure). Both may be NULL. */
     bool (*rename_key)(void *ctx, const char *server_id, uint8_t key[32]);
     pb_err (*rename_proven)(void *ctx, const char *server_id);
+    /* A token from a server ID we hold no key for verified with a freshly fetched key: the
+     * peer record would be created now. admit_new (may be NULL) decides whether this client
+     * may add one more peer (client_addr as in pb_hrpc_request, may be NULL); when it
+     * returns false the request is answered 429 hrpc.resource-exhausted with RetryInfo
+     * *retry_after_s and the key is not stored. */
+    bool (*admit_new)(void *ctx, const char *server_id, const uint8_t key[32],
+                      const uint8_t *client_addr, uint32_t *retry_after_s);
     /* Called after a successful authentication (e.g. to record contact); may be NULL. */
     void (*on_authenticated)(void *ctx, const char *peer, bool bound);
     void *cb_ctx;

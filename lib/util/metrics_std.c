@@ -147,6 +147,22 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         "Push attempts of one event, by outcome: ok (delivered), retried (failed, retried "
         "soon), queued (failed, the peer is queued), parked (refused for good)",
         "result");
+    s->receive_refused = pb_metrics_counter(
+        reg, "postbox_receive_budget_refusals_total",
+        "Pushes refused (429) by a receive budget, by scope: sender (the server ID's), key "
+        "(every ID signed with one key shares recv_budget_key_factor budgets), address (the "
+        "client address's recv_budget_address_factor budgets)",
+        "scope");
+    s->new_peers_refused = pb_metrics_counter(
+        reg, "postbox_new_peers_refused_total",
+        "Requests refused (429) from a new server ID because its key (new_peers_per_key) or "
+        "its client address (new_peers_per_address) added its peers for this hour",
+        "scope");
+    s->peers_forgotten = pb_metrics_counter(
+        reg, "postbox_peers_forgotten_total",
+        "Peer records freed from the delivery engine after peer_idle_forget seconds without "
+        "contact, queue or work (the store keeps their row)",
+        NULL);
     s->events_received = pb_metrics_counter(
         reg, "postbox_events_received_total",
         "Events received and applied, by event kind and path (push or pull)", "kind,path");
@@ -291,6 +307,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
                                                "body_memory", "body_memory_per_address"};
     for (size_t i = 0; i < N(req_refusals); i++)
         pb_metric_get(s->requests_refused, req_refusals[i]);
+    static const char *const scopes[] = {"sender", "key", "address"};
+    for (size_t i = 0; i < N(scopes); i++) {
+        pb_metric_get(s->receive_refused, scopes[i]);
+        if (i) pb_metric_get(s->new_peers_refused, scopes[i]);
+    }
     return s;
 }
 

@@ -29,6 +29,11 @@
  *     events_pushed          postbox_events_pushed_total{result=ok|retried|queued|parked}
  *     events_received        postbox_events_received_total{kind,path=push|pull}
  *     events_duplicate       postbox_events_duplicate_total{path=push|pull}
+ *     receive_refused        postbox_receive_budget_refusals_total{scope=sender|key|address}:
+ *                            Pushes refused 429 by a receive budget (budget.h)
+ *     new_peers_refused      postbox_new_peers_refused_total{scope=key|address}: requests
+ *                            refused 429 for adding too many new peers per hour
+ *     peers_forgotten        postbox_peers_forgotten_total: idle peer records freed
  *     client_duration        postbox_hrpc_client_request_duration_seconds{method=Push|Pull}
  *     key_fetches            postbox_key_fetches_total{result=ok|error|rate_limited|
  *                            per_address|busy}
@@ -86,6 +91,9 @@ typedef struct pb_metrics_std {
     pb_metric *events_pushed;
     pb_metric *events_received;
     pb_metric *events_duplicate;
+    pb_metric *receive_refused;
+    pb_metric *new_peers_refused;
+    pb_metric *peers_forgotten;
     pb_metric *events_expired; /* queue control: max_queue_age (delivery.c) */
     pb_metric *events_dropped; /* queue control: an operator's drop (delivery.c) */
     pb_metric *client_duration;

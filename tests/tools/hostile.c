@@ -24,6 +24,19 @@
  *       UserAddedToGuild events (small IDs, no sequence numbers), for M answers (default
  *       1000), then empty answers. Logs one line per answer; --stats gets
  *       {"answers", "events", "bytes"} at exit.
+ *   hostile idents   [--listen N] [--seed HEX] [--key-per-id 1] --push-to PORT
+ *                    [--push-max K] [--push-every-ms MS] [--from A,B,...] [--stats FILE] [--ready
+ * FILE]
+ *                    [--seconds S]
+ *       Many identities: as serve on N ports (server IDs 127.0.0.1:PORT), all serving the
+ *       key of --seed (one key, as wildcard DNS gives), or with --key-per-id 1 each its own
+ *       key (derived from --seed and the port's index). Once listening, each ID in turn
+ *       pushes one UserAddedToGuild event (a foreign peer's Push) to 127.0.0.1:PORT, K
+ *       rounds (default 1) --push-every-ms apart, ID i from the --from address i mod
+ *       their number; then serves
+ *       on (Pulls are answered empty and logged) until --seconds or a signal. Logs and
+ *       writes to --stats the answers: {"ok", "budget" (429 receive budget), "new_peers"
+ *       (429 too many new peers), "other", "ok_ids" (IDs with at least one 200)}.
  *   hostile flood    --target PORT --ids-file FILE [--rate R] [--seconds S]
  *                    [--timeout-ms T] [--stats FILE]
  *       Sends R (default 100, at most 1000) forged Pushes per second for S seconds
@@ -101,7 +114,7 @@
 #define BODY_MAX (1024 * 1024)
 #define MAX_HELD 4096
 
-enum role { R_SERVE, R_HANG, R_PULLBOMB, R_FLOOD, R_STALL };
+enum role { R_SERVE, R_HANG, R_PULLBOMB, R_FLOOD, R_STALL, R_IDENTS };
 
 static struct {
     enum role role;
@@ -112,7 +125,7 @@ static struct {
     const char *ready, *record, *stats, *ids_file;
     char from[8][16]; /* flood: source addresses in 127/8, cycled per request */
     int nfrom;
-    bool has_seed, has_serve_key;
+    bool has_seed, has_serve_key, key_per_id;
     uint8_t seed[PB_SEED_LEN];
     uint8_t serve_key[PB_PUBKEY_LEN];
 } opt = {.listen = 1,
@@ -127,6 +140,7 @@ static struct {
 
 static volatile sig_atomic_t g_stop;
 static pb_keys *g_keys;
+static pb_keys *g_id_keys[MAX_PORTS]; /* idents --key-per-id: port i's key */
 static uint16_t g_ports[MAX_PORTS];
 static FILE *g_record;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -240,8 +254,15 @@ static void tiny_answer(size_t max_events, size_t max_bytes, pb_buf *out, size_t
 
 struct port_ctx {
     uint16_t port;
+    int index;
     struct MHD_Daemon *mhd;
 };
+
+/* The key the i-th port serves and signs with. */
+static const pb_keys *port_keys(int i)
+{
+    return opt.key_per_id && g_id_keys[i] ? g_id_keys[i] : g_keys;
+}
 
 struct conn_state {
     pb_buf body;
@@ -317,7 +338,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return answer_error(conn, 405, "hrpc.http.bad-unary-request", "POST only");
     pb_buf out = PB_BUF_INIT;
     if (!strcmp(url, PATH_KEY)) {
-        pb_wire_key_resp_encode(opt.has_serve_key ? opt.serve_key : pb_keys_public(g_keys), &out);
+        pb_wire_key_resp_encode(
+            opt.has_serve_key ? opt.serve_key : pb_keys_public(port_keys(pc->index)), &out);
         return answer(conn, 200, &out);
     }
     if (!strcmp(url, PATH_PUSH)) {
@@ -389,6 +411,85 @@ static void push_once(pb_client *cl, unsigned i)
     pb_buf_free(&body);
 }
 
+static size_t keep_body(char *p, size_t size, size_t n, void *ud)
+{
+    pb_buf *b = ud;
+    if (b->len < 4096) pb_buf_append(b, p, size * n);
+    return size * n;
+}
+
+/* idents: each port's ID pushes one event to opt.push_to, opt.push_max rounds, from the
+ * --from addresses; the answers counted (bounded: n * push_max requests of at most 10 s). */
+static void idents_push(int n)
+{
+    long ok = 0, budget = 0, newp = 0, other = 0, ok_ids = 0;
+    bool *got = calloc((size_t)n, sizeof *got);
+    CURL *h = curl_easy_init();
+    if (!got || !h) abort();
+    char url[64], to[32];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u" PATH_PUSH, opt.push_to);
+    snprintf(to, sizeof to, "127.0.0.1:%u", opt.push_to);
+    for (long round = 0; round < opt.push_max && !g_stop; round++) {
+        if (round && opt.push_every_ms) sleep_ms(opt.push_every_ms);
+        for (int i = 0; i < n && !g_stop; i++) {
+            char as[32], ifc[32];
+            snprintf(as, sizeof as, "127.0.0.1:%u", g_ports[i]);
+            pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD,
+                           .user_id = 7,
+                           .guild_id = 2000000000u + (uint64_t)round * MAX_PORTS + (uint64_t)i};
+            pb_buf body = PB_BUF_INIT, ans = PB_BUF_INIT;
+            pb_wire_push_encode(&ev, NULL, 1, 0, &body);
+            char *tok = pb_auth_header_make(port_keys(i), as, NULL, (uint64_t)time(NULL));
+            char hdr[1024];
+            snprintf(hdr, sizeof hdr, "Authorization: %s", tok);
+            struct curl_slist *hs = curl_slist_append(NULL, hdr);
+            hs = curl_slist_append(hs, "Content-Type: application/hrpc");
+            hs = curl_slist_append(hs, "Hrpc-Version: 1");
+            curl_easy_reset(h);
+            curl_easy_setopt(h, CURLOPT_URL, url);
+            curl_easy_setopt(h, CURLOPT_POST, 1L);
+            curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)body.data);
+            curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)body.len);
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
+            curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
+            curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, keep_body);
+            curl_easy_setopt(h, CURLOPT_WRITEDATA, &ans);
+            if (opt.nfrom) {
+                snprintf(ifc, sizeof ifc, "host!%s", opt.from[i % opt.nfrom]);
+                curl_easy_setopt(h, CURLOPT_INTERFACE, ifc);
+            }
+            long status = 0;
+            if (curl_easy_perform(h) == CURLE_OK)
+                curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+            pb_buf_append(&ans, "", 1);
+            if (status == 200) {
+                ok++;
+                if (!got[i]) ok_ids++;
+                got[i] = true;
+            } else if (status == 429 && strstr((const char *)ans.data, "new server IDs")) {
+                newp++;
+            } else if (status == 429 && strstr((const char *)ans.data, "receive budget")) {
+                budget++;
+            } else {
+                other++;
+                logf_("idents: push as %s to %s: status %ld", as, to, status);
+            }
+            curl_slist_free_all(hs);
+            free(tok);
+            pb_buf_free(&body);
+            pb_buf_free(&ans);
+        }
+    }
+    curl_easy_cleanup(h);
+    free(got);
+    logf_("idents: pushed as %d IDs, %ld rounds: %ld ok (%ld IDs), %ld over a budget, %ld new "
+          "peers refused, %ld other",
+          n, opt.push_max, ok, ok_ids, budget, newp, other);
+    write_stats(json_pack("{s:I,s:I,s:I,s:I,s:I}", "ok", (json_int_t)ok, "budget",
+                          (json_int_t)budget, "new_peers", (json_int_t)newp, "other",
+                          (json_int_t)other, "ok_ids", (json_int_t)ok_ids));
+}
+
 static int run_servers(void)
 {
     struct port_ctx pcs[MAX_PORTS];
@@ -413,15 +514,27 @@ static int run_servers(void)
             return 1;
         }
         pcs[i].port = g_ports[i] = info->port;
+        pcs[i].index = i;
+        if (opt.key_per_id) { /* the seed with the index in its last two bytes */
+            uint8_t seed[PB_SEED_LEN];
+            memcpy(seed, opt.seed, sizeof seed);
+            seed[PB_SEED_LEN - 2] ^= (uint8_t)(i >> 8);
+            seed[PB_SEED_LEN - 1] ^= (uint8_t)i;
+            if (pb_keys_from_seed(seed, &g_id_keys[i]) != PB_OK) return 1;
+        }
     }
     char hex[2 * PB_PUBKEY_LEN + 1];
     pb_keys_hex(opt.has_serve_key ? opt.serve_key : pb_keys_public(g_keys), hex);
     logf_("hostile: %s on 127.0.0.1:%u%s (%d ports), serving key %s",
-          opt.role == R_PULLBOMB ? "pullbomb" : "serve", g_ports[0], n > 1 ? "..." : "", n, hex);
+          opt.role == R_PULLBOMB ? "pullbomb"
+          : opt.role == R_IDENTS ? "idents"
+                                 : "serve",
+          g_ports[0], n > 1 ? "..." : "", n, hex);
     if (!write_ready(n)) return 1;
 
+    if (opt.role == R_IDENTS) idents_push(n);
     pb_client *cl = NULL;
-    if (opt.push_to) {
+    if (opt.push_to && opt.role != R_IDENTS) {
         pb_client_opts co = {.plain_http = true, .timeout_ms = 15000, .allow_private = true};
         if (pb_client_new(&co, &cl) != PB_OK) return 1;
     }
@@ -437,8 +550,10 @@ static int run_servers(void)
         sleep_ms(50);
     }
     pb_client_free(cl);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         MHD_stop_daemon(pcs[i].mhd);
+        pb_keys_free(g_id_keys[i]);
+    }
     if (g_record) fclose(g_record);
     if (opt.role == R_PULLBOMB) {
         logf_("pullbomb: %ld answers, %ld events, %ld bytes", atomic_load(&g_answers),
@@ -831,7 +946,8 @@ static int run_stall(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: hostile serve|hang|pullbomb|flood|stall [options] (see the opening comment of "
+            "usage: hostile serve|hang|pullbomb|flood|stall|idents [options] (see the opening "
+            "comment of "
             "tests/tools/hostile.c)\n"
             "  serve     --listen N --seed HEX --serve-key HEX --record FILE --pull-events N\n"
             "            --push-to PORT --ready FILE --seconds S\n"
@@ -841,7 +957,9 @@ static void usage(void)
             "  flood     --target PORT --ids-file FILE --rate R --seconds S --timeout-ms T\n"
             "            --from ADDR[,ADDR...] --conns N --stats FILE\n"
             "  stall     --target PORT --from ADDR[,ADDR...] --conns N --declare D --send B\n"
-            "            --seconds S --ready FILE --stats FILE\n");
+            "            --seconds S --ready FILE --stats FILE\n"
+            "  idents    --listen N --seed HEX --key-per-id 1 --push-to PORT --push-max K\n"
+            "            --from ADDR[,ADDR...] --stats FILE --ready FILE --seconds S\n");
 }
 
 static bool parse_long(const char *s, long lo, long hi, long *out)
@@ -890,6 +1008,8 @@ static bool parse_args(int argc, char **argv)
         opt.role = R_FLOOD;
     else if (!strcmp(r, "stall"))
         opt.role = R_STALL;
+    else if (!strcmp(r, "idents"))
+        opt.role = R_IDENTS;
     else
         return false;
     for (int i = 2; i < argc; i += 2) {
@@ -909,6 +1029,8 @@ static bool parse_args(int argc, char **argv)
         } else if (!strcmp(a, "--seed")) {
             if (!parse_hex32(v, opt.seed)) return false;
             opt.has_seed = true;
+        } else if (!strcmp(a, "--key-per-id")) {
+            opt.key_per_id = !strcmp(v, "1");
         } else if (!strcmp(a, "--serve-key")) {
             if (!parse_hex32(v, opt.serve_key)) return false;
             opt.has_serve_key = true;
@@ -946,6 +1068,7 @@ static bool parse_args(int argc, char **argv)
     bool timed = opt.role == R_FLOOD || opt.role == R_STALL;
     if (opt.seconds < 0) opt.seconds = timed ? 10 : 300;
     if (timed && opt.seconds > 120) return false;
+    if (opt.role == R_IDENTS && !opt.push_to) return false;
     return true;
 }
 

@@ -9,8 +9,9 @@
  * Server ID i (0 <= i < N) is 127.0.0.1:PORT_i, one port per ID: from P upwards, skipping
  * ports in use (P = 0, the default: ports chosen by the kernel). Each ID is in one mode:
  *
- *   ok          serves protocol.auth.v1.AuthService/Key (every ID has the same Ed25519
- *               key: --key-file, else a fresh one) and protocol.sync.v1.PostboxService:
+ *   ok          serves protocol.auth.v1.AuthService/Key (every ID its own Ed25519 key, as
+ *               real servers have: derived from the farm's key, --key-file, else a fresh
+ *               one, by pbt_farm_id_key) and protocol.sync.v1.PostboxService:
  *               Push is answered at once with 200 and an empty PushResponse (the farm is a
  *               foreign peer: no extension fields, so a postbox sends it one event per
  *               Push), Pull with an empty PullResponse, NotifyNewId with 200. Tokens are
@@ -39,7 +40,8 @@
  * SIGINT). kind is pb_event_kind (1 removed, 2 added, 3 invited, 4 rejected); guild_id
  * is 0 for an invite; uint64 values are written as their int64 bit pattern. --ready FILE
  * is written (atomically, by rename) once every socket is open: {"control_port",
- * "public_key" (hex), "ids": [{"id", "port", "mode"}]}.
+ * "public_key" (hex, the farm's key), "ids": [{"id", "port", "mode", "public_key" (hex, the
+ * ID's)}]}.
  *
  * Design: one thread waits with epoll on every listening socket, the hung connections and
  * a signalfd; it accepts, keeps hung connections itself (reading and discarding), and hands
@@ -77,6 +79,7 @@
 #include <unistd.h>
 
 #include "crypto/keys.h"
+#include "farm.h"
 #include "util/buf.h"
 #include "util/mem.h"
 #include "wire/wire.h"
@@ -130,6 +133,7 @@ static struct fid *g_ids;
 static int32_t g_port_idx[65536];
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pb_keys *g_keys;
+static uint8_t (*g_pubs)[PB_PUBKEY_LEN]; /* each ID's public key (pbt_farm_id_key) */
 static struct MHD_Daemon *g_mhd[MAX_THREADS];
 static uint16_t g_control_port;
 static int g_control_fd = -1;
@@ -497,7 +501,7 @@ static enum MHD_Result serve(struct MHD_Connection *conn, struct fid *f, const c
         pthread_mutex_lock(&g_mu);
         f->keys++;
         pthread_mutex_unlock(&g_mu);
-        pb_wire_key_resp_encode(pb_keys_public(g_keys), &out);
+        pb_wire_key_resp_encode(g_pubs[f - g_ids], &out);
     } else if (!strcmp(url, PATH_NOTIFY)) {
         pthread_mutex_lock(&g_mu);
         f->notifies++;
@@ -682,6 +686,15 @@ static bool load_key(void)
 {
     pb_err err = opt.key_file ? pb_keys_load(opt.key_file, &g_keys) : pb_keys_generate(&g_keys);
     if (err != PB_OK) say("key %s: %s", opt.key_file ? opt.key_file : "(new)", pb_strerror(err));
+    if (err != PB_OK) return false;
+    g_pubs = pb_xcalloc(opt.count ? opt.count : 1, sizeof *g_pubs);
+    for (size_t i = 0; i < opt.count && err == PB_OK; i++) {
+        pb_keys *k = NULL;
+        err = pbt_farm_id_key(g_keys, i, &k);
+        if (err == PB_OK) memcpy(g_pubs[i], pb_keys_public(k), PB_PUBKEY_LEN);
+        pb_keys_free(k);
+    }
+    if (err != PB_OK) say("keys of the IDs: %s", pb_strerror(err));
     return err == PB_OK;
 }
 
@@ -694,8 +707,11 @@ static bool write_ready(void)
     for (size_t i = 0; i < opt.count; i++) {
         char id[32];
         snprintf(id, sizeof id, "127.0.0.1:%u", g_ids[i].port);
-        json_array_append_new(ids, json_pack("{s:s,s:i,s:s}", "id", id, "port", g_ids[i].port,
-                                             "mode", mode_names[g_ids[i].mode]));
+        char idhex[2 * PB_PUBKEY_LEN + 1];
+        pb_keys_hex(g_pubs[i], idhex);
+        json_array_append_new(ids,
+                              json_pack("{s:s,s:i,s:s,s:s}", "id", id, "port", g_ids[i].port,
+                                        "mode", mode_names[g_ids[i].mode], "public_key", idhex));
     }
     json_t *j =
         json_pack("{s:i,s:s,s:o}", "control_port", g_control_port, "public_key", hex, "ids", ids);
@@ -815,5 +831,6 @@ out:
     if (sfd >= 0) close(sfd);
     if (ep >= 0) close(ep);
     pb_keys_free(g_keys);
+    free(g_pubs);
     return rc;
 }

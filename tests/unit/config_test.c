@@ -160,6 +160,17 @@ static void test_every_problem(void)
     free(path);
 }
 
+/* The identity settings (issue 18) apply on reload. */
+static void test_ident_live(void)
+{
+    static const char *const names[] = {"recv_budget_key_factor", "recv_budget_address_factor",
+                                        "new_peers_per_key", "new_peers_per_address",
+                                        "peer_idle_forget"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        CHECKF(pb_config_is_live(names[i]), "%s is live", names[i]);
+    CHECK(!pb_config_is_live("recv_budget_events"));
+}
+
 int main(void)
 {
     dir = pbt_tmpdir("config");
@@ -167,6 +178,7 @@ int main(void)
     test_every_problem();
     test_required();
     test_probe();
+    test_ident_live();
     pbt_rmrf(dir);
     free(dir);
     return pbt_finish();
