@@ -11,7 +11,10 @@
  * fake peers on 127.0.0.1 ports, some hung or refusing): fanout_1000 (one sender, 1,000
  * receivers, 10 % hung and 10 % refusing, against the same run with all healthy),
  * startup_10k (a restart with 10,000 known peers), pair_batch (one pair against the HTTP
- * 1-connection ceiling) and the drain's rate at 1,000,000 queued against 10,000.
+ * 1-connection ceiling) and the drain's rate at 1,000,000 queued against 10,000; and the
+ * field patterns: submit_concurrent (64 admin connections, one new event per call, against
+ * the null server with the same client) and pair_rtt (a pair whose server IDs are
+ * pbbench_delayproxy addresses, at 0, 50, 100 and 200 ms RTT).
  * In the same run it measures the ceilings the results are compared with: a plain HTTP
  * server answering 200 to a ~100-byte POST over 1 and 16 keep-alive connections
  * (pbbench_httpnull, libmicrohttpd; and Debian's nginx with `return 200` when available),
@@ -63,6 +66,10 @@
 #define SCALE_ROUNDS 5      /* fanout_1000: each receiver's events are submitted in 5 calls */
 #define SCALE_SUBMITTERS 4  /* fanout_1000: admin clients submitting at once */
 #define DAEMON_NOFILE 65536 /* RLIMIT_NOFILE of the scale scenarios' daemons */
+#define SUBC_CONNS 64       /* submit_concurrent: admin connections */
+#define RTT_N 4
+static const int RTT_MS[RTT_N] = {0, 50, 100, 200}; /* pair_rtt: round-trip times */
+#define RTT_LAT_SAMPLES 20 /* pair_rtt: single events timed one after the other */
 
 /* ---- options ----------------------------------------------------------------------------- */
 
@@ -148,7 +155,8 @@ static void usage(void)
             "  BENCH_PUSH_BYTES=N     size of one PushRequest body (default 100)\n"
             "  BENCH_SCENARIOS=list   any of ceilings,pair_full,pair_normal,fanin,fanout,drain,\n"
             "                         latency,memory,pair_full_pg,fanin_pg,fanout_1000,\n"
-            "                         startup_10k,pair_batch; scale = ceilings,fanout_1000,\n"
+            "                         startup_10k,pair_batch,submit_concurrent,pair_rtt;\n"
+            "                         scale = ceilings,fanout_1000,\n"
             "                         startup_10k,pair_batch,drain (default all; the _pg ones\n"
             "                         need PB_TEST_PG_URL, see scripts/pg-start)\n"
             "  BENCH_SCALE_PEERS=N    fanout_1000: receivers (default 1000; 10%% hung, 10%%\n"
@@ -312,6 +320,10 @@ static struct {
     metric st_push, st_pulls;           /* startup_10k: s from start */
     metric st_threads, st_rss;          /* startup_10k: the restarted server */
     metric pair_batch;                  /* events/s */
+    /* field patterns (issue 20) */
+    metric subc_rps, subc_p99;           /* submit_concurrent: submissions/s, p99 us */
+    metric subc_null_rps, subc_null_p99; /* the null server, same client, same run */
+    metric rtt_rate[4], rtt_lat_p99[4];  /* pair_rtt at RTT_MS[i]: events/s, latency p99 ms */
     bool nginx_ok;
     char notes[4096];
 } R;
@@ -1711,6 +1723,163 @@ static const char *verdict_of(double v, const metric *res, const char *target, d
     return lower_is_better && res->timed_out ? "timed out" : "met";
 }
 
+/* ---- field patterns (issue 20) --------------------------------------------------------- */
+
+/* Runs pbbench_loadgen with `args` (after --url URL --conns N --seconds S); false when it
+ * failed or any request did. */
+static bool loadgen_ex(const char *url, int conns, double secs, const char *args,
+                       struct load_result *r)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s' --url '%s' --conns %d --seconds %.2f %s", PB_BENCH_LOADGEN, url,
+             conns, secs, args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return false;
+    char line[512] = "";
+    if (!fgets(line, sizeof line, p)) line[0] = '\0';
+    int rc = pclose(p);
+    unsigned long long n = 0;
+    long errors = 0;
+    double s = 0;
+    unsigned p50 = 0, p99 = 0, max = 0;
+    if (sscanf(line, "requests %llu errors %ld seconds %lf rps %lf p50_us %u p99_us %u max_us %u",
+               &n, &errors, &s, &r->rps, &p50, &p99, &max) != 7 ||
+        rc != 0 || errors) {
+        fprintf(stderr, "pbbench: loadgen failed (rc %d): %s", rc, line);
+        return false;
+    }
+    r->p50_us = p50;
+    r->p99_us = p99;
+    r->max_us = max;
+    return true;
+}
+
+/* A pbbench_delayproxy on a free port of 127.0.0.1 forwarding to target with delay_ms each
+ * way; its port in c->port once it listens. */
+static bool start_delayproxy(struct child *c, uint16_t target, int delay_ms)
+{
+    memset(c, 0, sizeof *c);
+    c->port = pbt_free_port();
+    char t[16], d[16], pt[16];
+    snprintf(t, sizeof t, "%u", target);
+    snprintf(d, sizeof d, "%d", delay_ms);
+    snprintf(pt, sizeof pt, "%u", c->port);
+    int fds[2];
+    if (pipe(fds) != 0) return false;
+    fflush(NULL);
+    c->pid = fork();
+    if (c->pid < 0) abort();
+    if (c->pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 1);
+        execl(PB_BENCH_DELAYPROXY, PB_BENCH_DELAYPROXY, "--target", t, "--delay-ms", d, "--port",
+              pt, (char *)0);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *f = fdopen(fds[0], "r");
+    char line[64] = "";
+    bool ok = f && fgets(line, sizeof line, f) && !strncmp(line, "port ", 5);
+    if (f) fclose(f);
+    if (!ok) fprintf(stderr, "pbbench: the delay proxy did not start\n");
+    return ok;
+}
+
+/* 10. submit_concurrent: SUBC_CONNS keep-alive admin connections each submitting one new
+ * event per call to A (FULL), whose one peer B is healthy; against the null server driven
+ * by the same client with a body of the same size. */
+static void scenario_submit_concurrent(int run)
+{
+    const char *extra[] = {"--sync", "full", NULL};
+    bd *a = bd_new("subcA", extra), *b = bd_new("subcB", extra);
+    bd *both[] = {a, b};
+    struct child null = {0};
+    bool measured = false;
+    if (!bd_start_all(both, 2) || !warm_up(a, b, 1, 1)) goto out;
+    char tpl[512], args[1024], url[128];
+    snprintf(tpl, sizeof tpl,
+             "{\"to\":\"%s\",\"event\":{\"userInvited\":{\"userId\":\"%%N\",\"inviterId\":\"7\","
+             "\"inviteId\":\"subc-%%N\"}}}",
+             b->d->server_id);
+    snprintf(args, sizeof args, "--header 'Content-Type: application/json' --template '%s'", tpl);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/v1/outbox", a->d->admin_port);
+    struct load_result r, rn;
+    bool ok = loadgen_ex(url, SUBC_CONNS, O.http_seconds, args, &r);
+    if (ok && start_httpnull(&null)) {
+        snprintf(url, sizeof url, "http://127.0.0.1:%u/", null.port);
+        if (loadgen_ex(url, SUBC_CONNS, O.http_seconds, args, &rn)) {
+            m_add(&R.subc_null_rps, rn.rps);
+            m_add(&R.subc_null_p99, rn.p99_us);
+        }
+    }
+    if (!ok) goto out;
+    m_add(&R.subc_rps, r.rps);
+    m_add(&R.subc_p99, r.p99_us);
+    printf("  run %d submit_concurrent: %.0f submissions/s, p50 %.0f us, p99 %.0f us (null "
+           "server: %.0f req/s, p99 %.0f us)\n",
+           run, r.rps, r.p50_us, r.p99_us, m_median(&R.subc_null_rps), m_median(&R.subc_null_p99));
+    measured = true;
+out:
+    if (!measured) note("submit_concurrent, run %d: failed before measuring (see stderr)", run);
+    child_stop(&null);
+    bd_free(a);
+    bd_free(b);
+}
+
+/* 11. pair_rtt: one pair, FULL, each daemon's server ID the address of a delay proxy in
+ * front of it (every byte between them delayed RTT/2 each way): O.pair_events events in
+ * batches of 1000, then RTT_LAT_SAMPLES single events timed one after the other. */
+static void scenario_pair_rtt(int i, int run)
+{
+    const char *extra[] = {"--sync", "full", NULL};
+    bd *a = bd_new("rttA", extra), *b = bd_new("rttB", extra);
+    bd *both[] = {a, b};
+    struct child px[2] = {{0}, {0}};
+    bool measured = false;
+    bd *behind[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        if (!start_delayproxy(&px[k], behind[k]->d->port, RTT_MS[i] / 2)) goto out;
+        pbt_daemon *d = behind[k]->d;
+        snprintf(d->server_id, sizeof d->server_id, "127.0.0.1:%u", px[k].port);
+        d->args[d->nargs++] = strdup("--server-id");
+        d->args[d->nargs++] = strdup(d->server_id);
+    }
+    /* started one by one: a port taken meanwhile would need a new server ID too */
+    if (!bd_start(a) || !bd_start(b) || !warm_up(a, b, 1, 1)) goto out;
+    (void)both;
+    long n = O.pair_events;
+    double t0 = now_s();
+    if (!submit(&a->adm, b->d->server_id, 1, 1, n, 1000)) goto out;
+    bool done = wait_inbox(&b->adm, n + 1, deadline_from_now());
+    double dt = now_s() - t0;
+    long got = done ? n : inbox_count(&b->adm) - 1;
+    if (!done) R.rtt_rate[i].timed_out = true;
+    m_add(&R.rtt_rate[i], (double)got / dt);
+    double lat[RTT_LAT_SAMPLES];
+    int nl = 0;
+    for (int k = 0; done && k < RTT_LAT_SAMPLES; k++) {
+        double t1 = now_s();
+        if (!submit(&a->adm, b->d->server_id, 2, k, 1, 1) ||
+            !wait_inbox(&b->adm, n + 2 + k, now_s() + 30))
+            break;
+        lat[nl++] = (now_s() - t1) * 1e3;
+    }
+    qsort(lat, (size_t)nl, sizeof lat[0], cmp_double);
+    if (nl) m_add(&R.rtt_lat_p99[i], lat[(size_t)((nl - 1) * 0.99)]);
+    printf("  run %d pair_rtt %3d ms: %ld events in %.2f s = %.0f events/s; single events: p50 "
+           "%.1f ms, p99 %.1f ms (%d samples)%s\n",
+           run, RTT_MS[i], got, dt, (double)got / dt, nl ? lat[(nl - 1) / 2] : -1.0,
+           nl ? lat[(size_t)((nl - 1) * 0.99)] : -1.0, nl, done ? "" : " TIMED OUT");
+    measured = true;
+out:
+    if (!measured)
+        note("pair_rtt %d ms, run %d: failed before measuring (see stderr)", RTT_MS[i], run);
+    bd_free(a);
+    bd_free(b);
+    child_stop(&px[0]);
+    child_stop(&px[1]);
+}
+
 /* One result line; `c` is the ceiling as printed, ceil its value (0: none) for the ratio. */
 static void row_text(const char *name, const metric *res, double rscale, const char *runit,
                      const char *c, double ceil, const char *target, double want,
@@ -1887,6 +2056,28 @@ static void report(double elapsed, size_t push_len, const char *load_before)
         snprintf(cn, sizeof cn, "HTTP1 %s", hname);
         row("9. pair_batch, FULL", &R.pair_batch, 1, "ev/s", cn, h1, ">= 3.0", 3.0, false);
     }
+    if (want("submit_concurrent")) {
+        row_vs("10. submit_concurrent, 64 conns", &R.subc_rps, &R.subc_null_rps, 1, "req/s",
+               "null server, same client", ">= 0.3", 0.3, false);
+        row_vs("10. submit_concurrent p99", &R.subc_p99, &R.subc_null_p99, 1, "us",
+               "null server p99", "<= 5", 5, true);
+    }
+    if (want("pair_rtt")) {
+        for (int i = 1; i < RTT_N; i++) {
+            char nm[64], tg[32];
+            snprintf(nm, sizeof nm, "11. pair_rtt %d ms RTT", RTT_MS[i]);
+            double tgt = RTT_MS[i] <= 100 ? 0.5 : 0.3;
+            snprintf(tg, sizeof tg, ">= %.1f", tgt);
+            row_vs(nm, &R.rtt_rate[i], &R.rtt_rate[0], 1, "ev/s", "same pair, proxy at 0 ms", tg, t,
+                   false);
+        }
+        for (int i = 1; i < RTT_N; i++) {
+            char nm[64], tg[32];
+            snprintf(nm, sizeof nm, "11. pair_rtt %d ms latency p99", RTT_MS[i]);
+            snprintf(tg, sizeof tg, "<= %.0f ms", 1.1 * RTT_MS[i]);
+            row_abs(nm, &R.rtt_lat_p99[i], 1, "ms", tg, 1.1 * RTT_MS[i], true);
+        }
+    }
 
     printf("\n==== memory (peak RSS, VmHWM) ====\n");
     fprintf(g_md, "\n## Memory\n\nVmHWM from /proc. Sender: after its queue was submitted "
@@ -1980,6 +2171,9 @@ int main(int argc, char **argv)
         if (want("latency")) scenario_latency(run);
         if (want("fanout_1000")) scenario_fanout_scale(run);
         if (want("startup_10k")) scenario_startup(run);
+        if (want("submit_concurrent")) scenario_submit_concurrent(run);
+        for (int i = 0; i < RTT_N && want("pair_rtt"); i++)
+            scenario_pair_rtt(i, run);
         struct drain_result dr;
         /* The drain runs at every size (4b. compares the largest with the smallest); the
          * memory figures come from the same runs. */
