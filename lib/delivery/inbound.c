@@ -404,6 +404,14 @@ void pb_inbound_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep
                                 "a rename to %s is pending for another server", new_id);
             goto out;
         }
+        if (err == PB_ERR_TOO_BIG) { /* the earlier ones are kept: one of them may be genuine */
+            pb_hrpc_reply_error(rep, 429, ID_EXHAUSTED,
+                                "%d renames of %s are pending already; prove one (a request "
+                                "whose token names the new ID) or retry when they expire",
+                                PB_STORE_RENAMES_IN_MAX, c.server_id);
+            rep->retry_after = 3600;
+            goto out;
+        }
         if (err != PB_OK) {
             store_failure(rep, err, "NotifyNewId");
             goto out;

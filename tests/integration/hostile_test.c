@@ -18,9 +18,12 @@
  *                   events still arrive from S
  *   rename-pending  a foreign S (a tool with its own key, tokens without audience) sends
  *                   NotifyNewId{NEW} without the proof of possession: nothing is
- *                   re-labelled and R keeps accepting S; a later Push whose token names
- *                   NEW, signed with S's key, completes the rename: S's guild entries and
- *                   invites are then under NEW, and NEW replaced S in the peers
+ *                   re-labelled and R keeps accepting S; S's token replayed to NotifyNewId
+ *                   naming four other hosts that serve S's key: the first three are kept
+ *                   pending beside NEW (never replacing it), the fourth gets 429; a later
+ *                   Push whose token names NEW, signed with S's key, completes the rename:
+ *                   S's guild entries and invites are then under NEW, NEW replaced S in the
+ *                   peers, and S's other pending renames are gone
  *   flood           100 forged Pushes a second for 10 s, each naming one of 100 server IDs
  *                   on 127.0.0.1 whose ports accept and never answer, random signatures:
  *                   meanwhile the unauthenticated Key endpoint and genuine Pushes from a
@@ -935,8 +938,9 @@ static void test_rename_pending(void)
     int failed0 = pbt_failed;
     char sseed[65];
     pb_keys *sk = new_key(sseed);
-    /* a foreign S: two IDs (S and NEW) serving the one key it signs with */
-    const char *sargs[] = {"--listen", "2", "--seed", sseed, NULL};
+    /* a foreign S: six IDs serving the one key it signs with: S, NEW, and four hosts an
+     * attacker names in replays of S's token (any host can serve S's public key) */
+    const char *sargs[] = {"--listen", "6", "--seed", sseed, NULL};
     struct tool *fs = tool_run("serve", sargs);
     pbt_daemon *r = start("pendR", NULL);
     if (!fs || !r) goto out;
@@ -958,7 +962,6 @@ static void test_rename_pending(void)
     pb_wire_notify_encode(NEW, NULL, 0, &body);
     char *tok = token_for(sk, S);
     call(r->port, NOTIFY, tok, &body, 15000, &a);
-    free(tok);
     pb_buf_free(&body);
     fprintf(stderr, "rename-pending: NotifyNewId without proof answered %ld %s\n", a.status,
             a.identifier ? a.identifier : "");
@@ -967,6 +970,29 @@ static void test_rename_pending(void)
     expect_invite(r, 7, "inv-f", S, "rename without proof");
     CHECKF(has_peer(r, S), "rename without proof: R still has S as a peer");
     CHECKF(rename_in_listed(r, S, NEW), "rename without proof: GET /v1/peers lists it pending");
+
+    /* S's token (unbound: anyone who saw it may replay it within its window) replayed to
+     * NotifyNewId naming other hosts that serve S's key: each is kept beside NEW, none
+     * replaces it; past PB_STORE_RENAMES_IN_MAX (4) pending renames of S: 429, and the
+     * earlier ones are kept */
+    long rst[4];
+    for (int i = 0; i < 4; i++) {
+        pb_wire_notify_encode(fs->id[2 + i], NULL, 0, &body);
+        call(r->port, NOTIFY, tok, &body, 15000, &a);
+        pb_buf_free(&body);
+        rst[i] = a.status;
+        answer_clear(&a);
+    }
+    free(tok);
+    bool new_kept = rename_in_listed(r, S, NEW), x_kept = rename_in_listed(r, S, fs->id[2]);
+    fprintf(stderr,
+            "rename-pending: replays naming 4 other hosts answered %ld %ld %ld %ld; S -> NEW "
+            "still pending: %s; S -> X1 pending: %s\n",
+            rst[0], rst[1], rst[2], rst[3], new_kept ? "yes" : "no", x_kept ? "yes" : "no");
+    CHECKF(new_kept, "the replays did not replace the pending rename S -> NEW");
+    CHECKF(rst[0] == 200 && rst[1] == 200 && rst[2] == 200 && x_kept,
+           "the first 3 replays are pending beside it: %ld %ld %ld", rst[0], rst[1], rst[2]);
+    CHECKF(rst[3] == 429, "a fifth pending rename of S is refused 429: %ld", rst[3]);
 
     /* R keeps answering S meanwhile */
     pb_event e71 = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 7, .guild_id = 71};
@@ -994,6 +1020,9 @@ static void test_rename_pending(void)
         CHECKF(!has_peer(r, S), "after the proof: S is no longer a peer");
     }
     CHECKF(!rename_in_listed(r, S, NEW), "after the proof: no longer listed as pending");
+    for (int i = 0; i < 3; i++)
+        CHECKF(!rename_in_listed(r, S, fs->id[2 + i]),
+               "after the proof: S's other pending renames are dropped (%s)", fs->id[2 + i]);
 out:
     if (pbt_failed > failed0 && r) pbt_daemon_dump_log(r);
     pbt_daemon_free(r);
