@@ -139,6 +139,11 @@ static const struct setting settings[] = {
     U(backoff_min, 5, 1, 86400, "first drain attempt delay for a queued peer, seconds"),
     U(backoff_max, 900, 1, 86400, "longest drain attempt delay for a queued peer, seconds"),
     U(pull_interval, 60, 1, 86400, "pull a sender this many seconds after its last Push"),
+    UL(former_id_grace, 2592000, 1, 315360000,
+       "after we rename ourselves, a peer that has not yet confirmed learning the new ID "
+       "may still bind its tokens to the former one for this many seconds (default 30 "
+       "days); from any other peer, or later, the former ID is refused "
+       "(401 h.bad-token-audience)"),
     UL(max_queue_age, 0, 0, 31536000,
        "queued events older than this many seconds expire unsent (a log line, a notice in "
        "our inbox, a new sequence epoch for the peer; postbox_events_expired_total); 0: never"),

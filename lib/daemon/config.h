@@ -76,7 +76,8 @@ struct pb_config {
     uint64_t backoff_min;
     uint64_t backoff_max;
     uint64_t pull_interval;
-    uint64_t max_queue_age; /* seconds, 0: off (live) */
+    uint64_t former_id_grace; /* seconds (live) */
+    uint64_t max_queue_age;   /* seconds, 0: off (live) */
     uint64_t pull_batch;
     uint64_t pull_max_bytes;
     uint64_t push_wait_ms;

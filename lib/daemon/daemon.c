@@ -390,6 +390,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .backoff_max_s = (unsigned)cfg->backoff_max,
         .pull_interval_s = (unsigned)cfg->pull_interval,
         .max_queue_age_s = (unsigned)cfg->max_queue_age,
+        .former_id_grace_s = (unsigned)cfg->former_id_grace,
         .pull_batch = (unsigned)cfg->pull_batch,
         .pull_max_bytes = (size_t)cfg->pull_max_bytes,
         .push_wait_ms = (unsigned)cfg->push_wait_ms,
@@ -548,6 +549,7 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
     };
     pb_hrpc_server_set_limits(d->fed, &lim);
     pb_delivery_set_max_queue_age(d->delivery, (unsigned)next->max_queue_age);
+    pb_delivery_set_former_id_grace(d->delivery, (unsigned)next->former_id_grace);
     changed = pb_config_changes(d->cfg, next);
     PB_INFO(NULL, "configuration reloaded: %s%s%s",
             changed ? "applied " : "no live setting changed", changed ? changed : "",

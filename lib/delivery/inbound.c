@@ -383,7 +383,8 @@ void pb_inbound_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep
     /* Proof of possession (PROTOCOL.md 7.2), honoured only in a request bound to us. */
     bool proven = false;
     if (c.bound && proof) {
-        proven = pb_auth_proof_check(proof, proof_len, new_id, old_key, now, o->policy);
+        proven =
+            pb_auth_proof_check(proof, proof_len, c.server_id, new_id, old_key, now, o->policy);
         if (!proven) {
             PB_WARN(c.server_id, "rename to %s refused: the proof of possession does not verify",
                     new_id);
