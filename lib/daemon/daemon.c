@@ -348,6 +348,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .connect_timeout_ms = (long)cfg->peer_connect_timeout_ms,
         .timeout_ms = (long)cfg->peer_timeout_ms,
         .allow_private = cfg->allow_private_peers != 0,
+        .proxy = cfg->peer_proxy,
         .loop = d->loop,
         .dns_servers = cfg->dns_servers,
     };
