@@ -343,9 +343,10 @@ static bool within_window(uint64_t now, uint64_t t, const pb_auth_policy *pol)
 
 /* Decodes the AuthData of tok into c (server_id, audience normalised). BAD_DATA when it
  * does not decode or names an invalid server ID; BAD_AUDIENCE for an audience that is
- * not one of ours (an invalid one included). */
+ * not one of ours as `peer` may name it (NULL: the token's sender), an invalid one
+ * included. */
 static pb_auth_verdict decode_claims(const pb_token *tok, const pb_auth_policy *pol,
-                                     pb_auth_claims *c)
+                                     const char *peer, pb_auth_claims *c)
 {
     char *claimed = NULL, *aud = NULL;
     uint64_t t = 0;
@@ -356,7 +357,9 @@ static pb_auth_verdict decode_claims(const pb_token *tok, const pb_auth_policy *
     v = PB_AUTH_BAD_AUDIENCE;
     if (aud) {
         if (pb_serverid_normalize(aud, c->audience) != PB_OK) goto out;
-        if (!pol || !pol->is_self || !pol->is_self(pol->self_ctx, c->audience)) goto out;
+        if (!pol || !pol->is_self ||
+            !pol->is_self(pol->self_ctx, peer ? peer : c->server_id, c->audience))
+            goto out;
         c->bound = true;
     }
     v = PB_AUTH_OK;
@@ -374,7 +377,7 @@ pb_auth_verdict pb_auth_precheck(const char *header, uint64_t now, const pb_auth
         return PB_AUTH_BAD_AUTH;
     if (pb_wire_token_decode(c->raw, c->rawlen, &c->tok) != PB_OK) return PB_AUTH_BAD_TOKEN;
     if (c->tok.sig_len != PB_SIG_LEN) return PB_AUTH_BAD_SIG_LEN;
-    pb_auth_verdict v = decode_claims(&c->tok, pol, c);
+    pb_auth_verdict v = decode_claims(&c->tok, pol, NULL, c);
     if (v != PB_AUTH_OK) return v;
     if (pol && pol->lock) pthread_rwlock_rdlock(pol->lock); /* a reload may swap the lists */
     bool in_time = within_window(now, c->time, pol);
@@ -423,14 +426,14 @@ out:
     pb_auth_claims_clear(&c);
 }
 
-bool pb_auth_proof_check(const uint8_t *token, size_t len, const char *new_id,
+bool pb_auth_proof_check(const uint8_t *token, size_t len, const char *old_id, const char *new_id,
                          const uint8_t key[PB_PUBKEY_LEN], uint64_t now, const pb_auth_policy *pol)
 {
     pb_auth_claims c = {0};
     bool ok = false;
-    if (!token || !new_id || pb_wire_token_decode(token, len, &c.tok) != PB_OK) goto out;
+    if (!token || !old_id || !new_id || pb_wire_token_decode(token, len, &c.tok) != PB_OK) goto out;
     if (c.tok.sig_len != PB_SIG_LEN) goto out;
-    if (decode_claims(&c.tok, pol, &c) != PB_AUTH_OK || !c.bound) goto out;
+    if (decode_claims(&c.tok, pol, old_id, &c) != PB_AUTH_OK || !c.bound) goto out;
     if (pol && pol->lock) pthread_rwlock_rdlock(pol->lock);
     bool in_time = within_window(now, c.time, pol);
     if (pol && pol->lock) pthread_rwlock_unlock(pol->lock);

@@ -74,10 +74,11 @@ typedef struct pb_auth_policy {
     size_t ndeny;
     uint32_t key_retry_after_s; /* RetryInfo for PB_AUTH_KEY_UNAVAILABLE (default 30) */
     pb_auth_cache *cache;       /* verified tokens; NULL: verify every time */
-    /* True when id (normalised) is one of this server's IDs: the current one, or a former
-     * one that some peer has not yet confirmed learning the rename of (PROTOCOL.md 7.1).
-     * NULL: every audience is refused. Called from listener threads. */
-    bool (*is_self)(void *ctx, const char *id);
+    /* True when id (normalised) is one of this server's IDs as `peer` (the token's sender,
+     * normalised) may name it: the current one, or a former one that this peer has not yet
+     * confirmed learning the rename of, within the grace after it (PROTOCOL.md 7). NULL:
+     * every audience is refused. Called from listener threads. */
+    bool (*is_self)(void *ctx, const char *peer, const char *id);
     void *self_ctx;
     /* When set, pb_auth_precheck and pb_auth_proof_check hold it for reading while it reads
      * window_s and the lists, so that whoever holds it for writing may replace them (a
@@ -167,9 +168,10 @@ bool pb_auth_token_verify(const uint8_t *token, size_t len, const uint8_t key[PB
 /*
  * The rename proof of PROTOCOL.md 7.2: true when `token` (a serialized Token) has a 64-byte
  * signature that verifies with key, and its AuthData names exactly new_id, is bound to one
- * of this server's IDs (pol->is_self) and is within the policy's time window of now.
+ * of this server's IDs as old_id (the peer being renamed) may name it (pol->is_self) and
+ * is within the policy's time window of now.
  */
-bool pb_auth_proof_check(const uint8_t *token, size_t len, const char *new_id,
+bool pb_auth_proof_check(const uint8_t *token, size_t len, const char *old_id, const char *new_id,
                          const uint8_t key[PB_PUBKEY_LEN], uint64_t now, const pb_auth_policy *pol);
 
 #endif

@@ -80,7 +80,15 @@ static const struct setting settings[] = {
     SL(log_level, "info", "debug, info, warn or error"),
     B(allow_private_peers, no,
       "connect to peers at loopback, private, link-local or other non-public addresses "
-      "(loopback setups, tests, a private federation; off on the open internet)"),
+      "(loopback setups, tests, a private federation; off on the open internet); with "
+      "peer_proxy set, only the proxy decides which addresses it reaches"),
+    S(peer_proxy, NULL,
+      "reach peers through this proxy, a URL as libcurl takes it (http://host:port, "
+      "socks5h://host:port, ...); default none: peers are reached directly, whatever "
+      "http_proxy or ALL_PROXY the environment holds; with it, every connection goes to "
+      "the proxy, which resolves peers' names: the private-address check cannot see the "
+      "peers' addresses and is not applied, so the proxy itself must refuse loopback and "
+      "private destinations (allow_private_peers is the proxy's policy)"),
     S(log_format, "text", "log lines: text, or json (one object per line)"),
     SL(log_deliveries, "info",
        "level of the one line per delivery outcome (a Push sent or received, a Pull "
@@ -189,6 +197,11 @@ static const struct setting settings[] = {
     U(backoff_min, 5, 1, 86400, "first drain attempt delay for a queued peer, seconds"),
     U(backoff_max, 900, 1, 86400, "longest drain attempt delay for a queued peer, seconds"),
     U(pull_interval, 60, 1, 86400, "pull a sender this many seconds after its last Push"),
+    UL(former_id_grace, 2592000, 1, 315360000,
+       "after we rename ourselves, a peer that has not yet confirmed learning the new ID "
+       "may still bind its tokens to the former one for this many seconds (default 30 "
+       "days); from any other peer, or later, the former ID is refused "
+       "(401 h.bad-token-audience)"),
     UL(max_queue_age, 0, 0, 31536000,
        "queued events older than this many seconds expire unsent (a log line, a notice in "
        "our inbox, a new sequence epoch for the peer; postbox_events_expired_total); 0: never"),
@@ -416,6 +429,20 @@ pb_err pb_config_parse_args(pb_config *c, int argc, char **argv, int *used, char
 }
 
 /* Splits a comma/space-separated list of server IDs, normalising each. */
+
+/* A proxy URL libcurl understands, without control characters or spaces. */
+static bool proxy_url_ok(const char *u)
+{
+    static const char *const schemes[] = {"http://",    "https://",  "socks4://",
+                                          "socks4a://", "socks5://", "socks5h://"};
+    for (const char *p = u; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f) return false;
+    for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++) {
+        size_t n = strlen(schemes[i]);
+        if (strncasecmp(u, schemes[i], n) == 0) return u[n] != '\0';
+    }
+    return false;
+}
 static pb_err parse_id_list(const char *s, const char *what, char ***out, size_t *n, char **why)
 {
     *out = NULL;
@@ -509,6 +536,12 @@ pb_err pb_config_finish(pb_config *c, char **why)
     }
     if (strcmp(c->peer_scheme, "https") != 0 && strcmp(c->peer_scheme, "http") != 0) {
         *why = pb_xasprintf("peer_scheme: want https or http, got \"%s\"", c->peer_scheme);
+        return PB_ERR_CONFIG;
+    }
+    if (c->peer_proxy && *c->peer_proxy && !proxy_url_ok(c->peer_proxy)) {
+        *why = pb_xasprintf("peer_proxy: want a URL http://, https://, socks4://, socks4a://, "
+                            "socks5:// or socks5h:// followed by host:port, got \"%s\"",
+                            c->peer_proxy);
         return PB_ERR_CONFIG;
     }
     if (!c->tls_cert != !c->tls_key) {

@@ -47,6 +47,7 @@ struct pb_config {
     char *metrics_listen;         /* loopback IP:PORT serving GET /metrics without the token */
     char *dns_servers;            /* IP[:PORT],... for peers' names; NULL: /etc/resolv.conf */
     uint64_t allow_private_peers; /* boolean */
+    char *peer_proxy;             /* proxy URL for every peer connection; NULL: none */
     uint64_t auth_window;
     uint64_t key_refetch_interval;
     uint64_t max_body;
@@ -90,7 +91,8 @@ struct pb_config {
     uint64_t backoff_min;
     uint64_t backoff_max;
     uint64_t pull_interval;
-    uint64_t max_queue_age; /* seconds, 0: off (live) */
+    uint64_t former_id_grace; /* seconds (live) */
+    uint64_t max_queue_age;   /* seconds, 0: off (live) */
     uint64_t pull_batch;
     uint64_t pull_max_bytes;
     uint64_t push_wait_ms;

@@ -354,6 +354,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .connect_timeout_ms = (long)cfg->peer_connect_timeout_ms,
         .timeout_ms = (long)cfg->peer_timeout_ms,
         .allow_private = cfg->allow_private_peers != 0,
+        .proxy = cfg->peer_proxy,
         .loop = d->loop,
         .dns_servers = cfg->dns_servers,
         .dns_lookups = (unsigned)cfg->dns_lookups,
@@ -402,6 +403,7 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .backoff_max_s = (unsigned)cfg->backoff_max,
         .pull_interval_s = (unsigned)cfg->pull_interval,
         .max_queue_age_s = (unsigned)cfg->max_queue_age,
+        .former_id_grace_s = (unsigned)cfg->former_id_grace,
         .pull_batch = (unsigned)cfg->pull_batch,
         .pull_max_bytes = (size_t)cfg->pull_max_bytes,
         .push_wait_ms = (unsigned)cfg->push_wait_ms,
@@ -583,6 +585,7 @@ pb_err pb_daemon_reload(pb_daemon *d, const pb_config *cfg)
         d->delivery, (unsigned)next->recv_budget_key_factor,
         (unsigned)next->recv_budget_address_factor, (unsigned)next->new_peers_per_key,
         (unsigned)next->new_peers_per_address, (unsigned)next->peer_idle_forget);
+    pb_delivery_set_former_id_grace(d->delivery, (unsigned)next->former_id_grace);
     changed = pb_config_changes(d->cfg, next);
     PB_INFO(NULL, "configuration reloaded: %s%s%s",
             changed ? "applied " : "no live setting changed", changed ? changed : "",

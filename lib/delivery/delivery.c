@@ -83,10 +83,11 @@ struct peer {
     bool v_notice;          /* our rename notice pending */
     char v_notice_err[256];
     char v_notice_old[PB_SERVER_ID_MAX];
-    int64_t seen_push_ms; /* last push_seen post (monotonic), to debounce */
-    int64_t contact_ms;   /* last contact post (monotonic), to debounce */
-    int64_t v_last_ok_s;  /* wall time of the last successful Push; 0 none (metrics) */
-    uint64_t v_acked;     /* delivered up to here (the state machine's acked), for a drop */
+    int64_t v_notice_since; /* wall ms: when we stopped being v_notice_old (its grace) */
+    int64_t seen_push_ms;   /* last push_seen post (monotonic), to debounce */
+    int64_t contact_ms;     /* last contact post (monotonic), to debounce */
+    int64_t v_last_ok_s;    /* wall time of the last successful Push; 0 none (metrics) */
+    uint64_t v_acked;       /* delivered up to here (the state machine's acked), for a drop */
 
     /* ---- the engine's: loop thread only ---- */
     pb_delivery *d;
@@ -146,8 +147,6 @@ struct pb_delivery {
     void *inbox_hook_ctx;
     pthread_cond_t notice_cv; /* rename reports */
     char self[PB_SERVER_ID_MAX];
-    char (*old_ids)[PB_SERVER_ID_MAX]; /* former IDs peers still know us by */
-    size_t nold;
     struct peer *buckets[NBUCKETS];
     struct peer **all;
     size_t npeers, cap;
@@ -169,7 +168,8 @@ struct pb_delivery {
     pb_health *health;
     pb_timer probe_timer;
     bool probe_busy;
-    _Atomic unsigned max_queue_age_s; /* live (pb_delivery_set_max_queue_age); 0: off */
+    _Atomic unsigned max_queue_age_s;   /* live (pb_delivery_set_max_queue_age); 0: off */
+    _Atomic unsigned former_id_grace_s; /* live (pb_delivery_set_former_id_grace) */
     /* identities (pb_delivery_set_ident_limits): new peers per hour, per key and per
      * address (token buckets of one event each, refilled over an hour), and the idle
      * sweep that forgets peer records */
@@ -305,33 +305,29 @@ static void as_id_for(pb_delivery *d, const struct peer *p, char out[PB_SERVER_I
     pthread_mutex_unlock(&d->mu);
 }
 
-/* Rebuilds the list of former IDs (loop thread, after notices change). */
-static void rebuild_old_ids(pb_delivery *d)
-{
-    pthread_mutex_lock(&d->mu);
-    d->nold = 0;
-    for (size_t i = 0; i < d->npeers; i++) {
-        struct peer *p = d->all[i];
-        if (p->dead || !p->notice) continue;
-        bool seen = false;
-        for (size_t k = 0; k < d->nold && !seen; k++)
-            seen = strcmp(d->old_ids[k], p->notice_old) == 0;
-        if (seen) continue;
-        d->old_ids = pb_xrealloc(d->old_ids, (d->nold + 1) * sizeof *d->old_ids);
-        snprintf(d->old_ids[d->nold++], PB_SERVER_ID_MAX, "%s", p->notice_old);
-    }
-    pthread_mutex_unlock(&d->mu);
-}
-
-bool pb_delivery_is_self(void *ctx, const char *id)
+/* A former ID is good only from the peer that still knows us by it (its rename notice is
+ * pending: it has not confirmed), and only for the grace after the rename: a token bound
+ * to it from anyone else (a peer that confirmed, or one that never knew that ID) may have
+ * been meant for whoever holds that ID now. */
+bool pb_delivery_is_self(void *ctx, const char *peer, const char *id)
 {
     pb_delivery *d = ctx;
+    int64_t grace_ms = (int64_t)atomic_load(&d->former_id_grace_s) * 1000;
+    int64_t now = wall_ms();
     pthread_mutex_lock(&d->mu);
     bool self = strcmp(id, d->self) == 0;
-    for (size_t i = 0; !self && i < d->nold; i++)
-        self = strcmp(d->old_ids[i], id) == 0;
+    if (!self && peer) {
+        const struct peer *p = peer_find(d, peer);
+        self = p && !p->dead && p->v_notice && strcmp(p->v_notice_old, id) == 0 &&
+               now - p->v_notice_since < grace_ms;
+    }
     pthread_mutex_unlock(&d->mu);
     return self;
+}
+
+void pb_delivery_set_former_id_grace(pb_delivery *d, unsigned seconds)
+{
+    atomic_store(&d->former_id_grace_s, seconds ? seconds : PB_DELIVERY_FORMER_ID_GRACE_S);
 }
 
 void pb_delivery_server_id(pb_delivery *d, char out[PB_SERVER_ID_MAX])
@@ -1331,7 +1327,6 @@ static void notice_done(void *ctx, pb_err err, pb_client_answer *ans)
         p->notice = false;
         p->notice_attempts = 0;
         notice_view(p, NULL);
-        rebuild_old_ids(d);
     } else {
         p->notice_attempts++;
         int64_t delay = pb_fsm_backoff_ms(&d->fcfg, p->notice_attempts - 1, randombytes_random());
@@ -1905,6 +1900,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pb_timer_init(&d->expire_timer, expire_timer_fired, d);
     pb_timer_init(&d->age_timer, age_timer_fired, d);
     atomic_store(&d->max_queue_age_s, d->o.max_queue_age_s);
+    pb_delivery_set_former_id_grace(d, d->o.former_id_grace_s);
     pb_timer_init(&d->beat_timer, beat_timer_fired, d);
 
     pb_peer_state *sts = NULL;
@@ -1962,6 +1958,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
         p->notice = p->v_notice = true;
         snprintf(p->notice_old, sizeof p->notice_old, "%s", rs[i].old_id);
         snprintf(p->v_notice_old, sizeof p->v_notice_old, "%s", rs[i].old_id);
+        p->v_notice_since = rs[i].renamed_at;
         snprintf(p->notice_new, sizeof p->notice_new, "%s", rs[i].new_id);
         p->notice_attempts = rs[i].attempts;
         if (rs[i].last_error)
@@ -1969,7 +1966,6 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     }
     pthread_mutex_unlock(&d->mu);
     pb_rename_outs_free(rs, n);
-    rebuild_old_ids(d);
     d->exec = pb_exec_new(d->o.store_threads);
     *out = d;
     return PB_OK;
@@ -2087,7 +2083,6 @@ void pb_delivery_free(pb_delivery *d)
         free(p);
     }
     free(d->all);
-    free(d->old_ids);
     free(d->apply_q);
     free(d->apply_wait);
     pb_auth_signer_free(d->signer);
@@ -2371,6 +2366,7 @@ void pb_rename_reports_free(pb_rename_report *r, size_t n)
 
 struct rename_msg {
     pb_delivery *d;
+    const char *new_id;
     pb_rename_out *rs;
     size_t n;
     uint64_t *before;
@@ -2393,10 +2389,15 @@ static void rename_on_loop(void *arg)
         pthread_mutex_lock(&d->mu);
         p->v_notice = true;
         snprintf(p->v_notice_old, sizeof p->v_notice_old, "%s", p->notice_old);
+        p->v_notice_since = m->rs[i].renamed_at;
         p->v_notice_err[0] = '\0';
         pthread_mutex_unlock(&d->mu);
     }
-    rebuild_old_ids(d);
+    /* only now: a peer's tokens bound to the old ID never meet a moment when neither its
+     * notice nor our own ID accepts them */
+    pthread_mutex_lock(&d->mu);
+    snprintf(d->self, sizeof d->self, "%s", m->new_id);
+    pthread_mutex_unlock(&d->mu);
     for (size_t i = 0; i < m->n; i++)
         notice_want(peer_get(d, m->rs[i].peer));
 }
@@ -2415,11 +2416,8 @@ pb_err pb_delivery_rename(pb_delivery *d, const char *new_id, int wait_ms,
     size_t n = 0;
     err = pb_store_rename_out_list(d->o.store, &rs, &n);
     if (err != PB_OK) return err;
-    pthread_mutex_lock(&d->mu);
-    snprintf(d->self, sizeof d->self, "%s", new_id);
-    pthread_mutex_unlock(&d->mu);
     PB_INFO(NULL, "renamed %s -> %s; telling %zu peers", old, new_id, n);
-    struct rename_msg m = {d, rs, n, pb_xcalloc(n ? n : 1, sizeof(uint64_t))};
+    struct rename_msg m = {d, new_id, rs, n, pb_xcalloc(n ? n : 1, sizeof(uint64_t))};
     pb_ioloop_call(d->loop, rename_on_loop, &m);
     /* Wait for each peer's first answer (bounded). */
     int64_t until = mono_ms() + wait_ms;

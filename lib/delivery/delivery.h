@@ -100,10 +100,13 @@ typedef struct pb_delivery_opts {
      * and renames made by other nodes, and the other nodes take a dead node's peers over
      * once its leases expire. NULL: the only node (no leases). */
     const char *node_id;
-    unsigned max_queue_age_s;  /* queued events older than this expire (a notice in the inbox,
-                                  a new epoch); 0: never (the default) */
-    unsigned lease_ttl_ms;     /* default 10000 */
-    unsigned scan_interval_ms; /* default 1000 */
+    unsigned max_queue_age_s;   /* queued events older than this expire (a notice in the inbox,
+                                   a new epoch); 0: never (the default) */
+    unsigned former_id_grace_s; /* a former ID of ours is accepted from a peer that has not
+                                   confirmed our rename for this long after it; 0: the
+                                   default, PB_DELIVERY_FORMER_ID_GRACE_S (30 days) */
+    unsigned lease_ttl_ms;      /* default 10000 */
+    unsigned scan_interval_ms;  /* default 1000 */
 } pb_delivery_opts;
 
 /* Loads peer state from the store; every known peer is due for its start-up Pull (Pushes
@@ -120,9 +123,13 @@ void pb_delivery_free(pb_delivery *d); /* after the loop stopped; NULL is a no-o
 
 /* This server's current ID into out. */
 void pb_delivery_server_id(pb_delivery *d, char out[PB_SERVER_ID_MAX]);
-/* pb_auth_policy.is_self over a pb_delivery (ctx): our current ID, or a former one that a
- * peer has not yet confirmed learning the rename of. Any thread. */
-bool pb_delivery_is_self(void *ctx, const char *id);
+/* pb_auth_policy.is_self over a pb_delivery (ctx): our current ID, or the former one that
+ * this peer still knows us by (it has not confirmed learning our rename; PROTOCOL.md 7)
+ * while the rename is younger than former_id_grace_s. Any thread. */
+bool pb_delivery_is_self(void *ctx, const char *peer, const char *id);
+#define PB_DELIVERY_FORMER_ID_GRACE_S (30u * 24 * 60 * 60)
+/* The former_id_grace setting, live (seconds; 0: the default). */
+void pb_delivery_set_former_id_grace(pb_delivery *d, unsigned seconds);
 
 /* ---- operations (the admin API's); any thread but the loop's ----------------------------- */
 

@@ -391,7 +391,8 @@ void pb_inbound_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep
     /* Proof of possession (PROTOCOL.md 7.2), honoured only in a request bound to us. */
     bool proven = false;
     if (c.bound && proof) {
-        proven = pb_auth_proof_check(proof, proof_len, new_id, old_key, now, o->policy);
+        proven =
+            pb_auth_proof_check(proof, proof_len, c.server_id, new_id, old_key, now, o->policy);
         if (!proven) {
             PB_WARN(c.server_id, "rename to %s refused: the proof of possession does not verify",
                     new_id);
@@ -410,6 +411,14 @@ void pb_inbound_notify(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep
         if (err == PB_ERR_EXISTS) {
             pb_hrpc_reply_error(rep, 409, "h.new-id-in-use",
                                 "a rename to %s is pending for another server", new_id);
+            goto out;
+        }
+        if (err == PB_ERR_TOO_BIG) { /* the earlier ones are kept: one of them may be genuine */
+            pb_hrpc_reply_error(rep, 429, ID_EXHAUSTED,
+                                "%d renames of %s are pending already; prove one (a request "
+                                "whose token names the new ID) or retry when they expire",
+                                PB_STORE_RENAMES_IN_MAX, c.server_id);
+            rep->retry_after = 3600;
             goto out;
         }
         if (err != PB_OK) {

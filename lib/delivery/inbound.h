@@ -20,7 +20,10 @@
  * waiting suspended). With the proof of possession (a token naming the new ID, bound to
  * us, same key) the rename is made at once; without it, it is recorded as pending and
  * completed by the first authenticated request whose token names the new ID and verifies
- * with the old key (pb_inbound_rename_key / _proven), or expires after 24 hours.
+ * with the old key (pb_inbound_rename_key / _proven), or expires after 24 hours. A later
+ * unproven notice never replaces a pending one (anyone may replay an unbound token of the
+ * old ID within its window): up to PB_STORE_RENAMES_IN_MAX are kept per old ID, more are
+ * answered 429, and the one proven first wins (the others of that old ID are dropped).
  *
  * Untrusted input: request bodies (decoded by wire, bounded by the listener's max_body
  * and push_max_events), the tokens (auth), the rename proof.

@@ -19,6 +19,11 @@
  * connect to (after DNS, for each address it tries); a refused one gets no socket and the
  * reason is kept for the error message.
  *
+ * Proxy: only the operator's (peer_proxy), never the environment's. Through it, names are
+ * not resolved here (the proxy resolves them) and every connection is to the proxy, which
+ * the check above cannot see past: it is not applied, and the proxy decides which
+ * addresses it reaches.
+ *
  * Untrusted input: the peer's answer. The body is capped at max_response while it is
  * received (CURLOPT_MAXFILESIZE for an announced length, the write callback otherwise)
  * and counted against the shared response budget; a 2xx counts only with Content-Type
@@ -57,6 +62,7 @@ struct pb_client {
     bool plain_http;
     bool allow_private;
     char *ca_file;
+    char *proxy; /* peer_proxy; NULL: none */
     long connect_timeout_ms;
     long timeout_ms;
     size_t max_response;
@@ -110,6 +116,7 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
     c->plain_http = o.plain_http;
     c->allow_private = o.allow_private;
     c->ca_file = o.ca_file ? pb_xstrdup(o.ca_file) : NULL;
+    c->proxy = o.proxy && *o.proxy ? pb_xstrdup(o.proxy) : NULL;
     c->connect_timeout_ms =
         o.connect_timeout_ms > 0 ? o.connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
     c->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
@@ -124,6 +131,7 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
         if (err != PB_OK) {
             pb_ioloop_free(c->loop);
             free(c->ca_file);
+            free(c->proxy);
             free(c);
             return err;
         }
@@ -140,6 +148,7 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
     if (err != PB_OK) {
         if (c->own_loop) pb_ioloop_free(c->loop);
         free(c->ca_file);
+        free(c->proxy);
         free(c);
         return err;
     }
@@ -154,6 +163,7 @@ void pb_client_free(pb_client *c)
     pb_resolver_free(c->resolver);
     if (c->own_loop) pb_ioloop_free(c->loop);
     free(c->ca_file);
+    free(c->proxy);
     free(c);
 }
 
@@ -219,11 +229,13 @@ static void addr_text(const struct sockaddr *sa, char *out, size_t n)
     snprintf(out, n, "%s", ip);
 }
 
-/* Every address libcurl connects to passes here: the check of PROTOCOL.md 7.3. */
+/* Every address libcurl connects to passes here: the check of PROTOCOL.md 7.3. Through a
+ * proxy every connection is to the proxy the operator named: not checked (the proxy
+ * decides which addresses it reaches). */
 static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
 {
     struct xfer *x = ud;
-    if (!x->c->allow_private) {
+    if (!x->c->allow_private && !x->c->proxy) {
         const char *why = pb_addr_refusal(&a->addr);
         if (why) {
             char ip[INET6_ADDRSTRLEN];
@@ -550,9 +562,10 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
      * their connections (no resolution); contacts are rare per peer. */
     SET(CURLOPT_DNS_CACHE_TIMEOUT, 0L);
     SET(CURLOPT_NOSIGNAL, 1L);
-    /* Never a proxy from the environment (http_proxy, ALL_PROXY): through a proxy the
-     * private-address check would see only the proxy's address. */
-    SET(CURLOPT_PROXY, "");
+    /* A proxy only when the operator names one (peer_proxy), never from the environment
+     * (http_proxy, ALL_PROXY): through a proxy the private-address check would see only
+     * the proxy's address. */
+    SET(CURLOPT_PROXY, c->proxy ? c->proxy : "");
     SET(CURLOPT_POST, 1L);
     SET(CURLOPT_POSTFIELDS, x->body ? (const char *)x->body : "");
     SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
@@ -578,7 +591,7 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
         fail_early(x, PB_ERR_NET, msg);
         return;
     }
-    if (x->host[0]) { /* a name: resolved first, added then (on_resolved) */
+    if (x->host[0] && !c->proxy) { /* a name: resolved first, added then (on_resolved) */
         resolve(x);
         return;
     }

@@ -8,7 +8,10 @@
  * are verified against the system CAs or the configured CA file. Unless the operator
  * allows private peers, a connection to an address that is not public unicast (loopback,
  * private, link-local, ...: addrclass.h) is refused on the address actually connected to,
- * so a DNS answer cannot redirect us there (PROTOCOL.md 7.3).
+ * so a DNS answer cannot redirect us there (PROTOCOL.md 7.3). A proxy is used only when
+ * the operator names one (proxy, the peer_proxy setting; never http_proxy or ALL_PROXY
+ * from the environment); through it the proxy resolves names and connects, so that check
+ * is not applied: which addresses are reached is the proxy's policy.
  *
  * Two ways to call: pb_client_start on the loop thread, completing through a callback
  * there (the delivery engine and the key fetcher), and pb_client_call, which blocks the
@@ -42,6 +45,8 @@ typedef struct pb_client_opts {
     size_t max_response;     /* largest answer body accepted, default 16 MiB */
     size_t response_budget;  /* bytes of answers being received at once, default 64 MiB */
     bool allow_private;      /* connect to loopback/private/... addresses (allow_private_peers) */
+    const char *proxy;       /* every connection through this proxy URL (peer_proxy); NULL or
+                                "": none, whatever the environment says */
     pb_ioloop *loop;         /* borrowed; NULL: the client runs a loop of its own */
     long max_connections;    /* own loop only: connection cache size, default 1024 */
     const char *dns_servers; /* "IP[:PORT],..." for host names; NULL: the system's */

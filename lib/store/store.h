@@ -381,10 +381,10 @@ pb_err pb_store_invites(pb_store *s, uint64_t user_id, pb_invite_entry **out, si
  * delivery/sequence state (send_epoch included), its receive state of every epoch, its
  * outbox events, guild list entries and pending invites, and pending renames_out rows and
  * its outbound lease; forgets a recorded flush of either ID (pb_store_peer_flush); deletes the
- * pending incoming rename of OLD (renames_in) if any; then appends a rename item (from NEW) to the
- * inbox. The key's key_fetched_at becomes now/1000; last_contact and the inbox history from OLD are
- * kept. PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known peer (also
- * when NEW equals OLD); nothing changes then.
+ * pending incoming renames of OLD (renames_in), all of them; then appends a rename item (from NEW)
+ * to the inbox. The key's key_fetched_at becomes now/1000; last_contact and the inbox history from
+ * OLD are kept. PB_ERR_NOT_FOUND when OLD is unknown; PB_ERR_EXISTS when NEW is already a known
+ * peer (also when NEW equals OLD); nothing changes then.
  */
 pb_err pb_store_peer_rename(pb_store *s, const char *old_id, const char *new_id,
                             const uint8_t new_key[PB_PUBKEY_LEN], int64_t now);
@@ -393,7 +393,8 @@ pb_err pb_store_peer_rename(pb_store *s, const char *old_id, const char *new_id,
  * This server renames itself OLD -> NEW: in one transaction sets meta "server_id" to NEW
  * and records, for every known peer, that it must be told (renames_out). A peer that has
  * a pending rename from an earlier change keeps its old_id (the ID it still knows us by)
- * and gets the new new_id. Every touched row restarts: attempts 0, next_attempt_at now,
+ * and gets the new new_id, keeping its renamed_at (the time it stopped being ours); a new
+ * row's renamed_at is now. Every touched row restarts: attempts 0, next_attempt_at now,
  * no last_error. A row whose old_id equals the new new_id (renamed back) is dropped:
  * that peer has nothing to learn.
  */
@@ -405,7 +406,8 @@ typedef struct pb_rename_out {
     char *new_id; /* owned */
     uint32_t attempts;
     int64_t next_attempt_at;
-    char *last_error; /* owned or NULL */
+    char *last_error;   /* owned or NULL */
+    int64_t renamed_at; /* Unix ms: when we stopped being old_id (the row's creation) */
 } pb_rename_out;
 void pb_rename_outs_free(pb_rename_out *r, size_t n);
 /* Every pending rename, ordered by peer. *out is the caller's (pb_rename_outs_free); NULL
@@ -421,8 +423,12 @@ pb_err pb_store_rename_out_failed(pb_store *s, const char *peer, uint32_t attemp
 /* ---- pending incoming renames (PROTOCOL.md 7.2) ----------------------------------------
  * A peer's rename notice OLD -> NEW that came without a proof of possession is recorded
  * here, nothing re-labelled, and completed (pb_store_peer_rename) when a later request
- * whose token names NEW verifies with OLD's key. One pending rename per old ID, and a new
- * ID is pending for at most one old ID. Times are Unix ms. */
+ * whose token names NEW verifies with OLD's key. Up to PB_STORE_RENAMES_IN_MAX pending
+ * renames per old ID (a later notice never replaces an earlier one: anyone may replay an
+ * unbound token of OLD's within its time window, naming a host that serves OLD's key; the
+ * one proven first wins and the others of OLD go with it), and a new ID is pending for at
+ * most one old ID. Times are Unix ms. */
+#define PB_STORE_RENAMES_IN_MAX 4
 
 typedef struct pb_rename_in {
     char *old_id; /* owned */
@@ -431,16 +437,18 @@ typedef struct pb_rename_in {
 } pb_rename_in;
 void pb_rename_ins_free(pb_rename_in *r, size_t n);
 
-/* Records the pending rename old_id -> new_id created at now, replacing one pending for
- * old_id (its new_id and created_at). PB_ERR_EXISTS when new_id is already pending for
- * another old ID; PB_ERR_INVAL when the IDs are equal; nothing changes then. */
+/* Records the pending rename old_id -> new_id created at now; the same pair again only
+ * gets the new created_at. PB_ERR_EXISTS when new_id is already pending for another old
+ * ID; PB_ERR_TOO_BIG when old_id has PB_STORE_RENAMES_IN_MAX other pending renames (the
+ * earlier ones are kept: they expire, or a proof completes one); PB_ERR_INVAL when the
+ * IDs are equal; nothing changes then. */
 pb_err pb_store_rename_in_add(pb_store *s, const char *old_id, const char *new_id, int64_t now);
 /* The pending rename to new_id: *old_id (a new string the caller frees) and *created_at
  * (may be NULL). PB_ERR_NOT_FOUND when none. */
 pb_err pb_store_rename_in_find(pb_store *s, const char *new_id, char **old_id, int64_t *created_at);
-/* Deletes the pending rename of old_id; PB_OK also when there is none. */
+/* Deletes every pending rename of old_id; PB_OK also when there is none. */
 pb_err pb_store_rename_in_remove(pb_store *s, const char *old_id);
-/* Every pending rename, ordered by old_id (bytewise). *out is the caller's
+/* Every pending rename, ordered by old_id then new_id (bytewise). *out is the caller's
  * (pb_rename_ins_free); NULL when none. */
 pb_err pb_store_rename_in_list(pb_store *s, pb_rename_in **out, size_t *n);
 /* Deletes the pending renames created before `before` (the engine passes now - 24 h);

@@ -271,25 +271,29 @@ static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
         BOTH(RENAME_DROP("recv_epochs", "peer") " AND o.epoch = n.epoch)"),
     [ST_RENAME_RECV_EPOCHS] = BOTH("UPDATE recv_epochs SET peer = $2 WHERE peer = $1"),
     /* WHERE true: lets SQLite parse the ON CONFLICT of an INSERT ... SELECT */
+    /* a peer that still knows us by an older ID keeps it, and the time we left it */
     [ST_SELF_RENAME_UPSERT] =
-        BOTH("INSERT INTO renames_out(peer, old_id, new_id, attempts, next_attempt_at, last_error)"
-             " SELECT server_id, $1, $2, 0, $3, NULL FROM peers WHERE true"
+        BOTH("INSERT INTO renames_out(peer, old_id, new_id, attempts, next_attempt_at, last_error,"
+             " renamed_at) SELECT server_id, $1, $2, 0, $3, NULL, $3 FROM peers WHERE true"
              " ON CONFLICT(peer) DO UPDATE SET new_id = excluded.new_id, attempts = 0,"
              " next_attempt_at = excluded.next_attempt_at, last_error = NULL"),
     [ST_SELF_RENAME_DROP] = BOTH("DELETE FROM renames_out WHERE old_id = new_id"),
     [ST_RENAME_OUT_LIST] = BOTH("SELECT peer, old_id, new_id, attempts, next_attempt_at,"
-                                " last_error FROM renames_out ORDER BY peer"),
+                                " last_error, renamed_at FROM renames_out ORDER BY peer"),
     [ST_RENAME_OUT_DONE] = BOTH("DELETE FROM renames_out WHERE peer = $1 AND new_id = $2"),
     [ST_RENAME_OUT_FAILED] = BOTH("UPDATE renames_out SET attempts = $2, next_attempt_at = $3,"
                                   " last_error = $4 WHERE peer = $1"),
-    /* a new_id pending for another old_id violates its UNIQUE constraint: PB_ERR_EXISTS */
+    /* the old ID's other pending renames, and whether new_id is pending for another one */
+    [ST_RENAME_IN_COUNT] =
+        BOTH("SELECT (SELECT count(*) FROM renames_in WHERE old_id = $1 AND new_id <> $2),"
+             " (SELECT count(*) FROM renames_in WHERE new_id = $2 AND old_id <> $1)"),
     [ST_RENAME_IN_ADD] =
         BOTH("INSERT INTO renames_in(old_id, new_id, created_at) VALUES ($1, $2, $3)"
-             " ON CONFLICT(old_id) DO UPDATE SET new_id = excluded.new_id,"
-             " created_at = excluded.created_at"),
+             " ON CONFLICT(old_id, new_id) DO UPDATE SET created_at = excluded.created_at"),
     [ST_RENAME_IN_FIND] = BOTH("SELECT old_id, created_at FROM renames_in WHERE new_id = $1"),
     [ST_RENAME_IN_REMOVE] = BOTH("DELETE FROM renames_in WHERE old_id = $1"),
-    [ST_RENAME_IN_LIST] = BOTH("SELECT old_id, new_id, created_at FROM renames_in ORDER BY old_id"),
+    [ST_RENAME_IN_LIST] = BOTH("SELECT old_id, new_id, created_at FROM renames_in"
+                               " ORDER BY old_id, new_id"),
     [ST_RENAME_IN_EXPIRE] = BOTH("DELETE FROM renames_in WHERE created_at < $1"),
     /* one row changed when taken or renewed, none when the WHERE kept another's lease */
     [ST_LEASE_ACQUIRE] =
@@ -1532,6 +1536,7 @@ static pb_err rename_out_row(const pb_store_driver *d, const pb_cur *c, void *el
     o->attempts = (uint32_t)d->col_int(c, 3, &bad);
     o->next_attempt_at = d->col_int(c, 4, &bad);
     o->last_error = col_str(d, c, 5);
+    o->renamed_at = d->col_int(c, 6, &bad);
     return o->peer && o->old_id && o->new_id && !bad ? PB_OK : PB_ERR_CORRUPT;
 }
 
@@ -1563,9 +1568,25 @@ static pb_err op_rename_out_failed(void *impl, const char *peer, uint32_t attemp
 
 /* ---- pending incoming renames ----------------------------------------------------------- */
 
+/* Under the old ID's peer row lock (PostgreSQL: nodes adding at once count in turn). */
+static pb_err rename_in_add_tx(pb_db *db, void *ctx)
+{
+    struct rename_ctx *r = ctx;
+    int64_t n[2] = {0, 0};
+    pb_err err = peer_lock(db, r->old_id);
+    if (err != PB_OK && err != PB_ERR_NOT_FOUND) return err;
+    err = pb_db_ints(D, db, ST_RENAME_IN_COUNT,
+                     (const pb_arg[]){A_TEXT(r->old_id), A_TEXT(r->new_id)}, 2, n, 2);
+    if (err != PB_OK) return err;
+    if (n[1] > 0) return PB_ERR_EXISTS;
+    if (n[0] >= PB_STORE_RENAMES_IN_MAX) return PB_ERR_TOO_BIG;
+    return EXEC(db, ST_RENAME_IN_ADD, NULL, A_TEXT(r->old_id), A_TEXT(r->new_id), A_INT(r->now));
+}
+
 static pb_err op_rename_in_add(void *impl, const char *old_id, const char *new_id, int64_t now)
 {
-    return WRITE1(impl, ST_RENAME_IN_ADD, NULL, A_TEXT(old_id), A_TEXT(new_id), A_INT(now));
+    struct rename_ctx r = {old_id, new_id, NULL, now};
+    return write_tx(impl, rename_in_add_tx, &r, false);
 }
 
 struct rename_in_found {

@@ -5,18 +5,19 @@
  * Design: steps[i] takes the schema from version i to i + 1. A step is one SQL text in
  * which the few words the engines spell differently are tokens (below), plus an engine's
  * own addition where a table exists in one engine only (PostgreSQL's inbox_seq counter,
- * SQLite's model log). Opening applies the missing steps in order inside one transaction
- * (PostgreSQL: under an advisory lock, so nodes that start together migrate once) and
- * refuses a database newer than this build. Never edit a released step (an old database
- * must end at the same schema as a new one); append a new one. The tests build old
- * databases from these steps (pb_store_schema_step).
+ * SQLite's model log) or a change is made differently (tokens count there too). Opening
+ * applies the missing steps in order inside one transaction (PostgreSQL: under an advisory
+ * lock, so nodes that start together migrate once) and refuses a database newer than this
+ * build. Never edit a released step (an old database must end at the same schema as a new
+ * one); append a new one. The tests build old databases from these steps
+ * (pb_store_schema_step).
  *
  * Tokens: @K a text key (bytewise order: PostgreSQL's COLLATE "C"), @T text, @I integer
  * (int64), @S a small integer, @B bytes, @W WITHOUT ROWID (SQLite's clustered tables),
  * @Q the inbox's seq column, @F the least first_seq of a submission (PostgreSQL claims an
- * ID with 0 inside the appending transaction).
+ * ID with 0 inside the appending transaction), @N the time now in Unix ms.
  *
- * The tables (version 9):
+ * The tables (version 10):
  *  - peers(server_id PK, first_seen, last_contact (s), pubkey, key_fetched_at (s), mode,
  *    attempts, next_attempt_at, last_error, parked_seq, next_seq, recv_seq (unused since
  *    version 5), send_epoch, queued): one row per peer, as receiver of our outbox
@@ -34,11 +35,13 @@
  *  - guilds(user_id, server_id, guild_id) and invites(user_id, server_id, invite_id,
  *    inviter_id), keys starting with user_id; no index on server_id (a peer's rename, rare,
  *    scans them; every received event would otherwise insert into a second B-tree).
- *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error);
- *    renames_in(old_id PK, new_id UNIQUE, created_at (ms) indexed); leases(peer PK, holder,
- *    expires_at (ms)); flushes(peer PK, requested_at (ms)); submissions(id PK, peer, first_seq,
- * count, created_at (ms) indexed); meta(key PK, value); schema_version. No foreign keys: a rename
- * re-labels every table explicitly in one transaction.
+ *  - renames_out(peer PK, old_id, new_id, attempts, next_attempt_at, last_error,
+ *    renamed_at (ms): when the peer's old_id stopped being ours, the start of its grace);
+ *    renames_in(old_id, new_id UNIQUE, created_at (ms) indexed) PK (old_id, new_id): at
+ *    most PB_STORE_RENAMES_IN_MAX rows an old ID; leases(peer PK, holder, expires_at (ms));
+ *    flushes(peer PK, requested_at (ms)); submissions(id PK, peer, first_seq, count,
+ *    created_at (ms) indexed); meta(key PK, value); schema_version. No foreign keys: a
+ *    rename re-labels every table explicitly in one transaction.
  *
  * Untrusted input: none (the stored version number is checked).
  */
@@ -59,6 +62,8 @@ static const char *const tokens[][PB_ENGINE__COUNT + 1] = {
     {"@W", " WITHOUT ROWID", ""},
     {"@Q", "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint PRIMARY KEY CHECK (seq >= 1)"},
     {"@F", "1", "0"},
+    {"@N", "(CAST(strftime('%s', 'now') AS INTEGER) * 1000)",
+     "(floor(extract(epoch FROM now()) * 1000))::bigint"},
 };
 
 /* The inbox's rows since version 9: an event, a rename, or a notice. */
@@ -158,6 +163,31 @@ static const char *const steps[][1 + PB_ENGINE__COUNT] = {
      "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS notice text NULL;"
      "ALTER TABLE inbox DROP CONSTRAINT IF EXISTS inbox_check;"
      "ALTER TABLE inbox ADD CONSTRAINT inbox_check CHECK " INBOX_SHAPES ";"},
+    /* 10: several pending incoming renames per old ID (a later unproven notice no longer
+     * replaces one: the key is (old_id, new_id)), and the time of our own rename that each
+     * peer has still to learn (renamed_at: its former ID is accepted from that peer for a
+     * bounded time after it; the rows that exist now get the time of the upgrade). SQLite
+     * rebuilds both tables, PostgreSQL replaces the key and adds the column. Its
+     * statements succeed again over themselves (tests set the version back). */
+    {"",
+     "CREATE TABLE renames_in_new (old_id TEXT NOT NULL, new_id TEXT NOT NULL UNIQUE,"
+     "  created_at INTEGER NOT NULL, PRIMARY KEY (old_id, new_id)) WITHOUT ROWID;"
+     "INSERT INTO renames_in_new(old_id, new_id, created_at)"
+     "  SELECT old_id, new_id, created_at FROM renames_in;"
+     "DROP TABLE renames_in; ALTER TABLE renames_in_new RENAME TO renames_in;"
+     "CREATE INDEX renames_in_by_age ON renames_in(created_at);"
+     "CREATE TABLE renames_out_new (peer TEXT PRIMARY KEY, old_id TEXT NOT NULL,"
+     "  new_id TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+     "  next_attempt_at INTEGER NOT NULL DEFAULT 0, last_error TEXT NULL,"
+     "  renamed_at INTEGER NOT NULL DEFAULT 0);"
+     "INSERT INTO renames_out_new(peer, old_id, new_id, attempts, next_attempt_at, last_error,"
+     "  renamed_at) SELECT peer, old_id, new_id, attempts, next_attempt_at, last_error, @N"
+     "  FROM renames_out;"
+     "DROP TABLE renames_out; ALTER TABLE renames_out_new RENAME TO renames_out;",
+     "ALTER TABLE renames_in DROP CONSTRAINT IF EXISTS renames_in_pkey;"
+     "ALTER TABLE renames_in ADD CONSTRAINT renames_in_pkey PRIMARY KEY (old_id, new_id);"
+     "ALTER TABLE renames_out ADD COLUMN IF NOT EXISTS renamed_at bigint NOT NULL DEFAULT 0;"
+     "UPDATE renames_out SET renamed_at = @N WHERE renamed_at = 0;"},
 };
 
 const int pb_store_schema_current = (int)(sizeof steps / sizeof steps[0]);
@@ -167,19 +197,20 @@ char *pb_store_schema_step(enum pb_engine e, int v)
     if (v < 1 || v > pb_store_schema_current) return NULL;
     const char *const *s = steps[v - 1];
     pb_buf out = PB_BUF_INIT;
-    for (const char *p = s[0]; *p;) {
-        size_t k = 0, nt = sizeof tokens / sizeof tokens[0];
-        if (*p == '@')
-            while (k < nt && strncmp(p, tokens[k][0], 2) != 0)
-                k++;
-        if (*p == '@' && k < nt) {
-            pb_buf_append_str(&out, tokens[k][1 + e]);
-            p += 2;
-        } else {
-            pb_buf_append(&out, p++, 1);
+    const char *parts[2] = {s[0], s[1 + e]}; /* the common text, then the engine's own */
+    for (int i = 0; i < 2; i++)
+        for (const char *p = parts[i]; p && *p;) {
+            size_t k = 0, nt = sizeof tokens / sizeof tokens[0];
+            if (*p == '@')
+                while (k < nt && strncmp(p, tokens[k][0], 2) != 0)
+                    k++;
+            if (*p == '@' && k < nt) {
+                pb_buf_append_str(&out, tokens[k][1 + e]);
+                p += 2;
+            } else {
+                pb_buf_append(&out, p++, 1);
+            }
         }
-    }
-    if (s[1 + e]) pb_buf_append_str(&out, s[1 + e]);
     pb_buf_append(&out, "", 1);
     return (char *)pb_buf_steal(&out, NULL);
 }

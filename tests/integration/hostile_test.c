@@ -18,9 +18,16 @@
  *                   events still arrive from S
  *   rename-pending  a foreign S (a tool with its own key, tokens without audience) sends
  *                   NotifyNewId{NEW} without the proof of possession: nothing is
- *                   re-labelled and R keeps accepting S; a later Push whose token names
- *                   NEW, signed with S's key, completes the rename: S's guild entries and
- *                   invites are then under NEW, and NEW replaced S in the peers
+ *                   re-labelled and R keeps accepting S; S's token replayed to NotifyNewId
+ *                   naming four other hosts that serve S's key: the first three are kept
+ *                   pending beside NEW (never replacing it), the fourth gets 429; a later
+ *                   Push whose token names NEW, signed with S's key, completes the rename:
+ *                   S's guild entries and invites are then under NEW, NEW replaced S in the
+ *                   peers, and S's other pending renames are gone
+ *   former-id       R renames itself while P1 (a hostile serve) confirms and P2 (stopped)
+ *                   cannot: a Push from P1 bound to R's former ID is refused 401
+ *                   h.bad-token-audience, P2's is accepted (it still knows R by that ID);
+ *                   R restarted with former_id_grace = 1 s refuses P2's too
  *   flood           100 forged Pushes a second for 10 s, each naming one of 100 server IDs
  *                   on 127.0.0.1 whose ports accept and never answer, random signatures:
  *                   meanwhile the unauthenticated Key endpoint and genuine Pushes from a
@@ -935,8 +942,9 @@ static void test_rename_pending(void)
     int failed0 = pbt_failed;
     char sseed[65];
     pb_keys *sk = new_key(sseed);
-    /* a foreign S: two IDs (S and NEW) serving the one key it signs with */
-    const char *sargs[] = {"--listen", "2", "--seed", sseed, NULL};
+    /* a foreign S: six IDs serving the one key it signs with: S, NEW, and four hosts an
+     * attacker names in replays of S's token (any host can serve S's public key) */
+    const char *sargs[] = {"--listen", "6", "--seed", sseed, NULL};
     struct tool *fs = tool_run("serve", sargs);
     pbt_daemon *r = start("pendR", NULL);
     if (!fs || !r) goto out;
@@ -958,7 +966,6 @@ static void test_rename_pending(void)
     pb_wire_notify_encode(NEW, NULL, 0, &body);
     char *tok = token_for(sk, S);
     call(r->port, NOTIFY, tok, &body, 15000, &a);
-    free(tok);
     pb_buf_free(&body);
     fprintf(stderr, "rename-pending: NotifyNewId without proof answered %ld %s\n", a.status,
             a.identifier ? a.identifier : "");
@@ -967,6 +974,29 @@ static void test_rename_pending(void)
     expect_invite(r, 7, "inv-f", S, "rename without proof");
     CHECKF(has_peer(r, S), "rename without proof: R still has S as a peer");
     CHECKF(rename_in_listed(r, S, NEW), "rename without proof: GET /v1/peers lists it pending");
+
+    /* S's token (unbound: anyone who saw it may replay it within its window) replayed to
+     * NotifyNewId naming other hosts that serve S's key: each is kept beside NEW, none
+     * replaces it; past PB_STORE_RENAMES_IN_MAX (4) pending renames of S: 429, and the
+     * earlier ones are kept */
+    long rst[4];
+    for (int i = 0; i < 4; i++) {
+        pb_wire_notify_encode(fs->id[2 + i], NULL, 0, &body);
+        call(r->port, NOTIFY, tok, &body, 15000, &a);
+        pb_buf_free(&body);
+        rst[i] = a.status;
+        answer_clear(&a);
+    }
+    free(tok);
+    bool new_kept = rename_in_listed(r, S, NEW), x_kept = rename_in_listed(r, S, fs->id[2]);
+    fprintf(stderr,
+            "rename-pending: replays naming 4 other hosts answered %ld %ld %ld %ld; S -> NEW "
+            "still pending: %s; S -> X1 pending: %s\n",
+            rst[0], rst[1], rst[2], rst[3], new_kept ? "yes" : "no", x_kept ? "yes" : "no");
+    CHECKF(new_kept, "the replays did not replace the pending rename S -> NEW");
+    CHECKF(rst[0] == 200 && rst[1] == 200 && rst[2] == 200 && x_kept,
+           "the first 3 replays are pending beside it: %ld %ld %ld", rst[0], rst[1], rst[2]);
+    CHECKF(rst[3] == 429, "a fifth pending rename of S is refused 429: %ld", rst[3]);
 
     /* R keeps answering S meanwhile */
     pb_event e71 = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 7, .guild_id = 71};
@@ -994,11 +1024,134 @@ static void test_rename_pending(void)
         CHECKF(!has_peer(r, S), "after the proof: S is no longer a peer");
     }
     CHECKF(!rename_in_listed(r, S, NEW), "after the proof: no longer listed as pending");
+    for (int i = 0; i < 3; i++)
+        CHECKF(!rename_in_listed(r, S, fs->id[2 + i]),
+               "after the proof: S's other pending renames are dropped (%s)", fs->id[2 + i]);
 out:
     if (pbt_failed > failed0 && r) pbt_daemon_dump_log(r);
     pbt_daemon_free(r);
     tool_free(fs);
     pb_keys_free(sk);
+}
+
+/* ---- former IDs: per peer, and for a bounded time ----------------------------------------- */
+
+static bool rename_accepted_by(json_t *report, const char *peer, char *why, size_t wlen);
+
+/* A Push of ev to d as `as`, signed by k, bound to audience `aud` (as a postbox signs). */
+static void push_bound(const pbt_daemon *d, const pb_keys *k, const char *as, const char *aud,
+                       const pb_event *ev, struct answer *a)
+{
+    pb_buf body = PB_BUF_INIT;
+    pb_wire_push_encode(ev, NULL, 1, 0, &body);
+    char *tok = pb_auth_header_make(k, as, aud, (uint64_t)time(NULL));
+    call(d->port, PUSH, tok, &body, 15000, a);
+    free(tok);
+    pb_buf_free(&body);
+}
+
+struct bound_wait {
+    const pbt_daemon *d;
+    const pb_keys *k;
+    const char *as, *aud;
+    long status;
+};
+
+/* A Push bound to w->aud is answered w->status. */
+static bool bound_answered(void *vctx)
+{
+    struct bound_wait *w = vctx;
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 9, .guild_id = 90};
+    struct answer a;
+    push_bound(w->d, w->k, w->as, w->aud, &ev, &a);
+    bool ok = a.status == w->status;
+    answer_clear(&a);
+    return ok;
+}
+
+static void test_former_id(void)
+{
+    int failed0 = pbt_failed;
+    char s1[65], s2[65];
+    pb_keys *k1 = new_key(s1), *k2 = new_key(s2);
+    const char *a1[] = {"--listen", "1", "--seed", s1, NULL};
+    const char *a2[] = {"--listen", "1", "--seed", s2, NULL};
+    struct tool *p1 = tool_run("serve", a1), *p2 = tool_run("serve", a2);
+    pbt_daemon *r = start("formerR", NULL);
+    json_t *rep = NULL;
+    if (!p1 || !p2 || !r) goto out;
+    char old_id[64], new_id[64], why[256];
+    snprintf(old_id, sizeof old_id, "%s", r->server_id);
+    snprintf(new_id, sizeof new_id, "localhost:%u", r->port); /* the same listener */
+    const char *P1 = p1->id[0], *P2 = p2->id[0];
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 9, .guild_id = 90};
+    struct answer a;
+    push_bound(r, k1, P1, old_id, &ev, &a);
+    CHECKF(a.status == 200, "P1's first Push: %ld", a.status);
+    answer_clear(&a);
+    push_bound(r, k2, P2, old_id, &ev, &a);
+    CHECKF(a.status == 200, "P2's first Push: %ld", a.status);
+    answer_clear(&a);
+
+    /* P2 goes away: R's rename notice cannot reach it, so P2 still knows R by its old ID;
+     * P1 confirms the rename */
+    tool_stop(p2);
+    long st = 0;
+    rep = pbt_admin(r, "POST", "/v1/rename", json_pack("{s:s}", "new_server_id", new_id), &st);
+    CHECKF(st == 200, "R renames itself to %s: %ld", new_id, st);
+    CHECKF(rename_accepted_by(rep, P1, why, sizeof why), "P1 confirmed the rename (%s)", why);
+    CHECKF(!rename_accepted_by(rep, P2, why, sizeof why), "P2 did not confirm it");
+
+    /* the former ID: still good from P2, which has not confirmed; no longer from P1 */
+    long s_p2 = 0, s_p1 = 0, s_p1new = 0;
+    push_bound(r, k2, P2, old_id, &ev, &a);
+    s_p2 = a.status;
+    answer_clear(&a);
+    push_bound(r, k1, P1, old_id, &ev, &a);
+    s_p1 = a.status;
+    char *p1_id = a.identifier ? strdup(a.identifier) : NULL;
+    answer_clear(&a);
+    push_bound(r, k1, P1, new_id, &ev, &a);
+    s_p1new = a.status;
+    answer_clear(&a);
+    fprintf(stderr,
+            "former-id: Pushes bound to the former ID: from P2 (not confirmed) %ld, from P1 "
+            "(confirmed) %ld %s; P1's bound to the new ID %ld\n",
+            s_p2, s_p1, p1_id ? p1_id : "", s_p1new);
+    CHECKF(s_p2 == 200, "P2 (not confirmed) may still name the former ID: %ld", s_p2);
+    CHECKF(s_p1 == 401 && p1_id && !strcmp(p1_id, "h.bad-token-audience"),
+           "P1 (confirmed) may no longer name the former ID: %ld %s", s_p1, p1_id ? p1_id : "");
+    CHECKF(s_p1new == 200, "P1's Push bound to the new ID: %ld", s_p1new);
+    free(p1_id);
+
+    /* for a bounded time: R restarted with former_id_grace = 1 s refuses P2's too, once the
+     * rename is older than that (the rename's time is kept in the store) */
+    CHECK_INT(pbt_daemon_stop(r), 0);
+    r->args[r->nargs++] = strdup("--former-id-grace");
+    r->args[r->nargs++] = strdup("1");
+    if (!pbt_daemon_start(r)) {
+        CHECK(false);
+        goto out;
+    }
+    struct bound_wait w = {r, k2, P2, old_id, 401};
+    int64_t t0 = pbt_now_ms();
+    bool refused = pbt_wait_for(bound_answered, &w, 20000);
+    fprintf(stderr,
+            "former-id: with former_id_grace = 1, P2's Push bound to the former ID: %s "
+            "(%lld ms after the restart)\n",
+            refused ? "refused 401" : "still accepted", (long long)(pbt_now_ms() - t0));
+    CHECKF(refused, "past former_id_grace the former ID is refused from P2 too");
+    w.aud = new_id;
+    w.status = 200;
+    CHECKF(bound_answered(&w), "P2's Push bound to the new ID is accepted");
+out:
+    if (pbt_failed > failed0 && r) pbt_daemon_dump_log(r);
+    json_decref(rep);
+    pbt_daemon_free(r);
+    tool_free(p1);
+    tool_free(p2);
+    pb_keys_free(k1);
+    pb_keys_free(k2);
 }
 
 /* ---- 3. listener exhaustion and SSRF with forged tokens -------------------------------------- */
@@ -1446,6 +1599,7 @@ int main(void)
     RUN("replay-pull", test_replay_pull);
     RUN("rename-replay", test_rename_replay);
     RUN("rename-pending", test_rename_pending);
+    RUN("former-id", test_former_id);
     RUN("flood", test_flood);
     RUN("private", test_private);
     RUN("failed-auth", test_failed_auth);

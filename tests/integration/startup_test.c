@@ -17,8 +17,10 @@
  * its proof), its guild list follows, A's event sent after it and B's queued one arrive.
  *
  * The stop: a forged Push naming a host that accepts connections and never answers (the
- * key fetch hangs), or a name whose DNS server never answers; SIGTERM while the fetch is
- * pending: exit 0 (the ASan build: no report).
+ * key fetch hangs), or a name whose DNS server never answers, or 12 forged Pushes naming
+ * 12 such hosts (8 fetches running, the others queued for a slot, each with a request
+ * waiting on it); SIGTERM while the fetches are pending: exit 0 (the ASan build: no
+ * report, no leak).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -615,6 +617,66 @@ static void test_stop_with_fetch_pending(void)
     close(udp);
 }
 
+/* More forged Pushes naming hung hosts than fetches may run (key_fetches set to 8 here):
+ * some fetches are queued behind the running ones, with requests waiting on them, when
+ * SIGTERM comes. */
+#define NQUEUED_HOSTS 12
+struct readable_count {
+    int *fds;
+    int n, want;
+};
+
+static bool enough_readable(void *vctx)
+{
+    struct readable_count *r = vctx;
+    int k = 0;
+    for (int i = 0; i < r->n; i++)
+        k += readable(r->fds[i]);
+    return k >= r->want;
+}
+
+static void test_stop_with_fetches_queued(void)
+{
+    int fds[NQUEUED_HOSTS];
+    pid_t kids[NQUEUED_HOSTS];
+    int n = 0;
+    const char *extra[] = {"--key-fetches", "8", NULL};
+    pbt_daemon *d = pbt_daemon_new("stopq", extra);
+    d->prog = getenv("PBT_POSTBOXD");
+    if (!pbt_daemon_start(d)) {
+        CHECK(false);
+        pbt_daemon_free(d);
+        return;
+    }
+    for (; n < NQUEUED_HOSTS; n++) {
+        uint16_t port;
+        fds[n] = hang_listener(&port);
+        if (fds[n] < 0) break;
+        char as[64];
+        snprintf(as, sizeof as, "127.0.0.1:%u", port);
+        kids[n] = forged_push(d, as);
+    }
+    CHECK_INT(n, NQUEUED_HOSTS);
+    /* the 8 running fetches reached their hosts; the others wait for a slot */
+    struct readable_count rc = {fds, n, 8};
+    CHECKF(pbt_wait_for(enough_readable, &rc, 10000), "8 fetches reached their hung hosts");
+    struct timespec ts = {0, 500 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    int st = pbt_daemon_stop(d);
+    CHECKF(st == 0, "fetches queued: clean exit after SIGTERM, got %d", st);
+    char *log = slurp(d->log_path);
+    CHECKF(!strstr(log, "AddressSanitizer") && !strstr(log, "runtime error") &&
+               !strstr(log, "LeakSanitizer"),
+           "fetches queued:\n%s", log);
+    free(log);
+    for (int i = 0; i < n; i++) {
+        kill(kids[i], SIGKILL);
+        waitpid(kids[i], NULL, 0);
+        close(fds[i]);
+    }
+    pbt_daemon_free(d);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -628,6 +690,7 @@ int main(void)
         test_rename_stopped();
     }
     if (!only || !strcmp(only, "stop")) test_stop_with_fetch_pending();
+    if (!only || !strcmp(only, "stop")) test_stop_with_fetches_queued();
     pbt_rmrf(base);
     free(base);
     return pbt_finish();

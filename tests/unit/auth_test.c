@@ -645,13 +645,15 @@ static void test_caches(void)
     pb_auth_signer_free(NULL);
 }
 
-/* PROTOCOL.md 7.1: this server is BETA (and, after a rename not yet confirmed, OLD_BETA). */
+/* PROTOCOL.md 7: this server is BETA, and OLD_BETA for ALPHA only (a peer that has not
+ * confirmed our rename yet); every other peer confirmed it. */
 #define OLD_BETA "old-beta.example.net:443"
-static bool beta_is_self(void *ctx, const char *id)
+#define GAMMA "gamma.example.com:443"
+static bool beta_is_self(void *ctx, const char *peer, const char *id)
 {
     int *calls = ctx;
     if (calls) (*calls)++;
-    return strcmp(id, BETA) == 0 || strcmp(id, OLD_BETA) == 0;
+    return strcmp(id, BETA) == 0 || (strcmp(id, OLD_BETA) == 0 && strcmp(peer, ALPHA) == 0);
 }
 
 static void test_audience(void)
@@ -679,6 +681,16 @@ static void test_audience(void)
     }
     char *h = pb_auth_header_make(key_a, ALPHA, BETA, t0);
     CHECK_VERDICT(check_a(h, t0, NULL, &res), PB_AUTH_BAD_AUDIENCE);
+    free(h);
+    /* a former ID counts per peer: GAMMA confirmed our rename, so its tokens bound to
+     * OLD_BETA are refused while ALPHA's are accepted (above) */
+    h = pb_auth_header_make(key_a, GAMMA, OLD_BETA, t0);
+    CHECK_VERDICT(check_a(h, t0, &pol, &res), PB_AUTH_BAD_AUDIENCE);
+    CHECK(!res.bound);
+    free(h);
+    h = pb_auth_header_make(key_a, GAMMA, BETA, t0);
+    CHECK_VERDICT(check_a(h, t0, &pol, &res), PB_AUTH_OK);
+    CHECK(res.bound);
     free(h);
 
     /* no audience (a foreign signer): accepted, not bound; the vector tokens are such */
@@ -784,26 +796,32 @@ static void test_proof(void)
     const char *NEW = "alpha-new.example.org:2289";
     pb_buf ok = PB_BUF_INIT;
     CHECK_OK(pb_auth_token_make(key_a, NEW, BETA, t0, &ok));
-    CHECK(pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0, &pol));
-    CHECK(pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0 + 60, &pol));
-    CHECK(!pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0 + 61, &pol)); /* stale */
-    CHECK(!pb_auth_proof_check(ok.data, ok.len, NEW, pub_b, t0, &pol));      /* other key */
-    CHECK(!pb_auth_proof_check(ok.data, ok.len, ALPHA, pub_a, t0, &pol));    /* other ID */
-    CHECK(!pb_auth_proof_check(ok.data, ok.len - 1, NEW, pub_a, t0, &pol));  /* truncated */
-    CHECK(!pb_auth_proof_check(NULL, 0, NEW, pub_a, t0, &pol));
+    CHECK(pb_auth_proof_check(ok.data, ok.len, ALPHA, NEW, pub_a, t0, &pol));
+    CHECK(pb_auth_proof_check(ok.data, ok.len, ALPHA, NEW, pub_a, t0 + 60, &pol));
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, ALPHA, NEW, pub_a, t0 + 61, &pol)); /* stale */
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, ALPHA, NEW, pub_b, t0, &pol));      /* other key */
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, ALPHA, ALPHA, pub_a, t0, &pol));    /* other ID */
+    CHECK(!pb_auth_proof_check(ok.data, ok.len - 1, ALPHA, NEW, pub_a, t0, &pol));  /* truncated */
+    CHECK(!pb_auth_proof_check(NULL, 0, ALPHA, NEW, pub_a, t0, &pol));
     pb_auth_policy nobody = {.window_s = 60};
-    CHECK(!pb_auth_proof_check(ok.data, ok.len, NEW, pub_a, t0, &nobody));
+    CHECK(!pb_auth_proof_check(ok.data, ok.len, ALPHA, NEW, pub_a, t0, &nobody));
 
     pb_buf other = PB_BUF_INIT;
     CHECK_OK(pb_auth_token_make(key_a, NEW, NULL, t0, &other)); /* unbound: refused */
-    CHECK(!pb_auth_proof_check(other.data, other.len, NEW, pub_a, t0, &pol));
+    CHECK(!pb_auth_proof_check(other.data, other.len, ALPHA, NEW, pub_a, t0, &pol));
     pb_buf_reset(&other);
     CHECK_OK(pb_auth_token_make(key_a, NEW, "gamma.example.com:443", t0, &other));
-    CHECK(!pb_auth_proof_check(other.data, other.len, NEW, pub_a, t0, &pol));
+    CHECK(!pb_auth_proof_check(other.data, other.len, ALPHA, NEW, pub_a, t0, &pol));
     pb_buf_reset(&other);
     CHECK_OK(pb_auth_token_make(key_a, "NEW-Upper.example.org:2289", BETA, t0, &other));
-    CHECK(pb_auth_proof_check(other.data, other.len, "new-upper.example.org:2289", pub_a, t0,
+    CHECK(pb_auth_proof_check(other.data, other.len, ALPHA, "new-upper.example.org:2289", pub_a, t0,
                               &pol)); /* compared normalised */
+    /* bound to our former ID: good for the peer that has not confirmed it only */
+    pb_buf_reset(&other);
+    CHECK_OK(pb_auth_token_make(key_a, NEW, OLD_BETA, t0, &other));
+    CHECK(pb_auth_proof_check(other.data, other.len, ALPHA, NEW, pub_a, t0, &pol));
+    CHECK(!pb_auth_proof_check(other.data, other.len, GAMMA, NEW, pub_a, t0, &pol));
+    CHECK(!pb_auth_proof_check(other.data, other.len, NULL, NEW, pub_a, t0, &pol));
     CHECK_ERR(pb_auth_token_make(NULL, NEW, BETA, t0, &other), PB_ERR_INVAL);
     pb_buf_free(&ok);
     pb_buf_free(&other);

@@ -171,6 +171,49 @@ static void test_ident_live(void)
     CHECK(!pb_config_is_live("recv_budget_events"));
 }
 
+/* peer_proxy: none by default; a proxy URL is taken as given, anything else refused;
+ * former_id_grace: 30 days by default, at least 1 s. */
+static void test_proxy_and_grace(void)
+{
+    pb_config *c = pb_config_new();
+    char *why = NULL;
+    CHECK_OK(pb_config_finish(c, &why));
+    CHECK(c->peer_proxy == NULL);
+    CHECK_INT(c->former_id_grace, 2592000);
+    pb_config_free(c);
+    const char *good[] = {"http://127.0.0.1:3128", "socks5h://proxy.example:1080",
+                          "HTTPS://proxy.example:443"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        c = pb_config_new();
+        char *argv[] = {"--peer-proxy", (char *)good[i], "--former-id-grace", "1", NULL};
+        int used = 0;
+        CHECK_OK(pb_config_parse_args(c, 4, argv, &used, &why));
+        CHECKF(pb_config_finish(c, &why) == PB_OK, "%s: %s", good[i], why ? why : "");
+        CHECK_STR(c->peer_proxy, good[i]);
+        CHECK_INT(c->former_id_grace, 1);
+        pb_config_free(c);
+    }
+    const char *bad[] = {"127.0.0.1:3128", "ftp://proxy.example:21", "http://", "http://a b:1",
+                         "http://a\n:1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        c = pb_config_new();
+        char *argv[] = {"--peer-proxy", (char *)bad[i], NULL};
+        int used = 0;
+        CHECK_OK(pb_config_parse_args(c, 2, argv, &used, &why));
+        CHECKF(pb_config_finish(c, &why) == PB_ERR_CONFIG && why && strstr(why, "peer_proxy"),
+               "%s refused: %s", bad[i], why ? why : "(accepted)");
+        free(why);
+        why = NULL;
+        pb_config_free(c);
+    }
+    c = pb_config_new();
+    char *argv[] = {"--former-id-grace", "0", NULL};
+    int used = 0;
+    CHECK_ERR(pb_config_parse_args(c, 2, argv, &used, &why), PB_ERR_CONFIG);
+    free(why);
+    pb_config_free(c);
+}
+
 int main(void)
 {
     dir = pbt_tmpdir("config");
@@ -179,6 +222,7 @@ int main(void)
     test_required();
     test_probe();
     test_ident_live();
+    test_proxy_and_grace();
     pbt_rmrf(dir);
     free(dir);
     return pbt_finish();

@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -816,6 +817,85 @@ static void test_no_env_proxy(struct srv *s)
     unsetenv("ALL_PROXY");
 }
 
+/* A proxy only through the explicit setting: a listener standing in for an HTTP proxy
+ * records the request line it gets and answers 200. The client names a peer by a name
+ * that no resolver here knows (the proxy resolves it), and does not allow private
+ * addresses: the proxy on 127.0.0.1, which the operator named, is still reached. */
+struct fake_proxy {
+    int fd;
+    uint16_t port;
+    pthread_t th;
+    char line[512], host[256];
+};
+
+static void *fake_proxy_main(void *arg)
+{
+    struct fake_proxy *p = arg;
+    struct pollfd pf = {.fd = p->fd, .events = POLLIN};
+    if (poll(&pf, 1, 10000) != 1) return NULL;
+    int c = accept(p->fd, NULL, NULL);
+    if (c < 0) return NULL;
+    char buf[8192];
+    size_t len = 0;
+    char *end = NULL;
+    while (!end && len < sizeof buf - 1) { /* the headers (the body is left unread) */
+        pf = (struct pollfd){.fd = c, .events = POLLIN};
+        if (poll(&pf, 1, 10000) != 1) break;
+        ssize_t n = read(c, buf + len, sizeof buf - 1 - len);
+        if (n <= 0) break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    if (end) {
+        char *eol = strstr(buf, "\r\n");
+        snprintf(p->line, sizeof p->line, "%.*s", (int)(eol - buf), buf);
+        char *h = strcasestr(buf, "\r\nHost: ");
+        if (h) {
+            h += 8;
+            snprintf(p->host, sizeof p->host, "%.*s", (int)strcspn(h, "\r"), h);
+        }
+        static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: application/hrpc\r\n"
+                                 "Hrpc-Version: 1\r\nContent-Length: 0\r\n"
+                                 "Connection: close\r\n\r\n";
+        if (write(c, ok, sizeof ok - 1) < 0) { /* the client sees the failure */
+        }
+    }
+    close(c);
+    return NULL;
+}
+
+static void test_proxy_setting(void)
+{
+    struct fake_proxy p = {.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    CHECK(p.fd >= 0 && bind(p.fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(p.fd, 4) == 0 &&
+          getsockname(p.fd, (struct sockaddr *)&a, &alen) == 0);
+    p.port = ntohs(a.sin_port);
+    CHECK(pthread_create(&p.th, NULL, fake_proxy_main, &p) == 0);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", p.port);
+    pb_client_opts o = {.plain_http = true, .timeout_ms = 5000, .proxy = url};
+    pb_client *c = NULL;
+    CHECK_OK(pb_client_new(&o, &c));
+    pb_client_answer ans;
+    const uint8_t body[] = {0x0a, 0x00};
+    pb_err err = c ? call(c, "peer.invalid:1234", "/t.S/Echo", NULL, body, sizeof body, &ans)
+                   : PB_ERR_INTERNAL;
+    pthread_join(p.th, NULL);
+    close(p.fd);
+    fprintf(stderr, "proxy: the call answered %s %ld; the proxy got \"%s\" (Host: %s)\n",
+            pb_strerror(err), c ? ans.status : 0L, p.line, p.host);
+    CHECKF(err == PB_OK && ans.status == 200, "the call through the proxy: %s %ld",
+           pb_strerror(err), ans.status);
+    CHECK_STR(p.line, "POST http://peer.invalid:1234/t.S/Echo HTTP/1.1");
+    CHECK_STR(p.host, "peer.invalid:1234");
+    if (c) pb_client_answer_clear(&ans);
+    pb_client_free(c);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -839,6 +919,7 @@ int main(void)
         test_reuse(&s, &s2);
         test_threads(&s);
         test_no_env_proxy(&s);
+        test_proxy_setting();
         if (MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES)
             test_tls(&s);
         else

@@ -51,7 +51,7 @@
 #include "store/store.h"
 #include "store/store_driver.h"
 
-#define SCHEMA_CURRENT 9
+#define SCHEMA_CURRENT 10
 /* the sender epoch the cases that are not about epochs receive in */
 #define EP 0x1234567890abcdefULL
 
@@ -1684,14 +1684,40 @@ static void test_renames_in(void)
     CHECK_RENAMES_IN(s, 2, ((const char *[]){a, b}), ((const char *[]){x, y}),
                      ((int64_t[]){1000, 2000}));
 
-    /* one per old ID: a second notice replaces the first (and its time) */
+    /* a second notice for the same old ID (anyone can replay an unbound token of A's,
+     * naming a host that serves A's key) does not replace the first: both are pending */
     CHECK_OK(pb_store_rename_in_add(s, a, z, 3000));
-    CHECK_ERR(pb_store_rename_in_find(s, x, &old, &at), PB_ERR_NOT_FOUND);
+    CHECK_OK(pb_store_rename_in_find(s, x, &old, &at));
+    CHECK_STR(old, a);
+    CHECK_INT(at, 1000);
+    free(old);
     CHECK_OK(pb_store_rename_in_find(s, z, &old, &at));
     CHECK_STR(old, a);
     CHECK_INT(at, 3000);
     free(old);
-    CHECK_OK(pb_store_rename_in_add(s, a, z, 3500)); /* the same again */
+    CHECK_OK(pb_store_rename_in_add(s, a, z, 3500)); /* the same again: its time only */
+    CHECK_RENAMES_IN(s, 3, ((const char *[]){a, a, b}), ((const char *[]){x, z, y}),
+                     ((int64_t[]){1000, 3500, 2000}));
+    /* at most PB_STORE_RENAMES_IN_MAX per old ID: more are refused, the earlier kept */
+    const char *more[] = {"m1.example:443", "m2.example:443", "m3.example:443"};
+    CHECK_OK(pb_store_rename_in_add(s, a, more[0], 3600));
+    CHECK_OK(pb_store_rename_in_add(s, a, more[1], 3700));
+    CHECK_ERR(pb_store_rename_in_add(s, a, more[2], 3800), PB_ERR_TOO_BIG);
+    CHECK_OK(pb_store_rename_in_add(s, a, more[1], 3750));  /* a repeat still refreshes */
+    CHECK_OK(pb_store_rename_in_add(s, cz, more[2], 3800)); /* another old ID has room */
+    CHECK_RENAMES_IN(s, 6, ((const char *[]){cz, a, a, a, a, b}),
+                     ((const char *[]){more[2], more[0], more[1], x, z, y}),
+                     ((int64_t[]){3800, 3600, 3750, 1000, 3500, 2000}));
+    /* the proven one wins: the rename to Z re-labels A, and A's other pending ones go */
+    uint8_t akey[PB_PUBKEY_LEN];
+    fill_key(akey, 9);
+    CHECK_OK(pb_store_peer_key_set(s, a, akey, 3900));
+    CHECK_OK(pb_store_peer_rename(s, a, z, akey, 3950));
+    CHECK_ERR(pb_store_rename_in_find(s, x, &old, &at), PB_ERR_NOT_FOUND);
+    CHECK_RENAMES_IN(s, 2, ((const char *[]){cz, b}), ((const char *[]){more[2], y}),
+                     ((int64_t[]){3800, 2000}));
+    CHECK_OK(pb_store_rename_in_remove(s, cz));
+    CHECK_OK(pb_store_rename_in_add(s, a, z, 3500));
     CHECK_RENAMES_IN(s, 2, ((const char *[]){a, b}), ((const char *[]){z, y}),
                      ((int64_t[]){3500, 2000}));
 
@@ -2384,7 +2410,7 @@ static char *read_fixture(const char *name)
  * version it had: opened by this build, each is upgraded and reads back what it held. */
 static void test_migrate_fixtures(void)
 {
-    for (int v = 1; v <= 8; v++) { /* the versions that code had */
+    for (int v = 1; v <= 9; v++) { /* the versions that code had, and 9 */
         char name[32], file[32];
         snprintf(name, sizeof name, "fixture_v%d", v);
         snprintf(file, sizeof file, "%s-v%d.sql", g_pg ? "pg" : "sqlite", v);
@@ -2446,7 +2472,19 @@ static void test_migrate_fixtures(void)
         pb_invite_entries_free(is, ni);
         CHECK_OK(pb_store_rename_out_list(s, &ro, &nro));
         CHECK_INT(nro, v >= 2 ? 1 : 0);
+        /* a rename from before version 10: its grace starts at the upgrade */
+        if (nro == 1)
+            CHECKF(!strcmp(ro[0].old_id, "fx.example:443") && ro[0].attempts == 1 &&
+                       ro[0].renamed_at >= (int64_t)time(NULL) * 1000 - 600000 &&
+                       ro[0].renamed_at <= (int64_t)time(NULL) * 1000 + 1000,
+                   "v%d: renamed_at %lld", v, (long long)ro[0].renamed_at);
         pb_rename_outs_free(ro, nro);
+        pb_flush_req *fl = NULL;
+        size_t nfl = 0;
+        CHECK_OK(pb_store_flush_list(s, &fl, &nfl));
+        CHECKF(nfl == (v >= 9 ? 1u : 0u) && (nfl == 0 || fl[0].requested_at == 4000),
+               "v%d: %zu flushes", v, nfl);
+        pb_flush_reqs_free(fl, nfl);
         bool held = true;
         CHECK_OK(pb_store_lease_acquire(s, "a.example:443", "node2", 1000, 10, &held));
         CHECKF(held == (v < 3), "v%d: lease held %d", v, held);
@@ -2456,6 +2494,16 @@ static void test_migrate_fixtures(void)
         CHECKF(v >= 5 ? err == PB_OK && old && strcmp(old, "old.example:443") == 0 && at == 1234
                       : err == PB_ERR_NOT_FOUND,
                "v%d: rename_in_find %s", v, pb_strerror(err));
+        free(old);
+        old = NULL;
+        /* version 10: a second pending rename of the same old ID is kept beside it */
+        CHECK_OK(pb_store_rename_in_add(s, "old.example:443", "new2.example:443", 1300));
+        CHECK_OK(pb_store_rename_in_find(s, "new2.example:443", &old, &at));
+        free(old);
+        old = NULL;
+        err = pb_store_rename_in_find(s, "b.example:443", &old, &at);
+        CHECKF(v >= 5 ? err == PB_OK : err == PB_ERR_NOT_FOUND, "v%d: both pending: %s", v,
+               pb_strerror(err));
         free(old);
         pb_event e[2] = {ev_added(7, 70), ev_added(7, 72)};
         uint64_t last = 0;
