@@ -639,7 +639,16 @@ static void test_parked(void)
     r = pbt_admin(a, "POST", path, NULL, &st);
     CHECKF(st == 200, "retry: %ld", st);
     json_decref(r);
-    CHECK(pbt_wait_for(peer_in_mode, &mw, 30000));
+    if (!pbt_wait_for(peer_in_mode, &mw, 30000)) {
+        CHECK(!"parked again after the retry");
+        p = peer_entry(a, b->server_id);
+        char *txt = p ? json_dumps(p, JSON_COMPACT) : NULL;
+        fprintf(stderr, "A's view of B: %s\n", txt ? txt : "(none)");
+        free(txt);
+        json_decref(p);
+        pbt_daemon_dump_log(a);
+        pbt_daemon_dump_log(b);
+    }
     p = peer_entry(a, b->server_id);
     CHECK_INT(json_integer_value(json_object_get(p, "queued")), 3);
     json_decref(p);
