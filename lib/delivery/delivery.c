@@ -103,6 +103,7 @@ struct peer {
     char last_error[256];
     uint64_t forget_sent, forget_want;
     bool forget_busy;
+    bool persist_busy, persist_again; /* one state write at a time: the last state wins */
     int64_t forget_hold; /* after a store failure, forgets wait until then (monotonic ms) */
     int64_t last_contact_s;
     unsigned refs;     /* store ops in flight that point to it */
@@ -627,17 +628,37 @@ static void forget_done(struct op *o)
 
 static void persist_work(struct op *o)
 {
+    if (o->u1 == PB_MODE_PUSH && pb_fault("delivery.slow-persist-push")) {
+        struct timespec ts = {1, 0}; /* tests: a write that loses a race with a later one */
+        PB_INFO(o->id, "fault point delivery.slow-persist-push: writing push mode 1 s late");
+        nanosleep(&ts, NULL);
+    }
     o->err = pb_store_peer_state_set(o->d->o.store, o->id, (pb_peer_mode)o->u1, (uint32_t)o->u2,
                                      o->i1, o->s1, o->u3);
 }
 
+static void do_persist(struct peer *p);
+
 static void persist_done(struct op *o)
 {
+    struct peer *p = o->p;
+    p->persist_busy = false;
     if (o->err != PB_OK) store_failed(o->d, o->err, o->id, "cannot record the delivery state");
+    if (p->persist_again && !o->d->stopping) do_persist(p);
 }
 
+/* Writes the state machine's mode, attempts, next attempt and parked event. One write per
+ * peer is in flight at a time (the executor's workers could otherwise apply two out of
+ * order, leaving the store with the older state: a parked peer recorded as pushing); a
+ * change meanwhile is written once that one is done, with the state as it is then. */
 static void do_persist(struct peer *p)
 {
+    if (p->persist_busy) {
+        p->persist_again = true;
+        return;
+    }
+    p->persist_busy = true;
+    p->persist_again = false;
     struct op *o = op_new(p->d, p, persist_work, persist_done);
     o->u1 = p->fsm.mode;
     o->u2 = p->fsm.attempts;

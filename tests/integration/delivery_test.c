@@ -25,6 +25,7 @@
 
 #include "crypto/auth.h"
 #include "harness.h"
+#include "store/store.h"
 #include "net/hrpc_client.h"
 #include "crypto/keys.h"
 #include "wire/wire.h"
@@ -610,9 +611,31 @@ static void test_rename(void)
     pbt_daemon_free(c);
 }
 
+/* The mode d's store holds for peer (d stopped), or -1. */
+static int stored_mode(const pbt_daemon *d, const char *peer)
+{
+    char spec[4096];
+    snprintf(spec, sizeof spec, "sqlite:%s/postbox.db", d->dir);
+    for (int i = 0; i + 1 < d->nargs; i++)
+        if (!strcmp(d->args[i], "--store")) snprintf(spec, sizeof spec, "%s", d->args[i + 1]);
+    pb_store *s = NULL;
+    int mode = -1;
+    pb_peer_state st;
+    if (pb_store_open(spec, NULL, &s) == PB_OK && pb_store_peer_state_get(s, peer, &st) == PB_OK) {
+        mode = (int)st.mode;
+        pb_peer_state_clear(&st);
+    }
+    pb_store_close(s);
+    return mode;
+}
+
 static void test_parked(void)
 {
     const char *ax[] = {"--retry-base-ms", "10", NULL};
+    /* A's writes of "pushing" take 1 s more: the retry's write of it must still not land
+     * after the "parked" that follows it (they were once concurrent, and the store kept the
+     * older state under load) */
+    setenv("PB_FAULTS", "delivery.slow-persist-push", 1);
     pbt_daemon *a = start("parkA", ax);
     setenv("PB_FAULTS", "delivery.refuse-push-400", 1);
     pbt_daemon *b = start("parkB", NULL);
@@ -655,6 +678,12 @@ static void test_parked(void)
     json_t *got = events_from(b, a->server_id);
     CHECK_INT(json_array_size(got), 0);
     json_decref(got);
+    /* what A's store kept is what A decided last (a stop waits for A's writes): B parked,
+     * read from the store itself while A is stopped */
+    CHECK_INT(pbt_daemon_stop(a), 0);
+    CHECKF(stored_mode(a, b->server_id) == PB_MODE_PARKED, "A's store holds B parked (mode %d)",
+           (int)stored_mode(a, b->server_id));
+    CHECK(pbt_daemon_start(a));
 
     /* drop the parked first event; B accepts again: the other two arrive, in order */
     CHECK_INT(pbt_daemon_stop(b), 0);
