@@ -30,19 +30,17 @@
  * know, to see the test fail there. PBT_KEEP=1 keeps the directories.
  */
 #include <curl/curl.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "hostile_tools.h"
 
 #define KEY "/protocol.auth.v1.AuthService/Key"
 #define PULL "/protocol.sync.v1.PostboxService/Pull"
@@ -55,155 +53,13 @@
 #define PER_ADDR 12
 #define S_EVENTS 20
 
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) abort();
-    va_end(ap);
-    return s;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* ---- the hostile tool (as hostile_test.c runs it) ------------------------------------------ */
-
-struct tool {
-    pid_t pid;
-    char *dir, *log, *ready, *record, *stats;
-    int nports;
-    uint16_t ports[64];
-};
-
-static char *tool_path(void)
-{
-    const char *env = getenv("PBT_HOSTILE");
-    if (env && *env) return strdup(env);
-    char *p = strdup(PB_POSTBOXD);
-    char *slash = strrchr(p, '/');
-    if (slash) *slash = '\0';
-    char *out = xasprintf("%s/hostile", slash ? p : ".");
-    free(p);
-    return out;
-}
-
-static bool tool_ready(void *vctx)
-{
-    struct tool *t = vctx;
-    FILE *f = fopen(t->ready, "r");
-    if (!f) return false;
-    char line[32];
-    t->nports = 0;
-    while (t->nports < 64 && fgets(line, sizeof line, f)) {
-        long p = strtol(line, NULL, 10);
-        if (p > 0 && p < 65536) t->ports[t->nports++] = (uint16_t)p;
-    }
-    fclose(f);
-    return t->nports > 0;
-}
+/* ---- the hostile tool (run by tests/hostile_tools.h) ----------------------------------------- */
 
 static bool tool_done(void *vctx)
 {
     struct tool *t = vctx;
     struct stat st;
     return stat(t->stats, &st) == 0 && st.st_size > 0;
-}
-
-static void tool_free(struct tool *t)
-{
-    if (!t) return;
-    if (t->pid) {
-        kill(t->pid, SIGTERM);
-        int64_t deadline = pbt_now_ms() + PBT_BOUND_MS;
-        while (pbt_now_ms() < deadline && waitpid(t->pid, NULL, WNOHANG) != t->pid)
-            sleep_ms(10);
-        if (pbt_now_ms() >= deadline) {
-            kill(t->pid, SIGKILL);
-            waitpid(t->pid, NULL, 0);
-        }
-    }
-    if (!getenv("PBT_KEEP")) pbt_rmrf(t->dir);
-    free(t->dir);
-    free(t->log);
-    free(t->ready);
-    free(t->record);
-    free(t->stats);
-    free(t);
-}
-
-static void tool_dump_log(const struct tool *t)
-{
-    FILE *f = fopen(t->log, "r");
-    if (!f) return;
-    char line[1024];
-    fprintf(stderr, "---- %s ----\n", t->log);
-    for (int i = 0; fgets(line, sizeof line, f) && i < 60; i++)
-        fputs(line, stderr);
-    fclose(f);
-}
-
-static struct tool *tool_run(const char *const *args)
-{
-    struct tool *t = calloc(1, sizeof *t);
-    if (!t) abort();
-    t->dir = pbt_tmpdir("idents");
-    t->log = xasprintf("%s/tool.log", t->dir);
-    t->ready = xasprintf("%s/ready", t->dir);
-    t->record = xasprintf("%s/record.jsonl", t->dir);
-    t->stats = xasprintf("%s/stats.json", t->dir);
-    char *prog = tool_path();
-    const char *argv[48];
-    int n = 0;
-    argv[n++] = prog;
-    argv[n++] = "idents";
-    argv[n++] = "--ready";
-    argv[n++] = t->ready;
-    argv[n++] = "--record";
-    argv[n++] = t->record;
-    argv[n++] = "--stats";
-    argv[n++] = t->stats;
-    for (int i = 0; args[i] && n < 46; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) abort();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        int fd = open(t->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execv(prog, (char *const *)argv);
-        _exit(127);
-    }
-    free(prog);
-    t->pid = pid;
-    bool ok = pbt_wait_for(tool_ready, t, PBT_BOUND_MS);
-    CHECKF(ok, "hostile idents listens (build the target hostile, or set PBT_HOSTILE)");
-    if (!ok) {
-        tool_dump_log(t);
-        tool_free(t);
-        return NULL;
-    }
-    return t;
-}
-
-static long stat_of(const struct tool *t, const char *name)
-{
-    json_t *j = json_load_file(t->stats, 0, NULL);
-    long v = j ? (long)json_integer_value(json_object_get(j, name)) : -1;
-    json_decref(j);
-    return v;
 }
 
 /* Pull requests the tool's ports received (its record), from byte `from` of the record. */
@@ -223,54 +79,6 @@ static long pulls_recorded(const struct tool *t, long from, long *size)
 
 /* ---- the daemons ----------------------------------------------------------------------------- */
 
-static long events_from(const pbt_daemon *d, const char *from)
-{
-    long n = 0, st = 0;
-    uint64_t after = 0;
-    for (int page = 0; page < 100; page++) {
-        char *path = xasprintf("/v1/inbox?after=%llu&limit=1000", (unsigned long long)after);
-        json_t *r = pbt_admin(d, "GET", path, NULL, &st);
-        free(path);
-        json_t *items = json_object_get(r, "events"), *it;
-        size_t i, k = json_array_size(items);
-        json_array_foreach(items, i, it)
-        {
-            const char *f = json_string_value(json_object_get(it, "from"));
-            if (f && !strcmp(f, from) &&
-                !json_object_get(json_object_get(it, "event"), "serverRenamed"))
-                n++;
-        }
-        if (k) after = (uint64_t)json_integer_value(json_object_get(r, "next"));
-        json_decref(r);
-        if (st != 200 || k == 0) break;
-    }
-    return n;
-}
-
-struct have {
-    const pbt_daemon *d;
-    const char *from;
-    long want;
-};
-
-static bool have_events(void *vctx)
-{
-    struct have *h = vctx;
-    return events_from(h->d, h->from) >= h->want;
-}
-
-static bool submit(const pbt_daemon *s, const char *to, unsigned guild)
-{
-    long st = 0;
-    char g[16];
-    snprintf(g, sizeof g, "%u", guild);
-    json_t *evs = json_pack("[{s:{s:s,s:s}}]", "userAddedToGuild", "userId", "5", "guildId", g);
-    json_t *r =
-        pbt_admin(s, "POST", "/v1/outbox", json_pack("{s:s,s:o}", "to", to, "events", evs), &st);
-    json_decref(r);
-    return st == 202;
-}
-
 static bool key_answers(uint16_t port)
 {
     pbt_http h = {0};
@@ -279,38 +87,6 @@ static bool key_answers(uint16_t port)
     bool ok = h.status == 200;
     pbt_http_clear(&h);
     return ok;
-}
-
-struct metric_wait {
-    const pbt_daemon *d;
-    const char *series;
-    double want;
-};
-
-static bool metric_at_least(void *vctx)
-{
-    struct metric_wait *w = vctx;
-    return pbt_metric(w->d, w->series) >= w->want;
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f) abort();
-    fputs(text, f);
-    fclose(f);
-}
-
-struct logwait {
-    const pbt_daemon *d;
-    const char *needle;
-    int before;
-};
-
-static bool logged_more(void *vctx)
-{
-    struct logwait *w = vctx;
-    return pbt_log_count(w->d, w->needle, NULL) > w->before;
 }
 
 static void test_idents(void)
@@ -377,23 +153,23 @@ static void test_idents(void)
                            "--key-per-id", "1",         "--push-to", target,
                            "--from",       "127.0.0.6", NULL};
     int64_t t0 = pbt_now_ms();
-    a = tool_run(aargs);
-    b = tool_run(bargs);
+    a = tool_run("idents", aargs);
+    b = tool_run("idents", bargs);
     if (!a || !b) goto out;
 
     /* the real peer S, while the attack lasts: its events, and Key probes */
     int key_probes = 0, key_ok = 0, sent = 0;
     bool during = true;
     for (int i = 0; i < S_EVENTS; i++) {
-        sent += submit(s, r->server_id, 100 + (unsigned)i);
+        sent += submit_one(s, r->server_id, 5, 100 + (unsigned)i);
         key_probes++;
         key_ok += key_answers(r->port);
         sleep_ms(50);
     }
-    struct have hs = {r, s->server_id, S_EVENTS};
-    bool arrived = pbt_wait_for(have_events, &hs, 30000);
+    struct count_wait hs = {r, s->server_id, S_EVENTS, 0};
+    bool arrived = pbt_wait_for(have_count, &hs, 30000);
     during = !tool_done(a);
-    long s_got = events_from(r, s->server_id);
+    long s_got = (long)count_from(r, s->server_id);
     CHECKF(sent == S_EVENTS, "S accepted %d of %d submissions", sent, S_EVENTS);
     CHECKF(arrived && s_got == S_EVENTS, "S's events at R: %ld of %d", s_got, S_EVENTS);
     fprintf(stderr, "real peer: %ld of %d events arrived %s the attack; Key %d of %d probes\n",
@@ -441,8 +217,8 @@ static void test_idents(void)
 
     /* forgetting: the attackers' records (and S's, idle too) are freed */
     long admitted = a_ids_ok + b_ok;
-    struct metric_wait mw = {r, "postbox_peers_forgotten_total", (double)admitted};
-    bool forgot = pbt_wait_for(metric_at_least, &mw, 30000);
+    struct metric_wait mw = {r, "postbox_peers_forgotten_total", (double)admitted, 0};
+    bool forgot = pbt_wait_for(metric_reached, &mw, 30000);
     double forgotten = pbt_metric(r, "postbox_peers_forgotten_total");
     fprintf(stderr, "forgetting: %.0f peer records forgotten (%ld attackers admitted)\n", forgotten,
             admitted);
@@ -454,9 +230,9 @@ static void test_idents(void)
      * attackers' last one (a clock condition, not a synchronisation) */
     while (pbt_now_ms() < attack_end + 5000)
         sleep_ms(100);
-    CHECK(submit(s, r->server_id, 999));
+    CHECK(submit_one(s, r->server_id, 5, 999));
     hs.want = S_EVENTS + 1;
-    CHECKF(pbt_wait_for(have_events, &hs, 30000), "S's last event arrived");
+    CHECKF(pbt_wait_for(have_count, &hs, 30000), "S's last event arrived");
     long a_size = 0, b_size = 0;
     pulls_recorded(a, 0, &a_size);
     pulls_recorded(b, 0, &b_size);
@@ -473,7 +249,7 @@ static void test_idents(void)
     fprintf(stderr, "restart: %ld Pulls of attackers at start-up; skip line %d\n", pulled, skipped);
     CHECKF(pulled == 0, "R pulled attackers %ld times at start-up", pulled);
     CHECKF(skipped == 1, "R logged the idle peers it did not pull (%d lines)", skipped);
-    s_got = events_from(r, s->server_id);
+    s_got = (long)count_from(r, s->server_id);
     CHECKF(s_got == S_EVENTS + 1, "R holds S's %d events once (%ld)", S_EVENTS + 1, s_got);
 
     /* live on reload: 12 more IDs of A's key (the counts start again after the restart)
@@ -481,7 +257,7 @@ static void test_idents(void)
     if (!base) {
         const char *cargs[] = {"--listen", "12",     "--seed",    seed_a, "--push-to",
                                target,     "--from", "127.0.0.2", NULL};
-        c = tool_run(cargs);
+        c = tool_run("idents", cargs);
         CHECKF(c && pbt_wait_for(tool_done, c, 60000), "group C pushed");
         long c_ids = c ? stat_of(c, "ok_ids") : -1, c_new = c ? stat_of(c, "new_peers") : -1;
         write_text(conf, "new_peers_per_key = 0\n");
@@ -491,7 +267,7 @@ static void test_idents(void)
         CHECKF(pbt_wait_for(logged_more, &lw, PBT_BOUND_MS), "R reloaded");
         const char *dargs[] = {"--listen", "4",      "--seed",    seed_a, "--push-to",
                                target,     "--from", "127.0.0.3", NULL};
-        dd = tool_run(dargs);
+        dd = tool_run("idents", dargs);
         CHECKF(dd && pbt_wait_for(tool_done, dd, 60000), "group D pushed");
         long d_ids = dd ? stat_of(dd, "ok_ids") : -1, d_new = dd ? stat_of(dd, "new_peers") : -1;
         fprintf(stderr,

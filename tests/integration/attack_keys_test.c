@@ -29,12 +29,9 @@
  * PBT_KEEP=1 keeps the directories. Every traffic loop is bounded in count and time.
  */
 #include <curl/curl.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +39,7 @@
 #include "crypto/auth.h"
 #include "crypto/keys.h"
 #include "harness.h"
+#include "hostile_tools.h"
 #include "wire/wire.h"
 
 #define PULL "/protocol.sync.v1.PostboxService/Pull"
@@ -57,155 +55,7 @@
 #define ROT_SECONDS 25
 #define ROT_FROM "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"
 
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) abort();
-    va_end(ap);
-    return s;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* ---- the hostile tool (as in hostile_test.c) ------------------------------------------------- */
-
-struct tool {
-    pid_t pid;
-    char *dir, *log, *ready, *stats;
-    uint16_t ports[128];
-    int nports;
-};
-
-static char *tool_path(void)
-{
-    const char *env = getenv("PBT_HOSTILE");
-    if (env && *env) return strdup(env);
-    char *p = strdup(PB_POSTBOXD);
-    char *slash = strrchr(p, '/');
-    if (slash) *slash = '\0';
-    char *out = xasprintf("%s/hostile", slash ? p : ".");
-    free(p);
-    return out;
-}
-
-static bool tool_ready(void *vctx)
-{
-    struct tool *t = vctx;
-    FILE *f = fopen(t->ready, "r");
-    if (!f) return false;
-    char line[32];
-    t->nports = 0;
-    while (t->nports < 128 && fgets(line, sizeof line, f)) {
-        long p = strtol(line, NULL, 10);
-        if (p > 0 && p < 65536) t->ports[t->nports++] = (uint16_t)p;
-    }
-    fclose(f);
-    return t->nports > 0;
-}
-
-static void tool_stop(struct tool *t)
-{
-    if (!t || !t->pid) return;
-    kill(t->pid, SIGTERM);
-    int64_t deadline = pbt_now_ms() + PBT_BOUND_MS;
-    while (pbt_now_ms() < deadline) {
-        if (waitpid(t->pid, NULL, WNOHANG) == t->pid) {
-            t->pid = 0;
-            return;
-        }
-        sleep_ms(10);
-    }
-    kill(t->pid, SIGKILL);
-    waitpid(t->pid, NULL, 0);
-    t->pid = 0;
-}
-
-static void tool_free(struct tool *t)
-{
-    if (!t) return;
-    tool_stop(t);
-    if (!getenv("PBT_KEEP")) pbt_rmrf(t->dir);
-    free(t->dir);
-    free(t->log);
-    free(t->ready);
-    free(t->stats);
-    free(t);
-}
-
-static void tool_dump_log(const struct tool *t)
-{
-    FILE *f = fopen(t->log, "r");
-    if (!f) return;
-    char line[1024];
-    fprintf(stderr, "---- %s ----\n", t->log);
-    for (int i = 0; i < 40 && fgets(line, sizeof line, f); i++)
-        fputs(line, stderr);
-    fclose(f);
-}
-
-/* Runs `hostile ROLE --ready R --stats S ARGS...`; a listening role is waited for until its
- * ports are known. NULL, after a failed check, when it did not come up. */
-static struct tool *tool_run(const char *role, const char *const *args)
-{
-    struct tool *t = calloc(1, sizeof *t);
-    if (!t) abort();
-    t->dir = pbt_tmpdir("attack");
-    t->log = xasprintf("%s/tool.log", t->dir);
-    t->ready = xasprintf("%s/ready", t->dir);
-    t->stats = xasprintf("%s/stats.json", t->dir);
-    char *prog = tool_path();
-    const char *argv[40];
-    int n = 0;
-    argv[n++] = prog;
-    argv[n++] = role;
-    argv[n++] = "--ready";
-    argv[n++] = t->ready;
-    argv[n++] = "--stats";
-    argv[n++] = t->stats;
-    for (int i = 0; args && args[i] && n < 38; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) abort();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        int fd = open(t->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execv(prog, (char *const *)argv);
-        _exit(127);
-    }
-    free(prog);
-    t->pid = pid;
-    if (!strcmp(role, "flood")) return t;
-    bool ok = pbt_wait_for(tool_ready, t, PBT_BOUND_MS);
-    CHECKF(ok, "hostile %s listens (build the target hostile, or set PBT_HOSTILE)", role);
-    if (!ok) {
-        tool_dump_log(t);
-        tool_free(t);
-        return NULL;
-    }
-    return t;
-}
-
-static bool tool_exited(void *vctx)
-{
-    struct tool *t = vctx;
-    if (t->pid && waitpid(t->pid, NULL, WNOHANG) == t->pid) t->pid = 0;
-    return t->pid == 0;
-}
+/* ---- the hostile tool (run by tests/hostile_tools.h) ----------------------------------------- */
 
 /* The flood's answer counts (its --stats file), once it ended. */
 static void flood_figures(const struct tool *fl, long *sent, long *accepted, long *s401, long *s503)
@@ -218,148 +68,12 @@ static void flood_figures(const struct tool *fl, long *sent, long *accepted, lon
     json_decref(fs);
 }
 
-/* ---- hRPC calls ------------------------------------------------------------------------------ */
-
-struct answer {
-    long status; /* 0: no answer within the timeout */
-    char *identifier;
-    int64_t ms;
-};
-
-static void answer_clear(struct answer *a)
-{
-    free(a->identifier);
-    memset(a, 0, sizeof *a);
-}
-
-static size_t collect(char *p, size_t size, size_t n, void *ud)
-{
-    pb_buf_append(ud, p, size * n);
-    return size * n;
-}
-
-static void call(uint16_t port, const char *path, const char *auth, const pb_buf *body,
-                 long timeout_ms, struct answer *a)
-{
-    memset(a, 0, sizeof *a);
-    CURL *c = curl_easy_init();
-    char url[160];
-    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", port, path);
-    struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: application/hrpc");
-    hl = curl_slist_append(hl, "Hrpc-Version: 1");
-    hl = curl_slist_append(hl, "Expect:");
-    char *ah = auth ? xasprintf("Authorization: %s", auth) : NULL;
-    if (ah) hl = curl_slist_append(hl, ah);
-    pb_buf got = PB_BUF_INIT;
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body && body->data ? (char *)body->data : "");
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, body ? (long)body->len : 0L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &got);
-    int64_t t0 = pbt_now_ms();
-    if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &a->status);
-    a->ms = pbt_now_ms() - t0;
-    if (a->status && (a->status < 200 || a->status > 299)) {
-        char *msg = NULL;
-        uint8_t *details = NULL;
-        size_t dlen = 0;
-        if (pb_wire_error_decode(got.data, got.len, &a->identifier, &msg, &details, &dlen) != PB_OK)
-            a->identifier = NULL;
-        free(msg);
-        free(details);
-    }
-    pb_buf_free(&got);
-    free(ah);
-    curl_slist_free_all(hl);
-    curl_easy_cleanup(c);
-}
-
-/* ---- the admin side -------------------------------------------------------------------------- */
-
-static pbt_daemon *start(const char *tag, const char *const *extra)
-{
-    pbt_daemon *d = pbt_daemon_new(tag, extra);
-    bool ok = pbt_daemon_start(d);
-    CHECKF(ok, "postboxd %s starts (%s)", tag, d->server_id);
-    if (!ok) {
-        pbt_daemon_free(d);
-        return NULL;
-    }
-    return d;
-}
-
-static json_t *ev_added(unsigned user, unsigned guild)
-{
-    char u[16], g[16];
-    snprintf(u, sizeof u, "%u", user);
-    snprintf(g, sizeof g, "%u", guild);
-    return json_pack("{s:{s:s,s:s}}", "userAddedToGuild", "userId", u, "guildId", g);
-}
-
-/* Submits one event to d's outbox for `to`. */
-static bool submit_one(const pbt_daemon *d, const char *to, unsigned user, unsigned guild)
-{
-    long st;
-    json_t *r = pbt_admin(d, "POST", "/v1/outbox",
-                          json_pack("{s:s,s:[o]}", "to", to, "events", ev_added(user, guild)), &st);
-    json_decref(r);
-    CHECKF(st == 202, "submit from %s to %s: status %ld", d->server_id, to, st);
-    return st == 202;
-}
-
-/* Events in d's inbox from `from`. */
-static size_t count_from(const pbt_daemon *d, const char *from)
-{
-    size_t have = 0;
-    long long after = 0;
-    for (int guard = 0; guard < 1000; guard++) {
-        char path[128];
-        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", after);
-        long st;
-        json_t *r = pbt_admin(d, "GET", path, NULL, &st);
-        json_t *evs = json_object_get(r, "events");
-        size_t n = json_array_size(evs), i;
-        json_t *it;
-        json_array_foreach(evs, i, it)
-        {
-            const char *f = json_string_value(json_object_get(it, "from"));
-            if (f && !strcmp(f, from)) have++;
-        }
-        if (n) after = json_integer_value(json_object_get(r, "next"));
-        json_decref(r);
-        if (st != 200 || n == 0) break;
-    }
-    return have;
-}
-
-struct count_wait {
-    const pbt_daemon *d;
-    const char *from;
-    size_t want;
-};
-
-static bool have_count(void *vctx)
-{
-    struct count_wait *w = vctx;
-    return count_from(w->d, w->from) >= w->want;
-}
-
 /* ---- fetch-slots ----------------------------------------------------------------------------- */
 
 /* The hang tool holds at least 8 connections (8 key fetches running). */
 static bool hung_fetches(void *vctx)
 {
-    const struct tool *t = vctx;
-    FILE *f = fopen(t->log, "r");
-    char line[256];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, "hang: accept")) n++;
-    if (f) fclose(f);
-    return n >= 8;
+    return tool_log_count(vctx, "hang: accept") >= 8;
 }
 
 /* A Pull to d signed by a new identity (a key server R never heard of, answering at once). */
@@ -431,7 +145,7 @@ static void test_fetch_slots(void)
         sleep_ms(200);
     }
     /* P's events arrive while the flood still lasts */
-    struct count_wait cw = {r, p->server_id, sent};
+    struct count_wait cw = {r, p->server_id, sent, 0};
     int64_t flood_left_ms = t0 + FETCH_SECONDS * 1000 - pbt_now_ms();
     bool arrived = pbt_wait_for(have_count, &cw, flood_left_ms > 0 ? (int)flood_left_ms : 1);
     int64_t arrived_at = all_at ? all_at : pbt_now_ms() - t0;
@@ -491,7 +205,7 @@ static void test_rotation(void)
     if (!r || !p) goto out;
 
     /* R learns P's first key */
-    struct count_wait cw = {r, p->server_id, 1};
+    struct count_wait cw = {r, p->server_id, 1, 0};
     if (!submit_one(p, r->server_id, 8, 1)) goto out;
     CHECKF(pbt_wait_for(have_count, &cw, PBT_BOUND_MS), "P's first event arrives at R");
 

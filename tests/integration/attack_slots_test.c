@@ -32,18 +32,16 @@
  */
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "hostile_tools.h"
 
 #define KEY "/protocol.auth.v1.AuthService/Key"
 
@@ -53,151 +51,6 @@
 #define BATCHES 4
 #define BATCH 2
 #define BATCH_EVERY_MS 1500
-
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) abort();
-    va_end(ap);
-    return s;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* ---- the hostile tool (as in hostile_test.c) ------------------------------------------------ */
-
-struct tool {
-    pid_t pid;
-    char *dir, *log, *ready, *stats;
-};
-
-static char *tool_path(void)
-{
-    const char *env = getenv("PBT_HOSTILE");
-    if (env && *env) return strdup(env);
-    char *p = strdup(PB_POSTBOXD);
-    char *slash = strrchr(p, '/');
-    if (slash) *slash = '\0';
-    char *out = xasprintf("%s/hostile", slash ? p : ".");
-    free(p);
-    return out;
-}
-
-static bool tool_ready(void *vctx)
-{
-    struct tool *t = vctx;
-    return access(t->ready, F_OK) == 0;
-}
-
-static bool tool_exited(void *vctx)
-{
-    struct tool *t = vctx;
-    int st;
-    if (t->pid && waitpid(t->pid, &st, WNOHANG) == t->pid) t->pid = 0;
-    return t->pid == 0;
-}
-
-static void tool_stop(struct tool *t)
-{
-    if (!t || !t->pid) return;
-    kill(t->pid, SIGTERM);
-    int64_t deadline = pbt_now_ms() + PBT_BOUND_MS;
-    while (pbt_now_ms() < deadline && !tool_exited(t))
-        sleep_ms(10);
-    if (t->pid) {
-        kill(t->pid, SIGKILL);
-        waitpid(t->pid, NULL, 0);
-        t->pid = 0;
-    }
-}
-
-static void tool_free(struct tool *t)
-{
-    if (!t) return;
-    tool_stop(t);
-    if (!getenv("PBT_KEEP")) pbt_rmrf(t->dir);
-    free(t->dir);
-    free(t->log);
-    free(t->ready);
-    free(t->stats);
-    free(t);
-}
-
-static void tool_dump_log(const struct tool *t)
-{
-    FILE *f = fopen(t->log, "r");
-    if (!f) return;
-    char line[1024];
-    fprintf(stderr, "---- %s ----\n", t->log);
-    for (int i = 0; i < 40 && fgets(line, sizeof line, f); i++)
-        fputs(line, stderr);
-    fclose(f);
-}
-
-/* Runs `hostile ROLE --ready R --stats S ARGS...` (output in its log); waits for its ready
- * file when `wait` (bounded). NULL, after a failed check, when it did not come up. */
-static struct tool *tool_run(const char *role, const char *const *args, bool wait)
-{
-    struct tool *t = calloc(1, sizeof *t);
-    if (!t) abort();
-    t->dir = pbt_tmpdir("slots");
-    t->log = xasprintf("%s/tool.log", t->dir);
-    t->ready = xasprintf("%s/ready", t->dir);
-    t->stats = xasprintf("%s/stats.json", t->dir);
-    char *prog = tool_path();
-    const char *argv[48];
-    int n = 0;
-    argv[n++] = prog;
-    argv[n++] = role;
-    argv[n++] = "--ready";
-    argv[n++] = t->ready;
-    argv[n++] = "--stats";
-    argv[n++] = t->stats;
-    for (int i = 0; args && args[i] && n < 46; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) abort();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        int fd = open(t->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execv(prog, (char *const *)argv);
-        _exit(127);
-    }
-    free(prog);
-    t->pid = pid;
-    if (!wait) return t;
-    bool ok = pbt_wait_for(tool_ready, t, PBT_BOUND_MS);
-    CHECKF(ok, "hostile %s is ready (build the target hostile, or set PBT_HOSTILE)", role);
-    if (!ok) {
-        tool_dump_log(t);
-        tool_free(t);
-        return NULL;
-    }
-    return t;
-}
-
-static long stat_of(const struct tool *t, const char *key)
-{
-    json_t *j = json_load_file(t->stats, 0, NULL);
-    long v = j ? (long)json_integer_value(json_object_get(j, key)) : -1;
-    json_decref(j);
-    return v;
-}
 
 /* ---- probes ---------------------------------------------------------------------------------- */
 
@@ -241,28 +94,9 @@ static void key_probe(const pbt_daemon *r, struct probes *p)
 
 /* ---- P and R --------------------------------------------------------------------------------- */
 
-static pbt_daemon *start(const char *tag)
-{
-    pbt_daemon *d = pbt_daemon_new(tag, NULL);
-    bool ok = pbt_daemon_start(d);
-    CHECKF(ok, "postboxd %s starts (%s)", tag, d->server_id);
-    if (!ok) {
-        pbt_daemon_free(d);
-        return NULL;
-    }
-    return d;
-}
-
-static json_t *ev_added(unsigned user, unsigned guild)
-{
-    char u[16], g[16];
-    snprintf(u, sizeof u, "%u", user);
-    snprintf(g, sizeof g, "%u", guild);
-    return json_pack("{s:{s:s,s:s}}", "userAddedToGuild", "userId", u, "guildId", g);
-}
-
 /* Gives P `n` new events for R (guilds *guild, *guild + 1, ...), appended to *sent. */
-static bool submit(const pbt_daemon *p, const pbt_daemon *r, unsigned *guild, int n, json_t *sent)
+static bool submit_batch(const pbt_daemon *p, const pbt_daemon *r, unsigned *guild, int n,
+                         json_t *sent)
 {
     json_t *evs = json_array();
     for (int i = 0; i < n; i++) {
@@ -270,39 +104,9 @@ static bool submit(const pbt_daemon *p, const pbt_daemon *r, unsigned *guild, in
         json_array_append(sent, ev);
         json_array_append_new(evs, ev);
     }
-    long st;
-    json_t *res = pbt_admin(p, "POST", "/v1/outbox",
-                            json_pack("{s:s,s:o}", "to", r->server_id, "events", evs), &st);
-    json_decref(res);
-    CHECKF(st == 202, "P takes %d events for R: status %ld", n, st);
-    return st == 202;
-}
-
-/* R's inbox items from P, as their event objects (new reference). */
-static json_t *events_from(const pbt_daemon *r, const char *from)
-{
-    json_t *out = json_array();
-    long long after = 0;
-    for (int guard = 0; guard < 1000; guard++) {
-        char path[128];
-        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", after);
-        long st;
-        json_t *res = pbt_admin(r, "GET", path, NULL, &st);
-        json_t *evs = json_object_get(res, "events");
-        size_t n = json_array_size(evs), i;
-        json_t *it;
-        json_array_foreach(evs, i, it)
-        {
-            const char *f = json_string_value(json_object_get(it, "from"));
-            json_t *ev = json_object_get(it, "event");
-            if (f && !strcmp(f, from) && !json_object_get(ev, "serverRenamed"))
-                json_array_append(out, ev);
-        }
-        if (n) after = json_integer_value(json_object_get(res, "next"));
-        json_decref(res);
-        if (st != 200 || n == 0) break;
-    }
-    return out;
+    bool ok = submit(p, r->server_id, evs);
+    json_decref(evs);
+    return ok;
 }
 
 struct arrival {
@@ -314,7 +118,7 @@ struct arrival {
 static bool all_arrived(void *vctx)
 {
     struct arrival *a = vctx;
-    json_t *got = events_from(a->r, a->p->server_id);
+    json_t *got = events_from(a->r, a->p->server_id, (size_t)-1);
     a->have = json_array_size(got);
     bool same = json_equal(got, a->sent);
     json_decref(got);
@@ -335,19 +139,6 @@ static double push_failures(const pbt_daemon *p)
     return sum;
 }
 
-struct metric_wait {
-    const pbt_daemon *d;
-    const char *series;
-    double at_least, value;
-};
-
-static bool metric_reached(void *vctx)
-{
-    struct metric_wait *w = vctx;
-    w->value = pbt_metric(w->d, w->series);
-    return w->value >= w->at_least;
-}
-
 /*
  * While `attack` runs: a Key probe to R every 200 ms, and every BATCH_EVERY_MS a batch of
  * BATCH events given to P for R (BATCHES of them), watching R's inbox for them. Then the
@@ -366,7 +157,7 @@ static void under_attack(const char *what, pbt_daemon *r, pbt_daemon *p, struct 
         key_probe(r, &key);
         int64_t now = pbt_now_ms();
         if (batches < BATCHES && now >= next) {
-            submit(p, r, guild, BATCH, sent);
+            submit_batch(p, r, guild, BATCH, sent);
             batches++;
             last_submit = now;
             next += BATCH_EVERY_MS;
@@ -407,7 +198,7 @@ static void under_attack(const char *what, pbt_daemon *r, pbt_daemon *p, struct 
 /* P and R federated: P's first event reached R (R holds P's key from then on). */
 static bool federate(pbt_daemon *r, pbt_daemon *p, unsigned *guild, json_t *sent)
 {
-    if (!submit(p, r, guild, 1, sent)) return false;
+    if (!submit_batch(p, r, guild, 1, sent)) return false;
     struct arrival arr = {.r = r, .p = p, .sent = sent};
     bool ok = pbt_wait_for(all_arrived, &arr, PBT_BOUND_MS);
     CHECKF(ok, "P's first event reaches R");
@@ -430,8 +221,8 @@ static void test_suspended(void)
     json_t *sent = json_array();
     unsigned guild = 1;
     const char *hargs[] = {"--listen", "40", "--seconds", "120", NULL};
-    struct tool *hang = tool_run("hang", hargs, true), *fl = NULL;
-    pbt_daemon *r = start("slotsR"), *p = start("slotsP");
+    struct tool *hang = tool_run("hang", hargs), *fl = NULL;
+    pbt_daemon *r = start("slotsR", NULL), *p = start("slotsP", NULL);
     if (!hang || !r || !p || !federate(r, p, &guild, sent)) goto out;
 
     char target[16];
@@ -439,7 +230,7 @@ static void test_suspended(void)
     const char *fargs[] = {"--target",  target,         "--ids-file",   hang->ready, "--rate",
                            "1000",      "--conns",      "80",           "--from",    FROM4,
                            "--seconds", ATTACK_SECONDS, "--timeout-ms", "5000",      NULL};
-    fl = tool_run("flood", fargs, false);
+    fl = tool_run("flood", fargs);
     /* the attack holds R's waits: forged Pushes are being answered 503 */
     struct metric_wait mw = {r, "postbox_hrpc_server_requests_total{method=\"Push\",code=\"503\"}",
                              300, 0};
@@ -475,7 +266,7 @@ static void test_body_memory(void)
     json_t *sent = json_array();
     unsigned guild = 1;
     struct tool *full = NULL, *one = NULL;
-    pbt_daemon *r = start("bodyR"), *p = start("bodyP");
+    pbt_daemon *r = start("bodyR", NULL), *p = start("bodyP", NULL);
     if (!r || !p || !federate(r, p, &guild, sent)) goto out;
 
     char target[16];
@@ -484,8 +275,8 @@ static void test_body_memory(void)
                         "--send",   "65535", "--seconds", ATTACK_SECONDS,        NULL};
     const char *a2[] = {"--target", target, "--from",    "127.0.0.4,127.0.0.5", "--conns", "256",
                         "--send",   "1",    "--seconds", ATTACK_SECONDS,        NULL};
-    full = tool_run("stall", a1, true);
-    one = tool_run("stall", a2, true);
+    full = tool_run("stall", a1);
+    one = tool_run("stall", a2);
     if (!full || !one) goto out;
     /* R holds the stalled bodies: all 32 MiB without shares, each address's share with */
     struct metric_wait mw = {r, "postbox_request_body_bytes", 3.8 * 1024 * 1024, 0};
@@ -517,29 +308,13 @@ out:
 
 /* ---- 3. shares applied by a reload ----------------------------------------------------------- */
 
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) abort();
-}
-
-struct reload_wait {
-    const pbt_daemon *d;
-    int before;
-};
-
-static bool reloaded(void *vctx)
-{
-    struct reload_wait *w = vctx;
-    return pbt_log_count(w->d, "configuration reloaded", NULL) > w->before;
-}
-
 static bool reload_with(const pbt_daemon *d, const char *conf, const char *text)
 {
     write_text(conf, text);
-    struct reload_wait w = {d, pbt_log_count(d, "configuration reloaded", NULL)};
+    struct logwait w = {d, "configuration reloaded",
+                        pbt_log_count(d, "configuration reloaded", NULL)};
     kill(d->pid, SIGHUP);
-    return pbt_wait_for(reloaded, &w, PBT_BOUND_MS);
+    return pbt_wait_for(logged_more, &w, PBT_BOUND_MS);
 }
 
 /* A connection from src sending 40,000 bytes of a 65,536-byte Push body, held; -1 when it
