@@ -20,7 +20,10 @@
  * sequence number applied and skips anything not above it, so a retried Push, a late
  * stale attempt, or an event that arrives both by Pull and by Push is applied exactly
  * once and never out of order; only a token bound to the receiver can carry sequence
- * numbers (PROTOCOL.md 7.1), so no third party can skip a sender's stream.
+ * numbers (PROTOCOL.md 7.1), so no third party can skip a sender's stream. Pulls are
+ * pipelined (see "pulling" below): a sender's answers are applied one at a time in the
+ * order asked for, and one that is not the range asked for or not applied whole drops
+ * those after it, so no answer is applied past a gap.
  */
 #include "delivery/delivery.h"
 
@@ -55,6 +58,9 @@
 #define LAZY_FORGET_MS 200
 /* Pull answers applied at once (each may decode to tens of MB in the worst case). */
 #define MAX_APPLYING 1
+/* Pull answers of one peer received and waiting to be applied (pipelined rounds: the next
+ * range is asked for while these wait); one more may be being applied. */
+#define PULL_AHEAD 2
 /* Bytes of received Pull answers waiting to be applied: past it no new Pull round starts
  * (the peer waits in apply_wait) until applying makes room. With the client's response
  * budget (answers being received) this bounds the memory that pulls take. */
@@ -66,6 +72,13 @@
 
 enum busy { BUSY_NONE, BUSY_SEND, BUSY_FOREIGN };
 enum pull_st { PULL_IDLE, PULL_WAIT, PULL_RUN };
+
+/* A Pull answer received, waiting to be applied, with what its request asked for. */
+struct pull_held {
+    pb_client_answer ans;
+    uint64_t from, epoch; /* postbox_from_seq (0: not pipelined) and postbox_epoch asked */
+    size_t count;         /* its events (pb_wire_pull_resp_peek) */
+};
 
 struct peer {
     /* ---- shared: under d->mu ---- */
@@ -114,9 +127,22 @@ struct peer {
     pb_sched_class pull_cls;
     pb_sched_item pull_item;
     pb_timer pull_timer;
-    unsigned pull_round;
+    unsigned pull_round; /* requests made in this contact */
     size_t pull_total;
-    pb_client_answer pull_ans; /* an answer waiting to be applied */
+    bool pull_busy;                      /* a request being made or in flight (one at a time) */
+    bool pull_applying;                  /* one of its answers is being applied */
+    struct pull_held pull_q[PULL_AHEAD]; /* received, to be applied in this order */
+    size_t pull_nq;
+    size_t pull_held_events;                /* of the answers in pull_q and being applied */
+    unsigned pull_gen, pull_req_gen;        /* the chain; the one the request in flight is of */
+    bool pull_pipe;                         /* the next request asks from pull_from (pipelined) */
+    uint64_t pull_from, pull_epoch;         /* after the last answer received, in its epoch */
+    uint64_t pull_req_from, pull_req_epoch; /* what the request in flight asked for */
+    uint64_t held_epoch, held_seq;          /* what we hold from it (store, or last apply) */
+    bool pull_nopipe; /* it answered a pipelined Pull from postbox_next_seq: an older postbox */
+    bool pull_ended;  /* the contact ends once nothing of it is in flight or waiting */
+    char pull_why[256];
+    int64_t pull_again_ms;
     /* our rename notice */
     bool notice;
     char notice_old[PB_SERVER_ID_MAX], notice_new[PB_SERVER_ID_MAX];
@@ -351,7 +377,7 @@ struct op {
     op_fn done; /* loop thread */
     pb_err err;
     /* arguments and results, by use */
-    uint64_t u1, u2, u3;
+    uint64_t u1, u2, u3, u4, u5;
     int64_t i1;
     bool b1;
     char *s1;
@@ -962,7 +988,44 @@ static void send_start_push(struct peer *p)
 }
 
 /* ---- pulling (this server as R) ----------------------------------------------------------------
+ * A contact is a chain of rounds: the first asks from what we hold (the store's receive
+ * state: latest_work); once an answer of a postbox of this project is received, the next
+ * range is asked for at once (postbox_from_seq, PROTOCOL.md 5 "Pull answers"), before that
+ * answer is applied: one request in flight per peer, at most PULL_AHEAD answers held
+ * waiting, applied strictly in the order they were asked for (one apply at a time). Each
+ * request acknowledges only what was applied (held_seq). An answer that is not the range
+ * asked for (an older sender answering from postbox_next_seq, a new epoch at the sender),
+ * one applied only in part (the receive budget) or not at all breaks the chain: the
+ * answers after it are dropped unapplied (the sender still has them: nothing past
+ * held_seq was acknowledged) and the contact goes on with a round from the store's state.
  */
+
+static void pull_held_free(pb_delivery *d, struct peer *p, struct pull_held *h)
+{
+    d->apply_bytes -= h->ans.body_len;
+    p->pull_held_events -= h->count;
+    pb_client_answer_clear(&h->ans);
+}
+
+static void apply_room(pb_delivery *d);
+
+/* The chain breaks: answers held and the one in flight are dropped unapplied; the next
+ * round asks from the store's state. */
+static void pull_chain_break(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    p->pull_gen++;
+    p->pull_pipe = false;
+    if (!p->pull_nq) return;
+    for (size_t i = 0; i < p->pull_nq; i++)
+        pull_held_free(d, p, &p->pull_q[i]);
+    p->pull_nq = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < d->napply_q; i++)
+        if (d->apply_q[i] != p) d->apply_q[k++] = d->apply_q[i];
+    d->napply_q = k;
+    apply_room(d);
+}
 
 static void pull_due(struct peer *p, bool urgent)
 {
@@ -994,6 +1057,9 @@ static void pull_finish(struct peer *p, const char *why)
     p->pull_urgent = p->pull_startup = false;
     p->pull_round = 0;
     p->pull_total = 0;
+    p->pull_ended = false;
+    p->pull_pipe = false;
+    p->pull_gen++;
     pthread_mutex_lock(&d->mu);
     p->pulling = false;
     p->urgent_posted = false;
@@ -1020,25 +1086,135 @@ static void pull_again_in(struct peer *p, int64_t delay_ms)
     pb_ioloop_timer_arm(d->loop, &p->pull_timer, at);
 }
 
+/* The contact ends once nothing of it is in flight or waiting: then pull_finish (with the
+ * reason of the first end), and the next contact in again_ms (< 0: none planned). */
+static void pull_settle(struct peer *p)
+{
+    if (!p->pull_ended || p->pull_busy || p->pull_applying || p->pull_nq) return;
+    int64_t again = p->pull_again_ms;
+    char why[sizeof p->pull_why];
+    memcpy(why, p->pull_why, sizeof why);
+    pull_finish(p, why[0] ? why : NULL);
+    if (again >= 0) pull_again_in(p, again);
+}
+
+static void pull_end(struct peer *p, const char *why, int64_t again_ms)
+{
+    if (!p->pull_ended) {
+        p->pull_ended = true;
+        size_t l = why ? strlen(why) : 0; /* truncated to fit */
+        if (l >= sizeof p->pull_why) l = sizeof p->pull_why - 1;
+        if (l) memcpy(p->pull_why, why, l);
+        p->pull_why[l] = '\0';
+        p->pull_again_ms = again_ms;
+    } else if (again_ms >= 0 && (p->pull_again_ms < 0 || again_ms > p->pull_again_ms)) {
+        p->pull_again_ms = again_ms;
+    }
+    pull_settle(p);
+}
+
+/* What comes next in p's contact, once no request is in flight: the next range at once
+ * (pipelined), or a round from the store's state once every answer is applied, or the
+ * end (rounds or receive budget used). Loop thread; the caller dispatches. */
+static void pull_next(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    if (p->pull_st != PULL_RUN || p->pull_busy || d->stopping) return;
+    if (p->pull_ended) {
+        pull_settle(p);
+        return;
+    }
+    if (!p->pull_pipe && (p->pull_applying || p->pull_nq)) return; /* after the applies */
+    if (p->pull_pipe && p->pull_nq >= PULL_AHEAD) return;          /* apply_done calls again */
+    if (p->pull_round >= d->o.pull_rounds) {
+        pull_end(p, "rounds per contact used: the rest comes with the next pull", 0);
+        return;
+    }
+    uint32_t ra = 0;
+    if (!pb_budget_available(d->budget, p->id, mono_ms(), &ra)) {
+        char why[128];
+        snprintf(why, sizeof why, "receive budget used: next pull in %u s", ra);
+        pull_end(p, why, (int64_t)ra * 1000);
+        return;
+    }
+    /* a range asked for now is applied only after those held: the budget must cover them
+     * too, or it would be dropped; else it waits for the applies (and is then decided on
+     * the budget left) */
+    if (p->pull_pipe &&
+        pb_budget_events_left(d->budget, p->id, mono_ms()) <= (uint64_t)p->pull_held_events)
+        return;
+    p->pull_busy = true;
+    p->pull_round++;
+    pb_sched_want(&d->sched, &p->pull_item, p->pull_urgent ? PB_SCHED_HIGH : p->pull_cls);
+}
+
 static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
 {
     struct peer *p = ctx;
     pb_delivery *d = p->d;
     pb_sched_done(&d->sched, p->pull_cls);
+    p->pull_busy = false;
     if (d->o.metrics)
         pb_histogram_observe(pb_metric_get(d->o.metrics->client_duration, "Pull"),
                              (double)ans->elapsed_ms / 1000.0);
+    if (d->stopping) {
+        pb_client_answer_clear(ans);
+        return;
+    }
     if (err != PB_OK) {
         char why[512];
         describe(err, ans, why, sizeof why);
         pb_client_answer_clear(ans);
-        if (!d->stopping) pull_finish(p, why);
+        pull_end(p, why, -1);
         dispatch(d);
         return;
     }
-    p->pull_ans = *ans;
+    if (p->pull_req_gen != p->pull_gen) { /* asked for by a chain that broke meanwhile */
+        pb_client_answer_clear(ans);
+        pull_next(p);
+        dispatch(d);
+        return;
+    }
+    size_t cnt = 0;
+    uint64_t first = 0, last = 0, ep = 0;
+    bool peeked =
+        pb_wire_pull_resp_peek(ans->body, ans->body_len, &cnt, &first, &last, &ep) == PB_OK;
+    if (peeked && cnt == 0) { /* nothing more queued for us: the contact ends */
+        pb_client_answer_clear(ans);
+        pull_end(p, NULL, -1);
+        dispatch(d);
+        return;
+    }
+    if (peeked && p->pull_req_from && ep == p->pull_req_epoch && first < p->pull_req_from) {
+        /* answered from postbox_next_seq: a sender that does not know postbox_from_seq.
+         * Its answer repeats what we hold in memory: dropped; one round at a time from
+         * now on (for as long as its record lives). */
+        PB_INFO(p->id, "pull: the sender answers from the acknowledged number, not the one "
+                       "asked for (an older postbox): one round at a time");
+        p->pull_nopipe = true;
+        p->pull_pipe = false;
+        pb_client_answer_clear(ans);
+        pull_next(p);
+        dispatch(d);
+        return;
+    }
+    /* the next range is asked for now unless the answer is not the range asked for (a new
+     * epoch: dropped by apply_work) or not one a postbox of this project gives */
+    bool pipe = peeked && last && ep && !p->pull_nopipe &&
+                (!p->pull_req_from || (ep == p->pull_req_epoch && first >= p->pull_req_from));
+    struct pull_held *h = &p->pull_q[p->pull_nq++];
+    h->ans = *ans;
     memset(ans, 0, sizeof *ans);
-    d->apply_bytes += p->pull_ans.body_len;
+    h->from = p->pull_req_from;
+    h->epoch = p->pull_req_epoch;
+    h->count = cnt;
+    p->pull_held_events += cnt;
+    d->apply_bytes += h->ans.body_len;
+    p->pull_pipe = pipe;
+    if (pipe) {
+        p->pull_from = last + 1;
+        p->pull_epoch = ep;
+    }
     if (d->napply_q == d->capapply_q) {
         d->capapply_q = d->capapply_q ? 2 * d->capapply_q : 16;
         d->apply_q = pb_xrealloc(d->apply_q, d->capapply_q * sizeof *d->apply_q);
@@ -1051,6 +1227,7 @@ static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
         d->apply_q[d->napply_q++] = p;
     }
     pull_apply_next(d);
+    pull_next(p);
     dispatch(d);
 }
 
@@ -1066,7 +1243,11 @@ static void apply_work(struct op *o)
     if (o->err != PB_OK) return;
     o->n = 0;
     o->u1 = n;
-    if (n > d->o.pull_read_max_events) {
+    o->u2 = n;
+    if (o->u4 && (!seqs || epoch != o->u5 || (n && seqs[0] < o->u4))) {
+        o->b1 = true; /* a pipelined answer that is not the range asked for: dropped */
+        o->u2 = 0;
+    } else if (n > d->o.pull_read_max_events) {
         o->err = PB_ERR_TOO_BIG;
     } else if (n > 0) {
         /* Within the sender's budget: a postbox of this project (sequence numbers) keeps
@@ -1082,6 +1263,10 @@ static void apply_work(struct op *o)
             if (left < take) take = left ? (size_t)left : 1;
         }
         o->u2 = take;
+        if (pb_fault("delivery.slow-pull-apply")) { /* tests: a drain that takes a while */
+            struct timespec ts = {0, 30 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
         /* our Pull is always bound to the sender, so its sequence numbers count */
         o->err = pb_store_receive(d->o.store, o->id, epoch, evs, seqs, take, wall_ms(), &o->rr);
         if (o->err == PB_OK) {
@@ -1124,6 +1309,8 @@ static void apply_done(struct op *o)
     pb_delivery *d = o->d;
     d->applying--;
     d->apply_bytes -= (size_t)o->u3;
+    p->pull_applying = false;
+    p->pull_held_events -= (size_t)o->i1;
     if (d->stopping) return;
     apply_room(d);
     if (o->err != PB_OK) {
@@ -1132,43 +1319,48 @@ static void apply_done(struct op *o)
         if (o->err == PB_ERR_TOO_BIG)
             snprintf(why, sizeof why, "answer of %llu events over the limit of %u: refused",
                      (unsigned long long)o->u1, d->o.pull_read_max_events);
-        if (pb_health_unavailable(o->err)) { /* pulled again once the store takes it */
-            pull_again_in(p, store_failed(d, o->err, p->id, "cannot store a pull answer"));
-        } else {
+        int64_t again = -1;
+        if (pb_health_unavailable(o->err)) /* pulled again once the store takes it */
+            again = store_failed(d, o->err, p->id, "cannot store a pull answer");
+        else
             PB_WARN(p->id, "pull answer refused: %s", why);
-        }
-        pull_finish(p, why);
+        pull_chain_break(p);
+        pull_end(p, why, again);
+    } else if (o->b1) {
+        PB_DEBUG(p->id, "pull answer dropped: not the range asked for (a new epoch?)");
+        pull_chain_break(p);
     } else {
         p->pull_total += o->rr.applied;
-        uint32_t ra = 0;
-        if (o->u1 == 0) {
-            pull_finish(p, NULL);
-        } else if (++p->pull_round >= d->o.pull_rounds) {
-            pull_finish(p, "rounds per contact used: the rest comes with the next pull");
-            pull_again_in(p, 0);
-        } else if (!pb_budget_available(d->budget, p->id, mono_ms(), &ra)) {
-            char why[128];
-            snprintf(why, sizeof why, "receive budget used: next pull in %u s", ra);
-            pull_finish(p, why);
-            pull_again_in(p, (int64_t)ra * 1000);
-        } else {
-            pb_sched_want(&d->sched, &p->pull_item, p->pull_urgent ? PB_SCHED_HIGH : p->pull_cls);
+        if (o->rr.epoch) { /* what we hold now: the next requests acknowledge it */
+            p->held_epoch = o->rr.epoch;
+            p->held_seq = o->rr.ack;
         }
+        if (o->u2 < o->u1) pull_chain_break(p); /* the rest is beyond the budget */
     }
     pull_apply_next(d);
+    pull_next(p);
     dispatch(d);
 }
 
+/* Applies the answers held, in the order they were received (each peer's in the order
+ * asked for), one at a time. */
 static void pull_apply_next(pb_delivery *d)
 {
     while (d->applying < MAX_APPLYING && d->napply_q > 0 && !d->stopping) {
         struct peer *p = d->apply_q[0];
+        if (p->pull_applying || !p->pull_nq) break; /* its previous answer first */
         memmove(d->apply_q, d->apply_q + 1, (d->napply_q - 1) * sizeof *d->apply_q);
         d->napply_q--;
+        struct pull_held h = p->pull_q[0];
+        memmove(p->pull_q, p->pull_q + 1, (p->pull_nq - 1) * sizeof *p->pull_q);
+        p->pull_nq--;
         struct op *o = op_new(d, p, apply_work, apply_done);
-        o->ans = p->pull_ans;
+        o->ans = h.ans;
         o->u3 = o->ans.body_len; /* given back to apply_bytes by apply_done */
-        memset(&p->pull_ans, 0, sizeof p->pull_ans);
+        o->u4 = h.from;
+        o->u5 = h.epoch;
+        o->i1 = (int64_t)h.count; /* given back to pull_held_events */
+        p->pull_applying = true;
         d->applying++;
         if (p->pull_urgent)
             op_run(o);
@@ -1195,32 +1387,24 @@ static void latest_work(struct op *o)
     }
 }
 
-static void latest_done(struct op *o)
+/* Sends the request of a round (a transfer slot is held): from what we hold
+ * (held_epoch, held_seq), and, pipelined, from the range after the last answer. */
+static void pull_send(struct peer *p)
 {
-    struct peer *p = o->p;
-    pb_delivery *d = o->d;
-    if (d->stopping) {
-        pb_sched_done(&d->sched, p->pull_cls);
-        return;
-    }
-    if (o->err != PB_OK) {
-        pb_sched_done(&d->sched, p->pull_cls);
-        pull_again_in(p, store_failed(d, o->err, p->id, "cannot read the receive state"));
-        pull_finish(p, "store unavailable");
-        dispatch(d);
-        return;
-    }
-    if (o->b1) { /* the key's budget (or the sender's) is used: as in pull_start */
-        pb_sched_done(&d->sched, p->pull_cls);
-        pull_finish(p, "receive budget of its key used");
-        pull_again_in(p, o->i1 * 1000);
-        dispatch(d);
-        return;
-    }
-    pb_pull_req pr = {.next_seq = o->u2 + 1,
-                      .epoch = o->u1,
+    pb_delivery *d = p->d;
+    pb_pull_req pr = {.next_seq = p->held_seq + 1,
+                      .epoch = p->held_epoch,
                       .max_bytes = d->o.pull_read_max_bytes,
                       .max_events = d->o.pull_read_max_events};
+    if (p->pull_pipe) {
+        /* we hold nothing in the answers' epoch yet: 1 acknowledges nothing */
+        pr.next_seq = p->held_epoch == p->pull_epoch ? p->held_seq + 1 : 1;
+        pr.epoch = p->pull_epoch;
+        pr.from_seq = p->pull_from > pr.next_seq ? p->pull_from : 0;
+    }
+    p->pull_req_from = pr.from_seq;
+    p->pull_req_epoch = pr.epoch;
+    p->pull_req_gen = p->pull_gen;
     pb_buf body = PB_BUF_INIT;
     pb_wire_pull_req_encode(&pr, &body);
     char as[PB_SERVER_ID_MAX];
@@ -1234,15 +1418,45 @@ static void latest_done(struct op *o)
                          .max_response = d->o.pull_read_max_bytes,
                          /* most contacts are one round (nothing or little queued): keep
                           * the connection only for the rounds of a backlog */
-                         .one_shot = p->pull_round == 0};
+                         .one_shot = p->pull_round <= 1};
     pb_client_start(d->o.client, &req, pull_answered, p);
     free(authz);
     pb_buf_free(&body);
 }
 
-/* One round: what we hold from p (epoch, last sequence number), then the Pull; unless the
- * answers already received fill APPLY_BYTES_MAX: then the round waits for room (apply_room)
- * without holding a transfer slot. */
+static void latest_done(struct op *o)
+{
+    struct peer *p = o->p;
+    pb_delivery *d = o->d;
+    if (d->stopping) {
+        pb_sched_done(&d->sched, p->pull_cls);
+        return;
+    }
+    if (o->err != PB_OK) {
+        pb_sched_done(&d->sched, p->pull_cls);
+        p->pull_busy = false;
+        pull_end(p, "store unavailable",
+                 store_failed(d, o->err, p->id, "cannot read the receive state"));
+        dispatch(d);
+        return;
+    }
+    if (o->b1) { /* the key's budget (or the sender's) is used: as in pull_start */
+        pb_sched_done(&d->sched, p->pull_cls);
+        p->pull_busy = false;
+        pull_end(p, "receive budget of its key used", o->i1 * 1000);
+        dispatch(d);
+        return;
+    }
+    p->held_epoch = o->u1;
+    p->held_seq = o->u2;
+    p->pull_pipe = false;
+    pull_send(p);
+}
+
+/* One round (a transfer slot is held, p->pull_busy set): pipelined, the request at once;
+ * else what we hold from p (epoch, last sequence number), then the request. Unless the
+ * answers already received fill APPLY_BYTES_MAX: then the round waits for room
+ * (apply_room) without holding a transfer slot. */
 static void pull_round(struct peer *p)
 {
     pb_delivery *d = p->d;
@@ -1253,6 +1467,10 @@ static void pull_round(struct peer *p)
             d->apply_wait = pb_xrealloc(d->apply_wait, d->capapply_wait * sizeof *d->apply_wait);
         }
         d->apply_wait[d->napply_wait++] = p;
+        return;
+    }
+    if (p->pull_pipe) {
+        pull_send(p);
         return;
     }
     struct op *o = op_new(p->d, p, latest_work, latest_done);
@@ -1270,12 +1488,14 @@ static void pull_start(struct peer *p)
         p->pull_st = PULL_RUN;
         p->pull_round = 0;
         p->pull_total = 0;
+        p->pull_pipe = p->pull_ended = false;
         if (!pb_budget_available(d->budget, p->id, mono_ms(), &ra)) {
             pb_sched_done(&d->sched, p->pull_cls);
-            pull_finish(p, "receive budget used");
-            pull_again_in(p, (int64_t)ra * 1000);
+            pull_end(p, "receive budget used", (int64_t)ra * 1000);
             return;
         }
+        p->pull_busy = true;
+        p->pull_round = 1;
     }
     pull_round(p);
 }
@@ -1754,8 +1974,8 @@ static void age_timer_fired(void *arg)
 static bool peer_forgettable(pb_delivery *d, struct peer *p)
 {
     if (p->refs || p->loading || p->forget_busy || p->reload_busy || p->lease_busy ||
-        p->lease_held || p->notice || p->notice_running || p->pull_st != PULL_IDLE ||
-        p->pull_ans.body || p->nitems || p->forget_sent != p->forget_want ||
+        p->lease_held || p->notice || p->notice_running || p->pull_st != PULL_IDLE || p->pull_nq ||
+        p->pull_applying || p->pull_busy || p->nitems || p->forget_sent != p->forget_want ||
         p->fsm.st != PB_FSM_IDLE || p->fsm.has_work || p->fsm.mode != PB_MODE_PUSH ||
         pb_timer_armed(&p->send_timer) || pb_timer_armed(&p->forget_timer) ||
         pb_timer_armed(&p->pull_timer) || pb_timer_armed(&p->notice_timer) ||
@@ -1804,7 +2024,6 @@ static void idle_timer_fired(void *arg)
             }
             PB_DEBUG(p->id, "peer record forgotten: idle for %u s", idle_s);
             pb_outbox_items_free(p->items, p->nitems);
-            pb_client_answer_clear(&p->pull_ans);
             free(p->waiters);
             free(p);
             forgotten++;
@@ -2099,7 +2318,8 @@ void pb_delivery_free(pb_delivery *d)
     for (size_t i = 0; i < d->npeers; i++) {
         struct peer *p = d->all[i];
         pb_outbox_items_free(p->items, p->nitems);
-        pb_client_answer_clear(&p->pull_ans);
+        for (size_t k = 0; k < p->pull_nq; k++)
+            pb_client_answer_clear(&p->pull_q[k].ans);
         free(p->waiters);
         free(p);
     }

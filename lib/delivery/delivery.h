@@ -40,8 +40,9 @@
  * under one mutex. With several nodes (node_id set), sending to a peer needs its lease in
  * the shared store, and a timer polls the store for work submitted through other nodes.
  *
- * Untrusted input: Pull answers from peers (size- and count-capped, decoded by wire,
- * applied within the sender's budget), push results (classified by fsm.h); inbound
+ * Untrusted input: Pull answers from peers (size- and count-capped, peeked at for the next
+ * pipelined range and decoded by wire, applied within the sender's budget only when they
+ * are the range asked for), push results (classified by fsm.h); inbound
  * requests are inbound.c's.
  */
 #ifndef PB_DELIVERY_H

@@ -290,6 +290,14 @@ void pb_inbound_pull(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
                 pb_delivery_pull_acked(d, req->peer, upto);
             }
             from = pr.next_seq;
+            /* a pipelined Pull (PROTOCOL.md 5): the puller holds what is below from_seq in
+             * memory, not yet applied; it still acknowledges only up to next_seq - 1. A
+             * test fault point answers as a sender that does not know the field. */
+            if (pr.from_seq > from && !pb_fault("delivery.pull-ignore-from")) {
+                PB_DEBUG(req->peer, "pipelined pull: answered from %llu (acknowledged up to %llu)",
+                         (unsigned long long)pr.from_seq, (unsigned long long)upto);
+                from = pr.from_seq;
+            }
         }
     }
     if (mode == PB_MODE_PARKED) return; /* paused for the operator: an empty answer */

@@ -11,7 +11,8 @@
  * gets 429 with RetryInfo and stores nothing.
  *
  * Pull: a bound puller acknowledges what it holds (in our epoch) and gets events with
- * their sequence numbers, at most its own limits and ours; a foreign puller is answered
+ * their sequence numbers, at most its own limits and ours, from postbox_from_seq when it
+ * pipelines (PROTOCOL.md 5: above what it acknowledges, in our epoch); a foreign puller is answered
  * only from a queue nobody is draining, and what it was answered is forgotten once the
  * answer is written.
  *

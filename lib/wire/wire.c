@@ -19,7 +19,8 @@
  * PB_WIRE_MAX_MESSAGE bytes before anything is allocated, refuses what protobuf-c
  * refuses, strings that are not UTF-8 or hold a NUL, and semantically empty messages
  * (an Event with no kind, a PushRequest with no event). Out-parameters are written
- * only on success.
+ * only on success. pb_wire_pull_resp_peek takes network bytes too: a bounded scan that
+ * never reads past its input and allocates nothing.
  */
 #include "wire/wire.h"
 
@@ -398,6 +399,7 @@ pb_err pb_wire_pull_req_encode(const pb_pull_req *r, pb_buf *out)
         m.postbox_epoch = r->epoch;
         m.postbox_max_bytes = r->max_bytes;
         m.postbox_max_events = r->max_events;
+        m.postbox_from_seq = r->from_seq;
     }
     pack_append(&m.base, out);
     return PB_OK;
@@ -413,6 +415,7 @@ pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, pb_pull_req *out)
     out->epoch = m->postbox_epoch;
     out->max_bytes = m->postbox_max_bytes;
     out->max_events = m->postbox_max_events;
+    out->from_seq = m->postbox_from_seq;
     unpacked_free(raw);
     return PB_OK;
 }
@@ -468,6 +471,75 @@ void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, uint64_t 
     }
     m.postbox_epoch = epoch;
     pack_append(&m.base, out);
+}
+
+/* One base-128 varint at *p (at most 10 bytes, below end); false when cut or too long. */
+static bool peek_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 70 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
+pb_err pb_wire_pull_resp_peek(const uint8_t *p, size_t n, size_t *count, uint64_t *first_seq,
+                              uint64_t *last_seq, uint64_t *epoch)
+{
+    if (n > PB_WIRE_MAX_MESSAGE) return PB_ERR_TOO_BIG;
+    const uint8_t *end = p + n;
+    size_t cnt = 0, nseqs = 0;
+    uint64_t first = 0, last = 0, ep = 0, key, v;
+    while (p < end) {
+        if (!peek_varint(&p, end, &key)) return PB_ERR_DECODE;
+        uint64_t field = key >> 3;
+        switch (key & 7) {
+        case 0: /* varint: a seq written unpacked, or the epoch */
+            if (!peek_varint(&p, end, &v)) return PB_ERR_DECODE;
+            if (field == 18001) {
+                if (!nseqs++) first = v;
+                last = v;
+            } else if (field == 18002) {
+                ep = v;
+            }
+            break;
+        case 1:
+            if ((size_t)(end - p) < 8) return PB_ERR_DECODE;
+            p += 8;
+            break;
+        case 5:
+            if ((size_t)(end - p) < 4) return PB_ERR_DECODE;
+            p += 4;
+            break;
+        case 2: { /* an event, packed seqs, or something unknown */
+            if (!peek_varint(&p, end, &v) || v > (uint64_t)(end - p)) return PB_ERR_DECODE;
+            const uint8_t *q = p, *qend = p + v;
+            p = qend;
+            if (field == 1) {
+                cnt++;
+            } else if (field == 18001) {
+                while (q < qend) {
+                    if (!peek_varint(&q, qend, &v)) return PB_ERR_DECODE;
+                    if (!nseqs++) first = v;
+                    last = v;
+                }
+            }
+            break;
+        }
+        default:
+            return PB_ERR_DECODE;
+        }
+    }
+    *count = cnt;
+    *first_seq = first;
+    *last_seq = last;
+    *epoch = ep;
+    return PB_OK;
 }
 
 pb_err pb_wire_pull_resp_decode(const uint8_t *p, size_t n, pb_event **evs, uint64_t **seqs,

@@ -50,13 +50,14 @@ pb_err pb_wire_push_encode(const pb_event *evs, const uint64_t *seqs, size_t n, 
                            pb_buf *out);
 pb_err pb_wire_push_decode(const uint8_t *p, size_t n, size_t max_events, pb_push_req *out);
 
-/* PullRequest { postbox_next_seq, postbox_epoch, postbox_max_bytes, postbox_max_events };
- * every field 0 = absent (a foreign puller sends none). */
+/* PullRequest { postbox_next_seq, postbox_epoch, postbox_max_bytes, postbox_max_events,
+ * postbox_from_seq }; every field 0 = absent (a foreign puller sends none). */
 typedef struct pb_pull_req {
     uint64_t next_seq;
     uint64_t epoch;
     uint64_t max_bytes;
     uint64_t max_events;
+    uint64_t from_seq; /* a pipelined Pull: answer from here (PROTOCOL.md 5) */
 } pb_pull_req;
 pb_err pb_wire_pull_req_encode(const pb_pull_req *r, pb_buf *out);
 pb_err pb_wire_pull_req_decode(const uint8_t *p, size_t n, pb_pull_req *out);
@@ -80,6 +81,12 @@ pb_err pb_wire_pull_resp_decode(const uint8_t *p, size_t n, pb_event **evs, uint
  * Append one event_queue entry; then, once, the packed seqs and the epoch (seqs skipped
  * when count is 0, epoch when 0).
  */
+/* What a PullResponse holds, without decoding its events (a cheap scan of the top-level
+ * fields, for the puller to ask for the next range at once): the number of event_queue
+ * entries, the first and last of postbox_seqs (0 when absent) and postbox_epoch. Only a
+ * summary: the full decode checks everything. PB_ERR_DECODE on bytes that do not parse. */
+pb_err pb_wire_pull_resp_peek(const uint8_t *p, size_t n, size_t *count, uint64_t *first_seq,
+                              uint64_t *last_seq, uint64_t *epoch);
 pb_err pb_wire_pull_resp_append_event(const pb_event *ev, pb_buf *out);
 void pb_wire_pull_resp_append_seqs(const uint64_t *seqs, size_t count, uint64_t epoch, pb_buf *out);
 

@@ -8,6 +8,10 @@
  *              everything once, in order; a Push during B's start-up Pull waits for it
  *   long-backlog  B down, then 200 events pulled by B alone: more than one contact's rounds
  *              and more than its receive budget, contact after contact, in order, once
+ *   pull-pipeline  a pipelined Pull drain of 2,000 events in answers of 40, B killed
+ *              (SIGKILL) mid-drain, then A: every event once, in order; the model holds
+ *   pull-old-sender  the same with A answering as a postbox without postbox_from_seq:
+ *              B notices and pulls one round at a time
  *   isolation  C pulls A with its own token: only its own (empty) queue; a token naming B
  *              signed by C's key is refused
  *   rename     A renames: B and C re-label; events B queued for A reach A under the new
@@ -422,6 +426,95 @@ static void test_long_backlog(void)
     pbt_daemon_free(b);
 }
 
+/* Does d's inbox hold an item past seq k (more than k items, none ever removed)? */
+static bool inbox_past(const pbt_daemon *d, long long k)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1", k);
+    long st;
+    json_t *r = pbt_admin(d, "GET", path, NULL, &st);
+    bool past = st == 200 && json_array_size(json_object_get(r, "events")) > 0;
+    json_decref(r);
+    return past;
+}
+
+struct past_wait {
+    const pbt_daemon *d;
+    long long k;
+};
+
+static bool past_wait_fn(void *ctx)
+{
+    struct past_wait *w = ctx;
+    return inbox_past(w->d, w->k);
+}
+
+/* A pipelined Pull drain (PROTOCOL.md 5 "Pull answers": the next range asked for before
+ * the previous answer is applied) of a queue of n events, in answers of 40: B is killed
+ * (SIGKILL) mid-drain and restarted, then A is, and B's next start-up Pull finishes it.
+ * Every event arrives once, in order, and B's guild lists and invites equal the model.
+ * old_sender: A answers as a postbox that does not know postbox_from_seq (a fault point):
+ * B notices it from the answers' numbers and pulls one round at a time. B applies each
+ * answer 30 ms slowly (a fault point), so that the kills land mid-drain. */
+static void test_pull_pipeline(unsigned n, bool old_sender)
+{
+    const char *ax[] = {"--push-retries",
+                        "0",
+                        "--backoff-min",
+                        "3600",
+                        "--backoff-max",
+                        "3600",
+                        "--pull-batch",
+                        "40",
+                        NULL};
+    const char *a_faults = old_sender ? "delivery.pull-ignore-from" : "";
+    setenv("PB_FAULTS", a_faults, 1);
+    pbt_daemon *a = start(old_sender ? "pipeOldA" : "pipeA", ax);
+    setenv("PB_FAULTS", "delivery.slow-pull-apply", 1);
+    pbt_daemon *b = start(old_sender ? "pipeOldB" : "pipeB", NULL);
+    json_t *sent = json_array();
+    submit_range(a, b->server_id, 0, 1, sent);
+    expect_delivered(b, a->server_id, sent, 30000, "before the stop");
+    CHECK_INT(pbt_daemon_stop(b), 0);
+    submit_range(a, b->server_id, 1, n + 1, sent);
+    struct mode_wait mw = {a, b->server_id, "queued"};
+    CHECKF(pbt_wait_for(peer_in_mode, &mw, 30000), "A queues for the stopped B");
+
+    /* B's start-up Pull drains A; B is killed a quarter of the way */
+    CHECK(pbt_daemon_start(b));
+    struct past_wait pw = {b, 1 + n / 4};
+    CHECKF(pbt_wait_for(past_wait_fn, &pw, 60000), "B pulled a quarter");
+    CHECKF(!inbox_past(b, n), "B was killed mid-drain (not after it)");
+    pbt_daemon_kill(b);
+    CHECK(pbt_daemon_start(b));
+    /* ... and A (the sender) half of the way; B's next start-up Pull goes on */
+    pw.k = 1 + n / 2;
+    CHECKF(pbt_wait_for(past_wait_fn, &pw, 60000), "B pulled half");
+    CHECKF(!inbox_past(b, n), "A was killed mid-drain (not after it)");
+    setenv("PB_FAULTS", a_faults, 1);
+    pbt_daemon_kill(a);
+    CHECK(pbt_daemon_start(a));
+    setenv("PB_FAULTS", "delivery.slow-pull-apply", 1);
+    CHECK_INT(pbt_daemon_stop(b), 0);
+    CHECK(pbt_daemon_start(b));
+    unsetenv("PB_FAULTS");
+    expect_delivered(b, a->server_id, sent, 120000, "the pipelined drain");
+    check_model(b, a->server_id, sent);
+    /* the pipelined path was taken, or (old sender) it was noticed and left */
+    int piped = pbt_log_count(a, "pipelined pull: answered from", NULL);
+    int noticed = pbt_log_count(b, "an older postbox", NULL);
+    if (old_sender) {
+        CHECKF(piped == 0 && noticed > 0, "old sender: %d pipelined answers, noticed %d times",
+               piped, noticed);
+    } else {
+        CHECKF(piped > 0 && noticed == 0, "%d pipelined answers, %d older-sender notices", piped,
+               noticed);
+    }
+    json_decref(sent);
+    pbt_daemon_free(a);
+    pbt_daemon_free(b);
+}
+
 static pb_keys *keys_of(const pbt_daemon *d)
 {
     char path[600];
@@ -788,6 +881,8 @@ int main(int argc, char **argv)
     RUN("isolation", test_isolation());
     RUN("catch-up", test_catch_up());
     RUN("long-backlog", test_long_backlog());
+    RUN("pull-pipeline", test_pull_pipeline(2000, false));
+    RUN("pull-old-sender", test_pull_pipeline(2000, true));
     RUN("rename", test_rename());
     RUN("stream", test_stream(n));
     return pbt_finish();

@@ -238,10 +238,11 @@ static void test_messages(void)
     /* PullRequest, empty */
     CHECK_OK(pb_wire_pull_req_encode(&(pb_pull_req){0}, &b));
     CHECK_HEX(&b, vhex("messages", "pull_request_hex", NULL));
-    pb_pull_req preq = {9, 9, 9, 9};
+    pb_pull_req preq = {9, 9, 9, 9, 9};
     p = pbt_hex(vhex("messages", "pull_request_hex", NULL), &n);
     CHECK_OK(pb_wire_pull_req_decode(p, n, &preq));
-    CHECK(preq.next_seq == 0 && preq.epoch == 0 && preq.max_bytes == 0 && preq.max_events == 0);
+    CHECK(preq.next_seq == 0 && preq.epoch == 0 && preq.max_bytes == 0 && preq.max_events == 0 &&
+          preq.from_seq == 0);
     CHECK_OK(pb_wire_empty_decode(p, n));
     free(p);
 
@@ -468,12 +469,48 @@ static void test_extensions(void)
 
     for (size_t i = 0; i < 3; i++) {
         pb_buf_reset(&b);
-        pb_pull_req want = {seqs_to_try[i], seqs_to_try[2 - i], 1u << 20, 1000};
+        pb_pull_req want = {seqs_to_try[i], seqs_to_try[2 - i], 1u << 20, 1000, seqs_to_try[i]};
         CHECK_OK(pb_wire_pull_req_encode(&want, &b));
         CHECK(b.len > 0);
         pb_pull_req got = {0};
         CHECK_OK(pb_wire_pull_req_decode(b.data, b.len, &got));
         CHECK(memcmp(&got, &want, sizeof got) == 0);
+    }
+    /* postbox_from_seq is field 18005 (varint: key a8 e5 08) */
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_pull_req_encode(&(pb_pull_req){.from_seq = 3}, &b));
+    CHECK(b.len == 4 && memcmp(b.data, "\xa8\xe5\x08\x03", 4) == 0);
+
+    /* the peek of a PullResponse: count, first and last seq, epoch; as the decode sees them */
+    {
+        pb_event three[3] = {ev, ev, ev};
+        uint64_t sq[3] = {5, 6, UINT64_MAX};
+        size_t cnt = 9;
+        uint64_t first = 9, last = 9, ep = 9;
+        pb_buf_reset(&b);
+        CHECK_OK(pb_wire_pull_resp_encode(three, sq, 3, 77, &b));
+        CHECK_OK(pb_wire_pull_resp_peek(b.data, b.len, &cnt, &first, &last, &ep));
+        CHECK(cnt == 3 && first == 5 && last == UINT64_MAX && ep == 77);
+        /* a foreign sender's answer: no seqs, no epoch */
+        pb_buf_reset(&b);
+        CHECK_OK(pb_wire_pull_resp_encode(three, NULL, 2, 0, &b));
+        CHECK_OK(pb_wire_pull_resp_peek(b.data, b.len, &cnt, &first, &last, &ep));
+        CHECK(cnt == 2 && first == 0 && last == 0 && ep == 0);
+        CHECK_OK(pb_wire_pull_resp_peek(NULL, 0, &cnt, &first, &last, &ep));
+        CHECK(cnt == 0);
+        /* cut anywhere: refused or a shorter summary, never a read past the end */
+        pb_buf_reset(&b);
+        CHECK_OK(pb_wire_pull_resp_encode(three, sq, 3, 77, &b));
+        for (size_t cut = 1; cut < b.len; cut++) {
+            uint8_t *copy = malloc(cut);
+            memcpy(copy, b.data, cut);
+            pb_err e = pb_wire_pull_resp_peek(copy, cut, &cnt, &first, &last, &ep);
+            CHECK(e == PB_OK || e == PB_ERR_DECODE);
+            free(copy);
+        }
+        /* an unknown wire type is refused */
+        CHECK(pb_wire_pull_resp_peek((const uint8_t *)"\x0b", 1, &cnt, &first, &last, &ep) ==
+              PB_ERR_DECODE);
     }
     free(plainb);
     pb_event_clear(&ev);
