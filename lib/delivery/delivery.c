@@ -73,11 +73,26 @@
 enum busy { BUSY_NONE, BUSY_SEND, BUSY_FOREIGN };
 enum pull_st { PULL_IDLE, PULL_WAIT, PULL_RUN };
 
+/* A Pull answer decoded ahead of its apply (decode_work). */
+struct pull_dec {
+    pb_event *evs;
+    uint64_t *seqs;
+    size_t n;
+    uint64_t epoch;
+    pb_err err; /* the decode's, or PB_ERR_TOO_BIG */
+    bool stale; /* a pipelined answer that is not the range asked for: dropped */
+};
+
+enum { HELD_RAW, HELD_DECODING, HELD_DECODED };
+
 /* A Pull answer received, waiting to be applied, with what its request asked for. */
 struct pull_held {
-    pb_client_answer ans;
+    pb_client_answer ans; /* HELD_RAW: the body; moved to the decode op */
     uint64_t from, epoch; /* postbox_from_seq (0: not pipelined) and postbox_epoch asked */
     size_t count;         /* its events (pb_wire_pull_resp_peek) */
+    size_t bytes;         /* its body's length: counted in apply_bytes until applied */
+    int st;               /* HELD_* */
+    struct pull_dec *dec; /* HELD_DECODED */
 };
 
 struct peer {
@@ -182,8 +197,9 @@ struct pb_delivery {
     /* loop thread only */
     struct peer **apply_q; /* peers with a Pull answer waiting to be applied */
     size_t napply_q, capapply_q;
-    size_t apply_bytes;       /* of the answers in apply_q and being applied */
-    struct peer **apply_wait; /* peers whose next Pull round waits for apply room */
+    size_t apply_bytes;         /* of the answers in apply_q and being applied */
+    unsigned decoding, decoded; /* answers being decoded ahead; decoded, not yet applied */
+    struct peer **apply_wait;   /* peers whose next Pull round waits for apply room */
     size_t napply_wait, capapply_wait;
     unsigned applying;
     pb_timer scan_timer, expire_timer, beat_timer, age_timer;
@@ -378,6 +394,7 @@ struct op {
     pb_err err;
     /* arguments and results, by use */
     uint64_t u1, u2, u3, u4, u5;
+    void *ptr;
     int64_t i1;
     bool b1;
     char *s1;
@@ -992,7 +1009,8 @@ static void send_start_push(struct peer *p)
  * state: latest_work); once an answer of a postbox of this project is received, the next
  * range is asked for at once (postbox_from_seq, PROTOCOL.md 5 "Pull answers"), before that
  * answer is applied: one request in flight per peer, at most PULL_AHEAD answers held
- * waiting, applied strictly in the order they were asked for (one apply at a time). Each
+ * waiting, applied strictly in the order they were asked for (one apply at a time; the
+ * next answer in apply_q is decoded on the executor while one is applied). Each
  * request acknowledges only what was applied (held_seq). An answer that is not the range
  * asked for (an older sender answering from postbox_next_seq, a new epoch at the sender),
  * one applied only in part (the receive budget) or not at all breaks the chain: the
@@ -1000,11 +1018,25 @@ static void send_start_push(struct peer *p)
  * held_seq was acknowledged) and the contact goes on with a round from the store's state.
  */
 
+static void pull_dec_free(struct pull_dec *dc)
+{
+    if (!dc) return;
+    for (size_t i = 0; i < dc->n; i++)
+        pb_event_clear(&dc->evs[i]);
+    free(dc->evs);
+    free(dc->seqs);
+    free(dc);
+}
+
+/* Drops a held answer (a decode in progress finds it gone: decode_done). */
 static void pull_held_free(pb_delivery *d, struct peer *p, struct pull_held *h)
 {
-    d->apply_bytes -= h->ans.body_len;
+    d->apply_bytes -= h->bytes;
     p->pull_held_events -= h->count;
+    if (h->st == HELD_DECODED) d->decoded--;
     pb_client_answer_clear(&h->ans);
+    pull_dec_free(h->dec);
+    h->dec = NULL;
 }
 
 static void apply_room(pb_delivery *d);
@@ -1025,6 +1057,17 @@ static void pull_chain_break(struct peer *p)
         if (d->apply_q[i] != p) d->apply_q[k++] = d->apply_q[i];
     d->napply_q = k;
     apply_room(d);
+}
+
+/* The held answer the i-th entry of apply_q stands for: a peer's entries in apply_q are its
+ * answers in pull_q, in order. */
+static struct pull_held *apply_q_entry(pb_delivery *d, size_t i)
+{
+    struct peer *p = d->apply_q[i];
+    size_t k = 0;
+    for (size_t j = 0; j < i; j++)
+        k += d->apply_q[j] == p;
+    return &p->pull_q[k];
 }
 
 static void pull_due(struct peer *p, bool urgent)
@@ -1203,13 +1246,15 @@ static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
     bool pipe = peeked && last && ep && !p->pull_nopipe &&
                 (!p->pull_req_from || (ep == p->pull_req_epoch && first >= p->pull_req_from));
     struct pull_held *h = &p->pull_q[p->pull_nq++];
-    h->ans = *ans;
+    *h = (struct pull_held){.ans = *ans,
+                            .from = p->pull_req_from,
+                            .epoch = p->pull_req_epoch,
+                            .count = cnt,
+                            .bytes = ans->body_len,
+                            .st = HELD_RAW};
     memset(ans, 0, sizeof *ans);
-    h->from = p->pull_req_from;
-    h->epoch = p->pull_req_epoch;
-    h->count = cnt;
     p->pull_held_events += cnt;
-    d->apply_bytes += h->ans.body_len;
+    d->apply_bytes += h->bytes;
     p->pull_pipe = pipe;
     if (pipe) {
         p->pull_from = last + 1;
@@ -1219,9 +1264,15 @@ static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
         d->capapply_q = d->capapply_q ? 2 * d->capapply_q : 16;
         d->apply_q = pb_xrealloc(d->apply_q, d->capapply_q * sizeof *d->apply_q);
     }
-    if (p->pull_urgent) { /* a Push waits for this Pull: its answer is applied first */
-        memmove(d->apply_q + 1, d->apply_q, d->napply_q * sizeof *d->apply_q);
-        d->apply_q[0] = p;
+    if (p->pull_urgent) {
+        /* a Push waits for this Pull: its answer is applied first, after the ones decoded
+         * or being decoded already (they lead the queue: decode_next takes the first raw
+         * one, and a raw one ahead of a decoded one would wait for it forever) */
+        size_t at = 0;
+        while (at < d->napply_q && apply_q_entry(d, at)->st != HELD_RAW)
+            at++;
+        memmove(d->apply_q + at + 1, d->apply_q + at, (d->napply_q - at) * sizeof *d->apply_q);
+        d->apply_q[at] = p;
         d->napply_q++;
     } else {
         d->apply_q[d->napply_q++] = p;
@@ -1231,24 +1282,62 @@ static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
     dispatch(d);
 }
 
+/* Decodes an answer ahead of its apply (executor): while the answer before it is applied. */
+static void decode_work(struct op *o)
+{
+    pb_delivery *d = o->d;
+    struct pull_dec *dc = pb_xcalloc(1, sizeof *dc);
+    dc->err = pb_wire_pull_resp_decode(o->ans.body, o->ans.body_len, &dc->evs, &dc->seqs, &dc->n,
+                                       &dc->epoch);
+    pb_client_answer_clear(&o->ans);
+    if (dc->err == PB_OK) {
+        if (o->u4 && (!dc->seqs || dc->epoch != o->u5 || (dc->n && dc->seqs[0] < o->u4)))
+            dc->stale = true; /* a pipelined answer that is not the range asked for */
+        else if (dc->n > d->o.pull_read_max_events)
+            dc->err = PB_ERR_TOO_BIG;
+    }
+    o->ptr = dc;
+}
+
+static void decode_done(struct op *o)
+{
+    pb_delivery *d = o->d;
+    struct peer *p = o->p;
+    struct pull_dec *dc = o->ptr;
+    struct pull_held *h = NULL;
+    d->decoding--;
+    /* its answer is still held unless the chain broke meanwhile (one decode at a time:
+     * the peer's only answer being decoded) */
+    for (size_t i = 0; !d->stopping && p->pull_gen == o->u1 && i < p->pull_nq; i++)
+        if (p->pull_q[i].st == HELD_DECODING) h = &p->pull_q[i];
+    if (!h) {
+        pull_dec_free(dc);
+    } else {
+        h->dec = dc;
+        h->st = HELD_DECODED;
+        d->decoded++;
+    }
+    o->ptr = NULL;
+    pull_apply_next(d);
+}
+
+/* Applies a decoded answer (executor), within the sender's budget. */
 static void apply_work(struct op *o)
 {
     pb_delivery *d = o->d;
-    pb_event *evs = NULL;
-    uint64_t *seqs = NULL, epoch = 0;
-    size_t n = 0;
-    o->err = pb_wire_pull_resp_decode(o->ans.body, o->ans.body_len, &evs, &seqs, &n, &epoch);
-    o->u3 = o->ans.body_len;
-    pb_client_answer_clear(&o->ans);
-    if (o->err != PB_OK) return;
+    struct pull_dec *dc = o->ptr;
+    pb_event *evs = dc->evs;
+    uint64_t *seqs = dc->seqs, epoch = dc->epoch;
+    size_t n = dc->n;
+    o->err = dc->err;
     o->n = 0;
     o->u1 = n;
     o->u2 = n;
-    if (o->u4 && (!seqs || epoch != o->u5 || (n && seqs[0] < o->u4))) {
-        o->b1 = true; /* a pipelined answer that is not the range asked for: dropped */
+    if (o->err != PB_OK) {
         o->u2 = 0;
-    } else if (n > d->o.pull_read_max_events) {
-        o->err = PB_ERR_TOO_BIG;
+    } else if (dc->stale) {
+        o->b1 = true; /* dropped */
+        o->u2 = 0;
     } else if (n > 0) {
         /* Within the sender's budget: a postbox of this project (sequence numbers) keeps
          * what we do not take and sends it again; a foreign sender forgot what it answered,
@@ -1283,10 +1372,8 @@ static void apply_work(struct op *o)
             if (o->rr.applied) pb_delivery_inbox_bump(d);
         }
     }
-    for (size_t i = 0; i < n; i++)
-        pb_event_clear(&evs[i]);
-    free(evs);
-    free(seqs);
+    pull_dec_free(dc);
+    o->ptr = NULL;
 }
 
 static void pull_round(struct peer *p);
@@ -1343,22 +1430,23 @@ static void apply_done(struct op *o)
 }
 
 /* Applies the answers held, in the order they were received (each peer's in the order
- * asked for), one at a time. */
+ * asked for), one at a time; the next one is decoded while one is applied (at most one
+ * decoded ahead, so at most two decoded answers in memory). */
 static void pull_apply_next(pb_delivery *d)
 {
-    while (d->applying < MAX_APPLYING && d->napply_q > 0 && !d->stopping) {
-        struct peer *p = d->apply_q[0];
-        if (p->pull_applying || !p->pull_nq) break; /* its previous answer first */
+    if (d->stopping) return;
+    struct peer *p = d->napply_q ? d->apply_q[0] : NULL;
+    if (p && d->applying < MAX_APPLYING && !p->pull_applying && p->pull_nq &&
+        p->pull_q[0].st == HELD_DECODED) {
         memmove(d->apply_q, d->apply_q + 1, (d->napply_q - 1) * sizeof *d->apply_q);
         d->napply_q--;
         struct pull_held h = p->pull_q[0];
         memmove(p->pull_q, p->pull_q + 1, (p->pull_nq - 1) * sizeof *p->pull_q);
         p->pull_nq--;
+        d->decoded--;
         struct op *o = op_new(d, p, apply_work, apply_done);
-        o->ans = h.ans;
-        o->u3 = o->ans.body_len; /* given back to apply_bytes by apply_done */
-        o->u4 = h.from;
-        o->u5 = h.epoch;
+        o->ptr = h.dec;
+        o->u3 = h.bytes;          /* given back to apply_bytes by apply_done */
         o->i1 = (int64_t)h.count; /* given back to pull_held_events */
         p->pull_applying = true;
         d->applying++;
@@ -1366,6 +1454,25 @@ static void pull_apply_next(pb_delivery *d)
             op_run(o);
         else
             op_run_low(o);
+    }
+    if (d->decoding || d->decoded) return;
+    for (size_t i = 0; i < d->napply_q; i++) { /* the first raw one */
+        struct pull_held *h = apply_q_entry(d, i);
+        if (h->st != HELD_RAW) continue;
+        struct peer *q = d->apply_q[i];
+        h->st = HELD_DECODING;
+        struct op *o = op_new(d, q, decode_work, decode_done);
+        o->ans = h->ans;
+        memset(&h->ans, 0, sizeof h->ans);
+        o->u1 = q->pull_gen;
+        o->u4 = h->from;
+        o->u5 = h->epoch;
+        d->decoding++;
+        if (q->pull_urgent)
+            op_run(o);
+        else
+            op_run_low(o);
+        return;
     }
 }
 
@@ -2318,8 +2425,10 @@ void pb_delivery_free(pb_delivery *d)
     for (size_t i = 0; i < d->npeers; i++) {
         struct peer *p = d->all[i];
         pb_outbox_items_free(p->items, p->nitems);
-        for (size_t k = 0; k < p->pull_nq; k++)
+        for (size_t k = 0; k < p->pull_nq; k++) {
             pb_client_answer_clear(&p->pull_q[k].ans);
+            pull_dec_free(p->pull_q[k].dec);
+        }
         free(p->waiters);
         free(p);
     }
