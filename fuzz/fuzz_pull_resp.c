@@ -6,7 +6,9 @@
  * one has seqs NULL or one per event, re-encodes with pb_wire_pull_resp_encode to bytes
  * that decode to the same events, numbers and epoch, and the streaming encoder (one event
  * at a time, then the seqs and epoch) produces exactly the same bytes as the one-shot
- * encoder.
+ * encoder. pb_wire_pull_resp_peek (the puller's cheap scan for the next pipelined range)
+ * never fails where the decode succeeds, and agrees with it: the count of events, the
+ * first and last sequence number (0 without them) and the epoch.
  *
  * Untrusted input: the fuzz input, as a Pull answer body.
  */
@@ -34,6 +36,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&evs, FUZZ_SENTINEL, sizeof evs);
     memset(&seqs, FUZZ_SENTINEL, sizeof seqs);
     memset(&n, FUZZ_SENTINEL, sizeof n);
+    size_t pcount = 0;
+    uint64_t pfirst = 0, plast = 0, pepoch = 0;
+    pb_err perr = pb_wire_pull_resp_peek(data, size, &pcount, &pfirst, &plast, &pepoch);
     if (pb_wire_pull_resp_decode(data, size, &evs, &seqs, &n, &epoch) != PB_OK) {
         FUZZ_ASSERT(fuzz_untouched(&evs, sizeof evs) && fuzz_untouched(&seqs, sizeof seqs) &&
                     fuzz_untouched(&n, sizeof n) && fuzz_untouched(&epoch, sizeof epoch));
@@ -43,6 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_ASSERT(n > 0 || seqs == NULL);
     for (size_t i = 0; i < n; i++)
         FUZZ_ASSERT(evs[i].kind != PB_EV_NONE);
+    FUZZ_ASSERT(perr == PB_OK && pcount == n && pepoch == epoch);
+    FUZZ_ASSERT(pfirst == (seqs ? seqs[0] : 0) && plast == (seqs ? seqs[n - 1] : 0));
 
     pb_buf one = PB_BUF_INIT, stream = PB_BUF_INIT;
     FUZZ_ASSERT(pb_wire_pull_resp_encode(evs, seqs, n, epoch, &one) == PB_OK);

@@ -508,6 +508,29 @@ static void test_extensions(void)
             CHECK(e == PB_OK || e == PB_ERR_DECODE);
             free(copy);
         }
+        /* mutated answers: wherever the decode accepts one, the peek agrees with it */
+        srand(20);
+        for (int round = 0; round < 20000; round++) {
+            uint8_t *m = malloc(b.len);
+            memcpy(m, b.data, b.len);
+            for (int k = 1 + rand() % 3; k > 0; k--)
+                m[rand() % b.len] = (uint8_t)rand();
+            size_t mlen = rand() % 4 ? b.len : (size_t)rand() % b.len;
+            pb_event *devs = NULL;
+            uint64_t *dseqs = NULL, dep = 0;
+            size_t dn = 0;
+            pb_err perr = pb_wire_pull_resp_peek(m, mlen, &cnt, &first, &last, &ep);
+            if (pb_wire_pull_resp_decode(m, mlen, &devs, &dseqs, &dn, &dep) == PB_OK) {
+                CHECKF(perr == PB_OK && cnt == dn && ep == dep && first == (dseqs ? dseqs[0] : 0) &&
+                           last == (dseqs ? dseqs[dn - 1] : 0),
+                       "peek disagrees with the decode (round %d)", round);
+                for (size_t i = 0; i < dn; i++)
+                    pb_event_clear(&devs[i]);
+                free(devs);
+                free(dseqs);
+            }
+            free(m);
+        }
         /* an unknown wire type is refused */
         CHECK(pb_wire_pull_resp_peek((const uint8_t *)"\x0b", 1, &cnt, &first, &last, &ep) ==
               PB_ERR_DECODE);
