@@ -50,7 +50,8 @@
  *       --conns N: each source address has at most N requests in flight, each on a
  *       keep-alive connection of its own (N connections per address, reused); a request
  *       due while its address holds N waits for one of them to be answered. No request is
- *       started after S seconds (a capped flood may send fewer than R x S).
+ *       started after S seconds (a capped flood may send fewer than R x S); without
+ *       --conns every request due before S seconds is sent, late if the machine is slow.
  *   hostile stall    --target PORT [--from A,B,...] [--conns N] [--declare D] [--send B]
  *                    [--seconds S]
  *       Opens N (default 16, at most 256) connections from each --from address (default
@@ -735,10 +736,13 @@ static int run_flood(void)
     logf_("flood: %ld forged Pushes to 127.0.0.1:%u, %ld a second for %ld s, naming %d IDs", total,
           opt.target, opt.rate, opt.seconds, nids);
     int64_t send_end = start + opt.seconds * 1000; /* no request is started after it */
-    while (((sent < total && now_ms() < send_end) || inflight > 0) && !g_stop &&
+    while (((sent < total && (!opt.conns || now_ms() < send_end)) || inflight > 0) && !g_stop &&
            now_ms() < hard_end) {
         int64_t now = now_ms();
-        while (sent < total && now >= start + sent * 1000 / opt.rate && now < send_end) {
+        /* A request due before S seconds is started even when the loop wakes late (a
+         * loaded machine); a capped flood (--conns) starts none after S seconds. */
+        while (sent < total && now >= start + sent * 1000 / opt.rate &&
+               (opt.conns ? now < send_end : start + sent * 1000 / opt.rate < send_end)) {
             int from = flood_pick_from(per_from, sent);
             if (from < 0) break; /* --conns: every address holds its connections' worth */
             struct xfer *x = calloc(1, sizeof *x);
