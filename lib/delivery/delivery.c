@@ -147,8 +147,11 @@ struct pb_delivery {
     void (*inbox_hook)(void *ctx); /* something was appended to the inbox */
     void *inbox_hook_ctx;
     pthread_cond_t notice_cv; /* rename reports */
-    pthread_cond_t submit_cv; /* the last asynchronous submission completed */
-    size_t submits;           /* asynchronous submissions waiting for their commit */
+    /* asynchronous submissions waiting for their commit (submit_mu, never held with mu:
+     * their completions run on a store thread, which must not wait for mu) */
+    pthread_mutex_t submit_mu;
+    pthread_cond_t submit_cv; /* the last one completed */
+    size_t submits;
     char self[PB_SERVER_ID_MAX];
     struct peer *buckets[NBUCKETS];
     struct peer **all;
@@ -1917,6 +1920,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&d->notice_cv, &ca);
     pthread_cond_init(&d->submit_cv, NULL);
+    pthread_mutex_init(&d->submit_mu, NULL);
     pthread_condattr_destroy(&ca);
     pb_timer_init(&d->scan_timer, scan_timer_fired, d);
     pb_timer_init(&d->probe_timer, probe_timer_fired, d);
@@ -2090,10 +2094,10 @@ void pb_delivery_stop(pb_delivery *d)
     if (was) return;
     /* the store completes every submission it took (store.h); their completions post to
      * the loop, which still runs */
-    pthread_mutex_lock(&d->mu);
+    pthread_mutex_lock(&d->submit_mu);
     while (d->submits > 0)
-        pthread_cond_wait(&d->submit_cv, &d->mu);
-    pthread_mutex_unlock(&d->mu);
+        pthread_cond_wait(&d->submit_cv, &d->submit_mu);
+    pthread_mutex_unlock(&d->submit_mu);
     pb_ioloop_call(d->loop, stop_on_loop, d);
     /* store work in flight ends; its completions run on the loop and see `stopping` */
     pb_exec_free(d->exec);
@@ -2122,6 +2126,7 @@ void pb_delivery_free(pb_delivery *d)
     free((char *)d->o.node_id);
     pthread_cond_destroy(&d->notice_cv);
     pthread_cond_destroy(&d->submit_cv);
+    pthread_mutex_destroy(&d->submit_mu);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
@@ -2209,9 +2214,9 @@ static void submit_done(void *arg, pb_err result, uint64_t last_seq, bool duplic
     if (result == PB_OK && !duplicate) post_msg(d, op->to, MSG_WORK, last_seq);
     op->cb(op->arg, result, duplicate, last_seq);
     free(op);
-    pthread_mutex_lock(&d->mu);
+    pthread_mutex_lock(&d->submit_mu);
     if (--d->submits == 0) pthread_cond_broadcast(&d->submit_cv);
-    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&d->submit_mu);
 }
 
 pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
@@ -2225,16 +2230,16 @@ pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *
     snprintf(op->to, sizeof op->to, "%s", to);
     op->cb = cb;
     op->arg = arg;
-    pthread_mutex_lock(&d->mu);
+    pthread_mutex_lock(&d->submit_mu);
     d->submits++;
-    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&d->submit_mu);
     pb_err err = pb_store_outbox_submit_async(d->o.store, to, evs, n, wall_ms(), submission_id,
                                               submit_done, op);
     if (err != PB_OK) {
         free(op);
-        pthread_mutex_lock(&d->mu);
+        pthread_mutex_lock(&d->submit_mu);
         if (--d->submits == 0) pthread_cond_broadcast(&d->submit_cv);
-        pthread_mutex_unlock(&d->mu);
+        pthread_mutex_unlock(&d->submit_mu);
     }
     return err;
 }

@@ -52,6 +52,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/fault.h"
 #include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -431,6 +432,8 @@ static void *writer_main(void *arg)
             for (size_t i = 0; i < n; i++)
                 batch[i]->result = fault;
         } else {
+            if (pb_fault("store.slow-commit")) /* tests: writes queue up behind a slow disk */
+                nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
             double t0 = pb_metrics_clock();
             committed = run_batch(b, batch, n);
             for (size_t i = 0; i < n; i++) /* its log rows were rolled back: count again */
@@ -447,17 +450,20 @@ static void *writer_main(void *arg)
             for (size_t i = 0; i < n; i++)
                 b->writes += batch[i]->result == PB_OK;
         }
-        /* After done is set the job's memory may go away with its caller's stack. */
-        bool async = false;
+        /* After done is set the job's memory may go away with its caller's stack: the
+         * asynchronous jobs are taken first (to the front of batch). */
+        size_t nasync = 0;
         for (size_t i = 0; i < n; i++) {
-            async = async || batch[i]->cb;
-            if (!batch[i]->cb) batch[i]->done = true;
+            if (batch[i]->cb) {
+                batch[nasync++] = batch[i];
+            } else {
+                batch[i]->done = true;
+            }
         }
         pthread_cond_broadcast(&b->done);
-        if (async) { /* outside the mutex: a callback may queue another write */
+        if (nasync > 0) { /* outside the mutex: a callback may queue another write */
             pthread_mutex_unlock(&b->mu);
-            for (size_t i = 0; i < n; i++) {
-                if (!batch[i]->cb) continue;
+            for (size_t i = 0; i < nasync; i++) {
                 batch[i]->cb(batch[i]->ctx, batch[i]->result);
                 free(batch[i]);
             }
