@@ -1,6 +1,8 @@
 /*
  * adminapi - admin API endpoints (see adminapi.h). Each handler validates its whole input
- * first, then makes one call into the delivery engine or the store.
+ * first, then makes one call into the delivery engine or the store. A submission
+ * (POST /v1/outbox) makes it asynchronously and waits for its commit suspended
+ * (admin_http.h tickets), answering from the completion when its handler runs again.
  */
 #include "admin/adminapi.h"
 
