@@ -18,6 +18,17 @@
  * the handler runs closes the gap between its look and the suspension. An in-process
  * dispatch waits on a condition variable instead.
  *
+ * Waiting for one completion (a submission's commit): the handler takes a ticket
+ * (pb_admin_req_suspend; at most max_pending of them wait at once), starts the work and
+ * returns without an answer; the request is suspended on the waiting list with no
+ * deadline, pb_admin_http_wake passes it by, and only pb_admin_ticket_done (the work's
+ * completion, any thread) resumes it; the handler then runs again from the ticket's
+ * state. A completion that came before the suspension makes the handler run again at
+ * once. The ticket is refcounted (the request, the completion): the completion may come
+ * after the client left or after the stop, which resumes every waiting request (the
+ * handler answers that the outcome is unknown); pb_admin_http_free waits for every
+ * completion.
+ *
  * Browsers: the status page makes a browser a client of this listener, so a web page the
  * operator visits could try to use it too. On TCP listeners a Host header must name an
  * address, not a DNS name (a page cannot rebind a name of its own to 127.0.0.1 and read the
