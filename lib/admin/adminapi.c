@@ -1,6 +1,8 @@
 /*
  * adminapi - admin API endpoints (see adminapi.h). Each handler validates its whole input
- * first, then makes one call into the delivery engine or the store.
+ * first, then makes one call into the delivery engine or the store. A submission
+ * (POST /v1/outbox) makes it asynchronously and waits for its commit suspended
+ * (admin_http.h tickets), answering from the completion when its handler runs again.
  */
 #include "admin/adminapi.h"
 
@@ -66,12 +68,82 @@ static const char *zero_id_field(const pb_event *ev)
     }
 }
 
+/* A submission waiting for its commit: the request's ticket state (admin_http.h). */
+struct outbox_wait {
+    pb_admin_ticket *t;
+    char to[PB_SERVER_ID_MAX];
+    char sid[PB_SUBMISSION_ID_MAX + 1]; /* "" when none */
+    size_t n;
+    /* the completion's */
+    pb_err err;
+    bool dup;
+    uint64_t last;
+};
+
+/* A store thread, after the commit: the request runs again and answers from w. */
+static void outbox_done(void *arg, pb_err result, bool duplicate, uint64_t last_seq)
+{
+    struct outbox_wait *w = arg;
+    pb_admin_ticket *t = w->t; /* w may go with the ticket once done */
+    w->err = result;
+    w->dup = duplicate;
+    w->last = last_seq;
+    pb_admin_ticket_done(t);
+}
+
+/* The answer to a submission of n events whose store call gave err, dup and last. */
+static void outbox_answer(pb_adminapi_ctx *ctx, pb_admin_resp *resp, const char *to,
+                          const char *sid, size_t n, pb_err err, bool dup, uint64_t last)
+{
+    if (err == PB_ERR_INVAL) {
+        pb_admin_resp_error(resp, 400, "cannot send to this server itself (%s)", to);
+        return;
+    }
+    if (err == PB_ERR_EXISTS) {
+        pb_admin_resp_error(resp, 409,
+                            "submission_id \"%s\" was used for a different submission (another "
+                            "\"to\" or number of events)",
+                            sid);
+        return;
+    }
+    if (err != PB_OK) {
+        store_error(resp, err);
+        return;
+    }
+    if (dup)
+        pb_counter_inc(pb_metric_series(PB_METRIC(ctx->metrics, submissions_duplicate), NULL));
+    else
+        pb_counter_add(pb_metric_series(PB_METRIC(ctx->metrics, events_submitted), NULL), n);
+    resp->status = 202;
+    /* the sequence numbers the events got, for the homeserver's logs (they appear in
+     * both postboxes' delivery lines) */
+    json_int_t first = last >= n ? (json_int_t)(last - n + 1) : 0;
+    resp->body = json_pack("{s:I,s:I,s:I}", "accepted", (json_int_t)n, "first_seq", first,
+                           "last_seq", (json_int_t)last);
+    if (sid) json_object_set_new(resp->body, "duplicate", json_boolean(dup));
+}
+
 /* POST /v1/outbox {"to": ID, "event": EVENT} | {"to": ID, "events": [EVENT, ...]}, each
  * with an optional "submission_id": a repeat answers {"accepted": N, "duplicate": true}
- * and queues nothing; the ID reused for another "to" or number of events is a 409. */
+ * and queues nothing; the ID reused for another "to" or number of events is a 409. The
+ * request waits for its commit without a thread (pb_admin_req_suspend) when the listener
+ * has room, so concurrent submissions share commits; otherwise it waits on its thread. */
 static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
 {
     pb_adminapi_ctx *ctx = vctx;
+    if (req->state) { /* run again: its commit came, or the listener stops */
+        struct outbox_wait *w = req->state;
+        if (req->timed_out)
+            pb_admin_resp_error(resp, 503,
+                                w->sid[0] ? "stopping: the submission may or may not be stored; "
+                                            "repeat it with the same submission_id"
+                                          : "stopping: the submission may or may not be "
+                                            "stored (a submission_id makes repeating it safe)");
+        else
+            outbox_answer(ctx, resp, w->to, w->sid[0] ? w->sid : NULL, w->n, w->err, w->dup,
+                          w->last);
+        return;
+    }
     pb_event *evs = NULL;
     size_t n = 0;
     char to[PB_SERVER_ID_MAX], *why = NULL;
@@ -136,35 +208,23 @@ static void h_outbox(void *vctx, const pb_admin_req *req, pb_admin_resp *resp)
             goto out;
         }
     }
+    pb_admin_ticket *t = pb_admin_req_suspend(req, sizeof(struct outbox_wait));
+    if (t) {
+        struct outbox_wait *w = pb_admin_ticket_state(t);
+        w->t = t;
+        snprintf(w->to, sizeof w->to, "%s", to);
+        snprintf(w->sid, sizeof w->sid, "%s", sid ? sid : "");
+        w->n = n;
+        pb_err err = pb_delivery_submit_async(ctx->delivery, to, evs, n, sid, outbox_done, w);
+        if (err == PB_OK) goto out; /* no answer yet: outbox_done resumes the request */
+        pb_admin_ticket_done(t);
+        outbox_answer(ctx, resp, to, sid, n, err, false, 0);
+        goto out;
+    }
     bool dup = false;
     uint64_t last = 0;
     pb_err err = pb_delivery_submit(ctx->delivery, to, evs, n, sid, &dup, &last);
-    if (err == PB_ERR_INVAL) {
-        pb_admin_resp_error(resp, 400, "cannot send to this server itself (%s)", to);
-        goto out;
-    }
-    if (err == PB_ERR_EXISTS) {
-        pb_admin_resp_error(resp, 409,
-                            "submission_id \"%s\" was used for a different submission (another "
-                            "\"to\" or number of events)",
-                            sid);
-        goto out;
-    }
-    if (err != PB_OK) {
-        store_error(resp, err);
-        goto out;
-    }
-    if (dup)
-        pb_counter_inc(pb_metric_series(PB_METRIC(ctx->metrics, submissions_duplicate), NULL));
-    else
-        pb_counter_add(pb_metric_series(PB_METRIC(ctx->metrics, events_submitted), NULL), n);
-    resp->status = 202;
-    /* the sequence numbers the events got, for the homeserver's logs (they appear in
-     * both postboxes' delivery lines) */
-    json_int_t first = last >= n ? (json_int_t)(last - n + 1) : 0;
-    resp->body = json_pack("{s:I,s:I,s:I}", "accepted", (json_int_t)n, "first_seq", first,
-                           "last_seq", (json_int_t)last);
-    if (sid) json_object_set_new(resp->body, "duplicate", json_boolean(dup));
+    outbox_answer(ctx, resp, to, sid, n, err, dup, last);
 out:
     for (size_t i = 0; i < n; i++)
         pb_event_clear(&evs[i]);

@@ -188,6 +188,11 @@ struct pb_delivery {
     void (*inbox_hook)(void *ctx); /* something was appended to the inbox */
     void *inbox_hook_ctx;
     pthread_cond_t notice_cv; /* rename reports */
+    /* asynchronous submissions waiting for their commit (submit_mu, never held with mu:
+     * their completions run on a store thread, which must not wait for mu) */
+    pthread_mutex_t submit_mu;
+    pthread_cond_t submit_cv; /* the last one completed */
+    size_t submits;
     char self[PB_SERVER_ID_MAX];
     struct peer *buckets[NBUCKETS];
     struct peer **all;
@@ -2240,6 +2245,8 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&d->notice_cv, &ca);
+    pthread_cond_init(&d->submit_cv, NULL);
+    pthread_mutex_init(&d->submit_mu, NULL);
     pthread_condattr_destroy(&ca);
     pb_timer_init(&d->scan_timer, scan_timer_fired, d);
     pb_timer_init(&d->probe_timer, probe_timer_fired, d);
@@ -2411,6 +2418,12 @@ void pb_delivery_stop(pb_delivery *d)
     bool was = d->stopping;
     pthread_mutex_unlock(&d->mu);
     if (was) return;
+    /* the store completes every submission it took (store.h); their completions post to
+     * the loop, which still runs */
+    pthread_mutex_lock(&d->submit_mu);
+    while (d->submits > 0)
+        pthread_cond_wait(&d->submit_cv, &d->submit_mu);
+    pthread_mutex_unlock(&d->submit_mu);
     pb_ioloop_call(d->loop, stop_on_loop, d);
     /* store work in flight ends; its completions run on the loop and see `stopping` */
     pb_exec_free(d->exec);
@@ -2441,6 +2454,8 @@ void pb_delivery_free(pb_delivery *d)
     pb_budget_free(d->newaddrs);
     free((char *)d->o.node_id);
     pthread_cond_destroy(&d->notice_cv);
+    pthread_cond_destroy(&d->submit_cv);
+    pthread_mutex_destroy(&d->submit_mu);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
@@ -2512,20 +2527,92 @@ static void post_msg(pb_delivery *d, const char *id, int kind, uint64_t seq)
     pb_ioloop_post(d->loop, msg_on_loop, m);
 }
 
-pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
-                          const char *submission_id, bool *duplicate, uint64_t *last_seq)
+/* One asynchronous submission waiting for its commit. */
+struct submit_op {
+    pb_delivery *d;
+    char to[PB_SERVER_ID_MAX];
+    pb_delivery_submit_cb cb;
+    void *arg;
+};
+
+/* A store thread, after the commit (or its failure). */
+static void submit_done(void *arg, pb_err result, uint64_t last_seq, bool duplicate)
+{
+    struct submit_op *op = arg;
+    pb_delivery *d = op->d;
+    if (result == PB_OK && !duplicate) post_msg(d, op->to, MSG_WORK, last_seq);
+    op->cb(op->arg, result, duplicate, last_seq);
+    free(op);
+    pthread_mutex_lock(&d->submit_mu);
+    if (--d->submits == 0) pthread_cond_broadcast(&d->submit_cv);
+    pthread_mutex_unlock(&d->submit_mu);
+}
+
+pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
+                                const char *submission_id, pb_delivery_submit_cb cb, void *arg)
 {
     char self[PB_SERVER_ID_MAX];
     pb_delivery_server_id(d, self);
-    if (strcmp(to, self) == 0) return PB_ERR_INVAL;
-    bool dup = false;
-    uint64_t last = 0;
-    pb_err err =
-        pb_store_outbox_submit(d->o.store, to, evs, n, wall_ms(), submission_id, &last, &dup);
+    if (strcmp(to, self) == 0 || strlen(to) >= PB_SERVER_ID_MAX) return PB_ERR_INVAL;
+    struct submit_op *op = pb_xcalloc(1, sizeof *op);
+    op->d = d;
+    snprintf(op->to, sizeof op->to, "%s", to);
+    op->cb = cb;
+    op->arg = arg;
+    pthread_mutex_lock(&d->submit_mu);
+    d->submits++;
+    pthread_mutex_unlock(&d->submit_mu);
+    pb_err err = pb_store_outbox_submit_async(d->o.store, to, evs, n, wall_ms(), submission_id,
+                                              submit_done, op);
+    if (err != PB_OK) {
+        free(op);
+        pthread_mutex_lock(&d->submit_mu);
+        if (--d->submits == 0) pthread_cond_broadcast(&d->submit_cv);
+        pthread_mutex_unlock(&d->submit_mu);
+    }
+    return err;
+}
+
+/* pb_delivery_submit's wait for its asynchronous submission. */
+struct submit_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done, dup;
+    pb_err err;
+    uint64_t last;
+};
+
+static void submit_waited(void *arg, pb_err result, bool duplicate, uint64_t last_seq)
+{
+    struct submit_wait *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->err = result;
+    w->dup = duplicate;
+    w->last = last_seq;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
+                          const char *submission_id, bool *duplicate, uint64_t *last_seq)
+{
+    struct submit_wait w = {.err = PB_ERR_INTERNAL};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    pb_err err = pb_delivery_submit_async(d, to, evs, n, submission_id, submit_waited, &w);
+    if (err == PB_OK) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done)
+            pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+        err = w.err;
+    }
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
     if (err != PB_OK) return err;
-    if (duplicate) *duplicate = dup;
-    if (last_seq) *last_seq = last;
-    if (!dup) post_msg(d, to, MSG_WORK, last);
+    if (duplicate) *duplicate = w.dup;
+    if (last_seq) *last_seq = w.last;
     return PB_OK;
 }
 

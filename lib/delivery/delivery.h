@@ -143,6 +143,17 @@ void pb_delivery_set_former_id_grace(pb_delivery *d, unsigned seconds);
  * another number of events. */
 pb_err pb_delivery_submit(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
                           const char *submission_id, bool *duplicate, uint64_t *last_seq);
+/* An asynchronous submission's outcome (pb_delivery_submit's result and out-values). */
+typedef void (*pb_delivery_submit_cb)(void *arg, pb_err result, bool duplicate, uint64_t last_seq);
+/* pb_delivery_submit without waiting for the commit (concurrent submissions then share
+ * commits: store.h pb_store_outbox_submit_async). PB_OK: cb(arg, ...) is called exactly
+ * once, on a store thread after the commit (the peer's state machine already woken): it
+ * must be quick and must not call back into the engine's stop. Any other result
+ * (PB_ERR_INVAL as pb_delivery_submit; PB_ERR_SHUTDOWN): nothing was stored and cb is not
+ * called. pb_delivery_stop waits for every submission's callback. pb_delivery_submit is
+ * this call and a wait. */
+pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
+                                const char *submission_id, pb_delivery_submit_cb cb, void *arg);
 /* Wall time (Unix seconds) of the last successful Push to peer by this node, 0 when none
  * (or an unknown peer). Any thread. */
 int64_t pb_delivery_last_success_s(pb_delivery *d, const char *peer);

@@ -18,6 +18,17 @@
  * the handler runs closes the gap between its look and the suspension. An in-process
  * dispatch waits on a condition variable instead.
  *
+ * Waiting for one completion (a submission's commit): the handler takes a ticket
+ * (pb_admin_req_suspend; at most max_pending of them wait at once), starts the work and
+ * returns without an answer; the request is suspended on the waiting list with no
+ * deadline, pb_admin_http_wake passes it by, and only pb_admin_ticket_done (the work's
+ * completion, any thread) resumes it; the handler then runs again from the ticket's
+ * state. A completion that came before the suspension makes the handler run again at
+ * once. The ticket is refcounted (the request, the completion): the completion may come
+ * after the client left or after the stop, which resumes every waiting request (the
+ * handler answers that the outcome is unknown); pb_admin_http_free waits for every
+ * completion.
+ *
  * Browsers: the status page makes a browser a client of this listener, so a web page the
  * operator visits could try to use it too. On TCP listeners a Host header must name an
  * address, not a DNS name (a page cannot rebind a name of its own to 127.0.0.1 and read the
@@ -33,6 +44,7 @@
 #include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +92,7 @@ struct pb_admin_http {
     uint64_t wake_gen;
     struct areq *waiting;
     bool stopping;
+    unsigned max_pending, pending; /* tickets whose completion has not come */
     unsigned request_timeout_s;
     pthread_mutex_t conns_mu;
     pthread_cond_t sweep_cv;
@@ -106,7 +119,71 @@ struct areq {
     bool listed, resumed, timed_out;
     int64_t wait_until; /* monotonic ms; 0 until it first waits */
     struct MHD_Connection *conn;
+    pb_admin_ticket *ticket; /* its handler waits for one completion (one reference) */
 };
+
+/* A request's wait for one completion (wait_mu guards all but state). */
+struct pb_admin_ticket {
+    pb_admin_http *a;
+    int refs;         /* the request's and the completion's */
+    bool done;        /* the completion came */
+    struct areq *req; /* suspended on it (on the waiting list); NULL: not, or gone */
+    _Alignas(max_align_t) unsigned char state[];
+};
+
+/* Where a handler's ticket goes (one handler run). */
+struct pb_admin_slot {
+    pb_admin_http *a;
+    pb_admin_ticket *t;
+};
+
+/* Drops a reference (wait_mu held). */
+static void ticket_unref_locked(pb_admin_ticket *t)
+{
+    if (--t->refs == 0) free(t);
+}
+
+pb_admin_ticket *pb_admin_req_suspend(const pb_admin_req *req, size_t size)
+{
+    struct pb_admin_slot *slot = req->slot;
+    if (!slot || slot->t) return NULL;
+    pb_admin_http *a = slot->a;
+    pthread_mutex_lock(&a->wait_mu);
+    bool room = !a->stopping && a->pending < a->max_pending;
+    if (room) a->pending++;
+    pthread_mutex_unlock(&a->wait_mu);
+    if (!room) return NULL;
+    pb_admin_ticket *t = pb_xcalloc(1, sizeof *t + size);
+    t->a = a;
+    t->refs = 2;
+    slot->t = t;
+    return t;
+}
+
+void *pb_admin_ticket_state(pb_admin_ticket *t)
+{
+    return t->state;
+}
+
+static void resume_locked(pb_admin_http *a, struct areq *r, bool timed_out);
+
+void pb_admin_ticket_done(pb_admin_ticket *t)
+{
+    pb_admin_http *a = t->a;
+    pthread_mutex_lock(&a->wait_mu);
+    t->done = true;
+    a->pending--;
+    if (t->req && t->req->listed) resume_locked(a, t->req, false);
+    pthread_cond_broadcast(&a->wait_cv); /* in-process dispatches, and free */
+    ticket_unref_locked(t);
+    pthread_mutex_unlock(&a->wait_mu);
+}
+
+/* Whether a handler run left no answer. */
+static bool unanswered(const pb_admin_resp *r)
+{
+    return !r->body && !r->text && !r->file && !r->wait_ms;
+}
 
 const char *pb_admin_req_arg(const pb_admin_req *req, const char *name)
 {
@@ -275,7 +352,7 @@ static json_t *error_json(int *status, int code, const char *msg)
 static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
                           const char *(*arg)(void *, const char *), void *arg_ctx,
                           const char *body_text, size_t body_len, bool resumed, bool timed_out,
-                          pb_admin_resp *resp)
+                          struct pb_admin_slot *slot, pb_admin_resp *resp)
 {
     int *status = &resp->status;
     pb_admin_req req = {.method = method,
@@ -283,7 +360,9 @@ static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
                         .arg = arg,
                         .arg_ctx = arg_ctx,
                         .resumed = resumed,
-                        .timed_out = timed_out};
+                        .timed_out = timed_out,
+                        .state = slot->t ? slot->t->state : NULL,
+                        .slot = slot};
     const struct aroute *route = NULL;
     bool path_known = false;
     for (size_t i = 0; i < a->nroutes; i++) {
@@ -333,11 +412,11 @@ static json_t *route_json(pb_admin_http *a, const char *method, const char *url,
 static void route_request(pb_admin_http *a, const char *method, const char *url,
                           const char *(*arg)(void *, const char *), void *arg_ctx,
                           const char *body_text, size_t body_len, bool resumed, bool timed_out,
-                          pb_admin_resp *out)
+                          struct pb_admin_slot *slot, pb_admin_resp *out)
 {
     *out = (pb_admin_resp){.status = 200};
-    out->body =
-        route_json(a, method, url, arg, arg_ctx, body_text, body_len, resumed, timed_out, out);
+    out->body = route_json(a, method, url, arg, arg_ctx, body_text, body_len, resumed, timed_out,
+                           slot, out);
 }
 
 static int64_t mono_ms(void);
@@ -357,10 +436,22 @@ void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *pa
     pb_admin_resp r;
     bool resumed = false, timed_out = false;
     int64_t until = 0;
+    struct pb_admin_slot slot = {a, NULL};
+    bool waited = false;
     for (;;) { /* in process: a handler's wait is a wait on wait_cv */
         uint64_t gen = wake_gen(a);
         route_request(a, method, path, list_arg, (void *)args, body, body_len, resumed, timed_out,
-                      &r);
+                      &slot, &r);
+        if (slot.t && !waited && unanswered(&r)) { /* wait for its completion */
+            waited = true;
+            pthread_mutex_lock(&a->wait_mu);
+            while (!slot.t->done && !a->stopping)
+                pthread_cond_wait(&a->wait_cv, &a->wait_mu);
+            timed_out = !slot.t->done;
+            pthread_mutex_unlock(&a->wait_mu);
+            resumed = true;
+            continue;
+        }
         if (!r.wait_ms || timed_out) break;
         if (!until) until = mono_ms() + r.wait_ms;
         pthread_mutex_lock(&a->wait_mu);
@@ -371,6 +462,11 @@ void pb_admin_http_dispatch(pb_admin_http *a, const char *method, const char *pa
         timed_out = a->stopping || mono_ms() >= until;
         pthread_mutex_unlock(&a->wait_mu);
         resumed = true;
+    }
+    if (slot.t) {
+        pthread_mutex_lock(&a->wait_mu);
+        ticket_unref_locked(slot.t);
+        pthread_mutex_unlock(&a->wait_mu);
     }
     *status = r.status;
     if (r.file) { /* in process: the file's bytes as the answer */
@@ -494,7 +590,7 @@ void pb_admin_http_wake(pb_admin_http *a)
     pthread_cond_broadcast(&a->wait_cv);
     for (struct areq *r = a->waiting, *next; r; r = next) {
         next = r->wnext;
-        resume_locked(a, r, false);
+        if (!r->ticket) resume_locked(a, r, false); /* a ticket's: only its completion */
     }
     pthread_mutex_unlock(&a->wait_mu);
 }
@@ -623,11 +719,36 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         uint64_t gen = wake_gen(a);
         pthread_mutex_lock(&a->wait_mu);
         bool resumed = r->resumed, timed_out = r->timed_out || a->stopping;
+        if (r->ticket) timed_out = !r->ticket->done; /* only run again when done or stopping */
         pthread_mutex_unlock(&a->wait_mu);
         pb_admin_resp resp;
+        struct pb_admin_slot slot = {a, r->ticket};
         route_request(a, method, url, mhd_arg, conn, (const char *)r->body.data, r->body.len,
-                      resumed, timed_out, &resp);
-        if (resp.wait_ms && !timed_out) {
+                      resumed, timed_out, &slot, &resp);
+        if (slot.t && !r->ticket && unanswered(&resp)) {
+            /* suspended until its completion (or the listener's stop) resumes it */
+            r->ticket = slot.t;
+            pb_buf_free(&r->body); /* the handler runs again from its ticket's state */
+            pthread_mutex_lock(&a->wait_mu);
+            if (r->ticket->done || a->stopping) { /* already: run it again now */
+                r->resumed = true;
+                pthread_mutex_unlock(&a->wait_mu);
+                continue;
+            }
+            r->ticket->req = r;
+            r->conn = conn;
+            r->listed = true;
+            r->wait_until = INT64_MAX; /* no deadline: the completion comes */
+            r->wprev = NULL;
+            r->wnext = a->waiting;
+            if (a->waiting) a->waiting->wprev = r;
+            a->waiting = r;
+            MHD_suspend_connection(conn);
+            pthread_mutex_unlock(&a->wait_mu);
+            return MHD_YES;
+        }
+        if (slot.t && !r->ticket) r->ticket = slot.t; /* answered at once: released below */
+        if (resp.wait_ms && !timed_out && !r->ticket) {
             if (!r->wait_until) r->wait_until = mono_ms() + resp.wait_ms;
             pthread_mutex_lock(&a->wait_mu);
             if (a->wake_gen != gen || a->stopping) { /* woken while it looked: again */
@@ -668,6 +789,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             a->waiting = r->wnext;
         if (r->wnext) r->wnext->wprev = r->wprev;
     }
+    if (r->ticket) { /* its completion may still come: it finds the request gone */
+        r->ticket->req = NULL;
+        ticket_unref_locked(r->ticket);
+    }
     pthread_mutex_unlock(&a->wait_mu);
     pb_buf_free(&r->body);
     free(r);
@@ -685,6 +810,7 @@ pb_admin_http *pb_admin_http_new(const pb_admin_http_opts *opts)
     a->threads = opts->threads ? opts->threads : 4;
     pthread_mutex_init(&a->wait_mu, NULL);
     a->request_timeout_s = opts->request_timeout_s ? opts->request_timeout_s : 30;
+    a->max_pending = opts->max_pending ? opts->max_pending : 256;
     a->unix_fd = -1;
     pthread_mutex_init(&a->conns_mu, NULL);
     pthread_condattr_t ca;
@@ -866,6 +992,10 @@ void pb_admin_http_free(pb_admin_http *a)
 {
     if (!a) return;
     pb_admin_http_stop(a);
+    pthread_mutex_lock(&a->wait_mu); /* completions still to come use a */
+    while (a->pending > 0)
+        pthread_cond_wait(&a->wait_cv, &a->wait_mu);
+    pthread_mutex_unlock(&a->wait_mu);
     for (size_t i = 0; i < a->nroutes; i++) {
         free(a->routes[i].method);
         free(a->routes[i].pattern);

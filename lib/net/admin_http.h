@@ -24,6 +24,9 @@
 #include "postbox.h"
 
 typedef struct pb_admin_http pb_admin_http;
+/* A request waiting for one completion (pb_admin_req_suspend). */
+typedef struct pb_admin_ticket pb_admin_ticket;
+struct pb_admin_slot;
 
 typedef struct pb_admin_req {
     const char *method;
@@ -35,8 +38,13 @@ typedef struct pb_admin_req {
     const char *(*arg)(void *arg_ctx, const char *name);
     void *arg_ctx;
     /* a handler that asked to wait (pb_admin_resp.wait_ms) runs again: timed_out says
-     * whether its wait is over (answer with what there is) or it was woken early */
+     * whether its wait is over (answer with what there is) or it was woken early. A
+     * handler that waited for its ticket (pb_admin_req_suspend) runs again with state set
+     * to the ticket's state: timed_out false, the completion came (state holds what it
+     * wrote); true, the listener stops before it came (state must not be read). */
     bool resumed, timed_out;
+    void *state;
+    struct pb_admin_slot *slot; /* the listener's; NULL: this request cannot wait */
 } pb_admin_req;
 
 /* A query-string argument, or NULL. The string is owned by the request. */
@@ -67,6 +75,26 @@ void pb_admin_resp_error(pb_admin_resp *resp, int status, const char *fmt, ...)
 
 typedef void (*pb_admin_fn)(void *ctx, const pb_admin_req *req, pb_admin_resp *resp);
 
+/*
+ * Waiting for one completion: in a handler, lets the request wait for one piece of work
+ * (a store commit) without holding a thread. Returns a ticket with size zeroed bytes of
+ * state (pb_admin_ticket_state) shared by the handler and the completion, or NULL when
+ * the request cannot wait (the listener holds max_pending tickets whose completion has
+ * not come, or it stops, or the request already has one): the handler then does the work
+ * on its own thread as before. With a ticket, the handler starts the work and returns
+ * without an answer; the work's completion writes the state and calls
+ * pb_admin_ticket_done exactly once, from any thread (a handler that fails to start the
+ * work calls it itself and answers at once). The request is suspended meanwhile (no
+ * thread, no request deadline: the work must complete) and only this completion resumes
+ * it; its handler then runs again (pb_admin_req resumed, state, timed_out). A completion
+ * may come after the client left or the listener stopped: the ticket lives until both the
+ * request and the completion are done with it, and pb_admin_http_free waits for every
+ * completion. An in-process dispatch waits for it on a condition variable.
+ */
+pb_admin_ticket *pb_admin_req_suspend(const pb_admin_req *req, size_t size);
+void *pb_admin_ticket_state(pb_admin_ticket *t);
+void pb_admin_ticket_done(pb_admin_ticket *t);
+
 typedef struct pb_admin_http_opts {
     const char *listen;         /* "127.0.0.1:2290", "[::1]:2290" or "unix:/path" */
     const char *token;          /* bearer token, NULL = none required */
@@ -74,6 +102,7 @@ typedef struct pb_admin_http_opts {
     unsigned threads;           /* default 4 (a waiting request holds none) */
     const char *name;           /* names the listener in logs; default "admin" */
     unsigned request_timeout_s; /* a request must arrive within this; default 30 */
+    unsigned max_pending;       /* tickets waiting for their completion; default 256 */
 } pb_admin_http_opts;
 
 /*

@@ -350,6 +350,15 @@ pb_err pb_store_outbox_submit(pb_store *s, const char *peer, const pb_event *evs
     return PB_OK;
 }
 
+pb_err pb_store_outbox_submit_async(pb_store *s, const char *peer, const pb_event *evs, size_t n,
+                                    int64_t now, const char *submission_id, pb_store_submit_cb cb,
+                                    void *arg)
+{
+    if (!s || !id_ok(peer) || !evs || n == 0 || !cb) return PB_ERR_INVAL;
+    if (submission_id && !pb_store_submission_id_valid(submission_id)) return PB_ERR_INVAL;
+    return s->ops->outbox_append_async(s->impl, peer, evs, n, now, submission_id, cb, arg);
+}
+
 void pb_outbox_items_free(pb_outbox_item *items, size_t n)
 {
     if (!items) return;

@@ -262,6 +262,24 @@ pb_err pb_store_outbox_submit(pb_store *s, const char *peer, const pb_event *evs
                               int64_t now, const char *submission_id, uint64_t *last_seq,
                               bool *duplicate);
 
+/* An asynchronous submission's outcome: result as pb_store_outbox_submit's; on PB_OK
+ * last_seq and duplicate as its out-parameters (0 and false otherwise). */
+typedef void (*pb_store_submit_cb)(void *arg, pb_err result, uint64_t last_seq, bool duplicate);
+/*
+ * pb_store_outbox_submit without waiting for the commit: the events are encoded and the
+ * arguments copied on the caller's thread, the write is queued (it shares a commit with
+ * the writes queued beside it), and the call returns. PB_OK: cb(arg, ...) is called
+ * exactly once, after the commit that holds the write (or its failure), on one of the
+ * store's threads and outside its locks: it must be quick (hand the result on) and must
+ * not close the store. Any other result (PB_ERR_INVAL as pb_store_outbox_submit,
+ * PB_ERR_SHUTDOWN once pb_store_close began): nothing was queued and cb is never called.
+ * pb_store_close runs every write queued before it and calls its callback before it
+ * returns.
+ */
+pb_err pb_store_outbox_submit_async(pb_store *s, const char *peer, const pb_event *evs, size_t n,
+                                    int64_t now, const char *submission_id, pb_store_submit_cb cb,
+                                    void *arg);
+
 typedef struct pb_outbox_item {
     uint64_t seq;
     int64_t created_at;

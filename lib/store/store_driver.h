@@ -5,12 +5,12 @@
  *
  * A driver is one const pb_store_driver: how to open and close the engine, how to run a
  * read (a pooled connection) and a write (a transaction that returns PB_OK only after its
- * commit), and statement access on a connection: prepare (cached per connection) and
- * bind by statement id, step, column access, rows changed, errors mapped to pb_err. The
- * SQL is shared: pb_store_sql(engine, id) answers each engine's text of a statement (the
- * same text for both, or an engine's own variant, or NULL when the engine has no such
- * step). Shared SQL numbers its parameters $1..$n (PostgreSQL's form; the SQLite driver
- * reads them as ?1..?n) and may leave some unused.
+ * commit; optionally one that queues and calls back after it), and statement access on a
+ * connection: prepare (cached per connection) and bind by statement id, step, column access, rows
+ * changed, errors mapped to pb_err. The SQL is shared: pb_store_sql(engine, id) answers each
+ * engine's text of a statement (the same text for both, or an engine's own variant, or NULL when
+ * the engine has no such step). Shared SQL numbers its parameters $1..$n (PostgreSQL's form; the
+ * SQLite driver reads them as ?1..?n) and may leave some unused.
  *
  * Adding an engine: a driver (this table) in its own store_<engine>.c, a column in
  * pb_store_sql's table where its SQL differs, its variant of each migration step in
@@ -149,6 +149,14 @@ typedef struct pb_store_driver {
      * twice (as read). one: fn runs a single statement (an engine may then skip BEGIN and
      * COMMIT). A failed fn changes nothing. */
     pb_err (*write)(void *eng, pb_db_fn fn, void *ctx, bool one);
+    /* Optional: write without waiting. PB_OK: fn(db, ctx) is queued and done(ctx, result)
+     * is called exactly once with write's result, after the commit that holds it (or its
+     * failure), on an engine thread and outside the engine's locks; ctx must live until
+     * then. PB_ERR_SHUTDOWN (done never called) once close began; close runs every job
+     * queued before it and calls its done. NULL: store_ops.c runs write on a small pool
+     * of its own threads (concurrent calls still share the engine's commits). */
+    pb_err (*write_async)(void *eng, pb_db_fn fn, void *ctx, bool one,
+                          void (*done)(void *ctx, pb_err result));
     void (*stats)(void *eng, pb_store_stats *out);
 
     /* Gets statement id prepared on db (once per connection) with a[0..n) bound, into

@@ -59,6 +59,10 @@ typedef struct pb_store_ops {
     pb_err (*outbox_append)(void *impl, const char *peer, const pb_event *evs, size_t n,
                             int64_t now, const char *submission_id, uint64_t *last_seq,
                             bool *duplicate);
+    /* as outbox_append, then cb (store.h pb_store_outbox_submit_async) */
+    pb_err (*outbox_append_async)(void *impl, const char *peer, const pb_event *evs, size_t n,
+                                  int64_t now, const char *submission_id, pb_store_submit_cb cb,
+                                  void *arg);
     pb_err (*outbox_read)(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
                           size_t max_bytes, pb_outbox_item **items, size_t *n);
     pb_err (*outbox_ack)(void *impl, const char *peer, uint64_t upto);

@@ -379,9 +379,31 @@ const char *pb_store_sql(enum pb_engine e, int id)
 
 /* ---- statement helpers ------------------------------------------------------------------ */
 
+/* Threads running asynchronous writes for a driver without write_async (PostgreSQL):
+ * enough for concurrent commits to share the server's WAL flushes, few enough to leave
+ * connections of its pool to the callers' own reads and writes. */
+#define ASYNC_THREADS 4
+
+/* One asynchronous write waiting for a thread (drivers without write_async). */
+typedef struct ajob {
+    pb_db_fn fn;
+    void *ctx;
+    bool one;
+    void (*done)(void *ctx, pb_err result);
+    struct ajob *next;
+} ajob;
+
 typedef struct st {
     const pb_store_driver *d;
     void *eng;
+    /* asynchronous writes of a driver without write_async: a queue and up to
+     * ASYNC_THREADS threads, started as the queue needs them (amu guards the rest) */
+    pthread_mutex_t amu;
+    pthread_cond_t acv;
+    ajob *ahead, *atail;
+    pthread_t athr[ASYNC_THREADS];
+    int nthr, idle;
+    bool astop;
 } st;
 
 pb_err pb_db_exec(const pb_store_driver *d, pb_db *db, int id, const pb_arg *a, int n,
@@ -660,6 +682,62 @@ static pb_err write_tx(st *s, pb_db_fn fn, void *ctx, bool one)
     return s->d->write(s->eng, fn, ctx, one);
 }
 
+static void *async_main(void *arg)
+{
+    st *s = arg;
+    pthread_mutex_lock(&s->amu);
+    for (;;) {
+        s->idle++;
+        while (!s->ahead && !s->astop)
+            pthread_cond_wait(&s->acv, &s->amu);
+        s->idle--;
+        ajob *j = s->ahead;
+        if (!j) break; /* stopping and drained */
+        s->ahead = j->next;
+        if (!s->ahead) s->atail = NULL;
+        pthread_mutex_unlock(&s->amu);
+        pb_err err = s->d->write(s->eng, j->fn, j->ctx, j->one);
+        j->done(j->ctx, err);
+        free(j);
+        pthread_mutex_lock(&s->amu);
+    }
+    pthread_mutex_unlock(&s->amu);
+    return NULL;
+}
+
+/* The driver's write_async, or write on this store's threads (store_driver.h). */
+static pb_err write_async(st *s, pb_db_fn fn, void *ctx, bool one,
+                          void (*done)(void *ctx, pb_err result))
+{
+    if (s->d->write_async) return s->d->write_async(s->eng, fn, ctx, one, done);
+    ajob *j = pb_xmalloc(sizeof *j);
+    *j = (ajob){fn, ctx, one, done, NULL};
+    pthread_mutex_lock(&s->amu);
+    if (s->astop) {
+        pthread_mutex_unlock(&s->amu);
+        free(j);
+        return PB_ERR_SHUTDOWN;
+    }
+    if (s->atail) {
+        s->atail->next = j;
+    } else {
+        s->ahead = j;
+    }
+    s->atail = j;
+    if (s->idle == 0 && s->nthr < ASYNC_THREADS &&
+        pthread_create(&s->athr[s->nthr], NULL, async_main, s) == 0)
+        s->nthr++;
+    pthread_cond_signal(&s->acv);
+    bool none = s->nthr == 0; /* no thread could be started */
+    if (none) {
+        s->ahead = s->atail = NULL;
+        free(j);
+    }
+    pthread_mutex_unlock(&s->amu);
+    if (none) PB_ERROR(NULL, "store: cannot start a thread for asynchronous writes");
+    return none ? PB_ERR_INTERNAL : PB_OK;
+}
+
 /* A write of one statement with fixed arguments (most writes). */
 typedef struct one_ctx {
     int id;
@@ -695,6 +773,8 @@ static pb_err op_open(const pb_store_driver *d, const char *location, const pb_s
     st *s = pb_xcalloc(1, sizeof *s);
     s->d = d;
     s->eng = eng;
+    pthread_mutex_init(&s->amu, NULL);
+    pthread_cond_init(&s->acv, NULL);
     *impl = s;
     return PB_OK;
 }
@@ -709,11 +789,29 @@ static pb_err pg_open(const char *location, const pb_store_opts *opts, void **im
     return op_open(&pb_store_pg_driver, location, opts, impl);
 }
 
+/* The asynchronous writes queued on this store's threads run (a fault hold is released,
+ * as the drivers' close does) and get their callbacks, then the driver closes (draining
+ * its own queue). */
 static void op_close(void *impl)
 {
     st *s = impl;
     if (!s) return;
+    pthread_mutex_lock(&s->amu);
+    s->astop = true;
+    pthread_cond_broadcast(&s->acv);
+    pthread_mutex_unlock(&s->amu);
+    if (s->nthr > 0) {
+        pb_store_faults *f = s->d->faults(s->eng);
+        pthread_mutex_lock(f->mu);
+        f->hold = false;
+        pthread_cond_broadcast(f->cond);
+        pthread_mutex_unlock(f->mu);
+    }
+    for (int i = 0; i < s->nthr; i++)
+        pthread_join(s->athr[i], NULL);
     s->d->close(s->eng);
+    pthread_mutex_destroy(&s->amu);
+    pthread_cond_destroy(&s->acv);
     free(s);
 }
 
@@ -1084,6 +1182,49 @@ static pb_err op_outbox_append(void *impl, const char *peer, const pb_event *evs
         }
     }
     encoded_free(&enc);
+    return err;
+}
+
+/* An asynchronous append: what append_tx needs, copied from the caller. */
+struct append_async {
+    struct append_ctx a;
+    pb_encoded enc;
+    char *peer, *sub;
+    pb_store_submit_cb cb;
+    void *arg;
+};
+
+static void append_async_free(struct append_async *x)
+{
+    encoded_free(&x->enc);
+    free(x->peer);
+    free(x->sub);
+    free(x);
+}
+
+static void append_done(void *ctx, pb_err err)
+{
+    struct append_async *x = ctx;
+    x->cb(x->arg, err, err == PB_OK ? x->a.last : 0, err == PB_OK && x->a.duplicate);
+    append_async_free(x);
+}
+
+static pb_err op_outbox_append_async(void *impl, const char *peer, const pb_event *evs, size_t n,
+                                     int64_t now, const char *submission_id, pb_store_submit_cb cb,
+                                     void *arg)
+{
+    st *s = impl;
+    struct append_async *x = pb_xcalloc(1, sizeof *x);
+    pb_err err = encode_events(evs, n, &x->enc);
+    x->peer = pb_xstrdup(peer);
+    x->sub = submission_id ? pb_xstrdup(submission_id) : NULL;
+    x->cb = cb;
+    x->arg = arg;
+    x->a =
+        (struct append_ctx){x->peer, &x->enc, n, now, x->sub, pb_store_epoch_random(0), 0, false};
+    if (err == PB_OK)
+        err = write_async(s, append_tx, &x->a, s->d->arrays && !submission_id, append_done);
+    if (err != PB_OK) append_async_free(x);
     return err;
 }
 
@@ -1948,10 +2089,10 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
         .peer_key_set = op_peer_key_set, .peer_list = op_peer_list,                                \
         .peer_state_get = op_peer_state_get, .peer_state_list = op_peer_state_list,                \
         .peer_state_set = op_peer_state_set, .outbox_append = op_outbox_append,                    \
-        .outbox_read = op_outbox_read, .outbox_ack = op_outbox_ack,                                \
-        .outbox_remove = op_outbox_remove, .receive = op_receive, .inbox_read = op_inbox_read,     \
-        .inbox_last_seq = op_inbox_last_seq, .guilds = op_guilds, .invites = op_invites,           \
-        .peer_rename = op_peer_rename, .self_rename = op_self_rename,                              \
+        .outbox_append_async = op_outbox_append_async, .outbox_read = op_outbox_read,              \
+        .outbox_ack = op_outbox_ack, .outbox_remove = op_outbox_remove, .receive = op_receive,     \
+        .inbox_read = op_inbox_read, .inbox_last_seq = op_inbox_last_seq, .guilds = op_guilds,     \
+        .invites = op_invites, .peer_rename = op_peer_rename, .self_rename = op_self_rename,       \
         .rename_out_list = op_rename_out_list, .rename_out_done = op_rename_out_done,              \
         .rename_out_failed = op_rename_out_failed, .lease_acquire = op_lease_acquire,              \
         .lease_release = op_lease_release, .outbox_peers = op_outbox_peers, .qshape = op_qshape,   \

@@ -7,14 +7,15 @@
  *    foreign_keys on, a busy timeout, a checkpoint every WAL_AUTOCHECKPOINT pages.
  *  - Group commit: exactly one writer thread owns the write connection. A write call
  *    packages its work as a job (fn + context on the caller's stack), enqueues it and
- *    waits. The writer takes every queued job (up to max_batch), runs BEGIN IMMEDIATE, each
- *    job inside its own SAVEPOINT (released on success, rolled back on failure so one job
- *    does not fail the others; a job alone in its batch runs without one), COMMIT, then
- *    wakes every caller with its own result. A failed COMMIT (or an error that made SQLite
- *    abandon the transaction) fails the whole batch with PB_ERR_STORE (PB_ERR_CORRUPT if
- *    the file is corrupt, PB_ERR_DISK_FULL if the disk is full: SQLITE_FULL, or an I/O
- *    error with ENOSPC); the writer keeps running. Unavailable-store failures are logged
- *    through the store-health tracker (util/health.h).
+ *    waits (an asynchronous write, write_async: the job on the heap with a callback, and
+ *    returns at once). The writer takes every queued job (up to max_batch), runs BEGIN IMMEDIATE,
+ * each job inside its own SAVEPOINT (released on success, rolled back on failure so one job does
+ * not fail the others; a job alone in its batch runs without one), COMMIT, then wakes every caller
+ * with its own result (asynchronous jobs: their callbacks run on the writer thread, outside its
+ * mutex, before it takes the next batch). A failed COMMIT (or an error that made SQLite abandon the
+ * transaction) fails the whole batch with PB_ERR_STORE (PB_ERR_CORRUPT if the file is corrupt,
+ * PB_ERR_DISK_FULL if the disk is full: SQLITE_FULL, or an I/O error with ENOSPC); the writer keeps
+ * running. Unavailable-store failures are logged through the store-health tracker (util/health.h).
  *  - Reads use a bounded pool of read-only connections (created on demand), so under WAL
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, $n read as ?n, reset
@@ -51,6 +52,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/fault.h"
 #include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -73,12 +75,14 @@ typedef struct pb_db {
     bool log_stale;     /* log_rows to be counted again */
 } conn;
 
-/* One queued write; lives on the waiting caller's stack. */
+/* One queued write: on the waiting caller's stack, or (an asynchronous one: cb set) on
+ * the heap, freed by the writer after calling cb. */
 typedef struct job {
     pb_db_fn fn;
     void *ctx;
     pb_err result;
     bool done;
+    void (*cb)(void *ctx, pb_err result); /* asynchronous: called once after its commit */
     struct job *next;
 } job;
 
@@ -428,6 +432,8 @@ static void *writer_main(void *arg)
             for (size_t i = 0; i < n; i++)
                 batch[i]->result = fault;
         } else {
+            if (pb_fault("store.slow-commit")) /* tests: writes queue up behind a slow disk */
+                nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
             double t0 = pb_metrics_clock();
             committed = run_batch(b, batch, n);
             for (size_t i = 0; i < n; i++) /* its log rows were rolled back: count again */
@@ -444,10 +450,25 @@ static void *writer_main(void *arg)
             for (size_t i = 0; i < n; i++)
                 b->writes += batch[i]->result == PB_OK;
         }
-        /* After done is set the job's memory may go away with its caller's stack. */
-        for (size_t i = 0; i < n; i++)
-            batch[i]->done = true;
+        /* After done is set the job's memory may go away with its caller's stack: the
+         * asynchronous jobs are taken first (to the front of batch). */
+        size_t nasync = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (batch[i]->cb) {
+                batch[nasync++] = batch[i];
+            } else {
+                batch[i]->done = true;
+            }
+        }
         pthread_cond_broadcast(&b->done);
+        if (nasync > 0) { /* outside the mutex: a callback may queue another write */
+            pthread_mutex_unlock(&b->mu);
+            for (size_t i = 0; i < nasync; i++) {
+                batch[i]->cb(batch[i]->ctx, batch[i]->result);
+                free(batch[i]);
+            }
+            pthread_mutex_lock(&b->mu);
+        }
         if (committed && (b->wconn->log_upto || b->wconn->log_rows >= b->opts.model_log_rows)) {
             /* the callers are answered; merge steps run while no write waits */
             pthread_mutex_unlock(&b->mu);
@@ -463,6 +484,19 @@ static void *writer_main(void *arg)
 /* Queues fn(ctx) for the writer and waits for the commit that contains it. fn runs on the
  * writer thread inside a savepoint of the write connection; it must reset every statement
  * it steps. */
+/* Appends j to the queue (mu held). */
+static void enqueue(sq *b, job *j)
+{
+    if (b->tail) {
+        b->tail->next = j;
+    } else {
+        b->head = j;
+    }
+    b->tail = j;
+    b->f.queued++;
+    pthread_cond_signal(&b->work);
+}
+
 static pb_err sq_write(void *eng, pb_db_fn fn, void *ctx, bool one)
 {
     (void)one;
@@ -474,19 +508,34 @@ static pb_err sq_write(void *eng, pb_db_fn fn, void *ctx, bool one)
         return PB_ERR_SHUTDOWN;
     }
     b->callers++;
-    if (b->tail) {
-        b->tail->next = &j;
-    } else {
-        b->head = &j;
-    }
-    b->tail = &j;
-    b->f.queued++;
-    pthread_cond_signal(&b->work);
+    enqueue(b, &j);
     while (!j.done)
         pthread_cond_wait(&b->done, &b->mu);
     if (--b->callers == 0 && b->stop) pthread_cond_broadcast(&b->done);
     pthread_mutex_unlock(&b->mu);
     return j.result;
+}
+
+/* As sq_write without waiting: the job goes on the heap, in the same queue (so it shares
+ * a commit with whatever is queued beside it), and the writer calls cb(ctx, result) after
+ * that commit, outside mu. Close lets the writer drain the queue first, so every job
+ * queued before it runs and gets its callback. */
+static pb_err sq_write_async(void *eng, pb_db_fn fn, void *ctx, bool one,
+                             void (*cb)(void *ctx, pb_err result))
+{
+    (void)one;
+    sq *b = eng;
+    job *j = pb_xcalloc(1, sizeof *j);
+    *j = (job){.fn = fn, .ctx = ctx, .result = PB_ERR_INTERNAL, .cb = cb};
+    pthread_mutex_lock(&b->mu);
+    if (b->stop) {
+        pthread_mutex_unlock(&b->mu);
+        free(j);
+        return PB_ERR_SHUTDOWN;
+    }
+    enqueue(b, j);
+    pthread_mutex_unlock(&b->mu);
+    return PB_OK;
 }
 
 static void sq_stats(void *eng, pb_store_stats *out)
@@ -800,6 +849,7 @@ const pb_store_driver pb_store_sqlite_driver = {
     .close = sq_close,
     .read = sq_read,
     .write = sq_write,
+    .write_async = sq_write_async,
     .stats = sq_stats,
     .query = sq_query,
     .step = sq_step,

@@ -13,9 +13,16 @@
  *     refused with 503 because its commit's fsync failed, then SIGKILL and restart, then
  *     the homeserver's retry with the same ID: the event is queued exactly once, whether
  *     or not SQLite's recovery kept the refused commit.
- * Shapes and delivery run on the store PBT_STORE names (CTest runs both).
+ *   - concurrent submissions: 64 clients each submit 3 events (their own user) at once
+ *     through the admin listener, behind a slow disk (fault point store.slow-commit:
+ *     100 ms before each SQLite commit): every one is accepted with its own 3 seqs, B's
+ *     inbox holds each submission's events once and in order, and (SQLite) the commits
+ *     hold more than 4 writes on average (postbox_store_commit_batch_writes): more than
+ *     the admin listener's 4 threads could group while each waited for its commit.
+ * Shapes, delivery and concurrency run on the store PBT_STORE names (CTest runs both).
  * Every wait is a bounded poll.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -221,6 +228,116 @@ static void test_delivered_once(const pbt_daemon *a, const pbt_daemon *b)
     json_decref(want);
 }
 
+#define NCONC 64
+
+struct conc_arg {
+    const pbt_daemon *a;
+    const char *to;
+    int i;
+    long st;
+    json_int_t first, last;
+};
+
+static void *conc_submit(void *p)
+{
+    struct conc_arg *c = p;
+    json_t *evs = json_array();
+    char user[16], id[16];
+    snprintf(user, sizeof user, "%d", 1000 + c->i);
+    snprintf(id, sizeof id, "conc-%d", c->i);
+    for (int g = 1; g <= 3; g++)
+        json_array_append_new(evs, json_pack("{s:{s:s,s:s}}", "userAddedToGuild", "userId", user,
+                                             "guildId",
+                                             g == 1   ? "1"
+                                             : g == 2 ? "2"
+                                                      : "3"));
+    json_t *r = submit(c->a, c->to, evs, json_string(id), &c->st);
+    c->first = json_integer_value(json_object_get(r, "first_seq"));
+    c->last = json_integer_value(json_object_get(r, "last_seq"));
+    json_decref(r);
+    return NULL;
+}
+
+struct conc_ctx {
+    const pbt_daemon *a, *b;
+};
+
+/* B holds every concurrent submission's events. */
+static bool conc_arrived(void *vctx)
+{
+    struct conc_ctx *c = vctx;
+    json_t *got = inbox_from(c->b, c->a->server_id);
+    size_t n = json_array_size(got);
+    json_decref(got);
+    return n >= 3 * NCONC;
+}
+
+/* 64 submissions of 3 events at once, A's SQLite commits slowed: each accepted with its own
+ * seqs, delivered once and in order; SQLite grouped more than 4 per commit. */
+static void test_concurrent(const pbt_daemon *b, bool pg)
+{
+    setenv("PB_FAULTS", "store.slow-commit", 1);
+    pbt_daemon *a = pbt_daemon_new("subConc", NULL);
+    bool up = pbt_daemon_start(a);
+    unsetenv("PB_FAULTS");
+    CHECKF(up, "concurrent: daemon started");
+    if (!up) goto out;
+    const char *count = "postbox_store_commit_batch_writes_count",
+               *sum = "postbox_store_commit_batch_writes_sum";
+    double c0 = pbt_metric(a, count), w0 = pbt_metric(a, sum);
+    pthread_t th[NCONC];
+    struct conc_arg args[NCONC];
+    for (int i = 0; i < NCONC; i++) {
+        args[i] = (struct conc_arg){.a = a, .to = b->server_id, .i = i};
+        CHECK(pthread_create(&th[i], NULL, conc_submit, &args[i]) == 0);
+    }
+    for (int i = 0; i < NCONC; i++)
+        pthread_join(th[i], NULL);
+    double commits = pbt_metric(a, count) - c0, writes = pbt_metric(a, sum) - w0;
+    fprintf(stderr, "submit_test: %d concurrent submissions: %.0f commits for %.0f writes\n", NCONC,
+            commits, writes);
+    bool seq_used[3 * NCONC + 1] = {false}, seqs_ok = true;
+    for (int i = 0; i < NCONC; i++) {
+        CHECKF(args[i].st == 202, "concurrent: submission %d answered %ld", i, args[i].st);
+        if (args[i].first < 1 || args[i].last != args[i].first + 2 || args[i].last > 3 * NCONC) {
+            seqs_ok = false;
+            continue;
+        }
+        for (json_int_t s = args[i].first; s <= args[i].last; s++) {
+            seqs_ok = seqs_ok && !seq_used[s];
+            seq_used[s] = true;
+        }
+    }
+    CHECKF(seqs_ok, "concurrent: the submissions got seqs 1..%d, 3 each, none twice", 3 * NCONC);
+    if (!pg)
+        CHECKF(commits > 0 && writes > 4 * commits,
+               "concurrent: more than 4 writes per commit (%.0f commits, %.0f writes)", commits,
+               writes);
+    struct conc_ctx cc = {a, b};
+    CHECKF(pbt_wait_for(conc_arrived, &cc, 30000), "concurrent: B gets every event");
+    json_t *got = inbox_from(b, a->server_id), *it;
+    int next[NCONC] = {0}; /* guilds of each user seen so far, in order */
+    bool in_order = json_array_size(got) == 3 * NCONC;
+    size_t k;
+    json_array_foreach(got, k, it)
+    {
+        json_t *e = json_object_get(it, "userAddedToGuild");
+        long user = strtol(json_string_value(json_object_get(e, "userId")) ?: "0", NULL, 10);
+        long guild = strtol(json_string_value(json_object_get(e, "guildId")) ?: "0", NULL, 10);
+        if (user < 1000 || user >= 1000 + NCONC || guild != next[user - 1000] + 1) {
+            in_order = false;
+            continue;
+        }
+        next[user - 1000]++;
+    }
+    CHECKF(in_order, "concurrent: B holds each submission's 3 events once and in order (%zu)",
+           json_array_size(got));
+    json_decref(got);
+out:
+    if (pbt_failed) pbt_daemon_dump_log(a);
+    pbt_daemon_free(a);
+}
+
 static void run_backend(const char *store)
 {
     fprintf(stderr, "submit_test: store %s\n", store);
@@ -235,6 +352,7 @@ static void run_backend(const char *store)
         snprintf(dead, sizeof dead, "127.0.0.1:%u", pbt_free_port());
         test_shapes(a, dead);
         test_delivered_once(a, b);
+        test_concurrent(b, !strcmp(store, "postgres"));
     }
     if (pbt_failed) {
         pbt_daemon_dump_log(a);

@@ -23,7 +23,10 @@
  * duplicate, conflicting reuse (another peer or count), retention and bounded pruning
  * (with old times given as `now`), atomicity (an append failing inside its transaction or
  * refused by a fault records nothing), and one ID submitted at once through two handles
- * appended once. Several nodes (two handles on one
+ * appended once. Asynchronous submissions: many queued at once share one SQLite commit
+ * (PostgreSQL: run 4 at once), each calls back once with its seq, a repeated ID is a
+ * duplicate, a fault reaches the callback, close commits and calls back what is queued.
+ * Several nodes (two handles on one
  * store): concurrent appends keep per-peer seqs gapless and ordered, a batch received by
  * two nodes at once is applied once, an inbox reader following the cursor never skips a
  * row, leases (take, renew, expiry, release, rename, races) and the outbox peer list.
@@ -2682,6 +2685,143 @@ static void test_outbox_concurrent(void)
     pb_store_close(s2);
 }
 
+/* ---- asynchronous submissions (pb_store_outbox_submit_async) ------------------------------ */
+
+#ifdef PB_FAULTS
+#define NASYNC 64
+
+/* What the callbacks of one case saw (any store thread). */
+struct async_seen {
+    atomic_int calls[NASYNC];
+    atomic_int total;
+    pb_err err[NASYNC];
+    uint64_t last[NASYNC];
+    bool dup[NASYNC];
+};
+
+struct async_tag {
+    struct async_seen *seen;
+    int i;
+};
+
+static void async_cb(void *arg, pb_err result, uint64_t last_seq, bool duplicate)
+{
+    struct async_tag *t = arg;
+    t->seen->err[t->i] = result;
+    t->seen->last[t->i] = last_seq;
+    t->seen->dup[t->i] = duplicate;
+    atomic_fetch_add(&t->seen->calls[t->i], 1);
+    atomic_fetch_add(&t->seen->total, 1); /* last: the waiter reads the rest after it */
+}
+
+static bool async_wait(struct async_seen *seen, int n)
+{
+    int64_t deadline = pbt_now_ms() + 20000;
+    while (atomic_load(&seen->total) < n) {
+        if (pbt_now_ms() > deadline) return false;
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    return true;
+}
+
+/* Queues submission i (one event, user i, submission ID "a<i>" or id). */
+static pb_err async_submit(pb_store *s, struct async_tag *tags, struct async_seen *seen, int i,
+                           const char *id)
+{
+    char sid[16];
+    snprintf(sid, sizeof sid, "a%d", i);
+    pb_event e = ev_added((uint64_t)i + 1, 7);
+    tags[i] = (struct async_tag){seen, i};
+    return pb_store_outbox_submit_async(s, "async.example:443", &e, 1, 1000, id ? id : sid,
+                                        async_cb, &tags[i]);
+}
+
+/* 64 submissions queued behind a held writer without a thread each: SQLite commits them in
+ * one transaction (PostgreSQL: one each, ASYNC_THREADS of them at once); every callback
+ * runs once with the seq its event got; a repeated ID is a duplicate; a refused call never
+ * calls back; a fault reaches the callback. Then close with submissions queued: each is
+ * committed and called back before close returns. */
+static void test_outbox_async(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("async", &spec);
+    struct async_seen *seen = calloc(1, sizeof *seen);
+    struct async_tag tags[NASYNC];
+    if (!s) goto out;
+    pb_event e = ev_added(1, 1);
+    CHECK_ERR(pb_store_outbox_submit_async(s, "async.example:443", &e, 1, 1000, "bad\n", async_cb,
+                                           &tags[0]),
+              PB_ERR_INVAL);
+    pb_store_stats st0, st1;
+    pb_store_stats_get(s, &st0);
+    pb_store_fault_hold(s, true);
+    for (int i = 0; i < NASYNC; i++)
+        CHECK_OK(async_submit(s, tags, seen, i, i == NASYNC - 1 ? "a0" : NULL));
+    /* PostgreSQL: the store's threads each hold one, the rest wait in its queue */
+    CHECK(wait_queued(s, g_pg ? 4 : NASYNC));
+    CHECK_INT(atomic_load(&seen->total), 0);
+    pb_store_fault_hold(s, false);
+    CHECK(async_wait(seen, NASYNC));
+    pb_store_stats_get(s, &st1);
+    uint64_t commits = st1.commits - st0.commits, writes = st1.writes - st0.writes;
+    printf("async: %d submissions: %llu commits for %llu writes\n", NASYNC,
+           (unsigned long long)commits, (unsigned long long)writes);
+    CHECK_INT(writes, NASYNC);
+    if (g_pg)
+        CHECK_INT(commits, NASYNC); /* one transaction each; the server shares WAL flushes */
+    else
+        CHECK_INT(commits, 1);
+    bool seqs[NASYNC] = {false}, once = true;
+    int dups = 0;
+    for (int i = 0; i < NASYNC; i++) {
+        once = once && atomic_load(&seen->calls[i]) == 1;
+        CHECK_OK(seen->err[i]);
+        dups += seen->dup[i];
+        if (i < NASYNC - 1 && seen->last[i] >= 1 && seen->last[i] <= NASYNC - 1)
+            seqs[seen->last[i] - 1] = true;
+    }
+    CHECK(once);
+    CHECK_INT(dups, 1);
+    CHECK(seen->dup[NASYNC - 1]);
+    CHECK_INT(seen->last[NASYNC - 1], seen->last[0]);
+    for (int i = 0; i < NASYNC - 1; i++)
+        CHECKF(seqs[i], "no submission got seq %d", i + 1);
+    CHECK_INT(outbox_count(s, "async.example:443"), NASYNC - 1);
+
+    /* a fault reaches the callback; nothing is stored */
+    memset(seen, 0, sizeof *seen);
+    pb_store_fault_set(s, PB_ERR_STORE);
+    CHECK_OK(async_submit(s, tags, seen, 0, "fault"));
+    CHECK(async_wait(seen, 1));
+    CHECK_ERR(seen->err[0], PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    CHECK_INT(outbox_count(s, "async.example:443"), NASYNC - 1);
+
+    /* close with submissions queued behind the held writer */
+    memset(seen, 0, sizeof *seen);
+    pb_store_fault_hold(s, true);
+    for (int i = 0; i < 16; i++) {
+        char sid[16];
+        snprintf(sid, sizeof sid, "close%d", i);
+        CHECK_OK(async_submit(s, tags, seen, i, sid));
+    }
+    CHECK(wait_queued(s, g_pg ? 4 : 16));
+    pb_store_close(s);
+    s = NULL;
+    CHECK_INT(atomic_load(&seen->total), 16);
+    for (int i = 0; i < 16; i++) {
+        CHECK_INT(atomic_load(&seen->calls[i]), 1);
+        CHECK_OK(seen->err[i]);
+    }
+    CHECK_OK(pb_store_open(spec, NULL, &s));
+    if (s) CHECK_INT(outbox_count(s, "async.example:443"), NASYNC - 1 + 16);
+out:
+    pb_store_close(s);
+    free(seen);
+    free(spec);
+}
+#endif
+
 /* ---- submission IDs (pb_store_outbox_submit) ---------------------------------------------- */
 
 /* One submission: the result, whether it was a duplicate and the last seq it reported. */
@@ -3568,6 +3708,7 @@ int main(int argc, char **argv)
     test_outbox_concurrent();
     test_submission_ids();
 #ifdef PB_FAULTS
+    test_outbox_async();
     test_submission_race();
 #endif
     test_leases();
