@@ -55,7 +55,11 @@
  * TLS and reload: the certificate is not handed to libmicrohttpd once. GnuTLS asks cert_cb
  * for it at each handshake, and cert_cb parses a fresh copy of the current chain and key (PEM
  * texts under a read lock) that GnuTLS frees with the session, so pb_hrpc_server_set_tls can
- * replace them for new connections while open ones keep theirs. The limits a reload may
+ * replace them for new connections while open ones keep theirs. Session tickets are enabled
+ * on every session as its connection starts (a random ticket key per listener, replaced with
+ * the certificate), so a client's new connection resumes instead of a full handshake; each
+ * connection's handshake is counted, full or resumed, at its first request
+ * (postbox_tls_handshakes_total). The limits a reload may
  * change (max_body, max_inflight, max_suspended, body_memory, their per-address shares,
  * conn_timeout_s) are read and written atomically (LIM); max_connections and the
  * per-address connection limit under conns_mu, as before.
