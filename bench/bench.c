@@ -14,7 +14,10 @@
  * 1-connection ceiling) and the drain's rate at 1,000,000 queued against 10,000; and the
  * field patterns: submit_concurrent (64 admin connections, one new event per call, against
  * the null server with the same client) and pair_rtt (a pair whose server IDs are
- * pbbench_delayproxy addresses, at 0, 50, 100 and 200 ms RTT).
+ * pbbench_delayproxy addresses, at 0, 50, 100 and 200 ms RTT); and over TLS: pair_tls,
+ * pair_rtt_tls (100 ms) and fanout_1000_tls (the all-healthy run), each against the same
+ * scenario over plain HTTP measured right beside it (the order alternating between runs),
+ * with a test CA and a certificate for 127.0.0.1 made by the openssl CLI at start.
  * In the same run it measures the ceilings the results are compared with: a plain HTTP
  * server answering 200 to a ~100-byte POST over 1 and 16 keep-alive connections
  * (pbbench_httpnull, libmicrohttpd; and Debian's nginx with `return 200` when available),
@@ -100,6 +103,17 @@ static struct {
     unsigned farm_port; /* first port of the peer farm */
 } O;
 
+/* TLS scenarios: a test CA and one certificate for 127.0.0.1 (IP SAN), made at the first
+ * TLS scenario (make_test_ca); g_tls_on while a scenario runs over TLS: the daemons made
+ * then (bd_new_store) serve TLS, reach peers over https trusting the CA, and the peer farm
+ * (farm_start) serves TLS. */
+static struct {
+    char *dir;
+    char ca[600], cert[600], key[600];
+    bool made, failed;
+} g_ca;
+static bool g_tls_on;
+
 /* "--allow-private-peers yes" when this postboxd has the setting (peers here are on
  * 127.0.0.1); detected from `postboxd --help` at start. */
 static bool g_allow_private;
@@ -155,7 +169,9 @@ static void usage(void)
             "  BENCH_PUSH_BYTES=N     size of one PushRequest body (default 100)\n"
             "  BENCH_SCENARIOS=list   any of ceilings,pair_full,pair_normal,fanin,fanout,drain,\n"
             "                         latency,memory,pair_full_pg,fanin_pg,fanout_1000,\n"
-            "                         startup_10k,pair_batch,submit_concurrent,pair_rtt;\n"
+            "                         startup_10k,pair_batch,submit_concurrent,pair_rtt,\n"
+            "                         pair_tls,pair_rtt_tls,fanout_1000_tls (TLS: need the\n"
+            "                         openssl CLI);\n"
             "                         scale = ceilings,fanout_1000,\n"
             "                         startup_10k,pair_batch,drain (default all; the _pg ones\n"
             "                         need PB_TEST_PG_URL, see scripts/pg-start)\n"
@@ -324,6 +340,10 @@ static struct {
     metric subc_rps, subc_p99;           /* submit_concurrent: submissions/s, p99 us */
     metric subc_null_rps, subc_null_p99; /* the null server, same client, same run */
     metric rtt_rate[4], rtt_lat_p99[4];  /* pair_rtt at RTT_MS[i]: events/s, latency p99 ms */
+    /* TLS (issue 20 item 4): [0] plain HTTP, [1] TLS, measured side by side */
+    metric tls_pair[2];                /* pair_tls: events/s */
+    metric tls_rtt[2], tls_rtt_p99[2]; /* pair_rtt_tls (100 ms): events/s, p99 ms */
+    metric tls_fan[2], tls_fan_p99[2]; /* fanout_1000_tls (all healthy): events/s, ms */
     bool nginx_ok;
     char notes[4096];
 } R;
@@ -426,6 +446,7 @@ typedef struct bd {
     char tag[16];
     bool pg;     /* its store is a fresh PostgreSQL database (PBT_STORE=postgres) */
     bool nofile; /* raise its RLIMIT_NOFILE to DAEMON_NOFILE (scale scenarios) */
+    bool tls;    /* serves TLS and reaches peers over https (g_ca) */
 } bd;
 
 /* pbt_daemon_new with PBT_STORE set to postgres (pg) or sqlite for this one call, the
@@ -465,6 +486,7 @@ static bd *bd_new_store(const char *tag, const char *const *extra, bool pg)
     snprintf(t, sizeof t, "bench-%s", tag);
     b->d = daemon_new(t, args, pg);
     b->pg = pg;
+    b->tls = g_tls_on;
     snprintf(b->tag, sizeof b->tag, "%s", tag);
     hc_init(&b->adm, b->d->admin_port);
     return b;
@@ -532,7 +554,15 @@ static void bd_spawn(bd *b)
     argv[n++] = "--admin-listen";
     argv[n++] = d->admin;
     argv[n++] = "--peer-scheme";
-    argv[n++] = "http";
+    argv[n++] = b->tls ? "https" : "http";
+    if (b->tls) {
+        argv[n++] = "--tls-cert";
+        argv[n++] = g_ca.cert;
+        argv[n++] = "--tls-key";
+        argv[n++] = g_ca.key;
+        argv[n++] = "--ca-file";
+        argv[n++] = g_ca.ca;
+    }
     for (int i = 0; i < d->nargs; i++)
         argv[n++] = d->args[i];
     argv[n] = NULL;
@@ -990,7 +1020,7 @@ static bool warm_up(bd *from, bd *to, unsigned stream, long expect)
 static void scenario_pair(const char *sync, metric *m, int run, bool pg, long n)
 {
     const char *extra[] = {"--sync", sync, NULL};
-    const char *store = pg ? " PG" : "";
+    const char *store = pg ? " PG" : g_tls_on ? " TLS" : "";
     bd *a = bd_new_store(pg ? "pgpairA" : "pairA", extra, pg);
     bd *b = bd_new_store(pg ? "pgpairB" : "pairB", extra, pg);
     bd *both[] = {a, b};
@@ -1270,6 +1300,23 @@ static long proc_threads(pid_t pid)
     return n;
 }
 
+/* CPU time (user + system) a process has used, seconds (-1 when unreadable). */
+static double proc_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* after the command name, which may hold spaces */
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 /* Submits userAddedToGuild{user, guild} for guilds [first, first + count) to `to`. */
 static bool submit_guilds(hc *c, const char *to, long user, long first, long count)
 {
@@ -1308,9 +1355,15 @@ static pbt_farm *farm_start(long n, const char *const *bad)
     char cnt[24], port[24];
     snprintf(cnt, sizeof cnt, "%ld", n);
     snprintf(port, sizeof port, "%u", O.farm_port);
-    const char *args[24] = {"--count", cnt, "--first-port", port, "--threads", "2"};
+    const char *args[28] = {"--count", cnt, "--first-port", port, "--threads", "2"};
     int k = 6;
-    for (int i = 0; bad && bad[i] && k < 23; i++)
+    if (g_tls_on) {
+        args[k++] = "--tls-cert";
+        args[k++] = g_ca.cert;
+        args[k++] = "--tls-key";
+        args[k++] = g_ca.key;
+    }
+    for (int i = 0; bad && bad[i] && k < 27; i++)
         args[k++] = bad[i];
     args[k] = NULL;
     pbt_farm *f = pbt_farm_start("bench-farm", args);
@@ -1367,8 +1420,9 @@ struct fan_result {
     double time_ms, p99_ms;
     long threads, hwm_kib;
     long delivered, expected;
-    long disorder, dups, foreign; /* anomalies in the farm's record, of which duplicates and
-                                     events recorded at another receiver */
+    long disorder, dups, foreign;    /* anomalies in the farm's record, of which duplicates and
+                                        events recorded at another receiver */
+    double sender_cpu_s, farm_cpu_s; /* CPU time (user + system) of each process so far */
     bool timed_out;
 };
 
@@ -1432,6 +1486,8 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
     started = 0;
     long dummy;
     proc_rss(s->d->pid, &res->hwm_kib, &dummy);
+    res->sender_cpu_s = proc_cpu_s(s->d->pid);
+    res->farm_cpu_s = proc_cpu_s(f->pid);
     if (!subs_ok) goto out;
     /* Per healthy receiver: its events in order, and each one's delay. */
     json_t *st = pbt_farm_get(f, "/stats"), *ids = json_object_get(st, "ids"), *id;
@@ -1829,7 +1885,7 @@ out:
 /* 11. pair_rtt: one pair, FULL, each daemon's server ID the address of a delay proxy in
  * front of it (every byte between them delayed RTT/2 each way): O.pair_events events in
  * batches of 1000, then RTT_LAT_SAMPLES single events timed one after the other. */
-static void scenario_pair_rtt(int i, int run)
+static void scenario_pair_rtt(int i, int run, metric *rate, metric *p99)
 {
     const char *extra[] = {"--sync", "full", NULL};
     bd *a = bd_new("rttA", extra), *b = bd_new("rttB", extra);
@@ -1853,8 +1909,8 @@ static void scenario_pair_rtt(int i, int run)
     bool done = wait_inbox(&b->adm, n + 1, deadline_from_now());
     double dt = now_s() - t0;
     long got = done ? n : inbox_count(&b->adm) - 1;
-    if (!done) R.rtt_rate[i].timed_out = true;
-    m_add(&R.rtt_rate[i], (double)got / dt);
+    if (!done) rate->timed_out = true;
+    m_add(rate, (double)got / dt);
     double lat[RTT_LAT_SAMPLES];
     int nl = 0;
     for (int k = 0; done && k < RTT_LAT_SAMPLES; k++) {
@@ -1865,11 +1921,12 @@ static void scenario_pair_rtt(int i, int run)
         lat[nl++] = (now_s() - t1) * 1e3;
     }
     qsort(lat, (size_t)nl, sizeof lat[0], cmp_double);
-    if (nl) m_add(&R.rtt_lat_p99[i], lat[(size_t)((nl - 1) * 0.99)]);
-    printf("  run %d pair_rtt %3d ms: %ld events in %.2f s = %.0f events/s; single events: p50 "
+    if (nl) m_add(p99, lat[(size_t)((nl - 1) * 0.99)]);
+    printf("  run %d pair_rtt%s %3d ms: %ld events in %.2f s = %.0f events/s; single events: p50 "
            "%.1f ms, p99 %.1f ms (%d samples)%s\n",
-           run, RTT_MS[i], got, dt, (double)got / dt, nl ? lat[(nl - 1) / 2] : -1.0,
-           nl ? lat[(size_t)((nl - 1) * 0.99)] : -1.0, nl, done ? "" : " TIMED OUT");
+           run, g_tls_on ? " TLS" : "", RTT_MS[i], got, dt, (double)got / dt,
+           nl ? lat[(nl - 1) / 2] : -1.0, nl ? lat[(size_t)((nl - 1) * 0.99)] : -1.0, nl,
+           done ? "" : " TIMED OUT");
     measured = true;
 out:
     if (!measured)
@@ -1878,6 +1935,93 @@ out:
     bd_free(b);
     child_stop(&px[0]);
     child_stop(&px[1]);
+}
+
+/* ---- TLS (issue 20 item 4) ----------------------------------------------------------------- */
+
+/* The test CA (P-256, 2 days) and one server certificate for 127.0.0.1 (IP SAN) signed by
+ * it, made with the openssl CLI once per bench run in a temporary directory; false (and a
+ * note) when openssl failed. The same certificate serves every daemon and the farm: all
+ * listen on 127.0.0.1. */
+static bool make_test_ca(void)
+{
+    if (g_ca.made || g_ca.failed) return g_ca.made;
+    g_ca.dir = pbt_tmpdir("bench-ca");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && ( "
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+             "-subj /CN=postbox-bench-ca -keyout ca.key -out ca.pem && "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 "
+             "-keyout server.key -out server.csr && "
+             "printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && "
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+             "-extfile ext.cnf -out server.pem ) >openssl.log 2>&1",
+             g_ca.dir);
+    if (system(cmd) != 0) {
+        note("TLS scenarios skipped: the openssl CLI could not make the test CA (see "
+             "%s/openssl.log)",
+             g_ca.dir);
+        g_ca.failed = true;
+        return false;
+    }
+    snprintf(g_ca.ca, sizeof g_ca.ca, "%s/ca.pem", g_ca.dir);
+    snprintf(g_ca.cert, sizeof g_ca.cert, "%s/server.pem", g_ca.dir);
+    snprintf(g_ca.key, sizeof g_ca.key, "%s/server.key", g_ca.dir);
+    g_ca.made = true;
+    return true;
+}
+
+/* 12. pair_tls: one pair FULL (as 1.), plain HTTP and TLS side by side; odd runs plain
+ * first, even runs TLS first. */
+static void scenario_pair_tls(int run)
+{
+    if (!make_test_ca()) return;
+    for (int k = 0; k < 2; k++) {
+        int tls = (k + run + 1) % 2; /* run 1: plain first */
+        g_tls_on = tls;
+        scenario_pair("full", &R.tls_pair[tls], run, false, O.pair_events);
+    }
+    g_tls_on = false;
+}
+
+/* 12. pair_rtt_tls: pair_rtt at 100 ms RTT (the delay proxy relays TLS unchanged: it is
+ * TCP-level), plain HTTP and TLS side by side. */
+static void scenario_pair_rtt_tls(int run)
+{
+    if (!make_test_ca()) return;
+    for (int k = 0; k < 2; k++) {
+        int tls = (k + run + 1) % 2;
+        g_tls_on = tls;
+        scenario_pair_rtt(2, run, &R.tls_rtt[tls], &R.tls_rtt_p99[tls]);
+    }
+    g_tls_on = false;
+}
+
+/* 12. fanout_1000_tls: fanout_1000's all-healthy run (one sender, the farm's receivers),
+ * plain HTTP and TLS side by side: healthy events delivered per second, latency p99. */
+static void scenario_fanout_tls(int run)
+{
+    if (!make_test_ca()) return;
+    for (int k = 0; k < 2; k++) {
+        int tls = (k + run + 1) % 2;
+        g_tls_on = tls;
+        struct fan_result res;
+        if (!fanout_scale_run(false, run, &res)) {
+            note("fanout_1000_tls (%s), run %d: failed before measuring (see stderr)",
+                 tls ? "TLS" : "plain HTTP", run);
+            continue;
+        }
+        double rate = res.time_ms > 0 ? (double)res.delivered / (res.time_ms / 1e3) : 0;
+        m_add(&R.tls_fan[tls], rate);
+        m_add(&R.tls_fan_p99[tls], res.p99_ms);
+        if (res.timed_out) R.tls_fan[tls].timed_out = R.tls_fan_p99[tls].timed_out = true;
+        printf("  run %d fanout_1000_tls, %s: %.0f events/s, latency p99 %.0f ms; CPU: sender "
+               "%.1f s (%.0f us per event), farm %.1f s\n",
+               run, tls ? "TLS" : "plain HTTP", rate, res.p99_ms, res.sender_cpu_s,
+               res.delivered ? res.sender_cpu_s * 1e6 / (double)res.delivered : 0, res.farm_cpu_s);
+    }
+    g_tls_on = false;
 }
 
 /* One result line; `c` is the ceiling as printed, ceil its value (0: none) for the ratio. */
@@ -2078,6 +2222,21 @@ static void report(double elapsed, size_t push_len, const char *load_before)
             row_abs(nm, &R.rtt_lat_p99[i], 1, "ms", tg, 1.1 * RTT_MS[i], true);
         }
     }
+    if (want("pair_tls"))
+        row_vs("12. pair_tls, FULL", &R.tls_pair[1], &R.tls_pair[0], 1, "ev/s",
+               "same pair, plain HTTP", ">= 0.9", 0.9, false);
+    if (want("pair_rtt_tls")) {
+        row_vs("12. pair_rtt_tls 100 ms RTT", &R.tls_rtt[1], &R.tls_rtt[0], 1, "ev/s",
+               "same pair, plain HTTP", ">= 0.9", 0.9, false);
+        row_vs("12. pair_rtt_tls latency p99", &R.tls_rtt_p99[1], &R.tls_rtt_p99[0], 1, "ms",
+               "plain HTTP", NULL, 0, true);
+    }
+    if (want("fanout_1000_tls")) {
+        row_vs("12. fanout_1000_tls", &R.tls_fan[1], &R.tls_fan[0], 1, "ev/s",
+               "all healthy, plain HTTP", ">= 0.9", 0.9, false);
+        row_vs("12. fanout_1000_tls p99", &R.tls_fan_p99[1], &R.tls_fan_p99[0], 1e-3, "s",
+               "plain HTTP", NULL, 0, true);
+    }
 
     printf("\n==== memory (peak RSS, VmHWM) ====\n");
     fprintf(g_md, "\n## Memory\n\nVmHWM from /proc. Sender: after its queue was submitted "
@@ -2173,7 +2332,10 @@ int main(int argc, char **argv)
         if (want("startup_10k")) scenario_startup(run);
         if (want("submit_concurrent")) scenario_submit_concurrent(run);
         for (int i = 0; i < RTT_N && want("pair_rtt"); i++)
-            scenario_pair_rtt(i, run);
+            scenario_pair_rtt(i, run, &R.rtt_rate[i], &R.rtt_lat_p99[i]);
+        if (want("pair_tls")) scenario_pair_tls(run);
+        if (want("pair_rtt_tls")) scenario_pair_rtt_tls(run);
+        if (want("fanout_1000_tls")) scenario_fanout_tls(run);
         struct drain_result dr;
         /* The drain runs at every size (4b. compares the largest with the smallest); the
          * memory figures come from the same runs. */
@@ -2202,6 +2364,10 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     report(now_s() - t0, push_len, load_before);
+    if (g_ca.dir) {
+        pbt_rmrf(g_ca.dir);
+        free(g_ca.dir);
+    }
     curl_global_cleanup();
     return 0;
 }

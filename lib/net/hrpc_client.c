@@ -19,6 +19,14 @@
  * connect to (after DNS, for each address it tries); a refused one gets no socket and the
  * reason is kept for the error message.
  *
+ * TLS sessions: the easy handles share one libcurl TLS session cache (a CURLSH with
+ * CURL_LOCK_DATA_SSL_SESSION, locked by the share's callbacks since handles are made on
+ * the callers' threads), so a new connection to a peer resumes the session of an earlier
+ * one (a session ticket: no certificate exchange, no signature) instead of a full
+ * handshake. libcurl 7.88's shared cache holds the 8 most recently used sessions;
+ * connections themselves stay open in the multi handle's cache, so a handshake is paid
+ * only when one was closed.
+ *
  * Proxy: only the operator's (peer_proxy), never the environment's. Through it, names are
  * not resolved here (the proxy resolves them) and every connection is to the proxy, which
  * the check above cannot see past: it is not applied, and the proxy decides which
@@ -70,6 +78,8 @@ struct pb_client {
     pb_ioloop *loop;
     bool own_loop;
     pb_resolver *resolver;
+    CURLSH *share; /* the TLS session cache of every transfer */
+    pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
     atomic_bool shutting_down;
     size_t buffered; /* answer bytes held by transfers in flight (loop thread only) */
 };
@@ -104,6 +114,48 @@ struct xfer {
     char *early_msg;
 };
 
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access access, void *ud)
+{
+    (void)h;
+    (void)access;
+    pb_client *c = ud;
+    if ((unsigned)data < CURL_LOCK_DATA_LAST) pthread_mutex_lock(&c->share_mu[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *ud)
+{
+    (void)h;
+    pb_client *c = ud;
+    if ((unsigned)data < CURL_LOCK_DATA_LAST) pthread_mutex_unlock(&c->share_mu[data]);
+}
+
+/* The shared TLS session cache (see the file comment); NULL, and no resumption across
+ * connections, when libcurl refuses it (no TLS support). */
+static void share_new(pb_client *c)
+{
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_init(&c->share_mu[i], NULL);
+    c->share = curl_share_init();
+    if (!c->share) return;
+    if (curl_share_setopt(c->share, CURLSHOPT_LOCKFUNC, share_lock) != CURLSHE_OK ||
+        curl_share_setopt(c->share, CURLSHOPT_UNLOCKFUNC, share_unlock) != CURLSHE_OK ||
+        curl_share_setopt(c->share, CURLSHOPT_USERDATA, c) != CURLSHE_OK ||
+        curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+        curl_share_cleanup(c->share);
+        c->share = NULL;
+    }
+}
+
+static void share_free(pb_client *c)
+{
+    /* Every transfer has ended (the loop stopped, or the client's own loop is freed): no
+     * easy handle uses the share any more. */
+    if (c->share && curl_share_cleanup(c->share) != CURLSHE_OK)
+        PB_ERROR(NULL, "the TLS session cache is still in use: not freed");
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_destroy(&c->share_mu[i]);
+}
+
 pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
 {
     pb_client_opts o = {0};
@@ -123,6 +175,7 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
     c->max_response = o.max_response > 0 ? o.max_response : DEFAULT_MAX_RESPONSE;
     c->response_budget = o.response_budget > 0 ? o.response_budget : DEFAULT_RESPONSE_BUDGET;
     if (c->response_budget < c->max_response) c->response_budget = c->max_response;
+    share_new(c);
     c->loop = o.loop;
     if (!c->loop) {
         pb_ioloop_opts lo = {.max_connections = o.max_connections};
@@ -130,6 +183,7 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
         if (err == PB_OK) err = pb_ioloop_start(c->loop);
         if (err != PB_OK) {
             pb_ioloop_free(c->loop);
+            share_free(c);
             free(c->ca_file);
             free(c->proxy);
             free(c);
@@ -147,6 +201,7 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
     pb_err err = pb_resolver_new(c->loop, &ro, &c->resolver);
     if (err != PB_OK) {
         if (c->own_loop) pb_ioloop_free(c->loop);
+        share_free(c);
         free(c->ca_file);
         free(c->proxy);
         free(c);
@@ -162,6 +217,7 @@ void pb_client_free(pb_client *c)
     if (c->own_loop) pb_ioloop_stop(c->loop); /* ends the lookups still waiting */
     pb_resolver_free(c->resolver);
     if (c->own_loop) pb_ioloop_free(c->loop);
+    share_free(c);
     free(c->ca_file);
     free(c->proxy);
     free(c);
@@ -584,6 +640,7 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
     SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (c->ca_file) SET(CURLOPT_CAINFO, c->ca_file);
+    if (c->share && !c->plain_http) SET(CURLOPT_SHARE, c->share);
 #undef SET
     if (sc != CURLE_OK) {
         char msg[160];

@@ -55,7 +55,11 @@
  * TLS and reload: the certificate is not handed to libmicrohttpd once. GnuTLS asks cert_cb
  * for it at each handshake, and cert_cb parses a fresh copy of the current chain and key (PEM
  * texts under a read lock) that GnuTLS frees with the session, so pb_hrpc_server_set_tls can
- * replace them for new connections while open ones keep theirs. The limits a reload may
+ * replace them for new connections while open ones keep theirs. Session tickets are enabled
+ * on every session as its connection starts (a random ticket key per listener, replaced with
+ * the certificate), so a client's new connection resumes instead of a full handshake; each
+ * connection's handshake is counted, full or resumed, at its first request
+ * (postbox_tls_handshakes_total). The limits a reload may
  * change (max_body, max_inflight, max_suspended, body_memory, their per-address shares,
  * conn_timeout_s) are read and written atomically (LIM); max_connections and the
  * per-address connection limit under conns_mu, as before.
@@ -189,9 +193,12 @@ struct pb_hrpc_server {
     struct route *routes;
     size_t nroutes;
     struct MHD_Daemon *mhd;
-    char *tls_cert, *tls_key; /* PEM texts served to new connections, under tls_mu */
+    char *tls_cert, *tls_key;  /* PEM texts served to new connections, under tls_mu */
+    gnutls_datum_t ticket_key; /* session ticket key (GnuTLS), under tls_mu; a new one with
+                                  each certificate */
     pthread_rwlock_t tls_mu;
     bool tls_swappable; /* served through cert_cb (pb_hrpc_server_set_tls works) */
+    bool tls_on;        /* serves TLS (set before the listener starts) */
     unsigned conns_cap; /* max_conns at start: the most pb_hrpc_server_set_limits may set */
     /* request slots (under conns_mu): answered requests being handled, suspended ones */
     unsigned active, waiting;
@@ -239,6 +246,7 @@ struct conn {
     struct addr_count *addr; /* its address's count, which it is part of (counted only) */
     bool cut;                /* socket shut down (deadline passed or over the limit) */
     bool linger;             /* answered before its body was read: close in stages */
+    bool tls_counted;        /* its TLS handshake is counted (postbox_tls_handshakes_total) */
 };
 
 /*
@@ -458,13 +466,20 @@ static struct {
     pb_hrpc_server *s;
 } g_creds[TLS_CREDS_MAX];
 
-static void tls_bind_session(pb_hrpc_server *s, struct MHD_Connection *conn)
+static void tls_session_start(pb_hrpc_server *s, struct MHD_Connection *conn)
 {
-    if (!s->tls_swappable) return;
+    if (!s->tls_on) return;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (!ci || !ci->tls_session) return;
+    /* Session tickets (RFC 8446 4.6.1, RFC 5077), so that a client's next connection
+     * resumes instead of paying a full handshake; GnuTLS copies the key into the session
+     * and rotates the key it encrypts with over time. */
+    pthread_rwlock_rdlock(&s->tls_mu);
+    if (s->ticket_key.data) gnutls_session_ticket_enable_server(ci->tls_session, &s->ticket_key);
+    pthread_rwlock_unlock(&s->tls_mu);
     void *cred = NULL;
-    if (!ci || !ci->tls_session ||
+    if (!s->tls_swappable ||
         gnutls_credentials_get(ci->tls_session, GNUTLS_CRD_CERTIFICATE, &cred) < 0 || !cred)
         return;
     pthread_mutex_lock(&g_creds_mu);
@@ -493,6 +508,25 @@ static void tls_unbind(pb_hrpc_server *s)
         g_creds[i].s = NULL;
     }
     pthread_mutex_unlock(&g_creds_mu);
+}
+
+static void tls_ticket_key_free(gnutls_datum_t *k)
+{
+    if (!k->data) return;
+    gnutls_memset(k->data, 0, k->size);
+    gnutls_free(k->data);
+    k->data = NULL;
+    k->size = 0;
+}
+
+/* A connection's first request: its handshake is done; count it, full or resumed. */
+static void tls_count_handshake(pb_hrpc_server *s, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (!ci || !ci->tls_session) return;
+    pb_counter_inc(pb_metric_get(PB_METRIC(s->opts.metrics, tls_handshakes),
+                                 gnutls_session_is_resumed(ci->tls_session) ? "resumed" : "full"));
 }
 
 /* Parses a copy of the chain and key (PEM) that GnuTLS may own: on 0, *list (n entries,
@@ -816,7 +850,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 {
     pb_hrpc_server *s = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        tls_bind_session(s, conn);
+        tls_session_start(s, conn);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         const union MHD_ConnectionInfo *ai =
@@ -1394,11 +1428,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->conn = conn;
         *con_cls = r;
         struct conn *c = conn_of(conn);
+        bool first = false;
         if (c) {
             pthread_mutex_lock(&s->conns_mu);
             r->addr = c->addr; /* alive while the connection is; then while r holds a part */
+            first = !c->tls_counted;
+            c->tls_counted = true;
             pthread_mutex_unlock(&s->conns_mu);
         }
+        if (first && s->tls_on) tls_count_handshake(s, conn);
         enum MHD_Result res = on_headers(s, conn, url, method, r);
         /* refused from the headers while a body may still be coming: close in stages */
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
@@ -1728,6 +1766,11 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
             PB_OK)
             return PB_ERR_CONFIG;
         flags |= MHD_USE_TLS;
+        s->tls_on = true;
+        if (gnutls_session_ticket_key_generate(&s->ticket_key) < 0) {
+            PB_WARN(NULL, "no TLS session ticket key: every connection pays a full handshake");
+            s->ticket_key = (gnutls_datum_t){NULL, 0};
+        }
         /* The certificate callback lets a reload replace the certificate; a libmicrohttpd
          * without it gets the certificate once (a new one then needs a restart). */
         s->tls_swappable = MHD_is_feature_supported(MHD_FEATURE_HTTPS_CERT_CALLBACK2) == MHD_YES;
@@ -1871,6 +1914,7 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
         free(s->tls_key);
     }
     free(s->tls_cert);
+    tls_ticket_key_free(&s->ticket_key);
     pthread_rwlock_destroy(&s->tls_mu);
     pthread_cond_destroy(&s->sweep_cv);
     pthread_mutex_destroy(&s->conns_mu);
@@ -1904,11 +1948,18 @@ pb_err pb_hrpc_server_set_tls(pb_hrpc_server *s, const char *cert_file, const ch
     char *cert = NULL, *key = NULL;
     pb_err err = tls_load(cert_file, key_file, &cert, &key);
     if (err != PB_OK) return err;
+    /* A new ticket key with the new certificate: a ticket issued under the old one no longer
+     * resumes (its session was authenticated with the old certificate). */
+    gnutls_datum_t tk = {NULL, 0};
+    if (gnutls_session_ticket_key_generate(&tk) < 0) tk = (gnutls_datum_t){NULL, 0};
     pthread_rwlock_wrlock(&s->tls_mu);
     char *old_cert = s->tls_cert, *old_key = s->tls_key;
+    gnutls_datum_t old_tk = s->ticket_key;
     s->tls_cert = cert;
     s->tls_key = key;
+    s->ticket_key = tk;
     pthread_rwlock_unlock(&s->tls_mu);
+    tls_ticket_key_free(&old_tk);
     memset(old_key, 0, strlen(old_key));
     free(old_key);
     free(old_cert);

@@ -134,6 +134,12 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         "Federation connections closed on arrival, by reason: limit (max_connections "
         "reached), per_address (the client's address holds max_connections_per_ip)",
         "reason");
+    s->tls_handshakes = pb_metrics_counter(
+        reg, "postbox_tls_handshakes_total",
+        "TLS handshakes completed on the federation listener (counted at a connection's "
+        "first request), by kind: full, or resumed (a session ticket from an earlier "
+        "connection: no certificate, no key exchange signature)",
+        "kind");
     s->requests_refused = pb_metrics_counter(
         reg, "postbox_requests_refused_total",
         "Federation requests refused 503 for want of a request slot or of body memory, by "
@@ -302,6 +308,8 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         pb_metric_get(s->peers, modes[i]);
     for (size_t i = 0; i < N(refusals); i++)
         pb_metric_get(s->connections_refused, refusals[i]);
+    pb_metric_get(s->tls_handshakes, "full");
+    pb_metric_get(s->tls_handshakes, "resumed");
     static const char *const req_refusals[] = {"inflight",    "inflight_per_address",
                                                "suspended",   "suspended_per_address",
                                                "body_memory", "body_memory_per_address"};

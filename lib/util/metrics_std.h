@@ -21,6 +21,8 @@
  *     auth_refusals          postbox_auth_refusals_total{identifier}: Push and Pull token
  *                            refusals; NotifyNewId checks its token itself (delivery)
  *     connections_refused    postbox_connections_refused_total{reason=limit|per_address}
+ *     tls_handshakes         postbox_tls_handshakes_total{kind=full|resumed}: TLS
+ *                            handshakes, counted at each TLS connection's first request
  *     requests_refused       postbox_requests_refused_total{reason=inflight|
  *                            inflight_per_address|suspended|suspended_per_address|
  *                            body_memory|body_memory_per_address}: 503 for want of a
@@ -86,6 +88,7 @@ typedef struct pb_metrics_std {
     pb_metric *server_requests;
     pb_metric *auth_refusals;
     pb_metric *connections_refused;
+    pb_metric *tls_handshakes;
     pb_metric *requests_refused;
 
     pb_metric *events_pushed;

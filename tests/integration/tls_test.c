@@ -3,6 +3,14 @@
  * CLI for this run; two postboxd serving HTTPS, each verifying the other against the CA
  * file. Checks the Key endpoint over https with and without the CA, and a Push from B's
  * identity to A, which makes A fetch B's key over https.
+ *
+ * Session resumption: a second TLS connection resumes the first one's session instead of a
+ * full handshake. Server side: openssl s_client connects to A twice, TLS 1.3 and 1.2, the
+ * second time with the first one's session (-sess_in): it reports "Reused" and A counts
+ * postbox_tls_handshakes_total{kind="resumed"}. Client side, the daemons' own path: A
+ * pushes to B (conn_timeout 1 s), B closes the idle connection, A pushes again: B counts
+ * that second connection's handshake as resumed (A's transfers share one TLS session
+ * cache).
  */
 #include <stdlib.h>
 #include <time.h>
@@ -12,6 +20,95 @@
 #include "net/hrpc_client.h"
 #include "crypto/keys.h"
 #include "wire/wire.h"
+
+/* openssl s_client to 127.0.0.1:port (version "-tls1_3" or "-tls1_2") sending one HTTP
+ * request; sess_opt "-sess_out FILE" or "-sess_in FILE". True when its output holds
+ * `want` ("Reused," or "New,"). */
+static bool s_client(const char *dir, uint16_t port, const char *version, const char *sess_opt,
+                     const char *want)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && printf 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+             "\r\n' | timeout 20 openssl s_client %s -connect 127.0.0.1:%u -CAfile ca.pem %s "
+             "-ign_eof 2>&1 | grep -q '^%s'",
+             dir, version, port, sess_opt, want);
+    return system(cmd) == 0;
+}
+
+static double resumed(const pbt_daemon *d)
+{
+    return pbt_metric(d, "postbox_tls_handshakes_total{kind=\"resumed\"}");
+}
+
+struct fed_idle {
+    const pbt_daemon *d;
+};
+
+static bool no_federation_connection(void *ctx)
+{
+    const struct fed_idle *f = ctx;
+    return pbt_metric(f->d, "postbox_open_connections{listener=\"federation\"}") == 0;
+}
+
+struct inbox_wait {
+    const pbt_daemon *d;
+    size_t n;
+};
+
+static bool inbox_holds(void *ctx)
+{
+    const struct inbox_wait *w = ctx;
+    long st = 0;
+    json_t *j = pbt_admin(w->d, "GET", "/v1/inbox?after=0&limit=100", NULL, &st);
+    bool ok = st == 200 && json_array_size(json_object_get(j, "events")) >= w->n;
+    json_decref(j);
+    return ok;
+}
+
+/* One userAddedToGuild{7, guild} from `from` to `to` through from's admin API. */
+static bool submit(const pbt_daemon *from, const pbt_daemon *to, long guild)
+{
+    char g[24];
+    snprintf(g, sizeof g, "%ld", guild);
+    json_t *body = json_pack("{s:s,s:[{s:{s:s,s:s}}]}", "to", to->server_id, "events",
+                             "userAddedToGuild", "userId", "7", "guildId", g);
+    long st = 0;
+    json_t *j = pbt_admin(from, "POST", "/v1/outbox", body, &st);
+    json_decref(j);
+    return st == 202;
+}
+
+static void test_resumption(const char *certs, const pbt_daemon *a, const pbt_daemon *b)
+{
+    /* Server side, against A with openssl's client. */
+    static const char *const versions[] = {"-tls1_3", "-tls1_2"};
+    for (int i = 0; i < 2; i++) {
+        double before = resumed(a);
+        CHECKF(s_client(certs, a->port, versions[i], "-sess_out sess.pem", "New,"),
+               "openssl s_client %s: a first connection to A", versions[i]);
+        CHECKF(s_client(certs, a->port, versions[i], "-sess_in sess.pem", "Reused,"),
+               "openssl s_client %s: the second connection to A resumes the first's session",
+               versions[i]);
+        CHECKF(resumed(a) == before + 1, "A counted the resumed handshake (%s): %.0f -> %.0f",
+               versions[i], before, resumed(a));
+    }
+
+    /* Client side: A -> B, B closes the idle connection, A -> B again on a new one. */
+    CHECK(submit(a, b, 1));
+    struct inbox_wait w = {b, 1};
+    CHECK(pbt_wait_for(inbox_holds, &w, PBT_BOUND_MS));
+    struct fed_idle idle = {b};
+    CHECK(pbt_wait_for(no_federation_connection, &idle, PBT_BOUND_MS));
+    double before = resumed(b);
+    CHECK(submit(a, b, 2));
+    w.n = 2;
+    CHECK(pbt_wait_for(inbox_holds, &w, PBT_BOUND_MS));
+    CHECKF(resumed(b) >= before + 1,
+           "A's new connection to B resumed the earlier session: B's resumed handshakes "
+           "%.0f -> %.0f",
+           before, resumed(b));
+}
 
 static bool make_certs(const char *dir)
 {
@@ -40,8 +137,9 @@ int main(void)
     snprintf(cert, sizeof cert, "%s/server.pem", certs);
     snprintf(key, sizeof key, "%s/server.key", certs);
     snprintf(ca, sizeof ca, "%s/ca.pem", certs);
-    const char *extra[] = {"--tls-cert",    cert,    "--tls-key", key, "--ca-file", ca,
-                           "--peer-scheme", "https", NULL};
+    /* conn_timeout 1 s: an idle connection closes soon (test_resumption) */
+    const char *extra[] = {"--tls-cert",    cert,    "--tls-key",      key, "--ca-file", ca,
+                           "--peer-scheme", "https", "--conn-timeout", "1", NULL};
     pbt_daemon *a = pbt_daemon_new("tlsA", extra);
     pbt_daemon *b = pbt_daemon_new("tlsB", extra);
     if (!pbt_daemon_start(a) || !pbt_daemon_start(b)) {
@@ -98,6 +196,8 @@ int main(void)
     free(t);
     pb_keys_free(kb);
     pb_client_free(cl);
+
+    test_resumption(certs, a, b);
 
     if (pbt_failed) {
         pbt_daemon_dump_log(a);

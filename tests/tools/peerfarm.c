@@ -4,7 +4,7 @@
  *
  *   peerfarm --count N [--first-port P] [--hung SPEC] [--unaccepted SPEC]
  *            [--refusing SPEC] [--key-file FILE] [--threads T] [--backlog B]
- *            [--ready FILE] [--stats FILE]
+ *            [--ready FILE] [--stats FILE] [--tls-cert FILE --tls-key FILE]
  *
  * Server ID i (0 <= i < N) is 127.0.0.1:PORT_i, one port per ID: from P upwards, skipping
  * ports in use (P = 0, the default: ports chosen by the kernel). Each ID is in one mode:
@@ -20,6 +20,10 @@
  *   unaccepted  (--unaccepted SPEC) listening, never accepting: connections wait in the
  *               kernel's backlog (--backlog, default 128), then SYNs go unanswered
  *   refusing    (--refusing SPEC) the port is bound but not listening: connection refused
+ *
+ * With --tls-cert and --tls-key (PEM) every ID serves HTTPS with that certificate (one for
+ * all: their addresses are all 127.0.0.1) and issues TLS session tickets, as a web server
+ * in front of a real peer does; the control endpoint stays plain HTTP.
  *
  * SPEC is a comma-separated list of indices "7", ranges "0-99" and residues "%10=9"
  * (every i with i % 10 == 9). An index in two SPECs is refused.
@@ -59,6 +63,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -125,6 +130,7 @@ static struct {
     unsigned first_port;
     const char *spec[M__COUNT];
     const char *key_file, *ready, *stats;
+    const char *tls_cert, *tls_key;
     unsigned threads;
     int backlog;
 } opt = {.threads = 2, .backlog = 128};
@@ -135,6 +141,9 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pb_keys *g_keys;
 static uint8_t (*g_pubs)[PB_PUBKEY_LEN]; /* each ID's public key (pbt_farm_id_key) */
 static struct MHD_Daemon *g_mhd[MAX_THREADS];
+static struct MHD_Daemon *g_ctl_mhd; /* with TLS: the control endpoint's (plain HTTP) */
+static char *g_tls_cert, *g_tls_key; /* PEM texts */
+static gnutls_datum_t g_ticket_key;  /* session ticket key */
 static uint16_t g_control_port;
 static int g_control_fd = -1;
 static atomic_ulong g_conns, g_hung_conns, g_next_mhd;
@@ -174,6 +183,8 @@ static void usage(void)
             "  --backlog B        listen backlog (default 128)\n"
             "  --ready FILE       written once listening: control port, key, IDs (JSON)\n"
             "  --stats FILE       per-ID statistics (JSON), written on SIGUSR1 and at exit\n"
+            "  --tls-cert FILE    serve HTTPS with this certificate (PEM; with --tls-key)\n"
+            "  --tls-key FILE     its private key (PEM)\n"
             "control endpoint (127.0.0.1, port in the ready file): GET /summary, GET /stats\n"
             "[?events=0]\n",
             MAX_IDS, MAX_THREADS);
@@ -251,6 +262,8 @@ static bool parse_args(int argc, char **argv)
                                              {"backlog", required_argument, NULL, 'b'},
                                              {"ready", required_argument, NULL, 'R'},
                                              {"stats", required_argument, NULL, 'S'},
+                                             {"tls-cert", required_argument, NULL, 'C'},
+                                             {"tls-key", required_argument, NULL, 'K'},
                                              {NULL, 0, NULL, 0}};
     int c;
     unsigned long v;
@@ -290,11 +303,44 @@ static bool parse_args(int argc, char **argv)
         case 'S':
             opt.stats = optarg;
             break;
+        case 'C':
+            opt.tls_cert = optarg;
+            break;
+        case 'K':
+            opt.tls_key = optarg;
+            break;
         default:
             return false;
         }
     }
-    return optind == argc && opt.count > 0;
+    return optind == argc && opt.count > 0 && !opt.tls_cert == !opt.tls_key;
+}
+
+/* The whole of a small file, NUL-terminated; NULL when unreadable. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    pb_buf b = PB_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        pb_buf_append(&b, chunk, n);
+    fclose(f);
+    pb_buf_append(&b, "", 1);
+    return (char *)pb_buf_steal(&b, NULL);
+}
+
+/* A TLS connection starts: session tickets on, before its handshake. */
+static void on_tls_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    (void)socket_context;
+    if (code != MHD_CONNECTION_NOTIFY_STARTED || !g_ticket_key.data) return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (ci && ci->tls_session) gnutls_session_ticket_enable_server(ci->tls_session, &g_ticket_key);
 }
 
 /* ---- statistics ------------------------------------------------------------------------------ */
@@ -619,7 +665,7 @@ static bool open_sockets(int ep)
     return epoll_ctl(ep, EPOLL_CTL_ADD, g_control_fd, &e) == 0;
 }
 
-static void accept_all(int ep, int lfd, bool hung)
+static void accept_all(int ep, int lfd, bool hung, bool control)
 {
     for (;;) {
         struct sockaddr_storage sa;
@@ -648,7 +694,8 @@ static void accept_all(int ep, int lfd, bool hung)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         unsigned k = (unsigned)(atomic_fetch_add(&g_next_mhd, 1) % opt.threads);
         /* On failure libmicrohttpd closes the socket itself. */
-        MHD_add_connection(g_mhd[k], fd, (struct sockaddr *)&sa, len);
+        MHD_add_connection(control && g_ctl_mhd ? g_ctl_mhd : g_mhd[k], fd, (struct sockaddr *)&sa,
+                           len);
     }
 }
 
@@ -766,15 +813,41 @@ int main(int argc, char **argv)
         say("cannot open the sockets: %s", strerror(errno));
         goto out;
     }
+    unsigned base =
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    struct MHD_OptionItem tls[] = {{MHD_OPTION_END, 0, NULL},
+                                   {MHD_OPTION_END, 0, NULL},
+                                   {MHD_OPTION_END, 0, NULL},
+                                   {MHD_OPTION_END, 0, NULL}};
+    if (opt.tls_cert) {
+        g_tls_cert = slurp(opt.tls_cert);
+        g_tls_key = slurp(opt.tls_key);
+        if (!g_tls_cert || !g_tls_key) {
+            say("cannot read %s or %s", opt.tls_cert, opt.tls_key);
+            goto out;
+        }
+        if (gnutls_session_ticket_key_generate(&g_ticket_key) < 0)
+            g_ticket_key = (gnutls_datum_t){NULL, 0};
+        tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, g_tls_cert};
+        tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, g_tls_key};
+        tls[2] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION,
+                                         (intptr_t)(void *)on_tls_connection, NULL};
+        g_ctl_mhd = MHD_start_daemon(base, 0, NULL, NULL, on_request, NULL,
+                                     MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                                     MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_END);
+        if (!g_ctl_mhd) {
+            say("cannot start libmicrohttpd (control)");
+            goto out;
+        }
+    }
     for (unsigned k = 0; k < opt.threads; k++) {
-        g_mhd[k] = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-                                        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC,
-                                    0, NULL, NULL, on_request, NULL, MHD_OPTION_NOTIFY_COMPLETED,
-                                    on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
+        g_mhd[k] = MHD_start_daemon(base | (opt.tls_cert ? MHD_USE_TLS : 0), 0, NULL, NULL,
+                                    on_request, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+                                    NULL, MHD_OPTION_CONNECTION_LIMIT,
                                     (unsigned)(opt.count * 2 + 1024), MHD_OPTION_CONNECTION_TIMEOUT,
-                                    120u, MHD_OPTION_END);
+                                    120u, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
         if (!g_mhd[k]) {
-            say("cannot start libmicrohttpd");
+            say("cannot start libmicrohttpd%s", opt.tls_cert ? " with TLS (certificate?)" : "");
             goto out;
         }
     }
@@ -805,9 +878,9 @@ int main(int argc, char **argv)
                 }
             } else if (tag == TAG_LISTEN) {
                 if (v == 0xffffffffu)
-                    accept_all(ep, g_control_fd, false);
+                    accept_all(ep, g_control_fd, false, true);
                 else
-                    accept_all(ep, g_ids[v].fd, g_ids[v].mode == M_HUNG);
+                    accept_all(ep, g_ids[v].fd, g_ids[v].mode == M_HUNG, false);
             } else if (tag == TAG_HUNG_CONN) {
                 drain_hung(ep, (int)v);
             }
@@ -817,6 +890,10 @@ int main(int argc, char **argv)
 out:
     for (unsigned k = 0; k < opt.threads; k++)
         if (g_mhd[k]) MHD_stop_daemon(g_mhd[k]);
+    if (g_ctl_mhd) MHD_stop_daemon(g_ctl_mhd);
+    if (g_ticket_key.data) gnutls_free(g_ticket_key.data);
+    free(g_tls_cert);
+    free(g_tls_key);
     if (rc == 0) {
         write_stats();
         say("stopped: %lu connections served, %lu hung", atomic_load(&g_conns),
