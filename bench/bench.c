@@ -2174,6 +2174,12 @@ static void report(double elapsed, size_t push_len, const char *load_before)
     snprintf(cn, sizeof cn, "HTTP1 p99 %s", hname);
     if (want("latency")) row("5. latency p50", &R.lat_p50, 1, "us", NULL, 0, NULL, 0, true);
     if (want("latency")) row("5. latency p99", &R.lat_p99, 1, "us", cn, h1p99, "<= 10", 10, true);
+    if (want("latency")) {
+        /* the floor of one delivery: a commit at each end and an HTTP exchange each way */
+        double floor_us = fs > 0 && h1p99 > 0 ? 2 * (1e6 / fs) + 2 * h1p99 : 0;
+        snprintf(cn, sizeof cn, "2 x fdatasync + 2 x HTTP1 p99 %s", hname);
+        row("5. latency p99 vs floor", &R.lat_p99, 1, "us", cn, floor_us, "<= 2", 2, true);
+    }
     if (want("latency")) row("5. latency max", &R.lat_max, 1, "us", NULL, 0, NULL, 0, true);
     if (O.nrss >= 2 && (want("drain") || want("memory"))) {
         char nm[64], cnm[64];
