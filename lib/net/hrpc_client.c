@@ -2,9 +2,8 @@
  * hrpc_client - unary hRPC calls to peers as libcurl transfers on an I/O loop (see
  * hrpc_client.h).
  *
- * Design: every call is one `struct xfer` owning an easy handle, its URL, headers,
- * a copy of the body and the answer buffer (the handle is taken from, and reset back into,
- * a small pool: IDLE_HANDLES); it is added to the loop's multi handle and
+ * Design: every call is one `struct xfer` owning a fresh easy handle, its URL, headers,
+ * a copy of the body and the answer buffer; it is added to the loop's multi handle and
  * finishes in on_done, which turns libcurl's result and the HTTP answer into a pb_err and
  * a pb_client_answer. Connections outlive the easy handles in the multi handle's cache,
  * so a peer's connection is reused across calls. A request refused before it is sent
@@ -58,9 +57,6 @@
 #define DEFAULT_TIMEOUT_MS 30000L
 #define DEFAULT_MAX_RESPONSE (16u * 1024u * 1024u)
 #define DEFAULT_RESPONSE_BUDGET (64u * 1024u * 1024u)
-/* Easy handles kept for reuse (curl_easy_reset): a call does not allocate and free
- * libcurl's per-handle buffers (xfer_free, handle_get). */
-#define IDLE_HANDLES 64
 
 struct pb_client {
     bool plain_http;
@@ -75,9 +71,7 @@ struct pb_client {
     bool own_loop;
     pb_resolver *resolver;
     atomic_bool shutting_down;
-    size_t buffered;          /* answer bytes held by transfers in flight (loop thread only) */
-    CURL *idle[IDLE_HANDLES]; /* finished easy handles, reset (loop thread only) */
-    unsigned nidle;
+    size_t buffered; /* answer bytes held by transfers in flight (loop thread only) */
 };
 
 struct xfer {
@@ -168,8 +162,6 @@ void pb_client_free(pb_client *c)
     if (c->own_loop) pb_ioloop_stop(c->loop); /* ends the lookups still waiting */
     pb_resolver_free(c->resolver);
     if (c->own_loop) pb_ioloop_free(c->loop);
-    for (unsigned i = 0; i < c->nidle; i++)
-        curl_easy_cleanup(c->idle[i]);
     free(c->ca_file);
     free(c->proxy);
     free(c);
@@ -325,13 +317,7 @@ out:
 
 static void xfer_free(struct xfer *x)
 {
-    pb_client *c = x->c;
-    if (x->h && c->nidle < IDLE_HANDLES && !atomic_load(&c->shutting_down)) {
-        curl_easy_reset(x->h); /* every option back to its default: nothing of this call */
-        c->idle[c->nidle++] = x->h;
-    } else if (x->h) {
-        curl_easy_cleanup(x->h);
-    }
+    if (x->h) curl_easy_cleanup(x->h);
     curl_slist_free_all(x->hdrs);
     curl_slist_free_all(x->connect_to);
     free(x->url);
@@ -549,7 +535,7 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
         memcpy(x->body, req->body, req->body_len);
         x->body_len = req->body_len;
     }
-    x->h = c->nidle ? c->idle[--c->nidle] : curl_easy_init();
+    x->h = curl_easy_init();
     if (!x->h) {
         PB_ERROR(NULL, "curl_easy_init failed: out of memory");
         abort();
