@@ -37,6 +37,7 @@
  * Untrusted input: none (the daemons' admin answers are parsed with jansson and checked).
  */
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -182,6 +183,7 @@ static void usage(void)
             "  BENCH_BATCH_EVENTS=N   pair_batch: events per run (default 50000)\n"
             "  BENCH_SCALE_LIMIT=S    bound of a fanout_1000 or startup_10k run (default 90)\n"
             "  BENCH_FARM_PORT=P      first port of the peer farm (default 20000)\n"
+            "  BENCH_SCALE_MIXED=0    fanout_1000: the all-healthy run only (profiling)\n"
             "  BENCH_OUT=FILE         Markdown result (default bench/results/latest.md)\n"
             "  BENCH_NGINX=PATH       nginx binary for the HTTP ceiling (default: nginx in PATH;\n"
             "                         none: libmicrohttpd only)\n"
@@ -333,9 +335,14 @@ static struct {
     metric sc_time_base, sc_time_mixed; /* fanout_1000: s until every healthy event arrived */
     metric sc_p99_base, sc_p99_mixed;   /* fanout_1000: healthy delivery latency p99, ms */
     metric sc_threads, sc_rss;          /* fanout_1000 (mixed): sender threads, VmHWM KiB */
-    metric st_push, st_pulls;           /* startup_10k: s from start */
-    metric st_threads, st_rss;          /* startup_10k: the restarted server */
-    metric pair_batch;                  /* events/s */
+    metric sc_pushes;                   /* fanout_1000 all healthy: Pushes/s (one event per Push) */
+    metric sc_cpu_push;                 /* ... sender CPU time (user + system) per Push, us */
+    metric sc_loop_cpu;        /* ... the sender's busiest thread (its I/O loop), % of a core */
+    metric sc_sender_cpu;      /* ... the whole sender, % of a core */
+    metric sc_farm_cpu;        /* ... the peer farm, % of a core (is it the bottleneck?) */
+    metric st_push, st_pulls;  /* startup_10k: s from start */
+    metric st_threads, st_rss; /* startup_10k: the restarted server */
+    metric pair_batch;         /* events/s */
     /* field patterns (issue 20) */
     metric subc_rps, subc_p99;           /* submit_concurrent: submissions/s, p99 us */
     metric subc_null_rps, subc_null_p99; /* the null server, same client, same run */
@@ -1300,21 +1307,86 @@ static long proc_threads(pid_t pid)
     return n;
 }
 
-/* CPU time (user + system) a process has used, seconds (-1 when unreadable). */
-static double proc_cpu_s(pid_t pid)
+/* utime + stime of /proc/PID/stat (or /proc/PID/task/TID/stat), in seconds; -1 when
+ * unreadable. */
+static double proc_cpu_s(const char *stat_path)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
+    char buf[1024];
+    FILE *f = fopen(stat_path, "r");
     if (!f) return -1;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* after the command name, which may hold spaces */
-    unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+    char *p = strrchr(buf, ')'); /* the command may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double pid_cpu_s(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    return proc_cpu_s(path);
+}
+
+/* postboxd's own pid: `pid` itself, or under BENCH_WRAP its child named postboxd. */
+static pid_t postboxd_pid(pid_t pid)
+{
+    char path[64], comm[64] = "";
+    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (!fgets(comm, sizeof comm, f)) comm[0] = '\0';
+        fclose(f);
+    }
+    if (!O.wrap || !strncmp(comm, "postboxd", 8)) return pid;
+    char cmd[128], line[32];
+    snprintf(cmd, sizeof cmd, "pgrep -P %d -x postboxd", (int)pid);
+    FILE *pg = popen(cmd, "r");
+    pid_t found = pid;
+    if (pg) {
+        if (fgets(line, sizeof line, pg)) found = (pid_t)strtol(line, NULL, 10);
+        pclose(pg);
+    }
+    return found;
+}
+
+/* CPU seconds of each thread of pid, up to max; returns the count (tids in tid[]). */
+static size_t thread_cpu(pid_t pid, pid_t *tid, double *cpu, size_t max)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *dir = opendir(path);
+    size_t n = 0;
+    if (!dir) return 0;
+    for (struct dirent *e; n < max && (e = readdir(dir));) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char sp[320];
+        snprintf(sp, sizeof sp, "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+        double c = proc_cpu_s(sp);
+        if (c < 0) continue;
+        tid[n] = (pid_t)strtol(e->d_name, NULL, 10);
+        cpu[n++] = c;
+    }
+    closedir(dir);
+    return n;
+}
+
+/* The largest CPU time a thread of pid gained since the sample (tid0, cpu0, n0). */
+static double busiest_thread_s(pid_t pid, const pid_t *tid0, const double *cpu0, size_t n0)
+{
+    pid_t tid[256];
+    double cpu[256], best = 0;
+    size_t n = thread_cpu(pid, tid, cpu, 256);
+    for (size_t i = 0; i < n; i++) {
+        double before = 0;
+        for (size_t k = 0; k < n0; k++)
+            if (tid0[k] == tid[i]) before = cpu0[k];
+        if (cpu[i] - before > best) best = cpu[i] - before;
+    }
+    return best;
 }
 
 /* Submits userAddedToGuild{user, guild} for guilds [first, first + count) to `to`. */
@@ -1420,10 +1492,16 @@ struct fan_result {
     double time_ms, p99_ms;
     long threads, hwm_kib;
     long delivered, expected;
-    long disorder, dups, foreign;    /* anomalies in the farm's record, of which duplicates and
-                                        events recorded at another receiver */
-    double sender_cpu_s, farm_cpu_s; /* CPU time (user + system) of each process so far */
+    long disorder, dups, foreign; /* anomalies in the farm's record, of which duplicates and
+                                     events recorded at another receiver */
     bool timed_out;
+    /* from the first submission until the farm held every healthy event (or the bound) */
+    long pushes;         /* Pushes the farm answered (healthy IDs: one event each) */
+    double window_s;     /* how long */
+    double sender_cpu_s; /* postboxd's user + system CPU time meanwhile */
+    double loop_cpu_s;   /* of which its busiest thread (the I/O loop) */
+    double farm_cpu_s;   /* the peer farm's */
+    double submit_s;     /* until the last admin submission returned */
 };
 
 static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
@@ -1455,6 +1533,12 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
             goto out;
         }
     }
+    pid_t spid = postboxd_pid(s->d->pid);
+    static pid_t tid0[256];
+    static double tcpu0[256];
+    size_t nt0 = thread_cpu(spid, tid0, tcpu0, 256);
+    double scpu0 = pid_cpu_s(spid), fcpu0 = pid_cpu_s(f->pid);
+    long pushes0 = farm_counter(f, "pushes");
     double t0 = now_s(), deadline = t0 + O.scale_limit_s;
     for (int k = 0; k < SCALE_SUBMITTERS; k++) {
         subs[k] =
@@ -1477,6 +1561,11 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
         sleep_ms(50);
     }
     double t_end = now_s();
+    res->window_s = t_end - t0;
+    res->sender_cpu_s = pid_cpu_s(spid) - scpu0;
+    res->loop_cpu_s = busiest_thread_s(spid, tid0, tcpu0, nt0);
+    res->farm_cpu_s = pid_cpu_s(f->pid) - fcpu0;
+    res->pushes = farm_counter(f, "pushes") - pushes0;
     bool subs_ok = true;
     for (int k = 0; k < started; k++) {
         pthread_join(th[k], NULL);
@@ -1484,10 +1573,10 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
         hc_free(&subs[k].c);
     }
     started = 0;
+    for (long i = 0; i < P * SCALE_ROUNDS; i++)
+        if (done_at[i] - t0 > res->submit_s) res->submit_s = done_at[i] - t0;
     long dummy;
     proc_rss(s->d->pid, &res->hwm_kib, &dummy);
-    res->sender_cpu_s = proc_cpu_s(s->d->pid);
-    res->farm_cpu_s = proc_cpu_s(f->pid);
     if (!subs_ok) goto out;
     /* Per healthy receiver: its events in order, and each one's delay. */
     json_t *st = pbt_farm_get(f, "/stats"), *ids = json_object_get(st, "ids"), *id;
@@ -1505,7 +1594,8 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
         json_array_foreach(evs, k, e)
         {
             long user = (long)json_integer_value(json_array_get(e, 3));
-            long guild = (long)json_integer_value(json_array_get(e, 4));
+            /* submit_guilds sends guild g + 1 for event g (g from 1; the warm-up is g 0) */
+            long guild = (long)json_integer_value(json_array_get(e, 4)) - 1;
             if (guild == 0) continue; /* the warm-up */
             double t = (double)json_integer_value(json_array_get(e, 0)) / 1e6;
             bool dup = guild >= 1 && guild <= E && seen[guild - 1];
@@ -1550,6 +1640,15 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
            res->time_ms / 1e3, all ? "" : " TIMED OUT (a lower bound)", res->p99_ms,
            idx < nlat ? "" : " (a lower bound)", res->threads, (double)res->hwm_kib / 1024,
            res->disorder ? " OUT OF ORDER OR DUPLICATED" : "");
+    printf("  run %d fanout_1000 %s: %ld Pushes in %.1f s = %.0f Pushes/s (submissions done "
+           "after %.1f s); sender CPU %.1f s (%.0f us per Push, %.0f %% of a core; busiest thread "
+           "%.0f %%), peer farm CPU %.0f %% of a core\n",
+           run, mixed ? "mixed  " : "healthy", res->pushes, res->window_s,
+           res->window_s > 0 ? (double)res->pushes / res->window_s : 0, res->submit_s,
+           res->sender_cpu_s, res->pushes > 0 ? res->sender_cpu_s * 1e6 / (double)res->pushes : 0,
+           res->window_s > 0 ? 100 * res->sender_cpu_s / res->window_s : 0,
+           res->window_s > 0 ? 100 * res->loop_cpu_s / res->window_s : 0,
+           res->window_s > 0 ? 100 * res->farm_cpu_s / res->window_s : 0);
     if (res->disorder)
         note("fanout_1000 run %d (%s): %ld anomalies in the receivers' record: %ld duplicates, "
              "%ld at another receiver, the rest out of order",
@@ -1577,6 +1676,15 @@ static void scenario_fanout_scale(int run)
     }
     m_add(&R.sc_time_base, base.time_ms);
     m_add(&R.sc_p99_base, base.p99_ms);
+    if (base.window_s > 0 && base.pushes > 0) {
+        m_add(&R.sc_pushes, (double)base.pushes / base.window_s);
+        m_add(&R.sc_cpu_push, base.sender_cpu_s * 1e6 / (double)base.pushes);
+        m_add(&R.sc_sender_cpu, 100 * base.sender_cpu_s / base.window_s);
+        m_add(&R.sc_loop_cpu, 100 * base.loop_cpu_s / base.window_s);
+        m_add(&R.sc_farm_cpu, 100 * base.farm_cpu_s / base.window_s);
+    }
+    if (base.timed_out) R.sc_pushes.timed_out = true;
+    if (!env_long("BENCH_SCALE_MIXED", 1)) return; /* profiling the healthy run alone */
     if (base.timed_out) R.sc_time_base.timed_out = R.sc_p99_base.timed_out = true;
     if (!fanout_scale_run(true, run, &mixed)) {
         note("fanout_1000 (mixed), run %d: failed before measuring (see stderr)", run);
@@ -2189,6 +2297,14 @@ static void report(double elapsed, size_t push_len, const char *load_before)
                0.8, false);
     }
     if (want("fanout_1000")) {
+        snprintf(cn, sizeof cn, "HTTP16 %s", hname);
+        row("7. fanout_1000 all healthy", &R.sc_pushes, 1, "Pushes/s", cn, h16, ">= 0.5", 0.5,
+            false);
+        row_abs("7. healthy: sender CPU/Push", &R.sc_cpu_push, 1, "us", NULL, 0, true);
+        row_abs("7. healthy: latency p99", &R.sc_p99_base, 1e-3, "s", NULL, 0, true);
+        row_abs("7. healthy: sender CPU", &R.sc_sender_cpu, 1, "% core", NULL, 0, true);
+        row_abs("7. healthy: sender I/O loop", &R.sc_loop_cpu, 1, "% core", NULL, 0, true);
+        row_abs("7. healthy: peer farm CPU", &R.sc_farm_cpu, 1, "% core", NULL, 0, true);
         row_vs("7. fanout_1000 time", &R.sc_time_mixed, &R.sc_time_base, 1e-3, "s", "all healthy",
                "<= 1.5", 1.5, true);
         row_vs("7. fanout_1000 latency p99", &R.sc_p99_mixed, &R.sc_p99_base, 1e-3, "s",

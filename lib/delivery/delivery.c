@@ -56,6 +56,15 @@
 #define LAZY_FORGET 64
 /* ... or this long after the first of them was delivered, when fewer come (ms). */
 #define LAZY_FORGET_MS 200
+/* Peers whose delivered events one transaction forgets at most (forget_batch_start). */
+#define FORGET_BATCH_MAX 1024
+/* Read-ahead for a peer pushed one event at a time (a foreign peer): one store read takes
+ * up to this many events of its head, and its next Pushes are served from them... */
+#define READ_AHEAD 32
+/* ... up to this many bytes of events per peer, and this many over every peer (past it a
+ * read takes one event, as without read-ahead). */
+#define READ_AHEAD_BYTES (16u << 10)
+#define READ_AHEAD_TOTAL (16u << 20)
 /* Pull answers applied at once (each may decode to tens of MB in the worst case). */
 #define MAX_APPLYING 1
 /* Pull answers of one peer received and waiting to be applied (pipelined rounds: the next
@@ -126,11 +135,19 @@ struct peer {
     pb_sched_item send_item;
     pb_outbox_item *items;
     size_t nitems;
+    /* read-ahead (READ_AHEAD): events of the head read past the one being pushed,
+     * ra[ra_off..nra); valid only while the engine holds the peer (BUSY_SEND) and nothing
+     * but its own Pushes changed its queue (ra_drop) */
+    pb_outbox_item *ra;
+    size_t nra, ra_off, ra_bytes;
+    bool ra_posted;            /* a read served from ra is on its way to read_done_ra */
+    uint32_t read_gen, ra_gen; /* reads asked for; the one ra_posted serves */
     int64_t push_started;
     bool failing; /* Pushes fail since the last success: further failures log at debug */
     char last_error[256];
     uint64_t forget_sent, forget_want;
-    bool forget_busy;
+    bool forget_busy;                 /* in the forget batch being committed */
+    bool forget_queued;               /* in d->forget_q, waiting for the next batch */
     bool persist_busy, persist_again; /* one state write at a time: the last state wins */
     int64_t forget_hold; /* after a store failure, forgets wait until then (monotonic ms) */
     int64_t last_contact_s;
@@ -207,6 +224,11 @@ struct pb_delivery {
     struct peer **apply_wait;   /* peers whose next Pull round waits for apply room */
     size_t napply_wait, capapply_wait;
     unsigned applying;
+    struct peer **forget_q; /* peers waiting for the next forget batch (each a ref) */
+    size_t nforget_q, capforget_q;
+    bool forget_running;   /* a forget batch's transaction is running */
+    size_t ra_bytes;       /* bytes of events held in every peer's read-ahead */
+    uint64_t jitter_state; /* jitter_random */
     pb_timer scan_timer, expire_timer, beat_timer, age_timer;
     uint64_t ops_done, beat_ops; /* store work completed; at the last heartbeat */
     uint64_t scanned_inbox;
@@ -227,6 +249,17 @@ struct pb_delivery {
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
+
+/* Random bits for the state machine's jitter (loop thread): splitmix64 seeded from
+ * libsodium at start, so that each input does not cost a getrandom system call. Jitter
+ * needs no secrecy, only spread between peers and between servers. */
+static uint32_t jitter_random(pb_delivery *d)
+{
+    uint64_t z = (d->jitter_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
 
 static int64_t mono_ms(void)
 {
@@ -413,6 +446,8 @@ struct op {
     size_t nstrs;
     pb_flush_req *fl; /* the scan: flushes recorded by operators */
     size_t nfl;
+    uint64_t *u64s;   /* a forget batch: upto per peer (strs: their IDs) */
+    struct peer **ps; /* ... the peers (each holds a reference: refs) */
 };
 
 static void op_done_on_loop(void *arg)
@@ -426,6 +461,8 @@ static void op_done_on_loop(void *arg)
     pb_client_answer_clear(&o->ans);
     pb_store_strings_free(o->strs, o->nstrs);
     pb_flush_reqs_free(o->fl, o->nfl);
+    free(o->u64s);
+    free(o->ps);
     free(o->s1);
     free(o);
 }
@@ -576,36 +613,107 @@ static void send_work(struct peer *p, uint64_t assigned)
     fsm_feed(p, &in);
 }
 
+/* Forgets p's read-ahead (anything but its own Pushes may have changed its queue). */
+static void ra_drop(struct peer *p)
+{
+    if (!p->ra) return;
+    p->d->ra_bytes -= p->ra_bytes;
+    pb_outbox_items_free(p->ra, p->nra);
+    p->ra = NULL;
+    p->nra = p->ra_off = p->ra_bytes = 0;
+}
+
 static void read_work(struct op *o)
 {
-    o->err = pb_store_outbox_read(o->d->o.store, o->id, o->u1, (size_t)o->u2,
-                                  o->d->o.push_max_bytes, &o->items, &o->n);
+    /* b1: read ahead (one event wanted, READ_AHEAD taken, within READ_AHEAD_BYTES) */
+    o->err =
+        pb_store_outbox_read(o->d->o.store, o->id, o->u1, o->b1 ? READ_AHEAD : (size_t)o->u2,
+                             o->b1 ? READ_AHEAD_BYTES : o->d->o.push_max_bytes, &o->items, &o->n);
+}
+
+/* Moves items[0] of a read-ahead into p->items (one event), keeping the rest in p->ra. */
+static void ra_take(struct peer *p)
+{
+    pb_outbox_items_free(p->items, p->nitems);
+    p->items = pb_xcalloc(1, sizeof *p->items);
+    p->items[0] = p->ra[p->ra_off];
+    memset(&p->ra[p->ra_off], 0, sizeof p->ra[p->ra_off]);
+    p->nitems = 1;
+    p->d->ra_bytes -= p->items[0].size;
+    p->ra_bytes -= p->items[0].size;
+    if (++p->ra_off == p->nra) ra_drop(p);
+}
+
+static void read_fed(struct peer *p)
+{
+    pb_fsm_input in = {.kind = PB_FSM_IN_READ, .n = p->nitems};
+    if (p->nitems) {
+        in.first = p->items[0].seq;
+        in.last = p->items[p->nitems - 1].seq;
+    }
+    fsm_feed(p, &in);
 }
 
 static void read_done(struct op *o)
 {
     struct peer *p = o->p;
     if (o->d->stopping) return;
-    pb_fsm_input in = {.kind = PB_FSM_IN_READ_FAILED};
     if (o->err != PB_OK) {
+        pb_fsm_input in = {.kind = PB_FSM_IN_READ_FAILED};
         in.retry_ms = store_failed(o->d, o->err, p->id, "cannot read the outbox");
+        fsm_feed(p, &in);
+        return;
+    }
+    ra_drop(p);
+    pb_outbox_items_free(p->items, p->nitems);
+    p->items = NULL;
+    p->nitems = 0;
+    if (o->b1 && o->n > 1 && p->fsm.st == PB_FSM_READING) { /* keep the rest for later */
+        p->ra = o->items;
+        p->nra = o->n;
+        p->ra_off = 0;
+        for (size_t i = 0; i < o->n; i++)
+            p->ra_bytes += o->items[i].size;
+        o->d->ra_bytes += p->ra_bytes;
+        o->items = NULL;
+        o->n = 0;
+        ra_take(p);
+    } else if (o->b1 && o->n > 1) { /* the state machine moved on: as a read of one */
+        p->items = pb_xcalloc(1, sizeof *p->items);
+        p->items[0] = o->items[0];
+        memset(&o->items[0], 0, sizeof o->items[0]);
+        p->nitems = 1;
     } else {
-        pb_outbox_items_free(p->items, p->nitems);
         p->items = o->items;
         p->nitems = o->n;
         o->items = NULL;
         o->n = 0;
-        in.kind = PB_FSM_IN_READ;
-        in.n = p->nitems;
-        if (p->nitems) {
-            in.first = p->items[0].seq;
-            in.last = p->items[p->nitems - 1].seq;
-        }
     }
-    fsm_feed(p, &in);
+    read_fed(p);
 }
 
-/* ACT_READ: claim the peer against foreign Pulls (and hold the lease), then read. */
+/* A read served from the read-ahead completes here (posted: never inside the state
+ * machine's step that asked for it). A later read (read_gen) supersedes it. */
+static void read_done_ra(void *arg)
+{
+    struct peer *p = arg;
+    p->ra_posted = false;
+    p->refs--;
+    if (p->d->stopping || p->ra_gen != p->read_gen || p->fsm.st != PB_FSM_READING) return;
+    if (!p->ra || p->ra[p->ra_off].seq != p->fsm.acked + 1) { /* dropped meanwhile */
+        ra_drop(p);
+        struct op *o = op_new(p->d, p, read_work, read_done);
+        o->u1 = p->fsm.acked + 1;
+        o->u2 = 1;
+        op_run(o);
+        return;
+    }
+    ra_take(p);
+    read_fed(p);
+}
+
+/* ACT_READ: claim the peer against foreign Pulls (and hold the lease), then read: from
+ * the read-ahead when it holds the event wanted, else from the store. */
 static void do_read(struct peer *p, uint64_t from, size_t limit)
 {
     pb_delivery *d = p->d;
@@ -623,36 +731,99 @@ static void do_read(struct peer *p, uint64_t from, size_t limit)
         lease_want(p);
     }
     if (!ok) { /* the state machine retries the read shortly */
+        ra_drop(p);
         pb_fsm_input in = {.kind = PB_FSM_IN_READ_FAILED};
         fsm_feed(p, &in);
         return;
     }
+    p->read_gen++;
+    if (limit == 1 && p->ra && p->ra[p->ra_off].seq == from && !p->ra_posted) {
+        p->ra_posted = true;
+        p->ra_gen = p->read_gen;
+        p->refs++;
+        pb_ioloop_post(d->loop, read_done_ra, p);
+        return;
+    }
+    ra_drop(p);
     struct op *o = op_new(d, p, read_work, read_done);
     o->u1 = from;
     o->u2 = limit;
+    o->b1 = limit == 1 && d->ra_bytes < READ_AHEAD_TOTAL;
     op_run(o);
 }
 
-static void forget_done(struct op *o);
+/*
+ * Forgetting delivered events: one commit for many peers. A peer with something to forget
+ * (forget_want above forget_sent) joins d->forget_q; while one batch's transaction runs,
+ * the next batch gathers every peer acknowledged meanwhile, so under load each commit
+ * forgets what hundreds of peers acknowledged (a group commit; with one peer it is one
+ * forget per commit, as before, and nothing waits for a timer). A forget still follows
+ * its 200 (or acknowledgement), and a peer's next Push never waits for it. A crash before
+ * a batch commits sends its events again: a postbox recognises them by sequence number;
+ * a foreign peer receives them twice, at most what its peer was acknowledged during one
+ * commit (as with a forget per peer), and applying an event twice has the effect of
+ * applying it once (PROTOCOL.md 5).
+ */
+static void forget_batch_done(struct op *o);
 
-static void forget_work(struct op *o)
+static void forget_batch_work(struct op *o)
 {
-    o->err = pb_store_outbox_ack(o->d->o.store, o->id, o->u1);
+    if (o->nstrs > 1) pb_fault_crash("delivery.crash-in-forget-batch"); /* forgetbatch_test */
+    o->err =
+        pb_store_outbox_ack_many(o->d->o.store, (const char *const *)o->strs, o->u64s, o->nstrs);
 }
 
-/* Forgets delivered events up to p->forget_want, one store call at a time. */
+static int by_peer_id(const void *a, const void *b)
+{
+    const struct peer *x = *(struct peer *const *)a, *y = *(struct peer *const *)b;
+    return strcmp(x->id, y->id);
+}
+
+/* Starts the next batch when none runs: up to FORGET_BATCH_MAX peers of the queue, in ID
+ * order (the rows are locked in one order whoever commits). */
+static void forget_batch_start(pb_delivery *d)
+{
+    if (d->forget_running || !d->nforget_q || d->stopping) return;
+    size_t n = d->nforget_q < FORGET_BATCH_MAX ? d->nforget_q : FORGET_BATCH_MAX;
+    struct op *o = op_new(d, NULL, forget_batch_work, forget_batch_done);
+    o->ps = pb_xcalloc(n, sizeof *o->ps);
+    memcpy(o->ps, d->forget_q, n * sizeof *o->ps);
+    memmove(d->forget_q, d->forget_q + n, (d->nforget_q - n) * sizeof *d->forget_q);
+    d->nforget_q -= n;
+    qsort(o->ps, n, sizeof *o->ps, by_peer_id);
+    o->strs = pb_xcalloc(n, sizeof *o->strs);
+    o->u64s = pb_xcalloc(n, sizeof *o->u64s);
+    o->nstrs = n;
+    for (size_t i = 0; i < n; i++) {
+        struct peer *p = o->ps[i];
+        p->forget_queued = false;
+        p->forget_busy = true; /* the queue's reference on p is now the batch's */
+        o->strs[i] = pb_xstrdup(p->id);
+        o->u64s[i] = p->forget_want;
+    }
+    d->forget_running = true;
+    op_run(o);
+}
+
+/* Forgets delivered events up to p->forget_want: p joins the next batch. */
 static void forget_kick(struct peer *p)
 {
-    if (p->forget_busy || p->forget_want <= p->forget_sent || p->d->stopping) return;
+    pb_delivery *d = p->d;
+    if (p->forget_busy || p->forget_queued || p->forget_want <= p->forget_sent || d->stopping)
+        return;
     if (mono_ms() < p->forget_hold) { /* backing off after a store failure */
         if (!pb_timer_armed(&p->forget_timer))
-            pb_ioloop_timer_arm(p->d->loop, &p->forget_timer, p->forget_hold);
+            pb_ioloop_timer_arm(d->loop, &p->forget_timer, p->forget_hold);
         return;
     }
-    p->forget_busy = true;
-    struct op *o = op_new(p->d, p, forget_work, forget_done);
-    o->u1 = p->forget_want;
-    op_run(o);
+    if (d->nforget_q == d->capforget_q) {
+        d->capforget_q = d->capforget_q ? 2 * d->capforget_q : 64;
+        d->forget_q = pb_xrealloc(d->forget_q, d->capforget_q * sizeof *d->forget_q);
+    }
+    d->forget_q[d->nforget_q++] = p;
+    p->forget_queued = true;
+    p->refs++;
+    forget_batch_start(d);
 }
 
 static void forget_timer_fired(void *arg)
@@ -660,18 +831,27 @@ static void forget_timer_fired(void *arg)
     forget_kick(arg);
 }
 
-static void forget_done(struct op *o)
+static void forget_batch_done(struct op *o)
 {
-    struct peer *p = o->p;
-    p->forget_busy = false;
-    if (o->err != PB_OK) {
-        p->forget_hold =
-            mono_ms() + store_failed(o->d, o->err, p->id, "cannot forget delivered events");
-    } else {
-        pb_health_ok(o->d->health); /* a write went through */
-        if (o->u1 > p->forget_sent) p->forget_sent = o->u1;
+    pb_delivery *d = o->d;
+    d->forget_running = false;
+    int64_t hold = 0;
+    if (o->err != PB_OK)
+        hold = mono_ms() + store_failed(d, o->err, o->nstrs == 1 ? o->strs[0] : NULL,
+                                        "cannot forget delivered events");
+    else
+        pb_health_ok(d->health); /* a write went through */
+    for (size_t i = 0; i < o->nstrs; i++) {
+        struct peer *p = o->ps[i];
+        p->forget_busy = false;
+        p->refs--;
+        if (o->err != PB_OK)
+            p->forget_hold = hold;
+        else if (o->u64s[i] > p->forget_sent)
+            p->forget_sent = o->u64s[i];
+        forget_kick(p);
     }
-    forget_kick(p);
+    forget_batch_start(d);
 }
 
 static void persist_work(struct op *o)
@@ -850,11 +1030,18 @@ static void fsm_feed(struct peer *p, pb_fsm_input *in)
     if (d->stopping) return;
     in->now = mono_ms();
     p->active_ms = in->now;
-    in->rnd = randombytes_random();
+    in->rnd = jitter_random(d);
+    /* the read-ahead holds the queue's head as our own Pushes leave it: anything else
+     * (a failure, an operator, a Pull's acknowledgement, a reload) reads the store again */
+    if (!(in->kind == PB_FSM_IN_READ || in->kind == PB_FSM_IN_WORK ||
+          in->kind == PB_FSM_IN_CONTACT ||
+          (in->kind == PB_FSM_IN_PUSHED && in->result == PB_PUSH_OK)))
+        ra_drop(p);
     pb_fsm_action acts[PB_FSM_MAX_ACTIONS];
     size_t n = pb_fsm_step(&p->fsm, &d->fcfg, in, acts);
     do_actions(p, acts, n);
     if (p->fsm.st == PB_FSM_IDLE) {
+        ra_drop(p); /* not ours any more: a foreign Pull may take the head */
         pthread_mutex_lock(&d->mu);
         if (p->busy == BUSY_SEND) p->busy = BUSY_NONE;
         pthread_mutex_unlock(&d->mu);
@@ -1774,6 +1961,7 @@ static void reload_done(struct op *o)
 static void reload_want(struct peer *p, int64_t requested_at)
 {
     pb_delivery *d = p->d;
+    ra_drop(p); /* an operator changed the queue */
     if (d->stopping || p->dead) return;
     if (p->reload_busy) {
         p->reload_again = true;
@@ -2085,14 +2273,15 @@ static void age_timer_fired(void *arg)
 /* Nothing refers to the record and nothing is left to do for it (loop thread). */
 static bool peer_forgettable(pb_delivery *d, struct peer *p)
 {
-    if (p->refs || p->loading || p->forget_busy || p->reload_busy || p->lease_busy ||
-        p->lease_held || p->notice || p->notice_running || p->pull_st != PULL_IDLE || p->pull_nq ||
-        p->pull_applying || p->pull_busy || p->nitems || p->forget_sent != p->forget_want ||
-        p->fsm.st != PB_FSM_IDLE || p->fsm.has_work || p->fsm.mode != PB_MODE_PUSH ||
-        pb_timer_armed(&p->send_timer) || pb_timer_armed(&p->forget_timer) ||
-        pb_timer_armed(&p->pull_timer) || pb_timer_armed(&p->notice_timer) ||
-        pb_timer_armed(&p->lease_timer) || pb_sched_waiting(&p->send_item) ||
-        pb_sched_waiting(&p->pull_item) || pb_sched_waiting(&p->notice_item))
+    if (p->refs || p->loading || p->forget_busy || p->forget_queued || p->reload_busy ||
+        p->lease_busy || p->lease_held || p->notice || p->notice_running ||
+        p->pull_st != PULL_IDLE || p->pull_nq || p->pull_applying || p->pull_busy || p->nitems ||
+        p->ra || p->ra_posted || p->forget_sent != p->forget_want || p->fsm.st != PB_FSM_IDLE ||
+        p->fsm.has_work || p->fsm.mode != PB_MODE_PUSH || pb_timer_armed(&p->send_timer) ||
+        pb_timer_armed(&p->forget_timer) || pb_timer_armed(&p->pull_timer) ||
+        pb_timer_armed(&p->notice_timer) || pb_timer_armed(&p->lease_timer) ||
+        pb_sched_waiting(&p->send_item) || pb_sched_waiting(&p->pull_item) ||
+        pb_sched_waiting(&p->notice_item))
         return false;
     for (size_t i = 0; i < d->napply_q; i++)
         if (d->apply_q[i] == p) return false;
@@ -2197,6 +2386,7 @@ bool pb_delivery_admit_new(void *ctx, const char *server_id, const uint8_t key[3
 pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
 {
     pb_delivery *d = pb_xcalloc(1, sizeof *d);
+    randombytes_buf(&d->jitter_state, sizeof d->jitter_state);
     d->o = *opts;
     if (!d->o.store_threads) d->o.store_threads = 8;
     if (!d->o.retry_base_ms) d->o.retry_base_ms = 100;
@@ -2442,12 +2632,14 @@ void pb_delivery_free(pb_delivery *d)
             pb_client_answer_clear(&p->pull_q[k].ans);
             pull_dec_free(p->pull_q[k].dec);
         }
+        pb_outbox_items_free(p->ra, p->nra);
         free(p->waiters);
         free(p);
     }
     free(d->all);
     free(d->apply_q);
     free(d->apply_wait);
+    free(d->forget_q);
     pb_auth_signer_free(d->signer);
     pb_budget_free(d->budget);
     pb_budget_free(d->newkeys);
@@ -3001,6 +3193,7 @@ static void renamed_on_loop(void *arg)
     pthread_mutex_lock(&d->mu);
     struct peer *p = peer_find(d, m->old_id), *q = peer_find(d, m->new_id);
     if (p) {
+        ra_drop(p);        /* its queue was relabelled: read it again */
         if (q && q != p) { /* an empty record for the new ID: the renamed one replaces it */
             unhash_locked(d, q);
             q->dead = true;

@@ -380,6 +380,16 @@ pb_err pb_store_outbox_ack(pb_store *s, const char *peer, uint64_t upto)
     return s->ops->outbox_ack(s->impl, peer, upto);
 }
 
+pb_err pb_store_outbox_ack_many(pb_store *s, const char *const *peers, const uint64_t *upto,
+                                size_t n)
+{
+    if (!s || (n && (!peers || !upto))) return PB_ERR_INVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!id_ok(peers[i])) return PB_ERR_INVAL;
+    if (n == 0) return PB_OK;
+    return s->ops->outbox_ack_many(s->impl, peers, upto, n);
+}
+
 pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq)
 {
     if (!s || !id_ok(peer)) return PB_ERR_INVAL;

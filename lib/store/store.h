@@ -297,6 +297,12 @@ pb_err pb_store_outbox_read(pb_store *s, const char *peer, uint64_t from_seq, si
 /* Deletes the peer's events with seq <= upto (an acknowledgement); PB_OK also when there
  * were none. */
 pb_err pb_store_outbox_ack(pb_store *s, const char *peer, uint64_t upto);
+/* pb_store_outbox_ack for n peers in ONE transaction (one commit): peer i's events with
+ * seq <= upto[i] are deleted. All or nothing: on an error nothing is forgotten. The peers
+ * are taken in the given order (callers sort them, so that two such calls lock rows in one
+ * order); a peer may not appear twice. n 0 is PB_OK. */
+pb_err pb_store_outbox_ack_many(pb_store *s, const char *const *peers, const uint64_t *upto,
+                                size_t n);
 /* Deletes one event; PB_ERR_NOT_FOUND when it is not there. */
 pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq);
 

@@ -66,6 +66,7 @@ typedef struct pb_store_ops {
     pb_err (*outbox_read)(void *impl, const char *peer, uint64_t from_seq, size_t max_items,
                           size_t max_bytes, pb_outbox_item **items, size_t *n);
     pb_err (*outbox_ack)(void *impl, const char *peer, uint64_t upto);
+    pb_err (*outbox_ack_many)(void *impl, const char *const *peers, const uint64_t *upto, size_t n);
     pb_err (*outbox_remove)(void *impl, const char *peer, uint64_t seq);
     /* *res is always non-NULL (store.c passes its own) */
     pb_err (*receive)(void *impl, const char *from, uint64_t epoch, const pb_event *evs,

@@ -1301,6 +1301,33 @@ static pb_err op_outbox_ack(void *impl, const char *peer, uint64_t upto)
     return dequeue(impl, ST_OUTBOX_ACK, peer, clamp64(upto), &changes);
 }
 
+struct dequeue_many_ctx {
+    const char *const *peers;
+    const uint64_t *upto;
+    size_t n;
+};
+
+/* Every peer's acknowledgement in one transaction (the delivery engine's forget batch). */
+static pb_err dequeue_many_tx(pb_db *db, void *ctx)
+{
+    struct dequeue_many_ctx *m = ctx;
+    pb_err err = PB_OK;
+    for (size_t i = 0; i < m->n && err == PB_OK; i++) {
+        struct dequeue_ctx q = {ST_OUTBOX_ACK, m->peers[i], clamp64(m->upto[i]), 0};
+        err = dequeue_tx(db, &q);
+    }
+    return err;
+}
+
+static pb_err op_outbox_ack_many(void *impl, const char *const *peers, const uint64_t *upto,
+                                 size_t n)
+{
+    st *s = impl;
+    struct dequeue_many_ctx m = {peers, upto, n};
+    bool one = n == 1 && !pb_store_sql(s->d->engine, ST_PEER_DEQUEUED);
+    return write_tx(s, dequeue_many_tx, &m, one);
+}
+
 static pb_err op_outbox_remove(void *impl, const char *peer, uint64_t seq)
 {
     int64_t changes = 0;
@@ -2090,9 +2117,10 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
         .peer_state_get = op_peer_state_get, .peer_state_list = op_peer_state_list,                \
         .peer_state_set = op_peer_state_set, .outbox_append = op_outbox_append,                    \
         .outbox_append_async = op_outbox_append_async, .outbox_read = op_outbox_read,              \
-        .outbox_ack = op_outbox_ack, .outbox_remove = op_outbox_remove, .receive = op_receive,     \
-        .inbox_read = op_inbox_read, .inbox_last_seq = op_inbox_last_seq, .guilds = op_guilds,     \
-        .invites = op_invites, .peer_rename = op_peer_rename, .self_rename = op_self_rename,       \
+        .outbox_ack = op_outbox_ack, .outbox_ack_many = op_outbox_ack_many,                        \
+        .outbox_remove = op_outbox_remove, .receive = op_receive, .inbox_read = op_inbox_read,     \
+        .inbox_last_seq = op_inbox_last_seq, .guilds = op_guilds, .invites = op_invites,           \
+        .peer_rename = op_peer_rename, .self_rename = op_self_rename,                              \
         .rename_out_list = op_rename_out_list, .rename_out_done = op_rename_out_done,              \
         .rename_out_failed = op_rename_out_failed, .lease_acquire = op_lease_acquire,              \
         .lease_release = op_lease_release, .outbox_peers = op_outbox_peers, .qshape = op_qshape,   \

@@ -838,6 +838,60 @@ static void test_outbox(void)
     pb_store_close(s);
 }
 
+/* pb_store_outbox_ack_many: many peers' acknowledgements in one transaction (the delivery
+ * engine's forget batch): one commit, each peer only up to its own number, all or nothing. */
+static void test_outbox_ack_many(void)
+{
+    char *spec = NULL;
+    pb_store *s = open_fresh("ackmany", &spec);
+    if (!s) {
+        free(spec);
+        return;
+    }
+    const char *p[3] = {"a.example:443", "b.example:443", "c.example:443"};
+    pb_event e[3] = {ev_added(1, 10), ev_added(2, 11), ev_removed(3, 12)};
+    for (int i = 0; i < 3; i++)
+        CHECK_OK(pb_store_outbox_append(s, p[i], e, 3, 1000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, "d.example:443", e, 2, 1000, NULL));
+    pb_store_stats st0, st1;
+    pb_store_stats_get(s, &st0);
+    const char *const ids[3] = {p[0], p[1], p[2]};
+    const uint64_t upto[3] = {2, 1, UINT64_MAX};
+    CHECK_OK(pb_store_outbox_ack_many(s, ids, upto, 3));
+    pb_store_stats_get(s, &st1);
+    if (!g_pg) CHECK_INT(st1.commits - st0.commits, 1); /* one commit for the three */
+    CHECK_INT(outbox_count(s, p[0]), 1);
+    CHECK_INT(outbox_count(s, p[1]), 2);
+    CHECK_INT(outbox_count(s, p[2]), 0);
+    CHECK_INT(outbox_count(s, "d.example:443"), 2); /* not named: untouched */
+    pb_outbox_item *it = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_outbox_read(s, p[1], 1, 100, SIZE_MAX, &it, &n));
+    CHECK(n == 2 && it[0].seq == 2 && it[1].seq == 3);
+    pb_outbox_items_free(it, n);
+    /* again, and below what is gone: no-ops; none at all: PB_OK */
+    CHECK_OK(pb_store_outbox_ack_many(s, ids, upto, 3));
+    CHECK_OK(pb_store_outbox_ack_many(s, NULL, NULL, 0));
+    CHECK_INT(outbox_count(s, p[0]), 1);
+    /* an invalid ID refuses the whole call: nothing forgotten */
+    const char *const bad[2] = {p[0], ""};
+    const uint64_t all[2] = {UINT64_MAX, UINT64_MAX};
+    CHECK_ERR(pb_store_outbox_ack_many(s, bad, all, 2), PB_ERR_INVAL);
+    CHECK_INT(outbox_count(s, p[0]), 1);
+    /* a failing write: nothing forgotten, then it goes through */
+    pb_store_fault_set(s, PB_ERR_STORE);
+    CHECK_ERR(pb_store_outbox_ack_many(s, ids, all, 2), PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    CHECK_INT(outbox_count(s, p[0]), 1);
+    CHECK_INT(outbox_count(s, p[1]), 2);
+    CHECK_OK(pb_store_outbox_ack_many(s, ids, all, 2));
+    CHECK_INT(outbox_count(s, p[0]), 0);
+    CHECK_INT(outbox_count(s, p[1]), 0);
+    CHECK_QUEUE_COUNTERS(spec);
+    pb_store_close(s);
+    free(spec);
+}
+
 static void test_peer_state(void)
 {
     pb_store *s = open_fresh("state", NULL);
@@ -3690,6 +3744,7 @@ int main(int argc, char **argv)
     test_close_drains();
 #endif
     test_outbox();
+    test_outbox_ack_many();
     test_peer_state();
     test_receive();
     test_receive_failure();
