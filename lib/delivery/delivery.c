@@ -2360,6 +2360,7 @@ static void stop_on_loop(void *arg)
         pb_ioloop_timer_cancel(d->loop, &p->notice_timer);
         pb_ioloop_timer_cancel(d->loop, &p->lease_timer);
         pb_sched_cancel(&d->sched, &p->send_item);
+        pb_sched_cancel(&d->sched, &p->win_item);
         pb_sched_cancel(&d->sched, &p->pull_item);
         pb_sched_cancel(&d->sched, &p->notice_item);
         /* Pushes waiting for a Pull go on (and are answered) */
