@@ -788,9 +788,9 @@ static void do_note(struct peer *p, pb_fsm_note n)
  * the window: batches still in flight become orphans whose answers are only counted (the
  * events are sent again from the state machine's acknowledgement; the receiver's sequence
  * check makes a copy it already holds a duplicate). The window (cwnd) grows by one batch
- * per answer that delivered in time (at most twice the quickest answer of the last 10 s
- * + 10 ms: a later one waited behind the batches before it, the receiver's commits being
- * the bound), up to push_window and the receiver's announced window, and halves on a
+ * per answer that delivered in time (at most 4 x the quickest answer of the last 10 s
+ * + 100 ms: a later one waited long behind the batches before it, the receiver's commits
+ * being the bound), up to push_window and the receiver's announced window, and halves on a
  * failure (a timeout: back to 1); a failed window batch stops new ones until
  * the window restarts. Orphans count in the window until they end.
  */
@@ -1155,15 +1155,16 @@ static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
         if (in.ack && in.ack_epoch == p->fsm.epoch) {
             p->rwin = rwin;
             if (p->cwnd < 1) p->cwnd = 1;
-            /* in time: not much slower than the quickest answer of the last 10 s; a later
-             * one waited behind the batches before it at the receiver (its commits are the
-             * bound, not the round trip): more batches in flight would only wait there */
+            /* in time: at most 4 x the quickest answer of the last 10 s + 100 ms; a later
+             * one waited long behind the batches before it at the receiver (its commits are
+             * the bound, not the round trip): more batches in flight would only wait there
+             * (2 x + 10 ms was measured to stop the window too early at 200 ms RTT) */
             int64_t now = mono_ms();
             if (!p->rtt_min || ms < p->rtt_min || now - p->rtt_min_at > 10000) {
                 p->rtt_min = ms > 0 ? ms : 1;
                 p->rtt_min_at = now;
             }
-            if (ms <= 2 * p->rtt_min + 10 && p->cwnd < d->o.push_window) p->cwnd++;
+            if (ms <= 4 * p->rtt_min + 100 && p->cwnd < d->o.push_window) p->cwnd++;
         }
     } else if (in.result != PB_PUSH_STOPPED) {
         p->cwnd = err == PB_ERR_TIMEOUT ? 1 : (p->cwnd > 1 ? p->cwnd / 2 : 1);
