@@ -30,7 +30,7 @@
 
 #include "harness.h"
 
-#define PART 3000 /* events per part */
+#define PART 2000 /* events per part */
 
 static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *xasprintf(const char *fmt, ...)
