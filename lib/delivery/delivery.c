@@ -15,7 +15,10 @@
  * disk. Transfers start only when the scheduler grants a slot and complete on the loop.
  *
  * Ordering argument: a peer's outbox is only ever consumed from its head, one Push (one
- * batch) in flight per peer, and an event leaves the outbox only once the receiver has it.
+ * batch) in flight per peer as the state machine sees it (a window's later batches, to a
+ * receiver that announced one, carry postbox_after and are applied by the receiver only
+ * after the batches before them: see "The Push window" below), and an event leaves the
+ * outbox only once the receiver has it.
  * Between postboxes of this project the receiver keeps, per (sender, epoch), the highest
  * sequence number applied and skips anything not above it, so a retried Push, a late
  * stale attempt, or an event that arrives both by Pull and by Push is applied exactly
