@@ -146,6 +146,11 @@ static const struct setting settings[] = {
     U(peer_connections, 4096, 16, 1000000,
       "transfers to peers at once (pushes, pulls, notices); at most 3/4 of them pulls"),
     U(push_batch, 256, 1, 10000, "most events in one Push to a postbox of this project"),
+    U(push_window, 24, 1, 64,
+      "batches in flight at once to a postbox of this project that announces a window (it "
+      "grows from 1 while answers come back and halves on a failure); also the window we "
+      "announce as a receiver, at most what max_suspended_per_ip and body_memory_per_ip / "
+      "max_body allow one client address; 1: one Push in flight"),
     U(push_max_events, 1000, 1, 100000, "most events accepted in one incoming Push (413 beyond)"),
     UL(key_fetches, 256, 1, 4096,
        "peer key fetches running at once (64 more wait for a place, then 503 at once)"),

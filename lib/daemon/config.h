@@ -67,6 +67,7 @@ struct pb_config {
     uint64_t workers;
     uint64_t peer_connections;
     uint64_t push_batch;
+    uint64_t push_window;
     uint64_t push_max_events;
     uint64_t key_fetches;
     uint64_t key_fetches_per_ip;

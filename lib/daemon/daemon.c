@@ -101,6 +101,20 @@ static unsigned per_addr_share(const pb_config *c, uint64_t share)
     return c->max_connections_per_ip ? (unsigned)share : 0;
 }
 
+/* The window we announce to senders (PROTOCOL.md 5): push_window, but no more batches
+ * than one client address may have suspended (all but one of them may wait ahead of a gap)
+ * or hold in bodies of max_body. */
+static unsigned window_announce(const pb_config *c)
+{
+    uint64_t w = c->push_window;
+    if (c->max_connections_per_ip) {
+        if (c->max_suspended_per_ip + 1 < w) w = c->max_suspended_per_ip + 1;
+        uint64_t by_mem = c->max_body ? c->body_memory_per_ip / c->max_body : w;
+        if (by_mem < w) w = by_mem;
+    }
+    return w > 1 ? (unsigned)w : 1;
+}
+
 static void h_key(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
 {
     pb_daemon *d = ctx;
@@ -409,6 +423,9 @@ pb_err pb_daemon_open(const pb_config *cfg, pb_daemon **out)
         .push_wait_ms = (unsigned)cfg->push_wait_ms,
         .max_transfers = (unsigned)cfg->peer_connections,
         .batch_max = (unsigned)cfg->push_batch,
+        .push_window = (unsigned)cfg->push_window,
+        .window_announce = window_announce(cfg),
+        .window_hold_total = cfg->max_suspended / 2 ? (unsigned)(cfg->max_suspended / 2) : 1,
         .push_max_bytes = cfg->max_body > 4096 ? (size_t)cfg->max_body - 4096 : 1024,
         .pull_read_max_bytes = (size_t)cfg->pull_read_max_bytes,
         .pull_read_max_events = (unsigned)cfg->pull_read_max_events,

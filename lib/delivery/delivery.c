@@ -15,7 +15,10 @@
  * disk. Transfers start only when the scheduler grants a slot and complete on the loop.
  *
  * Ordering argument: a peer's outbox is only ever consumed from its head, one Push (one
- * batch) in flight per peer, and an event leaves the outbox only once the receiver has it.
+ * batch) in flight per peer as the state machine sees it (a window's later batches, to a
+ * receiver that announced one, carry postbox_after and are applied by the receiver only
+ * after the batches before them: see "The Push window" below), and an event leaves the
+ * outbox only once the receiver has it.
  * Between postboxes of this project the receiver keeps, per (sender, epoch), the highest
  * sequence number applied and skips anything not above it, so a retried Push, a late
  * stale attempt, or an event that arrives both by Pull and by Push is applied exactly
@@ -37,6 +40,7 @@
 
 #include "delivery/fsm.h"
 #include "delivery/sched.h"
+#include "delivery/wgate.h"
 #include "net/ioloop.h"
 #include "util/exec.h"
 #include "util/fault.h"
@@ -133,7 +137,7 @@ struct peer {
     pb_timer send_timer;
     pb_timer forget_timer; /* flushes lazy forgets (LAZY_FORGET_MS) */
     pb_sched_item send_item;
-    pb_outbox_item *items;
+    pb_outbox_item *items; /* the head batch read, until its Push starts */
     size_t nitems;
     /* read-ahead (READ_AHEAD): events of the head read past the one being pushed,
      * ra[ra_off..nra); valid only while the engine holds the peer (BUSY_SEND) and nothing
@@ -142,7 +146,22 @@ struct peer {
     size_t nra, ra_off, ra_bytes;
     bool ra_posted;            /* a read served from ra is on its way to read_done_ra */
     uint32_t read_gen, ra_gen; /* reads asked for; the one ra_posted serves */
-    int64_t push_started;
+    /* the Push window (PROTOCOL.md 5): the head batch's transfer (the state machine's),
+     * the window batches after it (in order, contiguous), and the window's state */
+    struct flight *head_fl;
+    struct flight **win;
+    size_t nwin, capwin;
+    unsigned cwnd;               /* batches in flight allowed now, the head's included (>= 1) */
+    int64_t rtt_min, rtt_min_at; /* the quickest delivered answer lately (ms), and when */
+    uint32_t rwin;               /* the window the receiver announced (0: none) */
+    unsigned orphans;            /* window transfers still in flight after a reset */
+    bool win_reading;            /* a window batch is being read */
+    bool win_stop;    /* a window batch failed: none is added until the window restarts */
+    bool adopted;     /* the state machine's batch is a window batch already sent */
+    uint64_t win_gen; /* bumped by a reset: a read completing after it is dropped */
+    pb_sched_item win_item;
+    bool has_pend; /* an input for the state machine, fed after the current one's actions */
+    pb_fsm_input pend;
     bool failing; /* Pushes fail since the last success: further failures log at debug */
     char last_error[256];
     uint64_t forget_sent, forget_want;
@@ -151,7 +170,7 @@ struct peer {
     bool persist_busy, persist_again; /* one state write at a time: the last state wins */
     int64_t forget_hold; /* after a store failure, forgets wait until then (monotonic ms) */
     int64_t last_contact_s;
-    unsigned refs;     /* store ops in flight that point to it */
+    unsigned refs;     /* store ops and Push transfers in flight that point to it */
     int64_t active_ms; /* last engine activity for it (monotonic): the idle sweep's clock */
     /* pulling from it */
     enum pull_st pull_st;
@@ -200,6 +219,7 @@ struct pb_delivery {
     pb_auth_signer *signer;
     pb_budget *budget;
     pb_sched sched;
+    pb_wgate *wgate; /* receiving windowed Pushes: batches held ahead of a gap */
 
     pthread_mutex_t mu;
     void (*inbox_hook)(void *ctx); /* something was appended to the inbox */
@@ -503,9 +523,10 @@ static void op_run_low(struct op *o)
 
 /* ---- the scheduler ------------------------------------------------------------------------- */
 
-enum { TAG_SEND = 1, TAG_PULL, TAG_NOTICE };
+enum { TAG_SEND = 1, TAG_PULL, TAG_NOTICE, TAG_WIN };
 
 static void send_start_push(struct peer *p);
+static void win_send(struct peer *p);
 static void pull_start(struct peer *p);
 static void notice_start(struct peer *p);
 
@@ -527,6 +548,9 @@ static void dispatch(pb_delivery *d)
         }
         case TAG_NOTICE:
             notice_start((struct peer *)((char *)it - offsetof(struct peer, notice_item)));
+            break;
+        case TAG_WIN:
+            win_send((struct peer *)((char *)it - offsetof(struct peer, win_item)));
             break;
         default:
             pb_sched_done(&d->sched, cls);
@@ -980,15 +1004,236 @@ static void do_note(struct peer *p, pb_fsm_note n)
     }
 }
 
+/*
+ * The Push window (PROTOCOL.md 5). A Push is a `flight`: the head batch's (the state
+ * machine's: send_start_push) or a window batch's (win_send). Window batches are read
+ * from the outbox after the last batch in flight, while the head is in flight, the peer
+ * is in push mode, acknowledges in our epoch (a postbox of this project) and announced a
+ * window; each carries postbox_after = its first number - 1, so that the receiver applies
+ * it only after the batches before it. Their answers are kept until the state machine
+ * reads the outbox from their first number: then the batch is adopted (the state machine
+ * takes it as its head batch, already sent) instead of read, and its answer fed to the
+ * state machine as the head's; so the state machine still sees one batch at a time, in
+ * order, and its retry, backoff, queue and park rules apply to every batch. A read from
+ * any other number (the head failed, a partial acknowledgement, a smaller batch) resets
+ * the window: batches still in flight become orphans whose answers are only counted (the
+ * events are sent again from the state machine's acknowledgement; the receiver's sequence
+ * check makes a copy it already holds a duplicate). The window (cwnd) grows by one batch
+ * per answer that delivered in time (at most 4 x the quickest answer of the last 10 s
+ * + 100 ms: a later one waited long behind the batches before it, the receiver's commits
+ * being the bound), up to push_window and the receiver's announced window, and halves on a
+ * failure (a timeout: back to 1); a failed window batch stops new ones until
+ * the window restarts. Orphans count in the window until they end.
+ */
+struct flight {
+    struct peer *p;
+    pb_outbox_item *items;
+    size_t n;
+    uint64_t first, last;
+    int64_t started;
+    bool sent, done, orphan;
+    pb_fsm_input res; /* once done: the state machine's IN_PUSHED */
+    char err[256];    /* a failure's description */
+};
+
+static void flight_free(struct flight *fl)
+{
+    if (!fl) return;
+    if (fl->items) pb_outbox_items_free(fl->items, fl->n);
+    free(fl);
+}
+
+static void win_kick(struct peer *p);
+
+/* Forgets the window: unsent and answered batches are freed, those in flight orphaned. */
+static void win_reset(struct peer *p)
+{
+    for (size_t i = 0; i < p->nwin; i++) {
+        struct flight *fl = p->win[i];
+        if (fl->sent && !fl->done) {
+            fl->orphan = true;
+            p->orphans++;
+        } else {
+            flight_free(fl);
+        }
+    }
+    p->nwin = 0;
+    p->win_gen++;
+    p->win_stop = false;
+    if (pb_sched_waiting(&p->win_item)) pb_sched_cancel(&p->d->sched, &p->win_item);
+}
+
+/* ACT_READ from `from`: the window batch starting there, already sent, becomes the state
+ * machine's batch (its IN_READ is fed once the current actions are done). */
+static bool win_adopt(struct peer *p, uint64_t from)
+{
+    if (!p->nwin || p->win[0]->first != from || !p->win[0]->sent) return false;
+    struct flight *fl = p->win[0];
+    memmove(p->win, p->win + 1, (p->nwin - 1) * sizeof *p->win);
+    p->nwin--;
+    p->head_fl = fl;
+    p->adopted = true;
+    p->has_pend = true;
+    p->pend =
+        (pb_fsm_input){.kind = PB_FSM_IN_READ, .n = fl->n, .first = fl->first, .last = fl->last};
+    return true;
+}
+
+/* ACT_PUSH of an adopted batch: nothing to send; its answer, if in, is fed now. */
+static void win_adopted_push(struct peer *p)
+{
+    p->adopted = false;
+    struct flight *fl = p->head_fl;
+    if (!fl || !fl->done) return; /* push_done feeds it */
+    p->head_fl = NULL;
+    if (fl->res.result != PB_PUSH_OK) snprintf(p->last_error, sizeof p->last_error, "%s", fl->err);
+    p->has_pend = true;
+    p->pend = fl->res;
+    flight_free(fl);
+}
+
+static unsigned win_limit(const struct peer *p)
+{
+    unsigned w = p->cwnd ? p->cwnd : 1;
+    if (w > p->d->o.push_window) w = p->d->o.push_window;
+    if (w > p->rwin) w = p->rwin;
+    return w ? w : 1;
+}
+
+/* May a window batch be added now? */
+static bool win_allowed(const struct peer *p)
+{
+    const pb_fsm *f = &p->fsm;
+    return !p->d->stopping && !p->dead && !p->win_stop && p->d->o.push_window > 1 && p->rwin > 1 &&
+           p->head_fl && !p->head_fl->done && f->st == PB_FSM_PUSHING && f->mode == PB_MODE_PUSH &&
+           f->postbox && f->acked >= f->single_until && f->batch != 1 &&
+           (!p->d->o.node_id || p->lease_held);
+}
+
+static void win_read_done(struct op *o)
+{
+    struct peer *p = o->p;
+    p->win_reading = false;
+    if (o->d->stopping) return;
+    if (o->err != PB_OK || o->u3 != p->win_gen || o->n == 0 || o->items[0].seq != o->u1 ||
+        !win_allowed(p)) {
+        if (o->err != PB_OK) p->win_stop = true; /* the head's own read reports it */
+        win_kick(p);
+        return;
+    }
+    struct flight *fl = pb_xcalloc(1, sizeof *fl);
+    fl->p = p;
+    fl->items = o->items;
+    fl->n = o->n;
+    o->items = NULL;
+    o->n = 0;
+    fl->first = fl->items[0].seq;
+    fl->last = fl->items[fl->n - 1].seq;
+    if (fl->last > p->fsm.max_assigned) p->fsm.max_assigned = fl->last;
+    if (p->nwin == p->capwin) {
+        p->capwin = p->capwin ? p->capwin * 2 : 8;
+        p->win = pb_xrealloc(p->win, p->capwin * sizeof *p->win);
+    }
+    p->win[p->nwin++] = fl;
+    p->win_item.tag = TAG_WIN;
+    pb_sched_want(&p->d->sched, &p->win_item, PB_SCHED_HIGH);
+    dispatch(p->d);
+}
+
+/* Reads the next window batch when the window has room (one read, one unsent at a time). */
+static void win_kick(struct peer *p)
+{
+    if (p->win_reading || pb_sched_waiting(&p->win_item) || !win_allowed(p)) return;
+    if (p->nwin && !p->win[p->nwin - 1]->sent) return;
+    if (1 + p->nwin + p->orphans >= win_limit(p)) return;
+    struct op *o = op_new(p->d, p, read_work, win_read_done);
+    o->u1 = (p->nwin ? p->win[p->nwin - 1]->last : p->head_fl->last) + 1;
+    o->u2 = p->fsm.batch ? p->fsm.batch : p->d->fcfg.batch_max;
+    o->u3 = p->win_gen;
+    p->win_reading = true;
+    op_run(o);
+}
+
+static void push_done(void *ctx, pb_err err, pb_client_answer *ans);
+
+/* Starts fl's Push (after: postbox_after, 0 for the head). false: not encodable. */
+static bool flight_start(struct flight *fl, uint64_t after)
+{
+    struct peer *p = fl->p;
+    pb_delivery *d = p->d;
+    pb_buf body = PB_BUF_INIT;
+    pb_event *evs = pb_xcalloc(fl->n ? fl->n : 1, sizeof *evs);
+    uint64_t *seqs = pb_xcalloc(fl->n ? fl->n : 1, sizeof *seqs);
+    for (size_t i = 0; i < fl->n; i++) {
+        evs[i] = fl->items[i].ev; /* borrowed */
+        seqs[i] = fl->items[i].seq;
+    }
+    pb_err err = fl->n ? pb_wire_push_encode_after(evs, seqs, fl->n, p->fsm.epoch, after, &body)
+                       : PB_ERR_INVAL;
+    free(evs);
+    free(seqs);
+    fl->started = mono_ms();
+    if (err != PB_OK) {
+        pb_buf_free(&body);
+        return false;
+    }
+    char as[PB_SERVER_ID_MAX];
+    as_id_for(d, p, as);
+    char *authz = pb_auth_header_cached(d->signer, as, p->id, (uint64_t)time(NULL));
+    pb_client_req req = {.server_id = p->id,
+                         .path = PATH_PUSH,
+                         .authorization = authz,
+                         .body = body.data,
+                         .body_len = body.len,
+                         .max_response = 64 * 1024};
+    fl->sent = true;
+    p->refs++; /* the transfer points to the peer */
+    pb_client_start(d->o.client, &req, push_done, fl);
+    free(authz);
+    pb_buf_free(&body);
+    return true;
+}
+
+/* A slot for the window batch read last. */
+static void win_send(struct peer *p)
+{
+    pb_delivery *d = p->d;
+    struct flight *fl = p->nwin ? p->win[p->nwin - 1] : NULL;
+    if (!fl || fl->sent || !win_allowed(p)) {
+        pb_sched_done(&d->sched, PB_SCHED_HIGH);
+        if (fl && !fl->sent) { /* not sent after all: dropped (the head path reads it again) */
+            p->nwin--;
+            flight_free(fl);
+        }
+        win_kick(p);
+        return;
+    }
+    if (!flight_start(fl, fl->first - 1)) { /* an event we cannot encode: the head finds it */
+        pb_sched_done(&d->sched, PB_SCHED_HIGH);
+        p->nwin--;
+        flight_free(fl);
+        p->win_stop = true;
+        return;
+    }
+    if (d->o.metrics) pb_counter_inc(pb_metric_series(d->o.metrics->push_window_batches, NULL));
+    win_kick(p);
+}
+
 static void do_actions(struct peer *p, const pb_fsm_action *a, size_t n)
 {
     pb_delivery *d = p->d;
     for (size_t i = 0; i < n; i++) {
         switch (a[i].kind) {
         case PB_FSM_ACT_READ:
+            if (win_adopt(p, a[i].from)) break;
+            win_reset(p);
             do_read(p, a[i].from, a[i].limit);
             break;
         case PB_FSM_ACT_PUSH:
+            if (p->adopted) {
+                win_adopted_push(p);
+                break;
+            }
             p->send_item.tag = TAG_SEND;
             pb_sched_want(&d->sched, &p->send_item, PB_SCHED_HIGH);
             dispatch(d);
@@ -1028,18 +1273,33 @@ static void fsm_feed(struct peer *p, pb_fsm_input *in)
 {
     pb_delivery *d = p->d;
     if (d->stopping) return;
-    in->now = mono_ms();
-    p->active_ms = in->now;
-    in->rnd = jitter_random(d);
-    /* the read-ahead holds the queue's head as our own Pushes leave it: anything else
-     * (a failure, an operator, a Pull's acknowledgement, a reload) reads the store again */
-    if (!(in->kind == PB_FSM_IN_READ || in->kind == PB_FSM_IN_WORK ||
-          in->kind == PB_FSM_IN_CONTACT ||
-          (in->kind == PB_FSM_IN_PUSHED && in->result == PB_PUSH_OK)))
-        ra_drop(p);
-    pb_fsm_action acts[PB_FSM_MAX_ACTIONS];
-    size_t n = pb_fsm_step(&p->fsm, &d->fcfg, in, acts);
-    do_actions(p, acts, n);
+    pb_fsm_input cur = *in;
+    for (;;) {
+        cur.now = mono_ms();
+        p->active_ms = cur.now;
+        cur.rnd = jitter_random(d);
+        /* the read-ahead holds the queue's head as our own Pushes leave it: anything else
+         * (a failure, an operator, a Pull's acknowledgement, a reload) reads the store again */
+        if (!(cur.kind == PB_FSM_IN_READ || cur.kind == PB_FSM_IN_WORK ||
+              cur.kind == PB_FSM_IN_CONTACT ||
+              (cur.kind == PB_FSM_IN_PUSHED && cur.result == PB_PUSH_OK)))
+            ra_drop(p);
+        pb_fsm_action acts[PB_FSM_MAX_ACTIONS];
+        size_t n = pb_fsm_step(&p->fsm, &d->fcfg, &cur, acts);
+        do_actions(p, acts, n);
+        /* an adopted window batch: its read, then its answer, one input at a time */
+        if (!p->has_pend || d->stopping) break;
+        p->has_pend = false;
+        cur = p->pend;
+    }
+    p->has_pend = false;
+    if (p->fsm.st != PB_FSM_PUSHING && p->fsm.st != PB_FSM_READING) {
+        win_reset(p); /* waiting (retry, probe, operator, epoch): the window restarts */
+        if (p->head_fl && !p->head_fl->sent) {
+            flight_free(p->head_fl);
+            p->head_fl = NULL;
+        }
+    }
     if (p->fsm.st == PB_FSM_IDLE) {
         ra_drop(p); /* not ours any more: a foreign Pull may take the head */
         pthread_mutex_lock(&d->mu);
@@ -1049,6 +1309,7 @@ static void fsm_feed(struct peer *p, pb_fsm_input *in)
         if (d->o.node_id && p->lease_held && !p->fsm.has_work) lease_want(p);
     }
     update_view(p);
+    win_kick(p);
 }
 
 static void send_timer_fired(void *arg)
@@ -1068,87 +1329,133 @@ static void send_timer_fired(void *arg)
  * sequence range, count and duration. Failures log when the peer starts failing (the
  * first failed Push after a success, at info); the retries and probes after it log at
  * debug here, the state machine's notes saying when the peer is queued and each probe
- * with its backoff (do_note). A refused event logs as the parked note (error).
+ * with its backoff (do_note). A refused event logs as the parked note (error). A window
+ * batch logs when its answer comes (an orphan's failure at debug).
  */
-static void log_push(struct peer *p, const pb_fsm_input *in, const pb_client_answer *ans,
+static void log_push(struct peer *p, const struct flight *fl, const pb_client_answer *ans,
                      int64_t ms, bool bad_time)
 {
-    bool ok = in->result == PB_PUSH_OK;
-    const char *status = ok                                                ? "sent"
-                         : in->result == PB_PUSH_REFUSED && p->nitems == 1 ? "bounced"
-                                                                           : "deferred";
-    uint64_t first = p->nitems ? p->items[0].seq : 0;
-    uint64_t last = p->nitems ? p->items[p->nitems - 1].seq : 0;
-    pb_log_level lv = ok                                             ? pb_log_delivery_level()
-                      : !p->failing && in->result != PB_PUSH_REFUSED ? PB_LOG_INFO
-                                                                     : PB_LOG_DEBUG;
+    pb_fsm_result r = fl->res.result;
+    bool ok = r == PB_PUSH_OK;
+    const char *status = ok ? "sent" : r == PB_PUSH_REFUSED && fl->n == 1 ? "bounced" : "deferred";
+    pb_log_level lv = ok                                    ? pb_log_delivery_level()
+                      : !p->failing && r != PB_PUSH_REFUSED ? PB_LOG_INFO
+                                                            : PB_LOG_DEBUG;
+    if (!ok && fl->orphan) lv = PB_LOG_DEBUG;
     if (bad_time && !p->failing)
         PB_WARN(p->id, "the peer refuses our token's time (h.bad-time): check this server's "
                        "clock (NTP)");
-    p->failing = !ok;
+    if (!fl->orphan || ok) p->failing = !ok;
     if (ok) {
         pb_log_kv_write(lv, p->id,
-                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", first),
-                               PB_KV_NUM("last_seq", last), PB_KV_NUM("events", p->nitems),
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", fl->first),
+                               PB_KV_NUM("last_seq", fl->last), PB_KV_NUM("events", fl->n),
                                PB_KV_NUM("duration_ms", ms), PB_KV_NUM("http", ans->status),
                                PB_KV_STR("status", status)),
                         "push sent");
     } else {
         pb_log_kv_write(lv, p->id,
-                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", first),
-                               PB_KV_NUM("last_seq", last), PB_KV_NUM("events", p->nitems),
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", fl->first),
+                               PB_KV_NUM("last_seq", fl->last), PB_KV_NUM("events", fl->n),
                                PB_KV_NUM("duration_ms", ms), PB_KV_NUM("http", ans->status),
-                               PB_KV_STR("status", status), PB_KV_STR("error", p->last_error)),
+                               PB_KV_STR("status", status), PB_KV_STR("error", fl->err)),
                         "push %s%s", status, lv == PB_LOG_INFO ? " (the peer starts failing)" : "");
     }
 }
 
 static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
 {
-    struct peer *p = ctx;
+    struct flight *fl = ctx;
+    struct peer *p = fl->p;
     pb_delivery *d = p->d;
+    p->refs--;
     pb_sched_done(&d->sched, PB_SCHED_HIGH);
-    int64_t ms = mono_ms() - p->push_started;
+    int64_t ms = mono_ms() - fl->started;
     pb_fsm_input in = {.kind = PB_FSM_IN_PUSHED};
+    uint32_t rwin = 0;
     in.result = pb_fsm_classify(err, ans->status, ans->identifier);
     if (in.result == PB_PUSH_OK) {
         pb_fault_crash("delivery.crash-before-forget");
-        if (pb_wire_push_resp_decode(ans->body, ans->body_len, &in.ack, &in.ack_epoch) != PB_OK)
+        if (pb_wire_push_resp_decode_win(ans->body, ans->body_len, &in.ack, &in.ack_epoch, &rwin) !=
+            PB_OK)
             in.ack = in.ack_epoch = 0; /* a 200 is a 200; only the extension is not believed */
     } else if (ans->has_retry_after) {
         in.retry_after_s = ans->retry_after;
     }
     if (in.result != PB_PUSH_OK && in.result != PB_PUSH_STOPPED)
-        describe(err, ans, p->last_error, sizeof p->last_error);
+        describe(err, ans, fl->err, sizeof fl->err);
+    fl->res = in;
+    fl->done = true;
+    bool is_head = fl == p->head_fl;
+    /* the window: grows with each answer that delivered, halves on a failure (a timeout:
+     * back to one), learns the receiver's window from an acknowledgement in our epoch */
+    if (in.result == PB_PUSH_OK) {
+        if (in.ack && in.ack_epoch == p->fsm.epoch) {
+            p->rwin = rwin;
+            if (p->cwnd < 1) p->cwnd = 1;
+            /* in time: at most 4 x the quickest answer of the last 10 s + 100 ms; a later
+             * one waited long behind the batches before it at the receiver (its commits are
+             * the bound, not the round trip): more batches in flight would only wait there
+             * (2 x + 10 ms was measured to stop the window too early at 200 ms RTT) */
+            int64_t now = mono_ms();
+            if (!p->rtt_min || ms < p->rtt_min || now - p->rtt_min_at > 10000) {
+                p->rtt_min = ms > 0 ? ms : 1;
+                p->rtt_min_at = now;
+            }
+            if (ms <= 4 * p->rtt_min + 100 && p->cwnd < d->o.push_window) p->cwnd++;
+        }
+    } else if (in.result != PB_PUSH_STOPPED) {
+        p->cwnd = err == PB_ERR_TIMEOUT ? 1 : (p->cwnd > 1 ? p->cwnd / 2 : 1);
+        if (!is_head && !fl->orphan) p->win_stop = true;
+    }
     bool bad_time = in.result == PB_PUSH_TRANSIENT && ans->status == 401 && ans->identifier &&
                     strcmp(ans->identifier, "h.bad-time") == 0;
     const pb_metrics_std *m = d->o.metrics;
     if (m) {
         pb_histogram_observe(pb_metric_get(m->client_duration, "Push"), (double)ms / 1000.0);
-        const char *r = in.result == PB_PUSH_OK                          ? "ok"
-                        : in.result == PB_PUSH_REFUSED && p->nitems == 1 ? "parked"
+        const char *r = in.result == PB_PUSH_OK                      ? "ok"
+                        : !is_head                                   ? "retried"
+                        : in.result == PB_PUSH_REFUSED && fl->n == 1 ? "parked"
                         : p->fsm.mode == PB_MODE_PUSH && p->fsm.tries < d->fcfg.push_retries
                             ? "retried"
                             : "queued";
-        if (in.result != PB_PUSH_STOPPED)
-            pb_counter_add(pb_metric_get(m->events_pushed, r), p->nitems);
+        if (in.result != PB_PUSH_STOPPED) pb_counter_add(pb_metric_get(m->events_pushed, r), fl->n);
     }
     if (in.result == PB_PUSH_OK) {
         int64_t now = wall_ms();
         pb_series *lat = m ? pb_metric_series(m->delivery_latency, NULL) : NULL;
-        for (size_t i = 0; lat && i < p->nitems; i++)
-            pb_histogram_observe(lat, now > p->items[i].created_at
-                                          ? (double)(now - p->items[i].created_at) / 1000.0
+        for (size_t i = 0; lat && i < fl->n; i++)
+            pb_histogram_observe(lat, now > fl->items[i].created_at
+                                          ? (double)(now - fl->items[i].created_at) / 1000.0
                                           : 0);
         pthread_mutex_lock(&d->mu);
         p->v_last_ok_s = now / 1000;
         pthread_mutex_unlock(&d->mu);
     }
-    if (in.result != PB_PUSH_STOPPED) log_push(p, &in, ans, ms, bad_time);
+    if (in.result != PB_PUSH_STOPPED) log_push(p, fl, ans, ms, bad_time);
     pb_client_answer_clear(ans);
-    pb_outbox_items_free(p->items, p->nitems);
-    p->items = NULL;
-    p->nitems = 0;
+    pb_outbox_items_free(fl->items, fl->n);
+    fl->items = NULL; /* fl->n stays: the state machine reads it when it adopts fl */
+    if (fl->orphan) { /* a window reset left it: only counted */
+        p->orphans--;
+        flight_free(fl);
+        if (!d->stopping) {
+            win_kick(p);
+            dispatch(d);
+        }
+        return;
+    }
+    if (!is_head) { /* a window batch: its answer waits for the state machine */
+        if (!d->stopping) {
+            win_kick(p);
+            dispatch(d);
+        }
+        return;
+    }
+    p->head_fl = NULL;
+    if (in.result != PB_PUSH_OK && in.result != PB_PUSH_STOPPED)
+        snprintf(p->last_error, sizeof p->last_error, "%s", fl->err);
+    flight_free(fl);
     if (in.result == PB_PUSH_STOPPED || d->stopping) {
         p->fsm.st = PB_FSM_IDLE;
         return;
@@ -1157,43 +1464,30 @@ static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
     dispatch(d);
 }
 
-/* A slot was granted: push the events read. */
+/* A slot was granted: push the head batch read. */
 static void send_start_push(struct peer *p)
 {
     pb_delivery *d = p->d;
-    pb_buf body = PB_BUF_INIT;
-    pb_event *evs = pb_xcalloc(p->nitems ? p->nitems : 1, sizeof *evs);
-    uint64_t *seqs = pb_xcalloc(p->nitems ? p->nitems : 1, sizeof *seqs);
-    for (size_t i = 0; i < p->nitems; i++) {
-        evs[i] = p->items[i].ev; /* borrowed */
-        seqs[i] = p->items[i].seq;
-    }
-    pb_err err =
-        p->nitems ? pb_wire_push_encode(evs, seqs, p->nitems, p->fsm.epoch, &body) : PB_ERR_INVAL;
-    free(evs);
-    free(seqs);
-    p->push_started = mono_ms();
-    if (err != PB_OK) { /* a stored event we cannot encode: refuse it for good */
+    struct flight *fl = pb_xcalloc(1, sizeof *fl);
+    fl->p = p;
+    fl->items = p->items;
+    fl->n = p->nitems;
+    p->items = NULL;
+    p->nitems = 0;
+    fl->first = fl->n ? fl->items[0].seq : 0;
+    fl->last = fl->n ? fl->items[fl->n - 1].seq : 0;
+    flight_free(p->head_fl); /* none: one head at a time */
+    p->head_fl = fl;
+    if (!flight_start(fl, 0)) { /* a stored event we cannot encode: refuse it for good */
         pb_sched_done(&d->sched, PB_SCHED_HIGH);
         snprintf(p->last_error, sizeof p->last_error, "event %llu cannot be encoded",
-                 (unsigned long long)(p->nitems ? p->items[0].seq : 0));
-        pb_buf_free(&body);
+                 (unsigned long long)fl->first);
+        p->head_fl = NULL;
+        flight_free(fl);
         pb_fsm_input in = {.kind = PB_FSM_IN_PUSHED, .result = PB_PUSH_REFUSED};
         fsm_feed(p, &in);
         return;
     }
-    char as[PB_SERVER_ID_MAX];
-    as_id_for(d, p, as);
-    char *authz = pb_auth_header_cached(d->signer, as, p->id, (uint64_t)time(NULL));
-    pb_client_req req = {.server_id = p->id,
-                         .path = PATH_PUSH,
-                         .authorization = authz,
-                         .body = body.data,
-                         .body_len = body.len,
-                         .max_response = 64 * 1024};
-    pb_client_start(d->o.client, &req, push_done, p);
-    free(authz);
-    pb_buf_free(&body);
 }
 
 /* ---- pulling (this server as R) ----------------------------------------------------------------
@@ -2276,12 +2570,13 @@ static bool peer_forgettable(pb_delivery *d, struct peer *p)
     if (p->refs || p->loading || p->forget_busy || p->forget_queued || p->reload_busy ||
         p->lease_busy || p->lease_held || p->notice || p->notice_running ||
         p->pull_st != PULL_IDLE || p->pull_nq || p->pull_applying || p->pull_busy || p->nitems ||
-        p->ra || p->ra_posted || p->forget_sent != p->forget_want || p->fsm.st != PB_FSM_IDLE ||
-        p->fsm.has_work || p->fsm.mode != PB_MODE_PUSH || pb_timer_armed(&p->send_timer) ||
-        pb_timer_armed(&p->forget_timer) || pb_timer_armed(&p->pull_timer) ||
-        pb_timer_armed(&p->notice_timer) || pb_timer_armed(&p->lease_timer) ||
-        pb_sched_waiting(&p->send_item) || pb_sched_waiting(&p->pull_item) ||
-        pb_sched_waiting(&p->notice_item))
+        p->ra || p->ra_posted || p->forget_sent != p->forget_want || p->head_fl || p->nwin ||
+        p->orphans || p->win_reading || pb_sched_waiting(&p->win_item) ||
+        p->fsm.st != PB_FSM_IDLE || p->fsm.has_work || p->fsm.mode != PB_MODE_PUSH ||
+        pb_timer_armed(&p->send_timer) || pb_timer_armed(&p->forget_timer) ||
+        pb_timer_armed(&p->pull_timer) || pb_timer_armed(&p->notice_timer) ||
+        pb_timer_armed(&p->lease_timer) || pb_sched_waiting(&p->send_item) ||
+        pb_sched_waiting(&p->pull_item) || pb_sched_waiting(&p->notice_item))
         return false;
     for (size_t i = 0; i < d->napply_q; i++)
         if (d->apply_q[i] == p) return false;
@@ -2325,6 +2620,7 @@ static void idle_timer_fired(void *arg)
             }
             PB_DEBUG(p->id, "peer record forgotten: idle for %u s", idle_s);
             pb_outbox_items_free(p->items, p->nitems);
+            free(p->win);
             free(p->waiters);
             free(p);
             forgotten++;
@@ -2399,6 +2695,10 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     if (!d->o.push_wait_ms) d->o.push_wait_ms = 10000;
     if (!d->o.max_transfers) d->o.max_transfers = 1024;
     if (!d->o.batch_max) d->o.batch_max = 256;
+    if (!d->o.push_window) d->o.push_window = 24;
+    if (!d->o.window_announce) d->o.window_announce = d->o.push_window;
+    if (!d->o.window_hold_total) d->o.window_hold_total = 128;
+    if (!d->o.window_hold_ms) d->o.window_hold_ms = 5000;
     if (!d->o.push_max_bytes) d->o.push_max_bytes = 60 * 1024;
     if (!d->o.pull_read_max_bytes) d->o.pull_read_max_bytes = 2 * 1024 * 1024;
     if (!d->o.pull_read_max_events) d->o.pull_read_max_events = 10000;
@@ -2416,6 +2716,8 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     d->loop = pb_client_loop(opts->client);
     d->signer = pb_auth_signer_new(opts->keys);
     d->budget = pb_budget_new(&d->o.budget);
+    d->wgate = pb_wgate_new(d->o.window_announce > 1 ? d->o.window_announce - 1 : 0,
+                            d->o.window_hold_total);
     d->newkeys = pb_budget_new(
         &(pb_budget_opts){.events = d->o.new_peers_per_key ? d->o.new_peers_per_key : 1,
                           .bytes = NEWPEER_BYTES,
@@ -2585,6 +2887,7 @@ static void stop_on_loop(void *arg)
         pb_ioloop_timer_cancel(d->loop, &p->notice_timer);
         pb_ioloop_timer_cancel(d->loop, &p->lease_timer);
         pb_sched_cancel(&d->sched, &p->send_item);
+        pb_sched_cancel(&d->sched, &p->win_item);
         pb_sched_cancel(&d->sched, &p->pull_item);
         pb_sched_cancel(&d->sched, &p->notice_item);
         /* Pushes waiting for a Pull go on (and are answered) */
@@ -2599,6 +2902,7 @@ static void stop_on_loop(void *arg)
             pb_hrpc_wake(ws[k]);
         free(ws);
     }
+    pb_wgate_wake_all(d->wgate); /* batches held ahead of a gap are answered (503) */
 }
 
 void pb_delivery_stop(pb_delivery *d)
@@ -2633,6 +2937,10 @@ void pb_delivery_free(pb_delivery *d)
             pull_dec_free(p->pull_q[k].dec);
         }
         pb_outbox_items_free(p->ra, p->nra);
+        flight_free(p->head_fl);
+        for (size_t k = 0; k < p->nwin; k++)
+            flight_free(p->win[k]);
+        free(p->win);
         free(p->waiters);
         free(p);
     }
@@ -2642,6 +2950,7 @@ void pb_delivery_free(pb_delivery *d)
     free(d->forget_q);
     pb_auth_signer_free(d->signer);
     pb_budget_free(d->budget);
+    pb_wgate_free(d->wgate);
     pb_budget_free(d->newkeys);
     pb_budget_free(d->newaddrs);
     free((char *)d->o.node_id);
@@ -3097,6 +3406,11 @@ bool pb_delivery_rename_pending(pb_delivery *d, const char *peer, char *err, siz
 pb_budget *pb_delivery_budget(pb_delivery *d)
 {
     return d->budget;
+}
+
+pb_wgate *pb_delivery_wgate(pb_delivery *d)
+{
+    return d->wgate;
 }
 
 const pb_delivery_opts *pb_delivery_options(pb_delivery *d)

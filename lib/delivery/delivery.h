@@ -83,6 +83,16 @@ typedef struct pb_delivery_opts {
     unsigned push_wait_ms;         /* a Push waits this long for a Pull in progress, 10000 */
     unsigned max_transfers;        /* transfers to peers at once (the connection cap), 1024 */
     unsigned batch_max;            /* events per Push to a postbox of this project, 256 */
+    /* Windowed Push (PROTOCOL.md 5): batches in flight at once to a postbox that announced
+     * a window, at most (1: one Push in flight, as to every other receiver); and the window
+     * we announce as a receiver (batches we hold ahead of a gap per sender, + 1; 0 or 1:
+     * none announced), at most window_hold_total held in all, each at most
+     * window_hold_ms. 0: the defaults (push_window 24, announce = push_window, total 128,
+     * 5000 ms). */
+    unsigned push_window;
+    unsigned window_announce;
+    unsigned window_hold_total;
+    unsigned window_hold_ms;
     size_t push_max_bytes;         /* bytes of events per Push (under peers' body limit), 60 KiB */
     size_t pull_read_max_bytes;    /* largest Pull answer read, default 2 MiB */
     unsigned pull_read_max_events; /* most events in one Pull answer read, default 10000 */
@@ -214,6 +224,8 @@ bool pb_delivery_rename_pending(pb_delivery *d, const char *peer, char *err, siz
 
 /* The receive budget. */
 pb_budget *pb_delivery_budget(pb_delivery *d);
+/* The receiver's gate for windowed Pushes (wgate.h). */
+struct pb_wgate *pb_delivery_wgate(pb_delivery *d);
 const pb_delivery_opts *pb_delivery_options(pb_delivery *d);
 /* An authenticated request from peer (any thread): resets its drain backoff. */
 void pb_delivery_contact(pb_delivery *d, const char *peer);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "delivery/wgate.h"
 #include "util/fault.h"
 #include "util/health.h"
 #include "util/log.h"
@@ -55,6 +56,34 @@ void pb_inbound_contact(void *ctx, const char *peer, bool bound)
 
 /* ---- Push ------------------------------------------------------------------------------------ */
 
+/* A batch of a window (postbox_after): is everything before it applied? The gate knows
+ * what this process committed; the store is asked when the gate knows nothing of that
+ * sender's epoch, or (ask) when the batch already waited once. */
+static bool window_ready(pb_delivery *d, const pb_hrpc_request *req, const pb_push_req *pr,
+                         bool ask)
+{
+    pb_wgate *g = pb_delivery_wgate(d);
+    bool known = false;
+    if (pb_wgate_ready(g, req->peer, pr->epoch, pr->after, &known)) return true;
+    if (known && !ask) return false;
+    uint64_t ep = 0, rs = 0;
+    if (pb_store_recv_latest(pb_delivery_options(d)->store, req->peer, &ep, &rs) != PB_OK)
+        return false; /* not known to be applicable: it waits or is refused */
+    if (ep == pr->epoch && rs) pb_wgate_applied(g, req->peer, ep, rs, pb_ioloop_now_ms());
+    return pb_wgate_ready(g, req->peer, pr->epoch, pr->after, NULL);
+}
+
+static void window_refuse(const pb_delivery_opts *o, pb_hrpc_reply *rep, const pb_push_req *pr)
+{
+    if (o->metrics) pb_counter_inc(pb_metric_get(o->metrics->push_ahead, "refused"));
+    pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE,
+                        "events up to %llu (before this batch) are not here yet: send them "
+                        "first, then this batch again",
+                        (unsigned long long)pr->after);
+    rep->retry_after = 1;
+    rep->logged = true; /* the sender's window shrinks; not an error of ours */
+}
+
 void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
 {
     pb_delivery *d = ctx;
@@ -95,12 +124,33 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
         if (!pb_delivery_pull_gate(d, req->peer, w)) pb_hrpc_wake(w); /* it just ended */
         goto out;
     }
+    /* A batch of a window (PROTOCOL.md 5) whose predecessors are not all applied: wait for
+     * them (suspended, bounded in time and number: wgate.h), else a retryable refusal. */
+    /* (honoured even when we announce no window: applying across a gap would lose events) */
+    bool windowed = pr.seqs && pr.after;
     if (req->timed_out) {
-        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "a Pull from you is in progress");
-        rep->retry_after = 1;
+        if (windowed) {
+            window_refuse(o, rep, &pr);
+        } else {
+            pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "a Pull from you is in progress");
+            rep->retry_after = 1;
+        }
         goto out;
     }
-    if (req->resumed) PB_INFO(req->peer, "push processed after our Pull from this peer");
+    if (windowed && !window_ready(d, req, &pr, req->resumed)) {
+        pb_wgate *g = pb_delivery_wgate(d);
+        if (req->resumed || !pb_wgate_room(g, req->peer)) {
+            window_refuse(o, rep, &pr);
+            goto out;
+        }
+        pb_hrpc_waker *w = pb_hrpc_defer(req, (int)o->window_hold_ms);
+        if (pb_wgate_wait(g, req->peer, pr.epoch, pr.after, w, pb_ioloop_now_ms(),
+                          (int)o->window_hold_ms) != PB_WGATE_WAIT)
+            pb_hrpc_wake(w); /* applicable after all, or no room: runs again at once */
+        goto out;
+    }
+    if (req->resumed && !windowed)
+        PB_INFO(req->peer, "push processed after our Pull from this peer");
     uint32_t ra = 0;
     /* the sender's budget, its key's (many IDs, one key) and its address's */
     pb_budget_who who = {.sender = req->peer, .key = req->peer_key, .addr = req->client_addr};
@@ -128,7 +178,12 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
         goto out;
     }
     pb_fault_crash("delivery.crash-after-commit");
+    /* batches of this sender's window held behind this one may go now */
+    if (pr.seqs && rr.ack)
+        pb_wgate_applied(pb_delivery_wgate(d), req->peer, rr.epoch, rr.ack, pb_ioloop_now_ms());
     if (rr.applied) pb_delivery_inbox_bump(d);
+    if (o->metrics && windowed && req->resumed)
+        pb_counter_inc(pb_metric_get(o->metrics->push_ahead, "applied"));
     if (o->metrics) {
         for (size_t i = rr.duplicates; i < pr.n; i++) /* duplicates are the lowest numbers */
             pb_counter_inc(pb_metric_get(o->metrics->events_received,
@@ -155,7 +210,9 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
                         "push received");
     pb_delivery_push_seen(d, req->peer);
     /* A sender of this project learns what we hold of its stream. */
-    if (pr.seqs) pb_wire_push_resp_encode(rr.ack, pr.epoch, &rep->body);
+    if (pr.seqs)
+        pb_wire_push_resp_encode_win(rr.ack, pr.epoch,
+                                     o->window_announce > 1 ? o->window_announce : 0, &rep->body);
 out:
     pb_push_req_clear(&pr);
 }

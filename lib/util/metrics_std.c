@@ -175,6 +175,17 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
     s->events_duplicate = pb_metrics_counter(
         reg, "postbox_events_duplicate_total",
         "Events received again and skipped (sequence number already applied), by path", "path");
+    s->push_window_batches = pb_metrics_counter(
+        reg, "postbox_push_window_batches_total",
+        "Pushes sent to a postbox of this project while the Push before them was unanswered "
+        "(the window, push_window)",
+        NULL);
+    s->push_ahead = pb_metrics_counter(
+        reg, "postbox_push_ahead_of_gap_total",
+        "Received Pushes of a sender's window that arrived before the batches in front of "
+        "them, by result: applied (held until those were applied), refused (503: not there "
+        "in time, or too many held)",
+        "result");
     s->client_duration = pb_metrics_histogram(
         reg, "postbox_hrpc_client_request_duration_seconds",
         "Calls to peers from request start to answer (or failure), by hRPC method", "method",
@@ -296,6 +307,9 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
             pb_metric_get(s->events_received, pb_event_kind_name((pb_event_kind)k), paths[p]);
         pb_metric_get(s->events_duplicate, paths[p]);
     }
+    pb_metric_series(s->push_window_batches, NULL);
+    pb_metric_get(s->push_ahead, "applied");
+    pb_metric_get(s->push_ahead, "refused");
     for (size_t i = 0; i < N(methods); i++) {
         pb_metric_get(s->client_duration, methods[i]);
         pb_metric_get(s->server_duration, methods[i]);

@@ -31,6 +31,11 @@
  *     events_pushed          postbox_events_pushed_total{result=ok|retried|queued|parked}
  *     events_received        postbox_events_received_total{kind,path=push|pull}
  *     events_duplicate       postbox_events_duplicate_total{path=push|pull}
+ *     push_window_batches    postbox_push_window_batches_total: Pushes sent ahead of the
+ *                            answer to the one before them (a window, PROTOCOL.md 5)
+ *     push_ahead             postbox_push_ahead_of_gap_total{result=applied|refused}:
+ *                            received window batches that arrived before the ones in front
+ *                            of them: held, then applied, or refused (503)
  *     receive_refused        postbox_receive_budget_refusals_total{scope=sender|key|address}:
  *                            Pushes refused 429 by a receive budget (budget.h)
  *     new_peers_refused      postbox_new_peers_refused_total{scope=key|address}: requests
@@ -94,6 +99,8 @@ typedef struct pb_metrics_std {
     pb_metric *events_pushed;
     pb_metric *events_received;
     pb_metric *events_duplicate;
+    pb_metric *push_window_batches;
+    pb_metric *push_ahead;
     pb_metric *receive_refused;
     pb_metric *new_peers_refused;
     pb_metric *peers_forgotten;

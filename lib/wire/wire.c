@@ -321,6 +321,13 @@ static bool seqs_increasing(const uint64_t *seqs, size_t n)
 pb_err pb_wire_push_encode(const pb_event *evs, const uint64_t *seqs, size_t n, uint64_t epoch,
                            pb_buf *out)
 {
+    return pb_wire_push_encode_after(evs, seqs, n, epoch, 0, out);
+}
+
+pb_err pb_wire_push_encode_after(const pb_event *evs, const uint64_t *seqs, size_t n,
+                                 uint64_t epoch, uint64_t after, pb_buf *out)
+{
+    if (seqs && n > 0 && after && after >= seqs[0]) return PB_ERR_INVAL;
     if (!evs || n == 0 || (!seqs && n > 1) || (seqs && !seqs_increasing(seqs, n)))
         return PB_ERR_INVAL;
     pb_err err = PB_OK;
@@ -340,6 +347,7 @@ pb_err pb_wire_push_encode(const pb_event *evs, const uint64_t *seqs, size_t n, 
         m.postbox_more = more;
         m.n_postbox_more_seqs = n - 1;
         m.postbox_more_seqs = (uint64_t *)seqs + 1; /* not written by pack */
+        m.postbox_after = after;
     }
     pack_append(&m.base, out);
 out:
@@ -380,6 +388,12 @@ pb_err pb_wire_push_decode(const uint8_t *p, size_t n, size_t max_events, pb_pus
             goto out;
         }
         r.epoch = m->postbox_epoch;
+        /* a condition at or above the batch's own first number could never be met */
+        if (m->postbox_after >= r.seqs[0]) {
+            err = PB_ERR_DECODE;
+            goto out;
+        }
+        r.after = m->postbox_after;
     }
     *out = r;
     memset(&r, 0, sizeof r);
@@ -636,20 +650,34 @@ pb_err pb_wire_empty_decode(const uint8_t *p, size_t n)
 
 pb_err pb_wire_push_resp_encode(uint64_t seq_ack, uint64_t epoch, pb_buf *out)
 {
+    return pb_wire_push_resp_encode_win(seq_ack, epoch, 0, out);
+}
+
+pb_err pb_wire_push_resp_encode_win(uint64_t seq_ack, uint64_t epoch, uint32_t window, pb_buf *out)
+{
     Protocol__Sync__V1__PushResponse m = PROTOCOL__SYNC__V1__PUSH_RESPONSE__INIT;
     m.postbox_seq_ack = seq_ack;
     m.postbox_epoch = seq_ack ? epoch : 0;
+    m.postbox_window = seq_ack ? window : 0;
     pack_append(&m.base, out);
     return PB_OK;
 }
 
 pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack, uint64_t *epoch)
 {
+    uint32_t window;
+    return pb_wire_push_resp_decode_win(p, n, seq_ack, epoch, &window);
+}
+
+pb_err pb_wire_push_resp_decode_win(const uint8_t *p, size_t n, uint64_t *seq_ack, uint64_t *epoch,
+                                    uint32_t *window)
+{
     ProtobufCMessage *raw = NULL;
     pb_err err = unpack(&protocol__sync__v1__push_response__descriptor, p, n, &raw);
     if (err) return err;
     *seq_ack = ((Protocol__Sync__V1__PushResponse *)raw)->postbox_seq_ack;
     *epoch = ((Protocol__Sync__V1__PushResponse *)raw)->postbox_epoch;
+    *window = *seq_ack ? ((Protocol__Sync__V1__PushResponse *)raw)->postbox_window : 0;
     unpacked_free(raw);
     return PB_OK;
 }

@@ -44,11 +44,17 @@ typedef struct pb_push_req {
     uint64_t *seqs; /* n sequence numbers (owned), or NULL */
     size_t n;       /* >= 1 */
     uint64_t epoch; /* 0 when absent */
+    uint64_t after; /* postbox_after: apply only once up to it is held (0: absent; below
+                       seqs[0], else PB_ERR_DECODE; only with seqs) */
 } pb_push_req;
 void pb_push_req_clear(pb_push_req *r);
 pb_err pb_wire_push_encode(const pb_event *evs, const uint64_t *seqs, size_t n, uint64_t epoch,
                            pb_buf *out);
 pb_err pb_wire_push_decode(const uint8_t *p, size_t n, size_t max_events, pb_push_req *out);
+/* The same with postbox_after (a batch of a window, PROTOCOL.md 5): 0 is not sent; with
+ * seqs only, and below seqs[0] (else PB_ERR_INVAL). */
+pb_err pb_wire_push_encode_after(const pb_event *evs, const uint64_t *seqs, size_t n,
+                                 uint64_t epoch, uint64_t after, pb_buf *out);
 
 /* PullRequest { postbox_next_seq, postbox_epoch, postbox_max_bytes, postbox_max_events,
  * postbox_from_seq }; every field 0 = absent (a foreign puller sends none). */
@@ -101,6 +107,11 @@ pb_err pb_wire_notify_decode(const uint8_t *p, size_t n, char **new_id, uint8_t 
 /* PushResponse { postbox_seq_ack, postbox_epoch } (0 = absent: a foreign receiver) */
 pb_err pb_wire_push_resp_encode(uint64_t seq_ack, uint64_t epoch, pb_buf *out);
 pb_err pb_wire_push_resp_decode(const uint8_t *p, size_t n, uint64_t *seq_ack, uint64_t *epoch);
+/* ... with postbox_window (the batches the receiver accepts in flight; sent and read only
+ * with an acknowledgement: 0 otherwise) */
+pb_err pb_wire_push_resp_encode_win(uint64_t seq_ack, uint64_t epoch, uint32_t window, pb_buf *out);
+pb_err pb_wire_push_resp_decode_win(const uint8_t *p, size_t n, uint64_t *seq_ack, uint64_t *epoch,
+                                    uint32_t *window);
 
 /* Empty messages (NotifyNewIdResponse, KeyRequest): decoding checks that the bytes parse
  * as a message without known fields (unknown fields are skipped, as proto3 says). */

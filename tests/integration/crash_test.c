@@ -5,10 +5,11 @@
  * Set-up: A pushes to B through tests/tools/faultproxy, which injects, from a seeded
  * schedule, refused and reset connections (before and after the request was forwarded:
  * the second is a stored Push whose answer is lost), answers held past the caller's
- * timeout, 500/503/429 answers of its own and blackhole periods. B listens on its own port
- * but its server ID is the proxy's address, so everything addressed to B (A's Pushes, A's
- * fetch of B's key to check B's tokens) passes the proxy. A second proxy (seed + 1) does
- * the same for A, so B's Pulls from A (and lost Pull answers) are faulted too.
+ * timeout, 500/503/429 answers of its own and blackhole periods, and holds each request
+ * 0..10 ms, so that the batches of A's Push window (on by default) overtake each other. B
+ * listens on its own port but its server ID is the proxy's address, so everything addressed to B
+ * (A's Pushes, A's fetch of B's key to check B's tokens) passes the proxy. A second proxy (seed +
+ * 1) does the same for A, so B's Pulls from A (and lost Pull answers) are faulted too.
  *
  * The stream cycles through all four event kinds in groups of four (group k: add user
  * k%97+1 to guild k+1; remove it again for even k, remove a guild never added for odd k;
@@ -510,7 +511,7 @@ int main(int argc, char **argv)
                           "--http500", "2", "--http503", "2", "--http429", "2",
                           "--delay", "0.5", "--blackhole", "0.3",
                           "--delay-ms", "4000", "--blackhole-ms", "3000", "--slow-gap-ms", "8000",
-                          NULL};
+                          "--jitter-ms", "10", NULL};
     /* B's Pulls are few (one per start-up and per quiet minute) but carry up to 1000
      * events each: fault a quarter of them. */
     const char *to_a[] = {"--refuse", "50", "--reset-before", "50", "--reset-after", "100",

@@ -22,6 +22,10 @@
  *   blackhole     for --blackhole-ms, every request on any connection is read and never
  *                 answered nor forwarded; its connection is reset when the period ends
  *
+ * Latency (not a fault): with --latency-ms L and --jitter-ms J every forwarded request is
+ * held L ms plus a random 0..J ms (seeded) before it goes upstream, so that requests on
+ * different connections (a sender's window of Pushes) overtake each other.
+ *
  * Rates are per mille (--KIND PM, or --all PM for every kind). Delays and blackholes are
  * the expensive faults: --slow-gap-ms keeps that long between them. Decisions are drawn in
  * arrival order from one generator seeded with SEED, so a failing run is replayed by the
@@ -89,7 +93,7 @@ static struct {
     uint16_t listen_port, target_port;
     uint64_t seed;
     double pm[K__COUNT]; /* per mille */
-    int delay_ms, blackhole_ms, slow_gap_ms, max_conns;
+    int delay_ms, blackhole_ms, slow_gap_ms, max_conns, latency_ms, jitter_ms;
     const char *stats_path;
 } opt = {.delay_ms = 4000, .blackhole_ms = 3000, .max_conns = 512};
 
@@ -474,7 +478,13 @@ static void *conn_main(void *arg)
             if (!ok) break;
             continue;
         }
-        /* forward */
+        /* forward (after the latency, if any) */
+        if (opt.latency_ms || opt.jitter_ms) {
+            pthread_mutex_lock(&g_mu);
+            int hold = opt.latency_ms + (int)(rnd() * (opt.jitter_ms + 1));
+            pthread_mutex_unlock(&g_mu);
+            sleep_ms(hold);
+        }
         if (uin.fd < 0) {
             uin.fd = connect_target();
             if (uin.fd < 0) {
@@ -595,6 +605,7 @@ static void usage(void)
             "  --blackhole-ms N    how long a blackhole lasts (3000)\n"
             "  --slow-gap-ms N     least time between two delays/blackholes (0)\n"
             "  --max-conns N       client connections at once (512)\n"
+            "  --latency-ms N, --jitter-ms N  hold each forwarded request N ms + 0..J ms\n"
             "  --stats FILE        write the counts as JSON at exit\n");
 }
 
@@ -632,6 +643,8 @@ static bool parse_args(int argc, char **argv)
                   : !strcmp(a, "--blackhole-ms") ? &opt.blackhole_ms
                   : !strcmp(a, "--slow-gap-ms")  ? &opt.slow_gap_ms
                   : !strcmp(a, "--max-conns")    ? &opt.max_conns
+                  : !strcmp(a, "--latency-ms")   ? &opt.latency_ms
+                  : !strcmp(a, "--jitter-ms")    ? &opt.jitter_ms
                                                  : NULL;
         if (ip) {
             if (!parse_long(val, 0, 3600000, &v)) return false;

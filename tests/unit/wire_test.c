@@ -891,6 +891,50 @@ static void test_push_response(void)
     pb_buf_free(&b);
 }
 
+/* The window fields (PROTOCOL.md 5): PushResponse.postbox_window travels only with an
+ * acknowledgement; PushRequest.postbox_after round-trips, must be below the batch's first
+ * number, and is not sent when 0. */
+static void test_push_window_fields(void)
+{
+    pb_buf b = PB_BUF_INIT;
+    uint64_t ack = 0, epoch = 0;
+    uint32_t win = 9;
+    CHECK_OK(pb_wire_push_resp_encode_win(0, 5, 24, &b));
+    CHECK_INT(b.len, 0); /* no acknowledgement: nothing at all */
+    CHECK_OK(pb_wire_push_resp_encode_win(300, 5, 24, &b));
+    CHECK_OK(pb_wire_push_resp_decode_win(b.data, b.len, &ack, &epoch, &win));
+    CHECK(ack == 300 && epoch == 5 && win == 24);
+    CHECK_OK(pb_wire_push_resp_decode(b.data, b.len, &ack, &epoch)); /* older readers */
+    CHECK(ack == 300 && epoch == 5);
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_push_resp_encode(300, 5, &b));
+    CHECK_OK(pb_wire_push_resp_decode_win(b.data, b.len, &ack, &epoch, &win));
+    CHECK_INT(win, 0); /* an older postbox: no window */
+
+    pb_event evs[2] = {{.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 2},
+                       {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 3, .guild_id = 4}};
+    uint64_t seqs[2] = {11, 12};
+    pb_push_req r = {0};
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_push_encode_after(evs, seqs, 2, 77, 10, &b));
+    CHECK_OK(pb_wire_push_decode(b.data, b.len, 16, &r));
+    CHECK(r.n == 2 && r.epoch == 77 && r.after == 10);
+    pb_push_req_clear(&r);
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_push_encode(evs, seqs, 2, 77, &b));
+    CHECK_OK(pb_wire_push_decode(b.data, b.len, 16, &r));
+    CHECK_INT(r.after, 0);
+    pb_push_req_clear(&r);
+    pb_buf_reset(&b);
+    CHECK_ERR(pb_wire_push_encode_after(evs, seqs, 2, 77, 11, &b), PB_ERR_INVAL);
+    /* a request whose condition is at or above its own first number is refused */
+    pb_buf_reset(&b);
+    CHECK_OK(pb_wire_push_encode_after(evs, seqs, 2, 77, 10, &b));
+    pb_buf_append(&b, "\xa8\xe5\x08\x0b", 4); /* field 18005 = 11, after the first */
+    CHECK_ERR(pb_wire_push_decode(b.data, b.len, 16, &r), PB_ERR_DECODE);
+    pb_buf_free(&b);
+}
+
 /* Batched Push between postboxes: several events with increasing sequence numbers. */
 static void test_push_batch(void)
 {
@@ -1035,6 +1079,7 @@ int main(void)
 {
     V = pbt_vectors();
     test_push_response();
+    test_push_window_fields();
     test_push_batch();
     test_proof_and_audience();
     test_events();

@@ -1,0 +1,73 @@
+/*
+ * wgate - the receiver's gate for windowed Pushes (PROTOCOL.md 5, "Windows").
+ *
+ * A sender of this project that was told our window (PushResponse.postbox_window) keeps
+ * several batches in flight; each batch after the first of its window carries
+ * postbox_after, the number just below its first, and may arrive before the batches in
+ * front of it (they travel on different connections). Such a batch is applied only once
+ * this sender's events up to postbox_after (in the batch's epoch) are applied: until then
+ * its request waits suspended (pb_hrpc_defer, no thread), woken by the commit that makes
+ * it applicable, or refused with a retryable error when its wait ends or the bounds below
+ * are reached. The store's sequence check (pb_store_receive) still decides what is a
+ * duplicate; the gate only keeps a batch from being applied across a gap, which the store
+ * would otherwise accept (a skipped number would then be a duplicate for good).
+ *
+ * State, under one mutex (any listener thread): per sender, the epoch and the highest
+ * number known applied in it (raised by every commit the handler makes, and read from the
+ * store when a batch finds it too low: it only ever lags the store, so it never lets a
+ * batch through a gap), and the batches waiting. Bounds: waiting batches per sender
+ * (per_sender, the window we announce) and in all (total); each waits at most its
+ * deadline. The suspended requests also count in the listener's suspended pool and its
+ * per-address share, and their bodies in body_memory (hrpc_server.h): the announced
+ * window is sized to fit those shares.
+ *
+ * Memory: at most PB_WGATE_SENDERS_MAX senders remembered (a sender with nothing waiting is
+ * forgotten first: the store holds the truth).
+ *
+ * Untrusted input: sender IDs (authenticated), epochs and numbers from bound Pushes.
+ */
+#ifndef PB_WGATE_H
+#define PB_WGATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "net/hrpc_server.h"
+
+#define PB_WGATE_SENDERS_MAX 16384
+
+typedef struct pb_wgate pb_wgate;
+
+pb_wgate *pb_wgate_new(unsigned per_sender, unsigned total);
+/* Wakes every waiting request (their handlers then refuse them), frees. NULL: no-op. */
+void pb_wgate_free(pb_wgate *g);
+/* Wakes every waiting request (shutting down): their handlers refuse them. */
+void pb_wgate_wake_all(pb_wgate *g);
+
+/* Is `after` applied for (sender, epoch), as far as the gate knows? *known (may be NULL):
+ * the gate has seen a commit of that sender in that epoch (else only the store can say). */
+bool pb_wgate_ready(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t after, bool *known);
+
+typedef enum pb_wgate_verdict {
+    PB_WGATE_READY, /* applicable now: the caller wakes w itself (runs again at once) */
+    PB_WGATE_WAIT,  /* w is kept and woken once the batch is applicable or its time is up */
+    PB_WGATE_FULL,  /* too many batches wait (per sender or in all): the caller wakes w */
+} pb_wgate_verdict;
+
+/* Registers a deferred request (waker w, deadline now_ms + wait_ms) for `after` of
+ * (sender, epoch). */
+pb_wgate_verdict pb_wgate_wait(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t after,
+                               pb_hrpc_waker *w, int64_t now_ms, int wait_ms);
+/* Would a new waiting batch of sender fit the bounds? */
+bool pb_wgate_room(pb_wgate *g, const char *sender);
+
+/* (sender, epoch) holds everything up to `applied` (a commit's acknowledgement): raises
+ * what the gate knows and wakes the batches that became applicable; also wakes (and
+ * forgets) batches past their deadline. */
+void pb_wgate_applied(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t applied,
+                      int64_t now_ms);
+
+/* Batches waiting now, in all (metrics, tests). */
+unsigned pb_wgate_held(pb_wgate *g);
+
+#endif

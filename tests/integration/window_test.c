@@ -1,0 +1,360 @@
+/*
+ * window_test - the Push window between two postboxes (PROTOCOL.md 5, "Windows"): several
+ * batches in flight, a receiver that holds a batch arriving ahead of a gap, and nothing
+ * lost, duplicated or reordered when answers are lost, batches overtake each other, the
+ * receiver refuses (429, 503), or either side is killed with a window in flight.
+ *
+ * Set-up: A pushes to B through tests/tools/faultproxy, which holds every request 20 ms
+ * plus a random 0..40 ms before forwarding it (seeded): A's window batches travel on
+ * different connections and overtake each other at B. B's server ID is the proxy's
+ * address. Parts, each on the same pair and stream, each followed by a check of B's whole
+ * inbox (every event once, in submission order):
+ *   window    no fault: A sends window batches (postbox_push_window_batches_total) and B
+ *             holds some that arrived ahead of a gap, then applies them
+ *             (postbox_push_ahead_of_gap_total{result="applied"})
+ *   faults    the proxy also drops answers after B stored the Push (reset-after), answers
+ *             429 and 503 itself and resets connections before forwarding
+ *   kills     SIGKILL of A, then of B, while a window is in flight (B's inbox partly there);
+ *             then B crashes between its commit and its answer (fault point
+ *             delivery.crash-after-commit) with A's window in flight
+ * PBT_SEED=N replays the proxy schedules and kill timing. Runs on SQLite and (window_test_pg)
+ * PostgreSQL.
+ */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define PART 2000 /* events per part */
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0) abort();
+    va_end(ap);
+    return s;
+}
+
+/* Event i of the stream: an invite whose ID carries i. */
+static json_t *gen_event(unsigned i)
+{
+    char inv[32], u[16];
+    snprintf(inv, sizeof inv, "w-%u", i);
+    snprintf(u, sizeof u, "%u", i % 50 + 1);
+    return json_pack("{s:{s:s,s:s,s:s}}", "userInvited", "userId", u, "inviterId", "7", "inviteId",
+                     inv);
+}
+
+static bool submit(const pbt_daemon *a, const char *to, unsigned from, unsigned n)
+{
+    json_t *evs = json_array();
+    for (unsigned i = from; i < from + n; i++)
+        json_array_append_new(evs, gen_event(i));
+    long st;
+    json_t *r =
+        pbt_admin(a, "POST", "/v1/outbox", json_pack("{s:s,s:o}", "to", to, "events", evs), &st);
+    json_decref(r);
+    return st == 202;
+}
+
+/* Submits events [from, from + n) in calls of 500, retrying while A does not answer. */
+static void feed(const pbt_daemon *a, const char *to, unsigned from, unsigned n)
+{
+    for (unsigned i = from; i < from + n;) {
+        unsigned m = from + n - i < 500 ? from + n - i : 500;
+        bool ok = false;
+        for (int tries = 0; tries < 100 && !ok; tries++) {
+            ok = submit(a, to, i, m);
+            if (!ok) {
+                struct timespec ts = {0, 50 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        CHECKF(ok, "events %u.. accepted", i);
+        if (!ok) return;
+        i += m;
+    }
+}
+
+/* What B's inbox holds of the stream (read incrementally). */
+struct scan {
+    const pbt_daemon *b;
+    const char *from;
+    unsigned n;
+    long long after;
+    unsigned char *seen;
+    long distinct, dups, reordered, others, max_idx;
+};
+
+static void scan_init(struct scan *s, const pbt_daemon *b, const char *from, unsigned n)
+{
+    free(s->seen);
+    *s = (struct scan){.b = b, .from = from, .n = n, .max_idx = -1};
+    s->seen = calloc(n ? n : 1, 1);
+}
+
+static void scan_more(struct scan *s)
+{
+    for (int guard = 0; guard < 10000; guard++) {
+        char path[128];
+        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", s->after);
+        long st;
+        json_t *r = pbt_admin(s->b, "GET", path, NULL, &st);
+        json_t *evs = json_object_get(r, "events");
+        size_t i;
+        json_t *it;
+        json_array_foreach(evs, i, it)
+        {
+            const char *from = json_string_value(json_object_get(it, "from"));
+            const char *inv = json_string_value(json_object_get(
+                json_object_get(json_object_get(it, "event"), "userInvited"), "inviteId"));
+            unsigned long idx = inv && !strncmp(inv, "w-", 2) ? strtoul(inv + 2, NULL, 10) : 0;
+            if (!from || strcmp(from, s->from) || !inv || idx >= s->n) {
+                s->others++;
+            } else if (s->seen[idx]) {
+                s->dups++;
+            } else {
+                s->seen[idx] = 1;
+                s->distinct++;
+                if ((long)idx < s->max_idx) s->reordered++;
+                if ((long)idx > s->max_idx) s->max_idx = (long)idx;
+            }
+        }
+        size_t cnt = json_array_size(evs);
+        if (cnt) s->after = json_integer_value(json_object_get(r, "next"));
+        json_decref(r);
+        if (st != 200 || cnt == 0) break;
+    }
+}
+
+static bool arrived(void *vctx)
+{
+    struct scan *s = vctx;
+    scan_more(s);
+    return s->dups || s->reordered || s->others || s->distinct >= (long)s->n;
+}
+
+/* Waits for the first n events of the stream at B, then checks B's whole inbox. */
+static void verify(const char *part, const pbt_daemon *b, const char *from, unsigned n)
+{
+    struct scan s = {0};
+    scan_init(&s, b, from, n);
+    bool done = pbt_wait_for(arrived, &s, 120000);
+    CHECKF(done, "%s: the stream arrives (%ld of %u)", part, s.distinct, n);
+    scan_init(&s, b, from, n);
+    scan_more(&s);
+    fprintf(stderr,
+            "window_test: %s: %ld of %u arrived; %ld lost, %ld duplicated, %ld out of order, "
+            "%ld others\n",
+            part, s.distinct, n, (long)n - s.distinct, s.dups, s.reordered, s.others);
+    CHECKF(s.distinct == (long)n, "%s: %ld of %u events arrived", part, s.distinct, n);
+    CHECKF(s.dups == 0, "%s: %ld duplicated", part, s.dups);
+    CHECKF(s.reordered == 0, "%s: %ld out of order", part, s.reordered);
+    CHECKF(s.others == 0, "%s: %ld unexpected items", part, s.others);
+    free(s.seen);
+}
+
+/* ---- the proxy ------------------------------------------------------------------------------ */
+
+struct proxy {
+    pid_t pid;
+    uint16_t port, target;
+    char *dir, *log;
+};
+
+static char *proxy_path(void)
+{
+    const char *env = getenv("PBT_FAULTPROXY");
+    if (env && *env) return strdup(env);
+    char *p = strdup(PB_POSTBOXD);
+    char *slash = strrchr(p, '/');
+    if (slash) *slash = '\0';
+    char *out = xasprintf("%s/faultproxy", slash ? p : ".");
+    free(p);
+    return out;
+}
+
+static bool proxy_listening(void *vctx)
+{
+    struct proxy *p = vctx;
+    FILE *f = fopen(p->log, "r");
+    char line[2048];
+    bool seen = false;
+    while (f && !seen && fgets(line, sizeof line, f))
+        seen = strstr(line, "faultproxy: listening on") != NULL;
+    if (f) fclose(f);
+    return seen;
+}
+
+static void proxy_stop(struct proxy *p)
+{
+    if (!p->pid) return;
+    kill(p->pid, SIGTERM);
+    int st = 0;
+    for (int i = 0; i < 500 && waitpid(p->pid, &st, WNOHANG) != p->pid; i++) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        if (i == 499) {
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, NULL, 0);
+        }
+    }
+    p->pid = 0;
+}
+
+/* (Re)starts the proxy on p->port towards p->target with these fault options. */
+static bool proxy_start(struct proxy *p, unsigned seed, const char *const *faults)
+{
+    proxy_stop(p);
+    if (!p->dir) p->dir = pbt_tmpdir("winproxy");
+    free(p->log);
+    p->log = xasprintf("%s/faultproxy-%u.log", p->dir, seed);
+    char *prog = proxy_path();
+    char lp[16], tp[16], sd[24];
+    snprintf(lp, sizeof lp, "%u", p->port);
+    snprintf(tp, sizeof tp, "%u", p->target);
+    snprintf(sd, sizeof sd, "%u", seed);
+    const char *argv[48] = {prog, lp, tp, sd, "--latency-ms", "20", "--jitter-ms", "40"};
+    int n = 8;
+    for (int i = 0; faults && faults[i] && n < 46; i++)
+        argv[n++] = faults[i];
+    argv[n] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) abort();
+    if (pid == 0) {
+        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execv(prog, (char *const *)argv);
+        _exit(127);
+    }
+    p->pid = pid;
+    free(prog);
+    bool ok = pbt_wait_for(proxy_listening, p, PBT_BOUND_MS);
+    CHECKF(ok, "faultproxy listens on %u", p->port);
+    return ok;
+}
+
+/* ---- kills ------------------------------------------------------------------------------------
+ */
+
+struct partial {
+    const pbt_daemon *b;
+    double want;
+};
+
+static bool some_arrived(void *vctx)
+{
+    struct partial *p = vctx;
+    return pbt_metric(p->b, "postbox_inbox_last_seq") >= p->want;
+}
+
+/* Submits n events from `from`, waits until B holds about a third of them (A's window is
+ * then in flight), SIGKILLs victim and restarts it. */
+static void kill_mid_window(pbt_daemon *a, const pbt_daemon *b, pbt_daemon *victim, const char *to,
+                            unsigned from, unsigned n)
+{
+    double base = pbt_metric(b, "postbox_inbox_last_seq");
+    feed(a, to, from, n);
+    struct partial pt = {b, base + n / 3};
+    CHECKF(pbt_wait_for(some_arrived, &pt, PBT_BOUND_MS), "B receives part of the stream");
+    double at = pbt_metric(b, "postbox_inbox_last_seq");
+    pbt_daemon_kill(victim);
+    fprintf(stderr, "window_test: SIGKILL %s mid-window (B at %.0f of %.0f)\n",
+            victim == a ? "the sender" : "the receiver", at, base + n);
+    CHECKF(pbt_daemon_start(victim), "%s restarts", victim->server_id);
+}
+
+int main(void)
+{
+    unsigned seed = getenv("PBT_SEED") ? (unsigned)atoi(getenv("PBT_SEED")) : (unsigned)time(NULL);
+    fprintf(stderr, "window_test: seed %u (PBT_SEED=%u replays)\n", seed, seed);
+    srand(seed);
+    /* fast retries and probes, so that faults cost little time */
+    const char *ax[] = {"--push-retries",
+                        "3",
+                        "--retry-base-ms",
+                        "20",
+                        "--backoff-min",
+                        "1",
+                        "--backoff-max",
+                        "2",
+                        "--peer-timeout-ms",
+                        "5000",
+                        NULL};
+    const char *bx[] = {"--peer-timeout-ms", "5000", NULL};
+    pbt_daemon *a = pbt_daemon_new("winA", ax), *b = pbt_daemon_new("winB", bx);
+    struct proxy px = {.port = pbt_free_port(), .target = b->port};
+    char b_id[64];
+    snprintf(b_id, sizeof b_id, "127.0.0.1:%u", px.port);
+    b->args[b->nargs++] = strdup("--server-id");
+    b->args[b->nargs++] = strdup(b_id);
+    if (!proxy_start(&px, seed, NULL) || !pbt_daemon_start(a) || !pbt_daemon_start(b)) {
+        CHECK(!"proxy and daemons start");
+        goto out;
+    }
+
+    /* window: batches in flight at once, overtaking each other, held and applied in order */
+    feed(a, b_id, 0, PART);
+    verify("window", b, a->server_id, PART);
+    double sent = pbt_metric(a, "postbox_push_window_batches_total");
+    double held = pbt_metric(b, "postbox_push_ahead_of_gap_total{result=\"applied\"}");
+    fprintf(stderr, "window_test: %.0f window batches sent, %.0f held ahead of a gap\n", sent,
+            held);
+    CHECKF(sent >= 2, "A sent batches in a window (%.0f)", sent);
+    CHECKF(held >= 1, "B held a batch that arrived ahead of a gap (%.0f)", held);
+
+    /* faults: lost answers, 429 and 503 from the proxy, resets before forwarding */
+    const char *faults[] = {"--reset-after",  "40", "--http429", "30", "--http503", "30",
+                            "--reset-before", "20", NULL};
+    if (!proxy_start(&px, seed + 1, faults)) goto out;
+    feed(a, b_id, PART, PART);
+    verify("faults", b, a->server_id, 2 * PART);
+    CHECKF(pbt_metric(a, "postbox_push_window_batches_total") > sent,
+           "A still sends windows under faults");
+
+    /* kills: the sender, then the receiver, with a window in flight */
+    if (!proxy_start(&px, seed + 2, NULL)) goto out;
+    kill_mid_window(a, b, a, b_id, 2 * PART, PART);
+    verify("sender killed", b, a->server_id, 3 * PART);
+    kill_mid_window(a, b, b, b_id, 3 * PART, PART);
+    verify("receiver killed", b, a->server_id, 4 * PART);
+    /* the receiver crashes between its commit and its answer, a window in flight */
+    pbt_daemon_stop(b);
+    setenv("PB_FAULTS", "delivery.crash-after-commit", 1);
+    bool started = pbt_daemon_start(b);
+    unsetenv("PB_FAULTS");
+    CHECKF(started, "B starts with the crash fault point");
+    feed(a, b_id, 4 * PART, PART);
+    CHECKF(pbt_daemon_wait_exit(b, PBT_BOUND_MS), "B crashed at its fault point");
+    CHECKF(pbt_log_count(b, "fault point delivery.crash-after-commit: crashing", NULL) == 1,
+           "the crash happened after a commit");
+    CHECKF(pbt_daemon_start(b), "B restarts");
+    verify("receiver crashed after a commit", b, a->server_id, 5 * PART);
+    CHECK_INT(pbt_daemon_stop(a), 0);
+    CHECK_INT(pbt_daemon_stop(b), 0);
+out:
+    if (pbt_failed) {
+        fprintf(stderr, "window_test: FAILED with seed %u: PBT_SEED=%u replays\n", seed, seed);
+        pbt_daemon_dump_log(a);
+        pbt_daemon_dump_log(b);
+    }
+    proxy_stop(&px);
+    if (px.dir && !getenv("PBT_KEEP")) pbt_rmrf(px.dir);
+    free(px.dir);
+    free(px.log);
+    pbt_daemon_free(a);
+    pbt_daemon_free(b);
+    return pbt_finish();
+}
