@@ -2835,8 +2835,10 @@ static void test_outbox_async(void)
             seqs[seen->last[i] - 1] = true;
     }
     CHECK(once);
+    /* the two submissions with ID "a0": one is stored, the other is its duplicate (which
+     * one depends on the order the store runs them: PostgreSQL runs several at once) */
     CHECK_INT(dups, 1);
-    CHECK(seen->dup[NASYNC - 1]);
+    CHECK(seen->dup[NASYNC - 1] != seen->dup[0]);
     CHECK_INT(seen->last[NASYNC - 1], seen->last[0]);
     for (int i = 0; i < NASYNC - 1; i++)
         CHECKF(seqs[i], "no submission got seq %d", i + 1);
