@@ -1244,12 +1244,23 @@ static enum astep auth_step(pb_hrpc_server *s, struct MHD_Connection *conn, stru
     if (r->key_wait) { /* back from waiting for a fetch */
         r->key_wait = false;
         pb_hrpc_waker *w = r->w;
+        /* test: the key arrives after the wait's deadline fired, before this rerun */
+        for (int i = 0; i < 500 && pb_fault("hrpc.key-late-rerun"); i++) {
+            pthread_mutex_lock(&s->wake_mu);
+            bool arrived = w->key_done;
+            pthread_mutex_unlock(&s->wake_mu);
+            if (arrived) break;
+            nanosleep(&(struct timespec){0, 10000000}, NULL);
+        }
         pthread_mutex_lock(&s->wake_mu);
         bool done = w->key_done;
         pb_err kerr = w->key_err;
         if (done && kerr == PB_OK) memcpy(key, w->key, PB_PUBKEY_LEN);
         pthread_mutex_unlock(&s->wake_mu);
         take_waker(s, r);
+        /* the key wait's deadline is not the handler's: a key that came after it fired
+         * (and before this rerun) is used, and the handler must not see a timed-out wait */
+        r->timed_out = false;
         if (done && kerr == PB_OK) {
             have = true;
         } else {

@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -458,6 +460,54 @@ static void test_internal_fault(void)
     pbt_daemon_free(d);
 }
 
+struct cont_later {
+    pid_t pid;
+    int after_ms;
+};
+
+static void *cont_later_main(void *arg)
+{
+    struct cont_later *c = arg;
+    /* the time under test: the key must come after the key wait's deadline (850 ms) */
+    nanosleep(&(struct timespec){c->after_ms / 1000, (long)(c->after_ms % 1000) * 1000000}, NULL);
+    kill(c->pid, SIGCONT);
+    return NULL;
+}
+
+/* A key that arrives after the key wait's deadline fired but before the request runs
+ * again (a loaded machine: load_test saw it under ASan) is used, and the handler does not
+ * take the key wait's deadline for its own: the Push is accepted, not refused with 503 "a
+ * Pull from you is in progress". The fault point holds the rerun until the key is in;
+ * B is stopped so that A's fetch of its key outlasts the wait. */
+static void test_key_after_deadline(pbt_daemon *b)
+{
+    setenv("PB_FAULTS", "hrpc.key-late-rerun", 1);
+    pbt_daemon *f = pbt_daemon_new("keylate", NULL);
+    bool up = pbt_daemon_start(f);
+    unsetenv("PB_FAULTS");
+    CHECK(up);
+    pb_keys *kb = daemon_keys(b);
+    if (!up || !kb) goto out;
+    pb_buf push = PB_BUF_INIT;
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 3, .guild_id = 4};
+    pb_wire_push_encode(&ev, NULL, 1, 0, &push);
+    char *t = pb_auth_header_make(kb, b->server_id, NULL, (uint64_t)time(NULL));
+    struct cont_later c = {.pid = b->pid, .after_ms = 1500};
+    pthread_t th;
+    kill(b->pid, SIGSTOP);
+    pthread_create(&th, NULL, cont_later_main, &c);
+    pbt_http h;
+    post(f, PUSH, t, push.data, push.len, &h);
+    pthread_join(th, NULL);
+    CHECKF(h.status == 200, "a Push whose key came after the key wait's deadline: %ld", h.status);
+    pbt_http_clear(&h);
+    free(t);
+    pb_buf_free(&push);
+out:
+    pb_keys_free(kb);
+    pbt_daemon_free(f);
+}
+
 /* Every auth failure of section 3 against Push, in order; then a good token. */
 static void test_auth_rows(pbt_daemon *a, pbt_daemon *b)
 {
@@ -580,6 +630,7 @@ int main(void)
     test_lingering_close(a);
     test_auth_rows(a, b);
     test_key_kept(a, b);
+    test_key_after_deadline(b);
     test_overload();
     test_internal_fault();
     if (pbt_failed) {
