@@ -230,6 +230,11 @@ struct pb_delivery {
     pthread_mutex_t submit_mu;
     pthread_cond_t submit_cv; /* the last one completed */
     size_t submits;
+    /* committed submissions' work for the loop, one entry per peer (the highest sequence
+     * number), taken by the one message posted for them all (work_posted; submit_mu) */
+    struct pending_work *work;
+    size_t nwork, capwork;
+    bool work_posted;
     char self[PB_SERVER_ID_MAX];
     struct peer *buckets[NBUCKETS];
     struct peer **all;
@@ -2948,6 +2953,7 @@ void pb_delivery_free(pb_delivery *d)
     free(d->apply_q);
     free(d->apply_wait);
     free(d->forget_q);
+    free(d->work);
     pb_auth_signer_free(d->signer);
     pb_budget_free(d->budget);
     pb_wgate_free(d->wgate);
@@ -3028,6 +3034,57 @@ static void post_msg(pb_delivery *d, const char *id, int kind, uint64_t seq)
     pb_ioloop_post(d->loop, msg_on_loop, m);
 }
 
+/* Work committed for one peer, waiting for the loop. */
+struct pending_work {
+    char id[PB_SERVER_ID_MAX];
+    uint64_t seq;
+};
+
+/* Loop: the work of every submission committed since the last call, one MSG_WORK's worth
+ * per peer (the highest sequence number stands for the lower ones). */
+static void pending_work_on_loop(void *arg)
+{
+    pb_delivery *d = arg;
+    pthread_mutex_lock(&d->submit_mu);
+    struct pending_work *w = d->work;
+    size_t n = d->nwork;
+    d->work = NULL;
+    d->nwork = d->capwork = 0;
+    d->work_posted = false;
+    pthread_mutex_unlock(&d->submit_mu);
+    for (size_t i = 0; i < n && !d->stopping; i++) {
+        struct peer *p = peer_get(d, w[i].id);
+        p->active_ms = mono_ms();
+        send_work(p, w[i].seq);
+    }
+    free(w);
+}
+
+/* A store thread: work for peer `to` up to seq; the loop is told once for all the work
+ * added before it takes it (a batch of commits' callbacks costs one message). */
+static void pending_work_add(pb_delivery *d, const char *to, uint64_t seq)
+{
+    bool post = false;
+    pthread_mutex_lock(&d->submit_mu);
+    size_t i = 0;
+    while (i < d->nwork && strcmp(d->work[i].id, to) != 0)
+        i++;
+    if (i == d->nwork) {
+        if (d->nwork == d->capwork) {
+            d->capwork = d->capwork ? d->capwork * 2 : 4;
+            d->work = pb_xrealloc(d->work, d->capwork * sizeof *d->work);
+        }
+        snprintf(d->work[i].id, sizeof d->work[i].id, "%s", to);
+        d->work[i].seq = seq;
+        d->nwork++;
+    } else if (seq > d->work[i].seq) {
+        d->work[i].seq = seq;
+    }
+    if (!d->work_posted) post = d->work_posted = true;
+    pthread_mutex_unlock(&d->submit_mu);
+    if (post) pb_ioloop_post(d->loop, pending_work_on_loop, d);
+}
+
 /* One asynchronous submission waiting for its commit. */
 struct submit_op {
     pb_delivery *d;
@@ -3041,7 +3098,7 @@ static void submit_done(void *arg, pb_err result, uint64_t last_seq, bool duplic
 {
     struct submit_op *op = arg;
     pb_delivery *d = op->d;
-    if (result == PB_OK && !duplicate) post_msg(d, op->to, MSG_WORK, last_seq);
+    if (result == PB_OK && !duplicate) pending_work_add(d, op->to, last_seq);
     op->cb(op->arg, result, duplicate, last_seq);
     free(op);
     pthread_mutex_lock(&d->submit_mu);
