@@ -100,6 +100,21 @@
     " WHERE o." key " = $1"
 #define LOG_INSERT(cols, vals)                                                                     \
     "INSERT INTO model_log(user_id, server_id, " cols ") VALUES ($1, $2, " vals ")"
+/* SQLite's multi-row inserts of a receive (RECV_ROWS rows, or RECV_ROWS_SMALL): the first row
+ * numbers its parameters, each further row's anonymous ones take the next numbers (SQLite's
+ * rule), ?1 (and ?2) are shared by every row */
+#define X2(s) s s
+#define X4(s) X2(X2(s))
+#define X8(s) X2(X4(s))
+#define X16(s) X2(X8(s))
+#define X32(s) X2(X16(s))
+#define X7(s) X4(s) X2(s) s
+#define X63(s) X32(s) X16(s) X8(s) X7(s)
+#define INBOX_ROWS(more)                                                                           \
+    "INSERT INTO inbox(from_id, received_at, event) VALUES (?1, ?2, ?3)" more(", (?1, ?2, ?)")
+#define LOG_ROWS(more)                                                                             \
+    "INSERT INTO model_log(server_id, user_id, op, guild_id, invite_id, inviter_id, seq)"          \
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)" more(", (?1, ?, ?, ?, ?, ?, ?)")
 #define AGE(cond) " count(CASE WHEN " cond " THEN 1 END),"
 /* a drop (ST_DROP_PEER) leaves the peer nothing to wait for: its queue is empty, or it was
  * parked on an event now deleted (column values are the row's before the update) */
@@ -367,6 +382,10 @@ static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
                                     " VALUES (nullif($1, 0), $2, $3, $4) RETURNING seq"),
     /* a rename forgets the peer's recorded flush (its effect is in the peer row) */
     [ST_RENAME_FLUSHES] = BOTH("DELETE FROM flushes WHERE peer = $1 OR peer = $2"),
+    [ST_INBOX_INSERT_ROWS] = SQ(INBOX_ROWS(X63)),
+    [ST_INBOX_INSERT_ROWS_SMALL] = SQ(INBOX_ROWS(X7)),
+    [ST_LOG_INSERT_ROWS] = SQ(LOG_ROWS(X63)),
+    [ST_LOG_INSERT_ROWS_SMALL] = SQ(LOG_ROWS(X7)),
     [ST_EXPIRED_PEERS] = BOTH("SELECT p.server_id FROM peers p WHERE p.queued > 0 AND (SELECT"
                               " o.created_at FROM outbox o WHERE o.peer = p.server_id ORDER BY"
                               " o.seq LIMIT 1) < $1 ORDER BY p.server_id"),
@@ -1397,6 +1416,81 @@ static bool apply_stmt(const char *from, const pb_event *ev, int64_t seq, pb_bat
     return false;
 }
 
+/* SQLite's receive rows per statement: RECV_ROWS, then RECV_ROWS_SMALL, then one */
+#define RECV_ROWS 64
+#define RECV_ROWS_SMALL 8
+
+static size_t rows_chunk(size_t left)
+{
+    return left >= RECV_ROWS ? RECV_ROWS : left >= RECV_ROWS_SMALL ? RECV_ROWS_SMALL : 1;
+}
+
+/* SQLite: the inbox rows of the events ap[0..na) in their order (their seqs into ap: the
+ * rowids of one statement are consecutive, the last is last_id), then their model-log
+ * rows in user order (*nq: how many), up to RECV_ROWS rows per statement. */
+static pb_err receive_rows(pb_db *db, struct receive_ctx *r, size_t na, size_t *nq)
+{
+    const pb_store_driver *d = D;
+    pb_arg *a = pb_xmalloc((1 + 6 * RECV_ROWS) * sizeof *a);
+    pb_err err = PB_OK;
+    for (size_t k = 0, c; k < na && err == PB_OK; k += c) {
+        c = rows_chunk(na - k);
+        a[0] = A_TEXT(r->from);
+        a[1] = A_INT(r->now);
+        for (size_t j = 0; j < c; j++)
+            a[2 + j] = ENC_ARG(r->enc, r->ap[k + j].index);
+        if (c == 1)
+            err = EXEC(db, ST_INBOX_INSERT, NULL, a[0], a[2], a[1]);
+        else
+            err = pb_db_exec(d, db,
+                             c == RECV_ROWS ? ST_INBOX_INSERT_ROWS : ST_INBOX_INSERT_ROWS_SMALL, a,
+                             (int)(2 + c), NULL);
+        int64_t last = err == PB_OK ? d->last_id(db) : 0;
+        for (size_t j = 0; j < c; j++)
+            r->ap[k + j].seq = last - (int64_t)(c - 1 - j);
+    }
+    qsort(r->ap, na, sizeof *r->ap, applied_cmp);
+    size_t m = 0; /* the events that change state (apply_stmt) */
+    for (size_t k = 0; k < na; k++) {
+        pb_event_kind kind = r->evs[r->ap[k].index].kind;
+        if (kind == PB_EV_USER_ADDED_TO_GUILD || kind == PB_EV_USER_REMOVED_FROM_GUILD ||
+            kind == PB_EV_USER_INVITED)
+            r->ap[m++] = r->ap[k];
+    }
+    for (size_t k = 0, c; k < m && err == PB_OK; k += c) {
+        c = rows_chunk(m - k);
+        if (c == 1) {
+            pb_batch_stmt q;
+            if (apply_stmt(r->from, &r->evs[r->ap[k].index], r->ap[k].seq, &q))
+                err = pb_db_exec(d, db, q.id, q.a, q.n, NULL);
+            continue;
+        }
+        a[0] = A_TEXT(r->from);
+        for (size_t j = 0; j < c; j++) {
+            const pb_event *ev = &r->evs[r->ap[k + j].index];
+            pb_arg *p = a + 1 + 6 * j;
+            p[0] = A_INT(ev->user_id);
+            if (ev->kind == PB_EV_USER_INVITED) {
+                p[1] = A_INT(3);
+                p[2] = A_TEXT(NULL);
+                p[3] = A_TEXT(ev->invite_id);
+                p[4] = A_INT(ev->inviter_id);
+            } else {
+                p[1] = A_INT(ev->kind == PB_EV_USER_ADDED_TO_GUILD ? 1 : 2);
+                p[2] = A_INT(ev->guild_id);
+                p[3] = A_TEXT(NULL);
+                p[4] = A_TEXT(NULL);
+            }
+            p[5] = A_INT(r->ap[k + j].seq);
+        }
+        err = pb_db_exec(d, db, c == RECV_ROWS ? ST_LOG_INSERT_ROWS : ST_LOG_INSERT_ROWS_SMALL, a,
+                         (int)(1 + 6 * c), NULL);
+    }
+    *nq = m;
+    free(a);
+    return err;
+}
+
 /* The sender's peers upsert comes first: on PostgreSQL it locks the sender's row until
  * commit (one receive per sender at a time, every node), so the (sender, epoch) row read
  * next cannot change before this one commits. The events not yet received go to the
@@ -1437,14 +1531,16 @@ static pb_err receive_tx(pb_db *db, void *ctx)
         if (r->seqs) recv = (int64_t)r->seqs[i];
     }
     res.applied = na;
-    for (size_t k = 0; k < na && err == PB_OK && !d->arrays; k++) {
+    bool rows = !d->arrays && d->last_id && pb_store_sql(d->engine, ST_INBOX_INSERT_ROWS);
+    if (rows) err = receive_rows(db, r, na, &nq);
+    for (size_t k = 0; k < na && err == PB_OK && !d->arrays && !rows; k++) {
         err = EXEC(db, ST_INBOX_INSERT, NULL, A_TEXT(r->from), ENC_ARG(r->enc, r->ap[k].index),
                    A_INT(r->now));
         r->ap[k].seq = d->last_id ? d->last_id(db) : 0;
     }
     if (err != PB_OK) return err;
-    qsort(r->ap, na, sizeof *r->ap, applied_cmp);
-    for (size_t k = 0; k < na && err == PB_OK; k++) { /* SQLite: each at once */
+    if (!rows) qsort(r->ap, na, sizeof *r->ap, applied_cmp);
+    for (size_t k = 0; k < na && err == PB_OK && !rows; k++) { /* one statement each */
         pb_batch_stmt one, *q = d->batch ? &r->batch[nq] : &one;
         if (!apply_stmt(r->from, &r->evs[r->ap[k].index], r->ap[k].seq, q)) continue;
         nq++;

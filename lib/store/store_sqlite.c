@@ -22,7 +22,8 @@
  *    after use); parameters beyond a statement's own are not bound.
  *  - The model log: a received event does not touch guilds or invites (PostgreSQL applies
  *    it there): it appends its change to model_log (op 1 guild added, 2 removed, 3
- *    invited; seq = its inbox seq), in user order within the call. Inserting at scattered
+ *    invited; seq = its inbox seq), in user order within the call (the inbox and log rows of
+ *    a receive go 64 to a statement, store_ops.c receive_rows). Inserting at scattered
  *    keys of a table larger than the page cache costs a page read and write per event
  *    (measured: the pull drain of 1,000,000 events ran at a third of the 10,000 rate);
  *    appending costs a page per ~40 events. Reads (guilds, invites) take, per key, the log

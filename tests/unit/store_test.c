@@ -1300,6 +1300,71 @@ static void test_model_log(void)
     free(spec);
 }
 
+/* Big received batches (SQLite inserts their inbox and model-log rows 64 or 8 per
+ * statement, the rest one by one): random changes, rejected invites among them, in
+ * batches of sizes around those steps from one sender, into a log that merges past 100
+ * rows: the lists equal the model after every batch, and the inbox holds every event once,
+ * in order, with consecutive seqs. PostgreSQL must give the same answers. */
+static void test_receive_rows(void)
+{
+    char *spec = spec_for("recvrows");
+    if (!spec) return;
+    pb_store_opts o = {.model_log_rows = 100};
+    pb_store *s = NULL;
+    CHECK_OK(pb_store_open(spec, &o, &s));
+    struct ml_model *m = calloc(1, sizeof *m);
+    static const size_t sizes[] = {150, 1, 73, 64, 9, 8, 7, 200, 65, 71};
+    enum { MAXN = 200, TOTAL = 648 };
+    pb_event *ev = calloc(TOTAL, sizeof *ev);
+    if (!s || !m || !ev) abort();
+    uint64_t q[MAXN], rnd = 7, seq = 0;
+    size_t at = 0;
+    bool failed = false;
+    for (size_t b = 0; b < sizeof sizes / sizeof *sizes && !failed; b++) {
+        size_t n = sizes[b];
+        for (size_t i = 0; i < n; i++) {
+            rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+            int u = (int)((rnd >> 33) % ML_USERS), kind = (int)((rnd >> 40) % 4);
+            int gi = (int)((rnd >> 45) % ML_GUILDS), ii = (int)((rnd >> 50) % ML_INVITES);
+            uint64_t inviter = 1 + (rnd >> 55) % 3;
+            pb_event *e = &ev[at + i];
+            if (kind == 0) {
+                *e = ev_added(ml_users[u], ml_guilds[gi]);
+                m->guild[u][0][gi] = true;
+            } else if (kind == 1) {
+                *e = ev_removed(ml_users[u], ml_guilds[gi]);
+                m->guild[u][0][gi] = false;
+            } else if (kind == 2) {
+                *e = ev_invited(ml_users[u], inviter, ml_invites[ii]);
+                m->inviter[u][0][ii] = inviter;
+            } else {
+                *e = ev_rejected(ml_users[u], ml_guilds[gi], ml_invites[ii]);
+            }
+            q[i] = ++seq;
+        }
+        pb_recv_result r;
+        CHECK_OK(pb_store_receive(s, ml_servers[0], EP, ev + at, q, n, 1000 + (int64_t)b, &r));
+        CHECK_INT(r.applied, n);
+        at += n;
+        failed = !ml_check(s, m, __LINE__);
+    }
+    CHECK_INT(at, TOTAL);
+    pb_inbox_item *in = NULL;
+    size_t ni = 0;
+    CHECK_OK(pb_store_inbox_read(s, 0, 1000, &in, &ni));
+    CHECK_INT(ni, TOTAL);
+    bool same = ni == TOTAL;
+    for (size_t i = 0; same && i < ni; i++)
+        same = in[i].seq == i + 1 && pb_event_equal(&in[i].ev, &ev[i]) &&
+               strcmp(in[i].from, ml_servers[0]) == 0;
+    CHECK(same);
+    pb_inbox_items_free(in, ni);
+    free(ev); /* the invite IDs are static */
+    pb_store_close(s);
+    free(m);
+    free(spec);
+}
+
 /* A statement failing in the middle of a received batch (a constraint added behind the
  * store's back) fails the whole call with nothing written, also past the first few
  * hundred events of a big batch; the store works on. */
@@ -3751,6 +3816,7 @@ int main(int argc, char **argv)
     test_receive();
     test_receive_failure();
     test_model_log();
+    test_receive_rows();
     test_send_epochs();
     test_recv_epochs();
     test_recv_epochs_bounded();
