@@ -26,12 +26,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Whatever parses as a PullRequest parses as an empty message (unknown fields). */
     FUZZ_ASSERT(empty_ok);
     pb_buf b = PB_BUF_INIT;
-    pb_pull_req r2 = {1, 1, 1, 1};
+    pb_pull_req r2 = {1, 1, 1, 1, 1};
     FUZZ_ASSERT(pb_wire_pull_req_encode(&r, &b) == PB_OK);
     FUZZ_ASSERT(pb_wire_pull_req_decode(b.data, b.len, &r2) == PB_OK);
     FUZZ_ASSERT(memcmp(&r, &r2, sizeof r) == 0);
-    FUZZ_ASSERT((r.next_seq == 0 && r.epoch == 0 && r.max_bytes == 0 && r.max_events == 0) ==
-                (b.len == 0));
+    FUZZ_ASSERT((r.next_seq == 0 && r.epoch == 0 && r.max_bytes == 0 && r.max_events == 0 &&
+                 r.from_seq == 0) == (b.len == 0));
     pb_buf_free(&b);
     return 0;
 }

@@ -160,8 +160,11 @@ static void wire_seeds(void)
     put_hex("pull_req", "foreign-empty", "messages.pull_request_hex");
     pb_wire_pull_req_encode(&(pb_pull_req){.next_seq = 1}, &b);
     put_buf("pull_req", "next-1", &b);
-    pb_wire_pull_req_encode(&(pb_pull_req){UINT64_MAX, 0x5eed, 1u << 20, 1000}, &b);
+    pb_wire_pull_req_encode(&(pb_pull_req){UINT64_MAX, 0x5eed, 1u << 20, 1000, 0}, &b);
     put_buf("pull_req", "next-max-epoch-limits", &b);
+    pb_wire_pull_req_encode(
+        &(pb_pull_req){.next_seq = 5, .epoch = 0x5eed, .max_events = 40, .from_seq = 85}, &b);
+    put_buf("pull_req", "pipelined-from", &b);
 
     put("push_resp", "foreign-empty", "", 0);
     pb_wire_push_resp_encode(1, 0, &b);
