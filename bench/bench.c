@@ -2334,7 +2334,7 @@ static void report(double elapsed, size_t push_len, const char *load_before)
             snprintf(nm, sizeof nm, "11. pair_rtt %d ms RTT", RTT_MS[i]);
             double tgt = RTT_MS[i] <= 100 ? 0.5 : 0.3;
             snprintf(tg, sizeof tg, ">= %.1f", tgt);
-            row_vs(nm, &R.rtt_rate[i], &R.rtt_rate[0], 1, "ev/s", "same pair, proxy at 0 ms", tg, t,
+            row_vs(nm, &R.rtt_rate[i], &R.rtt_rate[0], 1, "ev/s", "same pair, proxy at 0 ms", tg, tgt,
                    false);
         }
         for (int i = 1; i < RTT_N; i++) {
