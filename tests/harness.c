@@ -809,3 +809,17 @@ char *pbt_pg_lease_holder(const char *url, const char *peer)
     PQfinish(c);
     return holder;
 }
+
+char *pbt_tool_path(const char *env, const char *name)
+{
+    const char *v = getenv(env);
+    if (v && *v) return strdup(v);
+    const char *slash = strrchr(PB_POSTBOXD, '/');
+    char *out = NULL;
+    if (!slash) {
+        if (asprintf(&out, "./%s", name) < 0) abort();
+    } else if (asprintf(&out, "%.*s/%s", (int)(slash - PB_POSTBOXD), PB_POSTBOXD, name) < 0) {
+        abort();
+    }
+    return out;
+}

@@ -118,6 +118,10 @@ typedef struct pbt_daemon {
  * NULL-terminated list of further postboxd arguments (may be NULL). Does not start it.
  * With PBT_STORE=postgres it also creates the daemon's database (exits the test with a
  * message when that fails, e.g. PB_TEST_PG_URL unset). */
+/* A test program built beside postboxd (the hostile tool, the fault proxy): the path in
+ * the environment variable env when set, else DIR/name, DIR being postboxd's build
+ * directory. Caller frees. */
+char *pbt_tool_path(const char *env, const char *name);
 pbt_daemon *pbt_daemon_new(const char *tag, const char *const *extra);
 /* Gives d an admin token: writes it to a file in d's directory and adds
  * --admin-token-file; the harness's own admin calls (health check, pbt_admin) send it. */

@@ -59,14 +59,7 @@ struct tool {
 /* The hostile program: $PBT_HOSTILE, else beside postboxd in the build directory. */
 static inline char *tool_path(void)
 {
-    const char *env = getenv("PBT_HOSTILE");
-    if (env && *env) return strdup(env);
-    char *p = strdup(PB_POSTBOXD);
-    char *slash = strrchr(p, '/');
-    if (slash) *slash = '\0';
-    char *out = xasprintf("%s/hostile", slash ? p : ".");
-    free(p);
-    return out;
+    return pbt_tool_path("PBT_HOSTILE", "hostile");
 }
 
 /* The tool wrote its ready file (it writes it whole, by a rename): a listening role's ports,

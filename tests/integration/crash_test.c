@@ -308,14 +308,7 @@ struct proxy {
 /* The faultproxy program: $PBT_FAULTPROXY, else beside postboxd in the build directory. */
 static char *proxy_path(void)
 {
-    const char *env = getenv("PBT_FAULTPROXY");
-    if (env && *env) return strdup(env);
-    char *p = strdup(PB_POSTBOXD);
-    char *slash = strrchr(p, '/');
-    if (slash) *slash = '\0';
-    char *out = xasprintf("%s/faultproxy", slash ? p : ".");
-    free(p);
-    return out;
+    return pbt_tool_path("PBT_FAULTPROXY", "faultproxy");
 }
 
 static bool log_has(const char *path, const char *needle)

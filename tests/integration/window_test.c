@@ -172,14 +172,7 @@ struct proxy {
 
 static char *proxy_path(void)
 {
-    const char *env = getenv("PBT_FAULTPROXY");
-    if (env && *env) return strdup(env);
-    char *p = strdup(PB_POSTBOXD);
-    char *slash = strrchr(p, '/');
-    if (slash) *slash = '\0';
-    char *out = xasprintf("%s/faultproxy", slash ? p : ".");
-    free(p);
-    return out;
+    return pbt_tool_path("PBT_FAULTPROXY", "faultproxy");
 }
 
 static bool proxy_listening(void *vctx)
