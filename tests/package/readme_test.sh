@@ -38,6 +38,7 @@ start=$(date +%s)
 (cd "$tmp/top" && exec setsid sh "$tmp/run.sh") >"$tmp/out" 2>&1 &
 pid=$!
 # bounded: the block waits at most 10 + 30 + 10 s for events and 30 s per `wait`
+# (the first Push to a new peer carries one event: B's inbox is read once the second is in)
 i=0
 while kill -0 "$pid" 2>/dev/null && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
 if kill -0 "$pid" 2>/dev/null; then fail "the walkthrough did not end within 180 s"; else pass; fi
