@@ -9,6 +9,9 @@
  * different connections and overtake each other at B. B's server ID is the proxy's
  * address. Parts, each on the same pair and stream, each followed by a check of B's whole
  * inbox (every event once, in submission order):
+ *   start     every request held 3 s by the proxy: once B's first answer is in, A's first
+ *             window is 4 batches (the head and 4 window batches before any answer), not
+ *             one; then the stream arrives whole and in order
  *   window    no fault: A sends window batches (postbox_push_window_batches_total) and B
  *             holds some that arrived ahead of a gap, then applies them
  *             (postbox_push_ahead_of_gap_total{result="applied"})
@@ -269,6 +272,45 @@ static void kill_mid_window(pbt_daemon *a, const pbt_daemon *b, pbt_daemon *vict
     CHECKF(pbt_daemon_start(victim), "%s restarts", victim->server_id);
 }
 
+struct metric_at_least {
+    const pbt_daemon *d;
+    const char *series;
+    double want;
+};
+
+static bool metric_at_least(void *vctx)
+{
+    struct metric_at_least *m = vctx;
+    return pbt_metric(m->d, m->series) >= m->want;
+}
+
+/* start: the window after the receiver's first acknowledgement (WIN_INITIAL in
+ * delivery.c). Events [0, PART). */
+static bool initial_window(pbt_daemon *a, const pbt_daemon *b, struct proxy *px, unsigned seed,
+                           const char *b_id)
+{
+    const char *slow[] = {"--latency-ms", "3000", "--jitter-ms", "0", NULL};
+    /* (seeds of their own: a restart's log must not hold the previous "listening") */
+    if (!proxy_start(px, seed + 10, slow)) return false;
+    feed(a, b_id, 0, 1);
+    struct metric_at_least first = {a, "postbox_events_pushed_total{result=\"ok\"}", 1};
+    CHECKF(pbt_wait_for(metric_at_least, &first, PBT_BOUND_MS), "A's first Push is answered");
+    const char *wb = "postbox_push_window_batches_total";
+    double w0 = pbt_metric(a, wb);
+    unsigned burst = 6 * 256; /* 6 batches of push_batch: the head and up to 5 behind it */
+    feed(a, b_id, 1, burst);
+    /* no answer to any of them can come back within 3 s of the head being sent */
+    struct metric_at_least win = {a, wb, w0 + 4};
+    pbt_wait_for(metric_at_least, &win, 2500);
+    double sent = pbt_metric(a, wb) - w0;
+    fprintf(stderr, "window_test: start: %.0f window batches sent before any answer\n", sent);
+    CHECKF(sent >= 4, "A's first window holds 4 batches behind the head (%.0f)", sent);
+    if (!proxy_start(px, seed + 11, NULL)) return false; /* in flight: reset, retried */
+    feed(a, b_id, 1 + burst, PART - 1 - burst);
+    verify("start", b, a->server_id, PART);
+    return true;
+}
+
 int main(void)
 {
     unsigned seed = getenv("PBT_SEED") ? (unsigned)atoi(getenv("PBT_SEED")) : (unsigned)time(NULL);
@@ -298,9 +340,11 @@ int main(void)
         goto out;
     }
 
+    if (!initial_window(a, b, &px, seed, b_id)) goto out;
+
     /* window: batches in flight at once, overtaking each other, held and applied in order */
-    feed(a, b_id, 0, PART);
-    verify("window", b, a->server_id, PART);
+    feed(a, b_id, PART, PART);
+    verify("window", b, a->server_id, 2 * PART);
     double sent = pbt_metric(a, "postbox_push_window_batches_total");
     double held = pbt_metric(b, "postbox_push_ahead_of_gap_total{result=\"applied\"}");
     fprintf(stderr, "window_test: %.0f window batches sent, %.0f held ahead of a gap\n", sent,
@@ -312,29 +356,29 @@ int main(void)
     const char *faults[] = {"--reset-after",  "40", "--http429", "30", "--http503", "30",
                             "--reset-before", "20", NULL};
     if (!proxy_start(&px, seed + 1, faults)) goto out;
-    feed(a, b_id, PART, PART);
-    verify("faults", b, a->server_id, 2 * PART);
+    feed(a, b_id, 2 * PART, PART);
+    verify("faults", b, a->server_id, 3 * PART);
     CHECKF(pbt_metric(a, "postbox_push_window_batches_total") > sent,
            "A still sends windows under faults");
 
     /* kills: the sender, then the receiver, with a window in flight */
     if (!proxy_start(&px, seed + 2, NULL)) goto out;
-    kill_mid_window(a, b, a, b_id, 2 * PART, PART);
-    verify("sender killed", b, a->server_id, 3 * PART);
-    kill_mid_window(a, b, b, b_id, 3 * PART, PART);
-    verify("receiver killed", b, a->server_id, 4 * PART);
+    kill_mid_window(a, b, a, b_id, 3 * PART, PART);
+    verify("sender killed", b, a->server_id, 4 * PART);
+    kill_mid_window(a, b, b, b_id, 4 * PART, PART);
+    verify("receiver killed", b, a->server_id, 5 * PART);
     /* the receiver crashes between its commit and its answer, a window in flight */
     pbt_daemon_stop(b);
     setenv("PB_FAULTS", "delivery.crash-after-commit", 1);
     bool started = pbt_daemon_start(b);
     unsetenv("PB_FAULTS");
     CHECKF(started, "B starts with the crash fault point");
-    feed(a, b_id, 4 * PART, PART);
+    feed(a, b_id, 5 * PART, PART);
     CHECKF(pbt_daemon_wait_exit(b, PBT_BOUND_MS), "B crashed at its fault point");
     CHECKF(pbt_log_count(b, "fault point delivery.crash-after-commit: crashing", NULL) == 1,
            "the crash happened after a commit");
     CHECKF(pbt_daemon_start(b), "B restarts");
-    verify("receiver crashed after a commit", b, a->server_id, 5 * PART);
+    verify("receiver crashed after a commit", b, a->server_id, 6 * PART);
     CHECK_INT(pbt_daemon_stop(a), 0);
     CHECK_INT(pbt_daemon_stop(b), 0);
 out:
