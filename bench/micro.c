@@ -26,10 +26,19 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-double pbb_fdatasync_rate(const char *dir, double seconds, size_t bytes)
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define FSYNC_MAX_OPS 1000000
+
+double pbb_fdatasync_rate(const char *dir, double seconds, size_t bytes, pbb_fsync_lat *lat)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/fdatasync.bin", dir);
+    if (lat) *lat = (pbb_fsync_lat){0, 0, 0};
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
     if (fd < 0) {
         perror(path);
@@ -38,17 +47,32 @@ double pbb_fdatasync_rate(const char *dir, double seconds, size_t bytes)
     uint8_t buf[4096];
     if (bytes > sizeof buf) bytes = sizeof buf;
     memset(buf, 'd', bytes);
+    double *d = malloc(FSYNC_MAX_OPS * sizeof *d), *two = NULL;
+    if (!d) abort();
     double rate = -1, t0 = now_s(), t = t0;
     long n = 0;
-    while (n < 1000000 && (t = now_s()) - t0 < seconds) {
+    while (n < FSYNC_MAX_OPS && (t = now_s()) - t0 < seconds) {
         if (write(fd, buf, bytes) != (ssize_t)bytes || fdatasync(fd) != 0) {
             perror("write+fdatasync");
             goto out;
         }
-        n++;
+        d[n++] = (now_s() - t) * 1e6;
     }
     rate = (double)n / (t - t0);
+    if (lat && n >= 2) {
+        two = malloc((size_t)(n - 1) * sizeof *two);
+        if (!two) abort();
+        for (long i = 0; i + 1 < n; i++)
+            two[i] = d[i] + d[i + 1];
+        qsort(two, (size_t)(n - 1), sizeof *two, cmp_double);
+        qsort(d, (size_t)n, sizeof *d, cmp_double);
+        lat->p50_us = d[(n - 1) / 2];
+        lat->p99_us = d[(long)((double)(n - 1) * 0.99)];
+        lat->two_p99_us = two[(long)((double)(n - 2) * 0.99)];
+    }
 out:
+    free(two);
+    free(d);
     close(fd);
     unlink(path);
     return rate;

@@ -9,10 +9,17 @@
 
 #include <stddef.h>
 
+/* How long one write+fdatasync took (microseconds): the median, the 99th percentile, and
+ * the 99th percentile of two in a row (the sum of consecutive pairs: what a path that
+ * waits for two commits one after the other sees at its p99). */
+typedef struct pbb_fsync_lat {
+    double p50_us, p99_us, two_p99_us;
+} pbb_fsync_lat;
+
 /* Appends `bytes` bytes and fdatasync()s, repeatedly for about `seconds` (at most
  * 1,000,000 times), in a new file under dir (removed afterwards). Returns operations per
- * second, or -1 on an I/O error (printed). */
-double pbb_fdatasync_rate(const char *dir, double seconds, size_t bytes);
+ * second, or -1 on an I/O error (printed); fills *lat when not NULL (zeros on an error). */
+double pbb_fdatasync_rate(const char *dir, double seconds, size_t bytes, pbb_fsync_lat *lat);
 
 /* Inserts rows (INTEGER PRIMARY KEY, `bytes`-byte BLOB) in transactions of `batch` rows
  * into a new database under dir (WAL, synchronous=`sync`: "FULL" or "NORMAL"), for about
