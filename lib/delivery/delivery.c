@@ -3092,6 +3092,22 @@ static void pending_work_add(pb_delivery *d, const char *to, uint64_t seq)
     if (post) pb_ioloop_post(d->loop, pending_work_on_loop, d);
 }
 
+/* A store job of the engine's callers (a submission, a received Push) begins and ends:
+ * pb_delivery_stop waits until none is left. */
+static void store_job_begin(pb_delivery *d)
+{
+    pthread_mutex_lock(&d->submit_mu);
+    d->submits++;
+    pthread_mutex_unlock(&d->submit_mu);
+}
+
+static void store_job_end(pb_delivery *d)
+{
+    pthread_mutex_lock(&d->submit_mu);
+    if (--d->submits == 0) pthread_cond_broadcast(&d->submit_cv);
+    pthread_mutex_unlock(&d->submit_mu);
+}
+
 /* One asynchronous submission waiting for its commit. */
 struct submit_op {
     pb_delivery *d;
@@ -3108,9 +3124,7 @@ static void submit_done(void *arg, pb_err result, uint64_t last_seq, bool duplic
     if (result == PB_OK && !duplicate) pending_work_add(d, op->to, last_seq);
     op->cb(op->arg, result, duplicate, last_seq);
     free(op);
-    pthread_mutex_lock(&d->submit_mu);
-    if (--d->submits == 0) pthread_cond_broadcast(&d->submit_cv);
-    pthread_mutex_unlock(&d->submit_mu);
+    store_job_end(d);
 }
 
 pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
@@ -3124,16 +3138,46 @@ pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *
     snprintf(op->to, sizeof op->to, "%s", to);
     op->cb = cb;
     op->arg = arg;
-    pthread_mutex_lock(&d->submit_mu);
-    d->submits++;
-    pthread_mutex_unlock(&d->submit_mu);
+    store_job_begin(d);
     pb_err err = pb_store_outbox_submit_async(d->o.store, to, evs, n, wall_ms(), submission_id,
                                               submit_done, op);
     if (err != PB_OK) {
         free(op);
-        pthread_mutex_lock(&d->submit_mu);
-        if (--d->submits == 0) pthread_cond_broadcast(&d->submit_cv);
-        pthread_mutex_unlock(&d->submit_mu);
+        store_job_end(d);
+    }
+    return err;
+}
+
+/* One asynchronous receive waiting for its commit. */
+struct recv_op {
+    pb_delivery *d;
+    pb_store_recv_cb cb;
+    void *arg;
+};
+
+static void recv_done(void *arg, pb_err result, const pb_recv_result *res)
+{
+    struct recv_op *op = arg;
+    pb_delivery *d = op->d;
+    op->cb(op->arg, result, res);
+    free(op);
+    store_job_end(d);
+}
+
+pb_err pb_delivery_receive_async(pb_delivery *d, const char *from, uint64_t epoch,
+                                 const pb_event *evs, const uint64_t *seqs, size_t n,
+                                 pb_store_recv_cb cb, void *arg)
+{
+    struct recv_op *op = pb_xcalloc(1, sizeof *op);
+    op->d = d;
+    op->cb = cb;
+    op->arg = arg;
+    store_job_begin(d);
+    pb_err err =
+        pb_store_receive_async(d->o.store, from, epoch, evs, seqs, n, wall_ms(), recv_done, op);
+    if (err != PB_OK) {
+        free(op);
+        store_job_end(d);
     }
     return err;
 }

@@ -4,11 +4,15 @@
  * Handlers run on listener threads and do local work only (store reads and commits); a
  * wait on something remote (a Pull from the sender, the key served at a new ID) defers
  * the request (pb_hrpc_defer), and the handler runs again from the top when woken, so
- * everything before the deferral is idempotent and nothing is stored before it.
+ * everything before the deferral is idempotent and nothing is stored before it. A Push's
+ * commit is queued instead of waited for on the thread (pb_hrpc_defer_local, the job kept
+ * as the request's state: struct push_job), so that Pushes from many peers share commits
+ * however few the listener threads are; the handler's next run answers it.
  */
 #include "delivery/inbound.h"
 
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,10 +88,107 @@ static void window_refuse(const pb_delivery_opts *o, pb_hrpc_reply *rep, const p
     rep->logged = true; /* the sender's window shrinks; not an error of ours */
 }
 
+/* A Push whose commit is queued (pb_delivery_receive_async): the request waits for it,
+ * holding its answered slot and no thread, and runs again once the store answered
+ * (push_answer). Two references: the request's (freed with it) and the store job's. The
+ * store's callback fills err and rr before `done` (release), read after it (acquire). */
+struct push_job {
+    atomic_int refs;
+    atomic_bool done;
+    pb_push_req pr; /* decoded; its events are read by the commit */
+    bool held;      /* a batch of a window that waited for the batches before it */
+    pb_hrpc_waker *w;
+    pb_err err;
+    pb_recv_result rr;
+};
+
+/* Longest a received Push waits for its commit before a retryable 503 (the store's own
+ * failures answer sooner: an unavailable store fails its writes). */
+#define PUSH_COMMIT_WAIT_MS 60000
+
+static void push_job_unref(void *arg)
+{
+    struct push_job *j = arg;
+    if (atomic_fetch_sub(&j->refs, 1) != 1) return;
+    pb_push_req_clear(&j->pr);
+    free(j);
+}
+
+/* The store's callback (a store thread), or the handler's when nothing could be queued. */
+static void push_committed(void *arg, pb_err result, const pb_recv_result *res)
+{
+    struct push_job *j = arg;
+    j->err = result;
+    if (res) j->rr = *res;
+    pb_hrpc_waker *w = j->w;
+    atomic_store_explicit(&j->done, true, memory_order_release);
+    pb_hrpc_wake(w);
+    push_job_unref(j);
+}
+
+/* The Push's answer once its commit is done: what the commit changed is announced (held
+ * window batches, the inbox, metrics, the log line) and the sender acknowledged. */
+static void push_answer(pb_delivery *d, const pb_hrpc_request *req, pb_hrpc_reply *rep,
+                        struct push_job *j)
+{
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    if (!atomic_load_explicit(&j->done, memory_order_acquire)) {
+        pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE,
+                            "Push: the store did not answer in time, try again");
+        rep->retry_after = 1;
+        return;
+    }
+    if (j->err != PB_OK) {
+        store_failure(rep, j->err, "Push");
+        return;
+    }
+    const pb_push_req *pr = &j->pr;
+    const pb_recv_result rr = j->rr;
+    pb_fault_crash("delivery.crash-after-commit");
+    /* batches of this sender's window held behind this one may go now */
+    if (pr->seqs && rr.ack)
+        pb_wgate_applied(pb_delivery_wgate(d), req->peer, rr.epoch, rr.ack, pb_ioloop_now_ms());
+    if (rr.applied) pb_delivery_inbox_bump(d);
+    if (o->metrics && j->held) pb_counter_inc(pb_metric_get(o->metrics->push_ahead, "applied"));
+    if (o->metrics) {
+        for (size_t i = rr.duplicates; i < pr->n; i++) /* duplicates are the lowest numbers */
+            pb_counter_inc(pb_metric_get(o->metrics->events_received,
+                                         pb_event_kind_name(pr->evs[i].kind), "push"));
+        pb_counter_add(pb_metric_get(o->metrics->events_duplicate, "push"), rr.duplicates);
+    }
+    /* the receiver's one line per accepted Push: the sender's sequence numbers (as its
+     * own "push sent" line and its submission answer name them); a Push of nothing new
+     * (events we pulled already) at debug */
+    pb_log_level lv = rr.duplicates < pr->n ? pb_log_delivery_level() : PB_LOG_DEBUG;
+    if (pr->seqs)
+        pb_log_kv_write(lv, req->peer,
+                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", pr->seqs[0]),
+                               PB_KV_NUM("last_seq", pr->seqs[pr->n - 1]),
+                               PB_KV_NUM("events", pr->n - rr.duplicates),
+                               PB_KV_NUM("duplicates", rr.duplicates),
+                               PB_KV_STR("status", "accepted")),
+                        "push received");
+    else
+        pb_log_kv_write(
+            lv, req->peer,
+            PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("events", pr->n - rr.duplicates),
+                   PB_KV_NUM("duplicates", rr.duplicates), PB_KV_STR("status", "accepted")),
+            "push received");
+    pb_delivery_push_seen(d, req->peer);
+    /* A sender of this project learns what we hold of its stream. */
+    if (pr->seqs)
+        pb_wire_push_resp_encode_win(rr.ack, pr->epoch,
+                                     o->window_announce > 1 ? o->window_announce : 0, &rep->body);
+}
+
 void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
 {
     pb_delivery *d = ctx;
     const pb_delivery_opts *o = pb_delivery_options(d);
+    if (req->state) { /* its commit is done (or its wait is over) */
+        push_answer(d, req, rep, req->state);
+        return;
+    }
     pb_push_req pr = {0};
     pb_err err = pb_wire_push_decode(req->body, req->body_len, o->push_max_events, &pr);
     if (err == PB_ERR_TOO_BIG) {
@@ -171,48 +272,19 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
         rep->retry_after = ra;
         goto out;
     }
-    pb_recv_result rr = {0};
-    err = pb_store_receive(o->store, req->peer, pr.epoch, pr.evs, pr.seqs, pr.n, wall_ms(), &rr);
-    if (err != PB_OK) {
-        store_failure(rep, err, "Push");
-        goto out;
-    }
-    pb_fault_crash("delivery.crash-after-commit");
-    /* batches of this sender's window held behind this one may go now */
-    if (pr.seqs && rr.ack)
-        pb_wgate_applied(pb_delivery_wgate(d), req->peer, rr.epoch, rr.ack, pb_ioloop_now_ms());
-    if (rr.applied) pb_delivery_inbox_bump(d);
-    if (o->metrics && windowed && req->resumed)
-        pb_counter_inc(pb_metric_get(o->metrics->push_ahead, "applied"));
-    if (o->metrics) {
-        for (size_t i = rr.duplicates; i < pr.n; i++) /* duplicates are the lowest numbers */
-            pb_counter_inc(pb_metric_get(o->metrics->events_received,
-                                         pb_event_kind_name(pr.evs[i].kind), "push"));
-        pb_counter_add(pb_metric_get(o->metrics->events_duplicate, "push"), rr.duplicates);
-    }
-    /* the receiver's one line per accepted Push: the sender's sequence numbers (as its
-     * own "push sent" line and its submission answer name them); a Push of nothing new
-     * (events we pulled already) at debug */
-    pb_log_level lv = rr.duplicates < pr.n ? pb_log_delivery_level() : PB_LOG_DEBUG;
-    if (pr.seqs)
-        pb_log_kv_write(lv, req->peer,
-                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("first_seq", pr.seqs[0]),
-                               PB_KV_NUM("last_seq", pr.seqs[pr.n - 1]),
-                               PB_KV_NUM("events", pr.n - rr.duplicates),
-                               PB_KV_NUM("duplicates", rr.duplicates),
-                               PB_KV_STR("status", "accepted")),
-                        "push received");
-    else
-        pb_log_kv_write(lv, req->peer,
-                        PB_KVS(PB_KV_STR("kind", "push"), PB_KV_NUM("events", pr.n - rr.duplicates),
-                               PB_KV_NUM("duplicates", rr.duplicates),
-                               PB_KV_STR("status", "accepted")),
-                        "push received");
-    pb_delivery_push_seen(d, req->peer);
-    /* A sender of this project learns what we hold of its stream. */
-    if (pr.seqs)
-        pb_wire_push_resp_encode_win(rr.ack, pr.epoch,
-                                     o->window_announce > 1 ? o->window_announce : 0, &rep->body);
+    /* The commit is queued and the request waits for it without a thread (keeping its
+     * answered slot), so that Pushes from many peers share commits. */
+    struct push_job *j = pb_xcalloc(1, sizeof *j);
+    atomic_init(&j->refs, 2);
+    atomic_init(&j->done, false);
+    j->pr = pr;
+    pr = (pb_push_req){0};
+    j->held = windowed && req->resumed;
+    pb_hrpc_set_state(req, j, push_job_unref);
+    j->w = pb_hrpc_defer_local(req, PUSH_COMMIT_WAIT_MS);
+    err = pb_delivery_receive_async(d, req->peer, j->pr.epoch, j->pr.evs, j->pr.seqs, j->pr.n,
+                                    push_committed, j);
+    if (err != PB_OK) push_committed(j, err, NULL); /* answered at once */
 out:
     pb_push_req_clear(&pr);
 }

@@ -267,6 +267,7 @@ struct pb_hrpc_waker {
     bool timed_out;
     int64_t deadline; /* monotonic ms */
     struct pb_hrpc_waker *prev, *next;
+    bool local; /* pb_hrpc_defer_local: the request keeps its answered slot */
     /* a key wait's result, set before the wake */
     bool key_done;
     pb_err key_err;
@@ -297,6 +298,8 @@ struct req {
     /* a handler's deferral */
     bool resumed, timed_out;
     pb_hrpc_waker *w; /* while suspended, or fired before it could be */
+    void *hstate;     /* the handler's (pb_hrpc_set_state), freed with hstate_free */
+    void (*hstate_free)(void *);
     pb_hrpc_server *srv;
     struct MHD_Connection *conn;
     /* for metrics: when the headers arrived, and the answer queued (status 0: none) */
@@ -1037,6 +1040,28 @@ pb_hrpc_waker *pb_hrpc_defer(const pb_hrpc_request *req, int timeout_ms)
     return r->w;
 }
 
+pb_hrpc_waker *pb_hrpc_defer_local(const pb_hrpc_request *req, int timeout_ms)
+{
+    pb_hrpc_waker *w = pb_hrpc_defer(req, timeout_ms);
+    w->local = true;
+    return w;
+}
+
+static void hstate_drop(struct req *r)
+{
+    if (r->hstate && r->hstate_free) r->hstate_free(r->hstate);
+    r->hstate = NULL;
+    r->hstate_free = NULL;
+}
+
+void pb_hrpc_set_state(const pb_hrpc_request *req, void *state, void (*free_fn)(void *))
+{
+    struct req *r = req->internal;
+    if (r->hstate != state) hstate_drop(r);
+    r->hstate = state;
+    r->hstate_free = free_fn;
+}
+
 /* Suspends the request unless its waker fired already; true when suspended. */
 static bool suspend(pb_hrpc_server *s, struct req *r)
 {
@@ -1082,7 +1107,8 @@ static int park(pb_hrpc_server *s, struct MHD_Connection *conn, struct req *r, e
     pthread_mutex_lock(&s->wake_mu);
     bool fired = r->w->state == W_FIRED;
     pthread_mutex_unlock(&s->wake_mu);
-    if (fired) return 0; /* woken already: no wait, no suspended slot */
+    if (fired) return 0;                           /* woken already: no wait, no suspended slot */
+    if (r->w->local) return suspend(s, r) ? 1 : 0; /* keeps its answered slot */
     if (!slot_wait(s, r, &why, &limit, &log)) {
         pthread_mutex_lock(&s->wake_mu);
         fire_locked(s, r->w, true);
@@ -1392,6 +1418,7 @@ static enum MHD_Result process(pb_hrpc_server *s, struct MHD_Connection *conn, c
                                 .peer_key = r->route->with_auth ? r->peer_key : NULL,
                                 .resumed = r->resumed,
                                 .timed_out = r->timed_out,
+                                .state = r->hstate,
                                 .internal = r};
         hreq.authorization =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -1569,6 +1596,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct req *r = *con_cls;
     if (!r) return;
     if (r->w) take_waker(s, r); /* a request that ended while woken (shutdown) */
+    hstate_drop(r);
     if (r->on_done) r->on_done(r->on_done_ctx, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     record(s, r);
     slot_release(s, r);

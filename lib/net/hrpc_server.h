@@ -30,7 +30,9 @@
  * suspend/resume): it holds no listener thread while it waits, and is resumed by a waker
  * (any thread) or by its deadline, whichever comes first. Authentication waits at most
  * auth.key_wait_ms for a key (then 503 with RetryInfo; the fetch goes on); a handler
- * chooses its own deadline (pb_hrpc_defer).
+ * chooses its own deadline (pb_hrpc_defer). A handler that queued local work (a Push's
+ * commit) waits the same way, keeping its answered slot (pb_hrpc_defer_local), so that
+ * requests from many peers share commits however few the threads are.
  *
  * Threads: libmicrohttpd's internal polling thread pool (opts.threads); handlers run on
  * those threads and may block on local work only (store commits), never on the network;
@@ -105,6 +107,7 @@ typedef struct pb_hrpc_request {
     const uint8_t *client_addr;
     bool resumed;   /* the handler deferred this request (pb_hrpc_defer) and runs again */
     bool timed_out; /* ... and the deferral's deadline passed before a wake */
+    void *state;    /* what the handler kept across its runs (pb_hrpc_set_state), or NULL */
     void *internal; /* the server's */
 } pb_hrpc_request;
 
@@ -145,7 +148,20 @@ typedef void (*pb_hrpc_handler_fn)(void *ctx, const pb_hrpc_request *req, pb_hrp
  */
 typedef struct pb_hrpc_waker pb_hrpc_waker;
 pb_hrpc_waker *pb_hrpc_defer(const pb_hrpc_request *req, int timeout_ms);
+/*
+ * Deferring for local work (a commit queued by the handler): as pb_hrpc_defer, but the
+ * request keeps the answered slot it holds (max_inflight and its address's share) rather
+ * than taking a suspended one, so it is never refused for want of one and the wait holds
+ * no listener thread. For waits that end by themselves (the store answers), not for waits
+ * on a peer.
+ */
+pb_hrpc_waker *pb_hrpc_defer_local(const pb_hrpc_request *req, int timeout_ms);
 void pb_hrpc_wake(pb_hrpc_waker *w);
+/* Keeps `state` with the request for the handler's next runs (req->state); the server
+ * calls free_fn(state) once the exchange is over (also when it ends without the handler
+ * running again: a deadline at shutdown, a closed connection). A later call replaces the
+ * state, freeing the previous one. */
+void pb_hrpc_set_state(const pb_hrpc_request *req, void *state, void (*free_fn)(void *));
 
 struct pb_keyfetch;
 

@@ -347,6 +347,23 @@ typedef struct pb_recv_result {
 pb_err pb_store_receive(pb_store *s, const char *from, uint64_t epoch, const pb_event *evs,
                         const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res);
 
+/* An asynchronous receive's outcome: result as pb_store_receive's; res (on PB_OK, else
+ * NULL) is borrowed for the call. */
+typedef void (*pb_store_recv_cb)(void *arg, pb_err result, const pb_recv_result *res);
+/*
+ * pb_store_receive without waiting for the commit: the events are encoded and `from` copied
+ * on the caller's thread, the write is queued (it shares a commit with the writes queued
+ * beside it) and the call returns. evs and seqs are read by the write itself: the caller
+ * keeps them, unchanged, until cb is called. PB_OK: cb(arg, ...) is called exactly once,
+ * after the commit that holds the write (or its failure), on one of the store's threads and
+ * outside its locks (as pb_store_outbox_submit_async's). Any other result (PB_ERR_INVAL as
+ * pb_store_receive, PB_ERR_SHUTDOWN once pb_store_close began): nothing was queued and cb is
+ * never called.
+ */
+pb_err pb_store_receive_async(pb_store *s, const char *from, uint64_t epoch, const pb_event *evs,
+                              const uint64_t *seqs, size_t n, int64_t now, pb_store_recv_cb cb,
+                              void *arg);
+
 /* The sender's most recently updated epoch row (ties: the highest recv_seq, then the
  * highest epoch): *epoch and *recv_seq, both 0 (and PB_OK) when it has none (unknown,
  * foreign, or nothing received with sequence numbers). */

@@ -1571,31 +1571,80 @@ static pb_err receive_tx(pb_db *db, void *ctx)
     return err;
 }
 
+/* receive_tx's context with its scratch arrays in one block (ap, idx, and batch for a
+ * driver that batches); the caller frees r->ap. */
+static void receive_ctx_init(st *s, struct receive_ctx *r, const char *from, uint64_t epoch,
+                             const pb_event *evs, const pb_encoded *enc, const uint64_t *seqs,
+                             size_t n, int64_t now)
+{
+    size_t m = n ? n : 1, batch = s->d->batch ? sizeof(pb_batch_stmt) : 0;
+    struct applied *scratch = pb_xmalloc(m * (sizeof(struct applied) + sizeof(size_t) + batch));
+    *r = (struct receive_ctx){.from = from,
+                              .epoch = epoch,
+                              .evs = evs,
+                              .enc = enc,
+                              .seqs = seqs,
+                              .n = n,
+                              .now = now,
+                              .new_epoch = pb_store_epoch_random(0),
+                              .ap = scratch,
+                              .idx = (size_t *)(scratch + m)};
+    r->batch = batch ? (pb_batch_stmt *)(r->idx + m) : NULL;
+}
+
 static pb_err op_receive(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
                          const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res)
 {
     pb_encoded enc;
     pb_err err = encode_events(evs, n, &enc);
     if (err == PB_OK) {
-        /* the scratch arrays in one block: ap, idx, and batch for a driver that batches */
-        size_t m = n ? n : 1, batch = ((st *)impl)->d->batch ? sizeof(pb_batch_stmt) : 0;
-        struct applied *scratch = pb_xmalloc(m * (sizeof(struct applied) + sizeof(size_t) + batch));
-        struct receive_ctx r = {.from = from,
-                                .epoch = epoch,
-                                .evs = evs,
-                                .enc = &enc,
-                                .seqs = seqs,
-                                .n = n,
-                                .now = now,
-                                .new_epoch = pb_store_epoch_random(0),
-                                .ap = scratch,
-                                .idx = (size_t *)(scratch + m)};
-        r.batch = batch ? (pb_batch_stmt *)(r.idx + m) : NULL;
+        struct receive_ctx r;
+        receive_ctx_init(impl, &r, from, epoch, evs, &enc, seqs, n, now);
         err = write_tx(impl, receive_tx, &r, false);
         if (err == PB_OK) *res = r.res;
-        free(scratch);
+        free(r.ap);
     }
     encoded_free(&enc);
+    return err;
+}
+
+/* An asynchronous receive: receive_tx's context, the encoded events and `from` owned. */
+struct receive_async {
+    struct receive_ctx r;
+    pb_encoded enc;
+    char *from;
+    pb_store_recv_cb cb;
+    void *arg;
+};
+
+static void receive_async_free(struct receive_async *x)
+{
+    encoded_free(&x->enc);
+    free(x->r.ap);
+    free(x->from);
+    free(x);
+}
+
+static void receive_done(void *ctx, pb_err err)
+{
+    struct receive_async *x = ctx;
+    x->cb(x->arg, err, err == PB_OK ? &x->r.res : NULL);
+    receive_async_free(x);
+}
+
+static pb_err op_receive_async(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
+                               const uint64_t *seqs, size_t n, int64_t now, pb_store_recv_cb cb,
+                               void *arg)
+{
+    st *s = impl;
+    struct receive_async *x = pb_xcalloc(1, sizeof *x);
+    pb_err err = encode_events(evs, n, &x->enc);
+    x->from = pb_xstrdup(from);
+    x->cb = cb;
+    x->arg = arg;
+    receive_ctx_init(s, &x->r, x->from, epoch, evs, &x->enc, seqs, n, now);
+    if (err == PB_OK) err = write_async(s, receive_tx, &x->r, false, receive_done);
+    if (err != PB_OK) receive_async_free(x);
     return err;
 }
 
@@ -2214,7 +2263,8 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
         .peer_state_set = op_peer_state_set, .outbox_append = op_outbox_append,                    \
         .outbox_append_async = op_outbox_append_async, .outbox_read = op_outbox_read,              \
         .outbox_ack = op_outbox_ack, .outbox_ack_many = op_outbox_ack_many,                        \
-        .outbox_remove = op_outbox_remove, .receive = op_receive, .inbox_read = op_inbox_read,     \
+        .outbox_remove = op_outbox_remove, .receive = op_receive,                                  \
+        .receive_async = op_receive_async, .inbox_read = op_inbox_read,                            \
         .inbox_last_seq = op_inbox_last_seq, .guilds = op_guilds, .invites = op_invites,           \
         .peer_rename = op_peer_rename, .self_rename = op_self_rename,                              \
         .rename_out_list = op_rename_out_list, .rename_out_done = op_rename_out_done,              \

@@ -25,9 +25,8 @@
  *       1000), then empty answers. Logs one line per answer; --stats gets
  *       {"answers", "events", "bytes"} at exit.
  *   hostile idents   [--listen N] [--seed HEX] [--key-per-id 1] --push-to PORT
- *                    [--push-max K] [--push-every-ms MS] [--from A,B,...] [--stats FILE] [--ready
- * FILE]
- *                    [--seconds S]
+ *                    [--push-max K] [--push-every-ms MS] [--from A,B,...] [--stats FILE]
+ *                    [--ready FILE] [--parallel 1] [--go-file FILE] [--seconds S]
  *       Many identities: as serve on N ports (server IDs 127.0.0.1:PORT), all serving the
  *       key of --seed (one key, as wildcard DNS gives), or with --key-per-id 1 each its own
  *       key (derived from --seed and the port's index). Once listening, each ID in turn
@@ -37,6 +36,9 @@
  *       on (Pulls are answered empty and logged) until --seconds or a signal. Logs and
  *       writes to --stats the answers: {"ok", "budget" (429 receive budget), "new_peers"
  *       (429 too many new peers), "other", "ok_ids" (IDs with at least one 200)}.
+ *       --parallel 1: every round after the first sends its Pushes all at once, each on a
+ *       connection of its own (many peers pushing together); --go-file FILE: the second
+ *       round waits (at most 60 s) until FILE exists. Logs "idents: round K done".
  *   hostile flood    --target PORT --ids-file FILE [--rate R] [--seconds S]
  *                    [--timeout-ms T] [--stats FILE]
  *       Sends R (default 100, at most 1000) forged Pushes per second for S seconds
@@ -123,7 +125,8 @@ static struct {
     long rate, timeout_ms;
     long conns, declare, send; /* flood --conns; stall --conns, --declare, --send */
     uint16_t push_to, target;
-    const char *ready, *record, *stats, *ids_file;
+    const char *ready, *record, *stats, *ids_file, *go_file;
+    bool parallel;    /* idents: rounds after the first sent at once */
     char from[8][16]; /* flood: source addresses in 127/8, cycled per request */
     int nfrom;
     bool has_seed, has_serve_key, key_per_id;
@@ -419,69 +422,132 @@ static size_t keep_body(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
+/* One idents Push: its easy handle and what it owns. */
+struct ipush {
+    CURL *h;
+    struct curl_slist *hs;
+    char *tok;
+    pb_buf body, ans;
+    char ifc[32];
+    long status;
+};
+
+/* Sets up port i's Push of round `round` on p->h (a fresh handle). */
+static void ipush_prep(struct ipush *p, int i, long round, const char *url)
+{
+    char as[32];
+    snprintf(as, sizeof as, "127.0.0.1:%u", g_ports[i]);
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD,
+                   .user_id = 7,
+                   .guild_id = 2000000000u + (uint64_t)round * MAX_PORTS + (uint64_t)i};
+    p->body = (pb_buf)PB_BUF_INIT;
+    p->ans = (pb_buf)PB_BUF_INIT;
+    p->status = 0;
+    pb_wire_push_encode(&ev, NULL, 1, 0, &p->body);
+    p->tok = pb_auth_header_make(port_keys(i), as, NULL, (uint64_t)time(NULL));
+    char hdr[1024];
+    snprintf(hdr, sizeof hdr, "Authorization: %s", p->tok);
+    p->hs = curl_slist_append(NULL, hdr);
+    p->hs = curl_slist_append(p->hs, "Content-Type: application/hrpc");
+    p->hs = curl_slist_append(p->hs, "Hrpc-Version: 1");
+    curl_easy_reset(p->h);
+    curl_easy_setopt(p->h, CURLOPT_URL, url);
+    curl_easy_setopt(p->h, CURLOPT_POST, 1L);
+    curl_easy_setopt(p->h, CURLOPT_POSTFIELDS, (const char *)p->body.data);
+    curl_easy_setopt(p->h, CURLOPT_POSTFIELDSIZE, (long)p->body.len);
+    curl_easy_setopt(p->h, CURLOPT_HTTPHEADER, p->hs);
+    curl_easy_setopt(p->h, CURLOPT_TIMEOUT_MS, 10000L);
+    curl_easy_setopt(p->h, CURLOPT_WRITEFUNCTION, keep_body);
+    curl_easy_setopt(p->h, CURLOPT_WRITEDATA, &p->ans);
+    if (opt.nfrom) {
+        snprintf(p->ifc, sizeof p->ifc, "host!%s", opt.from[i % opt.nfrom]);
+        curl_easy_setopt(p->h, CURLOPT_INTERFACE, p->ifc);
+    }
+}
+
+static void ipush_clear(struct ipush *p)
+{
+    curl_slist_free_all(p->hs);
+    p->hs = NULL;
+    free(p->tok);
+    p->tok = NULL;
+    pb_buf_free(&p->body);
+    pb_buf_free(&p->ans);
+}
+
+/* idents --go-file: waits (at most 60 s) for the file to exist. */
+static void wait_go(void)
+{
+    for (int k = 0; opt.go_file && k < 6000 && !g_stop && access(opt.go_file, F_OK) != 0; k++)
+        sleep_ms(10);
+}
+
 /* idents: each port's ID pushes one event to opt.push_to, opt.push_max rounds, from the
- * --from addresses; the answers counted (bounded: n * push_max requests of at most 10 s). */
+ * --from addresses; the answers counted (bounded: n * push_max requests of at most 10 s).
+ * With --parallel 1 every round after the first sends its n Pushes at once (a connection
+ * each), and --go-file holds the second round until the file exists. */
 static void idents_push(int n)
 {
     long ok = 0, budget = 0, newp = 0, other = 0, ok_ids = 0;
     bool *got = calloc((size_t)n, sizeof *got);
-    CURL *h = curl_easy_init();
-    if (!got || !h) abort();
+    struct ipush *ps = calloc((size_t)n, sizeof *ps);
+    CURLM *multi = curl_multi_init();
+    if (!got || !ps || !multi) abort();
+    for (int i = 0; i < n; i++)
+        if (!(ps[i].h = curl_easy_init())) abort();
     char url[64], to[32];
     snprintf(url, sizeof url, "http://127.0.0.1:%u" PATH_PUSH, opt.push_to);
     snprintf(to, sizeof to, "127.0.0.1:%u", opt.push_to);
     for (long round = 0; round < opt.push_max && !g_stop; round++) {
         if (round && opt.push_every_ms) sleep_ms(opt.push_every_ms);
-        for (int i = 0; i < n && !g_stop; i++) {
-            char as[32], ifc[32];
-            snprintf(as, sizeof as, "127.0.0.1:%u", g_ports[i]);
-            pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD,
-                           .user_id = 7,
-                           .guild_id = 2000000000u + (uint64_t)round * MAX_PORTS + (uint64_t)i};
-            pb_buf body = PB_BUF_INIT, ans = PB_BUF_INIT;
-            pb_wire_push_encode(&ev, NULL, 1, 0, &body);
-            char *tok = pb_auth_header_make(port_keys(i), as, NULL, (uint64_t)time(NULL));
-            char hdr[1024];
-            snprintf(hdr, sizeof hdr, "Authorization: %s", tok);
-            struct curl_slist *hs = curl_slist_append(NULL, hdr);
-            hs = curl_slist_append(hs, "Content-Type: application/hrpc");
-            hs = curl_slist_append(hs, "Hrpc-Version: 1");
-            curl_easy_reset(h);
-            curl_easy_setopt(h, CURLOPT_URL, url);
-            curl_easy_setopt(h, CURLOPT_POST, 1L);
-            curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)body.data);
-            curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)body.len);
-            curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
-            curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
-            curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, keep_body);
-            curl_easy_setopt(h, CURLOPT_WRITEDATA, &ans);
-            if (opt.nfrom) {
-                snprintf(ifc, sizeof ifc, "host!%s", opt.from[i % opt.nfrom]);
-                curl_easy_setopt(h, CURLOPT_INTERFACE, ifc);
+        if (round == 1) wait_go();
+        bool par = opt.parallel && round > 0;
+        if (par) {
+            for (int i = 0; i < n; i++) {
+                ipush_prep(&ps[i], i, round, url);
+                curl_multi_add_handle(multi, ps[i].h);
             }
-            long status = 0;
-            if (curl_easy_perform(h) == CURLE_OK)
-                curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-            pb_buf_append(&ans, "", 1);
+            int running = n;
+            int64_t end = now_ms() + 15000; /* each transfer gives up after 10 s */
+            while (running > 0 && now_ms() < end) {
+                curl_multi_perform(multi, &running);
+                if (running > 0) curl_multi_poll(multi, NULL, 0, 100, NULL);
+            }
+            for (int i = 0; i < n; i++) {
+                curl_easy_getinfo(ps[i].h, CURLINFO_RESPONSE_CODE, &ps[i].status);
+                curl_multi_remove_handle(multi, ps[i].h);
+            }
+            logf_("idents: round %ld: %d Pushes sent at once", round + 1, n);
+        }
+        for (int i = 0; i < n && !g_stop; i++) {
+            struct ipush *p = &ps[i];
+            if (!par) {
+                ipush_prep(p, i, round, url);
+                if (curl_easy_perform(p->h) == CURLE_OK)
+                    curl_easy_getinfo(p->h, CURLINFO_RESPONSE_CODE, &p->status);
+            }
+            pb_buf_append(&p->ans, "", 1);
+            long status = p->status;
             if (status == 200) {
                 ok++;
                 if (!got[i]) ok_ids++;
                 got[i] = true;
-            } else if (status == 429 && strstr((const char *)ans.data, "new server IDs")) {
+            } else if (status == 429 && strstr((const char *)p->ans.data, "new server IDs")) {
                 newp++;
-            } else if (status == 429 && strstr((const char *)ans.data, "receive budget")) {
+            } else if (status == 429 && strstr((const char *)p->ans.data, "receive budget")) {
                 budget++;
             } else {
                 other++;
-                logf_("idents: push as %s to %s: status %ld", as, to, status);
+                logf_("idents: push as 127.0.0.1:%u to %s: status %ld", g_ports[i], to, status);
             }
-            curl_slist_free_all(hs);
-            free(tok);
-            pb_buf_free(&body);
-            pb_buf_free(&ans);
+            ipush_clear(p);
         }
+        logf_("idents: round %ld done", round + 1);
     }
-    curl_easy_cleanup(h);
+    for (int i = 0; i < n; i++)
+        curl_easy_cleanup(ps[i].h);
+    curl_multi_cleanup(multi);
+    free(ps);
     free(got);
     logf_("idents: pushed as %d IDs, %ld rounds: %ld ok (%ld IDs), %ld over a budget, %ld new "
           "peers refused, %ld other",
@@ -1028,6 +1094,10 @@ static bool parse_args(int argc, char **argv)
             opt.stats = v;
         else if (!strcmp(a, "--ids-file"))
             opt.ids_file = v;
+        else if (!strcmp(a, "--go-file"))
+            opt.go_file = v;
+        else if (!strcmp(a, "--parallel"))
+            opt.parallel = !strcmp(v, "1");
         else if (!strcmp(a, "--from")) {
             if (!parse_from(v)) return false;
         } else if (!strcmp(a, "--seed")) {
