@@ -1,9 +1,11 @@
 /*
  * admin_http - JSON-over-HTTP listener for the admin API (see admin_http.h).
  *
- * Same request life cycle as hrpc_server.c: refusals that need no body are answered on
- * the first call so the body is never read; otherwise the body is buffered up to
- * max_body and parsed once, then the route's handler runs.
+ * Request life cycle: refusals that need no body are decided on the first call; the body
+ * is then read and dropped (up to DISCARD_MAX: a client still sending would otherwise get
+ * a reset instead of the answer; the admin API's clients are local) and the refusal sent
+ * after it. Otherwise the body is buffered up to max_body and parsed once, then the
+ * route's handler runs.
  *
  * Request deadline: libmicrohttpd's timeout only measures inactivity, so each connection
  * gets a record (its socket context) with a deadline: a request must arrive completely
@@ -82,6 +84,10 @@ struct aconn {
     bool cut;
 };
 
+/* The longest body of a request refused from its headers that is read (and dropped) so
+ * that the client gets the answer (see refuse); loopback clients only. */
+#define DISCARD_MAX (64u << 20)
+
 struct areq;
 
 struct pb_admin_http {
@@ -114,6 +120,11 @@ struct pb_admin_http {
 struct areq {
     pb_buf body;
     bool too_big;
+    /* refused from its headers while its body still comes: the body is read and dropped
+     * (DISCARD_MAX at most), then this answer is sent */
+    int refuse_status;
+    const char *refuse_msg; /* static */
+    uint64_t discarded;
     /* a handler's wait (wait_mu for the list and the flags the sweeper sets) */
     struct areq *wprev, *wnext;
     bool listed, resumed, timed_out;
@@ -682,6 +693,24 @@ static const char *browser_refusal(pb_admin_http *a, struct MHD_Connection *conn
     return NULL;
 }
 
+/* A refusal decided from the headers. When a body follows (a length up to DISCARD_MAX, or
+ * chunked), it is read and dropped first and the answer sent after it: answered at once,
+ * the connection would be closed with the body still arriving, and a client still sending
+ * then gets a reset rather than the answer. A longer body is refused at once. */
+static enum MHD_Result refuse(struct MHD_Connection *conn, struct areq *r, int status,
+                              const char *why)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    uint64_t declared = cl ? strtoull(cl, NULL, 10) : 0;
+    if ((declared > 0 || (te && !cl)) && declared <= DISCARD_MAX) {
+        r->refuse_status = status;
+        r->refuse_msg = why;
+        return MHD_YES;
+    }
+    return send_error(conn, status, why);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -693,16 +722,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *con_cls = r;
         int bst = 0;
         const char *why = browser_refusal(a, conn, method, &bst);
-        if (why) return send_error(conn, (unsigned)bst, why);
+        if (why) return refuse(conn, r, bst, why);
         if (!token_ok(a, conn) && !public_route(a, method, url))
-            return send_error(conn, 401, "missing or wrong bearer token");
+            return refuse(conn, r, 401, "missing or wrong bearer token");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > a->max_body)
-            return send_error(conn, 413, "body over the size limit");
+            return refuse(conn, r, 413, "body over the size limit");
         return MHD_YES;
     }
     if (*upload_data_size) {
         if (past_deadline(a, conn)) return MHD_NO; /* a body trickling in: cut */
+        if (r->refuse_status) { /* dropped; a chunked one only up to DISCARD_MAX */
+            r->discarded += *upload_data_size;
+            *upload_data_size = 0;
+            return r->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+        }
         if (!r->too_big && r->body.len + *upload_data_size <= a->max_body) {
             pb_buf_append(&r->body, upload_data, *upload_data_size);
         } else {
@@ -713,6 +747,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     set_deadline(a, conn, false); /* complete: no deadline while it is handled */
+    if (r->refuse_status) return send_error(conn, r->refuse_status, r->refuse_msg);
     if (r->too_big) return send_error(conn, 413, "body over the size limit");
 
     for (;;) {

@@ -101,6 +101,7 @@ typedef enum {
     BD_TEXT,       /* the row's `body` text (admin rows) */
     BD_NOT_UTF8,   /* admin: ff fe 00 and text: neither JSON nor UTF-8 */
     BD_ADMIN_BIG,  /* admin: a JSON body of 1 MiB + some */
+    BD_ADMIN_HUGE, /* admin: a JSON body of 16 MiB: still being sent when the answer comes */
     BD_ADMIN_MANY, /* admin: 10,001 events in one submission */
 } body_kind;
 
@@ -431,6 +432,8 @@ static const struct row rows[] = {
      NULL, 400, NULL, F_ADMIN},
     {"admin: body over 1 MiB", POST, "/v1/outbox", NULL, NULL, TK_NONE, 0, NULL, BD_ADMIN_BIG, NULL,
      NULL, 413, NULL, F_ADMIN},
+    {"admin: body of 16 MiB", POST, "/v1/outbox", NULL, NULL, TK_NONE, 0, NULL, BD_ADMIN_HUGE, NULL,
+     NULL, 413, NULL, F_ADMIN},
     ADMIN("admin: rename without a body", POST, "/v1/rename", NULL, 400),
     ADMIN("admin: rename to a number", POST, "/v1/rename", "{\"new_server_id\":5}", 400),
     ADMIN("admin: rename to an invalid ID", POST, "/v1/rename",
@@ -621,10 +624,11 @@ static uint8_t *row_body(const struct ctx *x, const struct row *w, size_t *len)
         pb_buf_append(&b, "\xff\xfe\x00{}garbage", 12);
         break;
     case BD_ADMIN_BIG:
+    case BD_ADMIN_HUGE:
         pb_buf_append_str(&b, "{\"to\":\"");
         pb_buf_append_str(&b, x->b->server_id);
         pb_buf_append_str(&b, "\",\"pad\":\"");
-        for (int i = 0; i < (1 << 20) / 64 + 1; i++)
+        for (int i = 0; i < (w->body == BD_ADMIN_HUGE ? 16 << 20 : 1 << 20) / 64 + 1; i++)
             pb_buf_append_str(&b,
                               "0123456789012345678901234567890123456789012345678901234567890123");
         pb_buf_append_str(&b, "\"}");
