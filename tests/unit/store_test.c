@@ -2943,6 +2943,101 @@ out:
 }
 #endif
 
+#ifdef PB_FAULTS
+/* ---- asynchronous receives (pb_store_receive_async) --------------------------------------- */
+
+#define NRECV 32
+
+struct recv_seen {
+    atomic_int calls[NRECV + 1];
+    atomic_int total;
+    pb_err err[NRECV + 1];
+    pb_recv_result res[NRECV + 1];
+};
+
+struct recv_tag {
+    struct recv_seen *seen;
+    int i;
+};
+
+static void recv_cb(void *arg, pb_err result, const pb_recv_result *res)
+{
+    struct recv_tag *t = arg;
+    t->seen->err[t->i] = result;
+    if (res) t->seen->res[t->i] = *res;
+    atomic_fetch_add(&t->seen->calls[t->i], 1);
+    atomic_fetch_add(&t->seen->total, 1); /* last: the waiter reads the rest after it */
+}
+
+/* 32 senders' batches (2 events each, seqs 1-2) and a repeat of sender 0's queued behind a
+ * held writer: SQLite commits them in one transaction (PostgreSQL: one each); each callback
+ * runs once; 64 events applied, the repeat's 2 are duplicates (whichever of the two runs
+ * second: PostgreSQL runs several at once); the sender's acknowledgement is 2; a refused
+ * call never calls back; a fault reaches the callback and stores nothing. */
+static void test_receive_async(void)
+{
+    pb_store *s = open_fresh("recvasync", NULL);
+    struct recv_seen *seen = calloc(1, sizeof *seen);
+    struct recv_tag tags[NRECV + 1];
+    char ids[NRECV][32];
+    pb_event evs[NRECV][2];
+    uint64_t seqs[2] = {1, 2};
+    if (!s) goto out;
+    CHECK_ERR(pb_store_receive_async(s, "bad id\n", EP, evs[0], seqs, 2, 5000, recv_cb, &tags[0]),
+              PB_ERR_INVAL);
+    pb_store_stats st0, st1;
+    pb_store_stats_get(s, &st0);
+    pb_store_fault_hold(s, true);
+    for (int i = 0; i <= NRECV; i++) {
+        int k = i < NRECV ? i : 0; /* the last one repeats sender 0's batch */
+        snprintf(ids[k], sizeof ids[k], "r%d.example:443", k);
+        evs[k][0] = ev_added((uint64_t)k + 1, 100);
+        evs[k][1] = ev_added((uint64_t)k + 1, 101);
+        tags[i] = (struct recv_tag){seen, i};
+        CHECK_OK(pb_store_receive_async(s, ids[k], EP, evs[k], seqs, 2, 5000, recv_cb, &tags[i]));
+    }
+    CHECK(wait_queued(s, g_pg ? 4 : NRECV + 1));
+    CHECK_INT(atomic_load(&seen->total), 0);
+    pb_store_fault_hold(s, false);
+    int64_t deadline = pbt_now_ms() + 20000;
+    while (atomic_load(&seen->total) < NRECV + 1 && pbt_now_ms() < deadline)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    CHECK_INT(atomic_load(&seen->total), NRECV + 1);
+    pb_store_stats_get(s, &st1);
+    uint64_t commits = st1.commits - st0.commits;
+    printf("receive async: %d receives: %llu commits\n", NRECV + 1, (unsigned long long)commits);
+    CHECK_INT(commits, g_pg ? NRECV + 1 : 1);
+    size_t applied = 0, dups = 0;
+    for (int i = 0; i <= NRECV; i++) {
+        CHECK_INT(atomic_load(&seen->calls[i]), 1);
+        CHECK_OK(seen->err[i]);
+        applied += seen->res[i].applied;
+        dups += seen->res[i].duplicates;
+        CHECK_INT(seen->res[i].ack, 2);
+        CHECK_INT(seen->res[i].epoch, EP);
+    }
+    CHECK_INT(applied, 2 * NRECV);
+    CHECK_INT(dups, 2);
+    CHECK_INT(inbox_last(s), 2 * NRECV);
+
+    /* a fault reaches the callback; nothing is stored */
+    memset(seen, 0, sizeof *seen);
+    pb_store_fault_set(s, PB_ERR_STORE);
+    uint64_t more[2] = {3, 4};
+    CHECK_OK(pb_store_receive_async(s, ids[1], EP, evs[1], more, 2, 6000, recv_cb, &tags[0]));
+    deadline = pbt_now_ms() + 20000;
+    while (atomic_load(&seen->total) < 1 && pbt_now_ms() < deadline)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    CHECK_INT(atomic_load(&seen->total), 1);
+    CHECK_ERR(seen->err[0], PB_ERR_STORE);
+    pb_store_fault_set(s, PB_OK);
+    CHECK_INT(inbox_last(s), 2 * NRECV);
+out:
+    pb_store_close(s);
+    free(seen);
+}
+#endif
+
 /* ---- submission IDs (pb_store_outbox_submit) ---------------------------------------------- */
 
 /* One submission: the result, whether it was a duplicate and the last seq it reported. */
@@ -3832,6 +3927,7 @@ int main(int argc, char **argv)
     test_submission_ids();
 #ifdef PB_FAULTS
     test_outbox_async();
+    test_receive_async();
     test_submission_race();
 #endif
     test_leases();
