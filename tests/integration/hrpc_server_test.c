@@ -404,16 +404,23 @@ static void test_overload(void)
      * one suspended slot, not the one answered slot: Key requests are still answered, and a
      * second request that must wait meanwhile is refused 503 at once */
     struct hung_push hp = {.d = d};
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof sa;
-    CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 64) == 0 &&
-          getsockname(lfd, (struct sockaddr *)&sa, &sl) == 0);
-    snprintf(hp.sid, sizeof hp.sid, "127.0.0.1:%u", ntohs(sa.sin_port));
     CHECK_OK(pb_keys_generate(&hp.k));
     bool refused = false;
+    int lfds[10];
+    int nl = 0;
     for (int i = 0; i < 10 && !refused && hp.n < 63; i++) {
+        /* each try a server ID of its own (a new listener that never answers): a server ID
+         * whose key fetch failed is not fetched again at once, and then nothing waits */
+        int lfd = lfds[nl++] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t sl = sizeof sa;
+        CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 64) == 0 &&
+              getsockname(lfd, (struct sockaddr *)&sa, &sl) == 0);
+        snprintf(hp.sid, sizeof hp.sid, "127.0.0.1:%u", ntohs(sa.sin_port));
         hung_push_again(&hp); /* A: waits (up to 850 ms) */
+        /* A waits for its key once the daemon's fetch connects to the listener (bounded) */
+        struct pollfd lp = {.fd = lfd, .events = POLLIN};
+        if (poll(&lp, 1, 5000) <= 0) continue;
         hung_push_again(&hp); /* B: finds the suspended slot taken, if A was first */
         char ans[4096];
         read_for(hp.fds[hp.n - 1], ans, sizeof ans, 3000, "requests waiting");
@@ -427,7 +434,8 @@ static void test_overload(void)
     CHECKF(refused, "a second request that must wait: 503 naming the requests waiting");
     for (int i = 0; i < hp.n; i++)
         close(hp.fds[i]);
-    close(lfd);
+    for (int i = 0; i < nl; i++)
+        close(lfds[i]);
     pb_keys_free(hp.k);
     /* once the waiting requests are gone the server answers again */
     post_until(d, 0, false, NULL, NULL, &h);
