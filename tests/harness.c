@@ -616,6 +616,24 @@ void pbt_http_clear(pbt_http *h)
     memset(h, 0, sizeof *h);
 }
 
+struct metric_want {
+    const pbt_daemon *d;
+    const char *series;
+    double want;
+};
+
+static bool metric_at_least(void *vctx)
+{
+    const struct metric_want *m = vctx;
+    return pbt_metric(m->d, m->series) >= m->want;
+}
+
+bool pbt_wait_metric(const pbt_daemon *d, const char *series, double want, int ms)
+{
+    struct metric_want m = {d, series, want};
+    return pbt_wait_for(metric_at_least, &m, ms);
+}
+
 double pbt_metric(const pbt_daemon *d, const char *series)
 {
     char auth[160];

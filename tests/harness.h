@@ -167,6 +167,9 @@ void pbt_http_clear(pbt_http *h);
  * exactly as exposed: "postbox_open_connections{listener=\"admin\"}". -1 when absent or
  * when the scrape fails. */
 double pbt_metric(const pbt_daemon *d, const char *series);
+/* Polls pbt_metric(d, series) until it is at least want, for at most ms; true when it got
+ * there. */
+bool pbt_wait_metric(const pbt_daemon *d, const char *series, double want, int ms);
 
 /* An admin API call on d's admin listener. body (stolen; may be NULL) is sent as JSON.
  * Returns the parsed answer (new reference; NULL when empty or not JSON) and sets

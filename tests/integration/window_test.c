@@ -272,18 +272,6 @@ static void kill_mid_window(pbt_daemon *a, const pbt_daemon *b, pbt_daemon *vict
     CHECKF(pbt_daemon_start(victim), "%s restarts", victim->server_id);
 }
 
-struct metric_at_least {
-    const pbt_daemon *d;
-    const char *series;
-    double want;
-};
-
-static bool metric_at_least(void *vctx)
-{
-    struct metric_at_least *m = vctx;
-    return pbt_metric(m->d, m->series) >= m->want;
-}
-
 /* start: the window after the receiver's first acknowledgement (WIN_INITIAL in
  * delivery.c). Events [0, PART). */
 static bool initial_window(pbt_daemon *a, const pbt_daemon *b, struct proxy *px, unsigned seed,
@@ -293,15 +281,14 @@ static bool initial_window(pbt_daemon *a, const pbt_daemon *b, struct proxy *px,
     /* (seeds of their own: a restart's log must not hold the previous "listening") */
     if (!proxy_start(px, seed + 10, slow)) return false;
     feed(a, b_id, 0, 1);
-    struct metric_at_least first = {a, "postbox_events_pushed_total{result=\"ok\"}", 1};
-    CHECKF(pbt_wait_for(metric_at_least, &first, PBT_BOUND_MS), "A's first Push is answered");
+    CHECKF(pbt_wait_metric(a, "postbox_events_pushed_total{result=\"ok\"}", 1, PBT_BOUND_MS),
+           "A's first Push is answered");
     const char *wb = "postbox_push_window_batches_total";
     double w0 = pbt_metric(a, wb);
     unsigned burst = 6 * 256; /* 6 batches of push_batch: the head and up to 5 behind it */
     feed(a, b_id, 1, burst);
     /* no answer to any of them can come back within 3 s of the head being sent */
-    struct metric_at_least win = {a, wb, w0 + 4};
-    pbt_wait_for(metric_at_least, &win, 2500);
+    pbt_wait_metric(a, wb, w0 + 4, 2500);
     double sent = pbt_metric(a, wb) - w0;
     fprintf(stderr, "window_test: start: %.0f window batches sent before any answer\n", sent);
     CHECKF(sent >= 4, "A's first window holds 4 batches behind the head (%.0f)", sent);
