@@ -134,14 +134,10 @@ static inline int64_t pb_store_submission_cutoff(int64_t now)
 }
 
 /* A fresh sender epoch (store.h "sequence epochs"): random (libsodium, initialised by
- * pb_store_open), never 0 (the legacy epoch) and never avoid. */
-static inline uint64_t pb_store_epoch_random(uint64_t avoid)
-{
-    uint64_t e = 0;
-    while (e == 0 || e == avoid)
-        randombytes_buf(&e, sizeof e);
-    return e;
-}
+ * pb_store_open), never 0 (the legacy epoch) and never avoid. Appends draw one for a peer
+ * row they may create, so the bytes come from a per-thread pool that libsodium refills
+ * 32 epochs at a time (one getrandom system call per 32 submissions, not per submission). */
+uint64_t pb_store_epoch_random(uint64_t avoid);
 
 extern const pb_store_ops pb_store_sqlite_ops;
 extern const pb_store_ops pb_store_pg_ops;

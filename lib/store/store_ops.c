@@ -1083,6 +1083,22 @@ static pb_err op_peer_new_epoch(void *impl, const char *peer, uint64_t *epoch)
 
 /* ---- outbox ----------------------------------------------------------------------------- */
 
+uint64_t pb_store_epoch_random(uint64_t avoid)
+{
+    static _Thread_local uint64_t pool[32];
+    static _Thread_local size_t left;
+    uint64_t e = 0;
+    while (e == 0 || e == avoid) {
+        if (left == 0) {
+            randombytes_buf(pool, sizeof pool);
+            left = sizeof pool / sizeof pool[0];
+        }
+        e = pool[--left];
+        pool[left] = 0;
+    }
+    return e;
+}
+
 struct append_ctx {
     const char *peer;
     const pb_encoded *enc;
