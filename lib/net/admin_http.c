@@ -566,8 +566,20 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     *socket_context = NULL;
 }
 
-/* Takes r off the waiting list (wait_mu held) and lets libmicrohttpd run it again. */
-static void resume_locked(pb_admin_http *a, struct areq *r, bool timed_out)
+/* Puts r, on conn, at the head of the waiting list and suspends conn (wait_mu held). */
+static void suspend_listed(pb_admin_http *a, struct areq *r, struct MHD_Connection *conn)
+{
+    r->conn = conn;
+    r->listed = true;
+    r->wprev = NULL;
+    r->wnext = a->waiting;
+    if (a->waiting) a->waiting->wprev = r;
+    a->waiting = r;
+    MHD_suspend_connection(conn);
+}
+
+/* Takes r off the waiting list (wait_mu held). */
+static void unlink_locked(pb_admin_http *a, struct areq *r)
 {
     if (r->wprev)
         r->wprev->wnext = r->wnext;
@@ -576,6 +588,12 @@ static void resume_locked(pb_admin_http *a, struct areq *r, bool timed_out)
     if (r->wnext) r->wnext->wprev = r->wprev;
     r->wprev = r->wnext = NULL;
     r->listed = false;
+}
+
+/* Takes r off the waiting list (wait_mu held) and lets libmicrohttpd run it again. */
+static void resume_locked(pb_admin_http *a, struct areq *r, bool timed_out)
+{
+    unlink_locked(a, r);
     r->resumed = true;
     r->timed_out = r->timed_out || timed_out;
     MHD_resume_connection(r->conn);
@@ -771,14 +789,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 continue;
             }
             r->ticket->req = r;
-            r->conn = conn;
-            r->listed = true;
             r->wait_until = INT64_MAX; /* no deadline: the completion comes */
-            r->wprev = NULL;
-            r->wnext = a->waiting;
-            if (a->waiting) a->waiting->wprev = r;
-            a->waiting = r;
-            MHD_suspend_connection(conn);
+            suspend_listed(a, r, conn);
             pthread_mutex_unlock(&a->wait_mu);
             return MHD_YES;
         }
@@ -791,13 +803,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 pthread_mutex_unlock(&a->wait_mu);
                 continue;
             }
-            r->conn = conn;
-            r->listed = true;
-            r->wprev = NULL;
-            r->wnext = a->waiting;
-            if (a->waiting) a->waiting->wprev = r;
-            a->waiting = r;
-            MHD_suspend_connection(conn);
+            suspend_listed(a, r, conn);
             pthread_mutex_unlock(&a->wait_mu);
             return MHD_YES;
         }
@@ -817,13 +823,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r) return;
     pb_admin_http *a = cls;
     pthread_mutex_lock(&a->wait_mu); /* a request that ended while waiting (shutdown) */
-    if (r->listed) {
-        if (r->wprev)
-            r->wprev->wnext = r->wnext;
-        else
-            a->waiting = r->wnext;
-        if (r->wnext) r->wnext->wprev = r->wprev;
-    }
+    if (r->listed) unlink_locked(a, r);
     if (r->ticket) { /* its completion may still come: it finds the request gone */
         r->ticket->req = NULL;
         ticket_unref_locked(r->ticket);
