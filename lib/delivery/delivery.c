@@ -193,6 +193,7 @@ struct peer {
     bool pull_pipe;                         /* the next request asks from pull_from (pipelined) */
     uint64_t pull_from, pull_epoch;         /* after the last answer received, in its epoch */
     uint64_t pull_req_from, pull_req_epoch; /* what the request in flight asked for */
+    uint64_t pull_req_ack, pull_req_ack_epoch; /* and acknowledged (postbox_next_seq) */
     uint64_t held_epoch, held_seq;          /* what we hold from it (store, or last apply) */
     bool pull_nopipe; /* it answered a pipelined Pull from postbox_next_seq: an older postbox */
     bool pull_ended;  /* the contact ends once nothing of it is in flight or waiting */
@@ -1514,6 +1515,9 @@ static void send_start_push(struct peer *p)
  * one applied only in part (the receive budget) or not at all breaks the chain: the
  * answers after it are dropped unapplied (the sender still has them: nothing past
  * held_seq was acknowledged) and the contact goes on with a round from the store's state.
+ * The empty answer that ends a pipelined chain was asked for before the answers ahead of
+ * it were applied: one more round from the store's state, after the applies, acknowledges
+ * them, and only its answer (empty) ends the contact.
  */
 
 static void pull_dec_free(struct pull_dec *dc)
@@ -1722,6 +1726,19 @@ static void pull_answered(void *ctx, pb_err err, pb_client_answer *ans)
         pb_wire_pull_resp_peek(ans->body, ans->body_len, &cnt, &first, &last, &ep) == PB_OK;
     if (peeked && cnt == 0) { /* nothing more queued for us: the contact ends */
         pb_client_answer_clear(ans);
+        /* ... once the sender knows what we hold: a pipelined request left before the
+         * answers ahead of it were applied, so it acknowledged less than we hold (or will,
+         * once those held are applied). One more round, after the applies, from the
+         * store's state acknowledges it all; else the sender would keep (and count as
+         * queued, dropped or expired) what we have until our next contact. */
+        if (p->pull_req_from &&
+            (p->pull_nq || p->pull_applying || p->held_epoch != p->pull_req_ack_epoch ||
+             p->held_seq + 1 != p->pull_req_ack)) {
+            p->pull_pipe = false;
+            pull_next(p);
+            dispatch(d);
+            return;
+        }
         pull_end(p, NULL, -1);
         dispatch(d);
         return;
@@ -2009,6 +2026,8 @@ static void pull_send(struct peer *p)
     }
     p->pull_req_from = pr.from_seq;
     p->pull_req_epoch = pr.epoch;
+    p->pull_req_ack = pr.next_seq;
+    p->pull_req_ack_epoch = pr.epoch;
     p->pull_req_gen = p->pull_gen;
     pb_buf body = PB_BUF_INIT;
     pb_wire_pull_req_encode(&pr, &body);

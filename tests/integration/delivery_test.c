@@ -12,6 +12,8 @@
  *              (SIGKILL) mid-drain, then A: every event once, in order; the model holds
  *   pull-old-sender  the same with A answering as a postbox without postbox_from_seq:
  *              B notices and pulls one round at a time
+ *   pull-ack   the pipelined drain's last answer is acknowledged at once (B refusing
+ *              Pushes): A's queue empties without waiting for B's next Pull
  *   isolation  C pulls A with its own token: only its own (empty) queue; a token naming B
  *              signed by C's key is refused
  *   rename     A renames: B and C re-label; events B queued for A reach A under the new
@@ -515,6 +517,48 @@ static void test_pull_pipeline(unsigned n, bool old_sender)
     pbt_daemon_free(b);
 }
 
+/* The end of a pipelined drain is acknowledged: B, restarted refusing every Push (a fault point),
+ * can tell A what it holds only with its Pulls. A queues 100 events; B's start-up Pull takes them
+ * in answers of 40; the request after the last answer leaves before that answer is applied
+ * (so it cannot acknowledge it) and is answered empty. A must forget the last answer's
+ * events at once, not at B's next Pull (pull_interval, 60 s) or through a Push: a queue
+ * left holding delivered events counts them as dropped or expired if the operator drops or
+ * the age limit comes first (seen in queuectl_nodes_test: "expired 5 events (4 queued)"). */
+static void test_pull_ack(void)
+{
+    const char *ax[] = {"--push-retries",
+                        "0",
+                        "--backoff-min",
+                        "3600",
+                        "--backoff-max",
+                        "3600",
+                        "--pull-batch",
+                        "40",
+                        NULL};
+    pbt_daemon *a = start("ackA", ax), *b = start("ackB", NULL);
+    json_t *sent = json_array();
+    submit_range(a, b->server_id, 0, 1, sent); /* B knows A: it pulls A at start-up */
+    expect_delivered(b, a->server_id, sent, 30000, "before the stop");
+    CHECK_INT(pbt_daemon_stop(b), 0);
+    submit_range(a, b->server_id, 1, 101, sent);
+    struct mode_wait mw = {a, b->server_id, "queued"};
+    CHECKF(pbt_wait_for(peer_in_mode, &mw, 30000), "A queues for the stopped B");
+    int pushes = log_count(b, "push received", NULL);
+    setenv("PB_FAULTS", "delivery.unavailable-push,delivery.slow-pull-apply", 1);
+    CHECK(pbt_daemon_start(b));
+    unsetenv("PB_FAULTS");
+    expect_delivered(b, a->server_id, sent, 30000, "the drain");
+    CHECKF(log_count(a, "pipelined pull: answered from", NULL) > 0, "the drain was pipelined");
+    struct queue_wait qw = {a, b->server_id, -1};
+    CHECKF(pbt_wait_for(queue_empty, &qw, 10000),
+           "A forgot every pulled event once B applied them: %lld still queued", qw.queued);
+    CHECKF(log_count(b, "push received", NULL) == pushes,
+           "no Push was applied at B after its restart (the fault refused them)");
+    json_decref(sent);
+    pbt_daemon_free(a);
+    pbt_daemon_free(b);
+}
+
 static pb_keys *keys_of(const pbt_daemon *d)
 {
     char path[600];
@@ -883,6 +927,7 @@ int main(int argc, char **argv)
     RUN("long-backlog", test_long_backlog());
     RUN("pull-pipeline", test_pull_pipeline(2000, false));
     RUN("pull-old-sender", test_pull_pipeline(2000, true));
+    RUN("pull-ack", test_pull_ack());
     RUN("rename", test_rename());
     RUN("stream", test_stream(n));
     return pbt_finish();
