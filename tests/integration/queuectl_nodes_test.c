@@ -170,6 +170,9 @@ int main(void)
     submit(n[holder], p->server_id, 9, 1);
     ib.want = 4;
     CHECKF(pbt_wait_for(inbox_has, &ib, 20000), "P receives the event after the drop");
+    /* ... and the nodes know it (P's Pull acknowledges it, or a Push): else the expiry
+     * below counts it too */
+    CHECKF(pbt_wait_for(queued_is, &qw, 20000), "the delivered event leaves the queue");
 
     /* ---- max_queue_age on both nodes */
     CHECK_INT(pbt_daemon_stop(p), 0);
