@@ -458,20 +458,23 @@ static bool past_wait_fn(void *ctx)
  * old_sender: A answers as a postbox that does not know postbox_from_seq (a fault point):
  * B notices it from the answers' numbers and pulls one round at a time. B applies each
  * answer 30 ms slowly (a fault point), so that the kills land mid-drain. */
+/* A of the Pull scenarios: never pushes again once B is down (only B's Pulls drain it),
+ * answers Pulls 40 events at a time. */
+static const char *const PULL_A[] = {"--push-retries",
+                                     "0",
+                                     "--backoff-min",
+                                     "3600",
+                                     "--backoff-max",
+                                     "3600",
+                                     "--pull-batch",
+                                     "40",
+                                     NULL};
+
 static void test_pull_pipeline(unsigned n, bool old_sender)
 {
-    const char *ax[] = {"--push-retries",
-                        "0",
-                        "--backoff-min",
-                        "3600",
-                        "--backoff-max",
-                        "3600",
-                        "--pull-batch",
-                        "40",
-                        NULL};
     const char *a_faults = old_sender ? "delivery.pull-ignore-from" : "";
     setenv("PB_FAULTS", a_faults, 1);
-    pbt_daemon *a = start(old_sender ? "pipeOldA" : "pipeA", ax);
+    pbt_daemon *a = start(old_sender ? "pipeOldA" : "pipeA", PULL_A);
     setenv("PB_FAULTS", "delivery.slow-pull-apply", 1);
     pbt_daemon *b = start(old_sender ? "pipeOldB" : "pipeB", NULL);
     json_t *sent = json_array();
@@ -526,16 +529,7 @@ static void test_pull_pipeline(unsigned n, bool old_sender)
  * the age limit comes first (seen in queuectl_nodes_test: "expired 5 events (4 queued)"). */
 static void test_pull_ack(void)
 {
-    const char *ax[] = {"--push-retries",
-                        "0",
-                        "--backoff-min",
-                        "3600",
-                        "--backoff-max",
-                        "3600",
-                        "--pull-batch",
-                        "40",
-                        NULL};
-    pbt_daemon *a = start("ackA", ax), *b = start("ackB", NULL);
+    pbt_daemon *a = start("ackA", PULL_A), *b = start("ackB", NULL);
     json_t *sent = json_array();
     submit_range(a, b->server_id, 0, 1, sent); /* B knows A: it pulls A at start-up */
     expect_delivered(b, a->server_id, sent, 30000, "before the stop");
