@@ -451,13 +451,6 @@ static bool past_wait_fn(void *ctx)
     return inbox_past(w->d, w->k);
 }
 
-/* A pipelined Pull drain (PROTOCOL.md 5 "Pull answers": the next range asked for before
- * the previous answer is applied) of a queue of n events, in answers of 40: B is killed
- * (SIGKILL) mid-drain and restarted, then A is, and B's next start-up Pull finishes it.
- * Every event arrives once, in order, and B's guild lists and invites equal the model.
- * old_sender: A answers as a postbox that does not know postbox_from_seq (a fault point):
- * B notices it from the answers' numbers and pulls one round at a time. B applies each
- * answer 30 ms slowly (a fault point), so that the kills land mid-drain. */
 /* A of the Pull scenarios: never pushes again once B is down (only B's Pulls drain it),
  * answers Pulls 40 events at a time. */
 static const char *const PULL_A[] = {"--push-retries",
@@ -470,6 +463,13 @@ static const char *const PULL_A[] = {"--push-retries",
                                      "40",
                                      NULL};
 
+/* A pipelined Pull drain (PROTOCOL.md 5 "Pull answers": the next range asked for before
+ * the previous answer is applied) of a queue of n events, in answers of 40: B is killed
+ * (SIGKILL) mid-drain and restarted, then A is, and B's next start-up Pull finishes it.
+ * Every event arrives once, in order, and B's guild lists and invites equal the model.
+ * old_sender: A answers as a postbox that does not know postbox_from_seq (a fault point):
+ * B notices it from the answers' numbers and pulls one round at a time. B applies each
+ * answer 30 ms slowly (a fault point), so that the kills land mid-drain. */
 static void test_pull_pipeline(unsigned n, bool old_sender)
 {
     const char *a_faults = old_sender ? "delivery.pull-ignore-from" : "";
