@@ -160,6 +160,8 @@ struct peer {
     uint32_t rwin;               /* the window the receiver announced (0: none) */
     unsigned orphans;            /* window transfers still in flight after a reset */
     bool win_reading;            /* a window batch is being read */
+    bool win_dry;     /* the last window read found nothing new: none until the next input */
+    uint64_t inputs;  /* state machine inputs fed (a window read that found nothing saw none) */
     bool win_stop;    /* a window batch failed: none is added until the window restarts */
     bool adopted;     /* the state machine's batch is a window batch already sent */
     uint64_t win_gen; /* bumped by a reset: a read completing after it is dropped */
@@ -194,7 +196,7 @@ struct peer {
     uint64_t pull_from, pull_epoch;         /* after the last answer received, in its epoch */
     uint64_t pull_req_from, pull_req_epoch; /* what the request in flight asked for */
     uint64_t pull_req_ack, pull_req_ack_epoch; /* and acknowledged (postbox_next_seq) */
-    uint64_t held_epoch, held_seq;          /* what we hold from it (store, or last apply) */
+    uint64_t held_epoch, held_seq;             /* what we hold from it (store, or last apply) */
     bool pull_nopipe; /* it answered a pipelined Pull from postbox_next_seq: an older postbox */
     bool pull_ended;  /* the contact ends once nothing of it is in flight or waiting */
     char pull_why[256];
@@ -1071,6 +1073,7 @@ static void win_reset(struct peer *p)
     p->nwin = 0;
     p->win_gen++;
     p->win_stop = false;
+    p->win_dry = false;
     if (pb_sched_waiting(&p->win_item)) pb_sched_cancel(&p->d->sched, &p->win_item);
 }
 
@@ -1129,6 +1132,10 @@ static void win_read_done(struct op *o)
     if (o->err != PB_OK || o->u3 != p->win_gen || o->n == 0 || o->items[0].seq != o->u1 ||
         !win_allowed(p)) {
         if (o->err != PB_OK) p->win_stop = true; /* the head's own read reports it */
+        /* Nothing new queued: the next read waits for an input (a submission, an answer),
+         * else the loop would read the outbox again and again while the head is in
+         * flight. An input fed during the read may have brought events: read again. */
+        if (o->err == PB_OK && o->u3 == p->win_gen && o->u4 == p->inputs) p->win_dry = true;
         win_kick(p);
         return;
     }
@@ -1154,13 +1161,14 @@ static void win_read_done(struct op *o)
 /* Reads the next window batch when the window has room (one read, one unsent at a time). */
 static void win_kick(struct peer *p)
 {
-    if (p->win_reading || pb_sched_waiting(&p->win_item) || !win_allowed(p)) return;
+    if (p->win_reading || p->win_dry || pb_sched_waiting(&p->win_item) || !win_allowed(p)) return;
     if (p->nwin && !p->win[p->nwin - 1]->sent) return;
     if (1 + p->nwin + p->orphans >= win_limit(p)) return;
     struct op *o = op_new(p->d, p, read_work, win_read_done);
     o->u1 = (p->nwin ? p->win[p->nwin - 1]->last : p->head_fl->last) + 1;
     o->u2 = p->fsm.batch ? p->fsm.batch : p->d->fcfg.batch_max;
     o->u3 = p->win_gen;
+    o->u4 = p->inputs;
     p->win_reading = true;
     op_run(o);
 }
@@ -1285,6 +1293,8 @@ static void fsm_feed(struct peer *p, pb_fsm_input *in)
     pb_delivery *d = p->d;
     if (d->stopping) return;
     pb_fsm_input cur = *in;
+    p->inputs++;
+    p->win_dry = false; /* the input may have brought events: the window may read again */
     for (;;) {
         cur.now = mono_ms();
         p->active_ms = cur.now;

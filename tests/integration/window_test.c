@@ -9,9 +9,12 @@
  * different connections and overtake each other at B. B's server ID is the proxy's
  * address. Parts, each on the same pair and stream, each followed by a check of B's whole
  * inbox (every event once, in submission order):
- *   start     every request held 3 s by the proxy: once B's first answer is in, A's first
- *             window is 4 batches (the head and 4 window batches before any answer), not
- *             one; then the stream arrives whole and in order
+ *   start     every request held 3 s by the proxy: once B's first answer is in, one event
+ *             alone is in flight 3 s with nothing queued behind it, and A's CPU time over
+ *             those 3 s stays under a fifth of them (A once read its outbox for the next
+ *             window batch again and again while the head was in flight: a core busy);
+ *             then A's first window is 4 batches (the head and 4 window batches before any
+ *             answer), not one; then the stream arrives whole and in order
  *   window    no fault: A sends window batches (postbox_push_window_batches_total) and B
  *             holds some that arrived ahead of a gap, then applies them
  *             (postbox_push_ahead_of_gap_total{result="applied"})
@@ -280,20 +283,30 @@ static bool initial_window(pbt_daemon *a, const pbt_daemon *b, struct proxy *px,
     const char *slow[] = {"--latency-ms", "3000", "--jitter-ms", "0", NULL};
     /* (seeds of their own: a restart's log must not hold the previous "listening") */
     if (!proxy_start(px, seed + 10, slow)) return false;
+    const char *ok = "postbox_events_pushed_total{result=\"ok\"}",
+               *cpu = "process_cpu_seconds_total";
     feed(a, b_id, 0, 1);
-    CHECKF(pbt_wait_metric(a, "postbox_events_pushed_total{result=\"ok\"}", 1, PBT_BOUND_MS),
-           "A's first Push is answered");
+    CHECKF(pbt_wait_metric(a, ok, 1, PBT_BOUND_MS), "A's first Push is answered");
+    /* B announced its window: one event in flight, nothing behind it */
+    double c0 = pbt_metric(a, cpu), t0 = (double)pbt_now_ms();
+    feed(a, b_id, 1, 1);
+    CHECKF(pbt_wait_metric(a, ok, 2, PBT_BOUND_MS), "A's second Push is answered");
+    double busy = pbt_metric(a, cpu) - c0, wall = ((double)pbt_now_ms() - t0) / 1000;
+    fprintf(stderr, "window_test: start: A used %.3f s of CPU in %.3f s with one Push in flight\n",
+            busy, wall);
+    CHECKF(wall >= 2.5 && busy < wall / 5, "A idles while its head is in flight (%.3f s in %.3f s)",
+           busy, wall);
     const char *wb = "postbox_push_window_batches_total";
     double w0 = pbt_metric(a, wb);
     unsigned burst = 6 * 256; /* 6 batches of push_batch: the head and up to 5 behind it */
-    feed(a, b_id, 1, burst);
+    feed(a, b_id, 2, burst);
     /* no answer to any of them can come back within 3 s of the head being sent */
     pbt_wait_metric(a, wb, w0 + 4, 2500);
     double sent = pbt_metric(a, wb) - w0;
     fprintf(stderr, "window_test: start: %.0f window batches sent before any answer\n", sent);
     CHECKF(sent >= 4, "A's first window holds 4 batches behind the head (%.0f)", sent);
     if (!proxy_start(px, seed + 11, NULL)) return false; /* in flight: reset, retried */
-    feed(a, b_id, 1 + burst, PART - 1 - burst);
+    feed(a, b_id, 2 + burst, PART - 2 - burst);
     verify("start", b, a->server_id, PART);
     return true;
 }
