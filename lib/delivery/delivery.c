@@ -2758,7 +2758,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     d->signer = pb_auth_signer_new(opts->keys);
     d->budget = pb_budget_new(&d->o.budget);
     d->wgate = pb_wgate_new(d->o.window_announce > 1 ? d->o.window_announce - 1 : 0,
-                            d->o.window_hold_total);
+                            d->o.window_hold_total, pb_store_receives_ordered(d->o.store));
     d->newkeys = pb_budget_new(
         &(pb_budget_opts){.events = d->o.new_peers_per_key ? d->o.new_peers_per_key : 1,
                           .bytes = NEWPEER_BYTES,
@@ -3193,7 +3193,7 @@ static void recv_done(void *arg, pb_err result, const pb_recv_result *res)
     store_job_end(d);
 }
 
-pb_err pb_delivery_receive_async(pb_delivery *d, const char *from, uint64_t epoch,
+pb_err pb_delivery_receive_async(pb_delivery *d, const char *from, uint64_t epoch, uint64_t after,
                                  const pb_event *evs, const uint64_t *seqs, size_t n,
                                  pb_store_recv_cb cb, void *arg)
 {
@@ -3202,8 +3202,8 @@ pb_err pb_delivery_receive_async(pb_delivery *d, const char *from, uint64_t epoc
     op->cb = cb;
     op->arg = arg;
     store_job_begin(d);
-    pb_err err =
-        pb_store_receive_async(d->o.store, from, epoch, evs, seqs, n, wall_ms(), recv_done, op);
+    pb_err err = pb_store_receive_async(d->o.store, from, epoch, after, evs, seqs, n, wall_ms(),
+                                        recv_done, op);
     if (err != PB_OK) {
         free(op);
         store_job_end(d);

@@ -164,10 +164,10 @@ typedef void (*pb_delivery_submit_cb)(void *arg, pb_err result, bool duplicate, 
  * this call and a wait. */
 pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *evs, size_t n,
                                 const char *submission_id, pb_delivery_submit_cb cb, void *arg);
-/* A Push received (inbound.c): pb_store_receive_async of the engine's store, now, counted
- * so that pb_delivery_stop waits for its callback as for a submission's. evs and seqs stay
- * the caller's, unchanged until cb. */
-pb_err pb_delivery_receive_async(pb_delivery *d, const char *from, uint64_t epoch,
+/* A Push received (inbound.c): pb_store_receive_async of the engine's store (after: the
+ * batch's postbox_after, 0 for none), now, counted so that pb_delivery_stop waits for its
+ * callback as for a submission's. evs and seqs stay the caller's, unchanged until cb. */
+pb_err pb_delivery_receive_async(pb_delivery *d, const char *from, uint64_t epoch, uint64_t after,
                                  const pb_event *evs, const uint64_t *seqs, size_t n,
                                  pb_store_recv_cb cb, void *arg);
 /* Wall time (Unix seconds) of the last successful Push to peer by this node, 0 when none

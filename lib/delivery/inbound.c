@@ -138,11 +138,16 @@ static void push_answer(pb_delivery *d, const pb_hrpc_request *req, pb_hrpc_repl
         rep->retry_after = 1;
         return;
     }
+    const pb_push_req *pr = &j->pr;
     if (j->err != PB_OK) {
-        store_failure(rep, j->err, "Push");
+        /* what was queued behind this batch will fail too: none may follow it at once */
+        if (pr->seqs) pb_wgate_failed(pb_delivery_wgate(d), req->peer, pr->epoch);
+        if (j->err == PB_ERR_BUSY) /* queued behind a batch that failed: not applicable */
+            window_refuse(o, rep, pr);
+        else
+            store_failure(rep, j->err, "Push");
         return;
     }
-    const pb_push_req *pr = &j->pr;
     const pb_recv_result rr = j->rr;
     pb_fault_crash("delivery.crash-after-commit");
     /* batches of this sender's window held behind this one may go now */
@@ -282,9 +287,15 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
     j->held = windowed && req->resumed;
     pb_hrpc_set_state(req, j, push_job_unref);
     j->w = pb_hrpc_defer_local(req, PUSH_COMMIT_WAIT_MS);
-    err = pb_delivery_receive_async(d, req->peer, j->pr.epoch, j->pr.evs, j->pr.seqs, j->pr.n,
-                                    push_committed, j);
-    if (err != PB_OK) push_committed(j, err, NULL); /* answered at once */
+    uint64_t epoch = j->pr.epoch, last = j->pr.seqs && j->pr.n ? j->pr.seqs[j->pr.n - 1] : 0;
+    err = pb_delivery_receive_async(d, req->peer, epoch, windowed ? j->pr.after : 0, j->pr.evs,
+                                    j->pr.seqs, j->pr.n, push_committed, j);
+    if (err != PB_OK) {
+        push_committed(j, err, NULL); /* answered at once */
+    } else if (last) {
+        /* the batches of this window behind it may be queued now (ordered stores) */
+        pb_wgate_queued(pb_delivery_wgate(d), req->peer, epoch, last, pb_ioloop_now_ms());
+    }
 out:
     pb_push_req_clear(&pr);
 }

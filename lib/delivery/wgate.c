@@ -2,7 +2,7 @@
  * wgate - the receiver's gate for windowed Pushes (see wgate.h for the model).
  *
  * A hash table of senders (chained, PB_WGATE_SENDERS_MAX at most), each with the epoch it
- * was last seen applying in, the highest number known applied there, and a list of the
+ * was last seen in, the highest numbers known applied and queued there, and a list of the
  * requests waiting for a number. Every function takes the one mutex; wakers are woken
  * after it is released (pb_hrpc_wake may resume the request on another thread at once).
  */
@@ -28,7 +28,8 @@ struct waiter {
 struct sender {
     struct sender *next;
     char id[PB_SERVER_ID_MAX];
-    uint64_t epoch, applied;
+    uint64_t epoch, applied, queued; /* queued >= applied */
+    bool known;                      /* applied comes from a commit in this epoch */
     struct waiter *waiting;
     unsigned nwaiting;
 };
@@ -36,6 +37,7 @@ struct sender {
 struct pb_wgate {
     pthread_mutex_t mu;
     unsigned per_sender, total;
+    bool ordered;
     unsigned held, nsenders;
     struct sender *buckets[NBUCKETS];
 };
@@ -110,13 +112,19 @@ static struct sender *get(pb_wgate *g, const char *id)
     return s;
 }
 
+/* Is `after` of (s, epoch) applied, or queued in a store that keeps the order? */
+static bool is_ready(const pb_wgate *g, const struct sender *s, uint64_t epoch, uint64_t after)
+{
+    return s->epoch == epoch && (s->applied >= after || (g->ordered && s->queued >= after));
+}
+
 /* Wakes (into l) the waiters of s that are applicable now or past their deadline. */
 static void release(pb_wgate *g, struct sender *s, int64_t now, wakelist *l)
 {
     struct waiter **pp = &s->waiting;
     while (*pp) {
         struct waiter *w = *pp;
-        bool ok = w->epoch == s->epoch && w->after <= s->applied;
+        bool ok = is_ready(g, s, w->epoch, w->after);
         if (ok || w->deadline <= now) {
             *pp = w->next;
             wl_add(l, w->w);
@@ -129,12 +137,13 @@ static void release(pb_wgate *g, struct sender *s, int64_t now, wakelist *l)
     }
 }
 
-pb_wgate *pb_wgate_new(unsigned per_sender, unsigned total)
+pb_wgate *pb_wgate_new(unsigned per_sender, unsigned total, bool ordered)
 {
     pb_wgate *g = pb_xcalloc(1, sizeof *g);
     pthread_mutex_init(&g->mu, NULL);
     g->per_sender = per_sender;
     g->total = total;
+    g->ordered = ordered;
     return g;
 }
 
@@ -170,8 +179,8 @@ bool pb_wgate_ready(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t af
 {
     pthread_mutex_lock(&g->mu);
     struct sender *s = find(g, sender);
-    bool ok = s && s->epoch == epoch && s->applied >= after;
-    if (known) *known = s && s->epoch == epoch;
+    bool ok = s && is_ready(g, s, epoch, after);
+    if (known) *known = s && s->epoch == epoch && s->known;
     pthread_mutex_unlock(&g->mu);
     return ok;
 }
@@ -202,7 +211,7 @@ pb_wgate_verdict pb_wgate_wait(pb_wgate *g, const char *sender, uint64_t epoch, 
     struct sender *s = get(g, sender);
     if (!s) goto out;
     release(g, s, now_ms, &l);
-    if (s->epoch == epoch && s->applied >= after) {
+    if (is_ready(g, s, epoch, after)) {
         v = PB_WGATE_READY;
         goto out;
     }
@@ -233,14 +242,45 @@ void pb_wgate_applied(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t 
     if (s) {
         if (s->epoch != epoch) { /* another epoch: what we knew of the old one is moot */
             s->epoch = epoch;
-            s->applied = applied;
+            s->applied = s->queued = applied;
         } else if (applied > s->applied) {
             s->applied = applied;
+            if (applied > s->queued) s->queued = applied;
+        }
+        s->known = true;
+        release(g, s, now_ms, &l);
+    }
+    pthread_mutex_unlock(&g->mu);
+    wl_wake(&l);
+}
+
+void pb_wgate_queued(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t last, int64_t now_ms)
+{
+    if (!g->ordered) return; /* only a commit makes a batch applicable */
+    wakelist l = {0};
+    pthread_mutex_lock(&g->mu);
+    struct sender *s = get(g, sender);
+    if (s) {
+        if (s->epoch != epoch) { /* a new epoch: what is applied in it only the store says */
+            s->epoch = epoch;
+            s->applied = 0;
+            s->known = false;
+            s->queued = last;
+        } else if (last > s->queued) {
+            s->queued = last;
         }
         release(g, s, now_ms, &l);
     }
     pthread_mutex_unlock(&g->mu);
     wl_wake(&l);
+}
+
+void pb_wgate_failed(pb_wgate *g, const char *sender, uint64_t epoch)
+{
+    pthread_mutex_lock(&g->mu);
+    struct sender *s = find(g, sender);
+    if (s && s->epoch == epoch) s->queued = s->applied;
+    pthread_mutex_unlock(&g->mu);
 }
 
 unsigned pb_wgate_held(pb_wgate *g)

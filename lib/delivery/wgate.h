@@ -9,13 +9,21 @@
  * its request waits suspended (pb_hrpc_defer, no thread), woken by the commit that makes
  * it applicable, or refused with a retryable error when its wait ends or the bounds below
  * are reached. The store's sequence check (pb_store_receive) still decides what is a
- * duplicate; the gate only keeps a batch from being applied across a gap, which the store
- * would otherwise accept (a skipped number would then be a duplicate for good).
+ * duplicate, and the store itself refuses a batch whose postbox_after it does not hold
+ * (pb_store_receive_async's `after`): the gate decides when a batch is worth queueing.
  *
- * State, under one mutex (any listener thread): per sender, the epoch and the highest
- * number known applied in it (raised by every commit the handler makes, and read from the
- * store when a batch finds it too low: it only ever lags the store, so it never lets a
- * batch through a gap), and the batches waiting. Bounds: waiting batches per sender
+ * With a store whose receives run in queue order (pb_store_receives_ordered: SQLite's one
+ * writer), a batch is applicable as soon as the batch before it is queued for its commit,
+ * not only once that commit is done: it is queued right behind it and the two share a
+ * commit (or run in consecutive ones), instead of one sender's window committing one batch
+ * per commit. Should the batch in front fail, the store refuses the one behind it (its
+ * predecessors are not there) and the sender sends it again. With PostgreSQL (receives on
+ * several threads in any order) a batch waits for the commit before it.
+ *
+ * State, under one mutex (any listener thread): per sender, the epoch, the highest number
+ * known applied in it (raised by every commit the handler makes, and read from the store
+ * when a batch finds it too low: it only ever lags the store), the highest number queued
+ * in it (ordered stores), and the batches waiting. Bounds: waiting batches per sender
  * (per_sender, the window we announce) and in all (total); each waits at most its
  * deadline. The suspended requests also count in the listener's suspended pool and its
  * per-address share, and their bodies in body_memory (hrpc_server.h): the announced
@@ -38,14 +46,16 @@
 
 typedef struct pb_wgate pb_wgate;
 
-pb_wgate *pb_wgate_new(unsigned per_sender, unsigned total);
+/* ordered: the store runs receives in queue order (pb_store_receives_ordered). */
+pb_wgate *pb_wgate_new(unsigned per_sender, unsigned total, bool ordered);
 /* Wakes every waiting request (their handlers then refuse them), frees. NULL: no-op. */
 void pb_wgate_free(pb_wgate *g);
 /* Wakes every waiting request (shutting down): their handlers refuse them. */
 void pb_wgate_wake_all(pb_wgate *g);
 
-/* Is `after` applied for (sender, epoch), as far as the gate knows? *known (may be NULL):
- * the gate has seen a commit of that sender in that epoch (else only the store can say). */
+/* Is `after` applied for (sender, epoch), or (ordered) queued, as far as the gate knows?
+ * *known (may be NULL): the gate has seen a commit of that sender in that epoch (else only
+ * the store can say what is applied). */
 bool pb_wgate_ready(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t after, bool *known);
 
 typedef enum pb_wgate_verdict {
@@ -66,6 +76,15 @@ bool pb_wgate_room(pb_wgate *g, const char *sender);
  * forgets) batches past their deadline. */
 void pb_wgate_applied(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t applied,
                       int64_t now_ms);
+
+/* (sender, epoch)'s events up to `last` were queued for a commit (a Push with sequence
+ * numbers, after pb_delivery_receive_async returned PB_OK): with an ordered store, wakes
+ * the batches waiting for them. */
+void pb_wgate_queued(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t last,
+                     int64_t now_ms);
+/* A queued Push of (sender, epoch) failed: what was queued after the last commit may not
+ * be applied (the batches queued behind it fail in the store too). */
+void pb_wgate_failed(pb_wgate *g, const char *sender, uint64_t epoch);
 
 /* Batches waiting now, in all (metrics, tests). */
 unsigned pb_wgate_held(pb_wgate *g);

@@ -406,12 +406,18 @@ pb_err pb_store_receive(pb_store *s, const char *from, uint64_t epoch, const pb_
     return err;
 }
 
-pb_err pb_store_receive_async(pb_store *s, const char *from, uint64_t epoch, const pb_event *evs,
-                              const uint64_t *seqs, size_t n, int64_t now, pb_store_recv_cb cb,
-                              void *arg)
+pb_err pb_store_receive_async(pb_store *s, const char *from, uint64_t epoch, uint64_t after,
+                              const pb_event *evs, const uint64_t *seqs, size_t n, int64_t now,
+                              pb_store_recv_cb cb, void *arg)
 {
     if (!s || !id_ok(from) || (n > 0 && !evs) || now < 0 || !cb) return PB_ERR_INVAL;
-    return s->ops->receive_async(s->impl, from, seqs ? epoch : 0, evs, seqs, n, now, cb, arg);
+    return s->ops->receive_async(s->impl, from, seqs ? epoch : 0, seqs ? after : 0, evs, seqs, n,
+                                 now, cb, arg);
+}
+
+bool pb_store_receives_ordered(const pb_store *s)
+{
+    return s && s->ops->ordered_receives;
 }
 
 pb_err pb_store_recv_latest(pb_store *s, const char *from, uint64_t *epoch, uint64_t *recv_seq)

@@ -359,10 +359,19 @@ typedef void (*pb_store_recv_cb)(void *arg, pb_err result, const pb_recv_result 
  * outside its locks (as pb_store_outbox_submit_async's). Any other result (PB_ERR_INVAL as
  * pb_store_receive, PB_ERR_SHUTDOWN once pb_store_close began): nothing was queued and cb is
  * never called.
+ *
+ * after (with seqs; 0: none) is a window batch's postbox_after (PROTOCOL.md 5): the write
+ * applies only if the recv_seq of (from, epoch) is at least `after` when it runs, else it
+ * fails with PB_ERR_BUSY and writes nothing (the batches before it are not here: it would
+ * apply across a gap). With pb_store_receives_ordered, the writes queued by one caller run
+ * in the order it queued them, so a batch may be queued right behind the one before it.
  */
-pb_err pb_store_receive_async(pb_store *s, const char *from, uint64_t epoch, const pb_event *evs,
-                              const uint64_t *seqs, size_t n, int64_t now, pb_store_recv_cb cb,
-                              void *arg);
+pb_err pb_store_receive_async(pb_store *s, const char *from, uint64_t epoch, uint64_t after,
+                              const pb_event *evs, const uint64_t *seqs, size_t n, int64_t now,
+                              pb_store_recv_cb cb, void *arg);
+/* Do asynchronous receives run in the order they were queued (one writer: SQLite)? With
+ * PostgreSQL they run on several threads at once, in any order. */
+bool pb_store_receives_ordered(const pb_store *s);
 
 /* The sender's most recently updated epoch row (ties: the highest recv_seq, then the
  * highest epoch): *epoch and *recv_seq, both 0 (and PB_OK) when it has none (unknown,

@@ -22,7 +22,8 @@
 #include "store/store.h"
 
 typedef struct pb_store_ops {
-    const char *name; /* "sqlite", "postgres" */
+    const char *name;      /* "sqlite", "postgres" */
+    bool ordered_receives; /* receive_async runs writes in queue order (one writer) */
 
     /* location: the spec with the backend prefix removed. On PB_OK *impl is the backend's
      * handle, owned by the caller (freed with close). */
@@ -72,9 +73,9 @@ typedef struct pb_store_ops {
     pb_err (*receive)(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
                       const uint64_t *seqs, size_t n, int64_t now, pb_recv_result *res);
     /* as receive, then cb (store.h pb_store_receive_async) */
-    pb_err (*receive_async)(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
-                            const uint64_t *seqs, size_t n, int64_t now, pb_store_recv_cb cb,
-                            void *arg);
+    pb_err (*receive_async)(void *impl, const char *from, uint64_t epoch, uint64_t after,
+                            const pb_event *evs, const uint64_t *seqs, size_t n, int64_t now,
+                            pb_store_recv_cb cb, void *arg);
     pb_err (*inbox_read)(void *impl, uint64_t after, size_t limit, pb_inbox_item **items,
                          size_t *n);
     pb_err (*inbox_last_seq)(void *impl, uint64_t *seq);

@@ -1395,6 +1395,7 @@ static int applied_cmp(const void *a, const void *b)
 struct receive_ctx {
     const char *from;
     uint64_t epoch; /* the sender's (with seqs) */
+    uint64_t after; /* a window batch's postbox_after (with seqs; 0: none) */
     const pb_event *evs;
     const pb_encoded *enc;
     const uint64_t *seqs;
@@ -1534,6 +1535,8 @@ static pb_err receive_tx(pb_db *db, void *ctx)
         d->done(&cur);
         known = found;
         if (err == PB_OK && bad) err = PB_ERR_CORRUPT;
+        /* a window batch never applies across a gap (store.h pb_store_receive_async) */
+        if (err == PB_OK && r->after > (uint64_t)recv) err = PB_ERR_BUSY;
     }
     if (err != PB_OK) return err;
     size_t na = 0, nq = 0;
@@ -1648,9 +1651,9 @@ static void receive_done(void *ctx, pb_err err)
     receive_async_free(x);
 }
 
-static pb_err op_receive_async(void *impl, const char *from, uint64_t epoch, const pb_event *evs,
-                               const uint64_t *seqs, size_t n, int64_t now, pb_store_recv_cb cb,
-                               void *arg)
+static pb_err op_receive_async(void *impl, const char *from, uint64_t epoch, uint64_t after,
+                               const pb_event *evs, const uint64_t *seqs, size_t n, int64_t now,
+                               pb_store_recv_cb cb, void *arg)
 {
     st *s = impl;
     struct receive_async *x = pb_xcalloc(1, sizeof *x);
@@ -1659,6 +1662,7 @@ static pb_err op_receive_async(void *impl, const char *from, uint64_t epoch, con
     x->cb = cb;
     x->arg = arg;
     receive_ctx_init(s, &x->r, x->from, epoch, evs, &x->enc, seqs, n, now);
+    x->r.after = after;
     if (err == PB_OK) err = write_async(s, receive_tx, &x->r, false, receive_done);
     if (err != PB_OK) receive_async_free(x);
     return err;
@@ -2294,7 +2298,7 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
         .flush_list = op_flush_list, .flush_done = op_flush_done, .outbox_drop = op_outbox_drop,   \
         .outbox_expired_peers = op_outbox_expired_peers, .fault_set = FAULT(op_fault_set),         \
         .fault_hold = FAULT(op_fault_hold), .fault_queued = FAULT(op_fault_queued),                \
-        .fault_bad_write = FAULT(op_fault_bad_write),                                              \
+        .fault_bad_write = FAULT(op_fault_bad_write), .ordered_receives = engine##_ordered,        \
     }
 
 #ifdef PB_FAULTS
@@ -2304,5 +2308,7 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
 #endif
 
 static const char sqlite_name[] = "sqlite", pg_name[] = "postgres";
+#define sqlite_ordered true /* one writer thread takes the queue in order */
+#define pg_ordered false    /* ASYNC_THREADS threads, each its own transaction */
 const pb_store_ops pb_store_sqlite_ops = PB_STORE_OPS(sqlite);
 const pb_store_ops pb_store_pg_ops = PB_STORE_OPS(pg);

@@ -2983,8 +2983,9 @@ static void test_receive_async(void)
     pb_event evs[NRECV][2];
     uint64_t seqs[2] = {1, 2};
     if (!s) goto out;
-    CHECK_ERR(pb_store_receive_async(s, "bad id\n", EP, evs[0], seqs, 2, 5000, recv_cb, &tags[0]),
-              PB_ERR_INVAL);
+    CHECK_ERR(
+        pb_store_receive_async(s, "bad id\n", EP, 0, evs[0], seqs, 2, 5000, recv_cb, &tags[0]),
+        PB_ERR_INVAL);
     pb_store_stats st0, st1;
     pb_store_stats_get(s, &st0);
     pb_store_fault_hold(s, true);
@@ -2994,7 +2995,8 @@ static void test_receive_async(void)
         evs[k][0] = ev_added((uint64_t)k + 1, 100);
         evs[k][1] = ev_added((uint64_t)k + 1, 101);
         tags[i] = (struct recv_tag){seen, i};
-        CHECK_OK(pb_store_receive_async(s, ids[k], EP, evs[k], seqs, 2, 5000, recv_cb, &tags[i]));
+        CHECK_OK(
+            pb_store_receive_async(s, ids[k], EP, 0, evs[k], seqs, 2, 5000, recv_cb, &tags[i]));
     }
     CHECK(wait_queued(s, g_pg ? 4 : NRECV + 1));
     CHECK_INT(atomic_load(&seen->total), 0);
@@ -3024,7 +3026,7 @@ static void test_receive_async(void)
     memset(seen, 0, sizeof *seen);
     pb_store_fault_set(s, PB_ERR_STORE);
     uint64_t more[2] = {3, 4};
-    CHECK_OK(pb_store_receive_async(s, ids[1], EP, evs[1], more, 2, 6000, recv_cb, &tags[0]));
+    CHECK_OK(pb_store_receive_async(s, ids[1], EP, 0, evs[1], more, 2, 6000, recv_cb, &tags[0]));
     deadline = pbt_now_ms() + 20000;
     while (atomic_load(&seen->total) < 1 && pbt_now_ms() < deadline)
         nanosleep(&(struct timespec){0, 1000000}, NULL);
@@ -3032,6 +3034,71 @@ static void test_receive_async(void)
     CHECK_ERR(seen->err[0], PB_ERR_STORE);
     pb_store_fault_set(s, PB_OK);
     CHECK_INT(inbox_last(s), 2 * NRECV);
+out:
+    pb_store_close(s);
+    free(seen);
+}
+
+/* Waits (20 s at most) until `seen` counted n callbacks. */
+static bool recv_wait(struct recv_seen *seen, int n)
+{
+    int64_t deadline = pbt_now_ms() + 20000;
+    while (atomic_load(&seen->total) < n && pbt_now_ms() < deadline)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    return atomic_load(&seen->total) == n;
+}
+
+/* Window batches (`after`, PROTOCOL.md 5): queued back to back behind a held writer, batch
+ * 1-2, then 3-4 after 2, then 7-8 after 6 (across a gap). SQLite runs them in queue order
+ * (pb_store_receives_ordered): the first two apply, the third is refused PB_ERR_BUSY and
+ * stores nothing. PostgreSQL runs them in any order: the second may be refused too (then
+ * it applies when sent again). Then 5-6 after 4 and 7-8 again apply (ack 8), and 3-4 after
+ * 2 once more is a duplicate. */
+static void test_receive_after(void)
+{
+    pb_store *s = open_fresh("recvafter", NULL);
+    struct recv_seen *seen = calloc(1, sizeof *seen);
+    struct recv_tag tags[3] = {{seen, 0}, {seen, 1}, {seen, 2}};
+    const char *w = "w.example:443";
+    pb_event evs[2] = {ev_added(1, 100), ev_added(1, 101)};
+    uint64_t b1[2] = {1, 2}, b2[2] = {3, 4}, b3[2] = {5, 6}, b4[2] = {7, 8};
+    if (!s) goto out;
+    CHECK_INT(pb_store_receives_ordered(s), !g_pg);
+    pb_store_fault_hold(s, true);
+    CHECK_OK(pb_store_receive_async(s, w, EP, 0, evs, b1, 2, 5000, recv_cb, &tags[0]));
+    CHECK_OK(pb_store_receive_async(s, w, EP, 2, evs, b2, 2, 5000, recv_cb, &tags[1]));
+    CHECK_OK(pb_store_receive_async(s, w, EP, 6, evs, b4, 2, 5000, recv_cb, &tags[2]));
+    pb_store_fault_hold(s, false);
+    CHECK(recv_wait(seen, 3));
+    CHECK_OK(seen->err[0]);
+    CHECK_ERR(seen->err[2], PB_ERR_BUSY);
+    if (g_pg && seen->err[1] == PB_ERR_BUSY) { /* ran before the first: sent again */
+        memset(seen, 0, sizeof *seen);
+        CHECK_OK(pb_store_receive_async(s, w, EP, 2, evs, b2, 2, 5000, recv_cb, &tags[1]));
+        CHECK(recv_wait(seen, 1));
+    }
+    CHECK_OK(seen->err[1]);
+    CHECK_INT(seen->res[1].ack, 4);
+    CHECK_INT(seen->res[1].applied, 2);
+    CHECK_INT(inbox_last(s), 4);
+    uint64_t ep = 0, rs = 0;
+    CHECK_OK(pb_store_recv_latest(s, w, &ep, &rs));
+    CHECK_INT(rs, 4);
+
+    memset(seen, 0, sizeof *seen);
+    CHECK_OK(pb_store_receive_async(s, w, EP, 4, evs, b3, 2, 6000, recv_cb, &tags[0]));
+    CHECK(recv_wait(seen, 1));
+    CHECK_OK(pb_store_receive_async(s, w, EP, 6, evs, b4, 2, 6000, recv_cb, &tags[1]));
+    CHECK(recv_wait(seen, 2));
+    CHECK_OK(pb_store_receive_async(s, w, EP, 2, evs, b2, 2, 6000, recv_cb, &tags[2]));
+    CHECK(recv_wait(seen, 3));
+    CHECK_OK(seen->err[0]);
+    CHECK_OK(seen->err[1]);
+    CHECK_INT(seen->res[1].ack, 8);
+    CHECK_OK(seen->err[2]);
+    CHECK_INT(seen->res[2].duplicates, 2);
+    CHECK_INT(seen->res[2].ack, 8);
+    CHECK_INT(inbox_last(s), 8);
 out:
     pb_store_close(s);
     free(seen);
@@ -3928,6 +3995,7 @@ int main(int argc, char **argv)
 #ifdef PB_FAULTS
     test_outbox_async();
     test_receive_async();
+    test_receive_after();
     test_submission_race();
 #endif
     test_leases();
