@@ -145,7 +145,7 @@ static const struct setting settings[] = {
       "driven by one I/O thread)"),
     U(peer_connections, 4096, 16, 1000000,
       "transfers to peers at once (pushes, pulls, notices); at most 3/4 of them pulls"),
-    U(push_batch, 256, 1, 10000, "most events in one Push to a postbox of this project"),
+    U(push_batch, 512, 1, 10000, "most events in one Push to a postbox of this project"),
     U(push_window, 24, 1, 64,
       "batches in flight at once to a postbox of this project that announces a window (it "
       "grows from 1 while answers come back and halves on a failure); also the window we "

@@ -2735,7 +2735,7 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     if (!d->o.pull_max_bytes) d->o.pull_max_bytes = 2 * 1024 * 1024;
     if (!d->o.push_wait_ms) d->o.push_wait_ms = 10000;
     if (!d->o.max_transfers) d->o.max_transfers = 1024;
-    if (!d->o.batch_max) d->o.batch_max = 256;
+    if (!d->o.batch_max) d->o.batch_max = 512;
     if (!d->o.push_window) d->o.push_window = 24;
     if (!d->o.window_announce) d->o.window_announce = d->o.push_window;
     if (!d->o.window_hold_total) d->o.window_hold_total = 128;

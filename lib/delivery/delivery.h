@@ -82,7 +82,7 @@ typedef struct pb_delivery_opts {
     size_t pull_max_bytes;         /* byte cap of one Pull answer we give, default 2 MiB */
     unsigned push_wait_ms;         /* a Push waits this long for a Pull in progress, 10000 */
     unsigned max_transfers;        /* transfers to peers at once (the connection cap), 1024 */
-    unsigned batch_max;            /* events per Push to a postbox of this project, 256 */
+    unsigned batch_max;            /* events per Push to a postbox of this project, 512 */
     /* Windowed Push (PROTOCOL.md 5): batches in flight at once to a postbox that announced
      * a window, at most (1: one Push in flight, as to every other receiver); and the window
      * we announce as a receiver (batches we hold ahead of a gap per sender, + 1; 0 or 1:

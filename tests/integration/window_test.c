@@ -317,7 +317,9 @@ int main(void)
     fprintf(stderr, "window_test: seed %u (PBT_SEED=%u replays)\n", seed, seed);
     srand(seed);
     /* fast retries and probes, so that faults cost little time */
-    const char *ax[] = {"--push-retries",
+    const char *ax[] = {"--push-batch",
+                        "256", /* the batches the parts count (whatever the default) */
+                        "--push-retries",
                         "3",
                         "--retry-base-ms",
                         "20",
