@@ -181,9 +181,12 @@ static void push_answer(pb_delivery *d, const pb_hrpc_request *req, pb_hrpc_repl
             "push received");
     pb_delivery_push_seen(d, req->peer);
     /* A sender of this project learns what we hold of its stream. */
-    if (pr->seqs)
-        pb_wire_push_resp_encode_win(rr.ack, pr->epoch,
-                                     o->window_announce > 1 ? o->window_announce : 0, &rep->body);
+    if (pr->seqs) {
+        /* the window, shared with the other senders of its address (wgate.h) */
+        unsigned w = pb_wgate_window(pb_delivery_wgate(d), req->client_addr, req->peer,
+                                     o->window_announce, pb_ioloop_now_ms());
+        pb_wire_push_resp_encode_win(rr.ack, pr->epoch, w > 1 ? w : 0, &rep->body);
+    }
 }
 
 void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)

@@ -34,12 +34,22 @@ struct sender {
     unsigned nwaiting;
 };
 
+/* The senders seen lately on one client address (pb_wgate_window). */
+struct addr_entry {
+    struct addr_entry *next;
+    uint8_t addr[16];
+    int64_t seen;                        /* the latest Push answered from it */
+    uint64_t who[PB_WGATE_ADDR_SENDERS]; /* FNV-1a of the sender ID */
+    int64_t at[PB_WGATE_ADDR_SENDERS];   /* when; 0: a free slot */
+};
+
 struct pb_wgate {
     pthread_mutex_t mu;
     unsigned per_sender, total;
     bool ordered;
-    unsigned held, nsenders;
+    unsigned held, nsenders, naddrs;
     struct sender *buckets[NBUCKETS];
+    struct addr_entry *abuckets[NBUCKETS];
 };
 
 /* wakers collected under the lock, woken after it */
@@ -64,12 +74,17 @@ static void wl_wake(wakelist *l)
     free(l->w);
 }
 
+static uint64_t fnv1a(const unsigned char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
 static size_t bucket_of(const char *id)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(fnv1a((const unsigned char *)id, strlen(id)) % NBUCKETS);
 }
 
 static struct sender *find(pb_wgate *g, const char *id)
@@ -169,6 +184,12 @@ void pb_wgate_free(pb_wgate *g)
             struct sender *next = s->next;
             free(s);
             s = next;
+        }
+        struct addr_entry *a = g->abuckets[b];
+        while (a) {
+            struct addr_entry *next = a->next;
+            free(a);
+            a = next;
         }
     }
     pthread_mutex_destroy(&g->mu);
@@ -281,6 +302,72 @@ void pb_wgate_failed(pb_wgate *g, const char *sender, uint64_t epoch)
     struct sender *s = find(g, sender);
     if (s && s->epoch == epoch) s->queued = s->applied;
     pthread_mutex_unlock(&g->mu);
+}
+
+/* The entry of addr (found, or made, or an idle one reused); NULL when every entry is in
+ * use lately. */
+static struct addr_entry *addr_get(pb_wgate *g, const uint8_t *addr, int64_t now)
+{
+    size_t b = (size_t)(fnv1a(addr, 16) % NBUCKETS);
+    for (struct addr_entry *a = g->abuckets[b]; a; a = a->next)
+        if (memcmp(a->addr, addr, 16) == 0) return a;
+    struct addr_entry *a = NULL;
+    if (g->naddrs < PB_WGATE_ADDRS_MAX) {
+        a = pb_xcalloc(1, sizeof *a);
+        g->naddrs++;
+    } else { /* an address not seen lately gives its entry */
+        for (size_t i = 0; i < NBUCKETS && !a; i++) {
+            for (struct addr_entry **pp = &g->abuckets[(b + i) % NBUCKETS]; *pp;
+                 pp = &(*pp)->next) {
+                if (now - (*pp)->seen > PB_WGATE_ADDR_RECENT_MS) {
+                    a = *pp;
+                    *pp = a->next;
+                    memset(a, 0, sizeof *a);
+                    break;
+                }
+            }
+        }
+        if (!a) return NULL;
+    }
+    memcpy(a->addr, addr, 16);
+    a->next = g->abuckets[b];
+    g->abuckets[b] = a;
+    return a;
+}
+
+unsigned pb_wgate_window(pb_wgate *g, const uint8_t *addr, const char *sender, unsigned window,
+                         int64_t now_ms)
+{
+    if (!addr || window <= 1) return window ? window : 1;
+    uint64_t who = fnv1a((const unsigned char *)sender, strlen(sender));
+    unsigned n = 0;
+    pthread_mutex_lock(&g->mu);
+    struct addr_entry *a = addr_get(g, addr, now_ms);
+    if (!a) {
+        pthread_mutex_unlock(&g->mu);
+        return window; /* not tracked: the full window, as before the sharing */
+    }
+    a->seen = now_ms;
+    int mine = -1, free_slot = -1;
+    for (int i = 0; i < PB_WGATE_ADDR_SENDERS; i++) {
+        bool recent = a->at[i] && now_ms - a->at[i] <= PB_WGATE_ADDR_RECENT_MS;
+        if (a->at[i] && a->who[i] == who) {
+            mine = i;
+        } else if (recent) {
+            n++;
+        } else if (free_slot < 0) {
+            free_slot = i;
+        }
+    }
+    if (mine < 0) mine = free_slot; /* none free: more senders than slots, n is at its top */
+    if (mine >= 0) {
+        a->who[mine] = who;
+        a->at[mine] = now_ms ? now_ms : 1;
+    }
+    n++; /* this sender */
+    pthread_mutex_unlock(&g->mu);
+    unsigned w = window / n;
+    return w ? w : 1;
 }
 
 unsigned pb_wgate_held(pb_wgate *g)

@@ -29,10 +29,21 @@
  * per-address share, and their bodies in body_memory (hrpc_server.h): the announced
  * window is sized to fit those shares.
  *
- * Memory: at most PB_WGATE_SENDERS_MAX senders remembered (a sender with nothing waiting is
- * forgotten first: the store holds the truth).
+ * The window announced to a sender is shared by the senders of its client address: the
+ * per-address shares (max_inflight_per_ip, max_suspended_per_ip, body_memory_per_ip) hold
+ * one sender's full window, not sixteen's, and senders behind one address (a NAT, shared
+ * hosting) that each took the full window would be refused 503 and wait their RetryInfo
+ * second. So pb_wgate_window divides it by the senders seen on that address in the last
+ * PB_WGATE_ADDR_RECENT_MS (at least one batch each).
  *
- * Untrusted input: sender IDs (authenticated), epochs and numbers from bound Pushes.
+ * Memory: at most PB_WGATE_SENDERS_MAX senders remembered (a sender with nothing waiting is
+ * forgotten first: the store holds the truth), and PB_WGATE_ADDRS_MAX addresses of
+ * PB_WGATE_ADDR_SENDERS senders each (an address not seen lately is reused; past that the
+ * full window is announced, as before the sharing).
+ *
+ * Untrusted input: sender IDs (authenticated), epochs and numbers from bound Pushes, client
+ * addresses (a hostile sender naming many IDs from its address shrinks only the windows
+ * announced on that address).
  */
 #ifndef PB_WGATE_H
 #define PB_WGATE_H
@@ -43,6 +54,9 @@
 #include "net/hrpc_server.h"
 
 #define PB_WGATE_SENDERS_MAX 16384
+#define PB_WGATE_ADDRS_MAX 4096
+#define PB_WGATE_ADDR_SENDERS 32
+#define PB_WGATE_ADDR_RECENT_MS 10000
 
 typedef struct pb_wgate pb_wgate;
 
@@ -85,6 +99,13 @@ void pb_wgate_queued(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t l
 /* A queued Push of (sender, epoch) failed: what was queued after the last commit may not
  * be applied (the batches queued behind it fail in the store too). */
 void pb_wgate_failed(pb_wgate *g, const char *sender, uint64_t epoch);
+
+/* The window to announce to `sender` (a Push answered now) from client address `addr`
+ * (pb_hrpc_request.client_addr, 16 bytes; NULL: per-address shares off): `window` divided
+ * by the senders seen on that address in the last PB_WGATE_ADDR_RECENT_MS, this one
+ * included, at least 1. Records the sender. */
+unsigned pb_wgate_window(pb_wgate *g, const uint8_t *addr, const char *sender, unsigned window,
+                         int64_t now_ms);
 
 /* Batches waiting now, in all (metrics, tests). */
 unsigned pb_wgate_held(pb_wgate *g);
