@@ -228,7 +228,7 @@ static void options(void)
     O.runs = (int)env_long("BENCH_RUNS", 3);
     if (O.runs < 1) O.runs = 1;
     if (O.runs > MAX_RUNS) O.runs = MAX_RUNS;
-    O.pair_events = env_long("BENCH_PAIR_EVENTS", O.quick ? 2000 : 20000);
+    O.pair_events = env_long("BENCH_PAIR_EVENTS", O.quick ? 2000 : 100000);
     /* at 200 ms RTT 20,000 events last a few round trips, mostly the window's growth: the
      * throughput at a distance is the steady state's */
     O.rtt_events = env_long("BENCH_RTT_EVENTS", O.quick ? 2000 : 100000);
