@@ -62,10 +62,6 @@
 #define LAZY_FORGET_MS 200
 /* Peers whose delivered events one transaction forgets at most (forget_batch_start). */
 #define FORGET_BATCH_MAX 1024
-/* The Push window's first size, in batches, once the receiver announced its window (a
- * congestion window's initial window: two round trips of growth less at a long distance;
- * after a timeout the window restarts at one batch). */
-#define WIN_INITIAL 4
 /* Read-ahead for a peer pushed one event at a time (a foreign peer): one store read takes
  * up to this many events of its head, and its next Pushes are served from them... */
 #define READ_AHEAD 32
@@ -1030,8 +1026,9 @@ static void do_note(struct peer *p, pb_fsm_note n)
  * any other number (the head failed, a partial acknowledgement, a smaller batch) resets
  * the window: batches still in flight become orphans whose answers are only counted (the
  * events are sent again from the state machine's acknowledgement; the receiver's sequence
- * check makes a copy it already holds a duplicate). The window (cwnd) starts at
- * WIN_INITIAL batches once the receiver announced one (at one before), grows by one batch
+ * check makes a copy it already holds a duplicate). The window (cwnd) starts at the
+ * window the receiver announced (room it holds for this sender: wgate.h shares it among the
+ * senders of one address; one batch before any announcement), grows by one batch
  * per answer that delivered in time (at most 4 x the quickest answer of the last 10 s
  * + 100 ms: a later one waited long behind the batches before it, the receiver's commits
  * being the bound), up to push_window and the receiver's announced window, and halves on a
@@ -1413,9 +1410,10 @@ static void push_done(void *ctx, pb_err err, pb_client_answer *ans)
     if (in.result == PB_PUSH_OK) {
         if (in.ack && in.ack_epoch == p->fsm.epoch) {
             p->rwin = rwin;
-            /* the first window of this peer starts at WIN_INITIAL batches (the receiver
-             * announced room for them); after a timeout it restarts at one */
-            if (p->cwnd < 1) p->cwnd = rwin > 1 ? (rwin < WIN_INITIAL ? rwin : WIN_INITIAL) : 1;
+            /* the first window of this peer is what the receiver announced room for (every
+             * growth step opens connections, a TLS handshake round trip each: starting at
+             * 4 cost 0.3 s per burst at 100 ms); after a timeout it restarts at one */
+            if (p->cwnd < 1) p->cwnd = rwin > 1 ? rwin : 1;
             /* in time: at most 4 x the quickest answer of the last 10 s + 100 ms; a later
              * one waited long behind the batches before it at the receiver (its commits are
              * the bound, not the round trip): more batches in flight would only wait there
