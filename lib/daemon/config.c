@@ -150,7 +150,8 @@ static const struct setting settings[] = {
       "batches in flight at once to a postbox of this project that announces a window (it "
       "grows from 1 while answers come back and halves on a failure); also the window we "
       "announce as a receiver, at most what max_suspended_per_ip and body_memory_per_ip / "
-      "max_body allow one client address; 1: one Push in flight"),
+      "max_body allow one client address, and shared by the senders of one address; 1: one "
+      "Push in flight"),
     U(push_max_events, 1000, 1, 100000, "most events accepted in one incoming Push (413 beyond)"),
     UL(key_fetches, 256, 1, 4096,
        "peer key fetches running at once (64 more wait for a place, then 503 at once)"),
