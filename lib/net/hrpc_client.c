@@ -532,7 +532,7 @@ static void on_resolved(void *ctx, pb_err err, const char *addr, const char *why
     x->connect_to = slist_add(NULL, ct);
     free(ct);
     curl_easy_setopt(x->h, CURLOPT_CONNECT_TO, x->connect_to);
-    pb_err e = pb_ioloop_add(x->c->loop, x->h, on_done, x);
+    pb_err e = pb_ioloop_add(x->c->loop, x->h, x->id, on_done, x);
     if (e != PB_OK) {
         pb_client_answer ans = {0};
         ans.message = pb_xstrdup("I/O loop stopping");
@@ -652,7 +652,7 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
         resolve(x);
         return;
     }
-    pb_err err = pb_ioloop_add(c->loop, h, on_done, x);
+    pb_err err = pb_ioloop_add(c->loop, h, x->id, on_done, x);
     if (err != PB_OK) fail_early(x, err, "I/O loop stopping");
 }
 

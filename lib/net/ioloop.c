@@ -4,9 +4,14 @@
  * Posted tasks sit in a singly linked FIFO under `mu`; the eventfd is written only when
  * the queue goes from empty to non-empty, and the loop takes the whole queue at once.
  * Transfers are tracked in a doubly linked list of records (CURLOPT_PRIVATE points at the
- * record) so that stop can finish every one of them. Timers are a binary min-heap of
- * pointers into their owners' structs; each timer knows its heap position, so cancel and
- * re-arm are O(log n).
+ * record) so that stop can finish every one of them. Transfers are spread over several
+ * libcurl multi handles ("shards") by a key (the peer), so that a peer's transfers share
+ * one connection cache: libcurl 7.88 walks its whole connection cache in every
+ * curl_multi_remove_handle (to close connect-only connections), which with a thousand
+ * peers' kept connections in one cache was a seventh of the loop's time per Push. Each
+ * shard has its own timeout; epoll's data carries the descriptor and its shard. Timers are a binary
+ * min-heap of pointers into their owners' structs; each timer knows its heap position, so cancel
+ * and re-arm are O(log n).
  */
 #include "net/ioloop.h"
 
@@ -34,6 +39,7 @@ struct task {
 struct xfer_rec {
     struct xfer_rec *prev, *next;
     CURL *h;
+    struct shard *sh;
     pb_ioloop_done_fn done;
     void *ctx;
 };
@@ -45,6 +51,23 @@ struct watch {
 };
 
 #define MAX_STOP_HOOKS 8
+#define MAX_SHARDS 64
+#define CONNS_PER_SHARD 128 /* the cache's size per shard that sets their number */
+
+/* One libcurl multi handle and its timeout. */
+struct shard {
+    pb_ioloop *l;
+    CURLM *multi;
+    unsigned idx;
+    int64_t deadline; /* monotonic ms; -1 = none */
+    bool acted;       /* libcurl acted since its finished transfers were last read */
+};
+
+/* epoll data: the descriptor in the low 32 bits, its shard + 1 above (0: not libcurl's). */
+static uint64_t ev_data(int fd, const struct shard *sh)
+{
+    return (uint64_t)(uint32_t)fd | ((uint64_t)(sh ? sh->idx + 1 : 0) << 32);
+}
 
 struct pb_ioloop {
     int epfd, evfd;
@@ -55,8 +78,8 @@ struct pb_ioloop {
         void *ctx;
     } on_stop[MAX_STOP_HOOKS];
     size_t non_stop;
-    CURLM *multi;
-    int64_t curl_deadline; /* monotonic ms; -1 = none */
+    struct shard *shards;
+    unsigned nshards;
     pthread_t thread;
     bool started, joined;
 
@@ -163,14 +186,15 @@ static void run_timers(pb_ioloop *l, int64_t now)
 
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
-    pb_ioloop *l = userp;
+    struct shard *sh = userp;
+    pb_ioloop *l = sh->l;
     if (what == CURL_POLL_REMOVE) {
         if (socketp) epoll_ctl(l->epfd, EPOLL_CTL_DEL, s, NULL);
-        curl_multi_assign(l->multi, s, NULL);
+        curl_multi_assign(sh->multi, s, NULL);
         return 0;
     }
     struct epoll_event ev = {0};
-    ev.data.fd = s;
+    ev.data.u64 = ev_data(s, sh);
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev.events |= EPOLLIN;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev.events |= EPOLLOUT;
     if (socketp) {
@@ -179,30 +203,31 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
     } else {
         if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, s, &ev) != 0)
             PB_ERROR(NULL, "ioloop: epoll_ctl ADD failed: %s", strerror(errno));
-        curl_multi_assign(l->multi, s, (void *)1);
+        curl_multi_assign(sh->multi, s, (void *)1);
     }
     return 0;
 }
 
 static int on_timer(CURLM *m, long timeout_ms, void *userp)
 {
-    pb_ioloop *l = userp;
-    l->curl_deadline = timeout_ms < 0 ? -1 : pb_ioloop_now_ms() + timeout_ms;
+    struct shard *sh = userp;
+    sh->deadline = timeout_ms < 0 ? -1 : pb_ioloop_now_ms() + timeout_ms;
     return 0;
 }
 
-/* Delivers every finished transfer to its owner. */
-static void check_done(pb_ioloop *l)
+/* Delivers every finished transfer of shard sh to its owner. */
+static void check_done(pb_ioloop *l, struct shard *sh)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(l->multi, &left))) {
+    sh->acted = false;
+    while ((msg = curl_multi_info_read(sh->multi, &left))) {
         if (msg->msg != CURLMSG_DONE) continue;
         CURL *h = msg->easy_handle;
         CURLcode rc = msg->data.result;
         struct xfer_rec *r = NULL;
         curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&r);
-        curl_multi_remove_handle(l->multi, h);
+        curl_multi_remove_handle(sh->multi, h);
         if (!r) continue;
         if (r->prev)
             r->prev->next = r->next;
@@ -217,7 +242,16 @@ static void check_done(pb_ioloop *l)
     }
 }
 
-pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, pb_ioloop_done_fn done, void *ctx)
+/* FNV-1a of the key: the same key, the same shard. */
+static struct shard *shard_of(pb_ioloop *l, const char *key)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = key ? key : ""; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    return &l->shards[h % l->nshards];
+}
+
+pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn done, void *ctx)
 {
     pthread_mutex_lock(&l->mu);
     bool stopping = l->stopping;
@@ -227,8 +261,9 @@ pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, pb_ioloop_done_fn done, void *ctx)
     r->h = h;
     r->done = done;
     r->ctx = ctx;
+    r->sh = shard_of(l, key);
     curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)r);
-    CURLMcode mc = curl_multi_add_handle(l->multi, h);
+    CURLMcode mc = curl_multi_add_handle(r->sh->multi, h);
     if (mc != CURLM_OK) {
         PB_ERROR(NULL, "ioloop: curl_multi_add_handle: %s", curl_multi_strerror(mc));
         free(r);
@@ -245,9 +280,9 @@ void pb_ioloop_remove(pb_ioloop *l, CURL *h)
 {
     struct xfer_rec *r = NULL;
     curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&r);
-    curl_multi_remove_handle(l->multi, h);
-    curl_easy_setopt(h, CURLOPT_PRIVATE, NULL);
     if (!r) return;
+    curl_multi_remove_handle(r->sh->multi, h);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, NULL);
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -281,7 +316,7 @@ pb_err pb_ioloop_watch(pb_ioloop *l, int fd, int events, pb_ioloop_fd_fn fn, voi
         *w = l->watches[--l->nwatches];
         return PB_OK;
     }
-    struct epoll_event ev = {.data.fd = fd};
+    struct epoll_event ev = {.data.u64 = ev_data(fd, NULL)};
     if (events & PB_IOLOOP_IN) ev.events |= EPOLLIN;
     if (events & PB_IOLOOP_OUT) ev.events |= EPOLLOUT;
     if (epoll_ctl(l->epfd, w ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
@@ -436,7 +471,10 @@ static int wait_ms(const pb_ioloop *l, int64_t now)
 {
     int64_t until = -1;
     if (l->nheap > 0) until = l->heap[1]->at;
-    if (l->curl_deadline >= 0 && (until < 0 || l->curl_deadline < until)) until = l->curl_deadline;
+    for (unsigned i = 0; i < l->nshards; i++) {
+        int64_t d = l->shards[i].deadline;
+        if (d >= 0 && (until < 0 || d < until)) until = d;
+    }
     if (until < 0) return MAX_WAIT_MS;
     int64_t w = until - now;
     if (w < 0) return 0;
@@ -450,7 +488,7 @@ static void shutdown_transfers(pb_ioloop *l)
         l->xfers = r->next;
         if (l->xfers) l->xfers->prev = NULL;
         l->nxfers--;
-        curl_multi_remove_handle(l->multi, r->h);
+        curl_multi_remove_handle(r->sh->multi, r->h);
         curl_easy_setopt(r->h, CURLOPT_PRIVATE, NULL);
         pb_ioloop_done_fn done = r->done;
         void *ctx = r->ctx;
@@ -471,31 +509,42 @@ static void *loop_main(void *arg)
         }
         int running;
         for (int i = 0; i < n; i++) {
-            if (evs[i].data.fd == l->evfd) {
+            int fd = (int)(uint32_t)evs[i].data.u64;
+            unsigned tag = (unsigned)(evs[i].data.u64 >> 32);
+            if (!tag && fd == l->evfd) {
                 run_tasks(l);
                 continue;
             }
-            struct watch *w = l->nwatches ? watch_find(l, evs[i].data.fd) : NULL;
-            if (w) {
+            if (!tag) {
+                struct watch *w = watch_find(l, fd);
+                if (!w) continue; /* unwatched by an earlier callback of this round */
                 int what = 0;
                 if (evs[i].events & EPOLLIN) what |= PB_IOLOOP_IN;
                 if (evs[i].events & EPOLLOUT) what |= PB_IOLOOP_OUT;
                 if (evs[i].events & (EPOLLERR | EPOLLHUP)) what |= PB_IOLOOP_ERR;
-                w->fn(w->ctx, evs[i].data.fd, what);
+                w->fn(w->ctx, fd, what);
                 continue;
             }
+            if (tag > l->nshards) continue; /* cannot happen: we wrote it */
+            struct shard *sh = &l->shards[tag - 1];
             int mask = 0;
             if (evs[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
             if (evs[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
             if (evs[i].events & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
-            curl_multi_socket_action(l->multi, evs[i].data.fd, mask, &running);
+            curl_multi_socket_action(sh->multi, fd, mask, &running);
+            sh->acted = true;
         }
         int64_t now = pb_ioloop_now_ms();
-        if (l->curl_deadline >= 0 && l->curl_deadline <= now) {
-            l->curl_deadline = -1;
-            curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        for (unsigned i = 0; i < l->nshards; i++) {
+            struct shard *sh = &l->shards[i];
+            if (sh->deadline >= 0 && sh->deadline <= now) {
+                sh->deadline = -1;
+                curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+                sh->acted = true;
+            }
         }
-        check_done(l);
+        for (unsigned i = 0; i < l->nshards; i++)
+            if (l->shards[i].acted) check_done(l, &l->shards[i]);
         run_timers(l, pb_ioloop_now_ms());
         pthread_mutex_lock(&l->mu);
         bool stop = l->stopping;
@@ -535,7 +584,6 @@ pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out)
     }
     pb_ioloop *l = pb_xcalloc(1, sizeof *l);
     l->epfd = l->evfd = -1;
-    l->curl_deadline = -1;
     pthread_mutex_init(&l->mu, NULL);
     pb_err err = PB_ERR_IO;
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -544,22 +592,34 @@ pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out)
         PB_ERROR(NULL, "ioloop: cannot create epoll/eventfd: %s", strerror(errno));
         goto fail;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l->evfd};
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ev_data(l->evfd, NULL)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) != 0) goto fail;
     err = PB_ERR_INTERNAL;
-    l->multi = curl_multi_init();
-    if (!l->multi) goto fail;
     long maxc = opts && opts->max_connections > 0 ? opts->max_connections : 1024;
-    curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
-    curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-    curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
-    /* No CURLMOPT_MAX_TOTAL_CONNECTIONS: the callers cap their transfers (the delivery
-     * engine's scheduler, the key fetcher), and at that cap libcurl 7.88 scans every
-     * connection for an idle one to close before each new transfer (quadratic with
-     * thousands of peers). The daemon sizes the cache (in use and idle) above its
-     * transfer cap, so that returning a connection rarely scans for the oldest either. */
-    curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, maxc);
+    long ns = maxc / CONNS_PER_SHARD;
+    l->nshards = ns < 1 ? 1 : ns > MAX_SHARDS ? MAX_SHARDS : (unsigned)ns;
+    /* Each shard's cache: its share and half as much again, for keys that hash unevenly. */
+    long per = maxc / (long)l->nshards;
+    per += per / 2;
+    l->shards = pb_xcalloc(l->nshards, sizeof *l->shards);
+    for (unsigned i = 0; i < l->nshards; i++) {
+        struct shard *sh = &l->shards[i];
+        sh->l = l;
+        sh->idx = i;
+        sh->deadline = -1;
+        sh->multi = curl_multi_init();
+        if (!sh->multi) goto fail;
+        curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+        curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+        curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+        curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+        /* No CURLMOPT_MAX_TOTAL_CONNECTIONS: the callers cap their transfers (the delivery
+         * engine's scheduler, the key fetcher), and at that cap libcurl 7.88 scans every
+         * connection for an idle one to close before each new transfer (quadratic with
+         * thousands of peers). The daemon sizes the cache (in use and idle) above its
+         * transfer cap, so that returning a connection rarely scans for the oldest either. */
+        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, per);
+    }
     *out = l;
     return PB_OK;
 fail:
@@ -607,7 +667,9 @@ void pb_ioloop_free(pb_ioloop *l)
         free(t);
         t = next;
     }
-    if (l->multi) curl_multi_cleanup(l->multi);
+    for (unsigned i = 0; l->shards && i < l->nshards; i++)
+        if (l->shards[i].multi) curl_multi_cleanup(l->shards[i].multi);
+    free(l->shards);
     if (l->epfd >= 0) close(l->epfd);
     if (l->evfd >= 0) close(l->evfd);
     free(l->heap);

@@ -1,9 +1,9 @@
 /*
- * ioloop - the outbound I/O loop: one thread that owns an epoll set, a libcurl multi
- * handle, a heap of timers and a queue of tasks posted by other threads. Everything that
- * talks to peers (pushes, drain probes, pulls, key fetches, rename notices) runs here as
- * non-blocking libcurl transfers (hrpc_client.h), and the delivery engine's state lives
- * on this thread, so that no peer, however slow or hung, holds a thread.
+ * ioloop - the outbound I/O loop: one thread that owns an epoll set, libcurl multi
+ * handles (shards of the peers), a heap of timers and a queue of tasks posted by other threads.
+ * Everything that talks to peers (pushes, drain probes, pulls, key fetches, rename notices) runs
+ * here as non-blocking libcurl transfers (hrpc_client.h), and the delivery engine's state lives on
+ * this thread, so that no peer, however slow or hung, holds a thread.
  *
  * Design: libcurl's socket interface (CURLMOPT_SOCKETFUNCTION / TIMERFUNCTION) registers
  * the transfers' sockets in our epoll set (the "ephiperfifo" pattern of libcurl's
@@ -100,8 +100,10 @@ void pb_ioloop_off_stop(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
 typedef void (*pb_ioloop_done_fn)(void *ctx, CURLcode rc);
 /* Adds a configured easy handle; done(ctx, rc) runs on the loop thread when it finishes
  * (rc CURLE_ABORTED_BY_CALLBACK when the loop stops). The handle's CURLOPT_PRIVATE is the
- * loop's. PB_ERR_SHUTDOWN when the loop is stopping (done is not called). */
-pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, pb_ioloop_done_fn done, void *ctx);
+ * loop's. key (NULL: "") picks the multi handle: transfers that may share a connection
+ * (the same host and port) must give the same key. PB_ERR_SHUTDOWN when the loop is
+ * stopping (done is not called). */
+pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn done, void *ctx);
 /* Removes a handle added with pb_ioloop_add before it finished; done is not called. */
 void pb_ioloop_remove(pb_ioloop *l, CURL *h);
 /* Transfers in the multi handle now. */

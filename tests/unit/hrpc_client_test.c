@@ -628,6 +628,19 @@ static void test_reuse(struct srv *s, struct srv *s2)
         CHECK_INT(atomic_load(&s2->connections) - before2, 1);
         pb_client_free(c);
     }
+
+    /* A large cache is split over several multi handles (shards, by peer): each peer's
+     * calls still find its connection, whichever peer was called in between. */
+    c = client(true, NULL, 5000, 0, 8192);
+    before = atomic_load(&s->connections);
+    int before2 = atomic_load(&s2->connections);
+    for (int i = 0; i < 10; i++) {
+        CHECK_OK(call(c, i % 2 ? s2->id : s->id, "/t.S/Echo", NULL, NULL, 0, &a));
+        pb_client_answer_clear(&a);
+    }
+    CHECK_INT(atomic_load(&s->connections) - before, 1);
+    CHECK_INT(atomic_load(&s2->connections) - before2, 1);
+    pb_client_free(c);
 }
 
 struct worker {
