@@ -253,21 +253,27 @@ static void cache_put(pb_auth_cache *c, const char *server_id, const uint8_t *to
 
 /* ---- signer-side header cache --------------------------------------------------------------- */
 
-/* One slot per hash of (server_id, audience): a sender talking to N peers in one second
- * signs N tokens; a collision only costs a signature. */
-#define SIGNER_SLOTS 1024
+/* A chained hash table of the headers signed in the current second, keyed by (server_id,
+ * audience); it is emptied when the second changes, so it holds at most the peers talked
+ * to in one second (and never more than SIGNER_MAX: past that, a header is signed and not
+ * kept). A sender talking to N peers in one second signs N tokens. (A table of 1,024
+ * single slots made a third of a thousand peers evict each other and sign a token for
+ * nearly every Push.) */
+#define SIGNER_BUCKETS 4096
+#define SIGNER_MAX 65536
 
-struct signer_slot {
-    char server_id[PB_SERVER_ID_MAX];
-    char audience[PB_SERVER_ID_MAX];
-    uint64_t sec;
-    char *header;
+struct signer_entry {
+    struct signer_entry *next;
+    char *server_id, *audience, *header;
 };
 
 struct pb_auth_signer {
     const pb_keys *keys;
     pthread_mutex_t mu;
-    struct signer_slot slots[SIGNER_SLOTS];
+    uint64_t sec;        /* the second the entries were signed for */
+    size_t n;            /* entries */
+    uint64_t signatures; /* made since _new */
+    struct signer_entry *buckets[SIGNER_BUCKETS];
 };
 
 pb_auth_signer *pb_auth_signer_new(const pb_keys *k)
@@ -278,11 +284,24 @@ pb_auth_signer *pb_auth_signer_new(const pb_keys *k)
     return s;
 }
 
+static void signer_clear(pb_auth_signer *s)
+{
+    for (unsigned i = 0; i < SIGNER_BUCKETS && s->n > 0; i++)
+        while (s->buckets[i]) {
+            struct signer_entry *e = s->buckets[i];
+            s->buckets[i] = e->next;
+            free(e->server_id);
+            free(e->audience);
+            free(e->header);
+            free(e);
+            s->n--;
+        }
+}
+
 void pb_auth_signer_free(pb_auth_signer *s)
 {
     if (!s) return;
-    for (unsigned i = 0; i < SIGNER_SLOTS; i++)
-        free(s->slots[i].header);
+    signer_clear(s);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
@@ -294,29 +313,57 @@ static uint64_t fnv1a(uint64_t h, const char *p)
     return h;
 }
 
+/* The entry for (server_id, aud) signed in s->sec, or NULL. Under s->mu. */
+static struct signer_entry *signer_find(pb_auth_signer *s, size_t b, const char *server_id,
+                                        const char *aud)
+{
+    for (struct signer_entry *e = s->buckets[b]; e; e = e->next)
+        if (strcmp(e->server_id, server_id) == 0 && strcmp(e->audience, aud) == 0) return e;
+    return NULL;
+}
+
 char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, const char *audience,
                             uint64_t now)
 {
     const char *aud = audience ? audience : "";
-    size_t i = (size_t)(fnv1a(fnv1a(1469598103934665603ull, server_id), aud) % SIGNER_SLOTS);
+    uint64_t hv = fnv1a(fnv1a(1469598103934665603ull, server_id), aud);
+    size_t b = (size_t)((hv ^ (hv >> 32)) % SIGNER_BUCKETS);
     char *out = NULL;
     pthread_mutex_lock(&s->mu);
-    struct signer_slot *sl = &s->slots[i];
-    if (sl->header && sl->sec == now && strcmp(sl->server_id, server_id) == 0 &&
-        strcmp(sl->audience, aud) == 0)
-        out = pb_xstrdup(sl->header);
+    if (s->sec == now) {
+        struct signer_entry *e = signer_find(s, b, server_id, aud);
+        if (e) out = pb_xstrdup(e->header);
+    }
     pthread_mutex_unlock(&s->mu);
     if (out) return out;
     char *h = pb_auth_header_make(s->keys, server_id, audience, now);
     if (!h) return NULL;
     pthread_mutex_lock(&s->mu);
-    free(sl->header);
-    snprintf(sl->server_id, sizeof sl->server_id, "%s", server_id);
-    snprintf(sl->audience, sizeof sl->audience, "%s", aud);
-    sl->sec = now;
-    sl->header = pb_xstrdup(h);
+    s->signatures++;
+    if (now > s->sec) { /* a new second: the old ones go */
+        signer_clear(s);
+        s->sec = now;
+    }
+    /* (a caller that read the clock just before the second changed keeps its own) */
+    if (now == s->sec && s->n < SIGNER_MAX && !signer_find(s, b, server_id, aud)) {
+        struct signer_entry *e = pb_xcalloc(1, sizeof *e);
+        e->server_id = pb_xstrdup(server_id);
+        e->audience = pb_xstrdup(aud);
+        e->header = pb_xstrdup(h);
+        e->next = s->buckets[b];
+        s->buckets[b] = e;
+        s->n++;
+    }
     pthread_mutex_unlock(&s->mu);
     return h;
+}
+
+uint64_t pb_auth_signer_signatures(pb_auth_signer *s)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t n = s->signatures;
+    pthread_mutex_unlock(&s->mu);
+    return n;
 }
 
 /* ---- the checks ------------------------------------------------------------------------------ */

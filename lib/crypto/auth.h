@@ -118,6 +118,8 @@ pb_auth_signer *pb_auth_signer_new(const pb_keys *k); /* k borrowed; caller free
 void pb_auth_signer_free(pb_auth_signer *s);          /* NULL is a no-op */
 char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, const char *audience,
                             uint64_t now);
+/* Tokens signed by pb_auth_header_cached since pb_auth_signer_new (cache misses). */
+uint64_t pb_auth_signer_signatures(pb_auth_signer *s);
 
 /* Decodes a header value to the serialized Token bytes (variants accepted). On PB_OK,
  * *out (caller frees) holds *len bytes. */

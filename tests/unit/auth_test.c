@@ -742,6 +742,30 @@ static void test_audience(void)
     free(h2);
     free(h3);
     free(h4);
+    CHECK(pb_auth_signer_signatures(sg) == 3);
+    pb_auth_signer_free(sg);
+
+    /* a thousand peers in one second: one signature each, however their names hash (one
+     * way per slot re-signed for a third of them on every request) */
+    sg = pb_auth_signer_new(key_a);
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 1000; i++) {
+            char aud[64];
+            snprintf(aud, sizeof aud, "peer%d.example.com:2289", i);
+            free(pb_auth_header_cached(sg, ALPHA, aud, t0));
+        }
+    CHECK(pb_auth_signer_signatures(sg) == 1000);
+    /* the next second signs again */
+    free(pb_auth_header_cached(sg, ALPHA, "peer1.example.com:2289", t0 + 1));
+    CHECK(pb_auth_signer_signatures(sg) == 1001);
+    /* a caller whose clock read the second before gets its own token, and the entries of
+     * the new second stay */
+    h1 = pb_auth_header_cached(sg, ALPHA, "peer1.example.com:2289", t0);
+    CHECK_VERDICT(check_a(h1, t0, &pol, &res), PB_AUTH_BAD_AUDIENCE);
+    free(h1);
+    CHECK(pb_auth_signer_signatures(sg) == 1002);
+    free(pb_auth_header_cached(sg, ALPHA, "peer1.example.com:2289", t0 + 1));
+    CHECK(pb_auth_signer_signatures(sg) == 1002);
     pb_auth_signer_free(sg);
 }
 
