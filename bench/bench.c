@@ -344,13 +344,14 @@ static struct {
     metric sc_p99_base, sc_p99_mixed;   /* fanout_1000: healthy delivery latency p99, ms */
     metric sc_threads, sc_rss;          /* fanout_1000 (mixed): sender threads, VmHWM KiB */
     metric sc_pushes;                   /* fanout_1000 all healthy: Pushes/s (one event per Push) */
-    metric sc_cpu_push;                 /* ... sender CPU time (user + system) per Push, us */
-    metric sc_loop_cpu;        /* ... the sender's busiest thread (its I/O loop), % of a core */
-    metric sc_sender_cpu;      /* ... the whole sender, % of a core */
-    metric sc_farm_cpu;        /* ... the peer farm, % of a core (is it the bottleneck?) */
-    metric st_push, st_pulls;  /* startup_10k: s from start */
-    metric st_threads, st_rss; /* startup_10k: the restarted server */
-    metric pair_batch;         /* events/s */
+    metric sc_curl, sc_curl_cpu; /* ... libcurl multi alone to the same farm: req/s, us CPU */
+    metric sc_cpu_push;          /* ... sender CPU time (user + system) per Push, us */
+    metric sc_loop_cpu;          /* ... the sender's busiest thread (its I/O loop), % of a core */
+    metric sc_sender_cpu;        /* ... the whole sender, % of a core */
+    metric sc_farm_cpu;          /* ... the peer farm, % of a core (is it the bottleneck?) */
+    metric st_push, st_pulls;    /* startup_10k: s from start */
+    metric st_threads, st_rss;   /* startup_10k: the restarted server */
+    metric pair_batch;           /* events/s */
     /* field patterns (issue 20) */
     metric subc_rps, subc_p99;           /* submit_concurrent: submissions/s, p99 us */
     metric subc_null_rps, subc_null_p99; /* the null server, same client, same run */
@@ -1516,7 +1517,68 @@ struct fan_result {
     double loop_cpu_s;   /* of which its busiest thread (the I/O loop) */
     double farm_cpu_s;   /* the peer farm's */
     double submit_s;     /* until the last admin submission returned */
+    /* the all-healthy run only: libcurl's multi interface from one thread, alone, against
+     * the same farm (pbbench_loadgen --multi-ports): what libcurl allows in this pattern */
+    double curl_rps, curl_cpu_us, curl_farm_pct;
 };
+
+/* Runs pbbench_loadgen --multi-ports against the farm's n IDs (one Push of one event to
+ * each in flight) for O.http_seconds; false when the IDs' ports are not consecutive or it
+ * failed. */
+static bool curl_ceiling(const pbt_farm *f, long n, struct fan_result *res)
+{
+    unsigned first = 0;
+    for (long i = 0; i < n; i++) {
+        const char *c = strrchr(f->ids[i], ':');
+        unsigned port = c ? (unsigned)atoi(c + 1) : 0;
+        if (i == 0) first = port;
+        if (!port || port != first + (unsigned)i) return false;
+    }
+    pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 777};
+    pb_buf body = PB_BUF_INIT;
+    char *dir = pbt_tmpdir("bench-curl"), file[512], args[768];
+    snprintf(file, sizeof file, "%s/push.bin", dir);
+    bool ok = false;
+    FILE *fp = NULL;
+    if (pb_wire_push_encode(&ev, NULL, 1, 0, &body) != PB_OK || !(fp = fopen(file, "wb"))) goto out;
+    ok = fwrite(body.data, 1, body.len, fp) == body.len;
+    if (fclose(fp) != 0 || !ok) {
+        ok = false;
+        goto out;
+    }
+    ok = false;
+    snprintf(args, sizeof args,
+             "'%s' --url http://127.0.0.1/protocol.sync.v1.PostboxService/Push "
+             "--body-file '%s' --seconds %.2f --multi-ports %u:%ld",
+             PB_BENCH_LOADGEN, file, O.http_seconds, first, n);
+    double fcpu0 = pid_cpu_s(f->pid), t0 = now_s();
+    FILE *p = popen(args, "r");
+    if (!p) goto out;
+    char line[512] = "";
+    if (!fgets(line, sizeof line, p)) line[0] = '\0';
+    int rc = pclose(p);
+    double wall = now_s() - t0;
+    unsigned long long nreq = 0;
+    long errors = 0;
+    double secs = 0;
+    unsigned p50, p99, max;
+    if (sscanf(line,
+               "requests %llu errors %ld seconds %lf rps %lf p50_us %u p99_us %u max_us %u "
+               "cpu_us_per_req %lf",
+               &nreq, &errors, &secs, &res->curl_rps, &p50, &p99, &max, &res->curl_cpu_us) != 8 ||
+        rc != 0 || errors) {
+        fprintf(stderr, "pbbench: loadgen --multi-ports failed (rc %d): %s", rc, line);
+        goto out;
+    }
+    /* the farm's CPU over the whole call (connections and warm-up included): a bound */
+    res->curl_farm_pct = wall > 0 ? 100 * (pid_cpu_s(f->pid) - fcpu0) / wall : 0;
+    ok = true;
+out:
+    pb_buf_free(&body);
+    pbt_rmrf(dir);
+    free(dir);
+    return ok;
+}
 
 static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
 {
@@ -1668,6 +1730,18 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
              "%ld at another receiver, the rest out of order",
              run, mixed ? "mixed" : "healthy", res->disorder, res->dups, res->foreign);
     ok = true;
+    if (!mixed && !res->timed_out) { /* the sender stopped, the same farm, libcurl alone */
+        bd_stop(s);
+        if (curl_ceiling(f, P, res))
+            printf("  run %d fanout_1000 healthy: libcurl multi alone, one thread, the same %ld "
+                   "receivers: %.0f Pushes/s, %.1f us CPU per Push, peer farm %.0f %% of a "
+                   "core\n",
+                   run, P, res->curl_rps, res->curl_cpu_us, res->curl_farm_pct);
+        else
+            note("fanout_1000 run %d: the libcurl multi ceiling was not measured (see stderr, "
+                 "or the farm's ports are not consecutive)",
+                 run);
+    }
 out:
     for (int k = 0; k < started; k++) {
         pthread_join(th[k], NULL);
@@ -1696,6 +1770,10 @@ static void scenario_fanout_scale(int run)
         m_add(&R.sc_sender_cpu, 100 * base.sender_cpu_s / base.window_s);
         m_add(&R.sc_loop_cpu, 100 * base.loop_cpu_s / base.window_s);
         m_add(&R.sc_farm_cpu, 100 * base.farm_cpu_s / base.window_s);
+    }
+    if (base.curl_rps > 0) {
+        m_add(&R.sc_curl, base.curl_rps);
+        m_add(&R.sc_curl_cpu, base.curl_cpu_us);
     }
     if (base.timed_out) R.sc_pushes.timed_out = true;
     if (!env_long("BENCH_SCALE_MIXED", 1)) return; /* profiling the healthy run alone */
@@ -2329,6 +2407,11 @@ static void report(double elapsed, size_t push_len, const char *load_before)
         row_abs("7. healthy: sender CPU", &R.sc_sender_cpu, 1, "% core", NULL, 0, true);
         row_abs("7. healthy: sender I/O loop", &R.sc_loop_cpu, 1, "% core", NULL, 0, true);
         row_abs("7. healthy: peer farm CPU", &R.sc_farm_cpu, 1, "% core", NULL, 0, true);
+        /* what libcurl (the HTTP client postbox must use) does alone in this pattern: the
+         * same 1,000 receivers, one request in flight to each, from one thread */
+        row_vs("7. healthy vs libcurl alone", &R.sc_pushes, &R.sc_curl, 1, "Pushes/s",
+               "libcurl multi", NULL, 0, false);
+        row_abs("7. libcurl alone: CPU/request", &R.sc_curl_cpu, 1, "us", NULL, 0, true);
         row_vs("7. fanout_1000 time", &R.sc_time_mixed, &R.sc_time_base, 1e-3, "s", "all healthy",
                "<= 1.5", 1.5, true);
         row_vs("7. fanout_1000 latency p99", &R.sc_p99_mixed, &R.sc_p99_base, 1e-3, "s",

@@ -12,6 +12,19 @@
  *
  * Usage: pbbench_loadgen --url URL [--conns N] [--seconds S] [--body-bytes B]
  *                        [--max-requests N] [--template T] [--header H]...
+ *                        [--body-file F] [--multi-ports FIRST:N [--handles reused|fresh]]
+ *
+ * --multi-ports FIRST:N: instead of threads, one thread and libcurl's multi interface
+ * (CURLMOPT_SOCKETFUNCTION on epoll, as postboxd's I/O loop) against N servers on
+ * 127.0.0.1 ports FIRST.. (the peer farm's IDs, --url's path), one request in flight to
+ * each, each server's connection kept: what libcurl can do talking to many peers from one
+ * thread, the federation fan-out's client ceiling. The handles are spread over 64 multi
+ * handles by port (libcurl 7.88 walks a multi's whole connection cache on every
+ * curl_multi_remove_handle); each request's easy handle is reused, or with
+ * --handles fresh made and freed per request as postboxd does. The line printed also
+ * gives cpu_us_per_req (this process's user + system CPU per request).
+ *
+ * --body-file F: every request's body is F's bytes (at most 65,536).
  *
  * --template T: every request's body is T with its "%N" replaced by a number unique over
  * the run (1, 2, ...: all connections draw from one counter), e.g. one admin submission
@@ -22,6 +35,8 @@
  * Untrusted input: the server's answers (status read, body discarded).
  */
 #include <curl/curl.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -29,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_SAMPLES_PER_CONN 2000000u
 
@@ -113,10 +129,211 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* ---- --multi-ports: one thread, libcurl's multi interface ------------------------------ */
+
+#define M_SHARDS 64
+
+struct mshard {
+    CURLM *m;
+    int64_t deadline_us; /* -1: none */
+    bool acted;
+};
+
+struct mconn {
+    CURL *h;
+    char url[96];
+    unsigned shard;
+    int64_t t0;
+};
+
+static int g_epfd = -1;
+static struct mshard g_sh[M_SHARDS];
+static struct curl_slist *g_mhdrs;
+static bool g_fresh;
+
+static int m_on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)e;
+    struct mshard *sh = userp;
+    if (what == CURL_POLL_REMOVE) {
+        if (socketp) epoll_ctl(g_epfd, EPOLL_CTL_DEL, s, NULL);
+        curl_multi_assign(sh->m, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {0};
+    ev.data.u64 = (uint64_t)(uint32_t)s | ((uint64_t)(sh - g_sh) << 32);
+    if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
+    if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
+    epoll_ctl(g_epfd, socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev);
+    if (!socketp) curl_multi_assign(sh->m, s, (void *)1);
+    return 0;
+}
+
+static int m_on_timer(CURLM *m, long ms, void *userp)
+{
+    (void)m;
+    struct mshard *sh = userp;
+    sh->deadline_us = ms < 0 ? -1 : now_us() + ms * 1000;
+    return 0;
+}
+
+static void m_start(struct mconn *c)
+{
+    if (!c->h) {
+        c->h = curl_easy_init();
+        curl_easy_setopt(c->h, CURLOPT_URL, c->url);
+        curl_easy_setopt(c->h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c->h, CURLOPT_POST, 1L);
+        curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, g_body);
+        curl_easy_setopt(c->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)g_body_len);
+        curl_easy_setopt(c->h, CURLOPT_HTTPHEADER, g_mhdrs);
+        curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, discard);
+        curl_easy_setopt(c->h, CURLOPT_TIMEOUT_MS, 10000L);
+        curl_easy_setopt(c->h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+        curl_easy_setopt(c->h, CURLOPT_PRIVATE, (char *)c);
+    }
+    c->t0 = now_us();
+    curl_multi_add_handle(g_sh[c->shard].m, c->h);
+}
+
+/* Runs the multi mode; fills the latencies of every request finished after `start`. */
+static int run_multi(const char *spec)
+{
+    unsigned first = 0, n = 0;
+    if (sscanf(spec, "%u:%u", &first, &n) != 2 || n < 1 || n > 10000 || first < 1 ||
+        first + n > 65536) {
+        fprintf(stderr, "--multi-ports FIRST:N (N 1..10000)\n");
+        return 2;
+    }
+    const char *path = strstr(g_url, "://");
+    path = path ? strchr(path + 3, '/') : NULL;
+    if (!path) path = "/";
+    g_epfd = epoll_create1(EPOLL_CLOEXEC);
+    g_mhdrs = curl_slist_append(NULL, "Expect:");
+    g_mhdrs = curl_slist_append(g_mhdrs, "Content-Type: application/hrpc");
+    for (unsigned i = 0; i < M_SHARDS; i++) {
+        g_sh[i].m = curl_multi_init();
+        g_sh[i].deadline_us = -1;
+        curl_multi_setopt(g_sh[i].m, CURLMOPT_SOCKETFUNCTION, m_on_socket);
+        curl_multi_setopt(g_sh[i].m, CURLMOPT_SOCKETDATA, &g_sh[i]);
+        curl_multi_setopt(g_sh[i].m, CURLMOPT_TIMERFUNCTION, m_on_timer);
+        curl_multi_setopt(g_sh[i].m, CURLMOPT_TIMERDATA, &g_sh[i]);
+        curl_multi_setopt(g_sh[i].m, CURLMOPT_MAXCONNECTS, (long)(2 * n / M_SHARDS + 16));
+    }
+    struct mconn *cs = calloc(n, sizeof *cs);
+    if (!cs) abort();
+    size_t cap = 1 << 20, nlat = 0;
+    uint32_t *lat = malloc(cap * sizeof *lat);
+    if (!lat) abort();
+    long errors = 0, warm = 0;
+    for (unsigned i = 0; i < n; i++) {
+        snprintf(cs[i].url, sizeof cs[i].url, "http://127.0.0.1:%u%s", first + i, path);
+        cs[i].shard = (first + i) % M_SHARDS;
+        m_start(&cs[i]);
+    }
+    /* every connection made (each server answered once) before the clock starts */
+    int64_t start = -1, deadline = -1;
+    struct rusage ru0 = {0};
+    unsigned inflight = n;
+    struct epoll_event evs[256];
+    while (inflight > 0) {
+        int64_t now = now_us(), until = now + 100000;
+        for (unsigned i = 0; i < M_SHARDS; i++)
+            if (g_sh[i].deadline_us >= 0 && g_sh[i].deadline_us < until)
+                until = g_sh[i].deadline_us;
+        int ne = epoll_wait(g_epfd, evs, 256, until > now ? (int)((until - now + 999) / 1000) : 0);
+        int running;
+        for (int i = 0; i < ne; i++) {
+            struct mshard *sh = &g_sh[evs[i].data.u64 >> 32];
+            int mask = 0;
+            if (evs[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
+            if (evs[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
+            curl_multi_socket_action(sh->m, (curl_socket_t)(uint32_t)evs[i].data.u64, mask,
+                                     &running);
+            sh->acted = true;
+        }
+        now = now_us();
+        for (unsigned i = 0; i < M_SHARDS; i++)
+            if (g_sh[i].deadline_us >= 0 && g_sh[i].deadline_us <= now) {
+                g_sh[i].deadline_us = -1;
+                curl_multi_socket_action(g_sh[i].m, CURL_SOCKET_TIMEOUT, 0, &running);
+                g_sh[i].acted = true;
+            }
+        for (unsigned i = 0; i < M_SHARDS; i++) {
+            if (!g_sh[i].acted) continue;
+            g_sh[i].acted = false;
+            CURLMsg *msg;
+            int left;
+            while ((msg = curl_multi_info_read(g_sh[i].m, &left))) {
+                if (msg->msg != CURLMSG_DONE) continue;
+                struct mconn *c = NULL;
+                long status = 0;
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+                bool ok = msg->data.result == CURLE_OK && status >= 200 && status < 300;
+                int64_t t = now_us();
+                curl_multi_remove_handle(g_sh[i].m, c->h);
+                if (g_fresh) {
+                    curl_easy_cleanup(c->h);
+                    c->h = NULL;
+                }
+                inflight--;
+                if (start < 0) {
+                    if (!ok) errors++;
+                    if (++warm == (long)n) { /* all connected: the clock starts */
+                        start = now_us();
+                        deadline = start + (int64_t)(g_seconds * 1e6);
+                        getrusage(RUSAGE_SELF, &ru0);
+                    }
+                } else if (!ok) {
+                    errors++;
+                } else if (c->t0 >= start) {
+                    if (nlat == cap) {
+                        cap *= 2;
+                        lat = realloc(lat, cap * sizeof *lat);
+                        if (!lat) abort();
+                    }
+                    int64_t d = t - c->t0;
+                    lat[nlat++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+                }
+                if (deadline < 0 || t < deadline) {
+                    m_start(c);
+                    inflight++;
+                }
+            }
+        }
+        if (start < 0 && warm < (long)n) continue;
+    }
+    struct rusage ru1;
+    getrusage(RUSAGE_SELF, &ru1);
+    double secs = (double)(now_us() - start) / 1e6;
+    double cpu = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec + ru1.ru_stime.tv_sec -
+                          ru0.ru_stime.tv_sec) *
+                     1e6 +
+                 (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru1.ru_stime.tv_usec -
+                          ru0.ru_stime.tv_usec);
+    qsort(lat, nlat, sizeof *lat, cmp_u32);
+    printf("requests %zu errors %ld seconds %.3f rps %.1f p50_us %u p99_us %u max_us %u "
+           "cpu_us_per_req %.1f\n",
+           nlat, errors, secs, secs > 0 ? (double)nlat / secs : 0.0, nlat ? lat[(nlat - 1) / 2] : 0,
+           nlat ? lat[(size_t)((double)(nlat - 1) * 0.99)] : 0, nlat ? lat[nlat - 1] : 0,
+           nlat ? cpu / (double)nlat : 0.0);
+    for (unsigned i = 0; i < n; i++)
+        if (cs[i].h) curl_easy_cleanup(cs[i].h);
+    for (unsigned i = 0; i < M_SHARDS; i++)
+        curl_multi_cleanup(g_sh[i].m);
+    curl_slist_free_all(g_mhdrs);
+    close(g_epfd);
+    free(cs);
+    free(lat);
+    return errors ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     int conns = 1, nhdrs = 0;
-    const char *hdrs[8], *tpl = NULL;
+    const char *hdrs[8], *tpl = NULL, *multi = NULL, *body_file = NULL;
     g_body_len = 100;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--url"))
@@ -133,6 +350,14 @@ int main(int argc, char **argv)
             tpl = argv[i + 1];
         else if (!strcmp(argv[i], "--header") && nhdrs < 8)
             hdrs[nhdrs++] = argv[i + 1];
+        else if (!strcmp(argv[i], "--body-file"))
+            body_file = argv[i + 1];
+        else if (!strcmp(argv[i], "--multi-ports"))
+            multi = argv[i + 1];
+        else if (!strcmp(argv[i], "--handles") && !strcmp(argv[i + 1], "fresh"))
+            g_fresh = true;
+        else if (!strcmp(argv[i], "--handles") && !strcmp(argv[i + 1], "reused"))
+            g_fresh = false;
         else
             g_url = NULL, i = argc;
     }
@@ -148,6 +373,27 @@ int main(int argc, char **argv)
     g_body = malloc(g_body_len + 1);
     if (!g_body) abort();
     memset(g_body, 'x', g_body_len);
+    if (body_file) { /* the body's bytes, at most 65,536 */
+        FILE *f = fopen(body_file, "rb");
+        if (!f) {
+            perror(body_file);
+            return 2;
+        }
+        free(g_body);
+        if (!(g_body = malloc(65537))) abort();
+        g_body_len = fread(g_body, 1, 65537, f);
+        fclose(f);
+        if (g_body_len > 65536) {
+            fprintf(stderr, "%s: more than 65,536 bytes\n", body_file);
+            return 2;
+        }
+    }
+    if (multi) {
+        int rc = run_multi(multi);
+        free(g_body);
+        curl_global_cleanup();
+        return rc;
+    }
     if (tpl) {
         const char *at = strstr(tpl, "%N");
         g_tpl_pre = tpl;
