@@ -1730,7 +1730,8 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
              "%ld at another receiver, the rest out of order",
              run, mixed ? "mixed" : "healthy", res->disorder, res->dups, res->foreign);
     ok = true;
-    if (!mixed && !res->timed_out) { /* the sender stopped, the same farm, libcurl alone */
+    if (!mixed && !res->timed_out && !g_tls_on) { /* the sender stopped, the same farm,
+                                                     libcurl alone (plain HTTP) */
         bd_stop(s);
         if (curl_ceiling(f, P, res))
             printf("  run %d fanout_1000 healthy: libcurl multi alone, one thread, the same %ld "
