@@ -18,7 +18,7 @@
  * (CURLMOPT_SOCKETFUNCTION on epoll, as postboxd's I/O loop) against N servers on
  * 127.0.0.1 ports FIRST.. (the peer farm's IDs, --url's path), one request in flight to
  * each, each server's connection kept: what libcurl can do talking to many peers from one
- * thread, the federation fan-out's client ceiling. The handles are spread over 64 multi
+ * thread, the federation fan-out's client ceiling. The handles are spread over 8 multi
  * handles by port (libcurl 7.88 walks a multi's whole connection cache on every
  * curl_multi_remove_handle); each request's easy handle is reused, or with
  * --handles fresh made and freed per request as postboxd does. The line printed also
@@ -131,7 +131,7 @@ static int cmp_u32(const void *a, const void *b)
 
 /* ---- --multi-ports: one thread, libcurl's multi interface ------------------------------ */
 
-#define M_SHARDS 64
+#define M_SHARDS 8
 
 struct mshard {
     CURLM *m;
