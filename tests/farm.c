@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -125,9 +126,13 @@ pbt_farm *pbt_farm_start(const char *tag, const char *const *args)
     argv[n++] = f->stats_path;
     argv[n] = NULL;
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) abort();
     if (pid == 0) {
+        /* The farm dies with the test (or bench) that started it, however that ends: a
+         * test that gives up (exit) or aborts would otherwise leave it serving. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);
         int fd = open(f->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 2);
