@@ -130,11 +130,41 @@ static bool page_true(void *vctx)
     return ok;
 }
 
+/* What the page and the browser say, for a wait that failed: the page's state, what it
+ * fetched (with status and time), its text, and Chromium's console. */
+static void page_diag(void)
+{
+    json_t *v = run("var b = document.body;"
+                    "return JSON.stringify({href: location.href, ready: document.readyState,"
+                    " state: b ? b.dataset.state : null,"
+                    " updated: (document.getElementById('updated') || {}).textContent,"
+                    " fetched: performance.getEntriesByType('resource').map(function (e) {"
+                    "   return e.name + ' ' + (e.responseStatus || '?') + ' ' +"
+                    "          Math.round(e.duration) + ' ms'; }),"
+                    " text: b ? b.innerText.slice(0, 600) : null});");
+    fprintf(stderr, "statuspage_test: the page: %s\n",
+            json_is_string(v) ? json_string_value(v) : "(no answer)");
+    json_decref(v);
+    long st;
+    json_t *log = wds("POST", "/se/log", json_pack("{s:s}", "type", "browser"), &st);
+    size_t i;
+    json_t *e;
+    fprintf(stderr, "statuspage_test: the browser's console (%ld, %zu entries):\n", st,
+            json_array_size(log));
+    json_array_foreach(log, i, e)
+    {
+        fprintf(stderr, "  %s %s\n", json_string_value(json_object_get(e, "level")),
+                json_string_value(json_object_get(e, "message")));
+    }
+    json_decref(log);
+}
+
 static bool wait_page(const char *script, int timeout_ms)
 {
     struct page_wait w = {script};
     bool ok = pbt_wait_for(page_true, &w, timeout_ms);
     CHECKF(ok, "the page never satisfied: %s", script);
+    if (!ok) page_diag();
     return ok;
 }
 
@@ -301,9 +331,10 @@ static bool new_session(const char *profile)
         "[s,s,s,s,s,s,s,s,s,s,s]", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
         "--no-first-run", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000", udd);
-    json_t *caps =
-        json_pack("{s:{s:{s:s,s:{s:s,s:o}}}}", "capabilities", "alwaysMatch", "browserName",
-                  "chrome", "goog:chromeOptions", "binary", bin, "args", args);
+    /* the console kept for page_diag */
+    json_t *caps = json_pack("{s:{s:{s:s,s:{s:s,s:o},s:{s:s}}}}", "capabilities", "alwaysMatch",
+                             "browserName", "chrome", "goog:chromeOptions", "binary", bin, "args",
+                             args, "goog:loggingPrefs", "browser", "ALL");
     long st;
     json_t *v = wd("POST", "/session", caps, &st);
     const char *id = json_string_value(json_object_get(v, "sessionId"));
