@@ -1290,6 +1290,15 @@ static void scenario_latency(int run)
              "inbox long-poll missed the wake-up",
              run, stalls, got, LAT_WAIT_S);
     }
+    const char *dump = getenv("BENCH_LAT_DUMP");
+    if (dump && *dump) { /* every sample in the order taken, one per line (microseconds) */
+        char name[4096];
+        snprintf(name, sizeof name, "%s.%d", dump, run);
+        FILE *f = fopen(name, "w");
+        for (int i = 0; f && i < got; i++)
+            fprintf(f, "%d %.0f\n", i, lat[i]);
+        if (f) fclose(f);
+    }
     qsort(lat, (size_t)got, sizeof *lat, cmp_double);
     if (got) {
         double p50 = lat[(got - 1) / 2], p99 = lat[(int)((got - 1) * 0.99)], max = lat[got - 1];
