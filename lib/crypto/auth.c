@@ -254,7 +254,8 @@ static void cache_put(pb_auth_cache *c, const char *server_id, const uint8_t *to
 /* ---- signer-side header cache --------------------------------------------------------------- */
 
 /* A chained hash table of the headers signed in the current second, keyed by (server_id,
- * audience); it is emptied when the second changes, so it holds at most the peers talked
+ * audience); it is emptied when the second changes (forward, or back by more than one: a
+ * clock stepped back), so it holds at most the peers talked
  * to in one second (and never more than SIGNER_MAX: past that, a header is signed and not
  * kept). A sender talking to N peers in one second signs N tokens. (A table of 1,024
  * single slots made a third of a thousand peers evict each other and sign a token for
@@ -340,11 +341,12 @@ char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, const char
     if (!h) return NULL;
     pthread_mutex_lock(&s->mu);
     s->signatures++;
-    if (now > s->sec) { /* a new second: the old ones go */
+    /* A new second: the old ones go. A caller that read the clock just before the second
+     * changed keeps its own; a clock stepped back further starts a new second too. */
+    if (now > s->sec || now + 1 < s->sec) {
         signer_clear(s);
         s->sec = now;
     }
-    /* (a caller that read the clock just before the second changed keeps its own) */
     if (now == s->sec && s->n < SIGNER_MAX && !signer_find(s, b, server_id, aud)) {
         struct signer_entry *e = pb_xcalloc(1, sizeof *e);
         e->server_id = pb_xstrdup(server_id);
