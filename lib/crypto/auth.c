@@ -255,11 +255,10 @@ static void cache_put(pb_auth_cache *c, const char *server_id, const uint8_t *to
 
 /* A chained hash table of the headers signed in the current second, keyed by (server_id,
  * audience); it is emptied when the second changes (forward, or back by more than one: a
- * clock stepped back), so it holds at most the peers talked
- * to in one second (and never more than SIGNER_MAX: past that, a header is signed and not
- * kept). A sender talking to N peers in one second signs N tokens. (A table of 1,024
- * single slots made a third of a thousand peers evict each other and sign a token for
- * nearly every Push.) */
+ * clock stepped back), so it holds at most the peers talked to in one second (and never
+ * more than SIGNER_MAX: past that, a header is signed and not kept). A sender talking to N
+ * peers in one second signs N tokens. (A table of 1,024 single slots made a third of a
+ * thousand peers evict each other and sign a token for nearly every Push.) */
 #define SIGNER_BUCKETS 4096
 #define SIGNER_MAX 65536
 
