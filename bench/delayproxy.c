@@ -7,10 +7,14 @@
  *
  * Each accepted connection gets its own connection to 127.0.0.1:TARGET. What one side
  * sends is read at once, stamped with its arrival time, and written to the other side D ms
- * later, in order; bytes are not interpreted (HTTP, TLS: anything). Connection set-up also
- * costs one delay each way: the upstream connection is opened at accept time, but nothing
- * is forwarded before D ms. A close (EOF) is forwarded after the bytes before it, also D
- * ms later; an error on either side closes both.
+ * later, in order; bytes are not interpreted (HTTP, TLS: anything). Connection set-up costs
+ * what TCP's handshake costs over that path, one round trip (2 x D) before the client's
+ * first byte can leave: the kernel completes the handshake with the client at once, so
+ * what the client sends in the first 2 x D after the accept is taken as sent at its end
+ * (its first bytes reach the target 3 x D after the accept, as over a real path; protocols
+ * where the client speaks first: HTTP, TLS). The upstream connection is opened at accept
+ * time. A close (EOF) is forwarded after the bytes before it, also D ms later; an error on
+ * either side closes both.
  *
  * Design: one thread, epoll, level-triggered. Each direction holds a FIFO of chunks with
  * their due times; the epoll timeout is the earliest due chunk. A direction holding more
@@ -57,6 +61,7 @@ struct conn {
     struct conn *prev, *next;
     struct dir d[2]; /* 0: client to target, 1: target to client */
     int fd[2];       /* client, upstream */
+    int64_t open_us; /* accepted at */
     bool dead;
 };
 
@@ -141,7 +146,10 @@ static bool do_read(struct conn *c, int side, int64_t delay_us)
     unsigned char buf[CHUNK];
     ssize_t n = read(c->fd[side], buf, sizeof buf);
     if (n < 0) return errno == EAGAIN || errno == EINTR;
-    push_chunk(d, buf, (size_t)n, n == 0, now_us() + delay_us);
+    int64_t sent = now_us();
+    if (side == 0 && sent < c->open_us + 2 * delay_us) /* the handshake's round trip */
+        sent = c->open_us + 2 * delay_us;
+    push_chunk(d, buf, (size_t)n, n == 0, sent + delay_us);
     if (n == 0) d->src_eof = true;
     return true;
 }
@@ -204,6 +212,7 @@ static void accept_one(int lfd, int target, long max_conns)
     if (!c) abort();
     c->fd[0] = cfd;
     c->fd[1] = ufd;
+    c->open_us = now_us();
     c->next = g_conns;
     if (g_conns) g_conns->prev = c;
     g_conns = c;
