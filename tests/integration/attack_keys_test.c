@@ -76,11 +76,14 @@ static bool hung_fetches(void *vctx)
     return tool_log_count(vctx, "hang: accept") >= 8;
 }
 
-/* A Pull to d signed by a new identity (a key server R never heard of, answering at once). */
-static void new_sender_pull(const pbt_daemon *d, struct answer *a)
+/* A Pull to d signed by a new identity (a key server R never heard of, answering at once),
+ * kept in *keep until the caller frees it: while it lives its port (its server ID) cannot
+ * go to the next identity, which R would take for this one with a new key (a rotation
+ * within R's re-fetch interval: 401). */
+static void new_sender_pull(const pbt_daemon *d, struct answer *a, pbt_ident **keep)
 {
     memset(a, 0, sizeof *a);
-    pbt_ident *id = pbt_ident_new(NULL);
+    pbt_ident *id = *keep = pbt_ident_new(NULL);
     if (!id) return;
     pb_pull_req pr = {.max_events = 10};
     pb_buf body = PB_BUF_INIT;
@@ -89,7 +92,6 @@ static void new_sender_pull(const pbt_daemon *d, struct answer *a)
     call(d->port, PULL, tok, &body, 10000, a);
     free(tok);
     pb_buf_free(&body);
-    pbt_ident_free(id);
 }
 
 static void test_fetch_slots(void)
@@ -122,10 +124,11 @@ static void test_fetch_slots(void)
         int64_t worst_ms;
     } pull = {0}, key = {0};
     int64_t end = t0 + (FETCH_SECONDS - 2) * 1000;
+    pbt_ident *idents[200] = {0};
     while (pbt_now_ms() < end && !tool_exited(fl) && pull.n < 200) {
         if (sent < FETCH_EVENTS && submit_one(p, r->server_id, 7, 100 + sent)) sent++;
         struct answer a;
-        new_sender_pull(r, &a);
+        new_sender_pull(r, &a, &idents[pull.n]);
         pull.n++;
         if (a.status == 200) {
             pull.ok++;
@@ -144,6 +147,8 @@ static void test_fetch_slots(void)
             all_at = pbt_now_ms() - t0;
         sleep_ms(200);
     }
+    for (int i = 0; i < pull.n; i++)
+        pbt_ident_free(idents[i]);
     /* P's events arrive while the flood still lasts */
     struct count_wait cw = {r, p->server_id, sent, 0};
     int64_t flood_left_ms = t0 + FETCH_SECONDS * 1000 - pbt_now_ms();
