@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_ASSERT(answer != NULL);
     if (status == 200 && strcmp(method, "GET") == 0 && strcmp(path, "/v1/backup") == 0) {
         /* the one answer that is not JSON: a copy of the database */
-        FUZZ_ASSERT(memcmp(answer, "SQLite format 3", 16) == 0);
+        FUZZ_ASSERT(strncmp(answer, "SQLite format 3", 15) == 0); /* stops at a short one */
         free(answer);
         free(head);
         return 0;
