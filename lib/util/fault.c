@@ -8,8 +8,10 @@
 #include "util/log.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *g_faults;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -32,9 +34,17 @@ bool pb_fault(const char *name)
     return false;
 }
 
+/* The first thread to reach an active crash point crashes the process; any other (a
+ * group commit wakes several answers at once) waits for that crash, so that the process
+ * crashes once, with one line, as the crash tests count. */
+static atomic_flag g_crashing = ATOMIC_FLAG_INIT;
+
 void pb_fault_crash(const char *name)
 {
     if (!pb_fault(name)) return;
+    if (atomic_flag_test_and_set(&g_crashing))
+        for (;;)
+            pause();
     PB_ERROR(NULL, "fault point %s: crashing", name);
     abort();
 }

@@ -11,7 +11,8 @@
 
 #ifdef PB_FAULTS
 bool pb_fault(const char *name);
-/* When `name` is active: logs "fault point NAME: crashing" and aborts the process. */
+/* When `name` is active: logs "fault point NAME: crashing" and aborts the process, once:
+ * other threads reaching a crash point meanwhile wait for the abort. */
 void pb_fault_crash(const char *name);
 #else
 static inline bool pb_fault(const char *name)
