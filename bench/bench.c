@@ -1521,6 +1521,7 @@ struct fan_result {
     bool timed_out;
     /* from the first submission until the farm held every healthy event (or the bound) */
     long pushes;         /* Pushes the farm answered (healthy IDs: one event each) */
+    long conns;          /* connections the farm accepted meanwhile (kept ones: about P) */
     double window_s;     /* how long */
     double sender_cpu_s; /* postboxd's user + system CPU time meanwhile */
     double loop_cpu_s;   /* of which its busiest thread (the I/O loop) */
@@ -1623,7 +1624,7 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
     static double tcpu0[256];
     size_t nt0 = thread_cpu(spid, tid0, tcpu0, 256);
     double scpu0 = pid_cpu_s(spid), fcpu0 = pid_cpu_s(f->pid);
-    long pushes0 = farm_counter(f, "pushes");
+    long pushes0 = farm_counter(f, "pushes"), conns0 = farm_counter(f, "connections");
     double t0 = now_s(), deadline = t0 + O.scale_limit_s;
     for (int k = 0; k < SCALE_SUBMITTERS; k++) {
         subs[k] =
@@ -1651,6 +1652,7 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
     res->loop_cpu_s = busiest_thread_s(spid, tid0, tcpu0, nt0);
     res->farm_cpu_s = pid_cpu_s(f->pid) - fcpu0;
     res->pushes = farm_counter(f, "pushes") - pushes0;
+    res->conns = farm_counter(f, "connections") - conns0;
     bool subs_ok = true;
     for (int k = 0; k < started; k++) {
         pthread_join(th[k], NULL);
@@ -1727,13 +1729,13 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
            res->disorder ? " OUT OF ORDER OR DUPLICATED" : "");
     printf("  run %d fanout_1000 %s: %ld Pushes in %.1f s = %.0f Pushes/s (submissions done "
            "after %.1f s); sender CPU %.1f s (%.0f us per Push, %.0f %% of a core; busiest thread "
-           "%.0f %%), peer farm CPU %.0f %% of a core\n",
+           "%.0f %%), peer farm CPU %.0f %% of a core, %ld connections accepted\n",
            run, mixed ? "mixed  " : "healthy", res->pushes, res->window_s,
            res->window_s > 0 ? (double)res->pushes / res->window_s : 0, res->submit_s,
            res->sender_cpu_s, res->pushes > 0 ? res->sender_cpu_s * 1e6 / (double)res->pushes : 0,
            res->window_s > 0 ? 100 * res->sender_cpu_s / res->window_s : 0,
            res->window_s > 0 ? 100 * res->loop_cpu_s / res->window_s : 0,
-           res->window_s > 0 ? 100 * res->farm_cpu_s / res->window_s : 0);
+           res->window_s > 0 ? 100 * res->farm_cpu_s / res->window_s : 0, res->conns);
     if (res->disorder)
         note("fanout_1000 run %d (%s): %ld anomalies in the receivers' record: %ld duplicates, "
              "%ld at another receiver, the rest out of order",
