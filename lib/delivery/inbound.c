@@ -77,6 +77,53 @@ static bool window_ready(pb_delivery *d, const pb_hrpc_request *req, const pb_pu
     return pb_wgate_ready(g, req->peer, pr->epoch, pr->after, NULL);
 }
 
+/* On a node of several (node_id), another node may apply the batches in front of a held
+ * one, and this node's gate hears only of its own commits: a held batch asks the store
+ * every HOLD_POLL_MS until its hold (window_hold_ms) ends. The hold's end is kept with the
+ * request (its state, until a commit's job replaces it). */
+#define HOLD_POLL_MS 20
+
+/* What a Push request keeps across its runs (its state): a hold, then its commit's job. */
+enum push_state_kind { PUSH_HOLD = 1, PUSH_JOB };
+
+struct push_hold {
+    enum push_state_kind kind; /* PUSH_HOLD */
+    int64_t until_ms;          /* pb_ioloop_now_ms() at which the hold ends */
+    bool full;                 /* the gate had no room: refused at the next run */
+};
+
+/* Suspends a batch that is not applicable yet until this node applies what is in front of
+ * it or its wait ends (on a node of several: a poll, hold set or made). False: it cannot
+ * wait (no room, its hold is over) and is to be refused. */
+static bool window_hold(pb_delivery *d, const pb_hrpc_request *req, const pb_push_req *pr,
+                        struct push_hold *hold)
+{
+    const pb_delivery_opts *o = pb_delivery_options(d);
+    pb_wgate *g = pb_delivery_wgate(d);
+    int64_t now = pb_ioloop_now_ms();
+    int wait = (int)o->window_hold_ms;
+    if (hold && hold->full) return false;
+    if (!hold && !pb_wgate_room(g, req->peer)) return false;
+    if (o->node_id) {
+        if (!hold) {
+            hold = pb_xcalloc(1, sizeof *hold);
+            hold->kind = PUSH_HOLD;
+            hold->until_ms = now + o->window_hold_ms;
+            pb_hrpc_set_state(req, hold, free);
+        }
+        int64_t left = hold->until_ms - now;
+        if (left <= 0) return false;
+        wait = left < HOLD_POLL_MS ? (int)left : HOLD_POLL_MS;
+    }
+    pb_hrpc_waker *w = pb_hrpc_defer(req, wait);
+    pb_wgate_verdict v = pb_wgate_wait(g, req->peer, pr->epoch, pr->after, w, now, wait);
+    if (v != PB_WGATE_WAIT) { /* applicable after all, or no room: runs again at once */
+        if (v == PB_WGATE_FULL && hold) hold->full = true;
+        pb_hrpc_wake(w);
+    }
+    return true;
+}
+
 static void window_refuse(const pb_delivery_opts *o, pb_hrpc_reply *rep, const pb_push_req *pr)
 {
     if (o->metrics) pb_counter_inc(pb_metric_get(o->metrics->push_ahead, "refused"));
@@ -93,6 +140,7 @@ static void window_refuse(const pb_delivery_opts *o, pb_hrpc_reply *rep, const p
  * (push_answer). Two references: the request's (freed with it) and the store job's. The
  * store's callback fills err and rr before `done` (release), read after it (acquire). */
 struct push_job {
+    enum push_state_kind kind; /* PUSH_JOB (first: the request's state is a hold or a job) */
     atomic_int refs;
     atomic_bool done;
     pb_push_req pr; /* decoded; its events are read by the commit */
@@ -193,10 +241,13 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
 {
     pb_delivery *d = ctx;
     const pb_delivery_opts *o = pb_delivery_options(d);
-    if (req->state) { /* its commit is done (or its wait is over) */
+    const enum push_state_kind *kind = req->state;
+    if (kind && *kind == PUSH_JOB) { /* its commit is done (or its wait is over) */
         push_answer(d, req, rep, req->state);
         return;
     }
+    /* a held window batch on a node of several (window_hold); invalid once a job replaces it */
+    struct push_hold *hold = kind ? req->state : NULL;
     pb_push_req pr = {0};
     pb_err err = pb_wire_push_decode(req->body, req->body_len, o->push_max_events, &pr);
     if (err == PB_ERR_TOO_BIG) {
@@ -236,9 +287,13 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
     /* A batch of a window (PROTOCOL.md 5) whose predecessors are not all applied: wait for
      * them (suspended, bounded in time and number: wgate.h), else a retryable refusal. */
     /* (honoured even when we announce no window: applying across a gap would lose events) */
-    bool windowed = pr.seqs && pr.after;
-    if (req->timed_out) {
-        if (windowed) {
+    /* On a node of several the store is asked whenever the gate does not know the batch
+     * applicable, and a held batch asks it again at each poll (window_hold). */
+    bool windowed = pr.seqs && pr.after, polled = windowed && hold;
+    if (req->timed_out && !(polled && window_ready(d, req, &pr, true))) {
+        if (polled) {
+            if (!window_hold(d, req, &pr, hold)) window_refuse(o, rep, &pr);
+        } else if (windowed) {
             window_refuse(o, rep, &pr);
         } else {
             pb_hrpc_reply_error(rep, 503, ID_UNAVAILABLE, "a Pull from you is in progress");
@@ -246,16 +301,10 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
         }
         goto out;
     }
-    if (windowed && !window_ready(d, req, &pr, req->resumed)) {
-        pb_wgate *g = pb_delivery_wgate(d);
-        if (req->resumed || !pb_wgate_room(g, req->peer)) {
+    if (!req->timed_out && windowed &&
+        !window_ready(d, req, &pr, req->resumed || o->node_id != NULL)) {
+        if ((req->resumed && !polled) || !window_hold(d, req, &pr, hold))
             window_refuse(o, rep, &pr);
-            goto out;
-        }
-        pb_hrpc_waker *w = pb_hrpc_defer(req, (int)o->window_hold_ms);
-        if (pb_wgate_wait(g, req->peer, pr.epoch, pr.after, w, pb_ioloop_now_ms(),
-                          (int)o->window_hold_ms) != PB_WGATE_WAIT)
-            pb_hrpc_wake(w); /* applicable after all, or no room: runs again at once */
         goto out;
     }
     if (req->resumed && !windowed)
@@ -283,6 +332,7 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
     /* The commit is queued and the request waits for it without a thread (keeping its
      * answered slot), so that Pushes from many peers share commits. */
     struct push_job *j = pb_xcalloc(1, sizeof *j);
+    j->kind = PUSH_JOB;
     atomic_init(&j->refs, 2);
     atomic_init(&j->done, false);
     j->pr = pr;

@@ -24,6 +24,9 @@
  *   kills     SIGKILL of A, then of B, while a window is in flight (B's inbox partly there);
  *             then B crashes between its commit and its answer (fault point
  *             delivery.crash-after-commit) with A's window in flight
+ *   nodes     (PostgreSQL) a second receiver, two nodes on one database behind a balancer
+ *             alternating connections between them: the stream arrives whole and in order
+ *             and no batch is refused because the other node applied its predecessor
  * PBT_SEED=N replays the proxy schedules and kill timing. Runs on SQLite and (window_test_pg)
  * PostgreSQL.
  */
@@ -174,6 +177,7 @@ static void verify(const char *part, const pbt_daemon *b, const char *from, unsi
 struct proxy {
     pid_t pid;
     uint16_t port, target;
+    uint16_t also; /* a second upstream (0: none): connections alternate between the two */
     char *dir, *log;
 };
 
@@ -222,8 +226,14 @@ static bool proxy_start(struct proxy *p, unsigned seed, const char *const *fault
     snprintf(lp, sizeof lp, "%u", p->port);
     snprintf(tp, sizeof tp, "%u", p->target);
     snprintf(sd, sizeof sd, "%u", seed);
+    char ap[16];
+    snprintf(ap, sizeof ap, "%u", p->also);
     const char *argv[48] = {prog, lp, tp, sd, "--latency-ms", "20", "--jitter-ms", "40"};
     int n = 8;
+    if (p->also) {
+        argv[n++] = "--also-target";
+        argv[n++] = ap;
+    }
     for (int i = 0; faults && faults[i] && n < 46; i++)
         argv[n++] = faults[i];
     argv[n] = NULL;
@@ -312,6 +322,71 @@ static bool initial_window(pbt_daemon *a, const pbt_daemon *b, struct proxy *px,
     return true;
 }
 
+/* nodes (PostgreSQL only): the receiver is two nodes of one server on one database behind a
+ * balancer that spreads connections over them (the proxy alternates its upstreams): a
+ * batch whose predecessor the other node applied is applied without waiting out its hold
+ * and being refused (each node's gate sees only its own commits; it asks the store). */
+static void nodes_part(pbt_daemon *a, unsigned seed)
+{
+    pbt_daemon *n1 = pbt_daemon_new("winN1", NULL), *n2 = pbt_daemon_new("winN2", NULL);
+    struct proxy px = {.port = pbt_free_port(), .target = n1->port, .also = n2->port};
+    char id[64], key[600];
+    snprintf(id, sizeof id, "127.0.0.1:%u", px.port);
+    /* one database (n1's), one key, one server ID, two node IDs */
+    for (int i = 0; i < n2->nargs; i++)
+        if (!strcmp(n2->args[i], "--store") && i + 1 < n2->nargs)
+            for (int k = 0; k + 1 < n1->nargs; k++)
+                if (!strcmp(n1->args[k], "--store")) {
+                    free(n2->args[i + 1]);
+                    n2->args[i + 1] = strdup(n1->args[k + 1]);
+                }
+    pbt_daemon *nodes[2] = {n1, n2};
+    for (int i = 0; i < 2; i++) {
+        const char *extra[] = {"--server-id", id, "--node-id", i ? "n2" : "n1", NULL};
+        for (int k = 0; extra[k]; k++)
+            nodes[i]->args[nodes[i]->nargs++] = strdup(extra[k]);
+    }
+    bool ok = pbt_daemon_start(n1);
+    snprintf(key, sizeof key, "%s/key", n2->dir);
+    char *src = xasprintf("%s/key", n1->dir);
+    int in = open(src, O_RDONLY), out = open(key, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    char buf[256];
+    ssize_t got = in >= 0 ? read(in, buf, sizeof buf) : -1;
+    ok = ok && out >= 0 && got > 0 && write(out, buf, (size_t)got) == got;
+    if (in >= 0) close(in);
+    if (out >= 0 && close(out) != 0) ok = false;
+    free(src);
+    ok = ok && pbt_daemon_start(n2) && proxy_start(&px, seed + 20, NULL);
+    CHECKF(ok, "two receiver nodes and their balancer start");
+    if (ok) {
+        feed(a, id, 0, 2 * PART);
+        verify("nodes", n1, a->server_id, 2 * PART);
+        const char *refused = "postbox_push_ahead_of_gap_total{result=\"refused\"}";
+        double r1 = pbt_metric(n1, refused), r2 = pbt_metric(n2, refused);
+        int p1 = pbt_log_count(n1, "push received", NULL),
+            p2 = pbt_log_count(n2, "push received", NULL);
+        fprintf(
+            stderr,
+            "window_test: nodes: Pushes received %d and %d, refused ahead of a gap %.0f and %.0f\n",
+            p1, p2, r1, r2);
+        CHECKF(p1 > 0 && p2 > 0, "both nodes received Pushes (%d, %d)", p1, p2);
+        CHECKF(r1 + r2 == 0, "no batch was refused for a gap another node had filled (%.0f)",
+               r1 + r2);
+    }
+    proxy_stop(&px);
+    if (px.dir && !getenv("PBT_KEEP")) pbt_rmrf(px.dir);
+    free(px.dir);
+    free(px.log);
+    if (pbt_failed) {
+        pbt_daemon_dump_log(n1);
+        pbt_daemon_dump_log(n2);
+    }
+    CHECK_INT(pbt_daemon_stop(n1), 0);
+    CHECK_INT(pbt_daemon_stop(n2), 0);
+    pbt_daemon_free(n1);
+    pbt_daemon_free(n2);
+}
+
 int main(void)
 {
     unsigned seed = getenv("PBT_SEED") ? (unsigned)atoi(getenv("PBT_SEED")) : (unsigned)time(NULL);
@@ -382,6 +457,8 @@ int main(void)
     CHECKF(crashes == 1, "the crash happened after a commit, once (%d)", crashes);
     CHECKF(pbt_daemon_start(b), "B restarts");
     verify("receiver crashed after a commit", b, a->server_id, 6 * PART);
+    const char *store = getenv("PBT_STORE");
+    if (store && !strcmp(store, "postgres")) nodes_part(a, seed);
     CHECK_INT(pbt_daemon_stop(a), 0);
     CHECK_INT(pbt_daemon_stop(b), 0);
 out:

@@ -22,6 +22,10 @@
  *   blackhole     for --blackhole-ms, every request on any connection is read and never
  *                 answered nor forwarded; its connection is reset when the period ends
  *
+ * Balancing (not a fault): with --also-target PORT (repeatable) the client connections go
+ * to TARGET_PORT and the further ports in turn, one upstream per client connection, as an
+ * L4 load balancer without stickiness spreads them over the nodes of one server.
+ *
  * Latency (not a fault): with --latency-ms L and --jitter-ms J every forwarded request is
  * held L ms plus a random 0..J ms (seeded) before it goes upstream, so that requests on
  * different connections (a sender's window of Pushes) overtake each other.
@@ -91,6 +95,8 @@ static const char *const kind_names[K__COUNT] = {
 
 static struct {
     uint16_t listen_port, target_port;
+    uint16_t targets[8]; /* TARGET_PORT, then the --also-target ports */
+    unsigned ntargets;
     uint64_t seed;
     double pm[K__COUNT]; /* per mille */
     int delay_ms, blackhole_ms, slow_gap_ms, max_conns, latency_ms, jitter_ms;
@@ -194,12 +200,13 @@ static void reset_close(int fd)
     close(fd);
 }
 
-static int connect_target(void)
+/* The upstream of client connection `id`: the targets in turn. */
+static int connect_target(long id)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
     struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons(opt.target_port),
+                            .sin_port = htons(opt.targets[(unsigned long)id % opt.ntargets]),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         close(fd);
@@ -486,7 +493,7 @@ static void *conn_main(void *arg)
             sleep_ms(hold);
         }
         if (uin.fd < 0) {
-            uin.fd = connect_target();
+            uin.fd = connect_target(c->id);
             if (uin.fd < 0) {
                 atomic_fetch_add(&g_upstream_errors, 1);
                 break;
@@ -606,6 +613,7 @@ static void usage(void)
             "  --slow-gap-ms N     least time between two delays/blackholes (0)\n"
             "  --max-conns N       client connections at once (512)\n"
             "  --latency-ms N, --jitter-ms N  hold each forwarded request N ms + 0..J ms\n"
+            "  --also-target PORT  one more upstream (repeatable): connections go to each in turn\n"
             "  --stats FILE        write the counts as JSON at exit\n");
 }
 
@@ -627,6 +635,7 @@ static bool parse_args(int argc, char **argv)
     opt.listen_port = (uint16_t)v;
     if (!parse_long(argv[2], 1, 65535, &v)) return false;
     opt.target_port = (uint16_t)v;
+    opt.targets[opt.ntargets++] = (uint16_t)v;
     char *e;
     errno = 0;
     opt.seed = strtoull(argv[3], &e, 10);
@@ -637,6 +646,13 @@ static bool parse_args(int argc, char **argv)
         const char *val = argv[++i];
         if (!strcmp(a, "--stats")) {
             opt.stats_path = val;
+            continue;
+        }
+        if (!strcmp(a, "--also-target")) {
+            if (opt.ntargets >= sizeof opt.targets / sizeof opt.targets[0] ||
+                !parse_long(val, 1, 65535, &v))
+                return false;
+            opt.targets[opt.ntargets++] = (uint16_t)v;
             continue;
         }
         int *ip = !strcmp(a, "--delay-ms")       ? &opt.delay_ms
