@@ -24,6 +24,7 @@
 #include <strings.h>
 
 #include "util/buf.h"
+#include "util/hash.h"
 #include "util/mem.h"
 #include "wire/wire.h"
 
@@ -220,10 +221,7 @@ void pb_auth_cache_free(pb_auth_cache *c)
 
 static size_t slot_of(const char *server_id)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const char *p = server_id; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    return (size_t)(h % PB_AUTH_CACHE_SLOTS);
+    return (size_t)(pb_hash_str(server_id) % PB_AUTH_CACHE_SLOTS);
 }
 
 static bool cache_hit(pb_auth_cache *c, const char *server_id, const uint8_t *tok, size_t len,
@@ -306,13 +304,6 @@ void pb_auth_signer_free(pb_auth_signer *s)
     free(s);
 }
 
-static uint64_t fnv1a(uint64_t h, const char *p)
-{
-    for (; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    return h;
-}
-
 /* The entry for (server_id, aud) signed in s->sec, or NULL. Under s->mu. */
 static struct signer_entry *signer_find(pb_auth_signer *s, size_t b, const char *server_id,
                                         const char *aud)
@@ -326,8 +317,8 @@ char *pb_auth_header_cached(pb_auth_signer *s, const char *server_id, const char
                             uint64_t now)
 {
     const char *aud = audience ? audience : "";
-    uint64_t hv = fnv1a(fnv1a(1469598103934665603ull, server_id), aud);
-    size_t b = (size_t)((hv ^ (hv >> 32)) % SIGNER_BUCKETS);
+    uint64_t hv = pb_hash_str(server_id) * 1099511628211ull ^ pb_hash_str(aud);
+    size_t b = (size_t)(hv % SIGNER_BUCKETS);
     char *out = NULL;
     pthread_mutex_lock(&s->mu);
     if (s->sec == now) {

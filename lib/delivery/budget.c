@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/hash.h"
 #include "util/mem.h"
 #include "util/serverid.h"
 
@@ -59,10 +60,7 @@ void pb_budget_free(pb_budget *b)
 
 static size_t hash(const char *id)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(pb_hash_str(id) % NBUCKETS);
 }
 
 static void lru_unlink(pb_budget *b, struct sender *s)

@@ -44,6 +44,7 @@
 #include "net/ioloop.h"
 #include "util/exec.h"
 #include "util/fault.h"
+#include "util/hash.h"
 #include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -314,10 +315,7 @@ static int64_t mono_to_wall(int64_t mono)
 
 static size_t bucket_of(const char *id)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(pb_hash_str(id) % NBUCKETS);
 }
 
 static void describe(pb_err err, const pb_client_answer *ans, char *out, size_t n)

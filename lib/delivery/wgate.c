@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/hash.h"
 #include "util/mem.h"
 #include "util/serverid.h"
 
@@ -74,17 +75,9 @@ static void wl_wake(wakelist *l)
     free(l->w);
 }
 
-static uint64_t fnv1a(const unsigned char *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 1099511628211ull;
-    return h;
-}
-
 static size_t bucket_of(const char *id)
 {
-    return (size_t)(fnv1a((const unsigned char *)id, strlen(id)) % NBUCKETS);
+    return (size_t)(pb_hash_str(id) % NBUCKETS);
 }
 
 static struct sender *find(pb_wgate *g, const char *id)
@@ -308,7 +301,7 @@ void pb_wgate_failed(pb_wgate *g, const char *sender, uint64_t epoch)
  * use lately. */
 static struct addr_entry *addr_get(pb_wgate *g, const uint8_t *addr, int64_t now)
 {
-    size_t b = (size_t)(fnv1a(addr, 16) % NBUCKETS);
+    size_t b = (size_t)(pb_hash(addr, 16) % NBUCKETS);
     for (struct addr_entry *a = g->abuckets[b]; a; a = a->next)
         if (memcmp(a->addr, addr, 16) == 0) return a;
     struct addr_entry *a = NULL;
@@ -339,7 +332,7 @@ unsigned pb_wgate_window(pb_wgate *g, const uint8_t *addr, const char *sender, u
                          int64_t now_ms)
 {
     if (!addr || window <= 1) return window ? window : 1;
-    uint64_t who = fnv1a((const unsigned char *)sender, strlen(sender));
+    uint64_t who = pb_hash_str(sender);
     unsigned n = 0;
     pthread_mutex_lock(&g->mu);
     struct addr_entry *a = addr_get(g, addr, now_ms);

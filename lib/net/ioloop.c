@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/hash.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -245,13 +246,10 @@ static void check_done(pb_ioloop *l, struct shard *sh)
     }
 }
 
-/* FNV-1a of the key: the same key, the same shard. */
+/* The same key, the same shard. */
 static struct shard *shard_of(pb_ioloop *l, const char *key)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = key ? key : ""; *p; p++)
-        h = (h ^ (uint8_t)*p) * 16777619u;
-    return &l->shards[h % l->nshards];
+    return &l->shards[pb_hash_str(key) % l->nshards];
 }
 
 pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn done, void *ctx)

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "crypto/keys.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/serverid.h"
@@ -88,10 +89,7 @@ static int64_t now_ms(void)
 
 static size_t bucket_of(const char *id)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ull;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(pb_hash_str(id) % NBUCKETS);
 }
 
 pb_keyfetch *pb_keyfetch_new(const pb_keyfetch_opts *opts)

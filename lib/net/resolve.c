@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "util/hash.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/serverid.h"
@@ -89,10 +90,7 @@ static void global_init(void)
 
 static unsigned hash_of(const char *s)
 {
-    unsigned h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h % NBUCKETS;
+    return (unsigned)(pb_hash_str(s) % NBUCKETS);
 }
 
 /* ---- the entry table ------------------------------------------------------------------------ */
