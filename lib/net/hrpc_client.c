@@ -19,13 +19,15 @@
  * connect to (after DNS, for each address it tries); a refused one gets no socket and the
  * reason is kept for the error message.
  *
- * TLS sessions: the easy handles share one libcurl TLS session cache (a CURLSH with
- * CURL_LOCK_DATA_SSL_SESSION, locked by the share's callbacks since handles are made on
- * the callers' threads), so a new connection to a peer resumes the session of an earlier
- * one (a session ticket: no certificate exchange, no signature) instead of a full
- * handshake. libcurl 7.88's shared cache holds the 8 most recently used sessions;
- * connections themselves stay open in the multi handle's cache, so a handshake is paid
- * only when one was closed.
+ * TLS sessions: a new connection to a peer resumes the session of an earlier one (a
+ * session ticket: no certificate exchange, no signature) instead of a full handshake. The
+ * sessions are kept in libcurl TLS session caches (CURLSH with CURL_LOCK_DATA_SSL_SESSION,
+ * locked by the share's callbacks since handles are made on the callers' threads). One
+ * libcurl 7.88 cache holds the 8 most recently used sessions, which with more than 8 peers
+ * contacted in turn keeps none of them; so there are TLS_SHARES caches, made when first
+ * needed, and a peer's transfers use the one its ID hashes to (keyed: a peer cannot aim at
+ * another's cache): up to 8 peers per cache keep their sessions. Connections themselves
+ * stay open in the multi handle's cache, so a handshake is paid only when one was closed.
  *
  * Proxy: only the operator's (peer_proxy), never the environment's. Through it, names are
  * not resolved here (the proxy resolves them) and every connection is to the proxy, which
@@ -56,6 +58,7 @@
 #include "net/resolve.h"
 #include "util/addrclass.h"
 #include "util/buf.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "util/mem.h"
 #include "util/serverid.h"
@@ -78,8 +81,11 @@ struct pb_client {
     pb_ioloop *loop;
     bool own_loop;
     pb_resolver *resolver;
-    CURLSH *share; /* the TLS session cache of every transfer */
-    pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
+    CURLSH **shares; /* TLS session caches by a hash of the peer's ID (TLS_SHARES; made when
+                        first used, under shares_mu; NULL with plain HTTP) */
+    bool shares_off; /* libcurl refused a share: no resumption across connections */
+    pthread_mutex_t shares_mu;
+    pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST]; /* the shares' locks, one per data kind */
     atomic_bool shutting_down;
     size_t buffered; /* answer bytes held by transfers in flight (loop thread only) */
 };
@@ -129,29 +135,55 @@ static void share_unlock(CURL *h, curl_lock_data data, void *ud)
     if ((unsigned)data < CURL_LOCK_DATA_LAST) pthread_mutex_unlock(&c->share_mu[data]);
 }
 
-/* The shared TLS session cache (see the file comment); NULL, and no resumption across
- * connections, when libcurl refuses it (no TLS support). */
-static void share_new(pb_client *c)
+/* TLS session caches (see the file comment): 1,024 of up to 8 sessions each, so that up
+ * to a few thousand peers keep theirs. A cache costs about 2 KiB once made; a session a
+ * few KiB while kept. */
+#define TLS_SHARES 1024
+
+static void share_init(pb_client *c)
 {
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_init(&c->share_mu[i], NULL);
-    c->share = curl_share_init();
-    if (!c->share) return;
-    if (curl_share_setopt(c->share, CURLSHOPT_LOCKFUNC, share_lock) != CURLSHE_OK ||
-        curl_share_setopt(c->share, CURLSHOPT_UNLOCKFUNC, share_unlock) != CURLSHE_OK ||
-        curl_share_setopt(c->share, CURLSHOPT_USERDATA, c) != CURLSHE_OK ||
-        curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
-        curl_share_cleanup(c->share);
-        c->share = NULL;
+    pthread_mutex_init(&c->shares_mu, NULL);
+    if (!c->plain_http) c->shares = pb_xcalloc(TLS_SHARES, sizeof *c->shares);
+}
+
+/* The TLS session cache of peer `id` (made now if it is the first of its slot); NULL, and
+ * no resumption across connections, with plain HTTP or when libcurl refuses a share (no
+ * TLS support). */
+static CURLSH *share_for(pb_client *c, const char *id)
+{
+    if (!c->shares) return NULL;
+    CURLSH **slot = &c->shares[pb_hash_str(id) % TLS_SHARES];
+    pthread_mutex_lock(&c->shares_mu);
+    if (!*slot && !c->shares_off) {
+        CURLSH *sh = curl_share_init();
+        if (!sh || curl_share_setopt(sh, CURLSHOPT_LOCKFUNC, share_lock) != CURLSHE_OK ||
+            curl_share_setopt(sh, CURLSHOPT_UNLOCKFUNC, share_unlock) != CURLSHE_OK ||
+            curl_share_setopt(sh, CURLSHOPT_USERDATA, c) != CURLSHE_OK ||
+            curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+            if (sh) curl_share_cleanup(sh);
+            c->shares_off = true;
+            PB_WARN(NULL, "libcurl keeps no TLS sessions: every connection a full handshake");
+        } else {
+            *slot = sh;
+        }
     }
+    CURLSH *sh = *slot;
+    pthread_mutex_unlock(&c->shares_mu);
+    return sh;
 }
 
 static void share_free(pb_client *c)
 {
     /* Every transfer has ended (the loop stopped, or the client's own loop is freed): no
-     * easy handle uses the share any more. */
-    if (c->share && curl_share_cleanup(c->share) != CURLSHE_OK)
-        PB_ERROR(NULL, "the TLS session cache is still in use: not freed");
+     * easy handle uses a share any more. */
+    for (size_t i = 0; c->shares && i < TLS_SHARES; i++)
+        if (c->shares[i] && curl_share_cleanup(c->shares[i]) != CURLSHE_OK)
+            PB_ERROR(NULL, "a TLS session cache is still in use: not freed");
+    free(c->shares);
+    c->shares = NULL;
+    pthread_mutex_destroy(&c->shares_mu);
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_destroy(&c->share_mu[i]);
 }
@@ -175,7 +207,7 @@ pb_err pb_client_new(const pb_client_opts *opts, pb_client **out)
     c->max_response = o.max_response > 0 ? o.max_response : DEFAULT_MAX_RESPONSE;
     c->response_budget = o.response_budget > 0 ? o.response_budget : DEFAULT_RESPONSE_BUDGET;
     if (c->response_budget < c->max_response) c->response_budget = c->max_response;
-    share_new(c);
+    share_init(c);
     c->loop = o.loop;
     if (!c->loop) {
         pb_ioloop_opts lo = {.max_connections = o.max_connections};
@@ -640,7 +672,8 @@ void pb_client_start(pb_client *c, const pb_client_req *req, pb_client_done_fn d
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
     SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (c->ca_file) SET(CURLOPT_CAINFO, c->ca_file);
-    if (c->share && !c->plain_http) SET(CURLOPT_SHARE, c->share);
+    CURLSH *share = share_for(c, x->id);
+    if (share) SET(CURLOPT_SHARE, share);
 #undef SET
     if (sc != CURLE_OK) {
         char msg[160];

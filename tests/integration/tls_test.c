@@ -11,11 +11,17 @@
  * pushes to B (conn_timeout 1 s), B closes the idle connection, A pushes again: B counts
  * that second connection's handshake as resumed (A's transfers share one TLS session
  * cache).
+ *
+ * Resumption to each of many peers: A delivers one event to each of 24 peers (the peer
+ * farm over TLS, closing connections idle for 1 s), they close, A delivers again: every
+ * second connection resumes (the farm counts each closed connection's handshake). One
+ * libcurl session cache keeps only 8 sessions; a peer's cache is chosen by its ID.
  */
 #include <stdlib.h>
 #include <time.h>
 
 #include "crypto/auth.h"
+#include "farm.h"
 #include "harness.h"
 #include "net/hrpc_client.h"
 #include "crypto/keys.h"
@@ -110,6 +116,75 @@ static void test_resumption(const char *certs, const pbt_daemon *a, const pbt_da
            before, resumed(b));
 }
 
+#define FARM_PEERS 24
+
+struct farm_wait {
+    const pbt_farm *f;
+    long want;
+    const char *counter;
+};
+
+static long farm_count(const pbt_farm *f, const char *name)
+{
+    json_t *j = pbt_farm_get(f, "/summary");
+    long v = j ? (long)json_integer_value(json_object_get(j, name)) : -1;
+    json_decref(j);
+    return v;
+}
+
+static bool farm_reached(void *ctx)
+{
+    const struct farm_wait *w = ctx;
+    if (w->counter) return farm_count(w->f, w->counter) >= w->want;
+    return farm_count(w->f, "tls_full") + farm_count(w->f, "tls_resumed") >= w->want;
+}
+
+/* One event from A to each farm peer, then waits until the farm holds round * FARM_PEERS
+ * events and has closed that many connections. */
+static bool farm_round(const pbt_daemon *a, const pbt_farm *f, long round)
+{
+    for (size_t i = 0; i < f->count; i++) {
+        char g[24];
+        snprintf(g, sizeof g, "%ld", round);
+        json_t *body = json_pack("{s:s,s:[{s:{s:s,s:s}}]}", "to", f->ids[i], "events",
+                                 "userAddedToGuild", "userId", "7", "guildId", g);
+        long st = 0;
+        json_decref(pbt_admin(a, "POST", "/v1/outbox", body, &st));
+        if (st != 202) return false;
+    }
+    struct farm_wait pushed = {f, round * (long)f->count, "pushes"};
+    struct farm_wait closed = {f, round * (long)f->count, NULL};
+    return pbt_wait_for(farm_reached, &pushed, PBT_BOUND_MS) &&
+           pbt_wait_for(farm_reached, &closed, PBT_BOUND_MS);
+}
+
+static void test_many_peers(const char *cert, const char *key, const pbt_daemon *a)
+{
+    char n[16];
+    snprintf(n, sizeof n, "%d", FARM_PEERS);
+    const char *fargs[] = {"--count",        n,   "--tls-cert", cert, "--tls-key", key,
+                           "--conn-timeout", "1", NULL};
+    pbt_farm *f = pbt_farm_start("tlsfarm", fargs);
+    CHECKF(f && f->count == FARM_PEERS, "the peer farm serves %d peers over TLS", FARM_PEERS);
+    if (!f || f->count != FARM_PEERS) {
+        pbt_farm_free(f);
+        return;
+    }
+    CHECKF(farm_round(a, f, 1), "A delivers to every peer, the connections close");
+    long full1 = farm_count(f, "tls_full"), res1 = farm_count(f, "tls_resumed");
+    CHECKF(farm_round(a, f, 2), "A delivers to every peer again, the connections close");
+    long full2 = farm_count(f, "tls_full") - full1, res2 = farm_count(f, "tls_resumed") - res1;
+    fprintf(stderr,
+            "tls_test: %d peers: first round %ld full and %ld resumed handshakes, second round "
+            "%ld full and %ld resumed\n",
+            FARM_PEERS, full1, res1, full2, res2);
+    CHECKF(res2 == FARM_PEERS && full2 == 0,
+           "every peer's second connection resumed its session (%ld of %d; %ld full)", res2,
+           FARM_PEERS, full2);
+    if (pbt_failed) pbt_farm_dump_log(f);
+    pbt_farm_free(f);
+}
+
 static bool make_certs(const char *dir)
 {
     char cmd[4096];
@@ -198,6 +273,7 @@ int main(void)
     pb_client_free(cl);
 
     test_resumption(certs, a, b);
+    test_many_peers(cert, key, a);
 
     if (pbt_failed) {
         pbt_daemon_dump_log(a);

@@ -3,7 +3,7 @@
  * part of the daemon): a load target for a postboxd that delivers to thousands of servers.
  *
  *   peerfarm --count N [--first-port P] [--hung SPEC] [--unaccepted SPEC]
- *            [--refusing SPEC] [--key-file FILE] [--threads T] [--backlog B]
+ *            [--refusing SPEC] [--key-file FILE] [--threads T] [--backlog B] [--conn-timeout S]
  *            [--ready FILE] [--stats FILE] [--tls-cert FILE --tls-key FILE]
  *
  * Server ID i (0 <= i < N) is 127.0.0.1:PORT_i, one port per ID: from P upwards, skipping
@@ -36,7 +36,8 @@
  *
  * How to read it: a control HTTP endpoint on 127.0.0.1 (its port is in the ready file):
  *   GET /summary           {"now_us", "pushes", "pulls", "keys", "notifies", "bad",
- *                           "ids_pushed", "ids_pulled", "connections", "hung_connections"}
+ *                           "ids_pushed", "ids_pulled", "connections", "hung_connections",
+ *                           "tls_full", "tls_resumed" (handshakes of closed connections)}
  *   GET /stats[?events=0]  {"now_us", "ids": [{"id", "mode", "pushes", "pulls",
  *                           "first_pull_us", "last_pull_us", "keys", "notifies", "bad",
  *                           "events": [[t_us, seq, kind, user_id, guild_id], ...]}]}
@@ -132,8 +133,9 @@ static struct {
     const char *key_file, *ready, *stats;
     const char *tls_cert, *tls_key;
     unsigned threads;
+    unsigned conn_timeout; /* seconds an idle connection is kept */
     int backlog;
-} opt = {.threads = 2, .backlog = 128};
+} opt = {.threads = 2, .backlog = 128, .conn_timeout = 120};
 
 static struct fid *g_ids;
 static int32_t g_port_idx[65536];
@@ -147,6 +149,7 @@ static gnutls_datum_t g_ticket_key;  /* session ticket key */
 static uint16_t g_control_port;
 static int g_control_fd = -1;
 static atomic_ulong g_conns, g_hung_conns, g_next_mhd;
+static atomic_ulong g_tls_full, g_tls_resumed; /* handshakes of closed TLS connections */
 
 static int64_t now_us(void)
 {
@@ -181,6 +184,7 @@ static void usage(void)
             "                     ID (default: a fresh key)\n"
             "  --threads T        libmicrohttpd threads (default 2, at most %d)\n"
             "  --backlog B        listen backlog (default 128)\n"
+            "  --conn-timeout S   close a connection idle S seconds (default 120)\n"
             "  --ready FILE       written once listening: control port, key, IDs (JSON)\n"
             "  --stats FILE       per-ID statistics (JSON), written on SIGUSR1 and at exit\n"
             "  --tls-cert FILE    serve HTTPS with this certificate (PEM; with --tls-key)\n"
@@ -260,6 +264,7 @@ static bool parse_args(int argc, char **argv)
                                              {"key-file", required_argument, NULL, 'k'},
                                              {"threads", required_argument, NULL, 't'},
                                              {"backlog", required_argument, NULL, 'b'},
+                                             {"conn-timeout", required_argument, NULL, 'T'},
                                              {"ready", required_argument, NULL, 'R'},
                                              {"stats", required_argument, NULL, 'S'},
                                              {"tls-cert", required_argument, NULL, 'C'},
@@ -297,6 +302,10 @@ static bool parse_args(int argc, char **argv)
             if (!parse_uint(optarg, 65535, &v) || v == 0) return false;
             opt.backlog = (int)v;
             break;
+        case 'T':
+            if (!parse_uint(optarg, 3600, &v) || v == 0) return false;
+            opt.conn_timeout = (unsigned)v;
+            break;
         case 'R':
             opt.ready = optarg;
             break;
@@ -331,16 +340,21 @@ static char *slurp(const char *path)
     return (char *)pb_buf_steal(&b, NULL);
 }
 
-/* A TLS connection starts: session tickets on, before its handshake. */
+/* A TLS connection starts: session tickets on, before its handshake. When it closes, its
+ * handshake is counted, resumed or full (one that did not complete counts as full). */
 static void on_tls_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                               enum MHD_ConnectionNotificationCode code)
 {
     (void)cls;
     (void)socket_context;
-    if (code != MHD_CONNECTION_NOTIFY_STARTED || !g_ticket_key.data) return;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
-    if (ci && ci->tls_session) gnutls_session_ticket_enable_server(ci->tls_session, &g_ticket_key);
+    if (!ci || !ci->tls_session) return;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED)
+        atomic_fetch_add(gnutls_session_is_resumed(ci->tls_session) ? &g_tls_resumed : &g_tls_full,
+                         1);
+    else if (code == MHD_CONNECTION_NOTIFY_STARTED && g_ticket_key.data)
+        gnutls_session_ticket_enable_server(ci->tls_session, &g_ticket_key);
 }
 
 /* ---- statistics ------------------------------------------------------------------------------ */
@@ -388,12 +402,14 @@ static json_t *summary_json(void)
         pulled += f->pulls > 0;
     }
     pthread_mutex_unlock(&g_mu);
-    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "now_us", (json_int_t)now_us(),
-                     "pushes", (json_int_t)pushes, "pulls", (json_int_t)pulls, "keys",
-                     (json_int_t)keys, "notifies", (json_int_t)notifies, "bad", (json_int_t)bad,
-                     "ids_pushed", (json_int_t)pushed, "ids_pulled", (json_int_t)pulled,
-                     "connections", (json_int_t)atomic_load(&g_conns), "hung_connections",
-                     (json_int_t)atomic_load(&g_hung_conns));
+    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "now_us",
+                     (json_int_t)now_us(), "pushes", (json_int_t)pushes, "pulls", (json_int_t)pulls,
+                     "keys", (json_int_t)keys, "notifies", (json_int_t)notifies, "bad",
+                     (json_int_t)bad, "ids_pushed", (json_int_t)pushed, "ids_pulled",
+                     (json_int_t)pulled, "connections", (json_int_t)atomic_load(&g_conns),
+                     "hung_connections", (json_int_t)atomic_load(&g_hung_conns), "tls_full",
+                     (json_int_t)atomic_load(&g_tls_full), "tls_resumed",
+                     (json_int_t)atomic_load(&g_tls_resumed));
 }
 
 /* Writes j to path atomically (path.tmp, then rename); false on failure (message said). */
@@ -845,7 +861,7 @@ int main(int argc, char **argv)
                                     on_request, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
                                     NULL, MHD_OPTION_CONNECTION_LIMIT,
                                     (unsigned)(opt.count * 2 + 1024), MHD_OPTION_CONNECTION_TIMEOUT,
-                                    120u, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
+                                    opt.conn_timeout, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
         if (!g_mhd[k]) {
             say("cannot start libmicrohttpd%s", opt.tls_cert ? " with TLS (certificate?)" : "");
             goto out;
