@@ -36,17 +36,15 @@
  *
  * How to read it: a control HTTP endpoint on 127.0.0.1 (its port is in the ready file):
  *   GET /summary           {"now_us", "pushes", "pulls", "keys", "notifies", "bad",
- *                           "ids_pushed", "ids_pulled", "connections", "hung_connections",
- *                           "tls_full", "tls_resumed" (handshakes of closed connections)}
- *   GET /stats[?events=0]  {"now_us", "ids": [{"id", "mode", "pushes", "pulls",
- *                           "first_pull_us", "last_pull_us", "keys", "notifies", "bad",
- *                           "events": [[t_us, seq, kind, user_id, guild_id], ...]}]}
- * and the /stats document written to --stats FILE on SIGUSR1 and at exit (SIGTERM,
- * SIGINT). kind is pb_event_kind (1 removed, 2 added, 3 invited, 4 rejected); guild_id
- * is 0 for an invite; uint64 values are written as their int64 bit pattern. --ready FILE
- * is written (atomically, by rename) once every socket is open: {"control_port",
- * "public_key" (hex, the farm's key), "ids": [{"id", "port", "mode", "public_key" (hex, the
- * ID's)}]}.
+ *                           "ids_pushed", "ids_pulled", "connections" (to the IDs),
+ * "hung_connections", "tls_full", "tls_resumed" (handshakes of closed connections)} GET
+ * /stats[?events=0]  {"now_us", "ids": [{"id", "mode", "pushes", "pulls", "first_pull_us",
+ * "last_pull_us", "keys", "notifies", "bad", "events": [[t_us, seq, kind, user_id, guild_id],
+ * ...]}]} and the /stats document written to --stats FILE on SIGUSR1 and at exit (SIGTERM, SIGINT).
+ * kind is pb_event_kind (1 removed, 2 added, 3 invited, 4 rejected); guild_id is 0 for an invite;
+ * uint64 values are written as their int64 bit pattern. --ready FILE is written (atomically, by
+ * rename) once every socket is open: {"control_port", "public_key" (hex, the farm's key), "ids":
+ * [{"id", "port", "mode", "public_key" (hex, the ID's)}]}.
  *
  * Design: one thread waits with epoll on every listening socket, the hung connections and
  * a signalfd; it accepts, keeps hung connections itself (reading and discarding), and hands
@@ -705,7 +703,7 @@ static void accept_all(int ep, int lfd, bool hung, bool control)
             if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e) != 0) close(fd);
             continue;
         }
-        atomic_fetch_add(&g_conns, 1);
+        if (!control) atomic_fetch_add(&g_conns, 1); /* the IDs' connections only */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         unsigned k = (unsigned)(atomic_fetch_add(&g_next_mhd, 1) % opt.threads);
