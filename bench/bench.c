@@ -1516,7 +1516,7 @@ static void *fan_sub_thread(void *arg)
 
 struct fan_result {
     double time_ms, p99_ms;
-    long threads, hwm_kib;
+    long threads, hwm_kib, rss_kib; /* sender: peak and at the end (connections kept) */
     long delivered, expected;
     long disorder, dups, foreign; /* anomalies in the farm's record, of which duplicates and
                                      events recorded at another receiver */
@@ -1673,8 +1673,7 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
     started = 0;
     for (long i = 0; i < P * SCALE_ROUNDS; i++)
         if (done_at[i] - t0 > res->submit_s) res->submit_s = done_at[i] - t0;
-    long dummy;
-    proc_rss(s->d->pid, &res->hwm_kib, &dummy);
+    proc_rss(postboxd_pid(s->d->pid), &res->hwm_kib, &res->rss_kib);
     if (!subs_ok) goto out;
     /* Per healthy receiver: its events in order, and each one's delay. */
     json_t *st = pbt_farm_get(f, "/stats"), *ids = json_object_get(st, "ids"), *id;
@@ -1733,11 +1732,12 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
     res->p99_ms = idx < nlat ? lat[idx] : (t_end - t0) * 1e3;
     if (!all) res->timed_out = true;
     printf("  run %d fanout_1000 %s: %ld of %ld healthy events (%ld receivers x %ld) in %.1f "
-           "s%s; latency p99 %.0f ms%s; sender %ld threads, VmHWM %.1f MiB%s\n",
+           "s%s; latency p99 %.0f ms%s; sender %ld threads, VmHWM %.1f MiB, VmRSS at the end %.1f "
+           "MiB%s\n",
            run, mixed ? "mixed  " : "healthy", res->delivered, res->expected, healthy, E,
            res->time_ms / 1e3, all ? "" : " TIMED OUT (a lower bound)", res->p99_ms,
            idx < nlat ? "" : " (a lower bound)", res->threads, (double)res->hwm_kib / 1024,
-           res->disorder ? " OUT OF ORDER OR DUPLICATED" : "");
+           (double)res->rss_kib / 1024, res->disorder ? " OUT OF ORDER OR DUPLICATED" : "");
     printf("  run %d fanout_1000 %s: %ld Pushes in %.1f s = %.0f Pushes/s (submissions done "
            "after %.1f s); sender CPU %.1f s (%.0f us per Push, %.0f %% of a core; busiest thread "
            "%.0f %%), peer farm CPU %.0f %% of a core, %ld connections accepted\n",
