@@ -144,7 +144,9 @@ static const struct setting settings[] = {
       "threads doing the delivery engine's store work (reads and commits; the network is "
       "driven by one I/O thread)"),
     U(peer_connections, 4096, 16, 1000000,
-      "transfers to peers at once (pushes, pulls, notices); at most 3/4 of them pulls"),
+      "transfers to peers at once (pushes, pulls, notices); at most 3/4 of them pulls; "
+      "connections to peers are kept for reuse up to twice this, and over TLS a kept connection "
+      "costs about 55 KiB (libcurl with OpenSSL 3): lower it to bound that with many peers"),
     U(push_batch, 512, 1, 10000, "most events in one Push to a postbox of this project"),
     U(push_window, 24, 1, 64,
       "batches in flight at once to a postbox of this project that announces a window (it "
