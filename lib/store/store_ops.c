@@ -38,6 +38,7 @@
  * wire module). Stored values read back are checked (a key of the wrong length, an
  * undecodable event, a bad mode or a non-integer is PB_ERR_CORRUPT).
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@
 
 #include <jansson.h>
 
+#include "util/fault.h"
 #include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -1516,10 +1518,19 @@ static pb_err receive_rows(pb_db *db, struct receive_ctx *r, size_t na, size_t *
  * model log's index; events of one user keep their order). With seqs, the (sender, epoch)
  * row is written last, and when it is new the sender's epochs beyond
  * PB_STORE_RECV_EPOCHS_MAX are pruned. */
+/* tests: the first receive of a sender's numbered batch fails on its own (fault point
+ * store.fail-receive-once): with SQLite the batches queued behind it in the same group
+ * commit find their predecessor missing */
+static atomic_bool g_failed_once;
+
 static pb_err receive_tx(pb_db *db, void *ctx)
 {
     struct receive_ctx *r = ctx;
     const pb_store_driver *d = D;
+    if (r->seqs && pb_fault("store.fail-receive-once") && !atomic_exchange(&g_failed_once, true)) {
+        PB_WARN(r->from, "fault point store.fail-receive-once: this receive fails");
+        return PB_ERR_STORE;
+    }
     int64_t now_s = r->now / 1000, recv = 0, known = 0, first = 0;
     pb_recv_result res = {0, 0, 0, 0};
     pb_err err = EXEC(db, ST_PEER_TOUCH, NULL, A_TEXT(r->from), A_INT(now_s), A_INT(now_s),
