@@ -118,6 +118,22 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
     return remove(path);
 }
 
+bool pbt_copy_file(const char *from, const char *to)
+{
+    int in = open(from, O_RDONLY | O_CLOEXEC);
+    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = in >= 0 && out >= 0 && fchmod(out, 0600) == 0;
+    char buf[4096];
+    ssize_t n;
+    while (ok && (n = read(in, buf, sizeof buf)) != 0) {
+        if (n < 0 && errno == EINTR) continue;
+        ok = n > 0 && write(out, buf, (size_t)n) == n;
+    }
+    if (in >= 0) close(in);
+    if (out >= 0 && close(out) != 0) ok = false;
+    return ok;
+}
+
 void pbt_rmrf(const char *path)
 {
     if (path) nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);

@@ -77,6 +77,9 @@ json_t *pbt_vectors(void);
 char *pbt_tmpdir(const char *tag);
 /* rm -rf of a test directory. */
 void pbt_rmrf(const char *path);
+/* Copies the file `from` to `to` (created or truncated), mode 0600 (key files, databases);
+ * false on any failure. */
+bool pbt_copy_file(const char *from, const char *to);
 
 /* Monotonic milliseconds. */
 int64_t pbt_now_ms(void);

@@ -285,19 +285,6 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
-static bool copy_file(const char *from, const char *to)
-{
-    size_t n;
-    char *data = slurp(from, &n);
-    if (!data) return false;
-    FILE *f = fopen(to, "wb");
-    bool ok = f && fwrite(data, 1, n, f) == n;
-    if (f && fclose(f) != 0) ok = false;
-    if (f) chmod(to, 0600);
-    free(data);
-    return ok;
-}
-
 static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *xasprintf(const char *fmt, ...)
 {
@@ -315,7 +302,7 @@ static size_t queued_in_copy(const char *path, const char *scratch_dir, const ch
 {
     char *scratch = xasprintf("%s/inspect.db", scratch_dir);
     size_t n = 0;
-    CHECK(copy_file(path, scratch));
+    CHECK(pbt_copy_file(path, scratch));
     char *spec = xasprintf("sqlite:%s", scratch);
     pb_store *s = NULL;
     CHECK_OK(pb_store_open(spec, NULL, &s));
@@ -393,8 +380,8 @@ static void test_backup_restore(void)
     char *oldkey = xasprintf("%s/key", old), *db = xasprintf("%s/postbox.db", a->dir);
     CHECK(rename(a->dir, old) == 0);
     CHECK(mkdir(a->dir, 0700) == 0);
-    CHECK(copy_file(oldkey, key));
-    CHECK(copy_file(copy, db));
+    CHECK(pbt_copy_file(oldkey, key));
+    CHECK(pbt_copy_file(copy, db));
     bool restarted = pbt_daemon_start(a);
     CHECKF(restarted, "the restored A starts");
     if (restarted) {

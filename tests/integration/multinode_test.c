@@ -97,21 +97,6 @@ static bool reached(void *vctx)
     return w->have < 0 || w->have >= w->want;
 }
 
-static bool copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb");
-    int fd = open(to, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    FILE *out = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    char buf[4096];
-    size_t n;
-    bool ok = in && out;
-    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        ok = fwrite(buf, 1, n, out) == n;
-    if (in) fclose(in);
-    if (out) fclose(out);
-    return ok;
-}
-
 int main(void)
 {
     if (!pbt_pg_url()) {
@@ -160,7 +145,7 @@ int main(void)
             n[i]->args[n[i]->nargs++] = strdup(extra[k]);
         char dst[600];
         snprintf(dst, sizeof dst, "%s/key", n[i]->dir);
-        CHECK(copy_file(keypath, dst));
+        CHECK(pbt_copy_file(keypath, dst));
         CHECKF(pbt_daemon_start(n[i]), "node %d starts", i);
     }
     pbt_daemon *b = pbt_daemon_new("mnB", NULL);
@@ -285,7 +270,7 @@ int main(void)
             dup->args[dup->nargs++] = strdup(n[live]->args[k]);
         char dst[600];
         snprintf(dst, sizeof dst, "%s/key", dup->dir);
-        CHECK(copy_file(keypath, dst));
+        CHECK(pbt_copy_file(keypath, dst));
         int64_t t0 = pbt_now_ms();
         CHECKF(!pbt_daemon_start(dup), "a second live %s is refused", node);
         int64_t took = pbt_now_ms() - t0;

@@ -429,20 +429,6 @@ static void pg_stop(const struct pg *pg)
     if (system(cmd) != 0) fprintf(stderr, "outage_test: pg-stop %s failed\n", pg->dir);
 }
 
-static bool copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    char buf[4096];
-    size_t n;
-    bool ok = in && out;
-    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        ok = fwrite(buf, 1, n, out) == n;
-    if (in) fclose(in);
-    if (out) fclose(out);
-    if (ok) chmod(to, 0600);
-    return ok;
-}
-
 static void run_postgres(void)
 {
     struct pg pg;
@@ -485,7 +471,7 @@ static void run_postgres(void)
             n[i]->args[n[i]->nargs++] = strdup(extra[k]);
         char dst[600];
         snprintf(dst, sizeof dst, "%s/key", n[i]->dir);
-        CHECK(copy_file(keypath, dst));
+        CHECK(pbt_copy_file(keypath, dst));
         up = up && pbt_daemon_start(n[i]);
     }
     pbt_daemon *b = pbt_daemon_new("outB", NULL);

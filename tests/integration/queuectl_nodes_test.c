@@ -36,21 +36,6 @@ static bool lease_held(void *ctx)
     return w->node == 0 || w->node == 1;
 }
 
-static bool copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb");
-    int fd = open(to, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    FILE *out = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    char buf[4096];
-    size_t n;
-    bool ok = in && out;
-    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
-        ok = fwrite(buf, 1, n, out) == n;
-    if (in) fclose(in);
-    if (out) fclose(out);
-    return ok;
-}
-
 struct two_nodes {
     const pbt_daemon *a, *b;
     double sum; /* out */
@@ -120,7 +105,7 @@ int main(void)
             n[i]->args[n[i]->nargs++] = strdup(extra[k]);
         char dst[600];
         snprintf(dst, sizeof dst, "%s/key", n[i]->dir);
-        CHECK(copy_file(keypath, dst));
+        CHECK(pbt_copy_file(keypath, dst));
         CHECKF(pbt_daemon_start(n[i]), "node %d starts", i);
     }
     pbt_daemon *p = pbt_daemon_new("qnP", NULL);

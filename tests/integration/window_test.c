@@ -352,12 +352,7 @@ static void nodes_part(pbt_daemon *a, unsigned seed)
     bool ok = pbt_daemon_start(n1);
     snprintf(key, sizeof key, "%s/key", n2->dir);
     char *src = xasprintf("%s/key", n1->dir);
-    int in = open(src, O_RDONLY), out = open(key, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    char buf[256];
-    ssize_t got = in >= 0 ? read(in, buf, sizeof buf) : -1;
-    ok = ok && out >= 0 && got > 0 && write(out, buf, (size_t)got) == got;
-    if (in >= 0) close(in);
-    if (out >= 0 && close(out) != 0) ok = false;
+    ok = ok && pbt_copy_file(src, key);
     free(src);
     ok = ok && pbt_daemon_start(n2) && proxy_start(&px, seed + 20, NULL);
     CHECKF(ok, "two receiver nodes and their balancer start");
