@@ -21,6 +21,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "delivery/wgate.h"
+#include "net/ioloop.h"
 #include "util/health.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -216,6 +218,9 @@ static void scrape_hook(void *ctx)
                  m->o.federation ? (double)pb_hrpc_server_body_bytes(m->o.federation) : 0);
     pb_gauge_set(pb_metric_get(g->open_connections, "admin"),
                  pb_admin_http_connections(m->o.admin));
+    pb_gauge_set(pb_metric_series(g->push_held_batches, NULL),
+                 m->o.delivery ? pb_wgate_held(pb_delivery_wgate(m->o.delivery), pb_ioloop_now_ms())
+                               : 0);
     if (m->o.metrics_listener)
         pb_gauge_set(pb_metric_get(g->open_connections, "metrics"),
                      pb_admin_http_connections(m->o.metrics_listener));

@@ -103,7 +103,7 @@ static bool window_hold(pb_delivery *d, const pb_hrpc_request *req, const pb_pus
     int64_t now = pb_ioloop_now_ms();
     int wait = (int)o->window_hold_ms;
     if (hold && hold->full) return false;
-    if (!hold && !pb_wgate_room(g, req->peer)) return false;
+    if (!hold && !pb_wgate_room(g, req->peer, now)) return false;
     if (o->node_id) {
         if (!hold) {
             hold = pb_xcalloc(1, sizeof *hold);

@@ -49,6 +49,7 @@ struct pb_wgate {
     unsigned per_sender, total;
     bool ordered;
     unsigned held, nsenders, naddrs;
+    int64_t next_expiry; /* no waiter's deadline is before it (INT64_MAX: none waits) */
     struct sender *buckets[NBUCKETS];
     struct addr_entry *abuckets[NBUCKETS];
 };
@@ -152,6 +153,7 @@ pb_wgate *pb_wgate_new(unsigned per_sender, unsigned total, bool ordered)
     g->per_sender = per_sender;
     g->total = total;
     g->ordered = ordered;
+    g->next_expiry = INT64_MAX;
     return g;
 }
 
@@ -199,20 +201,32 @@ bool pb_wgate_ready(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t af
     return ok;
 }
 
-/* Expired waiters everywhere (when the total looks full: some may be past their time). */
-static void purge_all(pb_wgate *g, int64_t now, wakelist *l)
+/* Wakes and forgets the waiters past their deadline, everywhere, once one may be: a waiter
+ * whose request was refused at its deadline stays here until then, and must not count
+ * against the bounds (a sender that flooded and went away would fill `total` for good). */
+static void expire(pb_wgate *g, int64_t now, wakelist *l)
 {
+    if (!g->held || now < g->next_expiry) return;
+    int64_t next = INT64_MAX;
     for (size_t b = 0; b < NBUCKETS; b++)
-        for (struct sender *s = g->buckets[b]; s; s = s->next)
-            if (s->nwaiting) release(g, s, now, l);
+        for (struct sender *s = g->buckets[b]; s; s = s->next) {
+            if (!s->nwaiting) continue;
+            release(g, s, now, l);
+            for (const struct waiter *w = s->waiting; w; w = w->next)
+                if (w->deadline < next) next = w->deadline;
+        }
+    g->next_expiry = next;
 }
 
-bool pb_wgate_room(pb_wgate *g, const char *sender)
+bool pb_wgate_room(pb_wgate *g, const char *sender, int64_t now_ms)
 {
+    wakelist l = {0};
     pthread_mutex_lock(&g->mu);
+    expire(g, now_ms, &l);
     struct sender *s = find(g, sender);
     bool ok = g->held < g->total && (!s || s->nwaiting < g->per_sender);
     pthread_mutex_unlock(&g->mu);
+    wl_wake(&l);
     return ok;
 }
 
@@ -222,6 +236,7 @@ pb_wgate_verdict pb_wgate_wait(pb_wgate *g, const char *sender, uint64_t epoch, 
     wakelist l = {0};
     pb_wgate_verdict v = PB_WGATE_FULL;
     pthread_mutex_lock(&g->mu);
+    expire(g, now_ms, &l);
     struct sender *s = get(g, sender);
     if (!s) goto out;
     release(g, s, now_ms, &l);
@@ -229,13 +244,13 @@ pb_wgate_verdict pb_wgate_wait(pb_wgate *g, const char *sender, uint64_t epoch, 
         v = PB_WGATE_READY;
         goto out;
     }
-    if (g->held >= g->total) purge_all(g, now_ms, &l);
     if (g->held >= g->total || s->nwaiting >= g->per_sender) goto out;
     struct waiter *x = pb_xcalloc(1, sizeof *x);
     x->w = w;
     x->epoch = epoch;
     x->after = after;
     x->deadline = now_ms + wait_ms;
+    if (x->deadline < g->next_expiry) g->next_expiry = x->deadline;
     x->next = s->waiting;
     s->waiting = x;
     s->nwaiting++;
@@ -363,10 +378,13 @@ unsigned pb_wgate_window(pb_wgate *g, const uint8_t *addr, const char *sender, u
     return w ? w : 1;
 }
 
-unsigned pb_wgate_held(pb_wgate *g)
+unsigned pb_wgate_held(pb_wgate *g, int64_t now_ms)
 {
+    wakelist l = {0};
     pthread_mutex_lock(&g->mu);
+    expire(g, now_ms, &l);
     unsigned n = g->held;
     pthread_mutex_unlock(&g->mu);
+    wl_wake(&l);
     return n;
 }

@@ -82,8 +82,9 @@ typedef enum pb_wgate_verdict {
  * (sender, epoch). */
 pb_wgate_verdict pb_wgate_wait(pb_wgate *g, const char *sender, uint64_t epoch, uint64_t after,
                                pb_hrpc_waker *w, int64_t now_ms, int wait_ms);
-/* Would a new waiting batch of sender fit the bounds? */
-bool pb_wgate_room(pb_wgate *g, const char *sender);
+/* Would a new waiting batch of sender fit the bounds? (Waiters past their deadline do not
+ * count: they are woken and forgotten first.) */
+bool pb_wgate_room(pb_wgate *g, const char *sender, int64_t now_ms);
 
 /* (sender, epoch) holds everything up to `applied` (a commit's acknowledgement): raises
  * what the gate knows and wakes the batches that became applicable; also wakes (and
@@ -107,7 +108,7 @@ void pb_wgate_failed(pb_wgate *g, const char *sender, uint64_t epoch);
 unsigned pb_wgate_window(pb_wgate *g, const uint8_t *addr, const char *sender, unsigned window,
                          int64_t now_ms);
 
-/* Batches waiting now, in all (metrics, tests). */
-unsigned pb_wgate_held(pb_wgate *g);
+/* Batches waiting now (their deadline not passed), in all (metrics, tests). */
+unsigned pb_wgate_held(pb_wgate *g, int64_t now_ms);
 
 #endif

@@ -254,6 +254,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         "Request body bytes the federation listener holds (bodies arriving or being handled); "
         "past body_memory new bodies are refused with 503",
         NULL);
+    s->push_held_batches = pb_metrics_gauge(
+        reg, "postbox_push_held_batches",
+        "Received window batches waiting now because they arrived before the batches in "
+        "front of them (each at most 5 s; postbox_push_ahead_of_gap_total counts how they end)",
+        NULL);
     s->inbox_last_seq =
         pb_metrics_gauge(reg, "postbox_inbox_last_seq",
                          "Sequence number of the newest inbox item; its rate is the inbox rate "

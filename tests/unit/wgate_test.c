@@ -41,7 +41,7 @@ static void test_ready(void)
         CHECK(!known || !ordered);
         /* (ordered) the old epoch is moot; (not) the queueing was not even recorded */
         CHECK(pb_wgate_ready(g, "s.example:1", EP, 256, NULL) == !ordered);
-        CHECK_INT(pb_wgate_held(g), 0);
+        CHECK_INT(pb_wgate_held(g, 1000), 0);
         pb_wgate_free(g);
     }
     pb_wgate_free(NULL);
