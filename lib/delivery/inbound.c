@@ -79,9 +79,14 @@ static bool window_ready(pb_delivery *d, const pb_hrpc_request *req, const pb_pu
 
 /* On a node of several (node_id), another node may apply the batches in front of a held
  * one, and this node's gate hears only of its own commits: a held batch asks the store
- * every HOLD_POLL_MS until its hold (window_hold_ms) ends. The hold's end is kept with the
- * request (its state, until a commit's job replaces it). */
+ * after HOLD_POLL_MS, then at doubling intervals up to HOLD_POLL_MAX_MS, until its hold
+ * (window_hold_ms) ends. The batches in front were sent before it and normally arrive
+ * within milliseconds; one still missing after a second is probably lost, and asking
+ * every 20 ms (synchronous store reads on a listener thread) would let a sender's held
+ * batches cost the store 50 reads a second each. The hold's end and next interval are
+ * kept with the request (its state, until a commit's job replaces it). */
 #define HOLD_POLL_MS 20
+#define HOLD_POLL_MAX_MS 1000
 
 /* What a Push request keeps across its runs (its state): a hold, then its commit's job. */
 enum push_state_kind { PUSH_HOLD = 1, PUSH_JOB };
@@ -89,6 +94,8 @@ enum push_state_kind { PUSH_HOLD = 1, PUSH_JOB };
 struct push_hold {
     enum push_state_kind kind; /* PUSH_HOLD */
     int64_t until_ms;          /* pb_ioloop_now_ms() at which the hold ends */
+    int poll_ms;               /* the next wait before asking the store again */
+    unsigned polls;            /* the store asked so far (debug log) */
     bool full;                 /* the gate had no room: refused at the next run */
 };
 
@@ -109,11 +116,13 @@ static bool window_hold(pb_delivery *d, const pb_hrpc_request *req, const pb_pus
             hold = pb_xcalloc(1, sizeof *hold);
             hold->kind = PUSH_HOLD;
             hold->until_ms = now + o->window_hold_ms;
+            hold->poll_ms = HOLD_POLL_MS;
             pb_hrpc_set_state(req, hold, free);
         }
         int64_t left = hold->until_ms - now;
         if (left <= 0) return false;
-        wait = left < HOLD_POLL_MS ? (int)left : HOLD_POLL_MS;
+        wait = left < hold->poll_ms ? (int)left : hold->poll_ms;
+        hold->poll_ms = hold->poll_ms * 2 < HOLD_POLL_MAX_MS ? hold->poll_ms * 2 : HOLD_POLL_MAX_MS;
     }
     pb_hrpc_waker *w = pb_hrpc_defer(req, wait);
     pb_wgate_verdict v = pb_wgate_wait(g, req->peer, pr->epoch, pr->after, w, now, wait);
@@ -290,6 +299,9 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
     /* On a node of several the store is asked whenever the gate does not know the batch
      * applicable, and a held batch asks it again at each poll (window_hold). */
     bool windowed = pr.seqs && pr.after, polled = windowed && hold;
+    if (polled && req->timed_out)
+        PB_DEBUG(req->peer, "window batch after %llu held: asking the store (poll %u)",
+                 (unsigned long long)pr.after, ++hold->polls);
     if (req->timed_out && !(polled && window_ready(d, req, &pr, true))) {
         if (polled) {
             if (!window_hold(d, req, &pr, hold)) window_refuse(o, rep, &pr);
