@@ -16,6 +16,16 @@
  * transaction) fails the whole batch with PB_ERR_STORE (PB_ERR_CORRUPT if the file is corrupt,
  * PB_ERR_DISK_FULL if the disk is full: SQLITE_FULL, or an I/O error with ENOSPC); the writer keeps
  * running. Unavailable-store failures are logged through the store-health tracker (util/health.h).
+ *  - The WAL written out ahead (synchronous FULL): at open, after the migrations and before
+ *    the writer thread starts, the WAL file is extended with zeros to WAL_PREWRITE_BYTES
+ *    (what it grows to between two checkpoints). Appending a commit to a growing file
+ *    makes each fdatasync also commit the file system's journal (the new size and
+ *    blocks); writing over blocks already written does not (this disk: p50 211 against 94
+ *    us for 20 KiB). Zeros past the WAL's valid frames are what SQLite leaves there after
+ *    every restart of the log anyway (frames of an old salt): recovery stops at them. A
+ *    clean close truncates the WAL (the TRUNCATE checkpoint), so each start writes it
+ *    again (40 MiB, under 0.1 s here). A failure (a full disk) gives the space back and
+ *    only costs the speed.
  *  - Reads use a bounded pool of read-only connections (created on demand), so under WAL
  *    they see the last commit and never wait for the writer's fsync.
  *  - Every connection caches its prepared statements (prepared once, $n read as ?n, reset
@@ -62,6 +72,9 @@
 #define READ_POOL_MAX 8
 /* WAL pages between checkpoints (SQLite's default is 1,000): about 40 MiB of WAL. */
 #define WAL_AUTOCHECKPOINT "10000"
+/* The WAL's size at a checkpoint: 32 bytes of header and 10,000 frames of a 24-byte header
+ * and a 4 KiB page (41,200,032 bytes), rounded up. */
+#define WAL_PREWRITE_BYTES ((off_t)40 << 20)
 
 #define D (&pb_store_sqlite_driver)
 
@@ -726,6 +739,46 @@ static void sq_close(void *eng)
     free(b);
 }
 
+/* Extends the WAL with zeros to WAL_PREWRITE_BYTES (see the design above). Called while
+ * nothing else writes it: the write connection is idle and the writer not started. */
+static void wal_prewrite(const sq *b)
+{
+    char *path = pb_xasprintf("%s-wal", b->path);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    struct stat st;
+    uint8_t *zero = NULL;
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size >= WAL_PREWRITE_BYTES) goto out;
+    const size_t chunk = 1 << 20;
+    zero = pb_xcalloc(1, chunk);
+    off_t at = st.st_size;
+    int e = 0;
+    while (at < WAL_PREWRITE_BYTES && !e) {
+        size_t n =
+            WAL_PREWRITE_BYTES - at < (off_t)chunk ? (size_t)(WAL_PREWRITE_BYTES - at) : chunk;
+        ssize_t w = pwrite(fd, zero, n, at);
+        if (w > 0)
+            at += w;
+        else if (w < 0 && errno != EINTR)
+            e = errno;
+        else if (w == 0)
+            e = EIO;
+    }
+    if (!e && fdatasync(fd) != 0) e = errno;
+    if (e) {
+        PB_WARN(NULL,
+                "store: cannot write %s out ahead (%s): commits append to it instead (slower "
+                "fsyncs until its first checkpoint)",
+                path, strerror(e));
+        if (ftruncate(fd, st.st_size) != 0)
+            PB_WARN(NULL, "store: cannot give back the space written ahead in %s: %s", path,
+                    strerror(errno));
+    }
+out:
+    free(zero);
+    if (fd >= 0) close(fd);
+    free(path);
+}
+
 static pb_err sq_open(const char *location, const pb_store_opts *opts, void **eng)
 {
     if (strcmp(location, ":memory:") == 0) {
@@ -749,6 +802,7 @@ static pb_err sq_open(const char *location, const pb_store_opts *opts, void **en
     err = conn_open(b, false, &b->wconn);
     if (err == PB_OK) err = pb_store_migrate(D, b->wconn, b->path);
     if (err == PB_OK) err = log_recount(b->wconn);
+    if (err == PB_OK && b->opts.sync == PB_SYNC_FULL) wal_prewrite(b);
     if (err == PB_OK && pthread_create(&b->writer, NULL, writer_main, b) != 0) {
         PB_ERROR(NULL, "store: cannot start the writer thread");
         err = PB_ERR_INTERNAL;
