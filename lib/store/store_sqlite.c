@@ -743,18 +743,18 @@ static void sq_close(void *eng)
  * nothing else writes it: the write connection is idle and the writer not started. */
 static void wal_prewrite(const sq *b)
 {
+    /* static, not allocated: a freed 1 MiB block would raise glibc's mmap threshold and
+     * change where every later large allocation of the process goes */
+    static const uint8_t zero[64 * 1024];
     char *path = pb_xasprintf("%s-wal", b->path);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     struct stat st;
-    uint8_t *zero = NULL;
     if (fd < 0 || fstat(fd, &st) != 0 || st.st_size >= WAL_PREWRITE_BYTES) goto out;
-    const size_t chunk = 1 << 20;
-    zero = pb_xcalloc(1, chunk);
     off_t at = st.st_size;
     int e = 0;
     while (at < WAL_PREWRITE_BYTES && !e) {
-        size_t n =
-            WAL_PREWRITE_BYTES - at < (off_t)chunk ? (size_t)(WAL_PREWRITE_BYTES - at) : chunk;
+        size_t n = WAL_PREWRITE_BYTES - at < (off_t)sizeof zero ? (size_t)(WAL_PREWRITE_BYTES - at)
+                                                                : sizeof zero;
         ssize_t w = pwrite(fd, zero, n, at);
         if (w > 0)
             at += w;
@@ -774,7 +774,6 @@ static void wal_prewrite(const sq *b)
                     strerror(errno));
     }
 out:
-    free(zero);
     if (fd >= 0) close(fd);
     free(path);
 }
