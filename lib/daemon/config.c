@@ -69,7 +69,10 @@ static const struct setting settings[] = {
     S(store, NULL,
       "store: sqlite:/path (default sqlite:DATA_DIR/postbox.db), or "
       "postgresql://user:password@host/db shared by several nodes"),
-    S(sync, "full", "SQLite synchronous level: full, normal or off"),
+    S(sync, "full",
+      "SQLite synchronous level: full, normal or off (PostgreSQL: synchronous_commit on, "
+      "local, off); with full, postbox.db-wal is written out to 40 MiB at each start so "
+      "that commits write over blocks already written"),
     S(key_file, NULL, "Ed25519 key file (default DATA_DIR/key)"),
     SL(tls_cert, NULL, "TLS certificate (PEM) for the federation listener"),
     SL(tls_key, NULL, "TLS private key (PEM) for the federation listener"),
