@@ -693,6 +693,26 @@ json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, jso
     return j;
 }
 
+json_t *pbt_inbox_all(const pbt_daemon *d, long *status)
+{
+    json_t *all = json_array();
+    long long after = 0;
+    long st = 0;
+    for (int guard = 0; guard < 10000; guard++) {
+        char path[128];
+        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", after);
+        json_t *r = pbt_admin(d, "GET", path, NULL, &st);
+        json_t *evs = json_object_get(r, "events");
+        size_t n = json_array_size(evs);
+        json_array_extend(all, evs);
+        if (n) after = json_integer_value(json_object_get(r, "next"));
+        json_decref(r);
+        if (st != 200 || n == 0) break;
+    }
+    if (status) *status = st;
+    return all;
+}
+
 bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms)
 {
     int64_t deadline = pbt_now_ms() + timeout_ms;

@@ -179,6 +179,10 @@ bool pbt_wait_metric(const pbt_daemon *d, const char *series, double want, int m
  * *status (0 when the daemon could not be reached). */
 json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, json_t *body,
                   long *status);
+/* Every inbox item of d, read page by page (array of {seq, from, event, ...}; new
+ * reference). *status (may be NULL): the last page's HTTP status (200, or what stopped the
+ * reading: 0 when d could not be reached). */
+json_t *pbt_inbox_all(const pbt_daemon *d, long *status);
 /* Polls `cond(ctx)` every 20 ms until it is true or timeout_ms passes; returns its last
  * value. */
 bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms);

@@ -78,27 +78,17 @@ static bool submit_group(const pbt_daemon *d, const char *to, unsigned k)
 /* Every event d holds from `from` (event objects, in inbox order; new reference). */
 static json_t *events_from(const pbt_daemon *d, const char *from)
 {
-    json_t *out = json_array();
-    long long after = 0;
-    for (int guard = 0; guard < 10000; guard++) {
-        char path[128];
-        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", after);
-        long st;
-        json_t *r = pbt_admin(d, "GET", path, NULL, &st);
-        json_t *evs = json_object_get(r, "events");
-        size_t i, n = json_array_size(evs);
-        json_t *it;
-        json_array_foreach(evs, i, it)
-        {
-            json_t *ev = json_object_get(it, "event");
-            if (!strcmp(json_string_value(json_object_get(it, "from")), from) &&
-                !json_object_get(ev, "serverRenamed"))
-                json_array_append(out, ev);
-        }
-        if (n) after = json_integer_value(json_object_get(r, "next"));
-        json_decref(r);
-        if (st != 200 || n == 0) break;
+    json_t *all = pbt_inbox_all(d, NULL), *out = json_array();
+    size_t i;
+    json_t *it;
+    json_array_foreach(all, i, it)
+    {
+        json_t *ev = json_object_get(it, "event");
+        if (!strcmp(json_string_value(json_object_get(it, "from")), from) &&
+            !json_object_get(ev, "serverRenamed"))
+            json_array_append(out, ev);
     }
+    json_decref(all);
     return out;
 }
 

@@ -93,30 +93,10 @@ static bool submit_range(const pbt_daemon *a, const char *dest, unsigned from, u
     return true;
 }
 
-/* Every inbox item of d (array of {seq, from, event, ...}); new reference. */
-static json_t *inbox_all(const pbt_daemon *d)
-{
-    json_t *all = json_array();
-    long long after = 0;
-    for (int guard = 0; guard < 10000; guard++) {
-        char path[128];
-        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", after);
-        long st;
-        json_t *r = pbt_admin(d, "GET", path, NULL, &st);
-        json_t *evs = json_object_get(r, "events");
-        size_t n = json_array_size(evs);
-        json_array_extend(all, evs);
-        if (n) after = json_integer_value(json_object_get(r, "next"));
-        json_decref(r);
-        if (st != 200 || n == 0) break;
-    }
-    return all;
-}
-
 /* Inbox items of d from `from` only, as their event objects (new reference). */
 static json_t *events_from(const pbt_daemon *d, const char *from)
 {
-    json_t *all = inbox_all(d), *out = json_array();
+    json_t *all = pbt_inbox_all(d, NULL), *out = json_array();
     size_t i;
     json_t *it;
     json_array_foreach(all, i, it)
@@ -341,7 +321,7 @@ static void test_stream(unsigned n)
     CHECKF(p && !strcmp(json_string_value(json_object_get(p, "mode")), "push"), "push mode");
     json_decref(p);
     /* each inbox item carries the notice the homeserver passes on */
-    json_t *all = inbox_all(b);
+    json_t *all = pbt_inbox_all(b, NULL);
     json_t *first = json_array_get(all, 0);
     CHECK(json_object_get(json_object_get(first, "notice"), "guildAddedToList") != NULL);
     json_decref(all);
@@ -660,7 +640,7 @@ static void test_rename(void)
     CHECK(pbt_wait_for(peer_in_mode, &mw, 30000));
 
     /* forged renames first: each refused, nothing changes at B */
-    json_t *inbox_before = inbox_all(b);
+    json_t *inbox_before = pbt_inbox_all(b, NULL);
     pb_keys *ka = keys_of(a), *kx = NULL;
     pb_keys_generate(&kx);
     pb_buf body = PB_BUF_INIT;
@@ -676,7 +656,7 @@ static void test_rename(void)
     CHECKF(ans.status == 401, "rename with a token A did not sign: %ld", ans.status);
     pb_client_answer_clear(&ans);
     pb_buf_free(&body);
-    json_t *inbox_after = inbox_all(b);
+    json_t *inbox_after = pbt_inbox_all(b, NULL);
     CHECK(json_equal(inbox_before, inbox_after));
     json_decref(inbox_after);
     json_t *p = peer_entry(b, a->server_id);
@@ -710,7 +690,7 @@ static void test_rename(void)
     CHECK(p != NULL);
     json_decref(p);
     check_model(b, new_id, to_b);
-    json_t *all = inbox_all(b);
+    json_t *all = pbt_inbox_all(b, NULL);
     json_t *last = json_array_get(all, json_array_size(all) - 1);
     json_t *rn = json_object_get(json_object_get(last, "event"), "serverRenamed");
     CHECK_STR(json_string_value(json_object_get(rn, "oldServerId")), a->server_id);

@@ -145,30 +145,20 @@ static void check_refused(const struct push *p, const char *what)
 /* I's events in R's inbox, in inbox order: their numbers (from the invite IDs g-N). */
 static size_t inbox_of(const pbt_daemon *r, const char *from, uint64_t *out, size_t max)
 {
-    size_t n = 0;
-    long long after = 0;
-    for (int guard = 0; guard < 1000; guard++) {
-        char path[96];
-        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", after);
-        long st;
-        json_t *a = pbt_admin(r, "GET", path, NULL, &st);
-        json_t *evs = json_object_get(a, "events");
-        size_t i;
-        json_t *it;
-        json_array_foreach(evs, i, it)
-        {
-            const char *f = json_string_value(json_object_get(it, "from"));
-            const char *inv = json_string_value(json_object_get(
-                json_object_get(json_object_get(it, "event"), "userInvited"), "inviteId"));
-            if (f && !strcmp(f, from) && n < max)
-                out[n++] = inv && !strncmp(inv, "g-", 2) ? strtoull(inv + 2, NULL, 10) : 0;
-        }
-        size_t cnt = json_array_size(evs);
-        if (cnt) after = json_integer_value(json_object_get(a, "next"));
-        json_decref(a);
-        CHECKF(st == 200, "inbox read: %ld", st);
-        if (st != 200 || cnt == 0) break;
+    long st;
+    json_t *all = pbt_inbox_all(r, &st);
+    CHECKF(st == 200, "inbox read: %ld", st);
+    size_t n = 0, i;
+    json_t *it;
+    json_array_foreach(all, i, it)
+    {
+        const char *f = json_string_value(json_object_get(it, "from"));
+        const char *inv = json_string_value(json_object_get(
+            json_object_get(json_object_get(it, "event"), "userInvited"), "inviteId"));
+        if (f && !strcmp(f, from) && n < max)
+            out[n++] = inv && !strncmp(inv, "g-", 2) ? strtoull(inv + 2, NULL, 10) : 0;
     }
+    json_decref(all);
     return n;
 }
 
