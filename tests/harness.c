@@ -713,6 +713,22 @@ json_t *pbt_inbox_all(const pbt_daemon *d, long *status)
     return all;
 }
 
+json_t *pbt_inbox_events_from(const pbt_daemon *d, const char *from)
+{
+    json_t *all = pbt_inbox_all(d, NULL), *out = json_array();
+    size_t i;
+    json_t *it;
+    json_array_foreach(all, i, it)
+    {
+        json_t *ev = json_object_get(it, "event");
+        const char *f = json_string_value(json_object_get(it, "from"));
+        if (f && !strcmp(f, from) && !json_object_get(ev, "serverRenamed"))
+            json_array_append(out, ev);
+    }
+    json_decref(all);
+    return out;
+}
+
 bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms)
 {
     int64_t deadline = pbt_now_ms() + timeout_ms;

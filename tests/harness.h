@@ -183,6 +183,9 @@ json_t *pbt_admin(const pbt_daemon *d, const char *method, const char *path, jso
  * reference). *status (may be NULL): the last page's HTTP status (200, or what stopped the
  * reading: 0 when d could not be reached). */
 json_t *pbt_inbox_all(const pbt_daemon *d, long *status);
+/* The events of d's inbox items from `from`, in inbox order, without rename notices
+ * (serverRenamed): an array of event objects, new reference. */
+json_t *pbt_inbox_events_from(const pbt_daemon *d, const char *from);
 /* Polls `cond(ctx)` every 20 ms until it is true or timeout_ms passes; returns its last
  * value. */
 bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms);

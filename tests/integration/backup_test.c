@@ -75,23 +75,6 @@ static bool submit_group(const pbt_daemon *d, const char *to, unsigned k)
     return ok;
 }
 
-/* Every event d holds from `from` (event objects, in inbox order; new reference). */
-static json_t *events_from(const pbt_daemon *d, const char *from)
-{
-    json_t *all = pbt_inbox_all(d, NULL), *out = json_array();
-    size_t i;
-    json_t *it;
-    json_array_foreach(all, i, it)
-    {
-        json_t *ev = json_object_get(it, "event");
-        if (!strcmp(json_string_value(json_object_get(it, "from")), from) &&
-            !json_object_get(ev, "serverRenamed"))
-            json_array_append(out, ev);
-    }
-    json_decref(all);
-    return out;
-}
-
 /* How many times ev occurs in list. */
 static size_t count_of(json_t *list, json_t *ev)
 {
@@ -112,7 +95,7 @@ struct holds {
 static bool holds_groups(void *vctx)
 {
     struct holds *h = vctx;
-    json_t *got = events_from(h->b, h->from);
+    json_t *got = pbt_inbox_events_from(h->b, h->from);
     h->missing = 0;
     for (unsigned k = h->from_group; k < h->to_group; k++) {
         size_t i;
@@ -388,7 +371,7 @@ static void test_backup_restore(void)
          * only from the copy's queue (groups 20..before_backup+during at most) */
         struct holds bk = {b, a->server_id, 0, before_backup, 0};
         CHECKF(holds_groups(&bk), "events of the backup missing at B: %zu", bk.missing);
-        json_t *got = events_from(b, a->server_id);
+        json_t *got = pbt_inbox_events_from(b, a->server_id);
         size_t twice = 0, bad = 0, i;
         json_t *e, *grp;
         json_array_foreach(sent, i, grp)

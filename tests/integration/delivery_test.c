@@ -93,23 +93,6 @@ static bool submit_range(const pbt_daemon *a, const char *dest, unsigned from, u
     return true;
 }
 
-/* Inbox items of d from `from` only, as their event objects (new reference). */
-static json_t *events_from(const pbt_daemon *d, const char *from)
-{
-    json_t *all = pbt_inbox_all(d, NULL), *out = json_array();
-    size_t i;
-    json_t *it;
-    json_array_foreach(all, i, it)
-    {
-        json_t *ev = json_object_get(it, "event");
-        if (!strcmp(json_string_value(json_object_get(it, "from")), from) &&
-            !json_object_get(ev, "serverRenamed"))
-            json_array_append(out, ev);
-    }
-    json_decref(all);
-    return out;
-}
-
 struct count_wait {
     const pbt_daemon *d;
     const char *from;
@@ -120,7 +103,7 @@ struct count_wait {
 static bool have_count(void *vctx)
 {
     struct count_wait *w = vctx;
-    json_t *evs = events_from(w->d, w->from);
+    json_t *evs = pbt_inbox_events_from(w->d, w->from);
     w->have = json_array_size(evs);
     json_decref(evs);
     return w->have >= w->want;
@@ -134,7 +117,7 @@ static void expect_delivered(const pbt_daemon *d, const char *from, json_t *sent
     struct count_wait w = {d, from, json_array_size(sent), 0};
     bool ok = pbt_wait_for(have_count, &w, timeout_ms);
     CHECKF(ok, "%s: %zu of %zu events arrived in %d ms", what, w.have, w.want, timeout_ms);
-    json_t *got = events_from(d, from);
+    json_t *got = pbt_inbox_events_from(d, from);
     size_t n = json_array_size(got), m = json_array_size(sent);
     size_t bad = 0, first_bad = 0;
     for (size_t i = 0; i < n && i < m; i++) {
@@ -786,7 +769,7 @@ static void test_parked(void)
     p = peer_entry(a, b->server_id);
     CHECK_INT(json_integer_value(json_object_get(p, "queued")), 3);
     json_decref(p);
-    json_t *got = events_from(b, a->server_id);
+    json_t *got = pbt_inbox_events_from(b, a->server_id);
     CHECK_INT(json_array_size(got), 0);
     json_decref(got);
     /* what A's store kept is what A decided last (a stop waits for A's writes): B parked,
