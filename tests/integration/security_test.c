@@ -121,19 +121,8 @@ static json_t *snapshot(const pbt_daemon *d, const char *const *users)
 {
     json_t *snap = json_object();
     long st;
-    json_t *inbox = json_array();
-    for (long long after = 0;;) {
-        char path[96];
-        snprintf(path, sizeof path, "/v1/inbox?after=%lld&limit=1000", after);
-        json_t *r = pbt_admin(d, "GET", path, NULL, &st);
-        json_t *evs = json_object_get(r, "events");
-        size_t n = json_array_size(evs);
-        json_array_extend(inbox, evs);
-        if (n) after = json_integer_value(json_object_get(r, "next"));
-        json_decref(r);
-        CHECKF(st == 200, "snapshot: inbox %ld", st);
-        if (st != 200 || n == 0) break;
-    }
+    json_t *inbox = pbt_inbox_all(d, &st);
+    CHECKF(st == 200, "snapshot: inbox %ld", st);
     json_object_set_new(snap, "inbox", inbox);
     json_t *peers = pbt_admin(d, "GET", "/v1/peers", NULL, &st);
     size_t i;
