@@ -71,10 +71,15 @@
 
 #define READ_POOL_MAX 8
 /* WAL pages between checkpoints (SQLite's default is 1,000): about 40 MiB of WAL. */
-#define WAL_AUTOCHECKPOINT "10000"
-/* The WAL's size at a checkpoint: 32 bytes of header and 10,000 frames of a 24-byte header
- * and a 4 KiB page (41,200,032 bytes), rounded up. */
-#define WAL_PREWRITE_BYTES ((off_t)40 << 20)
+#define WAL_AUTOCHECKPOINT_PAGES 10000
+#define WAL_STR_(x) #x
+#define WAL_STR(x) WAL_STR_(x)
+#define WAL_AUTOCHECKPOINT WAL_STR(WAL_AUTOCHECKPOINT_PAGES)
+/* The WAL's size at a checkpoint: a 32-byte header and WAL_AUTOCHECKPOINT_PAGES frames of
+ * a 24-byte header and a 4 KiB page (SQLite's default page size), rounded up to a MiB. */
+#define WAL_PREWRITE_BYTES                                                                         \
+    ((((off_t)32 + (off_t)WAL_AUTOCHECKPOINT_PAGES * (24 + 4096)) + (1 << 20) - 1) &               \
+     ~(off_t)((1 << 20) - 1))
 
 #define D (&pb_store_sqlite_driver)
 
