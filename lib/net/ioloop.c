@@ -503,7 +503,11 @@ static void *loop_main(void *arg)
     pb_ioloop *l = arg;
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {
+        /* A round's log lines (one per delivery on a busy engine) go out in one write
+         * before the loop waits again. */
+        pb_log_flush();
         int n = epoll_wait(l->epfd, evs, MAX_EVENTS, wait_ms(l, pb_ioloop_now_ms()));
+        pb_log_hold();
         if (n < 0 && errno != EINTR) {
             PB_ERROR(NULL, "ioloop: epoll_wait failed: %s", strerror(errno));
             n = 0;
@@ -552,6 +556,7 @@ static void *loop_main(void *arg)
         pthread_mutex_unlock(&l->mu);
         if (stop) break;
     }
+    pb_log_flush();
     /* Finish: what was posted runs, transfers end, timers are dropped. Tasks may post
      * more tasks; a bounded number of rounds keeps a buggy task from spinning forever. */
     for (int round = 0; round < 100 && run_tasks(l) > 0; round++)

@@ -3,11 +3,15 @@
  * A text line is formatted into a stack buffer (cut at LINE_MAX_TEXT bytes); a json line
  * is built with jansson. Either is written with one write(2), so that lines from
  * different threads never interleave. Control characters in messages (which may quote
- * peer input) are escaped.
+ * peer input) are escaped. A thread that holds its lines (pb_log_hold: an I/O loop
+ * between two waits) gathers its debug and info lines in a thread-local block of PIPE_BUF
+ * bytes and writes them with one write(2) when it flushes, when the block is full, or
+ * before a warn or error line (so the order is kept).
  */
 #include "util/log.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -135,6 +139,45 @@ static void write_all(const char *p, size_t n)
     (void)w;
 }
 
+/* This thread's held lines. PIPE_BUF: one write of at most that many bytes to a pipe (a
+ * journal stream, a supervisor's) is never split among other writers' bytes. */
+static _Thread_local struct {
+    bool on;
+    size_t n;
+    char buf[PIPE_BUF];
+} held;
+
+static void held_write(void)
+{
+    if (held.n) write_all(held.buf, held.n);
+    held.n = 0;
+}
+
+/* One whole line (with its newline): held when this thread holds and the line is below
+ * warn and fits, written at once otherwise (after what was held, so the order is kept). */
+static void emit(pb_log_level level, const char *p, size_t n)
+{
+    if (held.on && level < PB_LOG_WARN && n <= sizeof held.buf) {
+        if (held.n + n > sizeof held.buf) held_write();
+        memcpy(held.buf + held.n, p, n);
+        held.n += n;
+        return;
+    }
+    held_write();
+    write_all(p, n);
+}
+
+void pb_log_hold(void)
+{
+    held.on = true;
+}
+
+void pb_log_flush(void)
+{
+    held_write();
+    held.on = false;
+}
+
 /* ---- text ---------------------------------------------------------------------------------- */
 
 /* A bounded line buffer: appends stop (silently) 2 bytes before the end, leaving room
@@ -230,7 +273,7 @@ static void write_text(pb_log_level level, const char *peer, const pb_log_kv *kv
         }
     }
     l.buf[l.n++] = '\n';
-    write_all(l.buf, l.n);
+    emit(level, l.buf, l.n);
 }
 
 /* ---- json ---------------------------------------------------------------------------------- */
@@ -281,7 +324,7 @@ static void write_json(pb_log_level level, const char *peer, const pb_log_kv *kv
     char *line = pb_xmalloc(n + 1);
     memcpy(line, text, n);
     line[n] = '\n';
-    write_all(line, n + 1);
+    emit(level, line, n + 1);
     free(line);
     free(text);
 }

@@ -38,6 +38,15 @@ bool pb_log_enabled(pb_log_level level);
 /* Redirects output to fd (default 2); re-checks JOURNAL_STREAM against fd. */
 void pb_log_set_fd(int fd);
 
+/* Held lines, for a thread that writes many (an I/O loop, per round between two waits):
+ * after pb_log_hold, this thread's debug and info lines are gathered in a thread-local
+ * block and written together (one write(2) of at most PIPE_BUF bytes, still whole lines)
+ * by pb_log_flush, which also ends the hold; a full block, or a warn or error line, writes
+ * what was held first. A thread that is killed loses what it holds: hold only between two
+ * points a few milliseconds apart. */
+void pb_log_hold(void);
+void pb_log_flush(void);
+
 /* The level of the one line per delivery outcome (a Push sent or received, a Pull
  * answered): PB_LOG_INFO by default, PB_LOG_DEBUG with log_deliveries = debug (thousands
  * of busy peers). Failures are not delivery lines: they keep their own levels.

@@ -4,13 +4,17 @@
  * values and messages, levels filtered), json lines (every line parsed back with jansson:
  * ts, level, msg, peer, fields as strings and integers, reserved names, bytes that are not
  * UTF-8), the <N> priority prefix under JOURNAL_STREAM only when it names the log's own
- * descriptor, and whole lines from concurrent threads.
+ * descriptor, whole lines from concurrent threads, and held lines (pb_log_hold): written
+ * only at a flush, a warn line or a full block, each write whole lines of at most PIPE_BUF
+ * bytes in order, and another thread's lines never held.
  */
 #include "harness.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -268,6 +272,92 @@ static void test_threads(void)
     pb_log_set_format(PB_LOG_TEXT);
 }
 
+/* Datagrams waiting on sock, one per write(2) of the logger; each checked to be whole
+ * lines of at most PIPE_BUF bytes; their lines appended to all (NUL-terminated). */
+static size_t take_writes(int sock, char *all, size_t cap)
+{
+    size_t writes = 0, used = strlen(all);
+    char buf[2 * PIPE_BUF];
+    for (;;) {
+        ssize_t r = recv(sock, buf, sizeof buf, MSG_DONTWAIT);
+        if (r <= 0) break;
+        writes++;
+        CHECK(r <= PIPE_BUF);
+        CHECK(buf[r - 1] == '\n');
+        if (used + (size_t)r < cap) {
+            memcpy(all + used, buf, (size_t)r);
+            used += (size_t)r;
+            all[used] = 0;
+        }
+    }
+    return writes;
+}
+
+static void *other_thread(void *arg)
+{
+    (void)arg;
+    PB_INFO(NULL, "from another thread");
+    return NULL;
+}
+
+static void test_hold(void)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) == 0);
+    pb_log_set_fd(sv[0]);
+    static char all[64 * 1024];
+    all[0] = 0;
+
+    pb_log_hold();
+    PB_INFO(NULL, "held one");
+    PB_DEBUG(NULL, "below the level: not written at all");
+    PB_INFO(NULL, "held two");
+    CHECK_INT(take_writes(sv[1], all, sizeof all), 0); /* nothing written yet */
+    pthread_t th; /* another thread's line is not held by this thread's hold */
+    pthread_create(&th, NULL, other_thread, NULL);
+    pthread_join(th, NULL);
+    CHECK_INT(take_writes(sv[1], all, sizeof all), 1);
+    CHECK(strstr(all, "from another thread") != NULL);
+    all[0] = 0;
+    PB_WARN(NULL, "a warning");
+    CHECK_INT(take_writes(sv[1], all, sizeof all), 2); /* the held block, then the warning */
+    char *one = strstr(all, "held one"), *two = strstr(all, "held two");
+    char *warn = strstr(all, "a warning");
+    CHECK(one && two && warn && one < two && two < warn);
+    PB_INFO(NULL, "still held after the warning");
+    CHECK_INT(take_writes(sv[1], all, sizeof all), 0);
+    pb_log_flush();
+    CHECK_INT(take_writes(sv[1], all, sizeof all), 1);
+    CHECK(strstr(all, "still held after the warning") != NULL);
+    PB_INFO(NULL, "after the flush");
+    CHECK_INT(take_writes(sv[1], all, sizeof all), 1); /* no longer held */
+
+    /* Many lines: full blocks go out as they fill, every line once, in order. */
+    all[0] = 0;
+    pb_log_hold();
+    enum { MANY = 200 };
+    for (int i = 0; i < MANY; i++)
+        PB_INFO("peer.example:443", "held line %03d with some words to fill a block", i);
+    size_t writes = take_writes(sv[1], all, sizeof all);
+    CHECK(writes >= 2); /* 200 lines of some 90 bytes are several blocks */
+    pb_log_flush();
+    writes += take_writes(sv[1], all, sizeof all);
+    CHECK(writes <= MANY / 20);
+    const char *at = all;
+    for (int i = 0; i < MANY; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "held line %03d ", i);
+        const char *f = strstr(at, want);
+        CHECK(f != NULL);
+        if (!f) break;
+        at = f + 1;
+    }
+
+    pb_log_set_fd(2);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 int main(void)
 {
     dir = pbt_tmpdir("log");
@@ -276,6 +366,7 @@ int main(void)
     test_json();
     test_journal();
     test_threads();
+    test_hold();
     pb_log_set_fd(2);
     close(fd);
     pbt_rmrf(dir);
