@@ -2435,6 +2435,10 @@ static void report(double elapsed, size_t push_len, const char *load_before)
         row_vs("7. healthy vs libcurl alone", &R.sc_pushes, &R.sc_curl, 1, "Pushes/s",
                "libcurl multi", NULL, 0, false);
         row_abs("7. libcurl alone: CPU/request", &R.sc_curl_cpu, 1, "us", NULL, 0, true);
+        /* the same ratio as the target's, for the client alone: where the target stands
+         * against what libcurl itself does in this pattern on this machine */
+        if (R.sc_curl.n)
+            row("7. libcurl alone vs HTTP16", &R.sc_curl, 1, "Pushes/s", cn, h16, NULL, 0, false);
         row_vs("7. fanout_1000 time", &R.sc_time_mixed, &R.sc_time_base, 1e-3, "s", "all healthy",
                "<= 1.5", 1.5, true);
         row_vs("7. fanout_1000 latency p99", &R.sc_p99_mixed, &R.sc_p99_base, 1e-3, "s",
