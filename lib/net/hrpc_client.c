@@ -87,7 +87,8 @@ struct pb_client {
     pthread_mutex_t shares_mu;
     pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST]; /* the shares' locks, one per data kind */
     atomic_bool shutting_down;
-    size_t buffered; /* answer bytes held by transfers in flight (loop thread only) */
+    atomic_size_t buffered; /* answer bytes held by transfers in flight: added on the
+                               transfer thread (on_data), given back on the loop thread */
 };
 
 struct xfer {
@@ -290,12 +291,12 @@ static size_t on_data(char *p, size_t size, size_t nmemb, void *ud)
         x->too_big = true;
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
-    if (x->c->buffered + n > x->c->response_budget) {
+    if (atomic_load(&x->c->buffered) + n > x->c->response_budget) {
         x->over_budget = true;
         return 0;
     }
     pb_buf_append(&x->sink, p, n);
-    x->c->buffered += n;
+    atomic_fetch_add(&x->c->buffered, n); /* the only adder: a check that held still holds */
     return n;
 }
 
@@ -456,7 +457,7 @@ static void on_done(void *ud, CURLcode cc)
         resolve(x);
         return;
     }
-    c->buffered -= x->sink.len;
+    atomic_fetch_sub(&c->buffered, x->sink.len);
     pb_client_answer ans = {0};
     pb_err rc;
     long status = 0;

@@ -1,17 +1,28 @@
 /*
  * ioloop - the outbound I/O loop (see ioloop.h for the model).
  *
+ * Two threads. The loop thread runs posted tasks, timers, watched descriptors and every
+ * transfer's done callback; the transfer thread runs libcurl: every multi handle, their
+ * sockets in its own epoll set, their timeouts. A transfer is handed over (pb_ioloop_add
+ * queues its record under `xmu` and wakes the transfer thread's eventfd when the queue was
+ * empty) and handed back when it finishes (a posted task that runs its done callback on
+ * the loop thread), so that libcurl's cost per transfer (its system calls, request and
+ * response handling, some 40 us a Push) runs beside the delivery engine's state machines
+ * instead of on their thread. A handle belongs to the transfer thread from the hand-over
+ * until it is removed from its multi handle, which happens there, before the hand-back.
+ *
  * Posted tasks sit in a singly linked FIFO under `mu`; the eventfd is written only when
  * the queue goes from empty to non-empty, and the loop takes the whole queue at once.
- * Transfers are tracked in a doubly linked list of records (CURLOPT_PRIVATE points at the
- * record) so that stop can finish every one of them. Transfers are spread over several
- * libcurl multi handles ("shards") by a key (the peer), so that a peer's transfers share
- * one connection cache: libcurl 7.88 walks its whole connection cache in every
- * curl_multi_remove_handle (to close connect-only connections), which with a thousand
- * peers' kept connections in one cache was a seventh of the loop's time per Push (at most
- * 8 shards: each holds its own copy of the CA store). Each shard has its own timeout; epoll's data
- * carries the descriptor and its shard. Timers are a binary min-heap of pointers into their owners'
- * structs; each timer knows its heap position, so cancel and re-arm are O(log n).
+ * Transfers are tracked in a doubly linked list of records on each side (CURLOPT_PRIVATE
+ * points at the record) so that stop can finish every one of them. Transfers are spread
+ * over several libcurl multi handles ("shards") by a key (the peer), so that a peer's
+ * transfers share one connection cache: libcurl 7.88 walks its whole connection cache in
+ * every curl_multi_remove_handle (to close connect-only connections), which with a
+ * thousand peers' kept connections in one cache was a seventh of the loop's time per Push
+ * (at most 8 shards: each holds its own copy of the CA store). Each shard has its own
+ * timeout; epoll's data carries the descriptor and its shard. Timers are a binary min-heap
+ * of pointers into their owners' structs; each timer knows its heap position, so cancel
+ * and re-arm are O(log n).
  */
 #include "net/ioloop.h"
 
@@ -25,6 +36,7 @@
 #include <unistd.h>
 
 #include "util/hash.h"
+#include "util/fault.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -38,11 +50,13 @@ struct task {
 };
 
 struct xfer_rec {
-    struct xfer_rec *prev, *next;
+    struct xfer_rec *prev, *next;   /* the loop thread's list (l->xfers) */
+    struct xfer_rec *xprev, *xnext; /* the transfer thread's: queued, then in a multi handle */
     CURL *h;
     struct shard *sh;
     pb_ioloop_done_fn done;
     void *ctx;
+    CURLcode rc; /* set by the transfer thread before the hand-back */
 };
 
 struct watch {
@@ -93,7 +107,16 @@ struct pb_ioloop {
 
     struct xfer_rec *xfers; /* loop thread only */
     size_t nxfers;
-    pb_timer **heap; /* loop thread only; heap[0] unused, 1-based */
+
+    /* the transfer thread */
+    int xepfd, xevfd;
+    pthread_t xthread;
+    bool xstarted;
+    pthread_mutex_t xmu;           /* the hand-over queue and xstop */
+    struct xfer_rec *xq, *xq_tail; /* handed over, not yet added (xnext links) */
+    bool xstop;
+    struct xfer_rec *xactive; /* transfer thread only: in a multi handle */
+    pb_timer **heap;          /* loop thread only; heap[0] unused, 1-based */
     size_t nheap, capheap;
 };
 
@@ -186,14 +209,14 @@ static void run_timers(pb_ioloop *l, int64_t now)
     }
 }
 
-/* ---- libcurl callbacks -------------------------------------------------------------------- */
+/* ---- libcurl callbacks (transfer thread) -------------------------------------------------- */
 
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
     struct shard *sh = userp;
     pb_ioloop *l = sh->l;
     if (what == CURL_POLL_REMOVE) {
-        if (socketp) epoll_ctl(l->epfd, EPOLL_CTL_DEL, s, NULL);
+        if (socketp) epoll_ctl(l->xepfd, EPOLL_CTL_DEL, s, NULL);
         curl_multi_assign(sh->multi, s, NULL);
         return 0;
     }
@@ -202,10 +225,10 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev.events |= EPOLLIN;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev.events |= EPOLLOUT;
     if (socketp) {
-        if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, s, &ev) != 0)
+        if (epoll_ctl(l->xepfd, EPOLL_CTL_MOD, s, &ev) != 0)
             PB_ERROR(NULL, "ioloop: epoll_ctl MOD failed: %s", strerror(errno));
     } else {
-        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, s, &ev) != 0)
+        if (epoll_ctl(l->xepfd, EPOLL_CTL_ADD, s, &ev) != 0)
             PB_ERROR(NULL, "ioloop: epoll_ctl ADD failed: %s", strerror(errno));
         curl_multi_assign(sh->multi, s, (void *)1);
     }
@@ -219,7 +242,45 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp)
     return 0;
 }
 
-/* Delivers every finished transfer of shard sh to its owner. */
+/* ---- hand-over and hand-back ------------------------------------------------------------- */
+
+/* Loop thread: a finished transfer's done callback. */
+static void finished_on_loop(void *arg)
+{
+    struct xfer_rec *r = arg;
+    pb_ioloop *l = r->sh->l;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        l->xfers = r->next;
+    if (r->next) r->next->prev = r->prev;
+    l->nxfers--;
+    pb_ioloop_done_fn done = r->done;
+    void *ctx = r->ctx;
+    CURLcode rc = r->rc;
+    free(r);
+    done(ctx, rc);
+}
+
+/* Transfer thread: r's handle is out of its multi handle (or never went in); back to the
+ * loop thread with rc. */
+static void hand_back(pb_ioloop *l, struct xfer_rec *r, CURLcode rc)
+{
+    r->rc = rc;
+    pb_ioloop_post(l, finished_on_loop, r);
+}
+
+static void xactive_unlink(pb_ioloop *l, struct xfer_rec *r)
+{
+    if (r->xprev)
+        r->xprev->xnext = r->xnext;
+    else
+        l->xactive = r->xnext;
+    if (r->xnext) r->xnext->xprev = r->xprev;
+    r->xprev = r->xnext = NULL;
+}
+
+/* Transfer thread: every finished transfer of shard sh goes back. */
 static void check_done(pb_ioloop *l, struct shard *sh)
 {
     CURLMsg *msg;
@@ -233,23 +294,46 @@ static void check_done(pb_ioloop *l, struct shard *sh)
         curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&r);
         curl_multi_remove_handle(sh->multi, h);
         if (!r) continue;
-        if (r->prev)
-            r->prev->next = r->next;
-        else
-            l->xfers = r->next;
-        if (r->next) r->next->prev = r->prev;
-        l->nxfers--;
-        pb_ioloop_done_fn done = r->done;
-        void *ctx = r->ctx;
-        free(r);
-        done(ctx, rc);
+        xactive_unlink(l, r);
+        hand_back(l, r, rc);
     }
+}
+
+/* Transfer thread: the handles handed over since the last round go into their multi
+ * handles; returns whether the thread is to stop. */
+static bool take_handed(pb_ioloop *l)
+{
+    uint64_t v;
+    ssize_t rd = read(l->xevfd, &v, sizeof v);
+    (void)rd;
+    pthread_mutex_lock(&l->xmu);
+    struct xfer_rec *r = l->xq;
+    l->xq = l->xq_tail = NULL;
+    bool stop = l->xstop;
+    pthread_mutex_unlock(&l->xmu);
+    while (r) {
+        struct xfer_rec *next = r->xnext;
+        r->xnext = NULL;
+        CURLMcode mc = stop ? CURLM_OK : curl_multi_add_handle(r->sh->multi, r->h);
+        if (stop) {
+            hand_back(l, r, CURLE_ABORTED_BY_CALLBACK);
+        } else if (mc != CURLM_OK) {
+            PB_ERROR(NULL, "ioloop: curl_multi_add_handle: %s", curl_multi_strerror(mc));
+            hand_back(l, r, CURLE_FAILED_INIT);
+        } else {
+            r->xnext = l->xactive;
+            if (l->xactive) l->xactive->xprev = r;
+            l->xactive = r;
+        }
+        r = next;
+    }
+    return stop;
 }
 
 /* The same key, the same shard. */
 static struct shard *shard_of(pb_ioloop *l, const char *key)
 {
-    return &l->shards[pb_hash_str(key) % l->nshards];
+    return &l->shards[pb_hash_str(key ? key : "") % l->nshards];
 }
 
 pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn done, void *ctx)
@@ -264,38 +348,24 @@ pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn d
     r->ctx = ctx;
     r->sh = shard_of(l, key);
     curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)r);
-    CURLMcode mc = curl_multi_add_handle(r->sh->multi, h);
-    if (mc != CURLM_OK) {
-        PB_ERROR(NULL, "ioloop: curl_multi_add_handle: %s", curl_multi_strerror(mc));
-        free(r);
-        return PB_ERR_INTERNAL;
-    }
     r->next = l->xfers;
     if (l->xfers) l->xfers->prev = r;
     l->xfers = r;
     l->nxfers++;
-    return PB_OK;
-}
-
-void pb_ioloop_remove(pb_ioloop *l, CURL *h)
-{
-    struct xfer_rec *r = NULL;
-    curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&r);
-    if (!r) return;
-    curl_multi_remove_handle(r->sh->multi, h);
-    curl_easy_setopt(h, CURLOPT_PRIVATE, NULL);
-    if (r->prev)
-        r->prev->next = r->next;
+    pthread_mutex_lock(&l->xmu);
+    bool was_empty = l->xq == NULL;
+    if (l->xq_tail)
+        l->xq_tail->xnext = r;
     else
-        l->xfers = r->next;
-    if (r->next) r->next->prev = r->prev;
-    l->nxfers--;
-    free(r);
-}
-
-size_t pb_ioloop_active(const pb_ioloop *l)
-{
-    return l->nxfers;
+        l->xq = r;
+    l->xq_tail = r;
+    pthread_mutex_unlock(&l->xmu);
+    if (was_empty) {
+        uint64_t one = 1;
+        ssize_t w = write(l->xevfd, &one, sizeof one);
+        (void)w; /* EAGAIN: the counter is already non-zero, the thread will wake */
+    }
+    return PB_OK;
 }
 
 /* ---- other descriptors ------------------------------------------------------------------------
@@ -468,34 +538,27 @@ bool pb_ioloop_on_loop(const pb_ioloop *l)
 
 /* ---- the loop ------------------------------------------------------------------------------ */
 
-static int wait_ms(const pb_ioloop *l, int64_t now)
+static int wait_for(int64_t until, int64_t now)
 {
-    int64_t until = -1;
-    if (l->nheap > 0) until = l->heap[1]->at;
-    for (unsigned i = 0; i < l->nshards; i++) {
-        int64_t d = l->shards[i].deadline;
-        if (d >= 0 && (until < 0 || d < until)) until = d;
-    }
     if (until < 0) return MAX_WAIT_MS;
     int64_t w = until - now;
     if (w < 0) return 0;
     return w > MAX_WAIT_MS ? MAX_WAIT_MS : (int)w;
 }
 
+/* Loop thread: the transfer thread ends every transfer (each comes back as a task with
+ * CURLE_ABORTED_BY_CALLBACK) and is joined. */
 static void shutdown_transfers(pb_ioloop *l)
 {
-    while (l->xfers) {
-        struct xfer_rec *r = l->xfers;
-        l->xfers = r->next;
-        if (l->xfers) l->xfers->prev = NULL;
-        l->nxfers--;
-        curl_multi_remove_handle(r->sh->multi, r->h);
-        curl_easy_setopt(r->h, CURLOPT_PRIVATE, NULL);
-        pb_ioloop_done_fn done = r->done;
-        void *ctx = r->ctx;
-        free(r);
-        done(ctx, CURLE_ABORTED_BY_CALLBACK);
-    }
+    if (!l->xstarted) return;
+    pthread_mutex_lock(&l->xmu);
+    l->xstop = true;
+    pthread_mutex_unlock(&l->xmu);
+    uint64_t one = 1;
+    ssize_t w = write(l->xevfd, &one, sizeof one);
+    (void)w;
+    pthread_join(l->xthread, NULL);
+    l->xstarted = false;
 }
 
 static void *loop_main(void *arg)
@@ -506,50 +569,27 @@ static void *loop_main(void *arg)
         /* A round's log lines (one per delivery on a busy engine) go out in one write
          * before the loop waits again. */
         pb_log_flush();
-        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, wait_ms(l, pb_ioloop_now_ms()));
+        int64_t until = l->nheap > 0 ? l->heap[1]->at : -1;
+        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, wait_for(until, pb_ioloop_now_ms()));
         pb_log_hold();
         if (n < 0 && errno != EINTR) {
             PB_ERROR(NULL, "ioloop: epoll_wait failed: %s", strerror(errno));
             n = 0;
         }
-        int running;
         for (int i = 0; i < n; i++) {
             int fd = (int)(uint32_t)evs[i].data.u64;
-            unsigned tag = (unsigned)(evs[i].data.u64 >> 32);
-            if (!tag && fd == l->evfd) {
+            if (fd == l->evfd) {
                 run_tasks(l);
                 continue;
             }
-            if (!tag) {
-                struct watch *w = watch_find(l, fd);
-                if (!w) continue; /* unwatched by an earlier callback of this round */
-                int what = 0;
-                if (evs[i].events & EPOLLIN) what |= PB_IOLOOP_IN;
-                if (evs[i].events & EPOLLOUT) what |= PB_IOLOOP_OUT;
-                if (evs[i].events & (EPOLLERR | EPOLLHUP)) what |= PB_IOLOOP_ERR;
-                w->fn(w->ctx, fd, what);
-                continue;
-            }
-            if (tag > l->nshards) continue; /* cannot happen: we wrote it */
-            struct shard *sh = &l->shards[tag - 1];
-            int mask = 0;
-            if (evs[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
-            if (evs[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
-            if (evs[i].events & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
-            curl_multi_socket_action(sh->multi, fd, mask, &running);
-            sh->acted = true;
+            struct watch *w = watch_find(l, fd);
+            if (!w) continue; /* unwatched by an earlier callback of this round */
+            int what = 0;
+            if (evs[i].events & EPOLLIN) what |= PB_IOLOOP_IN;
+            if (evs[i].events & EPOLLOUT) what |= PB_IOLOOP_OUT;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP)) what |= PB_IOLOOP_ERR;
+            w->fn(w->ctx, fd, what);
         }
-        int64_t now = pb_ioloop_now_ms();
-        for (unsigned i = 0; i < l->nshards; i++) {
-            struct shard *sh = &l->shards[i];
-            if (sh->deadline >= 0 && sh->deadline <= now) {
-                sh->deadline = -1;
-                curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-                sh->acted = true;
-            }
-        }
-        for (unsigned i = 0; i < l->nshards; i++)
-            if (l->shards[i].acted) check_done(l, &l->shards[i]);
         run_timers(l, pb_ioloop_now_ms());
         pthread_mutex_lock(&l->mu);
         bool stop = l->stopping;
@@ -573,6 +613,63 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+/* The transfer thread: libcurl acts on its sockets and timeouts; handles come in from
+ * the hand-over queue and go back to the loop thread when they finish. */
+static void *xfer_main(void *arg)
+{
+    pb_ioloop *l = arg;
+    struct epoll_event evs[MAX_EVENTS];
+    bool stop = false;
+    while (!stop) {
+        int64_t until = -1;
+        for (unsigned i = 0; i < l->nshards; i++) {
+            int64_t d = l->shards[i].deadline;
+            if (d >= 0 && (until < 0 || d < until)) until = d;
+        }
+        int n = epoll_wait(l->xepfd, evs, MAX_EVENTS, wait_for(until, pb_ioloop_now_ms()));
+        if (n < 0 && errno != EINTR) {
+            PB_ERROR(NULL, "ioloop: epoll_wait failed: %s", strerror(errno));
+            n = 0;
+        }
+        int running;
+        for (int i = 0; i < n; i++) {
+            int fd = (int)(uint32_t)evs[i].data.u64;
+            unsigned tag = (unsigned)(evs[i].data.u64 >> 32);
+            if (!tag) {
+                if (fd == l->xevfd) stop = take_handed(l);
+                continue;
+            }
+            if (tag > l->nshards) continue; /* cannot happen: we wrote it */
+            struct shard *sh = &l->shards[tag - 1];
+            int mask = 0;
+            if (evs[i].events & EPOLLIN) mask |= CURL_CSELECT_IN;
+            if (evs[i].events & EPOLLOUT) mask |= CURL_CSELECT_OUT;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP)) mask |= CURL_CSELECT_ERR;
+            curl_multi_socket_action(sh->multi, fd, mask, &running);
+            sh->acted = true;
+        }
+        int64_t now = pb_ioloop_now_ms();
+        for (unsigned i = 0; i < l->nshards; i++) {
+            struct shard *sh = &l->shards[i];
+            if (sh->deadline >= 0 && sh->deadline <= now) {
+                sh->deadline = -1;
+                curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+                sh->acted = true;
+            }
+        }
+        for (unsigned i = 0; i < l->nshards; i++)
+            if (l->shards[i].acted) check_done(l, &l->shards[i]);
+    }
+    /* Stopping: what is still in a multi handle ends unfinished. */
+    while (l->xactive) {
+        struct xfer_rec *r = l->xactive;
+        xactive_unlink(l, r);
+        curl_multi_remove_handle(r->sh->multi, r->h);
+        hand_back(l, r, CURLE_ABORTED_BY_CALLBACK);
+    }
+    return NULL;
+}
+
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static CURLcode g_init_rc = CURLE_FAILED_INIT;
 
@@ -589,17 +686,22 @@ pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out)
         return PB_ERR_INTERNAL;
     }
     pb_ioloop *l = pb_xcalloc(1, sizeof *l);
-    l->epfd = l->evfd = -1;
+    l->epfd = l->evfd = l->xepfd = l->xevfd = -1;
     pthread_mutex_init(&l->mu, NULL);
+    pthread_mutex_init(&l->xmu, NULL);
     pb_err err = PB_ERR_IO;
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
     l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (l->epfd < 0 || l->evfd < 0) {
+    l->xepfd = epoll_create1(EPOLL_CLOEXEC);
+    l->xevfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (l->epfd < 0 || l->evfd < 0 || l->xepfd < 0 || l->xevfd < 0) {
         PB_ERROR(NULL, "ioloop: cannot create epoll/eventfd: %s", strerror(errno));
         goto fail;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ev_data(l->evfd, NULL)};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) != 0) goto fail;
+    ev = (struct epoll_event){.events = EPOLLIN, .data.u64 = ev_data(l->xevfd, NULL)};
+    if (epoll_ctl(l->xepfd, EPOLL_CTL_ADD, l->xevfd, &ev) != 0) goto fail;
     err = PB_ERR_INTERNAL;
     long maxc = opts && opts->max_connections > 0 ? opts->max_connections : 1024;
     long ns = maxc / CONNS_PER_SHARD;
@@ -635,8 +737,16 @@ fail:
 
 pb_err pb_ioloop_start(pb_ioloop *l)
 {
-    if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
+    /* (the fault points stand in for a pthread_create that fails: tests of start-up) */
+    if (pb_fault("ioloop.no-transfer-thread") ||
+        pthread_create(&l->xthread, NULL, xfer_main, l) != 0) {
+        PB_ERROR(NULL, "ioloop: cannot start the transfer thread");
+        return PB_ERR_INTERNAL;
+    }
+    l->xstarted = true;
+    if (pb_fault("ioloop.no-loop-thread") || pthread_create(&l->thread, NULL, loop_main, l) != 0) {
         PB_ERROR(NULL, "ioloop: cannot start the I/O thread");
+        shutdown_transfers(l);
         return PB_ERR_INTERNAL;
     }
     l->started = true;
@@ -665,6 +775,7 @@ void pb_ioloop_free(pb_ioloop *l)
 {
     if (!l) return;
     pb_ioloop_stop(l);
+    shutdown_transfers(l); /* started, but the loop thread was not (its start failed) */
     /* Tasks posted between the loop's last round and `stopped` ran there; none remain. */
     struct task *t = l->head;
     while (t) {
@@ -678,6 +789,8 @@ void pb_ioloop_free(pb_ioloop *l)
     free(l->shards);
     if (l->epfd >= 0) close(l->epfd);
     if (l->evfd >= 0) close(l->evfd);
+    if (l->xepfd >= 0) close(l->xepfd);
+    if (l->xevfd >= 0) close(l->xevfd);
     free(l->heap);
     free(l->watches);
     pthread_mutex_destroy(&l->mu);

@@ -1,19 +1,24 @@
 /*
- * ioloop - the outbound I/O loop: one thread that owns an epoll set, libcurl multi
- * handles (shards of the peers), a heap of timers and a queue of tasks posted by other threads.
- * Everything that talks to peers (pushes, drain probes, pulls, key fetches, rename notices) runs
- * here as non-blocking libcurl transfers (hrpc_client.h), and the delivery engine's state lives on
- * this thread, so that no peer, however slow or hung, holds a thread.
+ * ioloop - the outbound I/O loop: a loop thread that owns an epoll set, a heap of timers
+ * and a queue of tasks posted by other threads, and beside it a transfer thread that owns
+ * the libcurl multi handles (shards of the peers). Everything that talks to peers (pushes,
+ * drain probes, pulls, key fetches, rename notices) runs as non-blocking libcurl transfers
+ * (hrpc_client.h), and the delivery engine's state lives on the loop thread, so that no
+ * peer, however slow or hung, holds a thread.
  *
  * Design: libcurl's socket interface (CURLMOPT_SOCKETFUNCTION / TIMERFUNCTION) registers
- * the transfers' sockets in our epoll set (the "ephiperfifo" pattern of libcurl's
- * examples); an eventfd in the same set wakes the loop for posted tasks. One iteration:
- * wait (until the earliest timer or libcurl timeout), run posted tasks, let libcurl act on
- * ready sockets, deliver finished transfers, run due timers. Time is CLOCK_MONOTONIC in
- * milliseconds (pb_ioloop_now_ms): a wall-clock jump moves no timer.
+ * the transfers' sockets in the transfer thread's epoll set (the "ephiperfifo" pattern of
+ * libcurl's examples); an eventfd in each set wakes its thread for posted tasks or handed
+ * transfers. The loop thread's round: wait (until the earliest timer), run posted tasks
+ * (among them finished transfers' done callbacks), serve watched descriptors, run due
+ * timers. The transfer thread's: wait (until the earliest libcurl timeout), add handed
+ * transfers, let libcurl act on ready sockets and timeouts, hand finished transfers back.
+ * Time is CLOCK_MONOTONIC in milliseconds (pb_ioloop_now_ms): a wall-clock jump moves no
+ * timer.
  *
  * Threads: pb_ioloop_post and pb_ioloop_call are safe from any thread; every other
- * function is for the loop thread only (a callback, a timer or a posted task).
+ * function is for the loop thread only (a callback, a timer or a posted task), except a
+ * transfer's own libcurl callbacks, which run on the transfer thread.
  *
  * Untrusted input: none here (transfers' data is checked by their owners).
  */
@@ -98,15 +103,13 @@ void pb_ioloop_off_stop(pb_ioloop *l, pb_ioloop_fn fn, void *ctx);
 /* ---- transfers (loop thread; used by hrpc_client) --------------------------------------- */
 
 typedef void (*pb_ioloop_done_fn)(void *ctx, CURLcode rc);
-/* Adds a configured easy handle; done(ctx, rc) runs on the loop thread when it finishes
- * (rc CURLE_ABORTED_BY_CALLBACK when the loop stops). The handle's CURLOPT_PRIVATE is the
- * loop's. key (NULL: "") picks the multi handle: transfers that may share a connection
- * (the same host and port) must give the same key. PB_ERR_SHUTDOWN when the loop is
- * stopping (done is not called). */
+/* Hands a configured easy handle to the transfer thread; done(ctx, rc) runs on the loop
+ * thread when it finishes (rc CURLE_ABORTED_BY_CALLBACK when the loop stops,
+ * CURLE_FAILED_INIT when libcurl refused it). Until then the handle is the transfer
+ * thread's, and so are its callbacks (CURLOPT_WRITEFUNCTION and the like run there): the
+ * caller touches neither. The handle's CURLOPT_PRIVATE is the loop's. key (NULL: "") picks the
+ * multi handle: transfers that may share a connection (the same host and port) must give the same
+ * key. PB_ERR_SHUTDOWN when the loop is stopping (done is not called). */
 pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn done, void *ctx);
-/* Removes a handle added with pb_ioloop_add before it finished; done is not called. */
-void pb_ioloop_remove(pb_ioloop *l, CURL *h);
-/* Transfers in the multi handle now. */
-size_t pb_ioloop_active(const pb_ioloop *l);
 
 #endif

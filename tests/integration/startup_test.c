@@ -3,8 +3,9 @@
  * guard, a server_id change with the daemon stopped, and a clean stop with a key fetch in
  * flight.
  *
- * The failure table (the admin and the federation port in use, a data directory in use
- * and PostgreSQL unreachable are runtime failures, exit 1; the rest configuration errors,
+ * The failure table (the admin and the federation port in use, a data directory in use,
+ * PostgreSQL unreachable and the I/O loop's threads failing to start (fault points) are
+ * runtime failures, exit 1; the rest configuration errors,
  * exit 2): each case starts postboxd and wants it to exit by itself with the
  * documented status (1 runtime, 2 configuration), never by a signal, with one line naming
  * the setting or file; a configuration error creates nothing (the data directory stays
@@ -92,7 +93,9 @@ static int run_postboxd(const char *const *args, bool as_nobody, char **log)
     const char *argv[64];
     int n = 0;
     /* PBT_POSTBOXD: another build's postboxd (to see this test fail on older code) */
-    argv[n++] = getenv("PBT_POSTBOXD") ? getenv("PBT_POSTBOXD") : PB_POSTBOXD;
+    argv[n++] = getenv("PBT_POSTBOXD") ? getenv("PBT_POSTBOXD")
+                : getenv("PB_FAULTS")  ? PB_POSTBOXD_FAULTS
+                                       : PB_POSTBOXD;
     for (int i = 0; args[i] && n < 63; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
@@ -231,6 +234,23 @@ static void test_failure_table(void)
         free(lock);
         free(key);
         free(dir);
+    }
+    /* the I/O loop's threads cannot start (fault points standing in for pthread_create):
+     * the transfer thread, then the loop thread with the transfer thread already running */
+    {
+        const char *points[] = {"ioloop.no-transfer-thread", "ioloop.no-loop-thread"};
+        const char *needles[] = {"cannot start the transfer thread", "cannot start the I/O thread"};
+        for (int i = 0; i < 2; i++) {
+            char *dir = xasprintf("%s/%s", base, points[i]);
+            setenv("PB_FAULTS", points[i], 1);
+            struct scase c = {points[i], 1, needles[i], false, false, false};
+            const char *args[] = {
+                "--data-dir",    dir,    "--listen", listen, "--admin-listen", admin,
+                "--peer-scheme", "http", NULL};
+            run_case(&c, args, NULL);
+            unsetenv("PB_FAULTS");
+            free(dir);
+        }
     }
     /* the data directory's parent is missing */
     {
