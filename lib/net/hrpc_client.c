@@ -3,12 +3,14 @@
  * hrpc_client.h).
  *
  * Design: every call is one `struct xfer` owning a fresh easy handle, its URL, headers,
- * a copy of the body and the answer buffer; it is added to the loop's multi handle and
- * finishes in on_done, which turns libcurl's result and the HTTP answer into a pb_err and
- * a pb_client_answer. Connections outlive the easy handles in the multi handle's cache,
- * so a peer's connection is reused across calls. A request refused before it is sent
- * (bad server ID, header injection, client shutting down) completes through a task posted
- * to the loop, so that a completion never runs inside pb_client_start.
+ * a copy of the body and the answer buffer; it is handed to the loop's transfer thread
+ * (pb_ioloop_add), where its libcurl callbacks run (on_data, on_progress, on_open_socket:
+ * they touch only the xfer and atomics), and finishes in on_done on the loop thread,
+ * which turns libcurl's result and the HTTP answer into a pb_err and a pb_client_answer.
+ * Connections outlive the easy handles in the multi handle's cache, so a peer's connection is
+ * reused across calls. A request refused before it is sent (bad server ID, header injection, client
+ * shutting down) completes through a task posted to the loop, so that a completion never runs
+ * inside pb_client_start.
  *
  * Names: a server ID naming a host is resolved by net/resolve (c-ares on the loop, no
  * thread) before the transfer is added, and libcurl is given the address with
@@ -22,7 +24,8 @@
  * TLS sessions: a new connection to a peer resumes the session of an earlier one (a
  * session ticket: no certificate exchange, no signature) instead of a full handshake. The
  * sessions are kept in libcurl TLS session caches (CURLSH with CURL_LOCK_DATA_SSL_SESSION,
- * locked by the share's callbacks since handles are made on the callers' threads). One
+ * locked by the share's callbacks: handles are made and freed on the loop thread and run
+ * on the transfer thread). One
  * libcurl 7.88 cache holds the 8 most recently used sessions, which with more than 8 peers
  * contacted in turn keeps none of them; so there are TLS_SHARES caches, made when first
  * needed, and a peer's transfers use the one its ID hashes to (keyed: a peer cannot aim at

@@ -127,6 +127,22 @@ int64_t pb_ioloop_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* An eventfd wakes its thread: wake adds one (EAGAIN: the counter is already non-zero,
+ * the thread will wake anyway); drain reads it back to zero before the queue is taken. */
+static void wake(int evfd)
+{
+    uint64_t one = 1;
+    ssize_t w = write(evfd, &one, sizeof one);
+    (void)w;
+}
+
+static void drain(int evfd)
+{
+    uint64_t v;
+    ssize_t r = read(evfd, &v, sizeof v);
+    (void)r;
+}
+
 /* ---- timers: a min-heap on `at` ----------------------------------------------------------- */
 
 static void heap_set(pb_ioloop *l, size_t i, pb_timer *t)
@@ -303,9 +319,7 @@ static void check_done(pb_ioloop *l, struct shard *sh)
  * handles; returns whether the thread is to stop. */
 static bool take_handed(pb_ioloop *l)
 {
-    uint64_t v;
-    ssize_t rd = read(l->xevfd, &v, sizeof v);
-    (void)rd;
+    drain(l->xevfd);
     pthread_mutex_lock(&l->xmu);
     struct xfer_rec *r = l->xq;
     l->xq = l->xq_tail = NULL;
@@ -360,11 +374,7 @@ pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn d
         l->xq = r;
     l->xq_tail = r;
     pthread_mutex_unlock(&l->xmu);
-    if (was_empty) {
-        uint64_t one = 1;
-        ssize_t w = write(l->xevfd, &one, sizeof one);
-        (void)w; /* EAGAIN: the counter is already non-zero, the thread will wake */
-    }
+    if (was_empty) wake(l->xevfd);
     return PB_OK;
 }
 
@@ -464,19 +474,13 @@ void pb_ioloop_post(pb_ioloop *l, pb_ioloop_fn fn, void *ctx)
         l->head = t;
     l->tail = t;
     pthread_mutex_unlock(&l->mu);
-    if (was_empty) {
-        uint64_t one = 1;
-        ssize_t w = write(l->evfd, &one, sizeof one);
-        (void)w; /* EAGAIN: the counter is already non-zero, the loop will wake */
-    }
+    if (was_empty) wake(l->evfd);
 }
 
 /* Runs the tasks queued now; returns how many ran. */
 static size_t run_tasks(pb_ioloop *l)
 {
-    uint64_t v;
-    ssize_t r = read(l->evfd, &v, sizeof v);
-    (void)r;
+    drain(l->evfd);
     pthread_mutex_lock(&l->mu);
     struct task *t = l->head;
     l->head = l->tail = NULL;
@@ -554,9 +558,7 @@ static void shutdown_transfers(pb_ioloop *l)
     pthread_mutex_lock(&l->xmu);
     l->xstop = true;
     pthread_mutex_unlock(&l->xmu);
-    uint64_t one = 1;
-    ssize_t w = write(l->xevfd, &one, sizeof one);
-    (void)w;
+    wake(l->xevfd);
     pthread_join(l->xthread, NULL);
     l->xstarted = false;
 }
@@ -762,11 +764,7 @@ void pb_ioloop_stop(pb_ioloop *l)
     if (!l->started) l->stopped = true;
     pthread_mutex_unlock(&l->mu);
     if (!l->started || l->joined) return;
-    if (!was) {
-        uint64_t one = 1;
-        ssize_t w = write(l->evfd, &one, sizeof one);
-        (void)w;
-    }
+    if (!was) wake(l->evfd);
     pthread_join(l->thread, NULL);
     l->joined = true;
 }
