@@ -13,13 +13,13 @@
  *
  * Posted tasks sit in a singly linked FIFO under `mu`; the eventfd is written only when
  * the queue goes from empty to non-empty, and the loop takes the whole queue at once.
- * Transfers are tracked in a doubly linked list of records on each side (CURLOPT_PRIVATE
- * points at the record) so that stop can finish every one of them. Transfers are spread
- * over several libcurl multi handles ("shards") by a key (the peer), so that a peer's
- * transfers share one connection cache: libcurl 7.88 walks its whole connection cache in
- * every curl_multi_remove_handle (to close connect-only connections), which with a
- * thousand peers' kept connections in one cache was a seventh of the loop's time per Push
- * (at most 8 shards: each holds its own copy of the CA store). Each shard has its own
+ * The transfer thread keeps its transfers in a doubly linked list of records
+ * (CURLOPT_PRIVATE points at the record) so that stop can finish every one of them.
+ * Transfers are spread over several libcurl multi handles ("shards") by a key (the peer),
+ * so that a peer's transfers share one connection cache: libcurl 7.88 walks its whole
+ * connection cache in every curl_multi_remove_handle (to close connect-only connections),
+ * which with a thousand peers' kept connections in one cache was a seventh of the loop's
+ * time per Push (at most 8 shards: each holds its own copy of the CA store). Each shard has its own
  * timeout; epoll's data carries the descriptor and its shard. Timers are a binary min-heap
  * of pointers into their owners' structs; each timer knows its heap position, so cancel
  * and re-arm are O(log n).
@@ -50,8 +50,7 @@ struct task {
 };
 
 struct xfer_rec {
-    struct xfer_rec *prev, *next;   /* the loop thread's list (l->xfers) */
-    struct xfer_rec *xprev, *xnext; /* the transfer thread's: queued, then in a multi handle */
+    struct xfer_rec *xprev, *xnext; /* the hand-over queue, then the transfer thread's list */
     CURL *h;
     struct shard *sh;
     pb_ioloop_done_fn done;
@@ -104,9 +103,6 @@ struct pb_ioloop {
     pthread_mutex_t mu; /* tasks and the stop flag */
     struct task *head, *tail;
     bool stopping, stopped;
-
-    struct xfer_rec *xfers; /* loop thread only */
-    size_t nxfers;
 
     /* the transfer thread */
     int xepfd, xevfd;
@@ -264,13 +260,6 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp)
 static void finished_on_loop(void *arg)
 {
     struct xfer_rec *r = arg;
-    pb_ioloop *l = r->sh->l;
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        l->xfers = r->next;
-    if (r->next) r->next->prev = r->prev;
-    l->nxfers--;
     pb_ioloop_done_fn done = r->done;
     void *ctx = r->ctx;
     CURLcode rc = r->rc;
@@ -362,10 +351,6 @@ pb_err pb_ioloop_add(pb_ioloop *l, CURL *h, const char *key, pb_ioloop_done_fn d
     r->ctx = ctx;
     r->sh = shard_of(l, key);
     curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)r);
-    r->next = l->xfers;
-    if (l->xfers) l->xfers->prev = r;
-    l->xfers = r;
-    l->nxfers++;
     pthread_mutex_lock(&l->xmu);
     bool was_empty = l->xq == NULL;
     if (l->xq_tail)
