@@ -35,7 +35,8 @@
 void pb_log(pb_log_level level, const char *peer, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 bool pb_log_enabled(pb_log_level level);
-/* Redirects output to fd (default 2); re-checks JOURNAL_STREAM against fd. */
+/* Redirects output to fd (default 2); re-checks JOURNAL_STREAM against fd. Lines a
+ * thread holds (pb_log_hold) go to the descriptor set when it writes them. */
 void pb_log_set_fd(int fd);
 
 /* Held lines, for a thread that writes many (an I/O loop, per round between two waits):

@@ -468,14 +468,20 @@ static void test_answers(struct srv *s)
         pb_log_set_fd(fileno(lf));
         CHECK_OK(call(c, s->id, "/t.S/Echo", NULL, NULL, 0, &a));
         pb_client_answer_clear(&a);
-        pb_log_set_fd(2);
-        pb_log_set_level(PB_LOG_INFO);
-        char line[2048] = "";
-        rewind(lf);
-        size_t n = fread(line, 1, sizeof line - 1, lf);
-        line[n] = '\0';
+        /* The loop thread writes its round's lines when it next waits, which may be just
+         * after the call returned here: the file is read until the line is in (5 s). */
         char want[128];
         snprintf(want, sizeof want, "debug peer=%s POST /t.S/Echo: success, HTTP 200", s->id);
+        char line[2048] = "";
+        for (int64_t until = pbt_now_ms() + 5000; pbt_now_ms() < until;) {
+            size_t n = (size_t)pread(fileno(lf), line, sizeof line - 1, 0);
+            line[n < sizeof line ? n : 0] = '\0';
+            if (strstr(line, want)) break;
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        pb_log_set_fd(2);
+        pb_log_set_level(PB_LOG_INFO);
         CHECKF(strstr(line, want) != NULL, "log: %s", line);
         fclose(lf);
     }
