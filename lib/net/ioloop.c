@@ -314,21 +314,22 @@ static bool take_handed(pb_ioloop *l)
     l->xq = l->xq_tail = NULL;
     bool stop = l->xstop;
     pthread_mutex_unlock(&l->xmu);
-    while (r) {
-        struct xfer_rec *next = r->xnext;
+    for (struct xfer_rec *next; r; r = next) {
+        next = r->xnext;
         r->xnext = NULL;
-        CURLMcode mc = stop ? CURLM_OK : curl_multi_add_handle(r->sh->multi, r->h);
         if (stop) {
             hand_back(l, r, CURLE_ABORTED_BY_CALLBACK);
-        } else if (mc != CURLM_OK) {
+            continue;
+        }
+        CURLMcode mc = curl_multi_add_handle(r->sh->multi, r->h);
+        if (mc != CURLM_OK) {
             PB_ERROR(NULL, "ioloop: curl_multi_add_handle: %s", curl_multi_strerror(mc));
             hand_back(l, r, CURLE_FAILED_INIT);
-        } else {
-            r->xnext = l->xactive;
-            if (l->xactive) l->xactive->xprev = r;
-            l->xactive = r;
+            continue;
         }
-        r = next;
+        r->xnext = l->xactive;
+        if (l->xactive) l->xactive->xprev = r;
+        l->xactive = r;
     }
     return stop;
 }
