@@ -113,6 +113,7 @@ struct xfer {
     struct curl_slist *connect_to;     /* CURLOPT_CONNECT_TO: host:port:addr:port */
     char first_addr[INET6_ADDRSTRLEN]; /* the first address tried: no lap around the list */
     int tries;                         /* addresses tried */
+    long connects;                     /* new connections the transfer opened (debug line) */
     bool for_client, has_client_addr;  /* its name lookups: on a client's behalf (resolve.h) */
     uint8_t client_addr[16];
     char *path;
@@ -423,8 +424,9 @@ static void xfer_free(struct xfer *x)
 static void finish(struct xfer *x, pb_err rc, pb_client_answer *ans)
 {
     ans->elapsed_ms = pb_ioloop_now_ms() - x->t0;
-    PB_DEBUG(x->id[0] ? x->id : NULL, "POST %s: %s, HTTP %ld, %lld ms%s%s%s%s", x->path,
-             pb_strerror(rc), ans->status, (long long)ans->elapsed_ms, ans->identifier ? " " : "",
+    PB_DEBUG(x->id[0] ? x->id : NULL, "POST %s: %s, HTTP %ld, %lld ms%s%s%s%s%s", x->path,
+             pb_strerror(rc), ans->status, (long long)ans->elapsed_ms,
+             x->connects > 0 ? ", new connection" : "", ans->identifier ? " " : "",
              ans->identifier ? ans->identifier : "", ans->message ? ": " : "",
              ans->message ? ans->message : "");
     pb_client_done_fn done = x->done;
@@ -467,6 +469,7 @@ static void on_done(void *ud, CURLcode cc)
     char *ctype = NULL;
     curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(x->h, CURLINFO_CONTENT_TYPE, &ctype);
+    curl_easy_getinfo(x->h, CURLINFO_NUM_CONNECTS, &x->connects);
     ans.status = status;
     if (x->too_big || cc == CURLE_FILESIZE_EXCEEDED) {
         ans.message = pb_xasprintf("answer too large (over %zu bytes)", x->max);
