@@ -2850,6 +2850,8 @@ pb_err pb_delivery_new(const pb_delivery_opts *opts, pb_delivery **out)
     pthread_mutex_unlock(&d->mu);
     pb_rename_outs_free(rs, n);
     d->exec = pb_exec_new(d->o.store_threads);
+    /* the store's checkpoints run on the store threads too, beside the commits */
+    pb_store_set_executor(d->o.store, d->exec);
     *out = d;
     return PB_OK;
 fail:
@@ -2957,6 +2959,7 @@ void pb_delivery_stop(pb_delivery *d)
     pthread_mutex_unlock(&d->submit_mu);
     pb_ioloop_call(d->loop, stop_on_loop, d);
     /* store work in flight ends; its completions run on the loop and see `stopping` */
+    if (d->exec) pb_store_set_executor(d->o.store, NULL);
     pb_exec_free(d->exec);
     d->exec = NULL;
 }
@@ -2965,6 +2968,7 @@ void pb_delivery_free(pb_delivery *d)
 {
     if (!d) return;
     if (d->loop) pb_delivery_stop(d);
+    if (d->exec) pb_store_set_executor(d->o.store, NULL);
     pb_exec_free(d->exec);
     for (size_t i = 0; i < d->npeers; i++) {
         struct peer *p = d->all[i];

@@ -34,6 +34,7 @@ void pb_store_opts_default(pb_store_opts *o)
     o->busy_timeout_ms = PB_STORE_BUSY_TIMEOUT_DEFAULT;
     o->max_batch = PB_STORE_MAX_BATCH_DEFAULT;
     o->model_log_rows = PB_STORE_MODEL_LOG_DEFAULT;
+    o->checkpoint_pages = PB_STORE_CHECKPOINT_PAGES_DEFAULT;
     o->metrics = NULL;
 }
 
@@ -100,6 +101,12 @@ static pb_err opts_normalise(const pb_store_opts *opts, pb_store_opts *out)
         return PB_ERR_CONFIG;
     }
     if (opts->model_log_rows > 0) o.model_log_rows = opts->model_log_rows;
+    if (opts->checkpoint_pages < 0 || opts->checkpoint_pages > PB_STORE_CHECKPOINT_PAGES_LIMIT) {
+        PB_ERROR(NULL, "store: checkpoint_pages must be 1..%d (%d)",
+                 PB_STORE_CHECKPOINT_PAGES_LIMIT, opts->checkpoint_pages);
+        return PB_ERR_CONFIG;
+    }
+    if (opts->checkpoint_pages > 0) o.checkpoint_pages = opts->checkpoint_pages;
     o.metrics = opts->metrics;
     *out = o;
     return PB_OK;
@@ -216,6 +223,11 @@ void pb_store_stats_get(pb_store *s, pb_store_stats *out)
     if (!out) return;
     memset(out, 0, sizeof *out);
     if (s) s->ops->stats_get(s->impl, out);
+}
+
+void pb_store_set_executor(pb_store *s, pb_exec *e)
+{
+    if (s && s->ops->set_executor) s->ops->set_executor(s->impl, e);
 }
 
 const char *pb_store_backend(pb_store *s)

@@ -38,6 +38,7 @@
 
 #include "crypto/keys.h"
 #include "postbox.h"
+#include "util/exec.h"
 #include "util/metrics_std.h"
 
 typedef struct pb_store pb_store;
@@ -50,15 +51,17 @@ typedef enum pb_store_sync {
 } pb_store_sync;
 
 typedef struct pb_store_opts {
-    pb_store_sync sync;  /* SQLite PRAGMA synchronous / PostgreSQL synchronous_commit
-                            (full: on, normal: local, off: off); FULL by default */
-    int busy_timeout_ms; /* lock wait before PB_ERR_STORE (PostgreSQL: lock_timeout);
-                            default 5000 (0 = default) */
-    int max_batch;       /* SQLite: most writes in one group commit; default 256 (0 =
-                            default); PostgreSQL: unused */
-    int model_log_rows;  /* SQLite: received guild and invite changes kept in the model log
-                            before they are merged into the tables (store_sqlite.c "model
-                            log"); default 100000 (0 = default); PostgreSQL: unused */
+    pb_store_sync sync;   /* SQLite PRAGMA synchronous / PostgreSQL synchronous_commit
+                             (full: on, normal: local, off: off); FULL by default */
+    int busy_timeout_ms;  /* lock wait before PB_ERR_STORE (PostgreSQL: lock_timeout);
+                             default 5000 (0 = default) */
+    int max_batch;        /* SQLite: most writes in one group commit; default 256 (0 =
+                             default); PostgreSQL: unused */
+    int model_log_rows;   /* SQLite: received guild and invite changes kept in the model log
+                             before they are merged into the tables (store_sqlite.c "model
+                             log"); default 100000 (0 = default); PostgreSQL: unused */
+    int checkpoint_pages; /* SQLite: WAL pages (4 KiB) that make a checkpoint due; default
+                             10000, about 40 MiB (0 = default); PostgreSQL: unused */
     /* Where write transactions are measured (commit latency; SQLite: writes per group
      * commit), or NULL. Borrowed: it must outlive the store. */
     const pb_metrics_std *metrics;
@@ -69,10 +72,13 @@ typedef struct pb_store_opts {
 #define PB_STORE_MAX_BATCH_LIMIT 100000
 #define PB_STORE_MODEL_LOG_DEFAULT 100000
 #define PB_STORE_MODEL_LOG_LIMIT 10000000
+#define PB_STORE_CHECKPOINT_PAGES_DEFAULT 10000
+#define PB_STORE_CHECKPOINT_PAGES_LIMIT 1000000
 
 /* Zero-initialised opts mean the defaults; this fills them in explicitly. Negative
- * values, a max_batch over PB_STORE_MAX_BATCH_LIMIT or a model_log_rows over
- * PB_STORE_MODEL_LOG_LIMIT make pb_store_open fail with PB_ERR_CONFIG. */
+ * values, a max_batch over PB_STORE_MAX_BATCH_LIMIT, a model_log_rows over
+ * PB_STORE_MODEL_LOG_LIMIT or a checkpoint_pages over PB_STORE_CHECKPOINT_PAGES_LIMIT make
+ * pb_store_open fail with PB_ERR_CONFIG. */
 void pb_store_opts_default(pb_store_opts *o);
 pb_err pb_store_sync_parse(const char *s, pb_store_sync *out); /* off|normal|full */
 const char *pb_store_sync_name(pb_store_sync s);
@@ -119,8 +125,22 @@ pb_err pb_store_backup(pb_store *s, int *fd, uint64_t *size);
 typedef struct pb_store_stats {
     uint64_t commits;
     uint64_t writes;
+    /* SQLite: WAL checkpoints run (failed and busy ones not counted), and of them those
+     * that ran on the executor given to pb_store_set_executor. */
+    uint64_t checkpoints;
+    uint64_t checkpoints_handed;
 } pb_store_stats;
 void pb_store_stats_get(pb_store *s, pb_store_stats *out);
+
+/* Hands the store's upkeep to e's threads, so that no write waits for it. SQLite: the WAL
+ * checkpoint (copying the pages of the WAL's commits into the database file, due every
+ * checkpoint_pages pages) then runs as a task on e, on a connection of its own, while the
+ * writer goes on committing; without an executor (or with the WAL past four times
+ * checkpoint_pages, a checkpoint that cannot keep up) the writer runs it itself after
+ * answering a batch's callers, and writes queued meanwhile wait for it. e is borrowed:
+ * call this with NULL before freeing e, and free e (which runs the tasks already queued)
+ * before closing the store. PostgreSQL: nothing (the server checkpoints). */
+void pb_store_set_executor(pb_store *s, pb_exec *e);
 
 /* The backend's name: "sqlite" or "postgres" (a static string). */
 const char *pb_store_backend(pb_store *s);

@@ -188,6 +188,8 @@ typedef struct pb_store_driver {
 
     /* Optional: a consistent copy of the running store (store.h pb_store_backup). */
     pb_err (*backup)(void *eng, int *fd, uint64_t *size);
+    /* Optional: the engine's upkeep goes to e's threads (store.h pb_store_set_executor). */
+    void (*set_executor)(void *eng, pb_exec *e);
 
     /* The engine's test-only fault state (store_impl.h fault points). */
     pb_store_faults *(*faults)(void *eng);

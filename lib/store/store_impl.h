@@ -37,6 +37,7 @@ typedef struct pb_store_ops {
     /* PB_ERR_INVAL where the engine has no online copy (store_driver.h backup). */
     pb_err (*backup)(void *impl, int *fd, uint64_t *size);
     void (*stats_get)(void *impl, pb_store_stats *out);
+    void (*set_executor)(void *impl, pb_exec *e); /* optional (store.h) */
 
     pb_err (*meta_get)(void *impl, const char *key, char **val);
     pb_err (*meta_set)(void *impl, const char *key, const char *val);

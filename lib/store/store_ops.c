@@ -922,6 +922,12 @@ static void op_stats_get(void *impl, pb_store_stats *out)
     s->d->stats(s->eng, out);
 }
 
+static void op_set_executor(void *impl, pb_exec *e)
+{
+    st *s = impl;
+    if (s->d->set_executor) s->d->set_executor(s->eng, e);
+}
+
 /* An online copy is the engine's own (SQLite: the backup API); PostgreSQL has none. */
 static pb_err op_backup(void *impl, int *fd, uint64_t *size)
 {
@@ -2287,15 +2293,15 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
     {                                                                                              \
         .name = engine##_name, .open = engine##_open, .close = op_close, .ping = op_ping,          \
         .schema_version = op_schema_version, .integrity_check = op_integrity_check,                \
-        .backup = op_backup, .stats_get = op_stats_get, .meta_get = op_meta_get,                   \
-        .meta_set = op_meta_set, .peer_touch = op_peer_touch, .peer_key_get = op_peer_key_get,     \
-        .peer_key_set = op_peer_key_set, .peer_list = op_peer_list,                                \
-        .peer_state_get = op_peer_state_get, .peer_state_list = op_peer_state_list,                \
-        .peer_state_set = op_peer_state_set, .outbox_append = op_outbox_append,                    \
-        .outbox_append_async = op_outbox_append_async, .outbox_read = op_outbox_read,              \
-        .outbox_ack = op_outbox_ack, .outbox_ack_many = op_outbox_ack_many,                        \
-        .outbox_remove = op_outbox_remove, .receive = op_receive,                                  \
-        .receive_async = op_receive_async, .inbox_read = op_inbox_read,                            \
+        .backup = op_backup, .stats_get = op_stats_get, .set_executor = op_set_executor,           \
+        .meta_get = op_meta_get, .meta_set = op_meta_set, .peer_touch = op_peer_touch,             \
+        .peer_key_get = op_peer_key_get, .peer_key_set = op_peer_key_set,                          \
+        .peer_list = op_peer_list, .peer_state_get = op_peer_state_get,                            \
+        .peer_state_list = op_peer_state_list, .peer_state_set = op_peer_state_set,                \
+        .outbox_append = op_outbox_append, .outbox_append_async = op_outbox_append_async,          \
+        .outbox_read = op_outbox_read, .outbox_ack = op_outbox_ack,                                \
+        .outbox_ack_many = op_outbox_ack_many, .outbox_remove = op_outbox_remove,                  \
+        .receive = op_receive, .receive_async = op_receive_async, .inbox_read = op_inbox_read,     \
         .inbox_last_seq = op_inbox_last_seq, .guilds = op_guilds, .invites = op_invites,           \
         .peer_rename = op_peer_rename, .self_rename = op_self_rename,                              \
         .rename_out_list = op_rename_out_list, .rename_out_done = op_rename_out_done,              \

@@ -4,7 +4,21 @@
  *
  * Design:
  *  - One database file in WAL mode, PRAGMA synchronous from the options (FULL by default),
- *    foreign_keys on, a busy timeout, a checkpoint every WAL_AUTOCHECKPOINT pages.
+ *    foreign_keys on, a busy timeout.
+ *  - Checkpoints off the commit path: SQLite's automatic checkpoint would copy the WAL's
+ *    pages into the database inside the COMMIT that crossed its threshold (40 MiB of WAL:
+ *    100 to 500 ms here), and every write queued meanwhile would wait. Instead a WAL hook
+ *    on the write connection notes the WAL's size after each commit; once it holds
+ *    opts.checkpoint_pages pages, the writer, after answering the batch's callers, hands a
+ *    PASSIVE checkpoint to the executor the owner gave (pb_store_set_executor: the
+ *    delivery engine's store threads), which runs it on a connection of its own while the
+ *    writer goes on committing (WAL: a checkpoint does not take the write lock). One is
+ *    queued at a time. After it, the writer copies the few pages committed meanwhile
+ *    itself (checkpoint_due), so that its next transaction starts the WAL over. Without
+ *    an executor, or once the WAL holds four times the threshold (a checkpoint that
+ *    cannot keep up), the writer checkpoints itself, after answering its callers, so the
+ *    WAL stays bounded. A failed checkpoint is logged and tried again a
+ *    second later; the WAL grows meanwhile.
  *  - Group commit: exactly one writer thread owns the write connection. A write call
  *    packages its work as a job (fn + context on the caller's stack), enqueues it and
  *    waits (an asynchronous write, write_async: the job on the heap with a callback, and
@@ -17,8 +31,8 @@
  * PB_ERR_DISK_FULL if the disk is full: SQLITE_FULL, or an I/O error with ENOSPC); the writer keeps
  * running. Unavailable-store failures are logged through the store-health tracker (util/health.h).
  *  - The WAL written out ahead (synchronous FULL): at open, after the migrations and before
- *    the writer thread starts, the WAL file is extended with zeros to WAL_PREWRITE_BYTES
- *    (what it grows to between two checkpoints). Appending a commit to a growing file
+ *    the writer thread starts, the WAL file is extended with zeros to what it grows to
+ *    between two checkpoints (opts.checkpoint_pages). Appending a commit to a growing file
  *    makes each fdatasync also commit the file system's journal (the new size and
  *    blocks); writing over blocks already written does not (this disk: p50 211 against 94
  *    us for 20 KiB). Zeros past the WAL's valid frames are what SQLite leaves there after
@@ -70,16 +84,13 @@
 #include "store/store_driver.h"
 
 #define READ_POOL_MAX 8
-/* WAL pages between checkpoints (SQLite's default is 1,000): about 40 MiB of WAL. */
-#define WAL_AUTOCHECKPOINT_PAGES 10000
-#define WAL_STR_(x) #x
-#define WAL_STR(x) WAL_STR_(x)
-#define WAL_AUTOCHECKPOINT WAL_STR(WAL_AUTOCHECKPOINT_PAGES)
-/* The WAL's size at a checkpoint: a 32-byte header and WAL_AUTOCHECKPOINT_PAGES frames of
- * a 24-byte header and a 4 KiB page (SQLite's default page size), rounded up to a MiB. */
-#define WAL_PREWRITE_BYTES                                                                         \
-    ((((off_t)32 + (off_t)WAL_AUTOCHECKPOINT_PAGES * (24 + 4096)) + (1 << 20) - 1) &               \
-     ~(off_t)((1 << 20) - 1))
+/* The WAL's size at which the writer checkpoints itself though an executor was given. */
+#define CK_INLINE_FACTOR 4
+/* A checkpoint task's passes, and the frames committed during one that make another. */
+#define CK_PASSES 4
+#define CK_CATCH_UP 256
+/* After a failed checkpoint, none is tried for this long (one warning a second at most). */
+#define CK_RETRY_NS 1000000000LL
 
 #define D (&pb_store_sqlite_driver)
 
@@ -120,6 +131,16 @@ typedef struct sq {
     pb_series *m_commit, *m_writes; /* commit latency, writes per commit; NULL: none */
     pb_store_faults f;              /* PB_FAULTS builds; f.queued: the jobs queued */
     pb_pool readers;
+    /* checkpoints (see the design above) */
+    int wal_frames;     /* writer thread: the WAL's frames after its last commit */
+    pb_exec *ck_exec;   /* under mu: where checkpoints go; NULL: the writer runs them */
+    bool ck_queued;     /* under mu: a checkpoint task is queued or running */
+    bool ck_ran;        /* under mu: the last checkpoint was the task's */
+    int64_t ck_after;   /* under mu: no checkpoint before this (monotonic ns): one failed */
+    uint64_t ck_count;  /* under mu: checkpoints run */
+    uint64_t ck_handed; /* under mu: of them, on ck_exec */
+    conn *ck_conn;      /* the checkpoint task's connection (one task at a time) */
+    pb_series *m_ckpt;  /* checkpoint duration; NULL: none */
 } sq;
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -340,10 +361,9 @@ static pb_err conn_open(sq *b, bool readonly, conn **out)
                         : b->opts.sync == PB_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
                                                          : "PRAGMA synchronous=FULL",
                         "PRAGMA synchronous");
-        /* Checkpoint every WAL_AUTOCHECKPOINT pages rather than SQLite's 1,000: a page
-         * changed by several commits in between is copied into the database once. */
-        if (err == PB_OK)
-            err = sq_script(c, "PRAGMA wal_autocheckpoint=" WAL_AUTOCHECKPOINT, "PRAGMA wal");
+        /* No automatic checkpoint: the write connection's WAL hook replaces it (and the
+         * checkpoint connection never writes). */
+        if (err == PB_OK) err = sq_script(c, "PRAGMA wal_autocheckpoint=0", "PRAGMA wal");
     }
     if (err == PB_OK) err = sq_script(c, "PRAGMA foreign_keys=ON", "PRAGMA foreign_keys");
 out:
@@ -426,6 +446,113 @@ abort:
 static void log_merge(sq *b, int64_t added);
 static pb_err log_recount(conn *c);
 
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The write connection's WAL hook (writer thread, after each commit): frames is the
+ * WAL's size in pages. Replaces SQLite's automatic checkpoint. */
+static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    ((sq *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
+
+/* One PASSIVE checkpoint on db (copies what no reader still needs; never waits for the
+ * writer), measured and logged; handed: on the executor. Answers the WAL frames now in the
+ * database (SQLite's count since the WAL started over), or -1 when it did not run. */
+static int checkpoint(sq *b, sqlite3 *db, bool handed)
+{
+    int64_t t0 = mono_ns();
+    int log = 0, copied = 0;
+    int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+    double s = (double)(mono_ns() - t0) / 1e9;
+    pthread_mutex_lock(&b->mu);
+    if (rc == SQLITE_OK) {
+        b->ck_count++;
+        b->ck_handed += handed;
+        b->ck_ran = handed;
+    } else if ((rc & 0xff) != SQLITE_BUSY) {
+        b->ck_after = mono_ns() + CK_RETRY_NS;
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (rc == SQLITE_OK) {
+        pb_histogram_observe(b->m_ckpt, s);
+        PB_DEBUG(NULL, "store: checkpoint%s: %d of %d WAL pages in the database, %.1f ms",
+                 handed ? "" : " by the writer", copied, log, s * 1e3);
+    } else if ((rc & 0xff) == SQLITE_BUSY) { /* another one runs: it does the work */
+        PB_DEBUG(NULL, "store: checkpoint: busy");
+    } else {
+        PB_WARN(NULL,
+                "store: checkpoint of %s failed: %s (%s); the WAL grows until one "
+                "succeeds, tried again in a second",
+                b->path, sqlite3_errstr(rc), sqlite3_errmsg(db));
+    }
+    return rc == SQLITE_OK ? copied : -1;
+}
+
+/* The executor's task: checkpoints on the task's own connection, again while the commits
+ * made during the last one add CK_CATCH_UP frames or more (at most CK_PASSES), so that
+ * what the writer copies after it (checkpoint_due) is a few pages. */
+static void checkpoint_task(void *arg)
+{
+    sq *b = arg;
+    if (!b->ck_conn && conn_open(b, false, &b->ck_conn) != PB_OK) {
+        PB_WARN(NULL, "store: no connection for checkpoints; tried again in a second");
+        pthread_mutex_lock(&b->mu);
+        b->ck_after = mono_ns() + CK_RETRY_NS;
+    } else {
+        for (int pass = 0, before = -1, now; pass < CK_PASSES; pass++, before = now) {
+            now = checkpoint(b, b->ck_conn->db, true);
+            if (now < 0 || (before >= 0 && now - before < CK_CATCH_UP)) break;
+        }
+        pthread_mutex_lock(&b->mu);
+    }
+    b->ck_queued = false;
+    pthread_cond_broadcast(&b->done);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Writer thread, with mu held, the batch's callers answered: the WAL holds the threshold
+ * or more. Queues the checkpoint (one at a time), or runs it here: without an executor, at
+ * four times the threshold, and right after a handed one, whose copy the commits since
+ * have outrun. That last one copies only their pages, and it ends before the writer's
+ * next transaction begins, which then starts the WAL over (SQLite does so only when a
+ * write transaction begins with every frame copied; a checkpoint running beside the
+ * commits rarely leaves it so). */
+static void checkpoint_due(sq *b)
+{
+    if (b->ck_after && mono_ns() < b->ck_after) return;
+    b->ck_after = 0;
+    if (b->ck_exec && b->wal_frames < CK_INLINE_FACTOR * b->opts.checkpoint_pages) {
+        if (b->ck_queued) return;
+        if (!b->ck_ran) {
+            b->ck_queued = true;
+            pb_exec_run(b->ck_exec, checkpoint_task, b);
+            return;
+        }
+    }
+    b->ck_ran = false;
+    pthread_mutex_unlock(&b->mu);
+    checkpoint(b, b->wconn->db, false);
+    pthread_mutex_lock(&b->mu);
+}
+
+static void sq_set_executor(void *eng, pb_exec *e)
+{
+    sq *b = eng;
+    pthread_mutex_lock(&b->mu);
+    b->ck_exec = e;
+    pthread_mutex_unlock(&b->mu);
+}
+
 static void *writer_main(void *arg)
 {
     sq *b = arg;
@@ -494,6 +621,10 @@ static void *writer_main(void *arg)
             log_merge(b, b->wconn->log_rows - log_before);
             pthread_mutex_lock(&b->mu);
         }
+        if (committed && b->wal_frames >= b->opts.checkpoint_pages)
+            checkpoint_due(b);
+        else if (committed) /* the WAL started over: the next due one is the task's again */
+            b->ck_ran = false;
     }
     pthread_mutex_unlock(&b->mu);
     free(batch);
@@ -563,6 +694,8 @@ static void sq_stats(void *eng, pb_store_stats *out)
     pthread_mutex_lock(&b->mu);
     out->commits = b->commits;
     out->writes = b->writes;
+    out->checkpoints = b->ck_count;
+    out->checkpoints_handed = b->ck_handed;
     pthread_mutex_unlock(&b->mu);
 }
 
@@ -726,9 +859,10 @@ static void sq_close(void *eng)
     if (b->writer_started) pthread_join(b->writer, NULL);
     /* Writes queued before close are committed now; let their callers leave. */
     pthread_mutex_lock(&b->mu);
-    while (b->callers > 0)
+    while (b->callers > 0 || b->ck_queued) /* ck_queued: an executor not freed yet (store.h) */
         pthread_cond_wait(&b->done, &b->mu);
     pthread_mutex_unlock(&b->mu);
+    conn_close(b->ck_conn);
     for (conn *c; (c = pb_pool_drain(&b->readers)) != NULL;)
         conn_close(c);
     if (b->wconn) {
@@ -744,22 +878,25 @@ static void sq_close(void *eng)
     free(b);
 }
 
-/* Extends the WAL with zeros to WAL_PREWRITE_BYTES (see the design above). Called while
- * nothing else writes it: the write connection is idle and the writer not started. */
+/* Extends the WAL with zeros to what it holds when a checkpoint is due (see the design
+ * above): a 32-byte header and checkpoint_pages frames of a 24-byte header and a 4 KiB
+ * page (SQLite's default page size), rounded up to a MiB. Called while nothing else
+ * writes it: the write connection is idle and the writer not started. */
 static void wal_prewrite(const sq *b)
 {
+    const off_t want = ((off_t)32 + (off_t)b->opts.checkpoint_pages * (24 + 4096) + (1 << 20) - 1) &
+                       ~(off_t)((1 << 20) - 1);
     /* static, not allocated: a freed 1 MiB block would raise glibc's mmap threshold and
      * change where every later large allocation of the process goes */
     static const uint8_t zero[64 * 1024];
     char *path = pb_xasprintf("%s-wal", b->path);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size >= WAL_PREWRITE_BYTES) goto out;
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size >= want) goto out;
     off_t at = st.st_size;
     int e = 0;
-    while (at < WAL_PREWRITE_BYTES && !e) {
-        size_t n = WAL_PREWRITE_BYTES - at < (off_t)sizeof zero ? (size_t)(WAL_PREWRITE_BYTES - at)
-                                                                : sizeof zero;
+    while (at < want && !e) {
+        size_t n = want - at < (off_t)sizeof zero ? (size_t)(want - at) : sizeof zero;
         ssize_t w = pwrite(fd, zero, n, at);
         if (w > 0)
             at += w;
@@ -797,6 +934,7 @@ static pb_err sq_open(const char *location, const pb_store_opts *opts, void **en
     b->opts = *opts;
     b->m_commit = pb_metric_series(PB_METRIC(opts->metrics, store_commit_duration), NULL);
     b->m_writes = pb_metric_series(PB_METRIC(opts->metrics, store_commit_writes), NULL);
+    b->m_ckpt = pb_metric_series(PB_METRIC(opts->metrics, store_checkpoint_duration), NULL);
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->work, NULL);
     pthread_cond_init(&b->done, NULL);
@@ -804,6 +942,7 @@ static pb_err sq_open(const char *location, const pb_store_opts *opts, void **en
     b->f = (pb_store_faults){.mu = &b->mu, .cond = &b->work};
 
     err = conn_open(b, false, &b->wconn);
+    if (err == PB_OK) sqlite3_wal_hook(b->wconn->db, on_wal, b);
     if (err == PB_OK) err = pb_store_migrate(D, b->wconn, b->path);
     if (err == PB_OK) err = log_recount(b->wconn);
     if (err == PB_OK && b->opts.sync == PB_SYNC_FULL) wal_prewrite(b);
@@ -922,5 +1061,6 @@ const pb_store_driver pb_store_sqlite_driver = {
     .rename_prepare = sq_rename_prepare,
     .applied = sq_applied,
     .backup = sq_backup,
+    .set_executor = sq_set_executor,
     .faults = sq_faults,
 };

@@ -217,6 +217,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         pb_metrics_histogram(reg, "postbox_store_commit_batch_writes",
                              "Write calls committed together in one SQLite group commit", NULL,
                              batch_bounds, N(batch_bounds));
+    s->store_checkpoint_duration = pb_metrics_histogram(
+        reg, "postbox_store_checkpoint_duration_seconds",
+        "SQLite WAL checkpoints (the WAL's pages copied into the database file), beside the "
+        "commits",
+        NULL, commit_bounds, N(commit_bounds));
 
     s->peers =
         pb_metrics_gauge(reg, "postbox_peers", "Known peers by delivery mode (store)", "mode");

@@ -51,6 +51,8 @@
  *   store (store/store_sqlite.c writer, store/store_pg.c write calls)
  *     store_commit_duration  postbox_store_commit_duration_seconds
  *     store_commit_writes    postbox_store_commit_batch_writes (SQLite group commit)
+ *     store_checkpoint_duration postbox_store_checkpoint_duration_seconds (SQLite WAL
+ *                            checkpoints, off the commit path: store_sqlite.c)
  *   monitor (admin/monitor.c scrape hook: the store, the listeners)
  *     peers                  postbox_peers{mode=push|queued|parked}
  *     queued_events          postbox_queued_events
@@ -115,6 +117,7 @@ typedef struct pb_metrics_std {
 
     pb_metric *store_commit_duration;
     pb_metric *store_commit_writes;
+    pb_metric *store_checkpoint_duration;
 
     pb_metric *peers;
     pb_metric *queued_events;

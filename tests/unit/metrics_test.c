@@ -297,6 +297,7 @@ static void test_two_registries(void)
         "# TYPE postbox_auth_refusals_total counter\n",
         "postbox_store_commit_duration_seconds_count 0\n",
         "postbox_store_commit_batch_writes_count 0\n",
+        "postbox_store_checkpoint_duration_seconds_count 0\n",
         "postbox_peers{mode=\"parked\"} 0\n",
         "postbox_queued_events 0\n",
         "# TYPE postbox_peer_oldest_queued_age_seconds gauge\n",

@@ -275,6 +275,118 @@ static void test_wal_prewrite(void)
     free(spec);
 }
 
+/* Checkpoints off the commit path (store_sqlite.c "checkpoints"), 32 pages the threshold:
+ * without an executor the writer checkpoints itself; with one, the checkpoint runs there
+ * and not on the writer; with the executor's one thread held, the writer takes over once
+ * the WAL holds four times the threshold, so the WAL stays bounded. Every value written
+ * reads back after a reopen. */
+struct held {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, release;
+};
+
+static void hold_task(void *arg)
+{
+    struct held *h = arg;
+    pthread_mutex_lock(&h->mu);
+    h->started = true;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->release)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static bool ck_write(pb_store *s, int i)
+{
+    char key[32], val[2048];
+    snprintf(key, sizeof key, "ck%05d", i);
+    memset(val, 'a' + i % 26, sizeof val - 1);
+    val[sizeof val - 1] = '\0';
+    return pb_store_meta_set(s, key, val) == PB_OK;
+}
+
+static void test_checkpoints(void)
+{
+    char *spec = spec_for("ckpt");
+    pb_store_opts o = {.checkpoint_pages = 32};
+    pb_store *s = NULL;
+    CHECK_OK(pb_store_open(spec, &o, &s));
+    if (!s) goto out;
+    long long wal0 = wal_size(spec);
+    CHECKF(wal0 == 1LL << 20, "WAL written out ahead to the threshold's MiB: %lld", wal0);
+    int n = 0;
+    pb_store_stats st = {0}, st0;
+
+    /* no executor: the writer */
+    while (n < 400 && st.checkpoints == 0) {
+        CHECK(ck_write(s, n++));
+        pb_store_stats_get(s, &st);
+    }
+    CHECKF(st.checkpoints >= 1 && st.checkpoints_handed == 0, "%llu checkpoints, %llu handed",
+           (unsigned long long)st.checkpoints, (unsigned long long)st.checkpoints_handed);
+
+    /* an executor: 40 writes (40 to 120 WAL pages, under four times 32) make one due; it
+     * runs there, and the writer runs at most one after each (the pages committed while it
+     * ran) */
+    pb_exec *e = pb_exec_new(1);
+    pb_store_set_executor(s, e);
+    st0 = st;
+    for (int k = 0; k < 40; k++)
+        CHECK(ck_write(s, n++));
+    for (int t = 0; t < 500 && st.checkpoints_handed == st0.checkpoints_handed; t++) {
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        pb_store_stats_get(s, &st);
+    }
+    CHECKF(st.checkpoints_handed > st0.checkpoints_handed &&
+               st.checkpoints - st.checkpoints_handed -
+                       (st0.checkpoints - st0.checkpoints_handed) <=
+                   st.checkpoints_handed - st0.checkpoints_handed,
+           "handed %llu -> %llu, by the writer %llu -> %llu",
+           (unsigned long long)st0.checkpoints_handed, (unsigned long long)st.checkpoints_handed,
+           (unsigned long long)(st0.checkpoints - st0.checkpoints_handed),
+           (unsigned long long)(st.checkpoints - st.checkpoints_handed));
+
+    /* the executor's thread held: past 4 x 32 pages the writer checkpoints after all, and
+     * the WAL stays within what was written ahead */
+    struct held h = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false};
+    pb_exec_run(e, hold_task, &h);
+    pthread_mutex_lock(&h.mu);
+    while (!h.started)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+    st0 = st;
+    for (int k = 0; k < 300; k++)
+        CHECK(ck_write(s, n++));
+    pb_store_stats_get(s, &st);
+    CHECKF(st.checkpoints - st.checkpoints_handed > st0.checkpoints - st0.checkpoints_handed,
+           "the writer checkpointed: %llu -> %llu",
+           (unsigned long long)(st0.checkpoints - st0.checkpoints_handed),
+           (unsigned long long)(st.checkpoints - st.checkpoints_handed));
+    CHECKF(wal_size(spec) == wal0, "WAL bounded: %lld bytes", wal_size(spec));
+    pthread_mutex_lock(&h.mu);
+    h.release = true;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    pb_store_set_executor(s, NULL);
+    pb_exec_free(e);
+    pb_store_close(s);
+    s = NULL;
+
+    CHECK_OK(pb_store_open(spec, &o, &s));
+    for (int i = 0; s && i < n; i++) {
+        char key[32], *v = NULL;
+        snprintf(key, sizeof key, "ck%05d", i);
+        CHECK_OK(pb_store_meta_get(s, key, &v));
+        CHECKF(v && strlen(v) == 2047 && v[0] == 'a' + i % 26, "value %d", i);
+        free(v);
+    }
+    if (s) CHECK_OK(pb_store_integrity_check(s));
+out:
+    pb_store_close(s);
+    free(spec);
+}
+
 static void test_options(void)
 {
     pb_store_opts o;
@@ -283,6 +395,7 @@ static void test_options(void)
     CHECK_INT(o.busy_timeout_ms, 5000);
     CHECK_INT(o.max_batch, 256);
     CHECK_INT(o.model_log_rows, 100000);
+    CHECK_INT(o.checkpoint_pages, 10000);
     pb_store_sync sy;
     CHECK_OK(pb_store_sync_parse("off", &sy));
     CHECK_INT(sy, PB_SYNC_OFF);
@@ -322,6 +435,10 @@ static void test_options(void)
     bad = (pb_store_opts){.model_log_rows = -1};
     CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
     bad = (pb_store_opts){.model_log_rows = PB_STORE_MODEL_LOG_LIMIT + 1};
+    CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
+    bad = (pb_store_opts){.checkpoint_pages = -1};
+    CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
+    bad = (pb_store_opts){.checkpoint_pages = PB_STORE_CHECKPOINT_PAGES_LIMIT + 1};
     CHECK_ERR(pb_store_open(p, &bad, &s), PB_ERR_CONFIG);
     CHECK(s == NULL);
     CHECK_ERR(pb_store_open("sqlite:", NULL, &s), PB_ERR_CONFIG);
@@ -4035,6 +4152,7 @@ int main(int argc, char **argv)
     test_open_migrate_reopen();
     test_concurrent_open();
     if (!g_pg) test_wal_prewrite();
+    if (!g_pg) test_checkpoints();
 
     char *p = spec_for("ops");
     pb_store *s = NULL;
