@@ -356,6 +356,9 @@ static const char *const stmt_sql[ST__COUNT][PB_ENGINE__COUNT] = {
                             " ON CONFLICT(user_id, server_id, invite_id)"
                             " DO UPDATE SET inviter_id = excluded.inviter_id"),
     [ST_LOG_DELETE] = SQ("DELETE FROM model_log WHERE id <= $1"),
+    /* the first $2 rows of a merged range, by id */
+    [ST_LOG_DELETE_FIRST] = SQ("DELETE FROM model_log WHERE id IN (SELECT id FROM model_log"
+                               " WHERE id <= $1 ORDER BY id LIMIT $2)"),
     [ST_LOG_LAST] = SQ("SELECT coalesce(max(id), 0) FROM model_log"),
     /* queue control (store.h): $1 NULL flushes every queued peer */
     [ST_FLUSH] = BOTH("UPDATE peers SET attempts = 0, next_attempt_at = $2"
