@@ -22,8 +22,16 @@
  *
  * --check-config judges file access as the service's user: --check-as USER, or, when run
  * as root without it, the account "postbox" (the packaged unit's User=) if it exists.
+ *
+ * Memory: glibc's mmap threshold is fixed at 128 KiB (fixed_mmap_threshold). By default it
+ * rises to the size of each large block freed, after which every block up to that size
+ * (an admin call's body and its parse, a Pull answer) comes from the arena of the thread
+ * that asked and stays there, fragmented, once freed: each listener thread's arena grew to
+ * the largest request it had served. An operator's own MALLOC_MMAP_THRESHOLD_ or
+ * glibc.malloc.mmap_threshold tunable is left alone.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -186,6 +194,14 @@ static const char *check_user(const char *given)
     return NULL;
 }
 
+/* See "Memory" above. */
+static void fixed_mmap_threshold(void)
+{
+    const char *t = getenv("GLIBC_TUNABLES");
+    if (getenv("MALLOC_MMAP_THRESHOLD_") || (t && strstr(t, "mmap_threshold"))) return;
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+}
+
 int main(int argc, char **argv)
 {
     const char *config_file = NULL, *check_as = NULL;
@@ -195,6 +211,7 @@ int main(int argc, char **argv)
     pb_config *cfg = NULL;
     pb_daemon *d = NULL;
 
+    fixed_mmap_threshold();
     /* First pass: the program's own flags, so that the file is read before other flags. */
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) {
