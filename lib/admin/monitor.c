@@ -263,6 +263,7 @@ static void take_sample(pb_monitor *m)
 
 static void *sampler_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-sampler");
     pb_monitor *m = arg;
     pthread_mutex_lock(&m->mu);
     while (!m->stop) {

@@ -68,6 +68,7 @@ static bool wait_ms(pb_nodebeat *b, int64_t ms)
 
 static void *beat_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-nodebeat");
     pb_nodebeat *b = arg;
     while (!wait_ms(b, b->ttl_ms / 3 > 0 ? b->ttl_ms / 3 : 1)) {
         bool held = false;

@@ -628,6 +628,7 @@ void pb_admin_http_wake(pb_admin_http *a)
  * waiting requests past their deadline, until stopped. */
 static void *sweeper_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-adm-sweeper");
     pb_admin_http *a = arg;
     pthread_mutex_lock(&a->conns_mu);
     while (!a->sweeper_stop) {

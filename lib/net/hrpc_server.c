@@ -625,6 +625,7 @@ static void linger_add(pb_hrpc_server *s, int fd)
  * byte or time bound), then closes it. */
 static void *linger_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-fed-linger");
     pb_hrpc_server *s = arg;
     struct pollfd pfd[LINGER_MAX + 1];
     char sink[16384];
@@ -944,6 +945,7 @@ static void fire_locked(pb_hrpc_server *s, pb_hrpc_waker *w, bool timed_out);
  * suspended request past its deadline, until stopped. */
 static void *sweeper_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-fed-sweeper");
     pb_hrpc_server *s = arg;
     pthread_mutex_lock(&s->conns_mu);
     while (!s->sweeper_stop) {

@@ -551,6 +551,7 @@ static void shutdown_transfers(pb_ioloop *l)
 
 static void *loop_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-loop");
     pb_ioloop *l = arg;
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {
@@ -605,6 +606,7 @@ static void *loop_main(void *arg)
  * the hand-over queue and go back to the loop thread when they finish. */
 static void *xfer_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-transfer");
     pb_ioloop *l = arg;
     struct epoll_event evs[MAX_EVENTS];
     bool stop = false;

@@ -708,6 +708,7 @@ static pb_err write_tx(st *s, pb_db_fn fn, void *ctx, bool one)
 
 static void *async_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-store-async");
     st *s = arg;
     pthread_mutex_lock(&s->amu);
     for (;;) {

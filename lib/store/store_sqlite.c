@@ -557,6 +557,7 @@ static void sq_set_executor(void *eng, pb_exec *e)
 
 static void *writer_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-writer");
     sq *b = arg;
     job **batch = pb_xmalloc((size_t)b->opts.max_batch * sizeof *batch);
     pthread_mutex_lock(&b->mu);

@@ -29,6 +29,7 @@ struct pb_exec {
 
 static void *worker(void *arg)
 {
+    pthread_setname_np(pthread_self(), "pb-exec");
     pb_exec *e = arg;
     pthread_mutex_lock(&e->mu);
     for (;;) {

@@ -51,6 +51,40 @@
 
 /* ---- hung senders --------------------------------------------------------------------------- */
 
+/* Every thread of pid is named (pthread_setname_np: "pb-..." ours, "MHD-..." the
+ * listeners', the main thread the program's name), so that top -H and perf tell them
+ * apart; and the loop, the transfer thread and the writer are there. */
+static void check_thread_names(pid_t pid)
+{
+    char dir[64], path[384], name[32];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    CHECKF(d != NULL, "%s", dir);
+    if (!d) return;
+    bool loop = false, xfer = false, writer = false;
+    int unnamed = 0, main_named = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(path, sizeof path, "%s/%s/comm", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        if (!fgets(name, sizeof name, f)) name[0] = '\0';
+        fclose(f);
+        name[strcspn(name, "\n")] = '\0';
+        loop |= strcmp(name, "pb-loop") == 0;
+        xfer |= strcmp(name, "pb-transfer") == 0;
+        writer |= strcmp(name, "pb-writer") == 0;
+        if (strcmp(name, "postboxd") == 0)
+            main_named++;
+        else if (strncmp(name, "pb-", 3) != 0 && strncmp(name, "MHD-", 4) != 0)
+            unnamed++, fprintf(stderr, "c10k: thread %s named \"%s\"\n", e->d_name, name);
+    }
+    closedir(d);
+    CHECKF(loop && xfer && writer && unnamed == 0 && main_named == 1,
+           "threads named: loop %d, transfer %d, writer %d, %d others unnamed, %d main", loop, xfer,
+           writer, unnamed, main_named);
+}
+
 static const char HALF_HEADERS[] = "POST " PUSH " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty";
 static const char FULL_HEADERS[] = "POST " PUSH " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                    "Content-Type: application/hrpc\r\nContent-Length: 4096\r\n\r\n"
@@ -241,6 +275,7 @@ static void test_c10k(void)
     long hwm = pbt_proc_kib(d->pid, "VmHWM");
     int threads_end = pbt_proc_entries(d->pid, "task");
     if (threads_end > threads_max) threads_max = threads_end;
+    check_thread_names(d->pid);
     fprintf(stderr,
             "c10k: %d hung connections opened in %.1f s; daemon descriptors %d at start, %d "
             "holding them\n",
