@@ -61,6 +61,7 @@
 #include "net/resolve.h"
 #include "util/addrclass.h"
 #include "util/buf.h"
+#include "util/fault.h"
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -162,7 +163,8 @@ static CURLSH *share_for(pb_client *c, const char *id)
     CURLSH **slot = &c->shares[pb_hash_str(id) % TLS_SHARES];
     pthread_mutex_lock(&c->shares_mu);
     if (!*slot && !c->shares_off) {
-        CURLSH *sh = curl_share_init();
+        /* (the fault point stands in for a libcurl without TLS session sharing) */
+        CURLSH *sh = pb_fault("hrpc.no-tls-share") ? NULL : curl_share_init();
         if (!sh || curl_share_setopt(sh, CURLSHOPT_LOCKFUNC, share_lock) != CURLSHE_OK ||
             curl_share_setopt(sh, CURLSHOPT_UNLOCKFUNC, share_unlock) != CURLSHE_OK ||
             curl_share_setopt(sh, CURLSHOPT_USERDATA, c) != CURLSHE_OK ||

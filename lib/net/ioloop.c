@@ -671,8 +671,10 @@ static void global_init(void)
 pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out)
 {
     pthread_once(&g_once, global_init);
-    if (g_init_rc != CURLE_OK) {
-        PB_ERROR(NULL, "curl_global_init failed: %s", curl_easy_strerror(g_init_rc));
+    /* (fault points stand in for libcurl failing to start: tests of start-up) */
+    CURLcode init_rc = pb_fault("ioloop.curl-init-fails") ? CURLE_FAILED_INIT : g_init_rc;
+    if (init_rc != CURLE_OK) {
+        PB_ERROR(NULL, "curl_global_init failed: %s", curl_easy_strerror(init_rc));
         return PB_ERR_INTERNAL;
     }
     pb_ioloop *l = pb_xcalloc(1, sizeof *l);
@@ -705,8 +707,11 @@ pb_err pb_ioloop_new(const pb_ioloop_opts *opts, pb_ioloop **out)
         sh->l = l;
         sh->idx = i;
         sh->deadline = -1;
-        sh->multi = curl_multi_init();
-        if (!sh->multi) goto fail;
+        sh->multi = pb_fault("ioloop.no-multi") ? NULL : curl_multi_init();
+        if (!sh->multi) {
+            PB_ERROR(NULL, "ioloop: curl_multi_init failed (out of memory)");
+            goto fail;
+        }
         curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
         curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
         curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_timer);

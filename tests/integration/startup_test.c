@@ -235,12 +235,15 @@ static void test_failure_table(void)
         free(key);
         free(dir);
     }
-    /* the I/O loop's threads cannot start (fault points standing in for pthread_create):
-     * the transfer thread, then the loop thread with the transfer thread already running */
+    /* the I/O loop cannot start (fault points standing in for pthread_create, libcurl's
+     * global init and curl_multi_init failing): the transfer thread, the loop thread with
+     * the transfer thread already running, libcurl itself, a multi handle */
     {
-        const char *points[] = {"ioloop.no-transfer-thread", "ioloop.no-loop-thread"};
-        const char *needles[] = {"cannot start the transfer thread", "cannot start the I/O thread"};
-        for (int i = 0; i < 2; i++) {
+        const char *points[] = {"ioloop.no-transfer-thread", "ioloop.no-loop-thread",
+                                "ioloop.curl-init-fails", "ioloop.no-multi"};
+        const char *needles[] = {"cannot start the transfer thread", "cannot start the I/O thread",
+                                 "curl_global_init failed", "curl_multi_init failed"};
+        for (int i = 0; i < 4; i++) {
             char *dir = xasprintf("%s/%s", base, points[i]);
             setenv("PB_FAULTS", points[i], 1);
             struct scase c = {points[i], 1, needles[i], false, false, false};

@@ -10,7 +10,8 @@
  * postbox_tls_handshakes_total{kind="resumed"}. Client side, the daemons' own path: A
  * pushes to B (conn_timeout 1 s), B closes the idle connection, A pushes again: B counts
  * that second connection's handshake as resumed (A's transfers share one TLS session
- * cache).
+ * cache). A third daemon whose libcurl keeps no TLS sessions (fault point
+ * hrpc.no-tls-share) warns, delivers to B anyway, and resumes nothing.
  *
  * Resumption to each of many peers: A delivers one event to each of 24 peers (the peer
  * farm over TLS, closing connections idle for 1 s), they close, A delivers again: every
@@ -114,6 +115,53 @@ static void test_resumption(const char *certs, const pbt_daemon *a, const pbt_da
            "A's new connection to B resumed the earlier session: B's resumed handshakes "
            "%.0f -> %.0f",
            before, resumed(b));
+}
+
+/* A libcurl that keeps no TLS sessions (fault point hrpc.no-tls-share, standing in for a
+ * share libcurl refuses): C warns once, delivers to B twice anyway, and its second
+ * connection is a full handshake (B counts no resumed one). */
+static bool log_has(const pbt_daemon *d, const char *needle)
+{
+    FILE *f = fopen(d->log_path, "r");
+    char line[4096];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    if (f) fclose(f);
+    return found;
+}
+
+static void test_no_share(const char *const *extra, const pbt_daemon *b)
+{
+    setenv("PB_FAULTS", "hrpc.no-tls-share", 1);
+    pbt_daemon *c = pbt_daemon_new("tlsC", extra);
+    bool up = pbt_daemon_start(c);
+    unsetenv("PB_FAULTS");
+    CHECK(up);
+    if (!up) goto out;
+    struct inbox_wait w = {b, 0};
+    long st = 0;
+    json_t *j = pbt_admin(b, "GET", "/v1/inbox?after=0&limit=100", NULL, &st);
+    w.n = json_array_size(json_object_get(j, "events"));
+    json_decref(j);
+    struct fed_idle idle = {b};
+    CHECK(pbt_wait_for(no_federation_connection, &idle, PBT_BOUND_MS));
+    CHECK(submit(c, b, 11));
+    w.n++;
+    CHECK(pbt_wait_for(inbox_holds, &w, PBT_BOUND_MS));
+    CHECK(pbt_wait_for(no_federation_connection, &idle, PBT_BOUND_MS));
+    double before = resumed(b);
+    CHECK(submit(c, b, 12));
+    w.n++;
+    CHECK(pbt_wait_for(inbox_holds, &w, PBT_BOUND_MS));
+    CHECKF(resumed(b) == before,
+           "C's second connection was a full handshake: B's resumed "
+           "%.0f -> %.0f",
+           before, resumed(b));
+    CHECK(log_has(c, "libcurl keeps no TLS sessions"));
+out:
+    if (pbt_failed) pbt_daemon_dump_log(c);
+    pbt_daemon_free(c);
 }
 
 #define FARM_PEERS 24
@@ -273,6 +321,7 @@ int main(void)
     pb_client_free(cl);
 
     test_resumption(certs, a, b);
+    test_no_share(extra, b);
     test_many_peers(cert, key, a);
 
     if (pbt_failed) {
