@@ -7,9 +7,10 @@
  *    foreign_keys on, a busy timeout.
  *  - Checkpoints off the commit path: SQLite's automatic checkpoint would copy the WAL's
  *    pages into the database inside the COMMIT that crossed its threshold (40 MiB of WAL:
- *    100 to 500 ms here), and every write queued meanwhile would wait. Instead a WAL hook
- *    on the write connection notes the WAL's size after each commit; once it holds
- *    opts.checkpoint_pages pages, the writer, after answering the batch's callers, hands a
+ *    20 to 45 ms on the bench disk, half a second seen under load), and every write
+ *    queued meanwhile would wait. Instead a WAL hook on the write connection notes the
+ *    WAL's size after each commit; once it holds opts.checkpoint_pages pages, the
+ *    writer, after answering the batch's callers, hands a
  *    PASSIVE checkpoint to the executor the owner gave (pb_store_set_executor: the
  *    delivery engine's store threads), which runs it on a connection of its own while the
  *    writer goes on committing (WAL: a checkpoint does not take the write lock). One is
@@ -17,8 +18,8 @@
  *    itself (checkpoint_due), so that its next transaction starts the WAL over. Without
  *    an executor, or once the WAL holds four times the threshold (a checkpoint that
  *    cannot keep up), the writer checkpoints itself, after answering its callers, so the
- *    WAL stays bounded. A failed checkpoint is logged and tried again a
- *    second later; the WAL grows meanwhile.
+ *    WAL stays bounded. A failed checkpoint is logged and tried again a second later; the
+ *    WAL grows meanwhile.
  *  - Group commit: exactly one writer thread owns the write connection. A write call
  *    packages its work as a job (fn + context on the caller's stack), enqueues it and
  *    waits (an asynchronous write, write_async: the job on the heap with a callback, and
