@@ -321,7 +321,9 @@ static bool take_handed(pb_ioloop *l)
             hand_back(l, r, CURLE_ABORTED_BY_CALLBACK);
             continue;
         }
-        CURLMcode mc = curl_multi_add_handle(r->sh->multi, r->h);
+        /* (the fault point stands in for libcurl refusing a transfer: out of memory) */
+        CURLMcode mc = pb_fault("ioloop.add-refused") ? CURLM_OUT_OF_MEMORY
+                                                      : curl_multi_add_handle(r->sh->multi, r->h);
         if (mc != CURLM_OK) {
             PB_ERROR(NULL, "ioloop: curl_multi_add_handle: %s", curl_multi_strerror(mc));
             hand_back(l, r, CURLE_FAILED_INIT);

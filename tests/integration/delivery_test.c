@@ -594,6 +594,33 @@ static void test_isolation(void)
     pbt_daemon_free(c);
 }
 
+/* libcurl refuses every transfer (fault point ioloop.add-refused, as curl_multi_add_handle
+ * out of memory): A's Pushes to B fail as a network failure would, the events stay in A's
+ * queue (B's peer record goes to queued), the log says why, A stops cleanly; started
+ * again without the fault, A delivers all of them, once. */
+static void test_transfers_refused(void)
+{
+    const char *ax[] = {"--push-retries", "0", "--backoff-min", "1", "--backoff-max", "1", NULL};
+    pbt_daemon *b = start("refB", NULL);
+    setenv("PB_FAULTS", "ioloop.add-refused", 1);
+    pbt_daemon *a = start("refA", ax);
+    unsetenv("PB_FAULTS");
+    json_t *sent = json_array();
+    submit_range(a, b->server_id, 0, 5, sent);
+    struct mode_wait mw = {a, b->server_id, "queued"};
+    CHECK(pbt_wait_for(peer_in_mode, &mw, 30000));
+    CHECK(log_has(a, "curl_multi_add_handle: Out of memory"));
+    json_t *inbox = pbt_inbox_all(b, NULL);
+    CHECKF(inbox && json_array_size(inbox) == 0, "nothing reached B");
+    json_decref(inbox);
+    CHECK_INT(pbt_daemon_stop(a), 0);
+    CHECK(pbt_daemon_start(a));
+    expect_delivered(b, a->server_id, sent, 30000, "A->B once libcurl takes transfers again");
+    json_decref(sent);
+    pbt_daemon_free(a);
+    pbt_daemon_free(b);
+}
+
 static void test_rename(void)
 {
     pbt_daemon *a = start("renA", NULL);
@@ -880,6 +907,7 @@ int main(int argc, char **argv)
     RUN("bad-admin", test_bad_admin());
     RUN("parked", test_parked());
     RUN("isolation", test_isolation());
+    RUN("transfers-refused", test_transfers_refused());
     RUN("catch-up", test_catch_up());
     RUN("long-backlog", test_long_backlog());
     RUN("pull-pipeline", test_pull_pipeline(2000, false));
