@@ -813,8 +813,8 @@ static bool log_merge_step(sq *b)
         }
     } else {
         c->log_upto = upto;
-        c->log_cursor = hi + 1;
-        c->log_deleting = hi == INT64_MAX;
+        c->log_deleting = hi == INT64_MAX; /* every user merged: the deleting steps next */
+        if (!c->log_deleting) c->log_cursor = hi + 1;
     }
     return true;
 }
