@@ -92,7 +92,7 @@
 #define CK_PASSES 4
 #define CK_CATCH_UP 256
 /* After a failed checkpoint, none is tried for this long (one warning a second at most). */
-#define CK_RETRY_NS 1000000000LL
+#define CK_RETRY_S 1.0
 
 #define D (&pb_store_sqlite_driver)
 
@@ -139,7 +139,7 @@ typedef struct sq {
     pb_exec *ck_exec;   /* under mu: where checkpoints go; NULL: the writer runs them */
     bool ck_queued;     /* under mu: a checkpoint task is queued or running */
     bool ck_ran;        /* under mu: the last checkpoint was the task's */
-    int64_t ck_after;   /* under mu: no checkpoint before this (monotonic ns): one failed */
+    double ck_after;    /* under mu: no checkpoint before this (pb_metrics_clock): one failed */
     uint64_t ck_count;  /* under mu: checkpoints run */
     uint64_t ck_handed; /* under mu: of them, on ck_exec */
     conn *ck_conn;      /* the checkpoint task's connection (one task at a time) */
@@ -451,13 +451,6 @@ static pb_err log_recount(conn *c);
 
 /* ---- checkpoints ------------------------------------------------------------------------ */
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* The write connection's WAL hook (writer thread, after each commit): frames is the
  * WAL's size in pages. Replaces SQLite's automatic checkpoint. */
 static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
@@ -473,17 +466,17 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
  * database (SQLite's count since the WAL started over), or -1 when it did not run. */
 static int checkpoint(sq *b, sqlite3 *db, bool handed)
 {
-    int64_t t0 = mono_ns();
+    double t0 = pb_metrics_clock();
     int log = 0, copied = 0;
     int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
-    double s = (double)(mono_ns() - t0) / 1e9;
+    double s = pb_metrics_clock() - t0;
     pthread_mutex_lock(&b->mu);
     if (rc == SQLITE_OK) {
         b->ck_count++;
         b->ck_handed += handed;
         b->ck_ran = handed;
     } else if ((rc & 0xff) != SQLITE_BUSY) {
-        b->ck_after = mono_ns() + CK_RETRY_NS;
+        b->ck_after = pb_metrics_clock() + CK_RETRY_S;
     }
     pthread_mutex_unlock(&b->mu);
     if (rc == SQLITE_OK) {
@@ -510,7 +503,7 @@ static void checkpoint_task(void *arg)
     if (!b->ck_conn && conn_open(b, false, &b->ck_conn) != PB_OK) {
         PB_WARN(NULL, "store: no connection for checkpoints; tried again in a second");
         pthread_mutex_lock(&b->mu);
-        b->ck_after = mono_ns() + CK_RETRY_NS;
+        b->ck_after = pb_metrics_clock() + CK_RETRY_S;
     } else {
         for (int pass = 0, before = -1, now; pass < CK_PASSES; pass++, before = now) {
             now = checkpoint(b, b->ck_conn->db, true);
@@ -532,7 +525,7 @@ static void checkpoint_task(void *arg)
  * commits rarely leaves it so). */
 static void checkpoint_due(sq *b)
 {
-    if (b->ck_after && mono_ns() < b->ck_after) return;
+    if (b->ck_after > 0 && pb_metrics_clock() < b->ck_after) return;
     b->ck_after = 0;
     if (b->ck_exec && b->wal_frames < CK_INLINE_FACTOR * b->opts.checkpoint_pages) {
         if (b->ck_queued) return;
@@ -778,7 +771,7 @@ static bool log_merge_step(sq *b)
     conn *c = b->wconn;
     int64_t lo = c->log_cursor, hi = INT64_MAX, upto = c->log_upto, deleted = 0;
     const int64_t del_chunk = 2 * (int64_t)log_chunk(b);
-    int64_t t0 = mono_ns();
+    double t0 = pb_metrics_clock();
     pb_err err = stmt_exec(c, ST_BEGIN);
     if (c->log_deleting) {
         if (err == PB_OK)
@@ -803,7 +796,7 @@ static bool log_merge_step(sq *b)
     }
     PB_DEBUG(NULL, "store: model log %s, %.1f ms",
              c->log_deleting ? "merged rows deleted" : "merge step",
-             (double)(mono_ns() - t0) / 1e6);
+             (pb_metrics_clock() - t0) * 1e3);
     if (c->log_deleting) {
         c->log_rows -= deleted;
         if (c->log_rows < 0) c->log_stale = true;
