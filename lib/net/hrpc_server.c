@@ -5,7 +5,9 @@
  * does not need the body (path, method, headers, declared length, overload) is queued
  * right then, so libmicrohttpd never reads that body and closes the connection after the
  * answer. Otherwise the body is copied into a per-request buffer that may never exceed
- * max_body, then authentication and the handler run on the final call.
+ * max_body, then authentication and the handler run on the final call. Its threads poll
+ * with epoll over plain HTTP and with poll(2) over TLS (epoll spins on a waiting TLS
+ * handshake: pb_hrpc_server_start).
  *
  * Slow clients and the connection limit: libmicrohttpd's own timeout only measures
  * inactivity, so a client sending one byte per second would hold a connection (and an
@@ -1798,10 +1800,18 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         PB_ERROR(NULL, "invalid listen address %s (want IP:PORT or [IPv6]:PORT)", s->opts.listen);
         return PB_ERR_CONFIG;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG |
-                     MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC |
+                     MHD_ALLOW_SUSPEND_RESUME;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     bool tls = s->opts.tls_cert_file && s->opts.tls_key_file;
+    /* Over TLS, poll(2), not epoll: libmicrohttpd's epoll mode (0.9.75, and its master as
+     * of 2026) clears a connection's read-ready flag only when a record read finds no
+     * data, never during the handshake, so a connection waiting for the client's next
+     * handshake flight stays on the ready list and its thread calls gnutls_handshake in a
+     * loop: a full core for each peer's round trip (100 ms for a peer 100 ms away), and
+     * for as long as a hostile client keeps its handshake open. poll costs O(connections
+     * of the thread) per wake-up: about 64 at the defaults. Plain HTTP keeps epoll. */
+    flags |= tls ? MHD_USE_POLL : MHD_USE_AUTO;
     if (tls) {
         if (tls_load(s->opts.tls_cert_file, s->opts.tls_key_file, &s->tls_cert, &s->tls_key) !=
             PB_OK)

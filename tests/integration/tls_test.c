@@ -17,9 +17,20 @@
  * farm over TLS, closing connections idle for 1 s), they close, A delivers again: every
  * second connection resumes (the farm counts each closed connection's handshake). One
  * libcurl session cache keeps only 8 sessions; a peer's cache is chosen by its ID.
+ *
+ * Stalled handshakes: clients that send a ClientHello and never finish the handshake (a
+ * peer far away, or one that stalls on purpose) must not cost A's listener CPU while it
+ * waits. libmicrohttpd 0.9.75 in epoll mode calls gnutls_handshake in a loop until the
+ * client's next flight arrives (its read-ready flag is cleared only by a record read), so
+ * each waiting handshake held a listener thread at 100 % of a core.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <gnutls/gnutls.h>
 #include <stdlib.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "crypto/auth.h"
 #include "farm.h"
@@ -195,6 +206,82 @@ static bool farm_round(const pbt_daemon *a, const pbt_farm *f, long round)
            pbt_wait_for(farm_reached, &closed, PBT_BOUND_MS);
 }
 
+/* CPU time (user + system) of process pid in clock ticks, or -1. */
+static long cpu_ticks(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    /* after ") ": state, then fields 4..13, then utime (14) and stime (15) */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (long)(ut + st);
+}
+
+#define STALLED 8
+
+/* The stalled client's transport: it sends, and never reads A's answer. */
+static ssize_t stall_push(gnutls_transport_ptr_t p, const void *data, size_t len)
+{
+    return send((int)(intptr_t)p, data, len, MSG_NOSIGNAL);
+}
+
+static ssize_t stall_pull(gnutls_transport_ptr_t p, void *data, size_t len)
+{
+    (void)p, (void)data, (void)len;
+    errno = EAGAIN;
+    return -1;
+}
+
+static void test_stalled_handshakes(const char *certs, const pbt_daemon *a)
+{
+    gnutls_certificate_credentials_t cred = NULL;
+    gnutls_session_t ss[STALLED] = {0};
+    int fds[STALLED];
+    int sent = 0;
+    CHECK(gnutls_certificate_allocate_credentials(&cred) == 0);
+    for (int i = 0; i < STALLED; i++) {
+        fds[i] = pbt_connect_local(a->port);
+        if (fds[i] < 0 || !cred) continue;
+        (void)fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+        if (gnutls_init(&ss[i], GNUTLS_CLIENT | GNUTLS_NONBLOCK) != 0) continue;
+        gnutls_set_default_priority(ss[i]);
+        gnutls_credentials_set(ss[i], GNUTLS_CRD_CERTIFICATE, cred);
+        gnutls_transport_set_ptr(ss[i], (gnutls_transport_ptr_t)(intptr_t)fds[i]);
+        gnutls_transport_set_push_function(ss[i], stall_push);
+        gnutls_transport_set_pull_function(ss[i], stall_pull);
+        /* sends the ClientHello; A answers with its flight and waits for ours, forever */
+        if (gnutls_handshake(ss[i]) == GNUTLS_E_AGAIN) sent++;
+    }
+    CHECKF(sent == STALLED, "%d of %d clients sent a ClientHello and stalled", sent, STALLED);
+    /* A measurement window, not a wait for a condition: what A burns while they stall.
+     * Shorter than A's conn_timeout (1 s), which closes them. */
+    struct timespec settle = {0, 100 * 1000 * 1000}, window = {0, 500 * 1000 * 1000};
+    nanosleep(&settle, NULL);
+    long t0 = cpu_ticks(a->pid);
+    nanosleep(&window, NULL);
+    long used = cpu_ticks(a->pid) - t0;
+    long hz = sysconf(_SC_CLK_TCK);
+    fprintf(stderr, "tls_test: %d stalled handshakes: A used %ld ms of CPU in 500 ms\n", STALLED,
+            used * 1000 / hz);
+    CHECKF(t0 >= 0 && used * 1000 / hz <= 100,
+           "A's listener does not spin on stalled handshakes (%ld ms of CPU in 500 ms)",
+           used * 1000 / hz);
+    for (int i = 0; i < STALLED; i++) {
+        if (ss[i]) gnutls_deinit(ss[i]);
+        if (fds[i] >= 0) close(fds[i]);
+    }
+    gnutls_certificate_free_credentials(cred);
+    CHECKF(s_client(certs, a->port, "-tls1_3", "", "New,"),
+           "A still serves TLS after the stalled clients");
+}
+
 static void test_many_peers(const char *cert, const char *key, const pbt_daemon *a)
 {
     char n[16];
@@ -309,6 +396,7 @@ int main(void)
     pb_keys_free(kb);
     pb_client_free(cl);
 
+    test_stalled_handshakes(certs, a);
     test_resumption(certs, a, b);
     test_no_share(extra, b);
     test_many_peers(cert, key, a);
