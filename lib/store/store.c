@@ -720,4 +720,9 @@ pb_err pb_store_fault_bad_write(pb_store *s, const char *key)
     if (!s->ops->fault_bad_write) return PB_ERR_INTERNAL;
     return s->ops->fault_bad_write(s->impl, key);
 }
+
+void pb_store_fault_checkpoint(pb_store *s, int mode)
+{
+    if (s && s->ops->fault_checkpoint) s->ops->fault_checkpoint(s->impl, mode);
+}
 #endif

@@ -643,6 +643,9 @@ pb_err pb_store_inbox_unread(pb_store *s, uint64_t after, uint64_t *count, int64
 
 /* ---- test-only fault points (PB_FAULTS builds) ----------------------------------------- */
 
+/* Modes of pb_store_fault_checkpoint. */
+enum { PB_STORE_CK_FAIL = 1, PB_STORE_CK_NO_CONN = 2 };
+
 #ifdef PB_FAULTS
 /* From now on every write call fails with err (e.g. PB_ERR_STORE for a full disk)
  * without touching the database, until called again with PB_OK. Reads are unaffected. */
@@ -657,6 +660,9 @@ size_t pb_store_fault_queued(pb_store *s);
  * same transaction or job: returns the constraint's error (PB_ERR_INVAL) and must leave
  * nothing behind, while the other writes (of its batch) commit. */
 pb_err pb_store_fault_bad_write(pb_store *s, const char *key);
+/* SQLite's checkpoints from now on: PB_STORE_CK_FAIL, each fails (as an I/O error would);
+ * PB_STORE_CK_NO_CONN, the checkpoint connection does not open; 0, as normal. */
+void pb_store_fault_checkpoint(pb_store *s, int mode);
 #endif
 
 #endif

@@ -117,13 +117,14 @@ typedef pb_err (*pb_db_fn)(pb_db *db, void *ctx);
 
 /* Test-only fault points (PB_FAULTS builds) a driver keeps under its mutex mu: its writes
  * fail with fault; while hold, they wait (queued: how many) and cond is broadcast when
- * hold changes. Zero: no fault. */
+ * hold changes; its checkpoints fail as checkpoint says. Zero: no fault. */
 typedef struct pb_store_faults {
     pthread_mutex_t *mu;
     pthread_cond_t *cond;
     pb_err fault;
     bool hold;
     size_t queued;
+    int checkpoint; /* SQLite: PB_STORE_CK_FAIL or PB_STORE_CK_NO_CONN (store.h) */
 } pb_store_faults;
 
 /* One statement of a batch (pb_store_driver.batch). */

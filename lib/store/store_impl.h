@@ -126,6 +126,7 @@ typedef struct pb_store_ops {
     void (*fault_hold)(void *impl, bool hold);
     size_t (*fault_queued)(void *impl);
     pb_err (*fault_bad_write)(void *impl, const char *key);
+    void (*fault_checkpoint)(void *impl, int mode);
 } pb_store_ops;
 
 /* Submission records created before this time (ms) may be pruned by an append at now. */

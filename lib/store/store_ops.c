@@ -2279,6 +2279,14 @@ static size_t op_fault_queued(void *impl)
     return n;
 }
 
+static void op_fault_checkpoint(void *impl, int mode)
+{
+    pb_store_faults *f = ((st *)impl)->d->faults(((st *)impl)->eng);
+    pthread_mutex_lock(f->mu);
+    f->checkpoint = mode;
+    pthread_mutex_unlock(f->mu);
+}
+
 /* Writes the key, then breaks the NOT NULL constraint in the same transaction. */
 static pb_err bad_write_tx(pb_db *db, void *ctx)
 {
@@ -2319,7 +2327,8 @@ static pb_err op_fault_bad_write(void *impl, const char *key)
         .flush_list = op_flush_list, .flush_done = op_flush_done, .outbox_drop = op_outbox_drop,   \
         .outbox_expired_peers = op_outbox_expired_peers, .fault_set = FAULT(op_fault_set),         \
         .fault_hold = FAULT(op_fault_hold), .fault_queued = FAULT(op_fault_queued),                \
-        .fault_bad_write = FAULT(op_fault_bad_write), .ordered_receives = engine##_ordered,        \
+        .fault_bad_write = FAULT(op_fault_bad_write),                                              \
+        .fault_checkpoint = FAULT(op_fault_checkpoint), .ordered_receives = engine##_ordered,      \
     }
 
 #ifdef PB_FAULTS

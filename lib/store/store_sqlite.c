@@ -135,15 +135,16 @@ typedef struct sq {
     pb_store_faults f;              /* PB_FAULTS builds; f.queued: the jobs queued */
     pb_pool readers;
     /* checkpoints (see the design above) */
-    int wal_frames;     /* writer thread: the WAL's frames after its last commit */
-    pb_exec *ck_exec;   /* under mu: where checkpoints go; NULL: the writer runs them */
-    bool ck_queued;     /* under mu: a checkpoint task is queued or running */
-    bool ck_ran;        /* under mu: the last checkpoint was the task's */
-    double ck_after;    /* under mu: no checkpoint before this (pb_metrics_clock): one failed */
-    uint64_t ck_count;  /* under mu: checkpoints run */
-    uint64_t ck_handed; /* under mu: of them, on ck_exec */
-    conn *ck_conn;      /* the checkpoint task's connection (one task at a time) */
-    pb_series *m_ckpt;  /* checkpoint duration; NULL: none */
+    int wal_frames;       /* writer thread: the WAL's frames after its last commit */
+    pb_exec *ck_exec;     /* under mu: where checkpoints go; NULL: the writer runs them */
+    bool ck_queued;       /* under mu: a checkpoint task is queued or running */
+    bool ck_ran;          /* under mu: the last checkpoint was the task's */
+    double ck_after;      /* under mu: no checkpoint before this (pb_metrics_clock): one failed */
+    double ck_hand_after; /* under mu: none handed before this: the task's connection failed */
+    uint64_t ck_count;    /* under mu: checkpoints run */
+    uint64_t ck_handed;   /* under mu: of them, on ck_exec */
+    conn *ck_conn;        /* the checkpoint task's connection (one task at a time) */
+    pb_series *m_ckpt;    /* checkpoint duration; NULL: none */
 } sq;
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -468,7 +469,11 @@ static int checkpoint(sq *b, sqlite3 *db, bool handed)
 {
     double t0 = pb_metrics_clock();
     int log = 0, copied = 0;
-    int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+    pthread_mutex_lock(&b->mu);
+    bool fail = b->f.checkpoint == PB_STORE_CK_FAIL; /* tests (PB_FAULTS builds) */
+    pthread_mutex_unlock(&b->mu);
+    int rc = fail ? SQLITE_IOERR
+                  : sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
     double s = pb_metrics_clock() - t0;
     pthread_mutex_lock(&b->mu);
     if (rc == SQLITE_OK) {
@@ -500,10 +505,14 @@ static int checkpoint(sq *b, sqlite3 *db, bool handed)
 static void checkpoint_task(void *arg)
 {
     sq *b = arg;
-    if (!b->ck_conn && conn_open(b, false, &b->ck_conn) != PB_OK) {
-        PB_WARN(NULL, "store: no connection for checkpoints; tried again in a second");
+    pthread_mutex_lock(&b->mu);
+    bool no_conn = b->f.checkpoint == PB_STORE_CK_NO_CONN; /* tests (PB_FAULTS builds) */
+    pthread_mutex_unlock(&b->mu);
+    if (no_conn || (!b->ck_conn && conn_open(b, false, &b->ck_conn) != PB_OK)) {
+        PB_WARN(NULL, "store: no connection for checkpoints; tried again in a second (the "
+                      "writer checkpoints meanwhile if the WAL reaches four times the threshold)");
         pthread_mutex_lock(&b->mu);
-        b->ck_after = pb_metrics_clock() + CK_RETRY_S;
+        b->ck_hand_after = pb_metrics_clock() + CK_RETRY_S;
     } else {
         for (int pass = 0, before = -1, now; pass < CK_PASSES; pass++, before = now) {
             now = checkpoint(b, b->ck_conn->db, true);
@@ -525,10 +534,11 @@ static void checkpoint_task(void *arg)
  * commits rarely leaves it so). */
 static void checkpoint_due(sq *b)
 {
-    if (b->ck_after > 0 && pb_metrics_clock() < b->ck_after) return;
+    double now = pb_metrics_clock();
+    if (b->ck_after > 0 && now < b->ck_after) return;
     b->ck_after = 0;
     if (b->ck_exec && b->wal_frames < CK_INLINE_FACTOR * b->opts.checkpoint_pages) {
-        if (b->ck_queued) return;
+        if (b->ck_queued || now < b->ck_hand_after) return;
         if (!b->ck_ran) {
             b->ck_queued = true;
             pb_exec_run(b->ck_exec, checkpoint_task, b);

@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #include "util/buf.h"
+#include "util/log.h"
 #include "harness.h"
 #include "store/store.h"
 #include "store/store_driver.h"
@@ -307,6 +308,122 @@ static bool ck_write(pb_store *s, int i)
     val[sizeof val - 1] = '\0';
     return pb_store_meta_set(s, key, val) == PB_OK;
 }
+
+#ifdef PB_FAULTS
+/* The log lines written to fd since it was last emptied; emptied. Owned by the caller. */
+static char *take_lines(int fd)
+{
+    off_t n = lseek(fd, 0, SEEK_END);
+    char *t = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
+    if (n > 0 && pread(fd, t, (size_t)n, 0) != n) t[0] = 0;
+    CHECK(ftruncate(fd, 0) == 0);
+    lseek(fd, 0, SEEK_SET);
+    return t;
+}
+
+/* Writes until st->checkpoints moves or `most` writes; false when it did not move. */
+static bool write_until_checkpoint(pb_store *s, int *n, int most, pb_store_stats *st)
+{
+    pb_store_stats st0;
+    pb_store_stats_get(s, &st0);
+    for (int k = 0; k < most; k++) {
+        CHECK(ck_write(s, (*n)++));
+        pb_store_stats_get(s, st);
+        if (st->checkpoints > st0.checkpoints) return true;
+    }
+    return false;
+}
+
+/* Checkpoints that fail: the writes go on and read back, a warning names the failure, and
+ * the next checkpoint is tried a second later: once the fault is gone it runs. The
+ * checkpoint connection failing to open: a warning, and the writer takes over at four
+ * times the threshold, so the WAL stays within what was written ahead. */
+static void test_checkpoint_faults(void)
+{
+    char *spec = spec_for("ckfault");
+    pb_store_opts o = {.checkpoint_pages = 32};
+    pb_store *s = NULL;
+    pb_exec *e = NULL;
+    char path[] = "/tmp/pb-store-test-log-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd < 0) goto out;
+    unlink(path);
+    CHECK_OK(pb_store_open(spec, &o, &s));
+    if (!s) goto out;
+    long long wal0 = wal_size(spec);
+    int n = 0;
+    pb_store_stats st = {0};
+    pb_log_set_fd(fd);
+
+    /* no executor, every checkpoint failing: 100 writes (some 300 pages, 9 x the
+     * threshold) all commit; one warning; no checkpoint counted */
+    pb_store_fault_checkpoint(s, PB_STORE_CK_FAIL);
+    CHECK(!write_until_checkpoint(s, &n, 100, &st));
+    char *t = take_lines(fd);
+    CHECKF(strstr(t, "checkpoint of") && strstr(t, "failed") &&
+               strstr(t, "tried again in a second"),
+           "the failure is logged: %s", t);
+    CHECKF(st.checkpoints == 0, "%llu checkpoints", (unsigned long long)st.checkpoints);
+    free(t);
+    /* the fault gone: within a second and a half of writes the retry runs */
+    pb_store_fault_checkpoint(s, 0);
+    bool ran = false;
+    int64_t t0 = pbt_now_ms();
+    while (!ran && pbt_now_ms() - t0 < 5000) {
+        ran = write_until_checkpoint(s, &n, 5, &st);
+        if (!ran) nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
+    }
+    CHECKF(ran, "a checkpoint ran once the fault was gone (after %lld ms)",
+           (long long)(pbt_now_ms() - t0));
+
+    /* an executor whose checkpoint connection does not open: a warning; the writer
+     * checkpoints at four times the threshold, so the WAL (grown while checkpoints failed)
+     * does not grow further with more writes than it holds pages for */
+    e = pb_exec_new(1);
+    pb_store_set_executor(s, e);
+    pb_store_fault_checkpoint(s, PB_STORE_CK_NO_CONN);
+    pb_store_stats before;
+    pb_store_stats_get(s, &before);
+    long long wal1 = wal_size(spec);
+    int more = (int)(wal1 / 4096 / 3) + 40;
+    for (int k = 0; k < more; k++)
+        CHECK(ck_write(s, n++));
+    pb_store_stats_get(s, &st);
+    t = take_lines(fd);
+    CHECKF(strstr(t, "no connection for checkpoints"), "the missing connection is logged: %s", t);
+    free(t);
+    CHECKF(
+        st.checkpoints > before.checkpoints && st.checkpoints_handed == before.checkpoints_handed,
+        "the writer checkpointed (%llu -> %llu), none handed (%llu -> %llu)",
+        (unsigned long long)before.checkpoints, (unsigned long long)st.checkpoints,
+        (unsigned long long)before.checkpoints_handed, (unsigned long long)st.checkpoints_handed);
+    CHECKF(wal1 > wal0 && wal_size(spec) == wal1, "WAL bounded: %lld, %lld, then %lld bytes", wal0,
+           wal1, wal_size(spec));
+    pb_store_fault_checkpoint(s, 0);
+    pb_store_set_executor(s, NULL);
+    pb_exec_free(e);
+    e = NULL;
+    pb_store_close(s);
+    s = NULL;
+
+    CHECK_OK(pb_store_open(spec, &o, &s));
+    for (int i = 0; s && i < n; i++) {
+        char key[32], *v = NULL;
+        snprintf(key, sizeof key, "ck%05d", i);
+        CHECK_OK(pb_store_meta_get(s, key, &v));
+        CHECKF(v && strlen(v) == 2999 && v[0] == 'a' + i % 26, "value %d", i);
+        free(v);
+    }
+    if (s) CHECK_OK(pb_store_integrity_check(s));
+out:
+    pb_log_set_fd(2);
+    if (fd >= 0) close(fd);
+    pb_store_close(s);
+    pb_exec_free(e);
+    free(spec);
+}
+#endif
 
 static void test_checkpoints(void)
 {
@@ -4155,6 +4272,9 @@ int main(int argc, char **argv)
     test_concurrent_open();
     if (!g_pg) test_wal_prewrite();
     if (!g_pg) test_checkpoints();
+#ifdef PB_FAULTS
+    if (!g_pg) test_checkpoint_faults();
+#endif
 
     char *p = spec_for("ops");
     pb_store *s = NULL;
