@@ -6,7 +6,10 @@
 # show what the comments say: the submission's sequence numbers, B's inbox with both
 # events and the invite's notice, the guild and invite tables, one delivery log line on
 # each side with those numbers, the removal caught up after B's restart, and the rename.
-# The block uses the fixed ports 7001, 7002, 7101, 7102 and /tmp/pbA, /tmp/pbB.
+# The block uses the fixed ports 7001, 7002, 7101, 7102 (two runs at once need network
+# namespaces of their own) and /tmp/pbA, /tmp/pbB, which this test moves into its own
+# temporary directory (the one change to the block), so that runs side by side do not
+# share them.
 #
 #   readme_test.sh SRC BUILD      prints "N passed, N failed"; exit 0 only when nothing failed
 set -u
@@ -19,14 +22,17 @@ pid=
 cleanup() {
   # the walkthrough's daemons, if it stopped before its last line: its own process group
   [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
-  rm -rf "$tmp" /tmp/pbA /tmp/pbB   # the walkthrough's data directories (its logs were shown)
+  rm -rf "$tmp"   # with the walkthrough's data directories (their logs were shown)
 }
 trap cleanup EXIT
 
 awk '/^## Walkthrough/ { w = 1 } w && /^```sh$/ { b = 1; next } b && /^```$/ { exit } b { print }' \
-  "$src/README.md" >"$tmp/walk.sh"
-n=$(wc -l <"$tmp/walk.sh")
+  "$src/README.md" >"$tmp/block.sh"
+n=$(wc -l <"$tmp/block.sh")
 if [ "$n" -ge 20 ]; then pass; else fail "the walkthrough block has only $n lines"; fi
+sed "s#/tmp/pb\([AB]\)#$tmp/pb\1#g" "$tmp/block.sh" >"$tmp/walk.sh"
+if grep -q "$tmp/pbA" "$tmp/walk.sh" && grep -q "$tmp/pbB" "$tmp/walk.sh" &&
+   ! grep -q '/tmp/pb[AB]' "$tmp/walk.sh"; then pass; else fail "the block's /tmp/pbA, /tmp/pbB not moved"; fi
 mkdir "$tmp/top"
 ln -s "$(cd "$build" && pwd)" "$tmp/top/build"
 {
@@ -64,7 +70,7 @@ if grep -q 'postboxctl:' "$tmp/out"; then fail "postboxctl reported an error"; e
 if [ "$failed" -gt 0 ]; then
   echo "---- the walkthrough's output ----" >&2
   cat "$tmp/out" >&2
-  for l in /tmp/pbA/log /tmp/pbB/log; do echo "---- $l (last lines) ----" >&2; tail -20 "$l" >&2; done
+  for l in "$tmp/pbA/log" "$tmp/pbB/log"; do echo "---- $l (last lines) ----" >&2; tail -20 "$l" >&2; done
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
