@@ -194,6 +194,8 @@ bool pbt_wait_for(bool (*cond)(void *ctx), void *ctx, int timeout_ms);
 
 /* A /proc/PID/status field in KiB (VmRSS, VmHWM), or -1. */
 long pbt_proc_kib(pid_t pid, const char *field);
+/* CPU time (user + system) of pid in ms, from /proc/PID/stat; -1 when gone. */
+long pbt_proc_cpu_ms(pid_t pid);
 /* The entries of /proc/PID/<dir>: "fd" counts descriptors, "task" threads; -1 when gone. */
 int pbt_proc_entries(pid_t pid, const char *dir);
 /* A blocking TCP connection to 127.0.0.1:port (the caller closes it), or -1. */

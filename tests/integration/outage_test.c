@@ -66,26 +66,6 @@ static char *read_from(const char *path, long offset)
     return s;
 }
 
-/* CPU time (user + system) of pid in ms, from /proc/PID/stat; -1 when gone. */
-static long cpu_ms(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* the name may hold spaces */
-    if (!p) return -1;
-    unsigned long ut = 0, st = 0;
-    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-     */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return -1;
-    return (long)((ut + st) * 1000 / (unsigned long)sysconf(_SC_CLK_TCK));
-}
-
 /* Lines from s to upto that an operator sees at the default level (info and above), less
  * the delivery outcome lines, which count traffic (one per Push or Pull answer), not the
  * outage. */
@@ -136,7 +116,7 @@ static void watch_begin(struct watch *w, const pbt_daemon *d, const char *name)
     w->d = d;
     w->name = name;
     w->log_from = file_size(d->log_path);
-    w->cpu_from = cpu_ms(d->pid);
+    w->cpu_from = pbt_proc_cpu_ms(d->pid);
 }
 
 /* During the outage: 503, store_up 0 (polled: the node notices at its next store call). */
@@ -505,7 +485,7 @@ static void run_postgres(void)
         struct timespec ts = {0, 100000000L};
         nanosleep(&ts, NULL); /* the outage lasts OUTAGE_S: time is what is tested here */
     }
-    long cpu_end[2] = {cpu_ms(n[0]->pid), cpu_ms(n[1]->pid)};
+    long cpu_end[2] = {pbt_proc_cpu_ms(n[0]->pid), pbt_proc_cpu_ms(n[1]->pid)};
     int64_t outage_ms = pbt_now_ms() - crash_at;
     CHECKF(pg_restart(&pg), "PostgreSQL starts again");
     fprintf(stderr, "outage_test: PostgreSQL started again after %lld ms\n",
@@ -598,7 +578,7 @@ static void run_sqlite(void)
         struct timespec ts = {0, 50000000L};
         nanosleep(&ts, NULL); /* pacing the admin traffic */
     }
-    long cpu_end = cpu_ms(b->pid);
+    long cpu_end = pbt_proc_cpu_ms(b->pid);
     int64_t outage_ms = pbt_now_ms() - full_at;
     char p[600];
     snprintf(p, sizeof p, "%s/full", flags);

@@ -309,6 +309,23 @@ static bool ck_write(pb_store *s, int i)
     return pb_store_meta_set(s, key, val) == PB_OK;
 }
 
+/* Reopens spec and checks the n values ck_write wrote and the database's integrity; the
+ * store (NULL when it did not open) is the caller's. */
+static pb_store *ck_reopen_check(const char *spec, const pb_store_opts *o, int n)
+{
+    pb_store *s = NULL;
+    CHECK_OK(pb_store_open(spec, o, &s));
+    for (int i = 0; s && i < n; i++) {
+        char key[32], *v = NULL;
+        snprintf(key, sizeof key, "ck%05d", i);
+        CHECK_OK(pb_store_meta_get(s, key, &v));
+        CHECKF(v && strlen(v) == 2999 && v[0] == 'a' + i % 26, "value %d", i);
+        free(v);
+    }
+    if (s) CHECK_OK(pb_store_integrity_check(s));
+    return s;
+}
+
 #ifdef PB_FAULTS
 /* The log lines written to fd since it was last emptied; emptied. Owned by the caller. */
 static char *take_lines(int fd)
@@ -407,15 +424,7 @@ static void test_checkpoint_faults(void)
     pb_store_close(s);
     s = NULL;
 
-    CHECK_OK(pb_store_open(spec, &o, &s));
-    for (int i = 0; s && i < n; i++) {
-        char key[32], *v = NULL;
-        snprintf(key, sizeof key, "ck%05d", i);
-        CHECK_OK(pb_store_meta_get(s, key, &v));
-        CHECKF(v && strlen(v) == 2999 && v[0] == 'a' + i % 26, "value %d", i);
-        free(v);
-    }
-    if (s) CHECK_OK(pb_store_integrity_check(s));
+    s = ck_reopen_check(spec, &o, n);
 out:
     pb_log_set_fd(2);
     if (fd >= 0) close(fd);
@@ -492,15 +501,7 @@ static void test_checkpoints(void)
     pb_store_close(s);
     s = NULL;
 
-    CHECK_OK(pb_store_open(spec, &o, &s));
-    for (int i = 0; s && i < n; i++) {
-        char key[32], *v = NULL;
-        snprintf(key, sizeof key, "ck%05d", i);
-        CHECK_OK(pb_store_meta_get(s, key, &v));
-        CHECKF(v && strlen(v) == 2999 && v[0] == 'a' + i % 26, "value %d", i);
-        free(v);
-    }
-    if (s) CHECK_OK(pb_store_integrity_check(s));
+    s = ck_reopen_check(spec, &o, n);
 out:
     pb_store_close(s);
     free(spec);
