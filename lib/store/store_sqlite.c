@@ -469,9 +469,12 @@ static int checkpoint(sq *b, sqlite3 *db, bool handed)
 {
     double t0 = pb_metrics_clock();
     int log = 0, copied = 0;
+    bool fail = false;
+#ifdef PB_FAULTS
     pthread_mutex_lock(&b->mu);
-    bool fail = b->f.checkpoint == PB_STORE_CK_FAIL; /* tests (PB_FAULTS builds) */
+    fail = b->f.checkpoint == PB_STORE_CK_FAIL; /* tests */
     pthread_mutex_unlock(&b->mu);
+#endif
     int rc = fail ? SQLITE_IOERR
                   : sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
     double s = pb_metrics_clock() - t0;
@@ -505,9 +508,12 @@ static int checkpoint(sq *b, sqlite3 *db, bool handed)
 static void checkpoint_task(void *arg)
 {
     sq *b = arg;
+    bool no_conn = false;
+#ifdef PB_FAULTS
     pthread_mutex_lock(&b->mu);
-    bool no_conn = b->f.checkpoint == PB_STORE_CK_NO_CONN; /* tests (PB_FAULTS builds) */
+    no_conn = b->f.checkpoint == PB_STORE_CK_NO_CONN; /* tests */
     pthread_mutex_unlock(&b->mu);
+#endif
     if (no_conn || (!b->ck_conn && conn_open(b, false, &b->ck_conn) != PB_OK)) {
         PB_WARN(NULL, "store: no connection for checkpoints; tried again in a second (the "
                       "writer checkpoints meanwhile if the WAL reaches four times the threshold)");
