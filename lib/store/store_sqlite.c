@@ -462,6 +462,21 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
+/* The checkpoint fault point's mode (pb_store_fault_checkpoint): tests, PB_FAULTS builds;
+ * 0 in others. */
+static int ck_fault(sq *b)
+{
+    int mode = 0;
+#ifdef PB_FAULTS
+    pthread_mutex_lock(&b->mu);
+    mode = b->f.checkpoint;
+    pthread_mutex_unlock(&b->mu);
+#else
+    (void)b;
+#endif
+    return mode;
+}
+
 /* One PASSIVE checkpoint on db (copies what no reader still needs; never waits for the
  * writer), measured and logged; handed: on the executor. Answers the WAL frames now in the
  * database (SQLite's count since the WAL started over), or -1 when it did not run. */
@@ -469,12 +484,7 @@ static int checkpoint(sq *b, sqlite3 *db, bool handed)
 {
     double t0 = pb_metrics_clock();
     int log = 0, copied = 0;
-    bool fail = false;
-#ifdef PB_FAULTS
-    pthread_mutex_lock(&b->mu);
-    fail = b->f.checkpoint == PB_STORE_CK_FAIL; /* tests */
-    pthread_mutex_unlock(&b->mu);
-#endif
+    bool fail = ck_fault(b) == PB_STORE_CK_FAIL;
     int rc = fail ? SQLITE_IOERR
                   : sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
     double s = pb_metrics_clock() - t0;
@@ -508,12 +518,7 @@ static int checkpoint(sq *b, sqlite3 *db, bool handed)
 static void checkpoint_task(void *arg)
 {
     sq *b = arg;
-    bool no_conn = false;
-#ifdef PB_FAULTS
-    pthread_mutex_lock(&b->mu);
-    no_conn = b->f.checkpoint == PB_STORE_CK_NO_CONN; /* tests */
-    pthread_mutex_unlock(&b->mu);
-#endif
+    bool no_conn = ck_fault(b) == PB_STORE_CK_NO_CONN;
     if (no_conn || (!b->ck_conn && conn_open(b, false, &b->ck_conn) != PB_OK)) {
         PB_WARN(NULL, "store: no connection for checkpoints; tried again in a second (the "
                       "writer checkpoints meanwhile if the WAL reaches four times the threshold)");
