@@ -362,6 +362,8 @@ static struct {
     metric tls_pair[2];                /* pair_tls: events/s */
     metric tls_rtt[2], tls_rtt_p99[2]; /* pair_rtt_tls (100 ms): events/s, p99 ms */
     metric tls_fan[2], tls_fan_p99[2]; /* fanout_1000_tls (all healthy): events/s, ms */
+    metric tls_fan_curl[2];            /* ... libcurl alone in the same pattern, cold: Pushes/s */
+    metric tls_fan_cpu[2];             /* ... CPU per event, the sender's and the farm's: us */
     bool nginx_ok;
     char notes[4096];
 } R;
@@ -1532,12 +1534,19 @@ struct fan_result {
     /* the all-healthy run only: libcurl's multi interface from one thread, alone, against
      * the same farm (pbbench_loadgen --multi-ports): what libcurl allows in this pattern */
     double curl_rps, curl_cpu_us, curl_farm_pct;
+    /* with g_fan_cold: libcurl alone in this run's own pattern (P receivers x E Pushes,
+     * cold, over TLS when the run was), after the sender stopped */
+    double cold_rps, cold_cpu_us, cold_farm_pct;
 };
+static bool g_fan_cold; /* fanout_scale_run measures libcurl alone cold after its run */
 
-/* Runs pbbench_loadgen --multi-ports against the farm's n IDs (one Push of one event to
- * each in flight) for O.http_seconds; false when the IDs' ports are not consecutive or it
- * failed. */
-static bool curl_ceiling(const pbt_farm *f, long n, struct fan_result *res)
+/* Runs pbbench_loadgen --multi-ports against the farm's n IDs, one Push of one event to
+ * each in flight, over TLS when g_tls_on: timed (per_port 0: O.http_seconds, every
+ * connection made first) or cold (per_port K: K Pushes to each, first contacts inside the
+ * clock, the fan-out scenario's own pattern). Fills *rps, *cpu_us (per request) and
+ * *farm_pct; false when the IDs' ports are not consecutive or it failed. */
+static bool curl_alone(const pbt_farm *f, long n, long per_port, double *rps, double *cpu_us,
+                       double *farm_pct)
 {
     unsigned first = 0;
     for (long i = 0; i < n; i++) {
@@ -1548,7 +1557,7 @@ static bool curl_ceiling(const pbt_farm *f, long n, struct fan_result *res)
     }
     pb_event ev = {.kind = PB_EV_USER_ADDED_TO_GUILD, .user_id = 1, .guild_id = 777};
     pb_buf body = PB_BUF_INIT;
-    char *dir = pbt_tmpdir("bench-curl"), file[512], args[768];
+    char *dir = pbt_tmpdir("bench-curl"), file[512], args[4096], extra[1400] = "";
     snprintf(file, sizeof file, "%s/push.bin", dir);
     bool ok = false;
     FILE *fp = NULL;
@@ -1559,10 +1568,13 @@ static bool curl_ceiling(const pbt_farm *f, long n, struct fan_result *res)
         goto out;
     }
     ok = false;
+    if (per_port > 0)
+        snprintf(extra, sizeof extra, " --handles fresh --per-port %ld%s%s%s", per_port,
+                 g_tls_on ? " --cainfo '" : "", g_tls_on ? g_ca.ca : "", g_tls_on ? "'" : "");
     snprintf(args, sizeof args,
-             "'%s' --url http://127.0.0.1/protocol.sync.v1.PostboxService/Push "
-             "--body-file '%s' --seconds %.2f --multi-ports %u:%ld",
-             PB_BENCH_LOADGEN, file, O.http_seconds, first, n);
+             "'%s' --url %s://127.0.0.1/protocol.sync.v1.PostboxService/Push "
+             "--body-file '%s' --seconds %.2f --multi-ports %u:%ld%s",
+             PB_BENCH_LOADGEN, g_tls_on ? "https" : "http", file, O.http_seconds, first, n, extra);
     double fcpu0 = pid_cpu_s(f->pid), t0 = now_s();
     FILE *p = popen(args, "r");
     if (!p) goto out;
@@ -1577,13 +1589,13 @@ static bool curl_ceiling(const pbt_farm *f, long n, struct fan_result *res)
     if (sscanf(line,
                "requests %llu errors %ld seconds %lf rps %lf p50_us %u p99_us %u max_us %u "
                "cpu_us_per_req %lf",
-               &nreq, &errors, &secs, &res->curl_rps, &p50, &p99, &max, &res->curl_cpu_us) != 8 ||
+               &nreq, &errors, &secs, rps, &p50, &p99, &max, cpu_us) != 8 ||
         rc != 0 || errors) {
         fprintf(stderr, "pbbench: loadgen --multi-ports failed (rc %d): %s", rc, line);
         goto out;
     }
     /* the farm's CPU over the whole call (connections and warm-up included): a bound */
-    res->curl_farm_pct = wall > 0 ? 100 * (pid_cpu_s(f->pid) - fcpu0) / wall : 0;
+    *farm_pct = wall > 0 ? 100 * (pid_cpu_s(f->pid) - fcpu0) / wall : 0;
     ok = true;
 out:
     pb_buf_free(&body);
@@ -1752,10 +1764,23 @@ static bool fanout_scale_run(bool mixed, int run, struct fan_result *res)
              "%ld at another receiver, the rest out of order",
              run, mixed ? "mixed" : "healthy", res->disorder, res->dups, res->foreign);
     ok = true;
-    if (!mixed && !res->timed_out && !g_tls_on) { /* the sender stopped, the same farm,
-                                                     libcurl alone (plain HTTP) */
+    if (!mixed && !res->timed_out && g_fan_cold) { /* the sender stopped, the same farm,
+                                                     libcurl alone in the same pattern */
         bd_stop(s);
-        if (curl_ceiling(f, P, res))
+        if (curl_alone(f, P, E, &res->cold_rps, &res->cold_cpu_us, &res->cold_farm_pct))
+            printf("  run %d fanout_1000 healthy%s: libcurl multi alone, one thread, the same "
+                   "pattern (%ld receivers x %ld Pushes, first contacts in the clock): %.0f "
+                   "Pushes/s, %.1f us CPU per Push, peer farm %.0f %% of a core\n",
+                   run, g_tls_on ? " TLS" : "", P, E, res->cold_rps, res->cold_cpu_us,
+                   res->cold_farm_pct);
+        else
+            note("fanout_1000 run %d: libcurl alone (cold) was not measured (see stderr, or the "
+                 "farm's ports are not consecutive)",
+                 run);
+    } else if (!mixed && !res->timed_out && !g_tls_on) { /* the sender stopped, the same farm,
+                                                            libcurl alone (plain HTTP) */
+        bd_stop(s);
+        if (curl_alone(f, P, 0, &res->curl_rps, &res->curl_cpu_us, &res->curl_farm_pct))
             printf("  run %d fanout_1000 healthy: libcurl multi alone, one thread, the same %ld "
                    "receivers: %.0f Pushes/s, %.1f us CPU per Push, peer farm %.0f %% of a "
                    "core\n",
@@ -2226,6 +2251,7 @@ static void scenario_pair_rtt_tls(int run)
 static void scenario_fanout_tls(int run)
 {
     if (!make_test_ca()) return;
+    g_fan_cold = true;
     for (int k = 0; k < 2; k++) {
         int tls = (k + run + 1) % 2;
         g_tls_on = tls;
@@ -2238,13 +2264,17 @@ static void scenario_fanout_tls(int run)
         double rate = res.time_ms > 0 ? (double)res.delivered / (res.time_ms / 1e3) : 0;
         m_add(&R.tls_fan[tls], rate);
         m_add(&R.tls_fan_p99[tls], res.p99_ms);
+        if (res.cold_rps > 0) m_add(&R.tls_fan_curl[tls], res.cold_rps);
+        if (res.delivered > 0)
+            m_add(&R.tls_fan_cpu[tls],
+                  (res.sender_cpu_s + res.farm_cpu_s) * 1e6 / (double)res.delivered);
         if (res.timed_out) R.tls_fan[tls].timed_out = R.tls_fan_p99[tls].timed_out = true;
         printf("  run %d fanout_1000_tls, %s: %.0f events/s, latency p99 %.0f ms; CPU: sender "
                "%.1f s (%.0f us per event), farm %.1f s\n",
                run, tls ? "TLS" : "plain HTTP", rate, res.p99_ms, res.sender_cpu_s,
                res.delivered ? res.sender_cpu_s * 1e6 / (double)res.delivered : 0, res.farm_cpu_s);
     }
-    g_tls_on = false;
+    g_tls_on = g_fan_cold = false;
 }
 
 /* One result line; `c` is the ceiling as printed, ceil its value (0: none) for the ratio. */
@@ -2492,6 +2522,26 @@ static void report(double elapsed, size_t push_len, const char *load_before)
                "all healthy, plain HTTP", ">= 0.9", 0.9, false);
         row_vs("12. fanout_1000_tls p99", &R.tls_fan_p99[1], &R.tls_fan_p99[0], 1e-3, "s",
                "plain HTTP", NULL, 0, true);
+        /* the bound: both twins keep the machine's cores busy (sender and farm), so their
+         * ratio is that of the CPU each spends per event; TLS's share of it is mostly the
+         * first contacts' handshakes (see PERFORMANCE.md) */
+        row_vs("12. fanout_1000_tls CPU/event", &R.tls_fan_cpu[1], &R.tls_fan_cpu[0], 1, "us",
+               "sender + farm, plain HTTP", NULL, 0, true);
+        /* libcurl alone (no store, no daemon) in the same pattern, first contacts included,
+         * TLS against plain; and TLS's added time per Push in each */
+        if (R.tls_fan_curl[0].n && R.tls_fan_curl[1].n) {
+            row_vs("12. libcurl alone, same pattern", &R.tls_fan_curl[1], &R.tls_fan_curl[0], 1,
+                   "Pushes/s", "libcurl alone, plain HTTP", NULL, 0, false);
+            double pb = 1e6 / m_median(&R.tls_fan[1]) - 1e6 / m_median(&R.tls_fan[0]);
+            double cu = 1e6 / m_median(&R.tls_fan_curl[1]) - 1e6 / m_median(&R.tls_fan_curl[0]);
+            printf("  fanout_1000_tls: TLS adds %.1f us per Push to postbox, %.1f us to libcurl "
+                   "alone (medians)\n",
+                   pb, cu);
+            fprintf(g_md,
+                    "\nfanout_1000_tls: TLS adds %.1f us per Push to postbox, %.1f us to "
+                    "libcurl alone in the same pattern (medians).\n",
+                    pb, cu);
+        }
     }
 
     printf("\n==== memory (peak RSS, VmHWM) ====\n");

@@ -12,7 +12,8 @@
  *
  * Usage: pbbench_loadgen --url URL [--conns N] [--seconds S] [--body-bytes B]
  *                        [--max-requests N] [--template T] [--header H]...
- *                        [--body-file F] [--multi-ports FIRST:N [--handles reused|fresh]]
+ *                        [--body-file F] [--multi-ports FIRST:N [--handles reused|fresh]
+ *                        [--per-port K] [--cainfo CA]]
  *
  * --multi-ports FIRST:N: instead of threads, one thread and libcurl's multi interface
  * (CURLMOPT_SOCKETFUNCTION on epoll, as postboxd's I/O loop) against N servers on
@@ -23,6 +24,12 @@
  * curl_multi_remove_handle); each request's easy handle is reused, or with
  * --handles fresh made and freed per request as postboxd does. The line printed also
  * gives cpu_us_per_req (this process's user + system CPU per request).
+ *
+ * --per-port K (with --multi-ports): a cold run in the fan-out scenario's pattern instead
+ * of a timed one: exactly K requests to each server, one in flight to each, the clock
+ * started before the first connection is made (so every first contact, and over TLS every
+ * full handshake, is inside it) and stopped when the last is answered. An https --url
+ * reaches the servers over TLS (peer and host verified, CA file --cainfo), as postboxd does.
  *
  * --body-file F: every request's body is F's bytes (at most 65,536).
  *
@@ -144,12 +151,16 @@ struct mconn {
     char url[96];
     unsigned shard;
     int64_t t0;
+    long done; /* requests answered (--per-port) */
 };
 
 static int g_epfd = -1;
 static struct mshard g_sh[M_SHARDS];
 static struct curl_slist *g_mhdrs;
 static bool g_fresh;
+static long g_per_port;      /* --per-port: requests per server, cold clock; 0: timed */
+static const char *g_cainfo; /* --cainfo */
+static const char *g_scheme = "http";
 
 static int m_on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
@@ -191,6 +202,15 @@ static void m_start(struct mconn *c)
         curl_easy_setopt(c->h, CURLOPT_TIMEOUT_MS, 10000L);
         curl_easy_setopt(c->h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
         curl_easy_setopt(c->h, CURLOPT_PRIVATE, (char *)c);
+        if (!strcmp(g_scheme, "https")) {
+            curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYPEER, 1L);
+            curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYHOST, 2L);
+            curl_easy_setopt(c->h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+            if (g_cainfo) { /* the bundle alone, its store kept (as postboxd) */
+                curl_easy_setopt(c->h, CURLOPT_CAINFO, g_cainfo);
+                curl_easy_setopt(c->h, CURLOPT_CAPATH, NULL);
+            }
+        }
     }
     c->t0 = now_us();
     curl_multi_add_handle(g_sh[c->shard].m, c->h);
@@ -205,6 +225,7 @@ static int run_multi(const char *spec)
         fprintf(stderr, "--multi-ports FIRST:N (N 1..10000)\n");
         return 2;
     }
+    if (!strncmp(g_url, "https://", 8)) g_scheme = "https";
     const char *path = strstr(g_url, "://");
     path = path ? strchr(path + 3, '/') : NULL;
     if (!path) path = "/";
@@ -226,14 +247,18 @@ static int run_multi(const char *spec)
     uint32_t *lat = malloc(cap * sizeof *lat);
     if (!lat) abort();
     long errors = 0, warm = 0;
+    int64_t start = -1, deadline = -1;
+    struct rusage ru0 = {0};
+    if (g_per_port > 0) { /* cold: the clock runs from the first connection */
+        start = now_us();
+        getrusage(RUSAGE_SELF, &ru0);
+    }
     for (unsigned i = 0; i < n; i++) {
-        snprintf(cs[i].url, sizeof cs[i].url, "http://127.0.0.1:%u%s", first + i, path);
+        snprintf(cs[i].url, sizeof cs[i].url, "%s://127.0.0.1:%u%s", g_scheme, first + i, path);
         cs[i].shard = (first + i) % M_SHARDS;
         m_start(&cs[i]);
     }
-    /* every connection made (each server answered once) before the clock starts */
-    int64_t start = -1, deadline = -1;
-    struct rusage ru0 = {0};
+    /* timed: every connection made (each server answered once) before the clock starts */
     unsigned inflight = n;
     struct epoll_event evs[256];
     while (inflight > 0) {
@@ -297,7 +322,8 @@ static int run_multi(const char *spec)
                     int64_t d = t - c->t0;
                     lat[nlat++] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
                 }
-                if (deadline < 0 || t < deadline) {
+                c->done++;
+                if (g_per_port > 0 ? c->done < g_per_port : deadline < 0 || t < deadline) {
                     m_start(c);
                     inflight++;
                 }
@@ -354,6 +380,10 @@ int main(int argc, char **argv)
             body_file = argv[i + 1];
         else if (!strcmp(argv[i], "--multi-ports"))
             multi = argv[i + 1];
+        else if (!strcmp(argv[i], "--per-port"))
+            g_per_port = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--cainfo"))
+            g_cainfo = argv[i + 1];
         else if (!strcmp(argv[i], "--handles") && !strcmp(argv[i + 1], "fresh"))
             g_fresh = true;
         else if (!strcmp(argv[i], "--handles") && !strcmp(argv[i + 1], "reused"))
@@ -361,8 +391,9 @@ int main(int argc, char **argv)
         else
             g_url = NULL, i = argc;
     }
-    if (!g_url || conns < 1 || conns > 256 || g_seconds <= 0 || g_seconds > 600 ||
-        g_body_len > 65536 || (tpl && (!strstr(tpl, "%N") || strlen(tpl) > 65536))) {
+    if (!g_url || conns < 1 || conns > 256 || g_per_port < 0 || g_per_port > 1000000 ||
+        g_seconds <= 0 || g_seconds > 600 || g_body_len > 65536 ||
+        (tpl && (!strstr(tpl, "%N") || strlen(tpl) > 65536))) {
         fprintf(stderr,
                 "usage: %s --url URL [--conns 1..256] [--seconds S<=600] "
                 "[--body-bytes B<=65536] [--max-requests N] [--template T] [--header H]\n",
