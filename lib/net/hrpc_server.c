@@ -6,8 +6,7 @@
  * right then, so libmicrohttpd never reads that body and closes the connection after the
  * answer. Otherwise the body is copied into a per-request buffer that may never exceed
  * max_body, then authentication and the handler run on the final call. Its threads poll
- * with epoll over plain HTTP and with poll(2) over TLS (epoll spins on a waiting TLS
- * handshake: pb_hrpc_server_start).
+ * with epoll; over TLS a handshake waiting for the client is parked (below).
  *
  * Slow clients and the connection limit: libmicrohttpd's own timeout only measures
  * inactivity, so a client sending one byte per second would hold a connection (and an
@@ -73,6 +72,24 @@
  * (pb_hrpc_request.peer_key, client_addr; the address only while per-address limits are
  * on) for the receive budgets.
  *
+ * Handshakes parked: libmicrohttpd 0.9.75's epoll mode (and its master as of 2026) clears a
+ * connection's read-ready flag only when a record read finds no data, never during the
+ * TLS handshake, so a connection waiting for the client's next handshake flight stays on
+ * its ready list and its thread calls gnutls_handshake in a loop: a core for each peer's
+ * round trip (100 ms for a peer 100 ms away), and for as long as a hostile client keeps
+ * its handshake open. poll(2) instead costs O(connections of the thread) per wake-up,
+ * which thousands of idle connections (peers' kept connections, or a few addresses'
+ * worth of hostile ones) turn into a tenfold cost per request. So the listener keeps
+ * epoll, and each TLS session reads through tls_pull: when a read finds nothing before
+ * the connection's first request (the handshake, or the wait for the first request),
+ * tls_pull suspends the connection (MHD_suspend_connection, from its own thread, inside
+ * gnutls_handshake) and hands its socket to the park thread's epoll (one-shot); when the
+ * socket becomes readable or is shut down (the sweeper's deadline), the park thread
+ * resumes it, and the handshake goes on. A parked connection costs no thread and no CPU.
+ * Only the park thread resumes a parked connection (also at stop, before
+ * MHD_stop_daemon), so it never sees an event for a connection already resumed and
+ * freed.
+ *
  * Lingering close (RFC 9112 section 9.6): a refusal answered from the headers alone (a
  * declared body over max_body, a wrong path or type) leaves the client still sending a body
  * we will not read; closing then would make the kernel reset the connection, and the
@@ -104,6 +121,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -237,6 +255,16 @@ struct pb_hrpc_server {
     /* suspended requests (see "Waiting without a thread"), under wake_mu */
     pthread_mutex_t wake_mu;
     struct pb_hrpc_waker *suspended;
+    /* TLS connections parked until their socket is readable ("Handshakes parked"),
+     * under park_mu */
+    pthread_mutex_t park_mu;
+    int park_ep;         /* epoll of the parked sockets (and park_ev); -1: none */
+    int park_ev;         /* eventfd: stop */
+    struct conn *parked; /* list */
+    unsigned nparked;
+    bool park_closed; /* stopping: no more parking */
+    bool park_started;
+    pthread_t park_thread;
 };
 
 /* One open connection: libmicrohttpd's socket context. Fields under conns_mu. */
@@ -249,6 +277,13 @@ struct conn {
     bool cut;                /* socket shut down (deadline passed or over the limit) */
     bool linger;             /* answered before its body was read: close in stages */
     bool tls_counted;        /* its TLS handshake is counted (postbox_tls_handshakes_total) */
+    /* TLS only: parking ("Handshakes parked") */
+    pb_hrpc_server *srv;
+    struct MHD_Connection *mhd;
+    gnutls_session_t tls;
+    bool hs_done;               /* its first request came: no more parking (its own thread) */
+    bool parked;                /* suspended, its socket in park_ep (park_mu) */
+    struct conn *pprev, *pnext; /* the parked list (park_mu) */
 };
 
 /*
@@ -851,6 +886,149 @@ static void slot_release(pb_hrpc_server *s, struct req *r)
 }
 
 /* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
+/* ---- handshakes parked (see the file comment) -------------------------------------------- */
+
+/* Parks c: its socket into park_ep (one-shot), then the connection suspended; false (and
+ * nothing done) when stopping or the socket cannot be watched. On c's own thread. */
+static bool tls_park(struct conn *c)
+{
+    pb_hrpc_server *s = c->srv;
+    bool ok = false;
+    pthread_mutex_lock(&s->park_mu);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, .data.ptr = c};
+    /* watched first: an event that comes at once waits for park_mu, and finds c parked */
+    if (!s->park_closed && epoll_ctl(s->park_ep, EPOLL_CTL_ADD, c->fd, &ev) == 0) {
+        MHD_suspend_connection(c->mhd);
+        c->parked = true;
+        c->pprev = NULL;
+        c->pnext = s->parked;
+        if (s->parked) s->parked->pprev = c;
+        s->parked = c;
+        s->nparked++;
+        ok = true;
+    }
+    pthread_mutex_unlock(&s->park_mu);
+    return ok;
+}
+
+/* Resumes parked c (park_mu held; the park thread only). */
+static void tls_unpark_locked(pb_hrpc_server *s, struct conn *c)
+{
+    if (!c->parked) return;
+    (void)epoll_ctl(s->park_ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->pprev)
+        c->pprev->pnext = c->pnext;
+    else
+        s->parked = c->pnext;
+    if (c->pnext) c->pnext->pprev = c->pprev;
+    c->parked = false;
+    s->nparked--;
+    MHD_resume_connection(c->mhd);
+}
+
+/* The park thread: resumes each parked connection when its socket becomes readable (data,
+ * EOF, or shut down by the sweeper); at stop, every one still parked, then ends. */
+static void *park_main(void *arg)
+{
+    pthread_setname_np(pthread_self(), "pb-fed-tlspark");
+    pb_hrpc_server *s = arg;
+    struct epoll_event evs[64];
+    for (;;) {
+        int n = epoll_wait(s->park_ep, evs, 64, -1);
+        if (n < 0 && errno != EINTR) {
+            PB_ERROR(NULL, "federation listener: epoll_wait of parked TLS handshakes: %s",
+                     strerror(errno));
+            n = 0; /* stop below only when asked; the wait is retried */
+            struct timespec pause = {0, 10 * 1000 * 1000};
+            nanosleep(&pause, NULL);
+        }
+        pthread_mutex_lock(&s->park_mu);
+        for (int i = 0; i < n; i++)
+            if (evs[i].data.ptr) tls_unpark_locked(s, evs[i].data.ptr);
+        bool stop = s->park_closed;
+        if (stop)
+            while (s->parked)
+                tls_unpark_locked(s, s->parked);
+        pthread_mutex_unlock(&s->park_mu);
+        if (stop) return NULL;
+    }
+}
+
+/* GnuTLS's read of a TLS connection (its transport's receive pointer is the record): before
+ * the connection's first request, a read that finds nothing parks it instead of leaving it
+ * on libmicrohttpd's ready list. Runs on the connection's thread. */
+static ssize_t tls_pull(gnutls_transport_ptr_t p, void *buf, size_t len)
+{
+    struct conn *c = p;
+    ssize_t n = recv(c->fd, buf, len, 0);
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || c->hs_done) return n;
+    /* stopping (or no watch): the handshake fails and the connection closes */
+    errno = tls_park(c) ? EAGAIN : ECONNRESET;
+    return -1;
+}
+
+static int tls_pull_timeout(gnutls_transport_ptr_t p, unsigned int ms)
+{
+    struct conn *c = p;
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    int rc = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : ms > INT_MAX ? INT_MAX : (int)ms);
+    return rc < 0 ? -1 : rc;
+}
+
+/* Reads c's TLS session through tls_pull (sends stay GnuTLS's own, on the descriptor). */
+static void park_attach(pb_hrpc_server *s, struct conn *c, struct MHD_Connection *conn)
+{
+    if (!s->tls_on || s->park_ep < 0 || c->fd < 0) return;
+    const union MHD_ConnectionInfo *ti =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (!ti || !ti->tls_session) return;
+    c->srv = s;
+    c->mhd = conn;
+    c->tls = ti->tls_session;
+    gnutls_transport_set_ptr2(c->tls, c, (gnutls_transport_ptr_t)(intptr_t)c->fd);
+    gnutls_transport_set_pull_function(c->tls, tls_pull);
+    gnutls_transport_set_pull_timeout_function(c->tls, tls_pull_timeout);
+}
+
+/* Starts the park thread (TLS only); false when it cannot. */
+static bool park_start(pb_hrpc_server *s)
+{
+    s->park_closed = false;
+    s->park_ep = epoll_create1(EPOLL_CLOEXEC);
+    s->park_ev = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (s->park_ep < 0 || s->park_ev < 0 ||
+        epoll_ctl(s->park_ep, EPOLL_CTL_ADD, s->park_ev, &ev) != 0 ||
+        pthread_create(&s->park_thread, NULL, park_main, s) != 0) {
+        if (s->park_ep >= 0) close(s->park_ep);
+        if (s->park_ev >= 0) close(s->park_ev);
+        s->park_ep = s->park_ev = -1;
+        return false;
+    }
+    s->park_started = true;
+    return true;
+}
+
+/* Resumes every parked connection (their handshakes then fail) and ends the park thread:
+ * before MHD_stop_daemon, which must find no connection suspended. */
+static void park_stop(pb_hrpc_server *s)
+{
+    if (!s->park_started) return;
+    pthread_mutex_lock(&s->park_mu);
+    s->park_closed = true;
+    pthread_mutex_unlock(&s->park_mu);
+    uint64_t one = 1;
+    ssize_t w = write(s->park_ev, &one, sizeof one);
+    (void)w;
+    pthread_join(s->park_thread, NULL);
+    s->park_started = false;
+    pthread_mutex_lock(&s->park_mu); /* tls_park() reads them only while not closed */
+    close(s->park_ep);
+    close(s->park_ev);
+    s->park_ep = s->park_ev = -1;
+    pthread_mutex_unlock(&s->park_mu);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
@@ -905,6 +1083,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         if (s->conns) s->conns->prev = c;
         s->conns = c;
         pthread_mutex_unlock(&s->conns_mu);
+        if (verdict == OPEN) park_attach(s, c, conn);
         *socket_context = c;
         if (verdict != OPEN)
             pb_counter_inc(pb_metric_get(PB_METRIC(s->opts.metrics, connections_refused),
@@ -1477,6 +1656,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             first = !c->tls_counted;
             c->tls_counted = true;
             pthread_mutex_unlock(&s->conns_mu);
+            c->hs_done = true; /* read on this thread only (tls_pull) */
         }
         if (first && s->tls_on) tls_count_handshake(s, conn);
         enum MHD_Result res = on_headers(s, conn, url, method, r);
@@ -1769,6 +1949,8 @@ pb_err pb_hrpc_server_new(const pb_hrpc_server_opts *opts, const pb_hrpc_auth *a
     pthread_mutex_init(&s->wake_mu, NULL);
     pthread_mutex_init(&s->linger_mu, NULL);
     s->linger_ev = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    pthread_mutex_init(&s->park_mu, NULL);
+    s->park_ep = s->park_ev = -1;
     pthread_rwlock_init(&s->tls_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1804,14 +1986,8 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
                      MHD_ALLOW_SUSPEND_RESUME;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     bool tls = s->opts.tls_cert_file && s->opts.tls_key_file;
-    /* Over TLS, poll(2), not epoll: libmicrohttpd's epoll mode (0.9.75, and its master as
-     * of 2026) clears a connection's read-ready flag only when a record read finds no
-     * data, never during the handshake, so a connection waiting for the client's next
-     * handshake flight stays on the ready list and its thread calls gnutls_handshake in a
-     * loop: a full core for each peer's round trip (100 ms for a peer 100 ms away), and
-     * for as long as a hostile client keeps its handshake open. poll costs O(connections
-     * of the thread) per wake-up: about 64 at the defaults. Plain HTTP keeps epoll. */
-    flags |= tls ? MHD_USE_POLL : MHD_USE_AUTO;
+    /* epoll; over TLS, waiting handshakes are parked ("Handshakes parked") */
+    flags |= MHD_USE_AUTO;
     if (tls) {
         if (tls_load(s->opts.tls_cert_file, s->opts.tls_key_file, &s->tls_cert, &s->tls_key) !=
             PB_OK)
@@ -1856,6 +2032,11 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         margin = 16 + limit / 16;
     }
     s->max_conns = s->conns_cap = limit;
+    /* (the fault point stands in for pthread_create failing) */
+    if (tls && (pb_fault("hrpc.no-tls-park") || !park_start(s))) {
+        PB_ERROR(NULL, "cannot start the federation listener's TLS handshake thread");
+        return PB_ERR_INTERNAL;
+    }
     s->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, measured, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
@@ -1865,15 +2046,18 @@ pb_err pb_hrpc_server_start(pb_hrpc_server *s)
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
         s, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!s->mhd) {
+        int e = errno;
+        park_stop(s);
         PB_ERROR(NULL,
                  "cannot listen on %s (listen): %s: is another postboxd or another program "
                  "serving there? Stop it, or change listen",
-                 s->opts.listen, strerror(errno));
+                 s->opts.listen, strerror(e));
         return PB_ERR_IO;
     }
     s->sweeper_stop = false;
     if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
         PB_ERROR(NULL, "cannot start the connection sweeper thread");
+        park_stop(s);
         MHD_stop_daemon(s->mhd);
         s->mhd = NULL;
         return PB_ERR_INTERNAL;
@@ -1926,6 +2110,7 @@ void pb_hrpc_server_stop(pb_hrpc_server *s)
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+    park_stop(s); /* no connection may stay suspended (MHD_stop_daemon) */
     MHD_stop_daemon(s->mhd);
     if (fd != MHD_INVALID_SOCKET) close(fd);
     s->mhd = NULL;
@@ -1971,6 +2156,7 @@ void pb_hrpc_server_free(pb_hrpc_server *s)
     pthread_mutex_destroy(&s->conns_mu);
     pthread_mutex_destroy(&s->wake_mu);
     pthread_mutex_destroy(&s->linger_mu);
+    pthread_mutex_destroy(&s->park_mu);
     if (s->linger_ev >= 0) close(s->linger_ev);
     for (unsigned i = 0; i < ADDR_BUCKETS; i++) {
         for (struct addr_count *e = s->addrs[i], *next; e; e = next) {
