@@ -449,6 +449,10 @@ int main(int argc, char **argv)
         curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, g_body);
         curl_easy_setopt(c->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)g_body_len);
         curl_easy_setopt(c->h, CURLOPT_HTTPHEADER, c->hdrs);
+        if (g_cainfo) { /* https: the bundle alone (as postboxd) */
+            curl_easy_setopt(c->h, CURLOPT_CAINFO, g_cainfo);
+            curl_easy_setopt(c->h, CURLOPT_CAPATH, NULL);
+        }
         curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, discard);
         curl_easy_setopt(c->h, CURLOPT_TIMEOUT_MS, 10000L);
         curl_easy_setopt(c->h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
