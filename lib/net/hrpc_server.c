@@ -88,7 +88,10 @@
  * resumes it, and the handshake goes on. A parked connection costs no thread and no CPU.
  * Only the park thread resumes a parked connection (also at stop, before
  * MHD_stop_daemon), so it never sees an event for a connection already resumed and
- * freed.
+ * freed. libmicrohttpd documents suspension from the access handler; what this relies on
+ * in 0.9.75 is that a suspension takes the connection off its lists and epoll set at
+ * once, and that the handshake's callers (handle_read and handle_idle, the event-loop
+ * update) leave a suspended connection alone until it is resumed (tls_test).
  *
  * Lingering close (RFC 9112 section 9.6): a refusal answered from the headers alone (a
  * declared body over max_body, a wrong path or type) leaves the client still sending a body
@@ -885,7 +888,6 @@ static void slot_release(pb_hrpc_server *s, struct req *r)
     pthread_mutex_unlock(&s->conns_mu);
 }
 
-/* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
 /* ---- handshakes parked (see the file comment) -------------------------------------------- */
 
 /* Parks c: its socket into park_ep (one-shot), then the connection suspended; false (and
@@ -1029,6 +1031,7 @@ static void park_stop(pb_hrpc_server *s)
     pthread_mutex_unlock(&s->park_mu);
 }
 
+/* Connection opened or closed (libmicrohttpd's notification; runs on its threads). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
