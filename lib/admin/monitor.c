@@ -216,6 +216,8 @@ static void scrape_hook(void *ctx)
                  m->o.federation ? pb_hrpc_server_connections(m->o.federation) : 0);
     pb_gauge_set(pb_metric_series(g->request_body_bytes, NULL),
                  m->o.federation ? (double)pb_hrpc_server_body_bytes(m->o.federation) : 0);
+    pb_gauge_set(pb_metric_series(g->tls_waiting, NULL),
+                 m->o.federation ? pb_hrpc_server_tls_waiting(m->o.federation) : 0);
     pb_gauge_set(pb_metric_get(g->open_connections, "admin"),
                  pb_admin_http_connections(m->o.admin));
     pb_gauge_set(pb_metric_series(g->push_held_batches, NULL),

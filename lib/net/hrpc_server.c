@@ -2089,6 +2089,14 @@ unsigned pb_hrpc_server_connections(pb_hrpc_server *s)
     return n;
 }
 
+unsigned pb_hrpc_server_tls_waiting(pb_hrpc_server *s)
+{
+    pthread_mutex_lock(&s->park_mu);
+    unsigned n = s->nparked;
+    pthread_mutex_unlock(&s->park_mu);
+    return n;
+}
+
 size_t pb_hrpc_server_body_bytes(pb_hrpc_server *s)
 {
     return atomic_load(&s->body_bytes);

@@ -219,6 +219,9 @@ unsigned pb_hrpc_server_connections(pb_hrpc_server *s);
 /* Request body bytes held now (bodies still arriving or being handled), the figure held
  * under body_memory. */
 size_t pb_hrpc_server_body_bytes(pb_hrpc_server *s);
+/* TLS connections waiting for their client before their first request (the handshake, or
+ * the first request after it), parked: held by no thread (postbox_tls_handshakes_waiting). */
+unsigned pb_hrpc_server_tls_waiting(pb_hrpc_server *s);
 /* Stops accepting, lets in-flight requests finish, stops threads. Idempotent. */
 void pb_hrpc_server_stop(pb_hrpc_server *s);
 void pb_hrpc_server_free(pb_hrpc_server *s); /* stops first; NULL is a no-op */

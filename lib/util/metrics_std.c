@@ -259,6 +259,11 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         "Request body bytes the federation listener holds (bodies arriving or being handled); "
         "past body_memory new bodies are refused with 503",
         NULL);
+    s->tls_waiting = pb_metrics_gauge(
+        reg, "postbox_tls_handshakes_waiting",
+        "TLS connections on the federation listener waiting for their client before their "
+        "first request (the handshake, or the first request after it); they hold no thread",
+        NULL);
     s->push_held_batches = pb_metrics_gauge(
         reg, "postbox_push_held_batches",
         "Received window batches waiting now because they arrived before the batches in "

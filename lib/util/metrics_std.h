@@ -66,6 +66,8 @@
  *                            peers' last successful Push as this node saw it (when any)
  *     open_connections       postbox_open_connections{listener=federation|admin|metrics}
  *     request_body_bytes     postbox_request_body_bytes (federation bodies held, body_memory)
+ *     tls_waiting            postbox_tls_handshakes_waiting: federation TLS connections
+ *                            waiting for their client before their first request
  *     push_held_batches      postbox_push_held_batches: received window batches waiting
  *                            now ahead of a gap (delivery/wgate.h)
  *     inbox_last_seq         postbox_inbox_last_seq
@@ -129,6 +131,7 @@ typedef struct pb_metrics_std {
     pb_metric *peer_parked;
     pb_metric *open_connections;
     pb_metric *request_body_bytes;
+    pb_metric *tls_waiting;
     pb_metric *push_held_batches;
     pb_metric *inbox_last_seq;
     pb_metric *inbox_unread_events;

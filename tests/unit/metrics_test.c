@@ -302,6 +302,7 @@ static void test_two_registries(void)
         "postbox_queued_events 0\n",
         "# TYPE postbox_peer_oldest_queued_age_seconds gauge\n",
         "# TYPE postbox_open_connections gauge\n",
+        "postbox_tls_handshakes_waiting 0\n",
         "postbox_inbox_oldest_unread_age_seconds 0\n",
         "# TYPE postbox_build_info gauge\n",
         "postbox_start_time_seconds 0\n",
