@@ -33,7 +33,9 @@
  * parked, postbox_tls_handshakes_waiting counts them). Checked: C's CPU for 2,000 key requests on
  * one kept connection with the idle connections open is at most 2 x (plus 60 ms) that without; then
  * C stops cleanly with them still parked, and a listener whose park thread cannot start (fault
- * point hrpc.no-tls-park) fails its start with a clear error.
+ * point hrpc.no-tls-park) fails its start with a clear error. The idle connections need
+ * 1,756 descriptors in this process; without them that part is skipped and the test exits
+ * 77 (CTest: skipped, not passed) once its other checks passed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -305,6 +307,10 @@ static long key_calls_cpu(pb_client *cl, const pbt_daemon *c)
     return t0 < 0 || t1 < 0 ? -1 : t1 - t0;
 }
 
+/* Whether test_idle_connections could not run (too few descriptors): the test then exits
+ * 77 (skipped) unless something failed. */
+static bool idle_skipped;
+
 static void test_idle_connections(const char *cert, const char *key, const char *ca)
 {
     struct rlimit rl;
@@ -314,9 +320,14 @@ static void test_idle_connections(const char *cert, const char *key, const char 
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
     }
-    CHECKF(rl.rlim_cur >= NIDLE + 256, "%d open files for the idle connections (limit %llu)",
-           NIDLE + 256, (unsigned long long)rl.rlim_cur);
-    if (rl.rlim_cur < NIDLE + 256) return;
+    if (rl.rlim_cur < NIDLE + 256) {
+        fprintf(stderr,
+                "tls_test: SKIPPED the idle connections: needs %d open files, the hard limit is "
+                "%llu (raise it: ulimit -Hn)\n",
+                NIDLE + 256, (unsigned long long)rl.rlim_max);
+        idle_skipped = true;
+        return;
+    }
     const char *extra[] = {"--tls-cert",
                            cert,
                            "--tls-key",
@@ -383,8 +394,13 @@ out:
     pb_client_free(cl);
     if (pbt_failed) pbt_daemon_dump_log(c);
     pbt_daemon_free(c);
+}
 
-    /* the park thread cannot start: the start fails, saying why */
+/* The park thread cannot start (fault point hrpc.no-tls-park): the start fails, saying
+ * why. */
+static void test_no_park(const char *cert, const char *key, const char *ca)
+{
+    const char *extra[] = {"--tls-cert", cert, "--tls-key", key, "--ca-file", ca, NULL};
     setenv("PB_FAULTS", "hrpc.no-tls-park", 1);
     pbt_daemon *f = pbt_daemon_new("tlsNoPark", extra);
     bool up = pbt_daemon_start(f);
@@ -515,6 +531,7 @@ int main(void)
     test_no_share(extra, b);
     test_many_peers(cert, key, a);
     test_idle_connections(cert, key, ca);
+    test_no_park(cert, key, ca);
 
     if (pbt_failed) {
         pbt_daemon_dump_log(a);
@@ -524,5 +541,6 @@ int main(void)
     pbt_daemon_free(b);
     pbt_rmrf(certs);
     free(certs);
-    return pbt_finish();
+    int rc = pbt_finish();
+    return rc == 0 && idle_skipped ? 77 : rc;
 }
