@@ -62,9 +62,11 @@ void pb_inbound_contact(void *ctx, const char *peer, bool bound)
 
 /* A batch of a window (postbox_after): is everything before it applied? The gate knows
  * what this process committed; the store is asked when the gate knows nothing of that
- * sender's epoch, or (ask) when the batch already waited once. */
+ * sender's epoch, or (ask) when the batch already waited once. *seen (may be NULL): the
+ * store's last applied sequence number of the batch's epoch when the store was asked (else
+ * left as it was). */
 static bool window_ready(pb_delivery *d, const pb_hrpc_request *req, const pb_push_req *pr,
-                         bool ask)
+                         bool ask, uint64_t *seen)
 {
     pb_wgate *g = pb_delivery_wgate(d);
     bool known = false;
@@ -74,6 +76,7 @@ static bool window_ready(pb_delivery *d, const pb_hrpc_request *req, const pb_pu
     if (pb_store_recv_latest(pb_delivery_options(d)->store, req->peer, &ep, &rs) != PB_OK)
         return false; /* not known to be applicable: it waits or is refused */
     if (ep == pr->epoch && rs) pb_wgate_applied(g, req->peer, ep, rs, pb_ioloop_now_ms());
+    if (seen && ep == pr->epoch) *seen = rs;
     return pb_wgate_ready(g, req->peer, pr->epoch, pr->after, NULL);
 }
 
@@ -83,8 +86,13 @@ static bool window_ready(pb_delivery *d, const pb_hrpc_request *req, const pb_pu
  * (window_hold_ms) ends. The batches in front were sent before it and normally arrive
  * within milliseconds; one still missing after a second is probably lost, and asking
  * every 20 ms (synchronous store reads on a listener thread) would let a sender's held
- * batches cost the store 50 reads a second each. The hold's end and next interval are
- * kept with the request (its state, until a commit's job replaces it). */
+ * batches cost the store 50 reads a second each. But while the store shows the batches in
+ * front being applied (by the other nodes, each also holding its batch for the one before
+ * it), the interval starts again at HOLD_POLL_MS: a chain of batches spread over the nodes
+ * moves one link per short poll, not per doubled one (with the doubling, 16 batches
+ * alternating between two nodes took 5 s, and the last were refused at window_hold_ms).
+ * The hold's end, next interval and the store's point last seen are kept with the request
+ * (its state, until a commit's job replaces it). */
 #define HOLD_POLL_MS 20
 #define HOLD_POLL_MAX_MS 1000
 
@@ -96,6 +104,7 @@ struct push_hold {
     int64_t until_ms;          /* pb_ioloop_now_ms() at which the hold ends */
     int poll_ms;               /* the next wait before asking the store again */
     unsigned polls;            /* the store asked so far (debug log) */
+    uint64_t seen;             /* the store's last applied sequence number at the last poll */
     bool full;                 /* the gate had no room: refused at the next run */
 };
 
@@ -302,8 +311,13 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
     if (polled && req->timed_out)
         PB_DEBUG(req->peer, "window batch after %llu held: asking the store (poll %u)",
                  (unsigned long long)pr.after, ++hold->polls);
-    if (req->timed_out && !(polled && window_ready(d, req, &pr, true))) {
+    uint64_t seen = hold ? hold->seen : 0;
+    if (req->timed_out && !(polled && window_ready(d, req, &pr, true, &seen))) {
         if (polled) {
+            if (seen > hold->seen) { /* the batches in front move: ask again soon */
+                hold->seen = seen;
+                hold->poll_ms = HOLD_POLL_MS;
+            }
             if (!window_hold(d, req, &pr, hold)) window_refuse(o, rep, &pr);
         } else if (windowed) {
             window_refuse(o, rep, &pr);
@@ -314,7 +328,7 @@ void pb_inbound_push(void *ctx, const pb_hrpc_request *req, pb_hrpc_reply *rep)
         goto out;
     }
     if (!req->timed_out && windowed &&
-        !window_ready(d, req, &pr, req->resumed || o->node_id != NULL)) {
+        !window_ready(d, req, &pr, req->resumed || o->node_id != NULL, NULL)) {
         if ((req->resumed && !polled) || !window_hold(d, req, &pr, hold))
             window_refuse(o, rep, &pr);
         goto out;

@@ -357,8 +357,11 @@ static void nodes_part(pbt_daemon *a, unsigned seed)
     ok = ok && pbt_daemon_start(n2) && proxy_start(&px, seed + 20, NULL);
     CHECKF(ok, "two receiver nodes and their balancer start");
     if (ok) {
+        int64_t t0 = pbt_now_ms();
         feed(a, id, 0, 2 * PART);
         verify("nodes", n1, a->server_id, 2 * PART);
+        fprintf(stderr, "window_test: nodes: %u events through the two nodes in %.1f s\n", 2 * PART,
+                (double)(pbt_now_ms() - t0) / 1000);
         const char *refused = "postbox_push_ahead_of_gap_total{result=\"refused\"}";
         double r1 = pbt_metric(n1, refused), r2 = pbt_metric(n2, refused);
         int p1 = pbt_log_count(n1, "push received", NULL),
