@@ -226,13 +226,15 @@ struct pb_delivery {
     pb_wgate *wgate; /* receiving windowed Pushes: batches held ahead of a gap */
 
     pthread_mutex_t mu;
-    void (*inbox_hook)(void *ctx); /* something was appended to the inbox */
-    void *inbox_hook_ctx;
     pthread_cond_t notice_cv; /* rename reports */
     /* asynchronous submissions waiting for their commit (submit_mu, never held with mu:
      * their completions run on a store thread, which must not wait for mu) */
     pthread_mutex_t submit_mu;
     pthread_cond_t submit_cv; /* the last one completed */
+    /* something was appended to the inbox (submit_mu: a received Push's commit calls it
+     * on the store thread) */
+    void (*inbox_hook)(void *ctx);
+    void *inbox_hook_ctx;
     size_t submits;
     /* committed submissions' work for the loop, one entry per peer (the highest sequence
      * number), taken by the one message posted for them all (work_posted; submit_mu) */
@@ -3188,6 +3190,9 @@ static void recv_done(void *arg, pb_err result, const pb_recv_result *res)
 {
     struct recv_op *op = arg;
     pb_delivery *d = op->d;
+    /* the inbox's long-polls first, from here: not one thread hand-off later, when the
+     * Push's handler runs again to answer its sender */
+    if (result == PB_OK && res && res->applied) pb_delivery_inbox_bump(d);
     op->cb(op->arg, result, res);
     free(op);
     store_job_end(d);
@@ -3415,18 +3420,18 @@ static void abs_mono(struct timespec *ts, int64_t ms)
 
 void pb_delivery_set_inbox_hook(pb_delivery *d, void (*fn)(void *ctx), void *ctx)
 {
-    pthread_mutex_lock(&d->mu);
+    pthread_mutex_lock(&d->submit_mu);
     d->inbox_hook = fn;
     d->inbox_hook_ctx = ctx;
-    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&d->submit_mu);
 }
 
 void pb_delivery_inbox_bump(pb_delivery *d)
 {
-    pthread_mutex_lock(&d->mu);
+    pthread_mutex_lock(&d->submit_mu);
     void (*fn)(void *) = d->inbox_hook;
     void *ctx = d->inbox_hook_ctx;
-    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&d->submit_mu);
     if (fn) fn(ctx);
 }
 

@@ -166,7 +166,8 @@ pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *
                                 const char *submission_id, pb_delivery_submit_cb cb, void *arg);
 /* A Push received (inbound.c): pb_store_receive_async of the engine's store (after: the
  * batch's postbox_after, 0 for none), now, counted so that pb_delivery_stop waits for its
- * callback as for a submission's. evs and seqs stay the caller's, unchanged until cb. */
+ * callback as for a submission's. evs and seqs stay the caller's, unchanged until cb. When
+ * the commit applied events, the inbox hook is called (on the store thread) before cb. */
 pb_err pb_delivery_receive_async(pb_delivery *d, const char *from, uint64_t epoch, uint64_t after,
                                  const pb_event *evs, const uint64_t *seqs, size_t n,
                                  pb_store_recv_cb cb, void *arg);
@@ -205,7 +206,8 @@ bool pb_delivery_admit_new(void *ctx, const char *server_id, const uint8_t key[3
                            const uint8_t *client_addr, uint32_t *retry_after_s);
 /* Seconds until the next drain probe of a queued peer, or -1. */
 int64_t pb_delivery_next_attempt_in_s(pb_delivery *d, const char *peer);
-/* Something was appended to the inbox: calls the hook (any thread). */
+/* Something was appended to the inbox: calls the hook (any thread, a store thread's
+ * callback too: it takes no lock a store call may be made under). */
 void pb_delivery_inbox_bump(pb_delivery *d);
 /* The hook the inbox long-polls are woken by (the admin listener's wake), or NULL. */
 void pb_delivery_set_inbox_hook(pb_delivery *d, void (*fn)(void *ctx), void *ctx);

@@ -193,7 +193,7 @@ static void push_committed(void *arg, pb_err result, const pb_recv_result *res)
 }
 
 /* The Push's answer once its commit is done: what the commit changed is announced (held
- * window batches, the inbox, metrics, the log line) and the sender acknowledged. */
+ * window batches, metrics, the log line) and the sender acknowledged. */
 static void push_answer(pb_delivery *d, const pb_hrpc_request *req, pb_hrpc_reply *rep,
                         struct push_job *j)
 {
@@ -219,7 +219,7 @@ static void push_answer(pb_delivery *d, const pb_hrpc_request *req, pb_hrpc_repl
     /* batches of this sender's window held behind this one may go now */
     if (pr->seqs && rr.ack)
         pb_wgate_applied(pb_delivery_wgate(d), req->peer, rr.epoch, rr.ack, pb_ioloop_now_ms());
-    if (rr.applied) pb_delivery_inbox_bump(d);
+    /* the inbox's waiters were woken by the commit's callback (pb_delivery_receive_async) */
     if (o->metrics && j->held) pb_counter_inc(pb_metric_get(o->metrics->push_ahead, "applied"));
     if (o->metrics) {
         for (size_t i = rr.duplicates; i < pr->n; i++) /* duplicates are the lowest numbers */
