@@ -70,6 +70,12 @@
  * read takes one event, as without read-ahead). */
 #define READ_AHEAD_BYTES (16u << 10)
 #define READ_AHEAD_TOTAL (16u << 20)
+/* A submission of at most this many events, within this many bytes, hands its events to
+ * the loop with its commit's news ("stage" below)... */
+#define STAGE_MAX 64
+#define STAGE_BYTES (64u << 10)
+/* ... and the submissions one loop wake-up takes for one peer, at most this many. */
+#define STAGE_MERGED_MAX 256
 /* Pull answers applied at once (each may decode to tens of MB in the worst case). */
 #define MAX_APPLYING 1
 /* Pull answers of one peer received and waiting to be applied (pipelined rounds: the next
@@ -147,6 +153,12 @@ struct peer {
     size_t nra, ra_off, ra_bytes;
     bool ra_posted;            /* a read served from ra is on its way to read_done_ra */
     uint32_t read_gen, ra_gen; /* reads asked for; the one ra_posted serves */
+    size_t ra_limit;           /* the events the read ra_posted serves may take */
+    /* events a submission just committed, offered for the read its news starts (stage);
+     * set only while pending_work_on_loop feeds that news */
+    pb_outbox_item *stg;
+    size_t nstg;
+    uint64_t stg_gen; /* pb_store_outbox_quiet's count before the submission */
     /* the Push window (PROTOCOL.md 5): the head batch's transfer (the state machine's),
      * the window batches after it (in order, contiguous), and the window's state */
     struct flight *head_fl;
@@ -663,17 +675,26 @@ static void read_work(struct op *o)
                              o->b1 ? READ_AHEAD_BYTES : o->d->o.push_max_bytes, &o->items, &o->n);
 }
 
-/* Moves items[0] of a read-ahead into p->items (one event), keeping the rest in p->ra. */
-static void ra_take(struct peer *p)
+/* Moves the first events of a read-ahead into p->items: up to limit of them, more than one
+ * only within push_max_bytes (as the store's read), keeping the rest in p->ra. */
+static void ra_take(struct peer *p, size_t limit)
 {
+    size_t k = 0, bytes = 0, max = p->d->o.push_max_bytes;
+    while (p->ra_off + k < p->nra && k < limit) {
+        size_t sz = p->ra[p->ra_off + k].size;
+        if (k > 0 && (bytes > max || sz > max - bytes)) break;
+        bytes += sz;
+        k++;
+    }
     pb_outbox_items_free(p->items, p->nitems);
-    p->items = pb_xcalloc(1, sizeof *p->items);
-    p->items[0] = p->ra[p->ra_off];
-    memset(&p->ra[p->ra_off], 0, sizeof p->ra[p->ra_off]);
-    p->nitems = 1;
-    p->d->ra_bytes -= p->items[0].size;
-    p->ra_bytes -= p->items[0].size;
-    if (++p->ra_off == p->nra) ra_drop(p);
+    p->items = pb_xcalloc(k, sizeof *p->items);
+    memcpy(p->items, &p->ra[p->ra_off], k * sizeof *p->items);
+    memset(&p->ra[p->ra_off], 0, k * sizeof *p->items);
+    p->nitems = k;
+    p->d->ra_bytes -= bytes;
+    p->ra_bytes -= bytes;
+    p->ra_off += k;
+    if (p->ra_off == p->nra) ra_drop(p);
 }
 
 static void read_fed(struct peer *p)
@@ -709,7 +730,7 @@ static void read_done(struct op *o)
         o->d->ra_bytes += p->ra_bytes;
         o->items = NULL;
         o->n = 0;
-        ra_take(p);
+        ra_take(p, 1);
     } else if (o->b1 && o->n > 1) { /* the state machine moved on: as a read of one */
         p->items = pb_xcalloc(1, sizeof *p->items);
         p->items[0] = o->items[0];
@@ -736,12 +757,54 @@ static void read_done_ra(void *arg)
         ra_drop(p);
         struct op *o = op_new(p->d, p, read_work, read_done);
         o->u1 = p->fsm.acked + 1;
-        o->u2 = 1;
+        o->u2 = p->ra_limit;
         op_run(o);
         return;
     }
-    ra_take(p);
+    ra_take(p, p->ra_limit);
     read_fed(p);
+}
+
+static void stage_drop(struct peer *p)
+{
+    pb_outbox_items_free(p->stg, p->nstg);
+    p->stg = NULL;
+    p->nstg = 0;
+}
+
+/*
+ * The read a submission's news starts, served from the events it committed. A submission
+ * copies its events (at most STAGE_MAX, STAGE_BYTES) and pb_store_outbox_quiet's count
+ * before its append; its commit's callback hands them to the loop with the news
+ * (pending_work_add), and the read that news starts takes them instead of asking the
+ * store (one executor round trip and a read fewer for an idle peer: two thread hand-offs
+ * of a single event's latency) when they are exactly the head asked for: they start at
+ * `from`, and no call that deletes or re-labels queued events (a foreign Pull's or a
+ * postbox's acknowledgement, a drop or expiry, a rename, a new epoch) was under way or
+ * started since before the append. Then they are what the store's read would return
+ * first, and from here on they are a read-ahead like any other (valid while the engine
+ * holds the peer; counted in READ_AHEAD_TOTAL). Only with one node: another node's
+ * changes are not seen.
+ */
+static bool stage_take(struct peer *p, uint64_t from)
+{
+    uint64_t gen = 0;
+    size_t bytes = 0;
+    for (size_t i = 0; i < p->nstg; i++)
+        bytes += p->stg[i].size;
+    if (!p->ra && p->stg[0].seq == from && p->d->ra_bytes + bytes <= READ_AHEAD_TOTAL &&
+        pb_store_outbox_quiet(p->d->o.store, &gen) && gen == p->stg_gen) {
+        p->ra = p->stg;
+        p->nra = p->nstg;
+        p->ra_off = 0;
+        p->ra_bytes = bytes;
+        p->d->ra_bytes += bytes;
+        p->stg = NULL;
+        p->nstg = 0;
+        return true;
+    }
+    stage_drop(p);
+    return false;
 }
 
 /* ACT_READ: claim the peer against foreign Pulls (and hold the lease), then read: from
@@ -769,14 +832,20 @@ static void do_read(struct peer *p, uint64_t from, size_t limit)
         return;
     }
     p->read_gen++;
-    if (limit == 1 && p->ra && p->ra[p->ra_off].seq == from && !p->ra_posted) {
+    bool staged = p->stg && !p->ra_posted && stage_take(p, from);
+    if (p->ra && p->ra[p->ra_off].seq == from && !p->ra_posted) {
+        if (d->o.metrics)
+            pb_counter_inc(
+                pb_metric_get(d->o.metrics->outbox_reads, staged ? "submission" : "read_ahead"));
         p->ra_posted = true;
         p->ra_gen = p->read_gen;
+        p->ra_limit = limit;
         p->refs++;
         pb_ioloop_post(d->loop, read_done_ra, p);
         return;
     }
     ra_drop(p);
+    if (d->o.metrics) pb_counter_inc(pb_metric_get(d->o.metrics->outbox_reads, "store"));
     struct op *o = op_new(d, p, read_work, read_done);
     o->u1 = from;
     o->u2 = limit;
@@ -3076,6 +3145,12 @@ static void post_msg(pb_delivery *d, const char *id, int kind, uint64_t seq)
 struct pending_work {
     char id[PB_SERVER_ID_MAX];
     uint64_t seq;
+    /* the events committed, when every submission merged here handed its own and they
+     * follow each other (stage) */
+    pb_outbox_item *items;
+    size_t nitems;
+    uint64_t gen;
+    bool no_stage;
 };
 
 /* Loop: the work of every submission committed since the last call, one MSG_WORK's worth
@@ -3090,17 +3165,36 @@ static void pending_work_on_loop(void *arg)
     d->nwork = d->capwork = 0;
     d->work_posted = false;
     pthread_mutex_unlock(&d->submit_mu);
-    for (size_t i = 0; i < n && !d->stopping; i++) {
+    if (n && pb_fault("delivery.slow-stage")) /* stage_test: a change of the queue meanwhile */
+        nanosleep(&(struct timespec){0, 300 * 1000000L}, NULL);
+    for (size_t i = 0; i < n; i++) {
+        if (d->stopping) {
+            pb_outbox_items_free(w[i].items, w[i].nitems);
+            continue;
+        }
         struct peer *p = peer_get(d, w[i].id);
         p->active_ms = mono_ms();
+        /* the events committed, for the read this news starts (stage_take), if the state
+         * machine asks for one now */
+        if (w[i].items && p->loaded) {
+            p->stg = w[i].items;
+            p->nstg = w[i].nitems;
+            p->stg_gen = w[i].gen;
+        } else {
+            pb_outbox_items_free(w[i].items, w[i].nitems);
+        }
         send_work(p, w[i].seq);
+        stage_drop(p);
     }
     free(w);
 }
 
 /* A store thread: work for peer `to` up to seq; the loop is told once for all the work
- * added before it takes it (a batch of commits' callbacks costs one message). */
-static void pending_work_add(pb_delivery *d, const char *to, uint64_t seq)
+ * added before it takes it (a batch of commits' callbacks costs one message). items
+ * (taken; may be NULL): the n events committed, up to seq, and gen their submission's
+ * pb_store_outbox_quiet count. */
+static void pending_work_add(pb_delivery *d, const char *to, uint64_t seq, pb_outbox_item *items,
+                             size_t n, uint64_t gen)
 {
     bool post = false;
     pthread_mutex_lock(&d->submit_mu);
@@ -3112,14 +3206,36 @@ static void pending_work_add(pb_delivery *d, const char *to, uint64_t seq)
             d->capwork = d->capwork ? d->capwork * 2 : 4;
             d->work = pb_xrealloc(d->work, d->capwork * sizeof *d->work);
         }
-        snprintf(d->work[i].id, sizeof d->work[i].id, "%s", to);
-        d->work[i].seq = seq;
+        struct pending_work *w = &d->work[i];
+        snprintf(w->id, sizeof w->id, "%s", to);
+        w->seq = seq;
+        w->items = items;
+        w->nitems = items ? n : 0;
+        w->gen = gen;
+        w->no_stage = !items;
+        items = NULL;
         d->nwork++;
-    } else if (seq > d->work[i].seq) {
-        d->work[i].seq = seq;
+    } else {
+        struct pending_work *w = &d->work[i];
+        if (seq > w->seq) w->seq = seq;
+        /* staged only while the events handed follow each other from the first */
+        if (!w->no_stage && items && gen == w->gen && w->nitems + n <= STAGE_MERGED_MAX &&
+            items[0].seq == w->items[w->nitems - 1].seq + 1) {
+            w->items = pb_xrealloc(w->items, (w->nitems + n) * sizeof *w->items);
+            memcpy(&w->items[w->nitems], items, n * sizeof *items);
+            w->nitems += n;
+            free(items);
+            items = NULL;
+        } else if (!w->no_stage) {
+            pb_outbox_items_free(w->items, w->nitems);
+            w->items = NULL;
+            w->nitems = 0;
+            w->no_stage = true;
+        }
     }
     if (!d->work_posted) post = d->work_posted = true;
     pthread_mutex_unlock(&d->submit_mu);
+    pb_outbox_items_free(items, n);
     if (post) pb_ioloop_post(d->loop, pending_work_on_loop, d);
 }
 
@@ -3145,14 +3261,47 @@ struct submit_op {
     char to[PB_SERVER_ID_MAX];
     pb_delivery_submit_cb cb;
     void *arg;
+    pb_outbox_item *stg; /* a copy of its events (stage), or NULL */
+    size_t nstg;
+    uint64_t stg_gen;
 };
+
+/* A copy of a submission's events as the store's read would return them (but for their
+ * numbers, known after the commit), for stage_take; NULL when too many or too large. */
+static pb_outbox_item *stage_copy(const pb_event *evs, size_t n, int64_t now)
+{
+    if (n == 0 || n > STAGE_MAX) return NULL;
+    pb_outbox_item *items = pb_xcalloc(n, sizeof *items);
+    pb_buf b = PB_BUF_INIT;
+    size_t bytes = 0, i = 0;
+    for (; i < n; i++) {
+        pb_buf_reset(&b);
+        if (pb_wire_event_encode(&evs[i], &b) != PB_OK || b.len > STAGE_BYTES - bytes) break;
+        bytes += b.len;
+        items[i].size = b.len;
+        items[i].created_at = now;
+        pb_event_copy(&items[i].ev, &evs[i]);
+    }
+    pb_buf_free(&b);
+    if (i < n) {
+        pb_outbox_items_free(items, i);
+        return NULL;
+    }
+    return items;
+}
 
 /* A store thread, after the commit (or its failure). */
 static void submit_done(void *arg, pb_err result, uint64_t last_seq, bool duplicate)
 {
     struct submit_op *op = arg;
     pb_delivery *d = op->d;
-    if (result == PB_OK && !duplicate) pending_work_add(d, op->to, last_seq);
+    if (result == PB_OK && !duplicate) {
+        for (size_t i = 0; i < op->nstg; i++)
+            op->stg[i].seq = last_seq - op->nstg + 1 + i;
+        pending_work_add(d, op->to, last_seq, op->stg, op->nstg, op->stg_gen);
+        op->stg = NULL;
+    }
+    pb_outbox_items_free(op->stg, op->nstg);
     op->cb(op->arg, result, duplicate, last_seq);
     free(op);
     store_job_end(d);
@@ -3169,10 +3318,17 @@ pb_err pb_delivery_submit_async(pb_delivery *d, const char *to, const pb_event *
     snprintf(op->to, sizeof op->to, "%s", to);
     op->cb = cb;
     op->arg = arg;
+    int64_t now = wall_ms();
+    /* with one node only: another node's changes of the queue are not seen (stage_take) */
+    if (!d->o.node_id && evs && pb_store_outbox_quiet(d->o.store, &op->stg_gen)) {
+        op->stg = stage_copy(evs, n, now);
+        op->nstg = op->stg ? n : 0;
+    }
     store_job_begin(d);
-    pb_err err = pb_store_outbox_submit_async(d->o.store, to, evs, n, wall_ms(), submission_id,
-                                              submit_done, op);
+    pb_err err =
+        pb_store_outbox_submit_async(d->o.store, to, evs, n, now, submission_id, submit_done, op);
     if (err != PB_OK) {
+        pb_outbox_items_free(op->stg, op->nstg);
         free(op);
         store_job_end(d);
     }
@@ -3376,6 +3532,9 @@ static pb_err drop_events(pb_delivery *d, const char *peer, int64_t before, bool
         p->v_next_wall_ms = 0;
     }
     pthread_mutex_unlock(&d->mu);
+    /* submit_test: the state machine hears of the drop late (the store changed first) */
+    if (pb_fault("delivery.slow-drop-notice"))
+        nanosleep(&(struct timespec){0, 600 * 1000000L}, NULL);
     post_msg(d, peer, MSG_RELOAD, 0);
     return PB_OK;
 }

@@ -2,9 +2,11 @@
  * store - the public pb_store_* API (see store.h): option helpers, spec parsing and
  * dispatch to a backend's ops table (store_impl.h).
  *
- * Design: a pb_store is just {ops, backend handle}. This file checks arguments and
- * normalises options so every backend sees the same validated calls; it holds no SQL and
- * no state of its own. Opening initialises libsodium (store_ops.c draws sender epochs
+ * Design: a pb_store is {ops, backend handle} and two counters. This file checks
+ * arguments and normalises options so every backend sees the same validated calls; it
+ * holds no SQL. The counters (pb_store_outbox_quiet) count the calls that delete or
+ * re-label queued events other than appends and the engine's own forgets: started and
+ * finished. Opening initialises libsodium (store_ops.c draws sender epochs
  * from it). Backends are chosen by the spec's prefix ("sqlite:" or a plain path:
  * SQLite; "postgres://" or "postgresql://": PostgreSQL, which gets the whole URI).
  *
@@ -14,6 +16,7 @@
 #include "store/store.h"
 
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +29,29 @@
 struct pb_store {
     const pb_store_ops *ops;
     void *impl;
+    /* queue changes (pb_store_outbox_quiet): started, finished */
+    atomic_uint_fast64_t chg_begun, chg_ended;
 };
+
+/* Around a call that may delete or re-label queued events (not an append, not
+ * pb_store_outbox_ack_many: the engine's forgets of what it delivered). */
+static void chg_begin(pb_store *s)
+{
+    atomic_fetch_add(&s->chg_begun, 1);
+}
+
+static pb_err chg_end(pb_store *s, pb_err err)
+{
+    atomic_fetch_add(&s->chg_ended, 1);
+    return err;
+}
+
+bool pb_store_outbox_quiet(pb_store *s, uint64_t *gen)
+{
+    uint64_t ended = atomic_load(&s->chg_ended);
+    *gen = atomic_load(&s->chg_begun);
+    return *gen == ended;
+}
 
 void pb_store_opts_default(pb_store_opts *o)
 {
@@ -328,7 +353,8 @@ pb_err pb_store_peer_state_set(pb_store *s, const char *server_id, pb_peer_mode 
 pb_err pb_store_peer_new_epoch(pb_store *s, const char *peer, uint64_t *epoch)
 {
     if (!s || !id_ok(peer) || !epoch) return PB_ERR_INVAL;
-    return s->ops->peer_new_epoch(s->impl, peer, epoch);
+    chg_begin(s);
+    return chg_end(s, s->ops->peer_new_epoch(s->impl, peer, epoch));
 }
 
 pb_err pb_store_outbox_append(pb_store *s, const char *peer, const pb_event *evs, size_t n,
@@ -389,7 +415,8 @@ pb_err pb_store_outbox_read(pb_store *s, const char *peer, uint64_t from_seq, si
 pb_err pb_store_outbox_ack(pb_store *s, const char *peer, uint64_t upto)
 {
     if (!s || !id_ok(peer)) return PB_ERR_INVAL;
-    return s->ops->outbox_ack(s->impl, peer, upto);
+    chg_begin(s);
+    return chg_end(s, s->ops->outbox_ack(s->impl, peer, upto));
 }
 
 pb_err pb_store_outbox_ack_many(pb_store *s, const char *const *peers, const uint64_t *upto,
@@ -405,7 +432,8 @@ pb_err pb_store_outbox_ack_many(pb_store *s, const char *const *peers, const uin
 pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq)
 {
     if (!s || !id_ok(peer)) return PB_ERR_INVAL;
-    return s->ops->outbox_remove(s->impl, peer, seq);
+    chg_begin(s);
+    return chg_end(s, s->ops->outbox_remove(s->impl, peer, seq));
 }
 
 pb_err pb_store_receive(pb_store *s, const char *from, uint64_t epoch, const pb_event *evs,
@@ -498,13 +526,15 @@ pb_err pb_store_peer_rename(pb_store *s, const char *old_id, const char *new_id,
                             const uint8_t new_key[PB_PUBKEY_LEN], int64_t now)
 {
     if (!s || !id_ok(old_id) || !id_ok(new_id) || !new_key || now < 0) return PB_ERR_INVAL;
-    return s->ops->peer_rename(s->impl, old_id, new_id, new_key, now);
+    chg_begin(s);
+    return chg_end(s, s->ops->peer_rename(s->impl, old_id, new_id, new_key, now));
 }
 
 pb_err pb_store_self_rename(pb_store *s, const char *old_id, const char *new_id, int64_t now)
 {
     if (!s || !id_ok(old_id) || !id_ok(new_id)) return PB_ERR_INVAL;
-    return s->ops->self_rename(s->impl, old_id, new_id, now);
+    chg_begin(s);
+    return chg_end(s, s->ops->self_rename(s->impl, old_id, new_id, now));
 }
 
 void pb_rename_outs_free(pb_rename_out *r, size_t n)
@@ -626,7 +656,8 @@ pb_err pb_store_outbox_drop(pb_store *s, const char *peer, int64_t before, const
 {
     if (!s || !id_ok(peer) || !id_ok(reason) || !res) return PB_ERR_INVAL;
     pb_drop_result r = {0, 0, 0, 0, 0, 0, 0};
-    pb_err err = s->ops->outbox_drop(s->impl, peer, before, reason, now, record, &r);
+    chg_begin(s);
+    pb_err err = chg_end(s, s->ops->outbox_drop(s->impl, peer, before, reason, now, record, &r));
     if (err == PB_OK) *res = r;
     return err;
 }

@@ -325,6 +325,13 @@ pb_err pb_store_outbox_ack_many(pb_store *s, const char *const *peers, const uin
                                 size_t n);
 /* Deletes one event; PB_ERR_NOT_FOUND when it is not there. */
 pb_err pb_store_outbox_remove(pb_store *s, const char *peer, uint64_t seq);
+/* Whether any call through s that may delete or re-label queued events (outbox_ack,
+ * outbox_remove, outbox_drop, peer_new_epoch, peer_rename, self_rename: not appends, not
+ * outbox_ack_many) is under way: false while one is. *gen counts those started. A caller
+ * that saw true and gen before an append, and sees true and the same gen later, knows
+ * that no such call of this process touched the appended events in between (another
+ * process sharing the store is not seen). Any thread. */
+bool pb_store_outbox_quiet(pb_store *s, uint64_t *gen);
 
 /* ---- receiving (this server as R) ------------------------------------------------------------ */
 

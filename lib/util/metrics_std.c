@@ -175,6 +175,12 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
     s->events_duplicate = pb_metrics_counter(
         reg, "postbox_events_duplicate_total",
         "Events received again and skipped (sequence number already applied), by path", "path");
+    s->outbox_reads = pb_metrics_counter(
+        reg, "postbox_outbox_head_reads_total",
+        "Reads of a peer's outbox head for its next Push, by source: the store, the events "
+        "read ahead of the last Push (read_ahead), or a submission's events handed over with "
+        "its commit (submission)",
+        "source");
     s->push_window_batches = pb_metrics_counter(
         reg, "postbox_push_window_batches_total",
         "Pushes sent to a postbox of this project while the Push before them was unanswered "
@@ -323,6 +329,9 @@ pb_metrics_std *pb_metrics_std_new(pb_metrics *reg)
         pb_metric_get(s->events_duplicate, paths[p]);
     }
     pb_metric_series(s->push_window_batches, NULL);
+    pb_metric_get(s->outbox_reads, "store");
+    pb_metric_get(s->outbox_reads, "read_ahead");
+    pb_metric_get(s->outbox_reads, "submission");
     pb_metric_get(s->push_ahead, "applied");
     pb_metric_get(s->push_ahead, "refused");
     for (size_t i = 0; i < N(methods); i++) {

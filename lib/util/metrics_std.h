@@ -31,6 +31,9 @@
  *     events_pushed          postbox_events_pushed_total{result=ok|retried|queued|parked}
  *     events_received        postbox_events_received_total{kind,path=push|pull}
  *     events_duplicate       postbox_events_duplicate_total{path=push|pull}
+ *     outbox_reads           postbox_outbox_head_reads_total{source=store|read_ahead|
+ *                            submission}: the outbox heads the engine read for its Pushes,
+ *                            by where they came from
  *     push_window_batches    postbox_push_window_batches_total: Pushes sent ahead of the
  *                            answer to the one before them (a window, PROTOCOL.md 5)
  *     push_ahead             postbox_push_ahead_of_gap_total{result=applied|refused}:
@@ -105,6 +108,7 @@ typedef struct pb_metrics_std {
     pb_metric *events_pushed;
     pb_metric *events_received;
     pb_metric *events_duplicate;
+    pb_metric *outbox_reads;
     pb_metric *push_window_batches;
     pb_metric *push_ahead;
     pb_metric *receive_refused;

@@ -9,7 +9,10 @@
  * a new store at once, meta and peers, group commit under concurrent writers, one failing
  * write in a batch, fault injection, close draining queued writes, and crash safety (a
  * writer process SIGKILLed mid-stream loses no write it reported committed). Delivery
- * engine state: outbox append/read/ack/remove, per-peer state, receive with and without
+ * engine state: outbox append/read/ack/remove, the outbox change count
+ * (pb_store_outbox_quiet: acknowledgements, removals, drops, new epochs and renames count,
+ * failed ones too; appends, reads and the engine's forgets do not; a held one is under
+ * way), per-peer state, receive with and without
  * sequence numbers (dedupe, apply rules, atomicity), inbox, guild lists and invites, peer
  * and self renames, migration from schema version 1. Sequence epochs: every call that
  * creates a peer row gives it a random non-zero send_epoch of its own, other writes keep
@@ -1208,6 +1211,75 @@ static void test_outbox_ack_many(void)
     CHECK_QUEUE_COUNTERS(spec);
     pb_store_close(s);
     free(spec);
+}
+
+/* The outbox's change count (pb_store_outbox_quiet): what it counts and what it does not. */
+static int64_t quiet_gen(pb_store *s)
+{
+    uint64_t g = 0;
+    return pb_store_outbox_quiet(s, &g) ? (int64_t)g : -1;
+}
+
+#ifdef PB_FAULTS
+static void *drop_thread(void *arg)
+{
+    pb_drop_result r;
+    CHECK_OK(pb_store_outbox_drop(arg, "q1.example:443", INT64_MAX, "operator", 2000, false, &r));
+    return NULL;
+}
+#endif
+
+static void test_outbox_quiet(void)
+{
+    pb_store *s = open_fresh("quiet", NULL);
+    if (!s) return;
+    const char *p1 = "q1.example:443", *p2 = "q2.example:443";
+    pb_event e[2] = {ev_added(1, 10), ev_added(2, 11)};
+    int64_t g = quiet_gen(s);
+    CHECK(g >= 0);
+    /* not counted: appends, reads, the engine's forgets, an invalid call */
+    CHECK_OK(pb_store_outbox_append(s, p1, e, 2, 1000, NULL));
+    CHECK_OK(pb_store_outbox_append(s, p2, e, 2, 1000, NULL));
+    pb_outbox_item *it = NULL;
+    size_t n = 0;
+    CHECK_OK(pb_store_outbox_read(s, p1, 1, 10, SIZE_MAX, &it, &n));
+    pb_outbox_items_free(it, n);
+    const char *const ids[1] = {p2};
+    const uint64_t upto[1] = {1};
+    CHECK_OK(pb_store_outbox_ack_many(s, ids, upto, 1));
+    CHECK_ERR(pb_store_outbox_ack(s, "", 1), PB_ERR_INVAL);
+    CHECK_INT(quiet_gen(s), g);
+    /* counted, each once, whether it succeeds or not */
+    uint8_t key[PB_PUBKEY_LEN];
+    fill_key(key, 7);
+    uint64_t epoch = 0;
+    pb_drop_result r;
+    CHECK_OK(pb_store_outbox_ack(s, p1, 1));
+    CHECK_INT(quiet_gen(s), g + 1);
+    CHECK_ERR(pb_store_outbox_remove(s, p1, 99), PB_ERR_NOT_FOUND);
+    CHECK_INT(quiet_gen(s), g + 2);
+    CHECK_OK(pb_store_outbox_drop(s, p2, INT64_MAX, "operator", 2000, false, &r));
+    CHECK_INT(quiet_gen(s), g + 3);
+    CHECK_OK(pb_store_peer_new_epoch(s, p1, &epoch));
+    CHECK_INT(quiet_gen(s), g + 4);
+    CHECK_OK(pb_store_peer_rename(s, p2, "q3.example:443", key, 3000));
+    CHECK_INT(quiet_gen(s), g + 5);
+    CHECK_OK(pb_store_self_rename(s, "me.example:443", "me2.example:443", 3000));
+    CHECK_INT(quiet_gen(s), g + 6);
+#ifdef PB_FAULTS
+    /* while one is under way: not quiet */
+    pb_store_fault_hold(s, true);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, drop_thread, s) == 0);
+    CHECK(wait_queued(s, 1));
+    uint64_t now = 0;
+    CHECK(!pb_store_outbox_quiet(s, &now));
+    CHECK_INT(now, g + 7);
+    pb_store_fault_hold(s, false);
+    pthread_join(th, NULL);
+    CHECK_INT(quiet_gen(s), g + 7);
+#endif
+    pb_store_close(s);
 }
 
 static void test_peer_state(void)
@@ -4297,6 +4369,7 @@ int main(int argc, char **argv)
 #endif
     test_outbox();
     test_outbox_ack_many();
+    test_outbox_quiet();
     test_peer_state();
     test_receive();
     test_receive_failure();
