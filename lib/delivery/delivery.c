@@ -673,6 +673,8 @@ static void read_work(struct op *o)
     o->err =
         pb_store_outbox_read(o->d->o.store, o->id, o->u1, o->b1 ? READ_AHEAD : (size_t)o->u2,
                              o->b1 ? READ_AHEAD_BYTES : o->d->o.push_max_bytes, &o->items, &o->n);
+    if (pb_fault("delivery.slow-read")) /* submit_test: a commit lands while a read is late */
+        nanosleep(&(struct timespec){0, 300 * 1000000L}, NULL);
 }
 
 /* Moves the first events of a read-ahead into p->items: up to limit of them, more than one

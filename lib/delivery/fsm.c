@@ -119,6 +119,7 @@ static size_t batch_limit(const pb_fsm *f, const pb_fsm_cfg *cfg)
 static void read_head(pb_fsm *f, const pb_fsm_cfg *cfg, out_t *o)
 {
     f->st = PB_FSM_READING;
+    f->reread = false;
     emit(o, (pb_fsm_action){
                 .kind = PB_FSM_ACT_READ, .from = f->acked + 1, .limit = batch_limit(f, cfg)});
 }
@@ -156,6 +157,11 @@ static void try_start(pb_fsm *f, const pb_fsm_cfg *cfg, int64_t now, out_t *o)
 static void on_read(pb_fsm *f, const pb_fsm_cfg *cfg, const pb_fsm_input *in, out_t *o)
 {
     if (f->st != PB_FSM_READING) return;
+    if (in->n == 0 && f->reread) {
+        /* the read may have looked before the commit that brought the work: again */
+        read_head(f, cfg, o);
+        return;
+    }
     if (in->n == 0) {
         f->has_work = false;
         f->st = PB_FSM_IDLE;
@@ -287,6 +293,7 @@ size_t pb_fsm_step(pb_fsm *f, const pb_fsm_cfg *cfg, const pb_fsm_input *in, pb_
     case PB_FSM_IN_WORK:
         if (in->assigned > f->max_assigned) f->max_assigned = in->assigned;
         f->has_work = true;
+        if (f->st == PB_FSM_READING) f->reread = true;
         try_start(f, cfg, in->now, &o);
         break;
     case PB_FSM_IN_READ:

@@ -56,6 +56,7 @@ typedef struct pb_fsm {
     uint32_t attempts;     /* failed probes while queued (the backoff exponent) */
     int64_t next_at;       /* monotonic ms of the pending timer, 0 = none */
     bool has_work;         /* the outbox may hold events */
+    bool reread;           /* work came while the head was read: an empty read reads again */
     bool postbox;          /* the receiver acknowledges in our epoch: batches allowed */
     uint32_t batch;        /* current batch limit for a postbox (halved on 413) */
     uint64_t single_until; /* isolating a refused batch: one event per Push up to here */

@@ -26,6 +26,9 @@
  *     is slow to take the news (fault point delivery.slow-stage: 300 ms), the operator
  *     drops the peer's queue: the dropped event is not pushed from the copy (B receives the
  *     events before and after it, not it).
+ *   - a submission committed while the peer's head is being read by a read that looked
+ *     before that commit (fault point delivery.slow-read): it is pushed without waiting for
+ *     another submission.
  * Shapes, delivery, concurrency and the staged events run on the store PBT_STORE names
  * (CTest runs both).
  * Every wait is a bounded poll.
@@ -434,6 +437,32 @@ out:
     pbt_daemon_free(a);
 }
 
+/* A submission committed while the peer's head is read, by a read that looked before
+ * that commit (fault point delivery.slow-read: each outbox read answers 300 ms late):
+ * the event is pushed, not left for the next submission. */
+static void test_work_during_read(const pbt_daemon *b)
+{
+    setenv("PB_FAULTS", "delivery.slow-read", 1);
+    pbt_daemon *a = pbt_daemon_new("subRead", NULL);
+    bool up = pbt_daemon_start(a);
+    unsetenv("PB_FAULTS");
+    CHECKF(up, "read race: daemon started");
+    if (!up) goto out;
+    for (unsigned i = 0; i < 3; i++) {
+        long st;
+        json_decref(submit(a, b->server_id, events(4001 + i, 1), NULL, &st));
+        CHECK_INT(st, 202);
+        /* the next one is submitted as soon as this one is in: A reads its head again now */
+        struct arrival arr = {b, a->server_id, event(4001 + i)};
+        CHECKF(pbt_wait_for(sentinel_arrived, &arr, 10000),
+               "read race: event %u arrives without another submission after it", i);
+        json_decref(arr.sentinel);
+    }
+out:
+    if (pbt_failed) pbt_daemon_dump_log(a);
+    pbt_daemon_free(a);
+}
+
 static void run_backend(const char *store)
 {
     fprintf(stderr, "submit_test: store %s\n", store);
@@ -450,6 +479,7 @@ static void run_backend(const char *store)
         test_delivered_once(a, b);
         test_staged_used(a, b, !strcmp(store, "postgres"));
         test_staged_dropped(b);
+        test_work_during_read(b);
         test_concurrent(b, !strcmp(store, "postgres"));
     }
     if (pbt_failed) {

@@ -2,7 +2,8 @@
  * fsm_test - the sending side's state machine, transition by transition (lib/delivery/
  * fsm.h): a table of (state before, input) -> (state, mode, actions after), with the
  * actions rendered as text so each row reads like the transition it checks; then a few
- * whole scenarios (retries to queued to drained; a refused batch isolated to its one
+ * whole scenarios (retries to queued to drained; work committed while the head is read;
+ * a refused batch isolated to its one
  * event; a store that went back), the error classes of PROTOCOL.md 7.5 and the backoff.
  */
 #include <stdio.h>
@@ -496,6 +497,26 @@ static void test_scenarios(void)
     step(&f, IN(READ, .n = 0), got, sizeof got);
     CHECK_STR(got, "FORGET 3 lazy");
     CHECK(f.mode == PB_MODE_PUSH && f.st == PB_FSM_IDLE && !f.has_work);
+
+    /* work committed while the head is read: a read that finds nothing may have started
+     * before that commit, so the head is read again, not left until the next submission */
+    pb_fsm_init(&f, PB_MODE_PUSH, 0, 0, EPOCH, 0, false);
+    f.postbox = true;
+    step(&f, IN(WORK, .assigned = 1), got, sizeof got);
+    step(&f, IN(READ, .n = 1, .first = 1, .last = 1), got, sizeof got);
+    step(&f, OK(1, EPOCH), got, sizeof got);
+    CHECK_STR(got, "FORGET 1 lazy; READ 2 8");
+    step(&f, IN(WORK, .assigned = 2), got, sizeof got);
+    CHECK_STR(got, "");
+    step(&f, IN(READ, .n = 0), got, sizeof got);
+    CHECK_STR(got, "READ 2 8");
+    CHECK(f.st == PB_FSM_READING && f.has_work);
+    step(&f, IN(READ, .n = 1, .first = 2, .last = 2), got, sizeof got);
+    CHECK_STR(got, "PUSH 2..2");
+    step(&f, OK(2, EPOCH), got, sizeof got);
+    step(&f, IN(READ, .n = 0), got, sizeof got); /* no work came meanwhile: idle */
+    CHECK_STR(got, "FORGET 2 lazy");
+    CHECK(f.st == PB_FSM_IDLE && !f.has_work);
 
     /* a postbox refuses a batch of 4 where only event 6 is bad: 4, 5 go one by one, 6 parks */
     pb_fsm_init(&f, PB_MODE_PUSH, 0, 0, EPOCH, 9, true);
