@@ -3,8 +3,8 @@
  * fsm.h): a table of (state before, input) -> (state, mode, actions after), with the
  * actions rendered as text so each row reads like the transition it checks; then a few
  * whole scenarios (retries to queued to drained; work committed while the head is read;
- * a refused batch isolated to its one
- * event; a store that went back), the error classes of PROTOCOL.md 7.5 and the backoff.
+ * a refused batch isolated to its one event; a store that went back), the error classes
+ * of PROTOCOL.md 7.5 and the backoff.
  */
 #include <stdio.h>
 #include <string.h>
