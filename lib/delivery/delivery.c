@@ -3278,11 +3278,13 @@ static pb_outbox_item *stage_copy(const pb_event *evs, size_t n, int64_t now)
     size_t bytes = 0, i = 0;
     for (; i < n; i++) {
         pb_buf_reset(&b);
-        if (pb_wire_event_encode(&evs[i], &b) != PB_OK || b.len > STAGE_BYTES - bytes) break;
+        /* decoded from the bytes the store keeps, as its read would return it */
+        if (pb_wire_event_encode(&evs[i], &b) != PB_OK || b.len > STAGE_BYTES - bytes ||
+            pb_wire_event_decode(b.data, b.len, &items[i].ev) != PB_OK)
+            break;
         bytes += b.len;
         items[i].size = b.len;
         items[i].created_at = now;
-        pb_event_copy(&items[i].ev, &evs[i]);
     }
     pb_buf_free(&b);
     if (i < n) {
