@@ -935,24 +935,39 @@ static void *park_main(void *arg)
     pthread_setname_np(pthread_self(), "pb-fed-tlspark");
     pb_hrpc_server *s = arg;
     struct epoll_event evs[64];
+    bool failing = false;
     for (;;) {
-        int n = epoll_wait(s->park_ep, evs, 64, -1);
-        if (n < 0 && errno != EINTR) {
-            PB_ERROR(NULL, "federation listener: epoll_wait of parked TLS handshakes: %s",
-                     strerror(errno));
-            n = 0; /* stop below only when asked; the wait is retried */
-            struct timespec pause = {0, 10 * 1000 * 1000};
-            nanosleep(&pause, NULL);
+        int n;
+        if (pb_fault("hrpc.park-wait-fails")) { /* tls_test: as if the descriptor broke */
+            n = -1;
+            errno = EBADF;
+        } else {
+            n = epoll_wait(s->park_ep, evs, 64, failing ? 100 : -1);
         }
+        /* Only a broken descriptor fails here (a bug). Nothing parked could be woken:
+         * every parked connection goes back to its thread, whose handshake reads again
+         * (and parks again, or fails), every 100 ms until the wait works; logged once. */
+        bool failed = n < 0 && errno != EINTR;
+        if (failed && !failing)
+            PB_ERROR(NULL,
+                     "federation listener: epoll_wait of parked TLS handshakes: %s; waiting "
+                     "handshakes are retried every 100 ms instead",
+                     strerror(errno));
+        else if (!failed && failing && n >= 0)
+            PB_INFO(NULL, "federation listener: epoll_wait of parked TLS handshakes works again");
+        if (n >= 0) failing = false;
+        if (failed) failing = true;
+        if (n < 0) n = 0;
         pthread_mutex_lock(&s->park_mu);
         for (int i = 0; i < n; i++)
             if (evs[i].data.ptr) tls_unpark_locked(s, evs[i].data.ptr);
         bool stop = s->park_closed;
-        if (stop)
+        if (stop || failed)
             while (s->parked)
                 tls_unpark_locked(s, s->parked);
         pthread_mutex_unlock(&s->park_mu);
         if (stop) return NULL;
+        if (failed) nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
     }
 }
 

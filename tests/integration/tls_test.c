@@ -412,6 +412,38 @@ static void test_no_park(const char *cert, const char *key, const char *ca)
     pbt_daemon_free(f);
 }
 
+/* The park thread's epoll_wait failing (fault point hrpc.park-wait-fails, as if its
+ * descriptor were broken): handshakes still complete, and the error is logged once, not
+ * at every retry. */
+static void test_park_wait_fails(const char *cert, const char *key, const char *ca)
+{
+    const char *extra[] = {"--tls-cert", cert, "--tls-key", key, "--ca-file", ca, NULL};
+    setenv("PB_FAULTS", "hrpc.park-wait-fails", 1);
+    pbt_daemon *f = pbt_daemon_new("tlsParkFail", extra);
+    bool up = pbt_daemon_start(f);
+    unsetenv("PB_FAULTS");
+    CHECK(up);
+    if (!up) goto out;
+    pb_client_opts co = {.ca_file = ca, .allow_private = true};
+    for (int i = 0; i < 5; i++) { /* a new connection, a new handshake, each time */
+        pb_client *cl = NULL;
+        CHECK_OK(pb_client_new(&co, &cl));
+        uint8_t k[32];
+        pb_client_answer ans;
+        CHECKF(pb_client_fetch_key(cl, f->server_id, k, &ans) == PB_OK,
+               "key request %d over TLS with the park thread failing", i);
+        pb_client_answer_clear(&ans);
+        pb_client_free(cl);
+    }
+    /* a window in which a retry every 10 ms would have logged 30 more lines */
+    nanosleep(&(struct timespec){0, 300 * 1000 * 1000}, NULL);
+    int lines = pbt_log_count(f, "epoll_wait of parked TLS handshakes", NULL);
+    CHECKF(lines == 1, "the failing wait is logged once (%d lines)", lines);
+out:
+    if (pbt_failed) pbt_daemon_dump_log(f);
+    pbt_daemon_free(f);
+}
+
 static void test_many_peers(const char *cert, const char *key, const pbt_daemon *a)
 {
     char n[16];
@@ -532,6 +564,7 @@ int main(void)
     test_many_peers(cert, key, a);
     test_idle_connections(cert, key, ca);
     test_no_park(cert, key, ca);
+    test_park_wait_fails(cert, key, ca);
 
     if (pbt_failed) {
         pbt_daemon_dump_log(a);
