@@ -416,6 +416,14 @@ void pbt_daemon_dump_log(const pbt_daemon *d)
  * refuses sets it). */
 static const char *const pbt_loopback_args[] = {"--allow-private-peers", "yes", NULL};
 
+bool pbt_daemon_start_faults(pbt_daemon *d, const char *faults)
+{
+    setenv("PB_FAULTS", faults, 1);
+    bool up = pbt_daemon_start(d);
+    unsetenv("PB_FAULTS");
+    return up;
+}
+
 bool pbt_daemon_start(pbt_daemon *d)
 {
     char listen[64], datadir[512];

@@ -136,6 +136,9 @@ void pbt_daemon_set_token(pbt_daemon *d, const char *token);
  * gets --peer-scheme http and, unless d->public_only is set, the settings a federation on
  * 127.0.0.1 needs (pbt_loopback_args in harness.c). */
 bool pbt_daemon_start(pbt_daemon *d);
+/* pbt_daemon_start with the fault points `faults` (comma-separated) active: PB_FAULTS is set
+ * for this start only (a later restart runs without them). */
+bool pbt_daemon_start_faults(pbt_daemon *d, const char *faults);
 /* SIGTERM and wait (bounded: PBT_DAEMON_BOUND_MS, then SIGKILL); returns the exit status or
  * -1. */
 int pbt_daemon_stop(pbt_daemon *d);

@@ -269,28 +269,28 @@ static void *conc_submit(void *p)
     return NULL;
 }
 
-struct conc_ctx {
-    const pbt_daemon *a, *b;
+struct one_arrival {
+    const pbt_daemon *b;
+    const char *from;
+    size_t want;
 };
 
-/* B holds every concurrent submission's events. */
-static bool conc_arrived(void *vctx)
+/* B holds at least `want` events from `from`. */
+static bool arrived_n(void *vctx)
 {
-    struct conc_ctx *c = vctx;
-    json_t *got = inbox_from(c->b, c->a->server_id);
+    struct one_arrival *c = vctx;
+    json_t *got = inbox_from(c->b, c->from);
     size_t n = json_array_size(got);
     json_decref(got);
-    return n >= 3 * NCONC;
+    return n >= c->want;
 }
 
 /* 64 submissions of 3 events at once, A's SQLite commits slowed: each accepted with its own
  * seqs, delivered once and in order; SQLite grouped more than 4 per commit. */
 static void test_concurrent(const pbt_daemon *b, bool pg)
 {
-    setenv("PB_FAULTS", "store.slow-commit", 1);
     pbt_daemon *a = pbt_daemon_new("subConc", NULL);
-    bool up = pbt_daemon_start(a);
-    unsetenv("PB_FAULTS");
+    bool up = pbt_daemon_start_faults(a, "store.slow-commit");
     CHECKF(up, "concurrent: daemon started");
     if (!up) goto out;
     const char *count = "postbox_store_commit_batch_writes_count",
@@ -324,8 +324,8 @@ static void test_concurrent(const pbt_daemon *b, bool pg)
         CHECKF(commits > 0 && writes > 4 * commits,
                "concurrent: more than 4 writes per commit (%.0f commits, %.0f writes)", commits,
                writes);
-    struct conc_ctx cc = {a, b};
-    CHECKF(pbt_wait_for(conc_arrived, &cc, 30000), "concurrent: B gets every event");
+    struct one_arrival cc = {b, a->server_id, 3 * NCONC};
+    CHECKF(pbt_wait_for(arrived_n, &cc, 30000), "concurrent: B gets every event");
     json_t *got = inbox_from(b, a->server_id), *it;
     int next[NCONC] = {0}; /* guilds of each user seen so far, in order */
     bool in_order = json_array_size(got) == 3 * NCONC;
@@ -347,22 +347,6 @@ static void test_concurrent(const pbt_daemon *b, bool pg)
 out:
     if (pbt_failed) pbt_daemon_dump_log(a);
     pbt_daemon_free(a);
-}
-
-struct one_arrival {
-    const pbt_daemon *b;
-    const char *from;
-    size_t want;
-};
-
-/* B holds at least `want` events from `from`. */
-static bool arrived_n(void *vctx)
-{
-    struct one_arrival *c = vctx;
-    json_t *got = inbox_from(c->b, c->from);
-    size_t n = json_array_size(got);
-    json_decref(got);
-    return n >= c->want;
 }
 
 /* Single events to an idle peer are pushed from the copy their commit handed over; not
@@ -394,10 +378,8 @@ static void test_staged_used(const pbt_daemon *a, const pbt_daemon *b, bool pg)
  * news: the event is not pushed from the submission's copy. */
 static void test_staged_dropped(const pbt_daemon *b)
 {
-    setenv("PB_FAULTS", "delivery.slow-stage,delivery.slow-drop-notice", 1);
     pbt_daemon *a = pbt_daemon_new("subStage", NULL);
-    bool up = pbt_daemon_start(a);
-    unsetenv("PB_FAULTS");
+    bool up = pbt_daemon_start_faults(a, "delivery.slow-stage,delivery.slow-drop-notice");
     CHECKF(up, "staged drop: daemon started");
     if (!up) goto out;
     long st;
@@ -442,10 +424,8 @@ out:
  * the event is pushed, not left for the next submission. */
 static void test_work_during_read(const pbt_daemon *b)
 {
-    setenv("PB_FAULTS", "delivery.slow-read", 1);
     pbt_daemon *a = pbt_daemon_new("subRead", NULL);
-    bool up = pbt_daemon_start(a);
-    unsetenv("PB_FAULTS");
+    bool up = pbt_daemon_start_faults(a, "delivery.slow-read");
     CHECKF(up, "read race: daemon started");
     if (!up) goto out;
     for (unsigned i = 0; i < 3; i++) {

@@ -147,10 +147,8 @@ static void test_resumption(const char *certs, const pbt_daemon *a, const pbt_da
  * connection is a full handshake (B counts no resumed one). */
 static void test_no_share(const char *const *extra, const pbt_daemon *b)
 {
-    setenv("PB_FAULTS", "hrpc.no-tls-share", 1);
     pbt_daemon *c = pbt_daemon_new("tlsC", extra);
-    bool up = pbt_daemon_start(c);
-    unsetenv("PB_FAULTS");
+    bool up = pbt_daemon_start_faults(c, "hrpc.no-tls-share");
     CHECK(up);
     if (!up) goto out;
     struct inbox_wait w = {b, 0};
@@ -401,10 +399,8 @@ out:
 static void test_no_park(const char *cert, const char *key, const char *ca)
 {
     const char *extra[] = {"--tls-cert", cert, "--tls-key", key, "--ca-file", ca, NULL};
-    setenv("PB_FAULTS", "hrpc.no-tls-park", 1);
     pbt_daemon *f = pbt_daemon_new("tlsNoPark", extra);
-    bool up = pbt_daemon_start(f);
-    unsetenv("PB_FAULTS");
+    bool up = pbt_daemon_start_faults(f, "hrpc.no-tls-park");
     CHECK(!up);
     CHECKF(f->exit_status == 1, "exit status %d", f->exit_status);
     CHECK(pbt_log_count(f, "cannot start the federation listener's TLS handshake thread", NULL) >
@@ -418,10 +414,8 @@ static void test_no_park(const char *cert, const char *key, const char *ca)
 static void test_park_wait_fails(const char *cert, const char *key, const char *ca)
 {
     const char *extra[] = {"--tls-cert", cert, "--tls-key", key, "--ca-file", ca, NULL};
-    setenv("PB_FAULTS", "hrpc.park-wait-fails", 1);
     pbt_daemon *f = pbt_daemon_new("tlsParkFail", extra);
-    bool up = pbt_daemon_start(f);
-    unsetenv("PB_FAULTS");
+    bool up = pbt_daemon_start_faults(f, "hrpc.park-wait-fails");
     CHECK(up);
     if (!up) goto out;
     pb_client_opts co = {.ca_file = ca, .allow_private = true};
