@@ -3167,7 +3167,7 @@ static void pending_work_on_loop(void *arg)
     d->nwork = d->capwork = 0;
     d->work_posted = false;
     pthread_mutex_unlock(&d->submit_mu);
-    if (n && pb_fault("delivery.slow-stage")) /* stage_test: a change of the queue meanwhile */
+    if (n && pb_fault("delivery.slow-stage")) /* submit_test: a change of the queue meanwhile */
         nanosleep(&(struct timespec){0, 300 * 1000000L}, NULL);
     for (size_t i = 0; i < n; i++) {
         if (d->stopping) {
